@@ -1,0 +1,56 @@
+"""specgraph: graph-style JAX modules flattened at pytree speed.
+
+``flatten`` turns a live graph of mutable nodes into a static ``GraphDef`` and a
+``StateMap`` of values; ``unflatten`` / ``update`` go back. The reference walker
+lives in :mod:`specgraph.generic`.
+"""
+
+from __future__ import annotations
+
+from . import generic
+from ._filters import All, Any, Not
+from ._ir import GraphDef
+from ._model import Node, Param, State
+from ._operations import (
+    clone,
+    flatten,
+    graphdef,
+    iter_leaf,
+    iter_node,
+    merge,
+    nodes,
+    pop_states,
+    split,
+    states,
+    unflatten,
+    update,
+)
+from ._registry import register_graph_node_type
+from ._statemap import StateMap
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "All",
+    "Any",
+    "GraphDef",
+    "Node",
+    "Not",
+    "Param",
+    "State",
+    "StateMap",
+    "clone",
+    "flatten",
+    "generic",
+    "graphdef",
+    "iter_leaf",
+    "iter_node",
+    "merge",
+    "nodes",
+    "pop_states",
+    "register_graph_node_type",
+    "split",
+    "states",
+    "unflatten",
+    "update",
+]

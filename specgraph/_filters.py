@@ -1,0 +1,108 @@
+"""Filters select states: by State type, everything, a predicate, or a combination.
+
+Every public filter is turned into one internal predicate
+``pred(path, value, state_type) -> bool``; ``state_type`` is ``None`` for a bare
+array leaf. User predicates receive ``(path, value)`` where ``value`` is the
+state's value (or the array leaf).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from types import EllipsisType
+from typing import Any as _Any
+from typing import TypeAlias
+
+from ._model import State
+
+__all__ = ["Any", "All", "Not", "Filter", "to_predicate"]
+
+Predicate = Callable[[tuple[Hashable, ...], _Any, "type | None"], bool]
+
+
+class _Combinator:
+    __slots__ = ("filters", "_preds")
+
+    def __init__(self, *filters: Filter) -> None:
+        self.filters = filters
+        self._preds = tuple(to_predicate(f) for f in filters)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({', '.join(map(repr, self.filters))})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.filters == self.filters  # type: ignore[attr-defined]
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.filters))
+
+
+class Any(_Combinator):
+    """Matches what any of its filters matches."""
+
+    __slots__ = ()
+
+    def __call__(self, path: tuple, value: _Any, stype: type | None) -> bool:
+        return any(p(path, value, stype) for p in self._preds)
+
+
+class All(_Combinator):
+    """Matches what all of its filters match."""
+
+    __slots__ = ()
+
+    def __call__(self, path: tuple, value: _Any, stype: type | None) -> bool:
+        return all(p(path, value, stype) for p in self._preds)
+
+
+class Not(_Combinator):
+    """Matches what its filter does not."""
+
+    __slots__ = ()
+
+    def __init__(self, filter: Filter) -> None:  # noqa: A002 - mirrors the anchors' spelling
+        super().__init__(filter)
+
+    def __call__(self, path: tuple, value: _Any, stype: type | None) -> bool:
+        return not self._preds[0](path, value, stype)
+
+
+Filter: TypeAlias = "type[State] | EllipsisType | bool | Callable[[tuple, _Any], bool] | _Combinator"
+
+
+def _everything(path: tuple, value: _Any, stype: type | None) -> bool:
+    return True
+
+
+def _nothing(path: tuple, value: _Any, stype: type | None) -> bool:
+    return False
+
+
+def to_predicate(f: Filter) -> Predicate:
+    """Turn a public filter into the internal three-argument predicate."""
+    if f is ... or f is True:
+        return _everything
+    if f is False:
+        return _nothing
+    if isinstance(f, _Combinator):
+        return f
+    if isinstance(f, type):
+        if issubclass(f, State):
+            cls = f
+
+            def by_type(path: tuple, value: _Any, stype: type | None) -> bool:
+                return stype is not None and issubclass(stype, cls)
+
+            return by_type
+        raise TypeError(f"a type filter must be a State subclass, got {f.__qualname__}")
+    if callable(f):
+        user = f
+
+        def by_predicate(path: tuple, value: _Any, stype: type | None) -> bool:
+            return bool(user(path, value))
+
+        return by_predicate
+    raise TypeError(
+        f"unsupported filter {f!r}: use a State subclass, ..., True, a predicate "
+        "(path, value) -> bool, or Any/All/Not"
+    )

@@ -1,0 +1,427 @@
+"""The IR: a flat, immutable, hashable description of a graph's structure.
+
+A ``GraphDef`` is a table of specs indexed by integer (graph nodes and states
+share one pre-order index space) plus a root edge. The first path that reaches
+an object defines it; later paths are back-references by index, so sharing and
+cycles are just index equality. Edges are tagged tuples: comparing and hashing
+them is done by CPython's tuple code, and two edges of different kinds can
+never compare equal.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator
+from typing import Any
+
+from jax import tree_util
+
+__all__ = [
+    "Edge",
+    "NodeEdge",
+    "StateEdge",
+    "ArrayEdge",
+    "StaticEdge",
+    "PytreeEdge",
+    "NodeSpec",
+    "StateSpec",
+    "GraphDef",
+    "PathTable",
+]
+
+Path = tuple[Hashable, ...]
+
+
+class Edge(tuple):
+    """Base of the edge kinds: a tuple whose first item names the kind."""
+
+    __slots__ = ()
+
+    def __getnewargs__(self) -> tuple:  # pickling: rebuild through __new__
+        return tuple(self[1:])
+
+
+class NodeEdge(Edge):
+    """A reference to the graph node with table index ``index``."""
+
+    __slots__ = ()
+
+    def __new__(cls, index: int) -> NodeEdge:
+        return tuple.__new__(cls, ("node", index))
+
+    @property
+    def index(self) -> int:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"NodeEdge({self[1]})"
+
+
+class StateEdge(Edge):
+    """A reference to the state with table index ``index``."""
+
+    __slots__ = ()
+
+    def __new__(cls, index: int) -> StateEdge:
+        return tuple.__new__(cls, ("state", index))
+
+    @property
+    def index(self) -> int:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"StateEdge({self[1]})"
+
+
+class ArrayEdge(Edge):
+    """A bare array leaf; its value lives in value slot ``slot``."""
+
+    __slots__ = ()
+
+    def __new__(cls, slot: int) -> ArrayEdge:
+        return tuple.__new__(cls, ("array", slot))
+
+    @property
+    def slot(self) -> int:
+        return self[1]
+
+    def __repr__(self) -> str:
+        return f"ArrayEdge(slot={self[1]})"
+
+
+class StaticEdge(Edge):
+    """A static value kept in the IR.
+
+    ``sig`` is the value's type, or for a collapsed container ``(type, child
+    sigs)``, so that ``1`` and ``1.0`` (equal in Python) are different structures.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, sig: Any, value: Any) -> StaticEdge:
+        return tuple.__new__(cls, ("static", sig, value))
+
+    @property
+    def sig(self) -> Any:
+        return self[1]
+
+    @property
+    def value(self) -> Any:
+        return self[2]
+
+    def __repr__(self) -> str:
+        return f"StaticEdge({self[2]!r})"
+
+
+class PytreeEdge(Edge):
+    """An inline pytree container, re-expanded per occurrence.
+
+    ``ptype`` is ``list``, ``tuple`` or ``dict`` for the builtins, else the JAX
+    ``PyTreeDef`` of the container's top level (children as leaves). ``keys`` are
+    the path entries of the children, in flatten order.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, ptype: Any, keys: tuple, children: tuple[Edge, ...]) -> PytreeEdge:
+        return tuple.__new__(cls, ("pytree", ptype, keys, children))
+
+    @property
+    def ptype(self) -> Any:
+        return self[1]
+
+    @property
+    def keys(self) -> tuple:
+        return self[2]
+
+    @property
+    def children(self) -> tuple[Edge, ...]:
+        return self[3]
+
+    def __repr__(self) -> str:
+        name = self[1].__name__ if isinstance(self[1], type) else str(self[1])
+        return f"PytreeEdge({name}, keys={self[2]!r}, children={self[3]!r})"
+
+
+class NodeSpec(Edge):
+    """A graph node's table entry: its type, child keys and child edges.
+
+    ``meta`` is the custom node protocol's hashable metadata (``None`` for ``Node``).
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls, type_: type, index: int, keys: tuple, children: tuple[Edge, ...], meta: Hashable
+    ) -> NodeSpec:
+        return tuple.__new__(cls, ("nodespec", type_, index, keys, children, meta))
+
+    @property
+    def type(self) -> type:
+        return self[1]
+
+    @property
+    def index(self) -> int:
+        return self[2]
+
+    @property
+    def keys(self) -> tuple:
+        return self[3]
+
+    @property
+    def children(self) -> tuple[Edge, ...]:
+        return self[4]
+
+    @property
+    def meta(self) -> Hashable:
+        return self[5]
+
+    def __getnewargs__(self) -> tuple:
+        return tuple(self[1:])
+
+    def __repr__(self) -> str:
+        return f"NodeSpec({self[1].__qualname__}, index={self[2]}, keys={self[3]!r})"
+
+
+class StateSpec(Edge):
+    """A state's table entry: its type, metadata and value slot."""
+
+    __slots__ = ()
+
+    def __new__(cls, type_: type, index: int, metadata: tuple, slot: int) -> StateSpec:
+        return tuple.__new__(cls, ("statespec", type_, index, metadata, slot))
+
+    @property
+    def type(self) -> type:
+        return self[1]
+
+    @property
+    def index(self) -> int:
+        return self[2]
+
+    @property
+    def metadata(self) -> tuple:
+        return self[3]
+
+    @property
+    def slot(self) -> int:
+        return self[4]
+
+    def __repr__(self) -> str:
+        return f"StateSpec({self[1].__qualname__}, index={self[2]}, slot={self[4]})"
+
+
+# -- paths ----------------------------------------------------------------------
+
+
+def materialize(link: Any) -> Path:
+    """Turn a path link ``(parent_link, key)`` chain into a path tuple."""
+    out = []
+    while link is not None:
+        link, key = link
+        out.append(key)
+    out.reverse()
+    return tuple(out)
+
+
+class PathTable:
+    """The static side of a ``StateMap``: value paths and their state types.
+
+    Shared by a ``GraphDef`` and every ``StateMap`` made from it, so building a
+    ``StateMap`` per call costs nothing. Paths are kept as parent links and made
+    into tuples on first use: a 10 000-deep chain does not pay O(depth²) unless
+    someone asks for its paths.
+    """
+
+    __slots__ = ("_links", "_paths", "_index", "types", "_hash", "__weakref__")
+
+    def __init__(self, links: tuple | None, types: tuple, paths: tuple | None = None):
+        self._links = links
+        self._paths = paths
+        self._index: dict | None = None
+        self.types = types  # per slot: the State subclass, or None for an array leaf
+        self._hash: int | None = None
+
+    @classmethod
+    def from_paths(cls, paths: tuple[Path, ...], types: tuple) -> PathTable:
+        return cls(None, types, paths)
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        p = self._paths
+        if p is None:
+            p = self._paths = tuple(materialize(link) for link in self._links)  # type: ignore[union-attr]
+        return p
+
+    def path(self, slot: int) -> Path:
+        if self._paths is not None:
+            return self._paths[slot]
+        return materialize(self._links[slot])  # type: ignore[index]
+
+    @property
+    def index(self) -> dict[Path, int]:
+        """``path -> slot``, built once."""
+        ix = self._index
+        if ix is None:
+            ix = self._index = {p: i for i, p in enumerate(self.paths)}
+        return ix
+
+    def __len__(self) -> int:
+        return len(self.types)
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if type(other) is not PathTable:
+            return NotImplemented
+        return self.types == other.types and self.paths == other.paths
+
+    def __hash__(self) -> int:
+        h = self._hash
+        if h is None:
+            h = self._hash = hash((self.types, self.paths))
+        return h
+
+    def __repr__(self) -> str:
+        return f"PathTable({len(self)} paths)"
+
+
+# -- GraphDef -------------------------------------------------------------------
+
+
+class GraphDef:
+    """The static structure of a graph: immutable, hashable, comparable by value.
+
+    ``table[i]`` is the spec (``NodeSpec`` or ``StateSpec``) of the object with
+    pre-order index ``i``; ``root`` is the root's edge. Registered with JAX as a
+    static pytree so it can be passed through ``jax.jit`` as a static argument.
+    """
+
+    __slots__ = ("root", "table", "pathtable", "num_nodes", "num_states", "_hash", "__weakref__")
+
+    root: Edge
+    table: tuple[NodeSpec | StateSpec, ...]
+    pathtable: PathTable
+    num_nodes: int
+    num_states: int
+
+    def __init__(self, root: Edge, table: tuple, pathtable: PathTable) -> None:
+        sa = object.__setattr__
+        sa(self, "root", root)
+        sa(self, "table", table)
+        sa(self, "pathtable", pathtable)
+        n_nodes = sum(1 for spec in table if type(spec) is NodeSpec)
+        sa(self, "num_nodes", n_nodes)
+        sa(self, "num_states", len(table) - n_nodes)
+        sa(self, "_hash", None)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("GraphDef is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("GraphDef is immutable")
+
+    def __reduce__(self) -> tuple:
+        return (_rebuild_graphdef, (self.root, self.table, self.pathtable.paths, self.pathtable.types))
+
+    @property
+    def type(self) -> type:
+        """The type of the root object."""
+        root = self.root
+        if type(root) is NodeEdge:
+            return self.table[root[1]][1]  # type: ignore[return-value]
+        if type(root) is PytreeEdge:
+            p = root[1]
+            return p if isinstance(p, type) else _treedef_type(p)
+        return type(root[2])
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        """The paths of the values, in value-slot (pre-order) order."""
+        return self.pathtable.paths
+
+    @property
+    def num_leaves(self) -> int:
+        """How many values a ``StateMap`` of this structure holds (states + array leaves)."""
+        return len(self.pathtable)
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if type(other) is not GraphDef:
+            return NotImplemented
+        if self._hash is not None and other._hash is not None and self._hash != other._hash:
+            return False
+        return self.root == other.root and self.table == other.table
+
+    def __ne__(self, other: object) -> bool:
+        eq = self.__eq__(other)
+        return eq if eq is NotImplemented else not eq
+
+    def __hash__(self) -> int:
+        h = self._hash
+        if h is None:
+            try:
+                h = hash((self.root, self.table))
+            except TypeError:
+                self._raise_unhashable()
+            object.__setattr__(self, "_hash", h)
+        return h  # type: ignore[return-value]
+
+    def _raise_unhashable(self) -> None:
+        for path, value in iter_statics(self):
+            try:
+                hash(value)
+            except TypeError as e:
+                raise TypeError(
+                    f"GraphDef is not hashable: the static value at path {path!r} "
+                    f"({type(value).__qualname__}) is unhashable ({e}). Make it hashable, "
+                    "wrap it in a State, or keep it in graph_invisible_attrs"
+                ) from None
+        raise TypeError("GraphDef is not hashable (node metadata is unhashable)")
+
+    def __repr__(self) -> str:
+        lines = [f"GraphDef(type={self.type.__qualname__}, nodes={self.num_nodes}, "
+                 f"states={self.num_states}, leaves={self.num_leaves},"]
+        lines.append(f"  root={self.root!r},")
+        for spec in self.table:
+            if type(spec) is NodeSpec:
+                lines.append(f"  [{spec[2]}] {spec[1].__qualname__} {{")
+                for k, e in zip(spec[3], spec[4], strict=True):
+                    lines.append(f"      {k!r}: {e!r},")
+                lines.append("  }")
+            else:
+                meta = "".join(f", {k}={v!r}" for k, v in spec[3])
+                lines.append(f"  [{spec[2]}] {spec[1].__qualname__}(slot={spec[4]}{meta})")
+        lines.append(")")
+        return "\n".join(lines)
+
+
+def _rebuild_graphdef(root: Edge, table: tuple, paths: tuple, types: tuple) -> GraphDef:
+    return GraphDef(root, table, PathTable.from_paths(paths, types))
+
+
+def _treedef_type(treedef: Any) -> type:
+    node_data = treedef.node_data()
+    return node_data[0] if node_data else type(None)
+
+
+def iter_statics(gd: GraphDef) -> Iterator[tuple[Path, Any]]:
+    """Every static value in the structure with a readable path to it (for errors)."""
+    node_paths: dict[int, Path] = {}
+    pending: list[tuple[Edge, Path]] = [(gd.root, ())]
+    while pending:
+        edge, path = pending.pop()
+        k = type(edge)
+        if k is StaticEdge:
+            yield path, edge[2]
+        elif k is PytreeEdge:
+            for key, child in zip(edge[2], edge[3], strict=True):
+                pending.append((child, (*path, key)))
+        elif k is NodeEdge and edge[1] not in node_paths:
+            node_paths[edge[1]] = path
+            spec = gd.table[edge[1]]
+            for key, child in zip(spec[3], spec[4], strict=True):
+                pending.append((child, (*path, key)))
+
+
+tree_util.register_static(GraphDef)

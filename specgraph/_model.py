@@ -1,0 +1,69 @@
+"""The object model: graph nodes and the state boxes they hold."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from types import MappingProxyType
+from typing import Any, ClassVar, Generic, TypeVar
+
+__all__ = ["Node", "State", "Param"]
+
+T = TypeVar("T")
+
+
+class Node:
+    """Base class for mutable graph nodes.
+
+    A node's children are its instance attributes (``vars(node)``) sorted by
+    name, minus the names listed in ``graph_invisible_attrs``. Subclassing is
+    all it takes to be recognised: the registry classifies every subclass of
+    ``Node`` as a graph node.
+    """
+
+    graph_invisible_attrs: ClassVar[tuple[str, ...]] = ()
+
+
+class State(Generic[T]):
+    """A mutable box holding one dynamic value (an array or a pytree of arrays).
+
+    States are identity objects: the same ``State`` reachable by two paths is one
+    state, flattened once. Keyword arguments given at construction are the
+    state's metadata; they must be hashable because they go into the
+    ``GraphDef``, and they are fixed for the life of the state.
+    """
+
+    value: T
+    _metadata: tuple[tuple[str, Hashable], ...]
+
+    def __init__(self, value: T, **metadata: Hashable) -> None:
+        self.value = value
+        self._metadata = tuple(sorted(metadata.items())) if metadata else ()
+
+    @property
+    def metadata(self) -> Mapping[str, Hashable]:
+        """A read-only view of the metadata given at construction."""
+        return MappingProxyType(dict(self._metadata))
+
+    def __repr__(self) -> str:
+        meta = "".join(f", {k}={v!r}" for k, v in self._metadata)
+        return f"{type(self).__name__}({_short(self.value)}{meta})"
+
+
+class Param(State[T]):
+    """A trainable parameter."""
+
+
+def _new_state(cls: type[State[Any]], value: Any, metadata: tuple) -> State[Any]:
+    """Create a state of ``cls`` without calling a user ``__init__``."""
+    st = cls.__new__(cls)
+    st._metadata = metadata
+    st.value = value
+    return st
+
+
+def _short(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"{dtype}{list(shape)}"
+    return repr(value)

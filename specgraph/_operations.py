@@ -1,0 +1,193 @@
+"""The public operations: thin layers over flatten / unflatten / update."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator
+from typing import Any
+
+from . import _registry as reg
+from ._filters import Filter, to_predicate
+from ._ir import GraphDef, NodeSpec, PytreeEdge, StateEdge, StateSpec
+from ._model import State
+from ._statemap import StateMap, split_slots
+from .generic._flatten import walk
+from .runtime import dispatch
+
+__all__ = [
+    "flatten",
+    "unflatten",
+    "split",
+    "merge",
+    "update",
+    "states",
+    "nodes",
+    "iter_leaf",
+    "iter_node",
+    "graphdef",
+    "clone",
+    "pop_states",
+]
+
+Path = tuple[Hashable, ...]
+
+
+def flatten(node: Any) -> tuple[GraphDef, StateMap]:
+    """Split a graph into its static ``GraphDef`` and its values as a ``StateMap``.
+
+    Served by a specialized function when one matches the object's structure,
+    else by the reference walker; both give equal results.
+    """
+    return dispatch.flatten(node)
+
+
+def unflatten(graphdef: GraphDef, state: Any) -> Any:
+    """Build a fresh graph from ``graphdef`` and its values.
+
+    ``state``: a ``StateMap``, a mapping of path tuples to values, or a nested
+    dict of that shape. Every path must be given, and no other.
+    """
+    return dispatch.unflatten(graphdef, (state,))
+
+
+def split(node: Any, *filters: Filter) -> tuple[Any, ...]:
+    """``(graphdef, state_1, ..., state_n)``: the values partitioned by ``filters``.
+
+    Each value goes to the first filter matching it; the filters must cover all
+    values (end with ``...``). With no filter: ``(graphdef, all_values)``.
+    """
+    gd, sm = dispatch.flatten(node)
+    if not filters:
+        return gd, sm
+    return (gd, *split_slots(sm._table, sm._values, filters, sm._subset))
+
+
+def merge(graphdef: GraphDef, *states: Any) -> Any:
+    """Inverse of ``split``: a fresh graph from ``graphdef`` and all its state parts."""
+    if not states:
+        raise TypeError("merge needs at least one state mapping")
+    return dispatch.unflatten(graphdef, states)
+
+
+def update(node: Any, *states: Any) -> None:
+    """Write ``states`` into the live graph in place.
+
+    Existing ``State`` objects keep their identity and get new values; bare
+    array leaves are replaced. Paths may be a subset; an unknown path is an
+    error, raised before anything is written.
+    """
+    dispatch.update(node, states)
+
+
+def graphdef(node: Any) -> GraphDef:
+    """The ``GraphDef`` of ``node``."""
+    return dispatch.flatten(node)[0]
+
+
+def clone(node: Any) -> Any:
+    """A structural copy: new nodes and states, the same value objects."""
+    gd, sm = dispatch.flatten(node)
+    return dispatch.unflatten(gd, (sm,))
+
+
+def iter_leaf(node: Any) -> Iterator[tuple[Path, Any]]:
+    """``(path, leaf)`` for each State (once, at its first path) and bare array leaf."""
+    w = walk(node)
+    gd = w.graphdef
+    types = gd.pathtable.types
+    state_by_slot = {spec[4]: w.objects[spec[2]] for spec in gd.table if type(spec) is StateSpec}
+    for slot, ty in enumerate(types):
+        yield gd.pathtable.path(slot), (state_by_slot[slot] if ty is not None else w.values[slot])
+
+
+def iter_node(node: Any) -> Iterator[tuple[Path, Any]]:
+    """``(path, node)`` for each graph node, once, in pre-order."""
+    w = walk(node)
+    for spec in w.graphdef.table:
+        if type(spec) is NodeSpec:
+            yield w.path(spec[2]), w.objects[spec[2]]
+
+
+def nodes(node: Any) -> dict[Path, Any]:
+    """``{path: node}`` for each graph node, once, in pre-order."""
+    return dict(iter_node(node))
+
+
+def states(node: Any, *filters: Filter) -> dict[Path, State] | tuple[dict[Path, State], ...]:
+    """``{path: State}`` of the live State objects, each shared state once.
+
+    With filters, one dict per filter (a selection: they need not cover all).
+    """
+    w = walk(node)
+    found = [
+        (w.path(spec[2]), w.objects[spec[2]], spec[1])
+        for spec in w.graphdef.table
+        if type(spec) is StateSpec
+    ]
+    if not filters:
+        return {p: s for p, s, _ in found}
+    out = []
+    for f in filters:
+        pred = to_predicate(f)
+        out.append({p: s for p, s, t in found if pred(p, s.value, t)})
+    return out[0] if len(out) == 1 else tuple(out)
+
+
+def pop_states(node: Any, *filters: Filter) -> StateMap | tuple[StateMap, ...]:
+    """Remove the matching States from the graph and return their values.
+
+    A matched State is removed from every node attribute and dict entry that
+    holds it. One reachable from a list, tuple or other immutable container
+    cannot be removed: that is an error, raised before anything is removed.
+    """
+    if not filters:
+        raise TypeError("pop_states needs at least one filter")
+    w = walk(node)
+    gd = w.graphdef
+    sm = StateMap._make(gd.pathtable, w.values)
+    parts = [sm._subset(sm._select(to_predicate(f))) for f in filters]
+    chosen = {p for part in parts for p, ty in zip(part.paths, part.types, strict=True) if ty is not None}
+    chosen_idx = {
+        spec[2] for spec in gd.table if type(spec) is StateSpec and gd.pathtable.path(spec[4]) in chosen
+    }
+    removals: list[tuple[Any, Any, Any]] = []  # (remover, container, key)
+
+    def collect(edge: Any, container: Any, key: Any, remover: Any, where: Path) -> None:
+        k = type(edge)
+        if k is StateEdge and edge[1] in chosen_idx:
+            if remover is None:
+                raise ValueError(
+                    f"cannot pop the state at path {where!r}: it sits in an immutable "
+                    "container or a list; move it into a node attribute or a dict"
+                )
+            removals.append((remover, container, key))
+        elif k is PytreeEdge:
+            live = container if key is None else _get(container, key, remover)
+            for ck, ce in zip(edge[2], edge[3], strict=True):
+                rem = _dict_pop if edge[1] is dict else None
+                collect(ce, live, ck, rem, (*where, ck))
+
+    for spec in gd.table:
+        if type(spec) is NodeSpec:
+            obj = w.objects[spec[2]]
+            impl = reg.node_impl(spec[1])
+            for key, edge in zip(spec[3], spec[4], strict=True):
+                if type(edge) is PytreeEdge:
+                    live = obj.__dict__[key] if impl.is_builtin_node else dict(impl.flatten(obj)[0])[key]
+                    for ck, ce in zip(edge[2], edge[3], strict=True):
+                        rem = _dict_pop if edge[1] is dict else None
+                        collect(ce, live, ck, rem, (*w.path(spec[2]), key, ck))
+                else:
+                    collect(edge, obj, key, impl.pop_key, (*w.path(spec[2]), key))
+    if type(gd.root) is PytreeEdge:
+        collect(gd.root, node, None, None, ())
+    for remover, container, key in removals:
+        remover(container, key)
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def _dict_pop(d: dict, key: Any) -> Any:
+    return d.pop(key)
+
+
+def _get(container: Any, key: Any, remover: Any) -> Any:
+    return container[key]

@@ -1,0 +1,229 @@
+"""``StateMap``: the dynamic half of a flattened graph.
+
+A read-only ``Mapping[path, value]`` made of a shared ``PathTable`` (static:
+paths and state types, owned by the ``GraphDef``) and a list of values in slot
+order. Making one per call costs one object; it is a JAX pytree whose leaves are
+the values, so ``jax.tree.map``, ``jax.jit`` and optimizers take it as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator, Mapping
+from typing import Any
+
+from jax import tree_util
+
+from ._filters import Filter, to_predicate
+from ._ir import PathTable
+
+__all__ = ["StateMap", "merge_maps"]
+
+Path = tuple[Hashable, ...]
+
+
+class StateMap(Mapping[Path, Any]):
+    """Values of a flattened graph keyed by path, in pre-order slot order."""
+
+    __slots__ = ("_table", "_values")
+
+    _table: PathTable
+    _values: list[Any]
+
+    def __init__(self, table: PathTable, values: list[Any]) -> None:
+        if len(values) != len(table):
+            raise ValueError(f"StateMap needs {len(table)} values, got {len(values)}")
+        self._table = table
+        self._values = values
+
+    @classmethod
+    def _make(cls, table: PathTable, values: list[Any]) -> StateMap:
+        """Unchecked constructor for the hot path."""
+        sm = object.__new__(cls)
+        sm._table = table
+        sm._values = values
+        return sm
+
+    @classmethod
+    def from_items(cls, items: Mapping[Path, Any], types: Mapping[Path, type | None] | None = None) -> StateMap:
+        """Build a ``StateMap`` from a flat ``{path: value}`` mapping."""
+        paths = tuple(tuple(p) for p in items)
+        tys = tuple((types or {}).get(p) for p in paths)
+        return cls(PathTable.from_paths(paths, tys), list(items.values()))
+
+    # -- Mapping ----------------------------------------------------------------
+    def __getitem__(self, path: Path) -> Any:
+        try:
+            return self._values[self._table.index[path]]
+        except (KeyError, TypeError):
+            raise KeyError(path) from None
+
+    def __iter__(self) -> Iterator[Path]:
+        return iter(self._table.paths)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __contains__(self, path: object) -> bool:
+        try:
+            return path in self._table.index
+        except TypeError:
+            return False
+
+    def values(self) -> list[Any]:  # type: ignore[override]
+        """The values in slot order (a new list)."""
+        return list(self._values)
+
+    def items(self) -> list[tuple[Path, Any]]:  # type: ignore[override]
+        return list(zip(self._table.paths, self._values, strict=True))
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, StateMap):
+            return self._table == other._table and all(
+                a is b or _eq(a, b) for a, b in zip(self._values, other._values, strict=True)
+            )
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        return self._table.paths
+
+    @property
+    def types(self) -> tuple[type | None, ...]:
+        """Per value: its State type, or ``None`` for a bare array leaf."""
+        return self._table.types
+
+    # -- selection --------------------------------------------------------------
+    def _select(self, pred: Any) -> list[int]:
+        paths, types, values = self._table.paths, self._table.types, self._values
+        return [i for i in range(len(values)) if pred(paths[i], values[i], types[i])]
+
+    def _subset(self, slots: list[int]) -> StateMap:
+        paths, types = self._table.paths, self._table.types
+        table = PathTable.from_paths(tuple(paths[i] for i in slots), tuple(types[i] for i in slots))
+        return StateMap._make(table, [self._values[i] for i in slots])
+
+    def filter(self, *filters: Filter) -> StateMap | tuple[StateMap, ...]:
+        """The values each filter matches (one map per filter; need not cover all)."""
+        if not filters:
+            raise TypeError("filter() needs at least one filter")
+        out = tuple(self._subset(self._select(to_predicate(f))) for f in filters)
+        return out[0] if len(out) == 1 else out
+
+    def split(self, *filters: Filter) -> StateMap | tuple[StateMap, ...]:
+        """Partition by filters: each value goes to the first filter matching it.
+
+        The filters must cover everything; end with ``...`` to catch the rest.
+        """
+        if not filters:
+            return self
+        return split_slots(self._table, self._values, filters, self._subset)
+
+    def to_nested(self) -> dict[Hashable, Any]:
+        """A nested-dict view: ``{'layers': {0: {'w': ...}}}``."""
+        out: dict[Hashable, Any] = {}
+        for path, value in zip(self._table.paths, self._values, strict=True):
+            d = out
+            for key in path[:-1]:
+                d = d.setdefault(key, {})
+            if path:
+                d[path[-1]] = value
+        return out
+
+    def __repr__(self) -> str:
+        if not self._values:
+            return "StateMap({})"
+        rows = []
+        for path, ty, value in zip(self._table.paths, self._table.types, self._values, strict=True):
+            label = ty.__name__ if ty is not None else "leaf"
+            rows.append(f"  {'.'.join(map(str, path)) or '<root>'}: {label} {_short(value)}")
+        return "StateMap({\n" + "\n".join(rows) + "\n})"
+
+
+def split_slots(table: PathTable, values: list, filters: tuple, subset: Any) -> tuple[StateMap, ...]:
+    preds = [to_predicate(f) for f in filters]
+    buckets: list[list[int]] = [[] for _ in preds]
+    paths, types = table.paths, table.types
+    for i, value in enumerate(values):
+        for b, pred in enumerate(preds):
+            if pred(paths[i], value, types[i]):
+                buckets[b].append(i)
+                break
+        else:
+            raise ValueError(
+                f"filters {filters!r} are not exhaustive: nothing matched the value at path "
+                f"{paths[i]!r}; add ... as the last filter to take the rest"
+            )
+    return tuple(subset(b) for b in buckets)
+
+
+def merge_maps(*maps: Mapping[Path, Any]) -> StateMap:
+    """Join several path mappings into one ``StateMap``; a path given twice is an error."""
+    if len(maps) == 1 and isinstance(maps[0], StateMap):
+        return maps[0]
+    items: dict[Path, Any] = {}
+    types: dict[Path, type | None] = {}
+    for m in maps:
+        flat = flat_items(m)
+        mtypes = dict(zip(m._table.paths, m._table.types, strict=True)) if isinstance(m, StateMap) else {}
+        for path, value in flat:
+            if path in items:
+                raise ValueError(f"path {path!r} is given twice in the states to merge")
+            items[path] = value
+            types[path] = mtypes.get(path)
+    return StateMap.from_items(items, types)
+
+
+def flat_items(m: Mapping[Any, Any]) -> list[tuple[Path, Any]]:
+    """``(path, value)`` pairs of a flat path mapping or a nested dict."""
+    if isinstance(m, StateMap):
+        return m.items()
+    if not isinstance(m, Mapping):
+        raise TypeError(f"expected a StateMap or a Mapping of paths to values, got {type(m).__qualname__}")
+    if all(type(k) is tuple for k in m):
+        return list(m.items())
+    out: list[tuple[Path, Any]] = []
+    stack: list[tuple[Path, Mapping]] = [((), m)]
+    while stack:
+        prefix, d = stack.pop()
+        for k, v in d.items():
+            if isinstance(v, Mapping) and not isinstance(v, StateMap) and v:
+                stack.append(((*prefix, k), v))
+            else:
+                out.append(((*prefix, k), v))
+    return out
+
+
+def _eq(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:
+        return False
+
+
+def _short(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    dtype = getattr(value, "dtype", None)
+    if shape is not None and dtype is not None:
+        return f"{dtype}{list(shape)}"
+    r = repr(value)
+    return r if len(r) < 60 else r[:57] + "..."
+
+
+def _flatten_statemap(sm: StateMap) -> tuple[list[Any], PathTable]:
+    return sm._values, sm._table
+
+
+def _flatten_statemap_with_keys(sm: StateMap) -> tuple[list[tuple[Any, Any]], PathTable]:
+    keys = [tree_util.DictKey(p) for p in sm._table.paths]
+    return list(zip(keys, sm._values, strict=True)), sm._table
+
+
+def _unflatten_statemap(table: PathTable, values: Any) -> StateMap:
+    return StateMap._make(table, list(values))
+
+
+tree_util.register_pytree_with_keys(
+    StateMap, _flatten_statemap_with_keys, _unflatten_statemap, _flatten_statemap
+)

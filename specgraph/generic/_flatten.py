@@ -1,0 +1,233 @@
+"""The reference flatten: an iterative pre-order walk that builds the IR.
+
+It is the semantics of specgraph; the specializer only ever reproduces what
+this walker returns. It is iterative (an explicit stack of frames), so a chain of
+10 000 nodes never touches the recursion limit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+from jax import tree_util
+
+from .. import _registry as reg
+from .._ir import (
+    ArrayEdge,
+    GraphDef,
+    NodeEdge,
+    NodeSpec,
+    PathTable,
+    PytreeEdge,
+    StateEdge,
+    StateSpec,
+    StaticEdge,
+    materialize,
+)
+
+__all__ = ["walk", "Walk", "pytree_children"]
+
+_STATIC, _STATE, _ARRAY, _NODE = reg.STATIC, reg.STATE, reg.ARRAY, reg.NODE
+_LIST, _TUPLE, _DICT, _PYTREE = reg.LIST, reg.TUPLE, reg.DICT, reg.PYTREE
+_object_hash = object.__hash__
+
+
+class Walk:
+    """What one flatten found: the IR, the values, and the live objects by index."""
+
+    __slots__ = ("graphdef", "values", "objects", "links")
+
+    def __init__(self, graphdef: GraphDef, values: list[Any], objects: list[Any], links: list[Any]) -> None:
+        self.graphdef = graphdef
+        self.values = values  # per value slot: a state's .value or an array leaf
+        self.objects = objects  # per table index: the node or State object
+        self.links = links  # per table index: the path link of the defining occurrence
+
+    def path(self, index: int) -> tuple:
+        """The path of the object with table index ``index``."""
+        return materialize(self.links[index])
+
+
+def _key_entry(k: Any) -> Hashable:
+    """A JAX key-path entry as a plain path element."""
+    for attr in ("key", "idx", "name"):
+        if hasattr(k, attr):
+            return getattr(k, attr)
+    return k  # pragma: no cover - unknown key kinds are kept as they are
+
+
+def pytree_children(x: Any) -> tuple[Any, tuple, list]:
+    """One level of a non-builtin JAX pytree: ``(treedef, keys, children)``."""
+    with_path, treedef = tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
+    keys = tuple(_key_entry(p[0]) if p else i for i, (p, _) in enumerate(with_path))
+    return treedef, keys, [c for _, c in with_path]
+
+
+def _sorted_dict_keys(d: dict, link: Any) -> list:
+    try:
+        return sorted(d)
+    except TypeError:
+        raise TypeError(
+            f"cannot sort the keys of the dict at path {materialize(link)!r} "
+            f"({[type(k).__qualname__ for k in d]}): dict keys must be mutually orderable, "
+            "as in JAX"
+        ) from None
+
+
+def _node_items(node: Any, t: type, link: Any) -> tuple[list, Any]:
+    impl = reg.node_impl(t)
+    if impl.is_builtin_node:
+        try:
+            return reg.node_children(node), None
+        except TypeError:
+            raise TypeError(
+                f"cannot sort the attribute names of the {t.__qualname__} node at path "
+                f"{materialize(link)!r}: node attribute names must be strings"
+            ) from None
+    items, meta = impl.flatten(node)
+    return list(items), meta
+
+
+def walk(root: Any) -> Walk:
+    """Flatten ``root`` (a graph node, or a pytree of them) into the IR."""
+    kinds = reg.kind_cache()
+    kind_of = reg.kind_of
+    rk = kind_of(root)
+    if rk is _NODE:
+        pass
+    elif rk in reg.CONTAINER_KINDS:
+        pass
+    else:
+        raise TypeError(
+            f"flatten expects a graph node (a specgraph.Node or a registered node type) or a "
+            f"pytree of them as the root, got {type(root).__qualname__} "
+            f"({reg.KIND_NAMES[rk]}); wrap it in a Node"
+        )
+
+    table: list[Any] = []  # by index; NodeSpec filled when its frame closes
+    objects: list[Any] = []  # by index
+    seen: dict[int, int] = {}  # id(obj) -> index
+    values: list[Any] = []
+    links: list[Any] = []  # by value slot
+    ilinks: list[Any] = []  # by index
+    stypes: list[Any] = []
+    active: set[int] = set()  # ids of containers on the stack (a cyclic list is an error)
+
+    # A frame: [is_node, obj, items, pos, edges, link, tag, extra]
+    #   node frame:   tag = index, extra = metadata
+    #   pytree frame: tag = ptype (list/tuple/dict/treedef), extra = keys
+    stack: list[list[Any]] = []
+    root_edge: Any = None
+
+    def open_container(x: Any, k: int, link: Any) -> list[Any]:
+        if k is _LIST:
+            items = list(enumerate(x))
+            return [False, x, items, 0, [], link, list, None]
+        if k is _TUPLE:
+            return [False, x, list(enumerate(x)), 0, [], link, tuple, None]
+        if k is _DICT:
+            keys = _sorted_dict_keys(x, link)
+            return [False, x, [(key, x[key]) for key in keys], 0, [], link, dict, tuple(keys)]
+        treedef, keys, children = pytree_children(x)
+        return [False, x, list(zip(keys, children, strict=True)), 0, [], link, treedef, keys]
+
+    def open_node(x: Any, t: type, link: Any) -> list[Any]:
+        idx = len(table)
+        seen[id(x)] = idx
+        table.append(None)
+        objects.append(x)
+        ilinks.append(link)
+        items, meta = _node_items(x, t, link)
+        return [True, x, items, 0, [], link, idx, meta]
+
+    if rk is _NODE:
+        stack.append(open_node(root, type(root), None))
+        root_edge = NodeEdge(0)
+    else:
+        active.add(id(root))
+        stack.append(open_container(root, rk, None))
+
+    while stack:
+        fr = stack[-1]
+        items = fr[2]
+        pos = fr[3]
+        if pos < len(items):
+            fr[3] = pos + 1
+            key, val = items[pos]
+            edges = fr[4]
+            t = type(val)
+            k = kinds.get(t)
+            if k is None:
+                k = kind_of(val)
+            if k is _STATIC:
+                edges.append(StaticEdge(t, val))
+            elif k is _STATE:
+                idx = seen.get(id(val))
+                if idx is None:
+                    idx = len(table)
+                    seen[id(val)] = idx
+                    slot = len(values)
+                    table.append(StateSpec(t, idx, val._metadata, slot))
+                    objects.append(val)
+                    values.append(val.value)
+                    link = (fr[5], key)
+                    links.append(link)
+                    ilinks.append(link)
+                    stypes.append(t)
+                edges.append(StateEdge(idx))
+            elif k is _ARRAY:
+                edges.append(ArrayEdge(len(values)))
+                values.append(val)
+                links.append((fr[5], key))
+                stypes.append(None)
+            elif k is _NODE:
+                idx = seen.get(id(val))
+                if idx is None:
+                    child = open_node(val, t, (fr[5], key))
+                    edges.append(NodeEdge(child[6]))
+                    stack.append(child)
+                else:
+                    edges.append(NodeEdge(idx))
+            else:
+                vid = id(val)
+                if vid in active:
+                    raise ValueError(
+                        f"the {t.__qualname__} at path {materialize((fr[5], key))!r} contains "
+                        "itself: pytree containers cannot form cycles (hold the cycle through "
+                        "a graph node instead)"
+                    )
+                active.add(vid)
+                stack.append(open_container(val, k, (fr[5], key)))
+            continue
+
+        # The frame is complete.
+        stack.pop()
+        if fr[0]:
+            keys = tuple(kv[0] for kv in items)
+            table[fr[6]] = NodeSpec(type(fr[1]), fr[6], keys, tuple(fr[4]), fr[7])
+            continue
+        x = fr[1]
+        active.discard(id(x))
+        children = tuple(fr[4])
+        ptype = fr[6]
+        keys = fr[7] if fr[7] is not None else tuple(range(len(children)))
+        edge: Any = None
+        if all(type(c) is StaticEdge for c in children):
+            h = type(x).__hash__
+            if h is not None and h is not _object_hash:
+                try:
+                    hash(x)
+                except Exception:
+                    pass
+                else:
+                    edge = StaticEdge((type(x), tuple(c[1] for c in children)), x)
+        if edge is None:
+            edge = PytreeEdge(ptype, keys, children)
+        if stack:
+            stack[-1][4].append(edge)
+        else:
+            root_edge = edge
+
+    pathtable = PathTable(tuple(links), tuple(stypes))
+    return Walk(GraphDef(root_edge, tuple(table), pathtable), values, objects, ilinks)

@@ -1,0 +1,83 @@
+"""The reference unflatten: linear passes over the IR table.
+
+Pass 1 makes every state, pass 2 every empty node shell, pass 3 fills the
+shells. Because every object exists before any is filled, sharing and cycles
+resolve by index lookup with no recursion over nodes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import _registry as reg
+from .._ir import ArrayEdge, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge
+from .._model import _new_state
+from .._resolve import resolve_all
+
+__all__ = ["unflatten", "build", "rebuild_edge"]
+
+
+def rebuild_edge(edge: Any, objs: list[Any], values: list[Any]) -> Any:
+    """The value an edge stands for, given the objects by index and values by slot."""
+    k = type(edge)
+    if k is StaticEdge:
+        return edge[2]
+    if k is NodeEdge or k is StateEdge:
+        return objs[edge[1]]
+    if k is ArrayEdge:
+        return values[edge[1]]
+    ptype = edge[1]
+    children = [rebuild_edge(c, objs, values) for c in edge[3]]
+    if ptype is list:
+        return children
+    if ptype is tuple:
+        return tuple(children)
+    if ptype is dict:
+        return dict(zip(edge[2], children, strict=True))
+    return ptype.unflatten(children)
+
+
+def build(gd: GraphDef, values: list[Any]) -> Any:
+    """Make the object graph of ``gd`` from values in slot order."""
+    table = gd.table
+    objs: list[Any] = [None] * len(table)
+    impls: list[Any] = [None] * len(table)
+    # Pass 1 + 2: states and empty node shells.
+    for spec in table:
+        if type(spec) is NodeSpec:
+            t = spec[1]
+            try:
+                impl = reg.node_impl(t)
+            except TypeError as e:
+                raise TypeError(f"cannot unflatten node {spec[2]}: {e}") from None
+            impls[spec[2]] = impl
+            objs[spec[2]] = object.__new__(t) if impl.is_builtin_node else impl.create_empty(spec[5])
+        else:
+            objs[spec[2]] = _new_state(spec[1], values[spec[4]], spec[3])
+    # Pass 3: fill.
+    for spec in table:
+        if type(spec) is not NodeSpec:
+            continue
+        node = objs[spec[2]]
+        children = [rebuild_edge(c, objs, values) for c in spec[4]]
+        impl = impls[spec[2]]
+        if impl.is_builtin_node:
+            node.__dict__.update(zip(spec[3], children, strict=True))
+        else:
+            set_key = impl.set_key
+            for key, child in zip(spec[3], children, strict=True):
+                set_key(node, key, child)
+    return rebuild_edge(gd.root, objs, values)
+
+
+def unflatten(graphdef: GraphDef, state: Any) -> Any:
+    """Rebuild a fresh object graph from a ``GraphDef`` and its states.
+
+    ``state`` is a ``StateMap``, a mapping of path tuples to values, or a nested
+    dict of the same shape. A missing path is a ``KeyError`` naming it; an extra
+    path is an error too.
+    """
+    if not isinstance(graphdef, GraphDef):
+        raise TypeError(f"unflatten expects a GraphDef first, got {type(graphdef).__qualname__}")
+    values = resolve_all(graphdef.pathtable, (state,))
+    return build(graphdef, values)

@@ -1,0 +1,1 @@
+"""What picks and runs specialized code: dispatcher, caches, explain."""
