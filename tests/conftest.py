@@ -1,0 +1,91 @@
+"""Shared fixtures: every behaviour test runs through both implementations.
+
+``impl`` is parametrized over the reference walker (``specgraph.generic``) and
+the public, specialized path (``specgraph.flatten`` & co. after a warm-up call,
+so the second call is served by generated code when the structure allows it).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+import specgraph as sg
+
+settings.register_profile(
+    "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile("dev", max_examples=30, deadline=None)
+settings.register_profile(
+    "nightly", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+class Impl:
+    """One implementation of flatten / unflatten / update."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+    def flatten(self, node: Any) -> tuple[sg.GraphDef, sg.StateMap]:
+        if self.name == "generic":
+            return sg.generic.flatten(node)
+        sg.flatten(node)  # first call: reference walker, then specialize
+        return sg.flatten(node)
+
+    def unflatten(self, graphdef: sg.GraphDef, state: Any) -> Any:
+        if self.name == "generic":
+            return sg.generic.unflatten(graphdef, state)
+        sg.unflatten(graphdef, state)
+        return sg.unflatten(graphdef, state)
+
+    def update(self, node: Any, *states: Any) -> None:
+        if self.name == "generic":
+            sg.generic.update(node, *states)
+            return
+        sg.flatten(node)  # make sure a specialization exists for this structure
+        sg.update(node, *states)
+
+
+@pytest.fixture(params=["generic", "specialized"])
+def impl(request: pytest.FixtureRequest) -> Impl:
+    return Impl(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches() -> Any:
+    clear = getattr(sg, "clear_cache", None)
+    if clear is not None:
+        clear()
+    yield
+    if clear is not None:
+        clear()
+
+
+def assert_same_flatten(a: tuple[sg.GraphDef, sg.StateMap], b: tuple[sg.GraphDef, sg.StateMap]) -> None:
+    """Equal GraphDefs and hashes, the same paths, the very same value objects."""
+    gd_a, sm_a = a
+    gd_b, sm_b = b
+    assert gd_a == gd_b
+    assert hash(gd_a) == hash(gd_b)
+    assert gd_a.paths == gd_b.paths
+    assert list(sm_a.keys()) == list(sm_b.keys())
+    va, vb = sm_a.values(), sm_b.values()
+    assert len(va) == len(vb)
+    for x, y in zip(va, vb, strict=True):
+        assert x is y
+
+
+def assert_matches_reference(node: Any) -> tuple[sg.GraphDef, sg.StateMap]:
+    """The public (possibly specialized) flatten equals the reference walker's, twice over."""
+    ref = sg.generic.flatten(node)
+    assert_same_flatten(sg.flatten(node), ref)
+    assert_same_flatten(sg.flatten(node), ref)
+    return ref
