@@ -223,6 +223,32 @@ def materialize(link: Any) -> Path:
     return tuple(out)
 
 
+def _links_equal(a_links: tuple, b_links: tuple) -> bool:
+    """Whether two sequences of path links spell the same paths, in O(total links).
+
+    Comparing materialized paths costs O(depth²) on a deep chain; comparing the
+    nested link tuples directly would recurse once per level. Instead walk each
+    pair of chains up to a pair of links already known to be equal.
+    """
+    if len(a_links) != len(b_links):
+        return False
+    known: set[tuple[int, int]] = set()  # (id(a), id(b)) of links known to be equal
+    for a, b in zip(a_links, b_links, strict=True):
+        pending = []
+        while a is not b:
+            if a is None or b is None:
+                return False
+            pair = (id(a), id(b))
+            if pair in known:
+                break
+            if a[1] != b[1]:
+                return False
+            pending.append(pair)
+            a, b = a[0], b[0]
+        known.update(pending)
+    return True
+
+
 class PathTable:
     """The static side of a ``StateMap``: value paths and their state types.
 
@@ -273,7 +299,11 @@ class PathTable:
             return True
         if type(other) is not PathTable:
             return NotImplemented
-        return self.types == other.types and self.paths == other.paths
+        if self.types != other.types:
+            return False
+        if self._links is not None and other._links is not None:
+            return _links_equal(self._links, other._links)
+        return self.paths == other.paths
 
     def __hash__(self) -> int:
         h = self._hash

@@ -10,7 +10,7 @@ from ._filters import Filter, to_predicate
 from ._ir import GraphDef, NodeSpec, PytreeEdge, StateEdge, StateSpec
 from ._model import State
 from ._statemap import StateMap, split_slots
-from .generic._flatten import walk
+from .generic._flatten import pytree_children, walk
 from .runtime import dispatch
 
 __all__ = [
@@ -190,4 +190,9 @@ def _dict_pop(d: dict, key: Any) -> Any:
 
 
 def _get(container: Any, key: Any, remover: Any) -> Any:
-    return container[key]
+    if type(container) in (list, tuple, dict):
+        return container[key]
+    # Another JAX pytree (namedtuple, dataclass...): its path keys are attribute
+    # names or the like, not subscripts; find the child by its key entry.
+    _, keys, children = pytree_children(container)
+    return children[keys.index(key)]
