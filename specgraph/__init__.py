@@ -27,6 +27,8 @@ from ._operations import (
 )
 from ._registry import register_graph_node_type
 from ._statemap import StateMap
+from .runtime.dispatch import cache_info, clear_cache, configure, specialization
+from .runtime.explain import explain
 
 __version__ = "0.1.0"
 
@@ -39,6 +41,11 @@ __all__ = [
     "Param",
     "State",
     "StateMap",
+    "cache_info",
+    "clear_cache",
+    "configure",
+    "explain",
+    "specialization",
     "clone",
     "flatten",
     "generic",

@@ -21,7 +21,7 @@ Predicate = Callable[[tuple[Hashable, ...], _Any, "type | None"], bool]
 
 
 class _Combinator:
-    __slots__ = ("filters", "_preds")
+    __slots__ = ("_preds", "filters")
 
     def __init__(self, *filters: Filter) -> None:
         self.filters = filters

@@ -258,7 +258,7 @@ class PathTable:
     someone asks for its paths.
     """
 
-    __slots__ = ("_links", "_paths", "_index", "types", "_hash", "__weakref__")
+    __slots__ = ("__weakref__", "_hash", "_index", "_links", "_paths", "types")
 
     def __init__(self, links: tuple | None, types: tuple, paths: tuple | None = None):
         self._links = links
@@ -326,7 +326,7 @@ class GraphDef:
     static pytree so it can be passed through ``jax.jit`` as a static argument.
     """
 
-    __slots__ = ("root", "table", "pathtable", "num_nodes", "num_states", "_hash", "__weakref__")
+    __slots__ = ("__weakref__", "_hash", "_rt", "num_nodes", "num_states", "pathtable", "root", "table")
 
     root: Edge
     table: tuple[NodeSpec | StateSpec, ...]
@@ -343,6 +343,7 @@ class GraphDef:
         sa(self, "num_nodes", n_nodes)
         sa(self, "num_states", len(table) - n_nodes)
         sa(self, "_hash", None)
+        sa(self, "_rt", None)  # runtime scratch: (generation, specialized unflatten or None)
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("GraphDef is immutable")

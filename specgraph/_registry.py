@@ -70,6 +70,7 @@ class NodeImpl:
     is_builtin_node: bool = False
 
 
+_builtin_type = type
 _lock = threading.RLock()
 _node_impls: dict[type, NodeImpl] = {}
 _kind_cache: dict[type, int] = {}
@@ -87,7 +88,7 @@ def epoch_cell() -> list[int]:
 
 
 def register_graph_node_type(
-    type: type,
+    type: type,  # noqa: A002 - the anchors' parameter name
     flatten: Callable[[Any], tuple[Iterable[tuple[Hashable, Any]], Hashable]],
     set_key: Callable[[Any, Hashable, Any], None],
     pop_key: Callable[[Any, Hashable], Any],
@@ -100,14 +101,11 @@ def register_graph_node_type(
     ``create_empty`` + ``set_key``. Registration clears the classification cache
     and invalidates every specialization.
     """
-    if not isinstance(type, builtins_type):
+    if not isinstance(type, _builtin_type):
         raise TypeError(f"register_graph_node_type expects a class, got {type!r}")
     with _lock:
         _node_impls[type] = NodeImpl(type, flatten, set_key, pop_key, create_empty, clear)
         clear_classification_cache()
-
-
-builtins_type = type
 
 
 def clear_classification_cache() -> None:

@@ -44,7 +44,9 @@ class StateMap(Mapping[Path, Any]):
         return sm
 
     @classmethod
-    def from_items(cls, items: Mapping[Path, Any], types: Mapping[Path, type | None] | None = None) -> StateMap:
+    def from_items(
+        cls, items: Mapping[Path, Any], types: Mapping[Path, type | None] | None = None
+    ) -> StateMap:
         """Build a ``StateMap`` from a flat ``{path: value}`` mapping."""
         paths = tuple(tuple(p) for p in items)
         tys = tuple((types or {}).get(p) for p in paths)

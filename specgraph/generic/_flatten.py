@@ -36,7 +36,7 @@ _object_hash = object.__hash__
 class Walk:
     """What one flatten found: the IR, the values, and the live objects by index."""
 
-    __slots__ = ("graphdef", "values", "objects", "links")
+    __slots__ = ("graphdef", "links", "objects", "values")
 
     def __init__(self, graphdef: GraphDef, values: list[Any], objects: list[Any], links: list[Any]) -> None:
         self.graphdef = graphdef

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _registry as reg
-from .._ir import ArrayEdge, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge
+from .._ir import ArrayEdge, GraphDef, NodeEdge, NodeSpec, StateEdge, StaticEdge
 from .._model import _new_state
 from .._resolve import resolve_all
 

@@ -1,29 +1,353 @@
-"""Dispatcher behind the public flatten / unflatten / update (generic for now)."""
+"""The dispatcher behind ``specgraph.flatten`` / ``unflatten`` / ``update``.
+
+flatten / update: look up ``type(root)``, try that type's compiled variants
+(most recently hit first); a variant answers with a list of values, or with
+the name of the guard that failed. When none answers, the reference walker does,
+and the structure it returns is counted toward being specialized.
+
+unflatten: keyed by the ``GraphDef`` (identity fast path through a scratch slot
+on the GraphDef, then a dict keyed by its cached hash).
+"""
 
 from __future__ import annotations
 
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from .. import _registry as reg
 from .._ir import GraphDef
 from .._resolve import resolve_all, resolve_partial
 from .._statemap import StateMap
+from ..codegen import emit as _emit
+from ..codegen import plan as _plan
 from ..generic._flatten import walk
 from ..generic._unflatten import build
 from ..generic._update import apply_update
+from . import helpers
+from .cache import CONFIG, LOCK, StructureStats, TypeEntry, Variant
+
+__all__ = [
+    "flatten",
+    "unflatten",
+    "update",
+    "specialization",
+    "clear_cache",
+    "cache_info",
+    "configure",
+]
+
+_types: dict[type, TypeEntry] = {}
+_stats: dict[GraphDef, StructureStats] = {}
+_unflat: dict[GraphDef, Any] = {}  # GraphDef -> compiled unflatten, or None when declined
+_unflat_seen: dict[GraphDef, int] = {}
+_totals = {"generic_flattens": 0, "generic_unflattens": 0, "generic_updates": 0, "compile_failures": 0,
+           "declined": 0, "megamorphic_types": 0}
+_disabled_guards: frozenset[str] = frozenset()  # test-only: see _set_disabled_guards
+_BOUND = 256  # entries kept in the bounded bookkeeping dicts
+
+_make_sm = StateMap._make
+
+
+def _base_namespace() -> dict[str, Any]:
+    return {
+        "EPOCH": reg.epoch_cell(),
+        "KIND": reg.kind_cache().get,
+        "ARRAY": reg.ARRAY,
+        "STATIC_SIG": helpers.static_sig,
+        "NEW": object.__new__,
+    }
+
+
+# -- flatten ----------------------------------------------------------------------
 
 
 def flatten(node: Any) -> tuple[GraphDef, StateMap]:
+    entry = _types.get(type(node)) if CONFIG.enabled else None
+    if entry is not None:
+        variants = entry.variants
+        for var in variants:
+            r = var.flatten(node)
+            if type(r) is list:
+                var.stats.hits += 1
+                if var is not variants[0]:
+                    _promote(entry, var)
+                return var.graphdef, _make_sm(var.table, r)
+            var.stats.misses[r] += 1
+    return _generic_flatten(node, entry)
+
+
+def _generic_flatten(node: Any, entry: TypeEntry | None) -> tuple[GraphDef, StateMap]:
     w = walk(node)
-    return w.graphdef, StateMap._make(w.graphdef.pathtable, w.values)
+    gd = w.graphdef
+    _totals["generic_flattens"] += 1
+    if CONFIG.enabled:
+        gd = _observe(type(node), gd, entry)
+    return gd, _make_sm(gd.pathtable, w.values)
+
+
+def _promote(entry: TypeEntry, var: Variant) -> None:
+    with LOCK:
+        entry.variants = (var, *(v for v in entry.variants if v is not var))
+
+
+def _observe(t: type, gd: GraphDef, entry: TypeEntry | None) -> GraphDef:
+    """Count a structure seen by the reference walker; specialize it at the threshold."""
+    if entry is None:
+        with LOCK:
+            entry = _types.setdefault(t, TypeEntry())
+    if entry.megamorphic:
+        return gd
+    try:
+        hash(gd)
+    except TypeError:
+        return gd  # an unhashable static: nothing to key a specialization on
+    for var in entry.variants:
+        if var.graphdef == gd:  # equal structure, but a guard refused (e.g. a NaN static)
+            var.stats.fallbacks += 1
+            return gd
+    if gd in entry.declined:
+        return gd
+    with LOCK:
+        n = entry.seen.get(gd, 0) + 1
+        if n < CONFIG.threshold:
+            entry.seen[gd] = n
+            if len(entry.seen) > _BOUND:
+                entry.seen.pop(next(iter(entry.seen)))
+            return gd
+        entry.seen.pop(gd, None)
+        if len(entry.variants) >= CONFIG.max_variants:
+            entry.megamorphic = True
+            entry.variants = ()
+            entry.seen.clear()
+            _totals["megamorphic_types"] += 1
+            return gd
+        var = _compile_variant(gd, entry)
+        if var is not None:
+            entry.variants = (var, *entry.variants)
+    return gd
+
+
+def _compile_variant(gd: GraphDef, entry: TypeEntry) -> Variant | None:
+    stats = _stats.setdefault(gd, StructureStats())
+    t0 = time.perf_counter()
+    try:
+        plan = _plan.plan_flatten(gd, CONFIG.max_steps)
+    except _plan.Declined as e:
+        _decline(entry, gd, stats, e.reason)
+        return None
+    except Exception as e:  # a bug or a hostile object: never an error for the user
+        _compile_failed(entry, gd, stats, e)
+        return None
+    try:
+        ns = {**_base_namespace(), **plan.consts.namespace}
+        type_name = gd.type.__qualname__
+        srcs = {"flatten": _emit.render("flatten", plan, _disabled_guards)}
+        f = _emit.compile_source("flatten", srcs["flatten"], type_name, ns).fn
+        u = None
+        if plan.update_ok:
+            srcs["update"] = _emit.render("update", plan, _disabled_guards)
+            u = _emit.compile_source("update", srcs["update"], type_name, ns).fn
+    except (SyntaxError, RecursionError, MemoryError, ValueError, TypeError) as e:
+        _compile_failed(entry, gd, stats, e)
+        return None
+    stats.compile_seconds += time.perf_counter() - t0
+    return Variant(gd, f, u, stats, srcs, plan)
+
+
+def _decline(entry: TypeEntry, gd: GraphDef, stats: StructureStats, reason: str) -> None:
+    stats.declined = reason
+    _totals["declined"] += 1
+    entry.declined[gd] = reason
+    if len(entry.declined) > _BOUND:
+        entry.declined.pop(next(iter(entry.declined)))
+
+
+def _compile_failed(entry: TypeEntry, gd: GraphDef, stats: StructureStats, e: BaseException) -> None:
+    _totals["compile_failures"] += 1
+    warnings.warn(
+        f"specgraph could not specialize a {gd.type.__qualname__} structure "
+        f"({type(e).__name__}: {e}); the generic walker will serve it",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    _decline(entry, gd, stats, f"{type(e).__name__}: {e}")
+
+
+# -- unflatten --------------------------------------------------------------------
 
 
 def unflatten(graphdef: GraphDef, states: tuple[Any, ...]) -> Any:
-    if not isinstance(graphdef, GraphDef):
+    if type(graphdef) is not GraphDef:
         raise TypeError(f"expected a GraphDef first, got {type(graphdef).__qualname__}")
-    return build(graphdef, resolve_all(graphdef.pathtable, states))
+    values = resolve_all(graphdef.pathtable, states)
+    if CONFIG.enabled:
+        rt = graphdef._rt
+        if rt is None or rt[0] != reg.epoch_cell()[0]:
+            rt = _unflatten_fn(graphdef)
+        if rt is not None and rt[1] is not None:
+            rt[2].unflatten_hits += 1
+            return rt[1](values)
+    _totals["generic_unflattens"] += 1
+    return build(graphdef, values)
+
+
+def _unflatten_fn(gd: GraphDef) -> tuple[int, Any, StructureStats] | None:
+    """The ``(epoch, fn or None, stats)`` scratch entry for ``gd`` once it is decided."""
+    try:
+        hash(gd)
+    except TypeError:
+        return None
+    epoch = reg.epoch_cell()[0]
+    if gd in _unflat:
+        rt = (epoch, _unflat[gd], _stats.setdefault(gd, StructureStats()))
+        object.__setattr__(gd, "_rt", rt)
+        return rt
+    with LOCK:
+        n = _unflat_seen.get(gd, 0) + 1
+        if n <= CONFIG.threshold:
+            _unflat_seen[gd] = n
+            if len(_unflat_seen) > _BOUND:
+                _unflat_seen.pop(next(iter(_unflat_seen)))
+            return None
+        _unflat_seen.pop(gd, None)
+        stats = _stats.setdefault(gd, StructureStats())
+        fn = None
+        t0 = time.perf_counter()
+        try:
+            plan = _plan.plan_unflatten(gd, CONFIG.max_steps)
+            src = _emit.render("unflatten", plan)
+            ns = {**_base_namespace(), **plan.consts.namespace}
+            fn = _emit.compile_source("unflatten", src, gd.type.__qualname__, ns).fn
+            stats.compile_seconds += time.perf_counter() - t0
+        except _plan.Declined as e:
+            stats.declined = e.reason
+        except Exception as e:
+            _totals["compile_failures"] += 1
+            warnings.warn(
+                f"specgraph could not specialize unflatten of a {gd.type.__qualname__} structure "
+                f"({type(e).__name__}: {e}); the generic walker will serve it",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        _unflat[gd] = fn
+        if len(_unflat) > 4 * _BOUND:
+            _unflat.pop(next(iter(_unflat)))
+        rt = (epoch, fn, stats)
+        object.__setattr__(gd, "_rt", rt)
+        return rt
+
+
+# -- update -----------------------------------------------------------------------
 
 
 def update(node: Any, states: tuple[Any, ...]) -> None:
+    entry = _types.get(type(node)) if CONFIG.enabled else None
+    if entry is not None and len(states) == 1 and type(states[0]) is StateMap:
+        sm = states[0]
+        table = sm._table
+        for var in entry.variants:
+            if var.update is not None and (var.table is table or var.table == table):
+                r = var.update(node, sm._values)
+                if r is None:
+                    var.stats.update_hits += 1
+                    return
+                var.stats.misses[r] += 1
+                break
     w = walk(node)
+    _totals["generic_updates"] += 1
     if states:
         apply_update(node, w, resolve_partial(w.graphdef.pathtable, states))
+    if CONFIG.enabled:
+        _observe(type(node), w.graphdef, entry)
+
+
+# -- control ----------------------------------------------------------------------
+
+
+@contextmanager
+def specialization(enabled: bool = True) -> Iterator[None]:
+    """Turn the specializer on or off (process-wide) for the ``with`` block."""
+    previous = CONFIG.enabled
+    CONFIG.enabled = bool(enabled)
+    try:
+        yield
+    finally:
+        CONFIG.enabled = previous
+
+
+def configure(*, threshold: int | None = None, max_variants: int | None = None,
+              max_steps: int | None = None, enabled: bool | None = None) -> None:
+    """Set the specializer's knobs; ``clear_cache()`` applies them to known types."""
+    if threshold is not None:
+        CONFIG.threshold = max(1, int(threshold))
+    if max_variants is not None:
+        CONFIG.max_variants = max(1, int(max_variants))
+    if max_steps is not None:
+        CONFIG.max_steps = int(max_steps)
+    if enabled is not None:
+        CONFIG.enabled = bool(enabled)
+
+
+def clear_cache() -> None:
+    """Drop every specialization and counter (and invalidate by registry epoch)."""
+    with LOCK:
+        _types.clear()
+        _stats.clear()
+        _unflat.clear()
+        _unflat_seen.clear()
+        for k in _totals:
+            _totals[k] = 0
+        reg.clear_classification_cache()
+
+
+def cache_info() -> dict[str, Any]:
+    """Counters: hits, guard misses by guard kind, fallbacks, compiled variants, ..."""
+    with LOCK:
+        misses: dict[str, int] = {}
+        hits = update_hits = unflatten_hits = fallbacks = 0
+        compile_seconds = 0.0
+        for st in _stats.values():
+            hits += st.hits
+            update_hits += st.update_hits
+            unflatten_hits += st.unflatten_hits
+            fallbacks += st.fallbacks
+            compile_seconds += st.compile_seconds
+            for k, v in st.misses.items():
+                misses[k] = misses.get(k, 0) + v
+        return {
+            "enabled": CONFIG.enabled,
+            "hits": hits,
+            "update_hits": update_hits,
+            "unflatten_hits": unflatten_hits,
+            "guard_misses": misses,
+            "fallbacks": fallbacks,
+            "compiled_variants": sum(len(e.variants) for e in _types.values()),
+            "compiled_unflattens": sum(1 for f in _unflat.values() if f is not None),
+            "compile_seconds": compile_seconds,
+            "megamorphic_types": [t.__qualname__ for t, e in _types.items() if e.megamorphic],
+            **{k: v for k, v in _totals.items() if k != "megamorphic_types"},
+        }
+
+
+def structure_stats(gd: GraphDef) -> StructureStats | None:
+    return _stats.get(gd)
+
+
+def variant_for(gd: GraphDef) -> Variant | None:
+    entry = _types.get(gd.type)
+    if entry is None:
+        return None
+    for var in entry.variants:
+        if var.graphdef == gd:
+            return var
+    return None
+
+
+def _set_disabled_guards(kinds: frozenset[str]) -> None:
+    """Test-only: generate code without the given guard kinds (then clear caches)."""
+    global _disabled_guards
+    _disabled_guards = frozenset(kinds)
+    clear_cache()

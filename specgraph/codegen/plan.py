@@ -1,0 +1,347 @@
+"""Plans: the flat list of small steps a generated function performs.
+
+A planner walks a ``GraphDef`` in the same pre-order as the reference walker
+and emits steps (load a child, guard its type, read a value, ...). All user data
+(keys, static values, types, metadata) goes through :class:`Constants`: it
+reaches the source either as a bound name or, for an exact ``str``/``int``, as
+its ``repr``. The templates only ever see step fields and those safe spellings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import _registry as reg
+from .._ir import ArrayEdge, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge
+
+__all__ = ["Declined", "Constants", "Step", "FlattenPlan", "UnflattenPlan", "plan_flatten", "plan_unflatten"]
+
+# Guard kinds: each names one reason a specialized function can refuse an object.
+GUARD_KINDS = ("epoch", "type", "node_keys", "container", "static", "metadata", "backref", "distinct")
+
+GUARD_WORDS = {
+    "epoch": "the node-type registry has not changed since compilation (registry epoch)",
+    "type": "every node, state and container has exactly the type it had (type(x) is T)",
+    "node_keys": "every node has exactly its attribute names (count, plus the keyed reads)",
+    "container": "every list/tuple has its length and every dict its keys",
+    "static": "every static value has the same type and compares equal",
+    "metadata": "every state has the same metadata",
+    "backref": "every shared node/state is still the very same object at each of its paths",
+    "distinct": "all distinct nodes and states are still pairwise distinct objects",
+}
+
+
+class Declined(Exception):
+    """This structure is not specialized (unsupported edge kind or too large)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Constants:
+    """Names for user data bound in the generated function's namespace."""
+
+    def __init__(self) -> None:
+        self.namespace: dict[str, Any] = {}
+        self._by_id: dict[int, str] = {}
+        self._counts: dict[str, int] = {}
+
+    def bind(self, value: Any, prefix: str) -> str:
+        name = self._by_id.get(id(value))
+        if name is not None and self.namespace[name] is value:
+            return name
+        n = self._counts.get(prefix, 0)
+        self._counts[prefix] = n + 1
+        name = f"{prefix}{n}"
+        self.namespace[name] = value
+        self._by_id[id(value)] = name
+        return name
+
+    def key(self, k: Hashable) -> str:
+        """A safe spelling of a key: ``repr`` of an exact str/int, else a bound name."""
+        if type(k) is str or type(k) is int:
+            return repr(k)
+        return self.bind(k, "K")
+
+
+def path_label(path: tuple) -> str:
+    """A comment-safe rendering of a path (no user text that could end the line)."""
+    out = []
+    for k in path:
+        if type(k) is str:
+            out.append("." + k if k.isidentifier() and k.isascii() else "[" + repr(k) + "]")
+        elif type(k) is int:
+            out.append(f"[{k}]")
+        else:
+            out.append("[?]")
+    s = "".join(out)
+    return s[1:] if s.startswith(".") else (s or "<root>")
+
+
+@dataclass
+class Step:
+    """One line (or a few) of generated code. ``op`` picks the template branch."""
+
+    op: str
+    dst: str = ""
+    src: str = ""
+    arg: str = ""
+    arg2: str = ""
+    n: int = 0
+    kind: str = ""  # guard kind for guards
+    names: list[str] = field(default_factory=list)
+    comment: str = ""
+
+
+@dataclass
+class FlattenPlan:
+    graphdef: GraphDef
+    consts: Constants
+    steps: list[Step]  # guards + loads, in pre-order
+    values: list[str]  # local name per value slot
+    writes: list[Step]  # update: assignments of new values (states, then array leaves)
+    distinct: list[str]  # expressions that must be pairwise distinct
+    update_ok: bool  # False when an array leaf sits in an immutable container
+    epoch: int
+    counts: dict[str, int]  # guard kind -> number of guards of that kind
+
+
+@dataclass
+class UnflattenPlan:
+    graphdef: GraphDef
+    consts: Constants
+    steps: list[Step]
+    root: str
+
+
+_IDENTITY_HASH = object.__hash__
+
+
+def _hash_is_identity(t: type) -> bool:
+    return getattr(t, "__hash__", None) is _IDENTITY_HASH
+
+
+def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
+    """Steps that check an object has structure ``gd`` and read its values."""
+    consts = Constants()
+    steps: list[Step] = []
+    writes_states: list[Step] = []
+    writes_arrays: list[Step] = []
+    values: list[str] = [""] * gd.num_leaves
+    distinct: list[str] = []
+    counts = dict.fromkeys(GUARD_KINDS, 0)
+    local_of: dict[int, str] = {}  # table index -> local name of the defining object
+    update_ok = True
+    table = gd.table
+    counter = [0]
+
+    def fresh(prefix: str) -> str:
+        counter[0] += 1
+        return f"{prefix}{counter[0]}"
+
+    def guard(op: str, kind: str, **kw: Any) -> None:
+        counts[kind] += 1
+        steps.append(Step(op, kind=kind, **kw))
+
+    def type_guard(var: str, t: type, comment: str = "") -> None:
+        guard("guard_type", "type", src=var, arg=consts.bind(t, "T"), comment=comment)
+
+    # Work items: (edge, var holding the object, path, owner)
+    #   owner = (container_var, key_spelling, mutable) where the object lives, for writes.
+    counts["epoch"] = 1
+    stack: list[tuple[Any, str, tuple, tuple[str, str, bool] | None]] = []
+    root = gd.root
+    rk = type(root)
+    if rk is NodeEdge:
+        stack.append((root, "root", (), None))
+    elif rk is PytreeEdge:
+        stack.append((root, "root", (), None))
+    else:
+        raise Declined("the root is not a node or a container")
+    skip_type_guard = True  # the dispatcher picked this variant by type(root)
+
+    while stack:
+        if len(steps) > max_steps:
+            raise Declined(f"structure too large (more than {max_steps} steps)")
+        edge, var, path, owner = stack.pop()
+        k = type(edge)
+        label = path_label(path)
+        if k is NodeEdge:
+            idx = edge[1]
+            if idx in local_of:
+                guard("guard_is", "backref", src=var, arg=local_of[idx], comment=label)
+                continue
+            spec = table[idx]
+            t = spec[1]
+            impl = reg.node_impl(t)
+            if not impl.is_builtin_node:
+                raise Declined(f"custom node type {t.__qualname__}")
+            local_of[idx] = var
+            if not skip_type_guard:
+                type_guard(var, t, label)
+            skip_type_guard = False
+            distinct.append(var if _hash_is_identity(t) else f"id({var})")
+            d = "d" + var
+            steps.append(Step("load_dict", dst=d, src=var))
+            hidden = [h for h in t.graph_invisible_attrs if h not in spec[3]]
+            guard(
+                "guard_node_len",
+                "node_keys",
+                src=d,
+                n=len(spec[3]),
+                names=[consts.key(h) for h in hidden],
+                comment=label,
+            )
+            children = []
+            for key, child in zip(spec[3], spec[4], strict=True):
+                children.append((child, key, consts.key(key)))
+            # Loads happen in order; children are processed in pre-order, so push
+            # in reverse after emitting the loads that they need lazily.
+            items = []
+            for child, key, spelled in children:
+                items.append(_child_item(child, d, key, spelled, path, steps, consts, fresh))
+            for item in reversed(items):
+                stack.append(item)
+        elif k is StateEdge:
+            idx = edge[1]
+            if idx in local_of:
+                guard("guard_is", "backref", src=var, arg=local_of[idx], comment=label)
+                continue
+            spec = table[idx]
+            t = spec[1]
+            local_of[idx] = var
+            type_guard(var, t, label)
+            guard("guard_meta", "metadata", src=var, arg=consts.bind(spec[3], "M"))
+            distinct.append(var if _hash_is_identity(t) else f"id({var})")
+            v = f"v{spec[4]}"
+            steps.append(Step("read_value", dst=v, src=var))
+            values[spec[4]] = v
+            writes_states.append(Step("write_value", dst=var, n=spec[4], comment=label))
+        elif k is ArrayEdge:
+            slot = edge[1]
+            guard("guard_array", "type", src=var, comment=label)
+            values[slot] = var
+            if owner is None or not owner[2]:
+                update_ok = False
+            else:
+                writes_arrays.append(Step("write_item", dst=owner[0], arg=owner[1], n=slot, comment=label))
+        elif k is StaticEdge:
+            sig = edge[1]
+            cname = consts.bind(edge[2], "C")
+            if isinstance(sig, type):
+                guard("guard_static", "static", src=var, arg=consts.bind(sig, "T"), arg2=cname, comment=label)
+            else:
+                guard("guard_static_sig", "static", src=var, arg=consts.bind(sig, "S"), arg2=cname,
+                      comment=label)
+        elif k is PytreeEdge:
+            ptype = edge[1]
+            if ptype not in (list, tuple, dict):
+                raise Declined(f"custom pytree {ptype}")
+            if not skip_type_guard:
+                type_guard(var, ptype, label)
+            skip_type_guard = False
+            guard("guard_len", "container", src=var, n=len(edge[3]), comment=label)
+            items = []
+            for key, child in zip(edge[2], edge[3], strict=True):
+                spelled = consts.key(key) if ptype is dict else repr(key)
+                item = _child_item(child, var, key, spelled, path, steps, consts, fresh)
+                if ptype is tuple:
+                    item = (item[0], item[1], item[2], (var, spelled, False))
+                items.append(item)
+            for item in reversed(items):
+                stack.append(item)
+        else:  # pragma: no cover - the IR has no other edge kinds
+            raise Declined(f"unknown edge {edge!r}")
+
+    return FlattenPlan(
+        graphdef=gd,
+        consts=consts,
+        steps=steps,
+        values=values,
+        writes=writes_states + writes_arrays,
+        distinct=distinct,
+        update_ok=update_ok,
+        epoch=reg.registry_epoch(),
+        counts=counts,
+    )
+
+
+def _child_item(
+    child: Any, container: str, key: Hashable, spelled: str, path: tuple, steps: list[Step],
+    consts: Constants, fresh: Any,
+) -> tuple[Any, str, tuple, tuple[str, str, bool]]:
+    """Emit the load of one child; return its work item."""
+    var = fresh("x")
+    steps.append(Step("load_item", dst=var, src=container, arg=spelled))
+    return (child, var, (*path, key), (container, spelled, True))
+
+
+def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
+    """Steps that build a fresh graph of structure ``gd`` from values in slot order."""
+    consts = Constants()
+    steps: list[Step] = []
+    table = gd.table
+    if len(table) * 2 > max_steps:
+        raise Declined(f"structure too large (more than {max_steps} steps)")
+    names = [f"o{spec[2]}" for spec in table]
+    impls: dict[int, Any] = {}
+    for spec in table:
+        if type(spec) is NodeSpec:
+            impl = reg.node_impl(spec[1])
+            impls[spec[2]] = impl
+            if impl.is_builtin_node:
+                steps.append(Step("new_node", dst=names[spec[2]], arg=consts.bind(spec[1], "T")))
+            else:
+                steps.append(Step("new_custom", dst=names[spec[2]], src=consts.bind(impl.create_empty, "F"),
+                                  arg=consts.bind(spec[5], "C")))
+        else:
+            steps.append(Step("new_state", dst=names[spec[2]], arg=consts.bind(spec[1], "T"),
+                              arg2=consts.bind(spec[3], "M"), n=spec[4]))
+    counter = [0]
+
+    def expr(edge: Any) -> str:
+        """A local or constant name holding the value of ``edge`` (emitting builds)."""
+        k = type(edge)
+        if k is StaticEdge:
+            return consts.bind(edge[2], "C")
+        if k is NodeEdge or k is StateEdge:
+            return names[edge[1]]
+        if k is ArrayEdge:
+            counter[0] += 1
+            name = f"a{counter[0]}"
+            steps.append(Step("read_slot", dst=name, n=edge[1]))
+            return name
+        ptype = edge[1]
+        parts = [expr(c) for c in edge[3]]
+        counter[0] += 1
+        name = f"c{counter[0]}"
+        if ptype is list:
+            steps.append(Step("build_list", dst=name, names=parts))
+        elif ptype is tuple:
+            steps.append(Step("build_tuple", dst=name, names=parts))
+        elif ptype is dict:
+            steps.append(Step("build_dict", dst=name, names=[f"{consts.key(k)}: {p}" for k, p in
+                                                             zip(edge[2], parts, strict=True)]))
+        else:
+            steps.append(Step("build_pytree", dst=name, src=consts.bind(ptype, "P"), names=parts))
+        return name
+
+    for spec in table:
+        if type(spec) is not NodeSpec:
+            continue
+        if len(steps) > max_steps:
+            raise Declined(f"structure too large (more than {max_steps} steps)")
+        parts = [expr(c) for c in spec[4]]
+        impl = impls[spec[2]]
+        if impl.is_builtin_node:
+            steps.append(Step("fill_node", dst=names[spec[2]],
+                              names=[f"{consts.key(k)}: {p}" for k, p in zip(spec[3], parts, strict=True)]))
+        else:
+            setter = consts.bind(impl.set_key, "F")
+            for k, p in zip(spec[3], parts, strict=True):
+                steps.append(Step("set_key", dst=names[spec[2]], src=setter, arg=consts.key(k), arg2=p))
+    root = expr(gd.root)
+    return UnflattenPlan(graphdef=gd, consts=consts, steps=steps, root=root)

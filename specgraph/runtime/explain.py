@@ -1,0 +1,117 @@
+"""``explain(graphdef)``: what specgraph does with one structure, for a person."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from .._ir import GraphDef, NodeEdge, NodeSpec, PytreeEdge
+from ..codegen import emit as _emit
+from ..codegen import plan as _plan
+from . import dispatch
+from .cache import CONFIG
+
+__all__ = ["explain"]
+
+
+def _depth(gd: GraphDef) -> int:
+    """Longest chain of node references from the root (each node counted once)."""
+    depth = {}
+    frontier = []
+    if type(gd.root) is NodeEdge:
+        frontier = [(gd.root[1], 1)]
+    elif type(gd.root) is PytreeEdge:
+        frontier = [(i, 1) for i in _node_refs(gd.root)]
+    best = 0
+    while frontier:
+        idx, d = frontier.pop()
+        if idx in depth:
+            continue
+        depth[idx] = d
+        best = max(best, d)
+        for child in gd.table[idx][4]:
+            for j in _node_refs(child):
+                if j not in depth:
+                    frontier.append((j, d + 1))
+    return best
+
+
+def _node_refs(edge: object) -> list[int]:
+    if type(edge) is NodeEdge:
+        return [edge[1]]
+    if type(edge) is PytreeEdge:
+        return [i for c in edge[3] for i in _node_refs(c)]
+    return []
+
+
+def _numbered(source: str) -> str:
+    lines = source.rstrip("\n").splitlines()
+    width = len(str(len(lines)))
+    return "\n".join(f"  {i + 1:>{width}} | {line}" for i, line in enumerate(lines))
+
+
+def explain(graphdef: GraphDef) -> str:
+    """A readable account of one structure: summary, generated code, guards, counters."""
+    if not isinstance(graphdef, GraphDef):
+        raise TypeError(f"explain expects a GraphDef, got {type(graphdef).__qualname__}")
+    gd = graphdef
+    node_types = Counter(s[1].__qualname__ for s in gd.table if type(s) is NodeSpec)
+    state_types = Counter(s[1].__qualname__ for s in gd.table if type(s) is not NodeSpec)
+    out = [
+        f"Structure of {gd.type.__qualname__}",
+        f"  nodes: {gd.num_nodes}   states: {gd.num_states}   array leaves: "
+        f"{gd.num_leaves - gd.num_states}   depth: {_depth(gd)}",
+        "  node types:  " + (", ".join(f"{n} x{c}" for n, c in node_types.most_common()) or "-"),
+        "  state types: " + (", ".join(f"{n} x{c}" for n, c in state_types.most_common()) or "-"),
+        "",
+    ]
+    var = dispatch.variant_for(gd)
+    sources: dict[str, str] = {}
+    plan = None
+    status = "specialized"
+    if var is not None:
+        sources = dict(var.sources)
+        plan = var.plan
+    else:
+        status = "not specialized yet (these are the functions it would get)"
+        try:
+            plan = _plan.plan_flatten(gd, CONFIG.max_steps)
+            sources["flatten"] = _emit.render("flatten", plan)
+            if plan.update_ok:
+                sources["update"] = _emit.render("update", plan)
+        except _plan.Declined as e:
+            status = f"not specialized: {e.reason}; the generic walker serves it"
+    try:
+        up = _plan.plan_unflatten(gd, CONFIG.max_steps)
+        sources["unflatten"] = _emit.render("unflatten", up)
+    except _plan.Declined as e:
+        sources.pop("unflatten", None)
+        out.append(f"unflatten not specialized: {e.reason}")
+    out.append(f"Status: {status}")
+    if plan is not None:
+        out.append("")
+        out.append("Guards (checked before answering; any failure hands the call to the generic walker):")
+        for kind in _plan.GUARD_KINDS:
+            n = plan.counts.get(kind, 0)
+            if kind == "distinct":
+                n = len(plan.distinct)
+            if n:
+                out.append(f"  - {kind:<9} x{n:<5} {_plan.GUARD_WORDS[kind]}")
+        if not plan.update_ok:
+            out.append("  (update stays generic: an array leaf sits in an immutable container)")
+    for kind in ("flatten", "update", "unflatten"):
+        if kind in sources:
+            out.append("")
+            out.append(f"Generated {kind}:")
+            out.append(_numbered(sources[kind]))
+    st = dispatch.structure_stats(gd)
+    out.append("")
+    if st is None:
+        out.append("Counters: none yet for this structure")
+    else:
+        misses = ", ".join(f"{k}={v}" for k, v in sorted(st.misses.items())) or "none"
+        out.append(
+            f"Counters: flatten hits={st.hits}  update hits={st.update_hits}  "
+            f"unflatten hits={st.unflatten_hits}  guard misses: {misses}  "
+            f"fallbacks={st.fallbacks}  compile={st.compile_seconds * 1e3:.2f} ms"
+        )
+    return "\n".join(out)

@@ -1,0 +1,26 @@
+"""Functions generated code calls (bound into its namespace)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import _registry as reg
+
+
+def static_sig(x: Any) -> Any:
+    """The type signature the reference walker gives a (possibly collapsed) static.
+
+    ``type(x)`` for a plain static, ``(type, child sigs)`` for a container whose
+    children are all static; ``None`` when ``x`` could not be a static at all.
+    """
+    k = reg.kind_of(x)
+    if k is reg.STATIC:
+        return type(x)
+    if k is reg.TUPLE:
+        return (tuple, tuple(static_sig(c) for c in x))
+    if k is reg.PYTREE:
+        from ..generic._flatten import pytree_children
+
+        _, _, children = pytree_children(x)
+        return (type(x), tuple(static_sig(c) for c in children))
+    return None
