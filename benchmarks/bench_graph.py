@@ -1,0 +1,681 @@
+"""Side-by-side graph benchmarks: specgraph against its generic walker and its peers.
+
+Usage::
+
+    python benchmarks/bench_graph.py [--quick] [--shapes mlp32 tied ...]
+                                     [--systems specgraph brainstate ...] [--json PATH]
+
+Method (DESIGN.md, "Performance protocol"): one process; for each shape and
+operation the systems are interleaved repeat by repeat (the order rotates each
+repeat), each repeat is a timeit-style loop whose ``number`` is calibrated so that
+one repeat takes ~20 ms (~5 ms with ``--quick``), with the garbage collector off as
+``timeit`` does; the reported time is the minimum over R repeats (7, quick 3), in
+microseconds per call, plus the ratio against public specgraph (``sg.flatten`` & co.
+after a warm-up call, i.e. served by the specializer once it exists).
+
+The results go to ``benchmarks/results/<date>-<hostname>.json`` (or ``--json``), and
+the markdown tables to stdout and ``benchmarks/results/latest.md``.
+
+``main(argv)`` is importable (``python -m specgraph bench`` runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import functools
+import gc
+import importlib.util
+import itertools
+import json
+import os
+import platform
+import socket
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+OPERATIONS = ("flatten", "unflatten", "update", "states", "hash", "codegen")
+
+#: system key -> column title.  "specgraph" is the reference of every ratio.
+SYSTEMS: dict[str, str] = {
+    "specgraph": "specgraph",
+    "generic": "sg generic",
+    "brainstate": "brainstate",
+    "nnx": "nnx",
+    "jax": "jax.tree_util",
+    "equinox": "equinox",
+}
+
+#: What each system runs for each operation (the JSON and latest.md carry this too).
+CALLS: dict[str, dict[str, str]] = {
+    "specgraph": {
+        "flatten": "sg.flatten(node)",
+        "unflatten": "sg.unflatten(gd, sm)",
+        "update": "sg.update(node, sm)",
+        "states": "sg.states(node)",
+        "hash": "hash(gd)",
+        "codegen": "clear_cache(); flatten; flatten  -  (generic + specialized flatten)",
+    },
+    "generic": {
+        "flatten": "sg.generic.flatten(node)",
+        "unflatten": "sg.generic.unflatten(gd, sm)",
+        "update": "sg.generic.update(node, sm)",
+    },
+    "brainstate": {
+        "flatten": "brainstate.graph.flatten(node)",
+        "unflatten": "brainstate.graph.unflatten(gd, st)",
+        "update": "brainstate.graph.update_states(node, st)",
+        "states": "brainstate.graph.states(node)",
+        "hash": "hash(gd)",
+    },
+    "nnx": {
+        "flatten": "nnx.split(node)",
+        "unflatten": "nnx.merge(gd, st)",
+        "update": "nnx.update(node, st)",
+        "states": "nnx.state(node)",
+        "hash": "hash(gd)",
+    },
+    "jax": {
+        "flatten": "jax.tree_util.tree_flatten(tree)",
+        "unflatten": "jax.tree_util.tree_unflatten(treedef, leaves)",
+        "states": "jax.tree_util.tree_leaves(tree)",
+        "hash": "hash(treedef)",
+    },
+    "equinox": {
+        "flatten": "jax.tree_util.tree_flatten(module)",
+        "unflatten": "jax.tree_util.tree_unflatten(treedef, leaves)",
+        "states": "jax.tree_util.tree_leaves(module)",
+        "hash": "hash(treedef)",
+    },
+}
+
+
+# --------------------------------------------------------------------------------------
+# loading the sibling module without depending on sys.path / package layout
+# --------------------------------------------------------------------------------------
+
+
+def load_sibling(stem: str) -> ModuleType:
+    """Import ``benchmarks/<stem>.py`` by file path (works as a script and when imported)."""
+    name = f"specgraph_bench_{stem}"
+    mod = sys.modules.get(name)
+    if mod is not None:
+        return mod
+    spec = importlib.util.spec_from_file_location(name, HERE / f"{stem}.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses (equinox) look their module up here
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return mod
+
+
+# --------------------------------------------------------------------------------------
+# timing
+# --------------------------------------------------------------------------------------
+
+
+def time_loop(fn: Callable[[], Any], number: int) -> float:
+    """Seconds for ``number`` calls of ``fn``, GC disabled as in ``timeit``."""
+    it = itertools.repeat(None, number)
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        for _ in it:
+            fn()
+        return time.perf_counter() - t0
+    finally:
+        if gc_was:
+            gc.enable()
+
+
+def calibrate(fn: Callable[[], Any], target: float) -> int:
+    """A loop count such that one repeat of ``fn`` takes about ``target`` seconds."""
+    n = 1
+    while True:
+        t = time_loop(fn, n)
+        if t >= 0.2 * target or n >= 10_000_000:
+            return max(1, round(n * target / max(t, 1e-9)))
+        n = min(n * 100, max(n * 2, int(n * 0.3 * target / max(t, 1e-9))))
+
+
+@dataclasses.dataclass
+class Timing:
+    system: str
+    fn: Callable[[], Any] | None = None
+    number: int = 0
+    best: float = float("inf")  # seconds per call
+    error: str | None = None
+
+    @property
+    def us(self) -> float | None:
+        return None if self.error or self.fn is None else self.best * 1e6
+
+
+def run_interleaved(
+    entries: list[Timing], target: float, repeats: int, *, progress: Callable[[str], None] | None = None
+) -> None:
+    """Calibrate each entry, then time them interleaved; keep the min per call."""
+    live = []
+    for e in entries:
+        if e.fn is None or e.error:
+            continue
+        try:
+            e.fn()  # one more warm-up, and a last chance to fail outside the loop
+            e.number = calibrate(e.fn, target)
+            live.append(e)
+        except Exception as exc:  # a peer that cannot do this: record, keep going
+            e.error = _err(exc)
+    for r in range(repeats):
+        k = r % len(live) if live else 0
+        for e in live[k:] + live[:k]:  # rotate the order every repeat
+            try:
+                e.best = min(e.best, time_loop(e.fn, e.number) / e.number)
+            except Exception as exc:
+                e.error = _err(exc)
+        live = [e for e in live if not e.error]
+    if progress:
+        progress(", ".join(f"{e.system}={_fmt_us(e.us)}" for e in entries if e.us is not None))
+
+
+def _err(exc: BaseException) -> str:
+    msg = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {msg[:160]}"
+
+
+# --------------------------------------------------------------------------------------
+# systems: per (system, shape), the prepared zero-argument callables of each operation
+# --------------------------------------------------------------------------------------
+
+
+def _getattr_path(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def prepare_specgraph(models: ModuleType, shape: str, public: bool) -> dict[str, Callable[[], Any]]:
+    import specgraph as sg
+
+    node = models.build(shape, "specgraph")
+    api = sg if public else sg.generic
+    flatten, unflatten, update = api.flatten, api.unflatten, api.update
+    flatten(node)  # warm-up: the first call of a structure is what specializes it
+    gd, sm = flatten(node)
+    unflatten(gd, sm)
+    update(node, sm)
+    ops: dict[str, Callable[[], Any]] = {
+        "flatten": functools.partial(flatten, node),
+        "unflatten": functools.partial(unflatten, gd, sm),
+        "update": functools.partial(update, node, sm),
+    }
+    if public:
+        ops["states"] = functools.partial(sg.states, node)
+        hash(gd)
+        ops["hash"] = functools.partial(hash, gd)
+        clear = getattr(sg, "clear_cache", None)
+        if callable(clear):
+
+            def cold() -> None:
+                clear()
+                flatten(node)  # generic walk (+ codegen if it happens on the first call)
+                flatten(node)  # specialized call (+ codegen if it happens on the second)
+
+            ops["codegen"] = cold
+    return ops
+
+
+def prepare_brainstate(models: ModuleType, shape: str) -> dict[str, Callable[[], Any]]:
+    import brainstate
+
+    g = brainstate.graph
+    node = models.build(shape, "brainstate")
+    gd, st = g.flatten(node)
+    hash(gd)
+    return {
+        "flatten": functools.partial(g.flatten, node),
+        "unflatten": functools.partial(g.unflatten, gd, st),
+        "update": functools.partial(g.update_states, node, st),
+        "states": functools.partial(g.states, node),
+        "hash": functools.partial(hash, gd),
+    }
+
+
+def prepare_nnx(models: ModuleType, shape: str) -> dict[str, Callable[[], Any]]:
+    from flax import nnx
+
+    node = models.build(shape, "nnx")
+    gd, st = nnx.split(node)
+    hash(gd)
+    return {
+        "flatten": functools.partial(nnx.split, node),
+        "unflatten": functools.partial(nnx.merge, gd, st),
+        "update": functools.partial(nnx.update, node, st),
+        "states": functools.partial(nnx.state, node),
+        "hash": functools.partial(hash, gd),
+    }
+
+
+def prepare_pytree(models: ModuleType, shape: str, family: str) -> dict[str, Callable[[], Any]]:
+    import jax
+
+    tu = jax.tree_util
+    tree = models.build(shape, family)
+    leaves, treedef = tu.tree_flatten(tree)
+    hash(treedef)
+    return {
+        "flatten": functools.partial(tu.tree_flatten, tree),
+        "unflatten": functools.partial(tu.tree_unflatten, treedef, leaves),
+        "states": functools.partial(tu.tree_leaves, tree),
+        "hash": functools.partial(hash, treedef),
+    }
+
+
+def available_systems(models: ModuleType) -> list[str]:
+    out = ["specgraph", "generic"]
+    out += [s for s in ("brainstate", "nnx", "jax", "equinox") if s in models.FAMILIES]
+    return out
+
+
+def prepare(models: ModuleType, system: str, shape: str) -> dict[str, Callable[[], Any]]:
+    if system == "specgraph":
+        return prepare_specgraph(models, shape, public=True)
+    if system == "generic":
+        return prepare_specgraph(models, shape, public=False)
+    if system == "brainstate":
+        return prepare_brainstate(models, shape)
+    if system == "nnx":
+        return prepare_nnx(models, shape)
+    if system in ("jax", "equinox"):
+        return prepare_pytree(models, shape, system)
+    raise KeyError(system)
+
+
+# --------------------------------------------------------------------------------------
+# environment and cache introspection (getattr-guarded: these APIs may not exist yet)
+# --------------------------------------------------------------------------------------
+
+
+def _version(dist: str) -> str | None:
+    try:
+        from importlib.metadata import version
+
+        return version(dist)
+    except Exception:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    import specgraph as sg
+
+    return {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "machine": {
+            "hostname": socket.gethostname(),
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "processor": platform.processor() or None,
+            "cpu_count": os.cpu_count(),
+            "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "implementation": platform.python_implementation(),
+            "specgraph": getattr(sg, "__version__", None),
+            "jax": _version("jax"),
+            "jaxlib": _version("jaxlib"),
+            "numpy": _version("numpy"),
+            "brainstate": _version("brainstate"),
+            "flax": _version("flax"),
+            "equinox": _version("equinox"),
+        },
+        "specgraph_api": {
+            "cache_info": callable(getattr(sg, "cache_info", None)),
+            "clear_cache": callable(getattr(sg, "clear_cache", None)),
+            "runtime": sorted(
+                n for n in dir(getattr(sg, "runtime", None) or object()) if not n.startswith("_")
+            )
+            if getattr(sg, "runtime", None) is not None
+            else [],
+        },
+    }
+
+
+def jsonable(x: Any, depth: int = 0) -> Any:
+    """Best-effort plain-JSON view of whatever ``sg.cache_info()`` returns."""
+    if depth > 6:
+        return repr(x)
+    if x is None or isinstance(x, bool | int | float | str):
+        return x
+    if hasattr(x, "_asdict"):
+        x = x._asdict()
+    elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+        x = dataclasses.asdict(x)
+    if isinstance(x, dict):
+        return {str(k): jsonable(v, depth + 1) for k, v in x.items()}
+    if isinstance(x, list | tuple | set | frozenset):
+        return [jsonable(v, depth + 1) for v in x]
+    if hasattr(x, "__dict__"):
+        return {k: jsonable(v, depth + 1) for k, v in vars(x).items() if not k.startswith("_")}
+    return repr(x)
+
+
+def cache_info() -> Any:
+    import specgraph as sg
+
+    fn = getattr(sg, "cache_info", None)
+    if not callable(fn):
+        return None
+    try:
+        return jsonable(fn())
+    except Exception as exc:
+        return {"error": _err(exc)}
+
+
+# --------------------------------------------------------------------------------------
+# reporting
+# --------------------------------------------------------------------------------------
+
+
+def _fmt_us(us: float | None) -> str:
+    if us is None:
+        return "—"
+    if us < 1:
+        return f"{us:.3f}"
+    if us < 10:
+        return f"{us:.2f}"
+    if us < 100:
+        return f"{us:.1f}"
+    return f"{us:,.0f}"
+
+
+def _fmt_ratio(r: float | None) -> str:
+    if r is None:
+        return ""
+    return f" x{r:.2f}" if r < 10 else f" x{r:.1f}" if r < 100 else f" x{r:,.0f}"
+
+
+def markdown_table(shape: str, info: dict[str, Any], rows: list[dict[str, Any]], systems: list[str]) -> str:
+    head = f"### {shape}"
+    if info:
+        head += f" — {info.get('nodes')} nodes, {info.get('states')} states"
+    lines = [
+        head,
+        "",
+        "µs per call (min of repeats); `xN` = time / public specgraph time for the same operation.",
+        "",
+        "| operation | " + " | ".join(SYSTEMS[s] for s in systems) + " |",
+        "|---|" + "---:|" * len(systems),
+    ]
+    by = {(r["operation"], r["system"]): r for r in rows}
+    for op in OPERATIONS:
+        if not any((op, s) in by for s in systems):
+            continue
+        cells = []
+        for s in systems:
+            r = by.get((op, s))
+            if r is None:
+                cells.append("n/a")
+            elif r.get("error"):
+                cells.append("error")
+            else:
+                cells.append(_fmt_us(r["us_per_call"]) + _fmt_ratio(r.get("ratio")))
+        lines.append(f"| {op} | " + " | ".join(cells) + " |")
+    errs = [r for r in rows if r.get("error")]
+    for r in errs:
+        lines.append(f"\n- {SYSTEMS[r['system']]} {r['operation']}: `{r['error']}`")
+    cg = by.get(("codegen", "specgraph"))
+    if cg and not cg.get("error"):
+        rep = cg.get("reported_compile_us")
+        lines.append(
+            f"\ncodegen: cold `clear_cache(); flatten; flatten` = {_fmt_us(cg.get('cold_us'))} µs, "
+            "minus one generic and one specialized flatten"
+            + (f"; specgraph's own compile-time counter: {_fmt_us(rep)} µs." if rep is not None else ".")
+        )
+    return "\n".join(lines) + "\n"
+
+
+def header_markdown(env: dict[str, Any], args: argparse.Namespace) -> str:
+    v = env["versions"]
+    m = env["machine"]
+    peers = ", ".join(f"{k} {v[k]}" for k in ("brainstate", "flax", "equinox") if v.get(k))
+    return (
+        f"## specgraph graph benchmarks — {env['date']}\n\n"
+        f"- machine: {m['hostname']}, {m['platform']}, {m['cpu_count']} CPUs\n"
+        f"- Python {v['python']}, JAX {v['jax']} (jaxlib {v['jaxlib']}), specgraph {v['specgraph']}\n"
+        f"- peers: {peers or 'none'}\n"
+        f"- method: {'quick, ' if args.quick else ''}one process, systems interleaved, "
+        f"repeat ≈ {args.target_ms:g} ms, min of {args.repeats} repeats\n"
+        f"- specgraph cache API: cache_info={env['specgraph_api']['cache_info']}, "
+        f"clear_cache={env['specgraph_api']['clear_cache']}\n"
+    )
+
+
+# --------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------
+
+
+def parse_args(
+    argv: Sequence[str] | None, shapes: Sequence[str], systems: Sequence[str]
+) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench_graph", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="~5 ms repeats, 3 repeats (default ~20 ms, 7)")
+    p.add_argument(
+        "--shapes",
+        nargs="+",
+        choices=list(shapes),
+        default=list(shapes),
+        metavar="SHAPE",
+        help=f"subset of: {' '.join(shapes)}",
+    )
+    p.add_argument(
+        "--systems",
+        nargs="+",
+        choices=list(systems),
+        default=list(systems),
+        metavar="SYS",
+        help=f"subset of: {' '.join(systems)} (specgraph is always run: it is the reference)",
+    )
+    p.add_argument(
+        "--ops",
+        nargs="+",
+        choices=OPERATIONS,
+        default=list(OPERATIONS),
+        metavar="OP",
+        help=f"subset of: {' '.join(OPERATIONS)}",
+    )
+    p.add_argument(
+        "--json", type=Path, default=None, help="JSON output path (default results/<date>-<host>.json)"
+    )
+    p.add_argument("--no-write", action="store_true", help="print only; write no result files")
+    p.add_argument("--repeats", type=int, default=None, help="override R")
+    p.add_argument("--target-ms", type=float, default=None, help="override the duration of one repeat")
+    args = p.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 7
+    if args.target_ms is None:
+        args.target_ms = 5.0 if args.quick else 20.0
+    if "specgraph" not in args.systems:
+        args.systems.insert(0, "specgraph")
+    args.systems = [s for s in systems if s in args.systems]  # canonical column order
+    return args
+
+
+def bench_shape(
+    models: ModuleType, shape: str, systems: list[str], ops: list[str], target: float, repeats: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    import specgraph as sg
+
+    prepared: dict[str, dict[str, Callable[[], Any]]] = {}
+    errors: dict[str, str] = {}
+    for s in systems:
+        try:
+            prepared[s] = prepare(models, s, shape)
+        except Exception as exc:
+            errors[s] = _err(exc)
+    info: dict[str, Any] = {}
+    try:
+        gd, _ = sg.generic.flatten(models.build(shape, "specgraph"))
+        info = {"nodes": gd.num_nodes, "states": gd.num_states}
+    except Exception as exc:
+        info = {"error": _err(exc)}
+
+    rows: list[dict[str, Any]] = []
+    measured: dict[tuple[str, str], float] = {}
+    for op in ops:
+        if op == "codegen" and "cache_info" not in info:
+            ci = cache_info()  # before the cold loop drops this shape's counters
+            if ci is not None:
+                info["cache_info"] = ci
+        entries = []
+        for s in systems:
+            if s in errors:
+                entries.append(Timing(s, error=errors[s]))
+            elif op in prepared[s]:
+                entries.append(Timing(s, prepared[s][op]))
+        if op != "codegen":
+            # re-warm the reference: an earlier clear_cache() may have dropped it
+            for e in entries:
+                if e.fn is not None and e.system == "specgraph":
+                    try:
+                        e.fn()
+                    except Exception as exc:
+                        e.error = _err(exc)
+        if not entries:
+            continue
+        run_interleaved(
+            entries, target, repeats, progress=lambda msg, op=op: _progress(f"  {shape:>14} {op:<9} {msg}")
+        )
+        for e in entries:
+            row: dict[str, Any] = {
+                "shape": shape,
+                "operation": op,
+                "system": e.system,
+                "call": CALLS.get(e.system, {}).get(op),
+            }
+            if e.error:
+                row["error"] = e.error
+            else:
+                row.update(us_per_call=e.best * 1e6, number=e.number, repeats=repeats)
+                measured[(op, e.system)] = e.best * 1e6
+            rows.append(row)
+    # codegen: the cold loop minus one generic and one specialized flatten of the same shape
+    for row in rows:
+        if row["operation"] == "codegen" and "us_per_call" in row:
+            cold = row["us_per_call"]
+            gen, spec = measured.get(("flatten", "generic")), measured.get(("flatten", "specgraph"))
+            row["cold_us"] = cold
+            row["us_per_call"] = cold - gen - spec if gen is not None and spec is not None else cold
+    ref = {op: us for (op, s), us in measured.items() if s == "specgraph"}
+    for row in rows:
+        us = row.get("us_per_call")
+        if us is not None and row["operation"] != "codegen" and ref.get(row["operation"]):
+            row["ratio"] = us / ref[row["operation"]]
+    for row in rows:
+        if row["operation"] == "codegen" and "us_per_call" in row:
+            reported = reported_compile_us(prepared["specgraph"]["codegen"], repeats)
+            if reported is not None:
+                row["reported_compile_us"] = reported
+            prepared["specgraph"]["flatten"]()  # leave the shape specialized again
+    if "cache_info" not in info:
+        ci = cache_info()
+        if ci is not None:
+            info["cache_info"] = ci
+    return info, rows
+
+
+def _compile_seconds(ci: Any) -> float | None:
+    """The compile-time counter of ``sg.cache_info()``, whatever its exact name."""
+    if not isinstance(ci, dict):
+        return None
+    for k, v in ci.items():
+        name = str(k).lower()
+        if "compile" in name and ("second" in name or "time" in name) and isinstance(v, int | float):
+            return float(v) * (1.0 if "second" in name or name.endswith("_s") else 1e-6)
+    return None
+
+
+def reported_compile_us(cold: Callable[[], Any], repeats: int) -> float | None:
+    """Min over cold cycles of the compile time specgraph itself reports (None: not reported)."""
+    best = None
+    for _ in range(repeats):
+        cold()
+        sec = _compile_seconds(cache_info())
+        if sec is None:
+            return None
+        best = sec if best is None else min(best, sec)
+    return None if best is None else best * 1e6
+
+
+def _progress(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    models = load_sibling("models")
+    systems = available_systems(models)
+    args = parse_args(argv, list(models.SHAPES), list(SYSTEMS))
+    skipped = [s for s in args.systems if s not in systems]
+    args.systems = [s for s in args.systems if s in systems]
+    env = environment()
+    target = args.target_ms / 1e3
+    t_start = time.perf_counter()
+    _progress(
+        f"systems: {' '.join(args.systems)}" + (f" (not installed: {' '.join(skipped)})" if skipped else "")
+    )
+
+    out: dict[str, Any] = {
+        **env,
+        "config": {
+            "quick": args.quick,
+            "repeats": args.repeats,
+            "target_ms": args.target_ms,
+            "shapes": args.shapes,
+            "systems": args.systems,
+            "skipped": skipped,
+            "operations": args.ops,
+        },
+        "calls": {s: CALLS[s] for s in args.systems},
+        "shapes": {},
+        "results": [],
+    }
+    md = [header_markdown(env, args)]
+    print(md[0])
+    for shape in args.shapes:
+        _progress(f"[{time.perf_counter() - t_start:6.1f}s] {shape}")
+        info, rows = bench_shape(models, shape, args.systems, args.ops, target, args.repeats)
+        out["shapes"][shape] = info
+        out["results"].extend(rows)
+        table = markdown_table(shape, info, rows, args.systems)
+        md.append(table)
+        print(table, flush=True)
+    out["elapsed_s"] = round(time.perf_counter() - t_start, 2)
+    _progress(f"done in {out['elapsed_s']} s")
+
+    if not args.no_write:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = args.json or RESULTS / f"{_dt.date.today().isoformat()}-{socket.gethostname()}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=1, default=repr) + "\n")
+        (RESULTS / "latest.md").write_text("\n".join(md))
+        _progress(f"wrote {path} and {RESULTS / 'latest.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
