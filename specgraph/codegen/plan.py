@@ -9,6 +9,9 @@ its ``repr``. The templates only ever see step fields and those safe spellings.
 
 from __future__ import annotations
 
+import builtins
+import keyword
+import re
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,20 +45,30 @@ class Declined(Exception):
 
 
 class Constants:
-    """Names for user data bound in the generated function's namespace."""
+    """Names for user data bound in the generated function's namespace.
+
+    Types get a readable name derived from ``__name__`` (sanitized, never a
+    builtin or a name the templates use); everything else a numbered one.
+    """
 
     def __init__(self) -> None:
         self.namespace: dict[str, Any] = {}
         self._by_id: dict[int, str] = {}
         self._counts: dict[str, int] = {}
 
+    def _fresh(self, prefix: str) -> str:
+        n = self._counts.get(prefix, 0)
+        self._counts[prefix] = n + 1
+        return f"{prefix}{n}"
+
     def bind(self, value: Any, prefix: str) -> str:
         name = self._by_id.get(id(value))
         if name is not None and self.namespace[name] is value:
             return name
-        n = self._counts.get(prefix, 0)
-        self._counts[prefix] = n + 1
-        name = f"{prefix}{n}"
+        if isinstance(value, type):
+            name = _type_name(value, self.namespace)
+        else:
+            name = self._fresh(prefix)
         self.namespace[name] = value
         self._by_id[id(value)] = name
         return name
@@ -65,6 +78,37 @@ class Constants:
         if type(k) is str or type(k) is int:
             return repr(k)
         return self.bind(k, "K")
+
+
+_BUILTIN_NAMES = frozenset(dir(builtins))
+# Names the templates and the runtime namespace use; a type never takes one.
+_RESERVED = frozenset({"root", "vals", "EPOCH", "KIND", "ARRAY", "STATIC_SIG", "NEW"})
+_LOCAL_NAME = re.compile(r"^(x|dx|droot|v|o|a|c|d)[0-9]*$")
+
+
+def _type_name(t: type, taken: dict[str, Any]) -> str:
+    """A readable, collision-free, identifier-safe name for a bound type."""
+    raw = getattr(t, "__name__", "T")
+    if getattr(builtins, raw, None) is t:
+        return raw  # list, dict, str, ... bind to themselves
+    base = re.sub(r"[^0-9A-Za-z_]", "_", raw) or "T"
+    if base[0].isdigit() or keyword.iskeyword(base) or base in _BUILTIN_NAMES or base in _RESERVED \
+            or _LOCAL_NAME.match(base):
+        base = "T_" + base
+    name = base
+    n = 1
+    while name in taken and taken[name] is not t:
+        n += 1
+        name = f"{base}_{n}"
+    return name
+
+
+def static_note(value: Any) -> str:
+    """A comment-safe ``== value`` note for simple statics (reprs with no newline)."""
+    if type(value) in (str, int, float, bool, type(None)):
+        r = repr(value)
+        return " == " + (r if len(r) <= 40 else r[:37] + "...")
+    return ""
 
 
 def path_label(path: tuple) -> str:
@@ -214,7 +258,10 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             t = spec[1]
             local_of[idx] = var
             type_guard(var, t, label)
-            guard("guard_meta", "metadata", src=var, arg=consts.bind(spec[3], "M"))
+            if spec[3]:
+                guard("guard_meta", "metadata", src=var, arg=consts.bind(spec[3], "M"))
+            else:
+                guard("guard_no_meta", "metadata", src=var)
             distinct.append(var if _hash_is_identity(t) else f"id({var})")
             v = f"v{spec[4]}"
             steps.append(Step("read_value", dst=v, src=var))
@@ -231,11 +278,12 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
         elif k is StaticEdge:
             sig = edge[1]
             cname = consts.bind(edge[2], "C")
+            note = label + static_note(edge[2])
             if isinstance(sig, type):
-                guard("guard_static", "static", src=var, arg=consts.bind(sig, "T"), arg2=cname, comment=label)
+                guard("guard_static", "static", src=var, arg=consts.bind(sig, "T"), arg2=cname, comment=note)
             else:
                 guard("guard_static_sig", "static", src=var, arg=consts.bind(sig, "S"), arg2=cname,
-                      comment=label)
+                      comment=note)
         elif k is PytreeEdge:
             ptype = edge[1]
             if ptype not in (list, tuple, dict):
@@ -280,26 +328,37 @@ def _child_item(
 
 
 def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
-    """Steps that build a fresh graph of structure ``gd`` from values in slot order."""
+    """Steps that build a fresh graph of structure ``gd`` from values in slot order.
+
+    Mirrors the reference ``build``: states and empty node shells first (in
+    table order), then each node filled in table order, so sharing and cycles
+    resolve the same way.
+    """
     consts = Constants()
     steps: list[Step] = []
     table = gd.table
     if len(table) * 2 > max_steps:
         raise Declined(f"structure too large (more than {max_steps} steps)")
     names = [f"o{spec[2]}" for spec in table]
+    slot_names = [f"v{i}" for i in range(gd.num_leaves)]
+    if slot_names:
+        steps.append(Step("unpack", names=slot_names))
     impls: dict[int, Any] = {}
     for spec in table:
+        t = spec[1]
         if type(spec) is NodeSpec:
-            impl = reg.node_impl(spec[1])
+            impl = reg.node_impl(t)
             impls[spec[2]] = impl
             if impl.is_builtin_node:
-                steps.append(Step("new_node", dst=names[spec[2]], arg=consts.bind(spec[1], "T")))
+                steps.append(Step("new_object", dst=names[spec[2]], arg=consts.bind(t, "T")))
             else:
                 steps.append(Step("new_custom", dst=names[spec[2]], src=consts.bind(impl.create_empty, "F"),
                                   arg=consts.bind(spec[5], "C")))
         else:
-            steps.append(Step("new_state", dst=names[spec[2]], arg=consts.bind(spec[1], "T"),
-                              arg2=consts.bind(spec[3], "M"), n=spec[4]))
+            op = "new_object" if t.__new__ is object.__new__ else "new_via_type"
+            steps.append(Step(op, dst=names[spec[2]], arg=consts.bind(t, "T")))
+            steps.append(Step("set_state", dst=names[spec[2]], arg=consts.bind(spec[3], "M"),
+                              src=slot_names[spec[4]]))
     counter = [0]
 
     def expr(edge: Any) -> str:
@@ -310,10 +369,7 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
         if k is NodeEdge or k is StateEdge:
             return names[edge[1]]
         if k is ArrayEdge:
-            counter[0] += 1
-            name = f"a{counter[0]}"
-            steps.append(Step("read_slot", dst=name, n=edge[1]))
-            return name
+            return slot_names[edge[1]]
         ptype = edge[1]
         parts = [expr(c) for c in edge[3]]
         counter[0] += 1
@@ -338,7 +394,7 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
         impl = impls[spec[2]]
         if impl.is_builtin_node:
             steps.append(Step("fill_node", dst=names[spec[2]],
-                              names=[f"{consts.key(k)}: {p}" for k, p in zip(spec[3], parts, strict=True)]))
+                              names=[f"[{consts.key(k)}] = {p}" for k, p in zip(spec[3], parts, strict=True)]))
         else:
             setter = consts.bind(impl.set_key, "F")
             for k, p in zip(spec[3], parts, strict=True):
