@@ -393,8 +393,8 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
         parts = [expr(c) for c in spec[4]]
         impl = impls[spec[2]]
         if impl.is_builtin_node:
-            steps.append(Step("fill_node", dst=names[spec[2]],
-                              names=[f"[{consts.key(k)}] = {p}" for k, p in zip(spec[3], parts, strict=True)]))
+            stores = [f"[{consts.key(k)}] = {p}" for k, p in zip(spec[3], parts, strict=True)]
+            steps.append(Step("fill_node", dst=names[spec[2]], names=stores))
         else:
             setter = consts.bind(impl.set_key, "F")
             for k, p in zip(spec[3], parts, strict=True):
