@@ -36,9 +36,13 @@ def environment() -> jinja2.Environment:
     return _env
 
 
+def _safe_name(name: str) -> str:
+    """A type's name reduced to ASCII letters, digits, ``_`` and ``.`` (it is user data)."""
+    return "".join(c if (c.isascii() and c.isalnum()) or c in "_." else "_" for c in name)[:60]
+
+
 def _func_name(kind: str, type_name: str) -> str:
-    safe = "".join(c if c.isalnum() or c == "_" else "_" for c in type_name)[:40]
-    return f"{kind}_{safe}"
+    return f"{kind}_{type_name.replace('.', '_')}"
 
 
 def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str] = frozenset()) -> str:
@@ -48,7 +52,7 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
     that each guard kind is load-bearing.
     """
     gd = plan.graphdef
-    type_name = gd.type.__qualname__
+    type_name = _safe_name(gd.type.__qualname__)
     tmpl = environment().get_template(f"{kind}.py.j2")
     if isinstance(plan, UnflattenPlan):
         return tmpl.render(name=_func_name(kind, type_name), type_name=type_name,

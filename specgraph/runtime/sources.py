@@ -14,7 +14,7 @@ def unique_filename(kind: str, type_name: str) -> str:
     """A filename no other generated function uses (``<specgraph flatten MLP #3>``)."""
     with _lock:
         n = next(_counter)
-    safe = "".join(c if c.isalnum() or c == "_" else "_" for c in type_name)[:40]
+    safe = "".join(c if (c.isascii() and c.isalnum()) or c == "_" else "_" for c in type_name)[:40]
     return f"<specgraph {kind} {safe} #{n}>"
 
 
