@@ -57,9 +57,12 @@ class Constants:
         self._counts: dict[str, int] = {}
 
     def _fresh(self, prefix: str) -> str:
-        n = self._counts.get(prefix, 0)
-        self._counts[prefix] = n + 1
-        return f"{prefix}{n}"
+        while True:  # skip names a readable type name already took (a class named ``M0``)
+            n = self._counts.get(prefix, 0)
+            self._counts[prefix] = n + 1
+            name = f"{prefix}{n}"
+            if name not in self.namespace:
+                return name
 
     def bind(self, value: Any, prefix: str) -> str:
         name = self._by_id.get(id(value))
@@ -82,7 +85,7 @@ class Constants:
 
 _BUILTIN_NAMES = frozenset(dir(builtins))
 # Names the templates and the runtime namespace use; a type never takes one.
-_RESERVED = frozenset({"root", "vals", "EPOCH", "KIND", "ARRAY", "STATIC_SIG", "NEW"})
+_RESERVED = frozenset({"root", "vals", "EPOCH", "KIND", "ARRAY", "STATIC_SIG", "NEW", "__builtins__"})
 _LOCAL_NAME = re.compile(r"^(x|dx|droot|v|o|a|c|d)[0-9]*$")
 
 
