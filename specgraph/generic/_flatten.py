@@ -7,6 +7,7 @@ this walker returns. It is iterative (an explicit stack of frames), so a chain o
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable
 from typing import Any
 
@@ -31,6 +32,23 @@ __all__ = ["walk", "Walk", "pytree_children"]
 _STATIC, _STATE, _ARRAY, _NODE = reg.STATIC, reg.STATE, reg.ARRAY, reg.NODE
 _LIST, _TUPLE, _DICT, _PYTREE = reg.LIST, reg.TUPLE, reg.DICT, reg.PYTREE
 _object_hash = object.__hash__
+_tnew = tuple.__new__
+
+# Edges that only carry an index are immutable and equal for equal indices: share them.
+_NODE_EDGES: list[NodeEdge] = []
+_STATE_EDGES: list[StateEdge] = []
+_ARRAY_EDGES: list[ArrayEdge] = []
+_edge_lock = threading.Lock()
+_EDGE_TYPES = {id(_NODE_EDGES): NodeEdge, id(_STATE_EDGES): StateEdge, id(_ARRAY_EDGES): ArrayEdge}
+
+
+def _edge_cache(cache: list, index: int) -> Any:
+    """Grow one of the shared edge caches up to ``index`` and return that edge."""
+    cls = _EDGE_TYPES[id(cache)]
+    with _edge_lock:  # threads may grow a cache at once; each index is appended once
+        while len(cache) <= index:
+            cache.append(cls(len(cache)))
+    return cache[index]
 
 
 class Walk:
@@ -119,6 +137,7 @@ def walk(root: Any) -> Walk:
     #   pytree frame: tag = ptype (list/tuple/dict/treedef), extra = keys
     stack: list[list[Any]] = []
     root_edge: Any = None
+    node_edges, state_edges, array_edges = _NODE_EDGES, _STATE_EDGES, _ARRAY_EDGES
 
     def open_container(x: Any, k: int, link: Any) -> list[Any]:
         if k is _LIST:
@@ -151,61 +170,72 @@ def walk(root: Any) -> Walk:
     while stack:
         fr = stack[-1]
         items = fr[2]
+        edges = fr[4]
+        plink = fr[5]
         pos = fr[3]
-        if pos < len(items):
-            fr[3] = pos + 1
+        n_items = len(items)
+        descended = False
+        while pos < n_items:
             key, val = items[pos]
-            edges = fr[4]
+            pos += 1
             t = type(val)
             k = kinds.get(t)
             if k is None:
                 k = kind_of(val)
             if k is _STATIC:
-                edges.append(StaticEdge(t, val))
+                edges.append(_tnew(StaticEdge, ("static", t, val)))
             elif k is _STATE:
                 idx = seen.get(id(val))
                 if idx is None:
                     idx = len(table)
                     seen[id(val)] = idx
                     slot = len(values)
-                    table.append(StateSpec(t, idx, val._metadata, slot))
+                    table.append(_tnew(StateSpec, ("statespec", t, idx, val._metadata, slot)))
                     objects.append(val)
                     values.append(val.value)
-                    link = (fr[5], key)
+                    link = (plink, key)
                     links.append(link)
                     ilinks.append(link)
                     stypes.append(t)
-                edges.append(StateEdge(idx))
+                edges.append(state_edges[idx] if idx < len(state_edges) else _edge_cache(state_edges, idx))
             elif k is _ARRAY:
-                edges.append(ArrayEdge(len(values)))
+                slot = len(values)
+                edges.append(array_edges[slot] if slot < len(array_edges) else _edge_cache(array_edges, slot))
                 values.append(val)
-                links.append((fr[5], key))
+                links.append((plink, key))
                 stypes.append(None)
             elif k is _NODE:
                 idx = seen.get(id(val))
                 if idx is None:
-                    child = open_node(val, t, (fr[5], key))
-                    edges.append(NodeEdge(child[6]))
+                    child = open_node(val, t, (plink, key))
+                    idx = child[6]
+                    edges.append(node_edges[idx] if idx < len(node_edges) else _edge_cache(node_edges, idx))
+                    fr[3] = pos
                     stack.append(child)
-                else:
-                    edges.append(NodeEdge(idx))
+                    descended = True
+                    break
+                edges.append(node_edges[idx] if idx < len(node_edges) else _edge_cache(node_edges, idx))
             else:
                 vid = id(val)
                 if vid in active:
                     raise ValueError(
-                        f"the {t.__qualname__} at path {materialize((fr[5], key))!r} contains "
+                        f"the {t.__qualname__} at path {materialize((plink, key))!r} contains "
                         "itself: pytree containers cannot form cycles (hold the cycle through "
                         "a graph node instead)"
                     )
                 active.add(vid)
-                stack.append(open_container(val, k, (fr[5], key)))
+                fr[3] = pos
+                stack.append(open_container(val, k, (plink, key)))
+                descended = True
+                break
+        if descended:
             continue
 
         # The frame is complete.
         stack.pop()
         if fr[0]:
-            keys = tuple(kv[0] for kv in items)
-            table[fr[6]] = NodeSpec(type(fr[1]), fr[6], keys, tuple(fr[4]), fr[7])
+            keys = tuple([kv[0] for kv in items])
+            table[fr[6]] = _tnew(NodeSpec, ("nodespec", type(fr[1]), fr[6], keys, tuple(edges), fr[7]))
             continue
         x = fr[1]
         active.discard(id(x))
