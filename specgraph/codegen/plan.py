@@ -289,17 +289,25 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
                       comment=note)
         elif k is PytreeEdge:
             ptype = edge[1]
-            if ptype not in (list, tuple, dict):
-                raise Declined(f"custom pytree {ptype}")
+            builtin = ptype in (list, tuple, dict)
             if not skip_type_guard:
-                type_guard(var, ptype, label)
+                type_guard(var, ptype if builtin else _treedef_type(ptype), label)
             skip_type_guard = False
-            guard("guard_len", "container", src=var, n=len(edge[3]), comment=label)
+            src = var
+            if builtin:
+                guard("guard_len", "container", src=var, n=len(edge[3]), comment=label)
+            else:
+                # Any other JAX pytree: its registered flatten, then a guard on the treedef
+                # (which carries the aux data and the child count).
+                src = "ch" + var
+                steps.append(Step("load_pytree", dst=src, arg="td" + var, src=var))
+                guard("guard_treedef", "container", src="td" + var, arg=consts.bind(ptype, "TD"),
+                      comment=label)
             items = []
-            for key, child in zip(edge[2], edge[3], strict=True):
-                spelled = consts.key(key) if ptype is dict else repr(key)
-                item = _child_item(child, var, key, spelled, path, steps, consts, fresh)
-                if ptype is tuple:
+            for i, (key, child) in enumerate(zip(edge[2], edge[3], strict=True)):
+                spelled = consts.key(key) if ptype is dict else repr(key if builtin else i)
+                item = _child_item(child, src, key, spelled, path, steps, consts, fresh)
+                if ptype is not list and ptype is not dict:
                     item = (item[0], item[1], item[2], (var, spelled, False))
                 items.append(item)
             for item in reversed(items):
@@ -318,6 +326,13 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
         epoch=reg.registry_epoch(),
         counts=counts,
     )
+
+
+def _treedef_type(treedef: Any) -> type:
+    data = treedef.node_data()
+    if not data:
+        raise Declined(f"pytree without node data: {treedef}")
+    return data[0]
 
 
 def _child_item(

@@ -43,6 +43,7 @@ _types: dict[type, TypeEntry] = {}
 _stats: dict[GraphDef, StructureStats] = {}
 _unflat: dict[GraphDef, Any] = {}  # GraphDef -> compiled unflatten, or None when declined
 _unflat_seen: dict[GraphDef, int] = {}
+_unflat_epoch = [-1]  # registry epoch _unflat was filled under
 _totals = {"generic_flattens": 0, "generic_unflattens": 0, "generic_updates": 0, "compile_failures": 0,
            "declined": 0, "megamorphic_types": 0}
 _disabled_guards: frozenset[str] = frozenset()  # test-only: see _set_disabled_guards
@@ -57,6 +58,7 @@ def _base_namespace() -> dict[str, Any]:
         "KIND": reg.kind_cache().get,
         "ARRAY": reg.ARRAY,
         "STATIC_SIG": helpers.static_sig,
+        "ONE_LEVEL": helpers.one_level,
         "NEW": object.__new__,
     }
 
@@ -106,6 +108,10 @@ def _observe(t: type, gd: GraphDef, entry: TypeEntry | None) -> GraphDef:
         return gd  # an unhashable static: nothing to key a specialization on
     for var in entry.variants:
         if var.graphdef == gd:  # equal structure, but a guard refused (e.g. a NaN static)
+            if var.plan.epoch != reg.registry_epoch():  # compiled before a registration: replace it
+                with LOCK:
+                    entry.variants = tuple(v for v in entry.variants if v is not var)
+                break
             var.stats.fallbacks += 1
             return gd
     if gd in entry.declined:
@@ -201,6 +207,10 @@ def _unflatten_fn(gd: GraphDef) -> tuple[int, Any, StructureStats] | None:
     except TypeError:
         return None
     epoch = reg.epoch_cell()[0]
+    if _unflat_epoch[0] != epoch:  # a registration may change how nodes are rebuilt
+        with LOCK:
+            _unflat.clear()
+            _unflat_epoch[0] = epoch
     if gd in _unflat:
         rt = (epoch, _unflat[gd], _stats.setdefault(gd, StructureStats()))
         object.__setattr__(gd, "_rt", rt)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from jax import tree_util
+
 from .. import _registry as reg
+
+
+def one_level(x: Any) -> tuple[list[Any], Any]:
+    """``(children, treedef)`` of one level of a JAX pytree (as the reference walker sees it)."""
+    return tree_util.tree_flatten(x, is_leaf=lambda y: y is not x)
 
 
 def static_sig(x: Any) -> Any:
