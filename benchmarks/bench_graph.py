@@ -449,6 +449,20 @@ def markdown_table(shape: str, info: dict[str, Any], rows: list[dict[str, Any]],
     return "\n".join(lines) + "\n"
 
 
+def calls_markdown(systems: list[str], ops: list[str]) -> str:
+    """What each cell of the tables runs."""
+    lines = ["### what is timed", "", "| system | " + " | ".join(ops) + " |", "|---|" + "---|" * len(ops)]
+    for s in systems:
+        cells = [f"`{CALLS[s][op]}`" if op in CALLS[s] else "n/a" for op in ops]
+        lines.append(f"| {SYSTEMS[s]} | " + " | ".join(cells) + " |")
+    lines.append(
+        "\nEquinox and the nested dict are immutable pytrees: no in-place update. "
+        "Tied weights are one shared state in specgraph/BrainState/NNX but the same array "
+        "twice in the pytrees (4 leaves vs 3 states)."
+    )
+    return "\n".join(lines) + "\n"
+
+
 def header_markdown(env: dict[str, Any], args: argparse.Namespace) -> str:
     v = env["versions"]
     m = env["machine"]
@@ -664,6 +678,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         table = markdown_table(shape, info, rows, args.systems)
         md.append(table)
         print(table, flush=True)
+    md.append(calls_markdown(args.systems, args.ops))
     out["elapsed_s"] = round(time.perf_counter() - t_start, 2)
     _progress(f"done in {out['elapsed_s']} s")
 
