@@ -85,8 +85,10 @@ class Constants:
 
 _BUILTIN_NAMES = frozenset(dir(builtins))
 # Names the templates and the runtime namespace use; a type never takes one.
-_RESERVED = frozenset({"root", "vals", "EPOCH", "KIND", "ARRAY", "STATIC_SIG", "NEW", "__builtins__"})
-_LOCAL_NAME = re.compile(r"^(x|dx|droot|v|o|a|c|d)[0-9]*$")
+_RESERVED = frozenset(
+    {"root", "vals", "EPOCH", "KIND", "ARRAY", "STATIC_SIG", "NEW", "ONE_LEVEL", "__builtins__"}
+)
+_LOCAL_NAME = re.compile(r"^(x|dx|droot|v|o|a|c|d|ch|chx|td|tdx|chroot|tdroot)[0-9]*$")
 
 
 def _type_name(t: type, taken: dict[str, Any]) -> str:
@@ -151,7 +153,6 @@ class FlattenPlan:
     values: list[str]  # local name per value slot
     writes: list[Step]  # update: assignments of new values (states, then array leaves)
     distinct: list[str]  # expressions that must be pairwise distinct
-    update_ok: bool  # False when an array leaf sits in an immutable container
     epoch: int
     counts: dict[str, int]  # guard kind -> number of guards of that kind
 
@@ -181,7 +182,7 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
     distinct: list[str] = []
     counts = dict.fromkeys(GUARD_KINDS, 0)
     local_of: dict[int, str] = {}  # table index -> local name of the defining object
-    update_ok = True
+    writes_check: list[Step] = []
     table = gd.table
     counter = [0]
 
@@ -275,7 +276,8 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             guard("guard_array", "type", src=var, comment=label)
             values[slot] = var
             if owner is None or not owner[2]:
-                update_ok = False
+                # No mutable owner to write into: update may only leave it as it is.
+                writes_check.append(Step("check_unchanged", src=var, n=slot, comment=label))
             else:
                 writes_arrays.append(Step("write_item", dst=owner[0], arg=owner[1], n=slot, comment=label))
         elif k is StaticEdge:
@@ -320,9 +322,8 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
         consts=consts,
         steps=steps,
         values=values,
-        writes=writes_states + writes_arrays,
+        writes=writes_check + writes_states + writes_arrays,
         distinct=distinct,
-        update_ok=update_ok,
         epoch=reg.registry_epoch(),
         counts=counts,
     )

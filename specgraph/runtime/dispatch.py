@@ -152,10 +152,8 @@ def _compile_variant(gd: GraphDef, entry: TypeEntry) -> Variant | None:
         type_name = gd.type.__qualname__
         srcs = {"flatten": _emit.render("flatten", plan, _disabled_guards)}
         f = _emit.compile_source("flatten", srcs["flatten"], type_name, ns).fn
-        u = None
-        if plan.update_ok:
-            srcs["update"] = _emit.render("update", plan, _disabled_guards)
-            u = _emit.compile_source("update", srcs["update"], type_name, ns).fn
+        srcs["update"] = _emit.render("update", plan, _disabled_guards)
+        u = _emit.compile_source("update", srcs["update"], type_name, ns).fn
     except (SyntaxError, RecursionError, MemoryError, ValueError, TypeError) as e:
         _compile_failed(entry, gd, stats, e)
         return None

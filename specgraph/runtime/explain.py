@@ -76,8 +76,7 @@ def explain(graphdef: GraphDef) -> str:
         try:
             plan = _plan.plan_flatten(gd, CONFIG.max_steps)
             sources["flatten"] = _emit.render("flatten", plan)
-            if plan.update_ok:
-                sources["update"] = _emit.render("update", plan)
+            sources["update"] = _emit.render("update", plan)
         except _plan.Declined as e:
             status = f"not specialized: {e.reason}; the generic walker serves it"
     try:
@@ -96,8 +95,12 @@ def explain(graphdef: GraphDef) -> str:
                 n = len(plan.distinct)
             if n:
                 out.append(f"  - {kind:<9} x{n:<5} {_plan.GUARD_WORDS[kind]}")
-        if not plan.update_ok:
-            out.append("  (update stays generic: an array leaf sits in an immutable container)")
+        frozen = sum(1 for w in plan.writes if w.op == "check_unchanged")
+        if frozen:
+            out.append(
+                f"  (update: {frozen} array leaves sit in immutable containers; an update that "
+                "changes one goes to the generic walker)"
+            )
     for kind in ("flatten", "update", "unflatten"):
         if kind in sources:
             out.append("")
