@@ -151,13 +151,16 @@ def calibrate(fn: Callable[[], Any], target: float) -> int:
         n = min(n * 100, max(n * 2, int(n * 0.3 * target / max(t, 1e-9))))
 
 
-@dataclasses.dataclass
 class Timing:
-    system: str
-    fn: Callable[[], Any] | None = None
-    number: int = 0
-    best: float = float("inf")  # seconds per call
-    error: str | None = None
+    """One system's timing of one operation (a plain class: this file may be loaded
+    by path without a ``sys.modules`` entry, which dataclasses would need)."""
+
+    def __init__(self, system: str, fn: Callable[[], Any] | None = None, error: str | None = None) -> None:
+        self.system = system
+        self.fn = fn
+        self.number = 0
+        self.best = float("inf")  # seconds per call
+        self.error = error
 
     @property
     def us(self) -> float | None:
@@ -319,10 +322,29 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def specgraph_source() -> dict[str, Any]:
+    """Where the measured specgraph came from: its path, and the git commit / dirtiness."""
+    import subprocess
+
+    import specgraph as sg
+
+    pkg = Path(sg.__file__).resolve().parent
+    out: dict[str, Any] = {"path": str(pkg)}
+    try:
+        git = ["git", "-C", str(pkg)]
+        run = functools.partial(subprocess.run, capture_output=True, text=True, timeout=10, check=True)
+        out["commit"] = run([*git, "rev-parse", "HEAD"]).stdout.strip()
+        out["dirty"] = bool(run([*git, "status", "--porcelain", "--", "."]).stdout.strip())
+    except Exception:
+        pass
+    return out
+
+
 def environment() -> dict[str, Any]:
     import specgraph as sg
 
     return {
+        "specgraph_source": specgraph_source(),
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "machine": {
             "hostname": socket.gethostname(),
@@ -463,6 +485,12 @@ def calls_markdown(systems: list[str], ops: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _source_note(src: dict[str, Any]) -> str:
+    if "commit" not in src:
+        return ""
+    return f" @ {src['commit'][:10]}" + (" + uncommitted changes" if src.get("dirty") else "")
+
+
 def header_markdown(env: dict[str, Any], args: argparse.Namespace) -> str:
     v = env["versions"]
     m = env["machine"]
@@ -470,7 +498,8 @@ def header_markdown(env: dict[str, Any], args: argparse.Namespace) -> str:
     return (
         f"## specgraph graph benchmarks — {env['date']}\n\n"
         f"- machine: {m['hostname']}, {m['platform']}, {m['cpu_count']} CPUs\n"
-        f"- Python {v['python']}, JAX {v['jax']} (jaxlib {v['jaxlib']}), specgraph {v['specgraph']}\n"
+        f"- Python {v['python']}, JAX {v['jax']} (jaxlib {v['jaxlib']}), specgraph {v['specgraph']}"
+        f"{_source_note(env.get('specgraph_source', {}))}\n"
         f"- peers: {peers or 'none'}\n"
         f"- method: {'quick, ' if args.quick else ''}one process, systems interleaved, "
         f"repeat ≈ {args.target_ms:g} ms, min of {args.repeats} repeats\n"
