@@ -29,6 +29,7 @@ from ._registry import register_graph_node_type
 from ._statemap import StateMap
 from .runtime.dispatch import cache_info, clear_cache, configure, specialization
 from .runtime.explain import explain
+from .transforms import grad, jit, value_and_grad
 
 __version__ = "0.1.0"
 
@@ -49,6 +50,9 @@ __all__ = [
     "clone",
     "flatten",
     "generic",
+    "grad",
+    "jit",
+    "value_and_grad",
     "graphdef",
     "iter_leaf",
     "iter_node",

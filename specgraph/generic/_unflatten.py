@@ -14,7 +14,7 @@ from .._ir import ArrayEdge, GraphDef, NodeEdge, NodeSpec, StateEdge, StaticEdge
 from .._model import _new_state
 from .._resolve import resolve_all
 
-__all__ = ["unflatten", "build", "rebuild_edge"]
+__all__ = ["unflatten", "build", "build_with", "rebuild_edge"]
 
 
 def rebuild_edge(edge: Any, objs: list[Any], values: list[Any]) -> Any:
@@ -39,12 +39,22 @@ def rebuild_edge(edge: Any, objs: list[Any], values: list[Any]) -> Any:
 
 def build(gd: GraphDef, values: list[Any]) -> Any:
     """Make the object graph of ``gd`` from values in slot order."""
+    return build_with(gd, values, {}, gd.root)
+
+
+def build_with(gd: GraphDef, values: list[Any], known: dict[int, Any], edge: Any) -> Any:
+    """Like ``build``, but the objects in ``known`` (by index) are used as they are.
+
+    Known objects are neither created nor filled; the value of ``edge`` is returned.
+    """
     table = gd.table
     objs: list[Any] = [None] * len(table)
     impls: list[Any] = [None] * len(table)
     # Pass 1 + 2: states and empty node shells.
     for spec in table:
-        if type(spec) is NodeSpec:
+        if spec[2] in known:
+            objs[spec[2]] = known[spec[2]]
+        elif type(spec) is NodeSpec:
             t = spec[1]
             try:
                 impl = reg.node_impl(t)
@@ -56,7 +66,7 @@ def build(gd: GraphDef, values: list[Any]) -> Any:
             objs[spec[2]] = _new_state(spec[1], values[spec[4]], spec[3])
     # Pass 3: fill.
     for spec in table:
-        if type(spec) is not NodeSpec:
+        if type(spec) is not NodeSpec or spec[2] in known:
             continue
         node = objs[spec[2]]
         children = [rebuild_edge(c, objs, values) for c in spec[4]]
@@ -67,7 +77,7 @@ def build(gd: GraphDef, values: list[Any]) -> Any:
             set_key = impl.set_key
             for key, child in zip(spec[3], children, strict=True):
                 set_key(node, key, child)
-    return rebuild_edge(gd.root, objs, values)
+    return rebuild_edge(edge, objs, values)
 
 
 def unflatten(graphdef: GraphDef, state: Any) -> Any:

@@ -1,0 +1,301 @@
+"""``specgraph.jit``: ``jax.jit`` for functions of graph nodes, at raw-JAX overhead.
+
+Per call: one (specialized) flatten of all dynamic arguments together, so sharing
+across arguments is kept; a cached ``jax.jit`` of a pure function of
+``(static key, GraphDef, values)``; inside the trace the graph is rebuilt from
+tracers, ``fn`` runs, and the states it wrote (new value objects) are returned;
+after the call those are written back into the caller's live objects with the
+(specialized) update. Nothing else crosses the boundary.
+
+Decisions: a structural change made inside ``fn`` (attribute added or deleted,
+node or State replaced, list resized) is rejected with a ``ValueError``: make
+structural changes outside the jitted function. Python scalars and other
+statics inside the arguments are static (part of the ``GraphDef``): a new value
+retraces. Graph nodes and States returned by ``fn`` come back as the caller's
+live objects when they came in as arguments, and as fresh objects otherwise.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+from jax import tree_util
+
+from .._ir import ArrayEdge, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge
+from .._model import Node
+from .._statemap import StateMap
+from ..generic._flatten import walk
+from ..generic._unflatten import build_with, rebuild_edge
+from ..runtime import dispatch
+
+__all__ = ["jit", "JitFunction"]
+
+
+class _Result:
+    """What the pure function returns: written state values and the output.
+
+    ``written`` (slots) and ``out_static`` (how to rebuild the output) are static
+    aux data, so they survive jit's cache without retracing.
+    """
+
+    __slots__ = ("out_static", "out_values", "written", "written_values")
+
+    def __init__(self, written: tuple[int, ...], out_static: Any, written_values: list, out_values: list):
+        self.written = written
+        self.out_static = out_static
+        self.written_values = written_values
+        self.out_values = out_values
+
+
+tree_util.register_pytree_node(
+    _Result,
+    lambda r: ((r.written_values, r.out_values), (r.written, r.out_static)),
+    lambda aux, ch: _Result(aux[0], aux[1], list(ch[0]), list(ch[1])),
+)
+
+
+class _OutRoot(Node):
+    """Joint root of (arguments after fn, output), flattened inside the trace."""
+
+
+def _is_plain(edge: Any) -> bool:
+    """True when an output edge holds no graph node or State (a plain pytree)."""
+    stack = [edge]
+    while stack:
+        e = stack.pop()
+        k = type(e)
+        if k is NodeEdge or k is StateEdge:
+            return False
+        if k is PytreeEdge:
+            stack.extend(e[3])
+    return True
+
+
+class JitFunction:
+    """A jitted function of graph nodes; call it like the original."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        static_argnums: int | Sequence[int] = (),
+        static_argnames: str | Sequence[str] = (),
+        donate_argnums: int | Sequence[int] = (),
+        **jax_jit_kwargs: Any,
+    ) -> None:
+        self.fn = fn
+        self.static_argnums = _as_tuple(static_argnums)
+        names = [static_argnames] if isinstance(static_argnames, str) else static_argnames
+        self.static_argnames = tuple(names)
+        self.donate_argnums = _as_tuple(donate_argnums)
+        for bad in ("static_argnums", "donate_argnums", "donate_argnames", "in_shardings", "out_shardings"):
+            if bad in jax_jit_kwargs:
+                raise TypeError(f"specgraph.jit does not support the jax.jit argument {bad!r}")
+        self.trace_count = 0
+        # A root type of its own: the dispatcher keys variants by type(root), so each
+        # jitted function gets its own variants instead of sharing a megamorphic one.
+        name = getattr(fn, "__name__", "fn")
+        self._root_type = type(f"JitArgs[{name}]", (_ArgsRoot,), {"__module__": __name__})
+        self._jitted = jax.jit(self._pure, static_argnums=(0, 1), donate_argnums=(3,) if self.donate_argnums
+                               else (), **jax_jit_kwargs)
+        self._donated: dict[GraphDef, tuple[int, ...]] = {}
+        functools.update_wrapper(self, fn)
+
+    # -- the traced side ------------------------------------------------------------
+    def _pure(self, static: tuple, gd: GraphDef, kept: list[Any], donated: list[Any]) -> _Result:
+        self.trace_count += 1
+        values = _merge_donated(self._donated_slots(gd), kept, donated)
+        root = dispatch.unflatten(gd, (StateMap._make(gd.pathtable, values),))
+        args, kwargs = _call_args(root, static)
+        out = self.fn(*args, **kwargs)
+        joint = _OutRoot.__new__(_OutRoot)
+        joint.__dict__["a"] = root
+        joint.__dict__["b"] = out
+        w = walk(joint)
+        after = w.graphdef
+        if not _same_structure(gd, after):
+            raise ValueError(
+                f"{_fn_name(self.fn)} changed the structure of its arguments inside specgraph.jit "
+                "(an attribute, node, State or container was added, removed or replaced). "
+                "Structural changes are not carried out of a jitted call: make them outside "
+                "the jitted function, or return the new objects"
+            )
+        n = gd.num_leaves
+        donated_slots = set(self._donated_slots(gd))
+        after_values = w.values
+        # Written: a new value object. Donated arguments' buffers die with the call,
+        # so all their values come back.
+        written = tuple(i for i in range(n) if after_values[i] is not values[i] or i in donated_slots)
+        out_edge = after.table[0][4][1]  # the "b" child of the joint root
+        if _is_plain(out_edge):
+            out_static: Any = ("plain", out_edge, n)
+        else:
+            out_static = ("graph", after, n)
+        return _Result(written, out_static, [after_values[i] for i in written], after_values[n:])
+
+    def _donated_slots(self, gd: GraphDef) -> tuple[int, ...]:
+        """The value slots that belong to donated arguments (cached per GraphDef)."""
+        slots = self._donated.get(gd)
+        if slots is None:
+            nargs = len(gd.table[0][4][0][3]) if type(gd.table[0][4][0]) is PytreeEdge else 0
+            donate = {i % nargs for i in self.donate_argnums} if nargs else set()
+            slots = tuple(
+                i for i, p in enumerate(gd.paths) if len(p) >= 2 and p[0] == "args" and p[1] in donate
+            )
+            self._donated[gd] = slots
+        return slots
+
+    # -- the caller's side ----------------------------------------------------------
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        static_pos = self.static_argnums
+        static_names = self.static_argnames
+        if static_pos or static_names:
+            n = len(args)
+            is_static = [i in static_pos or i - n in static_pos for i in range(n)]
+            dyn_args = tuple(None if s else a for s, a in zip(is_static, args, strict=True))
+            static = (
+                tuple((i, args[i]) for i in range(n) if is_static[i]),
+                tuple(sorted((k, v) for k, v in kwargs.items() if k in static_names)),
+            )
+            dyn_kwargs = {k: v for k, v in kwargs.items() if k not in static_names}
+        else:
+            dyn_args, static, dyn_kwargs = args, ((), ()), kwargs
+        root = _new_root(self._root_type, dyn_args, dyn_kwargs)
+        gd, sm = dispatch.flatten(root)
+        values = sm._values
+        if self.donate_argnums:
+            donated_slots = self._donated_slots(gd)
+            dset = set(donated_slots)
+            kept = [None if i in dset else v for i, v in enumerate(values)]
+            donated = [values[i] for i in donated_slots]
+        else:
+            kept, donated = values, []
+        try:
+            res = self._jitted(static, gd, kept, donated)
+        except TypeError as e:
+            if "unhashable" in str(e) or "hash" in str(e):
+                hash(gd)  # raises a TypeError naming the path of an unhashable static
+            raise
+        if res.written:
+            new_values = list(values)
+            for slot, v in zip(res.written, res.written_values, strict=True):
+                new_values[slot] = v
+            dispatch.update(root, (StateMap._make(sm._table, new_values),))
+        kind, payload, n = res.out_static
+        if kind == "plain":
+            return rebuild_edge(payload, [], [None] * n + res.out_values)
+        return _rebuild_graph_output(root, payload, n, res.out_values)
+
+
+class _ArgsRoot(Node):
+    """Root node holding a call's dynamic ``args`` (tuple) and ``kwargs`` (dict)."""
+
+
+def _new_root(cls: type, args: tuple, kwargs: dict) -> Any:
+    root = object.__new__(cls)
+    d = root.__dict__
+    d["args"] = args
+    d["kwargs"] = kwargs
+    return root
+
+
+def _call_args(root: Any, static: tuple) -> tuple[list[Any], dict[str, Any]]:
+    args = list(root.__dict__["args"])
+    for i, v in static[0]:
+        args[i] = v
+    kwargs = dict(root.__dict__["kwargs"])
+    kwargs.update(static[1])
+    return args, kwargs
+
+
+def _merge_donated(slots: tuple[int, ...], kept: list[Any], donated: list[Any]) -> list[Any]:
+    values = list(kept)
+    for slot, v in zip(slots, donated, strict=True):
+        values[slot] = v
+    return values
+
+
+def _same_structure(before: GraphDef, after_joint: GraphDef) -> bool:
+    """Did ``fn`` leave the arguments' structure as it was?
+
+    The joint walk (root ``_OutRoot`` with children ``a``: the arguments, ``b``:
+    the output) indexes the arguments' objects first, shifted by one for the
+    joint root; compare the argument part spec by spec.
+    """
+    n = len(before.table)
+    if len(after_joint.table) < n + 1:
+        return False
+    for spec_b, spec_a in zip(before.table, after_joint.table[1 : n + 1], strict=True):
+        if type(spec_b) is not type(spec_a) or spec_b[1] is not spec_a[1]:
+            return False
+        if type(spec_b) is NodeSpec:
+            if spec_b[3] != spec_a[3] or spec_b[5] != spec_a[5]:
+                return False
+            if not all(_same_edge(x, y) for x, y in zip(spec_b[4], spec_a[4], strict=True)):
+                return False
+        elif spec_b[3] != spec_a[3] or spec_b[4] != spec_a[4]:
+            return False
+    return True
+
+
+def _same_edge(b: Any, a: Any) -> bool:
+    """Edge equality with the joint walk's index shift (+1) for nodes and states."""
+    kb = type(b)
+    if kb is not type(a):
+        return False
+    if kb is NodeEdge or kb is StateEdge:
+        return a[1] == b[1] + 1
+    if kb is ArrayEdge:
+        return a[1] == b[1]
+    if kb is StaticEdge:
+        return a == b
+    if kb is PytreeEdge:
+        return b[1] == a[1] and b[2] == a[2] and len(b[3]) == len(a[3]) and all(
+            _same_edge(x, y) for x, y in zip(b[3], a[3], strict=True)
+        )
+    return False
+
+
+def _rebuild_graph_output(root: Any, joint: GraphDef, n: int, out_values: list[Any]) -> Any:
+    """Rebuild an output holding graph nodes/States: input objects come back live."""
+    w = walk(root)  # the caller's objects by index (index i here is i + 1 in the joint walk)
+    known = {i + 1: obj for i, obj in enumerate(w.objects)}
+    values = list(w.values) + list(out_values)
+    if len(w.values) != n:  # pragma: no cover - the structure was checked in the trace
+        raise RuntimeError("argument structure changed during the call")
+    return build_with(joint, values, known, edge=joint.table[0][4][1])
+
+
+def _as_tuple(x: int | Sequence[int]) -> tuple[int, ...]:
+    return (x,) if isinstance(x, int) else tuple(x)
+
+
+def _fn_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def jit(
+    fn: Callable[..., Any] | None = None,
+    *,
+    static_argnums: int | Sequence[int] = (),
+    static_argnames: str | Sequence[str] = (),
+    donate_argnums: int | Sequence[int] = (),
+    **jax_jit_kwargs: Any,
+) -> Any:
+    """``jax.jit`` for functions whose arguments are (or contain) graph nodes.
+
+    States that ``fn`` writes are written back into the caller's State objects
+    after the call; states only read produce no outputs. Usable as a decorator,
+    with or without arguments.
+    """
+    if fn is None:
+        return functools.partial(
+            jit, static_argnums=static_argnums, static_argnames=static_argnames,
+            donate_argnums=donate_argnums, **jax_jit_kwargs,
+        )
+    if not callable(fn):
+        raise TypeError(f"specgraph.jit expects a callable, got {type(fn).__qualname__}")
+    return JitFunction(fn, static_argnums, static_argnames, donate_argnums, **jax_jit_kwargs)
+
