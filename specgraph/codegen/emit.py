@@ -53,12 +53,14 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
     """
     gd = plan.graphdef
     type_name = _safe_name(gd.type.__qualname__)
-    tmpl = environment().get_template(f"{kind}.py.j2")
+    tmpl = environment().get_template(f"{'flatten' if kind == 'walk' else kind}.py.j2")
     if isinstance(plan, UnflattenPlan):
         return tmpl.render(name=_func_name(kind, type_name), type_name=type_name,
                            steps=plan.steps, root=plan.root)
     steps = [s for s in plan.steps if s.kind not in disabled]
     return tmpl.render(
+        walk=kind == "walk",
+        objects=plan.objects,
         name=_func_name(kind, type_name),
         type_name=type_name,
         steps=steps,

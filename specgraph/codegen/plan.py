@@ -153,6 +153,7 @@ class FlattenPlan:
     values: list[str]  # local name per value slot
     writes: list[Step]  # update: assignments of new values (states, then array leaves)
     distinct: list[str]  # expressions that must be pairwise distinct
+    objects: list[str]  # local name per table index (the defining occurrence)
     epoch: int
     counts: dict[str, int]  # guard kind -> number of guards of that kind
 
@@ -318,6 +319,7 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             raise Declined(f"unknown edge {edge!r}")
 
     return FlattenPlan(
+        objects=[local_of[i] for i in range(len(table))],
         graphdef=gd,
         consts=consts,
         steps=steps,

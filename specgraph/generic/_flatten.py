@@ -54,16 +54,21 @@ def _edge_cache(cache: list, index: int) -> Any:
 class Walk:
     """What one flatten found: the IR, the values, and the live objects by index."""
 
-    __slots__ = ("graphdef", "links", "objects", "values")
+    __slots__ = ("graphdef", "links", "objects", "paths", "values")
 
-    def __init__(self, graphdef: GraphDef, values: list[Any], objects: list[Any], links: list[Any]) -> None:
+    def __init__(
+        self, graphdef: GraphDef, values: list[Any], objects: list[Any], links: Any, paths: Any = None
+    ) -> None:
         self.graphdef = graphdef
         self.values = values  # per value slot: a state's .value or an array leaf
         self.objects = objects  # per table index: the node or State object
         self.links = links  # per table index: the path link of the defining occurrence
+        self.paths = paths  # per table index: the path, when already materialized
 
     def path(self, index: int) -> tuple:
         """The path of the object with table index ``index``."""
+        if self.paths is not None:
+            return self.paths[index]
         return materialize(self.links[index])
 
 

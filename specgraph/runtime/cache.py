@@ -40,6 +40,7 @@ class StructureStats:
 
     hits: int = 0
     update_hits: int = 0
+    walk_hits: int = 0
     unflatten_hits: int = 0
     misses: Counter[str] = field(default_factory=Counter)
     fallbacks: int = 0
@@ -50,6 +51,7 @@ class StructureStats:
         return {
             "hits": self.hits,
             "update_hits": self.update_hits,
+            "walk_hits": self.walk_hits,
             "unflatten_hits": self.unflatten_hits,
             "guard_misses": dict(self.misses),
             "fallbacks": self.fallbacks,
@@ -61,17 +63,31 @@ class StructureStats:
 class Variant:
     """One specialized structure of a root type: its flatten and update functions."""
 
-    __slots__ = ("flatten", "graphdef", "plan", "sources", "stats", "table", "update")
+    __slots__ = ("_paths", "flatten", "graphdef", "links", "plan", "sources", "stats", "table", "update",
+                 "walk")
 
     def __init__(self, graphdef: GraphDef, flatten: Any, update: Any, stats: StructureStats,
-                 sources: dict[str, str], plan: Any) -> None:
+                 sources: dict[str, str], plan: Any, links: tuple) -> None:
         self.graphdef = graphdef
         self.table: PathTable = graphdef.pathtable
         self.flatten = flatten
         self.update = update
+        self.walk: Any = None  # compiled on first use (states(), nodes(), iter_*)
         self.stats = stats
         self.sources = sources
         self.plan = plan
+        self.links = links  # per table index: path link of the defining occurrence
+        self._paths: tuple | None = None
+
+    @property
+    def paths(self) -> tuple:
+        """Per table index: the path of the defining occurrence (made once)."""
+        p = self._paths
+        if p is None:
+            from .._ir import materialize
+
+            p = self._paths = tuple(materialize(link) for link in self.links)
+        return p
 
 
 class TypeEntry:

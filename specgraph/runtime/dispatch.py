@@ -23,7 +23,7 @@ from .._resolve import resolve_all, resolve_partial
 from .._statemap import StateMap
 from ..codegen import emit as _emit
 from ..codegen import plan as _plan
-from ..generic._flatten import walk
+from ..generic._flatten import Walk, walk
 from ..generic._unflatten import build
 from ..generic._update import apply_update
 from . import helpers
@@ -45,7 +45,7 @@ _unflat: dict[GraphDef, Any] = {}  # GraphDef -> compiled unflatten, or None whe
 _unflat_seen: dict[GraphDef, int] = {}
 _unflat_epoch = [-1]  # registry epoch _unflat was filled under
 _totals = {"generic_flattens": 0, "generic_unflattens": 0, "generic_updates": 0, "compile_failures": 0,
-           "declined": 0, "megamorphic_types": 0}
+           "declined": 0, "declined_too_large": 0, "megamorphic_types": 0, "generic_walks": 0}
 _disabled_guards: frozenset[str] = frozenset()  # test-only: see _set_disabled_guards
 _BOUND = 256  # entries kept in the bounded bookkeeping dicts
 
@@ -86,7 +86,7 @@ def _generic_flatten(node: Any, entry: TypeEntry | None) -> tuple[GraphDef, Stat
     gd = w.graphdef
     _totals["generic_flattens"] += 1
     if CONFIG.enabled:
-        gd = _observe(type(node), gd, entry)
+        _observe(type(node), w, entry)
     return gd, _make_sm(gd.pathtable, w.values)
 
 
@@ -95,17 +95,22 @@ def _promote(entry: TypeEntry, var: Variant) -> None:
         entry.variants = (var, *(v for v in entry.variants if v is not var))
 
 
-def _observe(t: type, gd: GraphDef, entry: TypeEntry | None) -> GraphDef:
+def _observe(t: type, w: Walk, entry: TypeEntry | None) -> None:
     """Count a structure seen by the reference walker; specialize it at the threshold."""
+    gd = w.graphdef
     if entry is None:
         with LOCK:
             entry = _types.setdefault(t, TypeEntry())
     if entry.megamorphic:
-        return gd
+        return
+    if len(gd.table) * 4 > CONFIG.max_steps:
+        # Too large to compile quickly: decide before paying for a hash of the structure.
+        _totals["declined_too_large"] += 1
+        return
     try:
         hash(gd)
     except TypeError:
-        return gd  # an unhashable static: nothing to key a specialization on
+        return  # an unhashable static: nothing to key a specialization on
     for var in entry.variants:
         if var.graphdef == gd:  # equal structure, but a guard refused (e.g. a NaN static)
             if var.plan.epoch != reg.registry_epoch():  # compiled before a registration: replace it
@@ -113,30 +118,29 @@ def _observe(t: type, gd: GraphDef, entry: TypeEntry | None) -> GraphDef:
                     entry.variants = tuple(v for v in entry.variants if v is not var)
                 break
             var.stats.fallbacks += 1
-            return gd
+            return
     if gd in entry.declined:
-        return gd
+        return
     with LOCK:
         n = entry.seen.get(gd, 0) + 1
         if n < CONFIG.threshold:
             entry.seen[gd] = n
             if len(entry.seen) > _BOUND:
                 entry.seen.pop(next(iter(entry.seen)))
-            return gd
+            return
         entry.seen.pop(gd, None)
         if len(entry.variants) >= CONFIG.max_variants:
             entry.megamorphic = True
             entry.variants = ()
             entry.seen.clear()
             _totals["megamorphic_types"] += 1
-            return gd
-        var = _compile_variant(gd, entry)
+            return
+        var = _compile_variant(gd, entry, tuple(w.links))
         if var is not None:
             entry.variants = (var, *entry.variants)
-    return gd
 
 
-def _compile_variant(gd: GraphDef, entry: TypeEntry) -> Variant | None:
+def _compile_variant(gd: GraphDef, entry: TypeEntry, links: tuple) -> Variant | None:
     stats = _stats.setdefault(gd, StructureStats())
     t0 = time.perf_counter()
     try:
@@ -158,7 +162,7 @@ def _compile_variant(gd: GraphDef, entry: TypeEntry) -> Variant | None:
         _compile_failed(entry, gd, stats, e)
         return None
     stats.compile_seconds += time.perf_counter() - t0
-    return Variant(gd, f, u, stats, srcs, plan)
+    return Variant(gd, f, u, stats, srcs, plan, links)
 
 
 def _decline(entry: TypeEntry, gd: GraphDef, stats: StructureStats, reason: str) -> None:
@@ -178,6 +182,46 @@ def _compile_failed(entry: TypeEntry, gd: GraphDef, stats: StructureStats, e: Ba
         stacklevel=4,
     )
     _decline(entry, gd, stats, f"{type(e).__name__}: {e}")
+
+
+def walk_graph(node: Any) -> Walk:
+    """Objects by index and values by slot: specialized when a variant matches."""
+    entry = _types.get(type(node)) if CONFIG.enabled else None
+    if entry is not None:
+        for var in entry.variants:
+            f = var.walk
+            if f is None:
+                f = _compile_walk(var)
+            r = f(node)
+            if type(r) is tuple:
+                var.stats.walk_hits += 1
+                return Walk(var.graphdef, r[1], r[0], var.links, var.paths)
+            var.stats.misses[r] += 1
+    w = walk(node)
+    _totals["generic_walks"] += 1
+    if CONFIG.enabled:
+        _observe(type(node), w, entry)
+    return w
+
+
+def _refuse(root: Any) -> str:
+    return "error"
+
+
+def _compile_walk(var: Variant) -> Any:
+    with LOCK:
+        if var.walk is None:
+            ns = {**_base_namespace(), **var.plan.consts.namespace}
+            try:
+                src = _emit.render("walk", var.plan, _disabled_guards)
+                var.walk = _emit.compile_source("walk", src, var.graphdef.type.__qualname__, ns).fn
+                var.sources["walk"] = src
+            except Exception as e:  # never an error for the user: the generic walker serves it
+                _totals["compile_failures"] += 1
+                warnings.warn(f"specgraph could not specialize a walk of {var.graphdef.type.__qualname__} "
+                              f"({type(e).__name__}: {e})", RuntimeWarning, stacklevel=4)
+                var.walk = _refuse
+        return var.walk
 
 
 # -- unflatten --------------------------------------------------------------------
@@ -269,7 +313,7 @@ def update(node: Any, states: tuple[Any, ...]) -> None:
     if states:
         apply_update(node, w, resolve_partial(w.graphdef.pathtable, states))
     if CONFIG.enabled:
-        _observe(type(node), w.graphdef, entry)
+        _observe(type(node), w, entry)
 
 
 # -- control ----------------------------------------------------------------------
@@ -315,12 +359,13 @@ def cache_info() -> dict[str, Any]:
     """Counters: hits, guard misses by guard kind, fallbacks, compiled variants, ..."""
     with LOCK:
         misses: dict[str, int] = {}
-        hits = update_hits = unflatten_hits = fallbacks = 0
+        hits = update_hits = unflatten_hits = walk_hits = fallbacks = 0
         compile_seconds = 0.0
         for st in _stats.values():
             hits += st.hits
             update_hits += st.update_hits
             unflatten_hits += st.unflatten_hits
+            walk_hits += st.walk_hits
             fallbacks += st.fallbacks
             compile_seconds += st.compile_seconds
             for k, v in st.misses.items():
@@ -330,6 +375,7 @@ def cache_info() -> dict[str, Any]:
             "hits": hits,
             "update_hits": update_hits,
             "unflatten_hits": unflatten_hits,
+            "walk_hits": walk_hits,
             "guard_misses": misses,
             "fallbacks": fallbacks,
             "compiled_variants": sum(len(e.variants) for e in _types.values()),
