@@ -31,13 +31,7 @@ __all__ = [
 Path = tuple[Hashable, ...]
 
 
-def flatten(node: Any) -> tuple[GraphDef, StateMap]:
-    """Split a graph into its static ``GraphDef`` and its values as a ``StateMap``.
-
-    Served by a specialized function when one matches the object's structure,
-    else by the reference walker; both give equal results.
-    """
-    return dispatch.flatten(node)
+flatten = dispatch.flatten  # the public entry point is the dispatcher itself: no extra frame
 
 
 def unflatten(graphdef: GraphDef, state: Any) -> Any:

@@ -286,7 +286,8 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             cname = consts.bind(edge[2], "C")
             note = label + static_note(edge[2])
             if isinstance(sig, type):
-                guard("guard_static", "static", src=var, arg=consts.bind(sig, "T"), arg2=cname, comment=note)
+                op = "guard_static_nan" if _may_be_nan(edge[2]) else "guard_static"
+                guard(op, "static", src=var, arg=consts.bind(sig, "T"), arg2=cname, comment=note)
             else:
                 guard("guard_static_sig", "static", src=var, arg=consts.bind(sig, "S"), arg2=cname,
                       comment=note)
@@ -329,6 +330,16 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
         epoch=reg.registry_epoch(),
         counts=counts,
     )
+
+
+def _may_be_nan(value: Any) -> bool:
+    """Statics that can be unequal to themselves get no identity shortcut (NaN must miss)."""
+    if isinstance(value, (float, complex)):
+        return True
+    try:
+        return bool(value != value)
+    except Exception:
+        return True
 
 
 def _treedef_type(treedef: Any) -> type:

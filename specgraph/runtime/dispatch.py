@@ -50,6 +50,7 @@ _disabled_guards: frozenset[str] = frozenset()  # test-only: see _set_disabled_g
 _BOUND = 256  # entries kept in the bounded bookkeeping dicts
 
 _make_sm = StateMap._make
+_new_sm = object.__new__
 
 
 def _base_namespace() -> dict[str, Any]:
@@ -67,6 +68,11 @@ def _base_namespace() -> dict[str, Any]:
 
 
 def flatten(node: Any) -> tuple[GraphDef, StateMap]:
+    """Split a graph into its static ``GraphDef`` and its values as a ``StateMap``.
+
+    Served by a specialized function when one matches the object's structure,
+    else by the reference walker; both give equal results.
+    """
     entry = _types.get(type(node)) if CONFIG.enabled else None
     if entry is not None:
         variants = entry.variants
@@ -76,7 +82,10 @@ def flatten(node: Any) -> tuple[GraphDef, StateMap]:
                 var.stats.hits += 1
                 if var is not variants[0]:
                     _promote(entry, var)
-                return var.graphdef, _make_sm(var.table, r)
+                sm = _new_sm(StateMap)
+                sm._table = var.table
+                sm._values = r
+                return var.graphdef, sm
             var.stats.misses[r] += 1
     return _generic_flatten(node, entry)
 
@@ -122,6 +131,8 @@ def _observe(t: type, w: Walk, entry: TypeEntry | None) -> None:
     if gd in entry.declined:
         return
     with LOCK:
+        if entry.megamorphic or any(v.graphdef == gd for v in entry.variants):
+            return  # another thread got here first: never compile one structure twice
         n = entry.seen.get(gd, 0) + 1
         if n < CONFIG.threshold:
             entry.seen[gd] = n
@@ -158,7 +169,7 @@ def _compile_variant(gd: GraphDef, entry: TypeEntry, links: tuple) -> Variant | 
         f = _emit.compile_source("flatten", srcs["flatten"], type_name, ns).fn
         srcs["update"] = _emit.render("update", plan, _disabled_guards)
         u = _emit.compile_source("update", srcs["update"], type_name, ns).fn
-    except (SyntaxError, RecursionError, MemoryError, ValueError, TypeError) as e:
+    except Exception as e:  # never an error for the user (see DESIGN: Deep and large graphs)
         _compile_failed(entry, gd, stats, e)
         return None
     stats.compile_seconds += time.perf_counter() - t0

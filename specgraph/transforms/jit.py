@@ -108,6 +108,7 @@ class JitFunction:
         self.trace_count += 1
         values = _merge_donated(self._donated_slots(gd), kept, donated)
         root = dispatch.unflatten(gd, (StateMap._make(gd.pathtable, values),))
+        before_objects = walk(root).objects  # trace time only: the rebuilt nodes and States
         args, kwargs = _call_args(root, static)
         out = self.fn(*args, **kwargs)
         joint = _OutRoot.__new__(_OutRoot)
@@ -115,7 +116,11 @@ class JitFunction:
         joint.__dict__["b"] = out
         w = walk(joint)
         after = w.graphdef
-        if not _same_structure(gd, after):
+        # A node or State replaced by a fresh one of the same type leaves the GraphDef
+        # equal: compare identities too (index i here is index i + 1 in the joint walk).
+        if not _same_structure(gd, after) or any(
+            w.objects[i + 1] is not obj for i, obj in enumerate(before_objects)
+        ):
             raise ValueError(
                 f"{_fn_name(self.fn)} changed the structure of its arguments inside specgraph.jit "
                 "(an attribute, node, State or container was added, removed or replaced). "
