@@ -101,16 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m specgraph")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="flatten an example model, compare generic vs specialized, explain")
-    b = sub.add_parser("bench", help="benchmarks/bench_graph.py: specgraph vs its peers")
-    b.add_argument("rest", nargs=argparse.REMAINDER)
-    s = sub.add_parser("scaling", help="benchmarks/scaling.py: cost vs graph size, with a plot")
-    s.add_argument("rest", nargs=argparse.REMAINDER)
-    args = parser.parse_args(argv)
+    sub.add_parser("bench", help="benchmarks/bench_graph.py: specgraph vs its peers (--quick, ...)")
+    sub.add_parser("scaling", help="benchmarks/scaling.py: cost vs graph size, with a plot (--quick, ...)")
+    args, rest = parser.parse_known_args(argv)
     if args.command == "demo":
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
         return demo()
     if args.command == "bench":
-        return _run_benchmark("bench_graph.py", args.rest)
-    return _run_benchmark("scaling.py", args.rest)
+        return _run_benchmark("bench_graph.py", rest)
+    return _run_benchmark("scaling.py", rest)
 
 
 if __name__ == "__main__":
