@@ -1,0 +1,223 @@
+"""Property-based tests on random graphs: sharing, cycles, every edge kind, hostile keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from conftest import assert_matches_reference, assert_same_flatten
+from graphs import Bag, BatchStat, Box, Pair
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import specgraph as sg
+
+# ``impl`` is function scoped but holds no per-example state.
+fixture_ok = settings(
+    suppress_health_check=[*settings.default.suppress_health_check, HealthCheck.function_scoped_fixture]
+)
+
+HOSTILE = ["'); import os #", '"', "'", "\n", "a b", "{x}", "\\", "__dict__", "__class__", "0", "", "é"]
+NAMES = st.one_of(
+    st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=5),
+    st.sampled_from(HOSTILE),
+)
+STATICS = st.one_of(
+    st.integers(-2, 2),
+    st.floats(-2, 2, allow_nan=False),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=3),
+    st.tuples(st.integers(0, 2), st.text(max_size=2)),
+    st.sampled_from([len, abs, "'); import os #"]),
+)
+STATE_TYPES = [sg.State, sg.Param, BatchStat]
+
+
+def _value_specs(n_nodes: int, n_states: int) -> st.SearchStrategy[Any]:
+    leaves = [
+        st.tuples(st.just("node"), st.integers(0, n_nodes - 1)),
+        st.tuples(st.just("array"), st.integers(0, 3), st.booleans()),
+        st.tuples(st.just("static"), STATICS),
+    ]
+    if n_states:
+        leaves.append(st.tuples(st.just("state"), st.integers(0, n_states - 1)))
+    return st.recursive(
+        st.one_of(*leaves),
+        lambda kids: st.one_of(
+            st.tuples(st.just("list"), st.lists(kids, max_size=3)),
+            st.tuples(st.just("tuple"), st.lists(kids, max_size=3)),
+            st.tuples(st.just("dict"), st.dictionaries(NAMES, kids, max_size=3)),
+            st.tuples(st.just("dict"), st.dictionaries(st.integers(0, 3), kids, max_size=3)),
+            st.tuples(st.just("pair"), st.lists(kids, min_size=2, max_size=2)),
+        ),
+        max_leaves=6,
+    )
+
+
+def _array(size: int, use_jax: bool) -> Any:
+    return jnp.arange(size, dtype=jnp.float32) if use_jax else np.arange(size, dtype=np.float32)
+
+
+def _build(spec: Any, nodes: list[Any], states: list[Any]) -> Any:
+    """Materialize a value spec; containers are always fresh objects (never shared)."""
+    kind = spec[0]
+    if kind == "node":
+        return nodes[spec[1]]
+    if kind == "state":
+        return states[spec[1]]
+    if kind == "array":
+        return _array(spec[1], spec[2])
+    if kind == "static":
+        return spec[1]
+    if kind == "list":
+        return [_build(s, nodes, states) for s in spec[1]]
+    if kind == "tuple":
+        return tuple(_build(s, nodes, states) for s in spec[1])
+    if kind == "dict":
+        return {k: _build(s, nodes, states) for k, s in spec[1].items()}
+    if kind == "pair":
+        return Pair(*(_build(s, nodes, states) for s in spec[1]))
+    raise AssertionError(kind)
+
+
+def _set(node: Any, name: Any, value: Any) -> None:
+    if isinstance(node, Bag):
+        node[name] = value
+    else:
+        node.__dict__[name] = value  # bypass descriptors: any string is a valid key
+
+
+@st.composite
+def graphs(draw: st.DrawFn) -> Any:
+    n_nodes = draw(st.integers(1, 5))
+    n_states = draw(st.integers(0, 4))
+    nodes: list[Any] = [
+        Box() if draw(st.booleans()) or i == 0 else Bag(draw(st.sampled_from(["t", "u"])))
+        for i in range(n_nodes)
+    ]
+    states = []
+    for _ in range(n_states):
+        ty = draw(st.sampled_from(STATE_TYPES))
+        meta = draw(st.dictionaries(st.sampled_from(["tag", "group"]), STATICS, max_size=1))
+        value = _array(draw(st.integers(0, 3)), draw(st.booleans())) if draw(st.booleans()) else draw(
+            st.floats(-1, 1)
+        )
+        states.append(ty(value, **meta))
+    specs = _value_specs(n_nodes, n_states)
+    for node in nodes:
+        for name, spec in draw(st.dictionaries(NAMES, specs, max_size=4)).items():
+            _set(node, name, _build(spec, nodes, states))
+    shape = draw(st.sampled_from(["node", "node", "list", "dict"]))
+    root = nodes[0]
+    if shape == "list":
+        return [root, nodes[-1], _array(1, False)]
+    if shape == "dict":
+        return {"root": root, "last": nodes[-1]}
+    return root
+
+
+@st.composite
+def graphs_and_mutation(draw: st.DrawFn) -> tuple[Any, Any]:
+    g = draw(graphs())
+    nodes = [n for _, n in sg.nodes(g).items()]
+    target = draw(st.sampled_from(nodes))
+    states = list(sg.states(g).values())
+    spec = draw(_value_specs(len(nodes), len(states)))
+    name = draw(st.one_of(NAMES, st.sampled_from(sorted(_keys(target)) or [""])))
+
+    def mutate() -> None:
+        _set(target, name, _build(spec, nodes, states))
+
+    return g, mutate
+
+
+def _keys(node: Any) -> list[Any]:
+    return list(node.data) if isinstance(node, Bag) else list(vars(node))
+
+
+# -- properties -------------------------------------------------------------------
+
+
+@given(graphs())
+def test_public_flatten_equals_reference(g):
+    assert_matches_reference(g)
+
+
+@fixture_ok
+@given(g=graphs())
+def test_unflatten_then_flatten(impl, g):
+    ref = sg.generic.flatten(g)
+    gd, sm = impl.flatten(g)
+    assert_same_flatten((gd, sm), ref)
+    hash(gd)
+    new = impl.unflatten(gd, sm)
+    assert_same_flatten(impl.flatten(new), ref)
+    assert_same_flatten(sg.generic.flatten(new), ref)
+    # the rebuilt graph has the same nodes/states pattern but new objects
+    assert len(sg.nodes(new)) == gd.num_nodes
+    old_states = {id(s) for s in sg.states(g).values()}
+    assert not any(id(s) in old_states for s in sg.states(new).values())
+
+
+@fixture_ok
+@given(g=graphs(), data=st.data())
+def test_update_then_flatten_gives_the_new_values(impl, g, data):
+    gd, sm = sg.generic.flatten(g)
+    new_values = [np.full(1, float(i)) for i in range(len(sm))]
+    subset = data.draw(st.sets(st.integers(0, max(len(sm) - 1, 0)), max_size=len(sm)), label="slots")
+    if data.draw(st.booleans(), label="full"):
+        given_map: Any = sg.StateMap(gd.pathtable, new_values)
+        expected = dict(enumerate(new_values))
+    else:
+        paths = gd.paths
+        given_map = {paths[i]: new_values[i] for i in subset if i < len(sm)}
+        expected = {i: new_values[i] for i in subset if i < len(sm)}
+    states_before = sg.states(g)
+    impl.update(g, given_map)
+    gd2, sm2 = sg.generic.flatten(g)
+    assert gd2 == gd
+    values = sm2.values()
+    old = sm.values()
+    for i in range(len(sm)):
+        assert values[i] is expected.get(i, old[i])
+    after = sg.states(g)
+    assert all(after[p] is s for p, s in states_before.items())
+    assert_matches_reference(g)
+
+
+@given(gm=graphs_and_mutation())
+def test_mutation_between_flattens(gm):
+    g, mutate = gm
+    assert_matches_reference(g)
+    mutate()
+    try:
+        ref = sg.generic.flatten(g)
+    except (TypeError, ValueError) as e:
+        try:
+            sg.flatten(g)
+        except type(e):
+            return
+        raise AssertionError("the public flatten accepted what the reference rejects") from e
+    assert_same_flatten(sg.flatten(g), ref)
+    assert_same_flatten(sg.flatten(g), ref)
+
+
+@given(g=graphs())
+def test_clone_equals_original(g):
+    ref = sg.generic.flatten(g)
+    c = sg.clone(g)
+    assert_same_flatten(sg.generic.flatten(c), ref)
+    assert_matches_reference(c)
+
+
+@given(g=graphs(), data=st.data())
+def test_split_merge_roundtrip(g, data):
+    filters = data.draw(
+        st.lists(st.sampled_from([sg.Param, BatchStat, sg.State, sg.Not(sg.State)]), max_size=3)
+    )
+    gd, *parts = sg.split(g, *filters, ...)
+    assert sum(len(p) for p in parts) == gd.num_leaves
+    new = sg.merge(gd, *parts[::-1])
+    assert_same_flatten(sg.generic.flatten(new), sg.generic.flatten(g))
