@@ -117,13 +117,21 @@ class PytreeEdge(Edge):
 
     ``ptype`` is ``list``, ``tuple`` or ``dict`` for the builtins, else the JAX
     ``PyTreeDef`` of the container's top level (children as leaves). ``keys`` are
-    the path entries of the children, in flatten order.
+    the path entries of the children, in flatten order. ``keysig`` is the types
+    of a dict's keys when any is not a ``str`` (``1``, ``1.0`` and ``True`` are
+    one dict key to Python but three structures here), else ``None``.
     """
 
     __slots__ = ()
 
-    def __new__(cls, ptype: Any, keys: tuple, children: tuple[Edge, ...]) -> PytreeEdge:
-        return tuple.__new__(cls, ("pytree", ptype, keys, children))
+    def __new__(
+        cls, ptype: Any, keys: tuple, children: tuple[Edge, ...], keysig: tuple | None = None
+    ) -> PytreeEdge:
+        return tuple.__new__(cls, ("pytree", ptype, keys, children, keysig))
+
+    @property
+    def keysig(self) -> tuple | None:
+        return self[4]
 
     @property
     def ptype(self) -> Any:
@@ -183,12 +191,20 @@ class NodeSpec(Edge):
 
 
 class StateSpec(Edge):
-    """A state's table entry: its type, metadata and value slot."""
+    """A state's table entry: its type, metadata, value slot and metadata types.
+
+    ``metasig`` holds the types of the metadata values, so that ``tag=1`` and
+    ``tag=True`` (equal in Python) are different structures.
+    """
 
     __slots__ = ()
 
-    def __new__(cls, type_: type, index: int, metadata: tuple, slot: int) -> StateSpec:
-        return tuple.__new__(cls, ("statespec", type_, index, metadata, slot))
+    def __new__(cls, type_: type, index: int, metadata: tuple, slot: int, metasig: tuple = ()) -> StateSpec:
+        return tuple.__new__(cls, ("statespec", type_, index, metadata, slot, metasig))
+
+    @property
+    def metasig(self) -> tuple:
+        return self[5]
 
     @property
     def type(self) -> type:

@@ -296,9 +296,6 @@ def test_keys_equal_across_types_each_alone(key: Any) -> None:
     roundtrip(lambda: Box(d={key: p()}))
 
 
-@pytest.mark.xfail(strict=True, reason="GraphDef equality compares keys with ==, so {True: x} and "
-                   "{1: x} are one structure: the code specialized for one answers for the other "
-                   "with the other's key (flatten's GraphDef and the dict unflatten rebuilds)")
 def test_keys_equal_across_types_are_not_confused() -> None:
     """1, True and 1.0 are equal dict keys in Python; rebuilt dicts keep the key they had."""
     for key in (1, True, 1.0, IntColor.ONE):

@@ -434,7 +434,6 @@ def _warm_unflatten(gd: sg.GraphDef, sm: sg.StateMap) -> None:
         sg.unflatten(gd, sm)
 
 
-@pytest.mark.xfail(strict=True, reason="GraphDef equality ignores the type of dict keys (1 == True)")
 def test_dict_key_type_survives_a_cached_unflatten():
     p = sg.Param(1.0)
     _warm_unflatten(*sg.flatten(Box(d={1: p})))
@@ -443,7 +442,6 @@ def test_dict_key_type_survives_a_cached_unflatten():
     assert [type(k) for k in new.d] == [bool]
 
 
-@pytest.mark.xfail(strict=True, reason="GraphDef equality ignores the type of State metadata (1 == True)")
 def test_metadata_type_survives_a_cached_unflatten():
     _warm_unflatten(*sg.flatten(Box(p=sg.Param(1.0, tag=1))))
     gd_b, sm_b = sg.generic.flatten(Box(p=sg.Param(1.0, tag=True)))

@@ -703,8 +703,6 @@ def test_same_size_key_change_misses_and_stays_correct(mutation: str) -> None:
     assert sum(miss_delta(before).values()) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="a renamed key (same count) raises KeyError in the generated "
-                   "loads and is counted as an 'error' miss, not as node_keys/container")
 @pytest.mark.parametrize(("mutation", "kind"),
                          [("rename_attr", "node_keys"), ("rename_dict_key", "container")])
 def test_same_size_key_change_is_attributed_to_its_guard(mutation: str, kind: str) -> None:

@@ -86,7 +86,8 @@ class Constants:
 _BUILTIN_NAMES = frozenset(dir(builtins))
 # Names the templates and the runtime namespace use; a type never takes one.
 _RESERVED = frozenset(
-    {"root", "vals", "EPOCH", "KIND", "ARRAY", "STATIC_SIG", "NEW", "ONE_LEVEL", "__builtins__"}
+    {"root", "vals", "EPOCH", "KIND", "ARRAY", "STATIC_SIG", "NEW", "ONE_LEVEL", "KEY_SIG", "META_SIG",
+     "__builtins__"}
 )
 _LOCAL_NAME = re.compile(r"^(x|dx|droot|v|o|a|c|d|ch|chx|td|tdx|chroot|tdroot)[0-9]*$")
 
@@ -142,6 +143,8 @@ class Step:
     n: int = 0
     kind: str = ""  # guard kind for guards
     names: list[str] = field(default_factory=list)
+    pairs: list[tuple[str, str]] = field(default_factory=list)
+    miss: str = ""  # for load blocks: the guard kind a KeyError stands for
     comment: str = ""
 
 
@@ -244,16 +247,11 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
                 names=[consts.key(h) for h in hidden],
                 comment=label,
             )
-            children = []
-            for key, child in zip(spec[3], spec[4], strict=True):
-                children.append((child, key, consts.key(key)))
-            # Loads happen in order; children are processed in pre-order, so push
-            # in reverse after emitting the loads that they need lazily.
-            items = []
-            for child, key, spelled in children:
-                items.append(_child_item(child, d, key, spelled, path, steps, consts, fresh))
-            for item in reversed(items):
-                stack.append(item)
+            # All children are loaded at once (a renamed key is a KeyError: a node_keys
+            # miss); they are then guarded in pre-order, so push them in reverse.
+            items = _load_children(d, spec[3], spec[4], [consts.key(k) for k in spec[3]], path,
+                                   steps, fresh, "node_keys", mutable=True)
+            stack.extend(reversed(items))
         elif k is StateEdge:
             idx = edge[1]
             if idx in local_of:
@@ -264,7 +262,8 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             local_of[idx] = var
             type_guard(var, t, label)
             if spec[3]:
-                guard("guard_meta", "metadata", src=var, arg=consts.bind(spec[3], "M"))
+                guard("guard_meta", "metadata", src=var, arg=consts.bind(spec[3], "M"),
+                      arg2=consts.bind(spec[5], "MS"))
             else:
                 guard("guard_no_meta", "metadata", src=var)
             distinct.append(var if _hash_is_identity(t) else f"id({var})")
@@ -307,15 +306,17 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
                 steps.append(Step("load_pytree", dst=src, arg="td" + var, src=var))
                 guard("guard_treedef", "container", src="td" + var, arg=consts.bind(ptype, "TD"),
                       comment=label)
-            items = []
-            for i, (key, child) in enumerate(zip(edge[2], edge[3], strict=True)):
-                spelled = consts.key(key) if ptype is dict else repr(key if builtin else i)
-                item = _child_item(child, src, key, spelled, path, steps, consts, fresh)
-                if ptype is not list and ptype is not dict:
-                    item = (item[0], item[1], item[2], (var, spelled, False))
-                items.append(item)
-            for item in reversed(items):
-                stack.append(item)
+            if ptype is dict and edge[4] is not None:
+                # Non-str keys: 1, 1.0 and True are one key to a dict but not to the IR.
+                guard("guard_keysig", "container", src=var, arg=consts.bind(edge[4], "KS"), comment=label)
+            if ptype is dict:
+                spelled = [consts.key(k) for k in edge[2]]
+            else:
+                spelled = [repr(i) for i in range(len(edge[3]))]
+            items = _load_children(src, edge[2], edge[3], spelled, path, steps, fresh,
+                                   "container" if ptype is dict else "",
+                                   mutable=ptype is list or ptype is dict, owner=var)
+            stack.extend(reversed(items))
         else:  # pragma: no cover - the IR has no other edge kinds
             raise Declined(f"unknown edge {edge!r}")
 
@@ -349,14 +350,25 @@ def _treedef_type(treedef: Any) -> type:
     return data[0]
 
 
-def _child_item(
-    child: Any, container: str, key: Hashable, spelled: str, path: tuple, steps: list[Step],
-    consts: Constants, fresh: Any,
-) -> tuple[Any, str, tuple, tuple[str, str, bool]]:
-    """Emit the load of one child; return its work item."""
-    var = fresh("x")
-    steps.append(Step("load_item", dst=var, src=container, arg=spelled))
-    return (child, var, (*path, key), (container, spelled, True))
+def _load_children(
+    container: str, keys: tuple, children: tuple, spelled: list[str], path: tuple, steps: list[Step],
+    fresh: Any, miss: str, mutable: bool, owner: str | None = None,
+) -> list[tuple[Any, str, tuple, tuple[str, str, bool]]]:
+    """Emit one block loading every child of a container; return their work items.
+
+    ``miss`` names the guard kind a ``KeyError`` in the block stands for. The
+    work item's owner says where an array leaf would be written back (only into
+    a mutable container).
+    """
+    items = []
+    pairs = []
+    for key, child, sp in zip(keys, children, spelled, strict=True):
+        var = fresh("x")
+        pairs.append((var, sp))
+        items.append((child, var, (*path, key), (owner or container, sp, mutable)))
+    if pairs:
+        steps.append(Step("load_block", src=container, pairs=pairs, miss=miss))
+    return items
 
 
 def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:

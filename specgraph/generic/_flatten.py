@@ -80,6 +80,19 @@ def _key_entry(k: Any) -> Hashable:
     return k  # pragma: no cover - unknown key kinds are kept as they are
 
 
+def meta_sig(metadata: tuple) -> tuple:
+    """The types of a state's metadata values (see ``StateSpec.metasig``)."""
+    return tuple([type(v) for _, v in metadata])
+
+
+def dict_key_sig(d: dict) -> tuple | None:
+    """The types of a dict's keys in sorted order, or ``None`` when all are ``str``."""
+    keys = sorted(d)
+    if all(type(k) is str for k in keys):
+        return None
+    return tuple([type(k) for k in keys])
+
+
 def pytree_children(x: Any) -> tuple[Any, tuple, list]:
     """One level of a non-builtin JAX pytree: ``(treedef, keys, children)``."""
     with_path, treedef = tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
@@ -195,7 +208,9 @@ def walk(root: Any) -> Walk:
                     idx = len(table)
                     seen[id(val)] = idx
                     slot = len(values)
-                    table.append(_tnew(StateSpec, ("statespec", t, idx, val._metadata, slot)))
+                    meta = val._metadata
+                    msig = meta_sig(meta) if meta else ()
+                    table.append(_tnew(StateSpec, ("statespec", t, idx, meta, slot, msig)))
                     objects.append(val)
                     values.append(val.value)
                     link = (plink, key)
@@ -258,7 +273,10 @@ def walk(root: Any) -> Walk:
                 else:
                     edge = StaticEdge((type(x), tuple(c[1] for c in children)), x)
         if edge is None:
-            edge = PytreeEdge(ptype, keys, children)
+            keysig = None
+            if ptype is dict and any(type(k) is not str for k in keys):
+                keysig = tuple([type(k) for k in keys])
+            edge = PytreeEdge(ptype, keys, children, keysig)
         if stack:
             stack[-1][4].append(edge)
         else:

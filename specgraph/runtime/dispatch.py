@@ -23,7 +23,7 @@ from .._resolve import resolve_all, resolve_partial
 from .._statemap import StateMap
 from ..codegen import emit as _emit
 from ..codegen import plan as _plan
-from ..generic._flatten import Walk, walk
+from ..generic._flatten import Walk, dict_key_sig, meta_sig, walk
 from ..generic._unflatten import build
 from ..generic._update import apply_update
 from . import helpers
@@ -60,6 +60,8 @@ def _base_namespace() -> dict[str, Any]:
         "ARRAY": reg.ARRAY,
         "STATIC_SIG": helpers.static_sig,
         "ONE_LEVEL": helpers.one_level,
+        "KEY_SIG": dict_key_sig,
+        "META_SIG": meta_sig,
         "NEW": object.__new__,
     }
 
@@ -318,7 +320,6 @@ def update(node: Any, states: tuple[Any, ...]) -> None:
                     var.stats.update_hits += 1
                     return
                 var.stats.misses[r] += 1
-                break
     w = walk(node)
     _totals["generic_updates"] += 1
     if states:

@@ -257,7 +257,7 @@ def _same_edge(b: Any, a: Any) -> bool:
     if kb is StaticEdge:
         return a == b
     if kb is PytreeEdge:
-        return b[1] == a[1] and b[2] == a[2] and len(b[3]) == len(a[3]) and all(
+        return b[1] == a[1] and b[2] == a[2] and b[4] == a[4] and len(b[3]) == len(a[3]) and all(
             _same_edge(x, y) for x, y in zip(b[3], a[3], strict=True)
         )
     return False
