@@ -148,7 +148,10 @@ def walk(root: Any) -> Walk:
     links: list[Any] = []  # by value slot
     ilinks: list[Any] = []  # by index
     stypes: list[Any] = []
-    active: set[int] = set()  # ids of containers on the stack (a cyclic list is an error)
+    # ids of the containers open since the nearest node frame: a container met again
+    # there is a cycle of containers alone (an error); one met again below a node is
+    # not (that node is a back-reference the second time round, so it terminates).
+    active: set[int] = set()
 
     # A frame: [is_node, obj, items, pos, edges, link, tag, extra]
     #   node frame:   tag = index, extra = metadata
@@ -231,6 +234,9 @@ def walk(root: Any) -> Walk:
                     idx = child[6]
                     edges.append(node_edges[idx] if idx < len(node_edges) else _edge_cache(node_edges, idx))
                     fr[3] = pos
+                    if active:
+                        child.append(active)  # restored when the node's frame closes
+                        active = set()
                     stack.append(child)
                     descended = True
                     break
@@ -254,6 +260,8 @@ def walk(root: Any) -> Walk:
         # The frame is complete.
         stack.pop()
         if fr[0]:
+            if len(fr) > 8:
+                active = fr[8]
             keys = tuple([kv[0] for kv in items])
             table[fr[6]] = _tnew(NodeSpec, ("nodespec", type(fr[1]), fr[6], keys, tuple(edges), fr[7]))
             continue
