@@ -26,9 +26,9 @@ optimizer state written back), one call per step:
 * ``nnx.jit`` -- ``nnx.value_and_grad`` + ``nnx.Optimizer.update`` (when installed).
 
 Method: one process, systems interleaved repeat by repeat (rotating order), each repeat
-a loop calibrated to ~50 ms (~15 ms ``--quick``) with the GC off; the loop blocks on the
+a loop calibrated to ~30 ms (~15 ms ``--quick``) with the GC off; the loop blocks on the
 last result, so the training numbers are throughput (steps/second = 1 / time per call).
-Reported: the minimum over repeats (9, quick 3), in µs per call, and the ratio to
+Reported: the minimum over repeats (15, quick 3), in µs per call, and the ratio to
 ``sg.jit``. Before timing, the specgraph and pure-JAX training steps are checked to give
 the same losses on the same data. The markdown goes to stdout and
 ``benchmarks/results/jit-latest.md``.
@@ -422,8 +422,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         import functools
 
         models.SHAPES[shape] = functools.partial(models.build_mlp, depth=args.depth, width=args.width)
-    target = 0.015 if args.quick else 0.05
-    repeats = args.repeats or (3 if args.quick else 9)
+    target = 0.015 if args.quick else 0.03
+    repeats = args.repeats or (3 if args.quick else 15)
 
     noop = noop_entries(models, shape)
     train, losses = train_entries(models, shape, args.batch, args.width)
