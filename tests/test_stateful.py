@@ -212,6 +212,14 @@ def _deep_twin(root: Any) -> Any:
     return copy.deepcopy(root, memo)
 
 
+def _in_mutable_holder(root: Any, path: tuple) -> bool:
+    """Whether the array leaf at ``path`` sits in a node, a list or a dict (not a tuple)."""
+    x = root
+    for k in path[:-1]:
+        x = vars(x)[k] if isinstance(x, sg.Node) else getattr(x, k) if isinstance(x, Pair) else x[k]
+    return isinstance(x, sg.Node | list | dict)
+
+
 def _outcome(fn: Callable[[], Any]) -> tuple[str, Any]:
     try:
         return "ok", fn()
@@ -476,7 +484,7 @@ class GraphMachine(RuleBasedStateMachine):
         assert gd2 == ref[0]
         assert_same_flatten(sg.generic.flatten(sg.merge(gd2, rest, params)), ref)
 
-    @rule(how=st.sampled_from(["full", "states"]))
+    @rule(how=st.sampled_from(["full", "states", "mutable"]))
     def update(self, how: str) -> None:
         self._update(how)
 
@@ -496,6 +504,9 @@ class GraphMachine(RuleBasedStateMachine):
         leaves, treedef = jax.tree.flatten(src)
         if how == "states":  # new state values, the same array leaves (as after a jitted step)
             leaves = [v if t is None else _fresh(v) for v, t in zip(leaves, src.types, strict=True)]
+        elif how == "mutable":  # new values, but the same arrays in tuples (that update cannot write)
+            leaves = [_fresh(v) if t is not None or _in_mutable_holder(self.root, p) else v
+                      for v, t, p in zip(leaves, src.types, src.paths, strict=True)]
         else:
             leaves = [_fresh(v) for v in leaves]
         new: Any = jax.tree.unflatten(treedef, leaves)
@@ -518,7 +529,7 @@ class GraphMachine(RuleBasedStateMachine):
         assert_same_flatten(after, sg.generic.flatten(twin))
         if got[0] == "error":  # validated before any write: nothing changed
             assert_same_flatten(after, ref)
-        elif how in ("full", "states") and not self._shares_containers():
+        elif how in ("full", "states", "mutable") and not self._shares_containers():
             for x, y in zip(after[1].values(), new.values(), strict=True):
                 assert x is y
         with sg.specialization(False):

@@ -181,7 +181,7 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
     consts = Constants()
     steps: list[Step] = []
     writes_states: list[Step] = []
-    writes_arrays: list[Step] = []
+    writes_arrays: list[tuple[int, int, Step]] = []  # (owning node index, order, step)
     values: list[str] = [""] * gd.num_leaves
     distinct: list[str] = []
     counts = dict.fromkeys(GUARD_KINDS, 0)
@@ -203,6 +203,10 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
 
     # Work items: (edge, var holding the object, path, owner)
     #   owner = (container_var, key_spelling, mutable) where the object lives, for writes.
+    # nearest: var -> table index of the node whose attribute holds it (past every node for
+    # a root pytree), so array writes follow the reference update's order: node by node in
+    # table order, the root pytree last (it matters when one list is reachable twice).
+    nearest: dict[str, int] = {"root": len(table)}
     counts["epoch"] = 1
     stack: list[tuple[Any, str, tuple, tuple[str, str, bool] | None]] = []
     root = gd.root
@@ -251,6 +255,7 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             # miss); they are then guarded in pre-order, so push them in reverse.
             items = _load_children(d, spec[3], spec[4], [consts.key(k) for k in spec[3]], path,
                                    steps, fresh, "node_keys", mutable=True)
+            nearest.update((item[1], idx) for item in items)
             stack.extend(reversed(items))
         elif k is StateEdge:
             idx = edge[1]
@@ -279,7 +284,8 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
                 # No mutable owner to write into: update may only leave it as it is.
                 writes_check.append(Step("check_unchanged", src=var, n=slot, comment=label))
             else:
-                writes_arrays.append(Step("write_item", dst=owner[0], arg=owner[1], n=slot, comment=label))
+                step = Step("write_item", dst=owner[0], arg=owner[1], n=slot, comment=label)
+                writes_arrays.append((nearest[var], len(writes_arrays), step))
         elif k is StaticEdge:
             sig = edge[1]
             cname = consts.bind(edge[2], "C")
@@ -316,6 +322,7 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             items = _load_children(src, edge[2], edge[3], spelled, path, steps, fresh,
                                    "container" if ptype is dict else "",
                                    mutable=ptype is list or ptype is dict, owner=var)
+            nearest.update((item[1], nearest[var]) for item in items)
             stack.extend(reversed(items))
         else:  # pragma: no cover - the IR has no other edge kinds
             raise Declined(f"unknown edge {edge!r}")
@@ -326,7 +333,7 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
         consts=consts,
         steps=steps,
         values=values,
-        writes=writes_check + writes_states + writes_arrays,
+        writes=writes_check + writes_states + [w[2] for w in sorted(writes_arrays, key=lambda w: w[:2])],
         distinct=distinct,
         epoch=reg.registry_epoch(),
         counts=counts,
