@@ -33,6 +33,30 @@ STATICS = st.one_of(
     st.sampled_from([len, abs, "'); import os #"]),
 )
 STATE_TYPES = [sg.State, sg.Param, BatchStat]
+# equal-valued keys of different types: 1, 1.0 and True are one dict key to Python
+NUMERIC_KEYS = st.one_of(st.integers(0, 2), st.booleans(), st.sampled_from([0.0, 1.0, 2.5]))
+TUPLE_KEYS = st.tuples(st.integers(0, 1), st.booleans())
+
+
+def _typed(gd: sg.GraphDef) -> list[type]:
+    """The type of every atom in the IR, in a fixed order.
+
+    ``GraphDef`` equality compares with ``==``; this also tells ``1`` from
+    ``True`` wherever they sit (dict keys, metadata, statics).
+    """
+    out: list[type] = []
+    stack: list[Any] = [gd.root, *gd.table]
+    while stack:
+        x = stack.pop()
+        out.append(type(x))
+        if isinstance(x, tuple):
+            stack.extend(x)
+    return out
+
+
+def assert_same_typed(a: tuple[sg.GraphDef, sg.StateMap], b: tuple[sg.GraphDef, sg.StateMap]) -> None:
+    assert_same_flatten(a, b)
+    assert _typed(a[0]) == _typed(b[0])
 
 
 def _value_specs(n_nodes: int, n_states: int) -> st.SearchStrategy[Any]:
@@ -50,6 +74,8 @@ def _value_specs(n_nodes: int, n_states: int) -> st.SearchStrategy[Any]:
             st.tuples(st.just("tuple"), st.lists(kids, max_size=3)),
             st.tuples(st.just("dict"), st.dictionaries(NAMES, kids, max_size=3)),
             st.tuples(st.just("dict"), st.dictionaries(st.integers(0, 3), kids, max_size=3)),
+            st.tuples(st.just("dict"), st.dictionaries(NUMERIC_KEYS, kids, max_size=3)),
+            st.tuples(st.just("dict"), st.dictionaries(TUPLE_KEYS, kids, max_size=2)),
             st.tuples(st.just("pair"), st.lists(kids, min_size=2, max_size=2)),
         ),
         max_leaves=6,
@@ -60,8 +86,24 @@ def _array(size: int, use_jax: bool) -> Any:
     return jnp.arange(size, dtype=jnp.float32) if use_jax else np.arange(size, dtype=np.float32)
 
 
-def _build(spec: Any, nodes: list[Any], states: list[Any]) -> Any:
-    """Materialize a value spec; containers are always fresh objects (never shared)."""
+def _retype(v: Any) -> Any:
+    """An equal value of another type where there is one (1 <-> True, 2.0 -> 2)."""
+    if type(v) is bool:
+        return int(v)
+    if type(v) is int and v in (0, 1):
+        return bool(v)
+    if type(v) is float and v.is_integer():
+        return int(v)
+    if type(v) is tuple:
+        return tuple(_retype(x) for x in v)
+    return v
+
+
+def _build(spec: Any, nodes: list[Any], states: list[Any], rt: Any = lambda v: v) -> Any:
+    """Materialize a value spec; containers are always fresh objects (never shared).
+
+    ``rt`` maps every static and dict key (``_retype`` builds an equal-valued twin).
+    """
     kind = spec[0]
     if kind == "node":
         return nodes[spec[1]]
@@ -70,15 +112,15 @@ def _build(spec: Any, nodes: list[Any], states: list[Any]) -> Any:
     if kind == "array":
         return _array(spec[1], spec[2])
     if kind == "static":
-        return spec[1]
+        return rt(spec[1])
     if kind == "list":
-        return [_build(s, nodes, states) for s in spec[1]]
+        return [_build(s, nodes, states, rt) for s in spec[1]]
     if kind == "tuple":
-        return tuple(_build(s, nodes, states) for s in spec[1])
+        return tuple(_build(s, nodes, states, rt) for s in spec[1])
     if kind == "dict":
-        return {k: _build(s, nodes, states) for k, s in spec[1].items()}
+        return {rt(k): _build(s, nodes, states, rt) for k, s in spec[1].items()}
     if kind == "pair":
-        return Pair(*(_build(s, nodes, states) for s in spec[1]))
+        return Pair(*(_build(s, nodes, states, rt) for s in spec[1]))
     raise AssertionError(kind)
 
 
@@ -90,32 +132,48 @@ def _set(node: Any, name: Any, value: Any) -> None:
 
 
 @st.composite
-def graphs(draw: st.DrawFn) -> Any:
+def recipes(draw: st.DrawFn) -> dict[str, Any]:
+    """A random graph as plain data: build it (or an equal-valued twin) with ``build``."""
     n_nodes = draw(st.integers(1, 5))
     n_states = draw(st.integers(0, 4))
-    nodes: list[Any] = [
-        Box() if draw(st.booleans()) or i == 0 else Bag(draw(st.sampled_from(["t", "u"])))
-        for i in range(n_nodes)
+    kinds = [
+        None if draw(st.booleans()) or i == 0 else draw(st.sampled_from(["t", "u"])) for i in range(n_nodes)
     ]
     states = []
     for _ in range(n_states):
         ty = draw(st.sampled_from(STATE_TYPES))
         meta = draw(st.dictionaries(st.sampled_from(["tag", "group"]), STATICS, max_size=1))
-        value = _array(draw(st.integers(0, 3)), draw(st.booleans())) if draw(st.booleans()) else draw(
-            st.floats(-1, 1)
-        )
-        states.append(ty(value, **meta))
+        if draw(st.booleans()):
+            value: Any = ("array", draw(st.integers(0, 3)), draw(st.booleans()))
+        else:
+            value = ("float", draw(st.floats(-1, 1)))
+        states.append((ty, meta, value))
     specs = _value_specs(n_nodes, n_states)
-    for node in nodes:
-        for name, spec in draw(st.dictionaries(NAMES, specs, max_size=4)).items():
-            _set(node, name, _build(spec, nodes, states))
+    attrs = [draw(st.dictionaries(NAMES, specs, max_size=4)) for _ in range(n_nodes)]
     shape = draw(st.sampled_from(["node", "node", "list", "dict"]))
+    return {"kinds": kinds, "states": states, "attrs": attrs, "shape": shape}
+
+
+def build(recipe: dict[str, Any], retype: bool = False) -> Any:
+    rt = _retype if retype else (lambda v: v)
+    nodes: list[Any] = [Box() if k is None else Bag(k) for k in recipe["kinds"]]
+    states = []
+    for ty, meta, value in recipe["states"]:
+        v = _array(value[1], value[2]) if value[0] == "array" else value[1]
+        states.append(ty(v, **{k: rt(m) for k, m in meta.items()}))
+    for node, attrs in zip(nodes, recipe["attrs"], strict=True):
+        for name, spec in attrs.items():
+            _set(node, name, _build(spec, nodes, states, rt))
     root = nodes[0]
-    if shape == "list":
+    if recipe["shape"] == "list":
         return [root, nodes[-1], _array(1, False)]
-    if shape == "dict":
+    if recipe["shape"] == "dict":
         return {"root": root, "last": nodes[-1]}
     return root
+
+
+def graphs() -> st.SearchStrategy[Any]:
+    return recipes().map(build)
 
 
 @st.composite
@@ -142,7 +200,8 @@ def _keys(node: Any) -> list[Any]:
 
 @given(graphs())
 def test_public_flatten_equals_reference(g):
-    assert_matches_reference(g)
+    ref = assert_matches_reference(g)
+    assert_same_typed(sg.flatten(g), ref)
 
 
 @fixture_ok
@@ -153,8 +212,8 @@ def test_unflatten_then_flatten(impl, g):
     assert_same_flatten((gd, sm), ref)
     hash(gd)
     new = impl.unflatten(gd, sm)
-    assert_same_flatten(impl.flatten(new), ref)
-    assert_same_flatten(sg.generic.flatten(new), ref)
+    assert_same_typed(impl.flatten(new), ref)
+    assert_same_typed(sg.generic.flatten(new), ref)
     # the rebuilt graph has the same nodes/states pattern but new objects
     assert len(sg.nodes(new)) == gd.num_nodes
     old_states = {id(s) for s in sg.states(g).values()}
@@ -200,8 +259,22 @@ def test_mutation_between_flattens(gm):
         except type(e):
             return
         raise AssertionError("the public flatten accepted what the reference rejects") from e
-    assert_same_flatten(sg.flatten(g), ref)
-    assert_same_flatten(sg.flatten(g), ref)
+    assert_same_typed(sg.flatten(g), ref)
+    assert_same_typed(sg.flatten(g), ref)
+
+
+@given(recipe=recipes())
+def test_equal_valued_twins_stay_apart(recipe):
+    """Twins equal up to the types of equal values (1 / 1.0 / True) never share answers."""
+    g, twin = build(recipe), build(recipe, retype=True)
+    ref_g = assert_matches_reference(g)
+    ref_t = sg.generic.flatten(twin)
+    assert_same_typed(sg.flatten(twin), ref_t)
+    assert_same_typed(sg.flatten(twin), ref_t)
+    for _ in range(3):
+        sg.unflatten(*ref_g)
+    assert_same_typed(sg.generic.flatten(sg.unflatten(*ref_t)), ref_t)
+    assert_same_typed(sg.generic.flatten(sg.unflatten(*ref_t)), ref_t)
 
 
 @given(g=graphs())

@@ -80,9 +80,17 @@ def _key_entry(k: Any) -> Hashable:
     return k  # pragma: no cover - unknown key kinds are kept as they are
 
 
+def value_sig(v: Any) -> Any:
+    """The type of ``v``; for a tuple, ``(type, item sigs)`` so ``(1,)`` and ``(True,)`` differ."""
+    t = type(v)
+    if isinstance(v, tuple):
+        return (t, tuple([value_sig(c) for c in v]))
+    return t
+
+
 def meta_sig(metadata: tuple) -> tuple:
     """The types of a state's metadata values (see ``StateSpec.metasig``)."""
-    return tuple([type(v) for _, v in metadata])
+    return tuple([value_sig(v) for _, v in metadata])
 
 
 def dict_key_sig(d: dict) -> tuple | None:
@@ -90,7 +98,7 @@ def dict_key_sig(d: dict) -> tuple | None:
     keys = sorted(d)
     if all(type(k) is str for k in keys):
         return None
-    return tuple([type(k) for k in keys])
+    return tuple([value_sig(k) for k in keys])
 
 
 def pytree_children(x: Any) -> tuple[Any, tuple, list]:
@@ -283,7 +291,7 @@ def walk(root: Any) -> Walk:
         if edge is None:
             keysig = None
             if ptype is dict and any(type(k) is not str for k in keys):
-                keysig = tuple([type(k) for k in keys])
+                keysig = tuple([value_sig(k) for k in keys])
             edge = PytreeEdge(ptype, keys, children, keysig)
         if stack:
             stack[-1][4].append(edge)
