@@ -420,11 +420,24 @@ class GraphDef:
                 hash(value)
             except TypeError as e:
                 raise TypeError(
-                    f"GraphDef is not hashable: the static value at path {path!r} "
+                    f"GraphDef is unhashable: the static value at path {path!r} "
                     f"({type(value).__qualname__}) is unhashable ({e}). Make it hashable, "
                     "wrap it in a State, or keep it in graph_invisible_attrs"
                 ) from None
-        raise TypeError("GraphDef is not hashable (node metadata is unhashable)")
+        for spec in self.table:
+            try:
+                hash(spec[3] if type(spec) is StateSpec else spec[5])
+            except TypeError as e:
+                if type(spec) is StateSpec:
+                    path = self.pathtable.path(spec[4])
+                    where = f"the metadata of the {spec[1].__qualname__} at path {path!r}"
+                else:
+                    where = f"the custom-node metadata of the {spec[1].__qualname__} node {spec[2]}"
+                raise TypeError(
+                    f"GraphDef is unhashable: {where} is unhashable ({e}). Metadata must be "
+                    "hashable: use tuples and frozensets instead of lists and sets"
+                ) from None
+        raise TypeError("GraphDef is unhashable")  # pragma: no cover - every part was checked
 
     def __repr__(self) -> str:
         lines = [f"GraphDef(type={self.type.__qualname__}, nodes={self.num_nodes}, "

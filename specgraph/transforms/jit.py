@@ -179,9 +179,8 @@ class JitFunction:
             kept, donated = values, []
         try:
             res = self._jitted(static, gd, kept, donated)
-        except TypeError as e:
-            if "unhashable" in str(e) or "hash" in str(e):
-                hash(gd)  # raises a TypeError naming the path of an unhashable static
+        except (TypeError, ValueError):
+            hash(gd)  # an unhashable static argument: raise the TypeError that names its path
             raise
         if res.written:
             new_values = list(values)
