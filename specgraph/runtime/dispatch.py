@@ -107,7 +107,21 @@ def _promote(entry: TypeEntry, var: Variant) -> None:
 
 
 def _observe(t: type, w: Walk, entry: TypeEntry | None) -> None:
-    """Count a structure seen by the reference walker; specialize it at the threshold."""
+    """Count a structure seen by the reference walker; specialize it at the threshold.
+
+    Never an error for the user: a static whose ``__hash__`` or ``__eq__`` raises (or
+    returns something that is not a bool) cannot key a specialization, so the generic
+    walker keeps serving that structure.
+    """
+    try:
+        _observe_structure(t, w, entry)
+    except Warning:  # a compile-failure warning turned into an error (-W error) is the user's
+        raise
+    except Exception:
+        return
+
+
+def _observe_structure(t: type, w: Walk, entry: TypeEntry | None) -> None:
     gd = w.graphdef
     if entry is None:
         with LOCK:
@@ -256,11 +270,21 @@ def unflatten(graphdef: GraphDef, states: tuple[Any, ...]) -> Any:
 
 
 def _unflatten_fn(gd: GraphDef) -> tuple[int, Any, StructureStats] | None:
-    """The ``(epoch, fn or None, stats)`` scratch entry for ``gd`` once it is decided."""
+    """The ``(epoch, fn or None, stats)`` scratch entry for ``gd`` once it is decided.
+
+    ``None`` (the generic walker) when ``gd`` cannot key a cache: a static whose
+    ``__hash__`` or ``__eq__`` raises.
+    """
     try:
-        hash(gd)
-    except TypeError:
+        return _unflatten_entry(gd)
+    except Warning:
+        raise
+    except Exception:
         return None
+
+
+def _unflatten_entry(gd: GraphDef) -> tuple[int, Any, StructureStats] | None:
+    hash(gd)
     epoch = reg.epoch_cell()[0]
     if _unflat_epoch[0] != epoch:  # a registration may change how nodes are rebuilt
         with LOCK:
@@ -295,7 +319,7 @@ def _unflatten_fn(gd: GraphDef) -> tuple[int, Any, StructureStats] | None:
                 f"specgraph could not specialize unflatten of a {gd.type.__qualname__} structure "
                 f"({type(e).__name__}: {e}); the generic walker will serve it",
                 RuntimeWarning,
-                stacklevel=4,
+                stacklevel=5,
             )
         _unflat[gd] = fn
         if len(_unflat) > 4 * _BOUND:
