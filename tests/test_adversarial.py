@@ -7,6 +7,7 @@ path and demands the same result, or the same exception type.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -506,3 +507,60 @@ def test_update_of_a_list_reachable_at_two_paths_matches_the_reference() -> None
     sg.update(root, new)
     sg.generic.update(twin_root, new)
     assert rlst[0] is twin_root[1][0] is new[(1, 0)]  # the root pytree is written last
+
+
+# -- function statics (regression) ------------------------------------------------------------------
+
+
+def _act(x: Any) -> Any:
+    return x
+
+
+class _CodeProperty:
+    """A callable static whose ``__code__`` attribute raises."""
+
+    __code__ = property(lambda self: 1 / 0)
+
+    def __call__(self) -> None:
+        pass
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _CodeProperty
+
+    def __hash__(self) -> int:
+        return 1
+
+
+@pytest.mark.filterwarnings("error")  # a compile failure is a RuntimeWarning: make it fail here
+@pytest.mark.parametrize(
+    "static",
+    [lambda x: x, _act, functools.partial(_act), _CodeProperty(), Box.__init__, len],
+    ids=["lambda", "def", "partial", "code_property", "method", "builtin"],
+)
+def test_function_statics_are_specialized(static: Any) -> None:
+    """Regression: binding the type of a function static (FunctionType) broke compilation."""
+    m = Box(p=sg.Param(np.ones(1, np.float32)), act=static, acts=[static, static])
+    ref = assert_matches_reference(m)
+    assert info()["hits"] >= 1 and info()["compile_failures"] == 0
+    gd, sm = ref
+    for _ in range(3):
+        new = sg.unflatten(gd, sm)
+        assert new.act is static and new.acts == [static, static]
+    assert info()["unflatten_hits"] >= 1
+    sg.update(m, fresh_values(sm))
+    assert info()["update_hits"] == 1
+
+
+# -- known limitation ----------------------------------------------------------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="graph_invisible_attrs is read when a structure is compiled; "
+                   "changing it on the class afterwards is not guarded")
+def test_graph_invisible_attrs_changed_on_the_class_after_specialization() -> None:
+    cls = type("Late", (sg.Node,), {})
+    m = Box(c=cls())
+    m.c.p = sg.Param(1.0)
+    m.c.cache = sg.Param(2.0)
+    assert_matches_reference(m)
+    cls.graph_invisible_attrs = ("cache",)
+    assert_matches_reference(m)

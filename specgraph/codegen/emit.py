@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from types import FunctionType
 from typing import Any
 
 import jinja2
@@ -89,7 +90,8 @@ def compile_source(kind: str, source: str, type_name: str, namespace: dict[str, 
     ns["__name__"] = "specgraph._generated"
     ns["__builtins__"] = __builtins__
     exec(code, ns)
-    fns = [v for k, v in ns.items() if callable(v) and getattr(v, "__code__", None) is not None
-           and v.__code__.co_filename == filename]
+    # Constants are user data too: a function static binds its type (whose ``__code__`` is a
+    # descriptor), so only a real function compiled from this source is the result.
+    fns = [v for v in ns.values() if type(v) is FunctionType and v.__code__.co_filename == filename]
     sources.register(filename, source)
     return CompiledSource(fns[0], source, filename, time.perf_counter() - t0)
