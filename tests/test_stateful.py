@@ -57,6 +57,10 @@ class Other(sg.Node):
         _fill(self, attrs)
 
 
+def _activation(x: Any) -> Any:  # a Python function as a static (its type is FunctionType)
+    return x
+
+
 NODE_TYPES = [Block, Other, Net]
 NAMES = ["w", "b", "a", "layers", "0", "a b", "é", "'); import os #", "__dict__", "class", "\n", "", "x.y"]
 DICT_KEYS = ["k", "lr", "é", "0", "", "'); import os #", "a b"]
@@ -65,7 +69,7 @@ NAN = float("nan")
 # but distinguishable (0.0 / -0.0), never equal (NaN) or collapsed tuples of mixed types.
 STATIC_POOL: list[Any] = [
     1, 1.0, True, 0, False, 0.0, -0.0, 2**70, "a", "b", "", "'); import os #", None,
-    (1, "a"), (1, True), (1, 1), (1.0, 1), (), (NAN, 1), len, abs,
+    (1, "a"), (1, True), (1, 1), (1.0, 1), (), (NAN, 1), len, abs, _activation, Block,
 ]
 STATE_KINDS: list[tuple[type, dict[str, Any]]] = [
     (sg.State, {}),
