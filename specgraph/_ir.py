@@ -154,14 +154,22 @@ class NodeSpec(Edge):
     """A graph node's table entry: its type, child keys and child edges.
 
     ``meta`` is the custom node protocol's hashable metadata (``None`` for ``Node``).
+    ``sig`` is ``None`` when every key is a ``str`` and there is no metadata, else
+    the types of the keys and of the metadata (``1`` and ``True`` are equal in
+    Python but are different structures).
     """
 
     __slots__ = ()
 
     def __new__(
-        cls, type_: type, index: int, keys: tuple, children: tuple[Edge, ...], meta: Hashable
+        cls, type_: type, index: int, keys: tuple, children: tuple[Edge, ...], meta: Hashable,
+        sig: Any = None,
     ) -> NodeSpec:
-        return tuple.__new__(cls, ("nodespec", type_, index, keys, children, meta))
+        return tuple.__new__(cls, ("nodespec", type_, index, keys, children, meta, sig))
+
+    @property
+    def sig(self) -> Any:
+        return self[6]
 
     @property
     def type(self) -> type:

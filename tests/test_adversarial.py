@@ -554,8 +554,6 @@ def test_function_statics_are_specialized(static: Any) -> None:
 # -- known limitation ----------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="graph_invisible_attrs is read when a structure is compiled; "
-                   "changing it on the class afterwards is not guarded")
 def test_graph_invisible_attrs_changed_on_the_class_after_specialization() -> None:
     cls = type("Late", (sg.Node,), {})
     m = Box(c=cls())

@@ -10,6 +10,7 @@ its ``repr``. The templates only ever see step fields and those safe spellings.
 from __future__ import annotations
 
 import builtins
+import copy
 import keyword
 import re
 from collections.abc import Hashable
@@ -187,6 +188,7 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
     counts = dict.fromkeys(GUARD_KINDS, 0)
     local_of: dict[int, str] = {}  # table index -> local name of the defining object
     writes_check: list[Step] = []
+    hidden_checked: set[type] = set()
     table = gd.table
     counter = [0]
 
@@ -240,6 +242,12 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
                 type_guard(var, t, label)
             skip_type_guard = False
             distinct.append(var if _hash_is_identity(t) else f"id({var})")
+            if t not in hidden_checked:
+                # The class's invisible names were read at compile time: a class that
+                # changes them later has another structure.
+                hidden_checked.add(t)
+                snapshot = copy.copy(t.graph_invisible_attrs)
+                guard("guard_hidden", "node_keys", src=consts.bind(t, "T"), arg=consts.bind(snapshot, "H"))
             d = "d" + var
             steps.append(Step("load_dict", dst=d, src=var))
             hidden = [h for h in t.graph_invisible_attrs if h not in spec[3]]

@@ -7,6 +7,7 @@ this walker returns. It is iterative (an explicit stack of frames), so a chain o
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Hashable
 from typing import Any
@@ -86,6 +87,11 @@ def value_sig(v: Any) -> Any:
     if isinstance(v, tuple):
         return (t, tuple([value_sig(c) for c in v]))
     return t
+
+
+def float_zero_sig(x: float) -> tuple:
+    """The sig of a float zero: its sign matters (``-0.0 == 0.0`` in Python)."""
+    return (float, math.copysign(1.0, x))
 
 
 def meta_sig(metadata: tuple) -> tuple:
@@ -212,7 +218,10 @@ def walk(root: Any) -> Walk:
             if k is None:
                 k = kind_of(val)
             if k is _STATIC:
-                edges.append(_tnew(StaticEdge, ("static", t, val)))
+                if t is float and val == 0.0:  # -0.0 == 0.0, yet they are different statics
+                    edges.append(_tnew(StaticEdge, ("static", float_zero_sig(val), val)))
+                else:
+                    edges.append(_tnew(StaticEdge, ("static", t, val)))
             elif k is _STATE:
                 idx = seen.get(id(val))
                 if idx is None:
@@ -271,7 +280,11 @@ def walk(root: Any) -> Walk:
             if len(fr) > 8:
                 active = fr[8]
             keys = tuple([kv[0] for kv in items])
-            table[fr[6]] = _tnew(NodeSpec, ("nodespec", type(fr[1]), fr[6], keys, tuple(edges), fr[7]))
+            meta = fr[7]
+            sig = None
+            if meta is not None or not all(type(k) is str for k in keys):
+                sig = (tuple([value_sig(k) for k in keys]), value_sig(meta))
+            table[fr[6]] = _tnew(NodeSpec, ("nodespec", type(fr[1]), fr[6], keys, tuple(edges), meta, sig))
             continue
         x = fr[1]
         active.discard(id(x))

@@ -7,6 +7,7 @@ from typing import Any
 from jax import tree_util
 
 from .. import _registry as reg
+from ..generic._flatten import float_zero_sig
 
 
 def one_level(x: Any) -> tuple[list[Any], Any]:
@@ -22,7 +23,10 @@ def static_sig(x: Any) -> Any:
     """
     k = reg.kind_of(x)
     if k is reg.STATIC:
-        return type(x)
+        t = type(x)
+        if t is float and x == 0.0:
+            return float_zero_sig(x)
+        return t
     if k is reg.TUPLE:
         return (tuple, tuple(static_sig(c) for c in x))
     if k is reg.PYTREE:
