@@ -136,9 +136,9 @@ def recipes(draw: st.DrawFn) -> dict[str, Any]:
     """A random graph as plain data: build it (or an equal-valued twin) with ``build``."""
     n_nodes = draw(st.integers(1, 5))
     n_states = draw(st.integers(0, 4))
-    kinds = [
-        None if draw(st.booleans()) or i == 0 else draw(st.sampled_from(["t", "u"])) for i in range(n_nodes)
-    ]
+    # None: a Box; else a Bag with that (custom node) metadata
+    tags = st.sampled_from(["t", "u", 0, 1])
+    kinds = [None if draw(st.booleans()) or i == 0 else draw(tags) for i in range(n_nodes)]
     states = []
     for _ in range(n_states):
         ty = draw(st.sampled_from(STATE_TYPES))
@@ -156,7 +156,7 @@ def recipes(draw: st.DrawFn) -> dict[str, Any]:
 
 def build(recipe: dict[str, Any], retype: bool = False) -> Any:
     rt = _retype if retype else (lambda v: v)
-    nodes: list[Any] = [Box() if k is None else Bag(k) for k in recipe["kinds"]]
+    nodes: list[Any] = [Box() if k is None else Bag(rt(k)) for k in recipe["kinds"]]
     states = []
     for ty, meta, value in recipe["states"]:
         v = _array(value[1], value[2]) if value[0] == "array" else value[1]
