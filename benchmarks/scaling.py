@@ -120,7 +120,8 @@ def specgraph_state() -> dict[str, Any]:
     if not callable(info):
         return {}
     ci = info()
-    keys = ("compiled_variants", "declined", "fallbacks", "hits", "compile_seconds", "compile_failures")
+    keys = ("compiled_variants", "declined", "declined_too_large", "fallbacks", "hits", "compile_seconds",
+            "compile_failures")
     return {k: ci[k] for k in keys if isinstance(ci, dict) and k in ci}
 
 
@@ -310,6 +311,13 @@ def summary(points: list[dict[str, Any]], stopped: dict, sweeps: list[str], syst
                 p = by.get((s, n))
                 cells.append("—" if p is None else "error" if "error" in p else fmt(p["us_per_call"]))
             lines.append(f"| {s} | " + " | ".join(cells) + " |")
+        codegen = []
+        for n in ns:
+            info = (by.get(("specgraph", n)) or {}).get("specgraph") or {}
+            secs = info.get("compile_seconds")
+            codegen.append(fmt(secs * 1e6) if secs else "—")
+        if any(c != "—" for c in codegen):
+            lines.append("| specgraph codegen (once) | " + " | ".join(codegen) + " |")
         lines.append("")
         for s in systems:
             st = stopped.get((sweep, s))
@@ -323,7 +331,10 @@ def summary(points: list[dict[str, Any]], stopped: dict, sweeps: list[str], syst
             for p in points
             if p["sweep"] == sweep
             and p["system"] == "specgraph"
-            and (p.get("specgraph") or {}).get("declined")
+            and (
+                (p.get("specgraph") or {}).get("declined")
+                or (p.get("specgraph") or {}).get("declined_too_large")
+            )
         ]
         if declined:
             lines.append(f"- specgraph left generic (declined) at n = {', '.join(map(str, declined))}")
@@ -357,6 +368,16 @@ def plot(
                 ax.plot(xs, ys, "o-", color=colors.get(s), label=label, markersize=4)
                 if st and st["n"] > 0:
                     ax.plot([st["n"]], [ys[-1]], "x", color=colors.get(s), markersize=10, mew=2)
+        cg = sorted(
+            (p["n"], p["specgraph"]["compile_seconds"] * 1e6)
+            for p in points
+            if p["sweep"] == sweep and p["system"] == "specgraph" and (p.get("specgraph") or {}).get(
+                "compile_seconds")
+        )
+        if cg:
+            xs, ys = zip(*cg, strict=True)
+            ax.plot(xs, ys, "s--", color=colors["specgraph"], alpha=0.5, markersize=3,
+                    label="specgraph codegen (once per structure)")
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel(SWEEPS[sweep]["xlabel"])
