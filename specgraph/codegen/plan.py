@@ -90,6 +90,8 @@ _RESERVED = frozenset(
     {"root", "vals", "EPOCH", "KIND", "ARRAY", "STATIC_SIG", "NEW", "ONE_LEVEL", "KEY_SIG", "META_SIG",
      "__builtins__"}
 )
+# The generated functions are named ``<kind>_<type>``: no bound type may take such a name.
+_FUNCTION_PREFIXES = ("flatten_", "update_", "unflatten_", "walk_")
 _LOCAL_NAME = re.compile(r"^(x|dx|droot|v|o|a|c|d|ch|chx|td|tdx|chroot|tdroot)[0-9]*$")
 
 
@@ -100,7 +102,7 @@ def _type_name(t: type, taken: dict[str, Any]) -> str:
         return raw  # list, dict, str, ... bind to themselves
     base = re.sub(r"[^0-9A-Za-z_]", "_", raw) or "T"
     if base[0].isdigit() or keyword.iskeyword(base) or base in _BUILTIN_NAMES or base in _RESERVED \
-            or _LOCAL_NAME.match(base):
+            or _LOCAL_NAME.match(base) or base.startswith(_FUNCTION_PREFIXES):
         base = "T_" + base
     name = base
     n = 1
@@ -237,6 +239,8 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             impl = reg.node_impl(t)
             if not impl.is_builtin_node:
                 raise Declined(f"custom node type {t.__qualname__}")
+            if spec[6] is not None:
+                raise Declined(f"non-string attribute names on a {t.__qualname__} node")
             local_of[idx] = var
             if not skip_type_guard:
                 type_guard(var, t, label)
@@ -250,7 +254,11 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
                 guard("guard_hidden", "node_keys", src=consts.bind(t, "T"), arg=consts.bind(snapshot, "H"))
             d = "d" + var
             steps.append(Step("load_dict", dst=d, src=var))
-            hidden = [h for h in t.graph_invisible_attrs if h not in spec[3]]
+            if isinstance(t.graph_invisible_attrs, str):
+                raise Declined("graph_invisible_attrs is a string")  # the walker says how to fix it
+            # Each invisible name present in the dict is subtracted once (a name listed
+            # twice must not hide an extra attribute).
+            hidden = [h for h in dict.fromkeys(t.graph_invisible_attrs) if h not in spec[3]]
             guard(
                 "guard_node_len",
                 "node_keys",

@@ -99,12 +99,21 @@ def meta_sig(metadata: tuple) -> tuple:
     return tuple([value_sig(v) for _, v in metadata])
 
 
-def dict_key_sig(d: dict) -> tuple | None:
-    """The types of a dict's keys in sorted order, or ``None`` when all are ``str``."""
-    keys = sorted(d)
-    if all(type(k) is str for k in keys):
+def key_sig(k: Any) -> Any:
+    """A key's type signature: any ``str`` (subclasses too) is a plain ``str`` key."""
+    return str if isinstance(k, str) else value_sig(k)
+
+
+def keys_sig(keys: Any) -> tuple | None:
+    """The type signatures of keys, or ``None`` when all are strings (the common case)."""
+    if all(isinstance(k, str) for k in keys):
         return None
-    return tuple([value_sig(k) for k in keys])
+    return tuple([key_sig(k) for k in keys])
+
+
+def dict_key_sig(d: dict) -> tuple | None:
+    """``keys_sig`` of a dict's keys in sorted order (the reference walker's order)."""
+    return keys_sig(sorted(d))
 
 
 def pytree_children(x: Any) -> tuple[Any, tuple, list]:
@@ -282,8 +291,10 @@ def walk(root: Any) -> Walk:
             keys = tuple([kv[0] for kv in items])
             meta = fr[7]
             sig = None
-            if meta is not None or not all(type(k) is str for k in keys):
-                sig = (tuple([value_sig(k) for k in keys]), value_sig(meta))
+            if meta is not None:
+                sig = (keys_sig(keys), value_sig(meta))
+            elif not all(isinstance(k, str) for k in keys):
+                sig = (keys_sig(keys), None)
             table[fr[6]] = _tnew(NodeSpec, ("nodespec", type(fr[1]), fr[6], keys, tuple(edges), meta, sig))
             continue
         x = fr[1]
@@ -302,10 +313,7 @@ def walk(root: Any) -> Walk:
                 else:
                     edge = StaticEdge((type(x), tuple(c[1] for c in children)), x)
         if edge is None:
-            keysig = None
-            if ptype is dict and any(type(k) is not str for k in keys):
-                keysig = tuple([value_sig(k) for k in keys])
-            edge = PytreeEdge(ptype, keys, children, keysig)
+            edge = PytreeEdge(ptype, keys, children, keys_sig(keys) if ptype is dict else None)
         if stack:
             stack[-1][4].append(edge)
         else:

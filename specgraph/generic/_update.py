@@ -45,12 +45,31 @@ def _write(obj: Any, edge: Any, new: Any) -> Any:
             if _has_array(c, new):
                 obj[key] = _write(obj[key], c, new)
         return obj
+    # An immutable container is rebuilt, but only when one of its leaves changes.
     if ptype is tuple:
-        return tuple(_write(o, c, new) for o, c in zip(obj, edge[3], strict=True))
+        items = [_write(o, c, new) for o, c in zip(obj, edge[3], strict=True)]
+        return obj if all(a is b for a, b in zip(items, obj, strict=True)) else tuple(items)
     from ._flatten import pytree_children
 
     treedef, _, children = pytree_children(obj)
-    return treedef.unflatten([_write(o, c, new) for o, c in zip(children, edge[3], strict=True)])
+    items = [_write(o, c, new) for o, c in zip(children, edge[3], strict=True)]
+    return obj if all(a is b for a, b in zip(items, children, strict=True)) else treedef.unflatten(items)
+
+
+def _frozen_changes(edge: Any, obj: Any, new: dict[int, Any]) -> bool:
+    """Does ``new`` change an array leaf reachable from ``obj`` only through immutable containers?"""
+    k = type(edge)
+    if k is ArrayEdge:
+        return edge[1] in new and new[edge[1]] is not obj
+    if k is not PytreeEdge or edge[1] is list or edge[1] is dict:
+        return False  # a list or dict below is a mutable owner for what it holds
+    if edge[1] is tuple:
+        children = obj
+    else:
+        from ._flatten import pytree_children
+
+        children = pytree_children(obj)[2]
+    return any(_frozen_changes(c, o, new) for c, o in zip(edge[3], children, strict=True))
 
 
 def apply_update(root: Any, w: Walk, given: dict[int, Any] | list[Any]) -> None:
@@ -61,7 +80,7 @@ def apply_update(root: Any, w: Walk, given: dict[int, Any] | list[Any]) -> None:
     arrays = {slot: v for slot, v in new.items() if types[slot] is None}
     root_edge = gd.root
     if arrays and type(root_edge) is PytreeEdge and root_edge[1] not in (list, dict):
-        if _has_array(root_edge, arrays):
+        if _frozen_changes(root_edge, root, arrays):
             raise ValueError(
                 "update cannot replace an array leaf held in the immutable root pytree "
                 f"({gd.type.__qualname__}) since it has no mutable owner; wrap it in a State "

@@ -423,7 +423,11 @@ def cache_info() -> dict[str, Any]:
 
 
 def structure_stats(gd: GraphDef) -> StructureStats | None:
-    return _stats.get(gd)
+    """The counters of one structure (``None`` if unseen, or if it cannot be a cache key)."""
+    try:
+        return _stats.get(gd)
+    except TypeError:  # an unhashable static: never cached, so no counters
+        return None
 
 
 def variant_for(gd: GraphDef) -> Variant | None:
