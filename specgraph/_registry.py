@@ -137,11 +137,6 @@ def node_children(node: Any) -> list[tuple[Hashable, Any]]:
     hidden = type(node).graph_invisible_attrs
     keys = sorted(d)
     if hidden:
-        if isinstance(hidden, str):
-            raise TypeError(
-                f"{type(node).__qualname__}.graph_invisible_attrs is the string {hidden!r}: it must "
-                f"be a tuple of attribute names, e.g. ({hidden!r},)"
-            )
         keys = [k for k in keys if k not in hidden]
     return [(k, d[k]) for k in keys]
 

@@ -306,7 +306,11 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             sig = edge[1]
             cname = consts.bind(edge[2], "C")
             note = label + static_note(edge[2])
-            if isinstance(sig, type):
+            if not _value_sig(sig):
+                # An object that may be equal yet distinguishable (a dataclass with a
+                # compare=False field, ...): only the very same object is the same static.
+                guard("guard_static_is", "static", src=var, arg2=cname, comment=note)
+            elif isinstance(sig, type):
                 op = "guard_static_nan" if _may_be_nan(edge[2]) else "guard_static"
                 guard(op, "static", src=var, arg=consts.bind(sig, "T"), arg2=cname, comment=note)
             else:
@@ -354,6 +358,21 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
         epoch=reg.registry_epoch(),
         counts=counts,
     )
+
+
+# Statics whose equality means "indistinguishable" (given the exact type, and the sign
+# of a float zero, which the sig carries): these may be matched by value.
+_VALUE_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None), type(...)})
+
+
+def _value_sig(sig: Any) -> bool:
+    """Is every leaf type in a static's sig a value type (see ``_VALUE_TYPES``)?"""
+    if isinstance(sig, type):
+        return sig in _VALUE_TYPES
+    if sig[0] is float:  # a float zero: (float, sign)
+        return True
+    # A tuple or namedtuple compares field by field: of value types, it is a value too.
+    return issubclass(sig[0], tuple) and all(_value_sig(s) for s in sig[1])
 
 
 def _may_be_nan(value: Any) -> bool:
@@ -427,12 +446,17 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
             steps.append(Step("set_state", dst=names[spec[2]], arg=consts.bind(spec[3], "M"),
                               src=slot_names[spec[4]]))
     counter = [0]
+    static_names: list[str] = []
 
     def expr(edge: Any) -> str:
         """A local or constant name holding the value of ``edge`` (emitting builds)."""
         k = type(edge)
         if k is StaticEdge:
-            return consts.bind(edge[2], "C")
+            # Read from the GraphDef being unflattened (an equal GraphDef may hold
+            # equal but distinct static objects): S is unflatten_statics(gd).
+            name = f"s{len(static_names)}"
+            static_names.append(name)
+            return name
         if k is NodeEdge or k is StateEdge:
             return names[edge[1]]
         if k is ArrayEdge:
@@ -467,4 +491,26 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
             for k, p in zip(spec[3], parts, strict=True):
                 steps.append(Step("set_key", dst=names[spec[2]], src=setter, arg=consts.key(k), arg2=p))
     root = expr(gd.root)
+    if static_names:
+        steps.insert(0, Step("unpack_statics", names=static_names))
     return UnflattenPlan(graphdef=gd, consts=consts, steps=steps, root=root)
+
+
+def unflatten_statics(gd: GraphDef) -> tuple:
+    """The static values of ``gd`` in the order the unflatten plan reads them.
+
+    The plan's order: the children of each node spec in table order, then the
+    root; containers depth-first, children in order.
+    """
+    out: list[Any] = []
+    edges: list[Any] = [c for spec in gd.table if type(spec) is NodeSpec for c in spec[4]]
+    edges.append(gd.root)
+    stack = list(reversed(edges))
+    while stack:
+        e = stack.pop()
+        k = type(e)
+        if k is StaticEdge:
+            out.append(e[2])
+        elif k is PytreeEdge:
+            stack.extend(reversed(e[3]))
+    return tuple(out)

@@ -137,6 +137,11 @@ def _sorted_dict_keys(d: dict, link: Any) -> list:
 def _node_items(node: Any, t: type, link: Any) -> tuple[list, Any]:
     impl = reg.node_impl(t)
     if impl.is_builtin_node:
+        if isinstance(t.graph_invisible_attrs, str):
+            raise TypeError(
+                f"{t.__qualname__}.graph_invisible_attrs is the string {t.graph_invisible_attrs!r}: "
+                f"it must be a tuple of attribute names, e.g. ({t.graph_invisible_attrs!r},)"
+            )
         try:
             return reg.node_children(node), None
         except TypeError:

@@ -264,13 +264,16 @@ def unflatten(graphdef: GraphDef, states: tuple[Any, ...]) -> Any:
             rt = _unflatten_fn(graphdef)
         if rt is not None and rt[1] is not None:
             rt[2].unflatten_hits += 1
-            return rt[1](values)
+            return rt[1](values, rt[3])
     _totals["generic_unflattens"] += 1
     return build(graphdef, values)
 
 
-def _unflatten_fn(gd: GraphDef) -> tuple[int, Any, StructureStats] | None:
-    """The ``(epoch, fn or None, stats)`` scratch entry for ``gd`` once it is decided.
+def _unflatten_fn(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | None:
+    """The ``(epoch, fn or None, stats, statics)`` scratch entry for ``gd`` once decided.
+
+    The function is shared by equal GraphDefs; ``statics`` are this GraphDef's own
+    static objects (equal GraphDefs may hold equal but distinct ones).
 
     ``None`` (the generic walker) when ``gd`` cannot key a cache: a static whose
     ``__hash__`` or ``__eq__`` raises.
@@ -283,7 +286,7 @@ def _unflatten_fn(gd: GraphDef) -> tuple[int, Any, StructureStats] | None:
         return None
 
 
-def _unflatten_entry(gd: GraphDef) -> tuple[int, Any, StructureStats] | None:
+def _unflatten_entry(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | None:
     hash(gd)
     epoch = reg.epoch_cell()[0]
     if _unflat_epoch[0] != epoch:  # a registration may change how nodes are rebuilt
@@ -291,7 +294,7 @@ def _unflatten_entry(gd: GraphDef) -> tuple[int, Any, StructureStats] | None:
             _unflat.clear()
             _unflat_epoch[0] = epoch
     if gd in _unflat:
-        rt = (epoch, _unflat[gd], _stats.setdefault(gd, StructureStats()))
+        rt = (epoch, _unflat[gd], _stats.setdefault(gd, StructureStats()), _plan.unflatten_statics(gd))
         object.__setattr__(gd, "_rt", rt)
         return rt
     with LOCK:
@@ -324,7 +327,7 @@ def _unflatten_entry(gd: GraphDef) -> tuple[int, Any, StructureStats] | None:
         _unflat[gd] = fn
         if len(_unflat) > 4 * _BOUND:
             _unflat.pop(next(iter(_unflat)))
-        rt = (epoch, fn, stats)
+        rt = (epoch, fn, stats, _plan.unflatten_statics(gd))
         object.__setattr__(gd, "_rt", rt)
         return rt
 
