@@ -26,7 +26,7 @@ from ..codegen import plan as _plan
 from ..generic._flatten import Walk, dict_key_sig, meta_sig, walk
 from ..generic._unflatten import build
 from ..generic._update import apply_update
-from . import helpers
+from . import helpers, sources
 from .cache import CONFIG, LOCK, StructureStats, TypeEntry, Variant
 
 __all__ = [
@@ -125,7 +125,11 @@ def _observe_structure(t: type, w: Walk, entry: TypeEntry | None) -> None:
     gd = w.graphdef
     if entry is None:
         with LOCK:
-            entry = _types.setdefault(t, TypeEntry())
+            entry = _types.get(t)
+            if entry is None:
+                if len(_types) >= 4 * _BOUND:  # e.g. a new sg.jit per call: forget the oldest type
+                    _forget_variants(_types.pop(next(iter(_types))).variants)
+                entry = _types[t] = TypeEntry()
     if entry.megamorphic:
         return
     if len(gd.table) * 4 > CONFIG.max_steps:
@@ -141,6 +145,7 @@ def _observe_structure(t: type, w: Walk, entry: TypeEntry | None) -> None:
             if var.plan.epoch != reg.registry_epoch():  # compiled before a registration: replace it
                 with LOCK:
                     entry.variants = tuple(v for v in entry.variants if v is not var)
+                _forget_variants((var,))
                 break
             var.stats.fallbacks += 1
             return
@@ -158,6 +163,7 @@ def _observe_structure(t: type, w: Walk, entry: TypeEntry | None) -> None:
         entry.seen.pop(gd, None)
         if len(entry.variants) >= CONFIG.max_variants:
             entry.megamorphic = True
+            _forget_variants(entry.variants)
             entry.variants = ()
             entry.seen.clear()
             _totals["megamorphic_types"] += 1
@@ -168,7 +174,7 @@ def _observe_structure(t: type, w: Walk, entry: TypeEntry | None) -> None:
 
 
 def _compile_variant(gd: GraphDef, entry: TypeEntry, links: tuple) -> Variant | None:
-    stats = _stats.setdefault(gd, StructureStats())
+    stats = _stats_for(gd)
     t0 = time.perf_counter()
     try:
         plan = _plan.plan_flatten(gd, CONFIG.max_steps)
@@ -294,7 +300,7 @@ def _unflatten_entry(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | N
             _unflat.clear()
             _unflat_epoch[0] = epoch
     if gd in _unflat:
-        rt = (epoch, _unflat[gd], _stats.setdefault(gd, StructureStats()), _plan.unflatten_statics(gd))
+        rt = (epoch, _unflat[gd], _stats_for(gd), _plan.unflatten_statics(gd))
         object.__setattr__(gd, "_rt", rt)
         return rt
     with LOCK:
@@ -305,7 +311,7 @@ def _unflatten_entry(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | N
                 _unflat_seen.pop(next(iter(_unflat_seen)))
             return None
         _unflat_seen.pop(gd, None)
-        stats = _stats.setdefault(gd, StructureStats())
+        stats = _stats_for(gd)
         fn = None
         t0 = time.perf_counter()
         try:
@@ -326,7 +332,7 @@ def _unflatten_entry(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | N
             )
         _unflat[gd] = fn
         if len(_unflat) > 4 * _BOUND:
-            _unflat.pop(next(iter(_unflat)))
+            sources.forget(_unflat.pop(next(iter(_unflat))))
         rt = (epoch, fn, stats, _plan.unflatten_statics(gd))
         object.__setattr__(gd, "_rt", rt)
         return rt
@@ -382,9 +388,25 @@ def configure(*, threshold: int | None = None, max_variants: int | None = None,
         CONFIG.enabled = bool(enabled)
 
 
+def _forget_variants(variants: tuple[Variant, ...]) -> None:
+    for var in variants:
+        sources.forget(var.flatten, var.update, var.walk)
+
+
+def _stats_for(gd: GraphDef) -> StructureStats:
+    """The counters of ``gd``, created on first use (the table is bounded)."""
+    st = _stats.get(gd)
+    if st is None:
+        if len(_stats) >= 4 * _BOUND:
+            _stats.pop(next(iter(_stats)))
+        st = _stats[gd] = StructureStats()
+    return st
+
+
 def clear_cache() -> None:
     """Drop every specialization and counter (and invalidate by registry epoch)."""
     with LOCK:
+        sources.forget_all()
         _types.clear()
         _stats.clear()
         _unflat.clear()
