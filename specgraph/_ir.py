@@ -191,9 +191,6 @@ class NodeSpec(Edge):
     def meta(self) -> Hashable:
         return self[5]
 
-    def __getnewargs__(self) -> tuple:
-        return tuple(self[1:])
-
     def __repr__(self) -> str:
         return f"NodeSpec({self[1].__qualname__}, index={self[2]}, keys={self[3]!r})"
 
@@ -407,10 +404,6 @@ class GraphDef:
         if self._hash is not None and other._hash is not None and self._hash != other._hash:
             return False
         return self.root == other.root and self.table == other.table
-
-    def __ne__(self, other: object) -> bool:
-        eq = self.__eq__(other)
-        return eq if eq is NotImplemented else not eq
 
     def __hash__(self) -> int:
         h = self._hash

@@ -46,7 +46,7 @@ class State(Generic[T]):
 
     def __repr__(self) -> str:
         meta = "".join(f", {k}={v!r}" for k, v in self._metadata)
-        return f"{type(self).__name__}({_short(self.value)}{meta})"
+        return f"{type(self).__name__}({short_repr(self.value)}{meta})"
 
 
 class Param(State[T]):
@@ -61,9 +61,11 @@ def _new_state(cls: type[State[Any]], value: Any, metadata: tuple) -> State[Any]
     return st
 
 
-def _short(value: Any) -> str:
+def short_repr(value: Any) -> str:
+    """``float32[64, 64]`` for an array, else a repr cut to 60 characters."""
     shape = getattr(value, "shape", None)
     dtype = getattr(value, "dtype", None)
     if shape is not None and dtype is not None:
         return f"{dtype}{list(shape)}"
-    return repr(value)
+    r = repr(value)
+    return r if len(r) < 60 else r[:57] + "..."

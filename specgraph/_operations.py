@@ -155,7 +155,7 @@ def pop_states(node: Any, *filters: Filter) -> StateMap | tuple[StateMap, ...]:
                 )
             removals.append((remover, container, key))
         elif k is PytreeEdge:
-            live = container if key is None else _get(container, key, remover)
+            live = container if key is None else _child(container, key)
             for ck, ce in zip(edge[2], edge[3], strict=True):
                 rem = _dict_pop if edge[1] is dict else None
                 collect(ce, live, ck, rem, (*where, ck))
@@ -183,7 +183,7 @@ def _dict_pop(d: dict, key: Any) -> Any:
     return d.pop(key)
 
 
-def _get(container: Any, key: Any, remover: Any) -> Any:
+def _child(container: Any, key: Any) -> Any:
     if type(container) in (list, tuple, dict):
         return container[key]
     # Another JAX pytree (namedtuple, dataclass...): its path keys are attribute

@@ -15,6 +15,7 @@ from jax import tree_util
 
 from ._filters import Filter, to_predicate
 from ._ir import PathTable
+from ._model import short_repr as _short
 
 __all__ = ["StateMap", "merge_maps"]
 
@@ -122,6 +123,10 @@ class StateMap(Mapping[Path, Any]):
             return self
         return split_slots(self._table, self._values, filters, self._subset)
 
+    def merge(self, *others: Mapping[Path, Any]) -> StateMap:
+        """One map holding this one's values and the others' (a path given twice is an error)."""
+        return merge_maps(self, *others)
+
     def to_nested(self) -> dict[Hashable, Any]:
         """A nested-dict view: ``{'layers': {0: {'w': ...}}}``."""
         out: dict[Hashable, Any] = {}
@@ -202,15 +207,6 @@ def _eq(a: Any, b: Any) -> bool:
         return bool(a == b)
     except Exception:
         return False
-
-
-def _short(value: Any) -> str:
-    shape = getattr(value, "shape", None)
-    dtype = getattr(value, "dtype", None)
-    if shape is not None and dtype is not None:
-        return f"{dtype}{list(shape)}"
-    r = repr(value)
-    return r if len(r) < 60 else r[:57] + "..."
 
 
 def _flatten_statemap(sm: StateMap) -> tuple[list[Any], PathTable]:

@@ -356,3 +356,21 @@ def test_partial_update_with_a_filtered_map(impl, build):
             np.testing.assert_array_equal(after[p], np.asarray(before[p]) + 1)
         else:
             assert after[p] is before[p]
+
+
+def test_statemap_merge_method_joins_split_parts() -> None:
+    import numpy as np
+
+    class Pair(sg.Node):
+        pass
+
+    node = Pair()
+    node.p = sg.Param(np.ones(1))
+    node.q = sg.State(np.zeros(1))
+    gd, params, rest = sg.split(node, sg.Param, ...)
+    merged = params.merge(rest)
+    assert set(merged) == {("p",), ("q",)}
+    assert merged[("p",)] is node.p.value
+    assert sg.unflatten(gd, merged).q.value is node.q.value
+    with pytest.raises(ValueError, match="given twice"):
+        params.merge(params)

@@ -215,9 +215,7 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
     stack: list[tuple[Any, str, tuple, tuple[str, str, bool] | None]] = []
     root = gd.root
     rk = type(root)
-    if rk is NodeEdge:
-        stack.append((root, "root", (), None))
-    elif rk is PytreeEdge:
+    if rk is NodeEdge or rk is PytreeEdge:
         stack.append((root, "root", (), None))
     else:
         raise Declined("the root is not a node or a container")

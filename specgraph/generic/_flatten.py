@@ -158,11 +158,7 @@ def walk(root: Any) -> Walk:
     kinds = reg.kind_cache()
     kind_of = reg.kind_of
     rk = kind_of(root)
-    if rk is _NODE:
-        pass
-    elif rk in reg.CONTAINER_KINDS:
-        pass
-    else:
+    if rk is not _NODE and rk not in reg.CONTAINER_KINDS:
         raise TypeError(
             f"flatten expects a graph node (a specgraph.Node or a registered node type) or a "
             f"pytree of them as the root, got {type(root).__qualname__} "

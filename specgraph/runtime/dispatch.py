@@ -347,7 +347,7 @@ def update(node: Any, states: tuple[Any, ...]) -> None:
         sm = states[0]
         table = sm._table
         for var in entry.variants:
-            if var.update is not None and (var.table is table or var.table == table):
+            if var.table is table or var.table == table:
                 r = var.update(node, sm._values)
                 if r is None:
                     var.stats.update_hits += 1
