@@ -23,7 +23,7 @@ import jax
 import jinja2
 import numpy as np
 import pytest
-from conftest import assert_same_flatten
+from conftest import assert_matches_reference, assert_same_flatten
 
 import specgraph as sg
 from specgraph.codegen import emit
@@ -517,3 +517,28 @@ def test_explain_on_declined_and_odd_structures(knobs: None) -> None:
     assert "nodes: 5" in text and "Counters" in text
     with pytest.raises(TypeError):
         sg.explain(node)  # type: ignore[arg-type]
+
+
+def test_a_thousand_structures_of_one_type_keep_the_caches_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Megamorphic: past max_variants the type stays generic; no cache grows with structures."""
+    monkeypatch.setattr(dispatch, "_BOUND", 32)  # bounds of 128 entries: 1000 structures overflow them
+    def generated() -> int:
+        return sum(1 for name in linecache.cache if name.startswith("<specgraph "))
+
+    before = generated()
+    for i in range(1000):
+        m = Box(p=sg.Param(np.zeros(1)))
+        setattr(m, f"a{i}", i)  # a new attribute name: a new structure of the same root type
+        gd, sm = sg.flatten(m)
+        sg.flatten(m)
+        sg.unflatten(gd, sm)
+        sg.unflatten(gd, sm)  # unflatten specializations are keyed by GraphDef: bounded too
+        if i % 97 == 0:
+            assert_matches_reference(m)
+    assert "Box" in info()["megamorphic_types"]
+    assert dispatch._types[Box].variants == ()
+    bound = 4 * dispatch._BOUND
+    assert len(dispatch._stats) <= bound
+    assert len(dispatch._unflat) <= bound
+    assert len(dispatch._types[Box].seen) <= dispatch._BOUND
+    assert generated() - before <= bound
