@@ -343,6 +343,7 @@ def _unflatten_entry(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | N
 
 def update(node: Any, states: tuple[Any, ...]) -> None:
     entry = _types.get(type(node)) if CONFIG.enabled else None
+    refused = False
     if entry is not None and len(states) == 1 and type(states[0]) is StateMap:
         sm = states[0]
         table = sm._table
@@ -353,12 +354,18 @@ def update(node: Any, states: tuple[Any, ...]) -> None:
                     var.stats.update_hits += 1
                     return
                 var.stats.misses[r] += 1
-    w = walk(node)
+                refused = True
+    if refused:  # the same guards would refuse a specialized walk: go to the reference
+        w = walk(node)
+        if CONFIG.enabled:
+            _observe(type(node), w, entry)
+    else:
+        # A partial update (a split part, a dict, ...): the reference writes, on a walk that
+        # is itself specialized when a variant matches (its path index is built once).
+        w = walk_graph(node)
     _totals["generic_updates"] += 1
     if states:
         apply_update(node, w, resolve_partial(w.graphdef.pathtable, states))
-    if CONFIG.enabled:
-        _observe(type(node), w, entry)
 
 
 # -- control ----------------------------------------------------------------------
