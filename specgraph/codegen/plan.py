@@ -227,11 +227,12 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
         edge, var, path, owner = stack.pop()
         k = type(edge)
         label = path_label(path)
+        if (k is NodeEdge or k is StateEdge) and edge[1] in local_of:
+            # A later path to an object: it must be the very object defined earlier.
+            guard("guard_is", "backref", src=var, arg=local_of[edge[1]], comment=label)
+            continue
         if k is NodeEdge:
             idx = edge[1]
-            if idx in local_of:
-                guard("guard_is", "backref", src=var, arg=local_of[idx], comment=label)
-                continue
             spec = table[idx]
             t = spec[1]
             impl = reg.node_impl(t)
@@ -273,9 +274,6 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             stack.extend(reversed(items))
         elif k is StateEdge:
             idx = edge[1]
-            if idx in local_of:
-                guard("guard_is", "backref", src=var, arg=local_of[idx], comment=label)
-                continue
             spec = table[idx]
             t = spec[1]
             local_of[idx] = var
