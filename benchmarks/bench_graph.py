@@ -126,26 +126,37 @@ def load_sibling(stem: str) -> ModuleType:
 # --------------------------------------------------------------------------------------
 
 
-def time_loop(fn: Callable[[], Any], number: int) -> float:
-    """Seconds for ``number`` calls of ``fn``, GC disabled as in ``timeit``."""
+def time_loop(fn: Callable[[], Any], number: int, block: Callable[[Any], None] | None = None) -> float:
+    """Seconds for ``number`` calls of ``fn``, GC disabled as in ``timeit``.
+
+    ``block`` (e.g. ``jax.block_until_ready``) is applied to the last result, inside
+    the timed region, for functions that return before their work is done.
+    """
     it = itertools.repeat(None, number)
     gc_was = gc.isenabled()
     gc.disable()
     try:
+        if block is None:
+            t0 = time.perf_counter()
+            for _ in it:
+                fn()
+            return time.perf_counter() - t0
+        out = None
         t0 = time.perf_counter()
         for _ in it:
-            fn()
+            out = fn()
+        block(out)
         return time.perf_counter() - t0
     finally:
         if gc_was:
             gc.enable()
 
 
-def calibrate(fn: Callable[[], Any], target: float) -> int:
+def calibrate(fn: Callable[[], Any], target: float, block: Callable[[Any], None] | None = None) -> int:
     """A loop count such that one repeat of ``fn`` takes about ``target`` seconds."""
     n = 1
     while True:
-        t = time_loop(fn, n)
+        t = time_loop(fn, n, block)
         if t >= 0.2 * target or n >= 10_000_000:
             return max(1, round(n * target / max(t, 1e-9)))
         n = min(n * 100, max(n * 2, int(n * 0.3 * target / max(t, 1e-9))))

@@ -38,13 +38,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import gc
 import importlib.util
 import os
 import platform
 import socket
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -59,26 +57,28 @@ BAR_NOOP_NNX_SPEEDUP = 30.0  # nnx.jit no-op >= 30 x sg.jit no-op
 BAR_TRAIN_VS_JAX = 1.2  # sg.jit training step <= 1.2 x pure jax.jit training step
 
 
-def load_models() -> ModuleType:
-    """Import ``benchmarks/models.py`` by path (works as a script and when imported)."""
-    name = "specgraph_bench_models"
+def _load_bench_graph() -> ModuleType:
+    """``benchmarks/bench_graph.py`` by path: its loader and timing helpers are shared."""
+    name = "specgraph_bench_bench_graph"
     mod = sys.modules.get(name)
-    if mod is not None:
-        return mod
-    spec = importlib.util.spec_from_file_location(name, HERE / "models.py")
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    try:
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(name, HERE / "bench_graph.py")
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
         spec.loader.exec_module(mod)
-    except BaseException:
-        del sys.modules[name]
-        raise
     return mod
 
 
+_BG = _load_bench_graph()
+
+
+def load_models() -> ModuleType:
+    return _BG.load_sibling("models")
+
+
 # --------------------------------------------------------------------------------------
-# timing
+# timing: bench_graph's loop, blocking on the last result (jax dispatches asynchronously)
 # --------------------------------------------------------------------------------------
 
 
@@ -90,28 +90,11 @@ def _block(x: Any) -> None:
 
 
 def time_loop(fn: Callable[[], Any], number: int) -> float:
-    """Seconds for ``number`` calls of ``fn`` (GC off), blocking on the last result."""
-    gc_was = gc.isenabled()
-    gc.disable()
-    try:
-        out = None
-        t0 = time.perf_counter()
-        for _ in range(number):
-            out = fn()
-        _block(out)
-        return time.perf_counter() - t0
-    finally:
-        if gc_was:
-            gc.enable()
+    return _BG.time_loop(fn, number, block=_block)
 
 
 def calibrate(fn: Callable[[], Any], target: float) -> int:
-    n = 1
-    while True:
-        t = time_loop(fn, n)
-        if t >= 0.2 * target or n >= 1_000_000:
-            return max(1, round(n * target / max(t, 1e-9)))
-        n = min(n * 10, max(n * 2, int(n * 0.3 * target / max(t, 1e-9))))
+    return _BG.calibrate(fn, target, block=_block)
 
 
 class Entry:
