@@ -158,3 +158,19 @@ def test_partial_update_uses_the_specialized_walk_and_matches_the_reference() ->
     assert sg.generic.flatten(live)[0] == sg.generic.flatten(twin)[0]
     np.testing.assert_array_equal(live.b.value, twin.b.value)
     np.testing.assert_array_equal(live.c, twin.c)
+
+
+def test_deeply_nested_pytree_round_trips(impl) -> None:
+    """Nesting deeper than the recursion limit: flatten and unflatten are both iterative."""
+    depth = 1200
+    x: Any = [np.ones(1)]
+    for _ in range(depth):
+        x = [x, (1, "a")]
+    node = Box(deep=x, p=sg.Param(np.zeros(1)))
+    gd, sm = impl.flatten(node)
+    out = impl.unflatten(gd, sm)
+    y, n = out.deep, 0
+    while isinstance(y, list) and len(y) == 2:
+        assert y[1] == (1, "a")
+        y, n = y[0], n + 1
+    assert n == depth and y[0] is sm[("deep",) + (0,) * (depth + 1)]

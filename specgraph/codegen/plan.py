@@ -444,8 +444,7 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
     counter = [0]
     static_names: list[str] = []
 
-    def expr(edge: Any) -> str:
-        """A local or constant name holding the value of ``edge`` (emitting builds)."""
+    def leaf(edge: Any) -> str:
         k = type(edge)
         if k is StaticEdge:
             # Read from the GraphDef being unflattened (an equal GraphDef may hold
@@ -455,10 +454,10 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
             return name
         if k is NodeEdge or k is StateEdge:
             return names[edge[1]]
-        if k is ArrayEdge:
-            return slot_names[edge[1]]
+        return slot_names[edge[1]]  # ArrayEdge
+
+    def build(edge: Any, parts: list[str]) -> str:
         ptype = edge[1]
-        parts = [expr(c) for c in edge[3]]
         counter[0] += 1
         name = f"c{counter[0]}"
         if ptype is list:
@@ -471,6 +470,34 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
         else:
             steps.append(Step("build_pytree", dst=name, src=consts.bind(ptype, "P"), names=parts))
         return name
+
+    def expr(edge: Any) -> str:
+        """A local or constant name holding the value of ``edge`` (emitting builds).
+
+        Containers are built children first, left to right, with an explicit stack
+        (deep nesting never reaches the recursion limit).
+        """
+        if type(edge) is not PytreeEdge:
+            return leaf(edge)
+        stack: list[list[Any]] = [[edge, 0, []]]
+        while True:
+            fr = stack[-1]
+            e, pos, parts = fr
+            kids = e[3]
+            while pos < len(kids):
+                child = kids[pos]
+                pos += 1
+                if type(child) is PytreeEdge:
+                    fr[1] = pos
+                    stack.append([child, 0, []])
+                    break
+                parts.append(leaf(child))
+            else:
+                stack.pop()
+                name = build(e, parts)
+                if not stack:
+                    return name
+                stack[-1][2].append(name)
 
     for spec in table:
         if type(spec) is not NodeSpec:

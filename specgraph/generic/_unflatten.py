@@ -10,24 +10,24 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _registry as reg
-from .._ir import ArrayEdge, GraphDef, NodeEdge, NodeSpec, StateEdge, StaticEdge
+from .._ir import GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge
 from .._model import _new_state
 from .._resolve import resolve_all
 
 __all__ = ["unflatten", "build", "build_with", "rebuild_edge"]
 
 
-def rebuild_edge(edge: Any, objs: list[Any], values: list[Any]) -> Any:
-    """The value an edge stands for, given the objects by index and values by slot."""
+def _leaf(edge: Any, objs: list[Any], values: list[Any]) -> Any:
     k = type(edge)
     if k is StaticEdge:
         return edge[2]
     if k is NodeEdge or k is StateEdge:
         return objs[edge[1]]
-    if k is ArrayEdge:
-        return values[edge[1]]
+    return values[edge[1]]  # ArrayEdge
+
+
+def _container(edge: Any, children: list[Any]) -> Any:
     ptype = edge[1]
-    children = [rebuild_edge(c, objs, values) for c in edge[3]]
     if ptype is list:
         return children
     if ptype is tuple:
@@ -35,6 +35,36 @@ def rebuild_edge(edge: Any, objs: list[Any], values: list[Any]) -> Any:
     if ptype is dict:
         return dict(zip(edge[2], children, strict=True))
     return ptype.unflatten(children)
+
+
+def rebuild_edge(edge: Any, objs: list[Any], values: list[Any]) -> Any:
+    """The value an edge stands for, given the objects by index and values by slot.
+
+    Iterative (an explicit stack of open containers), so pytree nesting as deep
+    as the flatten side accepts never reaches the recursion limit.
+    """
+    if type(edge) is not PytreeEdge:
+        return _leaf(edge, objs, values)
+    # Each frame: [edge, position of the next child, children built so far].
+    stack: list[list[Any]] = [[edge, 0, []]]
+    while True:
+        fr = stack[-1]
+        e, pos, built = fr
+        kids = e[3]
+        while pos < len(kids):
+            child = kids[pos]
+            pos += 1
+            if type(child) is PytreeEdge:
+                fr[1] = pos
+                stack.append([child, 0, []])
+                break
+            built.append(_leaf(child, objs, values))
+        else:
+            stack.pop()
+            value = _container(e, built)
+            if not stack:
+                return value
+            stack[-1][2].append(value)
 
 
 def build(gd: GraphDef, values: list[Any]) -> Any:
