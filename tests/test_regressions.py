@@ -174,3 +174,20 @@ def test_deeply_nested_pytree_round_trips(impl) -> None:
         assert y[1] == (1, "a")
         y, n = y[0], n + 1
     assert n == depth and y[0] is sm[("deep",) + (0,) * (depth + 1)]
+
+
+def test_deeply_nested_pytree_updates(impl) -> None:
+    depth = 1200
+    x: Any = [np.ones(1)]
+    for _ in range(depth):
+        x = [x, (1, np.ones(1))]
+    node = Box(deep=x, p=sg.Param(np.zeros(1)))
+    _, sm = sg.generic.flatten(node)
+    values = sm.values()
+    bottom = sm.paths.index(("deep",) + (0,) * (depth + 1))
+    in_tuple = sm.paths.index(("deep", 1, 1))  # an array held by a tuple: the tuple is rebuilt
+    values[bottom], values[in_tuple] = np.full(1, 5.0), np.full(1, 6.0)
+    impl.update(node, sg.StateMap(sm._table, values))
+    after = sg.generic.flatten(node)[1]
+    assert after[sm.paths[bottom]] is values[bottom]
+    assert after[sm.paths[in_tuple]] is values[in_tuple]

@@ -18,58 +18,95 @@ from ._flatten import Walk, walk
 __all__ = ["update", "apply_update"]
 
 
-def _has_array(edge: Any, slots: Any) -> bool:
-    k = type(edge)
-    if k is ArrayEdge:
-        return edge[1] in slots
-    if k is PytreeEdge:
-        return any(_has_array(c, slots) for c in edge[3])
-    return False
+def _open(edge: Any, obj: Any) -> list[Any]:
+    """A frame for rewriting one container: [edge, obj, current children, pos, results, treedef]."""
+    ptype = edge[1]
+    treedef = None
+    if ptype is list or ptype is tuple:
+        kids = list(obj)
+    elif ptype is dict:
+        kids = [obj[k] for k in edge[2]]
+    else:
+        from ._flatten import pytree_children
+
+        treedef, _, kids = pytree_children(obj)
+    return [edge, obj, kids, 0, [], treedef]
 
 
-def _write(obj: Any, edge: Any, new: Any) -> Any:
-    """``obj`` (described by ``edge``) with its array leaves replaced from ``new``."""
+def _place(fr: list[Any], i: int, value: Any) -> None:
+    """Record child ``i``'s rewritten value: written into a list or dict at once."""
+    edge, obj = fr[0], fr[1]
+    ptype = edge[1]
+    if ptype is list:
+        if obj[i] is not value:
+            obj[i] = value
+    elif ptype is dict:
+        key = edge[2][i]
+        if obj[key] is not value:
+            obj[key] = value
+    else:
+        fr[4].append(value)
+
+
+def _close(fr: list[Any]) -> Any:
+    """The container's value: a list or dict is itself; an immutable one is rebuilt if changed."""
+    edge, obj, kids, _, results, treedef = fr
+    if edge[1] is list or edge[1] is dict:
+        return obj
+    if all(a is b for a, b in zip(results, kids, strict=True)):
+        return obj
+    return tuple(results) if edge[1] is tuple else treedef.unflatten(results)
+
+
+def _write(obj: Any, edge: Any, new: dict[int, Any]) -> Any:
+    """``obj`` (described by ``edge``) with its array leaves replaced from ``new``.
+
+    Lists and dicts are written in place, child by child in order; an immutable
+    container is rebuilt only when one of its leaves changes. Iterative, so
+    nesting deeper than the recursion limit is fine.
+    """
     k = type(edge)
     if k is ArrayEdge:
         return new[edge[1]] if edge[1] in new else obj
     if k is not PytreeEdge:
         return obj
-    ptype = edge[1]
-    if ptype is list:
-        for i, c in enumerate(edge[3]):
-            if _has_array(c, new):
-                obj[i] = _write(obj[i], c, new)
-        return obj
-    if ptype is dict:
-        for key, c in zip(edge[2], edge[3], strict=True):
-            if _has_array(c, new):
-                obj[key] = _write(obj[key], c, new)
-        return obj
-    # An immutable container is rebuilt, but only when one of its leaves changes.
-    if ptype is tuple:
-        items = [_write(o, c, new) for o, c in zip(obj, edge[3], strict=True)]
-        return obj if all(a is b for a, b in zip(items, obj, strict=True)) else tuple(items)
-    from ._flatten import pytree_children
-
-    treedef, _, children = pytree_children(obj)
-    items = [_write(o, c, new) for o, c in zip(children, edge[3], strict=True)]
-    return obj if all(a is b for a, b in zip(items, children, strict=True)) else treedef.unflatten(items)
+    stack = [_open(edge, obj)]
+    while True:
+        fr = stack[-1]
+        edges, kids = fr[0][3], fr[2]
+        pos = fr[3]
+        descended = False
+        while pos < len(edges):
+            ce, co = edges[pos], kids[pos]
+            pos += 1
+            if type(ce) is PytreeEdge:
+                fr[3] = pos
+                stack.append(_open(ce, co))
+                descended = True
+                break
+            _place(fr, pos - 1, new[ce[1]] if type(ce) is ArrayEdge and ce[1] in new else co)
+        if descended:
+            continue
+        stack.pop()
+        value = _close(fr)
+        if not stack:
+            return value
+        _place(stack[-1], stack[-1][3] - 1, value)
 
 
 def _frozen_changes(edge: Any, obj: Any, new: dict[int, Any]) -> bool:
     """Does ``new`` change an array leaf reachable from ``obj`` only through immutable containers?"""
-    k = type(edge)
-    if k is ArrayEdge:
-        return edge[1] in new and new[edge[1]] is not obj
-    if k is not PytreeEdge or edge[1] is list or edge[1] is dict:
-        return False  # a list or dict below is a mutable owner for what it holds
-    if edge[1] is tuple:
-        children = obj
-    else:
-        from ._flatten import pytree_children
-
-        children = pytree_children(obj)[2]
-    return any(_frozen_changes(c, o, new) for c, o in zip(edge[3], children, strict=True))
+    stack = [(edge, obj)]
+    while stack:
+        e, o = stack.pop()
+        k = type(e)
+        if k is ArrayEdge:
+            if e[1] in new and new[e[1]] is not o:
+                return True
+        elif k is PytreeEdge and e[1] is not list and e[1] is not dict:
+            # (a list or dict below is a mutable owner for what it holds)
+            stack.extend(zip(e[3], _open(e, o)[2], strict=True))
+    return False
 
 
 def apply_update(root: Any, w: Walk, given: dict[int, Any] | list[Any]) -> None:
@@ -99,7 +136,7 @@ def apply_update(root: Any, w: Walk, given: dict[int, Any] | list[Any]) -> None:
         node = objects[spec[2]]
         impl = reg.node_impl(spec[1])
         for key, edge in zip(spec[3], spec[4], strict=True):
-            if not _has_array(edge, arrays):
+            if type(edge) is not ArrayEdge and type(edge) is not PytreeEdge:
                 continue
             if impl.is_builtin_node:
                 current = node.__dict__[key]
