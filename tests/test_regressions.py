@@ -191,3 +191,40 @@ def test_deeply_nested_pytree_updates(impl) -> None:
     after = sg.generic.flatten(node)[1]
     assert after[sm.paths[bottom]] is values[bottom]
     assert after[sm.paths[in_tuple]] is values[in_tuple]
+
+
+@pytest.mark.parametrize("name", ["S", "s0", "vals"])
+def test_a_class_named_like_a_generated_local(name: str) -> None:
+    cls = type(name, (sg.Node,), {})
+    m = cls()
+    m.p = sg.Param(np.zeros(1))
+    m.k = 3
+    warm(m)
+    gd, sm = sg.flatten(m)
+    for _ in range(3):
+        out = sg.unflatten(gd, sm)
+    assert type(out) is cls and out.k == 3
+
+
+def test_namedtuple_subclass_with_an_instance_dict_is_matched_by_identity(impl) -> None:
+    import collections
+
+    class Tagged(collections.namedtuple("Tagged", "a b")):  # a __dict__: equal yet distinguishable
+        pass
+
+    first, second = Tagged(1, 2), Tagged(1, 2)
+    first.tag, second.tag = "first", "second"
+    m = Box(p=sg.Param(np.zeros(1)), t=first)
+    warm(m)
+    m.t = second
+    gd, sm = impl.flatten(m)
+    assert_same_flatten((gd, sm), sg.generic.flatten(m))
+    assert impl.unflatten(gd, sm).t.tag == "second"
+
+
+def test_complex_negative_zero_static(impl) -> None:
+    m = Box(p=sg.Param(np.zeros(1)), z=0j)
+    warm(m)
+    m.z = complex(0.0, -0.0)
+    gd, sm = impl.flatten(m)
+    assert str(impl.unflatten(gd, sm).z) == str(complex(0.0, -0.0))

@@ -87,12 +87,12 @@ class Constants:
 _BUILTIN_NAMES = frozenset(dir(builtins))
 # Names the templates and the runtime namespace use; a type never takes one.
 _RESERVED = frozenset(
-    {"root", "vals", "EPOCH", "KIND", "ARRAY", "STATIC_SIG", "NEW", "ONE_LEVEL", "KEY_SIG", "META_SIG",
-     "__builtins__"}
+    {"root", "vals", "S", "EPOCH", "KIND", "ARRAY", "STATIC_SIG", "NEW", "ONE_LEVEL", "KEY_SIG",
+     "META_SIG", "__builtins__"}
 )
 # The generated functions are named ``<kind>_<type>``: no bound type may take such a name.
 _FUNCTION_PREFIXES = ("flatten_", "update_", "unflatten_", "walk_")
-_LOCAL_NAME = re.compile(r"^(x|dx|droot|v|o|a|c|d|ch|chx|td|tdx|chroot|tdroot)[0-9]*$")
+_LOCAL_NAME = re.compile(r"^(x|dx|droot|v|o|a|c|d|s|ch|chx|td|tdx|chroot|tdroot)[0-9]*$")
 
 
 def _type_name(t: type, taken: dict[str, Any]) -> str:
@@ -358,7 +358,7 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
 
 # Statics whose equality means "indistinguishable" (given the exact type, and the sign
 # of a float zero, which the sig carries): these may be matched by value.
-_VALUE_TYPES = frozenset({int, float, complex, str, bytes, bool, type(None), type(...)})
+_VALUE_TYPES = frozenset({int, float, str, bytes, bool, type(None), type(...)})
 
 
 def _value_sig(sig: Any) -> bool:
@@ -367,8 +367,14 @@ def _value_sig(sig: Any) -> bool:
         return sig in _VALUE_TYPES
     if sig[0] is float:  # a float zero: (float, sign)
         return True
-    # A tuple or namedtuple compares field by field: of value types, it is a value too.
-    return issubclass(sig[0], tuple) and all(_value_sig(s) for s in sig[1])
+    # A tuple, or a plain namedtuple (tuple equality, no instance dict), compares field
+    # by field: of value types, it is a value too.
+    t = sig[0]
+    plain = t is tuple or (
+        issubclass(t, tuple) and t.__eq__ is tuple.__eq__ and t.__hash__ is tuple.__hash__
+        and t.__dictoffset__ == 0
+    )
+    return plain and all(_value_sig(s) for s in sig[1])
 
 
 def _may_be_nan(value: Any) -> bool:
