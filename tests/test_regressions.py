@@ -228,3 +228,22 @@ def test_complex_negative_zero_static(impl) -> None:
     m.z = complex(0.0, -0.0)
     gd, sm = impl.flatten(m)
     assert str(impl.unflatten(gd, sm).z) == str(complex(0.0, -0.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class Tag:
+    name: str
+    note: str = dataclasses.field(compare=False)
+
+
+def test_equal_but_distinct_state_metadata_comes_back_as_given(impl) -> None:
+    m = Box(p=sg.Param(np.zeros(1), tag=Tag("a", "first"), lr=(1, 2)))
+    warm(m)
+    sg.unflatten(*sg.flatten(m))
+    sg.unflatten(*sg.flatten(m))
+    m.p = sg.Param(np.zeros(1), tag=Tag("a", "second"), lr=(1, 2))
+    gd, sm = impl.flatten(m)
+    assert_same_flatten((gd, sm), sg.generic.flatten(m))
+    assert impl.unflatten(gd, sm).p.metadata["tag"].note == "second"
+    m.p = sg.Param(np.zeros(1), tag=m.p.metadata["tag"], lr=(1, True))  # (1, True) != (1, 2)'s types
+    assert_same_flatten(impl.flatten(m), sg.generic.flatten(m))

@@ -88,7 +88,7 @@ _BUILTIN_NAMES = frozenset(dir(builtins))
 # Names the templates and the runtime namespace use; a type never takes one.
 _RESERVED = frozenset(
     {"root", "vals", "S", "EPOCH", "KIND", "ARRAY", "STATIC_SIG", "NEW", "ONE_LEVEL", "KEY_SIG",
-     "META_SIG", "__builtins__"}
+     "META_SIG", "SAME_META", "__builtins__"}
 )
 # The generated functions are named ``<kind>_<type>``: no bound type may take such a name.
 _FUNCTION_PREFIXES = ("flatten_", "update_", "unflatten_", "walk_")
@@ -278,9 +278,15 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             t = spec[1]
             local_of[idx] = var
             type_guard(var, t, label)
-            if spec[3]:
+            if spec[3] and all(_value_sig(s) for s in spec[5]):
                 guard("guard_meta", "metadata", src=var, arg=consts.bind(spec[3], "M"),
                       arg2=consts.bind(spec[5], "MS"))
+            elif spec[3]:
+                # Metadata holding objects that may be equal yet distinguishable: those
+                # items must be the very same objects (the others equal, of the same type).
+                by_identity = tuple(not _value_sig(s) for s in spec[5])
+                guard("guard_meta_items", "metadata", src=var, arg=consts.bind(spec[3], "M"),
+                      arg2=consts.bind(by_identity, "MI"))
             else:
                 guard("guard_no_meta", "metadata", src=var)
             distinct.append(var if _hash_is_identity(t) else f"id({var})")
@@ -432,6 +438,16 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
     if slot_names:
         steps.append(Step("unpack", names=slot_names))
     impls: dict[int, Any] = {}
+    # Everything read from the GraphDef (state metadata, custom-node metadata, statics)
+    # comes from the one being unflattened, as S (see unflatten_statics): an equal
+    # GraphDef may hold equal but distinct objects.
+    static_names: list[str] = []
+
+    def own() -> str:
+        name = f"s{len(static_names)}"
+        static_names.append(name)
+        return name
+
     for spec in table:
         t = spec[1]
         if type(spec) is NodeSpec:
@@ -441,23 +457,18 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
                 steps.append(Step("new_object", dst=names[spec[2]], arg=consts.bind(t, "T")))
             else:
                 steps.append(Step("new_custom", dst=names[spec[2]], src=consts.bind(impl.create_empty, "F"),
-                                  arg=consts.bind(spec[5], "C")))
+                                  arg=own()))
         else:
             op = "new_object" if t.__new__ is object.__new__ else "new_via_type"
             steps.append(Step(op, dst=names[spec[2]], arg=consts.bind(t, "T")))
-            steps.append(Step("set_state", dst=names[spec[2]], arg=consts.bind(spec[3], "M"),
-                              src=slot_names[spec[4]]))
+            meta = own() if spec[3] else consts.bind(spec[3], "M")
+            steps.append(Step("set_state", dst=names[spec[2]], arg=meta, src=slot_names[spec[4]]))
     counter = [0]
-    static_names: list[str] = []
 
     def leaf(edge: Any) -> str:
         k = type(edge)
         if k is StaticEdge:
-            # Read from the GraphDef being unflattened (an equal GraphDef may hold
-            # equal but distinct static objects): S is unflatten_statics(gd).
-            name = f"s{len(static_names)}"
-            static_names.append(name)
-            return name
+            return own()
         if k is NodeEdge or k is StateEdge:
             return names[edge[1]]
         return slot_names[edge[1]]  # ArrayEdge
@@ -526,12 +537,19 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
 
 
 def unflatten_statics(gd: GraphDef) -> tuple:
-    """The static values of ``gd`` in the order the unflatten plan reads them.
+    """What the unflatten plan reads from ``gd``, in the plan's order.
 
-    The plan's order: the children of each node spec in table order, then the
-    root; containers depth-first, children in order.
+    First, in table order, each custom node's metadata and each non-empty state
+    metadata; then the statics: the children of each node spec in table order,
+    then the root; containers depth-first, children in order.
     """
     out: list[Any] = []
+    for spec in gd.table:
+        if type(spec) is NodeSpec:
+            if not reg.node_impl(spec[1]).is_builtin_node:
+                out.append(spec[5])
+        elif spec[3]:
+            out.append(spec[3])
     edges: list[Any] = [c for spec in gd.table if type(spec) is NodeSpec for c in spec[4]]
     edges.append(gd.root)
     stack = list(reversed(edges))

@@ -62,6 +62,7 @@ def _base_namespace() -> dict[str, Any]:
         "ONE_LEVEL": helpers.one_level,
         "KEY_SIG": dict_key_sig,
         "META_SIG": meta_sig,
+        "SAME_META": helpers.same_meta,
         "NEW": object.__new__,
     }
 
