@@ -403,12 +403,13 @@ def _forget_variants(variants: tuple[Variant, ...]) -> None:
 
 def _stats_for(gd: GraphDef) -> StructureStats:
     """The counters of ``gd``, created on first use (the table is bounded)."""
-    st = _stats.get(gd)
-    if st is None:
-        if len(_stats) >= 4 * _BOUND:
-            _stats.pop(next(iter(_stats)))
-        st = _stats[gd] = StructureStats()
-    return st
+    with LOCK:  # cache_info iterates _stats under the lock
+        st = _stats.get(gd)
+        if st is None:
+            if len(_stats) >= 4 * _BOUND:
+                _stats.pop(next(iter(_stats)))
+            st = _stats[gd] = StructureStats()
+        return st
 
 
 def clear_cache() -> None:
