@@ -466,6 +466,35 @@ def _treedef_type(treedef: Any) -> type:
     return node_data[0] if node_data else type(None)
 
 
+def fold_edge(edge: Any, leaf: Any, build: Any) -> Any:
+    """Fold an edge bottom-up: ``leaf(e)`` for every non-container edge, left to right in
+    pre-order, and ``build(container_edge, child_results)`` once a container's children
+    are done. Iterative, so nesting deeper than the recursion limit is fine.
+    """
+    if type(edge) is not PytreeEdge:
+        return leaf(edge)
+    # Each frame: [edge, position of the next child, results so far].
+    stack: list[list[Any]] = [[edge, 0, []]]
+    while True:
+        fr = stack[-1]
+        e, pos, done = fr
+        kids = e[3]
+        while pos < len(kids):
+            child = kids[pos]
+            pos += 1
+            if type(child) is PytreeEdge:
+                fr[1] = pos
+                stack.append([child, 0, []])
+                break
+            done.append(leaf(child))
+        else:
+            stack.pop()
+            value = build(e, done)
+            if not stack:
+                return value
+            stack[-1][2].append(value)
+
+
 def iter_statics(gd: GraphDef) -> Iterator[tuple[Path, Any]]:
     """Every static value in the structure with a readable path to it (for errors)."""
     node_paths: dict[int, Path] = {}

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _registry as reg
-from .._ir import ArrayEdge, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge
+from .._ir import ArrayEdge, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge, fold_edge
 
 __all__ = ["Declined", "Constants", "Step", "FlattenPlan", "UnflattenPlan", "plan_flatten", "plan_unflatten"]
 
@@ -489,32 +489,8 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
         return name
 
     def expr(edge: Any) -> str:
-        """A local or constant name holding the value of ``edge`` (emitting builds).
-
-        Containers are built children first, left to right, with an explicit stack
-        (deep nesting never reaches the recursion limit).
-        """
-        if type(edge) is not PytreeEdge:
-            return leaf(edge)
-        stack: list[list[Any]] = [[edge, 0, []]]
-        while True:
-            fr = stack[-1]
-            e, pos, parts = fr
-            kids = e[3]
-            while pos < len(kids):
-                child = kids[pos]
-                pos += 1
-                if type(child) is PytreeEdge:
-                    fr[1] = pos
-                    stack.append([child, 0, []])
-                    break
-                parts.append(leaf(child))
-            else:
-                stack.pop()
-                name = build(e, parts)
-                if not stack:
-                    return name
-                stack[-1][2].append(name)
+        """A local or constant name holding the value of ``edge`` (emitting builds)."""
+        return fold_edge(edge, leaf, build)
 
     for spec in table:
         if type(spec) is not NodeSpec:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _registry as reg
-from .._ir import GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge
+from .._ir import GraphDef, NodeEdge, NodeSpec, StateEdge, StaticEdge, fold_edge
 from .._model import _new_state
 from .._resolve import resolve_all
 
@@ -38,33 +38,8 @@ def _container(edge: Any, children: list[Any]) -> Any:
 
 
 def rebuild_edge(edge: Any, objs: list[Any], values: list[Any]) -> Any:
-    """The value an edge stands for, given the objects by index and values by slot.
-
-    Iterative (an explicit stack of open containers), so pytree nesting as deep
-    as the flatten side accepts never reaches the recursion limit.
-    """
-    if type(edge) is not PytreeEdge:
-        return _leaf(edge, objs, values)
-    # Each frame: [edge, position of the next child, children built so far].
-    stack: list[list[Any]] = [[edge, 0, []]]
-    while True:
-        fr = stack[-1]
-        e, pos, built = fr
-        kids = e[3]
-        while pos < len(kids):
-            child = kids[pos]
-            pos += 1
-            if type(child) is PytreeEdge:
-                fr[1] = pos
-                stack.append([child, 0, []])
-                break
-            built.append(_leaf(child, objs, values))
-        else:
-            stack.pop()
-            value = _container(e, built)
-            if not stack:
-                return value
-            stack[-1][2].append(value)
+    """The value an edge stands for, given the objects by index and values by slot."""
+    return fold_edge(edge, lambda e: _leaf(e, objs, values), _container)
 
 
 def build(gd: GraphDef, values: list[Any]) -> Any:
