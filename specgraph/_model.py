@@ -32,6 +32,11 @@ class State(Generic[T]):
     ``GraphDef``, and they are fixed for the life of the state.
     """
 
+    # Slots, not a per-instance dict: a State is created per state on every
+    # unflatten, and a slotted box is about twice as cheap to build and to read.
+    # Subclasses without their own ``__slots__`` get a ``__dict__`` as usual.
+    __slots__ = ("__weakref__", "_metadata", "value")
+
     value: T
     _metadata: tuple[tuple[str, Hashable], ...]
 
@@ -51,6 +56,8 @@ class State(Generic[T]):
 
 class Param(State[T]):
     """A trainable parameter."""
+
+    __slots__ = ()
 
 
 def _new_state(cls: type[State[Any]], value: Any, metadata: tuple) -> State[Any]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import enum
+import pickle
+import weakref
 from typing import Any
 
 import jax
@@ -101,6 +104,29 @@ def test_param_and_user_subclasses_are_states():
     assert issubclass(sg.Param, sg.State)
     assert reg.kind_of(sg.Param(1)) == reg.STATE
     assert reg.kind_of(BatchStat(1)) == reg.STATE
+
+
+def test_states_are_slotted_boxes_and_subclasses_may_add_attributes(impl):
+    p = sg.Param(np.float32(1))
+    assert not hasattr(p, "__dict__")  # a slotted box: cheap to build on every unflatten
+    with pytest.raises(AttributeError):
+        p.note = "x"  # type: ignore[attr-defined]
+
+    class Noted(sg.State):  # no __slots__: instances get a __dict__ as usual
+        pass
+
+    n = Noted(np.float32(2), tag="t")
+    n.note = "kept"
+    box = Box(n=n, p=p)
+    gd, sm = impl.flatten(box)
+    new = impl.unflatten(gd, sm)
+    assert type(new.n) is Noted and dict(new.n.metadata) == {"tag": "t"}
+    assert new.n.value == 2 and new.p.value == 1
+    copied = copy.deepcopy(box)
+    again = pickle.loads(pickle.dumps(sg.Param(3.0, tag="x")))
+    assert copied.n.note == "kept" and copied.p.value == 1
+    assert again.value == 3.0 and dict(again.metadata) == {"tag": "x"}
+    assert weakref.ref(p)() is p
 
 
 def test_state_metadata_goes_into_the_graphdef(impl):
