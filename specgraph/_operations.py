@@ -40,7 +40,7 @@ def unflatten(graphdef: GraphDef, state: Any) -> Any:
     ``state``: a ``StateMap``, a mapping of path tuples to values, or a nested
     dict of that shape. Every path must be given, and no other.
     """
-    return dispatch.unflatten(graphdef, (state,))
+    return dispatch.unflatten_one(graphdef, state)
 
 
 def split(node: Any, *filters: Filter) -> tuple[Any, ...]:

@@ -48,6 +48,8 @@ def _payloads() -> list[str]:
         "ключ", "é", "🙂", "\u2028", "\u2029", "\u0085", "x\u200by", "\u210c", "\ufb01", "\ud800",
         "", " ", "1abc", "class", "None", "True", "root", "vals", "droot", "dx1", "x1", "v0", "o0", "d",
         "EPOCH", "NEW", "KIND", "__builtins__", "__class__", "__dict__", "__name__", "# not a comment",
+        "attr0", "attr1", "MISS", "OBJ_SETATTR", "value", "_metadata", "__weakref__", "__setattr__",
+        "graph_invisible_attrs",
         "a" * 300,
     ]
 
@@ -355,6 +357,7 @@ TYPE_NAMES = [
     "M0", "C0", "K0", "S0", "F0", "TD0", "T0", "P0",
     "__builtins__", "__name__", "root", "vals", "NEW", "EPOCH", "KIND", "ARRAY", "STATIC_SIG", "ONE_LEVEL",
     "int", "len", "type", "id", "class", "None", "d", "x1", "dx1", "v0", "o1", "ch1", "td1",
+    "attr0", "attr1", "MISS", "OBJ_SETATTR",
     "²", "ﬁ", "Ünïcödé", "", "1abc", "a b", "A" * 200, "{{ 7*7 }}", "{% raw %}",
 ]
 

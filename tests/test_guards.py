@@ -255,3 +255,126 @@ def test_update_guard_is_load_bearing(kind: str, disable: Callable[[frozenset[st
                 sg.update(a, sm)
             assert sg.cache_info()["update_hits"] == hits
             assert sg.cache_info()["guard_misses"] == {kind: 1}
+
+
+# -- which nodes the distinct set may leave out ------------------------------------------
+#
+# A node whose own state (held under some key by no other node of its type) is in the
+# distinct set need not be in it itself (``plan._nodes_witnessed_by_states``). These
+# structures are the ones where that reasoning must NOT drop a node.
+
+
+def _mutual_make() -> Any:
+    """Two Boxes that hold the same two states and point at each other."""
+    s, t = p(), p()
+    i, j = Box(a=s, z=t), Box(a=s, z=t)
+    i.m, j.m = j, i
+    return i
+
+
+def _mutual_mutate(root: Any) -> None:
+    root.m = root  # the pair becomes one Box pointing at itself; every identity guard still holds
+
+
+def _stateless_make() -> Any:
+    return Box(items=[Box(k=1), Box(k=1)])
+
+
+def _stateless_mutate(root: Any) -> None:
+    root.items[1] = root.items[0]  # nodes with no state: nothing but the set tells them apart
+
+
+def _witnessed_make() -> Any:
+    return Box(layers=[Box(w=p(), b=p()) for _ in range(3)])
+
+
+def _witnessed_mutate(root: Any) -> None:
+    root.layers[2] = root.layers[0]  # the layer itself is not in the set; its states are
+
+
+MERGES = {
+    "mutual": (_mutual_make, _mutual_mutate),
+    "stateless": (_stateless_make, _stateless_mutate),
+    "witnessed": (_witnessed_make, _witnessed_mutate),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MERGES))
+def test_merged_nodes_are_caught(name: str) -> None:
+    make, mutate = MERGES[name]
+    node = make()
+    _compile(node)
+    mutate(node)
+    ref = sg.generic.flatten(node)
+    hits = sg.cache_info()["hits"]
+    assert_same_flatten(sg.flatten(node), ref)
+    assert sg.cache_info()["hits"] == hits
+    assert sg.cache_info()["guard_misses"] == {"distinct": 1}
+
+
+def test_witnessed_nodes_are_left_out_of_the_distinct_set() -> None:
+    from specgraph.codegen.plan import plan_flatten
+
+    gd, _ = sg.generic.flatten(_witnessed_make())
+    plan = plan_flatten(gd, 10_000)
+    assert len(plan.distinct) == gd.num_states + 1  # the six states and the root (no state of its own)
+    gd, _ = sg.generic.flatten(_mutual_make())
+    assert len(plan_flatten(gd, 10_000).distinct) == gd.num_states + gd.num_nodes
+
+
+def test_a_naive_witness_rule_would_be_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The mutual pair is why a node needs a state no other node of its type holds there:
+    "has a state of its own" alone lets the merged pair through."""
+    from specgraph.codegen import plan as plan_mod
+    from specgraph.codegen.plan import NodeSpec, StateEdge
+
+    def naive(table: tuple) -> set[int]:
+        return {s[2] for s in table if type(s) is NodeSpec and any(type(c) is StateEdge for c in s[4])}
+
+    monkeypatch.setattr(plan_mod, "_nodes_witnessed_by_states", naive)
+    node = _mutual_make()
+    _compile(node)
+    _mutual_mutate(node)
+    ref = sg.generic.flatten(node)
+    assert not _same(sg.flatten(node), ref)
+
+
+# -- the unflatten guard: attribute stores assume the default __setattr__ ---------------
+
+
+def _watched_graph() -> tuple[type, Any]:
+    cls = type("Watched", (sg.Node,), {})
+    inner = cls()
+    vars(inner).update(w=p(), k=1)
+    return cls, Box(inner=inner, w=p())
+
+
+@pytest.mark.parametrize("disabled", [frozenset({"setattr"}), frozenset()], ids=["off", "on"])
+def test_unflatten_setattr_guard_is_load_bearing(disabled: frozenset[str],
+                                                 disable: Callable[[frozenset[str]], None]) -> None:
+    """A class given its own ``__setattr__`` after compilation: the reference still fills
+    new nodes through ``__dict__``; generated attribute stores would call it."""
+    from specgraph.codegen.plan import UNFLATTEN_GUARD_KINDS
+
+    assert set(UNFLATTEN_GUARD_KINDS) == {"setattr"}
+    disable(disabled)
+    cls, root = _watched_graph()
+    gd, sm = sg.flatten(root)
+    for _ in range(2):
+        sg.unflatten(gd, sm)
+    assert sg.cache_info()["unflatten_hits"] == 1
+    calls: list[str] = []
+
+    def watch(self: Any, name: str, value: Any) -> None:
+        calls.append(name)  # and drops the value
+
+    cls.__setattr__ = watch  # type: ignore[method-assign,assignment]
+    ref = sg.generic.unflatten(gd, sm)
+    assert calls == [] and sorted(vars(ref.inner)) == ["k", "w"]
+    got = sg.unflatten(gd, sm)
+    if disabled:
+        assert calls == ["k", "w"] and vars(got.inner) == {}
+    else:
+        assert calls == []
+        assert_same_flatten(sg.generic.flatten(got), sg.generic.flatten(ref))
+        assert sg.cache_info()["guard_misses"] == {"setattr": 1}

@@ -11,7 +11,7 @@ import collections
 import dataclasses
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import numpy as np
@@ -328,6 +328,51 @@ def test_unflatten_preserves_sharing_and_cycles() -> None:
     assert u.enc.w.value is node.enc.w.value
     assert type(u.enc.w) is sg.Param
     assert u.enc.din == 2
+
+
+class Audited(sg.Node):
+    """A node whose ``__setattr__`` records every write (the reference never calls it)."""
+
+    writes: ClassVar[list[str]] = []
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        Audited.writes.append(name)
+        super().__setattr__(name, value)
+
+
+class WithProperty(sg.Node):
+    @property
+    def shadow(self) -> str:
+        return "the property"
+
+
+def _fill_nodes() -> Box:
+    audited = Audited()
+    vars(audited).update(w=sg.Param(np.ones(2)), k=3)
+    prop = WithProperty()
+    vars(prop).update(shadow=sg.Param(np.ones(1)), plain=1, __class__=5)  # dict entries a descriptor hides
+    late = Box(zeta=1, alpha=sg.Param(2.0), mid=[np.ones(1)])  # inserted out of order
+    return Box(audited=audited, prop=prop, late=late)
+
+
+def test_unflatten_fills_nodes_exactly_as_the_reference() -> None:
+    """The attribute of every new node equals the reference's, in the same order, and no
+    class hook runs: attribute stores only where they are plain ``__dict__`` writes."""
+    node = _fill_nodes()
+    gd, sm = sg.flatten(node)
+    Audited.writes.clear()
+    ref = sg.generic.unflatten(gd, sm)
+    sg.unflatten(gd, sm)
+    got = sg.unflatten(gd, sm)
+    assert info()["unflatten_hits"] == 1
+    assert Audited.writes == []
+    for a, b in ((ref.audited, got.audited), (ref.prop, got.prop), (ref.late, got.late), (ref, got)):
+        assert type(a) is type(b)
+        assert list(vars(a)) == list(vars(b))
+    assert list(vars(got.late)) == ["alpha", "mid", "zeta"]
+    assert vars(got.prop)["__class__"] == 5 and type(got.prop) is WithProperty
+    assert type(vars(got.prop)["shadow"]) is sg.Param and got.prop.shadow == "the property"
+    assert_same_flatten(sg.generic.flatten(got), sg.generic.flatten(ref))
 
 
 def test_unflatten_keeps_metadata_and_state_types() -> None:

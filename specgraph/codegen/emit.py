@@ -57,7 +57,7 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
     tmpl = environment().get_template(f"{'flatten' if kind == 'walk' else kind}.py.j2")
     if isinstance(plan, UnflattenPlan):
         return tmpl.render(name=_func_name(kind, type_name), type_name=type_name,
-                           steps=plan.steps, root=plan.root)
+                           steps=[s for s in plan.steps if s.kind not in disabled], root=plan.root)
     steps = [s for s in plan.steps if s.kind not in disabled]
     return tmpl.render(
         walk=kind == "walk",
@@ -81,8 +81,14 @@ class CompiledSource:
     seconds: float
 
 
-def compile_source(kind: str, source: str, type_name: str, namespace: dict[str, Any]) -> CompiledSource:
-    """Compile ``source`` in ``namespace`` under a linecache-registered filename."""
+def compile_source(kind: str, source: str, type_name: str, namespace: dict[str, Any],
+                   attributes: dict[str, str] | None = None) -> CompiledSource:
+    """Compile ``source`` in ``namespace`` under a linecache-registered filename.
+
+    ``attributes`` maps placeholder attribute names of the source to the real
+    names (user data): they are bound into the function's ``co_names``, so a
+    name reaches the bytecode as a constant and never the text.
+    """
     t0 = time.perf_counter()
     filename = sources.unique_filename(kind, type_name)
     code = compile(source, filename, "exec")
@@ -93,5 +99,9 @@ def compile_source(kind: str, source: str, type_name: str, namespace: dict[str, 
     # Constants are user data too: a function static binds its type (whose ``__code__`` is a
     # descriptor), so only a real function compiled from this source is the result.
     fns = [v for v in ns.values() if type(v) is FunctionType and v.__code__.co_filename == filename]
+    fn = fns[0]
+    if attributes:
+        co = fn.__code__
+        fn.__code__ = co.replace(co_names=tuple(attributes.get(n, n) for n in co.co_names))
     sources.register(filename, source)
-    return CompiledSource(fns[0], source, filename, time.perf_counter() - t0)
+    return CompiledSource(fn, source, filename, time.perf_counter() - t0)

@@ -25,6 +25,9 @@ __all__ = ["Declined", "Constants", "Step", "FlattenPlan", "UnflattenPlan", "pla
 # Guard kinds: each names one reason a specialized function can refuse an object.
 GUARD_KINDS = ("epoch", "type", "node_keys", "container", "static", "metadata", "backref", "distinct")
 
+# The one guard of a generated unflatten (it builds new objects, so it checks classes only).
+UNFLATTEN_GUARD_KINDS = ("setattr",)
+
 GUARD_WORDS = {
     "epoch": "the node-type registry has not changed since compilation (registry epoch)",
     "type": "every node, state and container has exactly the type it had (type(x) is T)",
@@ -54,8 +57,12 @@ class Constants:
 
     def __init__(self) -> None:
         self.namespace: dict[str, Any] = {}
+        #: placeholder attribute name in the source -> the real name, bound into the code
+        #: object's ``co_names`` after compilation (see ``emit.compile_source``)
+        self.attributes: dict[str, str] = {}
         self._by_id: dict[int, str] = {}
         self._counts: dict[str, int] = {}
+        self._attr_of: dict[str, str] = {}
 
     def _fresh(self, prefix: str) -> str:
         while True:  # skip names a readable type name already took (a class named ``M0``)
@@ -77,6 +84,18 @@ class Constants:
         self._by_id[id(value)] = name
         return name
 
+    def attr(self, name: str) -> str:
+        """A placeholder attribute name standing for ``name`` (an exact str) in the source.
+
+        The real name never enters the text: it replaces the placeholder in the
+        compiled code's names, as a constant would.
+        """
+        placeholder = self._attr_of.get(name)
+        if placeholder is None:
+            placeholder = self._attr_of[name] = f"attr{len(self._attr_of)}"
+            self.attributes[placeholder] = name
+        return placeholder
+
     def key(self, k: Hashable) -> str:
         """A safe spelling of a key: ``repr`` of an exact str/int, else a bound name."""
         if type(k) is str or type(k) is int:
@@ -88,11 +107,11 @@ _BUILTIN_NAMES = frozenset(dir(builtins))
 # Names the templates and the runtime namespace use; a type never takes one.
 _RESERVED = frozenset(
     {"root", "vals", "S", "EPOCH", "KIND", "ARRAY", "STATIC_SIG", "NEW", "ONE_LEVEL", "KEY_SIG",
-     "META_SIG", "SAME_META", "__builtins__"}
+     "META_SIG", "SAME_META", "MISS", "OBJ_SETATTR", "__builtins__"}
 )
 # The generated functions are named ``<kind>_<type>``: no bound type may take such a name.
 _FUNCTION_PREFIXES = ("flatten_", "update_", "unflatten_", "walk_")
-_LOCAL_NAME = re.compile(r"^(x|dx|droot|v|o|a|c|d|s|ch|chx|td|tdx|chroot|tdroot)[0-9]*$")
+_LOCAL_NAME = re.compile(r"^(x|dx|droot|v|o|a|c|d|s|ch|chx|td|tdx|chroot|tdroot|attr)[0-9]*$")
 
 
 def _type_name(t: type, taken: dict[str, Any]) -> str:
@@ -220,6 +239,7 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
     else:
         raise Declined("the root is not a node or a container")
     skip_type_guard = True  # the dispatcher picked this variant by type(root)
+    witnessed = _nodes_witnessed_by_states(table)
 
     while stack:
         if len(steps) > max_steps:
@@ -244,7 +264,8 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             if not skip_type_guard:
                 type_guard(var, t, label)
             skip_type_guard = False
-            distinct.append(var if _hash_is_identity(t) else f"id({var})")
+            if idx not in witnessed:
+                distinct.append(var if _hash_is_identity(t) else f"id({var})")
             if t not in hidden_checked:
                 # The class's invisible names were read at compile time: a class that
                 # changes them later has another structure.
@@ -360,6 +381,28 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
         epoch=reg.registry_epoch(),
         counts=counts,
     )
+
+
+def _nodes_witnessed_by_states(table: tuple) -> set[int]:
+    """Node indices that need no place in the distinct set: their states vouch for them.
+
+    Every state is in the distinct set, and every later path to a state is an
+    identity guard, so once the guards pass, each state index stands for exactly one
+    object. Node ``i`` holds, under some key ``k``, the state with index ``s``, and
+    no other node of its type holds state ``s`` under ``k``. If one object ``X`` sat
+    at the positions of ``i`` and of another node ``j`` of the same type, the guards
+    of ``j`` would read ``X.k`` again, and ``X.k`` is state ``s``; ``j`` would need
+    state ``s`` under ``k``, which it does not have. So ``X`` cannot. A pair of nodes
+    with no such witness on either side keeps both in the set (two nodes sharing all
+    their states may still have been merged into one object).
+    """
+    owners: dict[tuple[type, str, int], list[int]] = {}
+    for spec in table:
+        if type(spec) is NodeSpec:
+            for k, child in zip(spec[3], spec[4], strict=True):
+                if type(child) is StateEdge:
+                    owners.setdefault((spec[1], k, child[1]), []).append(spec[2])
+    return {found[0] for found in owners.values() if len(found) == 1}
 
 
 # Statics whose equality means "indistinguishable" (given the exact type, and the sign
@@ -492,6 +535,8 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
         """A local or constant name holding the value of ``edge`` (emitting builds)."""
         return fold_edge(edge, leaf, build)
 
+    setattr_checked: set[type] = set()
+
     for spec in table:
         if type(spec) is not NodeSpec:
             continue
@@ -499,7 +544,14 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
             raise Declined(f"structure too large (more than {max_steps} steps)")
         parts = [expr(c) for c in spec[4]]
         impl = impls[spec[2]]
-        if impl.is_builtin_node:
+        if impl.is_builtin_node and _attribute_stores_ok(spec[1], spec[3]):
+            if spec[1] not in setattr_checked:
+                setattr_checked.add(spec[1])
+                steps.insert(0, Step("guard_setattr", kind="setattr", arg=consts.bind(spec[1], "T")))
+            steps.append(Step("fill_attrs", dst=names[spec[2]],
+                              pairs=[(consts.attr(k), p) for k, p in zip(spec[3], parts, strict=True)],
+                              names=[path_label((k,)) for k in spec[3]]))
+        elif impl.is_builtin_node:
             stores = [f"[{consts.key(k)}] = {p}" for k, p in zip(spec[3], parts, strict=True)]
             steps.append(Step("fill_node", dst=names[spec[2]], names=stores))
         else:
@@ -507,9 +559,36 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
             for k, p in zip(spec[3], parts, strict=True):
                 steps.append(Step("set_key", dst=names[spec[2]], src=setter, arg=consts.key(k), arg2=p))
     root = expr(gd.root)
-    if static_names:
-        steps.insert(0, Step("unpack_statics", names=static_names))
+    if static_names:  # after the __setattr__ guards, which go first
+        steps.insert(len(setattr_checked), Step("unpack_statics", names=static_names))
     return UnflattenPlan(graphdef=gd, consts=consts, steps=steps, root=root)
+
+
+def _attribute_stores_ok(t: type, keys: tuple) -> bool:
+    """Whether ``o.<key> = value`` on a fresh ``t`` does exactly ``o.__dict__[key] = value``.
+
+    Attribute stores keep a new node's attributes in CPython's compact per-instance
+    values (no dict is materialized), the largest single saving of the unflatten.
+    They are equivalent to the reference's ``__dict__`` writes only while ``t`` keeps
+    ``object.__setattr__`` (guarded at every call) and no key names a data descriptor
+    of the class (``__class__``, a property, a slot: checked here, once).
+    """
+    if getattr(t, "__setattr__", None) is not object.__setattr__:
+        return False
+    for k in keys:
+        if type(k) is not str:
+            return False
+        for klass in t.__mro__:
+            found = vars(klass).get(k, _ABSENT)
+            if found is not _ABSENT:
+                kind = type(found)
+                if hasattr(kind, "__set__") or hasattr(kind, "__delete__"):
+                    return False
+                break
+    return True
+
+
+_ABSENT = object()
 
 
 def unflatten_statics(gd: GraphDef) -> tuple:

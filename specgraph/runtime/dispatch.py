@@ -50,6 +50,8 @@ _disabled_guards: frozenset[str] = frozenset()  # test-only: see _set_disabled_g
 _BOUND = 256  # entries kept in the bounded bookkeeping dicts
 
 _make_sm = StateMap._make
+_EPOCH = reg.epoch_cell()
+MISS = object()  # a generated unflatten's answer when its guard fails: the reference builds
 _new_sm = object.__new__
 
 
@@ -64,6 +66,8 @@ def _base_namespace() -> dict[str, Any]:
         "META_SIG": meta_sig,
         "SAME_META": helpers.same_meta,
         "NEW": object.__new__,
+        "OBJ_SETATTR": object.__setattr__,
+        "MISS": MISS,
     }
 
 
@@ -261,17 +265,33 @@ def _compile_walk(var: Variant) -> Any:
 # -- unflatten --------------------------------------------------------------------
 
 
+def unflatten_one(graphdef: GraphDef, state: Any) -> Any:
+    """``unflatten(graphdef, (state,))`` with the common case (the StateMap that
+    flatten returned with this GraphDef, already specialized) taken first."""
+    rt = getattr(graphdef, "_rt", None)
+    if rt is not None and type(state) is StateMap and state._table is graphdef.pathtable \
+            and rt[0] == _EPOCH[0] and rt[1] is not None and CONFIG.enabled:
+        out = rt[1](state._values, rt[3])
+        if out is not MISS:
+            rt[2].unflatten_hits += 1
+            return out
+    return unflatten(graphdef, (state,))
+
+
 def unflatten(graphdef: GraphDef, states: tuple[Any, ...]) -> Any:
     if type(graphdef) is not GraphDef:
         raise TypeError(f"expected a GraphDef first, got {type(graphdef).__qualname__}")
     values = resolve_all(graphdef.pathtable, states)
     if CONFIG.enabled:
         rt = graphdef._rt
-        if rt is None or rt[0] != reg.epoch_cell()[0]:
+        if rt is None or rt[0] != _EPOCH[0]:
             rt = _unflatten_fn(graphdef)
         if rt is not None and rt[1] is not None:
-            rt[2].unflatten_hits += 1
-            return rt[1](values, rt[3])
+            out = rt[1](values, rt[3])
+            if out is not MISS:
+                rt[2].unflatten_hits += 1
+                return out
+            rt[2].misses["setattr"] += 1  # a node class whose __setattr__ was replaced
     _totals["generic_unflattens"] += 1
     return build(graphdef, values)
 
@@ -317,9 +337,9 @@ def _unflatten_entry(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | N
         t0 = time.perf_counter()
         try:
             plan = _plan.plan_unflatten(gd, CONFIG.max_steps)
-            src = _emit.render("unflatten", plan)
+            src = _emit.render("unflatten", plan, _disabled_guards)
             ns = {**_base_namespace(), **plan.consts.namespace}
-            fn = _emit.compile_source("unflatten", src, gd.type.__qualname__, ns).fn
+            fn = _emit.compile_source("unflatten", src, gd.type.__qualname__, ns, plan.consts.attributes).fn
             stats.compile_seconds += time.perf_counter() - t0
         except _plan.Declined as e:
             stats.declined = e.reason
