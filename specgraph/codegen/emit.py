@@ -16,7 +16,7 @@ from typing import Any
 import jinja2
 
 from ..runtime import sources
-from .plan import FlattenPlan, UnflattenPlan
+from .plan import FlattenPlan, Step, UnflattenPlan
 
 __all__ = ["render", "compile_source", "CompiledSource", "environment"]
 
@@ -58,7 +58,11 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
     if isinstance(plan, UnflattenPlan):
         return tmpl.render(name=_func_name(kind, type_name), type_name=type_name,
                            steps=[s for s in plan.steps if s.kind not in disabled], root=plan.root)
-    steps = [s for s in plan.steps if s.kind not in disabled]
+    steps = [
+        _without_guard(s) if s.kind in disabled else s
+        for s in plan.steps
+        if s.kind not in disabled or s.op == "unpack_seq"
+    ]
     return tmpl.render(
         walk=kind == "walk",
         objects=plan.objects,
@@ -71,6 +75,11 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
         epoch=plan.epoch,
         guard_epoch="epoch" not in disabled,
     )
+
+
+def _without_guard(step: Step) -> Step:
+    """A sequence unpacking with its length check generated out: indexed loads."""
+    return Step("load_block", src=step.src, pairs=[(dst, repr(i)) for i, (dst, _) in enumerate(step.pairs)])
 
 
 @dataclass

@@ -346,8 +346,11 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
                 type_guard(var, ptype if builtin else _treedef_type(ptype), label)
             skip_type_guard = False
             src = var
+            # A non-empty list or tuple is unpacked in one step, which checks its length.
+            unpack = (ptype is list or ptype is tuple) and bool(edge[3])
             if builtin:
-                guard("guard_len", "container", src=var, n=len(edge[3]), comment=label)
+                if not unpack:
+                    guard("guard_len", "container", src=var, n=len(edge[3]), comment=label)
             else:
                 # Any other JAX pytree: its registered flatten, then a guard on the treedef
                 # (which carries the aux data and the child count).
@@ -365,6 +368,9 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             items = _load_children(src, edge[2], edge[3], spelled, path, steps, fresh,
                                    "container" if ptype is dict else "",
                                    mutable=ptype is list or ptype is dict, owner=var)
+            if unpack:
+                block = steps.pop()  # the load block just emitted becomes one unpacking
+                guard("unpack_seq", "container", src=var, pairs=block.pairs, comment=label)
             nearest.update((item[1], nearest[var]) for item in items)
             stack.extend(reversed(items))
         else:  # pragma: no cover - the IR has no other edge kinds
