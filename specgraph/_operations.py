@@ -34,13 +34,7 @@ Path = tuple[Hashable, ...]
 flatten = dispatch.flatten  # the public entry point is the dispatcher itself: no extra frame
 
 
-def unflatten(graphdef: GraphDef, state: Any) -> Any:
-    """Build a fresh graph from ``graphdef`` and its values.
-
-    ``state``: a ``StateMap``, a mapping of path tuples to values, or a nested
-    dict of that shape. Every path must be given, and no other.
-    """
-    return dispatch.unflatten_one(graphdef, state)
+unflatten = dispatch.unflatten  # the public entry point: no extra frame
 
 
 def split(node: Any, *filters: Filter) -> tuple[Any, ...]:
@@ -59,7 +53,7 @@ def merge(graphdef: GraphDef, *states: Any) -> Any:
     """Inverse of ``split``: a fresh graph from ``graphdef`` and all its state parts."""
     if not states:
         raise TypeError("merge needs at least one state mapping")
-    return dispatch.unflatten(graphdef, states)
+    return dispatch.unflatten_states(graphdef, states)
 
 
 def update(node: Any, *states: Any) -> None:
@@ -80,7 +74,7 @@ def graphdef(node: Any) -> GraphDef:
 def clone(node: Any) -> Any:
     """A structural copy: new nodes and states, the same value objects."""
     gd, sm = dispatch.flatten(node)
-    return dispatch.unflatten(gd, (sm,))
+    return dispatch.unflatten_states(gd, (sm,))
 
 
 def iter_leaf(node: Any) -> Iterator[tuple[Path, Any]]:

@@ -32,6 +32,7 @@ from .cache import CONFIG, LOCK, StructureStats, TypeEntry, Variant
 __all__ = [
     "flatten",
     "unflatten",
+    "unflatten_states",
     "update",
     "specialization",
     "clear_cache",
@@ -265,20 +266,26 @@ def _compile_walk(var: Variant) -> Any:
 # -- unflatten --------------------------------------------------------------------
 
 
-def unflatten_one(graphdef: GraphDef, state: Any) -> Any:
-    """``unflatten(graphdef, (state,))`` with the common case (the StateMap that
-    flatten returned with this GraphDef, already specialized) taken first."""
-    rt = getattr(graphdef, "_rt", None)
-    if rt is not None and type(state) is StateMap and state._table is graphdef.pathtable \
-            and rt[0] == _EPOCH[0] and rt[1] is not None and CONFIG.enabled:
-        out = rt[1](state._values, rt[3])
-        if out is not MISS:
-            rt[2].unflatten_hits += 1
-            return out
-    return unflatten(graphdef, (state,))
+def unflatten(graphdef: GraphDef, state: Any) -> Any:
+    """Build a fresh graph from ``graphdef`` and its values.
+
+    ``state``: a ``StateMap``, a mapping of path tuples to values, or a nested
+    dict of that shape. Every path must be given, and no other.
+    """
+    # The common case first: the StateMap flatten returned with this GraphDef, whose
+    # unflatten is already specialized.
+    if type(graphdef) is GraphDef and type(state) is StateMap:
+        rt = graphdef._rt
+        if rt is not None and state._table is graphdef.pathtable and rt[0] == _EPOCH[0] \
+                and rt[1] is not None and CONFIG.enabled:
+            out = rt[1](state._values, rt[3])
+            if out is not MISS:
+                rt[2].unflatten_hits += 1
+                return out
+    return unflatten_states(graphdef, (state,))
 
 
-def unflatten(graphdef: GraphDef, states: tuple[Any, ...]) -> Any:
+def unflatten_states(graphdef: GraphDef, states: tuple[Any, ...]) -> Any:
     if type(graphdef) is not GraphDef:
         raise TypeError(f"expected a GraphDef first, got {type(graphdef).__qualname__}")
     values = resolve_all(graphdef.pathtable, states)

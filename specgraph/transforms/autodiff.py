@@ -48,7 +48,7 @@ def value_and_grad(
         def pure(*selected: StateMap) -> Any:
             new_args = list(args)
             for i, (gd, rest), sel in zip(nums, parts, selected, strict=True):
-                new_args[i] = dispatch.unflatten(gd, (sel, rest))
+                new_args[i] = dispatch.unflatten_states(gd, (sel, rest))
             return fn(*new_args, **kwargs)
 
         out, grads = jax.value_and_grad(pure, argnums=tuple(range(len(nums))), has_aux=has_aux)(*diff)

@@ -107,7 +107,7 @@ class JitFunction:
     def _pure(self, static: tuple, gd: GraphDef, kept: list[Any], donated: list[Any]) -> _Result:
         self.trace_count += 1
         values = _merge_donated(self._donated_slots(gd), kept, donated)
-        root = dispatch.unflatten(gd, (StateMap._make(gd.pathtable, values),))
+        root = dispatch.unflatten_states(gd, (StateMap._make(gd.pathtable, values),))
         before_objects = walk(root).objects  # trace time only: the rebuilt nodes and States
         args, kwargs = _call_args(root, static)
         out = self.fn(*args, **kwargs)
