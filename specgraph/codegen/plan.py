@@ -36,7 +36,7 @@ GUARD_WORDS = {
     "static": "every static value has the same type and compares equal",
     "metadata": "every state has the same metadata",
     "backref": "every shared node/state is still the very same object at each of its paths",
-    "distinct": "all distinct nodes and states are still pairwise distinct objects",
+    "distinct": "distinct states (and nodes none of their own states vouches for) are distinct objects",
 }
 
 
@@ -551,9 +551,10 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
         parts = [expr(c) for c in spec[4]]
         impl = impls[spec[2]]
         if impl.is_builtin_node and _attribute_stores_ok(spec[1], spec[3]):
-            if spec[1] not in setattr_checked:
+            if spec[1] not in setattr_checked:  # one guard per class, first in the function
+                steps.insert(len(setattr_checked), Step("guard_setattr", kind="setattr",
+                                                        arg=consts.bind(spec[1], "T")))
                 setattr_checked.add(spec[1])
-                steps.insert(0, Step("guard_setattr", kind="setattr", arg=consts.bind(spec[1], "T")))
             steps.append(Step("fill_attrs", dst=names[spec[2]],
                               pairs=[(consts.attr(k), p) for k, p in zip(spec[3], parts, strict=True)],
                               names=[path_label((k,)) for k in spec[3]]))

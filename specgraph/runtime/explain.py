@@ -79,6 +79,7 @@ def explain(graphdef: GraphDef) -> str:
             sources["update"] = _emit.render("update", plan)
         except _plan.Declined as e:
             status = f"not specialized: {e.reason}; the generic walker serves it"
+    up = None
     try:
         up = _plan.plan_unflatten(gd, CONFIG.max_steps)
         sources["unflatten"] = _emit.render("unflatten", up)
@@ -106,6 +107,13 @@ def explain(graphdef: GraphDef) -> str:
             out.append("")
             out.append(f"Generated {kind}:")
             out.append(_numbered(sources[kind]))
+    if up is not None and up.consts.attributes:
+        # The attribute names are bound into the compiled code, never its text.
+        names = ", ".join(f"{p}={n!r}" for p, n in up.consts.attributes.items())
+        out.append("")
+        out.append("Unflatten attribute names (bound into the compiled code's names, never its text):")
+        out.append(f"  {names}")
+        out.append("  Each class filled by attribute stores is checked to still use object.__setattr__.")
     st = dispatch.structure_stats(gd)
     out.append("")
     if st is None:
