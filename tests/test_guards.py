@@ -125,6 +125,19 @@ def _backref_mutate(node: Any) -> None:
     node.dec.w = p()  # untied: a fresh Param where the shared one was
 
 
+def _class_make() -> Any:
+    class Tagged(sg.State):  # a fresh class per run: the mutation changes the class itself
+        pass
+
+    return Box(a=Tagged(np.ones(2)), b=Tagged(np.ones(2)))
+
+
+def _class_mutate(node: Any) -> None:
+    counter = iter(range(1 << 30))
+    type(node.a).__hash__ = lambda self: next(counter)  # type: ignore[method-assign]
+    node.b = node.a  # merged, but the distinct set now sees two different hashes
+
+
 def _distinct_make() -> Any:
     return Box(a=p(), b=p(), c=Box(x=p()), d=Box(x=p()))
 
@@ -135,6 +148,7 @@ def _distinct_mutate(node: Any) -> None:
 
 SCENARIOS: dict[str, Scenario] = {
     "epoch": Scenario(_epoch_make, _epoch_mutate, "a static's type registered as a node type"),
+    "class": Scenario(_class_make, _class_mutate, "a State class given a __hash__, two states made one"),
     "type": Scenario(_type_make, _type_mutate, "Param replaced by a BatchStat"),
     "node_keys": Scenario(_node_keys_make, _node_keys_mutate, "attribute added"),
     "container": Scenario(_container_make, _container_mutate, "list appended to"),
@@ -339,7 +353,7 @@ def test_a_naive_witness_rule_would_be_wrong(monkeypatch: pytest.MonkeyPatch) ->
     assert not _same(sg.flatten(node), ref)
 
 
-# -- the unflatten guard: attribute stores assume the default __setattr__ ---------------
+# -- the unflatten's class guard: attribute stores assume the default __setattr__ -------
 
 
 def _watched_graph() -> tuple[type, Any]:
@@ -349,14 +363,14 @@ def _watched_graph() -> tuple[type, Any]:
     return cls, Box(inner=inner, w=p())
 
 
-@pytest.mark.parametrize("disabled", [frozenset({"setattr"}), frozenset()], ids=["off", "on"])
-def test_unflatten_setattr_guard_is_load_bearing(disabled: frozenset[str],
+@pytest.mark.parametrize("disabled", [frozenset({"class"}), frozenset()], ids=["off", "on"])
+def test_unflatten_class_guard_is_load_bearing(disabled: frozenset[str],
                                                  disable: Callable[[frozenset[str]], None]) -> None:
     """A class given its own ``__setattr__`` after compilation: the reference still fills
     new nodes through ``__dict__``; generated attribute stores would call it."""
     from specgraph.codegen.plan import UNFLATTEN_GUARD_KINDS
 
-    assert set(UNFLATTEN_GUARD_KINDS) == {"setattr"}
+    assert set(UNFLATTEN_GUARD_KINDS) == {"class"}
     disable(disabled)
     cls, root = _watched_graph()
     gd, sm = sg.flatten(root)
@@ -377,4 +391,4 @@ def test_unflatten_setattr_guard_is_load_bearing(disabled: frozenset[str],
     else:
         assert calls == []
         assert_same_flatten(sg.generic.flatten(got), sg.generic.flatten(ref))
-        assert sg.cache_info()["guard_misses"] == {"setattr": 1}
+        assert sg.cache_info()["guard_misses"] == {"class": 1}

@@ -18,18 +18,31 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _registry as reg
-from .._ir import ArrayEdge, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge, fold_edge
+from .._ir import (
+    ArrayEdge,
+    GraphDef,
+    NodeEdge,
+    NodeSpec,
+    PytreeEdge,
+    StateEdge,
+    StateSpec,
+    StaticEdge,
+    fold_edge,
+)
 
 __all__ = ["Declined", "Constants", "Step", "FlattenPlan", "UnflattenPlan", "plan_flatten", "plan_unflatten"]
 
 # Guard kinds: each names one reason a specialized function can refuse an object.
-GUARD_KINDS = ("epoch", "type", "node_keys", "container", "static", "metadata", "backref", "distinct")
+GUARD_KINDS = (
+    "epoch", "class", "type", "node_keys", "container", "static", "metadata", "backref", "distinct",
+)
 
 # The one guard of a generated unflatten (it builds new objects, so it checks classes only).
-UNFLATTEN_GUARD_KINDS = ("setattr",)
+UNFLATTEN_GUARD_KINDS = ("class",)
 
 GUARD_WORDS = {
     "epoch": "the node-type registry has not changed since compilation (registry epoch)",
+    "class": "no class gained a hook the code relies on it lacking (__hash__, __getattribute__, ...)",
     "type": "every node, state and container has exactly the type it had (type(x) is T)",
     "node_keys": "every node has exactly its attribute names (count, plus the keyed reads)",
     "container": "every list/tuple has its length and every dict its keys",
@@ -107,7 +120,7 @@ _BUILTIN_NAMES = frozenset(dir(builtins))
 # Names the templates and the runtime namespace use; a type never takes one.
 _RESERVED = frozenset(
     {"root", "vals", "S", "EPOCH", "KIND", "ARRAY", "STATIC_SIG", "NEW", "ONE_LEVEL", "KEY_SIG",
-     "META_SIG", "SAME_META", "MISS", "OBJ_SETATTR", "__builtins__"}
+     "META_SIG", "SAME_META", "MISS", "__builtins__"}
 )
 # The generated functions are named ``<kind>_<type>``: no bound type may take such a name.
 _FUNCTION_PREFIXES = ("flatten_", "update_", "unflatten_", "walk_")
@@ -181,6 +194,7 @@ class FlattenPlan:
     objects: list[str]  # local name per table index (the defining occurrence)
     epoch: int
     counts: dict[str, int]  # guard kind -> number of guards of that kind
+    facts: ClassFacts = field(default_factory=lambda: ClassFacts())  # what the class guards check
 
 
 @dataclass
@@ -189,13 +203,87 @@ class UnflattenPlan:
     consts: Constants
     steps: list[Step]
     root: str
+    facts: ClassFacts = field(default_factory=lambda: ClassFacts())
 
 
-_IDENTITY_HASH = object.__hash__
+_IMMUTABLE_TYPE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: builtin and C types cannot change
 
 
-def _hash_is_identity(t: type) -> bool:
-    return getattr(t, "__hash__", None) is _IDENTITY_HASH
+def _defines(t: type, name: str) -> bool:
+    """Whether a class of ``t``'s MRO other than ``object`` has ``name`` in its own dict.
+
+    Read from the class dicts, never through attribute access (a metaclass can lie).
+    """
+    return any(name in vars(k) for k in t.__mro__ if k is not object)
+
+
+def _own_state_classes(t: type) -> list[type]:
+    """The classes of a state type's MRO before ``State`` (whose slots are ours)."""
+    from .._model import State
+
+    mro = t.__mro__
+    return list(mro[: mro.index(State)]) if State in mro else list(mro)
+
+
+class ClassFacts:
+    """Names a plan relies on being absent from classes' own dicts.
+
+    A generated function checks them first on every call (``'__hash__' in D0``, a
+    dict lookup each) and answers ``'class'``/``MISS`` when a class gained one; the
+    dispatcher then compiles again from the classes as they are.
+    """
+
+    def __init__(self) -> None:
+        self.absent: dict[type, set[str]] = {}
+
+    def require_absent(self, classes: list[type], names: set[str] | tuple[str, ...]) -> None:
+        for k in classes:
+            if not k.__flags__ & _IMMUTABLE_TYPE:
+                self.absent.setdefault(k, set()).update(names)
+
+    def steps(self, consts: Constants) -> list[Step]:
+        return [
+            Step("guard_class", kind="class", src=consts.bind(vars(k), "D"), arg=consts.bind(k, "T"),
+                 names=[repr(n) for n in sorted(names)])
+            for k, names in self.absent.items()
+        ]
+
+    def hold(self) -> bool:
+        """Whether every class still lacks every name (the dispatcher's staleness test)."""
+        return not any(n in vars(k) for k, names in self.absent.items() for n in names)
+
+
+def _plain_types(gd: GraphDef) -> bool:
+    """No user code runs while reading a graph of this structure, given exact types.
+
+    Only then may a generated flatten read a node twice and trust both reads to
+    agree (the witness rule): no custom pytree flatten, no hashing of user dict
+    keys, no custom metaclass, and (guarded per call by ClassFacts) no
+    ``__getattribute__`` and no ``value``/``_metadata`` of a state subclass's own.
+    """
+    for spec in gd.table:
+        t = spec[1]
+        if type(t) is not type or _defines(t, "__getattribute__"):
+            return False
+        if type(spec) is StateSpec and any("value" in vars(k) or "_metadata" in vars(k)
+                                           for k in _own_state_classes(t)):
+            return False
+    return _plain_containers(gd)
+
+
+def _plain_containers(gd: GraphDef) -> bool:
+    """Only list, tuple and dict containers, with exact str or int keys."""
+    edges = [c for spec in gd.table if type(spec) is NodeSpec for c in spec[4]]
+    edges.append(gd.root)
+    while edges:
+        e = edges.pop()
+        if type(e) is PytreeEdge:
+            if e[1] not in (list, tuple, dict):
+                return False
+            if e[1] is dict and not all(type(k) is str or type(k) is int for k in e[2]):
+                return False
+            edges.extend(e[3])
+    return True
 
 
 def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
@@ -239,7 +327,23 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
     else:
         raise Declined("the root is not a node or a container")
     skip_type_guard = True  # the dispatcher picked this variant by type(root)
-    witnessed = _nodes_witnessed_by_states(table)
+    facts = ClassFacts()
+    witnessed: set[int] = set()
+    if _plain_types(gd):
+        # Reads cannot run user code, so a node read twice gives the same children
+        # twice: its own states can vouch for it (see _nodes_witnessed_by_states).
+        witnessed = _nodes_witnessed_by_states(table)
+        for spec in table:
+            facts.require_absent(list(spec[1].__mro__), ("__getattribute__",))
+            if type(spec) is StateSpec:
+                facts.require_absent(_own_state_classes(spec[1]), ("_metadata", "value"))
+
+    def distinct_member(var: str, t: type) -> str:
+        """The object itself when its hash is the identity (guarded), else its id()."""
+        if _defines(t, "__hash__"):
+            return f"id({var})"
+        facts.require_absent(list(t.__mro__), ("__hash__",))
+        return var
 
     while stack:
         if len(steps) > max_steps:
@@ -265,7 +369,7 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
                 type_guard(var, t, label)
             skip_type_guard = False
             if idx not in witnessed:
-                distinct.append(var if _hash_is_identity(t) else f"id({var})")
+                distinct.append(distinct_member(var, t))
             if t not in hidden_checked:
                 # The class's invisible names were read at compile time: a class that
                 # changes them later has another structure.
@@ -310,7 +414,7 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
                       arg2=consts.bind(by_identity, "MI"))
             else:
                 guard("guard_no_meta", "metadata", src=var)
-            distinct.append(var if _hash_is_identity(t) else f"id({var})")
+            distinct.append(distinct_member(var, t))
             v = f"v{spec[4]}"
             steps.append(Step("read_value", dst=v, src=var))
             values[spec[4]] = v
@@ -376,7 +480,11 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
         else:  # pragma: no cover - the IR has no other edge kinds
             raise Declined(f"unknown edge {edge!r}")
 
+    guards = facts.steps(consts)
+    steps[0:0] = guards
+    counts["class"] = len(guards)
     return FlattenPlan(
+        facts=facts,
         objects=[local_of[i] for i in range(len(table))],
         graphdef=gd,
         consts=consts,
@@ -406,7 +514,8 @@ def _nodes_witnessed_by_states(table: tuple) -> set[int]:
     for spec in table:
         if type(spec) is NodeSpec:
             for k, child in zip(spec[3], spec[4], strict=True):
-                if type(child) is StateEdge:
+                # Only exact str keys: equality between str subclasses need not be transitive.
+                if type(child) is StateEdge and type(k) is str:
                     owners.setdefault((spec[1], k, child[1]), []).append(spec[2])
     return {found[0] for found in owners.values() if len(found) == 1}
 
@@ -541,7 +650,15 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
         """A local or constant name holding the value of ``edge`` (emitting builds)."""
         return fold_edge(edge, leaf, build)
 
-    setattr_checked: set[type] = set()
+    facts = ClassFacts()
+    # Attribute stores only where no user code can run during the call (so the class
+    # guards, checked first, still hold at every store): see _attribute_stores_ok.
+    attrs_ok = _plain_unflatten(gd, impls)
+    if attrs_ok:
+        for spec in table:
+            if type(spec) is StateSpec:
+                facts.require_absent(list(spec[1].__mro__), ("__setattr__",))
+                facts.require_absent(_own_state_classes(spec[1]), ("_metadata", "value"))
 
     for spec in table:
         if type(spec) is not NodeSpec:
@@ -550,11 +667,8 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
             raise Declined(f"structure too large (more than {max_steps} steps)")
         parts = [expr(c) for c in spec[4]]
         impl = impls[spec[2]]
-        if impl.is_builtin_node and _attribute_stores_ok(spec[1], spec[3]):
-            if spec[1] not in setattr_checked:  # one guard per class, first in the function
-                steps.insert(len(setattr_checked), Step("guard_setattr", kind="setattr",
-                                                        arg=consts.bind(spec[1], "T")))
-                setattr_checked.add(spec[1])
+        if attrs_ok and impl.is_builtin_node and _attribute_stores_ok(spec[1], spec[3]):
+            facts.require_absent(list(spec[1].__mro__), ("__setattr__", *spec[3]))
             steps.append(Step("fill_attrs", dst=names[spec[2]],
                               pairs=[(consts.attr(k), p) for k, p in zip(spec[3], parts, strict=True)],
                               names=[path_label((k,)) for k in spec[3]]))
@@ -566,9 +680,28 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
             for k, p in zip(spec[3], parts, strict=True):
                 steps.append(Step("set_key", dst=names[spec[2]], src=setter, arg=consts.key(k), arg2=p))
     root = expr(gd.root)
-    if static_names:  # after the __setattr__ guards, which go first
-        steps.insert(len(setattr_checked), Step("unpack_statics", names=static_names))
-    return UnflattenPlan(graphdef=gd, consts=consts, steps=steps, root=root)
+    if static_names:
+        steps.insert(0, Step("unpack_statics", names=static_names))
+    steps[0:0] = facts.steps(consts)  # the class guards go first
+    return UnflattenPlan(graphdef=gd, consts=consts, steps=steps, root=root, facts=facts)
+
+
+def _plain_unflatten(gd: GraphDef, impls: dict[int, Any]) -> bool:
+    """No user code runs while building this structure (given the class guards).
+
+    No custom node type (``create_empty``/``set_key``), no custom pytree
+    (``unflatten``), no user dict keys to hash, no state type with its own
+    ``__new__``, ``__setattr__``, ``value`` or ``_metadata``.
+    """
+    for spec in gd.table:
+        t = spec[1]
+        if type(spec) is NodeSpec:
+            if not impls[spec[2]].is_builtin_node:
+                return False
+        elif _defines(t, "__new__") or _defines(t, "__setattr__") or any(
+                "value" in vars(k) or "_metadata" in vars(k) for k in _own_state_classes(t)):
+            return False
+    return _plain_containers(gd)
 
 
 def _attribute_stores_ok(t: type, keys: tuple) -> bool:
@@ -576,26 +709,13 @@ def _attribute_stores_ok(t: type, keys: tuple) -> bool:
 
     Attribute stores keep a new node's attributes in CPython's compact per-instance
     values (no dict is materialized), the largest single saving of the unflatten.
-    They are equivalent to the reference's ``__dict__`` writes only while ``t`` keeps
-    ``object.__setattr__`` (guarded at every call) and no key names a data descriptor
-    of the class (``__class__``, a property, a slot: checked here, once).
+    They equal the reference's ``__dict__`` writes while no class of ``t``'s MRO
+    defines ``__setattr__`` (so ``object.__setattr__`` runs) or any of the keys (so
+    no data descriptor, slot or ``__class__`` takes the store): both read from the
+    class dicts here, and guarded per call (ClassFacts) for the classes that can change.
     """
-    if getattr(t, "__setattr__", None) is not object.__setattr__:
-        return False
-    for k in keys:
-        if type(k) is not str:
-            return False
-        for klass in t.__mro__:
-            found = vars(klass).get(k, _ABSENT)
-            if found is not _ABSENT:
-                kind = type(found)
-                if hasattr(kind, "__set__") or hasattr(kind, "__delete__"):
-                    return False
-                break
-    return True
-
-
-_ABSENT = object()
+    return not _defines(t, "__setattr__") and all(
+        type(k) is str and not any(k in vars(c) for c in t.__mro__) for k in keys)
 
 
 def unflatten_statics(gd: GraphDef) -> tuple:

@@ -67,7 +67,6 @@ def _base_namespace() -> dict[str, Any]:
         "META_SIG": meta_sig,
         "SAME_META": helpers.same_meta,
         "NEW": object.__new__,
-        "OBJ_SETATTR": object.__setattr__,
         "MISS": MISS,
     }
 
@@ -148,7 +147,9 @@ def _observe_structure(t: type, w: Walk, entry: TypeEntry | None) -> None:
         return  # an unhashable static: nothing to key a specialization on
     for var in entry.variants:
         if var.graphdef == gd:  # equal structure, but a guard refused (e.g. a NaN static)
-            if var.plan.epoch != reg.registry_epoch():  # compiled before a registration: replace it
+            # Compiled before a registration, or a class has since gained a hook the code
+            # relied on it lacking: replace it.
+            if var.plan.epoch != reg.registry_epoch() or not var.plan.facts.hold():
                 with LOCK:
                     entry.variants = tuple(v for v in entry.variants if v is not var)
                 _forget_variants((var,))
@@ -298,9 +299,20 @@ def unflatten_states(graphdef: GraphDef, states: tuple[Any, ...]) -> Any:
             if out is not MISS:
                 rt[2].unflatten_hits += 1
                 return out
-            rt[2].misses["setattr"] += 1  # a node class whose __setattr__ was replaced
+            rt[2].misses["class"] += 1  # a class gained a hook the code relies on it lacking
+            _forget_unflatten(graphdef, rt[1])
     _totals["generic_unflattens"] += 1
     return build(graphdef, values)
+
+
+def _forget_unflatten(gd: GraphDef, fn: Any) -> None:
+    """Drop a specialized unflatten whose class guard failed: the next calls compile
+    again from the classes as they are now."""
+    with LOCK:
+        if _unflat.get(gd) is fn:
+            del _unflat[gd]
+            sources.forget(fn)
+    object.__setattr__(gd, "_rt", None)
 
 
 def _unflatten_fn(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | None:
