@@ -72,6 +72,7 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
         values=plan.values,
         writes=plan.writes,
         distinct=plan.distinct if "distinct" not in disabled else [],
+        keyed_statics=plan.keyed_statics,
         epoch=plan.epoch,
         guard_epoch="epoch" not in disabled,
     )

@@ -195,6 +195,7 @@ class FlattenPlan:
     epoch: int
     counts: dict[str, int]  # guard kind -> number of guards of that kind
     facts: ClassFacts = field(default_factory=lambda: ClassFacts())  # what the class guards check
+    keyed_statics: bool = False  # a KeyError outside the load blocks is a node_keys miss
 
 
 @dataclass
@@ -329,7 +330,9 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
     skip_type_guard = True  # the dispatcher picked this variant by type(root)
     facts = ClassFacts()
     witnessed: set[int] = set()
-    if _plain_types(gd):
+    plain = _plain_types(gd)
+    keyed_statics = False  # some static guard reads its node's dict itself (see below)
+    if plain:
         # Reads cannot run user code, so a node read twice gives the same children
         # twice: its own states can vouch for it (see _nodes_witnessed_by_states).
         witnessed = _nodes_witnessed_by_states(table)
@@ -393,8 +396,20 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             )
             # All children are loaded at once (a renamed key is a KeyError: a node_keys
             # miss); they are then guarded in pre-order, so push them in reverse.
-            items = _load_children(d, spec[3], spec[4], [consts.key(k) for k in spec[3]], path,
-                                   steps, fresh, "node_keys", mutable=True)
+            spelled = [consts.key(k) for k in spec[3]]
+            items = _load_children(d, spec[3], spec[4], spelled, path, steps, fresh, "node_keys",
+                                   mutable=True)
+            if plain and any(type(c) is StaticEdge for c in spec[4]):
+                # A static is read where it is guarded (no local to store and load again);
+                # a renamed key there is a KeyError, a node_keys miss like in the block.
+                keyed_statics = True
+                block = steps[-1]
+                inline = {item[1]: f"{d}[{sp}]" for item, sp in zip(items, spelled, strict=True)
+                          if type(item[0]) is StaticEdge}
+                block.pairs = [pair for pair in block.pairs if pair[0] not in inline]
+                if not block.pairs:
+                    steps.pop()
+                items = [(c, inline.get(v, v), p, o) for c, v, p, o in items]
             nearest.update((item[1], idx) for item in items)
             stack.extend(reversed(items))
         elif k is StateEdge:
@@ -415,9 +430,12 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             else:
                 guard("guard_no_meta", "metadata", src=var)
             distinct.append(distinct_member(var, t))
-            v = f"v{spec[4]}"
-            steps.append(Step("read_value", dst=v, src=var))
-            values[spec[4]] = v
+            if plain:  # a slot read, no user code: read it where the values list is built
+                values[spec[4]] = f"{var}.value"
+            else:  # a property may run user code: read it in the reference walker's order
+                v = f"v{spec[4]}"
+                steps.append(Step("read_value", dst=v, src=var))
+                values[spec[4]] = v
             writes_states.append(Step("write_value", dst=var, n=spec[4], comment=label))
         elif k is ArrayEdge:
             slot = edge[1]
@@ -484,6 +502,7 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
     steps[0:0] = guards
     counts["class"] = len(guards)
     return FlattenPlan(
+        keyed_statics=keyed_statics,
         facts=facts,
         objects=[local_of[i] for i in range(len(table))],
         graphdef=gd,
