@@ -454,3 +454,139 @@ def test_str_subclass_keys_with_a_non_transitive_eq_vouch_for_nothing() -> None:
     vars(x)[K("w", 0)] = s  # equal to both keys above, which are unequal to each other
     root.a = root.b = x
     assert len(sg.flatten(root)[0].table) == len(sg.generic.flatten(root)[0].table) == 3
+
+
+def test_bases_changed_after_compilation() -> None:
+    calls: list[str] = []
+
+    class A(sg.Node):
+        pass
+
+    class N(A):
+        pass
+
+    class B(sg.Node):
+        def __setattr__(self, k: str, v: Any) -> None:
+            calls.append(k)
+            object.__setattr__(self, k, v)
+
+    n = N()
+    vars(n).update(k=1, w=sg.Param(np.zeros(2)))
+    root = Box(n=n)
+    gd, sm = sg.flatten(root)
+    warm(root)
+    _unflatten_twice(gd, sm)
+    N.__bases__ = (B,)
+    ref = sg.generic.unflatten(gd, sm)
+    got = sg.unflatten(gd, sm)
+    assert calls == []
+    _built_alike(ref, got)
+    assert_same_flatten(sg.flatten(root), sg.generic.flatten(root))
+    assert sg.cache_info()["guard_misses"] == {"class": 2}  # the unflatten and the flatten
+
+
+def test_a_new_given_to_a_state_class_after_compilation() -> None:
+    class S(sg.State):
+        __slots__ = ()
+
+    class Tagged(S):
+        __slots__ = ()
+
+    gd, sm = sg.flatten(Box(w=S(np.zeros(2))))
+    _unflatten_twice(gd, sm)
+    S.__new__ = lambda cls, *a: object.__new__(Tagged)  # type: ignore[method-assign,assignment]
+    assert type(sg.generic.unflatten(gd, sm).w) is Tagged
+    assert type(sg.unflatten(gd, sm).w) is Tagged
+    assert sg.cache_info()["guard_misses"] == {"class": 1}
+
+
+@pytest.mark.parametrize("lie", ["__mro__", "__dict__"])
+def test_a_metaclass_cannot_hide_hooks_from_the_compiler(lie: str) -> None:
+    calls: list[str] = []
+
+    class Hooked(sg.Node):
+        def __setattr__(self, k: str, v: Any) -> None:
+            calls.append(k)
+            object.__setattr__(self, k, v)
+
+    class Meta(type):
+        def __getattribute__(cls, name: str) -> Any:
+            if name == lie:
+                return (cls, sg.Node, object) if lie == "__mro__" else {}
+            return type.__getattribute__(cls, name)
+
+    class N(Hooked, metaclass=Meta):
+        pass
+
+    n = N.__new__(N)
+    object.__setattr__(n, "k", 1)
+    object.__setattr__(n, "w", sg.Param(np.zeros(2)))
+    gd, sm = sg.flatten(Box(n=n))
+    _unflatten_twice(gd, sm)
+    calls.clear()
+    got = sg.unflatten(gd, sm)
+    assert calls == []
+    _built_alike(sg.generic.unflatten(gd, sm), got)
+
+
+def test_a_class_dict_with_a_str_subclass_key_gets_no_attribute_stores() -> None:
+    calls: list[str] = []
+
+    class K(str):
+        __hash__ = str.__hash__
+
+        def __eq__(self, o: object) -> bool:
+            return str.__eq__(self, o) and not getattr(K, "lying", False)
+
+    def setattr_(self: Any, k: str, v: Any) -> None:
+        calls.append(k)
+        object.__setattr__(self, k, v)
+
+    N = type("N", (sg.Node,), {K("__setattr__"): setattr_})
+    n = N.__new__(N)
+    object.__setattr__(n, "k", 1)
+    gd, sm = sg.flatten(Box(n=n))
+    K.lying = True  # type: ignore[attr-defined]
+    _unflatten_twice(gd, sm)
+    calls.clear()
+    got = sg.unflatten(gd, sm)
+    assert calls == []
+    _built_alike(sg.generic.unflatten(gd, sm), got)
+
+
+def test_user_code_reachable_from_a_structure_turns_the_witness_rule_off() -> None:
+    """A node class whose ``__dict__`` is a property runs user code between reads."""
+    real = sg.Node.__dict__["__dict__"]
+    hook: list[Any] = [None]
+
+    class N(sg.Node):
+        pass
+
+    def getd(self: Any) -> Any:
+        h, hook[0] = hook[0], None
+        if h:
+            h()
+        return real.__get__(self)
+
+    class Mid(sg.Node):
+        __dict__ = property(getd)  # type: ignore[assignment]
+
+    def node(st: Any) -> N:
+        n = N()
+        n.w = st
+        return n
+
+    mid = Mid()
+    real.__get__(mid)["k"] = 1
+    root = Box(a=node(sg.Param(0.0)), m=mid, z=node(sg.Param(1.0)))
+    warm(root)
+
+    def merge() -> None:
+        x, s2 = node(sg.Param(0.0)), sg.Param(1.0)
+        hook[0] = lambda: real.__get__(x).__setitem__("w", s2)
+        root.a = root.z = x
+
+    merge()
+    ref = sg.generic.flatten(root)
+    merge()
+    assert len(sg.flatten(root)[0].table) == len(ref[0].table)

@@ -13,6 +13,7 @@ import builtins
 import copy
 import keyword
 import re
+import typing
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -226,49 +227,94 @@ def _own_state_classes(t: type) -> list[type]:
     return list(mro[: mro.index(State)]) if State in mro else list(mro)
 
 
-class ClassFacts:
-    """Names a plan relies on being absent from classes' own dicts.
+# Not guarded: object and the builtins cannot change, and typing.Generic (a base of every
+# State) is the standard library's.
+_UNGUARDED: frozenset[type] = frozenset({object, typing.Generic})  # type: ignore[arg-type]
 
-    A generated function checks them first on every call (``'__hash__' in D0``, a
-    dict lookup each) and answers ``'class'``/``MISS`` when a class gained one; the
-    dispatcher then compiles again from the classes as they are.
+
+class ClassFacts:
+    """What a plan relies on about classes: their MRO, and names absent from their dicts.
+
+    Facts are only taken for classes whose metaclass is ``type`` (nothing can lie
+    about ``__mro__`` or ``__dict__``). A generated function checks them first on
+    every call, before it reads anything (``T.__mro__ is not MRO0``, then
+    ``'__hash__' in D0``, a dict lookup each), and answers ``'class'``/``MISS`` when
+    one no longer holds; the dispatcher then compiles again from the classes as they
+    are.
     """
 
     def __init__(self) -> None:
+        self.mro: dict[type, tuple[type, ...]] = {}
         self.absent: dict[type, set[str]] = {}
 
-    def require_absent(self, classes: list[type], names: set[str] | tuple[str, ...]) -> None:
-        for k in classes:
-            if not k.__flags__ & _IMMUTABLE_TYPE:
+    def require_absent(self, t: type, names: tuple[str, ...], classes: list[type] | None = None) -> None:
+        """``names`` stay absent from the dicts of ``t``'s MRO classes (or of ``classes``)."""
+        if type(t) is not type:
+            raise ValueError(f"no class facts for {t!r}: its metaclass is not type")
+        self.mro[t] = t.__mro__
+        for k in t.__mro__ if classes is None else classes:
+            if k not in _UNGUARDED and not k.__flags__ & _IMMUTABLE_TYPE:
                 self.absent.setdefault(k, set()).update(names)
 
     def steps(self, consts: Constants) -> list[Step]:
-        return [
-            Step("guard_class", kind="class", src=consts.bind(vars(k), "D"), arg=consts.bind(k, "T"),
-                 names=[repr(n) for n in sorted(names)])
-            for k, names in self.absent.items()
-        ]
+        out = [Step("guard_mro", kind="class", src=consts.bind(t, "T"), arg=consts.bind(mro, "MRO"))
+               for t, mro in self.mro.items()]
+        out += [Step("guard_class", kind="class", src=consts.bind(vars(k), "D"), arg=consts.bind(k, "T"),
+                     names=[repr(n) for n in sorted(names)])
+                for k, names in self.absent.items()]
+        return out
 
     def hold(self) -> bool:
-        """Whether every class still lacks every name (the dispatcher's staleness test)."""
-        return not any(n in vars(k) for k, names in self.absent.items() for n in names)
+        """Whether every fact still holds (the dispatcher's staleness test)."""
+        return all(t.__mro__ is mro for t, mro in self.mro.items()) and not any(
+            n in vars(k) for k, names in self.absent.items() for n in names)
+
+
+def _std_dict(t: type) -> bool:
+    """``x.__dict__`` is CPython's own getter (no class of the MRO overrides ``__dict__``),
+    and every class dict has only exact str keys (a str subclass key can make a name
+    lookup in it disagree with the type's own slots)."""
+    return all(type(vars(k).get("__dict__", _GETSET)) is _GETSET_TYPE
+               and all(type(n) is str for n in vars(k)) for k in t.__mro__)
+
+
+_GETSET_TYPE = type(type.__dict__["__dict__"])
+_GETSET = type.__dict__["__dict__"]
+
+
+def _no_dict_override(t: type) -> list[type]:
+    """The classes of ``t``'s MRO that must not gain a ``__dict__`` (those without one)."""
+    return [k for k in t.__mro__ if "__dict__" not in vars(k)]
 
 
 def _plain_types(gd: GraphDef) -> bool:
-    """No user code runs while reading a graph of this structure, given exact types.
+    """No user code can run while a generated flatten reads a graph of this structure.
 
-    Only then may a generated flatten read a node twice and trust both reads to
-    agree (the witness rule): no custom pytree flatten, no hashing of user dict
-    keys, no custom metaclass, and (guarded per call by ClassFacts) no
-    ``__getattribute__`` and no ``value``/``_metadata`` of a state subclass's own.
+    Only then may it read a node twice and trust both reads to agree (the witness
+    rule). Checked here from the class dicts, and per call by the class guards: the
+    metaclass is ``type``; no ``__getattribute__``, no ``__dict__`` of a class's own,
+    no ``graph_invisible_attrs`` but a plain tuple of str; for states, no ``value``,
+    ``_metadata`` or ``__getattr__`` of a subclass's own; only list/tuple/dict
+    containers with str/int keys; only plain statics. (User code that runs anyway,
+    a finalizer or the ``__eq__`` of a str-subclass key left in a node's dict, and
+    that rewires the graph mid-call is not supported: see the README.)
     """
     for spec in gd.table:
         t = spec[1]
-        if type(t) is not type or _defines(t, "__getattribute__"):
+        if type(t) is not type or _defines(t, "__getattribute__") or not _std_dict(t):
             return False
-        if type(spec) is StateSpec and any("value" in vars(k) or "_metadata" in vars(k)
-                                           for k in _own_state_classes(t)):
-            return False
+        if type(spec) is StateSpec:
+            if not _std_dict(t) or _defines(t, "__getattr__") or any("value" in vars(k) or "_metadata" in vars(k)
+                                                 for k in _own_state_classes(t)):
+                return False
+        else:
+            hidden = next((vars(k)["graph_invisible_attrs"] for k in t.__mro__
+                           if "graph_invisible_attrs" in vars(k)), ())
+            if type(hidden) is not tuple or not all(type(h) is str for h in hidden):
+                return False
+            for c in spec[4]:
+                if type(c) is StaticEdge and not (isinstance(c[1], type) or c[1][0] is float):
+                    return False
     return _plain_containers(gd)
 
 
@@ -337,15 +383,26 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
         # twice: its own states can vouch for it (see _nodes_witnessed_by_states).
         witnessed = _nodes_witnessed_by_states(table)
         for spec in table:
-            facts.require_absent(list(spec[1].__mro__), ("__getattribute__",))
+            t = spec[1]
+            facts.require_absent(t, ("__getattribute__",))
+            facts.require_absent(t, ("__dict__",), _no_dict_override(t))
             if type(spec) is StateSpec:
-                facts.require_absent(_own_state_classes(spec[1]), ("_metadata", "value"))
+                facts.require_absent(t, ("__getattr__",))
+                facts.require_absent(t, ("_metadata", "value"), _own_state_classes(t))
+    # The invisible names of each node class, checked before anything is read.
+    for spec in table:
+        t = spec[1]
+        if type(spec) is NodeSpec and t not in hidden_checked and reg.node_impl(t).is_builtin_node:
+            # Read at compile time: a class that changes them later has another structure.
+            hidden_checked.add(t)
+            snapshot = copy.copy(t.graph_invisible_attrs)
+            guard("guard_hidden", "node_keys", src=consts.bind(t, "T"), arg=consts.bind(snapshot, "H"))
 
     def distinct_member(var: str, t: type) -> str:
         """The object itself when its hash is the identity (guarded), else its id()."""
-        if _defines(t, "__hash__"):
+        if type(t) is not type or _defines(t, "__hash__"):
             return f"id({var})"
-        facts.require_absent(list(t.__mro__), ("__hash__",))
+        facts.require_absent(t, ("__hash__",))
         return var
 
     while stack:
@@ -373,12 +430,6 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             skip_type_guard = False
             if idx not in witnessed:
                 distinct.append(distinct_member(var, t))
-            if t not in hidden_checked:
-                # The class's invisible names were read at compile time: a class that
-                # changes them later has another structure.
-                hidden_checked.add(t)
-                snapshot = copy.copy(t.graph_invisible_attrs)
-                guard("guard_hidden", "node_keys", src=consts.bind(t, "T"), arg=consts.bind(snapshot, "H"))
             d = "d" + var
             steps.append(Step("load_dict", dst=d, src=var))
             if isinstance(t.graph_invisible_attrs, str):
@@ -615,6 +666,7 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
     if slot_names:
         steps.append(Step("unpack", names=slot_names))
     impls: dict[int, Any] = {}
+    facts = ClassFacts()
     # Everything read from the GraphDef (state metadata, custom-node metadata, statics)
     # comes from the one being unflattened, as S (see unflatten_statics): an equal
     # GraphDef may hold equal but distinct objects.
@@ -636,7 +688,11 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
                 steps.append(Step("new_custom", dst=names[spec[2]], src=consts.bind(impl.create_empty, "F"),
                                   arg=own()))
         else:
-            op = "new_object" if t.__new__ is object.__new__ else "new_via_type"
+            if type(t) is type and not _defines(t, "__new__"):
+                op = "new_object"  # what cls.__new__(cls) does, while no class gains a __new__
+                facts.require_absent(t, ("__new__",))
+            else:
+                op = "new_via_type"
             steps.append(Step(op, dst=names[spec[2]], arg=consts.bind(t, "T")))
             meta = own() if spec[3] else consts.bind(spec[3], "M")
             steps.append(Step("set_state", dst=names[spec[2]], arg=meta, src=slot_names[spec[4]]))
@@ -669,15 +725,14 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
         """A local or constant name holding the value of ``edge`` (emitting builds)."""
         return fold_edge(edge, leaf, build)
 
-    facts = ClassFacts()
     # Attribute stores only where no user code can run during the call (so the class
     # guards, checked first, still hold at every store): see _attribute_stores_ok.
     attrs_ok = _plain_unflatten(gd, impls)
     if attrs_ok:
         for spec in table:
             if type(spec) is StateSpec:
-                facts.require_absent(list(spec[1].__mro__), ("__setattr__",))
-                facts.require_absent(_own_state_classes(spec[1]), ("_metadata", "value"))
+                facts.require_absent(spec[1], ("__setattr__",))
+                facts.require_absent(spec[1], ("_metadata", "value"), _own_state_classes(spec[1]))
 
     for spec in table:
         if type(spec) is not NodeSpec:
@@ -687,7 +742,8 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
         parts = [expr(c) for c in spec[4]]
         impl = impls[spec[2]]
         if attrs_ok and impl.is_builtin_node and _attribute_stores_ok(spec[1], spec[3]):
-            facts.require_absent(list(spec[1].__mro__), ("__setattr__", *spec[3]))
+            facts.require_absent(spec[1], ("__setattr__", *spec[3]))
+            facts.require_absent(spec[1], ("__dict__",), _no_dict_override(spec[1]))
             steps.append(Step("fill_attrs", dst=names[spec[2]],
                               pairs=[(consts.attr(k), p) for k, p in zip(spec[3], parts, strict=True)],
                               names=[path_label((k,)) for k in spec[3]]))
@@ -714,10 +770,12 @@ def _plain_unflatten(gd: GraphDef, impls: dict[int, Any]) -> bool:
     """
     for spec in gd.table:
         t = spec[1]
+        if type(t) is not type:
+            return False
         if type(spec) is NodeSpec:
-            if not impls[spec[2]].is_builtin_node:
+            if not impls[spec[2]].is_builtin_node or not _std_dict(t):
                 return False
-        elif _defines(t, "__new__") or _defines(t, "__setattr__") or any(
+        elif not _std_dict(t) or _defines(t, "__new__") or _defines(t, "__setattr__") or any(
                 "value" in vars(k) or "_metadata" in vars(k) for k in _own_state_classes(t)):
             return False
     return _plain_containers(gd)
