@@ -291,21 +291,22 @@ def _plain_types(gd: GraphDef) -> bool:
     """No user code can run while a generated flatten reads a graph of this structure.
 
     Only then may it read a node twice and trust both reads to agree (the witness
-    rule). Checked here from the class dicts, and per call by the class guards: the
-    metaclass is ``type``; no ``__getattribute__``, no ``__dict__`` of a class's own,
-    no ``graph_invisible_attrs`` but a plain tuple of str; for states, no ``value``,
-    ``_metadata`` or ``__getattr__`` of a subclass's own; only list/tuple/dict
-    containers with str/int keys; only plain statics. (User code that runs anyway,
-    a finalizer or the ``__eq__`` of a str-subclass key left in a node's dict, and
-    that rewires the graph mid-call is not supported: see the README.)
+    rule). Read from the class dicts at compile time: the metaclass is ``type``; no
+    ``__getattribute__``, no ``__dict__`` of a class's own, no ``graph_invisible_attrs``
+    but a plain tuple of str; for states, no ``value``, ``_metadata`` or ``__getattr__``
+    of a subclass's own; only list/tuple/dict containers with str/int keys; only plain
+    statics. Not guarded per call: user code that runs anyway (a hook added to a class
+    later, a finalizer, the ``__eq__`` of a str-subclass key left in a node's dict) and
+    rewires the graph mid-call is not supported (see the README).
     """
     for spec in gd.table:
         t = spec[1]
         if type(t) is not type or _defines(t, "__getattribute__") or not _std_dict(t):
             return False
         if type(spec) is StateSpec:
-            if not _std_dict(t) or _defines(t, "__getattr__") or any("value" in vars(k) or "_metadata" in vars(k)
-                                                 for k in _own_state_classes(t)):
+            own = _own_state_classes(t)
+            if not _std_dict(t) or _defines(t, "__getattr__") or any(
+                    "value" in vars(k) or "_metadata" in vars(k) for k in own):
                 return False
         else:
             hidden = next((vars(k)["graph_invisible_attrs"] for k in t.__mro__
@@ -381,14 +382,9 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
     if plain:
         # Reads cannot run user code, so a node read twice gives the same children
         # twice: its own states can vouch for it (see _nodes_witnessed_by_states).
+        # (Checked at compile time only: a hook added to a class later runs user code
+        # mid-call, and user code that rewires the graph mid-call is not supported.)
         witnessed = _nodes_witnessed_by_states(table)
-        for spec in table:
-            t = spec[1]
-            facts.require_absent(t, ("__getattribute__",))
-            facts.require_absent(t, ("__dict__",), _no_dict_override(t))
-            if type(spec) is StateSpec:
-                facts.require_absent(t, ("__getattr__",))
-                facts.require_absent(t, ("_metadata", "value"), _own_state_classes(t))
     # The invisible names of each node class, checked before anything is read.
     for spec in table:
         t = spec[1]
@@ -728,11 +724,6 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
     # Attribute stores only where no user code can run during the call (so the class
     # guards, checked first, still hold at every store): see _attribute_stores_ok.
     attrs_ok = _plain_unflatten(gd, impls)
-    if attrs_ok:
-        for spec in table:
-            if type(spec) is StateSpec:
-                facts.require_absent(spec[1], ("__setattr__",))
-                facts.require_absent(spec[1], ("_metadata", "value"), _own_state_classes(spec[1]))
 
     for spec in table:
         if type(spec) is not NodeSpec:
@@ -762,7 +753,7 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
 
 
 def _plain_unflatten(gd: GraphDef, impls: dict[int, Any]) -> bool:
-    """No user code runs while building this structure (given the class guards).
+    """No user code runs while building this structure (read at compile time).
 
     No custom node type (``create_empty``/``set_key``), no custom pytree
     (``unflatten``), no user dict keys to hash, no state type with its own
