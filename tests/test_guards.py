@@ -392,3 +392,24 @@ def test_unflatten_class_guard_is_load_bearing(disabled: frozenset[str],
         assert calls == []
         assert_same_flatten(sg.generic.flatten(got), sg.generic.flatten(ref))
         assert sg.cache_info()["guard_misses"] == {"class": 1}
+
+
+def test_objects_of_a_type_that_occurs_once_are_left_out_of_the_distinct_set() -> None:
+    """Exact type guards keep them apart from everything else: no set needed for them."""
+    from specgraph.codegen.plan import plan_flatten
+
+    class Root(sg.Node):
+        pass
+
+    root = Root()
+    vars(root).update(stat=BatchStat(np.ones(1)), a=p(), b=p(), child=Box(x=1))
+    gd, _ = sg.generic.flatten(root)
+    plan = plan_flatten(gd, 10_000)
+    assert sorted(plan.distinct) == sorted(plan.objects[i] for i, spec in enumerate(gd.table)
+                                           if spec.type is sg.Param)
+    root.child = Box(x=p())
+    plan = plan_flatten(sg.generic.flatten(root)[0], 10_000)
+    assert len(plan.distinct) == 3  # three Params; the lone Box and BatchStat stay out
+    single = Root()
+    vars(single).update(a=p())
+    assert plan_flatten(sg.generic.flatten(single)[0], 10_000).distinct == []

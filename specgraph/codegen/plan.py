@@ -14,6 +14,7 @@ import copy
 import keyword
 import re
 import typing
+from collections import Counter
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -394,12 +395,20 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             snapshot = copy.copy(t.graph_invisible_attrs)
             guard("guard_hidden", "node_keys", src=consts.bind(t, "T"), arg=consts.bind(snapshot, "H"))
 
-    def distinct_member(var: str, t: type) -> str:
-        """The object itself when its hash is the identity (guarded), else its id()."""
+    # Only objects of a type that occurs more than once can be one object at two places:
+    # the exact type guards keep every other pair apart.
+    shared_types = {t for t, n in Counter(spec[1] for spec in table).items() if n > 1}
+
+    def add_distinct(var: str, t: type) -> None:
+        """Put the object in the distinct set: itself when its hash is the identity
+        (guarded), else its id()."""
+        if t not in shared_types:
+            return
         if type(t) is not type or _defines(t, "__hash__"):
-            return f"id({var})"
-        facts.require_absent(t, ("__hash__",))
-        return var
+            distinct.append(f"id({var})")
+        else:
+            facts.require_absent(t, ("__hash__",))
+            distinct.append(var)
 
     while stack:
         if len(steps) > max_steps:
@@ -425,7 +434,7 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
                 type_guard(var, t, label)
             skip_type_guard = False
             if idx not in witnessed:
-                distinct.append(distinct_member(var, t))
+                add_distinct(var, t)
             d = "d" + var
             steps.append(Step("load_dict", dst=d, src=var))
             if isinstance(t.graph_invisible_attrs, str):
@@ -476,7 +485,7 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
                       arg2=consts.bind(by_identity, "MI"))
             else:
                 guard("guard_no_meta", "metadata", src=var)
-            distinct.append(distinct_member(var, t))
+            add_distinct(var, t)
             if plain:  # a slot read, no user code: read it where the values list is built
                 values[spec[4]] = f"{var}.value"
             else:  # a property may run user code: read it in the reference walker's order
@@ -545,6 +554,8 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
         else:  # pragma: no cover - the IR has no other edge kinds
             raise Declined(f"unknown edge {edge!r}")
 
+    if len(distinct) < 2:
+        distinct = []  # nothing can coincide
     guards = facts.steps(consts)
     steps[0:0] = guards
     counts["class"] = len(guards)
