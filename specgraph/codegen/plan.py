@@ -44,7 +44,7 @@ UNFLATTEN_GUARD_KINDS = ("class",)
 
 GUARD_WORDS = {
     "epoch": "the node-type registry has not changed since compilation (registry epoch)",
-    "class": "no class gained a hook the code relies on it lacking (__hash__, __getattribute__, ...)",
+    "class": "no class gained a hook the code relies on it lacking (__hash__, __setattr__, ...) or new bases",
     "type": "every node, state and container has exactly the type it had (type(x) is T)",
     "node_keys": "every node has exactly its attribute names (count, plus the keyed reads)",
     "container": "every list/tuple has its length and every dict its keys",
