@@ -918,3 +918,33 @@ def test_update_writes_nothing_when_a_guard_misses_late() -> None:
     else:
         sg.update(a, vals)
         assert_same_flatten(sg.generic.flatten(a), sg.generic.flatten(b))
+
+
+@pytest.mark.parametrize("n", [1, 30, 31, 200])
+def test_unflatten_of_wide_nodes_matches_the_reference(n: int) -> None:
+    """Up to 30 attributes a node is filled by attribute stores, past that through its dict."""
+    node = Box(**{f"a{i:03d}": (sg.Param(np.full(1, i)) if i % 3 else i) for i in range(n)})
+    gd, sm = sg.flatten(node)
+    ref = sg.generic.unflatten(gd, sm)
+    sg.unflatten(gd, sm)
+    got = sg.unflatten(gd, sm)
+    assert info()["unflatten_hits"] == 1
+    assert list(vars(got)) == list(vars(ref)) == sorted(vars(node))
+    assert_same_flatten(sg.generic.flatten(got), (gd, sm))
+    assert ("attr0" in sg.explain(gd)) == (n <= 30)
+
+
+@pytest.mark.parametrize("op", ["flatten", "update"])
+def test_a_renamed_static_attribute_is_a_node_keys_miss(op: str) -> None:
+    """Statics are guarded straight from the node's dict: a KeyError there is a node_keys miss."""
+    node = Box(w=sg.Param(np.ones(2)), k=3)
+    _, sm = sg.flatten(node)
+    sg.flatten(node)
+    vars(node)["j"] = vars(node).pop("k")
+    if op == "flatten":
+        assert_same_flatten(sg.flatten(node), sg.generic.flatten(node))
+    else:
+        new = jax.tree.map(lambda v: v + 1, sm)
+        sg.update(node, new)  # the reference accepts it: statics are not in the StateMap
+        assert node.w.value is new[("w",)]
+    assert info()["guard_misses"] == {"node_keys": 1}
