@@ -590,3 +590,29 @@ def test_user_code_reachable_from_a_structure_turns_the_witness_rule_off() -> No
     ref = sg.generic.flatten(root)
     merge()
     assert len(sg.flatten(root)[0].table) == len(ref[0].table)
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_node_getattribute_seen_by_the_reference_unflatten(when: str) -> None:
+    """The reference fills a node through ``node.__dict__``, which a ``__getattribute__``
+    may redirect: no attribute stores for such a class, whenever the hook appears."""
+    side: dict[int, dict[str, Any]] = {}
+
+    def hook(self: Any, name: str) -> Any:
+        if name == "__dict__":
+            return side.setdefault(id(self), {})
+        return object.__getattribute__(self, name)
+
+    class N(sg.Node):
+        pass
+
+    if when == "before":
+        N.__getattribute__ = hook  # type: ignore[method-assign,assignment]
+    n = N.__new__(N)
+    vars(n)["w"] = sg.Param(np.ones(2))
+    gd, sm = sg.flatten(Box(n=n))
+    _unflatten_twice(gd, sm)
+    if when == "after":
+        N.__getattribute__ = hook  # type: ignore[method-assign,assignment]
+    ref, got = sg.generic.unflatten(gd, sm), sg.unflatten(gd, sm)
+    assert list(side[id(ref.n)]) == list(side[id(got.n)]) == ["w"]

@@ -39,9 +39,6 @@ GUARD_KINDS = (
     "epoch", "class", "type", "node_keys", "container", "static", "metadata", "backref", "distinct",
 )
 
-# The one guard of a generated unflatten (it builds new objects, so it checks classes only).
-UNFLATTEN_GUARD_KINDS = ("class",)
-
 GUARD_WORDS = {
     "epoch": "the node-type registry has not changed since compilation (registry epoch)",
     "class": "no class gained a hook the code relies on it lacking (__hash__, __setattr__, ...) or new bases",
@@ -51,7 +48,7 @@ GUARD_WORDS = {
     "static": "every static value has the same type and compares equal",
     "metadata": "every state has the same metadata",
     "backref": "every shared node/state is still the very same object at each of its paths",
-    "distinct": "distinct states (and nodes none of their own states vouches for) are distinct objects",
+    "distinct": "objects of a repeated type (states; nodes no own state vouches for) are distinct",
 }
 
 
@@ -283,11 +280,6 @@ _GETSET_TYPE = type(type.__dict__["__dict__"])
 _GETSET = type.__dict__["__dict__"]
 
 
-def _no_dict_override(t: type) -> list[type]:
-    """The classes of ``t``'s MRO that must not gain a ``__dict__`` (those without one)."""
-    return [k for k in t.__mro__ if "__dict__" not in vars(k)]
-
-
 def _plain_types(gd: GraphDef) -> bool:
     """No user code can run while a generated flatten reads a graph of this structure.
 
@@ -306,7 +298,7 @@ def _plain_types(gd: GraphDef) -> bool:
             return False
         if type(spec) is StateSpec:
             own = _own_state_classes(t)
-            if not _std_dict(t) or _defines(t, "__getattr__") or any(
+            if _defines(t, "__getattr__") or any(
                     "value" in vars(k) or "_metadata" in vars(k) for k in own):
                 return False
         else:
@@ -577,10 +569,12 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
 def _nodes_witnessed_by_states(table: tuple) -> set[int]:
     """Node indices that need no place in the distinct set: their states vouch for them.
 
-    Every state is in the distinct set, and every later path to a state is an
-    identity guard, so once the guards pass, each state index stands for exactly one
-    object. Node ``i`` holds, under some key ``k``, the state with index ``s``, and
-    no other node of its type holds state ``s`` under ``k``. If one object ``X`` sat
+    Every state of a type that occurs more than once is in the distinct set, the
+    exact type guards keep a state of a type that occurs once apart from every other,
+    and every later path to a state is an identity guard: once the guards pass, each
+    state index stands for exactly one object. Node ``i`` holds, under some key
+    ``k``, the state with index ``s``, and no other node of its type holds state ``s``
+    under ``k``. If one object ``X`` sat
     at the positions of ``i`` and of another node ``j`` of the same type, the guards
     of ``j`` would read ``X.k`` again, and ``X.k`` is state ``s``; ``j`` would need
     state ``s`` under ``k``, which it does not have. So ``X`` cannot. A pair of nodes
@@ -744,8 +738,8 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
         parts = [expr(c) for c in spec[4]]
         impl = impls[spec[2]]
         if attrs_ok and impl.is_builtin_node and _attribute_stores_ok(spec[1], spec[3]):
-            facts.require_absent(spec[1], ("__setattr__", *spec[3]))
-            facts.require_absent(spec[1], ("__dict__",), _no_dict_override(spec[1]))
+            # (No guard for __dict__: a class's __dict__ cannot be assigned after creation.)
+            facts.require_absent(spec[1], ("__getattribute__", "__setattr__", *spec[3]))
             steps.append(Step("fill_attrs", dst=names[spec[2]],
                               pairs=[(consts.attr(k), p) for k, p in zip(spec[3], parts, strict=True)],
                               names=[path_label((k,)) for k in spec[3]]))
@@ -788,18 +782,21 @@ def _attribute_stores_ok(t: type, keys: tuple) -> bool:
 
     Attribute stores keep a new node's attributes in CPython's compact per-instance
     values (no dict is materialized), the largest single saving of the unflatten.
-    They equal the reference's ``__dict__`` writes while no class of ``t``'s MRO
-    defines ``__setattr__`` (so ``object.__setattr__`` runs) or any of the keys (so
-    no data descriptor, slot or ``__class__`` takes the store): both read from the
-    class dicts here, and guarded per call (ClassFacts) for the classes that can change.
+    They equal the reference's ``node.__dict__.update`` while no class of ``t``'s MRO
+    defines ``__setattr__`` (so ``object.__setattr__`` runs), ``__getattribute__`` (the
+    reference's ``__dict__`` read goes through it) or any of the keys (so no data
+    descriptor, slot or ``__class__`` takes the store): all read from the class dicts
+    here, and guarded per call (ClassFacts) for the classes that can change.
     """
-    return len(keys) <= _MAX_INLINE_ATTRIBUTES and not _defines(t, "__setattr__") and all(
+    return len(keys) <= _MAX_INLINE_ATTRIBUTES and not _defines(t, "__setattr__") \
+        and not _defines(t, "__getattribute__") and all(
         type(k) is str and not any(k in vars(c) for c in t.__mro__) for k in keys)
 
 
-# CPython keeps at most 30 names in a class's shared instance keys; past that, attribute
-# stores fall back to a dict and cost more than filling the dict directly (measured: 128
-# attributes, 4.3 us against 3.2 us).
+# CPython keeps at most 30 names in a class's shared instance keys (for all its instances
+# together); past that, attribute stores fall back to a dict and cost more than filling the
+# dict directly (measured: 128 attributes, 4.3 us against 3.2 us). A per-node bound is the
+# part of that rule a plan can see.
 _MAX_INLINE_ATTRIBUTES = 30
 
 

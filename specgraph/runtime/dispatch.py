@@ -283,6 +283,7 @@ def unflatten(graphdef: GraphDef, state: Any) -> Any:
             if out is not MISS:
                 rt[2].unflatten_hits += 1
                 return out
+            return _unflatten_missed(graphdef, rt, state._values)
     return unflatten_states(graphdef, (state,))
 
 
@@ -299,20 +300,24 @@ def unflatten_states(graphdef: GraphDef, states: tuple[Any, ...]) -> Any:
             if out is not MISS:
                 rt[2].unflatten_hits += 1
                 return out
-            rt[2].misses["class"] += 1  # a class gained a hook the code relies on it lacking
-            _forget_unflatten(graphdef, rt[1])
+            return _unflatten_missed(graphdef, rt, values)
     _totals["generic_unflattens"] += 1
     return build(graphdef, values)
 
 
-def _forget_unflatten(gd: GraphDef, fn: Any) -> None:
-    """Drop a specialized unflatten whose class guard failed: the next calls compile
-    again from the classes as they are now."""
+def _unflatten_missed(gd: GraphDef, rt: tuple, values: list[Any]) -> Any:
+    """A specialized unflatten whose class guard failed (a class gained a hook the code
+    relies on it lacking): count it, drop it so the next calls compile again from the
+    classes as they are now, and build with the reference walker."""
+    rt[2].misses["class"] += 1
+    fn = rt[1]
     with LOCK:
         if _unflat.get(gd) is fn:
             del _unflat[gd]
             sources.forget(fn)
     object.__setattr__(gd, "_rt", None)
+    _totals["generic_unflattens"] += 1
+    return build(gd, values)
 
 
 def _unflatten_fn(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | None:

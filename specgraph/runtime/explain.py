@@ -113,8 +113,8 @@ def explain(graphdef: GraphDef) -> str:
         out.append("")
         out.append("Unflatten attribute names (bound into the compiled code's names, never its text):")
         out.append(f"  {names}")
-        out.append("  The class guards first check that no class gained a __setattr__, or a class "
-                   "attribute of one of those names.")
+        out.append("  The class guards first check that no class gained a __setattr__, a "
+                   "__getattribute__, or a class attribute of one of those names.")
     st = dispatch.structure_stats(gd)
     out.append("")
     if st is None:
