@@ -217,6 +217,11 @@ def _defines(t: type, name: str) -> bool:
     return any(name in vars(k) for k in t.__mro__ if k is not object)
 
 
+def _own_value_or_metadata(t: type) -> bool:
+    """A state subclass defines its own ``value`` or ``_metadata`` (a property, say)."""
+    return any("value" in vars(k) or "_metadata" in vars(k) for k in _own_state_classes(t))
+
+
 def _own_state_classes(t: type) -> list[type]:
     """The classes of a state type's MRO before ``State`` (whose slots are ours)."""
     from .._model import State
@@ -297,9 +302,7 @@ def _plain_types(gd: GraphDef) -> bool:
         if type(t) is not type or _defines(t, "__getattribute__") or not _std_dict(t):
             return False
         if type(spec) is StateSpec:
-            own = _own_state_classes(t)
-            if _defines(t, "__getattr__") or any(
-                    "value" in vars(k) or "_metadata" in vars(k) for k in own):
+            if _defines(t, "__getattr__") or _own_value_or_metadata(t):
                 return False
         else:
             hidden = next((vars(k)["graph_invisible_attrs"] for k in t.__mro__
@@ -771,8 +774,8 @@ def _plain_unflatten(gd: GraphDef, impls: dict[int, Any]) -> bool:
         if type(spec) is NodeSpec:
             if not impls[spec[2]].is_builtin_node or not _std_dict(t):
                 return False
-        elif not _std_dict(t) or _defines(t, "__new__") or _defines(t, "__setattr__") or any(
-                "value" in vars(k) or "_metadata" in vars(k) for k in _own_state_classes(t)):
+        elif not _std_dict(t) or _defines(t, "__new__") or _defines(t, "__setattr__") \
+                or _own_value_or_metadata(t):
             return False
     return _plain_containers(gd)
 
