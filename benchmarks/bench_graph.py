@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_graph.py [--quick] [--shapes mlp32 tied ...]
-                                     [--systems specgraph brainstate ...] [--json PATH]
+                                     [--systems specgraph brainstate ...] [--out DIR | --save]
 
 Method (DESIGN.md, "Performance protocol"): one process; for each shape and
 operation the systems are interleaved repeat by repeat (the order rotates each
@@ -13,8 +13,9 @@ one repeat takes ~20 ms (~5 ms with ``--quick``), with the garbage collector off
 microseconds per call, plus the ratio against public specgraph (``sg.flatten`` & co.
 after a warm-up call, i.e. served by the specializer once it exists).
 
-The results go to ``benchmarks/results/<date>-<hostname>.json`` (or ``--json``), and
-the markdown tables to stdout and ``benchmarks/results/latest.md``.
+The markdown tables go to stdout. Files are written only when asked: ``--out DIR``
+writes ``DIR/<date>-<hostname>.json`` and ``DIR/latest.md``; ``--save`` writes them into
+``benchmarks/results/``, the tracked results the README cites.
 
 ``main(argv)`` is importable (``python -m specgraph bench`` runs it).
 """
@@ -524,10 +525,34 @@ def header_markdown(env: dict[str, Any], args: argparse.Namespace) -> str:
 # --------------------------------------------------------------------------------------
 
 
+def add_output_options(p: argparse.ArgumentParser, files: str) -> None:
+    """``--out DIR`` / ``--save``: without one of them a benchmark writes no file.
+
+    A run must not dirty the checkout: ``benchmarks/results/`` holds the tracked results
+    that the README cites, so only ``--save`` replaces them.
+    """
+    g = p.add_argument_group("output (default: print only, write no file)")
+    x = g.add_mutually_exclusive_group()
+    x.add_argument("--out", type=Path, metavar="DIR", help=f"write {files} into DIR")
+    x.add_argument(
+        "--save", action="store_true", help=f"write {files} into benchmarks/results/ (tracked files)"
+    )
+
+
+def output_dir(args: argparse.Namespace) -> Path | None:
+    """Where ``add_output_options``' options say to write, or ``None``: write nothing."""
+    if args.save:
+        return RESULTS
+    return args.out
+
+
 def parse_args(
-    argv: Sequence[str] | None, shapes: Sequence[str], systems: Sequence[str]
+    argv: Sequence[str] | None,
+    shapes: Sequence[str],
+    systems: Sequence[str],
+    prog: str = "python benchmarks/bench_graph.py",
 ) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="bench_graph", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="~5 ms repeats, 3 repeats (default ~20 ms, 7)")
     p.add_argument(
         "--shapes",
@@ -553,10 +578,7 @@ def parse_args(
         metavar="OP",
         help=f"subset of: {' '.join(OPERATIONS)}",
     )
-    p.add_argument(
-        "--json", type=Path, default=None, help="JSON output path (default results/<date>-<host>.json)"
-    )
-    p.add_argument("--no-write", action="store_true", help="print only; write no result files")
+    add_output_options(p, "<date>-<host>.json and latest.md")
     p.add_argument("--repeats", type=int, default=None, help="override R")
     p.add_argument("--target-ms", type=float, default=None, help="override the duration of one repeat")
     args = p.parse_args(argv)
@@ -680,10 +702,10 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python benchmarks/bench_graph.py") -> int:
     models = load_sibling("models")
     systems = available_systems(models)
-    args = parse_args(argv, list(models.SHAPES), list(SYSTEMS))
+    args = parse_args(argv, list(models.SHAPES), list(SYSTEMS), prog)
     skipped = [s for s in args.systems if s not in systems]
     args.systems = [s for s in args.systems if s in systems]
     env = environment()
@@ -722,13 +744,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     out["elapsed_s"] = round(time.perf_counter() - t_start, 2)
     _progress(f"done in {out['elapsed_s']} s")
 
-    if not args.no_write:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        path = args.json or RESULTS / f"{_dt.date.today().isoformat()}-{socket.gethostname()}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
+    where = output_dir(args)
+    if where is not None:
+        where.mkdir(parents=True, exist_ok=True)
+        path = where / f"{_dt.date.today().isoformat()}-{socket.gethostname()}.json"
         path.write_text(json.dumps(out, indent=1, default=repr) + "\n")
-        (RESULTS / "latest.md").write_text("\n".join(md))
-        _progress(f"wrote {path} and {RESULTS / 'latest.md'}")
+        (where / "latest.md").write_text("\n".join(md))
+        _progress(f"wrote {path} and {where / 'latest.md'}")
+    else:
+        _progress("no file written (--out DIR or --save writes the JSON and markdown)")
     return 0
 
 

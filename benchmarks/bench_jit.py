@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_jit.py [--quick] [--depth 32] [--width 64] [--batch 32]
-                                   [--md PATH] [--no-md]
+                                   [--out DIR | --save]
 
 Model: MLP-32 of ``benchmarks/models.py`` (32 ``Linear`` of width 64: 33 nodes, 64
 states), built once per library from the very same arrays.
@@ -30,8 +30,9 @@ a loop calibrated to ~30 ms (~15 ms ``--quick``) with the GC off; the loop block
 last result, so the training numbers are throughput (steps/second = 1 / time per call).
 Reported: the minimum over repeats (15, quick 3), in µs per call, and the ratio to
 ``sg.jit``. Before timing, the specgraph and pure-JAX training steps are checked to give
-the same losses on the same data. The markdown goes to stdout and
-``benchmarks/results/jit-latest.md``.
+the same losses on the same data. The markdown goes to stdout; ``--out DIR`` also
+writes it to ``DIR/jit-latest.md``, ``--save`` to ``benchmarks/results/jit-latest.md``
+(tracked: the README cites it).
 """
 
 from __future__ import annotations
@@ -49,7 +50,6 @@ from types import ModuleType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 
 #: The bars of issue 6 (ratios of per-call times).
 BAR_NOOP_VS_JAX = 1.5  # sg.jit no-op <= 1.5 x jax.jit no-op
@@ -385,15 +385,14 @@ def _git_head() -> str:
         return "?"
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: Sequence[str] | None = None, prog: str = "python benchmarks/bench_jit.py") -> dict[str, Any]:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="shorter loops, 3 repeats")
     ap.add_argument("--depth", type=int, default=32)
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--batch", type=int, default=32, help="training batch size")
     ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--md", type=Path, default=RESULTS / "jit-latest.md")
-    ap.add_argument("--no-md", action="store_true", help="do not write the markdown file")
+    _BG.add_output_options(ap, "jit-latest.md")
     args = ap.parse_args(argv)
 
     import jax
@@ -432,7 +431,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "",
         *bars(noop, train),
         "",
-        "Command: `python benchmarks/bench_jit.py" + "".join(f" {a}" for a in (argv or sys.argv[1:])) + "`. "
+        f"Command: `{prog}" + "".join(f" {a}" for a in (argv or sys.argv[1:])) + "`. "
         "Losses of the first 3 training steps: sg.jit "
         + ", ".join(f"{v:.6f}" for v in losses["specgraph"])
         + "; jax.jit "
@@ -441,9 +440,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ]
     text = "\n".join(lines) + "\n"
     print(text)
-    if not args.no_md:
-        args.md.parent.mkdir(parents=True, exist_ok=True)
-        args.md.write_text(text)
+    where = _BG.output_dir(args)
+    if where is not None:
+        where.mkdir(parents=True, exist_ok=True)
+        (where / "jit-latest.md").write_text(text)
     return {
         "noop_us": {e.key: e.us for e in noop},
         "train_us": {e.key: e.us for e in train},

@@ -3,7 +3,8 @@
 Usage::
 
     python benchmarks/scaling.py [--quick] [--sweeps mlp widebag deepchain]
-                                 [--systems specgraph generic ...] [--max-n N] [--no-plot]
+                                 [--systems specgraph generic ...] [--max-n N]
+                                 [--out DIR | --save] [--no-plot]
 
 Sweeps:
 
@@ -21,8 +22,10 @@ leaves the interpreter unusable, so it must not share the process with the other
 Per system, the first size that raises (or crashes the worker, or exceeds the
 per-call time budget) is recorded and larger sizes of that sweep are skipped.
 
-Output: progress on stderr, a summary table on stdout,
-``benchmarks/results/scaling.png`` (log-log) and ``benchmarks/results/scaling-<date>-<host>.json``.
+Output: progress on stderr, a summary table on stdout. Files only when asked:
+``--out DIR`` writes ``DIR/scaling-<date>-<host>.json``, ``DIR/scaling.md`` and the
+log-log plot ``DIR/scaling.png``; ``--save`` writes them into ``benchmarks/results/``,
+the tracked results (the README embeds that plot).
 """
 
 from __future__ import annotations
@@ -43,7 +46,6 @@ from types import ModuleType
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-RESULTS = HERE / "results"
 
 SWEEPS: dict[str, dict[str, Any]] = {
     "mlp": {
@@ -396,11 +398,12 @@ def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, prog: str = "python benchmarks/scaling.py") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--_worker" in argv:
         return worker(argv)
-    p = argparse.ArgumentParser(prog="scaling", description=__doc__.split("\n\n")[0])
+    bench = load_bench()
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="sizes up to 1000, short repeats")
     p.add_argument("--sweeps", nargs="+", choices=list(SWEEPS), default=list(SWEEPS))
     p.add_argument("--systems", nargs="+", default=None, help="subset of the installed systems")
@@ -409,8 +412,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--target-ms", type=float, default=None, help="duration of one repeat")
     p.add_argument("--max-call-s", type=float, default=None, help="stop a system once a call takes longer")
     p.add_argument("--worker-timeout", type=float, default=None, help="seconds per isolated child process")
-    p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--json", type=Path, default=None)
+    bench.add_output_options(p, "the JSON, scaling.md and scaling.png")
+    p.add_argument("--no-plot", action="store_true", help="with --out/--save: no scaling.png")
     args = p.parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.target_ms = args.target_ms or (2.0 if args.quick else 10.0)
@@ -442,15 +445,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "stopped": [{"sweep": k[0], "system": k[1], **v} for k, v in sw.stopped.items()],
         "elapsed_s": elapsed,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    jpath = args.json or RESULTS / f"scaling-{_dt.date.today().isoformat()}-{socket.gethostname()}.json"
+    where = bench.output_dir(args)
+    if where is None:
+        _progress(f"done in {elapsed} s; no file written (--out DIR or --save writes the JSON and the plot)")
+        return 0
+    where.mkdir(parents=True, exist_ok=True)
+    jpath = where / f"scaling-{_dt.date.today().isoformat()}-{socket.gethostname()}.json"
     jpath.write_text(json.dumps(out, indent=1, default=repr) + "\n")
-    (RESULTS / "scaling.md").write_text(table)
+    (where / "scaling.md").write_text(table)
+    if not args.no_plot and importlib.util.find_spec("matplotlib") is None:
+        _progress("matplotlib is not installed (pip install -e '.[bench]'): no scaling.png")
+        args.no_plot = True
     if not args.no_plot:
-        plot(sw.points, sw.stopped, args.sweeps, systems, RESULTS / "scaling.png")
+        plot(sw.points, sw.stopped, args.sweeps, systems, where / "scaling.png")
     _progress(
-        f"done in {elapsed} s; wrote {jpath}, {RESULTS / 'scaling.md'}"
-        + ("" if args.no_plot else f", {RESULTS / 'scaling.png'}")
+        f"done in {elapsed} s; wrote {jpath}, {where / 'scaling.md'}"
+        + ("" if args.no_plot else f", {where / 'scaling.png'}")
     )
     return 0
 

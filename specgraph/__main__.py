@@ -1,4 +1,7 @@
-"""``python -m specgraph demo | bench [--quick] | scaling [--quick]``."""
+"""``python -m specgraph demo | bench | scaling | jit``: the demo and the benchmarks.
+
+The benchmarks print their results; only ``--out DIR`` or ``--save`` writes files.
+"""
 
 from __future__ import annotations
 
@@ -84,33 +87,55 @@ def demo() -> int:
     return 0
 
 
-def _run_benchmark(script: str, argv: list[str]) -> int:
-    root = Path(__file__).resolve().parent.parent / "benchmarks"
-    path = root / script
+#: ``python -m specgraph NAME ...`` -> the script in ``benchmarks/`` that runs it.
+BENCHMARKS: dict[str, tuple[str, str]] = {
+    "bench": ("bench_graph.py", "specgraph vs its generic walker and its peers, per operation"),
+    "scaling": ("scaling.py", "time per flatten as the graph grows, per system"),
+    "jit": ("bench_jit.py", "specgraph.jit vs jax.jit and nnx.jit: no-op and training step"),
+}
+
+
+def _run_benchmark(command: str, argv: list[str]) -> int:
+    """Run a benchmark script's ``main`` with the rest of the command line.
+
+    The script parses its own options (so ``bench --help`` lists them). It prints its
+    results and writes files only when given ``--out DIR`` or ``--save``.
+    """
+    script = BENCHMARKS[command][0]
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / script
     if not path.exists():
         print(f"{path} not found: the benchmarks live in the source checkout", file=sys.stderr)
         return 2
-    sys.path.insert(0, str(root))
-    import importlib
+    import importlib.util
 
-    module = importlib.import_module(path.stem)
-    return int(module.main(argv) or 0)
+    # The name the scripts use when they load each other, so each is loaded once.
+    name = f"specgraph_bench_{path.stem}"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    result = module.main(argv, prog=f"python -m specgraph {command}")
+    return result if isinstance(result, int) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m specgraph")
-    sub = parser.add_subparsers(dest="command", required=True)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in BENCHMARKS:
+        return _run_benchmark(argv[0], argv[1:])
+    parser = argparse.ArgumentParser(
+        prog="python -m specgraph",
+        epilog="`python -m specgraph COMMAND --help` lists a benchmark's options.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("demo", help="flatten an example model, compare generic vs specialized, explain")
-    sub.add_parser("bench", help="benchmarks/bench_graph.py: specgraph vs its peers (--quick, ...)")
-    sub.add_parser("scaling", help="benchmarks/scaling.py: cost vs graph size, with a plot (--quick, ...)")
-    args, rest = parser.parse_known_args(argv)
-    if args.command == "demo":
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return demo()
-    if args.command == "bench":
-        return _run_benchmark("bench_graph.py", rest)
-    return _run_benchmark("scaling.py", rest)
+    for command, (script, summary) in BENCHMARKS.items():
+        sub.add_parser(command, help=f"{summary} (benchmarks/{script})")
+    args = parser.parse_args(argv)
+    assert args.command == "demo"  # the benchmarks were dispatched above
+    return demo()
 
 
 if __name__ == "__main__":
