@@ -117,20 +117,22 @@ class PytreeEdge(Edge):
 
     ``ptype`` is ``list``, ``tuple`` or ``dict`` for the builtins, else the JAX
     ``PyTreeDef`` of the container's top level (children as leaves). ``keys`` are
-    the path entries of the children, in flatten order. ``keysig`` is the types
-    of a dict's keys when any is not a ``str`` (``1``, ``1.0`` and ``True`` are
-    one dict key to Python but three structures here), else ``None``.
+    the path entries of the children, in flatten order. ``sig`` tells apart what
+    ``==`` does not (see ``_sameness``): for a dict the sigs of its keys when any is
+    not a ``str`` (``1``, ``1.0`` and ``True`` are one dict key to Python but three
+    structures here), for a custom pytree the sig of its aux data (a treedef compares
+    its aux data with ``==`` only); else ``None``.
     """
 
     __slots__ = ()
 
     def __new__(
-        cls, ptype: Any, keys: tuple, children: tuple[Edge, ...], keysig: tuple | None = None
+        cls, ptype: Any, keys: tuple, children: tuple[Edge, ...], sig: Any = None
     ) -> PytreeEdge:
-        return tuple.__new__(cls, ("pytree", ptype, keys, children, keysig))
+        return tuple.__new__(cls, ("pytree", ptype, keys, children, sig))
 
     @property
-    def keysig(self) -> tuple | None:
+    def sig(self) -> Any:
         return self[4]
 
     @property
@@ -383,7 +385,7 @@ class GraphDef:
             return self.table[root[1]][1]  # type: ignore[return-value]
         if type(root) is PytreeEdge:
             p = root[1]
-            return p if isinstance(p, type) else _treedef_type(p)
+            return p if isinstance(p, type) else treedef_type(p)
         return type(root[2])
 
     @property
@@ -461,7 +463,8 @@ def _rebuild_graphdef(root: Edge, table: tuple, paths: tuple, types: tuple) -> G
     return GraphDef(root, table, PathTable.from_paths(paths, types))
 
 
-def _treedef_type(treedef: Any) -> type:
+def treedef_type(treedef: Any) -> type:
+    """The container type of a one-level pytree's treedef."""
     node_data = treedef.node_data()
     return node_data[0] if node_data else type(None)
 

@@ -10,7 +10,6 @@ from ._filters import Filter, to_predicate
 from ._ir import GraphDef, NodeSpec, PytreeEdge, StateEdge, StateSpec
 from ._model import State
 from ._statemap import StateMap, split_slots
-from .generic._flatten import pytree_children
 from .runtime import dispatch
 
 __all__ = [
@@ -182,5 +181,5 @@ def _child(container: Any, key: Any) -> Any:
         return container[key]
     # Another JAX pytree (namedtuple, dataclass...): its path keys are attribute
     # names or the like, not subscripts; find the child by its key entry.
-    _, keys, children = pytree_children(container)
+    _, keys, children = reg.pytree_children(container)
     return children[keys.index(key)]

@@ -26,6 +26,8 @@ __all__ = [
     "node_impl",
     "registry_epoch",
     "clear_classification_cache",
+    "pytree_level",
+    "pytree_children",
 ]
 
 # Kinds. Small ints so that the walker's dispatch is a cheap identity compare.
@@ -220,3 +222,27 @@ def kind_of(x: Any) -> int:
 def kind_cache() -> dict[type, int]:
     """The live cache dict (read directly by the walker's hot loop)."""
     return _kind_cache
+
+
+# -- one level of a JAX pytree --------------------------------------------------
+
+
+def pytree_level(x: Any) -> tuple[list[Any], Any]:
+    """``(children, treedef)`` of one level of a non-builtin JAX pytree (generated code)."""
+    return tree_util.tree_flatten(x, is_leaf=lambda y: y is not x)
+
+
+def pytree_children(x: Any) -> tuple[Any, tuple, list]:
+    """``(treedef, keys, children)`` of the same level, with the children's path keys
+    (the reference walker's view; about twice the cost of :func:`pytree_level`)."""
+    with_path, treedef = tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
+    keys = tuple(_key_entry(p[0]) if p else i for i, (p, _) in enumerate(with_path))
+    return treedef, keys, [c for _, c in with_path]
+
+
+def _key_entry(k: Any) -> Hashable:
+    """A JAX key-path entry as a plain path element."""
+    for attr in ("key", "idx", "name"):
+        if hasattr(k, attr):
+            return getattr(k, attr)
+    return k  # pragma: no cover - unknown key kinds are kept as they are

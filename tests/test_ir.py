@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 from typing import Any
 
@@ -450,8 +451,9 @@ def test_metadata_type_survives_a_cached_unflatten():
 
 @pytest.mark.parametrize(
     ("a", "b"),
-    [({1: 0}, {True: 0}), ({(1,): 0}, {(True,): 0}), ({1.0: 0}, {1: 0}), ({(0, "s"): 0}, {(False, "s"): 0})],
-    ids=["int-bool", "tuple-int-bool", "float-int", "tuple-in-tuple"],
+    [({1: 0}, {True: 0}), ({(1,): 0}, {(True,): 0}), ({1.0: 0}, {1: 0}), ({(0, "s"): 0}, {(False, "s"): 0}),
+     ({0.0: 0}, {-0.0: 0}), ({(0.0,): 0}, {(-0.0,): 0})],
+    ids=["int-bool", "tuple-int-bool", "float-int", "tuple-in-tuple", "zero-sign", "tuple-zero-sign"],
 )
 def test_dict_key_types_are_structure(impl, a, b):
     p = sg.Param(1.0)
@@ -463,7 +465,9 @@ def test_dict_key_types_are_structure(impl, a, b):
 
 
 @pytest.mark.parametrize(
-    ("a", "b"), [(1, True), ((1,), (True,)), (2.0, 2), ((0, (1.0,)), (0, (1,)))], ids=repr
+    ("a", "b"),
+    [(1, True), ((1,), (True,)), (2.0, 2), ((0, (1.0,)), (0, (1,))), (0.0, -0.0), ((0.0,), (-0.0,))],
+    ids=repr,
 )
 def test_metadata_types_are_structure(impl, a, b):
     gd_a = impl.flatten(Box(p=sg.Param(1.0, tag=a)))[0]
@@ -490,6 +494,108 @@ def test_custom_node_key_type_survives_a_cached_unflatten():
     _warm_unflatten(*sg.flatten(a))
     gd_b, sm_b = sg.generic.flatten(b)
     assert [type(k) for k in sg.unflatten(gd_b, sm_b).data] == [bool]
+
+
+def test_custom_node_metadata_zero_sign_is_structure(impl):
+    gd_a, sm_a = impl.flatten(Bag(0.0, x=sg.Param(1.0)))
+    impl.unflatten(gd_a, sm_a)
+    gd_b, sm_b = impl.flatten(Bag(-0.0, x=sg.Param(1.0)))
+    assert gd_a != gd_b
+    assert str(impl.unflatten(gd_b, sm_b).tag) == "-0.0"
+
+
+# Pytree aux data (a register_dataclass meta field, custom aux data) is compared with ``==``
+# by JAX's treedefs: it follows the statics rule too.
+
+
+@dataclasses.dataclass(frozen=True)
+class Tag:
+    """Equal by ``value`` alone; ``note`` tells two equal tags apart."""
+
+    value: int
+    note: str = dataclasses.field(default="", compare=False)
+
+
+class Scaled:
+    """A custom pytree whose aux data is one user object."""
+
+    def __init__(self, x: Any, eps: Any) -> None:
+        self.x = x
+        self.eps = eps
+
+
+jax.tree_util.register_pytree_node(Scaled, lambda s: ((s.x,), s.eps), lambda eps, ch: Scaled(ch[0], eps))
+
+
+def _aux_of(node: Any) -> Any:
+    return node.c.label if type(node.c) is Cell else node.c.eps
+
+
+@pytest.mark.parametrize("kind", ["dataclass", "custom"])
+@pytest.mark.parametrize(("a", "b"), [(1, 1.0), (1, True), (0.0, -0.0), ((1,), (1.0,))], ids=repr)
+def test_pytree_aux_data_types_are_structure(impl, kind, a, b) -> None:
+    def make(aux: Any) -> Box:
+        c = Cell(sg.Param(1.0), np.ones(1), aux) if kind == "dataclass" else Scaled(sg.Param(1.0), aux)
+        return Box(c=c)
+
+    gd_a, sm_a = impl.flatten(make(a))
+    impl.unflatten(gd_a, sm_a)
+    node_b = make(b)
+    gd_b, sm_b = impl.flatten(node_b)
+    assert gd_a != gd_b
+    assert_same_flatten((gd_b, sm_b), sg.generic.flatten(node_b))
+    assert repr(_aux_of(impl.unflatten(gd_b, sm_b))) == repr(b)
+
+
+@pytest.mark.parametrize("kind", ["dataclass", "custom"])
+def test_pytree_aux_data_equal_but_distinct_is_the_given_object(impl, kind) -> None:
+    """Equal aux objects make one structure, but each GraphDef keeps (and rebuilds) its own."""
+    def make(aux: Any) -> Box:
+        c = Cell(sg.Param(1.0), np.ones(1), aux) if kind == "dataclass" else Scaled(sg.Param(1.0), aux)
+        return Box(c=c)
+
+    first, second = Tag(1, "first"), Tag(1, "second")
+    gd_1, sm_1 = impl.flatten(make(first))
+    impl.unflatten(gd_1, sm_1)
+    gd_2, sm_2 = impl.flatten(make(second))
+    assert gd_1 == gd_2
+    assert _aux_of(sg.generic.unflatten(gd_2, sm_2)) is second  # the flatten kept the second
+    assert _aux_of(impl.unflatten(gd_2, sm_2)) is second
+
+
+def test_flax_struct_static_field_follows_the_statics_rule(impl) -> None:
+    struct = pytest.importorskip("flax.struct")
+
+    @struct.dataclass
+    class Norm:
+        scale: Any
+        eps: Any = struct.field(pytree_node=False)
+
+    gd_a, sm_a = impl.flatten(Box(n=Norm(sg.Param(1.0), 1)))
+    impl.unflatten(gd_a, sm_a)
+    node_b = Box(n=Norm(sg.Param(1.0), 1.0))
+    gd_b, sm_b = impl.flatten(node_b)
+    assert gd_a != gd_b
+    assert_same_flatten((gd_b, sm_b), sg.generic.flatten(node_b))
+    assert type(impl.unflatten(gd_b, sm_b).n.eps) is float
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class OrderedKey:
+    """A dict key equal (and ordered) by ``value`` alone."""
+
+    value: int
+    note: str = dataclasses.field(default="", compare=False)
+
+
+def test_dict_key_equal_but_distinct_is_the_given_object(impl) -> None:
+    k1, k2 = OrderedKey(1, "first"), OrderedKey(1, "second")
+    gd_1, sm_1 = impl.flatten(Box(d={k1: sg.Param(1.0)}))
+    impl.unflatten(gd_1, sm_1)
+    gd_2, sm_2 = impl.flatten(Box(d={k2: sg.Param(1.0)}))
+    assert gd_1 == gd_2
+    assert next(iter(sg.generic.unflatten(gd_2, sm_2).d)) is k2
+    assert next(iter(impl.unflatten(gd_2, sm_2).d)) is k2
 
 
 def test_negative_zero_static_is_its_own_structure(impl) -> None:

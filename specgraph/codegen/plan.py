@@ -29,8 +29,9 @@ from .._ir import (
     StateEdge,
     StateSpec,
     StaticEdge,
-    fold_edge,
+    treedef_type,
 )
+from .._sameness import aux_data, is_value_sig, may_be_nan
 
 __all__ = ["Declined", "Constants", "Step", "FlattenPlan", "UnflattenPlan", "plan_flatten", "plan_unflatten"]
 
@@ -118,8 +119,8 @@ class Constants:
 _BUILTIN_NAMES = frozenset(dir(builtins))
 # Names the templates and the runtime namespace use; a type never takes one.
 _RESERVED = frozenset(
-    {"root", "vals", "S", "EPOCH", "KIND", "ARRAY", "STATIC_SIG", "NEW", "ONE_LEVEL", "KEY_SIG",
-     "META_SIG", "SAME_META", "MISS", "__builtins__"}
+    {"root", "vals", "S", "EPOCH", "KIND", "ARRAY", "NEW", "ONE_LEVEL", "KEY_SIG", "META_SIG", "SAME",
+     "SAME_AUX", "SAME_KEYS", "MISS", "__builtins__"}
 )
 # The generated functions are named ``<kind>_<type>``: no bound type may take such a name.
 _FUNCTION_PREFIXES = ("flatten_", "update_", "unflatten_", "walk_")
@@ -197,6 +198,43 @@ class FlattenPlan:
     keyed_statics: bool = False  # a KeyError outside the load blocks is a node_keys miss
 
 
+GRAPHDEF = -1  # the base of every read: the pair (table, root) of a GraphDef
+
+
+class StaticReads:
+    """Where a plan's statics sit in its GraphDef, recorded as the planner reads them.
+
+    An equal GraphDef may hold equal but distinct objects (``1`` and ``1.0`` are told
+    apart by sigs, but an object matched by ``==`` is not), and an unflatten must put
+    the given GraphDef's own objects into the graph. :meth:`read` finds them there.
+    A read is a base (an earlier read, or :data:`GRAPHDEF`) and indices below it.
+    """
+
+    def __init__(self) -> None:
+        self._at: list[tuple[int, tuple[int, ...]]] = []
+        self._wanted: list[int] = []
+
+    def at(self, base: int, *indices: int) -> int:
+        """Record the object at ``indices`` below ``base``; return its read number."""
+        self._at.append((base, indices))
+        return len(self._at) - 1
+
+    def want(self, ref: int) -> None:
+        """The object of read ``ref`` is the next item of :meth:`read`'s tuple."""
+        self._wanted.append(ref)
+
+    def read(self, gd: GraphDef) -> tuple:
+        """The wanted objects of ``gd`` (a GraphDef equal to the planned one), in order."""
+        top = (gd.table, gd.root)
+        got: list[Any] = []
+        for base, indices in self._at:
+            x = top if base < 0 else got[base]
+            for i in indices:
+                x = x[i]
+            got.append(x)
+        return tuple([got[r] for r in self._wanted])
+
+
 @dataclass
 class UnflattenPlan:
     graphdef: GraphDef
@@ -204,6 +242,7 @@ class UnflattenPlan:
     steps: list[Step]
     root: str
     facts: ClassFacts = field(default_factory=lambda: ClassFacts())
+    statics: StaticReads = field(default_factory=StaticReads)
 
 
 _IMMUTABLE_TYPE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: builtin and C types cannot change
@@ -469,15 +508,13 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             t = spec[1]
             local_of[idx] = var
             type_guard(var, t, label)
-            if spec[3] and all(_value_sig(s) for s in spec[5]):
+            if spec[3] and all(is_value_sig(s) for s in spec[5]):
                 guard("guard_meta", "metadata", src=var, arg=consts.bind(spec[3], "M"),
                       arg2=consts.bind(spec[5], "MS"))
             elif spec[3]:
                 # Metadata holding objects that may be equal yet distinguishable: those
                 # items must be the very same objects (the others equal, of the same type).
-                by_identity = tuple(not _value_sig(s) for s in spec[5])
-                guard("guard_meta_items", "metadata", src=var, arg=consts.bind(spec[3], "M"),
-                      arg2=consts.bind(by_identity, "MI"))
+                guard("guard_meta_same", "metadata", src=var, arg=consts.bind(spec[3], "M"))
             else:
                 guard("guard_no_meta", "metadata", src=var)
             add_distinct(var, t)
@@ -502,21 +539,21 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             sig = edge[1]
             cname = consts.bind(edge[2], "C")
             note = label + static_note(edge[2])
-            if not _value_sig(sig):
+            if not is_value_sig(sig):
                 # An object that may be equal yet distinguishable (a dataclass with a
                 # compare=False field, ...): only the very same object is the same static.
                 guard("guard_static_is", "static", src=var, arg2=cname, comment=note)
             elif isinstance(sig, type):
-                op = "guard_static_nan" if _may_be_nan(edge[2]) else "guard_static"
+                op = "guard_static_nan" if may_be_nan(edge[2]) else "guard_static"
                 guard(op, "static", src=var, arg=consts.bind(sig, "T"), arg2=cname, comment=note)
             else:
-                guard("guard_static_sig", "static", src=var, arg=consts.bind(sig, "S"), arg2=cname,
-                      comment=note)
+                # A float zero (its sign) or a tuple of values: item by item.
+                guard("guard_static_same", "static", src=var, arg2=cname, comment=note)
         elif k is PytreeEdge:
             ptype = edge[1]
             builtin = ptype in (list, tuple, dict)
             if not skip_type_guard:
-                type_guard(var, ptype if builtin else _treedef_type(ptype), label)
+                type_guard(var, ptype if builtin else treedef_type(ptype), label)
             skip_type_guard = False
             src = var
             # A non-empty list or tuple is unpacked in one step, which checks its length.
@@ -531,9 +568,16 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
                 steps.append(Step("load_pytree", dst=src, arg="td" + var, src=var))
                 guard("guard_treedef", "container", src="td" + var, arg=consts.bind(ptype, "TD"),
                       comment=label)
+                if edge[4] is not None:  # aux data: equal is not enough (eps=1 is not eps=1.0)
+                    guard("guard_aux", "container", src="td" + var, arg=consts.bind(aux_data(ptype), "A"),
+                          comment=label)
             if ptype is dict and edge[4] is not None:
                 # Non-str keys: 1, 1.0 and True are one key to a dict but not to the IR.
-                guard("guard_keysig", "container", src=var, arg=consts.bind(edge[4], "KS"), comment=label)
+                if all(is_value_sig(s) for s in edge[4]):
+                    guard("guard_keysig", "container", src=var, arg=consts.bind(edge[4], "KS"), comment=label)
+                else:  # a key that may be equal yet distinguishable: the very same key object
+                    guard("guard_keys_same", "container", src=var, arg=consts.bind(edge[2], "KEYS"),
+                          comment=label)
             if ptype is dict:
                 spelled = [consts.key(k) for k in edge[2]]
             else:
@@ -594,44 +638,6 @@ def _nodes_witnessed_by_states(table: tuple) -> set[int]:
     return {found[0] for found in owners.values() if len(found) == 1}
 
 
-# Statics whose equality means "indistinguishable" (given the exact type, and the sign
-# of a float zero, which the sig carries): these may be matched by value.
-_VALUE_TYPES = frozenset({int, float, str, bytes, bool, type(None), type(...)})
-
-
-def _value_sig(sig: Any) -> bool:
-    """Is every leaf type in a static's sig a value type (see ``_VALUE_TYPES``)?"""
-    if isinstance(sig, type):
-        return sig in _VALUE_TYPES
-    if sig[0] is float:  # a float zero: (float, sign)
-        return True
-    # A tuple, or a plain namedtuple (tuple equality, no instance dict), compares field
-    # by field: of value types, it is a value too.
-    t = sig[0]
-    plain = t is tuple or (
-        issubclass(t, tuple) and t.__eq__ is tuple.__eq__ and t.__hash__ is tuple.__hash__
-        and t.__dictoffset__ == 0
-    )
-    return plain and all(_value_sig(s) for s in sig[1])
-
-
-def _may_be_nan(value: Any) -> bool:
-    """Statics that can be unequal to themselves get no identity shortcut (NaN must miss)."""
-    if isinstance(value, (float, complex)):
-        return True
-    try:
-        return bool(value != value)
-    except Exception:
-        return True
-
-
-def _treedef_type(treedef: Any) -> type:
-    data = treedef.node_data()
-    if not data:
-        raise Declined(f"pytree without node data: {treedef}")
-    return data[0]
-
-
 def _load_children(
     container: str, keys: tuple, children: tuple, spelled: list[str], path: tuple, steps: list[Step],
     fresh: Any, miss: str, mutable: bool, owner: str | None = None,
@@ -671,46 +677,54 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
         steps.append(Step("unpack", names=slot_names))
     impls: dict[int, Any] = {}
     facts = ClassFacts()
-    # Everything read from the GraphDef (state metadata, custom-node metadata, statics)
-    # comes from the one being unflattened, as S (see unflatten_statics): an equal
-    # GraphDef may hold equal but distinct objects.
+    # Every user object the function puts into the graph (state and custom-node metadata,
+    # statics, custom pytree treedefs, keys other than an exact str or int) comes from the
+    # GraphDef being unflattened, as S: an equal GraphDef may hold equal but distinct
+    # objects. ``reads`` records where each one sits, as it is read here.
+    reads = StaticReads()
     static_names: list[str] = []
 
-    def own() -> str:
+    def own(ref: int) -> str:
         name = f"s{len(static_names)}"
         static_names.append(name)
+        reads.want(ref)
         return name
+
+    def key(k: Hashable, base: int, *at: int) -> str:
+        """An exact str/int key is spelled; any other is read from S (it sits at ``at``)."""
+        return consts.key(k) if type(k) is str or type(k) is int else own(reads.at(base, *at))
 
     for spec in table:
         t = spec[1]
+        i = spec[2]
         if type(spec) is NodeSpec:
             impl = reg.node_impl(t)
-            impls[spec[2]] = impl
+            impls[i] = impl
             if impl.is_builtin_node:
-                steps.append(Step("new_object", dst=names[spec[2]], arg=consts.bind(t, "T")))
+                steps.append(Step("new_object", dst=names[i], arg=consts.bind(t, "T")))
             else:
-                steps.append(Step("new_custom", dst=names[spec[2]], src=consts.bind(impl.create_empty, "F"),
-                                  arg=own()))
+                steps.append(Step("new_custom", dst=names[i], src=consts.bind(impl.create_empty, "F"),
+                                  arg=own(reads.at(GRAPHDEF, 0, i, 5))))
         else:
             if type(t) is type and not _defines(t, "__new__"):
                 op = "new_object"  # what cls.__new__(cls) does, while no class gains a __new__
                 facts.require_absent(t, ("__new__",))
             else:
                 op = "new_via_type"
-            steps.append(Step(op, dst=names[spec[2]], arg=consts.bind(t, "T")))
-            meta = own() if spec[3] else consts.bind(spec[3], "M")
-            steps.append(Step("set_state", dst=names[spec[2]], arg=meta, src=slot_names[spec[4]]))
+            steps.append(Step(op, dst=names[i], arg=consts.bind(t, "T")))
+            meta = own(reads.at(GRAPHDEF, 0, i, 3)) if spec[3] else consts.bind(spec[3], "M")
+            steps.append(Step("set_state", dst=names[i], arg=meta, src=slot_names[spec[4]]))
     counter = [0]
 
-    def leaf(edge: Any) -> str:
+    def leaf(edge: Any, base: int, at: tuple) -> str:
         k = type(edge)
         if k is StaticEdge:
-            return own()
+            return own(reads.at(base, *at, 2))
         if k is NodeEdge or k is StateEdge:
             return names[edge[1]]
         return slot_names[edge[1]]  # ArrayEdge
 
-    def build(edge: Any, parts: list[str]) -> str:
+    def build(edge: Any, ref: int, parts: list[str]) -> str:
         ptype = edge[1]
         counter[0] += 1
         name = f"c{counter[0]}"
@@ -719,15 +733,38 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
         elif ptype is tuple:
             steps.append(Step("build_tuple", dst=name, names=parts))
         elif ptype is dict:
-            steps.append(Step("build_dict", dst=name, names=[f"{consts.key(k)}: {p}" for k, p in
-                                                             zip(edge[2], parts, strict=True)]))
+            keys = [key(k, ref, 2, j) for j, k in enumerate(edge[2])]
+            steps.append(Step("build_dict", dst=name, names=[f"{k}: {p}" for k, p in
+                                                             zip(keys, parts, strict=True)]))
         else:
-            steps.append(Step("build_pytree", dst=name, src=consts.bind(ptype, "P"), names=parts))
+            steps.append(Step("build_pytree", dst=name, src=own(reads.at(ref, 1)), names=parts))
         return name
 
-    def expr(edge: Any) -> str:
-        """A local or constant name holding the value of ``edge`` (emitting builds)."""
-        return fold_edge(edge, leaf, build)
+    def expr(edge: Any, base: int, at: tuple) -> str:
+        """A local or constant name holding the value of ``edge``, which sits at ``at``
+        below ``base`` in the GraphDef (emitting builds). Iterative, bottom-up."""
+        if type(edge) is not PytreeEdge:
+            return leaf(edge, base, at)
+        # Frames: [edge, its read ref, position of the next child, child names so far].
+        stack: list[list[Any]] = [[edge, reads.at(base, *at), 0, []]]
+        while True:
+            fr = stack[-1]
+            e, ref, pos, parts = fr
+            kids = e[3]
+            while pos < len(kids):
+                child = kids[pos]
+                pos += 1
+                if type(child) is PytreeEdge:
+                    fr[2] = pos
+                    stack.append([child, reads.at(ref, 3, pos - 1), 0, []])
+                    break
+                parts.append(leaf(child, ref, (3, pos - 1)))
+            else:
+                stack.pop()
+                name = build(e, ref, parts)
+                if not stack:
+                    return name
+                stack[-1][3].append(name)
 
     # Attribute stores only where no user code can run during the call (so the class
     # guards, checked first, still hold at every store): see _attribute_stores_ok.
@@ -738,26 +775,28 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
             continue
         if len(steps) > max_steps:
             raise Declined(f"structure too large (more than {max_steps} steps)")
-        parts = [expr(c) for c in spec[4]]
-        impl = impls[spec[2]]
+        i = spec[2]
+        parts = [expr(c, GRAPHDEF, (0, i, 4, j)) for j, c in enumerate(spec[4])]
+        keys = [key(k, GRAPHDEF, 0, i, 3, j) for j, k in enumerate(spec[3])]
+        impl = impls[i]
         if attrs_ok and impl.is_builtin_node and _attribute_stores_ok(spec[1], spec[3]):
             # (No guard for __dict__: a class's __dict__ cannot be assigned after creation.)
             facts.require_absent(spec[1], ("__getattribute__", "__setattr__", *spec[3]))
-            steps.append(Step("fill_attrs", dst=names[spec[2]],
+            steps.append(Step("fill_attrs", dst=names[i],
                               pairs=[(consts.attr(k), p) for k, p in zip(spec[3], parts, strict=True)],
                               names=[path_label((k,)) for k in spec[3]]))
         elif impl.is_builtin_node:
-            stores = [f"[{consts.key(k)}] = {p}" for k, p in zip(spec[3], parts, strict=True)]
-            steps.append(Step("fill_node", dst=names[spec[2]], names=stores))
+            stores = [f"[{k}] = {p}" for k, p in zip(keys, parts, strict=True)]
+            steps.append(Step("fill_node", dst=names[i], names=stores))
         else:
             setter = consts.bind(impl.set_key, "F")
-            for k, p in zip(spec[3], parts, strict=True):
-                steps.append(Step("set_key", dst=names[spec[2]], src=setter, arg=consts.key(k), arg2=p))
-    root = expr(gd.root)
+            for k, p in zip(keys, parts, strict=True):
+                steps.append(Step("set_key", dst=names[i], src=setter, arg=k, arg2=p))
+    root = expr(gd.root, GRAPHDEF, (1,))
     if static_names:
         steps.insert(0, Step("unpack_statics", names=static_names))
     steps[0:0] = facts.steps(consts)  # the class guards go first
-    return UnflattenPlan(graphdef=gd, consts=consts, steps=steps, root=root, facts=facts)
+    return UnflattenPlan(graphdef=gd, consts=consts, steps=steps, root=root, facts=facts, statics=reads)
 
 
 def _plain_unflatten(gd: GraphDef, impls: dict[int, Any]) -> bool:
@@ -801,30 +840,3 @@ def _attribute_stores_ok(t: type, keys: tuple) -> bool:
 # dict directly (measured: 128 attributes, 4.3 us against 3.2 us). A per-node bound is the
 # part of that rule a plan can see.
 _MAX_INLINE_ATTRIBUTES = 30
-
-
-def unflatten_statics(gd: GraphDef) -> tuple:
-    """What the unflatten plan reads from ``gd``, in the plan's order.
-
-    First, in table order, each custom node's metadata and each non-empty state
-    metadata; then the statics: the children of each node spec in table order,
-    then the root; containers depth-first, children in order.
-    """
-    out: list[Any] = []
-    for spec in gd.table:
-        if type(spec) is NodeSpec:
-            if not reg.node_impl(spec[1]).is_builtin_node:
-                out.append(spec[5])
-        elif spec[3]:
-            out.append(spec[3])
-    edges: list[Any] = [c for spec in gd.table if type(spec) is NodeSpec for c in spec[4]]
-    edges.append(gd.root)
-    stack = list(reversed(edges))
-    while stack:
-        e = stack.pop()
-        k = type(e)
-        if k is StaticEdge:
-            out.append(e[2])
-        elif k is PytreeEdge:
-            stack.extend(reversed(e[3]))
-    return tuple(out)

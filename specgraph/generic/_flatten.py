@@ -7,12 +7,8 @@ this walker returns. It is iterative (an explicit stack of frames), so a chain o
 
 from __future__ import annotations
 
-import math
 import threading
-from collections.abc import Hashable
 from typing import Any
-
-from jax import tree_util
 
 from .. import _registry as reg
 from .._ir import (
@@ -27,8 +23,9 @@ from .._ir import (
     StaticEdge,
     materialize,
 )
+from .._sameness import aux_sig, collapsed_sig, float_zero_sig, keys_sig, meta_sig, value_sig
 
-__all__ = ["walk", "Walk", "pytree_children"]
+__all__ = ["walk", "Walk"]
 
 _STATIC, _STATE, _ARRAY, _NODE = reg.STATIC, reg.STATE, reg.ARRAY, reg.NODE
 _LIST, _TUPLE, _DICT, _PYTREE = reg.LIST, reg.TUPLE, reg.DICT, reg.PYTREE
@@ -71,56 +68,6 @@ class Walk:
         if self.paths is not None:
             return self.paths[index]
         return materialize(self.links[index])
-
-
-def _key_entry(k: Any) -> Hashable:
-    """A JAX key-path entry as a plain path element."""
-    for attr in ("key", "idx", "name"):
-        if hasattr(k, attr):
-            return getattr(k, attr)
-    return k  # pragma: no cover - unknown key kinds are kept as they are
-
-
-def value_sig(v: Any) -> Any:
-    """The type of ``v``; for a tuple, ``(type, item sigs)`` so ``(1,)`` and ``(True,)`` differ."""
-    t = type(v)
-    if isinstance(v, tuple):
-        return (t, tuple([value_sig(c) for c in v]))
-    return t
-
-
-def float_zero_sig(x: float) -> tuple:
-    """The sig of a float zero: its sign matters (``-0.0 == 0.0`` in Python)."""
-    return (float, math.copysign(1.0, x))
-
-
-def meta_sig(metadata: tuple) -> tuple:
-    """The types of a state's metadata values (see ``StateSpec.metasig``)."""
-    return tuple([value_sig(v) for _, v in metadata])
-
-
-def key_sig(k: Any) -> Any:
-    """A key's type signature: any ``str`` (subclasses too) is a plain ``str`` key."""
-    return str if isinstance(k, str) else value_sig(k)
-
-
-def keys_sig(keys: Any) -> tuple | None:
-    """The type signatures of keys, or ``None`` when all are strings (the common case)."""
-    if all(isinstance(k, str) for k in keys):
-        return None
-    return tuple([key_sig(k) for k in keys])
-
-
-def dict_key_sig(d: dict) -> tuple | None:
-    """``keys_sig`` of a dict's keys in sorted order (the reference walker's order)."""
-    return keys_sig(sorted(d))
-
-
-def pytree_children(x: Any) -> tuple[Any, tuple, list]:
-    """One level of a non-builtin JAX pytree: ``(treedef, keys, children)``."""
-    with_path, treedef = tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
-    keys = tuple(_key_entry(p[0]) if p else i for i, (p, _) in enumerate(with_path))
-    return treedef, keys, [c for _, c in with_path]
 
 
 def _sorted_dict_keys(d: dict, link: Any) -> list:
@@ -193,7 +140,7 @@ def walk(root: Any) -> Walk:
         if k is _DICT:
             keys = _sorted_dict_keys(x, link)
             return [False, x, [(key, x[key]) for key in keys], 0, [], link, dict, tuple(keys)]
-        treedef, keys, children = pytree_children(x)
+        treedef, keys, children = reg.pytree_children(x)
         return [False, x, list(zip(keys, children, strict=True)), 0, [], link, treedef, keys]
 
     def open_node(x: Any, t: type, link: Any) -> list[Any]:
@@ -303,6 +250,7 @@ def walk(root: Any) -> Walk:
         children = tuple(fr[4])
         ptype = fr[6]
         keys = fr[7] if fr[7] is not None else tuple(range(len(children)))
+        treedef = None if isinstance(ptype, type) else ptype  # a custom pytree's
         edge: Any = None
         if all(type(c) is StaticEdge for c in children):
             h = type(x).__hash__
@@ -312,9 +260,11 @@ def walk(root: Any) -> Walk:
                 except Exception:
                     pass
                 else:
-                    edge = StaticEdge((type(x), tuple(c[1] for c in children)), x)
+                    edge = StaticEdge(collapsed_sig(type(x), tuple(c[1] for c in children), treedef), x)
         if edge is None:
-            edge = PytreeEdge(ptype, keys, children, keys_sig(keys) if ptype is dict else None)
+            # What tells equal containers apart: a dict's key types, a custom pytree's aux data.
+            sig = keys_sig(keys) if ptype is dict else None if treedef is None else aux_sig(treedef)
+            edge = PytreeEdge(ptype, keys, children, sig)
         if stack:
             stack[-1][4].append(edge)
         else:

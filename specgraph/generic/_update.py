@@ -27,9 +27,7 @@ def _open(edge: Any, obj: Any) -> list[Any]:
     elif ptype is dict:
         kids = [obj[k] for k in edge[2]]
     else:
-        from ._flatten import pytree_children
-
-        treedef, _, kids = pytree_children(obj)
+        treedef, _, kids = reg.pytree_children(obj)
     return [edge, obj, kids, 0, [], treedef]
 
 

@@ -18,15 +18,16 @@ from contextlib import contextmanager
 from typing import Any
 
 from .. import _registry as reg
+from .. import _sameness as same
 from .._ir import GraphDef
 from .._resolve import resolve_all, resolve_partial
 from .._statemap import StateMap
 from ..codegen import emit as _emit
 from ..codegen import plan as _plan
-from ..generic._flatten import Walk, dict_key_sig, meta_sig, walk
+from ..generic._flatten import Walk, walk
 from ..generic._unflatten import build
 from ..generic._update import apply_update
-from . import helpers, sources
+from . import sources
 from .cache import CONFIG, LOCK, StructureStats, TypeEntry, Variant
 
 __all__ = [
@@ -42,7 +43,8 @@ __all__ = [
 
 _types: dict[type, TypeEntry] = {}
 _stats: dict[GraphDef, StructureStats] = {}
-_unflat: dict[GraphDef, Any] = {}  # GraphDef -> compiled unflatten, or None when declined
+# GraphDef -> (compiled unflatten, where its statics sit in a GraphDef), or None when declined
+_unflat: dict[GraphDef, tuple[Any, Any] | None] = {}
 _unflat_seen: dict[GraphDef, int] = {}
 _unflat_epoch = [-1]  # registry epoch _unflat was filled under
 _totals = {"generic_flattens": 0, "generic_unflattens": 0, "generic_updates": 0, "compile_failures": 0,
@@ -61,11 +63,12 @@ def _base_namespace() -> dict[str, Any]:
         "EPOCH": reg.epoch_cell(),
         "KIND": reg.kind_cache().get,
         "ARRAY": reg.ARRAY,
-        "STATIC_SIG": helpers.static_sig,
-        "ONE_LEVEL": helpers.one_level,
-        "KEY_SIG": dict_key_sig,
-        "META_SIG": meta_sig,
-        "SAME_META": helpers.same_meta,
+        "ONE_LEVEL": reg.pytree_level,
+        "KEY_SIG": same.dict_key_sig,
+        "META_SIG": same.meta_sig,
+        "SAME": same.same,
+        "SAME_AUX": same.same_aux,
+        "SAME_KEYS": same.same_keys,
         "NEW": object.__new__,
         "MISS": MISS,
     }
@@ -312,7 +315,8 @@ def _unflatten_missed(gd: GraphDef, rt: tuple, values: list[Any]) -> Any:
     rt[2].misses["class"] += 1
     fn = rt[1]
     with LOCK:
-        if _unflat.get(gd) is fn:
+        compiled = _unflat.get(gd)
+        if compiled is not None and compiled[0] is fn:
             del _unflat[gd]
             sources.forget(fn)
     object.__setattr__(gd, "_rt", None)
@@ -345,7 +349,7 @@ def _unflatten_entry(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | N
             _unflat.clear()
             _unflat_epoch[0] = epoch
     if gd in _unflat:
-        rt = (epoch, _unflat[gd], _stats_for(gd), _plan.unflatten_statics(gd))
+        rt = _unflatten_rt(gd, epoch, _unflat[gd], _stats_for(gd))
         object.__setattr__(gd, "_rt", rt)
         return rt
     with LOCK:
@@ -357,13 +361,14 @@ def _unflatten_entry(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | N
             return None
         _unflat_seen.pop(gd, None)
         stats = _stats_for(gd)
-        fn = None
+        compiled = None
         t0 = time.perf_counter()
         try:
             plan = _plan.plan_unflatten(gd, CONFIG.max_steps)
             src = _emit.render("unflatten", plan, _disabled_guards)
             ns = {**_base_namespace(), **plan.consts.namespace}
             fn = _emit.compile_source("unflatten", src, gd.type.__qualname__, ns, plan.consts.attributes).fn
+            compiled = (fn, plan.statics)
             stats.compile_seconds += time.perf_counter() - t0
         except _plan.Declined as e:
             stats.declined = e.reason
@@ -375,12 +380,22 @@ def _unflatten_entry(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | N
                 RuntimeWarning,
                 stacklevel=5,
             )
-        _unflat[gd] = fn
+        _unflat[gd] = compiled
         if len(_unflat) > 4 * _BOUND:
-            sources.forget(_unflat.pop(next(iter(_unflat))))
-        rt = (epoch, fn, stats, _plan.unflatten_statics(gd))
+            dropped = _unflat.pop(next(iter(_unflat)))
+            if dropped is not None:
+                sources.forget(dropped[0])
+        rt = _unflatten_rt(gd, epoch, compiled, stats)
         object.__setattr__(gd, "_rt", rt)
         return rt
+
+
+def _unflatten_rt(gd: GraphDef, epoch: int, compiled: tuple[Any, Any] | None,
+                  stats: StructureStats) -> tuple[int, Any, StructureStats, tuple]:
+    if compiled is None:
+        return (epoch, None, stats, ())
+    fn, statics = compiled
+    return (epoch, fn, stats, statics.read(gd))
 
 
 # -- update -----------------------------------------------------------------------
@@ -493,7 +508,7 @@ def cache_info() -> dict[str, Any]:
             "guard_misses": misses,
             "fallbacks": fallbacks,
             "compiled_variants": sum(len(e.variants) for e in _types.values()),
-            "compiled_unflattens": sum(1 for f in _unflat.values() if f is not None),
+            "compiled_unflattens": sum(1 for c in _unflat.values() if c is not None),
             "compile_seconds": compile_seconds,
             "megamorphic_types": [t.__qualname__ for t, e in _types.items() if e.megamorphic],
             **{k: v for k, v in _totals.items() if k != "megamorphic_types"},
