@@ -11,7 +11,7 @@ never compare equal.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from jax import tree_util
 
@@ -341,7 +341,12 @@ class PathTable:
 # -- GraphDef -------------------------------------------------------------------
 
 
-class GraphDef:
+#: The type of a graph's root, carried by ``GraphDef[RootT]`` for type checkers only:
+#: ``unflatten(flatten(model)[0], ...)`` is typed like ``model``.
+RootT = TypeVar("RootT")
+
+
+class GraphDef(Generic[RootT]):
     """The static structure of a graph: immutable, hashable, comparable by value.
 
     ``table[i]`` is the spec (``NodeSpec`` or ``StateSpec``) of the object with
@@ -356,6 +361,8 @@ class GraphDef:
     pathtable: PathTable
     num_nodes: int
     num_states: int
+    _hash: int | None
+    _rt: tuple | None
 
     def __init__(self, root: Edge, table: tuple, pathtable: PathTable) -> None:
         sa = object.__setattr__

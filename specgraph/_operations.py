@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from . import _registry as reg
 from ._filters import Filter, to_predicate
@@ -28,6 +28,7 @@ __all__ = [
 ]
 
 Path = tuple[Hashable, ...]
+_Root = TypeVar("_Root")  # the root type a GraphDef carries (for type checkers)
 
 
 flatten = dispatch.flatten  # the public entry point is the dispatcher itself: no extra frame
@@ -36,6 +37,18 @@ flatten = dispatch.flatten  # the public entry point is the dispatcher itself: n
 unflatten = dispatch.unflatten  # the public entry point: no extra frame
 
 
+@overload
+def split(node: _Root, /) -> tuple[GraphDef[_Root], StateMap]: ...
+@overload
+def split(node: _Root, f1: Filter, /) -> tuple[GraphDef[_Root], StateMap]: ...
+@overload
+def split(node: _Root, f1: Filter, f2: Filter, /) -> tuple[GraphDef[_Root], StateMap, StateMap]: ...
+@overload
+def split(
+    node: _Root, f1: Filter, f2: Filter, f3: Filter, /
+) -> tuple[GraphDef[_Root], StateMap, StateMap, StateMap]: ...
+@overload
+def split(node: _Root, /, *filters: Filter) -> tuple[Any, ...]: ...
 def split(node: Any, *filters: Filter) -> tuple[Any, ...]:
     """``(graphdef, state_1, ..., state_n)``: the values partitioned by ``filters``.
 
@@ -48,7 +61,7 @@ def split(node: Any, *filters: Filter) -> tuple[Any, ...]:
     return (gd, *split_slots(sm._table, sm._values, filters, sm._subset))
 
 
-def merge(graphdef: GraphDef, *states: Any) -> Any:
+def merge(graphdef: GraphDef[_Root], *states: Any) -> _Root:
     """Inverse of ``split``: a fresh graph from ``graphdef`` and all its state parts."""
     if not states:
         raise TypeError("merge needs at least one state mapping")
@@ -65,12 +78,12 @@ def update(node: Any, *states: Any) -> None:
     dispatch.update(node, states)
 
 
-def graphdef(node: Any) -> GraphDef:
+def graphdef(node: _Root) -> GraphDef[_Root]:
     """The ``GraphDef`` of ``node``."""
     return dispatch.flatten(node)[0]
 
 
-def clone(node: Any) -> Any:
+def clone(node: _Root) -> _Root:
     """A structural copy: new nodes and states, the same value objects."""
     gd, sm = dispatch.flatten(node)
     return dispatch.unflatten_states(gd, (sm,))

@@ -15,7 +15,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from .. import _registry as reg
 from .. import _sameness as same
@@ -42,6 +42,8 @@ __all__ = [
 ]
 
 _types: dict[type, TypeEntry] = {}
+_Root = TypeVar("_Root")  # the root type a GraphDef carries (for type checkers)
+
 _stats: dict[GraphDef, StructureStats] = {}
 # GraphDef -> (compiled unflatten, where its statics sit in a GraphDef), or None when declined
 _unflat: dict[GraphDef, tuple[Any, Any] | None] = {}
@@ -77,7 +79,7 @@ def _base_namespace() -> dict[str, Any]:
 # -- flatten ----------------------------------------------------------------------
 
 
-def flatten(node: Any) -> tuple[GraphDef, StateMap]:
+def flatten(node: _Root) -> tuple[GraphDef[_Root], StateMap]:
     """Split a graph into its static ``GraphDef`` and its values as a ``StateMap``.
 
     Served by a specialized function when one matches the object's structure,
@@ -270,7 +272,7 @@ def _compile_walk(var: Variant) -> Any:
 # -- unflatten --------------------------------------------------------------------
 
 
-def unflatten(graphdef: GraphDef, state: Any) -> Any:
+def unflatten(graphdef: GraphDef[_Root], state: Any) -> _Root:
     """Build a fresh graph from ``graphdef`` and its values.
 
     ``state``: a ``StateMap``, a mapping of path tuples to values, or a nested
@@ -290,7 +292,7 @@ def unflatten(graphdef: GraphDef, state: Any) -> Any:
     return unflatten_states(graphdef, (state,))
 
 
-def unflatten_states(graphdef: GraphDef, states: tuple[Any, ...]) -> Any:
+def unflatten_states(graphdef: GraphDef[_Root], states: tuple[Any, ...]) -> _Root:
     if type(graphdef) is not GraphDef:
         raise TypeError(f"expected a GraphDef first, got {type(graphdef).__qualname__}")
     values = resolve_all(graphdef.pathtable, states)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import jax
 from jax import tree_util
@@ -32,6 +32,10 @@ from ..generic._unflatten import build_with, rebuild_edge
 from ..runtime import dispatch
 
 __all__ = ["jit", "JitFunction"]
+
+# The wrapped function's parameters and result: a JitFunction is called like it.
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
 
 
 class _Result:
@@ -74,12 +78,12 @@ def _is_plain(edge: Any) -> bool:
     return True
 
 
-class JitFunction:
+class JitFunction(Generic[_P, _R]):
     """A jitted function of graph nodes; call it like the original."""
 
     def __init__(
         self,
-        fn: Callable[..., Any],
+        fn: Callable[_P, _R],
         static_argnums: int | Sequence[int] = (),
         static_argnames: str | Sequence[str] = (),
         donate_argnums: int | Sequence[int] = (),
@@ -153,7 +157,7 @@ class JitFunction:
         return slots
 
     # -- the caller's side ----------------------------------------------------------
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+    def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         static_pos = self.static_argnums
         static_names = self.static_argnames
         if static_pos or static_names:
@@ -280,6 +284,24 @@ def _fn_name(fn: Any) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
+@overload
+def jit(
+    fn: Callable[_P, _R],
+    *,
+    static_argnums: int | Sequence[int] = (),
+    static_argnames: str | Sequence[str] = (),
+    donate_argnums: int | Sequence[int] = (),
+    **jax_jit_kwargs: Any,
+) -> JitFunction[_P, _R]: ...
+@overload
+def jit(
+    fn: None = None,
+    *,
+    static_argnums: int | Sequence[int] = (),
+    static_argnames: str | Sequence[str] = (),
+    donate_argnums: int | Sequence[int] = (),
+    **jax_jit_kwargs: Any,
+) -> Callable[[Callable[_P, _R]], JitFunction[_P, _R]]: ...
 def jit(
     fn: Callable[..., Any] | None = None,
     *,
