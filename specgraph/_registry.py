@@ -136,6 +136,10 @@ def _node_clear(node: Any) -> None:
 def node_children(node: Any) -> list[tuple[Hashable, Any]]:
     """The children of a ``Node``: its attributes sorted by name, minus the invisible."""
     d = node.__dict__
+    if type(d) is not dict:
+        # A dict subclass put in as ``__dict__`` (defaultdict, Counter, ...): read what
+        # attribute access sees, the dict's own storage, past any override of its methods.
+        d = dict(dict.items(d))
     hidden = type(node).graph_invisible_attrs
     keys = sorted(d)
     if hidden:

@@ -43,7 +43,8 @@ GUARD_KINDS = (
 GUARD_WORDS = {
     "epoch": "the node-type registry has not changed since compilation (registry epoch)",
     "class": "no class gained a hook the code relies on it lacking (__hash__, __setattr__, ...) or new bases",
-    "type": "every node, state and container has exactly the type it had (type(x) is T)",
+    "type": "every node, state and container has exactly the type it had (type(x) is T), every node's "
+            "instance dict is exactly a dict",
     "node_keys": "every node has exactly its attribute names (count, plus the keyed reads)",
     "container": "every list/tuple has its length and every dict its keys",
     "static": "every static value has the same type and compares equal",
@@ -471,6 +472,9 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
                 add_distinct(var, t)
             d = "d" + var
             steps.append(Step("load_dict", dst=d, src=var))
+            # Exactly a dict: a subclass may override len/[] or have a __missing__ that
+            # answers a renamed key (and inserts it into the user's object).
+            type_guard(d, dict, label)
             if isinstance(t.graph_invisible_attrs, str):
                 raise Declined("graph_invisible_attrs is a string")  # the walker says how to fix it
             # Each invisible name present in the dict is subtracted once (a name listed

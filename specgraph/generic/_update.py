@@ -137,13 +137,13 @@ def apply_update(root: Any, w: Walk, given: dict[int, Any] | list[Any]) -> None:
             if type(edge) is not ArrayEdge and type(edge) is not PytreeEdge:
                 continue
             if impl.is_builtin_node:
-                current = node.__dict__[key]
+                current = dict.__getitem__(node.__dict__, key)  # past a dict subclass's overrides
             else:
                 current = dict(impl.flatten(node)[0])[key]
             replaced = _write(current, edge, arrays)
             if replaced is not current:
                 if impl.is_builtin_node:
-                    node.__dict__[key] = replaced
+                    dict.__setitem__(node.__dict__, key, replaced)
                 else:
                     impl.set_key(node, key, replaced)
     if type(root_edge) is PytreeEdge:
