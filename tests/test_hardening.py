@@ -9,6 +9,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 import numpy as np
+import pytest
 from conftest import assert_same_flatten
 
 import specgraph as sg
@@ -86,3 +87,41 @@ def test_dict_subclass_overrides_do_not_fool_either_path(impl) -> None:
     new = np.full(3, 7.0)
     impl.update(n, {("a",): a.value, ("b",): new})
     assert n.b is new
+
+
+# -- item 9: a custom node type whose flatten repeats a key ---------------------------------
+
+
+class Pairs:
+    """A custom node whose children are a list of (key, child) pairs, as its flatten gives them."""
+
+    def __init__(self, *pairs: tuple[Any, Any]) -> None:
+        self.pairs = list(pairs)
+
+
+sg.register_graph_node_type(
+    Pairs,
+    lambda x: (list(x.pairs), None),
+    lambda x, k, v: x.pairs.append((k, v)),
+    lambda x, k: x.pairs.pop([p[0] for p in x.pairs].index(k))[1],
+    lambda meta: Pairs(),
+    lambda x: x.pairs.clear(),
+)
+
+
+@pytest.mark.parametrize("where", ["root", "nested"])
+def test_a_custom_flatten_that_repeats_a_key_is_an_error(impl, where: str) -> None:
+    ok = Pairs(("a", sg.Param(np.ones(1))), ("b", sg.Param(np.ones(1))))
+    bad = Pairs(("a", sg.Param(np.ones(1))), ("b", np.zeros(1)), ("a", sg.Param(np.ones(2))))
+    root_ok, root_bad = (ok, bad) if where == "root" else (Box(child=ok), Box(child=bad))
+    _, sm = impl.flatten(root_ok)
+    path = "()" if where == "root" else r"\('child',\)"
+    for _ in range(2):  # never cached as accepted
+        with pytest.raises(ValueError, match=rf"Pairs yields the key 'a' twice .* path {path}"):
+            impl.flatten(root_bad)
+        with pytest.raises(ValueError, match="yields the key 'a' twice"):
+            sg.states(root_bad)
+    values = [p[1] for p in bad.pairs]
+    with pytest.raises(ValueError, match="yields the key 'a' twice"):
+        impl.update(root_bad, sm)
+    assert [p[1] for p in bad.pairs] == values  # untouched

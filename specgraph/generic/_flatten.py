@@ -97,7 +97,29 @@ def _node_items(node: Any, t: type, link: Any) -> tuple[list, Any]:
                 f"{materialize(link)!r}: node attribute names must be strings"
             ) from None
     items, meta = impl.flatten(node)
-    return list(items), meta
+    items = list(items)
+    _check_unique_keys(items, t, link)
+    return items, meta
+
+
+def _check_unique_keys(items: list, t: type, link: Any) -> None:
+    """A custom node's flatten must yield each key once: a repeated key would give two
+    paths to one place, and unflatten / update would keep only one of its children."""
+    seen: set = set()
+    unhashable: list = []
+    for key, _ in items:
+        try:
+            repeated = key in seen
+            seen.add(key)
+        except TypeError:  # an unhashable key (the GraphDef's hash will name it)
+            repeated = any(key == k for k in unhashable)
+            unhashable.append(key)
+        if repeated:
+            raise ValueError(
+                f"the flatten registered for {t.__qualname__} yields the key {key!r} twice for "
+                f"the node at path {materialize(link)!r}: each child key must be unique (fix "
+                f"the flatten passed to register_graph_node_type)"
+            )
 
 
 def walk(root: Any) -> Walk:
