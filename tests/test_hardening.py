@@ -125,3 +125,36 @@ def test_a_custom_flatten_that_repeats_a_key_is_an_error(impl, where: str) -> No
     with pytest.raises(ValueError, match="yields the key 'a' twice"):
         impl.update(root_bad, sm)
     assert [p[1] for p in bad.pairs] == values  # untouched
+
+
+# -- item 4: graph_invisible_attrs changed, the structure the same -------------------------
+
+
+def test_new_invisible_names_that_hide_nothing_compile_again(impl) -> None:
+    class Hiding(sg.Node):
+        graph_invisible_attrs: tuple[str, ...] = ()
+
+    n = Hiding()
+    n.w = sg.Param(np.ones(2))
+    n.arr = np.zeros(2)
+    warm(n)
+    sg.states(n)
+    Hiding.graph_invisible_attrs = ("cache",)  # no instance has it: the structure is the same
+    ref = sg.generic.flatten(n)
+    assert_same_flatten(impl.flatten(n), ref)
+    sg.flatten(n)  # one miss at most, then compiled again for the class as it is
+    sg.states(n)
+    sg.update(n, ref[1])
+    before = sg.cache_info()
+    for _ in range(3):
+        assert_same_flatten(sg.flatten(n), ref)
+        assert list(sg.states(n).keys()) == [("w",)]
+        sg.update(n, ref[1])
+    after = sg.cache_info()
+    assert after["hits"] == before["hits"] + 3
+    assert after["walk_hits"] == before["walk_hits"] + 3
+    assert after["update_hits"] == before["update_hits"] + 3
+    assert after["guard_misses"] == before["guard_misses"]
+    n.cache = np.ones(5)  # and the new name is hidden by the recompiled code
+    assert_same_flatten(impl.flatten(n), sg.generic.flatten(n))
+    assert sg.generic.flatten(n)[0].paths == (("arr",), ("w",))

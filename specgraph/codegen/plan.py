@@ -289,6 +289,9 @@ class ClassFacts:
     def __init__(self) -> None:
         self.mro: dict[type, tuple[type, ...]] = {}
         self.absent: dict[type, set[str]] = {}
+        #: node class -> its ``graph_invisible_attrs`` when compiled (guarded per call as a
+        #: node_keys miss; a change that leaves the structure the same must compile again)
+        self.hidden: dict[type, Any] = {}
 
     def require_absent(self, t: type, names: tuple[str, ...], classes: list[type] | None = None) -> None:
         """``names`` stay absent from the dicts of ``t``'s MRO classes (or of ``classes``)."""
@@ -310,7 +313,8 @@ class ClassFacts:
     def hold(self) -> bool:
         """Whether every fact still holds (the dispatcher's staleness test)."""
         return all(t.__mro__ is mro for t, mro in self.mro.items()) and not any(
-            n in vars(k) for k, names in self.absent.items() for n in names)
+            n in vars(k) for k, names in self.absent.items() for n in names) and all(
+            t.graph_invisible_attrs == h for t, h in self.hidden.items())
 
 
 def _std_dict(t: type) -> bool:
@@ -427,7 +431,7 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
         if type(spec) is NodeSpec and t not in hidden_checked and reg.node_impl(t).is_builtin_node:
             # Read at compile time: a class that changes them later has another structure.
             hidden_checked.add(t)
-            snapshot = copy.copy(t.graph_invisible_attrs)
+            snapshot = facts.hidden[t] = copy.copy(t.graph_invisible_attrs)
             guard("guard_hidden", "node_keys", src=consts.bind(t, "T"), arg=consts.bind(snapshot, "H"))
 
     # Only objects of a type that occurs more than once can be one object at two places:

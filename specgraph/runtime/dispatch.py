@@ -153,7 +153,7 @@ def _observe_structure(t: type, w: Walk, entry: TypeEntry | None) -> None:
     for var in entry.variants:
         if var.graphdef == gd:  # equal structure, but a guard refused (e.g. a NaN static)
             # Compiled before a registration, or a class has since gained a hook the code
-            # relied on it lacking: replace it.
+            # relied on it lacking or changed its graph_invisible_attrs: replace it.
             if var.plan.epoch != reg.registry_epoch() or not var.plan.facts.hold():
                 with LOCK:
                     entry.variants = tuple(v for v in entry.variants if v is not var)
