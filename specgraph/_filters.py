@@ -13,6 +13,7 @@ from types import EllipsisType
 from typing import Any as _Any
 from typing import TypeAlias
 
+from . import _registry
 from ._model import State
 
 __all__ = ["Any", "All", "Not", "Filter", "to_predicate"]
@@ -87,14 +88,17 @@ def to_predicate(f: Filter) -> Predicate:
     if isinstance(f, _Combinator):
         return f
     if isinstance(f, type):
-        if issubclass(f, State):
+        if issubclass(f, State) or _registry.is_state_type(f):
             cls = f
 
             def by_type(path: tuple, value: _Any, stype: type | None) -> bool:
                 return stype is not None and issubclass(stype, cls)
 
             return by_type
-        raise TypeError(f"a type filter must be a State subclass, got {f.__qualname__}")
+        raise TypeError(
+            f"a type filter must be a State subclass (or a registered state class such as "
+            f"nnx.Param), got {f.__qualname__}"
+        )
     if callable(f):
         user = f
 

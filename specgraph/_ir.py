@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 from jax import tree_util
 
 __all__ = [
+    "ArrayConstant",
     "Edge",
     "NodeEdge",
     "StateEdge",
@@ -29,6 +30,35 @@ __all__ = [
 ]
 
 Path = tuple[Hashable, ...]
+
+
+class ArrayConstant:
+    """A bare array kept as a static value (BrainState's rule for arrays under its nodes).
+
+    Arrays neither hash nor compare as a bool, so the ``GraphDef`` holds this box:
+    equal only to a box of the very same array object, hashed by that identity.
+    Unflatten puts the array itself back.
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: Any) -> None:
+        self.array = array
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is ArrayConstant and other.array is self.array
+
+    def __hash__(self) -> int:
+        return id(self.array)
+
+    def __repr__(self) -> str:
+        shape = getattr(self.array, "shape", None)
+        return f"ArrayConstant({getattr(self.array, 'dtype', '')}{list(shape) if shape is not None else ''})"
+
+
+def static_value(value: Any) -> Any:
+    """The object a static edge's value stands for (an ``ArrayConstant`` is its array)."""
+    return value.array if type(value) is ArrayConstant else value
 
 
 class Edge(tuple):

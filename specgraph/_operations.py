@@ -119,16 +119,16 @@ def states(node: Any, *filters: Filter) -> dict[Path, State] | tuple[dict[Path, 
     """
     w = dispatch.walk_graph(node)
     found = [
-        (w.path(spec[2]), w.objects[spec[2]], spec[1])
+        (w.path(spec[2]), w.objects[spec[2]], spec[1], w.values[spec[4]])
         for spec in w.graphdef.table
         if type(spec) is StateSpec
     ]
     if not filters:
-        return {p: s for p, s, _ in found}
+        return {p: s for p, s, _, _ in found}
     out = []
     for f in filters:
         pred = to_predicate(f)
-        out.append({p: s for p, s, t in found if pred(p, s.value, t)})
+        out.append({p: s for p, s, t, v in found if pred(p, v, t)})
     return out[0] if len(out) == 1 else tuple(out)
 
 

@@ -8,8 +8,10 @@ specializer's generated code guards on.
 
 from __future__ import annotations
 
+import importlib
 import threading
-from collections.abc import Callable, Hashable, Iterable
+import warnings
+from collections.abc import Callable, Container, Hashable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +23,14 @@ from ._model import Node, State
 
 __all__ = [
     "register_graph_node_type",
+    "register_dict_node_type",
+    "register_state_type",
+    "register_unsupported_type",
     "NodeImpl",
+    "DictNode",
+    "StateImpl",
+    "state_impl",
+    "is_state_type",
     "kind_of",
     "node_impl",
     "registry_epoch",
@@ -39,6 +48,8 @@ LIST = 4
 TUPLE = 5
 DICT = 6
 PYTREE = 7  # any other JAX-registered pytree (namedtuple, dataclass, ...)
+FSTATE = 8  # a foreign state box (register_state_type): read and written through its StateImpl
+UNSUPPORTED = 9  # a type specgraph refuses with an explanation (register_unsupported_type)
 
 KIND_NAMES = {
     STATIC: "static",
@@ -49,6 +60,8 @@ KIND_NAMES = {
     TUPLE: "tuple",
     DICT: "dict",
     PYTREE: "pytree",
+    FSTATE: "state",
+    UNSUPPORTED: "unsupported object",
 }
 CONTAINER_KINDS = frozenset({LIST, TUPLE, DICT, PYTREE})
 
@@ -70,11 +83,100 @@ class NodeImpl:
     create_empty: Callable[[Hashable], Any]
     clear: Callable[[Any], None]
     is_builtin_node: bool = False
+    #: the declarative description when the class was registered dict-backed
+    dict_node: DictNode | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class DictNode:
+    """A foreign node class whose children are its instance ``__dict__`` entries.
+
+    Resolved for one concrete class (see :func:`register_dict_node_type`). The
+    children are the ``__dict__`` items minus the bookkeeping names, keyed by
+    their path key and sorted (ints first, then strings, as NNX orders them).
+    """
+
+    cls: type
+    hidden: frozenset[str]
+    hidden_attr: str | None
+    int_keys: bool
+    bookkeeping: Callable[[Any], Hashable] | None
+    create: Callable[[type, Hashable], Any] | None
+    static_arrays: bool
+    data_keys: Callable[[Any], Container[str]] | None
+    check_write: Callable[[Any], None] | None
+    native_state: Callable[[list[tuple[tuple, type, tuple, Any]]], Any] | None
+
+    def hidden_names(self) -> Container[str]:
+        """Every name that is bookkeeping, not a child (the class attribute read now)."""
+        if self.hidden_attr is None:
+            return self.hidden
+        extra = getattr(self.cls, self.hidden_attr, ())
+        if isinstance(extra, str):
+            raise TypeError(
+                f"{self.cls.__qualname__}.{self.hidden_attr} is the string {extra!r}: it must be a "
+                f"tuple of attribute names, e.g. ({extra!r},)"
+            )
+        return self.hidden.union(extra) if self.hidden else frozenset(extra)
+
+    def path_key(self, stored: str) -> Hashable:
+        """The path key of a stored attribute name (``'3'`` is ``3`` for int-keyed classes)."""
+        if self.int_keys and type(stored) is str and stored.isdigit() and str(int(stored)) == stored:
+            return int(stored)
+        return stored
+
+    def stored_key(self, key: Hashable) -> Any:
+        """The attribute name a path key is stored under (inverse of :meth:`path_key`)."""
+        if self.int_keys and type(key) is int:
+            return str(key)
+        return key
+
+    def children(self, node: Any) -> list[tuple[Hashable, Any]]:
+        """``(path key, child)`` pairs in the class's order."""
+        d = node.__dict__
+        hidden = self.hidden_names()
+        if not self.int_keys:
+            return [(k, d[k]) for k in sorted(d) if k not in hidden]
+        items = [(self.path_key(k), v) for k, v in d.items() if k not in hidden]
+        items.sort(key=_int_first)
+        return items
+
+    def new(self, metadata: Hashable) -> Any:
+        """A fresh, empty instance with its bookkeeping rebuilt from ``metadata``."""
+        if self.create is None:
+            return object.__new__(self.cls)
+        return self.create(self.cls, metadata)
+
+
+def _int_first(item: tuple[Hashable, Any]) -> tuple[int, Any]:
+    key = item[0]
+    return (0, key) if type(key) is int else (1, key)
+
+
+@dataclass(frozen=True, eq=False)
+class StateImpl:
+    """How to read, write and make the instances of a foreign state class.
+
+    ``get`` / ``set`` move the raw value (no hooks, no copies, unless the library
+    demands them right now); ``check_set`` raises, before anything is written, when a
+    write is not allowed (e.g. from another trace level); ``metadata`` is a sorted
+    tuple of ``(name, value)`` pairs kept in the ``GraphDef``; ``create(cls, value,
+    metadata)`` makes a new state of exactly ``cls``, valid at the current trace level.
+    """
+
+    type: type
+    get: Callable[[Any], Any]
+    set: Callable[[Any, Any], None]
+    metadata: Callable[[Any], tuple[tuple[str, Hashable], ...]]
+    create: Callable[[type, Any, tuple[tuple[str, Hashable], ...]], Any]
+    check_set: Callable[[Any, Any], None] | None = None
 
 
 _builtin_type = type
 _lock = threading.RLock()
 _node_impls: dict[type, NodeImpl] = {}
+_state_impls: dict[type, StateImpl] = {}
+_unsupported: dict[type, str] = {}
 _kind_cache: dict[type, int] = {}
 _epoch = [0]
 
@@ -110,11 +212,126 @@ def register_graph_node_type(
         clear_classification_cache()
 
 
+@dataclass(frozen=True, eq=False)
+class _DictNodeRegistration:
+    hidden: frozenset[str]
+    hidden_attr: str | None
+    int_keys: bool | Callable[[type], bool]
+    bookkeeping: Callable[[Any], Hashable] | None
+    create: Callable[[type, Hashable], Any] | None
+    static_arrays: bool
+    data_keys: Callable[[Any], Container[str]] | None
+    check_write: Callable[[Any], None] | None
+    native_state: Callable[[list[tuple[tuple, type, tuple, Any]]], Any] | None
+
+    def resolve(self, cls: type) -> NodeImpl:
+        int_keys = self.int_keys(cls) if callable(self.int_keys) else self.int_keys
+        dn = DictNode(cls, self.hidden, self.hidden_attr, bool(int_keys), self.bookkeeping, self.create,
+                      self.static_arrays, self.data_keys, self.check_write, self.native_state)
+
+        def flatten(node: Any) -> tuple[list[tuple[Hashable, Any]], Hashable]:
+            return dn.children(node), (dn.bookkeeping(node) if dn.bookkeeping is not None else None)
+
+        def set_key(node: Any, key: Hashable, value: Any) -> None:
+            node.__dict__[dn.stored_key(key)] = value
+
+        def pop_key(node: Any, key: Hashable) -> Any:
+            return node.__dict__.pop(dn.stored_key(key))
+
+        def create_empty(metadata: Hashable) -> Any:
+            return dn.new(metadata)
+
+        def clear(node: Any) -> None:
+            hidden = dn.hidden_names()
+            for k in [k for k in node.__dict__ if k not in hidden]:
+                del node.__dict__[k]
+
+        return NodeImpl(cls, flatten, set_key, pop_key, create_empty, clear, dict_node=dn)
+
+
+def register_dict_node_type(
+    type: type,  # noqa: A002 - the same spelling as register_graph_node_type
+    *,
+    hidden: Iterable[str] = (),
+    hidden_attr: str | None = None,
+    int_keys: bool | Callable[[type], bool] = False,
+    bookkeeping: Callable[[Any], Hashable] | None = None,
+    create: Callable[[type, Hashable], Any] | None = None,
+    static_arrays: bool = False,
+    data_keys: Callable[[Any], Container[str]] | None = None,
+    check_write: Callable[[Any], None] | None = None,
+    native_state: Callable[[list[tuple[tuple, type, tuple, Any]]], Any] | None = None,
+) -> None:
+    """Register a node class (and its subclasses) whose children live in ``__dict__``.
+
+    Declarative, so the specializer can keep its ``__dict__`` reads and stores:
+
+    - ``hidden``: bookkeeping attribute names, never children; ``hidden_attr``: a
+      class attribute listing more of them (read on every flatten).
+    - ``int_keys``: stored names that spell an int (``'3'``) have int path keys, and
+      ints sort before strings (NNX's ``List``); a bool or a function of the class.
+    - ``bookkeeping(node)``: the node's bookkeeping as hashable metadata, kept in the
+      ``GraphDef`` and compared by equality; ``create(cls, metadata)``: a fresh empty
+      instance with that bookkeeping rebuilt (default: ``object.__new__(cls)``).
+    - ``static_arrays``: bare arrays under these nodes are static (BrainState's rule)
+      instead of dynamic leaves.
+    - ``data_keys(node)``: stored names whose plain (non-array, non-None) values are
+      dynamic leaves all the same (NNX's ``nnx.data(...)`` attributes).
+    - ``check_write(node)``: raise if the node may not be written now (trace level).
+    - ``native_state(items)``: present ``(path, state type, metadata, value)`` items in
+      the library's own state form (the gradients ``value_and_grad`` returns).
+    """
+    if not isinstance(type, _builtin_type):
+        raise TypeError(f"register_dict_node_type expects a class, got {type!r}")
+    reg = _DictNodeRegistration(frozenset(hidden), hidden_attr, int_keys, bookkeeping, create,
+                                bool(static_arrays), data_keys, check_write, native_state)
+    with _lock:
+        _node_impls[type] = reg  # type: ignore[assignment]
+        clear_classification_cache()
+
+
+def register_state_type(
+    type: type,  # noqa: A002 - the same spelling as register_graph_node_type
+    *,
+    get: Callable[[Any], Any],
+    set: Callable[[Any, Any], None],  # noqa: A002 - names the operation
+    metadata: Callable[[Any], tuple[tuple[str, Hashable], ...]],
+    create: Callable[[type, Any, tuple[tuple[str, Hashable], ...]], Any],
+    check_set: Callable[[Any, Any], None] | None = None,
+) -> None:
+    """Register a foreign state class (and its subclasses): see :class:`StateImpl`.
+
+    Its instances are then states: identity objects whose raw value goes into the
+    ``StateMap`` and whose metadata goes into the ``GraphDef``.
+    """
+    if not isinstance(type, _builtin_type):
+        raise TypeError(f"register_state_type expects a class, got {type!r}")
+    with _lock:
+        _state_impls[type] = StateImpl(type, get, set, metadata, create, check_set)
+        clear_classification_cache()
+
+
+def register_unsupported_type(type: type, reason: str) -> None:  # noqa: A002
+    """Refuse instances of ``type`` (and subclasses) anywhere in a graph, with ``reason``."""
+    with _lock:
+        _unsupported[type] = reason
+        clear_classification_cache()
+
+
+def unsupported_reason(t: type) -> str:
+    for base in t.__mro__:
+        reason = _unsupported.get(base)
+        if reason is not None:
+            return reason
+    return f"{t.__qualname__} is not supported"  # pragma: no cover - only asked for UNSUPPORTED kinds
+
+
 def clear_classification_cache() -> None:
     """Forget every cached classification and bump the registry epoch."""
     with _lock:
         _kind_cache.clear()
         _impl_cache.clear()
+        _state_impl_cache.clear()
         _epoch[0] += 1
 
 
@@ -159,6 +376,7 @@ _BUILTIN_NODE_IMPL = NodeImpl(
     Node, _node_flatten, _node_set_key, _node_pop_key, _node_create_empty, _node_clear, True
 )
 _impl_cache: dict[type, NodeImpl] = {}
+_state_impl_cache: dict[type, StateImpl | None] = {}
 
 
 def node_impl(t: type) -> NodeImpl:
@@ -170,6 +388,8 @@ def node_impl(t: type) -> NodeImpl:
         for base in t.__mro__:
             impl = _node_impls.get(base)
             if impl is not None:
+                if type(impl) is _DictNodeRegistration:
+                    impl = impl.resolve(t)  # type: ignore[attr-defined]
                 break
         else:
             if issubclass(t, Node):
@@ -183,6 +403,73 @@ def node_impl(t: type) -> NodeImpl:
         return impl
 
 
+def state_impl(t: type) -> StateImpl | None:
+    """The foreign-state implementation for state type ``t``; ``None`` for a ``specgraph.State``."""
+    try:
+        return _state_impl_cache[t]
+    except KeyError:
+        pass
+    found = None
+    if not issubclass(t, State):
+        _load_adapters(t)
+        for base in t.__mro__:
+            found = _state_impls.get(base)
+            if found is not None:
+                break
+        else:
+            raise TypeError(f"{t.__module__}.{t.__qualname__} is not a state type")
+    with _lock:
+        _state_impl_cache[t] = found
+    return found
+
+
+def is_state_type(t: type) -> bool:
+    """Whether ``t`` is a state class: a ``specgraph.State`` or a registered foreign one."""
+    if issubclass(t, State):
+        return True
+    _load_adapters(t)
+    return any(base in _state_impls for base in t.__mro__)
+
+
+# -- lazily loaded adapters for other graph libraries ---------------------------
+
+# Top-level package of a class's module -> (module prefix it must start with, adapter).
+_PENDING_ADAPTERS: dict[str, tuple[str, str]] = {
+    "flax": ("flax.nnx", "specgraph.interop.nnx"),
+    "brainstate": ("brainstate", "specgraph.interop.brainstate"),
+}
+
+
+def _load_adapters(t: type) -> None:
+    """Import the adapter of each graph library in ``t``'s MRO, once (they register themselves).
+
+    Runs on a classification-cache miss only, so ``import specgraph`` never imports
+    flax or brainstate: an adapter loads when an object of its library shows up.
+    """
+    if not _PENDING_ADAPTERS:
+        return
+    for base in t.__mro__:
+        module = getattr(base, "__module__", None)
+        if type(module) is not str:
+            continue
+        top = module.partition(".")[0]
+        pending = _PENDING_ADAPTERS.get(top)
+        if pending is None or not (module == pending[0] or module.startswith(pending[0] + ".")):
+            continue
+        with _lock:
+            if _PENDING_ADAPTERS.pop(top, None) is None:
+                continue  # another thread loaded it
+        try:
+            importlib.import_module(pending[1])
+        except Exception as e:  # an unexpected library version: serve its objects as plain objects
+            warnings.warn(
+                f"specgraph could not load its adapter for {pending[0]} ({type(e).__name__}: {e}); "
+                f"{pending[0]} objects are treated as plain Python objects",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+
 # -- classification -----------------------------------------------------------
 
 _ARRAY_TYPES: tuple[type, ...] = (jax.Array, np.ndarray)
@@ -190,9 +477,14 @@ _ARRAY_TYPES: tuple[type, ...] = (jax.Array, np.ndarray)
 
 def _classify(x: Any) -> int:
     t = type(x)
+    _load_adapters(t)
     for base in t.__mro__:
         if base in _node_impls:
             return NODE
+        if base in _state_impls:
+            return FSTATE
+        if base in _unsupported:
+            return UNSUPPORTED
     if issubclass(t, Node):
         return NODE
     if issubclass(t, State):

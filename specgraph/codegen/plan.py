@@ -21,6 +21,7 @@ from typing import Any
 
 from .. import _registry as reg
 from .._ir import (
+    ArrayConstant,
     ArrayEdge,
     GraphDef,
     NodeEdge,
@@ -514,6 +515,8 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
             idx = edge[1]
             spec = table[idx]
             t = spec[1]
+            if reg.state_impl(t) is not None:
+                raise Declined(f"foreign state type {t.__qualname__}")
             local_of[idx] = var
             type_guard(var, t, label)
             if spec[3] and all(is_value_sig(s) for s in spec[5]):
@@ -545,6 +548,8 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
                 writes_arrays.append((nearest[var], len(writes_arrays), step))
         elif k is StaticEdge:
             sig = edge[1]
+            if sig is ArrayConstant:
+                raise Declined("an array kept as a static")
             cname = consts.bind(edge[2], "C")
             note = label + static_note(edge[2])
             if not is_value_sig(sig):
@@ -714,6 +719,8 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
                 steps.append(Step("new_custom", dst=names[i], src=consts.bind(impl.create_empty, "F"),
                                   arg=own(reads.at(GRAPHDEF, 0, i, 5))))
         else:
+            if reg.state_impl(t) is not None:
+                raise Declined(f"foreign state type {t.__qualname__}")
             if type(t) is type and not _defines(t, "__new__"):
                 op = "new_object"  # what cls.__new__(cls) does, while no class gains a __new__
                 facts.require_absent(t, ("__new__",))
@@ -727,6 +734,8 @@ def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
     def leaf(edge: Any, base: int, at: tuple) -> str:
         k = type(edge)
         if k is StaticEdge:
+            if edge[1] is ArrayConstant:
+                raise Declined("an array kept as a static")
             return own(reads.at(base, *at, 2))
         if k is NodeEdge or k is StateEdge:
             return names[edge[1]]

@@ -12,6 +12,7 @@ from typing import Any
 
 from .. import _registry as reg
 from .._ir import (
+    ArrayConstant,
     ArrayEdge,
     GraphDef,
     NodeEdge,
@@ -29,6 +30,7 @@ __all__ = ["walk", "Walk"]
 
 _STATIC, _STATE, _ARRAY, _NODE = reg.STATIC, reg.STATE, reg.ARRAY, reg.NODE
 _LIST, _TUPLE, _DICT, _PYTREE = reg.LIST, reg.TUPLE, reg.DICT, reg.PYTREE
+_FSTATE, _UNSUPPORTED = reg.FSTATE, reg.UNSUPPORTED
 _object_hash = object.__hash__
 _tnew = tuple.__new__
 
@@ -81,7 +83,8 @@ def _sorted_dict_keys(d: dict, link: Any) -> list:
         ) from None
 
 
-def _node_items(node: Any, t: type, link: Any) -> tuple[list, Any]:
+def _node_items(node: Any, t: type, link: Any) -> tuple[list, Any, Any]:
+    """``(children, metadata, impl)`` of a graph node."""
     impl = reg.node_impl(t)
     if impl.is_builtin_node:
         if isinstance(t.graph_invisible_attrs, str):
@@ -90,7 +93,7 @@ def _node_items(node: Any, t: type, link: Any) -> tuple[list, Any]:
                 f"it must be a tuple of attribute names, e.g. ({t.graph_invisible_attrs!r},)"
             )
         try:
-            return reg.node_children(node), None
+            return reg.node_children(node), None, impl
         except TypeError:
             raise TypeError(
                 f"cannot sort the attribute names of the {t.__qualname__} node at path "
@@ -98,8 +101,9 @@ def _node_items(node: Any, t: type, link: Any) -> tuple[list, Any]:
             ) from None
     items, meta = impl.flatten(node)
     items = list(items)
-    _check_unique_keys(items, t, link)
-    return items, meta
+    if impl.dict_node is None:  # (a dict-backed class's keys are distinct by construction)
+        _check_unique_keys(items, t, link)
+    return items, meta, impl
 
 
 def _check_unique_keys(items: list, t: type, link: Any) -> None:
@@ -146,24 +150,30 @@ def walk(root: Any) -> Walk:
     # not (that node is a back-reference the second time round, so it terminates).
     active: set[int] = set()
 
-    # A frame: [is_node, obj, items, pos, edges, link, tag, extra]
+    # A frame: [is_node, obj, items, pos, edges, link, tag, extra, static_arrays, data_keys]
     #   node frame:   tag = index, extra = metadata
     #   pytree frame: tag = ptype (list/tuple/dict/treedef), extra = keys
+    #   static_arrays: bare arrays here are statics (a dict-backed node class's rule,
+    #     inherited by the containers below it); data_keys: (stored names, path key ->
+    #     stored name) of a node frame whose plain values are dynamic leaves, or None
+    # A node frame that saved the open-container set appends it (index 10).
     stack: list[list[Any]] = []
     root_edge: Any = None
     node_edges, state_edges, array_edges = _NODE_EDGES, _STATE_EDGES, _ARRAY_EDGES
 
-    def open_container(x: Any, k: int, link: Any) -> list[Any]:
+    def open_container(x: Any, k: int, link: Any, static_arrays: bool) -> list[Any]:
         if k is _LIST:
             items = list(enumerate(x))
-            return [False, x, items, 0, [], link, list, None]
+            return [False, x, items, 0, [], link, list, None, static_arrays, None]
         if k is _TUPLE:
-            return [False, x, list(enumerate(x)), 0, [], link, tuple, None]
+            return [False, x, list(enumerate(x)), 0, [], link, tuple, None, static_arrays, None]
         if k is _DICT:
             keys = _sorted_dict_keys(x, link)
-            return [False, x, [(key, x[key]) for key in keys], 0, [], link, dict, tuple(keys)]
+            return [False, x, [(key, x[key]) for key in keys], 0, [], link, dict, tuple(keys),
+                    static_arrays, None]
         treedef, keys, children = reg.pytree_children(x)
-        return [False, x, list(zip(keys, children, strict=True)), 0, [], link, treedef, keys]
+        return [False, x, list(zip(keys, children, strict=True)), 0, [], link, treedef, keys,
+                static_arrays, None]
 
     def open_node(x: Any, t: type, link: Any) -> list[Any]:
         idx = len(table)
@@ -171,15 +181,20 @@ def walk(root: Any) -> Walk:
         table.append(None)
         objects.append(x)
         ilinks.append(link)
-        items, meta = _node_items(x, t, link)
-        return [True, x, items, 0, [], link, idx, meta]
+        items, meta, impl = _node_items(x, t, link)
+        dn = impl.dict_node
+        if dn is None:
+            return [True, x, items, 0, [], link, idx, meta, False, None]
+        data = dn.data_keys(x) if dn.data_keys is not None else None
+        return [True, x, items, 0, [], link, idx, meta, dn.static_arrays,
+                None if data is None else (data, dn.stored_key)]
 
     if rk is _NODE:
         stack.append(open_node(root, type(root), None))
         root_edge = NodeEdge(0)
     else:
         active.add(id(root))
-        stack.append(open_container(root, rk, None))
+        stack.append(open_container(root, rk, None, False))
 
     while stack:
         fr = stack[-1]
@@ -187,6 +202,8 @@ def walk(root: Any) -> Walk:
         edges = fr[4]
         plink = fr[5]
         pos = fr[3]
+        static_arrays = fr[8]
+        data_keys = fr[9]
         n_items = len(items)
         descended = False
         while pos < n_items:
@@ -196,6 +213,12 @@ def walk(root: Any) -> Walk:
             k = kinds.get(t)
             if k is None:
                 k = kind_of(val)
+            if k is _STATIC and data_keys is not None and val is not None \
+                    and data_keys[1](key) in data_keys[0]:
+                k = _ARRAY  # a plain value the node class declares dynamic (NNX data attribute)
+            elif k is _ARRAY and static_arrays:
+                edges.append(_tnew(StaticEdge, ("static", ArrayConstant, ArrayConstant(val))))
+                continue
             if k is _STATIC:
                 if t is float and val == 0.0:  # -0.0 == 0.0, yet they are different statics
                     edges.append(_tnew(StaticEdge, ("static", float_zero_sig(val), val)))
@@ -223,6 +246,23 @@ def walk(root: Any) -> Walk:
                 values.append(val)
                 links.append((plink, key))
                 stypes.append(None)
+            elif k is _FSTATE:
+                idx = seen.get(id(val))
+                if idx is None:
+                    simpl = reg.state_impl(t)
+                    idx = len(table)
+                    seen[id(val)] = idx
+                    slot = len(values)
+                    meta = simpl.metadata(val)  # type: ignore[union-attr]
+                    msig = meta_sig(meta) if meta else ()
+                    table.append(_tnew(StateSpec, ("statespec", t, idx, meta, slot, msig)))
+                    objects.append(val)
+                    values.append(simpl.get(val))  # type: ignore[union-attr]
+                    link = (plink, key)
+                    links.append(link)
+                    ilinks.append(link)
+                    stypes.append(t)
+                edges.append(state_edges[idx] if idx < len(state_edges) else _edge_cache(state_edges, idx))
             elif k is _NODE:
                 idx = seen.get(id(val))
                 if idx is None:
@@ -237,6 +277,11 @@ def walk(root: Any) -> Walk:
                     descended = True
                     break
                 edges.append(node_edges[idx] if idx < len(node_edges) else _edge_cache(node_edges, idx))
+            elif k is _UNSUPPORTED:
+                raise TypeError(
+                    f"the {t.__qualname__} at path {materialize((plink, key))!r} cannot be served by "
+                    f"specgraph: {reg.unsupported_reason(t)}"
+                )
             else:
                 vid = id(val)
                 if vid in active:
@@ -247,7 +292,7 @@ def walk(root: Any) -> Walk:
                     )
                 active.add(vid)
                 fr[3] = pos
-                stack.append(open_container(val, k, (plink, key)))
+                stack.append(open_container(val, k, (plink, key), static_arrays))
                 descended = True
                 break
         if descended:
@@ -256,8 +301,8 @@ def walk(root: Any) -> Walk:
         # The frame is complete.
         stack.pop()
         if fr[0]:
-            if len(fr) > 8:
-                active = fr[8]
+            if len(fr) > 10:
+                active = fr[10]
             keys = tuple([kv[0] for kv in items])
             meta = fr[7]
             sig = None

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _registry as reg
-from .._ir import GraphDef, NodeEdge, NodeSpec, StateEdge, StaticEdge, fold_edge
+from .._ir import ArrayConstant, GraphDef, NodeEdge, NodeSpec, StateEdge, StaticEdge, fold_edge
 from .._model import _new_state
 from .._resolve import resolve_all
 
@@ -20,7 +20,8 @@ __all__ = ["unflatten", "build", "build_with", "rebuild_edge"]
 def _leaf(edge: Any, objs: list[Any], values: list[Any]) -> Any:
     k = type(edge)
     if k is StaticEdge:
-        return edge[2]
+        v = edge[2]
+        return v.array if type(v) is ArrayConstant else v
     if k is NodeEdge or k is StateEdge:
         return objs[edge[1]]
     return values[edge[1]]  # ArrayEdge
@@ -66,9 +67,18 @@ def build_with(gd: GraphDef, values: list[Any], known: dict[int, Any], edge: Any
             except TypeError as e:
                 raise TypeError(f"cannot unflatten node {spec[2]}: {e}") from None
             impls[spec[2]] = impl
-            objs[spec[2]] = object.__new__(t) if impl.is_builtin_node else impl.create_empty(spec[5])
+            if impl.is_builtin_node:
+                objs[spec[2]] = object.__new__(t)
+            elif impl.dict_node is not None:
+                objs[spec[2]] = impl.dict_node.new(spec[5])
+            else:
+                objs[spec[2]] = impl.create_empty(spec[5])
         else:
-            objs[spec[2]] = _new_state(spec[1], values[spec[4]], spec[3])
+            simpl = reg.state_impl(spec[1])
+            if simpl is None:
+                objs[spec[2]] = _new_state(spec[1], values[spec[4]], spec[3])
+            else:
+                objs[spec[2]] = simpl.create(spec[1], values[spec[4]], spec[3])
     # Pass 3: fill.
     for spec in table:
         if type(spec) is not NodeSpec or spec[2] in known:
@@ -78,6 +88,11 @@ def build_with(gd: GraphDef, values: list[Any], known: dict[int, Any], edge: Any
         impl = impls[spec[2]]
         if impl.is_builtin_node:
             node.__dict__.update(zip(spec[3], children, strict=True))
+        elif impl.dict_node is not None:
+            d = node.__dict__
+            stored = impl.dict_node.stored_key
+            for key, child in zip(spec[3], children, strict=True):
+                d[stored(key)] = child
         else:
             set_key = impl.set_key
             for key, child in zip(spec[3], children, strict=True):

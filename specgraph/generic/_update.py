@@ -121,32 +121,49 @@ def apply_update(root: Any, w: Walk, given: dict[int, Any] | list[Any]) -> None:
                 f"({gd.type.__qualname__}) since it has no mutable owner; wrap it in a State "
                 "or a Node, or pass a list/dict root"
             )
-    # Validation is over: from here on, only writes.
     objects = w.objects
+    # Foreign states and nodes may refuse a write now (e.g. from another trace level):
+    # ask them all before the first write.
+    writes: list[tuple[Any, Any, Any]] = []  # (state, value, foreign impl or None)
     for spec in gd.table:
         if type(spec) is StateSpec and spec[4] in new:
-            objects[spec[2]].value = new[spec[4]]
-    if not arrays:
-        return
-    for spec in gd.table:
-        if type(spec) is not NodeSpec:
-            continue
-        node = objects[spec[2]]
-        impl = reg.node_impl(spec[1])
-        for key, edge in zip(spec[3], spec[4], strict=True):
-            if type(edge) is not ArrayEdge and type(edge) is not PytreeEdge:
+            simpl = reg.state_impl(spec[1])
+            st, v = objects[spec[2]], new[spec[4]]
+            if simpl is not None and simpl.check_set is not None:
+                simpl.check_set(st, v)
+            writes.append((st, v, simpl))
+    node_writes: list[tuple[Any, Any, Any, Any]] = []  # (node, impl, key, new child)
+    if arrays:
+        for spec in gd.table:
+            if type(spec) is not NodeSpec:
                 continue
-            if impl.is_builtin_node:
-                current = dict.__getitem__(node.__dict__, key)  # past a dict subclass's overrides
-            else:
-                current = dict(impl.flatten(node)[0])[key]
-            replaced = _write(current, edge, arrays)
-            if replaced is not current:
+            node = objects[spec[2]]
+            impl = reg.node_impl(spec[1])
+            for key, edge in zip(spec[3], spec[4], strict=True):
+                if type(edge) is not ArrayEdge and type(edge) is not PytreeEdge:
+                    continue
                 if impl.is_builtin_node:
-                    dict.__setitem__(node.__dict__, key, replaced)
+                    current = dict.__getitem__(node.__dict__, key)  # past a dict subclass's overrides
                 else:
-                    impl.set_key(node, key, replaced)
-    if type(root_edge) is PytreeEdge:
+                    current = dict(impl.flatten(node)[0])[key]
+                if impl.dict_node is not None and impl.dict_node.check_write is not None \
+                        and _frozen_changes(edge, current, arrays):  # the node's attribute is replaced
+                    impl.dict_node.check_write(node)
+                node_writes.append((node, impl, key, (current, edge)))
+    # Validation is over: from here on, only writes.
+    for st, v, simpl in writes:
+        if simpl is None:
+            st.value = v
+        else:
+            simpl.set(st, v)
+    for node, impl, key, (current, edge) in node_writes:
+        replaced = _write(current, edge, arrays)
+        if replaced is not current:
+            if impl.is_builtin_node:
+                dict.__setitem__(node.__dict__, key, replaced)
+            else:
+                impl.set_key(node, key, replaced)
+    if arrays and type(root_edge) is PytreeEdge:
         _write(root, root_edge, arrays)
 
 

@@ -1,0 +1,140 @@
+"""Flax NNX (0.12+) objects as specgraph nodes and states.
+
+- Every ``nnx.Pytree`` (``Module``, ``Rngs``, ``Optimizer``, metrics, ``List`` ...) is a
+  dict-backed node: its children are its ``__dict__`` minus the bookkeeping
+  ``_pytree__state`` / ``_pytree__nodes``, which become the node's metadata (the
+  mapping compared by equality, so a new instance of a model class has the same
+  structure) and are rebuilt fresh, at the current trace level, on unflatten.
+  ``List`` stores items under ``'0'``, ``'1'`` ...: their path keys are ints, in
+  numeric order, as in ``nnx.state``. A plain value in an ``nnx.data`` attribute is a
+  dynamic leaf, as in NNX.
+- Every ``nnx.Variable`` is a state: the value is its raw value (no copy, no hook);
+  its metadata dict is the state's metadata; writes are refused from another trace
+  level with NNX's own error; a rebuilt Variable gets its own metadata dict.
+- ``hijax`` Variables are refused with an explanation.
+
+So ``specgraph.flatten(model)`` has exactly the paths of
+``nnx.to_flat_state(nnx.state(model))``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Hashable
+from typing import Any
+
+from flax.nnx import pytreelib, statelib, variablelib
+
+from .. import _registry as reg
+
+__all__ = ["BOOKKEEPING"]
+
+Pytree = pytreelib.Pytree
+PytreeState = pytreelib.PytreeState
+Variable = variablelib.Variable
+_is_array_ref = variablelib.is_array_ref
+
+#: the attributes NNX keeps on every Pytree for itself
+BOOKKEEPING = ("_pytree__state", "_pytree__nodes")
+
+
+def _bookkeeping(node: Any) -> Hashable:
+    d = node.__dict__
+    ps = d.get("_pytree__state")
+    flags = (ps._initializing, ps._is_setup) if type(ps) is PytreeState else (False, False)
+    return (d.get("_pytree__nodes"), *flags)
+
+
+def _create(cls: type, metadata: Any) -> Any:
+    nodes, initializing, is_setup = metadata
+    obj = object.__new__(cls)
+    d = obj.__dict__
+    d["_pytree__state"] = PytreeState(initializing, is_setup)  # the current trace level
+    if nodes is not None:
+        d["_pytree__nodes"] = nodes  # immutable: NNX replaces it, never mutates it
+    return obj
+
+
+class _DataAttributes:
+    """The attribute names an NNX Pytree marks as data (``_pytree__nodes[name] is True``)."""
+
+    __slots__ = ("nodes",)
+
+    def __init__(self, nodes: Any) -> None:
+        self.nodes = nodes
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.nodes and self.nodes[name] is True
+
+
+def _data_keys(node: Any) -> Container[str] | None:
+    if not type(node)._pytree__is_pytree:
+        return None  # a pytree=False class: NNX itself keeps plain values static
+    nodes = node.__dict__.get("_pytree__nodes")
+    return _DataAttributes(nodes) if nodes is not None else None
+
+
+def _check_write(node: Any) -> None:
+    node._check_valid_context(lambda: f"Cannot mutate '{type(node).__name__}' from different trace level")
+
+
+def _native_state(items: list[tuple[tuple, type, tuple, Any]]) -> Any:
+    """Gradients (or any selection) as NNX's own ``State`` of Variables, as ``nnx.grad`` returns."""
+    flat = [(path, value if t is None else t._new(value, dict(meta))) for path, t, meta, value in items]
+    return statelib.from_flat_state(flat)
+
+
+def _int_keys(cls: type) -> bool:
+    return bool(getattr(cls, "_pytree__has_int_keys", False))
+
+
+# -- Variables ------------------------------------------------------------------------
+
+
+def _get(v: Any) -> Any:
+    return v._raw_value
+
+
+_plain_setter = Variable.set_raw_value
+_store = object.__setattr__
+
+
+def _check_set(v: Any, value: Any) -> None:
+    v._check_can_update()  # NNX's own TraceContextError from another trace level
+
+
+def _set(v: Any, value: Any) -> None:
+    raw = v._raw_value
+    if _is_array_ref(raw) and (_is_array_ref(value) or hasattr(value, "shape")):
+        v[...] = value[...]  # a Ref-backed Variable keeps its Ref (as nnx.update does)
+    elif type(v).set_raw_value is _plain_setter:
+        _store(v, "_raw_value", value)  # the trace level was checked in _check_set
+    else:
+        v.set_raw_value(value, _unsafe_bypass_check=True)
+
+
+def _metadata(v: Any) -> tuple[tuple[str, Hashable], ...]:
+    return tuple(sorted(v._var_metadata.items()))
+
+
+def _new_variable(cls: type, value: Any, metadata: tuple[tuple[str, Hashable], ...]) -> Any:
+    return cls._new(value, dict(metadata))  # its own metadata dict, a fresh trace state
+
+
+reg.register_dict_node_type(
+    Pytree,
+    hidden=BOOKKEEPING,
+    int_keys=_int_keys,
+    bookkeeping=_bookkeeping,
+    create=_create,
+    data_keys=_data_keys,
+    check_write=_check_write,
+    native_state=_native_state,
+)
+reg.register_state_type(
+    Variable, get=_get, set=_set, metadata=_metadata, create=_new_variable, check_set=_check_set
+)
+reg.register_unsupported_type(
+    variablelib.HijaxVariable,
+    "it is a hijax Variable (hijax=True), whose value lives in JAX's hijax machinery; "
+    "create the Variable with hijax=False (the default) to use it with specgraph",
+)
