@@ -30,7 +30,7 @@ import jax  # noqa: E402
 import models  # noqa: E402
 
 import specgraph as sg  # noqa: E402
-from specgraph.codegen import emit, plan  # noqa: E402
+from specgraph import codegen  # noqa: E402
 from specgraph.runtime import dispatch  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def objects_only(gd: sg.GraphDef) -> Any:
     Built from a template-free list of calls: ``map`` over the types in table order
     (the per-object cost is what is measured, not the bytecode around it).
     """
-    types = tuple(spec[1] for spec in gd.table)
+    types = tuple(spec.type for spec in gd.table)
     new = object.__new__
 
     def build() -> Any:
@@ -68,10 +68,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"{args.shape}: unflatten is not specialized here")
     fn, statics, values = rt[1], rt[3], sm._values
 
-    up = plan.plan_unflatten(gd, dispatch.CONFIG.max_steps)
-    src = emit.render("unflatten", up, frozenset({"class"}))
-    ns = {**dispatch._base_namespace(), **up.consts.namespace}
-    unguarded = emit.compile_source("unflatten", src, gd.type.__qualname__, ns, up.consts.attributes).fn
+    unguarded = codegen.build("unflatten", gd, max_steps=dispatch.CONFIG.max_steps,
+                              disabled=frozenset({"class"})).fn
     floor = objects_only(gd)
 
     entries = [

@@ -535,6 +535,24 @@ def fold_edge(edge: Any, leaf: Any, build: Any) -> Any:
             stack[-1][2].append(value)
 
 
+def iter_edges(*edges: Edge) -> Iterator[Edge]:
+    """Each of ``edges`` and every edge inside a container below it, depth-first in order.
+
+    Node and state edges are yielded, not followed. Iterative.
+    """
+    stack = list(reversed(edges))
+    while stack:
+        e = stack.pop()
+        yield e
+        if type(e) is PytreeEdge:
+            stack.extend(reversed(e[3]))
+
+
+def all_edges(gd: GraphDef) -> Iterator[Edge]:
+    """Every edge of ``gd`` once: each node's children in table order, then the root."""
+    return iter_edges(*[c for spec in gd.table if type(spec) is NodeSpec for c in spec[4]], gd.root)
+
+
 def iter_statics(gd: GraphDef) -> Iterator[tuple[Path, Any]]:
     """Every static value in the structure with a readable path to it (for errors)."""
     node_paths: dict[int, Path] = {}

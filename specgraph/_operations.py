@@ -91,7 +91,7 @@ def clone(node: _Root) -> _Root:
 
 def iter_leaf(node: Any) -> Iterator[tuple[Path, Any]]:
     """``(path, leaf)`` for each State (once, at its first path) and bare array leaf."""
-    w = dispatch.walk_graph(node)
+    w = dispatch.collect(node)
     gd = w.graphdef
     types = gd.pathtable.types
     state_by_slot = {spec[4]: w.objects[spec[2]] for spec in gd.table if type(spec) is StateSpec}
@@ -101,7 +101,7 @@ def iter_leaf(node: Any) -> Iterator[tuple[Path, Any]]:
 
 def iter_node(node: Any) -> Iterator[tuple[Path, Any]]:
     """``(path, node)`` for each graph node, once, in pre-order."""
-    w = dispatch.walk_graph(node)
+    w = dispatch.collect(node)
     for spec in w.graphdef.table:
         if type(spec) is NodeSpec:
             yield w.path(spec[2]), w.objects[spec[2]]
@@ -117,7 +117,7 @@ def states(node: Any, *filters: Filter) -> dict[Path, State] | tuple[dict[Path, 
 
     With filters, one dict per filter (a selection: they need not cover all).
     """
-    w = dispatch.walk_graph(node)
+    w = dispatch.collect(node)
     found = [
         (w.path(spec[2]), w.objects[spec[2]], spec[1], w.values[spec[4]])
         for spec in w.graphdef.table
@@ -141,7 +141,7 @@ def pop_states(node: Any, *filters: Filter) -> StateMap | tuple[StateMap, ...]:
     """
     if not filters:
         raise TypeError("pop_states needs at least one filter")
-    w = dispatch.walk_graph(node)
+    w = dispatch.collect(node)
     gd = w.graphdef
     sm = StateMap._make(gd.pathtable, w.values)
     parts = [sm._subset(sm._select(to_predicate(f))) for f in filters]

@@ -1,6 +1,6 @@
 """Guard-kill matrix: every guard kind is load-bearing.
 
-For each kind in ``specgraph.codegen.plan.GUARD_KINDS`` there is one scenario: a
+For each kind in ``specgraph.codegen.GUARD_KINDS`` there is one scenario: a
 structure, and a mutation that only that guard protects against. With the guard
 generated out (``_set_disabled_guards``), the specialized flatten answers the
 mutated object with the stale structure, so it DIFFERS from the reference walker;
@@ -20,7 +20,7 @@ import pytest
 from conftest import assert_same_flatten
 
 import specgraph as sg
-from specgraph.codegen.plan import GUARD_KINDS
+from specgraph.codegen import GUARD_KINDS
 from specgraph.runtime import dispatch
 
 
@@ -327,7 +327,7 @@ def test_merged_nodes_are_caught(name: str) -> None:
 
 
 def test_witnessed_nodes_are_left_out_of_the_distinct_set() -> None:
-    from specgraph.codegen.plan import plan_flatten
+    from specgraph.codegen import plan_flatten
 
     gd, _ = sg.generic.flatten(_witnessed_make())
     plan = plan_flatten(gd, 10_000)
@@ -339,13 +339,13 @@ def test_witnessed_nodes_are_left_out_of_the_distinct_set() -> None:
 def test_a_naive_witness_rule_would_be_wrong(monkeypatch: pytest.MonkeyPatch) -> None:
     """The mutual pair is why a node needs a state no other node of its type holds there:
     "has a state of its own" alone lets the merged pair through."""
-    from specgraph.codegen import plan as plan_mod
-    from specgraph.codegen.plan import NodeSpec, StateEdge
+    from specgraph._ir import NodeSpec, StateEdge
+    from specgraph.codegen import flatten_plan
 
     def naive(table: tuple) -> set[int]:
         return {s[2] for s in table if type(s) is NodeSpec and any(type(c) is StateEdge for c in s[4])}
 
-    monkeypatch.setattr(plan_mod, "_nodes_witnessed_by_states", naive)
+    monkeypatch.setattr(flatten_plan, "witnessed_nodes", naive)
     node = _mutual_make()
     _compile(node)
     _mutual_mutate(node)
@@ -393,7 +393,7 @@ def test_unflatten_class_guard_is_load_bearing(disabled: frozenset[str],
 
 def test_objects_of_a_type_that_occurs_once_are_left_out_of_the_distinct_set() -> None:
     """Exact type guards keep them apart from everything else: no set needed for them."""
-    from specgraph.codegen.plan import plan_flatten
+    from specgraph.codegen import plan_flatten
 
     class Root(sg.Node):
         pass
@@ -402,8 +402,8 @@ def test_objects_of_a_type_that_occurs_once_are_left_out_of_the_distinct_set() -
     vars(root).update(stat=BatchStat(np.ones(1)), a=p(), b=p(), child=Box(x=1))
     gd, _ = sg.generic.flatten(root)
     plan = plan_flatten(gd, 10_000)
-    assert sorted(plan.distinct) == sorted(plan.objects[i] for i, spec in enumerate(gd.table)
-                                           if spec.type is sg.Param)
+    assert sorted(obj for obj, _ in plan.distinct) == sorted(
+        plan.objects[i] for i, spec in enumerate(gd.table) if spec.type is sg.Param)
     root.child = Box(x=p())
     plan = plan_flatten(sg.generic.flatten(root)[0], 10_000)
     assert len(plan.distinct) == 3  # three Params; the lone Box and BatchStat stay out

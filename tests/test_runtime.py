@@ -26,7 +26,7 @@ import pytest
 from conftest import assert_matches_reference, assert_same_flatten
 
 import specgraph as sg
-from specgraph.codegen import emit
+from specgraph.codegen import pipeline
 from specgraph.runtime import dispatch
 from specgraph.runtime.cache import CONFIG
 
@@ -266,13 +266,13 @@ def test_max_steps_declines_big_structures(knobs: None) -> None:
 
 @pytest.mark.parametrize("exc", [SyntaxError, RecursionError, MemoryError, ValueError, TypeError,
                                  RuntimeError, KeyError, AttributeError, jinja2.TemplateError])
-@pytest.mark.parametrize("target", ["compile_source", "render"])
+@pytest.mark.parametrize("target", ["_compile", "render"])
 def test_compile_failure_warns_and_falls_back(monkeypatch: pytest.MonkeyPatch, exc: type,
                                               target: str) -> None:
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise exc("injected failure")
 
-    monkeypatch.setattr(emit, target, broken)
+    monkeypatch.setattr(pipeline, target, broken)
     node = MLP()
     ref = sg.generic.flatten(node)
     gd, sm = ref

@@ -40,7 +40,7 @@ class StructureStats:
 
     hits: int = 0
     update_hits: int = 0
-    walk_hits: int = 0
+    walk_hits: int = 0  # hits of the specialized collect (states(), nodes(), iter_*)
     unflatten_hits: int = 0
     misses: Counter[str] = field(default_factory=Counter)
     fallbacks: int = 0
@@ -61,10 +61,10 @@ class StructureStats:
 
 
 class Variant:
-    """One specialized structure of a root type: its flatten and update functions."""
+    """One specialized structure of a root type: its flatten, update and collect functions."""
 
-    __slots__ = ("_paths", "flatten", "graphdef", "links", "plan", "sources", "stats", "table", "update",
-                 "walk")
+    __slots__ = ("_paths", "collect", "flatten", "graphdef", "links", "plan", "sources", "stats", "table",
+                 "update")
 
     def __init__(self, graphdef: GraphDef, flatten: Any, update: Any, stats: StructureStats,
                  sources: dict[str, str], plan: Any, links: tuple) -> None:
@@ -72,7 +72,7 @@ class Variant:
         self.table: PathTable = graphdef.pathtable
         self.flatten = flatten
         self.update = update
-        self.walk: Any = None  # compiled on first use (states(), nodes(), iter_*)
+        self.collect: Any = None  # compiled on first use (states(), nodes(), iter_*)
         self.stats = stats
         self.sources = sources
         self.plan = plan

@@ -11,23 +11,20 @@ on the GraphDef, then a dict keyed by its cached hash).
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from .. import _registry as reg
-from .. import _sameness as same
+from .. import codegen
 from .._ir import GraphDef
 from .._resolve import resolve_all, resolve_partial
 from .._statemap import StateMap
-from ..codegen import emit as _emit
-from ..codegen import plan as _plan
+from ..codegen import MISS
 from ..generic._flatten import Walk, walk
 from ..generic._unflatten import build
 from ..generic._update import apply_update
-from . import sources
 from .cache import CONFIG, LOCK, StructureStats, TypeEntry, Variant
 
 __all__ = [
@@ -56,24 +53,7 @@ _BOUND = 256  # entries kept in the bounded bookkeeping dicts
 
 _make_sm = StateMap._make
 _EPOCH = reg.epoch_cell()
-MISS = object()  # a generated unflatten's answer when its guard fails: the reference builds
 _new_sm = object.__new__
-
-
-def _base_namespace() -> dict[str, Any]:
-    return {
-        "EPOCH": reg.epoch_cell(),
-        "KIND": reg.kind_cache().get,
-        "ARRAY": reg.ARRAY,
-        "ONE_LEVEL": reg.pytree_level,
-        "KEY_SIG": same.dict_key_sig,
-        "META_SIG": same.meta_sig,
-        "SAME": same.same,
-        "SAME_AUX": same.same_aux,
-        "SAME_KEYS": same.same_keys,
-        "NEW": object.__new__,
-        "MISS": MISS,
-    }
 
 
 # -- flatten ----------------------------------------------------------------------
@@ -187,27 +167,18 @@ def _observe_structure(t: type, w: Walk, entry: TypeEntry | None) -> None:
 
 def _compile_variant(gd: GraphDef, entry: TypeEntry, links: tuple) -> Variant | None:
     stats = _stats_for(gd)
-    t0 = time.perf_counter()
     try:
-        plan = _plan.plan_flatten(gd, CONFIG.max_steps)
-    except _plan.Declined as e:
+        f = codegen.build("flatten", gd, max_steps=CONFIG.max_steps, disabled=_disabled_guards)
+        u = codegen.build("update", gd, max_steps=CONFIG.max_steps, plan=f.plan, disabled=_disabled_guards)
+    except codegen.Declined as e:
         _decline(entry, gd, stats, e.reason)
         return None
     except Exception as e:  # a bug or a hostile object: never an error for the user
         _compile_failed(entry, gd, stats, e)
         return None
-    try:
-        ns = {**_base_namespace(), **plan.consts.namespace}
-        type_name = gd.type.__qualname__
-        srcs = {"flatten": _emit.render("flatten", plan, _disabled_guards)}
-        f = _emit.compile_source("flatten", srcs["flatten"], type_name, ns).fn
-        srcs["update"] = _emit.render("update", plan, _disabled_guards)
-        u = _emit.compile_source("update", srcs["update"], type_name, ns).fn
-    except Exception as e:  # never an error for the user (see DESIGN: Deep and large graphs)
-        _compile_failed(entry, gd, stats, e)
-        return None
-    stats.compile_seconds += time.perf_counter() - t0
-    return Variant(gd, f, u, stats, srcs, plan, links)
+    stats.compile_seconds += f.seconds + u.seconds
+    assert isinstance(f.plan, codegen.FlattenPlan)
+    return Variant(gd, f.fn, u.fn, stats, {"flatten": f.source, "update": u.source}, f.plan, links)
 
 
 def _decline(entry: TypeEntry, gd: GraphDef, stats: StructureStats, reason: str) -> None:
@@ -229,14 +200,15 @@ def _compile_failed(entry: TypeEntry, gd: GraphDef, stats: StructureStats, e: Ba
     _decline(entry, gd, stats, f"{type(e).__name__}: {e}")
 
 
-def walk_graph(node: Any) -> Walk:
-    """Objects by index and values by slot: specialized when a variant matches."""
+def collect(node: Any) -> Walk:
+    """Objects by index and values by slot (what states(), nodes() and iter_* need): from
+    a specialized collect function when a variant matches, else the reference walker."""
     entry = _types.get(type(node)) if CONFIG.enabled else None
     if entry is not None:
         for var in entry.variants:
-            f = var.walk
+            f = var.collect
             if f is None:
-                f = _compile_walk(var)
+                f = _compile_collect(var)
             r = f(node)
             if type(r) is tuple:
                 var.stats.walk_hits += 1
@@ -253,20 +225,20 @@ def _refuse(root: Any) -> str:
     return "error"
 
 
-def _compile_walk(var: Variant) -> Any:
+def _compile_collect(var: Variant) -> Any:
     with LOCK:
-        if var.walk is None:
-            ns = {**_base_namespace(), **var.plan.consts.namespace}
+        if var.collect is None:
             try:
-                src = _emit.render("walk", var.plan, _disabled_guards)
-                var.walk = _emit.compile_source("walk", src, var.graphdef.type.__qualname__, ns).fn
-                var.sources["walk"] = src
+                built = codegen.build("collect", var.graphdef, max_steps=CONFIG.max_steps, plan=var.plan,
+                                      disabled=_disabled_guards)
+                var.collect = built.fn
+                var.sources["collect"] = built.source
             except Exception as e:  # never an error for the user: the generic walker serves it
                 _totals["compile_failures"] += 1
                 warnings.warn(f"specgraph could not specialize a walk of {var.graphdef.type.__qualname__} "
                               f"({type(e).__name__}: {e})", RuntimeWarning, stacklevel=4)
-                var.walk = _refuse
-        return var.walk
+                var.collect = _refuse
+        return var.collect
 
 
 # -- unflatten --------------------------------------------------------------------
@@ -320,7 +292,7 @@ def _unflatten_missed(gd: GraphDef, rt: tuple, values: list[Any]) -> Any:
         compiled = _unflat.get(gd)
         if compiled is not None and compiled[0] is fn:
             del _unflat[gd]
-            sources.forget(fn)
+            codegen.forget(fn)
     object.__setattr__(gd, "_rt", None)
     _totals["generic_unflattens"] += 1
     return build(gd, values)
@@ -364,15 +336,12 @@ def _unflatten_entry(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | N
         _unflat_seen.pop(gd, None)
         stats = _stats_for(gd)
         compiled = None
-        t0 = time.perf_counter()
         try:
-            plan = _plan.plan_unflatten(gd, CONFIG.max_steps)
-            src = _emit.render("unflatten", plan, _disabled_guards)
-            ns = {**_base_namespace(), **plan.consts.namespace}
-            fn = _emit.compile_source("unflatten", src, gd.type.__qualname__, ns, plan.consts.attributes).fn
-            compiled = (fn, plan.statics)
-            stats.compile_seconds += time.perf_counter() - t0
-        except _plan.Declined as e:
+            built = codegen.build("unflatten", gd, max_steps=CONFIG.max_steps, disabled=_disabled_guards)
+            assert isinstance(built.plan, codegen.UnflattenPlan)
+            compiled = (built.fn, built.plan.statics)
+            stats.compile_seconds += built.seconds
+        except codegen.Declined as e:
             stats.declined = e.reason
         except Exception as e:
             _totals["compile_failures"] += 1
@@ -386,7 +355,7 @@ def _unflatten_entry(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | N
         if len(_unflat) > 4 * _BOUND:
             dropped = _unflat.pop(next(iter(_unflat)))
             if dropped is not None:
-                sources.forget(dropped[0])
+                codegen.forget(dropped[0])
         rt = _unflatten_rt(gd, epoch, compiled, stats)
         object.__setattr__(gd, "_rt", rt)
         return rt
@@ -424,7 +393,7 @@ def update(node: Any, states: tuple[Any, ...]) -> None:
     else:
         # A partial update (a split part, a dict, ...): the reference writes, on a walk that
         # is itself specialized when a variant matches (its path index is built once).
-        w = walk_graph(node)
+        w = collect(node)
     _totals["generic_updates"] += 1
     if states:
         apply_update(node, w, resolve_partial(w.graphdef.pathtable, states))
@@ -459,7 +428,7 @@ def configure(*, threshold: int | None = None, max_variants: int | None = None,
 
 def _forget_variants(variants: tuple[Variant, ...]) -> None:
     for var in variants:
-        sources.forget(var.flatten, var.update, var.walk)
+        codegen.forget(var.flatten, var.update, var.collect)
 
 
 def _stats_for(gd: GraphDef) -> StructureStats:
@@ -476,7 +445,7 @@ def _stats_for(gd: GraphDef) -> StructureStats:
 def clear_cache() -> None:
     """Drop every specialization and counter (and invalidate by registry epoch)."""
     with LOCK:
-        sources.forget_all()
+        codegen.forget_all()
         _types.clear()
         _stats.clear()
         _unflat.clear()

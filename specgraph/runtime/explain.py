@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections import Counter
+from typing import Any
 
-from .._ir import GraphDef, NodeEdge, NodeSpec, PytreeEdge
-from ..codegen import emit as _emit
-from ..codegen import plan as _plan
+from .. import codegen
+from .._ir import GraphDef, NodeEdge, NodeSpec, iter_edges
 from . import dispatch
 from .cache import CONFIG
 
@@ -15,12 +15,8 @@ __all__ = ["explain"]
 
 def _depth(gd: GraphDef) -> int:
     """Longest chain of node references from the root (each node counted once)."""
-    depth = {}
-    frontier = []
-    if type(gd.root) is NodeEdge:
-        frontier = [(gd.root[1], 1)]
-    elif type(gd.root) is PytreeEdge:
-        frontier = [(i, 1) for i in _node_refs(gd.root)]
+    depth: dict[int, int] = {}
+    frontier = [(i, 1) for i in _node_refs(gd.root)]
     best = 0
     while frontier:
         idx, d = frontier.pop()
@@ -28,19 +24,15 @@ def _depth(gd: GraphDef) -> int:
             continue
         depth[idx] = d
         best = max(best, d)
-        for child in gd.table[idx][4]:
-            for j in _node_refs(child):
-                if j not in depth:
-                    frontier.append((j, d + 1))
+        for j in _node_refs(*gd.table[idx].children):
+            if j not in depth:
+                frontier.append((j, d + 1))
     return best
 
 
-def _node_refs(edge: object) -> list[int]:
-    if type(edge) is NodeEdge:
-        return [edge[1]]
-    if type(edge) is PytreeEdge:
-        return [i for c in edge[3] for i in _node_refs(c)]
-    return []
+def _node_refs(*edges: object) -> list[int]:
+    """The indices of the nodes these edges (and the containers below them) refer to."""
+    return [e.index for e in iter_edges(*edges) if type(e) is NodeEdge]
 
 
 def _numbered(source: str) -> str:
@@ -49,13 +41,20 @@ def _numbered(source: str) -> str:
     return "\n".join(f"  {i + 1:>{width}} | {line}" for i, line in enumerate(lines))
 
 
+def _build(kind: str, gd: GraphDef, plan: Any) -> codegen.Built:
+    """The function ``kind`` would get, built to be read (its source is not kept registered)."""
+    built = codegen.build(kind, gd, max_steps=CONFIG.max_steps, plan=plan)
+    codegen.forget(built.fn)
+    return built
+
+
 def explain(graphdef: GraphDef) -> str:
     """A readable account of one structure: summary, generated code, guards, counters."""
     if not isinstance(graphdef, GraphDef):
         raise TypeError(f"explain expects a GraphDef, got {type(graphdef).__qualname__}")
     gd = graphdef
-    node_types = Counter(s[1].__qualname__ for s in gd.table if type(s) is NodeSpec)
-    state_types = Counter(s[1].__qualname__ for s in gd.table if type(s) is not NodeSpec)
+    node_types = Counter(s.type.__qualname__ for s in gd.table if type(s) is NodeSpec)
+    state_types = Counter(s.type.__qualname__ for s in gd.table if type(s) is not NodeSpec)
     out = [
         f"Structure of {gd.type.__qualname__}",
         f"  nodes: {gd.num_nodes}   states: {gd.num_states}   array leaves: "
@@ -74,29 +73,31 @@ def explain(graphdef: GraphDef) -> str:
     else:
         status = "not specialized yet (these are the functions it would get)"
         try:
-            plan = _plan.plan_flatten(gd, CONFIG.max_steps)
-            sources["flatten"] = _emit.render("flatten", plan)
-            sources["update"] = _emit.render("update", plan)
-        except _plan.Declined as e:
+            for kind in ("flatten", "update"):
+                built = _build(kind, gd, plan)
+                sources[kind] = built.source
+                plan = built.plan
+        except codegen.Declined as e:
             status = f"not specialized: {e.reason}; the generic walker serves it"
     up = None
     try:
-        up = _plan.plan_unflatten(gd, CONFIG.max_steps)
-        sources["unflatten"] = _emit.render("unflatten", up)
-    except _plan.Declined as e:
+        built = _build("unflatten", gd, None)
+        sources["unflatten"] = built.source
+        up = built.plan
+    except codegen.Declined as e:
         sources.pop("unflatten", None)
         out.append(f"unflatten not specialized: {e.reason}")
     out.append(f"Status: {status}")
     if plan is not None:
         out.append("")
         out.append("Guards (checked before answering; any failure hands the call to the generic walker):")
-        for kind in _plan.GUARD_KINDS:
+        for kind in codegen.GUARD_KINDS:
             n = plan.counts.get(kind, 0)
             if kind == "distinct":
                 n = len(plan.distinct)
             if n:
-                out.append(f"  - {kind:<9} x{n:<5} {_plan.GUARD_WORDS[kind]}")
-        frozen = sum(1 for w in plan.writes if w.op == "check_unchanged")
+                out.append(f"  - {kind:<9} x{n:<5} {codegen.GUARD_WORDS[kind]}")
+        frozen = len(plan.checks)
         if frozen:
             out.append(
                 f"  (update: {frozen} array leaves sit in immutable containers; an update that "

@@ -1,0 +1,144 @@
+"""The op set: every step a plan can hold, the fields it carries, and its guard kind.
+
+A plan is a list of :class:`Step`; a template spells each step by its op. The set is
+closed: a step of an op not in :data:`OPS`, or with other fields than its op names,
+is refused when it is made, and each template's chain of ops ends in a branch that
+raises (``unknown_op``), so no step can silently render as nothing.
+
+Adding an op is local: one entry here, one branch in the template that spells it
+(``_steps.j2`` for the flatten/update/collect bodies, ``unflatten.py.j2``, or the
+update's writes in ``update.py.j2``).
+
+Field vocabulary (what the plan fills in; the templates spell it):
+  ``obj``      an operand: a local name, or an :class:`~.naming.Item` (``d[key]``) read in place
+  ``dst``      the local name a step assigns
+  ``cls``      a bound type's name; ``const``/``expected`` a bound constant's name
+  ``key``      a key: a :class:`~.naming.Literal` (exact str/int) or a bound name
+  ``pairs``    ``(name, key)`` or ``(key, value)`` pairs, as the op says
+  ``label``    a comment-safe path (see ``naming.path_label``)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["GUARD_KINDS", "GUARD_WORDS", "OPS", "Op", "Step", "UnknownOp"]
+
+# Guard kinds: each names one reason a specialized function can refuse an object.
+GUARD_KINDS = (
+    "epoch", "class", "type", "node_keys", "container", "static", "metadata", "backref", "distinct",
+)
+
+GUARD_WORDS = {
+    "epoch": "the node-type registry has not changed since compilation (registry epoch)",
+    "class": "no class gained a hook the code relies on it lacking (__hash__, __setattr__, ...) or new bases",
+    "type": "every node, state and container has exactly the type it had (type(x) is T), every node's "
+            "instance dict is exactly a dict",
+    "node_keys": "every node has exactly its attribute names (count, plus the keyed reads)",
+    "container": "every list/tuple has its length and every dict its keys",
+    "static": "every static value has the same type and compares equal",
+    "metadata": "every state has the same metadata",
+    "backref": "every shared node/state is still the very same object at each of its paths",
+    "distinct": "objects of a repeated type (states; nodes no own state vouches for) are distinct",
+}
+
+
+class UnknownOp(ValueError):
+    """A step names an op outside :data:`OPS`, or fields its op does not have."""
+
+
+@dataclass(frozen=True)
+class Op:
+    """One op: where it renders, the fields it carries, and the kind a failure returns.
+
+    ``body``: ``"flatten"`` (the guard/load body of flatten, update and collect),
+    ``"write"`` (the update's writes) or ``"unflatten"``. ``guard``: the miss kind the
+    step returns when its check fails (``None``: not a guard; a load block's ``miss``
+    field names what a ``KeyError`` in it stands for). ``in_update``: an update performs
+    it (reads of values it does not).
+    """
+
+    body: str
+    fields: tuple[str, ...]
+    guard: str | None = None
+    in_update: bool = True
+
+
+
+_F, _W, _U = "flatten", "write", "unflatten"
+
+OPS: dict[str, Op] = {
+    # -- class facts: first in every function (flatten and unflatten) ----------------
+    "guard_mro": Op(_F, ("cls", "mro"), "class"),
+    "guard_class": Op(_F, ("cls_dict", "cls", "names"), "class"),
+    # -- loads ---------------------------------------------------------------------
+    "load_dict": Op(_F, ("dst", "obj")),
+    "load_block": Op(_F, ("obj", "pairs", "miss")),  # pairs: (dst, key); miss "": no try
+    "unpack_seq": Op(_F, ("obj", "dsts", "label"), "container"),
+    "load_pytree": Op(_F, ("obj", "dst", "treedef")),
+    "read_value": Op(_F, ("dst", "obj"), in_update=False),
+    # -- guards --------------------------------------------------------------------
+    "guard_type": Op(_F, ("obj", "cls", "label"), "type"),
+    "guard_array": Op(_F, ("obj", "label"), "type"),
+    "guard_hidden": Op(_F, ("cls", "expected"), "node_keys"),
+    "guard_node_len": Op(_F, ("obj", "n", "hidden", "label"), "node_keys"),
+    "guard_len": Op(_F, ("obj", "n", "label"), "container"),
+    "guard_keysig": Op(_F, ("obj", "expected", "label"), "container"),
+    "guard_keys_same": Op(_F, ("obj", "expected", "label"), "container"),
+    "guard_treedef": Op(_F, ("obj", "expected", "label"), "container"),
+    "guard_aux": Op(_F, ("obj", "expected", "label"), "container"),
+    "guard_static": Op(_F, ("obj", "cls", "const", "label"), "static"),
+    "guard_static_nan": Op(_F, ("obj", "cls", "const", "label"), "static"),
+    "guard_static_is": Op(_F, ("obj", "const", "label"), "static"),
+    "guard_static_same": Op(_F, ("obj", "const", "label"), "static"),
+    "guard_no_meta": Op(_F, ("obj",), "metadata"),
+    "guard_meta": Op(_F, ("obj", "expected", "sig"), "metadata"),
+    "guard_meta_same": Op(_F, ("obj", "expected"), "metadata"),
+    "guard_is": Op(_F, ("obj", "expected", "label"), "backref"),
+    # -- the update's writes (after every guard passed) ----------------------------
+    "check_unchanged": Op(_W, ("obj", "slot", "label"), "immutable_leaf"),
+    "write_value": Op(_W, ("obj", "slot", "label")),
+    "write_item": Op(_W, ("obj", "key", "slot", "label")),
+    # -- unflatten -----------------------------------------------------------------
+    "unpack_statics": Op(_U, ("dsts",)),
+    "unpack_values": Op(_U, ("dsts",)),
+    "new_object": Op(_U, ("dst", "cls")),
+    "new_via_type": Op(_U, ("dst", "cls")),
+    "new_custom": Op(_U, ("dst", "factory", "meta")),
+    "set_state": Op(_U, ("obj", "meta", "value")),
+    "build_list": Op(_U, ("dst", "items")),
+    "build_tuple": Op(_U, ("dst", "items")),
+    "build_dict": Op(_U, ("dst", "pairs")),  # pairs: (key, value name)
+    "build_pytree": Op(_U, ("dst", "treedef", "items")),
+    "fill_dict": Op(_U, ("obj", "pairs")),  # pairs: (key, value name), through obj.__dict__
+    "fill_attrs": Op(_U, ("obj", "pairs", "labels")),  # pairs: (attribute placeholder, value name)
+    "set_key": Op(_U, ("obj", "setter", "key", "value")),
+}
+
+
+_FIELD_SETS = {op.fields: frozenset(op.fields) for op in OPS.values()}
+
+
+class Step:
+    """One step of a plan: an op of :data:`OPS` and exactly that op's fields."""
+
+    def __init__(self, op: str, **fields: Any) -> None:
+        spec = OPS.get(op)
+        if spec is None:
+            raise UnknownOp(f"unknown codegen op {op!r} (the op set is specgraph.codegen.ops.OPS)")
+        if fields.keys() != _FIELD_SETS[spec.fields]:
+            raise UnknownOp(f"op {op!r} takes the fields {spec.fields}, got {tuple(fields)}")
+        self.__dict__.update(fields)
+        self.op = op
+        #: the guard kind this step returns on a miss (``None``: it checks nothing)
+        self.kind = spec.guard
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if k not in ("op", "kind"))
+        return f"Step({self.op!r}, {fields})"
+
+
+def unknown_op(step: Any) -> str:
+    """A template's last branch: no step renders as nothing."""
+    raise UnknownOp(f"no template branch spells the op {getattr(step, 'op', step)!r}")

@@ -1,0 +1,207 @@
+"""The one compile path: GraphDef -> plan -> source (jinja2 templates) -> function.
+
+:func:`build` is all the dispatcher and ``explain`` call. It owns what generated
+code expects at run time (the prelude), the spelling of type names, linecache
+registration of each source under a unique file name, and picking the function
+out of the executed namespace by the name the template gave it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import linecache
+import threading
+import time
+from dataclasses import dataclass
+from types import FunctionType
+from typing import Any
+
+import jinja2
+
+from .._ir import GraphDef
+from .flatten_plan import FlattenPlan, plan_flatten
+from .naming import Item, Literal, StateValue, safe_name
+from .ops import OPS, Step, unknown_op
+from .prelude import prelude
+from .unflatten_plan import UnflattenPlan, plan_unflatten
+
+__all__ = ["KINDS", "Built", "build", "forget", "forget_all", "render"]
+
+#: What can be built: the three functions of a flatten plan, and the unflatten.
+KINDS = ("flatten", "update", "collect", "unflatten")
+
+_env: jinja2.Environment | None = None
+
+
+def environment() -> jinja2.Environment:
+    """The templates' environment: their spelling filters and tests, and ``unknown_op``."""
+    global _env
+    if _env is None:
+        env = jinja2.Environment(
+            loader=jinja2.PackageLoader("specgraph", "templates"),
+            autoescape=False,
+            keep_trailing_newline=True,
+            trim_blocks=False,
+            lstrip_blocks=False,
+            undefined=jinja2.StrictUndefined,
+        )
+        env.filters["key"] = _spell_key
+        env.tests["item"] = lambda x: type(x) is Item
+        env.tests["state_value"] = lambda x: type(x) is StateValue
+        env.globals["unknown_op"] = unknown_op
+        _env = env
+    return _env
+
+
+def _spell_key(k: Literal | str) -> str:
+    """A key in the source: the repr of a Literal (an exact str/int), else a bound name."""
+    if type(k) is Literal:
+        return repr(k.value)
+    if type(k) is not str:
+        raise TypeError(f"a key is a Literal or a bound name, not {type(k).__qualname__}")
+    return k
+
+
+@dataclass
+class Built:
+    """One generated function and what made it."""
+
+    kind: str
+    fn: Any
+    source: str
+    filename: str
+    seconds: float  # planning (when done here), rendering and compiling
+    plan: FlattenPlan | UnflattenPlan
+
+
+def build(kind: str, graphdef: GraphDef, *, max_steps: int, plan: FlattenPlan | UnflattenPlan | None = None,
+          disabled: frozenset[str] = frozenset()) -> Built:
+    """Generate the ``kind`` function (one of :data:`KINDS`) of ``graphdef``'s structure.
+
+    ``plan``: a plan already made for this structure (flatten, update and collect share
+    one). Raises ``Declined`` when the structure is not specialized; any other exception
+    is a failure to generate, for the caller to report. ``disabled`` names guard kinds
+    to leave out: a test-only switch that proves each guard kind load-bearing.
+    """
+    t0 = time.perf_counter()
+    if kind not in KINDS:
+        raise ValueError(f"unknown kind {kind!r}: one of {KINDS}")
+    if plan is None:
+        planner = plan_unflatten if kind == "unflatten" else plan_flatten
+        plan = planner(graphdef, max_steps)
+    source = render(kind, plan, disabled)
+    name = _function_name(kind, graphdef)
+    fn, filename = _compile(kind, name, source, plan)
+    return Built(kind, fn, source, filename, time.perf_counter() - t0, plan)
+
+
+def _function_name(kind: str, gd: GraphDef) -> str:
+    return f"{kind}_{safe_name(gd.type.__qualname__)}"
+
+
+def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str] = frozenset()) -> str:
+    """The source text of the ``kind`` function of ``plan``."""
+    gd = plan.graphdef
+    name = _function_name(kind, gd)
+    type_name = safe_name(gd.type.__qualname__)
+    if isinstance(plan, UnflattenPlan):
+        if kind != "unflatten":
+            raise ValueError(f"an unflatten plan makes no {kind} function")
+        tmpl = environment().get_template("unflatten.py.j2")
+        return tmpl.render(name=name, type_name=type_name, root=plan.root,
+                           steps=[s for s in plan.steps if s.kind not in disabled])
+    if kind == "unflatten":
+        raise ValueError("a flatten plan makes no unflatten function")
+    steps = [
+        _indexed_loads(s) if s.op == "unpack_seq" and s.kind in disabled else s
+        for s in plan.steps
+        if s.kind not in disabled or s.op == "unpack_seq"
+    ]
+    if kind == "update":
+        steps = [s for s in steps if OPS[s.op].in_update]
+    tmpl = environment().get_template("update.py.j2" if kind == "update" else "flatten.py.j2")
+    return tmpl.render(
+        collect=kind == "collect",
+        name=name,
+        type_name=type_name,
+        steps=steps,
+        objects=plan.objects,
+        values=plan.values,
+        checks=plan.checks,
+        writes=plan.writes,
+        distinct=plan.distinct if "distinct" not in disabled else [],
+        keyed_statics=plan.keyed_statics,
+        epoch=plan.epoch,
+        guard_epoch="epoch" not in disabled,
+    )
+
+
+def _indexed_loads(step: Step) -> Step:
+    """A sequence unpacking with its length check generated out: indexed loads."""
+    return Step("load_block", obj=step.obj, pairs=[(dst, Literal(i)) for i, dst in enumerate(step.dsts)],
+                miss="")
+
+
+def _compile(kind: str, name: str, source: str, plan: FlattenPlan | UnflattenPlan) -> tuple[Any, str]:
+    """Compile ``source`` under a unique, linecache-registered file name; its function.
+
+    The namespace is the prelude plus the plan's constants. The function is the one
+    the template named ``name`` (a constant is never a function of this file).
+    Attribute placeholders are replaced by the real names (user data) in the code
+    object's ``co_names``, so a name reaches the bytecode as a constant, never the text.
+    """
+    filename = _unique_filename(kind, plan.graphdef)
+    code = compile(source, filename, "exec")
+    ns = prelude()
+    ns.update(plan.consts.namespace)
+    exec(code, ns)
+    fn = ns[name]
+    if type(fn) is not FunctionType or fn.__code__.co_filename != filename:
+        raise RuntimeError(f"the generated source does not define {name}")
+    attributes = plan.consts.attributes
+    if attributes:
+        co = fn.__code__
+        fn.__code__ = co.replace(co_names=tuple(attributes.get(n, n) for n in co.co_names))
+    _register(filename, source)
+    return fn, filename
+
+
+# -- linecache: tracebacks and inspect.getsource show generated lines ------------------
+
+_counter = itertools.count()
+_lock = threading.Lock()
+_registered: set[str] = set()
+
+
+def _unique_filename(kind: str, gd: GraphDef) -> str:
+    """A file name no other generated function uses (``<specgraph flatten MLP #3>``)."""
+    with _lock:
+        n = next(_counter)
+    return f"<specgraph {kind} {safe_name(gd.type.__qualname__, 40)} #{n}>"
+
+
+def _register(filename: str, source: str) -> None:
+    lines = source.splitlines(keepends=True)
+    # A None mtime marks the entry as not backed by a file: checkcache keeps it.
+    linecache.cache[filename] = (len(source), None, lines, filename)
+    with _lock:
+        _registered.add(filename)
+
+
+def forget(*functions: object) -> None:
+    """Drop the sources of generated functions that are no longer cached."""
+    for fn in functions:
+        code = getattr(fn, "__code__", None)
+        if code is not None and code.co_filename in _registered:
+            linecache.cache.pop(code.co_filename, None)
+            with _lock:
+                _registered.discard(code.co_filename)
+
+
+def forget_all() -> None:
+    """Drop every generated source (``clear_cache``)."""
+    with _lock:
+        names = list(_registered)
+        _registered.clear()
+    for name in names:
+        linecache.cache.pop(name, None)

@@ -1,0 +1,240 @@
+"""The unflatten planner: the steps that build a fresh graph of one structure.
+
+It mirrors the reference ``build``: states and empty node shells first (in table
+order), then each node filled in table order, so sharing and cycles resolve the
+same way. Every user object the function puts into the graph (state and
+custom-node metadata, statics, custom pytree treedefs, keys other than an exact
+str or int) comes from the GraphDef being unflattened, as ``S``: an equal GraphDef
+may hold equal but distinct objects. The planner records where each one sits as it
+reads it (:class:`StaticReads`), so nothing has to repeat its order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import _registry as reg
+from .._ir import ArrayConstant, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge
+from .classfacts import ClassFacts, attribute_stores_ok, defines, unflatten_runs_no_user_code
+from .flatten_plan import Declined
+from .naming import Constants, Literal, path_label
+from .ops import Step
+
+__all__ = ["StaticReads", "UnflattenPlan", "plan_unflatten"]
+
+Address = tuple[int, tuple[str | int, ...]]
+
+#: The base of a read that starts at the GraphDef itself.
+GRAPHDEF = -1
+
+
+class StaticReads:
+    """Where a plan's statics sit in its GraphDef, recorded as the planner reads them.
+
+    A read is a base (an earlier read, or :data:`GRAPHDEF`) and the steps below it:
+    an attribute name (``"table"``, ``"children"``, ...) or an index. :meth:`read`
+    follows them in a GraphDef equal to the planned one and returns its own objects.
+    """
+
+    def __init__(self) -> None:
+        self._reads: list[Address] = []
+        self._wanted: list[int] = []
+
+    def at(self, base: int, *steps: str | int) -> int:
+        """Record the object ``steps`` below ``base``; return its read number."""
+        self._reads.append((base, steps))
+        return len(self._reads) - 1
+
+    def want(self, read: int) -> None:
+        """The object of ``read`` is the next item of :meth:`read`'s tuple."""
+        self._wanted.append(read)
+
+    def read(self, gd: GraphDef) -> tuple:
+        """The wanted objects of ``gd``, in the order they were wanted."""
+        got: list[Any] = []
+        for base, steps in self._reads:
+            x = gd if base < 0 else got[base]
+            for s in steps:
+                x = getattr(x, s) if type(s) is str else x[s]
+            got.append(x)
+        return tuple([got[r] for r in self._wanted])
+
+
+@dataclass
+class UnflattenPlan:
+    """What the unflatten function of one structure does."""
+
+    graphdef: GraphDef
+    consts: Constants
+    steps: list[Step]
+    root: str  # the local holding the result
+    facts: ClassFacts
+    statics: StaticReads  # what the function takes as S, read from the GraphDef it is given
+
+
+def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
+    """Steps that build a fresh graph of structure ``gd`` from values in slot order."""
+    return UnflattenPlanner(gd, max_steps).plan()
+
+
+class UnflattenPlanner:
+    """Plans one structure: objects first, then each node filled, then the root's value."""
+
+    def __init__(self, gd: GraphDef, max_steps: int) -> None:
+        if len(gd.table) * 2 > max_steps:
+            raise Declined(f"structure too large (more than {max_steps} steps)")
+        self.gd = gd
+        self.max_steps = max_steps
+        self.consts = Constants()
+        self.steps: list[Step] = []
+        self.facts = ClassFacts()
+        self.reads = StaticReads()
+        self.static_names: list[str] = []
+        self.objects = [f"o{spec.index}" for spec in gd.table]
+        self.slots = [f"v{i}" for i in range(gd.num_leaves)]
+        self.impls = {spec.index: reg.node_impl(spec.type) for spec in gd.table if type(spec) is NodeSpec}
+        self._counter = 0
+
+    def plan(self) -> UnflattenPlan:
+        gd = self.gd
+        if self.slots:
+            self.steps.append(Step("unpack_values", dsts=self.slots))
+        for spec in gd.table:
+            if type(spec) is NodeSpec:
+                self._new_node(spec)
+            else:
+                self._new_state(spec)
+        # Attribute stores only where no user code can run during the call (so the class
+        # guards, checked first, still hold at every store): see attribute_stores_ok.
+        attrs_ok = unflatten_runs_no_user_code(gd, self.impls)
+        for spec in gd.table:
+            if type(spec) is NodeSpec:
+                if len(self.steps) > self.max_steps:
+                    raise Declined(f"structure too large (more than {self.max_steps} steps)")
+                self._fill_node(spec, attrs_ok)
+        root = self._value(gd.root, GRAPHDEF, ("root",))
+        head = self.facts.steps(self.consts)  # the class guards go first
+        if self.static_names:
+            head.append(Step("unpack_statics", dsts=self.static_names))
+        return UnflattenPlan(graphdef=gd, consts=self.consts, steps=head + self.steps, root=root,
+                             facts=self.facts, statics=self.reads)
+
+    # -- what the function takes from its GraphDef --------------------------------------
+
+    def _own(self, read: int) -> str:
+        """The local that will hold the object of ``read`` (unpacked from ``S``)."""
+        name = f"s{len(self.static_names)}"
+        self.static_names.append(name)
+        self.reads.want(read)
+        return name
+
+    def _key(self, k: Hashable, base: int, *at: str | int) -> Literal | str:
+        """An exact str/int key is spelled; any other is read from ``S`` (it sits at ``at``)."""
+        if type(k) is str or type(k) is int:
+            return Literal(k)
+        return self._own(self.reads.at(base, *at))
+
+    # -- objects ------------------------------------------------------------------------
+
+    def _new_node(self, spec: NodeSpec) -> None:
+        impl = self.impls[spec.index]
+        dst = self.objects[spec.index]
+        if impl.is_builtin_node:
+            self.steps.append(Step("new_object", dst=dst, cls=self.consts.bind(spec.type, "T")))
+        else:
+            meta = self._own(self.reads.at(GRAPHDEF, "table", spec.index, "meta"))
+            self.steps.append(Step("new_custom", dst=dst, factory=self.consts.bind(impl.create_empty, "F"),
+                                   meta=meta))
+
+    def _new_state(self, spec: Any) -> None:
+        t = spec.type
+        if reg.state_impl(t) is not None:
+            raise Declined(f"foreign state type {t.__qualname__}")
+        if type(t) is type and not defines(t, "__new__"):
+            op = "new_object"  # what cls.__new__(cls) does, while no class gains a __new__
+            self.facts.require_absent(t, ("__new__",))
+        else:
+            op = "new_via_type"
+        dst = self.objects[spec.index]
+        self.steps.append(Step(op, dst=dst, cls=self.consts.bind(t, "T")))
+        if spec.metadata:
+            meta = self._own(self.reads.at(GRAPHDEF, "table", spec.index, "metadata"))
+        else:
+            meta = self.consts.bind(spec.metadata, "M")
+        self.steps.append(Step("set_state", obj=dst, meta=meta, value=self.slots[spec.slot]))
+
+    def _fill_node(self, spec: NodeSpec, attrs_ok: bool) -> None:
+        i = spec.index
+        values = [self._value(c, GRAPHDEF, ("table", i, "children", j)) for j, c in enumerate(spec.children)]
+        obj = self.objects[i]
+        impl = self.impls[i]
+        if attrs_ok and impl.is_builtin_node and attribute_stores_ok(spec.type, spec.keys):
+            # (No guard for __dict__: a class's __dict__ cannot be assigned after creation.)
+            self.facts.require_absent(spec.type, ("__getattribute__", "__setattr__", *spec.keys))
+            pairs = [(self.consts.attr(k), v) for k, v in zip(spec.keys, values, strict=True)]
+            self.steps.append(Step("fill_attrs", obj=obj, pairs=pairs,
+                                   labels=[path_label((k,)) for k in spec.keys]))
+            return
+        keys = [self._key(k, GRAPHDEF, "table", i, "keys", j) for j, k in enumerate(spec.keys)]
+        if impl.is_builtin_node:
+            self.steps.append(Step("fill_dict", obj=obj, pairs=list(zip(keys, values, strict=True))))
+        else:
+            setter = self.consts.bind(impl.set_key, "F")
+            for k, v in zip(keys, values, strict=True):
+                self.steps.append(Step("set_key", obj=obj, setter=setter, key=k, value=v))
+
+    # -- values -------------------------------------------------------------------------
+
+    def _value(self, edge: Any, base: int, at: tuple[str | int, ...]) -> str:
+        """A local holding the value of ``edge``, which sits at ``at`` below ``base`` in
+        the GraphDef (emitting the builds of containers). Iterative, bottom-up."""
+        if type(edge) is not PytreeEdge:
+            return self._leaf(edge, base, at)
+        # Frames: [edge, its read, position of the next child, child locals so far].
+        stack: list[list[Any]] = [[edge, self.reads.at(base, *at), 0, []]]
+        while True:
+            fr = stack[-1]
+            e, read, pos, parts = fr
+            kids = e.children
+            while pos < len(kids):
+                child = kids[pos]
+                pos += 1
+                if type(child) is PytreeEdge:
+                    fr[2] = pos
+                    stack.append([child, self.reads.at(read, "children", pos - 1), 0, []])
+                    break
+                parts.append(self._leaf(child, read, ("children", pos - 1)))
+            else:
+                stack.pop()
+                name = self._build(e, read, parts)
+                if not stack:
+                    return name
+                stack[-1][3].append(name)
+
+    def _leaf(self, edge: Any, base: int, at: tuple[str | int, ...]) -> str:
+        k = type(edge)
+        if k is StaticEdge:
+            if edge.sig is ArrayConstant:
+                raise Declined("an array kept as a static")
+            return self._own(self.reads.at(base, *at, "value"))
+        if k is NodeEdge or k is StateEdge:
+            return self.objects[edge.index]
+        return self.slots[edge.slot]  # ArrayEdge
+
+    def _build(self, edge: PytreeEdge, read: int, items: list[str]) -> str:
+        ptype = edge.ptype
+        self._counter += 1
+        dst = f"c{self._counter}"
+        if ptype is list:
+            self.steps.append(Step("build_list", dst=dst, items=items))
+        elif ptype is tuple:
+            self.steps.append(Step("build_tuple", dst=dst, items=items))
+        elif ptype is dict:
+            keys = [self._key(k, read, "keys", j) for j, k in enumerate(edge.keys)]
+            self.steps.append(Step("build_dict", dst=dst, pairs=list(zip(keys, items, strict=True))))
+        else:
+            treedef = self._own(self.reads.at(read, "ptype"))
+            self.steps.append(Step("build_pytree", dst=dst, treedef=treedef, items=items))
+        return dst
