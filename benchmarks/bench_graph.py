@@ -53,6 +53,8 @@ SYSTEMS: dict[str, str] = {
     "nnx": "nnx",
     "jax": "jax.tree_util",
     "equinox": "equinox",
+    "sg_nnx": "sg on nnx model",
+    "sg_brainstate": "sg on brainstate model",
 }
 
 #: What each system runs for each operation (the JSON and latest.md carry this too).
@@ -76,6 +78,18 @@ CALLS: dict[str, dict[str, str]] = {
         "update": "brainstate.graph.update_states(node, st)",
         "states": "brainstate.graph.states(node)",
         "hash": "hash(gd)",
+    },
+    "sg_nnx": {
+        "flatten": "sg.flatten(nnx_node)",
+        "unflatten": "sg.unflatten(gd, sm)",
+        "update": "sg.update(nnx_node, sm)",
+        "states": "sg.states(nnx_node)",
+    },
+    "sg_brainstate": {
+        "flatten": "sg.flatten(brainstate_node)",
+        "unflatten": "sg.unflatten(gd, sm)",
+        "update": "sg.update(brainstate_node, sm)",
+        "states": "sg.states(brainstate_node)",
     },
     "nnx": {
         "flatten": "nnx.split(node)",
@@ -223,10 +237,12 @@ def _getattr_path(obj: Any, dotted: str) -> Any:
     return obj
 
 
-def prepare_specgraph(models: ModuleType, shape: str, public: bool) -> dict[str, Callable[[], Any]]:
+def prepare_specgraph(models: ModuleType, shape: str, public: bool,
+                      family: str = "specgraph") -> dict[str, Callable[[], Any]]:
+    """specgraph's operations; ``family`` picks whose model (a peer's model: its own classes)."""
     import specgraph as sg
 
-    node = models.build(shape, "specgraph")
+    node = models.build(shape, family)
     api = sg if public else sg.generic
     flatten, unflatten, update = api.flatten, api.unflatten, api.update
     flatten(node)  # warm-up: the first call of a structure is what specializes it
@@ -238,7 +254,9 @@ def prepare_specgraph(models: ModuleType, shape: str, public: bool) -> dict[str,
         "unflatten": functools.partial(unflatten, gd, sm),
         "update": functools.partial(update, node, sm),
     }
-    if public:
+    if public and family != "specgraph":
+        ops["states"] = functools.partial(sg.states, node)
+    elif public:
         ops["states"] = functools.partial(sg.states, node)
         hash(gd)
         ops["hash"] = functools.partial(hash, gd)
@@ -303,6 +321,7 @@ def prepare_pytree(models: ModuleType, shape: str, family: str) -> dict[str, Cal
 def available_systems(models: ModuleType) -> list[str]:
     out = ["specgraph", "generic"]
     out += [s for s in ("brainstate", "nnx", "jax", "equinox") if s in models.FAMILIES]
+    out += [f"sg_{s}" for s in ("nnx", "brainstate") if s in models.FAMILIES]
     return out
 
 
@@ -315,6 +334,8 @@ def prepare(models: ModuleType, system: str, shape: str) -> dict[str, Callable[[
         return prepare_brainstate(models, shape)
     if system == "nnx":
         return prepare_nnx(models, shape)
+    if system in ("sg_nnx", "sg_brainstate"):
+        return prepare_specgraph(models, shape, public=True, family=system[3:])
     if system in ("jax", "equinox"):
         return prepare_pytree(models, shape, system)
     raise KeyError(system)

@@ -631,3 +631,19 @@ def test_random_nnx_graphs_match_nnx(impl: Any, m: Any) -> None:
     impl.update(m, new)
     for p, v in variables(m).items():
         assert v is before[p] and v.get_raw_value() is new[p]
+
+
+def test_example_train_nnx_agrees_with_nnx_jit() -> None:
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "train_nnx.py"
+    spec = importlib.util.spec_from_file_location("train_nnx_example", path)
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    # --check-nnx makes it stop with an error as soon as a loss differs from nnx.jit's.
+    out = example.main(["--steps", "20", "--log-every", "10", "--check-nnx"])
+    assert out["trace_count"] == 1
+    (_, first_loss, _), (_, last_loss, _) = out["history"]
+    assert last_loss < first_loss
