@@ -29,18 +29,21 @@ from ._registry import register_graph_node_type
 from ._statemap import StateMap
 from .runtime.dispatch import cache_info, clear_cache, configure, specialization
 from .runtime.explain import explain
-from .transforms import grad, jit, value_and_grad
+from .sharding import named_shardings, partition_specs, shard
+from .transforms import Carry, StateAxes, eval_shape, grad, jit, remat, scan, value_and_grad, vmap
 
 __version__ = "0.1.0"
 
 __all__ = [
     "All",
     "Any",
+    "Carry",
     "GraphDef",
     "Node",
     "Not",
     "Param",
     "State",
+    "StateAxes",
     "StateMap",
     "cache_info",
     "clear_cache",
@@ -53,13 +56,20 @@ __all__ = [
     "grad",
     "jit",
     "value_and_grad",
+    "vmap",
+    "scan",
+    "remat",
+    "eval_shape",
     "graphdef",
     "iter_leaf",
     "iter_node",
     "merge",
+    "named_shardings",
     "nodes",
+    "partition_specs",
     "pop_states",
     "register_graph_node_type",
+    "shard",
     "split",
     "states",
     "unflatten",

@@ -30,8 +30,9 @@ from .._statemap import StateMap
 from ..generic._flatten import walk
 from ..generic._unflatten import build_with, rebuild_edge
 from ..runtime import dispatch
+from ..sharding import constrain_tree, keep_sharding, multi_device
 
-__all__ = ["jit", "JitFunction"]
+__all__ = ["jit", "JitFunction", "trace_call", "finish_call", "Traced"]
 
 # The wrapped function's parameters and result: a JitFunction is called like it.
 _P = ParamSpec("_P")
@@ -78,6 +79,98 @@ def _is_plain(edge: Any) -> bool:
     return True
 
 
+class Traced:
+    """One run of ``fn`` on a graph rebuilt from (traced) values, inside some JAX transform.
+
+    ``walk`` is the walk of the joint root (arguments after ``fn``, then the output):
+    its first ``n`` values are the arguments' slots, the rest the output's.
+    ``written`` are the argument slots holding a new value object.
+    """
+
+    __slots__ = ("n", "out", "root", "walk", "written")
+
+    def __init__(self, root: Any, out: Any, walk: Any, written: tuple[int, ...], n: int) -> None:
+        self.root = root
+        self.out = out
+        self.walk = walk
+        self.written = written
+        self.n = n
+
+    def out_static(self) -> tuple:
+        """How to rebuild the output on the caller's side (static: no values in it)."""
+        after = self.walk.graphdef
+        out_edge = after.table[0][4][1]  # the "b" child of the joint root
+        if _is_plain(out_edge):
+            return ("plain", out_edge, self.n)
+        return ("graph", after, self.n)
+
+
+def trace_call(
+    fn: Callable[..., Any], gd: GraphDef, values: list[Any], static: tuple = ((), ()),
+    transform: str = "specgraph.jit",
+) -> Traced:
+    """Rebuild the arguments from ``values``, call ``fn``, and find what it wrote.
+
+    A structural change of the arguments made inside ``fn`` is a ``ValueError``:
+    only values cross a transform's boundary.
+    """
+    root = dispatch.unflatten_states(gd, (StateMap._make(gd.pathtable, values),))
+    before_objects = walk(root).objects  # trace time only: the rebuilt nodes and States
+    args, kwargs = _call_args(root, static)
+    out = fn(*args, **kwargs)
+    joint = _OutRoot.__new__(_OutRoot)
+    joint.__dict__["a"] = root
+    joint.__dict__["b"] = out
+    w = walk(joint)
+    # A node or State replaced by a fresh one of the same type leaves the GraphDef
+    # equal: compare identities too (index i here is index i + 1 in the joint walk).
+    if not _same_structure(gd, w.graphdef) or any(
+        w.objects[i + 1] is not obj for i, obj in enumerate(before_objects)
+    ):
+        raise ValueError(
+            f"{_fn_name(fn)} changed the structure of its arguments inside {transform} "
+            "(an attribute, node, State or container was added, removed or replaced). "
+            "Structural changes are not carried out of a transformed call: make them outside "
+            "the transformed function, or return the new objects"
+        )
+    n = gd.num_leaves
+    after_values = w.values
+    written = tuple(i for i in range(n) if after_values[i] is not values[i])
+    return Traced(root, out, w, written, n)
+
+
+def finish_call(
+    root: Any, sm: StateMap, written: Sequence[int], written_values: Sequence[Any], out_static: tuple,
+    out_values: list[Any],
+) -> Any:
+    """The caller's side after a transformed call: write states back, rebuild the output."""
+    if written:
+        new_values = list(sm._values)
+        for slot, v in zip(written, written_values, strict=True):
+            new_values[slot] = v
+        dispatch.update(root, (StateMap._make(sm._table, new_values),))
+    kind, payload, n = out_static
+    if kind == "plain":
+        return rebuild_edge(payload, [], [None] * n + out_values)
+    return _rebuild_graph_output(root, payload, n, out_values)
+
+
+def _constrain_args(args: tuple, in_shardings: Sequence[Any], static_argnums: tuple[int, ...]) -> tuple:
+    if len(in_shardings) > len(args):
+        raise ValueError(
+            f"in_shardings has {len(in_shardings)} entries but the call has {len(args)} positional "
+            "arguments; give one entry per positional argument (None where there is nothing to place)"
+        )
+    out = list(args)
+    for i, s in enumerate(in_shardings):
+        if s is None:
+            continue
+        if i in static_argnums or i - len(args) in static_argnums:
+            raise ValueError(f"in_shardings[{i}] is given for a static argument; use None there")
+        out[i] = constrain_tree(args[i], s, f"in_shardings[{i}]")
+    return tuple(out)
+
+
 class JitFunction(Generic[_P, _R]):
     """A jitted function of graph nodes; call it like the original."""
 
@@ -94,7 +187,15 @@ class JitFunction(Generic[_P, _R]):
         names = [static_argnames] if isinstance(static_argnames, str) else static_argnames
         self.static_argnames = tuple(names)
         self.donate_argnums = _as_tuple(donate_argnums)
-        for bad in ("static_argnums", "donate_argnums", "donate_argnames", "in_shardings", "out_shardings"):
+        self.in_shardings = jax_jit_kwargs.pop("in_shardings", None)
+        self.out_shardings = jax_jit_kwargs.pop("out_shardings", None)
+        if self.in_shardings is not None and not isinstance(self.in_shardings, (tuple, list)):
+            raise TypeError(
+                "specgraph.jit's in_shardings is a tuple with one entry per positional argument "
+                "(a sharding or pytree prefix of shardings for a non-graph argument, None for the "
+                f"rest), got {type(self.in_shardings).__qualname__}"
+            )
+        for bad in ("static_argnums", "donate_argnums", "donate_argnames"):
             if bad in jax_jit_kwargs:
                 raise TypeError(f"specgraph.jit does not support the jax.jit argument {bad!r}")
         self.trace_count = 0
@@ -105,44 +206,34 @@ class JitFunction(Generic[_P, _R]):
         self._jitted = jax.jit(self._pure, static_argnums=(0, 1), donate_argnums=(3,) if self.donate_argnums
                                else (), **jax_jit_kwargs)
         self._donated: dict[GraphDef, tuple[int, ...]] = {}
-        functools.update_wrapper(self, fn)
+        functools.update_wrapper(self, fn, updated=())  # not fn.__dict__: a wrapped transform has its own fn
 
     # -- the traced side ------------------------------------------------------------
     def _pure(self, static: tuple, gd: GraphDef, kept: list[Any], donated: list[Any]) -> _Result:
         self.trace_count += 1
         values = _merge_donated(self._donated_slots(gd), kept, donated)
-        root = dispatch.unflatten_states(gd, (StateMap._make(gd.pathtable, values),))
-        before_objects = walk(root).objects  # trace time only: the rebuilt nodes and States
-        args, kwargs = _call_args(root, static)
-        out = self.fn(*args, **kwargs)
-        joint = _OutRoot.__new__(_OutRoot)
-        joint.__dict__["a"] = root
-        joint.__dict__["b"] = out
-        w = walk(joint)
-        after = w.graphdef
-        # A node or State replaced by a fresh one of the same type leaves the GraphDef
-        # equal: compare identities too (index i here is index i + 1 in the joint walk).
-        if not _same_structure(gd, after) or any(
-            w.objects[i + 1] is not obj for i, obj in enumerate(before_objects)
-        ):
-            raise ValueError(
-                f"{_fn_name(self.fn)} changed the structure of its arguments inside specgraph.jit "
-                "(an attribute, node, State or container was added, removed or replaced). "
-                "Structural changes are not carried out of a jitted call: make them outside "
-                "the jitted function, or return the new objects"
-            )
+        t = trace_call(self._call_fn, gd, values, static)
         n = gd.num_leaves
         donated_slots = set(self._donated_slots(gd))
-        after_values = w.values
+        after_values = t.walk.values
         # Written: a new value object. Donated arguments' buffers die with the call,
         # so all their values come back.
-        written = tuple(i for i in range(n) if after_values[i] is not values[i] or i in donated_slots)
-        out_edge = after.table[0][4][1]  # the "b" child of the joint root
-        if _is_plain(out_edge):
-            out_static: Any = ("plain", out_edge, n)
-        else:
-            out_static = ("graph", after, n)
-        return _Result(written, out_static, [after_values[i] for i in written], after_values[n:])
+        written = t.written
+        if donated_slots:
+            written = tuple(i for i in range(n) if after_values[i] is not values[i] or i in donated_slots)
+        written_values = [after_values[i] for i in written]
+        if multi_device():  # a written state keeps its input sharding exactly
+            written_values = [keep_sharding(values[i], after_values[i]) for i in written]
+        return _Result(written, t.out_static(), written_values, after_values[n:])
+
+    def _call_fn(self, *args: Any, **kwargs: Any) -> Any:
+        """``fn`` with the ``in_shardings`` / ``out_shardings`` constraints around it."""
+        if self.in_shardings is None and self.out_shardings is None:
+            return self.fn(*args, **kwargs)
+        if self.in_shardings is not None:
+            args = _constrain_args(args, self.in_shardings, self.static_argnums)
+        out = self.fn(*args, **kwargs)
+        return constrain_tree(out, self.out_shardings, "out_shardings")
 
     def _donated_slots(self, gd: GraphDef) -> tuple[int, ...]:
         """The value slots that belong to donated arguments (cached per GraphDef)."""
@@ -186,15 +277,7 @@ class JitFunction(Generic[_P, _R]):
         except (TypeError, ValueError):
             hash(gd)  # an unhashable static argument: raise the TypeError that names its path
             raise
-        if res.written:
-            new_values = list(values)
-            for slot, v in zip(res.written, res.written_values, strict=True):
-                new_values[slot] = v
-            dispatch.update(root, (StateMap._make(sm._table, new_values),))
-        kind, payload, n = res.out_static
-        if kind == "plain":
-            return rebuild_edge(payload, [], [None] * n + res.out_values)
-        return _rebuild_graph_output(root, payload, n, res.out_values)
+        return finish_call(root, sm, res.written, res.written_values, res.out_static, res.out_values)
 
 
 class _ArgsRoot(Node):

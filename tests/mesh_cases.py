@@ -1,0 +1,269 @@
+"""Sharded-state cases on a 2x4 (``data``, ``model``) mesh of 8 simulated CPU devices.
+
+JAX fixes its device count when it starts, so these run in a process of their own:
+``tests/test_mesh.py`` starts ``pytest`` on this file with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (the module refuses to run
+with fewer devices). Run by hand::
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python -m pytest tests/mesh_cases.py -p no:xdist
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import specgraph as sg
+from specgraph import sharding as sgs
+
+if jax.device_count() < 8:  # pragma: no cover - test_mesh.py starts this file with 8 devices
+    pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)",
+                allow_module_level=True)
+
+MESH = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+@pytest.fixture(params=["generic", "specialized"])
+def mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test on one path; afterwards, check that path served the flattens."""
+    sg.clear_cache()
+    if request.param == "generic":
+        with sg.specialization(False):
+            yield "generic"
+        assert sg.cache_info()["hits"] == 0
+    else:
+        yield "specialized"
+        assert sg.cache_info()["hits"] > 0
+
+
+class Dense(sg.Node):
+    def __init__(self, w: Any, b: Any, axes: tuple) -> None:
+        self.w = sg.Param(jnp.asarray(w), sharding=axes)
+        self.b = sg.Param(jnp.asarray(b), sharding=(axes[1],))
+
+    @classmethod
+    def seeded(cls, seed: int, din: int, dout: int, axes: tuple) -> Dense:
+        """Initialized with NumPy: no JAX op runs (each eager op compiles on first use)."""
+        rng = np.random.default_rng(seed)
+        w = rng.standard_normal((din, dout), dtype=np.float32) / np.sqrt(din)
+        return cls(w, 0.1 * rng.standard_normal((dout,), dtype=np.float32), axes)
+
+    @classmethod
+    def traced(cls, seed: jax.Array, din: int, dout: int, axes: tuple) -> Dense:
+        """Initialized from a seed array with plain JAX ops: traceable, so ``sg.vmap`` can
+        stack it (``jax.random`` would do, but its kernels compile slowly on 8 devices)."""
+        grid = jnp.arange(din * dout, dtype=jnp.float32).reshape(din, dout)
+        w = jnp.sin(1.3 * seed + 0.7 * grid) / np.sqrt(din)
+        return cls(w, 0.1 * jnp.cos(seed + jnp.arange(dout, dtype=jnp.float32)), axes)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x @ self.w.value + self.b.value
+
+
+class MLP(sg.Node):
+    def __init__(self, seed: int, width: int = 16) -> None:
+        self.up = Dense.seeded(seed, 8, width, (None, "model"))  # column-parallel
+        self.down = Dense.seeded(seed + 1, width, 8, ("model", None))  # row-parallel
+        self.steps = sg.State(jnp.zeros((), jnp.int32))  # unannotated: replicated
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down(jnp.tanh(self.up(x)))
+
+
+class Trainer(sg.Node):
+    def __init__(self, model: MLP, tx: optax.GradientTransformation) -> None:
+        self.model = model
+        self.tx = tx
+        # Eagerly: the moments follow the parameters' shardings; the step count is
+        # placed (replicated) so that every state is committed to the mesh.
+        state = tx.init(sg.split(model, sg.Param, ...)[1])
+        self.opt_state = sg.State(
+            jax.tree.map(lambda a: a if a.committed else jax.device_put(a, NamedSharding(MESH, P())), state)
+        )
+
+    def step(self, x: jax.Array, y: jax.Array) -> jax.Array:
+        loss, grads = sg.value_and_grad(mse)(self.model, x, y)
+        params = sg.split(self.model, sg.Param, ...)[1]
+        updates, self.opt_state.value = self.tx.update(grads, self.opt_state.value, params)
+        sg.update(self.model, optax.apply_updates(params, updates))
+        self.model.steps.value = self.model.steps.value + 1
+        return loss
+
+
+def mse(m: MLP, x: jax.Array, y: jax.Array) -> jax.Array:
+    return jnp.mean((m(x) - y) ** 2)
+
+
+def batch() -> tuple[jax.Array, jax.Array]:
+    x = np.random.default_rng(7).standard_normal((16, 8), dtype=np.float32)
+    return jnp.asarray(x), jnp.asarray(np.sin(x))
+
+
+def shardings(node: Any) -> list[Any]:
+    return [leaf.sharding for leaf in jax.tree.leaves(sg.flatten(node)[1].values())]
+
+
+def close(a: Any, b: Any, rtol: float = 1e-5, atol: float = 1e-5) -> None:
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+
+
+def test_shard_places_each_state_on_its_spec(mode: str) -> None:
+    for _ in range(2):
+        model = sg.shard(MLP(0), MESH)
+    specs = sg.partition_specs(model)
+    for path, v in sg.flatten(model)[1].items():
+        assert v.sharding == NamedSharding(MESH, sgs.canonical_spec(specs[path]))
+    assert model.up.w.value.sharding.spec == P(None, "model")
+    assert model.down.w.value.sharding.spec == P("model")
+    # every device holds a quarter of a model-sharded weight
+    assert model.up.w.value.addressable_shards[0].data.shape == (8, 4)
+    with pytest.raises(ValueError, match=r"path \('b',\)[\s\S]*divide"):
+        sg.shard(Dense.seeded(0, 8, 6, (None, "model")), MESH)
+
+
+def test_adam_steps_keep_shardings_and_match_unsharded(mode: str) -> None:
+    x, y = batch()
+    trainer = Trainer(sg.shard(MLP(0), MESH), optax.adam(1e-2))
+    plain = Trainer(MLP(0), optax.adam(1e-2))
+    step = sg.jit(lambda t, x, y: t.step(x, y))
+    before = shardings(trainer)
+    xs = jax.device_put(x, NamedSharding(MESH, P("data")))
+    losses = [float(step(trainer, xs, y)) for _ in range(5)]
+    ref = [float(step(plain, x, y)) for _ in range(5)]
+    close(losses, ref)
+    assert losses[-1] < losses[0]
+    assert shardings(trainer) == before  # every state, every optimizer moment: unchanged
+    assert int(trainer.model.steps.value) == 5
+
+
+class Stat(sg.Node):
+    def __init__(self) -> None:
+        value = np.arange(32.0, dtype=np.float32).reshape(4, 8)
+        self.s = sg.State(jax.device_put(value, NamedSharding(MESH, P(None, "model"))))
+
+
+def test_written_state_keeps_its_input_sharding_exactly(mode: str) -> None:
+    # A value the compiler would lay out replicated (a broadcast reduction) is kept on
+    # the state's input sharding.
+    st = Stat()
+    before = st.s.value.sharding
+    f = sg.jit(lambda n: setattr(n.s, "value", jnp.zeros_like(n.s.value) + n.s.value.sum()))
+    for _ in range(2):
+        f(st)
+    assert st.s.value.sharding == before
+    close(st.s.value, np.full((4, 8), 496.0 * 32))
+    plain = jax.jit(lambda v: jnp.zeros_like(v) + v.sum())(st.s.value)
+    assert plain.sharding != before  # what the pinning prevents
+
+
+@pytest.mark.filterwarnings("ignore:Some donated buffers were not usable")
+def test_donation_with_sharded_states(mode: str) -> None:
+    x, y = batch()
+    trainer = Trainer(sg.shard(MLP(0), MESH), optax.sgd(0.1))
+    step = sg.jit(lambda t, x, y: t.step(x, y), donate_argnums=0)
+    before = shardings(trainer)
+    for _ in range(3):
+        old_w = trainer.model.up.w.value
+        step(trainer, x, y)
+        assert old_w.is_deleted()  # the buffer was donated
+    assert shardings(trainer) == before
+    assert all(not v.is_deleted() for v in jax.tree.leaves(sg.flatten(trainer)[1].values()))
+
+
+def test_in_and_out_shardings(mode: str) -> None:
+    model = sg.shard(MLP(0), MESH)
+    data = NamedSharding(MESH, P("data"))
+    f = sg.jit(lambda m, x: (m(x), x * 2), in_shardings=(None, data), out_shardings=(data, None))
+    x = np.asarray(batch()[0])
+    for _ in range(2):
+        y, x2 = f(model, x)
+    close(y, MLP(0)(x))
+    assert y.sharding == data
+    assert x2.sharding.spec == P("data")  # the input was placed on its in_sharding
+
+
+def ensemble_member(seed: jax.Array) -> Dense:
+    return Dense.traced(seed, 8, 8, (None, "model"))
+
+
+def test_vmap_ensemble_of_4_equals_separate_models(mode: str) -> None:
+    keys = jnp.arange(4, dtype=jnp.float32)
+    make = sg.jit(lambda k: sg.shard(sg.vmap(ensemble_member, partition_name="data")(k), MESH))
+    for _ in range(2):
+        ens = make(keys)
+    assert ens.w.value.sharding.spec == P("data", None, "model")
+    x = batch()[0]
+    run = sg.jit(sg.vmap(lambda m, x: m(x), in_axes=(0, None)))
+    for _ in range(2):
+        y = run(ens, x)
+    member = sg.jit(lambda k, x: ensemble_member(k)(x))  # each built and run on its own
+    close(y, jnp.stack([member(k, x) for k in keys]))
+
+
+class Block(sg.Node):
+    def __init__(self, up: Dense, down: Dense) -> None:
+        self.up = up
+        self.down = down
+
+    @classmethod
+    def traced(cls, seed: jax.Array) -> Block:
+        up = Dense.traced(seed, 8, 16, (None, "model"))
+        return cls(up, Dense.traced(seed + 0.5, 16, 8, ("model", None)))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x + 0.5 * self.down(jnp.tanh(self.up(x)))
+
+
+def test_scan_over_12_stacked_blocks_equals_unrolled(mode: str) -> None:
+    keys = jnp.arange(12, dtype=jnp.float32)
+    blocks = sg.jit(lambda ks: sg.shard(sg.vmap(Block.traced)(ks), MESH))(keys)
+    assert blocks.up.w.value.sharding.spec == P(None, None, "model")  # the layer axis: replicated
+    x = jax.device_put(batch()[0], NamedSharding(MESH, P("data")))
+    layer_scan = sg.scan(lambda b, h: b(h), in_axes=(0, sg.Carry), out_axes=sg.Carry)
+    scanned = sg.jit(lambda bs, x: layer_scan(bs, x))
+    one = sg.graphdef(sg.eval_shape(Block.traced, keys[0]))  # one block's structure
+
+    @jax.jit
+    def unrolled(stacked: sg.StateMap, x: jax.Array) -> jax.Array:
+        # The same 12 blocks as 12 separate nodes, each built from its layer's slice.
+        for i in range(12):
+            x = sg.merge(one, jax.tree.map(lambda v, i=i: v[i], stacked))(x)
+        return x
+
+    for _ in range(2):
+        close(scanned(blocks, x), unrolled(sg.flatten(blocks)[1], x))
+    assert scanned.trace_count == 1
+
+
+def test_eval_shape_then_shard_then_init_places_as_shard_after_init(mode: str) -> None:
+    def make() -> MLP:
+        return MLP(0)  # NumPy-initialized: eval_shape traces it without computing anything
+
+    for _ in range(2):
+        abstract = sg.shard(sg.eval_shape(make), MESH)  # nothing allocated
+        real = sg.shard(make(), MESH)
+        created = sg.jit(lambda: sg.shard(make(), MESH))()  # allocated directly on the shards
+    plan = sg.flatten(abstract)[1]
+    for path, v in sg.flatten(real)[1].items():
+        assert isinstance(plan[path], jax.ShapeDtypeStruct)
+        assert plan[path].sharding == v.sharding
+        assert sg.flatten(created)[1][path].sharding == v.sharding
+        close(sg.flatten(created)[1][path], v)
+
+
+def test_explicit_axes_mesh_keeps_shardings(mode: str) -> None:
+    mesh = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Explicit, AxisType.Explicit))
+    node = sg.shard(Dense.seeded(0, 8, 8, (None, "model")), mesh)
+    before = shardings(node)
+    f = sg.jit(lambda d: setattr(d.b, "value", jnp.zeros_like(d.b.value) + d.w.value.sum()))
+    for _ in range(2):
+        f(node)
+    assert shardings(node) == before

@@ -1,0 +1,520 @@
+"""Partition metadata, ``sg.shard``, and ``vmap`` / ``scan`` / ``remat`` / ``eval_shape``
+over graph nodes, on the default (single) device.
+
+The 8-device mesh cases live in ``tests/mesh_cases.py`` (run in a subprocess by
+``tests/test_mesh.py``). Every test here runs through the generic and the
+specialized path (the ``mode`` fixture checks which one actually served it).
+Oracles: the same computation written per model by hand (unrolled layers, separate
+ensemble members) or in plain JAX.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import specgraph as sg
+from specgraph import sharding as sgs
+
+# --------------------------------------------------------------------------------------
+# models
+# --------------------------------------------------------------------------------------
+
+
+class Dense(sg.Node):
+    """A layer with annotated parameters and a call counter (a non-Param state it writes)."""
+
+    def __init__(self, key: jax.Array, din: int, dout: int, w_axes: tuple = (None, "model")) -> None:
+        k1, k2 = jax.random.split(key)
+        self.w = sg.Param(jax.random.normal(k1, (din, dout)) / np.sqrt(din), sharding=w_axes)
+        self.b = sg.Param(0.1 * jax.random.normal(k2, (dout,)), sharding=(w_axes[1],))
+        self.calls = sg.State(jnp.zeros((), jnp.int32))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        self.calls.value = self.calls.value + 1
+        return jnp.tanh(x @ self.w.value + self.b.value)
+
+
+class Block(sg.Node):
+    """A residual MLP block: the unit stacked along a layer axis for scan."""
+
+    def __init__(self, key: jax.Array, width: int) -> None:
+        k1, k2 = jax.random.split(key)
+        self.up = Dense(k1, width, 2 * width, (None, "model"))
+        self.down = Dense(k2, 2 * width, width, ("model", None))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x + self.down(self.up(x))
+
+
+class Counter(sg.Node):
+    def __init__(self) -> None:
+        self.n = sg.State(jnp.zeros((), jnp.float32))
+
+
+class Box(sg.Node):
+    def __init__(self, **kw: Any) -> None:
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+def close(a: Any, b: Any, rtol: float = 1e-5, atol: float = 1e-5) -> None:
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+
+
+@pytest.fixture(params=["generic", "specialized"])
+def mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Run the test on one path; afterwards, check that path served the flattens."""
+    if request.param == "generic":
+        with sg.specialization(False):
+            yield "generic"
+        assert sg.cache_info()["hits"] == 0
+    else:
+        yield "specialized"
+        assert sg.cache_info()["hits"] > 0
+
+
+def one_device_mesh() -> Mesh:
+    return Mesh(np.array(jax.devices()[:1]).reshape(1, 1), ("data", "model"))
+
+
+KEYS = jax.random.split(jax.random.key(0), 4)
+X = jax.random.normal(jax.random.key(1), (5, 6))
+
+# --------------------------------------------------------------------------------------
+# partition metadata
+# --------------------------------------------------------------------------------------
+
+
+def test_partition_specs_follow_annotations(mode: str) -> None:
+    m = Box(d=Dense(KEYS[0], 6, 4), leaf=jnp.ones(3), p=sg.Param(jnp.ones(2), sharding=P("data")))
+    for _ in range(2):
+        specs = sg.partition_specs(m)
+    assert list(specs) == list(sg.flatten(m)[1])
+    assert specs[("d", "w")] == P(None, "model")
+    assert specs[("d", "b")] == P("model")
+    assert specs[("d", "calls")] == P()  # unannotated: replicated
+    assert specs[("leaf",)] == P()  # bare array leaf: replicated
+    assert specs[("p",)] == P("data")  # a PartitionSpec works as the annotation too
+
+
+def test_partition_specs_are_computed_once_per_graphdef(mode: str) -> None:
+    a, b = Dense(KEYS[0], 6, 4), Dense(KEYS[1], 6, 4)
+    gd_a, gd_b = sg.graphdef(a), sg.graphdef(b)
+    assert gd_a == gd_b
+    first = sgs.specs_for(gd_a)
+    assert sgs.specs_for(gd_b) is first  # equal structure: the same cached specs
+    assert sg.partition_specs(b).values() == list(first)
+    mesh = one_device_mesh()
+    assert sgs.shardings_for(gd_a, mesh) is sgs.shardings_for(gd_b, mesh)
+
+
+def test_bad_annotations_name_the_path() -> None:
+    with pytest.raises(TypeError, match=r"path \('x',\)[\s\S]*one entry per array dimension"):
+        sg.partition_specs(Box(x=sg.Param(jnp.ones(2), sharding="model")))
+    with pytest.raises(TypeError, match=r"path \('x',\)[\s\S]*entry 3"):
+        sg.partition_specs(Box(x=sg.Param(jnp.ones(2), sharding=(3,))))
+    with pytest.raises(TypeError, match=r"'x'[\s\S]*hashable"):
+        sg.partition_specs(Box(x=sg.Param(jnp.ones(2), sharding=["model"])))
+    with pytest.raises(ValueError, match=r"path \('x',\)[\s\S]*no axis 'tensor'[\s\S]*'data', 'model'"):
+        sg.named_shardings(Box(x=sg.Param(jnp.ones(2), sharding=("tensor",))), one_device_mesh())
+    with pytest.raises(ValueError, match=r"path \('x',\)"):
+        sg.shard(Box(x=sg.Param(jnp.ones(2), sharding=(None, "model"))), one_device_mesh())
+
+
+def test_shard_places_every_value_in_place(mode: str) -> None:
+    mesh = one_device_mesh()
+    m = Box(d=Dense(KEYS[0], 6, 4), leaf=jnp.ones(3))
+    for _ in range(2):
+        w_state = m.d.w
+        assert sg.shard(m, mesh) is m
+        assert m.d.w is w_state  # the same State objects, new values
+    for path, v in sg.flatten(m)[1].items():
+        assert v.sharding == NamedSharding(mesh, sgs.canonical_spec(sg.partition_specs(m)[path]))
+    close(m.d.w.value, Dense(KEYS[0], 6, 4).w.value)
+
+
+def test_shard_inside_jit_constrains(mode: str) -> None:
+    mesh = one_device_mesh()
+    make = sg.jit(lambda: sg.shard(Dense(KEYS[0], 6, 4), mesh))
+    for _ in range(2):
+        m = make()
+    close(m.w.value, Dense(KEYS[0], 6, 4).w.value)
+    jaxpr = str(jax.make_jaxpr(lambda: sg.flatten(sg.shard(Dense(KEYS[0], 6, 4), mesh))[1])())
+    assert "sharding_constraint" in jaxpr
+
+
+class Axes(sg.State):
+    """A state class keeping its annotation under another metadata key."""
+
+
+def test_register_partition_metadata() -> None:
+    def get(meta: tuple) -> Any:
+        return dict(meta).get("axes")
+
+    def put(meta: tuple, names: Any) -> tuple:
+        return tuple(sorted({**dict(meta), "axes": names}.items()))
+
+    sgs.register_partition_metadata(Axes, get, put)
+    try:
+        m = Box(a=Axes(jnp.ones((2, 3)), axes=("model", None)))
+        assert sg.partition_specs(m)[("a",)] == P("model", None)
+        make = sg.vmap(lambda k: Box(a=Axes(jnp.ones((2, 3)), axes=("model", None))), partition_name="data")
+        ens = make(KEYS)
+        assert ens.a.metadata["axes"] == ("data", "model", None)
+    finally:
+        del sgs._access[Axes]
+        sgs._access_by_type.clear()
+
+
+# --------------------------------------------------------------------------------------
+# jit: in_shardings / out_shardings
+# --------------------------------------------------------------------------------------
+
+
+def test_jit_in_and_out_shardings(mode: str) -> None:
+    mesh = one_device_mesh()
+    s = NamedSharding(mesh, P("data"))
+    d = Dense(KEYS[0], 6, 4)
+    f = sg.jit(lambda m, x: (m(x), x.sum()), in_shardings=(None, s), out_shardings=(s, None))
+    for _ in range(2):
+        y, total = f(d, np.asarray(X))
+    close(y, Dense(KEYS[0], 6, 4)(X))
+    close(total, X.sum())
+    assert y.sharding.is_equivalent_to(s, 2)  # one device: the mesh tests check the layout itself
+    assert int(d.calls.value) == 2
+    jaxpr = str(jax.make_jaxpr(lambda x: f._call_fn(Dense(KEYS[0], 6, 4), x))(X))
+    assert jaxpr.count("sharding_constraint") == 2
+
+
+def test_jit_shardings_errors() -> None:
+    mesh = one_device_mesh()
+    s = NamedSharding(mesh, P())
+    d = Dense(KEYS[0], 6, 4)
+    with pytest.raises(TypeError, match=r"in_shardings\[0\][\s\S]*a Dense"):
+        sg.jit(lambda m: m(X), in_shardings=(s,))(d)
+    with pytest.raises(TypeError, match=r"out_shardings[\s\S]*Dense[\s\S]*sg.shard"):
+        sg.jit(lambda m: m, out_shardings=s)(d)
+    with pytest.raises(ValueError, match=r"in_shardings\[1\] is given for a static argument"):
+        sg.jit(lambda m, k: m(X) * k, static_argnums=1, in_shardings=(None, s))(d, 2)
+    with pytest.raises(ValueError, match=r"in_shardings has 3 entries but the call has 1"):
+        sg.jit(lambda m: m(X), in_shardings=(None, None, s))(d)
+    assert int(d.calls.value) == 0  # nothing written by the failed calls
+
+
+# --------------------------------------------------------------------------------------
+# vmap
+# --------------------------------------------------------------------------------------
+
+
+def make_ensemble() -> Dense:
+    return sg.vmap(lambda k: Dense(k, 6, 4), in_axes=0, partition_name="data")(KEYS)
+
+
+def test_vmap_ensemble_equals_separate_models(mode: str) -> None:
+    ens = make_ensemble()
+    ens = make_ensemble()
+    members = [Dense(k, 6, 4) for k in KEYS]
+    assert isinstance(ens, Dense)
+    for name in ("w", "b", "calls"):
+        close(getattr(ens, name).value, jnp.stack([getattr(m, name).value for m in members]))
+    # annotations gained the ensemble axis (partition_name), in the structure
+    assert ens.w.metadata["sharding"] == ("data", None, "model")
+    assert sg.partition_specs(ens)[("b",)] == P("data", "model")
+    run = sg.vmap(lambda m, x: m(x), in_axes=(0, None))
+    w_state = ens.w
+    for _ in range(2):
+        y = run(ens, X)
+    close(y, jnp.stack([m(X) for m in members]))
+    # the counter was written back per member; the State objects are the caller's
+    close(ens.calls.value, [2, 2, 2, 2])
+    assert ens.w is w_state and ens.w.metadata["sharding"] == ("data", None, "model")
+
+
+def test_vmap_inside_sees_unstacked_annotations(mode: str) -> None:
+    ens = make_ensemble()
+    seen = []
+
+    def f(m: Dense, x: jax.Array) -> jax.Array:
+        seen.append(sg.partition_specs(m)[("w",)])
+        return m(x)
+
+    sg.vmap(f, in_axes=(0, None))(ens, X)
+    sg.vmap(f, in_axes=(0, None))(ens, X)
+    assert seen == [P(None, "model")] * 2
+
+
+def test_vmap_state_axes_broadcast_and_errors(mode: str) -> None:
+    ens = make_ensemble()
+    shared = Counter()
+    axes = sg.StateAxes({sg.Param: 0, ...: None})
+    for _ in range(2):
+        y = sg.vmap(lambda m, x: x @ m.w.value + m.b.value, in_axes=(axes, None))(ens, X)
+    close(y, jnp.stack([X @ ens.w.value[i] + ens.b.value[i] for i in range(4)]))
+    # writing a broadcast state with a value that varies along the batch: the error names it
+    def leak(m: Dense, c: Counter) -> jax.Array:
+        c.n.value = m.w.value.sum()
+        return m.w.value
+
+    with pytest.raises(ValueError, match=r"in_axes None[\s\S]*argument 1 at \('n',\)"):
+        sg.vmap(leak, in_axes=(0, None))(ens, shared)
+    close(shared.n.value, 0.0)
+    # writing it with a value that does not vary is fine
+    def bump(c: Counter, m: Dense) -> jax.Array:
+        c.n.value = c.n.value + 1.0
+        return m.w.value.sum()
+
+    for _ in range(2):
+        sums = sg.vmap(bump, in_axes=(None, 0))(shared, ens)
+    close(sums, ens.w.value.sum(axis=(1, 2)))
+    close(shared.n.value, 2.0)
+
+
+def test_vmap_axes_and_outputs(mode: str) -> None:
+    ens = make_ensemble()
+    moved = Box(w=sg.Param(jnp.moveaxis(ens.w.value, 0, 2)))
+    for _ in range(2):
+        out = sg.vmap(lambda b, x: x @ b.w.value, in_axes=(2, None), out_axes=1)(moved, X)
+    assert out.shape == (5, 4, 4)
+    close(out, jnp.stack([X @ ens.w.value[i] for i in range(4)], axis=1))
+    # a node returned as it came in is the caller's live object; kwargs map over axis 0
+    f = sg.vmap(lambda m, *, x: (m, x * 2), in_axes=(0,))
+    m_out, x2 = f(ens, x=jnp.ones((4, 3)))
+    assert m_out is ens
+    close(x2, 2 * jnp.ones((4, 3)))
+    # an out_axes prefix with StateAxes for a fresh node, per state
+    made = sg.vmap(
+        lambda k: Dense(k, 6, 4), out_axes=sg.StateAxes({sg.Param: 1, ...: 0})
+    )(KEYS)
+    assert made.w.value.shape == (6, 4, 4) and made.calls.value.shape == (4,)
+    close(jnp.moveaxis(made.w.value, 1, 0), ens.w.value)
+    assert made.w.metadata["sharding"] == (None, None, "model")
+
+
+def test_vmap_spec_errors() -> None:
+    with pytest.raises(TypeError, match=r"sg.Carry is for sg.scan"):
+        sg.vmap(lambda m: m, in_axes=sg.Carry)
+    with pytest.raises(ValueError, match=r"in_axes has 1 entries but the call has 2"):
+        sg.vmap(lambda a, b: a, in_axes=(0,))(jnp.ones(2), jnp.ones(2))
+    ens = make_ensemble()
+    with pytest.raises(ValueError, match=r"no filter[\s\S]*\('calls',\)"):
+        sg.vmap(lambda m: m.w.value, in_axes=(sg.StateAxes({sg.Param: 0}),))(ens)
+
+
+# --------------------------------------------------------------------------------------
+# scan
+# --------------------------------------------------------------------------------------
+
+WIDTH, DEPTH = 4, 12
+LAYER_KEYS = jax.random.split(jax.random.key(2), DEPTH)
+
+
+def stacked_blocks() -> Block:
+    return sg.vmap(lambda k: Block(k, WIDTH))(LAYER_KEYS)
+
+
+def unrolled(x: jax.Array) -> jax.Array:
+    for k in LAYER_KEYS:
+        x = Block(k, WIDTH)(x)
+    return x
+
+
+def forward(blocks: Block, x: jax.Array) -> jax.Array:
+    return sg.scan(lambda b, h: b(h), in_axes=(0, sg.Carry), out_axes=sg.Carry)(blocks, x)
+
+
+def test_scan_over_stacked_blocks_equals_unrolled(mode: str) -> None:
+    blocks = stacked_blocks()
+    x = jax.random.normal(jax.random.key(3), (3, WIDTH))
+    for _ in range(2):
+        y = forward(blocks, x)
+    close(y, unrolled(x))
+    close(blocks.up.calls.value, [2] * DEPTH)  # every layer's counter, stacked back
+    jitted = sg.jit(forward)
+    for _ in range(2):
+        close(jitted(blocks, x), unrolled(x))
+    assert jitted.trace_count == 1
+    close(blocks.down.calls.value, [4] * DEPTH)
+
+
+def test_grad_through_scan_equals_unrolled(mode: str) -> None:
+    blocks = stacked_blocks()
+    x = jax.random.normal(jax.random.key(3), (3, WIDTH))
+    layers = [Block(k, WIDTH) for k in LAYER_KEYS]
+
+    def loss_unrolled(ls: list[Block]) -> jax.Array:
+        h = x
+        for b in ls:
+            h = b(h)
+        return jnp.sum(h**2)
+
+    g = sg.grad(lambda b: jnp.sum(forward(b, x) ** 2))(blocks)
+    g = sg.grad(lambda b: jnp.sum(forward(b, x) ** 2))(blocks)
+    g_ref = sg.grad(loss_unrolled)(layers)
+    for path, v in g.items():
+        close(v, jnp.stack([g_ref[(i, *path)] for i in range(DEPTH)]), rtol=1e-4)
+
+
+def test_scan_carry_forms(mode: str) -> None:
+    blocks = stacked_blocks()
+    x = jax.random.normal(jax.random.key(3), (3, WIDTH))
+    counter = Counter()
+
+    # an explicit carry holding a node and an array; ys stacked along axis 1
+    def step(carry: tuple[Counter, jax.Array], b: Block) -> tuple[tuple[Counter, jax.Array], jax.Array]:
+        c, h = carry
+        c.n.value = c.n.value + 1.0
+        h = b(h)
+        return (c, h), h.sum(axis=1)
+
+    for i in range(2):
+        (c_out, h), ys = sg.scan(step, in_axes=(sg.Carry, 0), out_axes=(sg.Carry, 1))((counter, x), blocks)
+        assert c_out is counter
+        close(counter.n.value, DEPTH * (i + 1))
+    close(h, unrolled(x))
+    assert ys.shape == (3, DEPTH)
+    h_ref = x
+    for j, k in enumerate(LAYER_KEYS):
+        h_ref = Block(k, WIDTH)(h_ref)
+        close(ys[:, j], h_ref.sum(axis=1))
+
+    # a per-state carry: the counter's state flows through the iterations, Params are scanned
+    box = Box(blocks=blocks, count=sg.State(jnp.zeros((), jnp.float32)))
+    axes = sg.StateAxes({sg.Param: 0, (lambda p, v: p == ("count",)): sg.Carry, ...: 0})
+
+    def counted(bx: Box, h: jax.Array) -> jax.Array:
+        bx.count.value = bx.count.value * 2 + 1
+        return bx.blocks(h)
+
+    for _ in range(2):
+        y = sg.scan(counted, in_axes=(axes, sg.Carry), out_axes=sg.Carry)(box, x)
+    close(y, unrolled(x))
+    close(box.count.value, 2.0 ** (2 * DEPTH) - 1)
+
+
+def test_scan_reverse_and_length(mode: str) -> None:
+    blocks = stacked_blocks()
+    x = jax.random.normal(jax.random.key(3), (3, WIDTH))
+    for _ in range(2):
+        y = sg.scan(lambda b, h: b(h), in_axes=(0, sg.Carry), out_axes=sg.Carry, reverse=True)(blocks, x)
+    h = x
+    for k in LAYER_KEYS[::-1]:
+        h = Block(k, WIDTH)(h)
+    close(y, h)
+
+    def count(c: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return c + 1, c
+
+    c, ys = sg.scan(count, in_axes=(sg.Carry,), out_axes=(sg.Carry, 0), length=5)(jnp.int32(0))
+    assert int(c) == 5
+    close(ys, np.arange(5))
+
+
+def test_scan_errors() -> None:
+    blocks = stacked_blocks()
+    x = jax.random.normal(jax.random.key(3), (3, WIDTH))
+    bcast = sg.StateAxes({sg.Param: 0, ...: None})
+    with pytest.raises(ValueError, match=r"broadcast state[\s\S]*argument 0 at \('down', 'calls'\)"):
+        sg.scan(lambda b, h: b(h), in_axes=(bcast, sg.Carry), out_axes=sg.Carry)(blocks, x)
+    with pytest.raises(ValueError, match="structure differs"):
+        sg.scan(lambda b, h: (h, h), in_axes=(0, sg.Carry), out_axes=sg.Carry)(blocks, x)
+    with pytest.raises(TypeError, match=r"carry[\s\S]*\[0\] argument 1 at \(\)"):
+        sg.scan(lambda b, h: h.astype(jnp.int32), in_axes=(0, sg.Carry), out_axes=sg.Carry)(blocks, x)
+    with pytest.raises(TypeError, match=r"needs sg.Carry in out_axes"):
+        sg.scan(lambda b, h: h, in_axes=(0, sg.Carry), out_axes=0)
+    with pytest.raises(TypeError, match=r"one argument as sg.Carry"):
+        sg.scan(lambda a, b: a, in_axes=(sg.Carry, sg.Carry), out_axes=sg.Carry)
+    with pytest.raises(ValueError, match="give length="):
+        sg.scan(lambda h: (h, h), in_axes=(sg.Carry,))(x)
+    # nothing was written back by the failed calls
+    close(blocks.up.calls.value, [0] * DEPTH)
+
+
+# --------------------------------------------------------------------------------------
+# remat
+# --------------------------------------------------------------------------------------
+
+
+def test_remat_gradients_and_writes(mode: str) -> None:
+    block = Block(KEYS[0], WIDTH)
+    ref = Block(KEYS[0], WIDTH)
+    x = jax.random.normal(jax.random.key(3), (3, WIDTH))
+
+    def loss(b: Block) -> jax.Array:
+        return jnp.sum(sg.remat(lambda b, h: b(b(h)))(b, x) ** 2)
+
+    for _ in range(2):
+        g = sg.grad(loss)(block)
+    g_ref = sg.grad(lambda b: jnp.sum(b(b(x)) ** 2))(ref)
+    for path, v in g.items():
+        close(v, g_ref[path], rtol=1e-4)
+    y = sg.remat(lambda b, h: b(h))(block, x)
+    close(y, Block(KEYS[0], WIDTH)(x))
+    close(block.up.calls.value, 1)  # written back (the grad calls do not write)
+    jaxpr = str(jax.make_jaxpr(lambda x: sg.grad(loss)(Block(KEYS[0], WIDTH)))(x))
+    assert "checkpoint" in jaxpr or "remat" in jaxpr
+
+
+# --------------------------------------------------------------------------------------
+# eval_shape
+# --------------------------------------------------------------------------------------
+
+
+def test_eval_shape_builds_the_structure_only(mode: str) -> None:
+    for _ in range(2):
+        abstract = sg.eval_shape(lambda k: Block(k, WIDTH), KEYS[0])
+    real = Block(KEYS[0], WIDTH)
+    assert sg.graphdef(abstract) == sg.graphdef(real)  # same structure, metadata included
+    for path, v in sg.flatten(abstract)[1].items():
+        r = sg.flatten(real)[1][path]
+        assert isinstance(v, jax.ShapeDtypeStruct)
+        assert (v.shape, v.dtype) == (r.shape, r.dtype)
+    # arguments are left alone; nodes returned come back as fresh abstract copies
+    d = Dense(KEYS[0], 6, 4)
+    w = d.w.value
+    out_node, y = sg.eval_shape(lambda m, x: (m, m(x)), d, X)
+    assert d.w.value is w and int(d.calls.value) == 0
+    assert out_node is not d and isinstance(out_node.w.value, jax.ShapeDtypeStruct)
+    assert out_node.calls.value.shape == ()
+    assert y.shape == (5, 4)
+
+
+def test_eval_shape_then_shard_plans_the_real_placement(mode: str) -> None:
+    mesh = one_device_mesh()
+    abstract = sg.eval_shape(lambda: make_ensemble())
+    sg.shard(abstract, mesh)
+    real = sg.shard(make_ensemble(), mesh)
+    plan = sg.flatten(abstract)[1]
+    for path, v in sg.flatten(real)[1].items():
+        assert plan[path].sharding == v.sharding
+        assert plan[path].shape == v.shape
+
+
+# --------------------------------------------------------------------------------------
+# composition
+# --------------------------------------------------------------------------------------
+
+
+def test_transforms_of_transforms(mode: str) -> None:
+    # Regression: a transform wrapping another copied the inner one's __dict__ (its
+    # ``fn`` included) over its own, so sg.jit(sg.vmap(f)) ran f unmapped.
+    ens = make_ensemble()
+    run = sg.jit(sg.vmap(lambda m, x: m(x), in_axes=(0, None)))
+    for _ in range(2):
+        close(run(ens, X), jnp.stack([Dense(k, 6, 4)(X) for k in KEYS]))
+    assert run.fn.in_axes == (0, None)
+    twice = sg.jit(sg.jit(lambda m, x: m(x)))
+    d = Dense(KEYS[0], 6, 4)
+    for _ in range(2):
+        close(twice(d, X), Dense(KEYS[0], 6, 4)(X))
+    assert twice.trace_count == 1 and twice.fn.trace_count == 1
+    close(d.calls.value, 2)
+    rematted = sg.remat(sg.scan(lambda b, h: b(h), in_axes=(0, sg.Carry), out_axes=sg.Carry))
+    close(rematted(stacked_blocks(), jnp.ones((3, WIDTH))), unrolled(jnp.ones((3, WIDTH))))
