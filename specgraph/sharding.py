@@ -27,8 +27,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ._ir import GraphDef, StateSpec
 from ._model import State
+from ._sameness import meta_sig
 from ._statemap import StateMap
-from .generic._flatten import meta_sig
 from .runtime import dispatch
 
 __all__ = [
