@@ -89,3 +89,30 @@ def assert_matches_reference(node: Any) -> tuple[sg.GraphDef, sg.StateMap]:
     assert_same_flatten(sg.flatten(node), ref)
     assert_same_flatten(sg.flatten(node), ref)
     return ref
+
+
+@pytest.fixture(params=["generic", "specialized"])
+def served_by(request: pytest.FixtureRequest) -> Any:
+    """The public operations (``sg.jit``, ``sg.states``, ``sg.split``...) served by the
+    reference walker alone (specializer off), or by generated code from the first call
+    on (threshold 1). Yields the name; the configuration is restored afterwards."""
+    from specgraph.runtime.dispatch import CONFIG
+
+    saved = (CONFIG.threshold, CONFIG.enabled)
+    sg.configure(enabled=request.param == "specialized", threshold=1)
+    sg.clear_cache()
+    try:
+        yield request.param
+    finally:
+        sg.configure(threshold=saved[0], enabled=saved[1])
+        sg.clear_cache()
+
+
+def assert_served_by(name: str) -> None:
+    """The specialized variant of a test must really have been served by generated code."""
+    info = sg.cache_info()
+    served = info["hits"] + info["walk_hits"] + info["update_hits"] + info["unflatten_hits"]
+    if name == "specialized":
+        assert served > 0, info
+    else:
+        assert served == 0 and info["compiled_variants"] == 0, info

@@ -849,3 +849,69 @@ def test_grad_inside_jit_with_argnums_and_filter() -> None:
     _, ref = jax.value_and_grad(dict_mse)(to_dict(model), x, y)
     assert set(g_model.paths) == {("layers", i, "w") for i in range(3)}
     assert_grads_match(g_model, ref, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------------------
+# methods: sg.jit binds self as jax.jit does
+# --------------------------------------------------------------------------------------
+
+
+class Accumulator(sg.Node):
+    def __init__(self) -> None:
+        self.w = sg.Param(jnp.full((2,), 2.0))
+        self.calls = sg.State(jnp.zeros((), jnp.int32))
+
+    @sg.jit
+    def step(self, x: jax.Array) -> jax.Array:
+        self.calls.value = self.calls.value + 1
+        return self.w.value * x
+
+    @sg.jit(static_argnums=2)
+    def scaled(self, x: jax.Array, k: int) -> jax.Array:
+        return self.w.value * x * k
+
+
+def test_jit_on_a_node_method_binds_self(served_by: str) -> None:
+    from conftest import assert_served_by
+
+    a, b = Accumulator(), Accumulator()
+    traces = Accumulator.step.trace_count
+    for _ in range(3):
+        close(a.step(jnp.ones(2)), [2.0, 2.0])
+    close(b.step(jnp.ones(2) * 3), [6.0, 6.0])
+    assert int(a.calls.value) == 3 and int(b.calls.value) == 1  # written back into each self
+    assert Accumulator.step(b, jnp.ones(2)).shape == (2,)  # through the class: self given
+    assert int(b.calls.value) == 2
+    assert isinstance(Accumulator.__dict__["step"], sg.transforms.JitFunction)
+    assert Accumulator.step is Accumulator.__dict__["step"]
+    assert a.step.__self__ is a
+    close(a.scaled(jnp.ones(2), 5), [10.0, 10.0])  # static_argnums count self as argument 0
+    close(a.scaled(jnp.ones(2), 7), [14.0, 14.0])
+    assert Accumulator.step.trace_count <= traces + 1  # one structure: the instances share a trace
+    assert_served_by(served_by)
+
+
+class Affine:
+    """A plain class (not a graph node): its instances are statics inside sg.jit."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+
+    @sg.jit
+    def apply(self, m: Box) -> jax.Array:
+        m.p.value = m.p.value * self.scale
+        return m.p.value
+
+
+def test_jit_on_a_plain_class_method_binds_self(served_by: str) -> None:
+    from conftest import assert_served_by
+
+    box = Box(p=sg.Param(jnp.ones(2)))
+    double, triple = Affine(2.0), Affine(3.0)
+    traces = Affine.apply.trace_count
+    close(double.apply(box), [2.0, 2.0])
+    close(double.apply(box), [4.0, 4.0])
+    close(triple.apply(box), [12.0, 12.0])
+    close(box.p.value, [12.0, 12.0])
+    assert Affine.apply.trace_count == traces + 2  # self is static: one trace per instance
+    assert_served_by(served_by)

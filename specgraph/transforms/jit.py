@@ -18,6 +18,7 @@ live objects when they came in as arguments, and as fresh objects otherwise.
 from __future__ import annotations
 
 import functools
+import types
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
@@ -248,6 +249,14 @@ class JitFunction(Generic[_P, _R]):
         return slots
 
     # -- the caller's side ----------------------------------------------------------
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        """Bind ``self`` when used as a method, as ``jax.jit`` does: ``m.step(x)`` calls
+        ``step(m, x)``, so ``m`` is an argument like any other (its states are traced and
+        written back; ``static_argnums`` count it as argument 0)."""
+        if obj is None:
+            return self
+        return types.MethodType(self, obj)
+
     def __call__(self, *args: _P.args, **kwargs: _P.kwargs) -> _R:
         static_pos = self.static_argnums
         static_names = self.static_argnames
