@@ -96,8 +96,8 @@ def marked(sm: sg.StateMap) -> sg.StateMap:
 
 
 def generated_sources(gd: sg.GraphDef) -> dict[str, str]:
-    """The generated sources as ``sg.explain`` prints them (line-number prefixes removed)."""
-    text = sg.explain(gd)
+    """The generated sources as ``sg.explain`` prints them in full (line-number prefixes removed)."""
+    text = sg.explain(gd, max_lines=None)
     out: dict[str, str] = {}
     current: list[str] | None = None
     for line in text.splitlines():

@@ -13,6 +13,7 @@ import pytest
 from conftest import assert_same_flatten
 
 import specgraph as sg
+from specgraph.runtime import dispatch
 
 
 class Box(sg.Node):
@@ -158,3 +159,42 @@ def test_new_invisible_names_that_hide_nothing_compile_again(impl) -> None:
     n.cache = np.ones(5)  # and the new name is hidden by the recompiled code
     assert_same_flatten(impl.flatten(n), sg.generic.flatten(n))
     assert sg.generic.flatten(n)[0].paths == (("arr",), ("w",))
+
+
+# -- item 6: generated text costs O(1) per line, however deep the structure -----------------
+
+
+class Link(sg.Node):
+    def __init__(self, child: Any) -> None:
+        self.p = sg.Param(np.zeros(1))
+        self.child = child
+
+
+def deep_chain(depth: int) -> Link:
+    node: Any = None
+    for _ in range(depth):  # bottom-up: no recursion
+        node = Link(node)
+    return node
+
+
+def test_deep_chain_comments_and_explain_stay_short(impl) -> None:
+    depth = 400
+    node = deep_chain(depth)
+    assert_same_flatten(impl.flatten(node), sg.generic.flatten(node))
+    sg.flatten(node)
+    gd, _ = sg.flatten(node)
+    var = dispatch.variant_for(gd)
+    assert var is not None and sg.cache_info()["hits"] >= 1
+    for kind in ("flatten", "update"):
+        source = var.sources[kind]
+        comments = [line.split("  # ", 1)[1] for line in source.splitlines() if "  # " in line]
+        assert len(comments) > depth
+        # A few trailing keys, not the whole path (which made the source quadratic in depth).
+        assert max(len(c) for c in comments) < 60, max(comments, key=len)[:80]
+        assert "...child.child.child.p" in comments
+        assert len(source) < 600 * depth
+    text = sg.explain(gd)
+    assert len(text) < 100_000 and len(text.splitlines()) < 1_500
+    assert "lines not shown" in text
+    full = sg.explain(gd, max_lines=None)
+    assert var.sources["flatten"].splitlines()[-1] in full and len(full) > 10 * len(text)

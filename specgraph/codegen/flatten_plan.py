@@ -61,11 +61,14 @@ class FlattenPlan:
 
 class Work(NamedTuple):
     """An edge to plan: the operand holding its object, its path, and where it lives
-    (``owner[key]``, for the update's writes; ``mutable`` when it can be written)."""
+    (``owner[key]``, for the update's writes; ``mutable`` when it can be written).
+
+    The path is a link ``(parent_link, key)`` (``None`` at the root): a tuple per work
+    item would cost O(depth) each, O(depth²) on a deep chain."""
 
     edge: Any
     obj: Operand
-    path: tuple
+    path: Any
     owner: str | None
     key: Literal | str
     mutable: bool
@@ -115,7 +118,7 @@ class FlattenPlanner:
         if type(gd.root) is not NodeEdge and type(gd.root) is not PytreeEdge:
             raise Declined("the root is not a node or a container")
         self._hidden_names()
-        stack = [Work(gd.root, "root", (), None, "", False)]
+        stack = [Work(gd.root, "root", None, None, "", False)]
         visit = {NodeEdge: self._node, StateEdge: self._state, ArrayEdge: self._array,
                  StaticEdge: self._static, PytreeEdge: self._pytree}
         while stack:
@@ -186,7 +189,7 @@ class FlattenPlanner:
             self.facts.require_absent(t, ("__hash__",))
             self.distinct.append((obj, False))
 
-    def _load_children(self, container: str, keys: list[Literal | str], edges: tuple, path: tuple,
+    def _load_children(self, container: str, keys: list[Literal | str], edges: tuple, path: Any,
                        path_keys: tuple, miss: str, owner: str, mutable: bool) -> list[Work]:
         """One block loading every child of a container; their work items, in order.
 
@@ -198,7 +201,7 @@ class FlattenPlanner:
         for key, edge, pk in zip(keys, edges, path_keys, strict=True):
             local = self._fresh("x")
             pairs.append((local, key))
-            items.append(Work(edge, local, (*path, pk), owner, key, mutable))
+            items.append(Work(edge, local, (path, pk), owner, key, mutable))
         if pairs:
             self.steps.append(Step("load_block", obj=container, pairs=pairs, miss=miss))
         return items
@@ -229,12 +232,11 @@ class FlattenPlanner:
             self._add_distinct(var, t)
         d = "d" + var
         self.steps.append(Step("load_dict", dst=d, obj=var))
-        # Exactly a dict: a subclass may override len/[] or have a __missing__ that answers
-        # a renamed key (and inserts it into the user's object).
-        self.steps.append(Step("guard_type", obj=d, cls=self.consts.bind(dict, "T"), label=label))
         names, children = spec.keys, spec.children
         # Each invisible name present in the dict is subtracted once (a name listed
-        # twice must not hide an extra attribute).
+        # twice must not hide an extra attribute). The dict must be exactly a dict (the
+        # guard checks it first): a subclass may override len or [], or have a __missing__
+        # that answers a renamed key (and inserts it into the user's object).
         hidden = [h for h in dict.fromkeys(t.graph_invisible_attrs) if h not in names]
         self.steps.append(Step("guard_node_len", obj=d, n=len(names),
                                hidden=[self.consts.key(h) for h in hidden], label=label))

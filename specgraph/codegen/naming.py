@@ -137,15 +137,30 @@ def static_note(value: Any) -> str:
     return ""
 
 
-def path_label(path: tuple) -> str:
-    """A comment-safe rendering of a path (no user text that could end the line)."""
+# A guard's comment names at most this many trailing keys of its path, each cut to
+# _LABEL_KEY_CHARS: O(1) text per generated line, however deep the structure (a full path
+# per line made a 4 000-chain's source quadratic). The load lines above a guard give the
+# rest: each local is read from its parent's local.
+_LABEL_KEYS = 4
+_LABEL_KEY_CHARS = 40
+
+
+def path_label(link: Any) -> str:
+    """A short, comment-safe rendering of the path ``link`` ends (no user text that
+    could end the line): its last few keys, after ``...`` when there are more.
+
+    ``link`` is ``None`` (the root) or ``(parent_link, key)``.
+    """
     out = []
-    for k in path:
+    while link is not None and len(out) < _LABEL_KEYS:
+        link, k = link
         if type(k) is str:
-            out.append("." + k if k.isidentifier() and k.isascii() else "[" + repr(k) + "]")
+            seg = "." + k if k.isidentifier() and k.isascii() else "[" + repr(k) + "]"
         elif type(k) is int:
-            out.append(f"[{k}]")
+            seg = f"[{k}]"
         else:
-            out.append("[?]")
-    s = "".join(out)
-    return s[1:] if s.startswith(".") else (s or "<root>")
+            seg = "[?]"
+        out.append(seg if len(seg) <= _LABEL_KEY_CHARS else seg[: _LABEL_KEY_CHARS - 3] + "...")
+    s = "".join(reversed(out))
+    s = s[1:] if s.startswith(".") else s
+    return ("..." + s) if link is not None else (s or "<root>")

@@ -33,9 +33,8 @@ GUARD_KINDS = (
 GUARD_WORDS = {
     "epoch": "the node-type registry has not changed since compilation (registry epoch)",
     "class": "no class gained a hook the code relies on it lacking (__hash__, __setattr__, ...) or new bases",
-    "type": "every node, state and container has exactly the type it had (type(x) is T), every node's "
-            "instance dict is exactly a dict",
-    "node_keys": "every node has exactly its attribute names (count, plus the keyed reads)",
+    "type": "every node, state and container has exactly the type it had (type(x) is T)",
+    "node_keys": "every node has exactly its attribute names (count, plus the keyed reads) in exactly a dict",
     "container": "every list/tuple has its length and every dict its keys",
     "static": "every static value has the same type and compares equal",
     "metadata": "every state has the same metadata",

@@ -175,7 +175,7 @@ class UnflattenPlanner:
             self.facts.require_absent(spec.type, ("__getattribute__", "__setattr__", *spec.keys))
             pairs = [(self.consts.attr(k), v) for k, v in zip(spec.keys, values, strict=True)]
             self.steps.append(Step("fill_attrs", obj=obj, pairs=pairs,
-                                   labels=[path_label((k,)) for k in spec.keys]))
+                                   labels=[path_label((None, k)) for k in spec.keys]))
             return
         keys = [self._key(k, GRAPHDEF, "table", i, "keys", j) for j, k in enumerate(spec.keys)]
         if impl.is_builtin_node:

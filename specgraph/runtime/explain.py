@@ -35,10 +35,30 @@ def _node_refs(*edges: object) -> list[int]:
     return [e.index for e in iter_edges(*edges) if type(e) is NodeEdge]
 
 
-def _numbered(source: str) -> str:
+_MAX_LINE_CHARS = 400
+
+
+def _numbered(source: str, max_lines: int | None) -> str:
+    """``source`` with line numbers; past ``max_lines``, its head and tail only (a deep
+    chain generates tens of thousands of lines, nobody reads them in one text)."""
     lines = source.rstrip("\n").splitlines()
     width = len(str(len(lines)))
-    return "\n".join(f"  {i + 1:>{width}} | {line}" for i, line in enumerate(lines))
+    if max_lines is not None:  # one line per value or distinct object can be long too
+        lines = [line if len(line) <= _MAX_LINE_CHARS else
+                 f"{line[:_MAX_LINE_CHARS]} ... ({len(line) - _MAX_LINE_CHARS} more characters)"
+                 for line in lines]
+    numbered = [f"  {i + 1:>{width}} | {line}" for i, line in enumerate(lines)]
+    if max_lines is None or len(lines) <= max_lines:
+        return "\n".join(numbered)
+    head = max(1, max_lines * 2 // 3)
+    tail = max(1, max_lines - head)
+    skipped = len(lines) - head - tail
+    return "\n".join([
+        *numbered[:head],
+        f"  {'...':>{width}} | ({skipped} lines not shown: explain(graphdef, max_lines=None) "
+        "shows them all)",
+        *numbered[-tail:],
+    ])
 
 
 def _build(kind: str, gd: GraphDef, plan: Any) -> codegen.Built:
@@ -48,8 +68,12 @@ def _build(kind: str, gd: GraphDef, plan: Any) -> codegen.Built:
     return built
 
 
-def explain(graphdef: GraphDef) -> str:
-    """A readable account of one structure: summary, generated code, guards, counters."""
+def explain(graphdef: GraphDef, *, max_lines: int | None = 300) -> str:
+    """A readable account of one structure: summary, generated code, guards, counters.
+
+    Each generated function longer than ``max_lines`` lines shows its head and tail;
+    ``max_lines=None`` shows every line.
+    """
     if not isinstance(graphdef, GraphDef):
         raise TypeError(f"explain expects a GraphDef, got {type(graphdef).__qualname__}")
     gd = graphdef
@@ -107,7 +131,7 @@ def explain(graphdef: GraphDef) -> str:
         if kind in sources:
             out.append("")
             out.append(f"Generated {kind}:")
-            out.append(_numbered(sources[kind]))
+            out.append(_numbered(sources[kind], max_lines))
     if up is not None and up.consts.attributes:
         # The attribute names are bound into the compiled code, never its text.
         names = ", ".join(f"{p}={n!r}" for p, n in up.consts.attributes.items())
