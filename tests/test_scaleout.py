@@ -518,3 +518,36 @@ def test_transforms_of_transforms(mode: str) -> None:
     close(d.calls.value, 2)
     rematted = sg.remat(sg.scan(lambda b, h: b(h), in_axes=(0, sg.Carry), out_axes=sg.Carry))
     close(rematted(stacked_blocks(), jnp.ones((3, WIDTH))), unrolled(jnp.ones((3, WIDTH))))
+
+
+# --------------------------------------------------------------------------------------
+# NNX Variables' own annotations (out_sharding)
+# --------------------------------------------------------------------------------------
+
+
+def test_nnx_out_sharding_is_the_partition_annotation() -> None:
+    # (NNX objects go through the generic path for now: no ``mode`` to choose.)
+    nnx = pytest.importorskip("flax.nnx")
+    mesh = one_device_mesh()
+
+    class Model(nnx.Module):
+        def __init__(self) -> None:
+            self.w = nnx.Param(jnp.ones((6, 4)), out_sharding=(None, "model"), mesh=mesh)
+            self.b = nnx.Param(jnp.zeros(4), out_sharding=("model",), mesh=mesh)
+            self.count = nnx.BatchStat(jnp.zeros(()))
+
+    model = Model()
+    for _ in range(2):
+        specs = sg.partition_specs(model)
+    ref = dict(nnx.to_flat_state(nnx.get_partition_spec(nnx.state(model))))
+    assert list(specs) == list(ref)
+    for path, spec in specs.items():
+        assert spec == ref[path].get_value()
+    assert specs[("w",)] == P(None, "model")
+    sg.shard(model, mesh)
+    assert model.w.get_raw_value().sharding == NamedSharding(mesh, P(None, "model"))
+    # a stacked NNX Variable's annotation gains the new axis, in NNX's own metadata key
+    ens = sg.vmap(lambda k: Model(), partition_name="data")(KEYS)
+    ens = sg.vmap(lambda k: Model(), partition_name="data")(KEYS)
+    assert ens.w.get_metadata("out_sharding") == ("data", None, "model")
+    assert ens.count.get_raw_value().shape == (4,)

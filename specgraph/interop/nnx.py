@@ -25,6 +25,7 @@ from typing import Any
 from flax.nnx import pytreelib, statelib, variablelib
 
 from .. import _registry as reg
+from ..sharding import register_partition_metadata
 
 __all__ = ["BOOKKEEPING"]
 
@@ -138,3 +139,25 @@ reg.register_unsupported_type(
     "it is a hijax Variable (hijax=True), whose value lives in JAX's hijax machinery; "
     "create the Variable with hijax=False (the default) to use it with specgraph",
 )
+
+
+# -- partition annotations: NNX keeps them under ``out_sharding`` ------------------------
+# (``nnx.with_partitioning``, ``nnx.Param(..., out_sharding=...)``). Logical axis names
+# (``sharding_rules`` / ``nnx.logical_axis_rules``) are not translated: the names must be
+# mesh axes.
+
+
+def _out_sharding(metadata: tuple[tuple[str, Hashable], ...]) -> Any:
+    for key, value in metadata:
+        if key == "out_sharding":
+            return value or None
+    return None
+
+
+def _with_out_sharding(metadata: tuple[tuple[str, Hashable], ...], spec: Any) -> tuple:
+    items = dict(metadata)
+    items["out_sharding"] = spec
+    return tuple(sorted(items.items()))
+
+
+register_partition_metadata(Variable, _out_sharding, _with_out_sharding)
