@@ -28,7 +28,10 @@ __all__ = [
     "register_unsupported_type",
     "NodeImpl",
     "DictNode",
+    "Field",
+    "Rebuild",
     "StateImpl",
+    "StateLayout",
     "state_impl",
     "is_state_type",
     "kind_of",
@@ -87,6 +90,32 @@ class NodeImpl:
     dict_node: DictNode | None = None
 
 
+@dataclass(frozen=True)
+class Field:
+    """One bookkeeping value of a dict-backed node: ``node.__dict__[name]``, or its ``attr``.
+
+    The node's metadata (kept in the ``GraphDef``) is the tuple of its fields' values.
+    A specialized flatten compares a field by equality when ``equal`` (an object that is
+    per instance but equal across instances of a class, such as NNX's ``_pytree__nodes``),
+    otherwise by the rule for statics (a value type by type and ``==``, else identity).
+    """
+
+    name: str
+    attr: str | None = None
+    equal: bool = False
+
+
+@dataclass(frozen=True)
+class Rebuild:
+    """How a fresh instance gets one bookkeeping attribute: ``__dict__[name]`` is the
+    metadata item ``item``, or ``factory(*metadata items at items, context)``."""
+
+    name: str
+    item: int | None = None
+    factory: Callable[..., Any] | None = None
+    items: tuple[int, ...] = ()
+
+
 @dataclass(frozen=True, eq=False)
 class DictNode:
     """A foreign node class whose children are its instance ``__dict__`` entries.
@@ -100,11 +129,16 @@ class DictNode:
     hidden: frozenset[str]
     hidden_attr: str | None
     int_keys: bool
+    fields: tuple[Field, ...] | None  # declarative bookkeeping (None: see bookkeeping)
     bookkeeping: Callable[[Any], Hashable] | None
+    rebuild: tuple[Rebuild, ...] | None  # declarative fresh instance (None: see create)
     create: Callable[[type, Hashable], Any] | None
+    context: Callable[[], Any] | None  # made once per unflatten, given to the rebuild factories
     static_arrays: bool
     data_keys: Callable[[Any], Container[str]] | None
     check_write: Callable[[Any], None] | None
+    token: Callable[[], Any] | None  # see StateLayout: a node written must lead to it
+    token_path: tuple[str, ...]  # a ``__dict__`` key, then attributes
     native_state: Callable[[list[tuple[tuple, type, tuple, Any]]], Any] | None
 
     def hidden_names(self) -> Container[str]:
@@ -121,7 +155,8 @@ class DictNode:
 
     def path_key(self, stored: str) -> Hashable:
         """The path key of a stored attribute name (``'3'`` is ``3`` for int-keyed classes)."""
-        if self.int_keys and type(stored) is str and stored.isdigit() and str(int(stored)) == stored:
+        if self.int_keys and type(stored) is str and stored.isascii() and stored.isdigit() \
+                and str(int(stored)) == stored:
             return int(stored)
         return stored
 
@@ -141,16 +176,76 @@ class DictNode:
         items.sort(key=_int_first)
         return items
 
-    def new(self, metadata: Hashable) -> Any:
+    def metadata(self, node: Any) -> Hashable:
+        """The node's bookkeeping, as the metadata kept in its ``NodeSpec``."""
+        if self.fields is None:
+            return self.bookkeeping(node) if self.bookkeeping is not None else None
+        d = node.__dict__
+        out = []
+        for f in self.fields:
+            try:
+                v = d[f.name]
+            except KeyError:
+                raise TypeError(
+                    f"the {self.cls.__qualname__} node has no {f.name!r} attribute, which its library "
+                    "keeps on every instance: was it made without calling its class?"
+                ) from None
+            out.append(v if f.attr is None else getattr(v, f.attr))
+        return tuple(out)
+
+    def new(self, metadata: Any, context: Any = None) -> Any:
         """A fresh, empty instance with its bookkeeping rebuilt from ``metadata``."""
-        if self.create is None:
-            return object.__new__(self.cls)
-        return self.create(self.cls, metadata)
+        if self.rebuild is None:
+            if self.create is None:
+                return object.__new__(self.cls)
+            return self.create(self.cls, metadata)
+        obj = object.__new__(self.cls)
+        d = obj.__dict__
+        for r in self.rebuild:
+            if r.factory is None:
+                d[r.name] = metadata[r.item]
+            else:
+                d[r.name] = r.factory(*[metadata[i] for i in r.items], context)
+        return obj
 
 
 def _int_first(item: tuple[Hashable, Any]) -> tuple[int, Any]:
     key = item[0]
     return (0, key) if type(key) is int else (1, key)
+
+
+@dataclass(frozen=True, eq=False)
+class StateLayout:
+    """Where a slotted foreign state keeps its parts, for generated code (NNX's Variable).
+
+    ``value``, ``metadata`` and ``context`` name slots of ``base``: read as attributes,
+    written through ``base``'s slot descriptors (past any ``__setattr__``). ``metadata``
+    holds a dict: the state's metadata as its items. A new state is
+    ``object.__new__(cls)`` with the context (made once per call), a copy of the
+    metadata dict and the value. ``token()`` is made once per update: a state is
+    written only when the attributes ``token_path`` from it lead to that very object,
+    else the update misses and the reference decides (raising the library's error).
+    ``plain(cls)``: whether instances of ``cls`` may be served this way (no override of
+    what the layout relies on; ``overridable`` names it, guarded per call);
+    ``specializable(metadata)``: whether a state with this metadata may be.
+    """
+
+    base: type
+    value: str
+    metadata: str
+    context: str | None
+    token: Callable[[], Any] | None
+    token_path: tuple[str, ...]
+    overridable: tuple[str, ...]
+    specializable: Callable[[tuple], bool]
+
+    def setter(self, slot: str) -> Any:
+        """The slot descriptor's ``__set__`` (a store past ``__setattr__``)."""
+        return vars(self.base)[slot].__set__
+
+    def plain(self, cls: type) -> bool:
+        own = cls.__mro__[: cls.__mro__.index(self.base)]
+        return not any(name in vars(k) for k in own for name in self.overridable)
 
 
 @dataclass(frozen=True, eq=False)
@@ -161,15 +256,19 @@ class StateImpl:
     demands them right now); ``check_set`` raises, before anything is written, when a
     write is not allowed (e.g. from another trace level); ``metadata`` is a sorted
     tuple of ``(name, value)`` pairs kept in the ``GraphDef``; ``create(cls, value,
-    metadata)`` makes a new state of exactly ``cls``, valid at the current trace level.
+    metadata, context)`` makes a new state of exactly ``cls``, valid at the current
+    trace level (``context()`` is made once per unflatten). ``layout`` describes the
+    state to generated code (``None``: only the reference walker serves it).
     """
 
     type: type
     get: Callable[[Any], Any]
     set: Callable[[Any, Any], None]
     metadata: Callable[[Any], tuple[tuple[str, Hashable], ...]]
-    create: Callable[[type, Any, tuple[tuple[str, Hashable], ...]], Any]
+    create: Callable[[type, Any, tuple[tuple[str, Hashable], ...], Any], Any]
     check_set: Callable[[Any, Any], None] | None = None
+    context: Callable[[], Any] | None = None
+    layout: StateLayout | None = None
 
 
 _builtin_type = type
@@ -214,23 +313,15 @@ def register_graph_node_type(
 
 @dataclass(frozen=True, eq=False)
 class _DictNodeRegistration:
-    hidden: frozenset[str]
-    hidden_attr: str | None
+    fields: dict[str, Any]  # DictNode's fields but cls and int_keys (resolved per class)
     int_keys: bool | Callable[[type], bool]
-    bookkeeping: Callable[[Any], Hashable] | None
-    create: Callable[[type, Hashable], Any] | None
-    static_arrays: bool
-    data_keys: Callable[[Any], Container[str]] | None
-    check_write: Callable[[Any], None] | None
-    native_state: Callable[[list[tuple[tuple, type, tuple, Any]]], Any] | None
 
     def resolve(self, cls: type) -> NodeImpl:
         int_keys = self.int_keys(cls) if callable(self.int_keys) else self.int_keys
-        dn = DictNode(cls, self.hidden, self.hidden_attr, bool(int_keys), self.bookkeeping, self.create,
-                      self.static_arrays, self.data_keys, self.check_write, self.native_state)
+        dn = DictNode(cls=cls, int_keys=bool(int_keys), **self.fields)
 
         def flatten(node: Any) -> tuple[list[tuple[Hashable, Any]], Hashable]:
-            return dn.children(node), (dn.bookkeeping(node) if dn.bookkeeping is not None else None)
+            return dn.children(node), dn.metadata(node)
 
         def set_key(node: Any, key: Hashable, value: Any) -> None:
             node.__dict__[dn.stored_key(key)] = value
@@ -239,7 +330,7 @@ class _DictNodeRegistration:
             return node.__dict__.pop(dn.stored_key(key))
 
         def create_empty(metadata: Hashable) -> Any:
-            return dn.new(metadata)
+            return dn.new(metadata, dn.context() if dn.context is not None else None)
 
         def clear(node: Any) -> None:
             hidden = dn.hidden_names()
@@ -255,11 +346,14 @@ def register_dict_node_type(
     hidden: Iterable[str] = (),
     hidden_attr: str | None = None,
     int_keys: bool | Callable[[type], bool] = False,
-    bookkeeping: Callable[[Any], Hashable] | None = None,
-    create: Callable[[type, Hashable], Any] | None = None,
+    bookkeeping: tuple[Field, ...] | Callable[[Any], Hashable] | None = None,
+    create: tuple[Rebuild, ...] | Callable[[type, Hashable], Any] | None = None,
+    context: Callable[[], Any] | None = None,
     static_arrays: bool = False,
-    data_keys: Callable[[Any], Container[str]] | None = None,
+    data_keys: Callable[[Any], Container[str] | None] | None = None,
     check_write: Callable[[Any], None] | None = None,
+    token: Callable[[], Any] | None = None,
+    token_path: tuple[str, ...] = (),
     native_state: Callable[[list[tuple[tuple, type, tuple, Any]]], Any] | None = None,
 ) -> None:
     """Register a node class (and its subclasses) whose children live in ``__dict__``.
@@ -270,21 +364,42 @@ def register_dict_node_type(
       class attribute listing more of them (read on every flatten).
     - ``int_keys``: stored names that spell an int (``'3'``) have int path keys, and
       ints sort before strings (NNX's ``List``); a bool or a function of the class.
-    - ``bookkeeping(node)``: the node's bookkeeping as hashable metadata, kept in the
-      ``GraphDef`` and compared by equality; ``create(cls, metadata)``: a fresh empty
-      instance with that bookkeeping rebuilt (default: ``object.__new__(cls)``).
+    - ``bookkeeping``: the node's bookkeeping as hashable metadata kept in the
+      ``GraphDef``: a tuple of :class:`Field` (what generated code can spell out), or a
+      function of the node (served by the reference walker only).
+    - ``create``: how a fresh empty instance is made: a tuple of :class:`Rebuild` (each
+      bookkeeping attribute from the metadata, or a factory of metadata items and the
+      per-call ``context()``), or a function ``(cls, metadata)``; default
+      ``object.__new__(cls)``.
     - ``static_arrays``: bare arrays under these nodes are static (BrainState's rule)
       instead of dynamic leaves.
     - ``data_keys(node)``: stored names whose plain (non-array, non-None) values are
       dynamic leaves all the same (NNX's ``nnx.data(...)`` attributes).
-    - ``check_write(node)``: raise if the node may not be written now (trace level).
+    - ``check_write(node)``: raise if the node may not be written now (trace level);
+      ``token`` / ``token_path``: the same rule for generated code (see ``StateLayout``).
     - ``native_state(items)``: present ``(path, state type, metadata, value)`` items in
       the library's own state form (the gradients ``value_and_grad`` returns).
     """
     if not isinstance(type, _builtin_type):
         raise TypeError(f"register_dict_node_type expects a class, got {type!r}")
-    reg = _DictNodeRegistration(frozenset(hidden), hidden_attr, int_keys, bookkeeping, create,
-                                bool(static_arrays), data_keys, check_write, native_state)
+    declared_fields = bookkeeping if isinstance(bookkeeping, tuple) else None
+    declared_rebuild = create if isinstance(create, tuple) else None
+    fields = {
+        "hidden": frozenset(hidden),
+        "hidden_attr": hidden_attr,
+        "fields": declared_fields,
+        "bookkeeping": None if declared_fields is not None else bookkeeping,
+        "rebuild": declared_rebuild,
+        "create": None if declared_rebuild is not None else create,
+        "context": context,
+        "static_arrays": bool(static_arrays),
+        "data_keys": data_keys,
+        "check_write": check_write,
+        "token": token,
+        "token_path": tuple(token_path),
+        "native_state": native_state,
+    }
+    reg = _DictNodeRegistration(fields, int_keys)
     with _lock:
         _node_impls[type] = reg  # type: ignore[assignment]
         clear_classification_cache()
@@ -296,8 +411,10 @@ def register_state_type(
     get: Callable[[Any], Any],
     set: Callable[[Any, Any], None],  # noqa: A002 - names the operation
     metadata: Callable[[Any], tuple[tuple[str, Hashable], ...]],
-    create: Callable[[type, Any, tuple[tuple[str, Hashable], ...]], Any],
+    create: Callable[[type, Any, tuple[tuple[str, Hashable], ...], Any], Any],
     check_set: Callable[[Any, Any], None] | None = None,
+    context: Callable[[], Any] | None = None,
+    layout: StateLayout | None = None,
 ) -> None:
     """Register a foreign state class (and its subclasses): see :class:`StateImpl`.
 
@@ -307,7 +424,7 @@ def register_state_type(
     if not isinstance(type, _builtin_type):
         raise TypeError(f"register_state_type expects a class, got {type!r}")
     with _lock:
-        _state_impls[type] = StateImpl(type, get, set, metadata, create, check_set)
+        _state_impls[type] = StateImpl(type, get, set, metadata, create, check_set, context, layout)
         clear_classification_cache()
 
 

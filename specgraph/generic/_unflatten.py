@@ -48,12 +48,22 @@ def build(gd: GraphDef, values: list[Any]) -> Any:
     return build_with(gd, values, {}, gd.root)
 
 
+def _context(made: dict[Any, Any], factory: Any) -> Any:
+    """The call's context from ``factory`` (``None`` without one), made once per call."""
+    if factory is None:
+        return None
+    if factory not in made:
+        made[factory] = factory()
+    return made[factory]
+
+
 def build_with(gd: GraphDef, values: list[Any], known: dict[int, Any], edge: Any) -> Any:
     """Like ``build``, but the objects in ``known`` (by index) are used as they are.
 
     Known objects are neither created nor filled; the value of ``edge`` is returned.
     """
     table = gd.table
+    contexts: dict[Any, Any] = {}  # a foreign library's per-call context, made once
     objs: list[Any] = [None] * len(table)
     impls: list[Any] = [None] * len(table)
     # Pass 1 + 2: states and empty node shells.
@@ -70,7 +80,8 @@ def build_with(gd: GraphDef, values: list[Any], known: dict[int, Any], edge: Any
             if impl.is_builtin_node:
                 objs[spec[2]] = object.__new__(t)
             elif impl.dict_node is not None:
-                objs[spec[2]] = impl.dict_node.new(spec[5])
+                dn = impl.dict_node
+                objs[spec[2]] = dn.new(spec[5], _context(contexts, dn.context))
             else:
                 objs[spec[2]] = impl.create_empty(spec[5])
         else:
@@ -78,7 +89,8 @@ def build_with(gd: GraphDef, values: list[Any], known: dict[int, Any], edge: Any
             if simpl is None:
                 objs[spec[2]] = _new_state(spec[1], values[spec[4]], spec[3])
             else:
-                objs[spec[2]] = simpl.create(spec[1], values[spec[4]], spec[3])
+                objs[spec[2]] = simpl.create(spec[1], values[spec[4]], spec[3],
+                                             _context(contexts, simpl.context))
     # Pass 3: fill.
     for spec in table:
         if type(spec) is not NodeSpec or spec[2] in known:

@@ -103,19 +103,26 @@ def _first(item: tuple[str, Any]) -> str:
     return item[0]
 
 
-def _create(cls: type, value: Any, metadata: tuple[tuple[str, Hashable], ...]) -> Any:
+def _context() -> tuple[Any, Any, int]:
+    """What every State one unflatten makes shares: the trace tracer, source info and level."""
+    return StateJaxTracer(), source_info_util.current(), TRACE_CONTEXT.get_trace_stack_level()
+
+
+def _create(cls: type, value: Any, metadata: tuple[tuple[str, Hashable], ...],
+            context: tuple[Any, Any, int] | None = None) -> Any:
+    tracer, source_info, level = context if context is not None else _context()
     st = object.__new__(cls)
     d = st.__dict__
     for k, v in metadata:
         d[k] = set(v) if k == "tag" and type(v) is frozenset else v
     d["_value"] = value
-    d["_level"] = TRACE_CONTEXT.get_trace_stack_level()
-    d["_trace_state"] = StateJaxTracer()
-    d["_source_info"] = source_info_util.current()
-    d["_hooks_manager"] = HookManager()
+    d["_level"] = level
+    d["_trace_state"] = tracer
+    d["_source_info"] = source_info
+    d["_hooks_manager"] = HookManager()  # its own: hooks are per state
     d["_been_writen"] = False
     return st
 
 
 reg.register_dict_node_type(Node, hidden_attr="graph_invisible_attrs", static_arrays=True)
-reg.register_state_type(State, get=_get, set=_set, metadata=_metadata, create=_create)
+reg.register_state_type(State, get=_get, set=_set, metadata=_metadata, create=_create, context=_context)

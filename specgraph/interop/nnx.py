@@ -22,12 +22,12 @@ from __future__ import annotations
 from collections.abc import Container, Hashable
 from typing import Any
 
-from flax.nnx import pytreelib, statelib, variablelib
+from flax.nnx import pytreelib, statelib, tracers, variablelib
 
 from .. import _registry as reg
 from ..sharding import register_partition_metadata
 
-__all__ = ["BOOKKEEPING"]
+__all__ = ["BOOKKEEPING", "BOOKKEEPING_FIELDS", "REBUILD"]
 
 Pytree = pytreelib.Pytree
 PytreeState = pytreelib.PytreeState
@@ -38,21 +38,32 @@ _is_array_ref = variablelib.is_array_ref
 BOOKKEEPING = ("_pytree__state", "_pytree__nodes")
 
 
-def _bookkeeping(node: Any) -> Hashable:
-    d = node.__dict__
-    ps = d.get("_pytree__state")
-    flags = (ps._initializing, ps._is_setup) if type(ps) is PytreeState else (False, False)
-    return (d.get("_pytree__nodes"), *flags)
+def _trace_context() -> Any:
+    """The current trace level, shared by everything one unflatten makes (one TraceState)."""
+    return tracers.TraceState()
 
 
-def _create(cls: type, metadata: Any) -> Any:
-    nodes, initializing, is_setup = metadata
-    obj = object.__new__(cls)
-    d = obj.__dict__
-    d["_pytree__state"] = PytreeState(initializing, is_setup)  # the current trace level
-    if nodes is not None:
-        d["_pytree__nodes"] = nodes  # immutable: NNX replaces it, never mutates it
-    return obj
+def _pytree_state(initializing: bool, is_setup: bool, trace_state: Any) -> Any:
+    """A fresh ``PytreeState`` at the call's trace level (what ``PytreeState()`` makes)."""
+    ps = _new(PytreeState)
+    ps._trace_state = trace_state
+    ps._initializing = initializing
+    ps._is_setup = is_setup
+    return ps
+
+
+_new = object.__new__
+
+#: The node's metadata: ``(_pytree__nodes, _initializing, _is_setup)``, as NNX's graphdef has them.
+BOOKKEEPING_FIELDS = (
+    reg.Field("_pytree__nodes", equal=True),  # per instance, equal across a class's instances
+    reg.Field("_pytree__state", "_initializing"),
+    reg.Field("_pytree__state", "_is_setup"),
+)
+REBUILD = (
+    reg.Rebuild("_pytree__state", factory=_pytree_state, items=(1, 2)),
+    reg.Rebuild("_pytree__nodes", item=0),  # immutable: NNX replaces it, never mutates it
+)
 
 
 class _DataAttributes:
@@ -97,6 +108,9 @@ def _get(v: Any) -> Any:
 
 _plain_setter = Variable.set_raw_value
 _store = object.__setattr__
+_set_raw = vars(Variable)["_raw_value"].__set__
+_set_metadata = vars(Variable)["_var_metadata"].__set__
+_set_trace_state = vars(Variable)["_trace_state"].__set__
 
 
 def _check_set(v: Any, value: Any) -> None:
@@ -108,7 +122,7 @@ def _set(v: Any, value: Any) -> None:
     if _is_array_ref(raw) and (_is_array_ref(value) or hasattr(value, "shape")):
         v[...] = value[...]  # a Ref-backed Variable keeps its Ref (as nnx.update does)
     elif type(v).set_raw_value is _plain_setter:
-        _store(v, "_raw_value", value)  # the trace level was checked in _check_set
+        _set_raw(v, value)  # the trace level was checked in _check_set
     else:
         v.set_raw_value(value, _unsafe_bypass_check=True)
 
@@ -117,22 +131,65 @@ def _metadata(v: Any) -> tuple[tuple[str, Hashable], ...]:
     return tuple(sorted(v._var_metadata.items()))
 
 
-def _new_variable(cls: type, value: Any, metadata: tuple[tuple[str, Hashable], ...]) -> Any:
-    return cls._new(value, dict(metadata))  # its own metadata dict, a fresh trace state
+def _new_variable(cls: type, value: Any, metadata: tuple[tuple[str, Hashable], ...], trace_state: Any) -> Any:
+    """What ``cls._new(value, dict(metadata))`` makes, at the call's (shared) trace state."""
+    v = _new(cls)
+    _set_trace_state(v, trace_state)
+    _set_metadata(v, dict(metadata))  # its own metadata dict
+    _set_raw(v, value)
+    return v
+
+
+def _trace_token() -> Any:
+    """The current JAX trace, as the object a valid TraceState's ``_jax_trace._trace_ref`` is."""
+    return tracers.current_jax_trace()._trace_ref
+
+
+def _specializable(metadata: tuple[tuple[str, Hashable], ...]) -> bool:
+    meta = dict(metadata)
+    return meta.get("ref") is False and meta.get("hijax") is False  # a Ref-backed one: the reference
+
+
+def _layout() -> reg.StateLayout | None:
+    """Variable's slots for generated code; ``None`` if this JAX lacks what the write check reads."""
+    try:
+        token = _trace_token()
+        if tracers.TraceState()._jax_trace._trace_ref is not token:
+            return None
+    except Exception:
+        return None
+    return reg.StateLayout(
+        base=Variable,
+        value="_raw_value",
+        metadata="_var_metadata",
+        context="_trace_state",
+        token=_trace_token,
+        token_path=("_trace_state", "_jax_trace", "_trace_ref"),
+        overridable=("_raw_value", "_var_metadata", "_trace_state", "set_raw_value", "_check_can_update",
+                     "__getattribute__"),
+        specializable=_specializable,
+    )
+
+
+_LAYOUT = _layout()
 
 
 reg.register_dict_node_type(
     Pytree,
     hidden=BOOKKEEPING,
     int_keys=_int_keys,
-    bookkeeping=_bookkeeping,
-    create=_create,
+    bookkeeping=BOOKKEEPING_FIELDS,
+    create=REBUILD,
+    context=_trace_context,
     data_keys=_data_keys,
     check_write=_check_write,
+    token=_trace_token if _LAYOUT is not None else None,
+    token_path=("_pytree__state", "_trace_state", "_jax_trace", "_trace_ref"),
     native_state=_native_state,
 )
 reg.register_state_type(
-    Variable, get=_get, set=_set, metadata=_metadata, create=_new_variable, check_set=_check_set
+    Variable, get=_get, set=_set, metadata=_metadata, create=_new_variable, check_set=_check_set,
+    context=_trace_context, layout=_LAYOUT,
 )
 reg.register_unsupported_type(
     variablelib.HijaxVariable,
