@@ -135,7 +135,7 @@ class DictNode:
     create: Callable[[type, Hashable], Any] | None
     context: Callable[[], Any] | None  # made once per unflatten, given to the rebuild factories
     static_arrays: bool
-    data_keys: Callable[[Any], Container[str]] | None
+    data_keys: Callable[[type, Any], Container[str] | None] | None  # (class, metadata)
     check_write: Callable[[Any], None] | None
     token: Callable[[], Any] | None  # see StateLayout: a node written must lead to it
     token_path: tuple[str, ...]  # a ``__dict__`` key, then attributes
@@ -350,7 +350,7 @@ def register_dict_node_type(
     create: tuple[Rebuild, ...] | Callable[[type, Hashable], Any] | None = None,
     context: Callable[[], Any] | None = None,
     static_arrays: bool = False,
-    data_keys: Callable[[Any], Container[str] | None] | None = None,
+    data_keys: Callable[[type, Any], Container[str] | None] | None = None,
     check_write: Callable[[Any], None] | None = None,
     token: Callable[[], Any] | None = None,
     token_path: tuple[str, ...] = (),
@@ -373,8 +373,9 @@ def register_dict_node_type(
       ``object.__new__(cls)``.
     - ``static_arrays``: bare arrays under these nodes are static (BrainState's rule)
       instead of dynamic leaves.
-    - ``data_keys(node)``: stored names whose plain (non-array, non-None) values are
-      dynamic leaves all the same (NNX's ``nnx.data(...)`` attributes).
+    - ``data_keys(cls, metadata)``: stored names whose plain (non-array, non-None) values
+      are dynamic leaves all the same (NNX's ``nnx.data(...)`` attributes), from the
+      node's class and metadata (so generated code knows them from the structure).
     - ``check_write(node)``: raise if the node may not be written now (trace level);
       ``token`` / ``token_path``: the same rule for generated code (see ``StateLayout``).
     - ``native_state(items)``: present ``(path, state type, metadata, value)`` items in

@@ -647,3 +647,74 @@ def test_example_train_nnx_agrees_with_nnx_jit() -> None:
     assert out["trace_count"] == 1
     (_, first_loss, _), (_, last_loss, _) = out["history"]
     assert last_loss < first_loss
+
+
+# --------------------------------------------------------------------------------------
+# the specialized path serves NNX objects (and misses where it must)
+# --------------------------------------------------------------------------------------
+
+
+def test_nnx_structures_are_specialized() -> None:
+    objects = [Net(nnx.Rngs(0)), *make_training()]
+    for obj in objects:
+        sg.flatten(obj)
+        hits = sg.cache_info()["hits"]
+        assert_matches_reference(obj)
+        assert sg.cache_info()["hits"] == hits + 2, type(obj).__name__
+        _, sm = sg.flatten(obj)
+        update_hits = sg.cache_info()["update_hits"]
+        sg.update(obj, sm)
+        assert sg.cache_info()["update_hits"] == update_hits + 1, type(obj).__name__
+    assert sg.cache_info()["compile_failures"] == 0
+
+
+def test_a_new_instance_of_the_class_hits_the_compiled_code() -> None:
+    a, b = Net(nnx.Rngs(0)), Net(nnx.Rngs(1))
+    sg.flatten(a)
+    sg.flatten(a)
+    hits = sg.cache_info()["hits"]
+    assert_matches_reference(b)  # equal bookkeeping, other objects: guarded by equality
+    assert sg.cache_info()["hits"] == hits + 2
+    assert sg.cache_info()["guard_misses"] == {}
+
+
+@pytest.mark.parametrize("change", ["set_metadata", "new_attribute", "data_flag", "initializing"])
+def test_changes_are_misses_of_their_kind(change: str) -> None:
+    m = Net(nnx.Rngs(0))
+    sg.flatten(m)
+    sg.flatten(m)
+    if change == "set_metadata":
+        m.out.kernel.set_metadata(hint="rows")
+        kind = "metadata"
+    elif change == "new_attribute":
+        object.__setattr__(m.out, "extra", 1)  # past NNX's bookkeeping: only the key count changed
+        kind = "node_keys"
+    elif change == "data_flag":
+        m.inp.linear.flag = nnx.data(5)  # a new data attribute: _pytree__nodes changed too
+        kind = "node_keys"
+    else:
+        m.layers[3]._pytree__state._initializing = True
+        kind = "metadata"
+    before = dict(sg.cache_info()["guard_misses"])
+    assert_matches_reference(m)
+    assert sg.cache_info()["guard_misses"].get(kind, 0) > before.get(kind, 0)
+
+
+def test_variable_classes_gaining_an_override_miss() -> None:
+    class Weight(nnx.Param):
+        pass
+
+    class Holder(nnx.Module):
+        def __init__(self) -> None:
+            self.w = Weight(jnp.ones(2))
+
+    h = Holder()
+    sg.flatten(h)
+    sg.flatten(h)
+    Weight.set_raw_value = lambda self, value, **kw: None  # an override the layout relies on lacking
+    try:
+        before = sg.cache_info()["guard_misses"].get("class", 0)
+        assert_matches_reference(h)
+        assert sg.cache_info()["guard_misses"].get("class", 0) > before
+    finally:
+        del Weight.set_raw_value

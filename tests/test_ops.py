@@ -25,8 +25,12 @@ DUMMY: dict[str, Any] = {
     "cls_dict": "D0", "names": [Literal("__hash__")], "pairs": [("x3", Literal("k"))], "miss": "node_keys",
     "dsts": ["x4", "x5"], "label": "a.b", "treedef": "td1", "n": 2, "hidden": [Literal("h")],
     "slot": 0, "key": Literal("k"), "factory": "F0", "meta": "M0", "value": "v0", "items": ["v0", "v1"],
-    "labels": ["a"], "setter": "F1",
+    "labels": ["a"], "setter": "F1", "attr": "attr0", "mode": "value", "fn": "F2", "args": ["v0", "v1"],
+    "attrs": ["attr0", "attr1"], "token": "tok",
 }
+
+#: The update's checks (before any write), rendered with the update's writes.
+CHECKS = ("check_unchanged", "token_now", "guard_token")
 
 
 def _step(op: str) -> Step:
@@ -46,8 +50,8 @@ def _render(step: Step | None, body: str = "flatten") -> str:
         return env.get_template("unflatten.py.j2").render(name="f", type_name="T", steps=steps, root="o0")
     if body == "write":
         tmpl = env.get_template("update.py.j2")
-        checks = [s for s in steps if s.op == "check_unchanged"]
-        writes = [s for s in steps if s.op != "check_unchanged"]
+        checks = [s for s in steps if s.op in CHECKS]
+        writes = [s for s in steps if s.op not in CHECKS]
         return tmpl.render(name="f", type_name="T", steps=[_step("guard_len")], checks=checks, writes=writes,
                            distinct=[], keyed_statics=False, epoch=0, guard_epoch=True)
     return env.get_template("flatten.py.j2").render(
@@ -64,6 +68,18 @@ def test_every_op_has_a_template_branch(op: str) -> None:
     # The step's own lines, naming the operand or the local it assigns.
     assert any(any(name in line for name in ("x1", "x2", "x4", "o0", "td1", "T0", "D0"))
                for line in added), source
+
+
+@pytest.mark.parametrize("mode", ["is", "value", "same"])
+@pytest.mark.parametrize("op", ["guard_field", "guard_meta_item"])
+def test_match_modes_render(op: str, mode: str) -> None:
+    fields = {f: DUMMY[f] for f in OPS[op].fields}
+    fields["mode"] = mode
+    source = _render(Step(op, **fields))
+    compile(source, "<test>", "exec")
+    line = next(x for x in source.splitlines() if x.strip().startswith(("if ", "if not")) and "C0" in x)
+    assert ("SAME(" in line) == (mode == "same")
+    assert ("type(" in line) == (mode == "value")
 
 
 def test_a_step_of_an_unknown_op_is_refused() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import typing
 from typing import Any
 
+from .. import _registry as reg
 from .._ir import GraphDef, NodeSpec, PytreeEdge, StateSpec, StaticEdge, all_edges
 from .naming import Constants, Literal
 from .ops import Step
@@ -20,11 +21,29 @@ __all__ = [
     "MAX_INLINE_ATTRIBUTES",
     "attribute_stores_ok",
     "defines",
+    "plain_metaclass",
     "flatten_runs_no_user_code",
     "unflatten_runs_no_user_code",
 ]
 
 _IMMUTABLE_TYPE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: builtin and C types cannot change
+
+
+# Hooks through which a metaclass could run code when a class's ``__mro__``, ``__dict__``
+# or attributes are read: a metaclass defining none of them reads as ``type`` does.
+_METACLASS_HOOKS = ("__getattribute__", "__getattr__", "__setattr__", "__delattr__", "mro")
+
+
+def plain_metaclass(t: type) -> bool:
+    """Reading ``t``'s ``__mro__``, ``__dict__`` and class attributes runs no metaclass code:
+    its metaclass is ``type``, or a ``type`` subclass defining none of the attribute hooks
+    (``ABCMeta``, NNX's and BrainState's metaclasses). Class facts about such a class
+    also require its metaclass to stay that way."""
+    m = type(t)
+    if m is type:
+        return True
+    return isinstance(m, type) and type(m) is type and not any(
+        name in vars(k) for k in m.__mro__ if k is not type and k is not object for name in _METACLASS_HOOKS)
 
 
 def defines(t: type, name: str) -> bool:
@@ -73,8 +92,10 @@ class ClassFacts:
 
     def require_absent(self, t: type, names: tuple[str, ...], classes: list[type] | None = None) -> None:
         """``names`` stay absent from the dicts of ``t``'s MRO classes (or of ``classes``)."""
+        if not plain_metaclass(t):
+            raise ValueError(f"no class facts for {t!r}: its metaclass defines attribute hooks")
         if type(t) is not type:
-            raise ValueError(f"no class facts for {t!r}: its metaclass is not type")
+            self.require_absent(type(t), _METACLASS_HOOKS)  # the metaclass stays plain
         self.mro[t] = t.__mro__
         for k in t.__mro__ if classes is None else classes:
             if k not in _UNGUARDED and not k.__flags__ & _IMMUTABLE_TYPE:
@@ -122,10 +143,14 @@ def flatten_runs_no_user_code(gd: GraphDef) -> bool:
     """
     for spec in gd.table:
         t = spec.type
-        if type(t) is not type or defines(t, "__getattribute__") or not _std_dict(t):
+        if not plain_metaclass(t) or defines(t, "__getattribute__") or not _std_dict(t):
             return False
         if type(spec) is StateSpec:
-            if defines(t, "__getattr__") or _own_value_or_metadata(t):
+            simpl = reg.state_impl(t)
+            if simpl is not None:  # a foreign state: its layout's slots are read, nothing else
+                if simpl.layout is None or not simpl.layout.plain(t):
+                    return False
+            elif defines(t, "__getattr__") or _own_value_or_metadata(t):
                 return False
         else:
             hidden = next((vars(k)["graph_invisible_attrs"] for k in t.__mro__

@@ -25,7 +25,7 @@ from .._ir import (
     StaticEdge,
     treedef_type,
 )
-from .._sameness import aux_data, is_value_sig, may_be_nan
+from .._sameness import aux_data, is_value_sig, may_be_nan, value_sig
 from .classfacts import ClassFacts, defines, flatten_runs_no_user_code
 from .naming import Constants, Item, Literal, Operand, StateValue, path_label, static_note
 from .ops import GUARD_KINDS, Step
@@ -72,6 +72,7 @@ class Work(NamedTuple):
     owner: str | None
     key: Literal | str
     mutable: bool
+    data: bool = False  # a child of a dict-backed node whose plain values may be dynamic leaves
 
 
 def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
@@ -97,6 +98,7 @@ class FlattenPlanner:
         self.keyed_statics = False  # some static guard reads its node's dict itself
         self.skip_type_guard = True  # the dispatcher picked this variant by type(root)
         self._counter = 0
+        self._token: str | None = None  # the local holding the update's trace token, once made
         # Reads cannot run user code: a node read twice gives the same children twice, so
         # its own states can vouch for it (see witnessed_nodes), and statics and values
         # are read in place. (Checked at compile time only: a hook added to a class later
@@ -172,7 +174,11 @@ class FlattenPlanner:
         seen: set[type] = set()
         for spec in self.gd.table:
             t = spec.type
-            if type(spec) is NodeSpec and t not in seen and reg.node_impl(t).is_builtin_node:
+            if type(spec) is not NodeSpec or t in seen:
+                continue
+            impl = reg.node_impl(t)
+            dn = impl.dict_node
+            if impl.is_builtin_node or (dn is not None and dn.hidden_attr == "graph_invisible_attrs"):
                 seen.add(t)
                 snapshot = self.facts.hidden[t] = copy.copy(t.graph_invisible_attrs)
                 self.steps.append(Step("guard_hidden", cls=self.consts.bind(t, "T"),
@@ -217,7 +223,10 @@ class FlattenPlanner:
         idx = work.edge.index
         spec = self.gd.table[idx]
         t = spec.type
-        if not reg.node_impl(t).is_builtin_node:
+        impl = reg.node_impl(t)
+        if impl.dict_node is not None:
+            return self._dict_node(work, impl.dict_node)
+        if not impl.is_builtin_node:
             raise Declined(f"custom node type {t.__qualname__}")
         if spec.sig is not None:
             raise Declined(f"non-string attribute names on a {t.__qualname__} node")
@@ -257,10 +266,121 @@ class FlattenPlanner:
         self.nearest.update((w.obj, idx) for w in items)
         return items
 
+    def _dict_node(self, work: Work, dn: reg.DictNode) -> list[Work]:
+        """A foreign dict-backed node: its ``__dict__`` read as a builtin node's is, its
+        bookkeeping fields guarded, its children under their stored names."""
+        idx = work.edge.index
+        spec = self.gd.table[idx]
+        t = spec.type
+        if dn.fields is None and dn.bookkeeping is not None:
+            raise Declined(f"the bookkeeping of {t.__qualname__} is a function")
+        if dn.hidden_attr is not None and (dn.hidden_attr != "graph_invisible_attrs"
+                                           or type(self.facts.hidden.get(t)) is not tuple):
+            raise Declined(f"the invisible names of {t.__qualname__} are not a tuple")
+        var = work.obj
+        assert type(var) is str  # a node is always loaded into a local
+        label = path_label(work.path)
+        self.local_of[idx] = var
+        self._type_guard(var, t, label)
+        if idx not in self.witnessed:
+            self._add_distinct(var, t)
+        d = "d" + var
+        self.steps.append(Step("load_dict", dst=d, obj=var))
+        self.steps.append(Step("guard_type", obj=d, cls=self.consts.bind(dict, "T"), label=label))
+        stored = [dn.stored_key(k) for k in spec.keys]
+        hidden = sorted(dn.hidden) + list(dict.fromkeys(self.facts.hidden.get(t, ())))
+        hidden = [h for h in dict.fromkeys(hidden) if h not in stored]
+        self.steps.append(Step("guard_node_len", obj=d, n=len(stored),
+                               hidden=[self.consts.key(h) for h in hidden], label=label))
+        if dn.fields is not None:
+            # The bookkeeping, as the metadata of the spec: a renamed or missing field is a
+            # KeyError, a node_keys miss; a changed one a metadata miss.
+            self.keyed_statics = True
+            for i, (f, value) in enumerate(zip(dn.fields, spec.meta, strict=True)):
+                local = f"bk{idx}_{i}"
+                self.steps.append(Step("load_field", dst=local, obj=d, key=self.consts.key(f.name),
+                                       attr=self.consts.attr(f.attr) if f.attr is not None else ""))
+                mode = "value" if f.equal else _match_mode(value, value_sig(value))
+                self.steps.append(Step("guard_field", obj=local, cls=self.consts.bind(type(value), "T"),
+                                       const=self.consts.bind(value, "C"), mode=mode,
+                                       label=f"{label}:{f.name}" + (f".{f.attr}" if f.attr else "")))
+        keys = [self.consts.key(k) for k in stored]
+        items = self._load_children(d, keys, spec.children, work.path, spec.keys, "node_keys", d, True)
+        data = dn.data_keys(t, spec.meta) if dn.data_keys is not None else None
+        if data is not None:
+            if dn.static_arrays:
+                raise Declined(f"{t.__qualname__} declares both data attributes and static arrays")
+            items = [w._replace(data=True) if type(w.edge) is ArrayEdge and k in data else w
+                     for w, k in zip(items, stored, strict=True)]
+        if self.no_user_code and any(type(c) is StaticEdge for c in spec.children):
+            self.keyed_statics = True
+            block = self.steps[-1]
+            inline = {w.obj: Item(d, key) for w, key in zip(items, keys, strict=True)
+                      if type(w.edge) is StaticEdge}
+            block.pairs = [pair for pair in block.pairs if pair[0] not in inline]
+            if not block.pairs:
+                self.steps.pop()
+            items = [w._replace(obj=inline[w.obj]) if w.obj in inline else w for w in items]
+        if dn.check_write is not None and any(type(c) is ArrayEdge for c in spec.children):
+            # The update writes into this node: only at its trace level (NNX's rule).
+            if dn.token is None or not dn.token_path:
+                raise Declined(f"writes into {t.__qualname__} nodes need a trace token")
+            self._token_check(d, self.consts.key(dn.token_path[0]), dn.token_path[1:], dn.token, label)
+        self.nearest.update((w.obj, idx) for w in items)
+        return items
+
+    def _token_check(self, obj: str, key: Literal | str | None, attrs: tuple[str, ...], token: Any,
+                     label: str) -> None:
+        """Before the update writes into ``obj``: the attributes lead to this call's token."""
+        if self._token is None:
+            self._token = "tok"
+            self.checks.insert(0, Step("token_now", dst=self._token, fn=self.consts.bind(token, "F")))
+        self.checks.append(Step("guard_token", obj=obj, key=key if key is not None else "",
+                                attrs=[self.consts.attr(a) for a in attrs], token=self._token, label=label))
+
+    def _foreign_state(self, work: Work, simpl: reg.StateImpl) -> list[Work]:
+        """A foreign state through its layout: slot reads, the metadata dict item by item,
+        writes through the slot descriptor once the trace token matched."""
+        spec = self.gd.table[work.edge.index]
+        t = spec.type
+        lay = simpl.layout
+        if lay is None or not lay.plain(t) or not lay.specializable(spec.metadata):
+            raise Declined(f"state type {t.__qualname__} has no layout generated code can use")
+        self.facts.require_absent(t, (*lay.overridable, "__getattribute__"),
+                                  classes=list(t.__mro__[: t.__mro__.index(lay.base)]))
+        var = work.obj
+        assert type(var) is str
+        label = path_label(work.path)
+        self.local_of[spec.index] = var
+        self._type_guard(var, t, label)
+        md = f"md{spec.index}"
+        self.steps.append(Step("guard_meta_dict", dst=md, obj=var, attr=self.consts.attr(lay.metadata),
+                               n=len(spec.metadata)))
+        for (k, value), sig in zip(spec.metadata, spec.metasig, strict=True):
+            self.steps.append(Step("guard_meta_item", obj=md, key=self.consts.key(k),
+                                   cls=self.consts.bind(type(value), "T"), const=self.consts.bind(value, "C"),
+                                   mode=_match_mode(value, sig)))
+        self._add_distinct(var, t)
+        attr = self.consts.attr(lay.value)
+        if self.no_user_code:
+            self.values[spec.slot] = StateValue(var, attr)
+        else:
+            v = f"v{spec.slot}"
+            self.steps.append(Step("read_value", dst=v, obj=var, attr=attr))
+            self.values[spec.slot] = v
+        if lay.token is not None:
+            self._token_check(var, None, lay.token_path, lay.token, label)
+        else:
+            raise Declined(f"writes into {t.__qualname__} need a trace token")
+        setter = self.consts.bind(lay.setter(lay.value), "F")
+        self.state_writes.append(Step("write_slot", obj=var, setter=setter, slot=spec.slot, label=label))
+        return []
+
     def _state(self, work: Work) -> list[Work]:
         spec = self.gd.table[work.edge.index]
-        if reg.state_impl(spec.type) is not None:
-            raise Declined(f"foreign state type {spec.type.__qualname__}")
+        simpl = reg.state_impl(spec.type)
+        if simpl is not None:
+            return self._foreign_state(work, simpl)
         var = work.obj
         assert type(var) is str
         label = path_label(work.path)
@@ -278,10 +398,10 @@ class FlattenPlanner:
             self.steps.append(Step("guard_no_meta", obj=var))
         self._add_distinct(var, spec.type)
         if self.no_user_code:  # a slot read, no user code: read it where the values list is built
-            self.values[spec.slot] = StateValue(var)
+            self.values[spec.slot] = StateValue(var, "value")
         else:  # a property may run user code: read it in the reference walker's order
             v = f"v{spec.slot}"
-            self.steps.append(Step("read_value", dst=v, obj=var))
+            self.steps.append(Step("read_value", dst=v, obj=var, attr="value"))
             self.values[spec.slot] = v
         self.state_writes.append(Step("write_value", obj=var, slot=spec.slot, label=label))
         return []
@@ -289,7 +409,10 @@ class FlattenPlanner:
     def _array(self, work: Work) -> list[Work]:
         slot = work.edge.slot
         label = path_label(work.path)
-        self.steps.append(Step("guard_array", obj=work.obj, label=label))
+        if work.data:  # an array, or a plain non-None value its node class declares dynamic
+            self.steps.append(Step("guard_data_leaf", obj=work.obj, label=label))
+        else:
+            self.steps.append(Step("guard_array", obj=work.obj, label=label))
         self.values[slot] = work.obj
         if work.owner is None or not work.mutable:
             # No mutable owner to write into: update may only leave it as it is.
@@ -302,8 +425,10 @@ class FlattenPlanner:
     def _static(self, work: Work) -> list[Work]:
         edge = work.edge
         sig = edge.sig
-        if sig is ArrayConstant:
-            raise Declined("an array kept as a static")
+        if sig is ArrayConstant:  # a bare array kept as a static: the very same array
+            const = self.consts.bind(edge.value.array, "C")
+            self.steps.append(Step("guard_static_is", obj=work.obj, const=const, label=path_label(work.path)))
+            return []
         const = self.consts.bind(edge.value, "C")
         label = path_label(work.path) + static_note(edge.value)
         if not is_value_sig(sig):
@@ -361,6 +486,18 @@ class FlattenPlanner:
             self.steps.append(Step("unpack_seq", obj=var, dsts=[dst for dst, _ in block.pairs], label=label))
         self.nearest.update((w.obj, self.nearest[var]) for w in items)
         return items
+
+
+def _match_mode(value: Any, sig: Any) -> str:
+    """How a generated guard matches ``value`` (a metadata item or bookkeeping field):
+    ``"is"`` the very object (a singleton, or an object that may be equal yet
+    distinguishable), ``"value"`` same type and ``==`` (a scalar value type), ``"same"``
+    item by item (a float zero, a tuple of values)."""
+    if value is None or type(value) is bool or not is_value_sig(sig):
+        return "is"
+    if isinstance(sig, type) and not may_be_nan(value):
+        return "value"
+    return "same"
 
 
 def witnessed_nodes(table: tuple) -> set[int]:

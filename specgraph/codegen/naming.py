@@ -34,9 +34,11 @@ class Item(NamedTuple):
 
 
 class StateValue(NamedTuple):
-    """An operand read in place: ``obj.value`` (a state's value, where the values list is built)."""
+    """An operand read in place: ``obj.value`` (a state's value, where the values list is built),
+    or ``obj.<attr>`` for a foreign state (``attr`` a placeholder for its raw value's slot)."""
 
     obj: str
+    attr: str = "value"
 
 
 Operand = str | Item | StateValue
@@ -52,7 +54,8 @@ _BUILTIN_NAMES = frozenset(dir(builtins))
 # The generated functions are named ``<kind>_<type>``: no bound type may take such a name.
 FUNCTION_PREFIXES = ("flatten_", "update_", "unflatten_", "collect_")
 # Locals the planners make: a bound type never takes one of these shapes.
-_LOCAL_NAME = re.compile(r"^(x|dx|droot|v|o|a|c|d|s|ch|chx|td|tdx|chroot|tdroot|attr)[0-9]*$")
+_LOCAL_NAME = re.compile(
+    r"^(x|dx|droot|v|o|a|c|d|s|ch|chx|td|tdx|chroot|tdroot|attr|md|bk|tok|ctx|f)[0-9_]*$")
 _RESERVED = PRELUDE | PARAMETERS
 
 

@@ -76,7 +76,8 @@ OPS: dict[str, Op] = {
     "load_block": Op(_F, ("obj", "pairs", "miss")),  # pairs: (dst, key); miss "": no try
     "unpack_seq": Op(_F, ("obj", "dsts", "label"), "container"),
     "load_pytree": Op(_F, ("obj", "dst", "treedef")),
-    "read_value": Op(_F, ("dst", "obj"), in_update=False),
+    "read_value": Op(_F, ("dst", "obj", "attr"), in_update=False),  # attr: "value", or a placeholder
+    "load_field": Op(_F, ("dst", "obj", "key", "attr")),  # a bookkeeping field: obj[key](.attr)
     # -- guards --------------------------------------------------------------------
     "guard_type": Op(_F, ("obj", "cls", "label"), "type"),
     "guard_array": Op(_F, ("obj", "label"), "type"),
@@ -95,10 +96,19 @@ OPS: dict[str, Op] = {
     "guard_meta": Op(_F, ("obj", "expected", "sig"), "metadata"),
     "guard_meta_same": Op(_F, ("obj", "expected"), "metadata"),
     "guard_is": Op(_F, ("obj", "expected", "label"), "backref"),
+    # -- foreign classes (registered dict-backed nodes, states with a layout) ----------
+    "guard_field": Op(_F, ("obj", "cls", "const", "mode", "label"), "metadata"),  # mode: is/value/same
+    "guard_meta_dict": Op(_F, ("dst", "obj", "attr", "n"), "metadata"),  # dst = obj.attr, a dict of n
+    "guard_meta_item": Op(_F, ("obj", "key", "cls", "const", "mode"), "metadata"),  # obj[key]
+    "guard_data_leaf": Op(_F, ("obj", "label"), "type"),  # an array or a non-None plain value
     # -- the update's writes (after every guard passed) ----------------------------
     "check_unchanged": Op(_W, ("obj", "slot", "label"), "immutable_leaf"),
     "write_value": Op(_W, ("obj", "slot", "label")),
     "write_item": Op(_W, ("obj", "key", "slot", "label")),
+    "write_slot": Op(_W, ("obj", "setter", "slot", "label")),  # setter(obj, value): past __setattr__
+    "token_now": Op(_W, ("dst", "fn")),  # the call's trace token, made once before the checks
+    # obj[key].attrs... (or obj.attrs...) must be the token: writes at the object's trace level
+    "guard_token": Op(_W, ("obj", "key", "attrs", "token", "label"), "trace"),
     # -- unflatten -----------------------------------------------------------------
     "unpack_statics": Op(_U, ("dsts",)),
     "unpack_values": Op(_U, ("dsts",)),
@@ -113,6 +123,9 @@ OPS: dict[str, Op] = {
     "fill_dict": Op(_U, ("obj", "pairs")),  # pairs: (key, value name), through obj.__dict__
     "fill_attrs": Op(_U, ("obj", "pairs", "labels")),  # pairs: (attribute placeholder, value name)
     "set_key": Op(_U, ("obj", "setter", "key", "value")),
+    "new_context": Op(_U, ("dst", "factory")),  # a foreign library's per-call context
+    "call": Op(_U, ("dst", "fn", "args")),  # dst = fn(*args): a foreign factory
+    "set_slot": Op(_U, ("obj", "setter", "value")),  # setter(obj, value): past __setattr__
 }
 
 

@@ -27,6 +27,7 @@ def prelude() -> dict[str, Any]:
         "EPOCH": reg.epoch_cell(),  # the registry epoch, as a mutable cell
         "KIND": reg.kind_cache().get,  # type -> kind, as classified so far
         "ARRAY": reg.ARRAY,
+        "LEAF_KINDS": frozenset({reg.ARRAY, reg.STATIC}),  # what a declared data leaf may be
         "ONE_LEVEL": reg.pytree_level,  # (children, treedef) of one pytree level
         "KEY_SIG": same.dict_key_sig,
         "META_SIG": same.meta_sig,

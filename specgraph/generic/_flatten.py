@@ -185,7 +185,7 @@ def walk(root: Any) -> Walk:
         dn = impl.dict_node
         if dn is None:
             return [True, x, items, 0, [], link, idx, meta, False, None]
-        data = dn.data_keys(x) if dn.data_keys is not None else None
+        data = dn.data_keys(t, meta) if dn.data_keys is not None else None
         return [True, x, items, 0, [], link, idx, meta, dn.static_arrays,
                 None if data is None else (data, dn.stored_key)]
 

@@ -78,11 +78,10 @@ class _DataAttributes:
         return name in self.nodes and self.nodes[name] is True
 
 
-def _data_keys(node: Any) -> Container[str] | None:
-    if not type(node)._pytree__is_pytree:
+def _data_keys(cls: type, metadata: Any) -> Container[str] | None:
+    if not cls._pytree__is_pytree:
         return None  # a pytree=False class: NNX itself keeps plain values static
-    nodes = node.__dict__.get("_pytree__nodes")
-    return _DataAttributes(nodes) if nodes is not None else None
+    return _DataAttributes(metadata[0])  # the node's _pytree__nodes
 
 
 def _check_write(node: Any) -> None:

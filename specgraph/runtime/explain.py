@@ -121,11 +121,17 @@ def explain(graphdef: GraphDef, *, max_lines: int | None = 300) -> str:
                 n = len(plan.distinct)
             if n:
                 out.append(f"  - {kind:<9} x{n:<5} {codegen.GUARD_WORDS[kind]}")
-        frozen = len(plan.checks)
+        frozen = sum(1 for c in plan.checks if c.op == "check_unchanged")
         if frozen:
             out.append(
                 f"  (update: {frozen} array leaves sit in immutable containers; an update that "
                 "changes one goes to the generic walker)"
+            )
+        at_level = sum(1 for c in plan.checks if c.op == "guard_token")
+        if at_level:
+            out.append(
+                f"  (update: {at_level} states/nodes are written only if made at the current trace "
+                "level; else the generic walker decides, with the library's own error)"
             )
     for kind in ("flatten", "update", "unflatten"):
         if kind in sources:
