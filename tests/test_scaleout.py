@@ -551,3 +551,45 @@ def test_nnx_out_sharding_is_the_partition_annotation() -> None:
     ens = sg.vmap(lambda k: Model(), partition_name="data")(KEYS)
     assert ens.w.get_metadata("out_sharding") == ("data", None, "model")
     assert ens.count.get_raw_value().shape == (4,)
+
+
+# --------------------------------------------------------------------------------------
+# annotated states on the fast path
+# --------------------------------------------------------------------------------------
+
+
+def test_metadata_guard_costs_nothing_for_the_compiled_metadata(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: the specialized flatten computed the type signature of every state's
+    # metadata on every call, so annotated models (sharding=...) flattened ~10x slower.
+    # The metadata tuple the code was compiled against is now accepted by identity.
+    from specgraph import _sameness
+
+    calls = []
+    real = _sameness.meta_sig
+
+    def counting(metadata: tuple) -> tuple:
+        calls.append(metadata)
+        return real(metadata)
+
+    monkeypatch.setattr(_sameness, "meta_sig", counting)
+    sg.clear_cache()
+    model = Box(layers=[Dense(k, 6, 4) for k in KEYS])
+    ref = sg.generic.flatten(model)
+    sg.flatten(model)  # the reference walker, then the specialized code is compiled
+    calls.clear()
+    hits = sg.cache_info()["hits"]
+    for _ in range(3):
+        gd, sm = sg.flatten(model)
+    assert sg.cache_info()["hits"] == hits + 3
+    assert gd == ref[0] and sm.values() == ref[1].values()
+    assert calls == []  # no signature computed: the states hold the compiled metadata tuples
+    # another model of the same structure: equal metadata, other tuples: still a hit
+    other = Box(layers=[Dense(k, 6, 4) for k in KEYS])
+    assert sg.flatten(other)[0] == gd
+    assert sg.cache_info()["hits"] == hits + 4
+    # and a metadata value of another type is still told apart (1 == True)
+    tagged = Box(p=sg.Param(jnp.ones(2), tag=1))
+    sg.flatten(tagged)
+    sg.flatten(tagged)
+    assert sg.flatten(Box(p=sg.Param(jnp.ones(2), tag=True)))[0] == sg.generic.flatten(
+        Box(p=sg.Param(jnp.ones(2), tag=True)))[0]
