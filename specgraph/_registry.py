@@ -214,6 +214,9 @@ def _int_first(item: tuple[Hashable, Any]) -> tuple[int, Any]:
     return (0, key) if type(key) is int else (1, key)
 
 
+_slot_setters: dict[tuple[type, str], Any] = {}
+
+
 @dataclass(frozen=True, eq=False)
 class StateLayout:
     """Where a slotted foreign state keeps its parts, for generated code (NNX's Variable).
@@ -240,8 +243,12 @@ class StateLayout:
     specializable: Callable[[tuple], bool]
 
     def setter(self, slot: str) -> Any:
-        """The slot descriptor's ``__set__`` (a store past ``__setattr__``)."""
-        return vars(self.base)[slot].__set__
+        """The slot descriptor's ``__set__`` (a store past ``__setattr__``), one object per slot."""
+        key = (self.base, slot)
+        found = _slot_setters.get(key)
+        if found is None:
+            found = _slot_setters[key] = vars(self.base)[slot].__set__
+        return found
 
     def plain(self, cls: type) -> bool:
         own = cls.__mro__[: cls.__mro__.index(self.base)]

@@ -665,6 +665,14 @@ def test_nnx_structures_are_specialized() -> None:
         update_hits = sg.cache_info()["update_hits"]
         sg.update(obj, sm)
         assert sg.cache_info()["update_hits"] == update_hits + 1, type(obj).__name__
+        gd, sm = sg.flatten(obj)
+        sg.unflatten(gd, sm)
+        sg.unflatten(gd, sm)
+        unflatten_hits = sg.cache_info()["unflatten_hits"]
+        rebuilt = sg.unflatten(gd, sm)
+        assert sg.cache_info()["unflatten_hits"] == unflatten_hits + 1, type(obj).__name__
+        assert nnx.graphdef(rebuilt) == nnx.graphdef(obj)
+        assert_same_as_nnx(rebuilt, *sg.generic.flatten(rebuilt))
     assert sg.cache_info()["compile_failures"] == 0
 
 

@@ -96,6 +96,7 @@ class UnflattenPlanner:
         self.slots = [f"v{i}" for i in range(gd.num_leaves)]
         self.impls = {spec.index: reg.node_impl(spec.type) for spec in gd.table if type(spec) is NodeSpec}
         self._counter = 0
+        self._contexts: dict[Any, str] = {}  # context factory -> its local
 
     def plan(self) -> UnflattenPlan:
         gd = self.gd
@@ -143,15 +144,70 @@ class UnflattenPlanner:
         dst = self.objects[spec.index]
         if impl.is_builtin_node:
             self.steps.append(Step("new_object", dst=dst, cls=self.consts.bind(spec.type, "T")))
+        elif impl.dict_node is not None and impl.dict_node.create is None:
+            self._new_dict_node(spec, impl.dict_node, dst)
         else:
             meta = self._own(self.reads.at(GRAPHDEF, "table", spec.index, "meta"))
             self.steps.append(Step("new_custom", dst=dst, factory=self.consts.bind(impl.create_empty, "F"),
                                    meta=meta))
 
+    def _context(self, factory: Any) -> str:
+        """The local holding a foreign library's per-call context (made once, at the top)."""
+        name = self._contexts.get(factory)
+        if name is None:
+            name = self._contexts[factory] = f"ctx{len(self._contexts)}"
+            self.steps.insert(0, Step("new_context", dst=name, factory=self.consts.bind(factory, "F")))
+        return name
+
+    def _new_dict_node(self, spec: NodeSpec, dn: reg.DictNode, dst: str) -> None:
+        """What ``DictNode.new`` does: ``object.__new__(cls)``, then each bookkeeping
+        attribute from the metadata or from its factory (with the call's context)."""
+        self.steps.append(Step("new_object", dst=dst, cls=self.consts.bind(spec.type, "T")))
+        if dn.rebuild is None:
+            return
+        i = spec.index
+        pairs: list[tuple[Literal | str, str]] = []
+        for r in dn.rebuild:
+            if r.factory is None:
+                value = self._own(self.reads.at(GRAPHDEF, "table", i, "meta", r.item))
+            else:
+                args = [self._own(self.reads.at(GRAPHDEF, "table", i, "meta", j)) for j in r.items]
+                args.append(self._context(dn.context) if dn.context is not None else "None")
+                self._counter += 1
+                value = f"f{self._counter}"
+                self.steps.append(Step("call", dst=value, fn=self.consts.bind(r.factory, "F"), args=args))
+            pairs.append((Literal(r.name), value))
+        self.steps.append(Step("fill_dict", obj=dst, pairs=pairs))
+
+    def _new_foreign_state(self, spec: Any, simpl: reg.StateImpl) -> None:
+        """What the layout's ``create`` does: ``object.__new__(cls)``, then the context,
+        a copy of the metadata dict and the value, through the base class's slots."""
+        t = spec.type
+        lay = simpl.layout
+        if lay is None or not lay.plain(t) or not lay.specializable(spec.metadata):
+            raise Declined(f"state type {t.__qualname__} has no layout generated code can use")
+        self.facts.require_absent(t, lay.overridable, classes=list(t.__mro__[: t.__mro__.index(lay.base)]))
+        dst = self.objects[spec.index]
+        self.steps.append(Step("new_object", dst=dst, cls=self.consts.bind(t, "T")))
+        if lay.context is not None:
+            ctx = self._context(simpl.context) if simpl.context is not None else "None"
+            self.steps.append(Step("set_slot", obj=dst, setter=self.consts.bind(lay.setter(lay.context), "F"),
+                                   value=ctx))
+        meta = self._own(self.reads.at(GRAPHDEF, "table", spec.index, "metadata"))
+        self._counter += 1
+        md = f"md{self._counter}"
+        self.steps.append(Step("call", dst=md, fn=self.consts.bind(dict, "T"), args=[meta]))
+        self.steps.append(Step("set_slot", obj=dst, setter=self.consts.bind(lay.setter(lay.metadata), "F"),
+                               value=md))
+        self.steps.append(Step("set_slot", obj=dst, setter=self.consts.bind(lay.setter(lay.value), "F"),
+                               value=self.slots[spec.slot]))
+
     def _new_state(self, spec: Any) -> None:
         t = spec.type
-        if reg.state_impl(t) is not None:
-            raise Declined(f"foreign state type {t.__qualname__}")
+        simpl = reg.state_impl(t)
+        if simpl is not None:
+            self._new_foreign_state(spec, simpl)
+            return
         if type(t) is type and not defines(t, "__new__"):
             op = "new_object"  # what cls.__new__(cls) does, while no class gains a __new__
             self.facts.require_absent(t, ("__new__",))
@@ -176,6 +232,14 @@ class UnflattenPlanner:
             pairs = [(self.consts.attr(k), v) for k, v in zip(spec.keys, values, strict=True)]
             self.steps.append(Step("fill_attrs", obj=obj, pairs=pairs,
                                    labels=[path_label((None, k)) for k in spec.keys]))
+            return
+        if impl.dict_node is not None and impl.dict_node.create is None:
+            # Children under their stored names (an int path key is stored as its str).
+            stored = [impl.dict_node.stored_key(k) for k in spec.keys]
+            if not all(type(k) is str for k in stored):
+                raise Declined(f"non-string attribute names on a {spec.type.__qualname__} node")
+            pairs = [(Literal(k), v) for k, v in zip(stored, values, strict=True)]
+            self.steps.append(Step("fill_dict", obj=obj, pairs=pairs))
             return
         keys = [self._key(k, GRAPHDEF, "table", i, "keys", j) for j, k in enumerate(spec.keys)]
         if impl.is_builtin_node:
@@ -216,8 +280,8 @@ class UnflattenPlanner:
     def _leaf(self, edge: Any, base: int, at: tuple[str | int, ...]) -> str:
         k = type(edge)
         if k is StaticEdge:
-            if edge.sig is ArrayConstant:
-                raise Declined("an array kept as a static")
+            if edge.sig is ArrayConstant:  # a bare array kept as a static: the array itself
+                return self._own(self.reads.at(base, *at, "value", "array"))
             return self._own(self.reads.at(base, *at, "value"))
         if k is NodeEdge or k is StateEdge:
             return self.objects[edge.index]
