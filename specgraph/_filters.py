@@ -16,7 +16,7 @@ from typing import TypeAlias
 from . import _registry
 from ._model import State
 
-__all__ = ["Any", "All", "Not", "Filter", "to_predicate"]
+__all__ = ["Any", "All", "Not", "Filter", "to_predicate", "to_predicates"]
 
 Predicate = Callable[[tuple[Hashable, ...], _Any, "type | None"], bool]
 
@@ -110,3 +110,27 @@ def to_predicate(f: Filter) -> Predicate:
         f"unsupported filter {f!r}: use a State subclass, ..., True, a predicate "
         "(path, value) -> bool, or Any/All/Not"
     )
+
+
+def _catches_all(f: object) -> bool:
+    return f is ... or f is True
+
+
+def to_predicates(filters: tuple[Filter, ...]) -> list[Predicate]:
+    """The predicates of a filter list, checked the way NNX and BrainState check it.
+
+    Filter lists partition (each value goes to the first filter matching it), so a
+    filter after ``...`` or ``True`` could never match anything: that is an error.
+    Several catch-alls in a row at the end are allowed, as in both anchors.
+    """
+    for i, f in enumerate(filters):
+        if _catches_all(f):
+            for later in filters[i + 1 :]:
+                if not _catches_all(later):
+                    raise ValueError(
+                        f"{f!r} matches everything, so it can only come last: the filter "
+                        f"{later!r} after it (filters {filters!r}) could never match. Move "
+                        f"{f!r} to the end"
+                    )
+            break
+    return [to_predicate(f) for f in filters]

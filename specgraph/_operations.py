@@ -6,7 +6,7 @@ from collections.abc import Hashable, Iterator
 from typing import Any, TypeVar, overload
 
 from . import _registry as reg
-from ._filters import Filter, to_predicate
+from ._filters import Filter, to_predicates
 from ._ir import GraphDef, NodeSpec, PytreeEdge, StateEdge, StateSpec
 from ._model import State
 from ._statemap import StateMap, split_slots
@@ -115,7 +115,9 @@ def nodes(node: Any) -> dict[Path, Any]:
 def states(node: Any, *filters: Filter) -> dict[Path, State] | tuple[dict[Path, State], ...]:
     """``{path: State}`` of the live State objects, each shared state once.
 
-    With filters, one dict per filter (a selection: they need not cover all).
+    With filters, the states are partitioned as NNX's ``state`` and BrainState's
+    ``states`` do: each goes to the first filter matching it, and those no filter
+    matches are left out. One filter gives one dict, several a tuple of dicts.
     """
     w = dispatch.collect(node)
     found = [
@@ -125,27 +127,33 @@ def states(node: Any, *filters: Filter) -> dict[Path, State] | tuple[dict[Path, 
     ]
     if not filters:
         return {p: s for p, s, _, _ in found}
-    out = []
-    for f in filters:
-        pred = to_predicate(f)
-        out.append({p: s for p, s, t, v in found if pred(p, v, t)})
+    preds = to_predicates(filters)
+    out: list[dict[Path, State]] = [{} for _ in preds]
+    for p, s, t, v in found:
+        for selected, pred in zip(out, preds, strict=True):
+            if pred(p, v, t):
+                selected[p] = s
+                break
     return out[0] if len(out) == 1 else tuple(out)
 
 
 def pop_states(node: Any, *filters: Filter) -> StateMap | tuple[StateMap, ...]:
     """Remove the matching States from the graph and return their values.
 
-    A matched State is removed from every node attribute and dict entry that
-    holds it. One reachable from a list, tuple or other immutable container
-    cannot be removed: that is an error, raised before anything is removed.
+    Each State goes to the first filter matching it (as in NNX and BrainState);
+    one map per filter. A matched State is removed from every node attribute and
+    dict entry that holds it. One reachable from a list, tuple or other immutable
+    container cannot be removed: that is an error, raised before anything is removed.
     """
     if not filters:
         raise TypeError("pop_states needs at least one filter")
     w = dispatch.collect(node)
     gd = w.graphdef
     sm = StateMap._make(gd.pathtable, w.values)
-    parts = [sm._subset(sm._select(to_predicate(f))) for f in filters]
-    chosen = {p for part in parts for p, ty in zip(part.paths, part.types, strict=True) if ty is not None}
+    # Bare array leaves cannot be popped: the maps hold what was removed, States only.
+    held = sm._subset([i for i, ty in enumerate(gd.pathtable.types) if ty is not None])
+    parts = split_slots(held._table, held._values, filters, held._subset, exhaustive=False)
+    chosen = {p for part in parts for p in part.paths}
     chosen_idx = {
         spec[2] for spec in gd.table if type(spec) is StateSpec and gd.pathtable.path(spec[4]) in chosen
     }

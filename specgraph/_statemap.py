@@ -13,7 +13,7 @@ from typing import Any
 
 from jax import tree_util
 
-from ._filters import Filter, to_predicate
+from ._filters import Filter, to_predicates
 from ._ir import PathTable
 from ._model import short_repr as _short
 
@@ -98,20 +98,18 @@ class StateMap(Mapping[Path, Any]):
         return self._table.types
 
     # -- selection --------------------------------------------------------------
-    def _select(self, pred: Any) -> list[int]:
-        paths, types, values = self._table.paths, self._table.types, self._values
-        return [i for i in range(len(values)) if pred(paths[i], values[i], types[i])]
-
     def _subset(self, slots: list[int]) -> StateMap:
         paths, types = self._table.paths, self._table.types
         table = PathTable.from_paths(tuple(paths[i] for i in slots), tuple(types[i] for i in slots))
         return StateMap._make(table, [self._values[i] for i in slots])
 
     def filter(self, *filters: Filter) -> StateMap | tuple[StateMap, ...]:
-        """The values each filter matches (one map per filter; need not cover all)."""
+        """Like ``split``, but the filters need not cover everything: what no filter
+        matches is left out. Each value goes to the first filter matching it (as
+        NNX's ``filter_state`` and BrainState's ``filter``); one map per filter."""
         if not filters:
             raise TypeError("filter() needs at least one filter")
-        out = tuple(self._subset(self._select(to_predicate(f))) for f in filters)
+        out = split_slots(self._table, self._values, filters, self._subset, exhaustive=False)
         return out[0] if len(out) == 1 else out
 
     def split(self, *filters: Filter) -> StateMap | tuple[StateMap, ...]:
@@ -148,8 +146,12 @@ class StateMap(Mapping[Path, Any]):
         return "StateMap({\n" + "\n".join(rows) + "\n})"
 
 
-def split_slots(table: PathTable, values: list, filters: tuple, subset: Any) -> tuple[StateMap, ...]:
-    preds = [to_predicate(f) for f in filters]
+def split_slots(
+    table: PathTable, values: list, filters: tuple, subset: Any, exhaustive: bool = True
+) -> tuple[StateMap, ...]:
+    """Partition the value slots by ``filters``, first match wins; ``exhaustive``: a
+    value that no filter matches is an error (else it is left out)."""
+    preds = to_predicates(filters)
     buckets: list[list[int]] = [[] for _ in preds]
     paths, types = table.paths, table.types
     for i, value in enumerate(values):
@@ -158,6 +160,8 @@ def split_slots(table: PathTable, values: list, filters: tuple, subset: Any) -> 
                 buckets[b].append(i)
                 break
         else:
+            if not exhaustive:
+                continue
             raise ValueError(
                 f"filters {filters!r} are not exhaustive: nothing matched the value at path "
                 f"{paths[i]!r}; add ... as the last filter to take the rest"
