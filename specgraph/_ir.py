@@ -276,6 +276,13 @@ def materialize(link: Any) -> Path:
     return tuple(out)
 
 
+def dotted_path(path: Path) -> str:
+    """How a path prints (``StateMap``'s repr): its keys' ``str`` joined by dots,
+    ``('layers', 0, 'w')`` as ``layers.0.w``. Not one-to-one: ``0`` and ``'0'`` print
+    alike, and so do ``('a.b',)`` and ``('a', 'b')``."""
+    return ".".join(map(str, path)) if path else "<root>"
+
+
 def _links_equal(a_links: tuple, b_links: tuple) -> bool:
     """Whether two sequences of path links spell the same paths, in O(total links).
 
@@ -311,12 +318,13 @@ class PathTable:
     someone asks for its paths.
     """
 
-    __slots__ = ("__weakref__", "_hash", "_index", "_links", "_paths", "types")
+    __slots__ = ("__weakref__", "_dotted", "_hash", "_index", "_links", "_paths", "types")
 
     def __init__(self, links: tuple | None, types: tuple, paths: tuple | None = None):
         self._links = links
         self._paths = paths
         self._index: dict | None = None
+        self._dotted: dict | None = None
         self.types = types  # per slot: the State subclass, or None for an array leaf
         self._hash: int | None = None
 
@@ -343,6 +351,17 @@ class PathTable:
         if ix is None:
             ix = self._index = {p: i for i, p in enumerate(self.paths)}
         return ix
+
+    @property
+    def dotted(self) -> dict[str, list[int]]:
+        """``dotted_path(path) -> slots`` (several when paths print alike), built once."""
+        d = self._dotted
+        if d is None:
+            d = {}
+            for i, p in enumerate(self.paths):
+                d.setdefault(dotted_path(p), []).append(i)
+            self._dotted = d
+        return d
 
     def __len__(self) -> int:
         return len(self.types)

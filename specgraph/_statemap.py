@@ -14,7 +14,7 @@ from typing import Any
 from jax import tree_util
 
 from ._filters import Filter, to_predicates
-from ._ir import PathTable
+from ._ir import PathTable, dotted_path
 from ._model import short_repr as _short
 
 __all__ = ["StateMap", "merge_maps"]
@@ -23,7 +23,11 @@ Path = tuple[Hashable, ...]
 
 
 class StateMap(Mapping[Path, Any]):
-    """Values of a flattened graph keyed by path, in pre-order slot order."""
+    """Values of a flattened graph keyed by path, in pre-order slot order.
+
+    Keys are path tuples. A ``str`` key is the path as the repr prints it
+    (``'layers.0.w'``) and is accepted when exactly one path prints that way.
+    """
 
     __slots__ = ("_table", "_values")
 
@@ -54,11 +58,41 @@ class StateMap(Mapping[Path, Any]):
         return cls(PathTable.from_paths(paths, tys), list(items.values()))
 
     # -- Mapping ----------------------------------------------------------------
-    def __getitem__(self, path: Path) -> Any:
+    def __getitem__(self, path: Path | str) -> Any:
+        """The value at ``path``: a tuple of keys, or the path as the repr prints it
+        (``'layers.0.w'``) when exactly one path prints that way."""
         try:
-            return self._values[self._table.index[path]]
+            return self._values[self._table.index[path]]  # type: ignore[index]
         except (KeyError, TypeError):
-            raise KeyError(path) from None
+            pass
+        if type(path) is str:
+            return self._values[self._dotted_slot(path)]
+        raise KeyError(self._missing(path)) from None
+
+    def _dotted_slot(self, text: str) -> int:
+        slots = self._table.dotted.get(text)
+        if slots is None:
+            example = f" such as {self._table.paths[0]!r}" if len(self) else ""
+            raise KeyError(
+                f"no path prints as {text!r}. Keys are tuples of path entries{example}; a "
+                "string is the path as the repr prints it, entries joined by '.'"
+            ) from None
+        if len(slots) > 1:
+            options = " and ".join(repr(self._table.paths[i]) for i in slots)
+            raise KeyError(f"{text!r} is how {options} print: index with the tuple you mean") from None
+        return slots[0]
+
+    def _missing(self, path: object) -> object:
+        """The KeyError's argument: the path, with the tuple to use when one prints alike
+        (``('layers', '0', 'w')`` for ``('layers', 0, 'w')``)."""
+        if type(path) is tuple:
+            try:
+                slots = self._table.dotted.get(dotted_path(path), ())
+            except Exception:
+                slots = ()
+            if len(slots) == 1:
+                return f"{path!r}; did you mean {self._table.paths[slots[0]]!r}?"
+        return path
 
     def __iter__(self) -> Iterator[Path]:
         return iter(self._table.paths)
@@ -68,9 +102,11 @@ class StateMap(Mapping[Path, Any]):
 
     def __contains__(self, path: object) -> bool:
         try:
-            return path in self._table.index
+            if path in self._table.index:
+                return True
         except TypeError:
             return False
+        return type(path) is str and len(self._table.dotted.get(path, ())) == 1
 
     def values(self) -> list[Any]:  # type: ignore[override]
         """The values in slot order (a new list)."""
@@ -142,7 +178,7 @@ class StateMap(Mapping[Path, Any]):
         rows = []
         for path, ty, value in zip(self._table.paths, self._table.types, self._values, strict=True):
             label = ty.__name__ if ty is not None else "leaf"
-            rows.append(f"  {'.'.join(map(str, path)) or '<root>'}: {label} {_short(value)}")
+            rows.append(f"  {dotted_path(path)}: {label} {_short(value)}")
         return "StateMap({\n" + "\n".join(rows) + "\n})"
 
 
