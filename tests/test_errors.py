@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from graphs import Bag, BatchStat, Box, mlp, snapshot, tied
+from conftest import assert_served_by
+from graphs import Bag, BatchStat, Box, assert_unchanged, mlp, snapshot, tied
 
 import specgraph as sg
 from specgraph._ir import GraphDef, NodeEdge, NodeSpec, PathTable
@@ -196,3 +197,89 @@ def test_immutable_root_update_is_validated_first(impl):
     with pytest.raises(ValueError):
         impl.update(root, jax.tree.map(lambda v: v + 1, sm))
     assert float(p.value[0]) == 0  # the State was not written either
+
+
+# -- transforms: errors name the user's mistake -----------------------------------------
+
+
+def _loss(m: Box) -> jax.Array:
+    return jnp.sum(m.p.value)
+
+
+@pytest.mark.parametrize("api", ["grad", "value_and_grad"])
+def test_grad_argnums_past_the_arity_names_both(api: str) -> None:
+    transform = getattr(sg, api)
+    with pytest.raises(TypeError, match=rf"sg\.{api}\(_loss, argnums=1\): _loss takes 1 positional "
+                                        r"argument, so there is no positional argument 1"):
+        transform(_loss, argnums=1)
+    with pytest.raises(TypeError, match=r"argnums=\(0, 3\).*takes 1 positional argument.*argument 3"):
+        transform(_loss, argnums=(0, 3))
+    with pytest.raises(TypeError, match="non-empty sequence of ints"):
+        transform(_loss, argnums=())
+    # *args: only the call can tell
+    m = Box(p=sg.Param(jnp.ones(2)))
+    varargs = transform(lambda *ms: _loss(ms[0]), argnums=1)
+    with pytest.raises(TypeError, match=r"argnums=1\) differentiates positional argument 1, but the "
+                                        r"call passed 1 positional argument"):
+        varargs(m)
+    last = sg.grad(lambda *ms: _loss(ms[-1]), argnums=-1)(Box(p=sg.Param(jnp.ones(2))), m)
+    np.testing.assert_array_equal(last[("p",)], [1.0, 1.0])  # a negative index still works
+
+
+def test_grad_of_a_bound_method_counts_its_arguments_without_self() -> None:
+    class Model(sg.Node):
+        def __init__(self) -> None:
+            self.p = sg.Param(jnp.ones(2))
+
+        def loss(self, other: Box) -> jax.Array:
+            return jnp.sum(self.p.value * other.p.value)
+
+    m, other = Model(), Box(p=sg.Param(jnp.full((2,), 3.0)))
+    np.testing.assert_array_equal(sg.grad(m.loss, argnums=0)(other)[("p",)], [1.0, 1.0])
+    with pytest.raises(TypeError, match="takes 1 positional argument"):
+        sg.grad(m.loss, argnums=1)
+
+
+@pytest.mark.parametrize(
+    ("write", "where"),
+    [
+        (lambda m: setattr(m.q, "value", "text"),
+         r"a str into the State at path \('q',\) of argument 0 inside"),
+        (lambda m: setattr(m.d["k"], "value", (jnp.ones(1), object())),
+         r"a object into the Param at path \('d', 'k'\) of argument 0 \(at \[1\] in its value\)"),
+    ],
+    ids=["str", "in-a-tuple"],
+)
+def test_a_non_array_written_inside_jit_names_the_state(served_by: str, write, where: str) -> None:
+    def step(m: Box) -> jax.Array:
+        write(m)
+        return m.p.value
+
+    m = Box(p=sg.Param(jnp.ones(2)), q=sg.State(jnp.zeros(1)), d={"k": sg.Param(jnp.ones(1))})
+    before = snapshot(m)
+    jitted = sg.jit(step)
+    for _ in range(2):  # the second call is the one the specializer serves
+        with pytest.raises(TypeError, match="step wrote " + where) as e:
+            jitted(m)
+        assert "_pure" not in str(e.value) and "_call_fn" not in str(e.value)
+    assert_unchanged(before)  # nothing was written back
+    assert_served_by(served_by)
+
+
+def test_a_non_array_written_into_a_keyword_argument_inside_jit(served_by: str) -> None:
+    @sg.jit
+    def step(x: jax.Array, *, model: Box) -> jax.Array:
+        model.q.value = None if x is None else "oops"
+        return x
+
+    with pytest.raises(TypeError, match=r"a str into the State at path \('q',\) of keyword argument 'model'"):
+        step(jnp.ones(1), model=Box(q=sg.State(jnp.zeros(1))))
+
+
+def test_a_structure_change_inside_jit_names_the_users_function() -> None:
+    @sg.jit
+    def grow(m: Box) -> None:
+        m.extra = sg.Param(jnp.ones(1))
+
+    with pytest.raises(ValueError, match="grow changed the structure of its arguments"):
+        grow(Box(p=sg.Param(jnp.ones(1))))

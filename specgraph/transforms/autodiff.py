@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -14,6 +15,7 @@ from .._ir import GraphDef, StateSpec
 from .._model import Param
 from .._statemap import StateMap, split_slots
 from ..runtime import dispatch
+from .jit import _fn_name
 
 __all__ = ["grad", "value_and_grad"]
 
@@ -35,11 +37,26 @@ def value_and_grad(
     are not carried back (compute them outside, or wrap the step in
     ``specgraph.jit`` and write them there).
     """
+    return _value_and_grad(fn, wrt, argnums, has_aux, "value_and_grad")
+
+
+def _value_and_grad(
+    fn: Callable[..., Any], wrt: Filter, argnums: int | Sequence[int], has_aux: bool, api: str
+) -> Callable[..., Any]:
     single = isinstance(argnums, int)
-    nums = (argnums,) if single else tuple(argnums)
+    nums = (argnums,) if single else tuple(argnums)  # type: ignore[arg-type]
+    _check_argnums(fn, argnums, nums, api)
 
     @functools.wraps(fn)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
+        for i in nums:
+            if not -len(args) <= i < len(args):
+                raise TypeError(
+                    f"sg.{api}({_fn_name(fn)}, argnums={argnums!r}) differentiates positional "
+                    f"argument {i}, but the call passed {_count(len(args))}; argnums index the "
+                    "positional arguments from 0, and the arguments to differentiate must be "
+                    "passed positionally"
+                )
         parts = []
         diff = []
         for i in nums:
@@ -59,6 +76,34 @@ def value_and_grad(
         return out, (grads[0] if single else grads)
 
     return wrapped
+
+
+def _check_argnums(fn: Callable[..., Any], argnums: Any, nums: tuple, api: str) -> None:
+    """Reject argnums that can never name an argument of ``fn``, at ``sg.grad`` time."""
+    if not nums or not all(isinstance(i, int) and not isinstance(i, bool) for i in nums):
+        raise TypeError(
+            f"sg.{api}: argnums must be an int or a non-empty sequence of ints, got {argnums!r}"
+        )
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (some builtins): checked per call
+        return
+    kinds = [p.kind for p in params]
+    if inspect.Parameter.VAR_POSITIONAL in kinds:
+        return
+    arity = sum(k in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+                for k in kinds)
+    for i in nums:
+        if not -arity <= i < arity:
+            raise TypeError(
+                f"sg.{api}({_fn_name(fn)}, argnums={argnums!r}): {_fn_name(fn)} takes "
+                f"{_count(arity)}, so there is no positional argument {i} to differentiate; "
+                "argnums index the positional arguments from 0"
+            )
+
+
+def _count(n: int) -> str:
+    return f"{n} positional argument{'' if n == 1 else 's'}"
 
 
 def _native(arg: Any, gd: GraphDef, grads: StateMap) -> Any:
@@ -85,7 +130,7 @@ def grad(
     has_aux: bool = False,
 ) -> Callable[..., Any]:
     """The gradient part of :func:`value_and_grad` (with ``aux`` when ``has_aux``)."""
-    vg = value_and_grad(fn, wrt=wrt, argnums=argnums, has_aux=has_aux)
+    vg = _value_and_grad(fn, wrt, argnums, has_aux, "grad")
 
     @functools.wraps(fn)
     def wrapped(*args: Any, **kwargs: Any) -> Any:

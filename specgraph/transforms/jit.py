@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 import jax
+import numpy as np
 from jax import tree_util
 
 from .._ir import ArrayEdge, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge
@@ -108,13 +109,15 @@ class Traced:
 
 def trace_call(
     fn: Callable[..., Any], gd: GraphDef, values: list[Any], static: tuple = ((), ()),
-    transform: str = "specgraph.jit",
+    transform: str = "specgraph.jit", user_fn: Callable[..., Any] | None = None,
 ) -> Traced:
     """Rebuild the arguments from ``values``, call ``fn``, and find what it wrote.
 
     A structural change of the arguments made inside ``fn`` is a ``ValueError``:
-    only values cross a transform's boundary.
+    only values cross a transform's boundary. Errors name ``user_fn`` (default ``fn``):
+    the function the user wrote, when ``fn`` wraps it.
     """
+    named = fn if user_fn is None else user_fn
     root = dispatch.unflatten_states(gd, (StateMap._make(gd.pathtable, values),))
     before_objects = walk(root).objects  # trace time only: the rebuilt nodes and States
     args, kwargs = _call_args(root, static)
@@ -129,7 +132,7 @@ def trace_call(
         w.objects[i + 1] is not obj for i, obj in enumerate(before_objects)
     ):
         raise ValueError(
-            f"{_fn_name(fn)} changed the structure of its arguments inside {transform} "
+            f"{_fn_name(named)} changed the structure of its arguments inside {transform} "
             "(an attribute, node, State or container was added, removed or replaced). "
             "Structural changes are not carried out of a transformed call: make them outside "
             "the transformed function, or return the new objects"
@@ -137,7 +140,40 @@ def trace_call(
     n = gd.num_leaves
     after_values = w.values
     written = tuple(i for i in range(n) if after_values[i] is not values[i])
+    for i in written:
+        _check_written(named, gd, i, after_values[i], transform)
     return Traced(root, out, w, written, n)
+
+
+_JAX_SCALARS = (bool, int, float, complex, np.generic, np.ndarray, jax.Array)
+
+
+def _check_written(fn: Any, gd: GraphDef, slot: int, value: Any, transform: str) -> None:
+    """A value written into a State inside a transform leaves it as a traced output:
+    anything but arrays (and scalars) is an error naming the state, not JAX's one
+    naming specgraph's internal function."""
+    for keypath, leaf in tree_util.tree_flatten_with_path(value)[0]:
+        if not isinstance(leaf, _JAX_SCALARS):
+            path = gd.pathtable.path(slot)
+            stype = gd.pathtable.types[slot]
+            inside = tree_util.keystr(keypath)
+            raise TypeError(
+                f"{_fn_name(fn)} wrote a {type(leaf).__qualname__} into the "
+                f"{stype.__qualname__ if stype is not None else 'array leaf'} at "
+                f"{_arg_path(path)}{f' (at {inside} in its value)' if inside else ''} inside "
+                f"{transform}. Only arrays (or pytrees of arrays and scalars) can leave a "
+                "transformed function: convert it (jnp.asarray), or set it outside"
+            )
+
+
+def _arg_path(path: tuple) -> str:
+    """A path of the joint argument root, in the caller's words."""
+    if len(path) >= 2 and path[0] == "args":
+        return f"path {path[2:]!r} of argument {path[1]}" if len(path) > 2 else f"argument {path[1]}"
+    if len(path) >= 2 and path[0] == "kwargs":
+        return (f"path {path[2:]!r} of keyword argument {path[1]!r}" if len(path) > 2
+                else f"keyword argument {path[1]!r}")
+    return f"path {path!r}"
 
 
 def finish_call(
@@ -213,7 +249,7 @@ class JitFunction(Generic[_P, _R]):
     def _pure(self, static: tuple, gd: GraphDef, kept: list[Any], donated: list[Any]) -> _Result:
         self.trace_count += 1
         values = _merge_donated(self._donated_slots(gd), kept, donated)
-        t = trace_call(self._call_fn, gd, values, static)
+        t = trace_call(self._call_fn, gd, values, static, user_fn=self.fn)
         n = gd.num_leaves
         donated_slots = set(self._donated_slots(gd))
         after_values = t.walk.values
