@@ -21,6 +21,16 @@ class Node:
     """
 
     graph_invisible_attrs: ClassVar[tuple[str, ...]] = ()
+    #: How many lines ``repr`` prints at most (``None``: no limit); a model of
+    #: thousands of layers stays readable in a notebook.
+    repr_max_lines: ClassVar[int | None] = 1000
+
+    def __repr__(self) -> str:
+        """The tree of children: states by type, dtype and shape, shared objects and
+        cycles as ``<Type: same as path>`` (see ``specgraph._repr``)."""
+        from ._repr import tree_repr  # the registry imports this module
+
+        return tree_repr(self, type(self).repr_max_lines)
 
 
 class State(Generic[T]):
