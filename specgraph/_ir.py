@@ -178,8 +178,7 @@ class PytreeEdge(Edge):
         return self[3]
 
     def __repr__(self) -> str:
-        name = self[1].__name__ if isinstance(self[1], type) else str(self[1])
-        return f"PytreeEdge({name}, keys={self[2]!r}, children={self[3]!r})"
+        return edge_repr(self)
 
 
 class NodeSpec(Edge):
@@ -403,7 +402,9 @@ class GraphDef(Generic[RootT]):
     static pytree so it can be passed through ``jax.jit`` as a static argument.
     """
 
-    __slots__ = ("__weakref__", "_hash", "_rt", "num_nodes", "num_states", "pathtable", "root", "table")
+    __slots__ = (
+        "__weakref__", "_hash", "_nesting", "_rt", "num_nodes", "num_states", "pathtable", "root", "table",
+    )
 
     root: Edge
     table: tuple[NodeSpec | StateSpec, ...]
@@ -413,8 +414,11 @@ class GraphDef(Generic[RootT]):
     _hash: int | None
     _rt: tuple | None
 
-    def __init__(self, root: Edge, table: tuple, pathtable: PathTable) -> None:
+    def __init__(self, root: Edge, table: tuple, pathtable: PathTable, nesting: int | None = None) -> None:
+        """``nesting``: an upper bound on how deeply inline pytrees nest, when the builder
+        knows one for free (the walker's stack depth); it picks how to hash."""
         sa = object.__setattr__
+        sa(self, "_nesting", nesting)
         sa(self, "root", root)
         sa(self, "table", table)
         sa(self, "pathtable", pathtable)
@@ -461,13 +465,16 @@ class GraphDef(Generic[RootT]):
             return NotImplemented
         if self._hash is not None and other._hash is not None and self._hash != other._hash:
             return False
-        return self.root == other.root and self.table == other.table
+        try:  # CPython's tuple comparison: fast, and it stops cleanly at the recursion limit
+            return self.root == other.root and self.table == other.table
+        except RecursionError:  # pytrees nested deeper than that: compare without recursing
+            return _structures_equal(self.root, self.table, other.root, other.table)
 
     def __hash__(self) -> int:
         h = self._hash
         if h is None:
             try:
-                h = hash((self.root, self.table))
+                h = _structure_hash(self.root, self.table, self._nesting)
             except TypeError:
                 self._raise_unhashable()
             object.__setattr__(self, "_hash", h)
@@ -501,12 +508,12 @@ class GraphDef(Generic[RootT]):
     def __repr__(self) -> str:
         lines = [f"GraphDef(type={self.type.__qualname__}, nodes={self.num_nodes}, "
                  f"states={self.num_states}, leaves={self.num_leaves},"]
-        lines.append(f"  root={self.root!r},")
+        lines.append(f"  root={edge_repr(self.root)},")
         for spec in self.table:
             if type(spec) is NodeSpec:
                 lines.append(f"  [{spec[2]}] {spec[1].__qualname__} {{")
                 for k, e in zip(spec[3], spec[4], strict=True):
-                    lines.append(f"      {k!r}: {e!r},")
+                    lines.append(f"      {k!r}: {edge_repr(e)},")
                 lines.append("  }")
             else:
                 meta = "".join(f", {k}={v!r}" for k, v in spec[3])
@@ -570,6 +577,143 @@ def iter_edges(*edges: Edge) -> Iterator[Edge]:
 def all_edges(gd: GraphDef) -> Iterator[Edge]:
     """Every edge of ``gd`` once: each node's children in table order, then the root."""
     return iter_edges(*[c for spec in gd.table if type(spec) is NodeSpec for c in spec[4]], gd.root)
+
+
+_FLAT_EDGES = frozenset({NodeEdge, StateEdge, ArrayEdge})
+
+
+def _plain_tuple(x: Any) -> bool:
+    """Whether ``x`` compares and hashes as a tuple does, item by item (edges, specs,
+    sigs, tuples and plain namedtuples), so it may be taken apart without changing ``==``."""
+    t = type(x)
+    return t is tuple or (isinstance(x, tuple) and t.__eq__ is tuple.__eq__ and t.__hash__ is tuple.__hash__)
+
+
+def tuples_equal(a: Any, b: Any) -> bool:
+    """``a == b`` for nested tuples, without recursing: the same answer as CPython's
+    tuple comparison (identity first, then ``==`` on what is not a plain tuple)."""
+    stack = [(a, b)]
+    while stack:
+        x, y = stack.pop()
+        if x is y:
+            continue
+        if type(x) not in _FLAT_EDGES and _plain_tuple(x) and _plain_tuple(y):
+            if len(x) != len(y):
+                return False
+            stack.extend(reversed(list(zip(x, y, strict=True))))  # left to right, as tuples do
+        elif not x == y:
+            return False
+    return True
+
+
+def _edges_equal(a: Any, b: Any) -> bool:
+    """``a == b`` for two edges, with nested inline pytrees unrolled into a loop."""
+    stack = [(a, b)]
+    while stack:
+        x, y = stack.pop()
+        if x is y:
+            continue
+        if type(x) is PytreeEdge and type(y) is PytreeEdge:
+            if x[1] != y[1] or x[2] != y[2] or x[4] != y[4] or len(x[3]) != len(y[3]):
+                return False
+            stack.extend(zip(x[3], y[3], strict=True))
+            continue
+        try:
+            same = x == y
+        except RecursionError:  # a static holding a deep tuple
+            same = tuples_equal(x, y)
+        if not same:
+            return False
+    return True
+
+
+def _structures_equal(root_a: Edge, table_a: tuple, root_b: Edge, table_b: tuple) -> bool:
+    """``(root_a, table_a) == (root_b, table_b)`` without recursing into nested pytrees."""
+    if len(table_a) != len(table_b) or not _edges_equal(root_a, root_b):
+        return False
+    for x, y in zip(table_a, table_b, strict=True):
+        if type(x) is NodeSpec and type(y) is NodeSpec:
+            if x[:4] != y[:4] or x[5:] != y[5:] or len(x[4]) != len(y[4]):
+                return False
+            if not all(map(_edges_equal, x[4], y[4])):
+                return False
+        elif not _edges_equal(x, y):
+            return False
+    return True
+
+
+def _pytree_hash(edge: Any) -> int:
+    """The hash of an edge, nested inline pytrees folded bottom-up instead of recursing."""
+    return fold_edge(edge, hash, _fold_pytree_hash)
+
+
+def _fold_pytree_hash(e: Any, kid_hashes: list[int]) -> int:
+    return hash((e[0], e[1], e[2], tuple(kid_hashes), e[4]))
+
+
+def pytree_nesting(root: Edge, table: tuple) -> int:
+    """How deeply inline pytrees nest in a structure (``[[x]]`` under a node: 2)."""
+    deepest = 0
+    pending = [(root, 1)] + [
+        (c, 1) for spec in table if type(spec) is NodeSpec for c in spec[4] if type(c) is PytreeEdge
+    ]
+    while pending:
+        edge, depth = pending.pop()
+        if type(edge) is PytreeEdge:
+            deepest = max(deepest, depth)
+            pending.extend((c, depth + 1) for c in edge[3] if type(c) is PytreeEdge)
+    return deepest
+
+
+#: Inline pytrees nested deeper than this are hashed by ``_pytree_hash``: CPython's tuple
+#: hash recurses on the C stack once per level, with no limit (10 000 nested lists crash
+#: a thread with a 512 KiB stack).
+_C_HASH_NESTING = 100
+
+
+def _structure_hash(root: Edge, table: tuple, nesting: int | None) -> int:
+    """The hash of a GraphDef's ``(root, table)``, consistent with its ``==``.
+
+    By CPython unless inline pytrees nest deeper than ``_C_HASH_NESTING``. Which of
+    the two depends on the structure alone (equal GraphDefs hash alike): ``nesting``
+    is the builder's upper bound on it, measured here when that bound is too high.
+    """
+    if nesting is None or nesting > _C_HASH_NESTING:
+        nesting = pytree_nesting(root, table)
+    if nesting <= _C_HASH_NESTING:
+        return hash((root, table))
+    parts: list[Any] = list(table)
+    for i, spec in enumerate(table):
+        if type(spec) is NodeSpec and any(type(c) is PytreeEdge for c in spec[4]):
+            kids = tuple([_pytree_hash(c) for c in spec[4]])
+            parts[i] = hash((spec[0], spec[1], spec[2], spec[3], kids, spec[5], spec[6]))
+    return hash((_pytree_hash(root), tuple(parts)))
+
+
+def edge_repr(edge: Any) -> str:
+    """``repr`` of an edge, nested pytrees included, built without recursing and in
+    time linear in the length of the text."""
+    out: list[str] = []
+    stack: list[Any] = [edge]  # edges to print, or closing text
+    while stack:
+        e = stack.pop()
+        if type(e) is str:
+            out.append(e)
+        elif type(e) is not PytreeEdge:
+            try:
+                out.append(repr(e))
+            except RecursionError:  # a static nested deeper than repr goes (a deep tuple)
+                out.append(f"StaticEdge(<a {type(e[2]).__qualname__} nested too deeply to print>)")
+        else:
+            name = e[1].__name__ if isinstance(e[1], type) else str(e[1])
+            out.append(f"PytreeEdge({name}, keys={e[2]!r}, children=(")
+            kids = e[3]
+            stack.append(",))" if len(kids) == 1 else "))")
+            for i in range(len(kids) - 1, -1, -1):
+                stack.append(kids[i])
+                if i:
+                    stack.append(", ")
+    return "".join(out)
 
 
 def iter_statics(gd: GraphDef) -> Iterator[tuple[Path, Any]]:

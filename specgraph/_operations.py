@@ -7,7 +7,7 @@ from typing import Any, TypeVar, overload
 
 from . import _registry as reg
 from ._filters import Filter, to_predicates
-from ._ir import GraphDef, NodeSpec, PytreeEdge, StateEdge, StateSpec
+from ._ir import GraphDef, NodeSpec, PytreeEdge, StateEdge, StateSpec, materialize
 from ._model import State
 from ._statemap import StateMap, split_slots
 from .runtime import dispatch
@@ -158,36 +158,39 @@ def pop_states(node: Any, *filters: Filter) -> StateMap | tuple[StateMap, ...]:
         spec[2] for spec in gd.table if type(spec) is StateSpec and gd.pathtable.path(spec[4]) in chosen
     }
     removals: list[tuple[Any, Any, Any]] = []  # (remover, container, key)
-
-    def collect(edge: Any, container: Any, key: Any, remover: Any, where: Path) -> None:
+    # Pending edges, with the live object holding them, their key there, how to remove
+    # them from it (None: impossible) and their path link. A stack, not recursion:
+    # containers may nest as deeply as the walker goes.
+    pending: list[tuple[Any, Any, Any, Any, Any]] = []
+    for spec in gd.table:
+        if type(spec) is NodeSpec:
+            obj = w.objects[spec[2]]
+            impl = reg.node_impl(spec[1])
+            link = w.links[spec[2]]
+            for key, edge in zip(spec[3], spec[4], strict=True):
+                if type(edge) is PytreeEdge:
+                    live = obj.__dict__[key] if impl.is_builtin_node else dict(impl.flatten(obj)[0])[key]
+                    pending.append((edge, live, None, None, (link, key)))
+                elif type(edge) is StateEdge and edge[1] in chosen_idx:
+                    removals.append((impl.pop_key, obj, key))
+    if type(gd.root) is PytreeEdge:
+        pending.append((gd.root, node, None, None, None))
+    while pending:
+        edge, container, key, remover, link = pending.pop()
         k = type(edge)
         if k is StateEdge and edge[1] in chosen_idx:
             if remover is None:
                 raise ValueError(
-                    f"cannot pop the state at path {where!r}: it sits in an immutable "
+                    f"cannot pop the state at path {materialize(link)!r}: it sits in an immutable "
                     "container or a list; move it into a node attribute or a dict"
                 )
             removals.append((remover, container, key))
         elif k is PytreeEdge:
             live = container if key is None else _child(container, key)
+            rem = _dict_pop if edge[1] is dict else None
             for ck, ce in zip(edge[2], edge[3], strict=True):
-                rem = _dict_pop if edge[1] is dict else None
-                collect(ce, live, ck, rem, (*where, ck))
-
-    for spec in gd.table:
-        if type(spec) is NodeSpec:
-            obj = w.objects[spec[2]]
-            impl = reg.node_impl(spec[1])
-            for key, edge in zip(spec[3], spec[4], strict=True):
-                if type(edge) is PytreeEdge:
-                    live = obj.__dict__[key] if impl.is_builtin_node else dict(impl.flatten(obj)[0])[key]
-                    for ck, ce in zip(edge[2], edge[3], strict=True):
-                        rem = _dict_pop if edge[1] is dict else None
-                        collect(ce, live, ck, rem, (*w.path(spec[2]), key, ck))
-                else:
-                    collect(edge, obj, key, impl.pop_key, (*w.path(spec[2]), key))
-    if type(gd.root) is PytreeEdge:
-        collect(gd.root, node, None, None, ())
+                if type(ce) is PytreeEdge or type(ce) is StateEdge:
+                    pending.append((ce, live, ck, rem, (link, ck)))
     for remover, container, key in removals:
         remover(container, key)
     return parts[0] if len(parts) == 1 else tuple(parts)

@@ -159,6 +159,7 @@ def walk(root: Any) -> Walk:
     # A node frame that saved the open-container set appends it (index 10).
     stack: list[list[Any]] = []
     root_edge: Any = None
+    nesting = 1  # an upper bound on how deeply the containers nest: the deepest stack at one
     node_edges, state_edges, array_edges = _NODE_EDGES, _STATE_EDGES, _ARRAY_EDGES
 
     def open_container(x: Any, k: int, link: Any, static_arrays: bool) -> list[Any]:
@@ -293,6 +294,8 @@ def walk(root: Any) -> Walk:
                 active.add(vid)
                 fr[3] = pos
                 stack.append(open_container(val, k, (plink, key), static_arrays))
+                if len(stack) > nesting:
+                    nesting = len(stack)
                 descended = True
                 break
         if descended:
@@ -338,4 +341,4 @@ def walk(root: Any) -> Walk:
             root_edge = edge
 
     pathtable = PathTable(tuple(links), tuple(stypes))
-    return Walk(GraphDef(root_edge, tuple(table), pathtable), values, objects, ilinks)
+    return Walk(GraphDef(root_edge, tuple(table), pathtable, nesting), values, objects, ilinks)

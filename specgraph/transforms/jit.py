@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from jax import tree_util
 
-from .._ir import ArrayEdge, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge
+from .._ir import ArrayEdge, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge, tuples_equal
 from .._model import Node
 from .._statemap import StateMap
 from ..generic._flatten import walk
@@ -377,21 +377,29 @@ def _same_structure(before: GraphDef, after_joint: GraphDef) -> bool:
 
 
 def _same_edge(b: Any, a: Any) -> bool:
-    """Edge equality with the joint walk's index shift (+1) for nodes and states."""
-    kb = type(b)
-    if kb is not type(a):
-        return False
-    if kb is NodeEdge or kb is StateEdge:
-        return a[1] == b[1] + 1
-    if kb is ArrayEdge:
-        return a[1] == b[1]
-    if kb is StaticEdge:
-        return a == b
-    if kb is PytreeEdge:
-        return b[1] == a[1] and b[2] == a[2] and b[4] == a[4] and len(b[3]) == len(a[3]) and all(
-            _same_edge(x, y) for x, y in zip(b[3], a[3], strict=True)
-        )
-    return False
+    """Edge equality with the joint walk's index shift (+1) for nodes and states.
+
+    Iterative: argument pytrees may nest as deeply as the walker goes.
+    """
+    pending = [(b, a)]
+    while pending:
+        b, a = pending.pop()
+        kb = type(b)
+        if kb is not type(a):
+            return False
+        if kb is NodeEdge or kb is StateEdge:
+            if a[1] != b[1] + 1:
+                return False
+        elif kb is ArrayEdge or kb is StaticEdge:
+            if not tuples_equal(a, b):  # a collapsed static may be a deep tuple
+                return False
+        elif kb is PytreeEdge:
+            if not (b[1] == a[1] and b[2] == a[2] and b[4] == a[4] and len(b[3]) == len(a[3])):
+                return False
+            pending.extend(zip(b[3], a[3], strict=True))
+        else:
+            return False
+    return True
 
 
 def _rebuild_graph_output(root: Any, joint: GraphDef, n: int, out_values: list[Any]) -> Any:
