@@ -26,6 +26,9 @@ blocks stacked on a layer axis under ``sg.scan`` vs the same blocks unrolled (a 
 nodes, a Python loop), both under ``sg.jit``. Each repeat builds a fresh ``sg.jit``
 (so JAX traces and compiles again) and times the first call.
 
+A context row (no bar) times a no-op step on the same sharded objects: the host side
+of each system alone, without the device work.
+
 Method: (a) as ``bench_jit.py`` (systems interleaved, loops calibrated, min over
 repeats, blocking on the last result); the three steps are first checked to give the
 same losses. (b) min over repeats of one first call each. Bars: issue 13.
@@ -380,8 +383,22 @@ def main(
         )
     except ImportError as e:
         entries.append(_BJ.Entry("nnx", "nnx.jit", None, f"flax not installed ({e})"))
+    # The host side alone: a no-op step on the same sharded objects (what each system adds
+    # per call, apart from the device work, which dominates a step on simulated devices).
+    sg_noop = sg_jit_noop()
+    jax_noop = jax.jit(lambda p, o: None)
+    noop = [
+        _BJ.Entry("specgraph", "sg.jit", lambda: sg_noop(trainer)),
+        _BJ.Entry("jax", "jax.jit", lambda: jax_noop(jax_state["params"], jax_state["opt"])),
+    ]
+    if "nnx" in losses:
+        from flax import nnx
+
+        nnx_noop = nnx.jit(lambda m, o: None)
+        noop.append(_BJ.Entry("nnx", "nnx.jit", lambda: nnx_noop(nnx_model, nnx_opt)))
     before = [a.sharding for a in jax.tree.leaves(_values(trainer))]
     _BJ.run_interleaved(entries, target, repeats)
+    _BJ.run_interleaved(noop, target, repeats)
     after = [a.sharding for a in jax.tree.leaves(_values(trainer))]
     assert before == after, "a state's sharding changed during the timed steps"
 
@@ -409,6 +426,11 @@ def main(
     r2 = us["nnx"] / us["specgraph"] if us.get("nnx") else None
     row("Adam step µs: nnx.jit vs sg.jit", us["specgraph"], us.get("nnx"), r2,
         f"nnx/sg >= {BAR_NNX_SLOWER}", r2 is not None and r2 >= BAR_NNX_SLOWER)
+    noop_us = {e.key: e.us for e in noop}
+    r_n = noop_us["nnx"] / noop_us["specgraph"] if noop_us.get("nnx") else None
+    ratio_n = "n/a" if r_n is None else f"{r_n:.1f}x"
+    rows.append(f"| (host side) no-op step µs: sg.jit vs jax.jit / nnx.jit | {f(noop_us['specgraph'])} "
+                f"| {f(noop_us['jax'])} / {f(noop_us.get('nnx'))} | nnx/sg {ratio_n} | (context) | |")
     r3 = ct["unrolled"] / ct["scan"]
     row(f"compile ms, {args.blocks} blocks: sg.scan vs unrolled (sg.jit)", ct["scan"] * 1e3,
         ct["unrolled"] * 1e3, r3, f"unrolled/scan >= {BAR_SCAN_COMPILE}", r3 >= BAR_SCAN_COMPILE)
@@ -436,7 +458,13 @@ def main(
     if where is not None:
         where.mkdir(parents=True, exist_ok=True)
         (where / "sharded-latest.md").write_text(text)
-    return {"step_us": us, "compile_s": ct, "losses": losses}
+    return {"step_us": us, "noop_us": noop_us, "compile_s": ct, "losses": losses}
+
+
+def sg_jit_noop() -> Any:
+    import specgraph as sg
+
+    return sg.jit(lambda t: None)
 
 
 def _values(node: Any) -> list[Any]:

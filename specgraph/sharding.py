@@ -367,43 +367,74 @@ def multi_device() -> bool:
     return _multi[0]
 
 
-def keep_sharding(old: Any, new: Any) -> Any:
-    """``new`` laid out exactly as ``old`` (a traced input) is, leaf by leaf.
+class Placement:
+    """Where a call's values live: per value slot, the sharding of a committed array (or a
+    tuple of them for a pytree value, ``None`` for what is not committed).
 
-    Written-back states must keep their input sharding: without this, the compiler's
-    propagation may pick another layout for a new value (a reduction broadcast back,
-    say). On a mesh with ``Auto`` axes the pairing is ``shard_alike`` (resolved at
-    compile time, from the actual input shardings); with ``Explicit`` axes the
-    sharding is in the types, and a differing one is ``reshard``-ed back.
+    A static argument of ``sg.jit``'s compiled function, so that the step can pin every
+    written state to its input sharding (``jax.jit``'s ``out_shardings`` need them before
+    the output is known). Hashed once; a call whose arrays sit where the previous call's
+    did reuses the previous object.
     """
-    if old is new:
-        return new
-    try:
-        old_leaves, old_tree = jax.tree_util.tree_flatten(old)
-        new_leaves, new_tree = jax.tree_util.tree_flatten(new)
-    except Exception:  # pragma: no cover - values of a StateMap always flatten
-        return new
-    if old_tree != new_tree:
-        return new
+
+    __slots__ = ("_hash", "shardings")
+
+    def __init__(self, shardings: tuple) -> None:
+        self.shardings = shardings
+        self._hash = hash(shardings)
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (
+            type(other) is Placement and self._hash == other._hash and self.shardings == other.shardings
+        )
+
+
+def _placed(x: Any) -> Any:
+    return x.sharding if getattr(x, "committed", False) else None
+
+
+def placement_of(values: list[Any], last: Placement | None) -> Placement:
+    """The :class:`Placement` of ``values`` (``last`` when nothing moved)."""
     out = []
-    for a, b in zip(old_leaves, new_leaves, strict=True):
-        out.append(_keep_leaf(a, b))
-    return jax.tree_util.tree_unflatten(new_tree, out)
+    for v in values:
+        if isinstance(v, jax.Array):
+            out.append(_placed(v))
+        else:
+            out.append(tuple([_placed(x) for x in jax.tree_util.tree_leaves(v)]) or None)
+    shardings = tuple(out)
+    if last is not None and last.shardings == shardings:  # element identity: a quick compare
+        return last
+    return Placement(shardings)
 
 
-def _keep_leaf(old: Any, new: Any) -> Any:
-    if old is new or not isinstance(old, jax.core.Tracer) or not isinstance(new, jax.Array):
-        return new
-    if getattr(old, "shape", None) != getattr(new, "shape", None):
-        return new
-    old_s = jax.typeof(old).sharding
-    if _explicit(old_s.mesh):
-        if jax.typeof(new).sharding != old_s:
-            return jax.sharding.reshard(new, old_s)
-        return new
-    from jax.experimental.shard_alike import shard_alike
+def keep_placement(old: Any, new: Any, placed: Any) -> Any:
+    """``new`` (a written state's value, traced) constrained to ``placed``, its input sharding.
 
-    return shard_alike(old, new)[1]
+    Without this the compiler's propagation may pick another layout for a new value (a
+    reduction broadcast back, say), and a state would drift between steps. The
+    constraint is what ``jax.jit(out_shardings=<the input shardings>)`` would do.
+    """
+    if placed is None or old is new:
+        return new
+    if not isinstance(placed, tuple):
+        return constrain(new, placed) if _same_shape(old, new) else new
+    old_leaves = jax.tree_util.tree_leaves(old)
+    new_leaves, tree = jax.tree_util.tree_flatten(new)
+    if len(old_leaves) != len(placed) or len(new_leaves) != len(placed):
+        return new  # the value's structure changed: nothing to keep
+    out = [
+        constrain(b, s) if s is not None and a is not b and _same_shape(a, b) else b
+        for a, b, s in zip(old_leaves, new_leaves, placed, strict=True)
+    ]
+    return jax.tree_util.tree_unflatten(tree, out)
+
+
+def _same_shape(a: Any, b: Any) -> bool:
+    shape = getattr(b, "shape", None)
+    return shape is not None and shape == getattr(a, "shape", None)
 
 
 # -- axis bookkeeping for transforms that add or remove an array axis ------------------

@@ -32,7 +32,7 @@ from .._statemap import StateMap
 from ..generic._flatten import walk
 from ..generic._unflatten import build_with, rebuild_edge
 from ..runtime import dispatch
-from ..sharding import constrain_tree, keep_sharding, multi_device
+from ..sharding import Placement, constrain_tree, keep_placement, multi_device, placement_of
 
 __all__ = ["jit", "JitFunction", "trace_call", "finish_call", "Traced"]
 
@@ -240,13 +240,16 @@ class JitFunction(Generic[_P, _R]):
         # jitted function gets its own variants instead of sharing a megamorphic one.
         name = getattr(fn, "__name__", "fn")
         self._root_type = type(f"JitArgs[{name}]", (_ArgsRoot,), {"__module__": __name__})
-        self._jitted = jax.jit(self._pure, static_argnums=(0, 1), donate_argnums=(3,) if self.donate_argnums
-                               else (), **jax_jit_kwargs)
+        self._placement: Placement | None = None  # the last call's (multi-device only)
+        donate = (4,) if self.donate_argnums else ()
+        self._jitted = jax.jit(self._pure, static_argnums=(0, 1, 2), donate_argnums=donate, **jax_jit_kwargs)
         self._donated: dict[GraphDef, tuple[int, ...]] = {}
         functools.update_wrapper(self, fn, updated=())  # not fn.__dict__: a wrapped transform has its own fn
 
     # -- the traced side ------------------------------------------------------------
-    def _pure(self, static: tuple, gd: GraphDef, kept: list[Any], donated: list[Any]) -> _Result:
+    def _pure(
+        self, static: tuple, gd: GraphDef, placement: Placement | None, kept: list[Any], donated: list[Any]
+    ) -> _Result:
         self.trace_count += 1
         values = _merge_donated(self._donated_slots(gd), kept, donated)
         t = trace_call(self._call_fn, gd, values, static, user_fn=self.fn)
@@ -259,8 +262,9 @@ class JitFunction(Generic[_P, _R]):
         if donated_slots:
             written = tuple(i for i in range(n) if after_values[i] is not values[i] or i in donated_slots)
         written_values = [after_values[i] for i in written]
-        if multi_device():  # a written state keeps its input sharding exactly
-            written_values = [keep_sharding(values[i], after_values[i]) for i in written]
+        if placement is not None:  # a written state keeps its input sharding exactly
+            placed = placement.shardings
+            written_values = [keep_placement(values[i], after_values[i], placed[i]) for i in written]
         return _Result(written, t.out_static(), written_values, after_values[n:])
 
     def _call_fn(self, *args: Any, **kwargs: Any) -> Any:
@@ -317,8 +321,11 @@ class JitFunction(Generic[_P, _R]):
             donated = [values[i] for i in donated_slots]
         else:
             kept, donated = values, []
+        placement = None
+        if multi_device():  # where the values sit: the written ones are kept there
+            placement = self._placement = placement_of(values, self._placement)
         try:
-            res = self._jitted(static, gd, kept, donated)
+            res = self._jitted(static, gd, placement, kept, donated)
         except (TypeError, ValueError):
             hash(gd)  # an unhashable static argument: raise the TypeError that names its path
             raise
