@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(3):
         sg.unflatten(gd, sm)
     rt = gd._rt
-    if rt is None or rt[1] is None:
+    if rt is None or rt.fn is None:
         sys.exit(f"{args.shape}: unflatten is not specialized here")
-    fn, statics, values = rt[1], rt[3], sm._values
+    fn, statics, values = rt.fn, rt.statics, sm._values
 
     unguarded = codegen.build("unflatten", gd, max_steps=dispatch.CONFIG.max_steps,
                               disabled=frozenset({"class"})).fn

@@ -10,7 +10,9 @@ never compare equal.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Hashable, Iterator
+from operator import itemgetter
 from typing import Any, Generic, TypeVar
 
 from jax import tree_util
@@ -61,8 +63,18 @@ def static_value(value: Any) -> Any:
     return value.array if type(value) is ArrayConstant else value
 
 
+def _field(position: int, doc: str) -> Any:
+    """A named, read-only field of an edge or spec: its item ``position`` (a C-level getter,
+    so reading by name costs about what reading by index does)."""
+    return property(itemgetter(position), doc=doc)
+
+
 class Edge(tuple):
-    """Base of the edge kinds: a tuple whose first item names the kind."""
+    """Base of the edge kinds: a tuple whose first item names the kind.
+
+    Fields are read by name (``spec.children``); only the hottest loops (the reference
+    walker's) index the tuples directly.
+    """
 
     __slots__ = ()
 
@@ -70,49 +82,41 @@ class Edge(tuple):
         return tuple(self[1:])
 
 
-class NodeEdge(Edge):
+class _IndexEdge(Edge):
+    """An edge that names one table entry (or value slot) by its number."""
+
+    __slots__ = ()
+    _kind = ""
+
+    def __new__(cls, index: int) -> Any:
+        return tuple.__new__(cls, (cls._kind, index))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self[1]})"
+
+
+class NodeEdge(_IndexEdge):
     """A reference to the graph node with table index ``index``."""
 
     __slots__ = ()
-
-    def __new__(cls, index: int) -> NodeEdge:
-        return tuple.__new__(cls, ("node", index))
-
-    @property
-    def index(self) -> int:
-        return self[1]
-
-    def __repr__(self) -> str:
-        return f"NodeEdge({self[1]})"
+    _kind = "node"
+    index = _field(1, "the node's table index")
 
 
-class StateEdge(Edge):
+class StateEdge(_IndexEdge):
     """A reference to the state with table index ``index``."""
 
     __slots__ = ()
-
-    def __new__(cls, index: int) -> StateEdge:
-        return tuple.__new__(cls, ("state", index))
-
-    @property
-    def index(self) -> int:
-        return self[1]
-
-    def __repr__(self) -> str:
-        return f"StateEdge({self[1]})"
+    _kind = "state"
+    index = _field(1, "the state's table index")
 
 
-class ArrayEdge(Edge):
+class ArrayEdge(_IndexEdge):
     """A bare array leaf; its value lives in value slot ``slot``."""
 
     __slots__ = ()
-
-    def __new__(cls, slot: int) -> ArrayEdge:
-        return tuple.__new__(cls, ("array", slot))
-
-    @property
-    def slot(self) -> int:
-        return self[1]
+    _kind = "array"
+    slot = _field(1, "the value slot of the array")
 
     def __repr__(self) -> str:
         return f"ArrayEdge(slot={self[1]})"
@@ -126,17 +130,11 @@ class StaticEdge(Edge):
     """
 
     __slots__ = ()
+    sig = _field(1, "what tells equal values apart (see _sameness)")
+    value = _field(2, "the static value")
 
     def __new__(cls, sig: Any, value: Any) -> StaticEdge:
         return tuple.__new__(cls, ("static", sig, value))
-
-    @property
-    def sig(self) -> Any:
-        return self[1]
-
-    @property
-    def value(self) -> Any:
-        return self[2]
 
     def __repr__(self) -> str:
         return f"StaticEdge({self[2]!r})"
@@ -155,27 +153,15 @@ class PytreeEdge(Edge):
     """
 
     __slots__ = ()
+    ptype = _field(1, "list, tuple, dict, or a custom pytree's one-level treedef")
+    keys = _field(2, "the children's path keys, in flatten order")
+    children = _field(3, "the children's edges")
+    sig = _field(4, "the dict's key sigs or the custom pytree's aux sig, else None")
 
     def __new__(
         cls, ptype: Any, keys: tuple, children: tuple[Edge, ...], sig: Any = None
     ) -> PytreeEdge:
         return tuple.__new__(cls, ("pytree", ptype, keys, children, sig))
-
-    @property
-    def sig(self) -> Any:
-        return self[4]
-
-    @property
-    def ptype(self) -> Any:
-        return self[1]
-
-    @property
-    def keys(self) -> tuple:
-        return self[2]
-
-    @property
-    def children(self) -> tuple[Edge, ...]:
-        return self[3]
 
     def __repr__(self) -> str:
         return edge_repr(self)
@@ -191,36 +177,18 @@ class NodeSpec(Edge):
     """
 
     __slots__ = ()
+    type = _field(1, "the node's class")
+    index = _field(2, "its table index")
+    keys = _field(3, "its children's keys (attribute names for a Node)")
+    children = _field(4, "its children's edges")
+    meta = _field(5, "the custom node protocol's metadata (None for a Node)")
+    sig = _field(6, "the key and metadata sigs, or None (all keys str, no metadata)")
 
     def __new__(
-        cls, type_: type, index: int, keys: tuple, children: tuple[Edge, ...], meta: Hashable,
+        cls, type_: builtins.type, index: int, keys: tuple, children: tuple[Edge, ...], meta: Hashable,
         sig: Any = None,
     ) -> NodeSpec:
         return tuple.__new__(cls, ("nodespec", type_, index, keys, children, meta, sig))
-
-    @property
-    def sig(self) -> Any:
-        return self[6]
-
-    @property
-    def type(self) -> type:
-        return self[1]
-
-    @property
-    def index(self) -> int:
-        return self[2]
-
-    @property
-    def keys(self) -> tuple:
-        return self[3]
-
-    @property
-    def children(self) -> tuple[Edge, ...]:
-        return self[4]
-
-    @property
-    def meta(self) -> Hashable:
-        return self[5]
 
     def __repr__(self) -> str:
         return f"NodeSpec({self[1].__qualname__}, index={self[2]}, keys={self[3]!r})"
@@ -234,29 +202,15 @@ class StateSpec(Edge):
     """
 
     __slots__ = ()
+    type = _field(1, "the state's class")
+    index = _field(2, "its table index")
+    metadata = _field(3, "its metadata: sorted (name, value) pairs")
+    slot = _field(4, "the value slot of its value")
+    metasig = _field(5, "the sigs of the metadata values")
 
-    def __new__(cls, type_: type, index: int, metadata: tuple, slot: int, metasig: tuple = ()) -> StateSpec:
+    def __new__(cls, type_: builtins.type, index: int, metadata: tuple, slot: int,
+                metasig: tuple = ()) -> StateSpec:
         return tuple.__new__(cls, ("statespec", type_, index, metadata, slot, metasig))
-
-    @property
-    def metasig(self) -> tuple:
-        return self[5]
-
-    @property
-    def type(self) -> type:
-        return self[1]
-
-    @property
-    def index(self) -> int:
-        return self[2]
-
-    @property
-    def metadata(self) -> tuple:
-        return self[3]
-
-    @property
-    def slot(self) -> int:
-        return self[4]
 
     def __repr__(self) -> str:
         return f"StateSpec({self[1].__qualname__}, index={self[2]}, slot={self[4]})"
@@ -412,7 +366,7 @@ class GraphDef(Generic[RootT]):
     num_nodes: int
     num_states: int
     _hash: int | None
-    _rt: tuple | None
+    _rt: Any  # the unflatten dispatcher's entry (runtime.cache.UnflattenEntry), or None
 
     def __init__(self, root: Edge, table: tuple, pathtable: PathTable, nesting: int | None = None) -> None:
         """``nesting``: an upper bound on how deeply inline pytrees nest, when the builder
@@ -426,7 +380,7 @@ class GraphDef(Generic[RootT]):
         sa(self, "num_nodes", n_nodes)
         sa(self, "num_states", len(table) - n_nodes)
         sa(self, "_hash", None)
-        sa(self, "_rt", None)  # runtime scratch: (generation, specialized unflatten or None)
+        sa(self, "_rt", None)  # the unflatten dispatcher's entry, once decided
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("GraphDef is immutable")

@@ -129,9 +129,9 @@ def collapsed_sig(t: type, child_sigs: tuple, treedef: Any = None) -> tuple:
     return (t, child_sigs) if aux is None else (t, child_sigs, aux)
 
 
-def _plain_tuple(t: type) -> bool:
-    """A tuple or a plain namedtuple: tuple equality and hash, no instance dict, so it
-    compares item by item and nothing else can tell two equal ones apart."""
+def _tuple_equality_only(t: type) -> bool:
+    """A tuple or a namedtuple with tuple equality and hash and no instance dict: it
+    compares item by item, and nothing else can tell two equal ones apart."""
     return t is tuple or (
         issubclass(t, tuple) and t.__eq__ is tuple.__eq__ and t.__hash__ is tuple.__hash__
         and t.__dictoffset__ == 0
@@ -149,7 +149,7 @@ def is_value_sig(sig: Any) -> bool:
                 return False
         elif s[0] is float:  # a float zero: (float, sign)
             continue
-        elif len(s) != 2 or not _plain_tuple(s[0]):  # (type, child sigs, aux sig): a custom pytree
+        elif len(s) != 2 or not _tuple_equality_only(s[0]):  # (type, child sigs, aux sig): a custom pytree
             return False
         else:
             stack.extend(s[1])
@@ -181,7 +181,7 @@ def same(a: Any, b: Any) -> bool:
         if t in VALUE_TYPES:
             if x != y or (t is float and x == 0.0 and _copysign(1.0, x) != _copysign(1.0, y)):
                 return False
-        elif _plain_tuple(t) and len(x) == len(y):
+        elif _tuple_equality_only(t) and len(x) == len(y):
             stack.extend(zip(x, y, strict=True))
         else:
             return False

@@ -88,7 +88,7 @@ class ClassFacts:
         self.absent: dict[type, set[str]] = {}
         #: node class -> its ``graph_invisible_attrs`` when compiled (guarded per call as a
         #: node_keys miss; a change that leaves the structure the same must compile again)
-        self.hidden: dict[type, Any] = {}
+        self.hidden: dict[Any, Any] = {}
 
     def require_absent(self, t: type, names: tuple[str, ...], classes: list[type] | None = None) -> None:
         """``names`` stay absent from the dicts of ``t``'s MRO classes (or of ``classes``)."""

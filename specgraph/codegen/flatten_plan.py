@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -121,8 +122,10 @@ class FlattenPlanner:
             raise Declined("the root is not a node or a container")
         self._hidden_names()
         stack = [Work(gd.root, "root", None, None, "", False)]
-        visit = {NodeEdge: self._node, StateEdge: self._state, ArrayEdge: self._array,
-                 StaticEdge: self._static, PytreeEdge: self._pytree}
+        visit: dict[type, Callable[[Work], list[Work]]] = {
+            NodeEdge: self._node, StateEdge: self._state, ArrayEdge: self._array, StaticEdge: self._static,
+            PytreeEdge: self._pytree,
+        }
         while stack:
             if len(self.steps) > self.max_steps:
                 raise Declined(f"structure too large (more than {self.max_steps} steps)")
@@ -256,7 +259,7 @@ class FlattenPlanner:
             # A static is read where it is guarded (no local to store and load again); a
             # renamed key there is a KeyError, a node_keys miss like in the block.
             self.keyed_statics = True
-            block = self.steps[-1]
+            block: Any = self.steps[-1]
             inline = {w.obj: Item(d, key) for w, key in zip(items, keys, strict=True)
                       if type(w.edge) is StaticEdge}
             block.pairs = [pair for pair in block.pairs if pair[0] not in inline]
@@ -482,7 +485,7 @@ class FlattenPlanner:
         items = self._load_children(src, keys, edge.children, work.path, edge.keys,
                                     "container" if ptype is dict else "", var, ptype is list or ptype is dict)
         if unpack:
-            block = self.steps.pop()  # the load block just emitted becomes one unpacking
+            block: Any = self.steps.pop()  # the load block just emitted becomes one unpacking
             self.steps.append(Step("unpack_seq", obj=var, dsts=[dst for dst, _ in block.pairs], label=label))
         self.nearest.update((w.obj, self.nearest[var]) for w in items)
         return items

@@ -136,7 +136,7 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
     )
 
 
-def _indexed_loads(step: Step) -> Step:
+def _indexed_loads(step: Any) -> Step:
     """A sequence unpacking with its length check generated out: indexed loads."""
     return Step("load_block", obj=step.obj, pairs=[(dst, Literal(i)) for i, dst in enumerate(step.dsts)],
                 miss="")

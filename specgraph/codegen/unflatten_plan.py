@@ -55,7 +55,7 @@ class StaticReads:
         """The wanted objects of ``gd``, in the order they were wanted."""
         got: list[Any] = []
         for base, steps in self._reads:
-            x = gd if base < 0 else got[base]
+            x: Any = gd if base < 0 else got[base]
             for s in steps:
                 x = getattr(x, s) if type(s) is str else x[s]
             got.append(x)

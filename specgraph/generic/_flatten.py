@@ -225,17 +225,21 @@ def walk(root: Any) -> Walk:
                     edges.append(_tnew(StaticEdge, ("static", float_zero_sig(val), val)))
                 else:
                     edges.append(_tnew(StaticEdge, ("static", t, val)))
-            elif k is _STATE:
+            elif k is _STATE or k is _FSTATE:
                 idx = seen.get(id(val))
                 if idx is None:
                     idx = len(table)
                     seen[id(val)] = idx
                     slot = len(values)
-                    meta = val._metadata
+                    if k is _STATE:
+                        meta, value = val._metadata, val.value
+                    else:  # a foreign library's state: its adapter reads it
+                        simpl = reg.state_impl(t)
+                        meta, value = simpl.metadata(val), simpl.get(val)  # type: ignore[union-attr]
                     msig = meta_sig(meta) if meta else ()
                     table.append(_tnew(StateSpec, ("statespec", t, idx, meta, slot, msig)))
                     objects.append(val)
-                    values.append(val.value)
+                    values.append(value)
                     link = (plink, key)
                     links.append(link)
                     ilinks.append(link)
@@ -247,23 +251,6 @@ def walk(root: Any) -> Walk:
                 values.append(val)
                 links.append((plink, key))
                 stypes.append(None)
-            elif k is _FSTATE:
-                idx = seen.get(id(val))
-                if idx is None:
-                    simpl = reg.state_impl(t)
-                    idx = len(table)
-                    seen[id(val)] = idx
-                    slot = len(values)
-                    meta = simpl.metadata(val)  # type: ignore[union-attr]
-                    msig = meta_sig(meta) if meta else ()
-                    table.append(_tnew(StateSpec, ("statespec", t, idx, meta, slot, msig)))
-                    objects.append(val)
-                    values.append(simpl.get(val))  # type: ignore[union-attr]
-                    link = (plink, key)
-                    links.append(link)
-                    ilinks.append(link)
-                    stypes.append(t)
-                edges.append(state_edges[idx] if idx < len(state_edges) else _edge_cache(state_edges, idx))
             elif k is _NODE:
                 idx = seen.get(id(val))
                 if idx is None:

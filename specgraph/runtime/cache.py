@@ -10,7 +10,7 @@ from typing import Any
 
 from .._ir import GraphDef, PathTable
 
-__all__ = ["Config", "CONFIG", "StructureStats", "Variant", "TypeEntry", "LOCK"]
+__all__ = ["Config", "CONFIG", "StructureStats", "Variant", "TypeEntry", "UnflattenEntry", "LOCK"]
 
 LOCK = threading.RLock()
 
@@ -100,3 +100,20 @@ class TypeEntry:
         self.megamorphic = False
         self.seen: dict[GraphDef, int] = {}  # structures counted toward the threshold (bounded)
         self.declined: dict[GraphDef, str] = {}  # structures we will not compile (bounded)
+
+
+class UnflattenEntry:
+    """What a GraphDef carries for the unflatten dispatcher (its ``_rt`` slot).
+
+    Decided under registry ``epoch``: the specialized function (``None``: the generic
+    walker serves this structure), the structure's counters, and this GraphDef's own
+    statics, in the order the function takes them.
+    """
+
+    __slots__ = ("epoch", "fn", "statics", "stats")
+
+    def __init__(self, epoch: int, fn: Any, stats: StructureStats, statics: tuple) -> None:
+        self.epoch = epoch
+        self.fn = fn
+        self.stats = stats
+        self.statics = statics

@@ -25,7 +25,7 @@ from ..codegen import MISS
 from ..generic._flatten import Walk, walk
 from ..generic._unflatten import build
 from ..generic._update import apply_update
-from .cache import CONFIG, LOCK, StructureStats, TypeEntry, Variant
+from .cache import CONFIG, LOCK, StructureStats, TypeEntry, UnflattenEntry, Variant
 
 __all__ = [
     "flatten",
@@ -42,8 +42,9 @@ _types: dict[type, TypeEntry] = {}
 _Root = TypeVar("_Root")  # the root type a GraphDef carries (for type checkers)
 
 _stats: dict[GraphDef, StructureStats] = {}
-# GraphDef -> (compiled unflatten, where its statics sit in a GraphDef), or None when declined
-_unflat: dict[GraphDef, tuple[Any, Any] | None] = {}
+# GraphDef -> its compiled unflatten (with the plan, which knows where its statics sit in a
+# GraphDef), or None when declined
+_unflat: dict[GraphDef, codegen.Built | None] = {}
 _unflat_seen: dict[GraphDef, int] = {}
 _unflat_epoch = [-1]  # registry epoch _unflat was filled under
 _totals = {"generic_flattens": 0, "generic_unflattens": 0, "generic_updates": 0, "compile_failures": 0,
@@ -160,9 +161,9 @@ def _observe_structure(t: type, w: Walk, entry: TypeEntry | None) -> None:
             entry.seen.clear()
             _totals["megamorphic_types"] += 1
             return
-        var = _compile_variant(gd, entry, tuple(w.links))
-        if var is not None:
-            entry.variants = (var, *entry.variants)
+        new = _compile_variant(gd, entry, tuple(w.links))
+        if new is not None:
+            entry.variants = (new, *entry.variants)
 
 
 def _compile_variant(gd: GraphDef, entry: TypeEntry, links: tuple) -> Variant | None:
@@ -254,11 +255,11 @@ def unflatten(graphdef: GraphDef[_Root], state: Any) -> _Root:
     # unflatten is already specialized.
     if type(graphdef) is GraphDef and type(state) is StateMap:
         rt = graphdef._rt
-        if rt is not None and state._table is graphdef.pathtable and rt[0] == _EPOCH[0] \
-                and rt[1] is not None and CONFIG.enabled:
-            out = rt[1](state._values, rt[3])
+        if rt is not None and state._table is graphdef.pathtable and rt.epoch == _EPOCH[0] \
+                and rt.fn is not None and CONFIG.enabled:
+            out = rt.fn(state._values, rt.statics)
             if out is not MISS:
-                rt[2].unflatten_hits += 1
+                rt.stats.unflatten_hits += 1
                 return out
             return _unflatten_missed(graphdef, rt, state._values)
     return unflatten_states(graphdef, (state,))
@@ -270,27 +271,27 @@ def unflatten_states(graphdef: GraphDef[_Root], states: tuple[Any, ...]) -> _Roo
     values = resolve_all(graphdef.pathtable, states)
     if CONFIG.enabled:
         rt = graphdef._rt
-        if rt is None or rt[0] != _EPOCH[0]:
+        if rt is None or rt.epoch != _EPOCH[0]:
             rt = _unflatten_fn(graphdef)
-        if rt is not None and rt[1] is not None:
-            out = rt[1](values, rt[3])
+        if rt is not None and rt.fn is not None:
+            out = rt.fn(values, rt.statics)
             if out is not MISS:
-                rt[2].unflatten_hits += 1
+                rt.stats.unflatten_hits += 1
                 return out
             return _unflatten_missed(graphdef, rt, values)
     _totals["generic_unflattens"] += 1
     return build(graphdef, values)
 
 
-def _unflatten_missed(gd: GraphDef, rt: tuple, values: list[Any]) -> Any:
+def _unflatten_missed(gd: GraphDef, rt: UnflattenEntry, values: list[Any]) -> Any:
     """A specialized unflatten whose class guard failed (a class gained a hook the code
     relies on it lacking): count it, drop it so the next calls compile again from the
     classes as they are now, and build with the reference walker."""
-    rt[2].misses["class"] += 1
-    fn = rt[1]
+    rt.stats.misses["class"] += 1
+    fn = rt.fn
     with LOCK:
         compiled = _unflat.get(gd)
-        if compiled is not None and compiled[0] is fn:
+        if compiled is not None and compiled.fn is fn:
             del _unflat[gd]
             codegen.forget(fn)
     object.__setattr__(gd, "_rt", None)
@@ -298,11 +299,11 @@ def _unflatten_missed(gd: GraphDef, rt: tuple, values: list[Any]) -> Any:
     return build(gd, values)
 
 
-def _unflatten_fn(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | None:
-    """The ``(epoch, fn or None, stats, statics)`` scratch entry for ``gd`` once decided.
+def _unflatten_fn(gd: GraphDef) -> UnflattenEntry | None:
+    """The unflatten entry of ``gd`` (its ``_rt``) once decided.
 
-    The function is shared by equal GraphDefs; ``statics`` are this GraphDef's own
-    static objects (equal GraphDefs may hold equal but distinct ones).
+    The function is shared by equal GraphDefs; the entry's ``statics`` are this
+    GraphDef's own objects (equal GraphDefs may hold equal but distinct ones).
 
     ``None`` (the generic walker) when ``gd`` cannot key a cache: a static whose
     ``__hash__`` or ``__eq__`` raises.
@@ -315,7 +316,7 @@ def _unflatten_fn(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | None
         return None
 
 
-def _unflatten_entry(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | None:
+def _unflatten_entry(gd: GraphDef) -> UnflattenEntry | None:
     hash(gd)
     epoch = reg.epoch_cell()[0]
     if _unflat_epoch[0] != epoch:  # a registration may change how nodes are rebuilt
@@ -337,10 +338,8 @@ def _unflatten_entry(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | N
         stats = _stats_for(gd)
         compiled = None
         try:
-            built = codegen.build("unflatten", gd, max_steps=CONFIG.max_steps, disabled=_disabled_guards)
-            assert isinstance(built.plan, codegen.UnflattenPlan)
-            compiled = (built.fn, built.plan.statics)
-            stats.compile_seconds += built.seconds
+            compiled = codegen.build("unflatten", gd, max_steps=CONFIG.max_steps, disabled=_disabled_guards)
+            stats.compile_seconds += compiled.seconds
         except codegen.Declined as e:
             stats.declined = e.reason
         except Exception as e:
@@ -355,18 +354,18 @@ def _unflatten_entry(gd: GraphDef) -> tuple[int, Any, StructureStats, tuple] | N
         if len(_unflat) > 4 * _BOUND:
             dropped = _unflat.pop(next(iter(_unflat)))
             if dropped is not None:
-                codegen.forget(dropped[0])
+                codegen.forget(dropped.fn)
         rt = _unflatten_rt(gd, epoch, compiled, stats)
         object.__setattr__(gd, "_rt", rt)
         return rt
 
 
-def _unflatten_rt(gd: GraphDef, epoch: int, compiled: tuple[Any, Any] | None,
-                  stats: StructureStats) -> tuple[int, Any, StructureStats, tuple]:
+def _unflatten_rt(gd: GraphDef, epoch: int, compiled: codegen.Built | None,
+                  stats: StructureStats) -> UnflattenEntry:
     if compiled is None:
-        return (epoch, None, stats, ())
-    fn, statics = compiled
-    return (epoch, fn, stats, statics.read(gd))
+        return UnflattenEntry(epoch, None, stats, ())
+    assert isinstance(compiled.plan, codegen.UnflattenPlan)
+    return UnflattenEntry(epoch, compiled.fn, stats, compiled.plan.statics.read(gd))
 
 
 # -- update -----------------------------------------------------------------------

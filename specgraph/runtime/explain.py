@@ -6,7 +6,7 @@ from collections import Counter
 from typing import Any
 
 from .. import codegen
-from .._ir import GraphDef, NodeEdge, NodeSpec, iter_edges
+from .._ir import Edge, GraphDef, NodeEdge, NodeSpec, iter_edges
 from . import dispatch
 from .cache import CONFIG
 
@@ -24,13 +24,15 @@ def _depth(gd: GraphDef) -> int:
             continue
         depth[idx] = d
         best = max(best, d)
-        for j in _node_refs(*gd.table[idx].children):
+        spec = gd.table[idx]
+        assert type(spec) is NodeSpec
+        for j in _node_refs(*spec.children):
             if j not in depth:
                 frontier.append((j, d + 1))
     return best
 
 
-def _node_refs(*edges: object) -> list[int]:
+def _node_refs(*edges: Edge) -> list[int]:
     """The indices of the nodes these edges (and the containers below them) refer to."""
     return [e.index for e in iter_edges(*edges) if type(e) is NodeEdge]
 

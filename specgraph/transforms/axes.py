@@ -18,6 +18,7 @@ from typing import Any
 
 from .._filters import Filter, to_predicate
 from .._ir import GraphDef
+from .jit import num_args
 
 __all__ = ["Carry", "StateAxes"]
 
@@ -183,7 +184,7 @@ def input_axes(
     table = gd.pathtable
     paths, types = table.paths, table.types
     per_arg = isinstance(in_axes, tuple)
-    nargs = _num_args(gd)
+    nargs = num_args(gd)
     if per_arg and len(in_axes) != nargs:
         raise ValueError(
             f"{transform}: in_axes has {len(in_axes)} entries but the call has {nargs} positional "
@@ -200,13 +201,6 @@ def input_axes(
         axis, _ = resolve(spec, path[2:], values[slot], types[slot], where)
         out.append(axis)
     return out
-
-
-def _num_args(gd: GraphDef) -> int:
-    from .._ir import PytreeEdge
-
-    args_edge = gd.table[0][4][0]  # the "args" child of the call's root node
-    return len(args_edge[3]) if type(args_edge) is PytreeEdge else 0
 
 
 def group(spec: Any, rels: list[Path], values: list[Any], types: list[Any], where: str) -> tuple[Any, list]:

@@ -26,7 +26,17 @@ import jax
 import numpy as np
 from jax import tree_util
 
-from .._ir import ArrayEdge, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge, tuples_equal
+from .._ir import (
+    ArrayEdge,
+    GraphDef,
+    NodeEdge,
+    NodeSpec,
+    PytreeEdge,
+    StateEdge,
+    StaticEdge,
+    iter_edges,
+    tuples_equal,
+)
 from .._model import Node
 from .._statemap import StateMap
 from ..generic._flatten import walk
@@ -68,17 +78,22 @@ class _OutRoot(Node):
     """Joint root of (arguments after fn, output), flattened inside the trace."""
 
 
-def _is_plain(edge: Any) -> bool:
+def _holds_no_graph_object(edge: Any) -> bool:
     """True when an output edge holds no graph node or State (a plain pytree)."""
-    stack = [edge]
-    while stack:
-        e = stack.pop()
-        k = type(e)
-        if k is NodeEdge or k is StateEdge:
-            return False
-        if k is PytreeEdge:
-            stack.extend(e[3])
-    return True
+    return not any(type(e) is NodeEdge or type(e) is StateEdge for e in iter_edges(edge))
+
+
+def root_child(gd: GraphDef, key: str) -> Any:
+    """The edge of the root node's child ``key``: ``args``/``kwargs`` of a call's root,
+    ``a`` (the arguments after ``fn``) / ``b`` (its output) of a joint root."""
+    spec: Any = gd.table[0]
+    return spec.children[spec.keys.index(key)]
+
+
+def num_args(gd: GraphDef) -> int:
+    """How many positional arguments a call's root holds."""
+    args = root_child(gd, "args")
+    return len(args.children) if type(args) is PytreeEdge else 0
 
 
 class Traced:
@@ -101,8 +116,8 @@ class Traced:
     def out_static(self) -> tuple:
         """How to rebuild the output on the caller's side (static: no values in it)."""
         after = self.walk.graphdef
-        out_edge = after.table[0][4][1]  # the "b" child of the joint root
-        if _is_plain(out_edge):
+        out_edge = root_child(after, "b")  # the output, beside the arguments ("a")
+        if _holds_no_graph_object(out_edge):
             return ("plain", out_edge, self.n)
         return ("graph", after, self.n)
 
@@ -280,7 +295,7 @@ class JitFunction(Generic[_P, _R]):
         """The value slots that belong to donated arguments (cached per GraphDef)."""
         slots = self._donated.get(gd)
         if slots is None:
-            nargs = len(gd.table[0][4][0][3]) if type(gd.table[0][4][0]) is PytreeEdge else 0
+            nargs = num_args(gd)
             donate = {i % nargs for i in self.donate_argnums} if nargs else set()
             slots = tuple(
                 i for i, p in enumerate(gd.paths) if len(p) >= 2 and p[0] == "args" and p[1] in donate
@@ -416,7 +431,7 @@ def _rebuild_graph_output(root: Any, joint: GraphDef, n: int, out_values: list[A
     values = list(w.values) + list(out_values)
     if len(w.values) != n:  # pragma: no cover - the structure was checked in the trace
         raise RuntimeError("argument structure changed during the call")
-    return build_with(joint, values, known, edge=joint.table[0][4][1])
+    return build_with(joint, values, known, edge=root_child(joint, "b"))
 
 
 def _as_tuple(x: int | Sequence[int]) -> tuple[int, ...]:

@@ -10,7 +10,7 @@ import jax
 
 from ..generic._unflatten import build_with, rebuild_edge
 from ._common import flatten_call, root_type
-from .jit import _ArgsRoot, _Result, finish_call, trace_call
+from .jit import _ArgsRoot, _Result, finish_call, root_child, trace_call
 
 __all__ = ["remat", "RematFunction", "eval_shape"]
 
@@ -82,4 +82,4 @@ def eval_shape(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     shapes = res.out_values  # every value of the joint walk: the arguments' after fn, then the output's
     if kind == "plain":
         return rebuild_edge(payload, [], shapes)
-    return build_with(payload, shapes, {}, payload.table[0][4][1])
+    return build_with(payload, shapes, {}, root_child(payload, "b"))
