@@ -35,6 +35,7 @@ __all__ = [
     "collapsed_sig",
     "is_value_sig",
     "may_be_nan",
+    "match_mode",
     "same",
     "same_aux",
     "same_keys",
@@ -206,3 +207,15 @@ def same_keys(d: dict, expected: tuple[Hashable, ...]) -> bool:
         if sig != key_sig(e) or k != e or not is_value_sig(sig):
             return False
     return True
+
+
+def match_mode(value: Any, sig: Any) -> str:
+    """How a generated guard matches ``value`` (a metadata item or bookkeeping field):
+    ``"is"`` the very object (a singleton, or an object that may be equal yet
+    distinguishable), ``"value"`` same type and ``==`` (a scalar value type), ``"same"``
+    item by item (a float zero, a tuple of values)."""
+    if value is None or type(value) is bool or not is_value_sig(sig):
+        return "is"
+    if isinstance(sig, type) and not may_be_nan(value):
+        return "value"
+    return "same"

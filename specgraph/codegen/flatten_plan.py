@@ -11,8 +11,7 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 from .. import _registry as reg
 from .._ir import (
@@ -26,54 +25,14 @@ from .._ir import (
     StaticEdge,
     treedef_type,
 )
-from .._sameness import aux_data, is_value_sig, may_be_nan, value_sig
+from .._sameness import aux_data, is_value_sig, may_be_nan
 from .classfacts import ClassFacts, defines, flatten_runs_no_user_code
+from .foreign_plan import ForeignPlanning
 from .naming import Constants, Item, Literal, Operand, StateValue, path_label, static_note
 from .ops import GUARD_KINDS, Step
+from .planning import Declined, FlattenPlan, Work
 
-__all__ = ["Declined", "FlattenPlan", "plan_flatten"]
-
-
-class Declined(Exception):
-    """This structure is not specialized (unsupported edge kind or too large)."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-@dataclass
-class FlattenPlan:
-    """What the flatten, update and collect functions of one structure do."""
-
-    graphdef: GraphDef
-    consts: Constants
-    steps: list[Step]  # class guards, then guards + loads in pre-order
-    values: list[Operand]  # per value slot: what the values list holds
-    checks: list[Step]  # update: leaves that have no mutable owner must be left as they are
-    writes: list[Step]  # update: new values into states, then into array leaves' owners
-    distinct: list[tuple[str, bool]]  # (local, by id()) that must be pairwise distinct
-    objects: list[str]  # local name per table index (the defining occurrence)
-    epoch: int
-    counts: dict[str, int]  # guard kind -> number of guards of that kind
-    facts: ClassFacts  # what the class guards check
-    keyed_statics: bool = False  # a KeyError outside the load blocks is a node_keys miss
-
-
-class Work(NamedTuple):
-    """An edge to plan: the operand holding its object, its path, and where it lives
-    (``owner[key]``, for the update's writes; ``mutable`` when it can be written).
-
-    The path is a link ``(parent_link, key)`` (``None`` at the root): a tuple per work
-    item would cost O(depth) each, O(depth²) on a deep chain."""
-
-    edge: Any
-    obj: Operand
-    path: Any
-    owner: str | None
-    key: Literal | str
-    mutable: bool
-    data: bool = False  # a child of a dict-backed node whose plain values may be dynamic leaves
+__all__ = ["Declined", "FlattenPlan", "FlattenPlanner", "plan_flatten", "witnessed_nodes"]
 
 
 def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
@@ -81,7 +40,7 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
     return FlattenPlanner(gd, max_steps).plan()
 
 
-class FlattenPlanner:
+class FlattenPlanner(ForeignPlanning):
     """Plans one structure; :meth:`plan` visits every edge once, in pre-order."""
 
     def __init__(self, gd: GraphDef, max_steps: int) -> None:
@@ -235,15 +194,7 @@ class FlattenPlanner:
             raise Declined(f"non-string attribute names on a {t.__qualname__} node")
         if isinstance(t.graph_invisible_attrs, str):
             raise Declined("graph_invisible_attrs is a string")  # the walker says how to fix it
-        var = work.obj
-        assert type(var) is str  # a node is always loaded into a local
-        label = path_label(work.path)
-        self.local_of[idx] = var
-        self._type_guard(var, t, label)
-        if idx not in self.witnessed:
-            self._add_distinct(var, t)
-        d = "d" + var
-        self.steps.append(Step("load_dict", dst=d, obj=var))
+        label, d = self._open_node(work, idx, t)
         names, children = spec.keys, spec.children
         # Each invisible name present in the dict is subtracted once (a name listed
         # twice must not hide an extra attribute). The dict must be exactly a dict (the
@@ -255,31 +206,13 @@ class FlattenPlanner:
         # All children are loaded at once (a renamed key is a KeyError: a node_keys miss).
         keys = [self.consts.key(k) for k in names]
         items = self._load_children(d, keys, children, work.path, names, "node_keys", d, True)
-        if self.no_user_code and any(type(c) is StaticEdge for c in children):
-            # A static is read where it is guarded (no local to store and load again); a
-            # renamed key there is a KeyError, a node_keys miss like in the block.
-            self.keyed_statics = True
-            block: Any = self.steps[-1]
-            inline = {w.obj: Item(d, key) for w, key in zip(items, keys, strict=True)
-                      if type(w.edge) is StaticEdge}
-            block.pairs = [pair for pair in block.pairs if pair[0] not in inline]
-            if not block.pairs:
-                self.steps.pop()
-            items = [w._replace(obj=inline[w.obj]) if w.obj in inline else w for w in items]
+        items = self._inline_statics(d, keys, items)
         self.nearest.update((w.obj, idx) for w in items)
         return items
 
-    def _dict_node(self, work: Work, dn: reg.DictNode) -> list[Work]:
-        """A foreign dict-backed node: its ``__dict__`` read as a builtin node's is, its
-        bookkeeping fields guarded, its children under their stored names."""
-        idx = work.edge.index
-        spec = self.gd.table[idx]
-        t = spec.type
-        if dn.fields is None and dn.bookkeeping is not None:
-            raise Declined(f"the bookkeeping of {t.__qualname__} is a function")
-        if dn.hidden_attr is not None and (dn.hidden_attr != "graph_invisible_attrs"
-                                           or type(self.facts.hidden.get(t)) is not tuple):
-            raise Declined(f"the invisible names of {t.__qualname__} are not a tuple")
+    def _open_node(self, work: Work, idx: int, t: type) -> tuple[str, str]:
+        """A node's first steps: its type guard, its place in the distinct set, its dict
+        loaded. Returns its path label and the local holding its dict."""
         var = work.obj
         assert type(var) is str  # a node is always loaded into a local
         label = path_label(work.path)
@@ -289,95 +222,22 @@ class FlattenPlanner:
             self._add_distinct(var, t)
         d = "d" + var
         self.steps.append(Step("load_dict", dst=d, obj=var))
-        self.steps.append(Step("guard_type", obj=d, cls=self.consts.bind(dict, "T"), label=label))
-        stored = [dn.stored_key(k) for k in spec.keys]
-        hidden = sorted(dn.hidden) + list(dict.fromkeys(self.facts.hidden.get(t, ())))
-        hidden = [h for h in dict.fromkeys(hidden) if h not in stored]
-        self.steps.append(Step("guard_node_len", obj=d, n=len(stored),
-                               hidden=[self.consts.key(h) for h in hidden], label=label))
-        if dn.fields is not None:
-            # The bookkeeping, as the metadata of the spec: a renamed or missing field is a
-            # KeyError, a node_keys miss; a changed one a metadata miss.
-            self.keyed_statics = True
-            for i, (f, value) in enumerate(zip(dn.fields, spec.meta, strict=True)):
-                local = f"bk{idx}_{i}"
-                self.steps.append(Step("load_field", dst=local, obj=d, key=self.consts.key(f.name),
-                                       attr=self.consts.attr(f.attr) if f.attr is not None else ""))
-                mode = "value" if f.equal else _match_mode(value, value_sig(value))
-                self.steps.append(Step("guard_field", obj=local, cls=self.consts.bind(type(value), "T"),
-                                       const=self.consts.bind(value, "C"), mode=mode,
-                                       label=f"{label}:{f.name}" + (f".{f.attr}" if f.attr else "")))
-        keys = [self.consts.key(k) for k in stored]
-        items = self._load_children(d, keys, spec.children, work.path, spec.keys, "node_keys", d, True)
-        data = dn.data_keys(t, spec.meta) if dn.data_keys is not None else None
-        if data is not None:
-            if dn.static_arrays:
-                raise Declined(f"{t.__qualname__} declares both data attributes and static arrays")
-            items = [w._replace(data=True) if type(w.edge) is ArrayEdge and k in data else w
-                     for w, k in zip(items, stored, strict=True)]
-        if self.no_user_code and any(type(c) is StaticEdge for c in spec.children):
-            self.keyed_statics = True
-            block = self.steps[-1]
-            inline = {w.obj: Item(d, key) for w, key in zip(items, keys, strict=True)
-                      if type(w.edge) is StaticEdge}
-            block.pairs = [pair for pair in block.pairs if pair[0] not in inline]
-            if not block.pairs:
-                self.steps.pop()
-            items = [w._replace(obj=inline[w.obj]) if w.obj in inline else w for w in items]
-        if dn.check_write is not None and any(type(c) is ArrayEdge for c in spec.children):
-            # The update writes into this node: only at its trace level (NNX's rule).
-            if dn.token is None or not dn.token_path:
-                raise Declined(f"writes into {t.__qualname__} nodes need a trace token")
-            self._token_check(d, self.consts.key(dn.token_path[0]), dn.token_path[1:], dn.token, label)
-        self.nearest.update((w.obj, idx) for w in items)
-        return items
+        return label, d
 
-    def _token_check(self, obj: str, key: Literal | str | None, attrs: tuple[str, ...], token: Any,
-                     label: str) -> None:
-        """Before the update writes into ``obj``: the attributes lead to this call's token."""
-        if self._token is None:
-            self._token = "tok"
-            self.checks.insert(0, Step("token_now", dst=self._token, fn=self.consts.bind(token, "F")))
-        self.checks.append(Step("guard_token", obj=obj, key=key if key is not None else "",
-                                attrs=[self.consts.attr(a) for a in attrs], token=self._token, label=label))
-
-    def _foreign_state(self, work: Work, simpl: reg.StateImpl) -> list[Work]:
-        """A foreign state through its layout: slot reads, the metadata dict item by item,
-        writes through the slot descriptor once the trace token matched."""
-        spec = self.gd.table[work.edge.index]
-        t = spec.type
-        lay = simpl.layout
-        if lay is None or not lay.plain(t) or not lay.specializable(spec.metadata):
-            raise Declined(f"state type {t.__qualname__} has no layout generated code can use")
-        self.facts.require_absent(t, (*lay.overridable, "__getattribute__"),
-                                  classes=list(t.__mro__[: t.__mro__.index(lay.base)]))
-        var = work.obj
-        assert type(var) is str
-        label = path_label(work.path)
-        self.local_of[spec.index] = var
-        self._type_guard(var, t, label)
-        md = f"md{spec.index}"
-        self.steps.append(Step("guard_meta_dict", dst=md, obj=var, attr=self.consts.attr(lay.metadata),
-                               n=len(spec.metadata)))
-        for (k, value), sig in zip(spec.metadata, spec.metasig, strict=True):
-            self.steps.append(Step("guard_meta_item", obj=md, key=self.consts.key(k),
-                                   cls=self.consts.bind(type(value), "T"), const=self.consts.bind(value, "C"),
-                                   mode=_match_mode(value, sig)))
-        self._add_distinct(var, t)
-        attr = self.consts.attr(lay.value)
-        if self.no_user_code:
-            self.values[spec.slot] = StateValue(var, attr)
-        else:
-            v = f"v{spec.slot}"
-            self.steps.append(Step("read_value", dst=v, obj=var, attr=attr))
-            self.values[spec.slot] = v
-        if lay.token is not None:
-            self._token_check(var, None, lay.token_path, lay.token, label)
-        else:
-            raise Declined(f"writes into {t.__qualname__} need a trace token")
-        setter = self.consts.bind(lay.setter(lay.value), "F")
-        self.state_writes.append(Step("write_slot", obj=var, setter=setter, slot=spec.slot, label=label))
-        return []
+    def _inline_statics(self, d: str, keys: list[Literal | str], items: list[Work]) -> list[Work]:
+        """Where no user code can run, a node's statics are read where they are guarded
+        (no local to store and load again): they leave the load block just emitted, and
+        a renamed key there is a KeyError, a node_keys miss like in the block."""
+        if not self.no_user_code or not any(type(w.edge) is StaticEdge for w in items):
+            return items
+        self.keyed_statics = True
+        block: Any = self.steps[-1]
+        inline = {w.obj: Item(d, key) for w, key in zip(items, keys, strict=True)
+                  if type(w.edge) is StaticEdge}
+        block.pairs = [pair for pair in block.pairs if pair[0] not in inline]
+        if not block.pairs:
+            self.steps.pop()
+        return [w._replace(obj=inline[w.obj]) if w.obj in inline else w for w in items]
 
     def _state(self, work: Work) -> list[Work]:
         spec = self.gd.table[work.edge.index]
@@ -489,18 +349,6 @@ class FlattenPlanner:
             self.steps.append(Step("unpack_seq", obj=var, dsts=[dst for dst, _ in block.pairs], label=label))
         self.nearest.update((w.obj, self.nearest[var]) for w in items)
         return items
-
-
-def _match_mode(value: Any, sig: Any) -> str:
-    """How a generated guard matches ``value`` (a metadata item or bookkeeping field):
-    ``"is"`` the very object (a singleton, or an object that may be equal yet
-    distinguishable), ``"value"`` same type and ``==`` (a scalar value type), ``"same"``
-    item by item (a float zero, a tuple of values)."""
-    if value is None or type(value) is bool or not is_value_sig(sig):
-        return "is"
-    if isinstance(sig, type) and not may_be_nan(value):
-        return "value"
-    return "same"
 
 
 def witnessed_nodes(table: tuple) -> set[int]:

@@ -18,9 +18,9 @@ from typing import Any
 from .. import _registry as reg
 from .._ir import ArrayConstant, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge
 from .classfacts import ClassFacts, attribute_stores_ok, defines, unflatten_runs_no_user_code
-from .flatten_plan import Declined
 from .naming import Constants, Literal, path_label
 from .ops import Step
+from .planning import Declined
 
 __all__ = ["StaticReads", "UnflattenPlan", "plan_unflatten"]
 

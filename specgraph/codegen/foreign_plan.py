@@ -1,0 +1,138 @@
+"""Planning for foreign classes: dict-backed node classes and states with a layout.
+
+A registered dict-backed node class (NNX Pytrees, BrainState Nodes) is read as a
+specgraph ``Node`` is, plus its bookkeeping fields; a foreign state with a
+``StateLayout`` (NNX Variables) is read and written through its slots. Both are
+:class:`ForeignPlanning` methods of the flatten planner.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import _registry as reg
+from .._ir import ArrayEdge
+from .._sameness import match_mode, value_sig
+from .naming import Literal, StateValue, path_label
+from .ops import Step
+from .planning import Declined, Work
+
+__all__ = ["ForeignPlanning"]
+
+
+class ForeignPlanning:
+    """The flatten planner's methods for foreign classes (mixed into ``FlattenPlanner``)."""
+
+    # What the planner provides (see FlattenPlanner).
+    gd: Any
+    consts: Any
+    steps: list[Step]
+    checks: list[Step]
+    state_writes: list[Step]
+    values: list[Any]
+    facts: Any
+    local_of: dict[int, str]
+    witnessed: set[int]
+    nearest: dict[Any, int]
+    no_user_code: bool
+    keyed_statics: bool
+    _token: str | None
+    _type_guard: Any
+    _add_distinct: Any
+    _load_children: Any
+    _inline_statics: Any
+    _open_node: Any
+
+    def _dict_node(self, work: Work, dn: reg.DictNode) -> list[Work]:
+        """A foreign dict-backed node: its ``__dict__`` read as a builtin node's is, its
+        bookkeeping fields guarded, its children under their stored names."""
+        idx = work.edge.index
+        spec = self.gd.table[idx]
+        t = spec.type
+        if dn.fields is None and dn.bookkeeping is not None:
+            raise Declined(f"the bookkeeping of {t.__qualname__} is a function")
+        if dn.hidden_attr is not None and (dn.hidden_attr != "graph_invisible_attrs"
+                                           or type(self.facts.hidden.get(t)) is not tuple):
+            raise Declined(f"the invisible names of {t.__qualname__} are not a tuple")
+        label, d = self._open_node(work, idx, t)
+        self.steps.append(Step("guard_type", obj=d, cls=self.consts.bind(dict, "T"), label=label))
+        stored = [dn.stored_key(k) for k in spec.keys]
+        hidden = sorted(dn.hidden) + list(dict.fromkeys(self.facts.hidden.get(t, ())))
+        hidden = [h for h in dict.fromkeys(hidden) if h not in stored]
+        self.steps.append(Step("guard_node_len", obj=d, n=len(stored),
+                               hidden=[self.consts.key(h) for h in hidden], label=label))
+        if dn.fields is not None:
+            # The bookkeeping, as the metadata of the spec: a renamed or missing field is a
+            # KeyError, a node_keys miss; a changed one a metadata miss.
+            self.keyed_statics = True
+            for i, (f, value) in enumerate(zip(dn.fields, spec.meta, strict=True)):
+                local = f"bk{idx}_{i}"
+                self.steps.append(Step("load_field", dst=local, obj=d, key=self.consts.key(f.name),
+                                       attr=self.consts.attr(f.attr) if f.attr is not None else ""))
+                mode = "value" if f.equal else match_mode(value, value_sig(value))
+                self.steps.append(Step("guard_field", obj=local, cls=self.consts.bind(type(value), "T"),
+                                       const=self.consts.bind(value, "C"), mode=mode,
+                                       label=f"{label}:{f.name}" + (f".{f.attr}" if f.attr else "")))
+        keys = [self.consts.key(k) for k in stored]
+        items = self._load_children(d, keys, spec.children, work.path, spec.keys, "node_keys", d, True)
+        data = dn.data_keys(t, spec.meta) if dn.data_keys is not None else None
+        if data is not None:
+            if dn.static_arrays:
+                raise Declined(f"{t.__qualname__} declares both data attributes and static arrays")
+            items = [w._replace(data=True) if type(w.edge) is ArrayEdge and k in data else w
+                     for w, k in zip(items, stored, strict=True)]
+        items = self._inline_statics(d, keys, items)
+        if dn.check_write is not None and any(type(c) is ArrayEdge for c in spec.children):
+            # The update writes into this node: only at its trace level (NNX's rule).
+            if dn.token is None or not dn.token_path:
+                raise Declined(f"writes into {t.__qualname__} nodes need a trace token")
+            self._token_check(d, self.consts.key(dn.token_path[0]), dn.token_path[1:], dn.token, label)
+        self.nearest.update((w.obj, idx) for w in items)
+        return items
+
+    def _token_check(self, obj: str, key: Literal | str | None, attrs: tuple[str, ...], token: Any,
+                     label: str) -> None:
+        """Before the update writes into ``obj``: the attributes lead to this call's token."""
+        if self._token is None:
+            self._token = "tok"
+            self.checks.insert(0, Step("token_now", dst=self._token, fn=self.consts.bind(token, "F")))
+        self.checks.append(Step("guard_token", obj=obj, key=key if key is not None else "",
+                                attrs=[self.consts.attr(a) for a in attrs], token=self._token, label=label))
+
+    def _foreign_state(self, work: Work, simpl: reg.StateImpl) -> list[Work]:
+        """A foreign state through its layout: slot reads, the metadata dict item by item,
+        writes through the slot descriptor once the trace token matched."""
+        spec = self.gd.table[work.edge.index]
+        t = spec.type
+        lay = simpl.layout
+        if lay is None or not lay.plain(t) or not lay.specializable(spec.metadata):
+            raise Declined(f"state type {t.__qualname__} has no layout generated code can use")
+        self.facts.require_absent(t, (*lay.overridable, "__getattribute__"),
+                                  classes=list(t.__mro__[: t.__mro__.index(lay.base)]))
+        var = work.obj
+        assert type(var) is str
+        label = path_label(work.path)
+        self.local_of[spec.index] = var
+        self._type_guard(var, t, label)
+        md = f"md{spec.index}"
+        self.steps.append(Step("guard_meta_dict", dst=md, obj=var, attr=self.consts.attr(lay.metadata),
+                               n=len(spec.metadata)))
+        for (k, value), sig in zip(spec.metadata, spec.metasig, strict=True):
+            self.steps.append(Step("guard_meta_item", obj=md, key=self.consts.key(k),
+                                   cls=self.consts.bind(type(value), "T"), const=self.consts.bind(value, "C"),
+                                   mode=match_mode(value, sig)))
+        self._add_distinct(var, t)
+        attr = self.consts.attr(lay.value)
+        if self.no_user_code:
+            self.values[spec.slot] = StateValue(var, attr)
+        else:
+            v = f"v{spec.slot}"
+            self.steps.append(Step("read_value", dst=v, obj=var, attr=attr))
+            self.values[spec.slot] = v
+        if lay.token is not None:
+            self._token_check(var, None, lay.token_path, lay.token, label)
+        else:
+            raise Declined(f"writes into {t.__qualname__} need a trace token")
+        setter = self.consts.bind(lay.setter(lay.value), "F")
+        self.state_writes.append(Step("write_slot", obj=var, setter=setter, slot=spec.slot, label=label))
+        return []

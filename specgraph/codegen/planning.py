@@ -1,0 +1,55 @@
+"""What the planners share and produce: the flatten plan, its work items, and ``Declined``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from .._ir import GraphDef
+from .classfacts import ClassFacts
+from .naming import Constants, Literal, Operand
+from .ops import Step
+
+__all__ = ["Declined", "FlattenPlan", "Work"]
+
+
+class Declined(Exception):
+    """This structure is not specialized (unsupported edge kind or too large)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class FlattenPlan:
+    """What the flatten, update and collect functions of one structure do."""
+
+    graphdef: GraphDef
+    consts: Constants
+    steps: list[Step]  # class guards, then guards + loads in pre-order
+    values: list[Operand]  # per value slot: what the values list holds
+    checks: list[Step]  # update: leaves that have no mutable owner must be left as they are
+    writes: list[Step]  # update: new values into states, then into array leaves' owners
+    distinct: list[tuple[str, bool]]  # (local, by id()) that must be pairwise distinct
+    objects: list[str]  # local name per table index (the defining occurrence)
+    epoch: int
+    counts: dict[str, int]  # guard kind -> number of guards of that kind
+    facts: ClassFacts  # what the class guards check
+    keyed_statics: bool = False  # a KeyError outside the load blocks is a node_keys miss
+
+
+class Work(NamedTuple):
+    """An edge to plan: the operand holding its object, its path, and where it lives
+    (``owner[key]``, for the update's writes; ``mutable`` when it can be written).
+
+    The path is a link ``(parent_link, key)`` (``None`` at the root): a tuple per work
+    item would cost O(depth) each, O(depth²) on a deep chain."""
+
+    edge: Any
+    obj: Operand
+    path: Any
+    owner: str | None
+    key: Literal | str
+    mutable: bool
+    data: bool = False  # a child of a dict-backed node whose plain values may be dynamic leaves
