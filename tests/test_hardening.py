@@ -5,9 +5,13 @@ the specialized path, and demands the reference's answer.
 
 from __future__ import annotations
 
+import functools
+import gc
+import weakref
 from collections import Counter, defaultdict
 from typing import Any
 
+import jax
 import numpy as np
 import pytest
 from conftest import assert_same_flatten
@@ -198,3 +202,104 @@ def test_deep_chain_comments_and_explain_stay_short(impl) -> None:
     assert "lines not shown" in text
     full = sg.explain(gd, max_lines=None)
     assert var.sources["flatten"].splitlines()[-1] in full and len(full) > 10 * len(text)
+
+
+# -- item 8: no cache keeps a user node alive, not even through a static --------------------
+
+
+class Head(sg.Node):
+    def __init__(self) -> None:
+        self.w = sg.Param(np.ones(3))
+        self.arr = np.zeros(4)
+
+    def score(self, x: Any) -> Any:
+        return x
+
+
+def _closure_over(node: Any) -> Any:
+    return lambda x: node.score(x)
+
+
+def _apply(node: Any, x: Any) -> Any:
+    return node.score(x)
+
+
+def with_static(kind: str) -> Box:
+    m = Box(head=Head(), k=3)
+    head = m.head
+    if kind == "bound_method":
+        m.cb = head.score
+    elif kind == "closure":
+        m.cb = _closure_over(head)
+    elif kind == "partial":
+        m.cb = functools.partial(_apply, head)
+    elif kind == "tuple":  # not weakly referenceable: the structure is never cached
+        m.cb = (head.score, 1)
+    return m
+
+
+@pytest.mark.parametrize("kind", ["bound_method", "closure", "partial", "tuple"])
+def test_a_static_that_reaches_a_node_does_not_keep_it_alive(impl, kind: str) -> None:
+    m = with_static(kind)
+    ref = sg.generic.flatten(m)
+    gd, sm = impl.flatten(m)
+    assert_same_flatten((gd, sm), ref)
+    impl.update(m, sm)
+    clone = impl.unflatten(gd, sm)
+    assert clone.cb is m.cb  # a static comes back as it is
+    assert list(sg.states(m).keys()) == [("head", "w")]
+    assert list(sg.states(m).keys()) == [("head", "w")]
+    info = sg.cache_info()
+    if kind == "tuple":
+        assert info["compiled_variants"] == 0 and info["compiled_unflattens"] == 0
+    else:  # the structure is cached while the node lives
+        assert info["compiled_variants"] == 1 and info["walk_hits"] >= 1
+        if impl.name == "specialized":
+            assert info["hits"] >= 1 and info["compiled_unflattens"] == 1 and info["unflatten_hits"] >= 1
+            assert "R0() or " in dispatch.variant_for(gd).sources["flatten"]  # the weak guard
+    alive = [weakref.ref(m.head), weakref.ref(m.head.w), weakref.ref(m.head.arr)]
+    del m, gd, sm, ref, clone
+    gc.collect()
+    assert [r() for r in alive] == [None, None, None], "a cache kept the node and its arrays alive"
+    info = sg.cache_info()
+    assert info["compiled_variants"] == 0 and info["compiled_unflattens"] == 0  # dead structures dropped
+
+
+def test_a_weakly_held_structure_makes_its_graphdef_again_when_dropped() -> None:
+    m = with_static("bound_method")
+    warm(m)
+    hits = sg.cache_info()["hits"]
+    gd, sm = sg.flatten(m)  # the first GraphDef is gone: made again from the cache key
+    assert sg.cache_info()["hits"] == hits + 1
+    assert_same_flatten((gd, sm), sg.generic.flatten(m))
+    assert sg.generic.flatten(m)[0] == gd
+    (cb,) = [e.value for e in gd.table[0].children if type(e).__name__ == "StaticEdge" and callable(e.value)]
+    assert cb is m.cb
+    assert sg.flatten(m)[0] is gd  # kept while the user holds it
+    assert sg.unflatten(gd, sm).cb is m.cb
+
+
+def test_models_made_and_dropped_do_not_make_their_type_megamorphic() -> None:
+    # Each model's bound method is its own structure; a dropped model's variant goes
+    # with it instead of filling the type's variant slots for good.
+    for _ in range(3 * 8):
+        m = with_static("bound_method")
+        warm(m)
+        del m
+        gc.collect()
+    m = with_static("bound_method")
+    warm(m)
+    info = sg.cache_info()
+    assert info["megamorphic_types"] == [] and info["compiled_variants"] == 1
+    hits = info["hits"]
+    assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
+    assert sg.cache_info()["hits"] == hits + 1
+
+
+def test_statics_that_reach_no_user_data_keep_the_identity_guard() -> None:
+    m = Box(w=sg.Param(np.ones(2)), act=jax.nn.relu, fn=_apply, kind=type, nums=(1, 2.0))
+    warm(m)
+    gd, _ = sg.flatten(m)
+    source = dispatch.variant_for(gd).sources["flatten"]
+    assert "R0" not in source and " is not C0" in source
+    assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))

@@ -26,7 +26,7 @@ DUMMY: dict[str, Any] = {
     "dsts": ["x4", "x5"], "label": "a.b", "treedef": "td1", "n": 2, "hidden": [Literal("h")],
     "slot": 0, "key": Literal("k"), "factory": "F0", "meta": "M0", "value": "v0", "items": ["v0", "v1"],
     "labels": ["a"], "setter": "F1", "attr": "attr0", "mode": "value", "fn": "F2", "args": ["v0", "v1"],
-    "attrs": ["attr0", "attr1"], "token": "tok",
+    "attrs": ["attr0", "attr1"], "token": "tok", "ref": "R0",
 }
 
 #: The update's checks (before any write), rendered with the update's writes.

@@ -114,7 +114,7 @@ class ClassFacts:
         """Whether every fact still holds (the dispatcher's staleness test)."""
         return all(t.__mro__ is mro for t, mro in self.mro.items()) and not any(
             n in vars(k) for k, names in self.absent.items() for n in names) and all(
-            t.graph_invisible_attrs == h for t, h in self.hidden.items())
+            getattr(t, "graph_invisible_attrs", ()) == h for t, h in self.hidden.items())
 
 
 def _std_dict(t: type) -> bool:

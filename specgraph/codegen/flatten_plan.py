@@ -26,6 +26,7 @@ from .._ir import (
     treedef_type,
 )
 from .._sameness import aux_data, is_value_sig, may_be_nan
+from .._weakstatic import WeakStatic
 from .classfacts import ClassFacts, defines, flatten_runs_no_user_code
 from .foreign_plan import ForeignPlanning
 from .naming import Constants, Item, Literal, Operand, StateValue, path_label, static_note
@@ -288,6 +289,13 @@ class FlattenPlanner(ForeignPlanning):
     def _static(self, work: Work) -> list[Work]:
         edge = work.edge
         sig = edge.sig
+        if type(edge.value) is WeakStatic:
+            # A static that reaches user data (a bound method, an array kept as a static,
+            # ...), held weakly by the cache key this plan is made from: the very object,
+            # or a miss (dead: None).
+            ref = self.consts.bind(edge.value.ref, "R")
+            self.steps.append(Step("guard_static_weak", obj=work.obj, ref=ref, label=path_label(work.path)))
+            return []
         if sig is ArrayConstant:  # a bare array kept as a static: the very same array
             const = self.consts.bind(edge.value.array, "C")
             self.steps.append(Step("guard_static_is", obj=work.obj, const=const, label=path_label(work.path)))

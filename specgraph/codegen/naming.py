@@ -154,7 +154,7 @@ def path_label(link: Any) -> str:
 
     ``link`` is ``None`` (the root) or ``(parent_link, key)``.
     """
-    out = []
+    out: list[str] = []
     while link is not None and len(out) < _LABEL_KEYS:
         link, k = link
         if type(k) is str:

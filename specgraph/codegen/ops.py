@@ -91,6 +91,7 @@ OPS: dict[str, Op] = {
     "guard_static": Op(_F, ("obj", "cls", "const", "label"), "static"),
     "guard_static_nan": Op(_F, ("obj", "cls", "const", "label"), "static"),
     "guard_static_is": Op(_F, ("obj", "const", "label"), "static"),
+    "guard_static_weak": Op(_F, ("obj", "ref", "label"), "static"),
     "guard_static_same": Op(_F, ("obj", "const", "label"), "static"),
     "guard_no_meta": Op(_F, ("obj",), "metadata"),
     "guard_meta": Op(_F, ("obj", "expected", "sig"), "metadata"),

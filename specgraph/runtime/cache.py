@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 from .._ir import GraphDef, PathTable
+from .._weakstatic import strong_graphdef
 
-__all__ = ["Config", "CONFIG", "StructureStats", "Variant", "TypeEntry", "UnflattenEntry", "LOCK"]
+__all__ = ["Config", "CONFIG", "StructureStats", "Variant", "WeakVariant", "TypeEntry", "UnflattenEntry", "LOCK"]
 
 LOCK = threading.RLock()
 
@@ -47,6 +49,16 @@ class StructureStats:
     compile_seconds: float = 0.0
     declined: str | None = None
 
+    def absorb(self, other: StructureStats) -> None:
+        """Add ``other``'s counters to these."""
+        self.hits += other.hits
+        self.update_hits += other.update_hits
+        self.walk_hits += other.walk_hits
+        self.unflatten_hits += other.unflatten_hits
+        self.misses.update(other.misses)
+        self.fallbacks += other.fallbacks
+        self.compile_seconds += other.compile_seconds
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "hits": self.hits,
@@ -61,14 +73,20 @@ class StructureStats:
 
 
 class Variant:
-    """One specialized structure of a root type: its flatten, update and collect functions."""
+    """One specialized structure of a root type: its flatten, update and collect functions.
 
-    __slots__ = ("_paths", "collect", "flatten", "graphdef", "links", "plan", "sources", "stats", "table",
-                 "update")
+    ``key`` is what the caches hold for the structure (see ``_weakstatic.cache_key``);
+    ``graphdef`` is what a hit returns. They are one object unless a static reaches user
+    data: then see :class:`WeakVariant`.
+    """
 
-    def __init__(self, graphdef: GraphDef, flatten: Any, update: Any, stats: StructureStats,
+    __slots__ = ("_paths", "collect", "flatten", "graphdef", "key", "links", "plan", "sources", "stats",
+                 "table", "update")
+
+    def __init__(self, key: GraphDef, graphdef: GraphDef, flatten: Any, update: Any, stats: StructureStats,
                  sources: dict[str, str], plan: Any, links: tuple) -> None:
-        self.graphdef = graphdef
+        self.key = key
+        self._hold(graphdef)
         self.table: PathTable = graphdef.pathtable
         self.flatten = flatten
         self.update = update
@@ -88,6 +106,28 @@ class Variant:
 
             p = self._paths = tuple(materialize(link) for link in self.links)
         return p
+
+    def _hold(self, graphdef: GraphDef) -> None:
+        self.graphdef = graphdef
+
+
+class WeakVariant(Variant):
+    """A variant whose structure has statics held weakly (a bound method, a closure over a
+    node, ...): it keeps the ``GraphDef`` it returns only while someone else does, and
+    makes it again from ``key`` when needed (the guards just saw every static alive)."""
+
+    __slots__ = ("_ref",)
+
+    def _hold(self, graphdef: GraphDef) -> None:
+        self._ref = weakref.ref(graphdef)
+
+    @property
+    def graphdef(self) -> GraphDef:  # type: ignore[override]
+        gd = self._ref()
+        if gd is None:
+            gd = strong_graphdef(self.key)
+            self._ref = weakref.ref(gd)
+        return gd
 
 
 class TypeEntry:

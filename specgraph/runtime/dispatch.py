@@ -21,11 +21,12 @@ from .. import codegen
 from .._ir import GraphDef
 from .._resolve import resolve_all, resolve_partial
 from .._statemap import StateMap
+from .._weakstatic import cache_key, take_dead
 from ..codegen import MISS
 from ..generic._flatten import Walk, walk
 from ..generic._unflatten import build
 from ..generic._update import apply_update
-from .cache import CONFIG, LOCK, StructureStats, TypeEntry, UnflattenEntry, Variant
+from .cache import CONFIG, LOCK, StructureStats, TypeEntry, UnflattenEntry, Variant, WeakVariant
 
 __all__ = [
     "flatten",
@@ -41,7 +42,11 @@ __all__ = [
 _types: dict[type, TypeEntry] = {}
 _Root = TypeVar("_Root")  # the root type a GraphDef carries (for type checkers)
 
+# Every cache below holds a structure by its cache key (see _weakstatic.cache_key): the
+# GraphDef itself, or a twin that holds weakly the statics that reach user data (a bound
+# method, a closure over a node): the caches keep no user node alive.
 _stats: dict[GraphDef, StructureStats] = {}
+_retired = StructureStats()  # the counters of structures dropped when a static died
 # GraphDef -> its compiled unflatten (with the plan, which knows where its statics sit in a
 # GraphDef), or None when declined
 _unflat: dict[GraphDef, codegen.Built | None] = {}
@@ -114,6 +119,7 @@ def _observe(t: type, w: Walk, entry: TypeEntry | None) -> None:
 
 def _observe_structure(t: type, w: Walk, entry: TypeEntry | None) -> None:
     gd = w.graphdef
+    _drop_dead()
     if entry is None:
         with LOCK:
             entry = _types.get(t)
@@ -132,7 +138,7 @@ def _observe_structure(t: type, w: Walk, entry: TypeEntry | None) -> None:
     except TypeError:
         return  # an unhashable static: nothing to key a specialization on
     for var in entry.variants:
-        if var.graphdef == gd:  # equal structure, but a guard refused (e.g. a NaN static)
+        if var.key == gd:  # equal structure, but a guard refused (e.g. a NaN static)
             # Compiled before a registration, or a class has since gained a hook the code
             # relied on it lacking or changed its graph_invisible_attrs: replace it.
             if var.plan.epoch != reg.registry_epoch() or not var.plan.facts.hold():
@@ -144,12 +150,15 @@ def _observe_structure(t: type, w: Walk, entry: TypeEntry | None) -> None:
             return
     if gd in entry.declined:
         return
+    key = cache_key(gd)
+    if key is None:  # a static reaches user data and cannot be held weakly: never cached
+        return
     with LOCK:
-        if entry.megamorphic or any(v.graphdef == gd for v in entry.variants):
+        if entry.megamorphic or any(v.key == gd for v in entry.variants):
             return  # another thread got here first: never compile one structure twice
         n = entry.seen.get(gd, 0) + 1
         if n < CONFIG.threshold:
-            entry.seen[gd] = n
+            entry.seen[key] = n
             if len(entry.seen) > _BOUND:
                 entry.seen.pop(next(iter(entry.seen)))
             return
@@ -161,25 +170,28 @@ def _observe_structure(t: type, w: Walk, entry: TypeEntry | None) -> None:
             entry.seen.clear()
             _totals["megamorphic_types"] += 1
             return
-        new = _compile_variant(gd, entry, tuple(w.links))
+        new = _compile_variant(key, gd, entry, tuple(w.links))
         if new is not None:
             entry.variants = (new, *entry.variants)
 
 
-def _compile_variant(gd: GraphDef, entry: TypeEntry, links: tuple) -> Variant | None:
-    stats = _stats_for(gd)
+def _compile_variant(key: GraphDef, gd: GraphDef, entry: TypeEntry, links: tuple) -> Variant | None:
+    """Compile the structure ``gd`` from its cache ``key`` (the plan binds no static the
+    key holds weakly)."""
+    stats = _stats_for(gd, key)
     try:
-        f = codegen.build("flatten", gd, max_steps=CONFIG.max_steps, disabled=_disabled_guards)
-        u = codegen.build("update", gd, max_steps=CONFIG.max_steps, plan=f.plan, disabled=_disabled_guards)
+        f = codegen.build("flatten", key, max_steps=CONFIG.max_steps, disabled=_disabled_guards)
+        u = codegen.build("update", key, max_steps=CONFIG.max_steps, plan=f.plan, disabled=_disabled_guards)
     except codegen.Declined as e:
-        _decline(entry, gd, stats, e.reason)
+        _decline(entry, key, stats, e.reason)
         return None
     except Exception as e:  # a bug or a hostile object: never an error for the user
-        _compile_failed(entry, gd, stats, e)
+        _compile_failed(entry, key, stats, e)
         return None
     stats.compile_seconds += f.seconds + u.seconds
     assert isinstance(f.plan, codegen.FlattenPlan)
-    return Variant(gd, f.fn, u.fn, stats, {"flatten": f.source, "update": u.source}, f.plan, links)
+    cls = Variant if key is gd else WeakVariant
+    return cls(key, gd, f.fn, u.fn, stats, {"flatten": f.source, "update": u.source}, f.plan, links)
 
 
 def _decline(entry: TypeEntry, gd: GraphDef, stats: StructureStats, reason: str) -> None:
@@ -230,13 +242,13 @@ def _compile_collect(var: Variant) -> Any:
     with LOCK:
         if var.collect is None:
             try:
-                built = codegen.build("collect", var.graphdef, max_steps=CONFIG.max_steps, plan=var.plan,
+                built = codegen.build("collect", var.key, max_steps=CONFIG.max_steps, plan=var.plan,
                                       disabled=_disabled_guards)
                 var.collect = built.fn
                 var.sources["collect"] = built.source
             except Exception as e:  # never an error for the user: the generic walker serves it
                 _totals["compile_failures"] += 1
-                warnings.warn(f"specgraph could not specialize a walk of {var.graphdef.type.__qualname__} "
+                warnings.warn(f"specgraph could not specialize a walk of {var.key.type.__qualname__} "
                               f"({type(e).__name__}: {e})", RuntimeWarning, stacklevel=4)
                 var.collect = _refuse
         return var.collect
@@ -327,18 +339,24 @@ def _unflatten_entry(gd: GraphDef) -> UnflattenEntry | None:
         rt = _unflatten_rt(gd, epoch, _unflat[gd], _stats_for(gd))
         object.__setattr__(gd, "_rt", rt)
         return rt
+    _drop_dead()
+    key = cache_key(gd)
+    if key is None:  # a static reaches user data and cannot be held weakly: never cached
+        rt = UnflattenEntry(epoch, None, StructureStats(), ())
+        object.__setattr__(gd, "_rt", rt)
+        return rt
     with LOCK:
         n = _unflat_seen.get(gd, 0) + 1
         if n <= CONFIG.threshold:
-            _unflat_seen[gd] = n
+            _unflat_seen[key] = n
             if len(_unflat_seen) > _BOUND:
                 _unflat_seen.pop(next(iter(_unflat_seen)))
             return None
         _unflat_seen.pop(gd, None)
-        stats = _stats_for(gd)
+        stats = _stats_for(gd, key)
         compiled = None
         try:
-            compiled = codegen.build("unflatten", gd, max_steps=CONFIG.max_steps, disabled=_disabled_guards)
+            compiled = codegen.build("unflatten", key, max_steps=CONFIG.max_steps, disabled=_disabled_guards)
             stats.compile_seconds += compiled.seconds
         except codegen.Declined as e:
             stats.declined = e.reason
@@ -350,7 +368,7 @@ def _unflatten_entry(gd: GraphDef) -> UnflattenEntry | None:
                 RuntimeWarning,
                 stacklevel=5,
             )
-        _unflat[gd] = compiled
+        _unflat[key] = compiled
         if len(_unflat) > 4 * _BOUND:
             dropped = _unflat.pop(next(iter(_unflat)))
             if dropped is not None:
@@ -430,15 +448,43 @@ def _forget_variants(variants: tuple[Variant, ...]) -> None:
         codegen.forget(var.flatten, var.update, var.collect)
 
 
-def _stats_for(gd: GraphDef) -> StructureStats:
-    """The counters of ``gd``, created on first use (the table is bounded)."""
+def _stats_for(gd: GraphDef, key: GraphDef | None = None) -> StructureStats:
+    """The counters of structure ``gd``, created on first use under its cache ``key``
+    (made here when not given; the table is bounded)."""
     with LOCK:  # cache_info iterates _stats under the lock
         st = _stats.get(gd)
         if st is None:
+            key = cache_key(gd) if key is None else key
+            if key is None:
+                return StructureStats()  # never cached: counted nowhere
             if len(_stats) >= 4 * _BOUND:
                 _stats.pop(next(iter(_stats)))
-            st = _stats[gd] = StructureStats()
+            st = _stats[key] = StructureStats()
         return st
+
+
+def _drop_dead() -> None:
+    """Drop from every cache the structures one of whose weakly held statics died: they
+    can never match again (their counters go on counting in cache_info)."""
+    dead = take_dead()
+    if not dead:
+        return
+    with LOCK:
+        for key in dead:
+            for entry in _types.values():
+                gone = tuple(v for v in entry.variants if v.key is key)
+                if gone:
+                    entry.variants = tuple(v for v in entry.variants if v.key is not key)
+                    _forget_variants(gone)
+                entry.seen.pop(key, None)
+                entry.declined.pop(key, None)
+            st = _stats.pop(key, None)
+            if st is not None:
+                _retired.absorb(st)
+            compiled = _unflat.pop(key, None)
+            if compiled is not None:
+                codegen.forget(compiled.fn)
+            _unflat_seen.pop(key, None)
 
 
 def clear_cache() -> None:
@@ -449,6 +495,8 @@ def clear_cache() -> None:
         _stats.clear()
         _unflat.clear()
         _unflat_seen.clear()
+        take_dead()
+        _retired.__init__()  # type: ignore[misc]
         for k in _totals:
             _totals[k] = 0
         reg.clear_classification_cache()
@@ -456,11 +504,12 @@ def clear_cache() -> None:
 
 def cache_info() -> dict[str, Any]:
     """Counters: hits, guard misses by guard kind, fallbacks, compiled variants, ..."""
+    _drop_dead()
     with LOCK:
         misses: dict[str, int] = {}
         hits = update_hits = unflatten_hits = walk_hits = fallbacks = 0
         compile_seconds = 0.0
-        for st in _stats.values():
+        for st in (*_stats.values(), _retired):
             hits += st.hits
             update_hits += st.update_hits
             unflatten_hits += st.unflatten_hits
@@ -498,7 +547,7 @@ def variant_for(gd: GraphDef) -> Variant | None:
     if entry is None:
         return None
     for var in entry.variants:
-        if var.graphdef == gd:
+        if var.key == gd:
             return var
     return None
 
