@@ -303,3 +303,25 @@ def test_statics_that_reach_no_user_data_keep_the_identity_guard() -> None:
     source = dispatch.variant_for(gd).sources["flatten"]
     assert "R0" not in source and " is not C0" in source
     assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
+
+
+def test_an_array_kept_as_a_static_is_held_weakly(impl) -> None:
+    # BrainState's rule: a bare array under one of its nodes is a static (ArrayConstant).
+    bst = pytest.importorskip("brainstate")
+
+    class Norm(bst.graph.Node):
+        def __init__(self) -> None:
+            self.w = sg.Param(np.ones(3))
+            self.eps = np.full((), 1e-5)
+
+    m = Norm()
+    gd, sm = impl.flatten(m)
+    assert_same_flatten((gd, sm), sg.generic.flatten(m))
+    assert impl.unflatten(gd, sm).eps is m.eps
+    if impl.name == "specialized":
+        assert sg.cache_info()["hits"] >= 1
+        assert "R0() or " in dispatch.variant_for(gd).sources["flatten"]
+    alive = weakref.ref(m.eps)
+    del m, gd, sm
+    gc.collect()
+    assert alive() is None

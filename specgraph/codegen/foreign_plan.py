@@ -55,7 +55,6 @@ class ForeignPlanning:
                                            or type(self.facts.hidden.get(t)) is not tuple):
             raise Declined(f"the invisible names of {t.__qualname__} are not a tuple")
         label, d = self._open_node(work, idx, t)
-        self.steps.append(Step("guard_type", obj=d, cls=self.consts.bind(dict, "T"), label=label))
         stored = [dn.stored_key(k) for k in spec.keys]
         hidden = sorted(dn.hidden) + list(dict.fromkeys(self.facts.hidden.get(t, ())))
         hidden = [h for h in dict.fromkeys(hidden) if h not in stored]
