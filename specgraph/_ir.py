@@ -366,6 +366,7 @@ class GraphDef(Generic[RootT]):
     num_nodes: int
     num_states: int
     _hash: int | None
+    _nesting: int | None
     _rt: Any  # the unflatten dispatcher's entry (runtime.cache.UnflattenEntry), or None
 
     def __init__(self, root: Edge, table: tuple, pathtable: PathTable, nesting: int | None = None) -> None:

@@ -134,6 +134,7 @@ def _weak_edge(edge: Any, reaches: dict[int, bool]) -> Any:
     if type(edge) is not StaticEdge:
         return edge
     v = edge.value
+    r: bool | None
     if edge.sig is ArrayConstant:  # an array kept as a static (BrainState's rule) is user data
         r = True
     elif is_value_sig(edge.sig):
@@ -189,7 +190,7 @@ def cache_key(gd: GraphDef) -> GraphDef | None:
         return None
     if not replaced:
         return gd
-    twin: GraphDef[Any] = GraphDef(root, tuple(table), gd.pathtable)
+    twin: GraphDef[Any] = GraphDef(root, tuple(table), gd.pathtable, gd._nesting)
     object.__setattr__(twin, "_hash", h)
     owner = weakref.ref(twin)
     for w in replaced:
@@ -221,7 +222,7 @@ def strong_graphdef(key: GraphDef) -> GraphDef:
             if any(a is not b for a, b in zip(children, spec.children, strict=True)):
                 spec = NodeSpec(spec.type, spec.index, spec.keys, children, spec.meta, spec.sig)
         table.append(spec)
-    gd: GraphDef[Any] = GraphDef(fold_edge(key.root, leaf, build), tuple(table), key.pathtable)
+    gd: GraphDef[Any] = GraphDef(fold_edge(key.root, leaf, build), tuple(table), key.pathtable, key._nesting)
     object.__setattr__(gd, "_hash", key._hash)
     return gd
 

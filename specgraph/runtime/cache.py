@@ -12,7 +12,8 @@ from typing import Any
 from .._ir import GraphDef, PathTable
 from .._weakstatic import strong_graphdef
 
-__all__ = ["Config", "CONFIG", "StructureStats", "Variant", "WeakVariant", "TypeEntry", "UnflattenEntry", "LOCK"]
+__all__ = ["Config", "CONFIG", "StructureStats", "Variant", "WeakVariant", "TypeEntry", "UnflattenEntry",
+           "LOCK"]
 
 LOCK = threading.RLock()
 
