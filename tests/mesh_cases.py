@@ -219,12 +219,18 @@ def test_donation_with_sharded_states(mode: str) -> None:
     trainer = Trainer(sg.shard(MLP(0), MESH), optax.sgd(0.1))
     step = sg.jit(lambda t, x, y: t.step(x, y), donate_argnums=0)
     before = shardings(trainer)
+    losses = []
     for _ in range(3):
         old_w = trainer.model.up.w.value
-        step(trainer, x, y)
+        losses.append(step(trainer, x, y))
         assert old_w.is_deleted()  # the buffer was donated
     assert shardings(trainer) == before
     assert all(not v.is_deleted() for v in jax.tree.leaves(sg.flatten(trainer)[1].values()))
+    plain = Trainer(MLP(0), optax.sgd(0.1))  # unsharded, not donated
+    keep = sg.jit(lambda t, x, y: t.step(x, y))
+    close(losses, [keep(plain, x, y) for _ in range(3)])
+    for path, v in sg.flatten(trainer.model)[1].items():
+        close(v, sg.flatten(plain.model)[1][path])
 
 
 def test_in_and_out_shardings(mode: str) -> None:
@@ -316,3 +322,93 @@ def test_explicit_axes_mesh_keeps_shardings(mode: str) -> None:
     for _ in range(2):
         f(node)
     assert shardings(node) == before
+
+
+# -- Flax NNX: the Variables' own partition metadata ---------------------------------------
+
+
+def nnx_mlp(seed: int, annotated: bool = True) -> Any:
+    """An NNX MLP annotated both ways NNX offers: ``nnx.with_partitioning`` initializers
+    (``eager_sharding=False``: made on one device, placed by ``sg.shard``) and a Param
+    given ``out_sharding`` and its mesh (NNX places it when it is made). A BatchNorm adds
+    unannotated Params and BatchStats. Initialized with NumPy, as ``Dense.seeded``.
+    ``annotated=False``: the same model with no annotation, all on one device."""
+    nnx = pytest.importorskip("flax.nnx")
+
+    def part(offset: int, axes: tuple) -> Any:
+        def init(key: Any, shape: tuple, dtype: Any = jnp.float32) -> jax.Array:
+            rng = np.random.default_rng(seed + offset)
+            return jnp.asarray(rng.standard_normal(shape, dtype=np.float32) / np.sqrt(shape[0]), dtype)
+
+        return nnx.with_partitioning(init, axes, eager_sharding=False) if annotated else init
+
+    class Model(nnx.Module):
+        def __init__(self, rngs: Any) -> None:
+            self.up = nnx.Linear(8, 16, kernel_init=part(0, (None, "model")), bias_init=part(1, ("model",)),
+                                 rngs=rngs)
+            self.norm = nnx.BatchNorm(16, rngs=rngs)
+            self.down = nnx.Linear(16, 8, kernel_init=part(2, ("model", None)), use_bias=False, rngs=rngs)
+            self.gain = nnx.Param(jnp.ones(8), out_sharding=("model",), mesh=MESH) if annotated else (
+                nnx.Param(jnp.ones(8)))
+
+        def __call__(self, x: jax.Array) -> jax.Array:
+            return self.down(jnp.tanh(self.norm(self.up(x)))) * self.gain
+
+    return Model(nnx.Rngs(seed))
+
+
+def nnx_flat(tree: Any) -> dict[tuple, Any]:
+    from flax import nnx
+
+    return {path: v.get_value() if isinstance(v, nnx.Variable) else v for path, v in nnx.to_flat_state(tree)}
+
+
+def test_nnx_annotations_give_specs_shardings_and_placement(mode: str) -> None:
+    from flax import nnx
+
+    model = nnx_mlp(0)
+    assert model.gain.get_raw_value().sharding.spec == P("model")  # placed by NNX itself
+    for _ in range(2):
+        specs = sg.partition_specs(model)
+        named = sg.named_shardings(model, MESH)
+    assert dict(specs.items()) == nnx_flat(nnx.get_partition_spec(nnx.state(model)))
+    ref = nnx_flat(nnx.get_named_sharding(nnx.state(model), MESH))
+    assert list(named) == list(ref)
+    for path, ns in named.items():  # equal up to trailing None entries (JAX's form: sgs.canonical_spec)
+        assert ns.is_equivalent_to(ref[path], 2) and ns.spec == sgs.canonical_spec(ref[path].spec)
+    assert specs[("up", "kernel")] == P(None, "model") and specs[("norm", "mean")] == P()
+    # a plan made without allocating places as sharding the real model does
+    plan = sg.flatten(sg.shard(sg.eval_shape(lambda: nnx_mlp(0)), MESH))[1]
+    sg.shard(model, MESH)
+    for path, v in sg.flatten(model)[1].items():
+        assert v.sharding == NamedSharding(MESH, sgs.canonical_spec(specs[path])), path
+        assert isinstance(plan[path], jax.ShapeDtypeStruct) and plan[path].sharding == v.sharding
+    assert model.up.kernel.get_raw_value().addressable_shards[0].data.shape == (8, 4)
+
+
+def test_nnx_adam_steps_under_sg_jit_keep_shardings_and_match_unsharded(mode: str) -> None:
+    import optax
+    from flax import nnx
+
+    def train_step(m: Any, opt: Any, x: jax.Array, y: jax.Array) -> jax.Array:
+        loss, grads = nnx.value_and_grad(mse)(m, x, y)
+        opt.update(m, grads)
+        return loss
+
+    x, y = batch()
+    model = sg.shard(nnx_mlp(0), MESH)
+    # the optimizer's moments carry their Params' out_sharding: sg.shard places them all
+    optimizer = sg.shard(nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param), MESH)
+    assert optimizer.opt_state[0].mu["down"]["kernel"].get_raw_value().sharding.spec == P("model")
+    before = shardings((model, optimizer))
+    step = sg.jit(train_step)
+    losses = [float(step(model, optimizer, jax.device_put(x, NamedSharding(MESH, P("data"))), y))
+              for _ in range(5)]
+    assert shardings((model, optimizer)) == before
+    assert int(optimizer.step.get_raw_value()) == 5
+    plain = nnx_mlp(0, annotated=False)  # NNX's own jit on the unsharded model is the oracle
+    plain_opt = nnx.Optimizer(plain, optax.adam(1e-2), wrt=nnx.Param)
+    nnx_step = nnx.jit(train_step)
+    ref = [float(nnx_step(plain, plain_opt, x, y)) for _ in range(5)]
+    close(losses, ref)
+    assert losses[-1] < losses[0]

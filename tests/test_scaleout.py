@@ -525,8 +525,7 @@ def test_transforms_of_transforms(mode: str) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def test_nnx_out_sharding_is_the_partition_annotation() -> None:
-    # (NNX objects go through the generic path for now: no ``mode`` to choose.)
+def test_nnx_out_sharding_is_the_partition_annotation(mode: str) -> None:
     nnx = pytest.importorskip("flax.nnx")
     mesh = one_device_mesh()
 

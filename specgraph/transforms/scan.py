@@ -1,26 +1,4 @@
-"""``specgraph.scan``: ``jax.lax.scan`` over functions of graph nodes.
-
-The standard use is scan over layers: a node whose states are stacked along a
-leading layer axis (made with ``sg.vmap`` over an init function) is applied one
-layer at a time, with the activations as the carry. The body is traced and compiled
-once, whatever the number of layers.
-
-Axis semantics, per value (a state's value or a bare array leaf), from ``in_axes``:
-
-* an int: the value is scanned along that axis (iteration ``i`` sees slice ``i``); a
-  state ``fn`` writes is stacked back along the same axis and written back;
-* ``sg.Carry``: carried. For a whole argument, it is the explicit carry: ``fn``
-  returns its new value at the ``sg.Carry`` position of ``out_axes``, with the same
-  structure, and ``scan`` returns the last one there. Inside a ``sg.StateAxes``,
-  the state's value at the end of one iteration is its value at the start of the
-  next, and the last one is written back;
-* ``None``: broadcast: every iteration sees the whole value; writing it is an error.
-
-Keyword arguments are broadcast. ``out_axes`` is ``sg.Carry`` (``fn`` returns the
-carry only) or a tuple holding ``sg.Carry`` once and, elsewhere, the axes along which
-per-iteration outputs are stacked (ints, or ``sg.StateAxes`` for nodes created
-inside ``fn``). Partition annotations follow the axes, as in ``sg.vmap``.
-"""
+"""``specgraph.scan``: ``jax.lax.scan`` over functions of graph nodes (semantics: :func:`scan`)."""
 
 from __future__ import annotations
 
@@ -266,12 +244,34 @@ def scan(
     unroll: int | bool = 1,
     partition_name: Any = None,
 ) -> Any:
-    """``jax.lax.scan`` for functions of graph nodes (see the module docstring).
+    """``jax.lax.scan`` for functions of graph nodes.
 
     The default ``in_axes=(sg.Carry, 0)``, ``out_axes=(sg.Carry, 0)`` is
     ``lax.scan``'s ``f(carry, x) -> (carry, y)``; scan over layers is
     ``sg.scan(lambda block, x: block(x), in_axes=(0, sg.Carry), out_axes=sg.Carry)``.
-    Usable as a decorator, with or without arguments.
+    ``length``, ``reverse`` and ``unroll`` are ``lax.scan``'s; ``partition_name`` as in
+    :func:`specgraph.vmap`. Usable as a decorator, with or without arguments.
+
+    The standard use is scan over layers: a node whose states are stacked along a
+    leading layer axis (made with ``sg.vmap`` over an init function) is applied one
+    layer at a time, with the activations as the carry. The body is traced and compiled
+    once, whatever the number of layers.
+
+    Axis semantics, per value (a state's value or a bare array leaf), from ``in_axes``:
+
+    * an int: the value is scanned along that axis (iteration ``i`` sees slice ``i``); a
+      state ``fn`` writes is stacked back along the same axis and written back;
+    * ``sg.Carry``: carried. For a whole argument, it is the explicit carry: ``fn``
+      returns its new value at the ``sg.Carry`` position of ``out_axes``, with the same
+      structure, and ``scan`` returns the last one there. Inside a ``sg.StateAxes``,
+      the state's value at the end of one iteration is its value at the start of the
+      next, and the last one is written back;
+    * ``None``: broadcast: every iteration sees the whole value; writing it is an error.
+
+    Keyword arguments are broadcast. ``out_axes`` is ``sg.Carry`` (``fn`` returns the
+    carry only) or a tuple holding ``sg.Carry`` once and, elsewhere, the axes along which
+    per-iteration outputs are stacked (ints, or ``sg.StateAxes`` for nodes created
+    inside ``fn``). Partition annotations follow the axes, as in ``sg.vmap``.
     """
     if fn is None:
         return functools.partial(

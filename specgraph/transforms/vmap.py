@@ -1,22 +1,4 @@
-"""``specgraph.vmap``: ``jax.vmap`` over functions of graph nodes.
-
-Axis semantics, per value (a state's value or a bare array leaf):
-
-* ``in_axes`` gives each value the axis it is mapped along (``None``: one value for
-  the whole batch). A graph node takes an int / ``None`` for all its states, or a
-  :class:`~specgraph.StateAxes` choosing per state by filter. Keyword arguments are
-  mapped along axis 0, as ``jax.vmap`` does.
-* A state ``fn`` writes is written back along its own input axis. A broadcast state
-  (axis ``None``) may only be written with a value that does not vary along the
-  mapped axis; otherwise the error names it.
-* ``out_axes`` places the output's values, with the same forms. Graph nodes created
-  inside ``fn`` come out with their states stacked: ``vmap`` over an init function
-  makes an ensemble. Nodes and States that came in as arguments come out as the
-  caller's live objects.
-* Partition annotations follow the axes: inside ``fn`` a mapped state's annotation
-  loses the mapped axis's entry; a stacked output state's gains ``partition_name``
-  (``None``: not partitioned along the new axis) at its out axis.
-"""
+"""``specgraph.vmap``: ``jax.vmap`` over functions of graph nodes (semantics: :func:`vmap`)."""
 
 from __future__ import annotations
 
@@ -122,10 +104,27 @@ def vmap(
     """``jax.vmap`` for functions whose arguments or results are (or hold) graph nodes.
 
     ``in_axes`` / ``out_axes`` take what ``jax.vmap`` takes, plus ``sg.StateAxes``
-    for per-state axes of a node (see the module docstring for the semantics).
-    ``partition_name`` is the mesh axis recorded in the partition annotations of
-    stacked output states for the new axis. Usable as a decorator, with or without
-    arguments.
+    for per-state axes of a node. ``partition_name`` is the mesh axis recorded in the
+    partition annotations of stacked output states for the new axis (NNX calls it
+    ``transform_metadata={nnx.PARTITION_NAME: ...}``). Usable as a decorator, with or
+    without arguments.
+
+    Axis semantics, per value (a state's value or a bare array leaf):
+
+    * ``in_axes`` gives each value the axis it is mapped along (``None``: one value for
+      the whole batch). A graph node takes an int / ``None`` for all its states, or a
+      :class:`~specgraph.StateAxes` choosing per state by filter. Keyword arguments are
+      mapped along axis 0, as ``jax.vmap`` does.
+    * A state ``fn`` writes is written back along its own input axis. A broadcast state
+      (axis ``None``) may only be written with a value that does not vary along the
+      mapped axis; otherwise the error names it.
+    * ``out_axes`` places the output's values, with the same forms. Graph nodes created
+      inside ``fn`` come out with their states stacked: ``vmap`` over an init function
+      makes an ensemble. Nodes and States that came in as arguments come out as the
+      caller's live objects.
+    * Partition annotations follow the axes: inside ``fn`` a mapped state's annotation
+      loses the mapped axis's entry; a stacked output state's gains ``partition_name``
+      (``None``: not partitioned along the new axis) at its out axis.
     """
     if fn is None:
         return functools.partial(
