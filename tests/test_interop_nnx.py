@@ -539,6 +539,69 @@ def test_jit_of_sg_value_and_grad_with_nnx_optimizer() -> None:
     assert step_sg.trace_count == 1
 
 
+class WithArray(nnx.Module):
+    """A Variable and a bare array attribute (NNX keeps arrays as data)."""
+
+    def __init__(self) -> None:
+        self.w = nnx.Param(jnp.ones(2))
+        self.a = jnp.zeros(2)
+
+
+@pytest.mark.parametrize("with_array", [False, True])
+def test_jit_inside_an_outer_jit_on_a_closure_module_raises_nnx_trace_error(
+        served_by: str, with_array: bool) -> None:
+    m = WithArray()
+    w0, a0 = m.w.get_raw_value(), m.a
+
+    @sg.jit
+    def step(model: Any, x: jax.Array) -> jax.Array:
+        model.w[...] = model.w[...] + x
+        if with_array:
+            model.a = model.a + x
+        return model.w[...].sum()
+
+    # The second outer function reuses step's trace: the write-back then runs on the
+    # walk made before the call, and must still refuse Variables of another trace level.
+    for outer in (jax.jit(lambda x: step(m, x)), jax.jit(lambda x: step(m, x) * 2)):
+        with pytest.raises(TraceContextError):
+            outer(jnp.ones(2))
+        assert m.w.get_raw_value() is w0 and m.a is a0  # nothing written, no tracer stored
+    assert step.trace_count == 1
+    step(m, jnp.ones(2))  # at the top level the same write is fine
+    np.testing.assert_array_equal(m.w[...], np.full(2, 2.0))
+    np.testing.assert_array_equal(m.a, np.full(2, 1.0 if with_array else 0.0))
+
+
+def test_jit_write_back_goes_through_a_setter_a_variable_class_gains(served_by: str) -> None:
+    class Weight(nnx.Param):
+        pass
+
+    class Holder(nnx.Module):
+        def __init__(self) -> None:
+            self.w = Weight(jnp.ones(2))
+            self.p = nnx.Param(jnp.ones(2))
+
+    h = Holder()
+    step = sg.jit(lambda h: (h.w.__setitem__(..., h.w[...] * 2), h.p.__setitem__(..., h.p[...] + 1))[0])
+    step(h)
+    step(h)
+    seen: list[Any] = []
+
+    def set_raw_value(self: Any, value: Any, **kw: Any) -> None:
+        seen.append(value)
+        nnx.Param.set_raw_value(self, value, **kw)
+
+    Weight.set_raw_value = set_raw_value  # after the write-back was planned
+    try:
+        step(h)
+    finally:
+        del Weight.set_raw_value
+    assert len(seen) == 1 and seen[0] is h.w.get_raw_value()
+    np.testing.assert_array_equal(h.w[...], np.full(2, 8.0))
+    np.testing.assert_array_equal(h.p[...], np.full(2, 4.0))
+    assert step.trace_count == 1
+
+
 # --------------------------------------------------------------------------------------
 # random NNX graphs (hypothesis): sharing, cycles, Lists, data containers, statics
 # --------------------------------------------------------------------------------------

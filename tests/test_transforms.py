@@ -915,3 +915,102 @@ def test_jit_on_a_plain_class_method_binds_self(served_by: str) -> None:
     close(box.p.value, [12.0, 12.0])
     assert Affine.apply.trace_count == traces + 2  # self is static: one trace per instance
     assert_served_by(served_by)
+
+
+# --------------------------------------------------------------------------------------
+# jit: the write-back reuses the pre-call walk
+# --------------------------------------------------------------------------------------
+
+
+def test_write_back_runs_no_update_after_the_first_call(served_by: str) -> None:
+    from conftest import assert_served_by
+
+    x, _ = data()
+    model = MLP(SIZES)
+    f = sg.jit(lambda m, x: (m.steps.__setattr__("value", m.steps.value + 1), m(x))[1])
+    f(model, x)
+    updates = (sg.cache_info()["update_hits"], sg.cache_info()["generic_updates"])
+    for _ in range(3):
+        f(model, x)
+    # the states the pre-call walk found are written: no update (no guard) runs again
+    assert (sg.cache_info()["update_hits"], sg.cache_info()["generic_updates"]) == updates
+    assert int(model.steps.value) == 4
+    assert f.trace_count == 1
+    assert_served_by(served_by)
+
+
+def test_write_back_of_states_and_array_leaves_together(served_by: str) -> None:
+    # Array leaves need their owner (a node's attribute, a list item, a tuple rebuilt):
+    # they go through the update's writer on the same walk, the States beside them.
+    inner = (np.ones(2, np.float32), np.zeros(1, np.float32))
+    box = Box(a=np.ones(3, np.float32), items=[np.ones(2, np.float32)], pair=inner,
+              p=sg.Param(jnp.ones(3)), q=sg.State(jnp.zeros(())), ro=sg.State(jnp.ones(2)))
+    ro_value = box.ro.value
+
+    @sg.jit
+    def f(b: Box) -> None:
+        b.a = b.a * 2
+        b.items[0] = b.items[0] + 1
+        b.pair = (b.pair[0] * 3, b.pair[1])
+        b.p.value = b.p.value + b.ro.value.sum()
+        b.q.value = b.q.value + 1
+
+    for _ in range(3):
+        f(box)
+    close(box.a, np.full(3, 8.0))
+    close(box.items[0], np.full(2, 4.0))
+    close(box.pair[0], np.full(2, 27.0))
+    assert isinstance(box.pair[1], np.ndarray)  # only read: the very array
+    close(box.p.value, np.full(3, 7.0))
+    close(box.q.value, 3.0)
+    assert box.ro.value is ro_value
+    assert f.trace_count == 1
+
+
+def test_write_back_only_writes_the_written_states(served_by: str) -> None:
+    class Counting(sg.State):
+        """A State whose writes are counted (its value a property over its __dict__)."""
+
+        @property  # type: ignore[override]
+        def value(self) -> Any:
+            return self.__dict__["v"]
+
+        @value.setter
+        def value(self, v: Any) -> None:
+            self.__dict__["writes"] = self.__dict__.get("writes", 0) + 1
+            self.__dict__["v"] = v
+
+    box = Box(w=sg.Param(jnp.ones(2)), read=Counting(jnp.ones(2)), written=Counting(jnp.zeros(2)))
+    box.read.writes = box.written.writes = 0
+
+    @sg.jit
+    def f(b: Box) -> jax.Array:
+        b.written.value = b.written.value + b.read.value
+        return b.w.value
+
+    for _ in range(3):
+        f(box)
+    assert box.read.writes == 0  # only read: never written back, on any call
+    assert box.written.writes == 3
+    close(box.written.value, np.full(2, 3.0))
+
+
+def test_a_closure_that_restructures_the_caller_while_tracing_is_written_by_path(served_by: str) -> None:
+    # fn's Python runs once (the trace) and may reach the caller's objects through a
+    # closure: the walk made before the call is stale then, so the write-back walks
+    # again and writes into what is at the path now (as the guarded update did).
+    model = MLP(SIZES)
+    old_steps = model.steps
+    fresh = sg.State(jnp.full((), 10, jnp.int32))
+
+    @sg.jit
+    def f(m: MLP) -> None:
+        m.steps.value = m.steps.value + 1
+        model.steps = fresh  # the caller's model, not the argument
+
+    f(model)
+    assert model.steps is fresh
+    assert int(fresh.value) == 1  # the written value, at the path it was written to
+    assert int(old_steps.value) == 0
+    f(model)  # no trace now: the walk before the call holds fresh
+    assert int(fresh.value) == 2 and int(old_steps.value) == 0 and f.trace_count == 1

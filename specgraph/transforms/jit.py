@@ -39,10 +39,11 @@ from .._ir import (
 )
 from .._model import Node
 from .._statemap import StateMap
-from ..generic._flatten import walk
+from ..generic._flatten import Walk, walk
 from ..generic._unflatten import build_with, rebuild_edge
 from ..runtime import dispatch
 from ..sharding import Placement, constrain_tree, keep_placement, multi_device, placement_of
+from ._writeback import write_back
 
 __all__ = ["jit", "JitFunction", "trace_call", "finish_call", "Traced"]
 
@@ -193,14 +194,22 @@ def _arg_path(path: tuple) -> str:
 
 def finish_call(
     root: Any, sm: StateMap, written: Sequence[int], written_values: Sequence[Any], out_static: tuple,
-    out_values: list[Any],
+    out_values: list[Any], walked: Walk | None = None,
 ) -> Any:
-    """The caller's side after a transformed call: write states back, rebuild the output."""
+    """The caller's side after a transformed call: write states back, rebuild the output.
+
+    ``walked``: a walk of ``root`` that still describes it (no Python reached the
+    caller's objects since): the written values go straight into the objects it found,
+    with no guard run again. Without one, the (guarded) update writes them by path.
+    """
     if written:
-        new_values = list(sm._values)
-        for slot, v in zip(written, written_values, strict=True):
-            new_values[slot] = v
-        dispatch.update(root, (StateMap._make(sm._table, new_values),))
+        if walked is not None:
+            write_back(root, walked, tuple(written), written_values)
+        else:
+            new_values = list(sm._values)
+            for slot, v in zip(written, written_values, strict=True):
+                new_values[slot] = v
+            dispatch.update(root, (StateMap._make(sm._table, new_values),))
     kind, payload, n = out_static
     if kind == "plain":
         return rebuild_edge(payload, [], [None] * n + out_values)
@@ -327,7 +336,10 @@ class JitFunction(Generic[_P, _R]):
         else:
             dyn_args, static, dyn_kwargs = args, ((), ()), kwargs
         root = _new_root(self._root_type, dyn_args, dyn_kwargs)
-        gd, sm = dispatch.flatten(root)
+        walked: Walk | None = dispatch.collect(root)  # the states too: written back, no guard again
+        assert walked is not None
+        gd = walked.graphdef
+        sm = StateMap._make(gd.pathtable, walked.values)
         values = sm._values
         if self.donate_argnums:
             donated_slots = self._donated_slots(gd)
@@ -339,12 +351,18 @@ class JitFunction(Generic[_P, _R]):
         placement = None
         if multi_device():  # where the values sit: the written ones are kept there
             placement = self._placement = placement_of(values, self._placement)
+        traces = self.trace_count
         try:
             res = self._jitted(static, gd, placement, kept, donated)
         except (TypeError, ValueError):
             hash(gd)  # an unhashable static argument: raise the TypeError that names its path
             raise
-        return finish_call(root, sm, res.written, res.written_values, res.out_static, res.out_values)
+        if self.trace_count != traces:
+            # fn's Python ran and may have reached the caller's objects (a closure): walk
+            # again; a structure that changed is written by path (the update's rules).
+            fresh = dispatch.collect(root)
+            walked = fresh if fresh.graphdef == gd else None
+        return finish_call(root, sm, res.written, res.written_values, res.out_static, res.out_values, walked)
 
 
 class _ArgsRoot(Node):
