@@ -43,7 +43,37 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 
-OPERATIONS = ("flatten", "unflatten", "update", "states", "hash", "codegen")
+OPERATIONS = (
+    "flatten", "unflatten", "update", "states", "hash", "codegen",
+    # the filtered operations (issue 15): on mlp32n, w and b are parameters, n is not
+    "split_param", "states_param", "sm_split", "update_params", "merge", "iter_leaf", "nodes", "clone",
+)
+
+#: Issue 15's bar: operation -> (the operations it is measured against, summed; the bar),
+#: for public specgraph on the same shape in the same run.
+BARS: dict[str, tuple[tuple[str, ...], float]] = {
+    "split_param": (("flatten",), 1.5),
+    "states": (("flatten",), 1.5),
+    "states_param": (("flatten",), 1.5),
+    "sm_split": (("flatten",), 0.5),
+    "update_params": (("update",), 1.5),
+    "merge": (("unflatten",), 1.5),
+    "iter_leaf": (("flatten",), 2.0),
+    "nodes": (("flatten",), 2.0),
+    "clone": (("flatten", "unflatten"), 1.3),
+}
+
+#: The filtered operations as each graph library spells them (P: its parameter type).
+_FILTERED_SG = {
+    "split_param": "sg.split(node, P, ...)",
+    "states_param": "sg.states(node, P)",
+    "sm_split": "sm.split(P, ...)  (sm = sg.flatten(node)[1])",
+    "update_params": "sg.update(node, params)",
+    "merge": "sg.merge(gd, params, rest)",
+    "iter_leaf": "list(sg.iter_leaf(node))",
+    "nodes": "sg.nodes(node)",
+    "clone": "sg.clone(node)",
+}
 
 #: system key -> column title.  "specgraph" is the reference of every ratio.
 SYSTEMS: dict[str, str] = {
@@ -66,6 +96,7 @@ CALLS: dict[str, dict[str, str]] = {
         "states": "sg.states(node)",
         "hash": "hash(gd)",
         "codegen": "clear_cache(); flatten; flatten  -  (generic + specialized flatten)",
+        **_FILTERED_SG,
     },
     "generic": {
         "flatten": "sg.generic.flatten(node)",
@@ -78,18 +109,30 @@ CALLS: dict[str, dict[str, str]] = {
         "update": "brainstate.graph.update_states(node, st)",
         "states": "brainstate.graph.states(node)",
         "hash": "hash(gd)",
+        "split_param": "brainstate.graph.treefy_split(node, ParamState, ...)",
+        "states_param": "brainstate.graph.states(node, ParamState)",
+        "sm_split": "st.split(ParamState, ...)  (st = brainstate.graph.treefy_states(node))",
+        "update_params": "brainstate.graph.update_states(node, params)",
+        "merge": "brainstate.graph.treefy_merge(gd, params, rest)",
+        "iter_leaf": "list(brainstate.graph.iter_leaf(node))",
+        "nodes": "brainstate.graph.nodes(node)",
+        "clone": "brainstate.graph.clone(node)",
     },
     "sg_nnx": {
         "flatten": "sg.flatten(nnx_node)",
         "unflatten": "sg.unflatten(gd, sm)",
         "update": "sg.update(nnx_node, sm)",
         "states": "sg.states(nnx_node)",
+        **{op: call.replace("node", "nnx_node").replace("P", "nnx.Param")
+           for op, call in _FILTERED_SG.items()},
     },
     "sg_brainstate": {
         "flatten": "sg.flatten(brainstate_node)",
         "unflatten": "sg.unflatten(gd, sm)",
         "update": "sg.update(brainstate_node, sm)",
         "states": "sg.states(brainstate_node)",
+        **{op: call.replace("node", "brainstate_node").replace("P", "ParamState")
+           for op, call in _FILTERED_SG.items()},
     },
     "nnx": {
         "flatten": "nnx.split(node)",
@@ -97,6 +140,12 @@ CALLS: dict[str, dict[str, str]] = {
         "update": "nnx.update(node, st)",
         "states": "nnx.state(node)",
         "hash": "hash(gd)",
+        "split_param": "nnx.split(node, nnx.Param, ...)",
+        "states_param": "nnx.state(node, nnx.Param)",
+        "sm_split": "st.split(nnx.Param, ...)  (st = nnx.split(node)[1])",
+        "update_params": "nnx.update(node, params)",
+        "merge": "nnx.merge(gd, params, rest)",
+        "clone": "nnx.clone(node)",
     },
     "jax": {
         "flatten": "jax.tree_util.tree_flatten(tree)",
@@ -254,6 +303,8 @@ def prepare_specgraph(models: ModuleType, shape: str, public: bool,
         "unflatten": functools.partial(unflatten, gd, sm),
         "update": functools.partial(update, node, sm),
     }
+    if public:
+        ops.update(_filtered_specgraph(sg, node, _param_type(family)))
     if public and family != "specgraph":
         ops["states"] = functools.partial(sg.states, node)
     elif public:
@@ -272,19 +323,64 @@ def prepare_specgraph(models: ModuleType, shape: str, public: bool,
     return ops
 
 
+def _param_type(family: str) -> type:
+    """The parameter state type of a family's models (what ``split_param`` filters by)."""
+    if family == "nnx":
+        from flax import nnx
+
+        return nnx.Param
+    if family == "brainstate":
+        import brainstate
+
+        return brainstate.ParamState
+    import specgraph as sg
+
+    return sg.Param
+
+
+def _filtered_specgraph(sg: Any, node: Any, param: type) -> dict[str, Callable[[], Any]]:
+    """specgraph's filtered operations on ``node`` (issue 15), each called once (warm-up)."""
+    gd, params, rest = sg.split(node, param, ...)
+    sm = sg.flatten(node)[1]
+    ops: dict[str, Callable[[], Any]] = {
+        "split_param": functools.partial(sg.split, node, param, ...),
+        "states_param": functools.partial(sg.states, node, param),
+        "sm_split": functools.partial(sm.split, param, ...),
+        "update_params": functools.partial(sg.update, node, params),
+        "merge": functools.partial(sg.merge, gd, params, rest),
+        "iter_leaf": lambda: list(sg.iter_leaf(node)),
+        "nodes": functools.partial(sg.nodes, node),
+        "clone": functools.partial(sg.clone, node),
+    }
+    for fn in ops.values():
+        fn()
+    return ops
+
+
 def prepare_brainstate(models: ModuleType, shape: str) -> dict[str, Callable[[], Any]]:
     import brainstate
 
     g = brainstate.graph
+    P = brainstate.ParamState
     node = models.build(shape, "brainstate")
     gd, st = g.flatten(node)
     hash(gd)
+    tgd, params, rest = g.treefy_split(node, P, ...)
+    tst = g.treefy_states(node)
     return {
         "flatten": functools.partial(g.flatten, node),
         "unflatten": functools.partial(g.unflatten, gd, st),
         "update": functools.partial(g.update_states, node, st),
         "states": functools.partial(g.states, node),
         "hash": functools.partial(hash, gd),
+        "split_param": functools.partial(g.treefy_split, node, P, ...),
+        "states_param": functools.partial(g.states, node, P),
+        "sm_split": functools.partial(tst.split, P, ...),
+        "update_params": functools.partial(g.update_states, node, params),
+        "merge": functools.partial(g.treefy_merge, tgd, params, rest),
+        "iter_leaf": lambda: list(g.iter_leaf(node)),
+        "nodes": functools.partial(g.nodes, node),
+        "clone": functools.partial(g.clone, node),
     }
 
 
@@ -294,12 +390,19 @@ def prepare_nnx(models: ModuleType, shape: str) -> dict[str, Callable[[], Any]]:
     node = models.build(shape, "nnx")
     gd, st = nnx.split(node)
     hash(gd)
+    pgd, params, rest = nnx.split(node, nnx.Param, ...)
     return {
         "flatten": functools.partial(nnx.split, node),
         "unflatten": functools.partial(nnx.merge, gd, st),
         "update": functools.partial(nnx.update, node, st),
         "states": functools.partial(nnx.state, node),
         "hash": functools.partial(hash, gd),
+        "split_param": functools.partial(nnx.split, node, nnx.Param, ...),
+        "states_param": functools.partial(nnx.state, node, nnx.Param),
+        "sm_split": functools.partial(st.split, nnx.Param, ...),
+        "update_params": functools.partial(nnx.update, node, params),
+        "merge": functools.partial(nnx.merge, pgd, params, rest),
+        "clone": functools.partial(nnx.clone, node),
     }
 
 
@@ -493,6 +596,9 @@ def markdown_table(shape: str, info: dict[str, Any], rows: list[dict[str, Any]],
     errs = [r for r in rows if r.get("error")]
     for r in errs:
         lines.append(f"\n- {SYSTEMS[r['system']]} {r['operation']}: `{r['error']}`")
+    bars = bar_table(rows)
+    if bars:
+        lines.append("\n" + bars)
     cg = by.get(("codegen", "specgraph"))
     if cg and not cg.get("error"):
         rep = cg.get("reported_compile_us")
@@ -502,6 +608,32 @@ def markdown_table(shape: str, info: dict[str, Any], rows: list[dict[str, Any]],
             + (f"; specgraph's own compile-time counter: {_fmt_us(rep)} µs." if rep is not None else ".")
         )
     return "\n".join(lines) + "\n"
+
+
+def bar_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Issue 15's bar on one shape: each filtered operation of public specgraph against the
+    operation(s) it builds on, measured in the same run."""
+    us = {r["operation"]: r["us_per_call"] for r in rows
+          if r["system"] == "specgraph" and "us_per_call" in r and r["operation"] != "codegen"}
+    out = []
+    for op, (base, bar) in BARS.items():
+        if op in us and all(b in us for b in base):
+            ratio = us[op] / sum(us[b] for b in base)
+            out.append({"operation": op, "us": us[op], "base": " + ".join(base),
+                        "base_us": sum(us[b] for b in base), "ratio": ratio, "bar": bar, "met": ratio <= bar})
+    return out
+
+
+def bar_table(rows: list[dict[str, Any]]) -> str:
+    found = bar_rows(rows)
+    if not found:
+        return ""
+    lines = ["issue 15 bar (public specgraph, this run):", "",
+             "| operation | µs | against | µs | ratio | bar | |", "|---|---:|---|---:|---:|---:|---|"]
+    for b in found:
+        lines.append(f"| {b['operation']} | {_fmt_us(b['us'])} | {b['base']} | {_fmt_us(b['base_us'])} | "
+                     f"{b['ratio']:.2f} | {b['bar']:g} | {'met' if b['met'] else 'NOT met'} |")
+    return "\n".join(lines)
 
 
 def calls_markdown(systems: list[str], ops: list[str]) -> str:
@@ -598,6 +730,12 @@ def parse_args(
         default=list(OPERATIONS),
         metavar="OP",
         help=f"subset of: {' '.join(OPERATIONS)}",
+    )
+    p.add_argument(
+        "--bar",
+        action="store_true",
+        help="time public specgraph's operations interleaved with one another (each ratio of "
+        "issue 15's bar side by side, repeat by repeat) and print only the bar tables",
     )
     add_output_options(p, "<date>-<host>.json and latest.md")
     p.add_argument("--repeats", type=int, default=None, help="override R")
@@ -696,6 +834,20 @@ def bench_shape(
     return info, rows
 
 
+def bench_bar(models: ModuleType, shape: str, target: float, repeats: int) -> list[dict[str, Any]]:
+    """Public specgraph's operations on ``shape``, interleaved with one another: the ratios
+    of issue 15's bar come from one loop, so machine noise hits both sides alike."""
+    ops = prepare(models, "specgraph", shape)
+    needed = [op for op in OPERATIONS if op in ops and op != "codegen" and op != "hash"
+              and (op in BARS or any(op in base for base, _ in BARS.values()))]
+    entries = [Timing(op, ops[op]) for op in needed]
+    run_interleaved(entries, target, repeats, progress=lambda msg: _progress(f"  {shape:>14} {msg}"))
+    return [{"shape": shape, "operation": e.system, "system": "specgraph",
+             "call": CALLS["specgraph"][e.system],
+             **({"error": e.error} if e.error else {"us_per_call": e.best * 1e6, "number": e.number})}
+            for e in entries]
+
+
 def _compile_seconds(ci: Any) -> float | None:
     """The compile-time counter of ``sg.cache_info()``, whatever its exact name."""
     if not isinstance(ci, dict):
@@ -755,6 +907,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "python benchmarks/bench
     print(md[0])
     for shape in args.shapes:
         _progress(f"[{time.perf_counter() - t_start:6.1f}s] {shape}")
+        if args.bar:
+            rows = bench_bar(models, shape, target, args.repeats)
+            out["results"].extend(rows)
+            md.append(f"### {shape}\n\n{bar_table(rows)}\n")
+            print(md[-1], flush=True)
+            continue
         info, rows = bench_shape(models, shape, args.systems, args.ops, target, args.repeats)
         out["shapes"][shape] = info
         out["results"].extend(rows)

@@ -42,6 +42,7 @@ __all__ = [
     "FAMILIES",
     "SHAPES",
     "build",
+    "build_counted_mlp",
     "build_deepchain",
     "build_mlp",
     "build_tied",
@@ -107,6 +108,11 @@ class Family:
         """The weight handle of ``lin`` to pass as ``w=`` to tie another Linear."""
         raise NotImplementedError
 
+    def counted_linear(self, i: int, o: int, key: Any) -> Any:
+        """A ``Linear`` whose ``w`` and ``b`` are parameters and whose ``n`` is a non-parameter
+        state (a running statistic): what a filtered split tells apart."""
+        raise NotImplementedError
+
 
 # ------------------------------------------------------------------ specgraph ---------
 
@@ -117,6 +123,15 @@ class SgLinear(sg.Node):
         self.out_features = out_features
         self.w = w if isinstance(w, sg.State) else sg.Param(w)
         self.b = sg.Param(b)
+
+
+class SgCountedLinear(sg.Node):
+    def __init__(self, in_features: int, out_features: int, w: Any, b: Any, n: Any) -> None:
+        self.in_features = in_features
+        self.out_features = out_features
+        self.w = sg.Param(w)
+        self.b = sg.Param(b)
+        self.n = sg.State(n)
 
 
 class SgMLP(sg.Node):
@@ -178,6 +193,10 @@ class SpecgraphFamily(Family):
         aw, ab = _lin_arrays(i, o, key)
         return SgLinear(i, o, aw if w is None else w, ab)
 
+    def counted_linear(self, i, o, key):
+        aw, ab = _lin_arrays(i, o, key)
+        return SgCountedLinear(i, o, aw, ab, _array((o,), (key, "n")))
+
     def shared_weight(self, lin):
         return lin.w
 
@@ -223,6 +242,10 @@ class JaxFamily(Family):
     def linear(self, i, o, key, w=None):
         aw, ab = _lin_arrays(i, o, key)
         return {"b": ab, "w": aw if w is None else w}
+
+    def counted_linear(self, i, o, key):
+        aw, ab = _lin_arrays(i, o, key)
+        return {"b": ab, "n": _array((o,), (key, "n")), "w": aw}
 
     def shared_weight(self, lin):
         return lin["w"]
@@ -276,6 +299,14 @@ if _bst is not None:
             self.w = w if isinstance(w, _bst.State) else _BParam(w)
             self.b = _BParam(b)
 
+    class BsCountedLinear(_BNode):
+        def __init__(self, in_features, out_features, w, b, n):
+            self.in_features = in_features
+            self.out_features = out_features
+            self.w = _BParam(w)
+            self.b = _BParam(b)
+            self.n = _bst.State(n)
+
     class BsMLP(_BNode):
         def __init__(self, layers):
             self.layers = layers
@@ -325,6 +356,10 @@ if _bst is not None:
         def linear(self, i, o, key, w=None):
             aw, ab = _lin_arrays(i, o, key)
             return BsLinear(i, o, aw if w is None else w, ab)
+
+        def counted_linear(self, i, o, key):
+            aw, ab = _lin_arrays(i, o, key)
+            return BsCountedLinear(i, o, aw, ab, _array((o,), (key, "n")))
 
         def shared_weight(self, lin):
             return lin.w
@@ -378,6 +413,14 @@ if _nnx is not None:
             self.w = w if isinstance(w, _nnx.Variable) else _NParam(w)
             self.b = _NParam(b)
 
+    class NnxCountedLinear(_nnx.Module):
+        def __init__(self, in_features, out_features, w, b, n):
+            self.in_features = in_features
+            self.out_features = out_features
+            self.w = _NParam(w)
+            self.b = _NParam(b)
+            self.n = _nnx.BatchStat(n)
+
     class NnxMLP(_nnx.Module):
         def __init__(self, layers):
             self.layers = _ndata(layers)
@@ -428,6 +471,10 @@ if _nnx is not None:
             aw, ab = _lin_arrays(i, o, key)
             return NnxLinear(i, o, aw if w is None else w, ab)
 
+        def counted_linear(self, i, o, key):
+            aw, ab = _lin_arrays(i, o, key)
+            return NnxCountedLinear(i, o, aw, ab, _array((o,), (key, "n")))
+
         def shared_weight(self, lin):
             return lin.w
 
@@ -473,6 +520,13 @@ if _eqx is not None:
     class EqxLinear(_eqx.Module):
         w: jax.Array
         b: jax.Array
+        in_features: int = _eqx.field(static=True)
+        out_features: int = _eqx.field(static=True)
+
+    class EqxCountedLinear(_eqx.Module):
+        w: jax.Array
+        b: jax.Array
+        n: jax.Array
         in_features: int = _eqx.field(static=True)
         out_features: int = _eqx.field(static=True)
 
@@ -525,6 +579,10 @@ if _eqx is not None:
             aw, ab = _lin_arrays(i, o, key)
             return EqxLinear(aw if w is None else w, ab, i, o)
 
+        def counted_linear(self, i, o, key):
+            aw, ab = _lin_arrays(i, o, key)
+            return EqxCountedLinear(aw, ab, _array((o,), (key, "n")), i, o)
+
         def shared_weight(self, lin):
             return lin.w
 
@@ -573,6 +631,12 @@ def build_mlp(fam: Family, depth: int, width: int = 64) -> Any:
     return fam.mlp([fam.linear(width, width, ("mlp", i)) for i in range(depth)])
 
 
+def build_counted_mlp(fam: Family, depth: int, width: int = 64) -> Any:
+    """``MLP`` of ``depth`` counted ``Linear`` layers (``w``, ``b`` parameters, ``n`` a
+    non-parameter state): depth+1 nodes, 3*depth states; issue 15's filtered-operation model."""
+    return fam.mlp([fam.counted_linear(width, width, ("cmlp", i)) for i in range(depth)])
+
+
 def build_widebag(fam: Family, n: int = 128) -> Any:
     """One node with ``n`` Params as attributes ``p000``, ``p001``, ...: 1 node, n states."""
     digits = max(3, len(str(n - 1)))
@@ -612,6 +676,7 @@ SHAPES: dict[str, Callable[[Family], Any]] = {
     "tiny": build_tiny,
     "mlp8": functools.partial(build_mlp, depth=8, width=64),
     "mlp32": functools.partial(build_mlp, depth=32, width=64),
+    "mlp32n": functools.partial(build_counted_mlp, depth=32, width=64),
     "widebag128": functools.partial(build_widebag, n=128),
     "deepchain64": functools.partial(build_deepchain, n=64),
     "tied": build_tied,
