@@ -271,7 +271,7 @@ class PathTable:
     someone asks for its paths.
     """
 
-    __slots__ = ("__weakref__", "_dotted", "_hash", "_index", "_links", "_paths", "types")
+    __slots__ = ("__weakref__", "_dotted", "_hash", "_index", "_links", "_memo", "_paths", "types")
 
     def __init__(self, links: tuple | None, types: tuple, paths: tuple | None = None):
         self._links = links
@@ -280,6 +280,8 @@ class PathTable:
         self._dotted: dict | None = None
         self.types = types  # per slot: the State subclass, or None for an array leaf
         self._hash: int | None = None
+        # the operations layer's partitions, parts' tables and slot maps (_partition.TableMemo)
+        self._memo: Any = None
 
     @classmethod
     def from_paths(cls, paths: tuple[Path, ...], types: tuple) -> PathTable:
@@ -338,6 +340,10 @@ class PathTable:
 
     def __repr__(self) -> str:
         return f"PathTable({len(self)} paths)"
+
+    def __reduce__(self) -> tuple:
+        # Paths and types only: the caches are rebuilt on use (and the memo holds functions).
+        return (PathTable.from_paths, (self.paths, self.types))
 
 
 # -- GraphDef -------------------------------------------------------------------

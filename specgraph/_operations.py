@@ -9,7 +9,7 @@ from . import _registry as reg
 from ._filters import Filter, to_predicates
 from ._ir import GraphDef, NodeSpec, PytreeEdge, StateEdge, StateSpec, materialize
 from ._model import State
-from ._statemap import StateMap, split_slots
+from ._statemap import StateMap, split_values
 from .runtime import dispatch
 
 __all__ = [
@@ -58,7 +58,7 @@ def split(node: Any, *filters: Filter) -> tuple[Any, ...]:
     gd, sm = dispatch.flatten(node)
     if not filters:
         return gd, sm
-    return (gd, *split_slots(sm._table, sm._values, filters, sm._subset))
+    return (gd, *split_values(sm._table, sm._values, filters))
 
 
 def merge(graphdef: GraphDef[_Root], *states: Any) -> _Root:
@@ -152,7 +152,7 @@ def pop_states(node: Any, *filters: Filter) -> StateMap | tuple[StateMap, ...]:
     sm = StateMap._make(gd.pathtable, w.values)
     # Bare array leaves cannot be popped: the maps hold what was removed, States only.
     held = sm._subset([i for i, ty in enumerate(gd.pathtable.types) if ty is not None])
-    parts = split_slots(held._table, held._values, filters, held._subset, exhaustive=False)
+    parts = split_values(held._table, held._values, filters, exhaustive=False)
     chosen = {p for part in parts for p in part.paths}
     chosen_idx = {
         spec[2] for spec in gd.table if type(spec) is StateSpec and gd.pathtable.path(spec[4]) in chosen

@@ -13,11 +13,12 @@ from typing import Any
 
 from jax import tree_util
 
-from ._filters import Filter, to_predicates
+from ._filters import Filter
 from ._ir import PathTable, dotted_path
 from ._model import short_repr as _short
+from ._partition import partition, sub_table
 
-__all__ = ["StateMap", "merge_maps"]
+__all__ = ["StateMap", "merge_maps", "split_values"]
 
 Path = tuple[Hashable, ...]
 
@@ -135,9 +136,8 @@ class StateMap(Mapping[Path, Any]):
 
     # -- selection --------------------------------------------------------------
     def _subset(self, slots: list[int]) -> StateMap:
-        paths, types = self._table.paths, self._table.types
-        table = PathTable.from_paths(tuple(paths[i] for i in slots), tuple(types[i] for i in slots))
-        return StateMap._make(table, [self._values[i] for i in slots])
+        values = self._values
+        return StateMap._make(sub_table(self._table, tuple(slots)), [values[i] for i in slots])
 
     def filter(self, *filters: Filter) -> StateMap | tuple[StateMap, ...]:
         """Like ``split``, but the filters need not cover everything: what no filter
@@ -145,7 +145,7 @@ class StateMap(Mapping[Path, Any]):
         NNX's ``filter_state`` and BrainState's ``filter``); one map per filter."""
         if not filters:
             raise TypeError("filter() needs at least one filter")
-        out = split_slots(self._table, self._values, filters, self._subset, exhaustive=False)
+        out = split_values(self._table, self._values, filters, exhaustive=False)
         return out[0] if len(out) == 1 else out
 
     def split(self, *filters: Filter) -> StateMap | tuple[StateMap, ...]:
@@ -155,7 +155,7 @@ class StateMap(Mapping[Path, Any]):
         """
         if not filters:
             return self
-        return split_slots(self._table, self._values, filters, self._subset)
+        return split_values(self._table, self._values, filters)
 
     def merge(self, *others: Mapping[Path, Any]) -> StateMap:
         """One map holding this one's values and the others' (a path given twice is an error)."""
@@ -182,27 +182,23 @@ class StateMap(Mapping[Path, Any]):
         return "StateMap({\n" + "\n".join(rows) + "\n})"
 
 
-def split_slots(
-    table: PathTable, values: list, filters: tuple, subset: Any, exhaustive: bool = True
-) -> tuple[StateMap, ...]:
-    """Partition the value slots by ``filters``, first match wins; ``exhaustive``: a
-    value that no filter matches is an error (else it is left out)."""
-    preds = to_predicates(filters)
-    buckets: list[list[int]] = [[] for _ in preds]
-    paths, types = table.paths, table.types
-    for i, value in enumerate(values):
-        for b, pred in enumerate(preds):
-            if pred(paths[i], value, types[i]):
-                buckets[b].append(i)
-                break
-        else:
-            if not exhaustive:
-                continue
-            raise ValueError(
-                f"filters {filters!r} are not exhaustive: nothing matched the value at path "
-                f"{paths[i]!r}; add ... as the last filter to take the rest"
-            )
-    return tuple(subset(b) for b in buckets)
+def split_values(table: PathTable, values: list, filters: tuple,
+                 exhaustive: bool = True) -> tuple[StateMap, ...]:
+    """One ``StateMap`` per filter: the values it matches first (see ``_partition``).
+
+    ``exhaustive``: a value that no filter matches is an error (else it is left out).
+    """
+    p = partition(table, values, filters, exhaustive)
+    out = []
+    for sub, take in zip(p.tables, p.takes, strict=True):
+        sm = _new(StateMap)
+        sm._table = sub
+        sm._values = take(values)
+        out.append(sm)
+    return tuple(out)
+
+
+_new = object.__new__
 
 
 def merge_maps(*maps: Mapping[Path, Any]) -> StateMap:

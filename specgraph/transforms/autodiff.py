@@ -13,7 +13,7 @@ from .. import _registry as reg
 from .._filters import Filter
 from .._ir import GraphDef, StateSpec
 from .._model import Param
-from .._statemap import StateMap, split_slots
+from .._statemap import StateMap, split_values
 from ..runtime import dispatch
 from .jit import _fn_name
 
@@ -61,7 +61,7 @@ def _value_and_grad(
         diff = []
         for i in nums:
             gd, sm = dispatch.flatten(args[i])
-            selected, rest = split_slots(sm._table, sm._values, (wrt, ...), sm._subset)
+            selected, rest = split_values(sm._table, sm._values, (wrt, ...))
             parts.append((gd, rest))
             diff.append(selected)
 
