@@ -9,8 +9,10 @@ from . import _registry as reg
 from ._filters import Filter, to_predicates
 from ._ir import GraphDef, NodeSpec, PytreeEdge, StateEdge, StateSpec, materialize
 from ._model import State
+from ._partition import filter_key
 from ._statemap import StateMap, split_values
-from .runtime import dispatch
+from .generic._flatten import Walk
+from .runtime import derived, dispatch
 
 __all__ = [
     "flatten",
@@ -86,30 +88,40 @@ def graphdef(node: _Root) -> GraphDef[_Root]:
 def clone(node: _Root) -> _Root:
     """A structural copy: new nodes and states, the same value objects."""
     gd, sm = dispatch.flatten(node)
-    return dispatch.unflatten_states(gd, (sm,))
+    return dispatch.unflatten(gd, sm)
 
 
 def iter_leaf(node: Any) -> Iterator[tuple[Path, Any]]:
     """``(path, leaf)`` for each State (once, at its first path) and bare array leaf."""
-    w = dispatch.collect(node)
-    gd = w.graphdef
+    r = derived.select(node, "leaves")
+    if type(r) is not Walk:
+        sel, objects, values = r
+        yield from zip(sel.paths, objects if sel.order is None else sel.order(objects + values), strict=True)
+        return
+    gd = r.graphdef
     types = gd.pathtable.types
-    state_by_slot = {spec[4]: w.objects[spec[2]] for spec in gd.table if type(spec) is StateSpec}
+    state_by_slot = {spec[4]: r.objects[spec[2]] for spec in gd.table if type(spec) is StateSpec}
     for slot, ty in enumerate(types):
-        yield gd.pathtable.path(slot), (state_by_slot[slot] if ty is not None else w.values[slot])
+        yield gd.pathtable.path(slot), (state_by_slot[slot] if ty is not None else r.values[slot])
 
 
 def iter_node(node: Any) -> Iterator[tuple[Path, Any]]:
     """``(path, node)`` for each graph node, once, in pre-order."""
-    w = dispatch.collect(node)
-    for spec in w.graphdef.table:
+    r = derived.select(node, "nodes")
+    if type(r) is not Walk:
+        yield from zip(r[0].paths, r[1], strict=True)
+        return
+    for spec in r.graphdef.table:
         if type(spec) is NodeSpec:
-            yield w.path(spec[2]), w.objects[spec[2]]
+            yield r.path(spec[2]), r.objects[spec[2]]
 
 
 def nodes(node: Any) -> dict[Path, Any]:
     """``{path: node}`` for each graph node, once, in pre-order."""
-    return dict(iter_node(node))
+    r = derived.select(node, "nodes")
+    if type(r) is not Walk:
+        return dict(zip(r[0].paths, r[1], strict=True))
+    return {r.path(spec[2]): r.objects[spec[2]] for spec in r.graphdef.table if type(spec) is NodeSpec}
 
 
 def states(node: Any, *filters: Filter) -> dict[Path, State] | tuple[dict[Path, State], ...]:
@@ -119,7 +131,19 @@ def states(node: Any, *filters: Filter) -> dict[Path, State] | tuple[dict[Path, 
     ``states`` do: each goes to the first filter matching it, and those no filter
     matches are left out. One filter gives one dict, several a tuple of dicts.
     """
-    w = dispatch.collect(node)
+    if not filters or filter_key(filters) is not None:  # by type: no values needed
+        r = derived.select(node, "states")
+        if type(r) is not Walk:
+            sel, objects, _ = r
+            if not filters:
+                return dict(zip(sel.paths, objects, strict=True))
+            view = derived.states_view(sel, filters)
+            assert view is not None
+            parts = [dict(zip(paths, take(objects), strict=True)) for paths, take in view]
+            return parts[0] if len(parts) == 1 else tuple(parts)
+        w = r
+    else:  # predicates see the values
+        w = dispatch.collect(node)
     found = [
         (w.path(spec[2]), w.objects[spec[2]], spec[1], w.values[spec[4]])
         for spec in w.graphdef.table

@@ -280,7 +280,7 @@ class SlotMap:
     concatenated values in slot order. ``repeated``: some slot is given twice.
     """
 
-    __slots__ = ("full", "gather", "parts", "repeated", "slots")
+    __slots__ = ("full", "gather", "parts", "repeated", "slots", "updates")
 
     def __init__(self, parts: tuple[PathTable, ...], slots: tuple[int, ...], n: int) -> None:
         self.parts = parts  # held so that their ids stay theirs while this map is cached
@@ -288,6 +288,7 @@ class SlotMap:
         self.repeated = len(set(slots)) != len(slots)
         self.full = not self.repeated and len(slots) == n
         self.gather: Take | None = None
+        self.updates: dict[Any, Any] = {}  # variant -> its update of these slots (runtime.derived)
         if self.full:
             position = [0] * n
             for pos, slot in enumerate(slots):
@@ -299,11 +300,11 @@ def slot_map(base: PathTable, tables: tuple[PathTable, ...]) -> SlotMap | None:
     """The slot map of ``tables`` (parts' tables) onto ``base``, or ``None`` when one of
     them is not a part of ``base`` itself (another structure, or an equal copy: those go
     through the paths). Cached on ``base`` unless the specializer is off."""
-    key = tuple(map(id, tables))
+    key = tuple(map(id, tables))  # (a cached map holds its parts: their ids stay theirs)
     memo = base._memo
     if memo is not None and CONFIG.enabled:
         found = memo.maps.get(key)
-        if found is not None and all(a is b for a, b in zip(found.parts, tables, strict=True)):
+        if found is not None:
             return found
     slots: list[int] = []
     for t in tables:

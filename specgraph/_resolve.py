@@ -6,6 +6,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 from ._ir import PathTable
+from ._partition import slot_map
 from ._statemap import StateMap
 
 Path = tuple[Hashable, ...]
@@ -76,12 +77,32 @@ def _nested_pairs(table: PathTable, nested: Mapping) -> list[tuple[Path, Any]]:
     return out
 
 
+def _by_slots(table: PathTable, states: tuple[Any, ...]) -> tuple[Any, list[Any]] | None:
+    """``(slot map, concatenated values)`` when ``states`` are StateMaps whose tables are
+    ``table`` or parts of it (``split``, ``StateMap.split``), each slot at most once."""
+    for s in states:
+        if type(s) is not StateMap:
+            return None
+    m = slot_map(table, tuple(s._table for s in states))
+    if m is None or m.repeated:
+        return None
+    if len(states) == 1:
+        return m, states[0]._values
+    values: list[Any] = []
+    for s in states:
+        values += s._values
+    return m, values
+
+
 def resolve_all(table: PathTable, states: tuple[Any, ...]) -> list[Any]:
     """Values for every slot of ``table`` in slot order; missing paths are a ``KeyError``."""
     if len(states) == 1:
         s = states[0]
         if type(s) is StateMap and (s._table is table or s._table == table):
             return s._values
+    found = _by_slots(table, states)
+    if found is not None and found[0].full:
+        return found[0].gather(found[1])
     given = _partial(table, states)
     if len(given) != len(table):
         for slot in range(len(table)):
@@ -100,4 +121,7 @@ def resolve_partial(table: PathTable, states: tuple[Any, ...]) -> dict[int, Any]
         s = states[0]
         if type(s) is StateMap and (s._table is table or s._table == table):
             return s._values
+    found = _by_slots(table, states)
+    if found is not None:
+        return dict(zip(found[0].slots, found[1], strict=True))
     return _partial(table, states)

@@ -248,3 +248,151 @@ def test_filtered_operations_equal_the_reference_on_mutated_graphs(recipe: Any, 
                 node.__dict__[name] = data.draw(st.sampled_from([sg.Param, BatchStat, sg.State]))(1.5)
             else:
                 del node.__dict__[name]
+
+
+# -- update and merge by slots --------------------------------------------------------
+
+
+def fresh(part: sg.StateMap, base: float) -> sg.StateMap:
+    """The same part (its very table) with new value objects."""
+    return sg.StateMap(part._table, [np.full(1, base + i) for i in range(len(part))])
+
+
+def assert_same_graphs(a: Any, b: Any) -> None:
+    (gd_a, sm_a), (gd_b, sm_b) = sg.generic.flatten(a), sg.generic.flatten(b)
+    assert gd_a == gd_b and sm_a.paths == sm_b.paths
+    assert all(x is y for x, y in zip(sm_a.values(), sm_b.values(), strict=True))
+
+
+@pytest.mark.parametrize("which", ["params", "rest", "both", "both reversed", "params twice"])
+def test_update_with_split_parts_equals_the_reference(served_by: str, which: str) -> None:
+    m = model()
+    warm(m)
+    gd, params, rest = sg.split(m, sg.Param, ...)
+    new_params, new_rest = fresh(params, 10.0), fresh(rest, 20.0)
+    given = {"params": (new_params,), "rest": (new_rest,), "both": (new_params, new_rest),
+             "both reversed": (new_rest, new_params), "params twice": (new_params, new_params)}[which]
+    twin = reference(sg.clone, m)
+    before = sg.cache_info()["update_hits"]
+    got = outcome(sg.update, m, *given)
+    want = outcome(sg.generic.update, twin, *given)
+    assert got == want or (got[0] == want[0] == "ok")
+    assert_same_graphs(m, twin)
+    if which == "params twice":
+        assert got[0] == "error" and "given twice" in got[1][1]
+    else:
+        assert got[0] == "ok"
+        written = new_rest[("count",)] if which == "rest" else new_params[("layers", 1, "w")]
+        assert (m.count if which == "rest" else m.layers[1].w).value is written
+        served = sg.cache_info()["update_hits"] - before
+        assert served == (served_by == "specialized")  # generated code wrote it, or the reference
+    # and merge: the same parts, any order, give the structure back with their values
+    if which.startswith("both"):
+        assert_same_graphs(sg.merge(gd, *given), reference(sg.merge, gd, *given))
+        with pytest.raises(KeyError, match="no value for path"):
+            sg.merge(gd, new_params)
+
+
+def test_a_slot_map_serves_only_the_table_it_maps_onto(served_by: str) -> None:
+    """Parts of one structure given to another with as many values: the paths decide (a
+    KeyError naming the path), never the slot numbers."""
+    one = Box(a=sg.Param(np.zeros(1)), b=sg.State(np.ones(1)))
+    other = Box(x=sg.Param(np.zeros(1)), y=sg.State(np.ones(1)))
+    for m in (one, other):
+        warm(m)
+    gd1, p1, r1 = sg.split(one, sg.Param, ...)
+    gd2, p2, _ = sg.split(other, sg.Param, ...)
+    for parts in [(p1,), (r1,), (p1, r1)]:
+        got = outcome(sg.update, other, *parts)
+        assert got == reference(outcome, sg.generic.update, reference(sg.clone, other), *parts)
+        assert got[0] == "error" and "is not a state or array leaf" in got[1][1]
+        assert outcome(sg.merge, gd2, *parts) == reference(outcome, sg.merge, gd2, *parts)
+    assert sg.generic.flatten(other)[1][("x",)] is p2[("x",)]  # nothing was written
+    # another graph of the same structure takes them, as does an equal GraphDef made apart
+    same = Box(a=sg.Param(np.zeros(1)), b=sg.State(np.ones(1)))
+    sg.update(same, fresh(p1, 5.0))
+    assert float(same.a.value[0]) == 5.0 and float(same.b.value[0]) == 1.0
+    apart, _ = sg.generic.flatten(one)
+    assert apart.pathtable is not gd1.pathtable
+    assert_same_graphs(sg.merge(apart, r1, p1), one)
+
+
+# -- states, nodes, iter_leaf, iter_node on the specialized walk ----------------------
+
+
+def _walk_ops(g: Any) -> dict[str, Any]:
+    return {
+        "states": outcome(sg.states, g),
+        "states by type": outcome(sg.states, g, sg.Param, BatchStat),
+        "states not exhaustive": outcome(sg.states, g, sg.Not(sg.State), BatchStat),
+        "nodes": outcome(sg.nodes, g),
+        "iter_leaf": outcome(lambda: list(sg.iter_leaf(g))),
+        "iter_node": outcome(lambda: list(sg.iter_node(g))),
+    }
+
+
+def _assert_same_walk_ops(got: dict[str, Any], want: dict[str, Any]) -> None:
+    for op, w in want.items():
+        g = got[op]
+        assert g[0] == w[0], (op, g, w)
+        if w[0] != "ok":
+            assert g[1] == w[1]
+        elif type(w[1]) is list:
+            assert [p for p, _ in g[1]] == [p for p, _ in w[1]], op
+            assert all(a is b for (_, a), (_, b) in zip(g[1], w[1], strict=True)), op
+        else:
+            assert_same_maps(g[1], w[1])
+
+
+def test_walk_operations_are_served_by_generated_code(served_by: str) -> None:
+    m = model()
+    warm(m)
+    for _ in range(2):
+        _assert_same_walk_ops(_walk_ops(m), reference(_walk_ops, m))
+    assert list(sg.iter_leaf(m))[-1] == (("tied", "again"), m.tied.w)  # the tied weight once
+    assert [p for p, _ in sg.iter_leaf(m)] == list(sg.flatten(m)[1].paths)
+    assert list(sg.nodes(m))[:2] == [(), ("layers", 0)]
+    assert_served_by(served_by)
+
+
+def test_iter_leaf_interleaves_states_and_array_leaves(served_by: str) -> None:
+    a, b = np.zeros(1), np.ones(1)
+    m = Box(x=[a, sg.Param(2.0)], y=(b, sg.State(3.0)), z=sg.Param(4.0))
+    warm(m)
+    got = list(sg.iter_leaf(m))
+    assert [p for p, _ in got] == [("x", 0), ("x", 1), ("y", 0), ("y", 1), ("z",)]
+    assert got[0][1] is a and got[1][1] is m.x[1] and got[2][1] is b and got[4][1] is m.z
+    _assert_same_walk_ops(_walk_ops(m), reference(_walk_ops, m))
+    only_leaves = Box(x=[a])  # no State at all: every value is a leaf
+    warm(only_leaves)
+    assert list(sg.iter_leaf(only_leaves)) == [(("x", 0), a)]
+
+
+@given(recipe=recipes(), data=st.data())
+def test_updates_merges_and_walks_equal_the_reference_on_mutated_graphs(recipe: Any, data: Any) -> None:
+    g = build(recipe)
+    for _ in range(data.draw(st.integers(1, 3), label="rounds")):
+        filters = tuple(data.draw(st.lists(st.sampled_from(FILTERS), max_size=2), label="filters"))
+        for _ in range(2):
+            _assert_same_walk_ops(_walk_ops(g), reference(_walk_ops, g))
+        split = outcome(sg.split, g, *filters, ...)
+        if split[0] != "ok":
+            continue
+        gd, *parts = split[1]
+        new = [fresh(p, 10.0 * k) for k, p in enumerate(parts)]
+        given = tuple(data.draw(st.permutations(new), label="order"))
+        assert_same_graphs(sg.merge(gd, *given), reference(sg.merge, gd, *given))
+        if data.draw(st.booleans(), label="mutate first"):
+            nodes = list(reference(sg.nodes, g).values())
+            node = data.draw(st.sampled_from(nodes), label="node")
+            names = list(vars(node)) if isinstance(node, Box) else []
+            if names:
+                del node.__dict__[data.draw(st.sampled_from(names), label="name")]
+        chosen = given[: data.draw(st.integers(0, len(given)), label="how many")]
+        twin = reference(sg.clone, g)
+        got = outcome(sg.update, g, *chosen)
+        want = outcome(sg.generic.update, twin, *chosen)
+        assert got[0] == want[0], (got, want)
+        if got[0] == "error":
+            assert got[1] == want[1]
+        assert_same_graphs(g, twin)

@@ -81,8 +81,8 @@ class Variant:
     data: then see :class:`WeakVariant`.
     """
 
-    __slots__ = ("_paths", "collect", "flatten", "graphdef", "key", "links", "plan", "sources", "stats",
-                 "table", "update")
+    __slots__ = ("_paths", "collect", "derived", "flatten", "graphdef", "key", "links", "plan", "sources",
+                 "stats", "table", "update")
 
     def __init__(self, key: GraphDef, graphdef: GraphDef, flatten: Any, update: Any, stats: StructureStats,
                  sources: dict[str, str], plan: Any, links: tuple) -> None:
@@ -92,6 +92,7 @@ class Variant:
         self.flatten = flatten
         self.update = update
         self.collect: Any = None  # compiled on first use (states(), nodes(), iter_*)
+        self.derived: dict[str, Any] = {}  # selections compiled on first use (runtime.derived)
         self.stats = stats
         self.sources = sources
         self.plan = plan

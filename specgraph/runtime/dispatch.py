@@ -26,6 +26,7 @@ from ..codegen import MISS
 from ..generic._flatten import Walk, walk
 from ..generic._unflatten import build
 from ..generic._update import apply_update
+from . import derived
 from .cache import CONFIG, LOCK, StructureStats, TypeEntry, UnflattenEntry, Variant, WeakVariant
 
 __all__ = [
@@ -227,6 +228,12 @@ def collect(node: Any) -> Walk:
                 var.stats.walk_hits += 1
                 return Walk(var.graphdef, r[1], r[0], var.links, var.paths)
             var.stats.misses[r] += 1
+    return walk_generic(node, entry)
+
+
+def walk_generic(node: Any, entry: TypeEntry | None) -> Walk:
+    """The reference walk of ``node``, counted toward specializing its structure (after
+    no variant of ``entry``, its type's, matched it)."""
     w = walk(node)
     _totals["generic_walks"] += 1
     if CONFIG.enabled:
@@ -403,6 +410,12 @@ def update(node: Any, states: tuple[Any, ...]) -> None:
                     return
                 var.stats.misses[r] += 1
                 refused = True
+    if entry is not None and not refused and states and all(type(s) is StateMap for s in states):
+        # Parts of one structure's values (split, StateMap.split): by their slots, no path lookup.
+        done = derived.update_parts(entry, node, states)
+        if done:
+            return
+        refused = done is False
     if refused:  # the same guards would refuse a specialized walk: go to the reference
         w = walk(node)
         if CONFIG.enabled:
@@ -445,7 +458,7 @@ def configure(*, threshold: int | None = None, max_variants: int | None = None,
 
 def _forget_variants(variants: tuple[Variant, ...]) -> None:
     for var in variants:
-        codegen.forget(var.flatten, var.update, var.collect)
+        codegen.forget(var.flatten, var.update, var.collect, *(sel.fn for sel in var.derived.values()))
 
 
 def _stats_for(gd: GraphDef, key: GraphDef | None = None) -> StructureStats:

@@ -1,0 +1,247 @@
+"""Functions derived from a variant's flatten plan, for the operations beyond flatten.
+
+A variant's plan holds the guards that prove an object has one structure, the local that
+holds each object and the operand that holds each value. Rendered through the same
+templates, with other outputs, it gives:
+
+* selections (the ``collect`` template): the guards, then only what one operation returns:
+  the State objects for ``states()``, the nodes for ``nodes()``, per value the State or
+  the array leaf for ``iter_leaf()``;
+* partial updates (the ``update`` template): the guards, then writes of the given slots
+  only, each value read at its position in the given parts' values (a split part, or
+  several parts together: see ``_partition.slot_map``).
+
+Each is compiled on first use and kept on its variant (``Variant.derived``); a miss falls
+back to the reference walker exactly as ``collect`` and ``update`` do.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Callable, Hashable
+from operator import itemgetter
+from typing import Any
+
+from .. import codegen
+from .._ir import NodeSpec, StateSpec
+from .._partition import Partition, SlotMap, filter_key, origin, partition, slot_map
+from .._statemap import StateMap
+from ..codegen.ops import OPS, Step
+from ..generic._flatten import Walk
+from . import dispatch
+from .cache import CONFIG, LOCK, Variant
+
+__all__ = ["Selection", "select", "states_view", "update_parts"]
+
+Path = tuple[Hashable, ...]
+
+
+# -- selections ---------------------------------------------------------------------
+
+
+class Selection:
+    """A compiled selection of one variant and what its outputs mean.
+
+    ``fn(root)`` returns ``(objects, values)`` or the name of the failed guard. ``paths``:
+    per selected object, its path (``states``, ``nodes``), or per value slot (``leaves``,
+    whose ``order(objects + values)``, when not ``None``, lists each slot's State or leaf).
+    """
+
+    __slots__ = ("fn", "order", "paths", "state_pos", "table", "views")
+
+    def __init__(self, fn: Any, table: Any) -> None:
+        self.fn = fn
+        self.table = table  # the variant's path table
+        self.paths: tuple[Path, ...] = ()
+        self.state_pos: dict[int, int] = {}  # slot -> position among the selected states
+        self.order: Callable[[list[Any]], list[Any]] | None = None
+        self.views: dict[tuple, tuple[Partition, list]] = {}  # filter key -> states by filter
+
+
+#: the selections there are
+SELECTIONS = ("states", "nodes", "leaves")
+
+
+def select(node: Any, kind: str) -> tuple[Selection, list[Any], list[Any]] | Walk:
+    """The outputs of selection ``kind`` for ``node`` from a matching variant, or (no
+    variant matches, or the specializer is off) the reference walker's ``Walk``."""
+    entry = dispatch._types.get(type(node)) if CONFIG.enabled else None
+    if entry is not None:
+        for var in entry.variants:
+            sel = var.derived.get(kind)
+            if sel is None:
+                sel = _compile_selection(var, kind)
+            r = sel.fn(node)
+            if type(r) is tuple:
+                var.stats.walk_hits += 1
+                return sel, r[0], r[1]
+            var.stats.misses[r] += 1
+    return dispatch.walk_generic(node, entry)
+
+
+def _compile_selection(var: Variant, kind: str) -> Selection:
+    with LOCK:
+        sel = var.derived.get(kind)
+        if sel is not None:
+            return sel
+        plan = var.plan
+        table = var.key.table
+        states = [spec for spec in table if type(spec) is StateSpec]
+        if kind == "states":
+            objects, values = [plan.objects[s.index] for s in states], []
+        elif kind == "nodes":
+            objects, values = [plan.objects[s.index] for s in table if type(s) is NodeSpec], []
+        elif kind == "leaves":
+            by_slot = sorted(states, key=lambda s: s.slot)
+            leaves = [slot for slot, t in enumerate(var.table.types) if t is None]
+            objects = [plan.objects[s.index] for s in by_slot]
+            values = [plan.values[slot] for slot in leaves]
+        else:
+            raise ValueError(f"unknown selection {kind!r}: one of {SELECTIONS}")
+        try:
+            built = codegen.build("collect", var.key, max_steps=CONFIG.max_steps,
+                                  plan=dataclasses.replace(plan, objects=objects, values=values),
+                                  disabled=dispatch._disabled_guards)
+            fn = built.fn
+        except Exception as e:  # never an error for the user: the reference walker serves it
+            dispatch._totals["compile_failures"] += 1
+            warnings.warn(f"specgraph could not specialize {kind} of a {var.key.type.__qualname__} "
+                          f"({type(e).__name__}: {e})", RuntimeWarning, stacklevel=5)
+            fn = dispatch._refuse
+        sel = Selection(fn, var.table)
+        paths = var.paths
+        if kind == "states":
+            sel.paths = tuple(paths[s.index] for s in states)
+            sel.state_pos = {s.slot: k for k, s in enumerate(states)}
+        elif kind == "nodes":
+            sel.paths = tuple(paths[s.index] for s in table if type(s) is NodeSpec)
+        else:
+            sel.paths = var.table.paths
+            n_states = len(objects)
+            position = [0] * len(var.table)
+            for k, s in enumerate(by_slot):
+                position[s.slot] = k
+            for k, slot in enumerate(leaves):
+                position[slot] = n_states + k
+            if leaves:  # (without any, the states come in slot order already)
+                sel.order = _gather(tuple(position))
+        var.derived[kind] = sel
+        return sel
+
+
+def _gather(positions: tuple[int, ...]) -> Callable[[list[Any]], list[Any]]:
+    get = itemgetter(*positions)
+    if len(positions) == 1:
+        return lambda values: [get(values)]
+    return lambda values: list(get(values))
+
+
+def states_view(sel: Selection, filters: tuple) -> list[tuple[tuple[Path, ...], Any]] | None:
+    """Per filter, ``(paths, take)``: the states it matches first, for type filters on the
+    structure of ``sel`` (a ``states`` selection); ``None`` for a predicate.
+
+    Kept with the partition it was made from: a partition computed again (the classes
+    changed) makes the view again."""
+    key = filter_key(filters)
+    if key is None:
+        return None
+    p = partition(sel.table, [], filters, exhaustive=False)
+    cached = sel.views.get(key)
+    if cached is not None and cached[0] is p:
+        return cached[1]
+    paths, pos = sel.paths, sel.state_pos
+    view = []
+    for slots in p.slots:
+        mine = [pos[s] for s in slots if s in pos]  # (array leaves are no states)
+        view.append((tuple(paths[k] for k in mine), _take(tuple(mine))))
+    if len(sel.views) >= 64:
+        sel.views.pop(next(iter(sel.views)))
+    sel.views[key] = (p, view)
+    return view
+
+
+def _take(positions: tuple[int, ...]) -> Callable[[list[Any]], Any]:
+    if not positions:
+        return lambda objects: ()
+    get = itemgetter(*positions)
+    if len(positions) == 1:
+        return lambda objects: (get(objects),)
+    return get
+
+
+# -- partial updates ----------------------------------------------------------------
+
+
+def update_parts(entry: Any, node: Any, states: tuple[StateMap, ...]) -> bool | None:
+    """Write parts of one structure's values (``split`` parts, ``StateMap.split`` parts,
+    ``jax.tree.map`` of them) through the specialized update, with no path lookup.
+
+    ``True``: written. ``False``: a guard refused (the reference must answer, walking).
+    ``None``: these parts are not of a specialized structure of this type.
+    """
+    first = states[0]._table
+    o = origin(first)
+    base = first if o is None else o[0]
+    for var in entry.variants:
+        if var.table is not base:
+            continue
+        m = slot_map(base, tuple(s._table for s in states))
+        if m is None or m.repeated:
+            return None  # not parts of this table, or a path given twice: the reference says
+        if len(states) == 1:
+            values = states[0]._values
+        else:
+            values = []
+            for s in states:
+                values += s._values
+        if m.full:
+            assert m.gather is not None
+            r = var.update(node, m.gather(values))
+        else:
+            fn = m.updates.get(var)
+            if fn is None:
+                fn = _compile_partial_update(var, m)
+            r = fn(node, values)
+        if r is None:
+            var.stats.update_hits += 1
+            return True
+        var.stats.misses[r] += 1
+        return False
+    return None
+
+
+def _compile_partial_update(var: Variant, m: SlotMap) -> Any:
+    with LOCK:
+        fn = m.updates.get(var)
+        if fn is not None:
+            return fn
+        plan = var.plan
+        position = {slot: k for k, slot in enumerate(m.slots)}
+        checks = [_reslot(c, position) if c.op == "check_unchanged" else c
+                  for c in plan.checks if c.op != "check_unchanged" or c.slot in position]
+        writes = [_reslot(w, position) for w in plan.writes if w.slot in position]
+        try:
+            built = codegen.build("update", var.key, max_steps=CONFIG.max_steps,
+                                  plan=dataclasses.replace(plan, checks=checks, writes=writes),
+                                  disabled=dispatch._disabled_guards)
+            fn = built.fn
+        except Exception as e:  # never an error for the user: the reference serves it
+            dispatch._totals["compile_failures"] += 1
+            warnings.warn(f"specgraph could not specialize a partial update of a "
+                          f"{var.key.type.__qualname__} ({type(e).__name__}: {e})", RuntimeWarning,
+                          stacklevel=5)
+            fn = _refuse_update
+        m.updates[var] = fn
+        return fn
+
+
+def _reslot(step: Step, position: dict[int, int]) -> Step:
+    """``step`` reading its value at its position among the given values, not its slot."""
+    fields = {f: getattr(step, f) for f in OPS[step.op].fields}
+    fields["slot"] = position[step.slot]
+    return Step(step.op, **fields)
+
+
+def _refuse_update(root: Any, vals: Any) -> str:
+    return "error"
