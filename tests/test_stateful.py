@@ -16,12 +16,14 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import sys
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import assert_same_flatten
 from graphs import BatchStat, Pair
 from hypothesis import event, settings
@@ -195,6 +197,34 @@ def _containers_within(c: Any) -> set[int]:
             out.add(id(x))
             stack.extend(x.values() if isinstance(x, dict) else x)
     return out
+
+
+def _shares_containers(root: Any) -> bool:
+    """Whether a list or dict sits at two paths of the flattened graph.
+
+    Then the update writes one container slot once per path, and the last write wins (in
+    both paths alike), so the values read back cannot all be the ones given. Containers are
+    counted as the flatten expands them: per occurrence, through tuples and namedtuples
+    too (a list inside a tuple that two nodes hold, or a list aliased next to the tuple
+    that holds it, is shared although no node or list holds it twice); nodes once.
+    """
+    seen_nodes: set[int] = set()
+    containers: set[int] = set()
+    stack = [root]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, sg.Node):
+            if id(x) not in seen_nodes:
+                seen_nodes.add(id(x))
+                stack.extend(vars(x).values())
+        elif isinstance(x, list | dict):
+            if id(x) in containers:
+                return True
+            containers.add(id(x))
+            stack.extend(x.values() if isinstance(x, dict) else x)
+        elif isinstance(x, tuple):
+            stack.extend(x)
+    return False
 
 
 def _twin_node(n: Any, cls: type | None = None) -> Any:
@@ -578,14 +608,7 @@ class GraphMachine(RuleBasedStateMachine):
         self.scan = Scan(self.root)
 
     def _shares_containers(self) -> bool:
-        seen: set[int] = set()
-        for h, k in self.scan.locs:
-            v = h[k]
-            if isinstance(v, list | dict):
-                if id(v) in seen:
-                    return True
-                seen.add(id(v))
-        return False
+        return _shares_containers(self.root)
 
     def _tally_counters(self) -> None:
         info = sg.cache_info()
@@ -619,3 +642,32 @@ class TestGraphMachine(GraphMachine.TestCase):  # type: ignore[name-defined]
         assert TALLY["graphs"] > 0
         for k in ("hits", "update_hits", "unflatten_hits", "walk_hits", "guard_misses", "first_call_hits"):
             assert TALLY.get(k, 0) > 0, (k, TALLY)
+
+
+# -- regressions of the machine's own model -----------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["full", "states", "mutable"])
+@pytest.mark.parametrize("where", ["aliased_next_to_its_tuple", "tuple_held_by_two_nodes"])
+def test_update_of_a_list_shared_through_a_tuple(monkeypatch: pytest.MonkeyPatch, how: str,
+                                                 where: str) -> None:
+    """A list at two paths, one of them through a tuple: each path gets its own new value,
+    one write wins, in both paths alike. The machine once saw no sharing there (it looked
+    for a list held twice by nodes, lists and dicts only) and expected every value back."""
+    monkeypatch.setattr(sys.modules[__name__], "event", lambda *_: None)  # outside hypothesis
+    machine = GraphMachine()
+    try:
+        lst = [np.zeros(1, np.float32)]
+        if where == "aliased_next_to_its_tuple":
+            machine.root = Net(t=(lst, 7), a=Block(l=lst))
+        else:
+            tup = (lst, 7)
+            machine.root = Net(a=Block(t=tup), b=Block(t=tup))
+        machine.public_path_matches_reference()  # the structure is specialized from here on
+        assert machine._shares_containers()
+        before = sg.cache_info()["update_hits"]
+        machine._update(how)  # the public update equals the reference's on a twin
+        assert sg.cache_info()["update_hits"] == before + 1  # served by generated code
+        machine.public_path_matches_reference()
+    finally:
+        machine.teardown()
