@@ -596,9 +596,6 @@ def markdown_table(shape: str, info: dict[str, Any], rows: list[dict[str, Any]],
     errs = [r for r in rows if r.get("error")]
     for r in errs:
         lines.append(f"\n- {SYSTEMS[r['system']]} {r['operation']}: `{r['error']}`")
-    bars = bar_table(rows)
-    if bars:
-        lines.append("\n" + bars)
     cg = by.get(("codegen", "specgraph"))
     if cg and not cg.get("error"):
         rep = cg.get("reported_compile_us")

@@ -396,3 +396,82 @@ def test_updates_merges_and_walks_equal_the_reference_on_mutated_graphs(recipe: 
         if got[0] == "error":
             assert got[1] == want[1]
         assert_same_graphs(g, twin)
+
+
+# -- the same for Flax NNX and BrainState models -------------------------------------
+
+
+def _peer_ops(m: Any, param: type, other: type) -> dict[str, Any]:
+    ops = {
+        "split": outcome(sg.split, m, param, ...),
+        "split two": outcome(sg.split, m, other, param, ...),
+        "states": outcome(sg.states, m, param),
+        "states two": outcome(sg.states, m, param, other),
+        "StateMap.split": outcome(lambda: sg.flatten(m)[1].split(param, ...)),
+    }
+    walks = _walk_ops(m)
+    return {**ops, **{k: walks[k] for k in ("states", "nodes", "iter_leaf")}}
+
+
+def _check_peer(served_by: str, m: Any, param: type, other: type, specializable: bool = True) -> None:
+    """``specializable``: generated code serves this library's states (else, declined, the
+    reference serves both paths, and the answers must still be the same)."""
+    warm(m)
+    for _ in range(2):
+        got, want = _peer_ops(m, param, other), reference(_peer_ops, m, param, other)
+        _assert_same_walk_ops({k: got[k] for k in ("states", "nodes", "iter_leaf")},
+                              {k: want[k] for k in ("states", "nodes", "iter_leaf")})
+        _assert_same_ops({k: v for k, v in got.items() if k not in ("states", "nodes", "iter_leaf")},
+                         {k: v for k, v in want.items() if k not in ("states", "nodes", "iter_leaf")})
+    gd, params, rest = sg.split(m, param, ...)
+    assert len(params) and len(rest)
+    new_params, new_rest = fresh(params, 10.0), fresh(rest, 20.0)
+    twin = reference(sg.clone, m)
+    before = sg.cache_info()["update_hits"]
+    sg.update(m, new_params)
+    sg.generic.update(twin, new_params)
+    assert_same_graphs(m, twin)
+    assert sg.cache_info()["update_hits"] - before == (served_by == "specialized" and specializable)
+    sg.update(m, new_rest, new_params)
+    sg.generic.update(twin, new_rest, new_params)
+    assert_same_graphs(m, twin)
+    merged = sg.merge(gd, new_rest, new_params)
+    assert type(merged) is type(m)
+    assert_same_graphs(merged, reference(sg.merge, gd, new_rest, new_params))
+    if specializable:
+        assert_served_by(served_by)
+
+
+def test_nnx_models_through_the_filtered_operations(served_by: str) -> None:
+    nnx = pytest.importorskip("flax.nnx")
+
+    class Layer(nnx.Module):
+        def __init__(self, i: int) -> None:
+            self.w = nnx.Param(np.full(2, float(i), np.float32))
+            self.b = nnx.Param(np.zeros(2, np.float32))
+            self.n = nnx.BatchStat(np.zeros(1, np.float32))
+
+    class Net(nnx.Module):
+        def __init__(self) -> None:
+            self.first, self.second = Layer(1), Layer(2)
+            self.count = nnx.Variable(np.int32(0))
+
+    _check_peer(served_by, Net(), nnx.Param, nnx.BatchStat)
+
+
+def test_brainstate_models_through_the_filtered_operations(served_by: str) -> None:
+    brainstate = pytest.importorskip("brainstate")
+
+    class Layer(brainstate.graph.Node):
+        def __init__(self, i: int) -> None:
+            self.w = brainstate.ParamState(np.full(2, float(i), np.float32))
+            self.b = brainstate.ParamState(np.zeros(2, np.float32))
+            self.h = brainstate.ShortTermState(np.zeros(1, np.float32))
+
+    class Net(brainstate.graph.Node):
+        def __init__(self) -> None:
+            self.first, self.second = Layer(1), Layer(2)
+            self.tied = self.first.w
+
+    # (BrainState's states have no slot layout: their structures are declined, for now)
+    _check_peer(served_by, Net(), brainstate.ParamState, brainstate.ShortTermState, specializable=False)
