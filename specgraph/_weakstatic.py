@@ -27,7 +27,7 @@ from typing import Any
 
 from . import _registry as reg
 from ._ir import ArrayConstant, GraphDef, NodeSpec, PytreeEdge, StaticEdge, fold_edge
-from ._sameness import VALUE_TYPES, is_value_sig
+from ._sameness import VALUE_TYPES, aux_data, is_value_sig
 
 __all__ = ["WeakStatic", "cache_key", "reaches_user_data", "strong_graphdef", "take_dead"]
 
@@ -155,10 +155,23 @@ class _Uncacheable(Exception):
     pass
 
 
+def _harmless(value: Any, reaches: dict[int, bool]) -> bool:
+    """Whether a dict key, a metadata value or a pytree's aux data reaches no user data, so
+    that a cache may hold it. (Generated guards bind these as constants, so they cannot
+    be held weakly: a structure with one that reaches user data is never cached.)"""
+    if type(value) in VALUE_TYPES:
+        return True
+    r = reaches.get(id(value))
+    if r is None:
+        r = reaches[id(value)] = reaches_user_data(value)
+    return not r
+
+
 def cache_key(gd: GraphDef) -> GraphDef | None:
     """What a cache may hold for ``gd``: ``gd`` itself when no static reaches user data,
     else a twin holding those statics weakly; ``None`` when one of them cannot be held
-    weakly (the structure is not cached). ``gd`` must be hashable."""
+    weakly, or when a dict key, state or custom-node metadata or pytree aux data reaches
+    user data (the structure is not cached). ``gd`` must be hashable."""
     h = hash(gd)
     replaced: list[WeakStatic] = []
     reaches: dict[int, bool] = {}  # id -> answer, for statics gd holds (alive meanwhile)
@@ -172,13 +185,24 @@ def cache_key(gd: GraphDef) -> GraphDef | None:
         return w
 
     def build(e: Any, parts: list) -> Any:
+        ptype = e.ptype
+        if e.sig is not None and not all(_harmless(k, reaches) for k in e.keys):
+            raise _Uncacheable  # a dict key such as a node or a bound method
+        if not isinstance(ptype, type) and not _harmless(aux_data(ptype), reaches):
+            raise _Uncacheable  # a custom pytree's aux data (a meta field, ...)
         if all(p is c for p, c in zip(parts, e.children, strict=True)):
             return e
-        return PytreeEdge(e.ptype, e.keys, tuple(parts), e.sig)
+        return PytreeEdge(ptype, e.keys, tuple(parts), e.sig)
 
     try:
         table = []
         for spec in gd.table:
+            if type(spec) is not NodeSpec:  # a state: its metadata
+                if not all(_harmless(v, reaches) for _, v in spec.metadata):
+                    raise _Uncacheable
+            elif (spec.sig is not None and not all(_harmless(k, reaches) for k in spec.keys)) \
+                    or not _harmless(spec.meta, reaches):  # a custom node's keys and metadata
+                raise _Uncacheable
             if type(spec) is NodeSpec and any(type(c) is StaticEdge or type(c) is PytreeEdge
                                               for c in spec.children):
                 children = tuple(fold_edge(c, leaf, build) for c in spec.children)

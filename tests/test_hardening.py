@@ -5,6 +5,7 @@ the specialized path, and demands the reference's answer.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gc
 import weakref
@@ -325,3 +326,79 @@ def test_an_array_kept_as_a_static_is_held_weakly(impl) -> None:
     del m, gd, sm
     gc.collect()
     assert alive() is None
+
+
+# Found by tests/fuzz_hardening.py: the same holds for the other static parts of a structure.
+# Generated guards bind dict keys, metadata and aux data as constants, so a structure with
+# one that reaches user data is left to the generic walker.
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class Scaled:
+    x: Any
+    eps: Any = dataclasses.field(metadata={"static": True})  # aux data
+
+
+class Tagged:
+    """A custom graph node type whose metadata is its ``tag``."""
+
+    def __init__(self, tag: Any) -> None:
+        self.tag = tag
+        self.data: dict[str, Any] = {}
+
+
+sg.register_graph_node_type(Tagged, lambda t: (sorted(t.data.items()), t.tag),
+                            lambda t, k, v: t.data.__setitem__(k, v), lambda t, k: t.data.pop(k),
+                            Tagged, lambda t: t.data.clear())
+
+
+def with_reaching_part(kind: str) -> Box:
+    m = Box(head=Head(), k=3)
+    cb = m.head.score
+    if kind == "state_metadata":
+        m.p = sg.Param(np.ones(2), init=cb)
+    elif kind == "dict_key":
+        m.d = {cb: sg.State(np.ones(2))}
+    elif kind == "node_as_dict_key":
+        m.d = {m.head: 1}
+    elif kind == "pytree_aux_data":
+        m.c = Scaled(sg.Param(np.ones(2)), cb)
+    elif kind == "custom_node_metadata":
+        m.t = Tagged(cb)
+        m.t.data["p"] = sg.Param(np.ones(2))
+    return m
+
+
+@pytest.mark.parametrize("kind", ["state_metadata", "dict_key", "node_as_dict_key", "pytree_aux_data",
+                                  "custom_node_metadata"])
+def test_a_key_metadata_or_aux_that_reaches_a_node_does_not_keep_it_alive(impl, kind: str) -> None:
+    m = with_reaching_part(kind)
+    ref = sg.generic.flatten(m)
+    gd, sm = impl.flatten(m)
+    assert_same_flatten((gd, sm), ref)
+    impl.update(m, sm)
+    rebuilt = impl.unflatten(gd, sm)
+    assert_same_flatten(sg.generic.flatten(rebuilt), sg.generic.flatten(sg.generic.unflatten(gd, sm)))
+    with sg.specialization(False):
+        want = list(sg.states(m))
+    assert list(sg.states(m)) == want
+    info = sg.cache_info()
+    assert info["compiled_variants"] == 0 and info["compiled_unflattens"] == 0  # the generic walker serves
+    alive = [weakref.ref(m.head), weakref.ref(m.head.w), weakref.ref(m.head.arr)]
+    del m, gd, sm, ref, rebuilt, want  # (a path holds its dict key)
+    gc.collect()
+    assert [r() for r in alive] == [None, None, None], "a cache kept the node and its arrays alive"
+
+
+def test_keys_metadata_and_aux_of_plain_values_are_still_specialized() -> None:
+    m = Box(p=sg.Param(np.ones(2), init="zeros", scale=(1, 2.0)), d={1: sg.State(np.ones(1)), 2.5: 3},
+            c=Scaled(sg.Param(np.ones(2)), 1e-5), u=Box(f=_apply, g=jax.nn.relu))
+    warm(m)
+    gd, sm = sg.flatten(m)
+    sg.unflatten(gd, sm)
+    new = sg.unflatten(gd, sm)
+    info = sg.cache_info()
+    assert info["hits"] == 2 and info["unflatten_hits"] == 1, info
+    assert_same_flatten((gd, sm), sg.generic.flatten(m))
+    assert_same_flatten(sg.generic.flatten(new), sg.generic.flatten(sg.generic.unflatten(gd, sm)))
