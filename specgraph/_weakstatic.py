@@ -25,6 +25,10 @@ import weakref
 from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
 from typing import Any
 
+import numpy as np
+from jax import Device
+from jax.sharding import AbstractMesh, Mesh, PartitionSpec, Sharding
+
 from . import _registry as reg
 from ._ir import ArrayConstant, GraphDef, NodeSpec, PytreeEdge, StaticEdge, fold_edge
 from ._sameness import VALUE_TYPES, aux_data, is_value_sig
@@ -34,6 +38,9 @@ __all__ = ["WeakStatic", "cache_key", "reaches_user_data", "strong_graphdef", "t
 #: Objects looked at to decide that a static reaches no user data; past it, it may.
 _BUDGET = 2000
 _USER_KINDS = frozenset({reg.NODE, reg.STATE, reg.ARRAY})
+#: Program configuration, never user data: a mesh's devices sit in a NumPy array, which
+#: would otherwise count as an array (NNX keeps a Param's mesh in its metadata).
+_CONFIG_TYPES = (type, ModuleType, CodeType, Mesh, AbstractMesh, Device, Sharding, PartitionSpec, np.dtype)
 
 # Weak references to twins one of whose statics died. Only appended to and popped from
 # (each atomic): the callback that appends can run anywhere, even inside take_dead.
@@ -44,8 +51,9 @@ def reaches_user_data(value: Any) -> bool:
     """Whether ``value`` may reach a graph node, a State or an array (conservative).
 
     Follows what the object refers to (``gc.get_referents``), without entering
-    classes, modules, a function's globals or code (program, not data, and alive
-    anyway); gives up, answering yes, past a bounded number of objects.
+    classes, modules, a function's globals or code, meshes, devices and shardings
+    (program, not data, and alive anyway); gives up, answering yes, past a bounded
+    number of objects.
     """
     seen: set[int] = set()
     stack = [value]
@@ -57,7 +65,7 @@ def reaches_user_data(value: Any) -> bool:
         if len(seen) > _BUDGET:
             return True
         t = type(x)
-        if t in VALUE_TYPES or isinstance(x, (type, ModuleType, CodeType)):
+        if t in VALUE_TYPES or isinstance(x, _CONFIG_TYPES):
             continue
         try:
             if reg.kind_of(x) in _USER_KINDS:

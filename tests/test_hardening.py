@@ -402,3 +402,17 @@ def test_keys_metadata_and_aux_of_plain_values_are_still_specialized() -> None:
     assert info["hits"] == 2 and info["unflatten_hits"] == 1, info
     assert_same_flatten((gd, sm), sg.generic.flatten(m))
     assert_same_flatten(sg.generic.flatten(new), sg.generic.flatten(sg.generic.unflatten(gd, sm)))
+
+
+def test_a_mesh_in_metadata_is_configuration_not_user_data(impl) -> None:
+    # NNX keeps a Param's mesh in its metadata; a mesh's devices sit in a NumPy array,
+    # which must not make the structure uncacheable (the sharded NNX models went generic).
+    mesh = jax.make_mesh((1,), ("model",))
+    m = Box(p=sg.Param(np.ones(2), mesh=mesh, sharding=("model",)), k=mesh)
+    gd, sm = impl.flatten(m)
+    assert_same_flatten((gd, sm), sg.generic.flatten(m))
+    assert impl.unflatten(gd, sm).p.metadata["mesh"] is mesh
+    if impl.name == "specialized":
+        info = sg.cache_info()
+        assert info["hits"] >= 1 and info["unflatten_hits"] >= 1, info
+        assert "R0" not in dispatch.variant_for(gd).sources["flatten"]  # held strongly
