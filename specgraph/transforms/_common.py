@@ -9,8 +9,10 @@ the caller's objects afterwards (:func:`finish_call`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
-from typing import Any
+import functools
+from collections.abc import Callable, Hashable, Mapping
+from types import SimpleNamespace
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -45,6 +47,43 @@ def root_type(kind: str, fn: Callable[..., Any]) -> type:
         name = getattr(fn, "__name__", "fn")
         cls = _root_types[key] = type(f"{kind}Args[{name}]", (_ArgsRoot,), {"__module__": __name__})
     return cls
+
+
+class GraphTransform:
+    """The callable a transform returns: ``fn`` with the transform's options.
+
+    The options are spelled once, as the keyword signature of the transform function
+    (``sg.vmap``, ``sg.scan``, ``sg.remat``), which hands them over with :meth:`wrap`.
+    """
+
+    kind: ClassVar[str]  # names the call's root type: ``VmapArgs[fn]``
+
+    def __init__(self, fn: Callable[..., Any], options: Mapping[str, Any]) -> None:
+        self.fn = fn
+        self.options = SimpleNamespace(**options)
+        self._check(self.options)
+        self._root_type = root_type(self.kind, fn)
+        functools.update_wrapper(self, fn, updated=())  # not fn.__dict__: a wrapped transform has its own fn
+
+    def _check(self, options: SimpleNamespace) -> None:
+        """Validate the options, normalising them in place (subclasses)."""
+
+    def __getattr__(self, name: str) -> Any:
+        """An option read as an attribute: ``f.in_axes``."""
+        try:
+            return vars(vars(self)["options"])[name]
+        except KeyError:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}") from None
+
+    @classmethod
+    def wrap(cls, transform: Callable[..., Any], fn: Any, options: Mapping[str, Any]) -> Any:
+        """What ``transform(fn, **options)`` returns; with ``fn=None``, a decorator taking it."""
+        options = {k: v for k, v in options.items() if k != "fn"}
+        if fn is None:
+            return functools.partial(transform, **options)
+        if not callable(fn):
+            raise TypeError(f"specgraph.{transform.__name__} expects a callable, got {type(fn).__qualname__}")
+        return cls(fn, options)
 
 
 def describe(path: Path) -> str:

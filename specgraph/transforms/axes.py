@@ -162,6 +162,15 @@ def check_spec(spec: Any, where: str, allow_carry: bool) -> None:
             )
 
 
+def check_options(options: Any, transform: str, allow_carry: bool) -> None:
+    """Check a transform's ``in_axes`` and ``out_axes``; a list ``in_axes`` (one entry per argument,
+    as ``jax.vmap`` reads it) becomes a tuple."""
+    check_spec(options.in_axes, f"{transform} in_axes", allow_carry)
+    check_spec(options.out_axes, f"{transform} out_axes", allow_carry)
+    if isinstance(options.in_axes, list):
+        options.in_axes = tuple(options.in_axes)
+
+
 def normalize(spec: Any) -> Any:
     """The JAX prefix standing for ``spec`` over the values grouped by :func:`group`."""
     if _is_axis(spec):

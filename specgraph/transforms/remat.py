@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 
 from ..generic._unflatten import build_with, rebuild_edge
-from ._common import flatten_call, root_type
+from ._common import GraphTransform, flatten_call
 from .jit import _ArgsRoot, _Result, finish_call, root_child, trace_call
 
 __all__ = ["remat", "RematFunction", "eval_shape"]
@@ -17,17 +16,10 @@ __all__ = ["remat", "RematFunction", "eval_shape"]
 _EvalShapeArgs = type("EvalShapeArgs", (_ArgsRoot,), {"__module__": __name__})  # one root type for all calls
 
 
-class RematFunction:
+class RematFunction(GraphTransform):
     """A function of graph nodes whose activations are recomputed on the backward pass."""
 
-    def __init__(
-        self, fn: Callable[..., Any], prevent_cse: bool = True, policy: Callable[..., bool] | None = None
-    ) -> None:
-        self.fn = fn
-        self.prevent_cse = prevent_cse
-        self.policy = policy
-        self._root_type = root_type("Remat", fn)
-        functools.update_wrapper(self, fn, updated=())  # not fn.__dict__: a wrapped transform has its own fn
+    kind = "Remat"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         root, gd, sm = flatten_call(self._root_type, args, kwargs)
@@ -38,7 +30,8 @@ class RematFunction:
             after = t.walk.values
             return _Result(t.written, t.out_static(), [after[i] for i in t.written], after[t.n :])
 
-        res = jax.checkpoint(pure, prevent_cse=self.prevent_cse, policy=self.policy)(sm._values)
+        o = self.options
+        res = jax.checkpoint(pure, prevent_cse=o.prevent_cse, policy=o.policy)(sm._values)
         return finish_call(root, sm, res.written, res.written_values, res.out_static, res.out_values)
 
 
@@ -55,11 +48,7 @@ def remat(
     States ``fn`` writes are written back, as with ``sg.jit``. Usable as a
     decorator, with or without arguments.
     """
-    if fn is None:
-        return functools.partial(remat, prevent_cse=prevent_cse, policy=policy)
-    if not callable(fn):
-        raise TypeError(f"specgraph.remat expects a callable, got {type(fn).__qualname__}")
-    return RematFunction(fn, prevent_cse, policy)
+    return RematFunction.wrap(remat, fn, locals())
 
 
 def eval_shape(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

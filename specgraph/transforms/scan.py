@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Hashable
+from types import SimpleNamespace
 from typing import Any
 
 import jax
@@ -12,16 +12,16 @@ from jax import tree_util
 from .._model import Node
 from ..generic._flatten import Walk, walk
 from ._common import (
+    GraphTransform,
     describe,
     flatten_call,
     fn_name,
     move_axis,
     out_part,
-    root_type,
     sliced_view,
     stacked_view,
 )
-from .axes import Carry, check_spec, input_axes, resolve
+from .axes import Carry, check_options, input_axes, resolve
 from .jit import finish_call, trace_call
 
 __all__ = ["scan", "ScanFunction"]
@@ -40,36 +40,27 @@ class _Ys:
 tree_util.register_pytree_node(_Ys, lambda y: ((y.values,), y.info), lambda info, ch: _Ys(info, list(ch[0])))
 
 
-class ScanFunction:
+class ScanFunction(GraphTransform):
     """A scanned function of graph nodes; call it like the original."""
 
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        in_axes: Any = (Carry, 0),
-        out_axes: Any = (Carry, 0),
-        length: int | None = None,
-        reverse: bool = False,
-        unroll: int | bool = 1,
-        partition_name: Any = None,
-    ) -> None:
-        check_spec(in_axes, "specgraph.scan in_axes", allow_carry=True)
-        check_spec(out_axes, "specgraph.scan out_axes", allow_carry=True)
-        if isinstance(in_axes, list):
-            in_axes = tuple(in_axes)
+    kind = "Scan"
+
+    def _check(self, o: SimpleNamespace) -> None:
+        check_options(o, "specgraph.scan", allow_carry=True)
+        in_axes = o.in_axes
         carry_args = [i for i, a in enumerate(in_axes) if a is Carry] if isinstance(in_axes, tuple) else []
-        if in_axes is Carry:
+        if o.in_axes is Carry:
             raise TypeError(
                 "specgraph.scan: in_axes=sg.Carry would carry every argument; give a tuple with "
                 "sg.Carry at the argument to carry, e.g. in_axes=(sg.Carry, 0)"
             )
         if len(carry_args) > 1:
             raise TypeError("specgraph.scan: in_axes may mark one argument as sg.Carry")
-        if out_axes is Carry:
+        if o.out_axes is Carry:
             out_carry: Any = "all"
-        elif isinstance(out_axes, tuple) and sum(a is Carry for a in out_axes) == 1:
-            out_carry = next(i for i, a in enumerate(out_axes) if a is Carry)
-        elif isinstance(out_axes, tuple) and any(a is Carry for a in out_axes):
+        elif isinstance(o.out_axes, tuple) and sum(a is Carry for a in o.out_axes) == 1:
+            out_carry = next(i for i, a in enumerate(o.out_axes) if a is Carry)
+        elif isinstance(o.out_axes, tuple) and any(a is Carry for a in o.out_axes):
             raise TypeError("specgraph.scan: out_axes may hold sg.Carry once")
         else:
             out_carry = None
@@ -78,27 +69,18 @@ class ScanFunction:
                 "specgraph.scan: an argument marked sg.Carry in in_axes needs sg.Carry in out_axes "
                 "(the position where fn returns the new carry), and the other way round"
             )
-        self.fn = fn
-        self.in_axes = in_axes
-        self.out_axes = out_axes
-        self.length = length
-        self.reverse = reverse
-        self.unroll = unroll
-        self.partition_name = partition_name
         self._carry_arg = carry_args[0] if carry_args else None
         self._out_carry = out_carry
-        self._root_type = root_type("Scan", fn)
-        functools.update_wrapper(self, fn, updated=())  # not fn.__dict__: a wrapped transform has its own fn
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         root, gd, sm = flatten_call(self._root_type, args, kwargs)
         values = sm._values
         paths = gd.pathtable.paths
-        axes = input_axes(gd, values, self.in_axes, None, "specgraph.scan")
+        axes = input_axes(gd, values, self.options.in_axes, None, "specgraph.scan")
         carry_slots = [s for s, a in enumerate(axes) if a is Carry]
         scan_slots = [s for s, a in enumerate(axes) if type(a) is int]
         xs = [move_axis(values[s], axes[s], 0) for s in scan_slots]
-        length = self.length
+        length = self.options.length
         if length is None and not scan_slots:
             raise ValueError(
                 "specgraph.scan: nothing is scanned (no value has an int axis); give length="
@@ -142,8 +124,9 @@ class ScanFunction:
             in_carry = {k for k, _ in carry_out}
             ys_out = [k for k in range(len(out_values)) if k not in in_carry]
             ys_axes = []
+            out_spec = self.options.out_axes
             for k in ys_out:
-                axis, _ = resolve(self.out_axes, rels[k], out_values[k], types[k], "specgraph.scan out_axes")
+                axis, _ = resolve(out_spec, rels[k], out_values[k], types[k], "specgraph.scan out_axes")
                 if type(axis) is not int:
                     raise ValueError(
                         f"specgraph.scan out_axes: the output at path {rels[k]!r} gets the axis "
@@ -159,8 +142,8 @@ class ScanFunction:
 
         try:
             final, ys = jax.lax.scan(
-                body, [values[s] for s in carry_slots], xs, length=length, reverse=self.reverse,
-                unroll=self.unroll,
+                body, [values[s] for s in carry_slots], xs, length=length, reverse=self.options.reverse,
+                unroll=self.options.unroll,
             )
         except TypeError as e:
             if "carry" in str(e):
@@ -188,7 +171,8 @@ class ScanFunction:
             out_values[k] = move_axis(v, 0, axis)
             out_axes_list[k] = axis
         if kind == "graph":
-            out_static = (kind, stacked_view(payload, n, out_values, out_axes_list, self.partition_name), n)
+            name = self.options.partition_name
+            out_static = (kind, stacked_view(payload, n, out_values, out_axes_list, name), n)
         return finish_call(root, sm, written, written_values, out_static, out_values)
 
 
@@ -273,11 +257,4 @@ def scan(
     per-iteration outputs are stacked (ints, or ``sg.StateAxes`` for nodes created
     inside ``fn``). Partition annotations follow the axes, as in ``sg.vmap``.
     """
-    if fn is None:
-        return functools.partial(
-            scan, in_axes=in_axes, out_axes=out_axes, length=length, reverse=reverse, unroll=unroll,
-            partition_name=partition_name,
-        )
-    if not callable(fn):
-        raise TypeError(f"specgraph.scan expects a callable, got {type(fn).__qualname__}")
-    return ScanFunction(fn, in_axes, out_axes, length, reverse, unroll, partition_name)
+    return ScanFunction.wrap(scan, fn, locals())

@@ -2,51 +2,32 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import jax
 
-from ._common import describe, flatten_call, fn_name, out_part, root_type, sliced_view, stacked_view
-from .axes import check_spec, group, input_axes, normalize, ungroup
+from ._common import GraphTransform, describe, flatten_call, fn_name, out_part, sliced_view, stacked_view
+from .axes import check_options, group, input_axes, normalize, ungroup
 from .jit import finish_call, trace_call
 
 __all__ = ["vmap", "VmapFunction"]
 
 
-class VmapFunction:
+class VmapFunction(GraphTransform):
     """A vectorized function of graph nodes; call it like the original."""
 
-    def __init__(
-        self,
-        fn: Callable[..., Any],
-        in_axes: Any = 0,
-        out_axes: Any = 0,
-        axis_name: Any = None,
-        axis_size: int | None = None,
-        spmd_axis_name: Any = None,
-        partition_name: Any = None,
-    ) -> None:
-        check_spec(in_axes, "specgraph.vmap in_axes", allow_carry=False)
-        check_spec(out_axes, "specgraph.vmap out_axes", allow_carry=False)
-        if isinstance(in_axes, list):
-            in_axes = tuple(in_axes)  # a list means one entry per argument, as in jax.vmap
-        self.fn = fn
-        self.in_axes = in_axes
-        self.out_axes = out_axes
-        self.axis_name = axis_name
-        self.axis_size = axis_size
-        self.spmd_axis_name = spmd_axis_name
-        self.partition_name = partition_name
-        self._root_type = root_type("Vmap", fn)
-        self._norm_out = normalize(out_axes)
-        functools.update_wrapper(self, fn, updated=())  # not fn.__dict__: a wrapped transform has its own fn
+    kind = "Vmap"
+
+    def _check(self, o: SimpleNamespace) -> None:
+        check_options(o, "specgraph.vmap", allow_carry=False)
+        self._norm_out = normalize(o.out_axes)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         root, gd, sm = flatten_call(self._root_type, args, kwargs)
         values = sm._values
-        axes = input_axes(gd, values, self.in_axes, 0, "specgraph.vmap")
+        axes = input_axes(gd, values, self.options.in_axes, 0, "specgraph.vmap")
         inner = sliced_view(gd, values, axes)
         seen: dict[str, Any] = {}  # filled while jax.vmap traces ``pure`` (it traces on every call)
 
@@ -57,7 +38,7 @@ class VmapFunction:
             joint = t.walk.graphdef
             out_values = after[n:]
             rels, types = out_part(joint, n, out_values)
-            grouped, placed = group(self.out_axes, rels, out_values, types, "specgraph.vmap out_axes")
+            grouped, placed = group(self.options.out_axes, rels, out_values, types, "specgraph.vmap out_axes")
             seen["call"] = (t.written, t.out_static(), placed)
             return list(after[:n]), grouped
 
@@ -66,9 +47,9 @@ class VmapFunction:
                 pure,
                 in_axes=(axes,),
                 out_axes=(axes, self._norm_out),
-                axis_name=self.axis_name,
-                axis_size=self.axis_size,
-                spmd_axis_name=self.spmd_axis_name,
+                axis_name=self.options.axis_name,
+                axis_size=self.options.axis_size,
+                spmd_axis_name=self.options.spmd_axis_name,
             )(values)
         except ValueError as e:
             if "call" in seen:
@@ -87,7 +68,7 @@ class VmapFunction:
         kind, payload, n = out_static
         if kind == "graph":
             out_static = (kind, stacked_view(payload, n, out_values, [a for a, _ in placed],
-                                             self.partition_name), n)
+                                             self.options.partition_name), n)
         return finish_call(root, sm, written, [full[i] for i in written], out_static, out_values)
 
 
@@ -126,11 +107,4 @@ def vmap(
       loses the mapped axis's entry; a stacked output state's gains ``partition_name``
       (``None``: not partitioned along the new axis) at its out axis.
     """
-    if fn is None:
-        return functools.partial(
-            vmap, in_axes=in_axes, out_axes=out_axes, axis_name=axis_name, axis_size=axis_size,
-            spmd_axis_name=spmd_axis_name, partition_name=partition_name,
-        )
-    if not callable(fn):
-        raise TypeError(f"specgraph.vmap expects a callable, got {type(fn).__qualname__}")
-    return VmapFunction(fn, in_axes, out_axes, axis_name, axis_size, spmd_axis_name, partition_name)
+    return VmapFunction.wrap(vmap, fn, locals())
