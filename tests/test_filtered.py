@@ -396,6 +396,10 @@ def test_updates_merges_and_walks_equal_the_reference_on_mutated_graphs(recipe: 
         if got[0] == "error":
             assert got[1] == want[1]
         assert_same_graphs(g, twin)
+        if filters and data.draw(st.booleans(), label="pop"):  # pop: another structure again
+            _assert_same_pops(outcome(sg.pop_states, g, *filters),
+                              reference(outcome, sg.pop_states, twin, *filters))
+            assert_same_graphs(g, twin)
 
 
 # -- the same for Flax NNX and BrainState models -------------------------------------
@@ -475,3 +479,169 @@ def test_brainstate_models_through_the_filtered_operations(served_by: str) -> No
 
     # (BrainState's states have no slot layout: their structures are declined, for now)
     _check_peer(served_by, Net(), brainstate.ParamState, brainstate.ShortTermState, specializable=False)
+
+
+# -- pop_states on the specialized walk ------------------------------------------------
+
+
+def _assert_same_pops(got: tuple[str, Any], want: tuple[str, Any]) -> None:
+    assert got[0] == want[0], (got, want)
+    if want[0] == "ok":
+        assert_same_maps(got[1], want[1])
+    else:
+        assert got[1] == want[1]
+
+
+POPS = [(BatchStat,), (sg.Param, BatchStat), (sg.State,), (lambda p, v: p[0] == "count",)]
+
+
+@pytest.mark.parametrize("filters", POPS)
+def test_pop_states_equals_the_reference_on_the_specialized_walk(served_by: str, filters: tuple) -> None:
+    m = model()
+    warm(m)
+    twin = reference(sg.clone, m)
+    before = sg.cache_info()["walk_hits"]
+    got = outcome(sg.pop_states, m, *filters)
+    assert sg.cache_info()["walk_hits"] - before == (served_by == "specialized")
+    _assert_same_pops(got, reference(outcome, sg.pop_states, twin, *filters))
+    assert got[0] == "ok"
+    assert_same_graphs(m, twin)  # the same states removed from the same holders
+    assert all(not part for part in as_tuple(sg.states(m, *filters)))
+    # the structure changed: the next operations see the new one, not the cached variant
+    _assert_same_walk_ops(_walk_ops(m), reference(_walk_ops, m))
+
+
+def test_pop_states_from_a_list_is_refused_by_both_paths_and_removes_nothing(served_by: str) -> None:
+    m = Box(a=sg.Param(np.zeros(1)), lst=[sg.Param(np.ones(1))], b=BatchStat(np.ones(1)))
+    warm(m)
+    twin = reference(sg.clone, m)
+    got = outcome(sg.pop_states, m, sg.Param)
+    _assert_same_pops(got, reference(outcome, sg.pop_states, twin, sg.Param))
+    assert got[0] == "error" and "('lst', 0)" in got[1][1]
+    assert_same_graphs(m, twin)
+    assert_same_graphs(m, reference(sg.clone, m))
+    assert list(sg.generic.flatten(m)[1]) == [("a",), ("b",), ("lst", 0)]
+
+
+# -- guard-kill: the caches' validity checks are load-bearing --------------------------
+#
+# With one check taken out, the specialized path answers a changed structure or filter
+# list from a stale cache and DIFFERS from the reference; the reference (specializer off)
+# caches nothing, so taking the check out changes none of its answers.
+
+
+def _abc_scenario() -> tuple[Any, type, Any]:
+    class Tagged(sg.State, metaclass=abc.ABCMeta):
+        __slots__ = ()
+
+    class Plain(sg.State):
+        __slots__ = ()
+
+    return Box(a=Plain(np.zeros(1)), b=Tagged(np.ones(1))), Tagged, lambda: Tagged.register(Plain)
+
+
+def _bases_scenario() -> tuple[Any, type, Any]:
+    class A(sg.State):
+        __slots__ = ()
+
+    class B(sg.State):
+        __slots__ = ()
+
+    class C(A):
+        __slots__ = ()
+
+    def rebase() -> None:
+        C.__bases__ = (B,)
+
+    return Box(c=C(np.zeros(1)), b=B(np.ones(1)), a=A(np.ones(1))), A, rebase
+
+
+def _by_type_ops(m: Any, ty: type) -> dict[str, Any]:
+    return {
+        "split": outcome(sg.split, m, ty, ...),
+        "StateMap.split": outcome(lambda: sg.flatten(m)[1].split(ty, ...)),
+        "states": outcome(sg.states, m, ty),
+    }
+
+
+def _assert_ops_agree(got: dict[str, Any], want: dict[str, Any]) -> bool:
+    try:
+        _assert_same_ops(got, want)
+    except AssertionError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("killed", [True, False])
+@pytest.mark.parametrize("scenario", [_abc_scenario, _bases_scenario])
+def test_the_partition_validity_check_is_load_bearing(
+    served_by: str, scenario: Any, killed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from specgraph._partition import Partition
+
+    if killed:
+        monkeypatch.setattr(Partition, "valid", lambda self: True)
+    m, ty, change_classes = scenario()
+    warm(m)
+    for _ in range(2):  # computed, then served from the caches
+        assert _assert_ops_agree(_by_type_ops(m, ty), reference(_by_type_ops, m, ty))
+    change_classes()  # what issubclass answers changes; the structure does not
+    agree = _assert_ops_agree(_by_type_ops(m, ty), reference(_by_type_ops, m, ty))
+    assert agree is not (killed and served_by == "specialized")
+
+
+@pytest.mark.parametrize("killed", [True, False])
+def test_the_identity_filter_key_is_load_bearing(
+    served_by: str, killed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keyed by ``==`` (the identity key taken out), a filter list claiming to equal a
+    cached one (``Liar``) gets that one's partition."""
+    from specgraph import _partition
+
+    if killed:
+        monkeypatch.setattr(_partition, "filter_key", lambda filters: filters)
+    m = model()
+    warm(m)
+    sg.split(m, sg.Param, ...)  # cached
+    got = outcome(sg.split, m, Liar(), ...)
+    right = list(got[1][1]) == [("count",)]  # what Liar selects: not Param's partition
+    assert right is _assert_ops_agree({"split": got}, {"split": reference(outcome, sg.split, m, Liar(), ...)})
+    assert right is not (killed and served_by == "specialized")
+
+
+@pytest.fixture
+def disable_guards() -> Any:
+    from specgraph.runtime import dispatch
+
+    try:
+        yield dispatch._set_disabled_guards
+    finally:
+        dispatch._set_disabled_guards(frozenset())
+
+
+@pytest.mark.parametrize("killed", [True, False])
+def test_an_update_by_slots_is_guarded_like_the_full_update(
+    served_by: str, killed: bool, disable_guards: Any
+) -> None:
+    """Two parameters made one after the split: the part's slot map still maps both, and
+    without the ``distinct`` guard the partial update writes both into one state; with it
+    the update refuses as the reference does."""
+    disable_guards(frozenset({"distinct"}) if killed else frozenset())
+    w = sg.Param(np.zeros(1))
+    m = Box(a=sg.Param(np.zeros(1)), b=sg.Param(np.ones(1)), c=w, d=w, n=BatchStat(np.zeros(1)))
+    warm(m)
+    _, params, _ = sg.split(m, sg.Param, ...)
+    new = fresh(params, 5.0)
+    sg.update(m, new)  # the slot map and its partial update exist now
+    twin = reference(sg.clone, m)
+    m.b = m.a
+    twin.b = twin.a
+    before = sg.cache_info()["update_hits"]
+    got = outcome(sg.update, m, fresh(params, 7.0))
+    want = reference(outcome, sg.generic.update, twin, fresh(params, 7.0))
+    assert want[0] == "error" and "('b',)" in want[1][1]
+    stale = killed and served_by == "specialized"
+    assert (got == want) is not stale
+    assert (sg.cache_info()["update_hits"] - before == 1) is stale
+    if not stale:
+        assert_same_graphs(m, twin)
