@@ -120,7 +120,7 @@ def nodes(node: Any) -> dict[Path, Any]:
     """``{path: node}`` for each graph node, once, in pre-order."""
     r = derived.select(node, "nodes")
     if type(r) is not Walk:
-        return dict(zip(r[0].paths, r[1], strict=True))
+        return derived.filled(r[0].template, r[0].paths, r[1])
     return {r.path(spec[2]): r.objects[spec[2]] for spec in r.graphdef.table if type(spec) is NodeSpec}
 
 
@@ -136,10 +136,10 @@ def states(node: Any, *filters: Filter) -> dict[Path, State] | tuple[dict[Path, 
         if type(r) is not Walk:
             sel, objects, _ = r
             if not filters:
-                return dict(zip(sel.paths, objects, strict=True))
+                return derived.filled(sel.template, sel.paths, objects)
             view = derived.states_view(sel, filters)
             assert view is not None
-            parts = [dict(zip(paths, take(objects), strict=True)) for paths, take in view]
+            parts = [derived.filled(template, paths, take(objects)) for paths, take, template in view]
             return parts[0] if len(parts) == 1 else tuple(parts)
         w = r
     else:  # predicates see the values

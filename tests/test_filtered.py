@@ -368,6 +368,24 @@ def test_iter_leaf_interleaves_states_and_array_leaves(served_by: str) -> None:
     assert list(sg.iter_leaf(only_leaves)) == [(("x", 0), a)]
 
 
+def test_a_metadata_change_leaves_the_walks_served(served_by: str) -> None:
+    """states / nodes / iter_leaf return no metadata: their generated code leaves its guards
+    out, so a state replaced by one of other metadata is still answered by it (flatten, whose
+    GraphDef holds the metadata, misses), and the answers equal the reference."""
+    m = Box(w=sg.Param(np.zeros(1), tag="a"), n=BatchStat(np.ones(1)), sub=Box(v=sg.Param(np.ones(1))))
+    warm(m)
+    _assert_same_walk_ops(_walk_ops(m), reference(_walk_ops, m))
+    m.w = sg.Param(np.zeros(1), tag="b")
+    before = sg.cache_info()
+    _assert_same_walk_ops(_walk_ops(m), reference(_walk_ops, m))
+    after = sg.cache_info()
+    assert after["walk_hits"] - before["walk_hits"] == 6 * (served_by == "specialized")
+    assert after["guard_misses"] == before["guard_misses"]
+    assert sg.states(m)[("w",)] is m.w
+    sg.flatten(m)
+    assert sg.cache_info()["guard_misses"].get("metadata", 0) == (served_by == "specialized")
+
+
 @given(recipe=recipes(), data=st.data())
 def test_updates_merges_and_walks_equal_the_reference_on_mutated_graphs(recipe: Any, data: Any) -> None:
     g = build(recipe)

@@ -32,7 +32,7 @@ from ..generic._flatten import Walk
 from . import dispatch
 from .cache import CONFIG, LOCK, Variant
 
-__all__ = ["Selection", "select", "states_view", "update_parts"]
+__all__ = ["Selection", "filled", "select", "states_view", "update_parts"]
 
 Path = tuple[Hashable, ...]
 
@@ -48,7 +48,7 @@ class Selection:
     whose ``order(objects + values)``, when not ``None``, lists each slot's State or leaf).
     """
 
-    __slots__ = ("fn", "order", "paths", "state_pos", "table", "views")
+    __slots__ = ("fn", "order", "paths", "state_pos", "table", "template", "views")
 
     def __init__(self, fn: Any, table: Any) -> None:
         self.fn = fn
@@ -56,11 +56,15 @@ class Selection:
         self.paths: tuple[Path, ...] = ()
         self.state_pos: dict[int, int] = {}  # slot -> position among the selected states
         self.order: Callable[[list[Any]], list[Any]] | None = None
+        self.template: dict[Path, None] = {}  # the paths' dict (states, nodes): see filled()
         self.views: dict[tuple, tuple[Partition, list]] = {}  # filter key -> states by filter
 
 
 #: the selections there are
 SELECTIONS = ("states", "nodes", "leaves")
+#: guard kinds a selection leaves out: what they prove (each state's metadata is the
+#: structure's) changes no path and no object a selection returns
+_NOT_READ = frozenset({"metadata"})
 
 
 def select(node: Any, kind: str) -> tuple[Selection, list[Any], list[Any]] | Walk:
@@ -102,7 +106,7 @@ def _compile_selection(var: Variant, kind: str) -> Selection:
         try:
             built = codegen.build("collect", var.key, max_steps=CONFIG.max_steps,
                                   plan=dataclasses.replace(plan, objects=objects, values=values),
-                                  disabled=dispatch._disabled_guards)
+                                  disabled=dispatch._disabled_guards | _NOT_READ)
             fn = built.fn
         except Exception as e:  # never an error for the user: the reference walker serves it
             dispatch._totals["compile_failures"] += 1
@@ -114,8 +118,10 @@ def _compile_selection(var: Variant, kind: str) -> Selection:
         if kind == "states":
             sel.paths = tuple(paths[s.index] for s in states)
             sel.state_pos = {s.slot: k for k, s in enumerate(states)}
+            sel.template = dict.fromkeys(sel.paths)
         elif kind == "nodes":
             sel.paths = tuple(paths[s.index] for s in table if type(s) is NodeSpec)
+            sel.template = dict.fromkeys(sel.paths)
         else:
             sel.paths = var.table.paths
             n_states = len(objects)
@@ -137,9 +143,18 @@ def _gather(positions: tuple[int, ...]) -> Callable[[list[Any]], list[Any]]:
     return lambda values: list(get(values))
 
 
-def states_view(sel: Selection, filters: tuple) -> list[tuple[tuple[Path, ...], Any]] | None:
-    """Per filter, ``(paths, take)``: the states it matches first, for type filters on the
-    structure of ``sel`` (a ``states`` selection); ``None`` for a predicate.
+def filled(template: dict[Path, None], paths: tuple[Path, ...], objects: Any) -> dict[Path, Any]:
+    """``dict(zip(paths, objects))``, from a copy of ``template`` (``dict.fromkeys(paths)``):
+    the copy takes the keys without hashing them and is sized for them already, so filling
+    it only replaces values (a fresh dict would grow several times as it fills)."""
+    d = template.copy()
+    d.update(zip(paths, objects, strict=True))
+    return d
+
+
+def states_view(sel: Selection, filters: tuple) -> list[tuple[tuple[Path, ...], Any, dict]] | None:
+    """Per filter, ``(paths, take, template)``: the states it matches first, for type filters
+    on the structure of ``sel`` (a ``states`` selection); ``None`` for a predicate.
 
     Kept with the partition it was made from: a partition computed again (the classes
     changed) makes the view again."""
@@ -154,7 +169,8 @@ def states_view(sel: Selection, filters: tuple) -> list[tuple[tuple[Path, ...], 
     view = []
     for slots in p.slots:
         mine = [pos[s] for s in slots if s in pos]  # (array leaves are no states)
-        view.append((tuple(paths[k] for k in mine), _take(tuple(mine))))
+        mine_paths = tuple(paths[k] for k in mine)
+        view.append((mine_paths, _take(tuple(mine)), dict.fromkeys(mine_paths)))
     if len(sel.views) >= 64:
         sel.views.pop(next(iter(sel.views)))
     sel.views[key] = (p, view)
