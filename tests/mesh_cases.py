@@ -165,8 +165,8 @@ def test_adam_steps_keep_shardings_and_match_unsharded(mode: str) -> None:
     assert int(trainer.model.steps.value) == 5
 
 
-def compiled_text(jitted: Any, *args: Any, pinned: bool = True) -> str:
-    """The optimized HLO an ``sg.jit`` function runs for these arguments (``pinned=False``:
+def compiled(jitted: Any, *args: Any, pinned: bool = True) -> Any:
+    """The executable an ``sg.jit`` function runs for these arguments (``pinned=False``:
     the same step without the constraints that keep written states on their shardings)."""
     import importlib
 
@@ -174,7 +174,12 @@ def compiled_text(jitted: Any, *args: Any, pinned: bool = True) -> str:
     root = jit_mod._new_root(jitted._root_type, args, {})
     gd, smap = sg.flatten(root)
     placement = sgs.placement_of(smap.values(), None) if pinned else None
-    return jitted._jitted.lower(((), ()), gd, placement, smap.values(), []).compile().as_text()
+    return jitted._jitted.lower(((), ()), gd, placement, smap.values(), []).compile()
+
+
+def compiled_text(jitted: Any, *args: Any, pinned: bool = True) -> str:
+    """The optimized HLO an ``sg.jit`` function runs for these arguments."""
+    return compiled(jitted, *args, pinned=pinned).as_text()
 
 
 COLLECTIVES = ("all-reduce(", "all-gather(", "all-to-all(", "collective-permute(", "reduce-scatter(")
@@ -217,6 +222,30 @@ def test_written_state_keeps_its_input_sharding_exactly(mode: str) -> None:
     close(st.s.value, np.full((4, 8), 496.0 * 32))
     plain = jax.jit(lambda v: jnp.zeros_like(v) + v.sum())(st.s.value)
     assert plain.sharding != before  # what the pinning prevents
+
+
+def test_committed_input_shardings_are_respected(mode: str) -> None:
+    # The step runs where the caller's arrays are: every committed input (states and a
+    # non-graph argument) enters the executable on its own sharding (sg.jit's compiled
+    # function takes them as they are), no array is moved before the call, and a state
+    # the step only reads is still the caller's very array.
+    model = sg.shard(MLP(0), MESH)
+    cols = NamedSharding(MESH, P(None, "model"))
+    x = jax.device_put(np.asarray(batch()[0]).T.copy(), cols)  # (8, 16): columns over 'model'
+    f = sg.jit(lambda m, x: m(x.T) + m.steps.value)  # reads every input (XLA drops unused ones)
+    w = model.up.w.value
+    with jax.transfer_guard("disallow_explicit"):  # no array is moved, not even by device_put
+        for _ in range(2):
+            y = f(model, x)
+    close(y, MLP(0)(np.asarray(x).T))
+    assert model.up.w.value is w
+    args_in, _ = compiled(f, model, x).input_shardings
+    leaves = [*jax.tree.leaves(sg.flatten(model)[1].values()), x]
+    given = jax.tree.leaves(args_in[0])  # (kept values, donated values): the statics are not inputs
+    assert len(given) == len(leaves)
+    for a, s in zip(leaves, given, strict=True):
+        assert s.is_equivalent_to(a.sharding, a.ndim), (s, a.sharding)
+    assert given[-1].spec == P(None, "model")
 
 
 @pytest.mark.filterwarnings("ignore:Some donated buffers were not usable")

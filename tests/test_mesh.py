@@ -40,4 +40,4 @@ def test_mesh_cases_on_8_devices(tmp_path: Path) -> None:
     skipped = [line for line in proc.stdout.splitlines() if line.startswith("SKIPPED")]
     assert all("could not import 'flax" in line for line in skipped), report
     nnx_cases = 4 if importlib.util.find_spec("flax") is not None else 0
-    assert proc.stdout.count("\nPASSED ") >= 20 + nnx_cases, report
+    assert proc.stdout.count("\nPASSED ") >= 22 + nnx_cases, report
