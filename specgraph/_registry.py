@@ -32,6 +32,7 @@ __all__ = [
     "Rebuild",
     "StateImpl",
     "StateLayout",
+    "DictStateLayout",
     "state_impl",
     "is_state_type",
     "kind_of",
@@ -256,6 +257,41 @@ class StateLayout:
 
 
 @dataclass(frozen=True, eq=False)
+class DictStateLayout:
+    """Where a dict-backed foreign state keeps its parts, for generated code (BrainState's State).
+
+    The raw value is ``__dict__[value]``; every other entry but the ``bookkeeping``
+    names is metadata, kept as it is stored except the names in ``convert``: ``(to
+    metadata, to stored)`` (a tag set is a frozenset in the metadata). Raw reads and
+    writes equal the library's own only while ``raw_reads()`` / ``raw_writes()`` hold
+    (asked once per call: no trace recording, no global hook, ...) and the state's
+    ``__dict__[hooks]`` is ``None`` or has a false ``hooks_flag``; a value of type
+    ``invalid`` is never read raw; a raw write also sets ``__dict__[written] = True``.
+    Otherwise the reference walker serves the call, through the library. A new state is
+    ``object.__new__(cls)`` with its metadata, its value and each ``rebuild`` entry (a
+    factory given the per-call context). ``plain(cls)``: no class below ``base``
+    defines one of ``overridable``.
+    """
+
+    base: type
+    value: str
+    bookkeeping: frozenset[str]
+    convert: dict[str, tuple[Callable[[Any], Any], Callable[[Any], Any]]]
+    raw_reads: Callable[[], bool]
+    raw_writes: Callable[[], bool]
+    hooks: str
+    hooks_flag: str
+    invalid: type | None
+    written: str | None
+    rebuild: tuple[Rebuild, ...]
+    overridable: tuple[str, ...]
+
+    def plain(self, cls: type) -> bool:
+        own = cls.__mro__[: cls.__mro__.index(self.base)]
+        return not any(name in vars(k) for k in own for name in self.overridable)
+
+
+@dataclass(frozen=True, eq=False)
 class StateImpl:
     """How to read, write and make the instances of a foreign state class.
 
@@ -265,7 +301,8 @@ class StateImpl:
     tuple of ``(name, value)`` pairs kept in the ``GraphDef``; ``create(cls, value,
     metadata, context)`` makes a new state of exactly ``cls``, valid at the current
     trace level (``context()`` is made once per unflatten). ``layout`` describes the
-    state to generated code (``None``: only the reference walker serves it).
+    state to generated code: a :class:`StateLayout` (slotted) or a :class:`DictStateLayout`
+    (dict-backed); ``None``: only the reference walker serves it.
     """
 
     type: type
@@ -275,7 +312,7 @@ class StateImpl:
     create: Callable[[type, Any, tuple[tuple[str, Hashable], ...], Any], Any]
     check_set: Callable[[Any, Any], None] | None = None
     context: Callable[[], Any] | None = None
-    layout: StateLayout | None = None
+    layout: StateLayout | DictStateLayout | None = None
 
 
 _builtin_type = type
@@ -422,7 +459,7 @@ def register_state_type(
     create: Callable[[type, Any, tuple[tuple[str, Hashable], ...], Any], Any],
     check_set: Callable[[Any, Any], None] | None = None,
     context: Callable[[], Any] | None = None,
-    layout: StateLayout | None = None,
+    layout: StateLayout | DictStateLayout | None = None,
 ) -> None:
     """Register a foreign state class (and its subclasses): see :class:`StateImpl`.
 

@@ -212,3 +212,249 @@ def test_jit_writes_back_only_the_written_states_as_transform_jit_does(served_by
     assert "b" not in ref_writes and "b" not in our_writes  # only read: never written back
     assert our_writes == ["a"] * 3  # once per call (brainstate also runs it inside its trace)
     assert (ours.a._been_writen, ours.b._been_writen) == (ref.a._been_writen, ref.b._been_writen)
+
+
+# --------------------------------------------------------------------------------------
+# generated code serves BrainState models (and hands the call over where it must)
+# --------------------------------------------------------------------------------------
+
+from brainstate._state_global_hooks import GlobalHookRegistry  # noqa: E402
+
+from specgraph._ir import StateSpec  # noqa: E402
+
+
+def test_brainstate_structures_are_specialized() -> None:
+    for m in (Net(), bn.Linear(3, 2), bn.Sequential(bn.Linear(2, 3), bn.ReLU(), bn.Linear(3, 1))):
+        sg.flatten(m)
+        hits = sg.cache_info()["hits"]
+        ref = assert_matches_reference(m)
+        assert sg.cache_info()["hits"] == hits + 2, type(m).__name__
+        assert_same_as_brainstate(m, *ref)
+        gd, sm = sg.flatten(m)
+        update_hits = sg.cache_info()["update_hits"]
+        sg.update(m, jax.tree.map(lambda x: x + 1, sm))
+        assert sg.cache_info()["update_hits"] == update_hits + 1
+        for p, st in brainstate.graph.states(m).items():
+            assert st._been_writen is True, p
+        gd, sm = sg.flatten(m)
+        sg.unflatten(gd, sm)
+        sg.unflatten(gd, sm)
+        unflatten_hits = sg.cache_info()["unflatten_hits"]
+        rebuilt = sg.unflatten(gd, sm)
+        assert sg.cache_info()["unflatten_hits"] == unflatten_hits + 1
+        reference = sg.generic.unflatten(gd, sm)
+        assert_same_states(rebuilt, reference)
+    assert sg.cache_info()["compile_failures"] == 0
+    assert sg.cache_info()["guard_misses"] == {}
+
+
+def assert_same_states(a: Any, b: Any) -> None:
+    """Two rebuilt models hold States alike in every part BrainState keeps (but objects
+    that must be fresh per state: the hook manager, the tag set)."""
+    sa, sb = brainstate.graph.states(a), brainstate.graph.states(b)
+    assert list(sa.keys()) == list(sb.keys())
+    for x, y in zip(sa.values(), sb.values(), strict=True):
+        assert type(x) is type(y)
+        assert list(vars(x)) == list(vars(y))  # the same attributes, in the same order
+        for k, v in vars(x).items():
+            w = vars(y)[k]
+            if k == "_hooks_manager":
+                assert type(v) is type(w) and v is not w and not v.has_hooks()
+            elif k == "tag" and isinstance(v, set):
+                assert v == w and v is not w
+            elif k == "_trace_state":
+                assert type(v) is type(w) and v.is_valid() and w.is_valid()
+            elif k == "_source_info":  # made per unflatten: where it happens
+                assert type(v) is type(w)
+            else:
+                assert v is w or v == w, k
+
+
+def test_tag_sets_are_guarded_by_value_and_rebuilt_fresh(impl: Any) -> None:
+    m = Net()
+    gd, sm = impl.flatten(m)
+    tagged = [spec for spec in gd.table if type(spec) is StateSpec and dict(spec.metadata).get("tag")]
+    assert [dict(spec.metadata)["tag"] for spec in tagged] == [frozenset({"fast"})]
+    m.tagged.tag = {"fast"}  # an equal set, another object: the same structure
+    assert impl.flatten(m)[0] == gd
+    m2 = impl.unflatten(gd, sm)
+    assert m2.tagged.tag == {"fast"} and type(m2.tagged.tag) is set and m2.tagged.tag is not m.tagged.tag
+    m.tagged.tag = {"slow"}
+    gd2, _ = impl.flatten(m)
+    assert gd2 != gd
+    assert_matches_reference(m)
+
+
+@pytest.mark.parametrize("change", ["state_hook", "global_hook", "recording"])
+def test_raw_reads_only_when_brainstate_allows_them(change: str) -> None:
+    m = Net()
+    sg.flatten(m)
+    sg.flatten(m)
+    reads: list[str] = []
+    handle = None
+    if change == "state_hook":
+        m.hidden.register_hook("read", lambda ctx: reads.append("read"))
+    elif change == "global_hook":
+        handle = GlobalHookRegistry.instance().register_hook("read", lambda ctx: reads.append("read"))
+    before = sg.cache_info()["guard_misses"].get("raw", 0)
+    try:
+        if change == "recording":
+            @brainstate.transform.jit
+            def read() -> jax.Array:
+                return sg.flatten(m)[1][("hidden",)] + 1
+
+            np.testing.assert_array_equal(read(), np.ones(4))
+            m.hidden.value = jnp.full(4, 10.0)
+            np.testing.assert_array_equal(read(), np.full(4, 11.0))  # recorded, not baked in
+        else:
+            ref = sg.generic.flatten(m)
+            n = len(reads)
+            assert n >= 1  # the reference reads through .value: the hooks run
+            got = sg.flatten(m)
+            assert len(reads) == 2 * n  # and so does the public path
+            assert got[0] == ref[0] and list(got[1].values()) == list(ref[1].values())
+    finally:
+        if handle is not None:
+            GlobalHookRegistry.instance().unregister_hook(handle)
+    assert sg.cache_info()["guard_misses"].get("raw", 0) > before
+
+
+def test_a_poisoned_state_raises_brainstate_error_on_every_path() -> None:
+    m = Net()
+    sg.flatten(m)
+    sg.flatten(m)
+    m.hidden._invalidate_trace_value()
+    for flatten in (sg.generic.flatten, sg.flatten):
+        with pytest.raises(brainstate._error.TraceContextError, match="created inside a traced function"):
+            flatten(m)
+
+
+def test_specialized_update_inside_jit_refuses_the_tracer() -> None:
+    m = Net()
+    sg.flatten(m)
+    _, sm = sg.flatten(m)
+    before = {p: st._value for p, st in brainstate.graph.states(m).items()}
+
+    @jax.jit
+    def f(values: sg.StateMap) -> jax.Array:
+        sg.update(m, values)  # the same structure: generated code is asked first
+        return values[("hidden",)]
+
+    misses = sg.cache_info()["guard_misses"].get("raw", 0)
+    with pytest.raises(brainstate._error.TraceContextError):
+        f(sm)
+    assert sg.cache_info()["guard_misses"].get("raw", 0) == misses + 1
+    for p, st in brainstate.graph.states(m).items():
+        assert st._value is before[p] and not st._been_writen
+
+
+def test_unflatten_inside_a_trace_level_makes_states_of_that_level(impl: Any) -> None:
+    m = Net()
+    gd, sm = impl.flatten(m)
+    impl.unflatten(gd, sm)
+    seen: dict[str, Any] = {}
+
+    @brainstate.transform.jit
+    def f(x: jax.Array) -> jax.Array:
+        m2 = impl.unflatten(gd, sm)
+        seen["levels"] = {st._level for st in brainstate.graph.states(m2).values()}
+        seen["now"] = brainstate._state.TRACE_CONTEXT.get_trace_stack_level()
+        return x + 1
+
+    f(jnp.ones(2))
+    assert seen["levels"] == {seen["now"]}
+
+
+# --------------------------------------------------------------------------------------
+# random BrainState graphs (hypothesis): sharing, cycles, containers, tags, bare arrays
+# --------------------------------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as hs  # noqa: E402
+
+
+class Bag(bn.Module):
+    """A module whose attributes the test sets."""
+
+
+STATE_TYPES = [brainstate.ParamState, brainstate.HiddenState, brainstate.ShortTermState,
+               brainstate.LongTermState, brainstate.State]
+ATTRS = hs.sampled_from(["a", "b", "c", "w", "z", "_p", "x10", "layers"])
+
+
+def _children(n_modules: int, n_states: int) -> hs.SearchStrategy[Any]:
+    leaf = hs.one_of(
+        hs.tuples(hs.just("module"), hs.integers(0, n_modules - 1)),
+        hs.tuples(hs.just("state"), hs.integers(0, n_states - 1)),
+        hs.tuples(hs.just("array"), hs.integers(1, 3)),
+        hs.tuples(hs.just("static"), hs.one_of(hs.integers(-2, 2), hs.text(max_size=2), hs.none())),
+    )
+    return hs.one_of(
+        leaf,
+        hs.tuples(hs.just("list"), hs.lists(leaf, max_size=3)),
+        hs.tuples(hs.just("tuple"), hs.lists(leaf, max_size=3)),
+        hs.tuples(hs.just("dict"), hs.dictionaries(hs.sampled_from(["k", "j", "0"]), leaf, max_size=2)),
+    )
+
+
+@hs.composite
+def brainstate_graphs(draw: Any) -> Any:
+    n_modules = draw(hs.integers(1, 4))
+    n_states = draw(hs.integers(1, 5))
+    states = []
+    for i in range(n_states):
+        kind = draw(hs.sampled_from(STATE_TYPES))
+        meta = draw(hs.sampled_from([{}, {"tag": "t"}, {"name": "s"}, {"tag": "u", "name": "n"}]))
+        value = draw(hs.sampled_from(["array", "dict"]))
+        v = jnp.full((2,), float(i))
+        if value == "dict" and kind is not brainstate.HiddenState:  # HiddenState holds an array
+            v = {"w": v, "b": jnp.zeros(1)}
+        states.append(kind(v, **meta))
+    modules = [Bag() for _ in range(n_modules)]
+
+    def make(spec: Any) -> Any:
+        kind = spec[0]
+        if kind == "module":
+            return modules[spec[1]]
+        if kind == "state":
+            return states[spec[1]]
+        if kind == "array":
+            return jnp.zeros((spec[1],))
+        if kind == "static":
+            return spec[1]
+        if kind == "list":
+            return [make(s) for s in spec[1]]
+        if kind == "tuple":
+            return tuple(make(s) for s in spec[1])
+        return {k: make(s) for k, s in spec[1].items()}
+
+    for m in modules:
+        attrs = draw(hs.dictionaries(ATTRS, _children(n_modules, n_states), min_size=1, max_size=5))
+        for name, spec in attrs.items():
+            setattr(m, name, make(spec))
+    return modules[0]
+
+
+fixture_ok = settings(
+    suppress_health_check=[*settings.default.suppress_health_check, HealthCheck.function_scoped_fixture],
+    deadline=None,
+)
+
+
+@fixture_ok
+@given(brainstate_graphs())
+def test_random_brainstate_graphs_match_brainstate(impl: Any, m: Any) -> None:
+    gd, sm = impl.flatten(m)
+    assert_same_as_brainstate(m, gd, sm)
+    assert list(brainstate.graph.flatten(m)[1].to_flat()) == list(sm.keys())
+    assert_matches_reference(m)
+    m2 = impl.unflatten(gd, sm)
+    assert_same_states(m2, sg.generic.unflatten(gd, sm))
+    assert list(brainstate.graph.states(m2).keys()) == list(sm.keys())
+    g, parts = brainstate.graph.treefy_split(m2)  # BrainState's own round trip takes it
+    assert list(brainstate.graph.states(brainstate.graph.treefy_merge(g, parts)).keys()) == list(sm.keys())
+    before = dict(brainstate.graph.states(m))
+    new = jax.tree.map(lambda x: x + 1, sm)
+    impl.update(m, new)
+    for p, state in brainstate.graph.states(m).items():
+        assert state is before[p] and state._value is new[p] and state._been_writen

@@ -26,11 +26,11 @@ DUMMY: dict[str, Any] = {
     "dsts": ["x4", "x5"], "label": "a.b", "treedef": "td1", "n": 2, "hidden": [Literal("h")],
     "slot": 0, "key": Literal("k"), "factory": "F0", "meta": "M0", "value": "v0", "items": ["v0", "v1"],
     "labels": ["a"], "setter": "F1", "attr": "attr0", "mode": "value", "fn": "F2", "args": ["v0", "v1"],
-    "attrs": ["attr0", "attr1"], "token": "tok", "ref": "R0",
+    "attrs": ["attr0", "attr1"], "token": "tok", "ref": "R0", "flag": Literal("f"),
 }
 
 #: The update's checks (before any write), rendered with the update's writes.
-CHECKS = ("check_unchanged", "token_now", "guard_token")
+CHECKS = ("check_unchanged", "token_now", "guard_token", "guard_raw_writes")
 
 
 def _step(op: str) -> Step:
@@ -66,7 +66,7 @@ def test_every_op_has_a_template_branch(op: str) -> None:
     compile(source, "<test>", "exec")  # it renders to valid Python
     added = set(source.splitlines()) - set(_render(None, body).splitlines())
     # The step's own lines, naming the operand or the local it assigns.
-    assert any(any(name in line for name in ("x1", "x2", "x4", "o0", "td1", "T0", "D0"))
+    assert any(any(name in line for name in ("x1", "x2", "x4", "o0", "td1", "T0", "D0", "F2"))
                for line in added), source
 
 

@@ -60,6 +60,7 @@ class FlattenPlanner(ForeignPlanning):
         self.skip_type_guard = True  # the dispatcher picked this variant by type(root)
         self._counter = 0
         self._token: str | None = None  # the local holding the update's trace token, once made
+        self._raw_ready: set[Any] = set()  # dict state layouts whose per-call check is emitted
         # Reads cannot run user code: a node read twice gives the same children twice, so
         # its own states can vouch for it (see witnessed_nodes), and statics and values
         # are read in place. (Checked at compile time only: a hook added to a class later

@@ -37,6 +37,7 @@ class ForeignPlanning:
     no_user_code: bool
     keyed_statics: bool
     _token: str | None
+    _raw_ready: set[Any]
     _type_guard: Any
     _add_distinct: Any
     _load_children: Any
@@ -104,6 +105,8 @@ class ForeignPlanning:
         spec = self.gd.table[work.edge.index]
         t = spec.type
         lay = simpl.layout
+        if isinstance(lay, reg.DictStateLayout):
+            return self._dict_state(work, spec, lay)
         if lay is None or not lay.plain(t) or not lay.specializable(spec.metadata):
             raise Declined(f"state type {t.__qualname__} has no layout generated code can use")
         self.facts.require_absent(t, (*lay.overridable, "__getattribute__"),
@@ -135,3 +138,48 @@ class ForeignPlanning:
         setter = self.consts.bind(lay.setter(lay.value), "F")
         self.state_writes.append(Step("write_slot", obj=var, setter=setter, slot=spec.slot, label=label))
         return []
+
+    def _dict_state(self, work: Work, spec: Any, lay: reg.DictStateLayout) -> list[Work]:
+        """A dict-backed foreign state: its ``__dict__`` read as a node's is (bookkeeping
+        left out, metadata guarded item by item), raw only while the library allows it."""
+        t = spec.type
+        if not lay.plain(t):
+            raise Declined(f"state type {t.__qualname__} overrides what raw reads rely on")
+        self.facts.require_absent(t, lay.overridable, classes=list(t.__mro__[: t.__mro__.index(lay.base)]))
+        label, d = self._open_node(work, spec.index, t)
+        meta_keys = {k for k, _ in spec.metadata}
+        hidden = [self.consts.key(h) for h in sorted(lay.bookkeeping) if h not in meta_keys]
+        self.steps.append(Step("guard_state_dict", obj=d, n=len(spec.metadata), hidden=hidden, label=label))
+        for (k, value), sig in zip(spec.metadata, spec.metasig, strict=True):
+            key = self.consts.key(k)
+            conv = lay.convert.get(k)
+            if conv is not None:  # kept in another form: compared as the metadata holds it
+                self.steps.append(Step("guard_meta_conv", obj=d, key=key, fn=self.consts.bind(conv[0], "F"),
+                                       cls=self.consts.bind(type(value), "T"),
+                                       const=self.consts.bind(value, "C")))
+            else:
+                self.steps.append(Step("guard_meta_item", obj=d, key=key,
+                                       cls=self.consts.bind(type(value), "T"),
+                                       const=self.consts.bind(value, "C"), mode=match_mode(value, sig)))
+        self._raw_check(lay)
+        self.steps.append(Step("guard_state_hooks", obj=d, key=self.consts.key(lay.hooks),
+                               attr=self.consts.attr(lay.hooks_flag), label=label))
+        v = f"v{spec.slot}"
+        value_key = self.consts.key(lay.value)
+        self.steps.append(Step("read_item", dst=v, obj=d, key=value_key))
+        if lay.invalid is not None:
+            invalid = self.consts.bind(lay.invalid, "T")
+            self.steps.append(Step("guard_raw_value", obj=v, cls=invalid, label=label))
+        self.values[spec.slot] = v
+        written = self.consts.key(lay.written) if lay.written is not None else ""
+        self.state_writes.append(Step("write_raw_item", obj=d, key=value_key, flag=written, slot=spec.slot,
+                                      label=label))
+        return []
+
+    def _raw_check(self, lay: reg.DictStateLayout) -> None:
+        """Once per call, first: the library allows raw reads (flatten) / writes (update)."""
+        if lay in self._raw_ready:
+            return
+        self._raw_ready.add(lay)
+        self.steps.insert(0, Step("guard_raw_ready", fn=self.consts.bind(lay.raw_reads, "F")))
+        self.checks.insert(0, Step("guard_raw_writes", fn=self.consts.bind(lay.raw_writes, "F")))

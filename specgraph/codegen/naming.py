@@ -55,7 +55,7 @@ _BUILTIN_NAMES = frozenset(dir(builtins))
 FUNCTION_PREFIXES = ("flatten_", "update_", "unflatten_", "collect_")
 # Locals the planners make: a bound type never takes one of these shapes.
 _LOCAL_NAME = re.compile(
-    r"^(x|dx|droot|v|o|a|c|d|s|ch|chx|td|tdx|chroot|tdroot|attr|md|bk|tok|ctx|f)[0-9_]*$")
+    r"^(x|dx|droot|v|o|a|c|d|s|ch|chx|td|tdx|chroot|tdroot|attr|md|bk|tok|ctx|f|m|h)[0-9_]*$")
 _RESERVED = PRELUDE | PARAMETERS
 
 

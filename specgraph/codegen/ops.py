@@ -102,6 +102,13 @@ OPS: dict[str, Op] = {
     "guard_meta_dict": Op(_F, ("dst", "obj", "attr", "n"), "metadata"),  # dst = obj.attr, a dict of n
     "guard_meta_item": Op(_F, ("obj", "key", "cls", "const", "mode"), "metadata"),  # obj[key]
     "guard_data_leaf": Op(_F, ("obj", "label"), "type"),  # an array or a non-None plain value
+    # dict-backed foreign states: obj is the state's __dict__ (bookkeeping left out of its length)
+    "guard_state_dict": Op(_F, ("obj", "n", "hidden", "label"), "metadata"),
+    "guard_meta_conv": Op(_F, ("obj", "key", "fn", "cls", "const"), "metadata"),  # fn(obj[key]) matches
+    "guard_raw_ready": Op(_F, ("fn",), "raw"),  # once per call: fn() allows raw reads
+    "guard_state_hooks": Op(_F, ("obj", "key", "attr", "label"), "raw"),  # obj[key] is None or not .attr
+    "read_item": Op(_F, ("dst", "obj", "key"), in_update=False),  # dst = obj[key]: a raw value
+    "guard_raw_value": Op(_F, ("obj", "cls", "label"), "raw", in_update=False),  # not a poisoned value
     # -- the update's writes (after every guard passed) ----------------------------
     "check_unchanged": Op(_W, ("obj", "slot", "label"), "immutable_leaf"),
     "write_value": Op(_W, ("obj", "slot", "label")),
@@ -110,6 +117,8 @@ OPS: dict[str, Op] = {
     "token_now": Op(_W, ("dst", "fn")),  # the call's trace token, made once before the checks
     # obj[key].attrs... (or obj.attrs...) must be the token: writes at the object's trace level
     "guard_token": Op(_W, ("obj", "key", "attrs", "token", "label"), "trace"),
+    "guard_raw_writes": Op(_W, ("fn",), "raw"),  # once per update: fn() allows raw writes
+    "write_raw_item": Op(_W, ("obj", "key", "flag", "slot", "label")),  # obj[key] = value; obj[flag] = True
     # -- unflatten -----------------------------------------------------------------
     "unpack_statics": Op(_U, ("dsts",)),
     "unpack_values": Op(_U, ("dsts",)),

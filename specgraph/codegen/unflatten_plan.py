@@ -184,6 +184,9 @@ class UnflattenPlanner:
         a copy of the metadata dict and the value, through the base class's slots."""
         t = spec.type
         lay = simpl.layout
+        if isinstance(lay, reg.DictStateLayout):
+            self._new_dict_state(spec, simpl, lay)
+            return
         if lay is None or not lay.plain(t) or not lay.specializable(spec.metadata):
             raise Declined(f"state type {t.__qualname__} has no layout generated code can use")
         self.facts.require_absent(t, lay.overridable, classes=list(t.__mro__[: t.__mro__.index(lay.base)]))
@@ -201,6 +204,36 @@ class UnflattenPlanner:
                                value=md))
         self.steps.append(Step("set_slot", obj=dst, setter=self.consts.bind(lay.setter(lay.value), "F"),
                                value=self.slots[spec.slot]))
+
+    def _new_dict_state(self, spec: Any, simpl: reg.StateImpl, lay: reg.DictStateLayout) -> None:
+        """What a dict-backed state's ``create`` does: ``object.__new__(cls)``, its metadata
+        (converted back to the stored form where the layout says), its value, and its
+        bookkeeping from the layout's factories (given the call's context)."""
+        t = spec.type
+        if not lay.plain(t):
+            raise Declined(f"state type {t.__qualname__} overrides what raw reads rely on")
+        self.facts.require_absent(t, lay.overridable, classes=list(t.__mro__[: t.__mro__.index(lay.base)]))
+        dst = self.objects[spec.index]
+        self.steps.append(Step("new_object", dst=dst, cls=self.consts.bind(t, "T")))
+        pairs: list[tuple[Literal | str, str]] = []
+        for j, (k, _) in enumerate(spec.metadata):
+            key = self._key(k, GRAPHDEF, "table", spec.index, "metadata", j, 0)
+            value = self._own(self.reads.at(GRAPHDEF, "table", spec.index, "metadata", j, 1))
+            conv = lay.convert.get(k)
+            if conv is not None:
+                self._counter += 1
+                stored = f"f{self._counter}"
+                self.steps.append(Step("call", dst=stored, fn=self.consts.bind(conv[1], "F"), args=[value]))
+                value = stored
+            pairs.append((key, value))
+        pairs.append((Literal(lay.value), self.slots[spec.slot]))
+        ctx = self._context(simpl.context) if simpl.context is not None else "None"
+        for r in lay.rebuild:
+            self._counter += 1
+            made = f"f{self._counter}"
+            self.steps.append(Step("call", dst=made, fn=self.consts.bind(r.factory, "F"), args=[ctx]))
+            pairs.append((Literal(r.name), made))
+        self.steps.append(Step("fill_dict", obj=dst, pairs=pairs))
 
     def _new_state(self, spec: Any) -> None:
         t = spec.type

@@ -10,10 +10,15 @@
   in as constants) and hooks run. Its metadata is ``_name``, ``tag`` and the keyword
   metadata; a rebuilt State gets the current trace level, a fresh trace tracer and
   hook manager, like ``TreefyState.to_state``.
+
+Generated code follows the same rules (``DictStateLayout``): it reads and writes
+``_value`` only when the per-call checks and each state's hook guard pass, and hands
+the call to the reference walker otherwise.
 """
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Hashable
 from typing import Any
 
@@ -124,5 +129,58 @@ def _create(cls: type, value: Any, metadata: tuple[tuple[str, Hashable], ...],
     return st
 
 
+# -- the same rules for generated code ---------------------------------------------------
+
+
+def _raw_reads() -> bool:
+    """Once per call: no BrainState trace records reads and no hook is registered globally."""
+    return not TRACE_CONTEXT.state_stack and not GlobalHookRegistry.instance()._has_hooks
+
+
+def _raw_writes() -> bool:
+    """Once per call: what ``_set`` asks before writing raw (the per-state part is guarded)."""
+    return (not TRACE_CONTEXT.state_stack and not TRACE_CONTEXT.tree_check[-1]
+            and not TRACE_CONTEXT.jax_tracer_check[-1] and not GlobalHookRegistry.instance()._has_hooks
+            and _jax_top_level())
+
+
+def _tag_metadata(tag: Any) -> Any:
+    return frozenset(tag) if type(tag) is set else tag
+
+
+def _tag_stored(tag: Any) -> Any:
+    return set(tag) if type(tag) is frozenset else tag
+
+
+def _new_hooks(context: Any) -> Any:
+    return HookManager()  # its own: hooks are per state
+
+
+def _not_written(context: Any) -> bool:
+    return False
+
+
+_LAYOUT = reg.DictStateLayout(
+    base=State,
+    value="_value",
+    bookkeeping=BOOKKEEPING,
+    convert={"tag": (_tag_metadata, _tag_stored)},
+    raw_reads=_raw_reads,
+    raw_writes=_raw_writes,
+    hooks="_hooks_manager",
+    hooks_flag="_has_hooks",
+    invalid=_Invalidated,
+    written="_been_writen",
+    rebuild=(  # what _create makes, from the context (tracer, source info, level)
+        reg.Rebuild("_level", factory=operator.itemgetter(2)),
+        reg.Rebuild("_trace_state", factory=operator.itemgetter(0)),
+        reg.Rebuild("_source_info", factory=operator.itemgetter(1)),
+        reg.Rebuild("_hooks_manager", factory=_new_hooks),
+        reg.Rebuild("_been_writen", factory=_not_written),
+    ),
+    overridable=(*_VALUE_PATH, "__getattribute__"),
+)
+
 reg.register_dict_node_type(Node, hidden_attr="graph_invisible_attrs", static_arrays=True)
-reg.register_state_type(State, get=_get, set=_set, metadata=_metadata, create=_create, context=_context)
+reg.register_state_type(State, get=_get, set=_set, metadata=_metadata, create=_create, context=_context,
+                        layout=_LAYOUT)

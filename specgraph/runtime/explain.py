@@ -129,6 +129,13 @@ def explain(graphdef: GraphDef, *, max_lines: int | None = 300) -> str:
                 f"  (update: {frozen} array leaves sit in immutable containers; an update that "
                 "changes one goes to the generic walker)"
             )
+        raw = sum(1 for c in plan.steps if c.op == "guard_state_hooks")
+        if raw:
+            out.append(
+                f"  (raw: {raw} states are read and written raw only while their library allows it "
+                "(no hook on them or registered globally, no trace recording their reads); else the "
+                "generic walker serves the call, through the library)"
+            )
         at_level = sum(1 for c in plan.checks if c.op == "guard_token")
         if at_level:
             out.append(

@@ -100,7 +100,7 @@ class _Plan:
                 native.append((pos, spec.index))
                 continue
             lay = simpl.layout
-            if lay is not None and lay.token is not None and simpl.check_set is not None \
+            if type(lay) is reg.StateLayout and lay.token is not None and simpl.check_set is not None \
                     and lay.plain(spec.type) and lay.specializable(spec.metadata):
                 by_layout.setdefault(lay, []).append((pos, spec.index, spec.type))
             else:
