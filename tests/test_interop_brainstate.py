@@ -458,3 +458,14 @@ def test_random_brainstate_graphs_match_brainstate(impl: Any, m: Any) -> None:
     impl.update(m, new)
     for p, state in brainstate.graph.states(m).items():
         assert state is before[p] and state._value is new[p] and state._been_writen
+
+
+def test_explain_on_a_brainstate_structure() -> None:
+    m = Net()
+    sg.flatten(m)
+    gd, _ = sg.flatten(m)
+    text = sg.explain(gd, max_lines=None)
+    assert "Status: specialized" in text and "unflatten not specialized" not in text
+    assert "ParamState x" in text and "HiddenState x" in text
+    assert "read and written raw only while their library allows it" in text
+    assert sg.cache_info()["hits"] == 1

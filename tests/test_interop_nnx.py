@@ -789,3 +789,47 @@ def test_variable_classes_gaining_an_override_miss() -> None:
         assert sg.cache_info()["guard_misses"].get("class", 0) > before
     finally:
         del Weight.set_raw_value
+
+
+def test_explain_and_cache_info_on_nnx_structures() -> None:
+    m = Net(nnx.Rngs(0))
+    gd = sg.generic.flatten(m)[0]
+    before = sg.explain(gd)  # before any compilation: what it would get
+    assert "Structure of Net" in before and "not specialized yet" in before
+    sg.flatten(m)
+    sg.flatten(m)
+    sg.flatten(m)
+    text = sg.explain(gd, max_lines=None)
+    assert "Status: specialized" in text
+    assert "Param x" in text and "BatchStat x" in text and "Linear x" in text
+    assert "made at the current trace level" in text  # the trace-token checks of the update
+    assert "flatten hits=2" in text
+    info = sg.cache_info()
+    assert info["hits"] == 2 and info["compiled_variants"] == 1 and info["compile_failures"] == 0
+
+
+def test_jit_on_a_ref_backed_variable_matches_nnx_jit(served_by: str) -> None:
+    class WithRef(nnx.Module):
+        def __init__(self) -> None:
+            self.v = nnx.Variable(jnp.zeros(3), ref=True)
+            self.p = nnx.Param(jnp.ones(3))
+
+    def step(m: Any) -> jax.Array:
+        m.v[...] = m.v[...] + m.p[...]
+        return m.v[...].sum()
+
+    ours, theirs = WithRef(), WithRef()
+    ref = ours.v.get_raw_value()
+    step_sg, step_nnx = sg.jit(step), nnx.jit(step)
+    for _ in range(3):
+        assert float(step_sg(ours)) == float(step_nnx(theirs))
+    assert ours.v.get_raw_value() is ref  # written into its Ref, as nnx does
+    np.testing.assert_array_equal(ours.v[...], theirs.v[...])
+    assert step_sg.trace_count == 1
+    # A Ref-backed Variable has no raw layout: its structure is declined, the
+    # generic walker serves it (and says so in explain).
+    info = sg.cache_info()
+    assert info["compiled_variants"] == 0
+    assert info["declined"] >= (1 if served_by == "specialized" else 0)
+    text = sg.explain(sg.generic.flatten(ours)[0])
+    assert "has no layout generated code can use" in text or served_by == "generic"
