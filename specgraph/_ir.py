@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Hashable, Iterator
+from operator import is_ as _is
 from operator import itemgetter
 from typing import Any, Generic, TypeVar
 
@@ -349,6 +350,8 @@ class PathTable:
 # -- GraphDef -------------------------------------------------------------------
 
 
+_spec_type = itemgetter(1)  # a NodeSpec's or StateSpec's class
+
 #: The type of a graph's root, carried by ``GraphDef[RootT]`` for type checkers only:
 #: ``unflatten(flatten(model)[0], ...)`` is typed like ``model``.
 RootT = TypeVar("RootT")
@@ -427,9 +430,12 @@ class GraphDef(Generic[RootT]):
         if self._hash is not None and other._hash is not None and self._hash != other._hash:
             return False
         try:  # CPython's tuple comparison: fast, and it stops cleanly at the recursion limit
-            return self.root == other.root and self.table == other.table
+            equal = self.root == other.root and self.table == other.table
         except RecursionError:  # pytrees nested deeper than that: compare without recursing
-            return _structures_equal(self.root, self.table, other.root, other.table)
+            equal = _structures_equal(self.root, self.table, other.root, other.table)
+        # ``==`` of two classes is their metaclass's: one may claim to equal another class
+        # (and hash alike). Node and state classes are the same only when they are one class.
+        return equal and all(map(_is, map(_spec_type, self.table), map(_spec_type, other.table)))
 
     def __hash__(self) -> int:
         h = self._hash

@@ -131,7 +131,8 @@ class Partition:
         self.takes = tuple(_taker(s, len(table)) for s in slots)
         self._epoch = _EPOCH[0]
         self._token = _cache_token()
-        kinds = {t for t in table.types if t is not None} if cached else ()
+        # by identity: a class's metaclass may claim it equals (and hashes like) another
+        kinds = {id(t): t for t in table.types if t is not None}.values() if cached else ()
         self._mros = tuple((t, t.__mro__) for t in kinds)
 
     def valid(self) -> bool:
@@ -173,14 +174,15 @@ def partition(table: PathTable, values: list[Any], filters: tuple, exhaustive: b
 def _by_type(table: PathTable, filters: tuple) -> Partition:
     """Filters that read only the state type: each distinct type is matched once."""
     preds = to_predicates(filters)
-    bucket_of: dict[type | None, int] = {}
+    # Keyed by id: a class's metaclass may claim it equals (and hashes like) another class.
+    bucket_of: dict[int, int] = {}
     for t in table.types:
-        if t not in bucket_of:
-            bucket_of[t] = next((b for b, pred in enumerate(preds) if pred((), None, t)), -1)
+        if id(t) not in bucket_of:
+            bucket_of[id(t)] = next((b for b, pred in enumerate(preds) if pred((), None, t)), -1)
     buckets: list[list[int]] = [[] for _ in preds]
     unmatched = None
     for i, t in enumerate(table.types):
-        b = bucket_of[t]
+        b = bucket_of[id(t)]
         if b >= 0:
             buckets[b].append(i)
         elif unmatched is None:

@@ -661,3 +661,72 @@ def test_an_update_by_slots_is_guarded_like_the_full_update(
     assert (sg.cache_info()["update_hits"] - before == 1) is stale
     if not stale:
         assert_same_graphs(m, twin)
+
+
+class _ClaimsEqualityMeta(type):
+    """A metaclass whose classes claim to equal every class and hash like ``sg.Param``."""
+
+    def __eq__(cls, other: object) -> bool:
+        return True
+
+    def __hash__(cls) -> int:
+        return hash(sg.Param)
+
+
+class LyingParam(sg.State, metaclass=_ClaimsEqualityMeta):
+    __slots__ = ()
+
+
+def test_a_state_class_claiming_equality_is_another_structure(served_by: str) -> None:
+    """A GraphDef holding a class whose metaclass claims it equals ``Param`` is another
+    structure: found by the fuzz (tests/fuzz_filtered.py), the compiled merge of the Param
+    structure built a ``Param`` from the other GraphDef, where the reference builds a
+    ``LyingParam``."""
+    with_param = Box(w=sg.Param(np.ones(2)), n=BatchStat(np.zeros(1)))
+    for _ in range(3):  # the unflatten of this structure is compiled and served
+        gd, sm = sg.flatten(with_param)
+        assert type(sg.merge(gd, sm).w) is sg.Param
+    lying = Box(w=LyingParam(np.ones(2)), n=BatchStat(np.zeros(1)))
+    gd_lying, sm_lying = sg.split(lying)
+    assert gd_lying != gd
+    for _ in range(2):
+        assert type(sg.merge(gd_lying, sm_lying).w) is LyingParam
+        assert type(sg.unflatten(gd_lying, sm_lying).w) is LyingParam
+        assert type(sg.clone(lying).w) is LyingParam
+    want = reference(sg.merge, gd_lying, *sg.split(lying, sg.Param, ...)[1:])
+    got = sg.merge(gd_lying, *sg.split(lying, sg.Param, ...)[1:])
+    assert type(got.w) is type(want.w) is LyingParam
+    assert_served_by(served_by)
+
+
+@pytest.mark.parametrize("op", ["split", "StateMap.split", "states", "pop_states"])
+def test_a_state_class_claiming_equality_gets_its_own_partition(served_by: str, op: str) -> None:
+    """Found by the fuzz: the partition by type matched each distinct class once, keyed
+    by the class in a dict, so a ``LyingParam`` in the structure (equal to ``Param`` and
+    hashing like it) went wherever ``Param`` went."""
+    def run(m: Any) -> Any:
+        if op == "split":
+            return sg.split(m, sg.Param, ...)
+        if op == "StateMap.split":
+            return sg.flatten(m)[1].split(sg.Param, ...)
+        if op == "states":
+            return sg.states(m, sg.Param, ...)
+        return sg.pop_states(m, sg.Param)
+
+    def make() -> Box:
+        return Box(a=sg.Param(np.ones(2)), b=LyingParam(np.zeros(2)), c=sg.Param(np.zeros(1)))
+
+    m, twin = make(), make()
+    warm(m)
+    for _ in range(2):  # computed, then served from the cache
+        got = as_tuple(run(m))
+        want = as_tuple(reference(run, twin))
+        first = got[1] if op == "split" else got[0]
+        assert list(first) == [("a",), ("c",)]
+        assert [list(x) for x in got if not isinstance(x, sg.GraphDef)] == \
+            [list(x) for x in want if not isinstance(x, sg.GraphDef)]
+        if op == "pop_states":
+            assert vars(m).keys() == vars(twin).keys() == {"b"}
+            break
+    if op != "pop_states":
+        assert_served_by(served_by)
