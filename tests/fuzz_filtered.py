@@ -155,9 +155,11 @@ def build(seed: int, values: list[Any]) -> Any:
     for node in nodes:
         for k in range(rng.randint(0, 5)):
             setattr(node, f"a{k}", _child(rng, nodes, states, values, 0))
-    root_kind = rng.choice(["node"] * 6 + ["list", "dict"])
+    root_kind = rng.choice(["node"] * 6 + ["list", "dict", "tuple"])
     if root_kind == "list":
-        return [nodes[0], nodes[-1], rng.choice(states)]
+        return [nodes[0], nodes[-1], rng.choice(states), _value(rng, values)]
+    if root_kind == "tuple":  # an immutable root: its array leaf cannot be updated
+        return (nodes[0], _value(rng, values), rng.choice(states))
     if root_kind == "dict":
         return {"root": nodes[0], "s": rng.choice(states)}
     return nodes[0]

@@ -730,3 +730,16 @@ def test_a_state_class_claiming_equality_gets_its_own_partition(served_by: str, 
             break
     if op != "pop_states":
         assert_served_by(served_by)
+
+
+def test_a_state_class_claiming_equality_makes_another_path_table(served_by: str) -> None:
+    """Path tables compare their classes by identity too: a StateMap of a ``LyingParam``
+    is not equal to one of a ``Param`` holding the same values at the same paths."""
+    value = np.ones(2)
+    with_param, lying = Box(w=sg.Param(value)), Box(w=LyingParam(value))
+    warm(with_param)
+    warm(lying)
+    sm_param, sm_lying = sg.flatten(with_param)[1], sg.flatten(lying)[1]
+    assert sm_param._table != sm_lying._table and sm_param != sm_lying
+    assert reference(lambda: sg.flatten(with_param)[1] != sg.flatten(lying)[1])
+    assert_served_by(served_by)
