@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import assert_matches_reference
+from conftest import assert_matches_reference, assert_served_by
 
 nnx = pytest.importorskip("flax.nnx")
 optax = pytest.importorskip("optax")
@@ -454,7 +454,7 @@ def assert_same_values(a: Any, b: Any) -> None:
         np.testing.assert_array_equal(x, y, err_msg=str(p))
 
 
-def test_jit_is_a_drop_in_for_nnx_jit_on_the_training_step() -> None:
+def test_jit_is_a_drop_in_for_nnx_jit_on_the_training_step(served_by: str) -> None:
     rng = np.random.default_rng(0)
     xs = jnp.asarray(rng.standard_normal((6, 8, 4)), jnp.float32)
     ys = jnp.asarray(rng.integers(0, 3, (6, 8)))
@@ -472,6 +472,32 @@ def test_jit_is_a_drop_in_for_nnx_jit_on_the_training_step() -> None:
     assert ours[2].compute()["accuracy"] == theirs[2].compute()["accuracy"]
     assert int(ours[1].step[...]) == 6
     assert int(model.dropout.rngs.count[...]) == int(theirs[0].dropout.rngs.count[...]) > 0
+    assert_served_by(served_by)
+
+
+def test_jit_step_on_a_new_training_of_the_same_structure_reuses_the_trace(served_by: str) -> None:
+    """A second model and metrics of the same classes (their NNX bookkeeping equal by
+    value, other objects) run the compiled step with no new trace and give what nnx.jit
+    gives. (A new nnx.Optimizer holds a new optax transformation: another static.)"""
+    x, y = jnp.ones((8, 4)), jnp.array([0, 1, 2, 0, 1, 2, 0, 1])
+
+    def step(model: Any, metrics: Any) -> jax.Array:
+        logits = model(x)  # Dropout's rng count and BatchNorm's statistics are written
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        metrics.update(loss=loss, logits=logits, labels=y)
+        return loss
+
+    step_nnx, step_sg = nnx.jit(step), sg.jit(step)
+    for _ in range(2):
+        ours, theirs = make_training()[::2], make_training()[::2]
+        for _ in range(2):
+            assert float(step_sg(*ours)) == float(step_nnx(*theirs))
+        for a, b in zip(ours, theirs, strict=True):
+            assert_same_values(a, b)
+    assert step_sg.trace_count == 1
+    assert_served_by(served_by)
+    if served_by == "specialized":
+        assert sg.cache_info()["guard_misses"] == {}
 
 
 def test_jit_keeps_variable_identity_and_module_identity() -> None:
@@ -486,7 +512,7 @@ def test_jit_keeps_variable_identity_and_module_identity() -> None:
                for p, v in before.items() if isinstance(v, nnx.Param))
 
 
-def test_value_and_grad_wrt_param_feeds_nnx_optimizer() -> None:
+def test_value_and_grad_wrt_param_feeds_nnx_optimizer(served_by: str) -> None:
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((8, 4)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 3, (8,)))
@@ -508,9 +534,10 @@ def test_value_and_grad_wrt_param_feeds_nnx_optimizer() -> None:
         assert float(loss_a) == float(loss_b)
     assert_same_values(m_sg, m_nnx)
     assert_same_values(opt_sg, opt_nnx)
+    assert_served_by(served_by)
 
 
-def test_jit_of_sg_value_and_grad_with_nnx_optimizer() -> None:
+def test_jit_of_sg_value_and_grad_with_nnx_optimizer(served_by: str) -> None:
     (m_sg, opt_sg, _), (m_nnx, opt_nnx, _) = make_training(), make_training()
     # Eval mode: specgraph.value_and_grad does not carry writes made inside the loss
     # (Dropout's rng count, BatchNorm's statistics) back out; nnx.value_and_grad does.
@@ -536,7 +563,9 @@ def test_jit_of_sg_value_and_grad_with_nnx_optimizer() -> None:
     for _ in range(3):
         assert float(step_sg(m_sg, opt_sg)) == float(step_nnx(m_nnx, opt_nnx))
     assert_same_values(m_sg, m_nnx)
+    assert_same_values(opt_sg, opt_nnx)
     assert step_sg.trace_count == 1
+    assert_served_by(served_by)
 
 
 class WithArray(nnx.Module):
@@ -833,3 +862,22 @@ def test_jit_on_a_ref_backed_variable_matches_nnx_jit(served_by: str) -> None:
     assert info["declined"] >= (1 if served_by == "specialized" else 0)
     text = sg.explain(sg.generic.flatten(ours)[0])
     assert "has no layout generated code can use" in text or served_by == "generic"
+
+
+def test_jit_retraces_when_a_variable_gets_new_metadata(served_by: str) -> None:
+    """set_metadata changes the structure: sg.jit traces again and the function sees the
+    new metadata, as nnx.jit does (a stale trace would scale by the old factor)."""
+
+    def step(m: Any) -> jax.Array:
+        return m.kernel[...].sum() * m.kernel.get_metadata("scale", 1.0)
+
+    ours, theirs = nnx.Linear(2, 2, rngs=nnx.Rngs(0)), nnx.Linear(2, 2, rngs=nnx.Rngs(0))
+    step_sg, step_nnx = sg.jit(step), nnx.jit(step)
+    assert float(step_sg(ours)) == float(step_nnx(theirs))
+    assert float(step_sg(ours)) == float(step_nnx(theirs))
+    for m in (ours, theirs):
+        m.kernel.set_metadata(scale=3.0)
+    assert float(step_sg(ours)) == float(step_nnx(theirs)) != float(step(nnx.Linear(2, 2, rngs=nnx.Rngs(0))))
+    assert step_sg.trace_count == 2
+    assert ours.kernel.get_metadata("scale") == 3.0
+    assert_served_by(served_by)
