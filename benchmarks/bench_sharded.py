@@ -220,7 +220,7 @@ def nnx_system(params: list[tuple[Any, Any]], mesh: Any, tx: Any) -> tuple[Any, 
         def __call__(self, x: Any) -> Any:
             n = len(self.layers)
             for i, lin in enumerate(self.layers):
-                x = x @ lin.w.value + lin.b.value
+                x = x @ lin.w[...] + lin.b[...]
                 if i < n - 1:
                     x = jnp.tanh(x)
             return x
