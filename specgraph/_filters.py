@@ -8,6 +8,7 @@ state's value (or the array leaf).
 
 from __future__ import annotations
 
+import typing as _typing
 from collections.abc import Callable, Hashable
 from types import EllipsisType
 from typing import Any as _Any
@@ -98,6 +99,12 @@ def to_predicate(f: Filter) -> Predicate:
         raise TypeError(
             f"a type filter must be a State subclass (or a registered state class such as "
             f"nnx.Param), got {f.__qualname__}"
+        )
+    origin = _typing.get_origin(f)
+    if isinstance(origin, type):  # Param[int]: an annotation, callable, but not a predicate
+        raise TypeError(
+            f"the filter {f!r} is a subscripted type (a type annotation): filters match by "
+            f"class, so use {origin.__qualname__} itself"
         )
     if callable(f):
         user = f
