@@ -8,10 +8,13 @@ out of the executed namespace by the name the template gave it.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import linecache
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from types import FunctionType
 from typing import Any
@@ -86,13 +89,43 @@ def build(kind: str, graphdef: GraphDef, *, max_steps: int, plan: FlattenPlan | 
     t0 = time.perf_counter()
     if kind not in KINDS:
         raise ValueError(f"unknown kind {kind!r}: one of {KINDS}")
-    if plan is None:
-        planner = plan_unflatten if kind == "unflatten" else plan_flatten
-        plan = planner(graphdef, max_steps)
-    source = render(kind, plan, disabled)
-    name = _function_name(kind, graphdef)
-    fn, filename = _compile(kind, name, source, plan)
+    with gc_paused():
+        if plan is None:
+            planner = plan_unflatten if kind == "unflatten" else plan_flatten
+            plan = planner(graphdef, max_steps)
+        source = render(kind, plan, disabled)
+        name = _function_name(kind, graphdef)
+        fn, filename = _compile(kind, name, source, plan)
     return Built(kind, fn, source, filename, time.perf_counter() - t0, plan)
+
+
+_gc_depth = [0]  # builds under way (threads, or a build inside a build)
+_gc_was_enabled = [False]
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off for the block (then as it was before the first).
+
+    A build allocates millions of small objects (steps, tuples, jinja2's and the
+    compiler's nodes) and frees almost none until it is done: each allocation burst
+    made CPython run full collections over an ever larger heap, a cost superlinear in
+    the structure's size (MLP-10 000's flatten: compile() 3.3 s with the collector on,
+    2.0 s with it off; planning 1.2 s against 0.76 s). Nothing here makes cycles that
+    must be collected before the build ends.
+    """
+    with _lock:
+        if _gc_depth[0] == 0:
+            _gc_was_enabled[0] = gc.isenabled()
+            gc.disable()
+        _gc_depth[0] += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _gc_depth[0] -= 1
+            if _gc_depth[0] == 0 and _gc_was_enabled[0]:
+                gc.enable()
 
 
 def _function_name(kind: str, gd: GraphDef) -> str:
