@@ -1,0 +1,79 @@
+"""The one compile path's housekeeping: the cyclic GC is paused while a structure is
+built, and left exactly as it was found (on success, on a decline, when nested)."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from graphs import Box, Linear
+
+import specgraph as sg
+from specgraph import codegen
+from specgraph.codegen import pipeline
+
+
+@pytest.fixture
+def gc_restored() -> Iterator[None]:
+    was = gc.isenabled()
+    yield
+    if was:
+        gc.enable()
+    else:
+        gc.disable()
+
+
+def _graphdef() -> sg.GraphDef:
+    gd, _ = sg.generic.flatten(Box(layers=[Linear(2, 3), Linear(3, 1)], x=np.ones(2), n=3))
+    return gd
+
+
+def _spy_render(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    seen: list[bool] = []
+    render = pipeline.render
+
+    def spy(*args: Any, **kwargs: Any) -> str:
+        seen.append(gc.isenabled())
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "render", spy)
+    return seen
+
+
+@pytest.mark.parametrize("kind", codegen.KINDS)
+def test_the_collector_is_off_during_a_build_and_back_on_after(
+        kind: str, monkeypatch: pytest.MonkeyPatch, gc_restored: None) -> None:
+    seen = _spy_render(monkeypatch)
+    gc.enable()
+    built = codegen.build(kind, _graphdef(), max_steps=10_000)
+    assert callable(built.fn)
+    assert seen == [False]
+    assert gc.isenabled()
+
+
+def test_a_collector_the_user_turned_off_stays_off(
+        monkeypatch: pytest.MonkeyPatch, gc_restored: None) -> None:
+    seen = _spy_render(monkeypatch)
+    gc.disable()
+    codegen.build("flatten", _graphdef(), max_steps=10_000)
+    assert seen == [False]
+    assert not gc.isenabled()
+
+
+def test_a_declined_build_turns_the_collector_back_on(gc_restored: None) -> None:
+    gc.enable()
+    with pytest.raises(codegen.Declined):
+        codegen.build("flatten", _graphdef(), max_steps=0)
+    assert gc.isenabled()
+
+
+def test_only_the_outermost_pause_turns_it_back_on(gc_restored: None) -> None:
+    gc.enable()
+    with pipeline.gc_paused():
+        with pipeline.gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
