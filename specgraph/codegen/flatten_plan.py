@@ -303,9 +303,11 @@ class FlattenPlanner(ForeignPlanning):
             return []
         const = self.consts.bind(edge.value, "C")
         label = path_label(work.path) + static_note(edge.value)
-        if not is_value_sig(sig):
+        if not is_value_sig(sig) or edge.value is None or type(edge.value) is bool or edge.value is ...:
             # An object that may be equal yet distinguishable (a dataclass with a
             # compare=False field, ...): only the very same object is the same static.
+            # None, True, False and ... are the only objects of their types: the very
+            # object is the same guard as type and ==, in one test.
             self.steps.append(Step("guard_static_is", obj=work.obj, const=const, label=label))
         elif isinstance(sig, type):
             op = "guard_static_nan" if may_be_nan(edge.value) else "guard_static"

@@ -59,16 +59,31 @@ class ForeignPlanning:
         stored = [dn.stored_key(k) for k in spec.keys]
         hidden = sorted(dn.hidden) + list(dict.fromkeys(self.facts.hidden.get(t, ())))
         hidden = [h for h in dict.fromkeys(hidden) if h not in stored]
-        self.steps.append(Step("guard_node_len", obj=d, n=len(stored),
-                               hidden=[self.consts.key(h) for h in hidden], label=label))
+        # A bookkeeping field is read below whatever the length says (missing: a KeyError,
+        # a node_keys miss), so it is counted in the length instead of tested with `in`.
+        read = {f.name for f in dn.fields} if dn.fields is not None else set()
+        self.steps.append(Step("guard_node_len", obj=d, n=len(stored) + sum(h in read for h in hidden),
+                               hidden=[self.consts.key(h) for h in hidden if h not in read], label=label))
         if dn.fields is not None:
             # The bookkeeping, as the metadata of the spec: a renamed or missing field is a
-            # KeyError, a node_keys miss; a changed one a metadata miss.
+            # KeyError, a node_keys miss; a changed one a metadata miss. An item read for
+            # several fields' attributes is read once.
             self.keyed_statics = True
+            shared = {f.name for f in dn.fields if f.attr is not None}
+            shared = {n for n in shared if sum(f.name == n and f.attr is not None for f in dn.fields) > 1}
+            held: dict[str, str] = {}
             for i, (f, value) in enumerate(zip(dn.fields, spec.meta, strict=True)):
                 local = f"bk{idx}_{i}"
-                self.steps.append(Step("load_field", dst=local, obj=d, key=self.consts.key(f.name),
-                                       attr=self.consts.attr(f.attr) if f.attr is not None else ""))
+                if f.name in shared:
+                    item = held.get(f.name)
+                    if item is None:
+                        item = held[f.name] = f"bk{idx}_{i}_"
+                        self.steps.append(Step("load_field", dst=item, obj=d, key=self.consts.key(f.name),
+                                               attr=""))
+                    self.steps.append(Step("load_attr", dst=local, obj=item, attr=self.consts.attr(f.attr)))
+                else:
+                    self.steps.append(Step("load_field", dst=local, obj=d, key=self.consts.key(f.name),
+                                           attr=self.consts.attr(f.attr) if f.attr is not None else ""))
                 mode = "value" if f.equal else match_mode(value, value_sig(value))
                 self.steps.append(Step("guard_field", obj=local, cls=self.consts.bind(type(value), "T"),
                                        const=self.consts.bind(value, "C"), mode=mode,

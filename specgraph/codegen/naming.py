@@ -76,6 +76,10 @@ def _type_name(t: type, taken: dict[str, Any]) -> str:
     return name
 
 
+#: the builtin singletons spelled as source literals by :meth:`Constants.bind`
+_SINGLETONS = {id(None): "None", id(True): "True", id(False): "False", id(...): "..."}
+
+
 class Constants:
     """Names for user data bound in the generated function's namespace.
 
@@ -101,7 +105,13 @@ class Constants:
                 return name
 
     def bind(self, value: Any, prefix: str) -> str:
-        """The name ``value`` is bound to (the same name for the same object)."""
+        """The name ``value`` is bound to (the same name for the same object).
+
+        ``None``, ``True``, ``False`` and ``...`` are spelled as themselves: a constant in
+        the code object (LOAD_CONST) instead of a global lookup, and no user data (each is
+        the only object of its kind)."""
+        if value is None or value is True or value is False or value is ...:
+            return _SINGLETONS[id(value)]
         name = self._by_id.get(id(value))
         if name is not None and self.namespace[name] is value:
             return name

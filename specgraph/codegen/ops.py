@@ -78,6 +78,7 @@ OPS: dict[str, Op] = {
     "load_pytree": Op(_F, ("obj", "dst", "treedef")),
     "read_value": Op(_F, ("dst", "obj", "attr"), in_update=False),  # attr: "value", or a placeholder
     "load_field": Op(_F, ("dst", "obj", "key", "attr")),  # a bookkeeping field: obj[key](.attr)
+    "load_attr": Op(_F, ("dst", "obj", "attr")),  # dst = obj.attr (attr: a placeholder)
     # -- guards --------------------------------------------------------------------
     "guard_type": Op(_F, ("obj", "cls", "label"), "type"),
     "guard_array": Op(_F, ("obj", "label"), "type"),
