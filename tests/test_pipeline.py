@@ -77,3 +77,54 @@ def test_only_the_outermost_pause_turns_it_back_on(gc_restored: None) -> None:
             assert not gc.isenabled()
         assert not gc.isenabled()
     assert gc.isenabled()
+
+
+class _ClaimsEqualityMeta(type):
+    """A metaclass whose classes claim to equal every class and hash like ``sg.Param``."""
+
+    def __eq__(cls, other: object) -> bool:
+        return True
+
+    def __hash__(cls) -> int:
+        return hash(sg.Param)
+
+
+class _GetattrParam(sg.State, metaclass=_ClaimsEqualityMeta):
+    """Equal to Param by its metaclass's word, but it has a __getattr__ (user code)."""
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(name)
+
+
+class _SetattrParam(sg.State, metaclass=_ClaimsEqualityMeta):
+    """Equal to Param by its metaclass's word, but it has a __setattr__ of its own."""
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, v: Any) -> None:
+        object.__setattr__(self, name, v)
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_class_reads_are_once_per_class_not_per_equal_class(first: bool) -> None:
+    """The analyses read each class once: a class claiming to equal Param (and hashing
+    alike) is still read for itself, before or after a Param."""
+    from specgraph import _registry as reg
+    from specgraph._ir import NodeSpec
+    from specgraph.codegen import classfacts
+
+    def structure(odd: Any) -> sg.GraphDef:
+        parts = {"p": sg.Param(np.ones(2)), "q": odd}
+        if not first:
+            parts = {"a": odd, "z": sg.Param(np.ones(2))}
+        return sg.generic.flatten(Box(**parts))[0]
+
+    plain = structure(sg.Param(np.zeros(2)))
+    assert classfacts.flatten_runs_no_user_code(plain)
+    gd = structure(_GetattrParam(np.zeros(2)))
+    assert not classfacts.flatten_runs_no_user_code(gd)
+    gd = structure(_SetattrParam(np.zeros(2)))
+    impls = {s.index: reg.node_impl(s.type) for s in gd.table if type(s) is NodeSpec}
+    assert not classfacts.unflatten_runs_no_user_code(gd, impls)

@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import _registry as reg
 from .._ir import GraphDef, NodeSpec, PytreeEdge, StateSpec, StaticEdge, all_edges
+from .analysis import structure_memo
 from .naming import Constants, Literal
 from .ops import Step
 
@@ -21,6 +22,7 @@ __all__ = [
     "MAX_INLINE_ATTRIBUTES",
     "attribute_stores_ok",
     "defines",
+    "plain_containers",
     "plain_metaclass",
     "flatten_runs_no_user_code",
     "unflatten_runs_no_user_code",
@@ -89,11 +91,17 @@ class ClassFacts:
         #: node class -> its ``graph_invisible_attrs`` when compiled (guarded per call as a
         #: node_keys miss; a change that leaves the structure the same must compile again)
         self.hidden: dict[Any, Any] = {}
+        self._required: set[tuple] = set()  # require_absent calls already applied
 
     def require_absent(self, t: type, names: tuple[str, ...], classes: list[type] | None = None) -> None:
         """``names`` stay absent from the dicts of ``t``'s MRO classes (or of ``classes``)."""
+        # by id: a metaclass may claim its class equals another (self.mro holds t alive)
+        done = (id(t), names, None if classes is None else tuple(map(id, classes)))
+        if done in self._required:  # the same facts again (a class used at many places)
+            return
         if not plain_metaclass(t):
             raise ValueError(f"no class facts for {t!r}: its metaclass defines attribute hooks")
+        self._required.add(done)
         if type(t) is not type:
             self.require_absent(type(t), _METACLASS_HOOKS)  # the metaclass stays plain
         self.mro[t] = t.__mro__
@@ -140,32 +148,52 @@ def flatten_runs_no_user_code(gd: GraphDef) -> bool:
     statics. Not guarded per call: user code that runs anyway (a hook added to a class
     later, a finalizer, the ``__eq__`` of a str-subclass key left in a node's dict) and
     rewires the graph mid-call is not supported (see the README).
+
+    The class dicts are read once per distinct class (one pass: linear in the table,
+    not in the table times the MRO).
     """
+    # (id(class), is a state) whose class reads passed: by id, as a metaclass may claim its
+    # class equals another (the GraphDef holds each class alive meanwhile)
+    passed: set[tuple[int, bool]] = set()
     for spec in gd.table:
         t = spec.type
-        if not plain_metaclass(t) or defines(t, "__getattribute__") or not _std_dict(t):
-            return False
-        if type(spec) is StateSpec:
-            simpl = reg.state_impl(t)
-            if simpl is not None:  # a foreign state: its layout's slots are read, nothing else
-                if simpl.layout is None or not simpl.layout.plain(t):
-                    return False
-            elif defines(t, "__getattr__") or _own_value_or_metadata(t):
+        is_state = type(spec) is StateSpec
+        if (id(t), is_state) not in passed:
+            if not _flatten_class_ok(t, is_state):
                 return False
-        else:
-            hidden = next((vars(k)["graph_invisible_attrs"] for k in t.__mro__
-                           if "graph_invisible_attrs" in vars(k)), ())
-            if type(hidden) is not tuple or not all(type(h) is str for h in hidden):
-                return False
+            passed.add((id(t), is_state))
+        if not is_state:
             for c in spec.children:
                 # Only scalar statics (a type, or a float zero's (float, sign)): no tuple's __eq__.
                 if type(c) is StaticEdge and not (isinstance(c.sig, type) or c.sig[0] is float):
                     return False
-    return _plain_containers(gd)
+    return plain_containers(gd)
+
+
+def _flatten_class_ok(t: type, is_state: bool) -> bool:
+    """The class reads of :func:`flatten_runs_no_user_code` for one class."""
+    if not plain_metaclass(t) or defines(t, "__getattribute__") or not _std_dict(t):
+        return False
+    if is_state:
+        simpl = reg.state_impl(t)
+        if simpl is not None:  # a foreign state: its layout's slots are read, nothing else
+            return simpl.layout is not None and simpl.layout.plain(t)
+        return not defines(t, "__getattr__") and not _own_value_or_metadata(t)
+    hidden = next((vars(k)["graph_invisible_attrs"] for k in t.__mro__
+                   if "graph_invisible_attrs" in vars(k)), ())
+    return type(hidden) is tuple and all(type(h) is str for h in hidden)
+
+
+def plain_containers(gd: GraphDef) -> bool:
+    """Only list, tuple and dict containers, with exact str or int keys.
+
+    The structure alone answers (no class is read): computed once per GraphDef and
+    shared by the flatten and the unflatten planners.
+    """
+    return structure_memo(gd, "plain_containers", _plain_containers)
 
 
 def _plain_containers(gd: GraphDef) -> bool:
-    """Only list, tuple and dict containers, with exact str or int keys."""
     for e in all_edges(gd):
         if type(e) is PytreeEdge:
             if e.ptype not in (list, tuple, dict):
@@ -180,19 +208,23 @@ def unflatten_runs_no_user_code(gd: GraphDef, impls: dict[int, Any]) -> bool:
 
     No custom node type (``create_empty``/``set_key``), no custom pytree
     (``unflatten``), no user dict keys to hash, no state type with its own
-    ``__new__``, ``__setattr__``, ``value`` or ``_metadata``.
+    ``__new__``, ``__setattr__``, ``value`` or ``_metadata``. Each distinct class is
+    read once.
     """
+    passed: set[tuple[int, bool]] = set()  # (id(class), is a node), as in flatten_runs_no_user_code
     for spec in gd.table:
         t = spec.type
-        if type(t) is not type:
+        is_node = type(spec) is NodeSpec
+        if is_node and not impls[spec.index].is_builtin_node:
             return False
-        if type(spec) is NodeSpec:
-            if not impls[spec.index].is_builtin_node or not _std_dict(t):
-                return False
-        elif not _std_dict(t) or defines(t, "__new__") or defines(t, "__setattr__") \
-                or _own_value_or_metadata(t):
+        if (id(t), is_node) in passed:
+            continue
+        if type(t) is not type or not _std_dict(t):
             return False
-    return _plain_containers(gd)
+        if not is_node and (defines(t, "__new__") or defines(t, "__setattr__") or _own_value_or_metadata(t)):
+            return False
+        passed.add((id(t), is_node))
+    return plain_containers(gd)
 
 
 def attribute_stores_ok(t: type, keys: tuple) -> bool:

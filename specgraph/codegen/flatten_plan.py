@@ -61,6 +61,7 @@ class FlattenPlanner(ForeignPlanning):
         self._counter = 0
         self._token: str | None = None  # the local holding the update's trace token, once made
         self._raw_ready: set[Any] = set()  # dict state layouts whose per-call check is emitted
+        self._hash_by_id: dict[int, bool] = {}  # id(class) -> its objects go in the set by id()
         # Reads cannot run user code: a node read twice gives the same children twice, so
         # its own states can vouch for it (see witnessed_nodes), and statics and values
         # are read in place. (Checked at compile time only: a hook added to a class later
@@ -153,7 +154,10 @@ class FlattenPlanner(ForeignPlanning):
         (guarded), else its id()."""
         if t not in self.shared_types:
             return
-        if type(t) is not type or defines(t, "__hash__"):
+        by_id = self._hash_by_id.get(id(t))
+        if by_id is None:  # read once per class (the planner holds every class alive)
+            by_id = self._hash_by_id[id(t)] = type(t) is not type or defines(t, "__hash__")
+        if by_id:
             self.distinct.append((obj, True))
         else:
             self.facts.require_absent(t, ("__hash__",))

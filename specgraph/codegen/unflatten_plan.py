@@ -97,6 +97,10 @@ class UnflattenPlanner:
         self.impls = {spec.index: reg.node_impl(spec.type) for spec in gd.table if type(spec) is NodeSpec}
         self._counter = 0
         self._contexts: dict[Any, str] = {}  # context factory -> its local
+        # Per class (by id: the GraphDef holds each alive) and per key tuple, read once.
+        self._plain_new: dict[int, bool] = {}
+        self._stores_ok: dict[tuple[int, tuple], bool] = {}
+        self._labels: dict[tuple, list[str]] = {}
 
     def plan(self) -> UnflattenPlan:
         gd = self.gd
@@ -241,7 +245,10 @@ class UnflattenPlanner:
         if simpl is not None:
             self._new_foreign_state(spec, simpl)
             return
-        if type(t) is type and not defines(t, "__new__"):
+        plain_new = self._plain_new.get(id(t))
+        if plain_new is None:  # read once per class (the GraphDef holds every class alive)
+            plain_new = self._plain_new[id(t)] = type(t) is type and not defines(t, "__new__")
+        if plain_new:
             op = "new_object"  # what cls.__new__(cls) does, while no class gains a __new__
             self.facts.require_absent(t, ("__new__",))
         else:
@@ -259,12 +266,11 @@ class UnflattenPlanner:
         values = [self._value(c, GRAPHDEF, ("table", i, "children", j)) for j, c in enumerate(spec.children)]
         obj = self.objects[i]
         impl = self.impls[i]
-        if attrs_ok and impl.is_builtin_node and attribute_stores_ok(spec.type, spec.keys):
+        if attrs_ok and impl.is_builtin_node and self._attribute_stores_ok(spec.type, spec.keys):
             # (No guard for __dict__: a class's __dict__ cannot be assigned after creation.)
             self.facts.require_absent(spec.type, ("__getattribute__", "__setattr__", *spec.keys))
             pairs = [(self.consts.attr(k), v) for k, v in zip(spec.keys, values, strict=True)]
-            self.steps.append(Step("fill_attrs", obj=obj, pairs=pairs,
-                                   labels=[path_label((None, k)) for k in spec.keys]))
+            self.steps.append(Step("fill_attrs", obj=obj, pairs=pairs, labels=self._key_labels(spec.keys)))
             return
         if impl.dict_node is not None and impl.dict_node.create is None:
             # Children under their stored names (an int path key is stored as its str).
@@ -281,6 +287,26 @@ class UnflattenPlanner:
             setter = self.consts.bind(impl.set_key, "F")
             for k, v in zip(keys, values, strict=True):
                 self.steps.append(Step("set_key", obj=obj, setter=setter, key=k, value=v))
+
+    def _attribute_stores_ok(self, t: type, keys: tuple) -> bool:
+        """:func:`attribute_stores_ok`, read once per class and key tuple (keys all exact
+        str: a str subclass key could compare equal to another tuple's)."""
+        if not all(type(k) is str for k in keys):
+            return attribute_stores_ok(t, keys)
+        memo = (id(t), keys)
+        ok = self._stores_ok.get(memo)
+        if ok is None:
+            ok = self._stores_ok[memo] = attribute_stores_ok(t, keys)
+        return ok
+
+    def _key_labels(self, keys: tuple) -> list[str]:
+        """The comment label of each attribute ``keys`` name (one rendering per key tuple)."""
+        if not all(type(k) is str for k in keys):
+            return [path_label((None, k)) for k in keys]
+        labels = self._labels.get(keys)
+        if labels is None:
+            labels = self._labels[keys] = [path_label((None, k)) for k in keys]
+        return labels
 
     # -- values -------------------------------------------------------------------------
 

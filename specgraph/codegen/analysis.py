@@ -1,0 +1,45 @@
+"""Facts about a structure that its GraphDef alone decides, computed once per GraphDef.
+
+The flatten and the unflatten planners of one structure run at different times (the
+unflatten on the first unflatten call) and ask some of the same questions of the
+structure: are its containers plain, which of its types repeat? Answers that read
+nothing but the GraphDef (never a class dict: a class may change between two builds)
+are kept here, per GraphDef, for as long as the GraphDef lives. Equal GraphDefs have
+the same structure and the very same classes, so they share the answers.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from .._ir import GraphDef
+
+__all__ = ["structure_memo"]
+
+_T = TypeVar("_T")
+
+_memo: weakref.WeakKeyDictionary[GraphDef, dict[str, Any]] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def structure_memo(gd: GraphDef, name: str, compute: Callable[[GraphDef], _T]) -> _T:
+    """``compute(gd)``, computed once per GraphDef (and equal ones) under ``name``.
+
+    ``compute`` must read the structure only: no class dict, registry or global state.
+    A GraphDef that cannot be hashed (an unhashable static) is answered uncached.
+    """
+    try:
+        with _lock:
+            facts = _memo.get(gd)
+            if facts is None:
+                facts = _memo[gd] = {}
+    except TypeError:
+        return compute(gd)
+    try:
+        return facts[name]
+    except KeyError:
+        value = facts[name] = compute(gd)
+        return value
