@@ -5,6 +5,7 @@ Usage::
     python benchmarks/scaling.py [--quick] [--sweeps mlp widebag deepchain]
                                  [--systems specgraph generic ...] [--max-n N]
                                  [--out DIR | --save] [--no-plot]
+    python benchmarks/scaling.py --bar [--quick] [--repeats R] [--out DIR | --save]
 
 Sweeps:
 
@@ -24,8 +25,23 @@ per-call time budget) is recorded and larger sizes of that sweep are skipped.
 
 Output: progress on stderr, a summary table on stdout. Files only when asked:
 ``--out DIR`` writes ``DIR/scaling-<date>-<host>.json``, ``DIR/scaling.md`` and the
-log-log plot ``DIR/scaling.png``; ``--save`` writes them into ``benchmarks/results/``,
-the tracked results (the README embeds that plot).
+log-log plot ``DIR/scaling.png`` (per-call times on the top row of panels, the
+once-per-structure codegen time on a row of its own below); ``--save`` writes them
+into ``benchmarks/results/``, the tracked results (the README embeds that plot).
+
+``--bar`` runs issue 12's bar instead of the sweeps, in this process, side by side,
+min of the repeats, and prints one table (measured / bar / met):
+
+* compile seconds (``sg.cache_info()["compile_seconds"]`` after the first flatten of a
+  fresh cache: the flatten and update functions) of MLP-1 000, MLP-10 000 and a
+  96-block transformer-like stack;
+* whether MLP-10 000 and MLP-100 000 are specialized (the second flatten a hit);
+* ``sg.flatten`` against ``jax.tree_util.tree_flatten`` of the same MLP as nested
+  dicts, for MLP sizes from 32 to 100 000;
+* a chain of 10 000 nodes: specialized, and ``specgraph.generic.flatten`` against it.
+
+With ``--quick`` the 100 000-layer MLP (seconds to build) is left out.
+``--out DIR`` / ``--save`` write ``scaling-bar.md`` and the JSON of the run.
 """
 
 from __future__ import annotations
@@ -344,6 +360,186 @@ def summary(points: list[dict[str, Any]], stopped: dict, sweeps: list[str], syst
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------------------
+# issue 12's bar (--bar)
+# --------------------------------------------------------------------------------------
+
+#: MLP sizes whose flatten is compared with tree_flatten (--quick: up to BAR_QUICK_MAX)
+BAR_MLP_SIZES = [32, 100, 1000, 3000, 10000, 30000, 100000]
+BAR_QUICK_MAX = 10000
+BAR_BLOCKS = 96
+BAR_CHAIN = 10000
+
+
+class Bar:
+    """Issue 12's bar, measured in this process: each row ``measure / measured / bar / met``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.bench = load_bench()
+        self.models = self.bench.load_sibling("models")
+        self.rows: list[dict[str, Any]] = []
+        self._objects: dict[tuple[str, str, int], Any] = {}
+
+    def obj(self, shape: str, family: str, n: int) -> Any:
+        """The ``shape`` of size ``n`` built by ``family`` (built once per run)."""
+        key = (shape, family, n)
+        if key not in self._objects:
+            fam = self.models.FAMILIES[family]
+            t0 = time.perf_counter()
+            if shape == "mlp":
+                o = self.models.build_mlp(fam, depth=n, width=MLP_WIDTH)
+            elif shape == "stack":
+                o = self.models.build_transformer(fam, n_blocks=n, d=8, vocab=16)
+            else:
+                o = self.models.build_deepchain(fam, n)
+            self._objects[key] = o
+            _progress(f"  built {family} {shape}-{n} in {time.perf_counter() - t0:.1f} s")
+        return self._objects[key]
+
+    def first_flatten(self, obj: Any) -> dict[str, Any]:
+        """A fresh cache, then two flattens: the codegen seconds the first one paid (min
+        over the repeats) and whether the second was served by generated code."""
+        import specgraph as sg
+
+        best: float | None = None
+        info: dict[str, Any] = {}
+        for _ in range(self.args.repeats):
+            _clear_specgraph()
+            sg.flatten(obj)
+            sg.flatten(obj)
+            ci = sg.cache_info()
+            specialized = ci["compiled_variants"] > 0 and ci["hits"] > 0
+            info = {"specialized": specialized, "declined_too_large": ci["declined_too_large"],
+                    "declined": ci["declined"]}
+            if not specialized:
+                break  # declined: the same every time
+            best = ci["compile_seconds"] if best is None else min(best, ci["compile_seconds"])
+        info["compile_s"] = best
+        return info
+
+    def add(self, measure: str, measured: str, bar: str, met: bool, **data: Any) -> None:
+        self.rows.append({"measure": measure, "measured": measured, "bar": bar, "met": met, **data})
+        _progress(f"  {measure}: {measured} (bar {bar}: {'met' if met else 'not met'})")
+
+    @staticmethod
+    def _not_specialized(info: dict[str, Any]) -> str:
+        if info.get("declined_too_large"):
+            return "not specialized (past max_steps)"
+        return "not specialized" + (" (declined)" if info.get("declined") else "")
+
+    def compile_row(self, label: str, shape: str, n: int, bar_ms: float) -> dict[str, Any]:
+        info = self.first_flatten(self.obj(shape, "specgraph", n))
+        secs = info["compile_s"]
+        if secs is None:
+            self.add(f"compile, {label}", self._not_specialized(info), f"≤ {bar_ms:g} ms", False, **info)
+        else:
+            self.add(f"compile, {label}", f"{secs * 1e3:.0f} ms", f"≤ {bar_ms:g} ms", secs * 1e3 <= bar_ms,
+                     **info)
+        return info
+
+    def specialized_row(self, n: int, info: dict[str, Any] | None = None) -> None:
+        if info is None:
+            info = self.first_flatten(self.obj("mlp", "specgraph", n))
+        said = "yes" if info["specialized"] else self._not_specialized(info).replace("not specialized", "no")
+        self.add(f"MLP-{n:,} specialized".replace(",", " "), said, "yes", bool(info["specialized"]), **info)
+
+    def timed(self, entries: list[Any]) -> None:
+        self.bench.run_interleaved(entries, self.args.target_ms / 1e3, self.args.repeats)
+        for e in entries:
+            if e.error:
+                raise RuntimeError(f"{e.system}: {e.error}")
+
+    def ratio_row(self, n: int) -> None:
+        import specgraph as sg
+
+        sgo, jo = self.obj("mlp", "specgraph", n), self.obj("mlp", "jax", n)
+        _clear_specgraph()
+        entries = [self.bench.Timing("specgraph", flatten_fn("specgraph", sgo)),
+                   self.bench.Timing("jax", flatten_fn("jax", jo))]
+        specialized = sg.cache_info()["hits"] > 0
+        self.timed(entries)
+        r = entries[0].best / entries[1].best
+        bar = 1.1 if n == 32 else 1.3
+        how = "" if specialized else " (generic walker)"
+        self.add(f"flatten / tree_flatten, MLP-{n:,}".replace(",", " "), f"{r:.2f}x{how}", f"≤ {bar:g}x",
+                 r <= bar, specgraph_us=entries[0].best * 1e6, jax_us=entries[1].best * 1e6,
+                 specialized=specialized)
+
+    def chain_row(self, n: int) -> None:
+        obj = self.obj("chain", "specgraph", n)
+        info = self.first_flatten(obj)
+        _clear_specgraph()
+        entries = [self.bench.Timing("specgraph", flatten_fn("specgraph", obj)),
+                   self.bench.Timing("generic", flatten_fn("generic", obj))]
+        self.timed(entries)
+        r = entries[1].best / entries[0].best
+        label = f"chain of {n:,} nodes: generic / flatten".replace(",", " ")
+        measured = f"{r:.1f}x" + ("" if info["specialized"] else f", {self._not_specialized(info)}")
+        self.add(label, measured, "specialized, ≥ 10x", bool(info["specialized"]) and r >= 10,
+                 specgraph_us=entries[0].best * 1e6, generic_us=entries[1].best * 1e6, **info)
+
+    def run(self) -> None:
+        self.compile_row("MLP-1 000", "mlp", 1000, 100)
+        info10k = self.compile_row("MLP-10 000", "mlp", 10000, 300)
+        self.compile_row(f"{BAR_BLOCKS}-block transformer-like stack", "stack", BAR_BLOCKS, 100)
+        self.specialized_row(10000, info10k)
+        if self.args.quick:
+            self.rows.append({"measure": "MLP-100 000 specialized", "measured": "not run (--quick)",
+                              "bar": "yes", "met": None})
+        else:
+            self.specialized_row(100000)
+        for n in BAR_MLP_SIZES:
+            if self.args.quick and n > BAR_QUICK_MAX:
+                self.rows.append({"measure": f"flatten / tree_flatten, MLP-{n:,}".replace(",", " "),
+                                  "measured": "not run (--quick)", "bar": "≤ 1.3x", "met": None})
+                continue
+            self.ratio_row(n)
+        self.chain_row(BAR_CHAIN)
+        self._objects.clear()
+
+    def table(self) -> str:
+        lines = [f"### issue 12 bar: one process, min of {self.args.repeats} repeats", "",
+                 "| measure | measured | bar | met |", "|---|---:|---:|---|"]
+        for r in self.rows:
+            met = "—" if r["met"] is None else "yes" if r["met"] else "no"
+            lines.append(f"| {r['measure']} | {r['measured']} | {r['bar']} | {met} |")
+        lines += ["", "compile: `sg.cache_info()['compile_seconds']` after the first flatten of a fresh "
+                  "cache (the flatten and update functions; unflatten compiles on the first unflatten). "
+                  "flatten / tree_flatten: `sg.flatten` of the specgraph MLP against "
+                  "`jax.tree_util.tree_flatten` of the same MLP as nested dicts "
+                  f"(width {MLP_WIDTH}), interleaved. chain: `specgraph.generic.flatten` against "
+                  "`sg.flatten` of one chain, interleaved.", ""]
+        met = sum(1 for r in self.rows if r["met"])
+        ran = sum(1 for r in self.rows if r["met"] is not None)
+        lines.append(f"{met} of {ran} measured rows meet the bar.")
+        return "\n".join(lines) + "\n"
+
+
+def run_bar(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    bar = Bar(args)
+    _progress(f"issue 12 bar{' (quick)' if args.quick else ''}")
+    bar.run()
+    elapsed = round(time.perf_counter() - t0, 1)
+    table = bar.table()
+    print(table)
+    where = bar.bench.output_dir(args)
+    if where is None:
+        _progress(f"done in {elapsed} s; no file written (--out DIR or --save writes the JSON and "
+                  "scaling-bar.md)")
+        return 0
+    where.mkdir(parents=True, exist_ok=True)
+    out = {**bar.bench.environment(), "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in
+                                                   vars(args).items()},
+           "mlp_width": MLP_WIDTH, "rows": bar.rows, "elapsed_s": elapsed}
+    jpath = where / f"scaling-bar-{_dt.date.today().isoformat()}-{socket.gethostname()}.json"
+    jpath.write_text(json.dumps(out, indent=1, default=repr) + "\n")
+    (where / "scaling-bar.md").write_text(table)
+    _progress(f"done in {elapsed} s; wrote {jpath}, {where / 'scaling-bar.md'}")
+    return 0
+
+
 def plot(
     points: list[dict[str, Any]], stopped: dict, sweeps: list[str], systems: list[str], path: Path
 ) -> None:
@@ -352,11 +548,14 @@ def plot(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(sweeps), figsize=(6 * len(sweeps), 5), squeeze=False)
+    # Per-call times on the top row; codegen (paid once per structure, in ms) on a row of
+    # its own below, x shared per sweep: the two are different quantities and scales.
+    fig, axes = plt.subplots(2, len(sweeps), figsize=(6 * len(sweeps), 8), squeeze=False, sharex="col",
+                             gridspec_kw={"height_ratios": [3, 2]})
     colors = {
         s: f"C{i}" for i, s in enumerate(("specgraph", "generic", "brainstate", "nnx", "jax", "equinox"))
     }
-    for ax, sweep in zip(axes[0], sweeps, strict=True):
+    for ax, cax, sweep in zip(axes[0], axes[1], sweeps, strict=True):
         for s in systems:
             pts = sorted(
                 (p["n"], p["us_per_call"])
@@ -370,23 +569,31 @@ def plot(
                 ax.plot(xs, ys, "o-", color=colors.get(s), label=label, markersize=4)
                 if st and st["n"] > 0:
                     ax.plot([st["n"]], [ys[-1]], "x", color=colors.get(s), markersize=10, mew=2)
-        cg = sorted(
-            (p["n"], p["specgraph"]["compile_seconds"] * 1e6)
-            for p in points
-            if p["sweep"] == sweep and p["system"] == "specgraph" and (p.get("specgraph") or {}).get(
-                "compile_seconds")
-        )
-        if cg:
-            xs, ys = zip(*cg, strict=True)
-            ax.plot(xs, ys, "s--", color=colors["specgraph"], alpha=0.5, markersize=3,
-                    label="specgraph codegen (once per structure)")
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel(SWEEPS[sweep]["xlabel"])
         ax.set_ylabel("µs per flatten call")
         ax.set_title(sweep)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
+        sg_points = [p for p in points
+                     if p["sweep"] == sweep and p["system"] == "specgraph" and "us_per_call" in p]
+        cg = sorted((p["n"], p["specgraph"]["compile_seconds"] * 1e3) for p in sg_points
+                    if (p.get("specgraph") or {}).get("compile_seconds"))
+        generic = sorted(p["n"] for p in sg_points if not (p.get("specgraph") or {}).get("compile_seconds"))
+        if cg:
+            xs, ys = zip(*cg, strict=True)
+            cax.plot(xs, ys, "s-", color=colors["specgraph"], markersize=4, label="specgraph codegen")
+            cax.set_yscale("log")
+        if generic:  # sizes served by the generic walker: no codegen to plot
+            cax.plot(generic, [cg[0][1] if cg else 1.0] * len(generic), "x", color="0.4", markersize=7,
+                     linestyle="none", label="not specialized (no codegen)")
+        cax.set_xscale("log")
+        cax.set_xlabel(SWEEPS[sweep]["xlabel"])
+        cax.set_ylabel("ms, once per structure")
+        cax.set_title(f"{sweep}: codegen (flatten + update functions)", fontsize=9)
+        cax.grid(True, which="both", alpha=0.3)
+        if cg or generic:
+            cax.legend(fontsize=7)
     fig.suptitle("specgraph scaling: flatten time vs size (x = where a system stops)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -414,11 +621,15 @@ def main(argv: Sequence[str] | None = None, prog: str = "python benchmarks/scali
     p.add_argument("--worker-timeout", type=float, default=None, help="seconds per isolated child process")
     bench.add_output_options(p, "the JSON, scaling.md and scaling.png")
     p.add_argument("--no-plot", action="store_true", help="with --out/--save: no scaling.png")
+    p.add_argument("--bar", action="store_true",
+                   help="print issue 12's bar table (measured / bar / met) instead of the sweeps")
     args = p.parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 5)
     args.target_ms = args.target_ms or (2.0 if args.quick else 10.0)
     args.max_call_s = args.max_call_s or (0.5 if args.quick else 3.0)
     args.worker_timeout = args.worker_timeout or (120.0 if args.quick else 900.0)
+    if args.bar:
+        return run_bar(args)
 
     t0 = time.perf_counter()
     sw = Sweeper(args)
