@@ -371,6 +371,11 @@ BAR_BLOCKS = 96
 BAR_CHAIN = 10000
 
 
+def _thousands(n: int) -> str:
+    """``10000`` as ``10 000`` (how issue 12 spells sizes)."""
+    return f"{n:,}".replace(",", " ")
+
+
 class Bar:
     """Issue 12's bar, measured in this process: each row ``measure / measured / bar / met``."""
 
@@ -442,7 +447,7 @@ class Bar:
         if info is None:
             info = self.first_flatten(self.obj("mlp", "specgraph", n))
         said = "yes" if info["specialized"] else self._not_specialized(info).replace("not specialized", "no")
-        self.add(f"MLP-{n:,} specialized".replace(",", " "), said, "yes", bool(info["specialized"]), **info)
+        self.add(f"MLP-{_thousands(n)} specialized", said, "yes", bool(info["specialized"]), **info)
 
     def timed(self, entries: list[Any]) -> None:
         self.bench.run_interleaved(entries, self.args.target_ms / 1e3, self.args.repeats)
@@ -462,7 +467,7 @@ class Bar:
         r = entries[0].best / entries[1].best
         bar = 1.1 if n == 32 else 1.3
         how = "" if specialized else " (generic walker)"
-        self.add(f"flatten / tree_flatten, MLP-{n:,}".replace(",", " "), f"{r:.2f}x{how}", f"≤ {bar:g}x",
+        self.add(f"flatten / tree_flatten, MLP-{_thousands(n)}", f"{r:.2f}x{how}", f"≤ {bar:g}x",
                  r <= bar, specgraph_us=entries[0].best * 1e6, jax_us=entries[1].best * 1e6,
                  specialized=specialized)
 
@@ -474,7 +479,7 @@ class Bar:
                    self.bench.Timing("generic", flatten_fn("generic", obj))]
         self.timed(entries)
         r = entries[1].best / entries[0].best
-        label = f"chain of {n:,} nodes: generic / flatten".replace(",", " ")
+        label = f"chain of {_thousands(n)} nodes: generic / flatten"
         measured = f"{r:.1f}x" + ("" if info["specialized"] else f", {self._not_specialized(info)}")
         self.add(label, measured, "specialized, ≥ 10x", bool(info["specialized"]) and r >= 10,
                  specgraph_us=entries[0].best * 1e6, generic_us=entries[1].best * 1e6, **info)
@@ -491,7 +496,7 @@ class Bar:
             self.specialized_row(100000)
         for n in BAR_MLP_SIZES:
             if self.args.quick and n > BAR_QUICK_MAX:
-                self.rows.append({"measure": f"flatten / tree_flatten, MLP-{n:,}".replace(",", " "),
+                self.rows.append({"measure": f"flatten / tree_flatten, MLP-{_thousands(n)}",
                                   "measured": "not run (--quick)", "bar": "≤ 1.3x", "met": None})
                 continue
             self.ratio_row(n)
