@@ -22,6 +22,7 @@ nnx = pytest.importorskip("flax.nnx")
 optax = pytest.importorskip("optax")
 
 from flax.errors import TraceContextError  # noqa: E402
+from jax.interpreters import ad  # noqa: E402
 
 import specgraph as sg  # noqa: E402
 
@@ -512,45 +513,55 @@ def test_jit_keeps_variable_identity_and_module_identity() -> None:
                for p, v in before.items() if isinstance(v, nnx.Param))
 
 
+def assert_no_tracer(obj: Any, kind: type = jax.core.Tracer) -> None:
+    for p, v in nnx_flat(obj):
+        for leaf in jax.tree_util.tree_leaves(v):
+            assert not isinstance(leaf, kind), (p, leaf)
+
+
 def test_value_and_grad_wrt_param_feeds_nnx_optimizer(served_by: str) -> None:
+    """Training mode: Dropout's rng count advances and BatchNorm's statistics are
+    written inside the loss; sg.value_and_grad carries them out as nnx.value_and_grad."""
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((8, 4)), jnp.float32)
     y = jnp.asarray(rng.integers(0, 3, (8,)))
     (m_sg, opt_sg, _), (m_nnx, opt_nnx, _) = make_training(), make_training()
-    m_sg.eval()
-    m_nnx.eval()
 
     def loss_fn(model: Any) -> tuple[jax.Array, jax.Array]:
         logits = model(x)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), logits
 
     for _ in range(3):
-        (loss_a, _), grads_a = sg.value_and_grad(loss_fn, wrt=nnx.Param, has_aux=True)(m_sg)
-        (loss_b, _), grads_b = nnx.value_and_grad(loss_fn, has_aux=True)(m_nnx)
+        (loss_a, logits_a), grads_a = sg.value_and_grad(loss_fn, wrt=nnx.Param, has_aux=True)(m_sg)
+        (loss_b, logits_b), grads_b = nnx.value_and_grad(loss_fn, has_aux=True)(m_nnx)
         assert isinstance(grads_a, nnx.State)
-        assert [p for p, _ in nnx.to_flat_state(grads_a)] == [p for p, _ in nnx.to_flat_state(grads_b)]
+        assert_same_values(grads_a, grads_b)
+        np.testing.assert_array_equal(logits_a, logits_b)
+        assert_same_values(m_sg, m_nnx)  # rng counts and batch stats, before the update
+        assert_no_tracer(m_sg)
         opt_sg.update(m_sg, grads_a)
         opt_nnx.update(m_nnx, grads_b)
         assert float(loss_a) == float(loss_b)
+    assert int(m_sg.dropout.rngs.count[...]) == int(m_nnx.dropout.rngs.count[...]) == 3
+    assert m_sg.tied is m_sg.l2.kernel
     assert_same_values(m_sg, m_nnx)
     assert_same_values(opt_sg, opt_nnx)
     assert_served_by(served_by)
 
 
-def test_jit_of_sg_value_and_grad_with_nnx_optimizer(served_by: str) -> None:
+@pytest.mark.parametrize("outer", ["sg.jit", "nnx.jit"])
+def test_jit_of_sg_value_and_grad_with_nnx_optimizer(served_by: str, outer: str) -> None:
+    """Training mode, sg.value_and_grad nested in sg.jit or nnx.jit: the same as
+    nnx.value_and_grad in nnx.jit, step by step; no JVP tracer is left in a Variable."""
     (m_sg, opt_sg, _), (m_nnx, opt_nnx, _) = make_training(), make_training()
-    # Eval mode: specgraph.value_and_grad does not carry writes made inside the loss
-    # (Dropout's rng count, BatchNorm's statistics) back out; nnx.value_and_grad does.
-    m_sg.eval()
-    m_nnx.eval()
     x, y = jnp.ones((8, 4)), jnp.array([0, 1, 2, 0, 1, 2, 0, 1])
 
     def loss_fn(model: Any) -> jax.Array:
         return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
 
-    @sg.jit
     def step_sg(model: Any, optimizer: Any) -> jax.Array:
         loss, grads = sg.value_and_grad(loss_fn, wrt=nnx.Param)(model)
+        assert_no_tracer(model, ad.JVPTracer)  # only the outer jit's tracers
         optimizer.update(model, grads)
         return loss
 
@@ -560,11 +571,15 @@ def test_jit_of_sg_value_and_grad_with_nnx_optimizer(served_by: str) -> None:
         optimizer.update(model, grads)
         return loss
 
+    jitted = sg.jit(step_sg) if outer == "sg.jit" else nnx.jit(step_sg)
     for _ in range(3):
-        assert float(step_sg(m_sg, opt_sg)) == float(step_nnx(m_nnx, opt_nnx))
-    assert_same_values(m_sg, m_nnx)
+        assert float(jitted(m_sg, opt_sg)) == float(step_nnx(m_nnx, opt_nnx))
+        assert_same_values(m_sg, m_nnx)
+        assert_no_tracer(m_sg)
+    assert int(m_sg.dropout.rngs.count[...]) == 3
     assert_same_values(opt_sg, opt_nnx)
-    assert step_sg.trace_count == 1
+    if outer == "sg.jit":
+        assert jitted.trace_count == 1
     assert_served_by(served_by)
 
 

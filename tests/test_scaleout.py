@@ -463,7 +463,8 @@ def test_remat_gradients_and_writes(mode: str) -> None:
         close(v, g_ref[path], rtol=1e-4)
     y = sg.remat(lambda b, h: b(h))(block, x)
     close(y, Block(KEYS[0], WIDTH)(x))
-    close(block.up.calls.value, 1)  # written back (the grad calls do not write)
+    # written back: the grad calls' writes (two calls of b in each) and remat's one
+    close(block.up.calls.value, 5)
     jaxpr = str(jax.make_jaxpr(lambda x: sg.grad(loss)(Block(KEYS[0], WIDTH)))(x))
     assert "checkpoint" in jaxpr or "remat" in jaxpr
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -11,11 +12,13 @@ import jax
 
 from .. import _registry as reg
 from .._filters import Filter
-from .._ir import GraphDef, StateSpec
+from .._ir import GraphDef, PathTable, StateSpec
 from .._model import Param
-from .._statemap import StateMap, split_values
+from .._partition import filter_key, partition
+from .._statemap import StateMap
 from ..runtime import dispatch
-from .jit import _fn_name
+from ._common import root_type
+from .jit import Traced, _fn_name, _new_root, trace_call, write_states
 
 __all__ = ["grad", "value_and_grad"]
 
@@ -32,12 +35,56 @@ def value_and_grad(
     The arguments at ``argnums`` are graph nodes (or pytrees of them). The
     gradient of each is a ``StateMap`` with the paths of ``split(arg, wrt)``
     (for a Flax NNX module, an ``nnx.State`` of Variables with those paths, as
-    ``nnx.grad`` returns); several ``argnums`` give a tuple. Inside ``fn`` the arguments are fresh
-    copies whose ``wrt`` states hold tracers: writes to states made inside ``fn``
-    are not carried back (compute them outside, or wrap the step in
-    ``specgraph.jit`` and write them there).
+    ``nnx.grad`` returns); several ``argnums`` give a tuple.
+
+    All arguments are flattened together (sharing across them is kept) and ``fn``
+    runs on a graph rebuilt from their values, the ``wrt`` states of the ``argnums``
+    arguments holding tracers. States ``fn`` writes (a Dropout's rng count, BatchNorm's
+    statistics, any ``State`` given a new value) are written back into the caller's
+    objects afterwards with their primal values, as ``nnx.value_and_grad`` does, both
+    standalone and inside ``specgraph.jit`` / ``nnx.jit``. A structural change of the
+    arguments inside ``fn`` is a ``ValueError``, as in ``specgraph.jit``.
     """
     return _value_and_grad(fn, wrt, argnums, has_aux, "value_and_grad")
+
+
+class _ArgPart:
+    """Where the states of one differentiated argument sit in the call's joint walk:
+    its value slots, their paths relative to the argument, and the slots ``wrt`` takes."""
+
+    __slots__ = ("arg_slots", "partition", "selected", "table", "take")
+
+    def __init__(self, gd: GraphDef, index: int, wrt: Filter, values: list[Any]) -> None:
+        table = gd.pathtable
+        paths = table.paths
+        slots = tuple(s for s, p in enumerate(paths) if len(p) >= 2 and p[0] == "args" and p[1] == index)
+        rel = PathTable.from_paths(tuple(paths[s][2:] for s in slots), tuple(table.types[s] for s in slots))
+        p = partition(rel, [values[s] for s in slots], (wrt, ...))
+        self.arg_slots = slots
+        self.partition = p
+        self.selected = tuple(slots[k] for k in p.slots[0])  # joint slots, in order
+        self.table = p.tables[0]  # their paths relative to the argument
+        self.take = p.takes[0]
+
+
+def _parts(gd: GraphDef, nums: tuple[int, ...], wrt: Filter, values: list[Any]) -> list[_ArgPart]:
+    """The differentiated arguments' parts, cached per (GraphDef, argnums, filter) when
+    the filter reads state types alone (a predicate may read values: asked every call)."""
+    key = (nums, filter_key((wrt, ...)))
+    if key[1] is None or not dispatch.CONFIG.enabled:
+        return [_ArgPart(gd, i, wrt, values) for i in nums]
+    memo = _part_memo.get(gd)
+    if memo is None:
+        memo = _part_memo[gd] = {}
+    parts = memo.get(key)
+    if parts is None or not all(part.partition.valid() for part in parts):
+        if len(memo) >= 16:
+            memo.clear()
+        parts = memo[key] = [_ArgPart(gd, i, wrt, values) for i in nums]
+    return parts
+
+
+_part_memo: weakref.WeakKeyDictionary[GraphDef, dict[tuple, list[_ArgPart]]] = weakref.WeakKeyDictionary()
 
 
 def _value_and_grad(
@@ -46,6 +93,8 @@ def _value_and_grad(
     single = isinstance(argnums, int)
     nums = (argnums,) if single else tuple(argnums)  # type: ignore[arg-type]
     _check_argnums(fn, argnums, nums, api)
+    cls = root_type("ValueAndGrad", fn)
+    transform = f"specgraph.{api}"
 
     @functools.wraps(fn)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
@@ -57,22 +106,37 @@ def _value_and_grad(
                     "positional arguments from 0, and the arguments to differentiate must be "
                     "passed positionally"
                 )
-        parts = []
-        diff = []
-        for i in nums:
-            gd, sm = dispatch.flatten(args[i])
-            selected, rest = split_values(sm._table, sm._values, (wrt, ...))
-            parts.append((gd, rest))
-            diff.append(selected)
+        index = tuple(i % len(args) for i in nums)
+        root = _new_root(cls, args, kwargs)
+        walked = dispatch.collect(root)
+        gd = walked.graphdef
+        values = walked.values
+        parts = _parts(gd, index, wrt, values)
+        diff = [StateMap._make(part.table, part.take([values[s] for s in part.arg_slots])) for part in parts]
+        found: list[Traced] = []
 
         def pure(*selected: StateMap) -> Any:
-            new_args = list(args)
-            for i, (gd, rest), sel in zip(nums, parts, selected, strict=True):
-                new_args[i] = dispatch.unflatten_states(gd, (sel, rest))
-            return fn(*new_args, **kwargs)
+            inner = list(values)
+            for part, sel in zip(parts, selected, strict=True):
+                for slot, v in zip(part.selected, sel._values, strict=True):
+                    inner[slot] = v
+            t = trace_call(fn, gd, inner, transform=transform)
+            found.append(t)
+            after = t.walk.values
+            written_values = [after[i] for i in t.written]
+            if has_aux:
+                loss, aux = t.out
+                return loss, (aux, written_values)
+            return t.out, (None, written_values)
 
-        out, grads = jax.value_and_grad(pure, argnums=tuple(range(len(nums))), has_aux=has_aux)(*diff)
-        grads = tuple(_native(args[i], gd, g) for i, (gd, _), g in zip(nums, parts, grads, strict=True))
+        (loss, (aux, written_values)), grads = jax.value_and_grad(
+            pure, argnums=tuple(range(len(parts))), has_aux=True)(*diff)
+        # fn ran on copies; if it reached the caller's objects (a closure), walk them again
+        fresh = dispatch.collect(root)
+        write_states(root, StateMap._make(fresh.graphdef.pathtable, fresh.values), found[-1].written,
+                     written_values, fresh if fresh.graphdef == gd else None)
+        grads = tuple(_native(args[i], gd, part, g) for i, part, g in zip(index, parts, grads, strict=True))
+        out = (loss, aux) if has_aux else loss
         return out, (grads[0] if single else grads)
 
     return wrapped
@@ -106,7 +170,7 @@ def _count(n: int) -> str:
     return f"{n} positional argument{'' if n == 1 else 's'}"
 
 
-def _native(arg: Any, gd: GraphDef, grads: StateMap) -> Any:
+def _native(arg: Any, gd: GraphDef, part: _ArgPart, grads: StateMap) -> Any:
     """The gradient of one argument: a ``StateMap``, or the argument's library's own
     state form when it declares one (an NNX module's gradient is an ``nnx.State`` of
     Variables, as ``nnx.grad`` returns, so ``nnx.Optimizer.update`` takes it)."""
@@ -116,9 +180,9 @@ def _native(arg: Any, gd: GraphDef, grads: StateMap) -> Any:
     if dn is None or dn.native_state is None:
         return grads
     meta = {spec[4]: spec[3] for spec in gd.table if type(spec) is StateSpec}
-    slots = gd.pathtable.index
-    items = [(p, t, meta.get(slots[p], ()), v)
-             for p, t, v in zip(grads._table.paths, grads._table.types, grads._values, strict=True)]
+    items = [(p, t, meta.get(slot, ()), v)
+             for p, t, slot, v in zip(grads._table.paths, grads._table.types, part.selected,
+                                      grads._values, strict=True)]
     return dn.native_state(items)
 
 

@@ -202,18 +202,27 @@ def finish_call(
     caller's objects since): the written values go straight into the objects it found,
     with no guard run again. Without one, the (guarded) update writes them by path.
     """
-    if written:
-        if walked is not None:
-            write_back(root, walked, tuple(written), written_values)
-        else:
-            new_values = list(sm._values)
-            for slot, v in zip(written, written_values, strict=True):
-                new_values[slot] = v
-            dispatch.update(root, (StateMap._make(sm._table, new_values),))
+    write_states(root, sm, written, written_values, walked)
     kind, payload, n = out_static
     if kind == "plain":
         return rebuild_edge(payload, [], [None] * n + out_values)
     return _rebuild_graph_output(root, payload, n, out_values)
+
+
+def write_states(root: Any, sm: StateMap, written: Sequence[int], written_values: Sequence[Any],
+                 walked: Walk | None) -> None:
+    """Write the values of the slots ``written`` into the states of ``root``, whose
+    current values are ``sm``: through ``walked`` (a walk still describing ``root``: no
+    guard run again) when given, else by path with the (guarded) update."""
+    if not written:
+        return
+    if walked is not None:
+        write_back(root, walked, tuple(written), written_values)
+    else:
+        new_values = list(sm._values)
+        for slot, v in zip(written, written_values, strict=True):
+            new_values[slot] = v
+        dispatch.update(root, (StateMap._make(sm._table, new_values),))
 
 
 def _constrain_args(args: tuple, in_shardings: Sequence[Any], static_argnums: tuple[int, ...]) -> tuple:
