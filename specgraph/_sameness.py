@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable
+from itertools import repeat as _repeat
+from operator import is_ as _is
 from typing import Any
 
 __all__ = [
@@ -103,13 +105,11 @@ def dict_key_sig(d: dict) -> tuple | None:
     Keys all of exactly ``int`` or exactly ``str`` (NNX's ``State`` of a list, any plain
     dict) need neither the sort nor a sig per key: ``(int,) * n`` / ``None``, at C speed.
     """
-    types = set(map(type, d))
-    if len(types) == 1:
-        t = types.pop()
-        if t is int:
-            return (int,) * len(d)
-        if t is str:
-            return None
+    if d:
+        t = type(next(iter(d)))
+        # Types compared by identity (a metaclass may claim to equal int, or hash alike).
+        if (t is int or t is str) and all(map(_is, map(type, d), _repeat(t))):
+            return (int,) * len(d) if t is int else None
     return keys_sig(sorted(d))
 
 
