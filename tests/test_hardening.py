@@ -416,3 +416,29 @@ def test_a_mesh_in_metadata_is_configuration_not_user_data(impl) -> None:
         info = sg.cache_info()
         assert info["hits"] >= 1 and info["unflatten_hits"] >= 1, info
         assert "R0" not in dispatch.variant_for(gd).sources["flatten"]  # held strongly
+
+
+class _ClaimsToBeInt(type):
+    """A metaclass whose classes claim to equal (and hash like) every other class."""
+
+    def __eq__(cls, other: object) -> bool:
+        return True
+
+    def __hash__(cls) -> int:
+        return hash(int)
+
+
+class _IntLike(int, metaclass=_ClaimsToBeInt):
+    pass
+
+
+def test_the_key_signature_compares_key_classes_by_identity() -> None:
+    # dict_key_sig answers all-int / all-str dicts without a sort: a class equal to int by
+    # its metaclass's == (and hashing alike) must still give its own sig, as the sort does.
+    from specgraph._sameness import dict_key_sig, keys_sig
+
+    d = {1: 0, _IntLike(2): 1}
+    sig = dict_key_sig(d)
+    assert sig is not None and sig[0] is int and sig[1] is _IntLike
+    assert all(a is b for a, b in zip(sig, keys_sig(sorted(d)), strict=True))
+    assert dict_key_sig({3: 0, 1: 1}) == (int, int) and dict_key_sig({"b": 0, "a": 1}) is None
