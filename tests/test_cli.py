@@ -24,6 +24,8 @@ TINY = {
                 "--target-ms", "0.5"],
     "jit": ["--quick", "--depth", "1", "--batch", "2", "--repeats", "1"],
 }
+# issue 12's bar table, its one row of size 32 (the others say why they did not run)
+BAR = ["scaling", "--bar", "--quick", "--max-n", "32", "--repeats", "1", "--target-ms", "0.5"]
 
 
 @pytest.mark.parametrize("command", sorted(BENCHMARKS))
@@ -66,17 +68,19 @@ def test_benchmarks_write_files_only_when_told(tmp_path: Path) -> None:
     before = _snapshot(copy)
     assert any(name.startswith("benchmarks/results/") for name in before)
 
-    _run(copy, [[command, *TINY[command]] for command in sorted(BENCHMARKS)])
+    _run(copy, [[command, *TINY[command]] for command in sorted(BENCHMARKS)] + [BAR])
     assert _snapshot(copy) == before, "a benchmark run without --out/--save wrote into the checkout"
 
     out = tmp_path / "out"
     _run(
         copy,
         [[command, *TINY[command], "--out", str(out)] for command in sorted(BENCHMARKS)]
-        + [["bench", *TINY["bench"], "--save"]],
+        + [[*BAR, "--out", str(out)], ["bench", *TINY["bench"], "--save"]],
     )
     assert _snapshot(copy) != before  # --save writes into benchmarks/results/
     assert _snapshot(copy)["benchmarks/results/latest.md"] != before["benchmarks/results/latest.md"]
     written = {p.name for p in out.iterdir()}
-    assert {"latest.md", "scaling.md", "jit-latest.md"} <= written
-    assert sum(name.endswith(".json") for name in written) == 2  # bench's and scaling's
+    assert {"latest.md", "scaling.md", "jit-latest.md", "scaling-bar.md"} <= written
+    assert sum(name.endswith(".json") for name in written) == 3  # bench's, scaling's and the bar's
+    bar = (out / "scaling-bar.md").read_text()
+    assert "| flatten / tree_flatten, MLP-32 |" in bar and "not run (--max-n)" in bar
