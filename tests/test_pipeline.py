@@ -128,3 +128,22 @@ def test_class_reads_are_once_per_class_not_per_equal_class(first: bool) -> None
     gd = structure(_SetattrParam(np.zeros(2)))
     impls = {s.index: reg.node_impl(s.type) for s in gd.table if type(s) is NodeSpec}
     assert not classfacts.unflatten_runs_no_user_code(gd, impls)
+
+
+@pytest.mark.parametrize("disabled", [frozenset(), frozenset({"container"}), frozenset({"type", "distinct"})])
+def test_shared_step_texts_are_the_texts_rendered_alone(disabled: frozenset[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """flatten, update and collect of one plan share each step's text: each source is
+    the one rendered with nothing shared (also with guard kinds left out, whose steps
+    are made anew per render)."""
+    gd = _graphdef()
+    plan = codegen.plan_flatten(gd, 10_000)
+    with monkeypatch.context() as m:
+        m.setattr(pipeline, "_step_texts", lambda plan: pipeline._step_text)  # nothing shared
+        alone = {kind: pipeline.render(kind, plan, disabled) for kind in ("flatten", "update", "collect")}
+    for order in (("flatten", "update", "collect"), ("collect", "update", "flatten")):
+        codegen.forget_all()
+        for kind in order:
+            assert pipeline.render(kind, plan, disabled) == alone[kind]
+    other = codegen.plan_flatten(_graphdef(), 10_000)  # another plan of the same structure
+    assert pipeline.render("update", other, disabled) == alone["update"]
