@@ -23,6 +23,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from ._ir import GraphDef, StateSpec
@@ -191,16 +192,26 @@ def shardings_for(gd: GraphDef, mesh: Mesh) -> tuple[NamedSharding, ...]:
     for slot, spec in enumerate(specs_for(gd)):
         ns = made.get(spec)
         if ns is None:
+            used: set[Any] = set()
             for entry in spec:
                 names = entry if isinstance(entry, tuple) else (entry,)
                 for name in names:
-                    if name is not None and name not in axes:
+                    if name is None:
+                        continue
+                    if name not in axes:
                         raise ValueError(
                             f"the state at path {gd.pathtable.path(slot)!r} is annotated sharding="
                             f"{tuple(spec)!r}, but the mesh has no axis {name!r} (its axes: "
                             f"{tuple(mesh.axis_names)!r}); rename the annotation or use a mesh "
                             "with that axis"
                         )
+                    if name in used:
+                        raise ValueError(
+                            f"the state at path {gd.pathtable.path(slot)!r} is annotated sharding="
+                            f"{tuple(spec)!r}, which splits two dimensions over the mesh axis "
+                            f"{name!r}; name each mesh axis at most once"
+                        )
+                    used.add(name)
             ns = made[spec] = NamedSharding(mesh, canonical_spec(spec))
         out.append(ns)
     named = tuple(out)
@@ -238,7 +249,9 @@ def partition_specs(node: Any) -> StateMap:
 def named_shardings(node: Any, mesh: Mesh) -> StateMap:
     """The ``NamedSharding`` on ``mesh`` of every value of ``node``, keyed by path."""
     gd, sm = dispatch.flatten(node)
-    return StateMap._make(sm._table, list(shardings_for(gd, mesh)))
+    named = shardings_for(gd, mesh)
+    _check_fit(gd, sm._values, mesh, divisible=False)
+    return StateMap._make(sm._table, list(named))
 
 
 def shard(node: Any, mesh: Mesh) -> Any:
@@ -253,6 +266,7 @@ def shard(node: Any, mesh: Mesh) -> Any:
     gd, sm = dispatch.flatten(node)
     shardings = shardings_for(gd, mesh)
     values = sm._values
+    _check_fit(gd, values, mesh, divisible=True)  # alike for arrays, tracers and plans
     new = list(values)
     eager: list[int] = []
     for slot, v in enumerate(values):
@@ -276,6 +290,46 @@ def shard(node: Any, mesh: Mesh) -> Any:
     return node
 
 
+def _check_fit(gd: GraphDef, values: list[Any], mesh: Mesh, divisible: bool) -> None:
+    """Every annotated value has a dimension per annotation entry (and, with ``divisible``,
+    each dimension splits evenly over its mesh axes); else a ``ValueError`` naming its path.
+
+    ``jax.device_put`` checks this for concrete arrays, but not in the annotation's own
+    words, nor trailing ``None`` entries (dropped from the ``NamedSharding``); a
+    ``with_sharding_constraint`` in a trace pads an uneven split and a plan checks nothing,
+    so without this a plan or a model created under ``sg.jit`` would accept what placing
+    the real arrays refuses.
+    """
+    sizes = dict(zip(mesh.axis_names, mesh.devices.shape, strict=True))
+    for slot, spec in enumerate(specs_for(gd)):
+        if not len(spec):
+            continue
+        for x in jax.tree_util.tree_leaves(values[slot]):
+            shape = getattr(x, "shape", None)
+            if shape is None:
+                shape = np.shape(x)
+            if len(spec) > len(shape):
+                raise ValueError(
+                    f"cannot shard {_where(gd, slot)} of shape {tuple(shape)} with sharding="
+                    f"{tuple(spec)!r}: the annotation has {len(spec)} entries for a value of "
+                    f"{len(shape)} dimensions; give at most one entry per dimension"
+                )
+            if not divisible:
+                continue
+            for dim, (size, entry) in enumerate(zip(shape, spec, strict=False)):
+                names = entry if isinstance(entry, tuple) else (entry,)
+                parts = 1
+                for name in names:
+                    if name is not None:
+                        parts *= sizes[name]
+                if size % parts:
+                    raise ValueError(
+                        f"cannot shard {_where(gd, slot)} of shape {tuple(shape)} with sharding="
+                        f"{tuple(spec)!r}: dimension {dim} (size {size}) does not divide over "
+                        f"{entry!r} ({parts} devices); change the annotation or the shape"
+                    )
+
+
 def _where(gd: GraphDef, slot: int) -> str:
     return f"the value at path {gd.pathtable.path(slot)!r}"
 
@@ -294,11 +348,6 @@ def _attach(value: Any, sharding: NamedSharding, gd: GraphDef, slot: int) -> Any
     def one(x: Any) -> Any:
         if not isinstance(x, jax.ShapeDtypeStruct):
             return x
-        if len(sharding.spec) > len(x.shape):
-            raise ValueError(
-                f"cannot shard {_where(gd, slot)} of shape {x.shape} with {sharding.spec!r}: the "
-                "annotation names more dimensions than the value has"
-            )
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding, weak_type=x.weak_type)
 
     return jax.tree_util.tree_map(one, value)
@@ -377,11 +426,18 @@ class Placement:
     did reuses the previous object.
     """
 
-    __slots__ = ("_hash", "shardings")
+    __slots__ = ("_hash", "loose", "shardings")
 
     def __init__(self, shardings: tuple) -> None:
         self.shardings = shardings
         self._hash = hash(shardings)
+        # Slots on a NamedSharding spelled with trailing ``None`` entries (``P('data', None)``):
+        # ``jax.jit`` may hand back the equivalent short form there (``P('data')``, when an
+        # uncommitted array comes first among its arguments); :func:`keep_exact` restores it.
+        self.loose = frozenset(
+            slot for slot, s in enumerate(shardings)
+            if any(_loose(x) for x in (s if isinstance(s, tuple) else (s,)))
+        )
 
     def __hash__(self) -> int:
         return self._hash
@@ -390,6 +446,40 @@ class Placement:
         return self is other or (
             type(other) is Placement and self._hash == other._hash and self.shardings == other.shardings
         )
+
+
+def _loose(s: Any) -> bool:
+    return isinstance(s, NamedSharding) and canonical_spec(s.spec) is not s.spec
+
+
+def keep_exact(placement: Placement, written: tuple[int, ...], values: list[Any]) -> list[Any]:
+    """``values`` (of the slots ``written``) on their input shardings' very objects.
+
+    A written state is compiled onto its input sharding, but ``jax.jit`` may describe an
+    output with an equivalent spec in its short form; the state would then compare
+    unequal to its input sharding and the next call would see a new placement (a
+    retrace). Only the :attr:`Placement.loose` slots are looked at; the fix re-labels the
+    same buffers (``device_put`` to an equivalent sharding copies nothing).
+    """
+    loose = placement.loose
+    out = list(values)
+    for k, slot in enumerate(written):
+        if slot in loose:
+            placed = placement.shardings[slot]
+            if isinstance(placed, tuple):
+                leaves, tree = jax.tree_util.tree_flatten(out[k])
+                if len(leaves) == len(placed):
+                    out[k] = jax.tree_util.tree_unflatten(
+                        tree, [_relabel(x, s) for x, s in zip(leaves, placed, strict=True)])
+            else:
+                out[k] = _relabel(out[k], placed)
+    return out
+
+
+def _relabel(x: Any, s: Any) -> Any:
+    if s is None or not isinstance(x, jax.Array) or x.sharding == s or len(s.spec) > x.ndim:
+        return x
+    return jax.device_put(x, s) if x.sharding.is_equivalent_to(s, x.ndim) else x
 
 
 def _placed(x: Any) -> Any:

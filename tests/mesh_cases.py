@@ -447,3 +447,49 @@ def test_nnx_adam_steps_under_sg_jit_keep_shardings_and_match_unsharded(mode: st
     ref = [float(nnx_step(plain, plain_opt, x, y)) for _ in range(5)]
     close(losses, ref)
     assert losses[-1] < losses[0]
+
+
+# -- found by tests/fuzz_scaleout.py -------------------------------------------------------
+
+
+def test_an_uneven_split_is_refused_alike_for_arrays_plans_and_traces(mode: str) -> None:
+    # Regression: placing real arrays refused a dimension that does not divide over its
+    # mesh axes, but a plan (eval_shape then sg.shard) accepted it, and sg.shard inside
+    # sg.jit padded it and returned the state replicated: the plan promised a placement
+    # that the real init refuses, and the traced init placed it elsewhere.
+    def make() -> Any:
+        box = MLP.__new__(MLP)
+        box.heads = {"{{ x }}": sg.Param(jnp.ones((3, 8)), sharding=("data", "model"))}
+        return box
+
+    words = r"\('heads', '\{\{ x \}\}'\)[\s\S]*dimension 0 \(size 3\) does not divide over 'data'"
+    for _ in range(2):
+        real = make()
+        before = real.heads["{{ x }}"].value
+        with pytest.raises(ValueError, match=words):
+            sg.shard(real, MESH)
+        assert real.heads["{{ x }}"].value is before
+        with pytest.raises(ValueError, match=words):
+            sg.shard(sg.eval_shape(make), MESH)
+        with pytest.raises(ValueError, match=words):
+            sg.jit(lambda: sg.shard(make(), MESH))()
+
+
+@pytest.mark.filterwarnings("ignore:Some donated buffers were not usable")
+def test_written_state_keeps_a_long_form_spec_exactly(mode: str) -> None:
+    # Regression: a state the caller placed on P('data', None) came back from a step on
+    # P('data'): the same layout, but not equal, so the next call saw a new placement and
+    # retraced. jax.jit names an output with the short form when an uncommitted array
+    # comes first among its arguments (here: the step's first argument, with donation the
+    # kept ones come first).
+    for donate in ((), (1,)):
+        box = Stat()
+        box.s.value = jax.device_put(box.s.value, NamedSharding(MESH, P("data", None)))
+        box.r = sg.State(jax.device_put(np.ones((4, 8), np.float32), NamedSharding(MESH, P(None, None))))
+        f = sg.jit(lambda x, n: setattr(n.s, "value", n.s.value * x + n.r.value), donate_argnums=donate)
+        before = shardings(box)
+        for k in range(3):
+            f(jnp.float32(2.0), box)
+            assert shardings(box) == before, (donate, k, shardings(box))
+        assert f.trace_count == 1
+        close(box.s.value, np.arange(32.0).reshape(4, 8) * 8 + 7)

@@ -10,6 +10,7 @@ ensemble members) or in plain JAX.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -599,3 +600,69 @@ def test_metadata_guard_costs_nothing_for_the_compiled_metadata(monkeypatch: pyt
     sg.flatten(tagged)
     assert sg.flatten(Box(p=sg.Param(jnp.ones(2), tag=True)))[0] == sg.generic.flatten(
         Box(p=sg.Param(jnp.ones(2), tag=True)))[0]
+
+
+# --------------------------------------------------------------------------------------
+# found by tests/fuzz_scaleout.py
+# --------------------------------------------------------------------------------------
+
+
+def test_annotation_longer_than_the_value_or_naming_an_axis_twice_is_an_error_naming_the_path(
+        mode: str) -> None:
+    # Regression: ('data', None, None) on a 2-d value was accepted (the trailing Nones are
+    # dropped from the NamedSharding) where jax.device_put refuses P('data', None, None), and
+    # ('model', 'model') raised JAX's DuplicateSpecError, naming no path.
+    mesh = one_device_mesh()
+
+    def make(axes: Any) -> Box:
+        return Box(heads={"x')\n": Box(w=sg.Param(jnp.ones((4, 8)), sharding=axes))}, b=sg.Param(jnp.ones(3)))
+
+    for axes, words in ((("data", None, None), "3 entries for a value of 2 dimensions"),
+                        (P("data", None, None), "3 entries for a value of 2 dimensions"),
+                        (("model", "model"), "over the mesh axis 'model'")):
+        path = re.escape(repr(("heads", "x')\n", "w")))
+        for _ in range(2):
+            box = make(axes)
+            before = [v for v in sg.flatten(box)[1].values()]
+            with pytest.raises(ValueError, match=f"{path}[\\s\\S]*{words}"):
+                sg.shard(box, mesh)
+            assert all(a is b for a, b in zip(before, sg.flatten(box)[1].values(), strict=True))
+            with pytest.raises(ValueError, match=f"{path}[\\s\\S]*{words}"):
+                sg.named_shardings(box, mesh)
+            with pytest.raises(ValueError, match=f"{path}[\\s\\S]*{words}"):  # a plan: alike
+                sg.shard(sg.eval_shape(lambda: make(axes)), mesh)  # noqa: B023
+            with pytest.raises(ValueError, match=f"{path}[\\s\\S]*{words}"):  # inside a trace: alike
+                sg.jit(lambda: sg.shard(make(axes), mesh))()  # noqa: B023 - called at once
+    ok = sg.shard(make(("data",)), mesh)  # shorter than the value: the rest replicated
+    assert ok.heads["x')\n"].w.value.sharding.spec == P("data")
+
+
+def test_a_value_shared_between_a_mapped_and_a_broadcast_position_is_an_error(mode: str) -> None:
+    # Regression: the first path's axis won silently. With in_axes=(None, 0) the shared
+    # state was broadcast (JAX then said "vmap must have at least one non-None value in
+    # in_axes", naming nothing); with (0, None) it was mapped where the caller said None.
+    shared = sg.Param(jnp.arange(4.0))
+    a, b = Box(s=shared), Box(s=shared, t=sg.Param(jnp.arange(4.0)))
+    for in_axes, there, here in (((None, 0), "None", "0"), ((0, None), "0", "None")):
+        for _ in range(2):
+            with pytest.raises(ValueError, match=r"argument 0 at \('s',\) and at argument 1 at \('s',\)"
+                                                 f"[\\s\\S]*axis {there} there but {here} here"):
+                sg.vmap(lambda a, b: a.s.value + b.t.value, in_axes=in_axes)(a, b)
+            assert a.s is shared and b.s is shared
+    with pytest.raises(ValueError,
+                       match=r"argument 0 at \('s',\) and at argument 1 at \('s',\)[\s\S]*0 there but None"):
+        sg.scan(lambda a, b, h: h + a.s.value[0], in_axes=(0, None, sg.Carry), out_axes=sg.Carry)(b, a, 0.0)
+    # the same axis at both places (or tied within one argument) is fine
+    for _ in range(2):
+        close(sg.vmap(lambda a, b: a.s.value + b.s.value, in_axes=(0, 0))(a, b), 2 * jnp.arange(4.0))
+        close(sg.vmap(lambda a, b: a.s.value * b.s.value, in_axes=(0, sg.StateAxes({...: 0})))(a, b),
+              jnp.arange(4.0) ** 2)
+    tied = Box(p=shared, q=shared)
+    close(sg.vmap(lambda t: t.p.value + t.q.value)(tied), 2 * jnp.arange(4.0))
+    held_twice = Box(x=a, y=[a])  # a shared node: its state is reached at two paths too
+    with pytest.raises(ValueError, match=r"\('x', 's'\) and at argument 0 at \('y', 0, 's'\)"):
+        sg.vmap(lambda h: h.x.s.value, in_axes=(sg.StateAxes({_under_x: 0, ...: None}),))(held_twice)
+
+
+def _under_x(path: tuple, value: Any) -> bool:
+    return path[:1] == ("x",)

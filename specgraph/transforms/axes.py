@@ -6,18 +6,21 @@ nodes: wherever a graph node sits, a :class:`StateAxes` gives each of its states
 axis by filter (first match wins), and ``scan`` also accepts :data:`Carry`.
 
 Every value of a flattened call (a state's value or a bare array leaf) gets one
-axis, found by walking the specification along the value's path. A value is
-reached by the path that first reaches it (a state shared by two arguments takes
-the axis of the first).
+axis, found by walking the specification along the value's path. A value reached
+at several paths (a State shared by two arguments, a submodule held twice) must get
+the same axis at each: one value cannot be both mapped and broadcast, and the error
+names both paths.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any
 
 from .._filters import Filter, to_predicate
-from .._ir import GraphDef
+from .._ir import ArrayEdge, GraphDef, NodeEdge, PytreeEdge, StateEdge, all_edges
 from .jit import num_args
 
 __all__ = ["Carry", "StateAxes"]
@@ -209,6 +212,72 @@ def input_axes(
         where = f"{transform} in_axes[{i}]" if per_arg else f"{transform} in_axes"
         axis, _ = resolve(spec, path[2:], values[slot], types[slot], where)
         out.append(axis)
+    for slot, others in other_paths(gd).items():
+        for path in others:
+            if path[0] == "kwargs":
+                axis = kwargs_axis
+            else:
+                i = path[1]
+                where = f"{transform} in_axes[{i}]" if per_arg else f"{transform} in_axes"
+                spec = in_axes[i] if per_arg else in_axes
+                axis, _ = resolve(spec, path[2:], values[slot], types[slot], where)
+            if axis is not out[slot] and not (type(axis) is int and axis == out[slot]):
+                raise ValueError(
+                    f"{transform}: one value is reached at {_words(paths[slot])} and at {_words(path)} "
+                    f"(a shared State, node or array), and in_axes gives it the axis {_axis_repr(out[slot])} "
+                    f"there but {_axis_repr(axis)} here; a value has one axis: give both places the same "
+                    "axis (sg.StateAxes can choose per state), or pass the shared object once"
+                )
+    return out
+
+
+def _words(path: Path) -> str:
+    if path and path[0] == "args":
+        return f"argument {path[1]} at {path[2:]!r}"
+    return f"keyword argument {path[1]!r} at {path[2:]!r}"
+
+
+_other_paths: weakref.WeakKeyDictionary[GraphDef, dict[int, list[Path]]] = weakref.WeakKeyDictionary()
+_PATH_BUDGET = 64  # paths enumerated per table entry before giving up (a lattice of shared nodes)
+
+
+def other_paths(gd: GraphDef) -> dict[int, list[Path]]:
+    """``{slot: paths}``: the paths, besides its first, at which a value of ``gd`` is reached.
+
+    Empty (and found in one pass over the edges) unless a node, State or array is
+    referenced twice. Cached per structure. Paths through a cycle stop where they
+    would repeat a node; past a budget of paths (shared nodes nested many levels
+    deep reach a value at exponentially many) the check gives up and answers ``{}``.
+    """
+    out = _other_paths.get(gd)
+    if out is not None:
+        return out
+    refs = Counter((type(e), e[1]) for e in all_edges(gd) if type(e) in (NodeEdge, StateEdge, ArrayEdge))
+    out = {}
+    if any(n > 1 for n in refs.values()):
+        table, first = gd.table, gd.pathtable.paths
+        budget = _PATH_BUDGET * (len(table) + 1)
+        stack: list[tuple[Any, Path, frozenset[int]]] = [(gd.root, (), frozenset())]
+        while stack:
+            budget -= 1
+            if budget < 0:
+                out = {}
+                break
+            e, path, above = stack.pop()
+            kind = type(e)
+            if kind is NodeEdge:
+                if e[1] in above:
+                    continue
+                spec = table[e[1]]
+                inside = above | {e[1]}
+                stack.extend((c, (*path, k), inside) for k, c in zip(spec[3], spec[4], strict=True))
+            elif kind is PytreeEdge:
+                stack.extend((c, (*path, k), above) for k, c in zip(e[2], e[3], strict=True))
+            elif kind is StateEdge or kind is ArrayEdge:
+                slot = table[e[1]][4] if kind is StateEdge else e[1]
+                if path != first[slot]:
+                    out.setdefault(slot, []).append(path)
+    _other_paths[gd] = out
     return out
 
 

@@ -42,7 +42,7 @@ from .._statemap import StateMap
 from ..generic._flatten import Walk, walk
 from ..generic._unflatten import build_with, rebuild_edge
 from ..runtime import dispatch
-from ..sharding import Placement, constrain_tree, keep_placement, multi_device, placement_of
+from ..sharding import Placement, constrain_tree, keep_exact, keep_placement, multi_device, placement_of
 from ._writeback import write_back
 
 __all__ = ["jit", "JitFunction", "trace_call", "finish_call", "Traced"]
@@ -366,6 +366,8 @@ class JitFunction(Generic[_P, _R]):
         except (TypeError, ValueError):
             hash(gd)  # an unhashable static argument: raise the TypeError that names its path
             raise
+        if placement is not None and placement.loose and res.written:
+            res.written_values = keep_exact(placement, res.written, res.written_values)
         if self.trace_count != traces:
             # fn's Python ran and may have reached the caller's objects (a closure): walk
             # again; a structure that changed is written by path (the update's rules).
