@@ -493,3 +493,39 @@ def test_written_state_keeps_a_long_form_spec_exactly(mode: str) -> None:
             assert shardings(box) == before, (donate, k, shardings(box))
         assert f.trace_count == 1
         close(box.s.value, np.arange(32.0).reshape(4, 8) * 8 + 7)
+
+
+def test_a_jit_error_about_an_input_names_its_path(mode: str) -> None:
+    # Regression: JAX names sg.jit's inputs by its internal function's arguments
+    # ("argument kept[1] of JitFunction._pure"); a note now says whose values they are.
+    node = sg.shard(Dense.seeded(0, 8, 8, (None, "model")), MESH)
+    node.b.value = jax.device_put(np.ones(8, np.float32), jax.devices()[3])  # one device, not the mesh
+    f = sg.jit(lambda d: setattr(d.w, "value", d.w.value + d.b.value))
+    for _ in range(2):
+        with pytest.raises(ValueError, match="incompatible devices") as info:
+            f(node)
+        assert "kept[0] is the value at path ('b',) of argument 0" in "\n".join(info.value.__notes__)
+
+
+def test_eager_vmap_scan_and_remat_keep_written_states_on_their_shardings(mode: str) -> None:
+    # Regression: run outside sg.jit, a written state came back on the layout the compiler
+    # picked: a scanned stack lost its 'data' axis (P('data', None, 'model') became
+    # P(None, None, 'model')), as sg.jit would not let it.
+    ens = sg.jit(lambda k: sg.shard(sg.vmap(ensemble_member, partition_name="data")(k), MESH))(
+        jnp.arange(4, dtype=jnp.float32))
+    want = shardings(ens)
+    assert ens.w.value.sharding.spec == P("data", None, "model")
+    w0 = np.asarray(ens.w.value)
+
+    def halve(d: Dense, h: jax.Array) -> jax.Array:
+        d.w.value = d.w.value * 0.5
+        return h + d.b.value.sum()
+
+    for _ in range(2):
+        sg.scan(halve, in_axes=(0, sg.Carry), out_axes=sg.Carry)(ens, jnp.zeros(()))
+        assert shardings(ens) == want
+        sg.vmap(lambda d: setattr(d.w, "value", d.w.value * 2.0))(ens)
+        assert shardings(ens) == want
+        sg.remat(lambda d: setattr(d.b, "value", d.b.value + 1.0))(ens)
+        assert shardings(ens) == want
+    close(ens.w.value, w0)

@@ -666,3 +666,28 @@ def test_a_value_shared_between_a_mapped_and_a_broadcast_position_is_an_error(mo
 
 def _under_x(path: tuple, value: Any) -> bool:
     return path[:1] == ("x",)
+
+
+def test_scan_takes_a_python_scalar_as_the_initial_carry(mode: str) -> None:
+    # Regression: a Python scalar in an argument is static, so lax.scan's usual
+    # scan(f, 0.0, xs) failed with "returned a carry whose structure differs (0 values,
+    # got 1 ...)". The carry's scalars are arrays, as lax.scan makes them; node statics stay.
+    ens = sg.vmap(lambda k: Dense(k, 6, 6))(KEYS)
+
+    def body(d: Dense, h: Any) -> Any:
+        return h + d.w.value.sum()
+
+    total = ens.w.value.sum()
+    for init in (0.0, 1, (0.0, jnp.zeros(())), {"h": 2.0}):
+        for _ in range(2):
+            if isinstance(init, tuple):
+                out = sg.scan(lambda d, c: (body(d, c[0]), c[1] + 1), in_axes=(0, sg.Carry),
+                              out_axes=sg.Carry)(ens, init)
+                close(out[0], total)
+                close(out[1], 4.0)
+            elif isinstance(init, dict):
+                out = sg.scan(lambda d, c: {"h": body(d, c["h"])}, in_axes=(0, sg.Carry),
+                              out_axes=sg.Carry)(ens, init)
+                close(out["h"], total + 2.0)
+            else:
+                close(sg.scan(body, in_axes=(0, sg.Carry), out_axes=sg.Carry)(ens, init), total + init)

@@ -10,7 +10,7 @@ the caller's objects afterwards (:func:`finish_call`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
@@ -152,3 +152,36 @@ def move_axis(value: Any, src: int, dst: int) -> Any:
     if src == dst:
         return value
     return jax.tree_util.tree_map(lambda x: jnp.moveaxis(x, src, dst), value)
+
+
+def keep_input_placement(values: list[Any], written: Sequence[int], written_values: list[Any]) -> list[Any]:
+    """Written values put back on their input shardings, outside a trace (as ``sg.jit`` does).
+
+    Run eagerly, ``jax.vmap`` and ``lax.scan`` give their outputs the layout the
+    compiler picked (a scanned state stacked back loses its ``data`` axis, say). Under
+    a trace the values are tracers and nothing is done here (``sg.jit`` pins them).
+    """
+    out: list[Any] | None = None
+    for k, slot in enumerate(written):
+        new = written_values[k]
+        old = values[slot]
+        if isinstance(new, jax.Array) and isinstance(old, jax.Array):
+            back = _back(old, new)
+        else:
+            try:
+                back = jax.tree_util.tree_map(_back, old, new)
+            except (ValueError, TypeError):  # another structure: nothing to keep
+                continue
+        if back is not new:
+            if out is None:
+                out = list(written_values)
+            out[k] = back
+    return written_values if out is None else out
+
+
+def _back(old: Any, new: Any) -> Any:
+    if (isinstance(new, jax.Array) and isinstance(old, jax.Array) and not isinstance(new, jax.core.Tracer)
+            and not isinstance(old, jax.core.Tracer) and old.committed and new.shape == old.shape
+            and new.sharding != old.sharding):
+        return jax.device_put(new, old.sharding)
+    return new

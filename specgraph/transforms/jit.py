@@ -18,6 +18,7 @@ live objects when they came in as arguments, and as fresh objects otherwise.
 from __future__ import annotations
 
 import functools
+import re
 import types
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -363,8 +364,9 @@ class JitFunction(Generic[_P, _R]):
         traces = self.trace_count
         try:
             res = self._jitted(static, gd, placement, kept, donated)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as e:
             hash(gd)  # an unhashable static argument: raise the TypeError that names its path
+            _name_values(e, gd, self._donated_slots(gd) if self.donate_argnums else ())
             raise
         if placement is not None and placement.loose and res.written:
             res.written_values = keep_exact(placement, res.written, res.written_values)
@@ -374,6 +376,22 @@ class JitFunction(Generic[_P, _R]):
             fresh = dispatch.collect(root)
             walked = fresh if fresh.graphdef == gd else None
         return finish_call(root, sm, res.written, res.written_values, res.out_static, res.out_values, walked)
+
+
+_INTERNAL_ARG = re.compile(r"\b(kept|donated)\[(\d+)\]")
+
+
+def _name_values(e: Exception, gd: GraphDef, donated_slots: tuple[int, ...]) -> None:
+    """JAX names the compiled function's inputs (``argument kept[3] of JitFunction._pure``
+    in an error about devices or shardings, say): add a note saying whose values they are."""
+    seen: dict[str, str] = {}
+    for m in _INTERNAL_ARG.finditer(str(e)):
+        i = int(m.group(2))
+        slot = i if m.group(1) == "kept" else (donated_slots[i] if i < len(donated_slots) else None)
+        if slot is not None and slot < gd.num_leaves:
+            seen.setdefault(m.group(0), _arg_path(gd.pathtable.path(slot)))
+    if seen:
+        e.add_note("specgraph.jit: " + "; ".join(f"{k} is the value at {v}" for k, v in seen.items()))
 
 
 class _ArgsRoot(Node):

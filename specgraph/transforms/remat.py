@@ -8,7 +8,7 @@ from typing import Any
 import jax
 
 from ..generic._unflatten import build_with, rebuild_edge
-from ._common import GraphTransform, flatten_call
+from ._common import GraphTransform, flatten_call, keep_input_placement
 from .jit import _ArgsRoot, _Result, finish_call, root_child, trace_call
 
 __all__ = ["remat", "RematFunction", "eval_shape"]
@@ -32,7 +32,8 @@ class RematFunction(GraphTransform):
 
         o = self.options
         res = jax.checkpoint(pure, prevent_cse=o.prevent_cse, policy=o.policy)(sm._values)
-        return finish_call(root, sm, res.written, res.written_values, res.out_static, res.out_values)
+        written_values = keep_input_placement(sm._values, res.written, res.written_values)
+        return finish_call(root, sm, res.written, written_values, res.out_static, res.out_values)
 
 
 def remat(

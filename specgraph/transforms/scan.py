@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from jax import tree_util
 
 from .._model import Node
@@ -16,6 +17,7 @@ from ._common import (
     describe,
     flatten_call,
     fn_name,
+    keep_input_placement,
     move_axis,
     out_part,
     sliced_view,
@@ -73,6 +75,8 @@ class ScanFunction(GraphTransform):
         self._out_carry = out_carry
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._carry_arg is not None and self._carry_arg < len(args):
+            args = _scalars_as_arrays(args, self._carry_arg)
         root, gd, sm = flatten_call(self._root_type, args, kwargs)
         values = sm._values
         paths = gd.pathtable.paths
@@ -173,7 +177,32 @@ class ScanFunction(GraphTransform):
         if kind == "graph":
             name = self.options.partition_name
             out_static = (kind, stacked_view(payload, n, out_values, out_axes_list, name), n)
+        written_values = keep_input_placement(values, written, written_values)
         return finish_call(root, sm, written, written_values, out_static, out_values)
+
+
+_PY_SCALARS = (bool, int, float, complex)
+
+
+def _scalars_as_arrays(args: tuple, i: int) -> tuple:
+    """``args`` with the Python scalars of the explicit carry (argument ``i``) made arrays.
+
+    A Python scalar in an argument is static (part of the structure), but a carry's
+    value changes from one iteration to the next: ``lax.scan(f, 0.0, xs)`` makes an
+    initial ``0.0`` a (weakly typed) array, and so does ``sg.scan``. Scalars held by
+    graph nodes inside the carry stay static.
+    """
+    carry = args[i]
+    if type(carry) in _PY_SCALARS:
+        carry = jnp.asarray(carry)
+    elif isinstance(carry, (tuple, list, dict)):
+        leaves = tree_util.tree_leaves(carry)
+        if not any(type(x) in _PY_SCALARS for x in leaves):
+            return args
+        carry = tree_util.tree_map(lambda x: jnp.asarray(x) if type(x) in _PY_SCALARS else x, carry)
+    else:
+        return args
+    return (*args[:i], carry, *args[i + 1 :])
 
 
 def _carry_of(out: Any, pos: int, fn: Any) -> Any:

@@ -8,7 +8,16 @@ from typing import Any
 
 import jax
 
-from ._common import GraphTransform, describe, flatten_call, fn_name, out_part, sliced_view, stacked_view
+from ._common import (
+    GraphTransform,
+    describe,
+    flatten_call,
+    fn_name,
+    keep_input_placement,
+    out_part,
+    sliced_view,
+    stacked_view,
+)
 from .axes import check_options, group, input_axes, normalize, ungroup
 from .jit import finish_call, trace_call
 
@@ -69,7 +78,8 @@ class VmapFunction(GraphTransform):
         if kind == "graph":
             out_static = (kind, stacked_view(payload, n, out_values, [a for a, _ in placed],
                                              self.options.partition_name), n)
-        return finish_call(root, sm, written, [full[i] for i in written], out_static, out_values)
+        written_values = keep_input_placement(values, written, [full[i] for i in written])
+        return finish_call(root, sm, written, written_values, out_static, out_values)
 
 
 def vmap(
@@ -95,7 +105,9 @@ def vmap(
     * ``in_axes`` gives each value the axis it is mapped along (``None``: one value for
       the whole batch). A graph node takes an int / ``None`` for all its states, or a
       :class:`~specgraph.StateAxes` choosing per state by filter. Keyword arguments are
-      mapped along axis 0, as ``jax.vmap`` does.
+      mapped along axis 0, as ``jax.vmap`` does. A value reached at several paths (a
+      State shared by two arguments) must get the same axis at each: otherwise the
+      ``ValueError`` names both paths.
     * A state ``fn`` writes is written back along its own input axis. A broadcast state
       (axis ``None``) may only be written with a value that does not vary along the
       mapped axis; otherwise the error names it.
