@@ -277,6 +277,13 @@ def expected_sharding(st: Any, mesh_: Any) -> Any:
 # -- the tally -------------------------------------------------------------------------------
 
 
+# cache_info() counters: (served by generated code, served by the reference walker)
+_SERVED = {
+    "flatten": ("hits", "generic_flattens"), "walk": ("walk_hits", "generic_walks"),
+    "update": ("update_hits", "generic_updates"), "unflatten": ("unflatten_hits", "generic_unflattens"),
+}
+
+
 class Tally:
     def __init__(self) -> None:
         self.counts: collections.Counter[str] = collections.Counter()
@@ -291,10 +298,14 @@ class Tally:
         with sg.specialization(enabled):
             yield
         after = sg.cache_info()
-        gen = sum(after[k] - before[k] for k in ("hits", "walk_hits", "update_hits", "unflatten_hits"))
-        ref = sum(after[k] - before[k] for k in ("generic_flattens", "generic_walks", "generic_updates",
-                                                  "generic_unflattens"))
         side = "subject" if enabled else "reference"
+        gen = ref = 0
+        for op, (hit, miss) in _SERVED.items():
+            g, r = after[hit] - before[hit], after[miss] - before[miss]
+            self.add(f"{side}_{op}_generated", g)
+            self.add(f"{side}_{op}_generic", r)
+            gen += g
+            ref += r
         self.add(f"{side}_generated", gen)
         self.add(f"{side}_generic", ref)
         if not enabled:
@@ -534,8 +545,8 @@ class Case:
 
         x = jnp.float32(0.3)
         with t.served(True):
-            run = sg.jit(sg.vmap(apply, in_axes=(0, None)))
-            ys = run(ens, x)
+            run = sg.vmap(apply, in_axes=(0, None))
+            ys = (sg.jit(run) if rng.random() < 0.5 else run)(ens, x)
         close(ys, [apply(m, x) for m in members], "vmap run")
         t.add("vmap_run_checked")
 
@@ -567,10 +578,18 @@ class Case:
             return h
 
         sub_ens, sub_c = ens, Counter()
+        placed = [st.value.sharding for st in state_objects(sub_ens)]
+        jitted = rng.random() < 0.5
         with t.served(True):
             scan = sg.scan(body, in_axes=(0, sg.StateAxes({...: sg.Carry}), sg.Carry), out_axes=sg.Carry,
                            reverse=carried)
-            h = sg.jit(lambda e, c, h: scan(e, c, h))(sub_ens, sub_c, x)
+            if jitted:
+                h = sg.jit(lambda e, c, h: scan(e, c, h))(sub_ens, sub_c, x)
+            else:  # eagerly, with a Python scalar as the initial carry (lax.scan's habit)
+                h = scan(sub_ens, sub_c, float(x))
+        t.add("scan_jitted" if jitted else "scan_eager")
+        for j, (st, sh) in enumerate(zip(state_objects(sub_ens), placed, strict=True)):
+            assert st.value.sharding == sh, f"scan moved state {j} from {sh} to {st.value.sharding}"
         ref_members = [build(bp, float(s)) for s in np.asarray(seeds)]
         ref_c = Counter()
         with t.served(False):
@@ -683,8 +702,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--json", action="store_true", help="print the tally as one JSON object")
     args = parser.parse_args(argv)
     counts = fuzz(args.cases, args.seed, args.steps)
+    if args.json:
+        import json
+
+        print(json.dumps(dict(counts)))
+        return 0
     for k in sorted(counts):
         print(f"{k:40} {counts[k]}")
     return 0
