@@ -476,7 +476,7 @@ class Case:
 
     def invalid_annotations(self, m: Any) -> None:
         """One state at a time gets a bad annotation: ``sg.shard`` names its path; nothing moves."""
-        rng, t = self.rng, self.tally
+        rng = self.rng
         for node in node_objects(m):
             for k in sorted(vars(node)):
                 st = vars(node)[k]
@@ -491,27 +491,29 @@ class Case:
                     bad.append(("axis_twice", ("model", "model")))
                 if shape and shape[0] % 4:
                     bad.append(("indivisible", ("model",)))
-                kind, ann = rng.choice(bad)
-                if rng.random() < 0.3 and isinstance(ann, tuple) and all(
-                        a is None or isinstance(a, str) for a in ann):
-                    ann = P(*ann)
-                old = st
-                setattr(node, k, type(st)(st.value, sharding=ann))
-                try:
-                    for enabled in (False, True, True):
-                        with t.served(enabled):
-                            path_words = repr(k)
-                            expect_error(t, m, lambda: sg.shard(m, self.mesh), f"annotation_{kind}",
-                                         path_words)
-                            if kind not in ("indivisible",):
-                                expect_error(t, m, lambda: sg.named_shardings(m, self.mesh),
-                                             f"named_{kind}", path_words)
-                            plan = sg.eval_shape(lambda: m)
-                            expect_error(t, plan, lambda plan=plan: sg.shard(plan, self.mesh),
-                                         f"plan_{kind}", path_words)
-                finally:
-                    setattr(node, k, old)
+                for kind, ann in bad:  # every kind, one at a time
+                    if rng.random() < 0.3 and isinstance(ann, tuple) and all(
+                            a is None or isinstance(a, str) for a in ann):
+                        ann = P(*ann)
+                    self._refused(m, node, k, st, kind, ann)
                 return
+
+    def _refused(self, m: Any, node: Any, k: str, st: Any, kind: str, ann: Any) -> None:
+        t = self.tally
+        setattr(node, k, type(st)(st.value, sharding=ann))
+        try:
+            for enabled in (False, True, True):
+                with t.served(enabled):
+                    path_words = repr(k)
+                    expect_error(t, m, lambda: sg.shard(m, self.mesh), f"annotation_{kind}", path_words)
+                    if kind != "indivisible":
+                        expect_error(t, m, lambda: sg.named_shardings(m, self.mesh), f"named_{kind}",
+                                     path_words)
+                    plan = sg.eval_shape(lambda: m)
+                    expect_error(t, plan, lambda plan=plan: sg.shard(plan, self.mesh), f"plan_{kind}",
+                                 path_words)
+        finally:
+            setattr(node, k, st)
 
     # vmap, scan, remat, eval_shape -------------------------------------------------------------
 
