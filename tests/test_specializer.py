@@ -19,6 +19,7 @@ import pytest
 from conftest import assert_same_flatten
 
 import specgraph as sg
+from specgraph.runtime import dispatch
 
 # -- models -----------------------------------------------------------------------
 
@@ -810,6 +811,31 @@ def test_registration_invalidates_and_respecializes_unaffected_structures() -> N
     assert_same_flatten(sg.flatten(node), sg.generic.flatten(node))
     assert info()["hits"] == h + 1, "a stale variant must be replaced, not kept missing forever"
     assert info()["compiled_variants"] == 1
+
+
+def test_a_structure_compiled_again_after_a_registration_returns_the_same_graphdef() -> None:
+    # The re-specialized structure answers with the very GraphDef (and path table) its
+    # dropped variant did: StateMaps made before update by identity, and sg.jit's jax.jit
+    # cache (keyed by the GraphDef) is met without comparing the structure whole.
+    node = mk_tied()
+    warm(node)
+    gd, sm = sg.flatten(node)
+
+    class Unrelated:
+        pass
+
+    sg.register_graph_node_type(Unrelated, lambda n: ([], None), lambda n, k, v: None,
+                                lambda n, k: None, lambda m: Unrelated(), lambda n: None)
+    sg.flatten(node)  # an epoch miss: the reference answers and the structure compiles again
+    before, h = info()["update_hits"], info()["hits"]
+    gd2, sm2 = sg.flatten(node)
+    assert info()["hits"] == h + 1
+    assert gd2 is gd and sm2._table is sm._table
+    assert_same_flatten((gd2, sm2), sg.generic.flatten(node))
+    sg.update(node, sm)
+    assert info()["update_hits"] == before + 1
+    variant = dispatch.variant_for(gd)
+    assert variant is not None and variant.graphdef is gd and variant.table is sm._table
 
 
 def test_registration_invalidates_specialized_unflatten() -> None:

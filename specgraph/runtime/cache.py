@@ -49,6 +49,8 @@ class StructureStats:
     fallbacks: int = 0
     compile_seconds: float = 0.0
     declined: str | None = None
+    #: the cache key the counters were made under (the first GraphDef of this structure)
+    key: Any = field(default=None, repr=False, compare=False)
 
     def absorb(self, other: StructureStats) -> None:
         """Add ``other``'s counters to these."""

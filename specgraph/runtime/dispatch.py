@@ -180,6 +180,13 @@ def _compile_variant(key: GraphDef, gd: GraphDef, entry: TypeEntry, links: tuple
     """Compile the structure ``gd`` from its cache ``key`` (the plan binds no static the
     key holds weakly)."""
     stats = _stats_for(gd, key)
+    canon = stats.key
+    if key is gd and type(canon) is GraphDef and canon is not gd and canon == gd:
+        # Compiled before and dropped (a registration changed the epoch, a class gained a
+        # hook): the new variant returns the very GraphDef the old one did, so what was
+        # made from it (StateMaps and their tables, sg.jit's jax.jit cache keyed by it,
+        # write-back plans) is met by identity, not compared whole on every call.
+        key = gd = canon
     try:
         f = codegen.build("flatten", key, max_steps=CONFIG.max_steps, disabled=_disabled_guards)
         u = codegen.build("update", key, max_steps=CONFIG.max_steps, plan=f.plan, disabled=_disabled_guards)
@@ -472,7 +479,7 @@ def _stats_for(gd: GraphDef, key: GraphDef | None = None) -> StructureStats:
                 return StructureStats()  # never cached: counted nowhere
             if len(_stats) >= 4 * _BOUND:
                 _stats.pop(next(iter(_stats)))
-            st = _stats[key] = StructureStats()
+            st = _stats[key] = StructureStats(key=key)
         return st
 
 
