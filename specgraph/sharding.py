@@ -426,60 +426,31 @@ class Placement:
     did reuses the previous object.
     """
 
-    __slots__ = ("_hash", "loose", "shardings")
+    __slots__ = ("_hash", "_key", "shardings")
 
     def __init__(self, shardings: tuple) -> None:
         self.shardings = shardings
-        self._hash = hash(shardings)
-        # Slots on a NamedSharding spelled with trailing ``None`` entries (``P('data', None)``):
-        # ``jax.jit`` may hand back the equivalent short form there (``P('data')``, when an
-        # uncommitted array comes first among its arguments); :func:`keep_exact` restores it.
-        self.loose = frozenset(
-            slot for slot, s in enumerate(shardings)
-            if any(_loose(x) for x in (s if isinstance(s, tuple) else (s,)))
-        )
+        # Equal when the layouts are: jax.jit spells an output's NamedSharding without
+        # trailing None entries unless it is its first input's (P('data', None) comes back
+        # as P('data')); the state sits where it sat, and the next call must not retrace.
+        self._key = tuple(_layout_key(s) for s in shardings)
+        self._hash = hash(self._key)
 
     def __hash__(self) -> int:
         return self._hash
 
     def __eq__(self, other: object) -> bool:
         return self is other or (
-            type(other) is Placement and self._hash == other._hash and self.shardings == other.shardings
+            type(other) is Placement and self._hash == other._hash and self._key == other._key
         )
 
 
-def _loose(s: Any) -> bool:
-    return isinstance(s, NamedSharding) and canonical_spec(s.spec) is not s.spec
-
-
-def keep_exact(placement: Placement, written: tuple[int, ...], values: list[Any]) -> list[Any]:
-    """``values`` (of the slots ``written``) on their input shardings' very objects.
-
-    A written state is compiled onto its input sharding, but ``jax.jit`` may describe an
-    output with an equivalent spec in its short form; the state would then compare
-    unequal to its input sharding and the next call would see a new placement (a
-    retrace). Only the :attr:`Placement.loose` slots are looked at; the fix re-labels the
-    same buffers (``device_put`` to an equivalent sharding copies nothing).
-    """
-    loose = placement.loose
-    out = list(values)
-    for k, slot in enumerate(written):
-        if slot in loose:
-            placed = placement.shardings[slot]
-            if isinstance(placed, tuple):
-                leaves, tree = jax.tree_util.tree_flatten(out[k])
-                if len(leaves) == len(placed):
-                    out[k] = jax.tree_util.tree_unflatten(
-                        tree, [_relabel(x, s) for x, s in zip(leaves, placed, strict=True)])
-            else:
-                out[k] = _relabel(out[k], placed)
-    return out
-
-
-def _relabel(x: Any, s: Any) -> Any:
-    if s is None or not isinstance(x, jax.Array) or x.sharding == s or len(s.spec) > x.ndim:
-        return x
-    return jax.device_put(x, s) if x.sharding.is_equivalent_to(s, x.ndim) else x
+def _layout_key(s: Any) -> Any:
+    if isinstance(s, tuple):
+        return tuple(_layout_key(x) for x in s)
+    if isinstance(s, NamedSharding):
+        return (NamedSharding, s.mesh, canonical_spec(s.spec), s.memory_kind)
+    return s
 
 
 def _placed(x: Any) -> Any:

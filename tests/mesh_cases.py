@@ -475,22 +475,28 @@ def test_an_uneven_split_is_refused_alike_for_arrays_plans_and_traces(mode: str)
             sg.jit(lambda: sg.shard(make(), MESH))()
 
 
+def same_layout(a: Any, b: Any) -> bool:
+    """The same placement: equal, or NamedShardings that differ in trailing ``None`` entries only."""
+    return a == b or (isinstance(a, NamedSharding) and isinstance(b, NamedSharding) and a.mesh == b.mesh
+                      and sgs.canonical_spec(a.spec) == sgs.canonical_spec(b.spec))
+
+
 @pytest.mark.filterwarnings("ignore:Some donated buffers were not usable")
-def test_written_state_keeps_a_long_form_spec_exactly(mode: str) -> None:
+def test_a_long_form_spec_coming_back_short_does_not_retrace(mode: str) -> None:
     # Regression: a state the caller placed on P('data', None) came back from a step on
-    # P('data'): the same layout, but not equal, so the next call saw a new placement and
-    # retraced. jax.jit names an output with the short form when an uncommitted array
-    # comes first among its arguments (here: the step's first argument, with donation the
-    # kept ones come first).
+    # P('data') (jax.jit spells an output's sharding without trailing Nones unless it is
+    # its first input's), so the next call saw a new placement and retraced. Placements
+    # now compare by layout. (Relabelling the outputs onto the long form instead cost a
+    # device_put per state and call: 3x the step time on 8 such states.)
     for donate in ((), (1,)):
         box = Stat()
         box.s.value = jax.device_put(box.s.value, NamedSharding(MESH, P("data", None)))
         box.r = sg.State(jax.device_put(np.ones((4, 8), np.float32), NamedSharding(MESH, P(None, None))))
         f = sg.jit(lambda x, n: setattr(n.s, "value", n.s.value * x + n.r.value), donate_argnums=donate)
         before = shardings(box)
-        for k in range(3):
+        for _ in range(3):
             f(jnp.float32(2.0), box)
-            assert shardings(box) == before, (donate, k, shardings(box))
+            assert all(same_layout(a, b) for a, b in zip(shardings(box), before, strict=True))
         assert f.trace_count == 1
         close(box.s.value, np.arange(32.0).reshape(4, 8) * 8 + 7)
 

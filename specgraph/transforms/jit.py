@@ -43,7 +43,7 @@ from .._statemap import StateMap
 from ..generic._flatten import Walk, walk
 from ..generic._unflatten import build_with, rebuild_edge
 from ..runtime import dispatch
-from ..sharding import Placement, constrain_tree, keep_exact, keep_placement, multi_device, placement_of
+from ..sharding import Placement, constrain_tree, keep_placement, multi_device, placement_of
 from ._writeback import write_back
 
 __all__ = ["jit", "JitFunction", "trace_call", "finish_call", "Traced"]
@@ -368,8 +368,6 @@ class JitFunction(Generic[_P, _R]):
             hash(gd)  # an unhashable static argument: raise the TypeError that names its path
             _name_values(e, gd, self._donated_slots(gd) if self.donate_argnums else ())
             raise
-        if placement is not None and placement.loose and res.written:
-            res.written_values = keep_exact(placement, res.written, res.written_values)
         if self.trace_count != traces:
             # fn's Python ran and may have reached the caller's objects (a closure): walk
             # again; a structure that changed is written by path (the update's rules).
