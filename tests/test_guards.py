@@ -271,6 +271,84 @@ def test_update_guard_is_load_bearing(kind: str, disable: Callable[[frozenset[st
             assert sg.cache_info()["guard_misses"] == {kind: 1}
 
 
+# -- node types registered with callbacks: their flatten's answer is guarded --------------
+
+
+class FlipBag:
+    """A callback node type whose flatten is not pure: the key order follows ``flip``."""
+
+    def __init__(self, flip: bool = False, tag: str = "t", **items: Any) -> None:
+        self.flip = flip
+        self.tag = tag
+        self.data = dict(items)
+
+
+def _flip_flatten(b: FlipBag) -> tuple[list[tuple[str, Any]], str]:
+    items = sorted(b.data.items())
+    return (items[::-1] if b.flip else items), b.tag
+
+
+sg.register_graph_node_type(
+    FlipBag, _flip_flatten, lambda b, k, v: b.data.__setitem__(k, v), lambda b, k: b.data.pop(k),
+    lambda tag: FlipBag(tag=tag), lambda b: b.data.clear(),
+)
+
+
+def _cb_make() -> Any:
+    return Box(w=p(), bag=FlipBag(a=p(2.0), b=np.ones(2), n=3))
+
+
+def _cb_pair_make() -> Any:
+    return Box(w=p(), bag=FlipBag(a=p(2.0), b=p(3.0)))
+
+
+def _cb_rename(node: Any) -> None:
+    node.bag.data["c"] = node.bag.data.pop("b")  # same count, a key renamed
+
+
+def _cb_append(node: Any) -> None:
+    node.bag.data["z"] = p(5.0)  # one more child, after the planned ones
+
+
+def _cb_flip(node: Any) -> None:
+    node.bag.flip = True  # the same keys, in another order
+
+
+def _cb_tag(node: Any) -> None:
+    node.bag.tag = "u"
+
+
+CALLBACK_SCENARIOS: dict[str, tuple[str, Scenario]] = {
+    "renamed": ("node_keys", Scenario(_cb_make, _cb_rename, "a callback node's key renamed")),
+    "appended": ("node_keys", Scenario(_cb_make, _cb_append, "a callback node gained a last key")),
+    "reordered": ("node_keys", Scenario(_cb_pair_make, _cb_flip, "keys in another order")),
+    "metadata": ("metadata", Scenario(_cb_make, _cb_tag, "a callback node's metadata changed")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CALLBACK_SCENARIOS))
+def test_callback_node_guard_is_load_bearing(name: str, disable: Callable[[frozenset[str]], None]) -> None:
+    """Generated code trusts a callback node's flatten only as far as its guards check:
+    without the kind, the stale answer is given; with it alone, the miss is caught."""
+    kind, sc = CALLBACK_SCENARIOS[name]
+    for disabled in (frozenset({kind}), frozenset(GUARD_KINDS) - {kind}):
+        disable(disabled)
+        node = sc.make()
+        _compile(node)
+        sc.mutate(node)
+        ref = sg.generic.flatten(node)
+        before = dict(sg.cache_info()["guard_misses"])
+        hits = sg.cache_info()["hits"]
+        got = sg.flatten(node)
+        if kind in disabled:
+            assert sg.cache_info()["hits"] == hits + 1, "the stale variant must have answered"
+            assert not _same(got, ref), f"{name}: {sc.note} went unnoticed, yet the answer is right"
+        else:
+            assert_same_flatten(got, ref)
+            assert sg.cache_info()["guard_misses"].get(kind, 0) == before.get(kind, 0) + 1
+            assert sg.cache_info()["hits"] == hits
+
+
 # -- which nodes the distinct set may leave out ------------------------------------------
 #
 # A node whose own state (held under some key by no other node of its type) is in the

@@ -26,7 +26,7 @@ DUMMY: dict[str, Any] = {
     "dsts": ["x4", "x5"], "label": "a.b", "treedef": "td1", "n": 2, "hidden": [Literal("h")],
     "slot": 0, "key": Literal("k"), "factory": "F0", "meta": "M0", "value": "v0", "items": ["v0", "v1"],
     "labels": ["a"], "setter": "F1", "attr": "attr0", "mode": "value", "fn": "F2", "args": ["v0", "v1"],
-    "attrs": ["attr0", "attr1"], "token": "tok", "ref": "R0", "flag": Literal("f"),
+    "attrs": ["attr0", "attr1"], "token": "tok", "ref": "R0", "flag": Literal("f"), "current": "x2",
 }
 
 #: The update's checks (before any write), rendered with the update's writes.
@@ -39,6 +39,8 @@ def _step(op: str) -> Step:
         fields["pairs"] = [(Literal("k"), "v0")]
     elif op == "fill_attrs":
         fields["pairs"] = [("attr0", "v0")]
+    elif op == "load_cb_items":
+        fields["pairs"] = [("x3", "x4")]  # (key local, child local)
     return Step(op, **fields)
 
 
@@ -71,7 +73,7 @@ def test_every_op_has_a_template_branch(op: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["is", "value", "same"])
-@pytest.mark.parametrize("op", ["guard_field", "guard_meta_item"])
+@pytest.mark.parametrize("op", ["guard_field", "guard_meta_item", "guard_cb_key"])
 def test_match_modes_render(op: str, mode: str) -> None:
     fields = {f: DUMMY[f] for f in OPS[op].fields}
     fields["mode"] = mode

@@ -443,10 +443,31 @@ def _register_bag() -> None:
     )
 
 
-def test_declined_structures_stay_correct() -> None:
-    """A custom node type is not specialized: the generic walker serves it."""
+def test_callback_node_types_are_served_by_generated_code() -> None:
+    """A node type registered with callbacks is specialized: generated code calls its
+    flatten (and set_key / create_empty) and answers as the generic walker does."""
     _register_bag()
     node = Box(bag=Bag(u=p(), v=np.ones(2)), w=p())
+    for _ in range(3):
+        assert_same_flatten(sg.flatten(node), sg.generic.flatten(node))
+    assert info()["hits"] == 2
+    assert info()["declined"] == 0
+    gd, sm = sg.flatten(node)
+    for _ in range(3):
+        assert_same_flatten(sg.generic.flatten(sg.unflatten(gd, sm)), (gd, sm))
+    assert info()["unflatten_hits"] >= 1
+    new = sg.StateMap(gd.pathtable, [np.full(2, 7.0), np.full(2, 8.0), np.full(2, 9.0)])
+    sg.update(node, new)
+    assert info()["update_hits"] == 1
+    assert_same_flatten(sg.flatten(node), sg.generic.flatten(node))
+    np.testing.assert_array_equal(node.bag.data["v"], [8.0, 8.0])
+
+
+def test_declined_structures_stay_correct() -> None:
+    """A structure the specializer declines (non-string attribute names on a Node): the
+    generic walker serves it."""
+    node = Box()
+    vars(node).update({1: p(), 2: p(2.0)})
     for _ in range(3):
         assert_same_flatten(sg.flatten(node), sg.generic.flatten(node))
     assert info()["hits"] == 0

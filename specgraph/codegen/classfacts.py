@@ -179,6 +179,9 @@ def _flatten_class_ok(t: type, is_state: bool) -> bool:
         if simpl is not None:  # a foreign state: its layout's slots are read, nothing else
             return simpl.layout is not None and simpl.layout.plain(t)
         return not defines(t, "__getattr__") and not _own_value_or_metadata(t)
+    impl = reg.node_impl(t)
+    if not impl.is_builtin_node and impl.dict_node is None:
+        return False  # its registered flatten is user code
     hidden = next((vars(k)["graph_invisible_attrs"] for k in t.__mro__
                    if "graph_invisible_attrs" in vars(k)), ())
     return type(hidden) is tuple and all(type(h) is str for h in hidden)

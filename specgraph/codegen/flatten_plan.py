@@ -27,6 +27,7 @@ from .._ir import (
 )
 from .._sameness import aux_data, is_value_sig, may_be_nan
 from .._weakstatic import WeakStatic
+from .callback_plan import CallbackPlanning
 from .classfacts import ClassFacts, defines, flatten_runs_no_user_code
 from .foreign_plan import ForeignPlanning
 from .naming import Constants, Item, Literal, Operand, StateValue, path_label, static_note
@@ -41,7 +42,7 @@ def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
     return FlattenPlanner(gd, max_steps).plan()
 
 
-class FlattenPlanner(ForeignPlanning):
+class FlattenPlanner(ForeignPlanning, CallbackPlanning):
     """Plans one structure; :meth:`plan` visits every edge once, in pre-order."""
 
     def __init__(self, gd: GraphDef, max_steps: int) -> None:
@@ -62,6 +63,7 @@ class FlattenPlanner(ForeignPlanning):
         self._token: str | None = None  # the local holding the update's trace token, once made
         self._raw_ready: set[Any] = set()  # dict state layouts whose per-call check is emitted
         self._hash_by_id: dict[int, bool] = {}  # id(class) -> its objects go in the set by id()
+        self._setters: dict[str, Any] = {}  # callback node local -> its bound set_key (CallbackPlanning)
         # Reads cannot run user code: a node read twice gives the same children twice, so
         # its own states can vouch for it (see witnessed_nodes), and statics and values
         # are read in place. (Checked at compile time only: a hook added to a class later
@@ -195,7 +197,7 @@ class FlattenPlanner(ForeignPlanning):
         if impl.dict_node is not None:
             return self._dict_node(work, impl.dict_node)
         if not impl.is_builtin_node:
-            raise Declined(f"custom node type {t.__qualname__}")
+            return self._callback_node(work, impl)
         if spec.sig is not None:
             raise Declined(f"non-string attribute names on a {t.__qualname__} node")
         if isinstance(t.graph_invisible_attrs, str):
@@ -283,7 +285,9 @@ class FlattenPlanner(ForeignPlanning):
         else:
             self.steps.append(Step("guard_array", obj=work.obj, label=label))
         self.values[slot] = work.obj
-        if work.owner is None or not work.mutable:
+        if self._callback_write(work, slot, label):
+            pass  # held by a callback node: written back through its set_key
+        elif work.owner is None or not work.mutable:
             # No mutable owner to write into: update may only leave it as it is.
             self.checks.append(Step("check_unchanged", obj=work.obj, slot=slot, label=label))
         else:

@@ -16,6 +16,7 @@ Field vocabulary (what the plan fills in; the templates spell it):
   ``key``      a key: a :class:`~.naming.Literal` (exact str/int) or a bound name
   ``pairs``    ``(name, key)`` or ``(key, value)`` pairs, as the op says
   ``label``    a comment-safe path (see ``naming.path_label``)
+  ``current``  the local holding the value a write replaces (written only when it changes)
 """
 
 from __future__ import annotations
@@ -34,10 +35,11 @@ GUARD_WORDS = {
     "epoch": "the node-type registry has not changed since compilation (registry epoch)",
     "class": "no class gained a hook the code relies on it lacking (__hash__, __setattr__, ...) or new bases",
     "type": "every node, state and container has exactly the type it had (type(x) is T)",
-    "node_keys": "every node has exactly its attribute names (count, plus the keyed reads) in exactly a dict",
+    "node_keys": "every node has exactly its attribute names (count, plus the keyed reads) in exactly a "
+                 "dict, and the registered flatten of a custom node type returns exactly its keys, in order",
     "container": "every list/tuple has its length and every dict its keys",
     "static": "every static value has the same type and compares equal",
-    "metadata": "every state has the same metadata",
+    "metadata": "every state, and every custom node's registered flatten, has the same metadata",
     "backref": "every shared node/state is still the very same object at each of its paths",
     "distinct": "objects of a repeated type (states; nodes no own state vouches for) are distinct",
 }
@@ -110,11 +112,17 @@ OPS: dict[str, Op] = {
     "guard_state_hooks": Op(_F, ("obj", "key", "attr", "label"), "raw"),  # obj[key] is None or not .attr
     "read_item": Op(_F, ("dst", "obj", "key"), in_update=False),  # dst = obj[key]: a raw value
     "guard_raw_value": Op(_F, ("obj", "cls", "label"), "raw", in_update=False),  # not a poisoned value
+    # -- callback node types (register_graph_node_type): see callback_plan.py ----------
+    "call_flatten": Op(_F, ("dst", "meta", "fn", "obj", "label")),  # dst, meta = fn(obj); dst a tuple
+    "guard_cb_len": Op(_F, ("obj", "n", "label"), "node_keys"),  # len(items) == n
+    "load_cb_items": Op(_F, ("obj", "pairs")),  # pairs: (key local, child local) = obj[i]
+    "guard_cb_key": Op(_F, ("obj", "cls", "const", "mode", "label"), "node_keys"),  # mode: is/value/same
     # -- the update's writes (after every guard passed) ----------------------------
     "check_unchanged": Op(_W, ("obj", "slot", "label"), "immutable_leaf"),
     "write_value": Op(_W, ("obj", "slot", "label")),
     "write_item": Op(_W, ("obj", "key", "slot", "label")),
     "write_slot": Op(_W, ("obj", "setter", "slot", "label")),  # setter(obj, value): past __setattr__
+    "write_set_key": Op(_W, ("obj", "setter", "key", "current", "slot", "label")),  # when not current
     "token_now": Op(_W, ("dst", "fn")),  # the call's trace token, made once before the checks
     # obj[key].attrs... (or obj.attrs...) must be the token: writes at the object's trace level
     "guard_token": Op(_W, ("obj", "key", "attrs", "token", "label"), "trace"),
