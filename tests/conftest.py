@@ -1,8 +1,9 @@
 """Shared fixtures: every behaviour test runs through both implementations.
 
-``impl`` is parametrized over the reference walker (``specgraph.generic``) and
-the public, specialized path (``specgraph.flatten`` & co. after a warm-up call,
-so the second call is served by generated code when the structure allows it).
+``impl`` is parametrized over the reference walker (``specgraph.generic``), the
+public, specialized path (``specgraph.flatten`` & co. after a warm-up call, so the
+second call is served by generated code when the structure allows it), and that path
+with repeated substructures outlined (one function per shape, see codegen/shapes.py).
 """
 
 from __future__ import annotations
@@ -54,9 +55,19 @@ class Impl:
         sg.update(node, *states)
 
 
-@pytest.fixture(params=["generic", "specialized"])
-def impl(request: pytest.FixtureRequest) -> Impl:
-    return Impl(request.param)
+@pytest.fixture(params=["generic", "specialized", "outlined"])
+def impl(request: pytest.FixtureRequest) -> Any:
+    """``outlined``: the specialized path with every repeated substructure (met twice or
+    more) generated as one function called per occurrence (``outline_min=2``)."""
+    from specgraph.runtime.dispatch import CONFIG
+
+    saved = CONFIG.outline_min
+    if request.param == "outlined":
+        sg.configure(outline_min=2)
+    try:
+        yield Impl(request.param)
+    finally:
+        CONFIG.outline_min = saved
 
 
 @pytest.fixture(autouse=True)

@@ -182,7 +182,18 @@ def deep_chain(depth: int) -> Link:
     return node
 
 
-def test_deep_chain_comments_and_explain_stay_short(impl) -> None:
+@pytest.fixture
+def unrolled() -> Any:
+    """Chains unrolled into straight-line code (by default they are one loop: test_outline.py)."""
+    saved = dispatch.CONFIG.outline_min
+    sg.configure(outline_min=0)
+    try:
+        yield
+    finally:
+        dispatch.CONFIG.outline_min = saved
+
+
+def test_deep_chain_comments_and_explain_stay_short(impl, unrolled) -> None:
     depth = 400
     node = deep_chain(depth)
     assert_same_flatten(impl.flatten(node), sg.generic.flatten(node))

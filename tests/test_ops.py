@@ -27,6 +27,11 @@ DUMMY: dict[str, Any] = {
     "slot": 0, "key": Literal("k"), "factory": "F0", "meta": "M0", "value": "v0", "items": ["v0", "v1"],
     "labels": ["a"], "setter": "F1", "attr": "attr0", "mode": "value", "fn": "F2", "args": ["v0", "v1"],
     "attrs": ["attr0", "attr1"], "token": "tok", "ref": "R0", "flag": Literal("f"), "current": "x2",
+    "var": "x1",
+    "cur": "x1", "body": [], "before": ["x2"], "after": ["x3"], "objs_before": ["x1"], "objs_after": ["x3"],
+    "rec": "x2", "dst_after": "x6", "distinct": [("x2", False)], "loads": [], "writes_before": [],
+    "writes_after": [], "slot_after": 3, "nb": 1, "na": 1, "values": ["x2"], "objects": ["x1"], "pos": "a1",
+    "writes": [],
 }
 
 #: The update's checks (before any write), rendered with the update's writes.
@@ -55,10 +60,11 @@ def _render(step: Step | None, body: str = "flatten") -> str:
         checks = [s for s in steps if s.op in CHECKS]
         writes = [s for s in steps if s.op not in CHECKS]
         return tmpl.render(name="f", type_name="T", steps=[_step("guard_len")], checks=checks, writes=writes,
-                           distinct=[], keyed_statics=False, epoch=0, guard_epoch=True)
+                           distinct=[], keyed_statics=False, epoch=0, guard_epoch=True,
+                           collect=False, shape_fns=[], outlined_distinct=False, uses_d=False)
     return env.get_template("flatten.py.j2").render(
         collect=False, name="f", type_name="T", steps=steps, objects=[], values=[], distinct=[],
-        keyed_statics=False, epoch=0, guard_epoch=True)
+        keyed_statics=False, epoch=0, guard_epoch=True, shape_fns=[], outlined_distinct=False, uses_d=False)
 
 
 @pytest.mark.parametrize("op", sorted(OPS))
@@ -109,7 +115,7 @@ def test_a_bogus_step_raises_when_rendered(body: str) -> None:
             env.get_template("update.py.j2").render(
                 name="f", type_name="T", steps=[], checks=[step] if body == "check" else [],
                 writes=[step] if body == "write" else [], distinct=[], keyed_statics=False, epoch=0,
-                guard_epoch=True)
+                guard_epoch=True, collect=False, shape_fns=[], outlined_distinct=False, uses_d=False)
         else:
             _render(step)
 
@@ -145,5 +151,6 @@ def test_operands_are_spelled_by_the_templates() -> None:
     env = pipeline.environment()
     text = env.get_template("flatten.py.j2").render(
         collect=False, name="f", type_name="T", steps=[], objects=[], values=[StateValue("x1"), "x2"],
-        distinct=[("x1", True), ("x3", False)], keyed_statics=False, epoch=0, guard_epoch=True)
+        distinct=[("x1", True), ("x3", False)], keyed_statics=False, epoch=0, guard_epoch=True, shape_fns=[],
+        outlined_distinct=False, uses_d=False)
     assert "return [x1.value, x2]" in text and "{ id(x1), x3 }" in text

@@ -30,22 +30,24 @@ from .._weakstatic import WeakStatic
 from .callback_plan import CallbackPlanning
 from .classfacts import ClassFacts, defines, flatten_runs_no_user_code
 from .foreign_plan import ForeignPlanning
-from .naming import Constants, Item, Literal, Operand, StateValue, path_label, static_note
+from .naming import Constants, Item, Literal, Operand, Splice, StateValue, path_label, safe_name, static_note
 from .ops import GUARD_KINDS, Step
-from .planning import Declined, FlattenPlan, Work
+from .planning import Declined, FlattenPlan, ShapeFn, Work
+from .shapes import Chain, Shape, find_chains, find_shapes
 
 __all__ = ["Declined", "FlattenPlan", "FlattenPlanner", "plan_flatten", "witnessed_nodes"]
 
 
-def plan_flatten(gd: GraphDef, max_steps: int) -> FlattenPlan:
-    """Steps that check an object has structure ``gd`` and read its values."""
-    return FlattenPlanner(gd, max_steps).plan()
+def plan_flatten(gd: GraphDef, max_steps: int, outline_min: int = 0) -> FlattenPlan:
+    """Steps that check an object has structure ``gd`` and read its values; a shape of
+    subtree occurring ``outline_min`` times or more gets its own function (0: none)."""
+    return FlattenPlanner(gd, max_steps, outline_min).plan()
 
 
 class FlattenPlanner(ForeignPlanning, CallbackPlanning):
     """Plans one structure; :meth:`plan` visits every edge once, in pre-order."""
 
-    def __init__(self, gd: GraphDef, max_steps: int) -> None:
+    def __init__(self, gd: GraphDef, max_steps: int, outline_min: int = 0) -> None:
         self.gd = gd
         self.max_steps = max_steps
         self.consts = Constants()
@@ -79,47 +81,290 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         # node by node in table order, the root pytree last (it matters when one list is
         # reachable twice).
         self.nearest: dict[Operand, int] = {"root": len(gd.table)}
+        # Repeated self-contained subtrees: one function per shape (see shapes.py).
+        self.shapes = find_shapes(gd, outline_min if self.no_user_code else 0, self.witnessed,
+                                  self.shared_types)
+        self.shape_fns: list[ShapeFn] = []
+        self._where: dict[int, list[str]] = {}  # shape -> where its first few calls are
+        self._listed: dict[int, int] = {}  # shape -> the occurrences those places hold
+        self._planning: Shape | None = None  # the shape whose function is being planned
+        # Chains of nested nodes of one link shape: a loop (see shapes.find_chains).
+        self.chains = find_chains(gd, max(2, outline_min), self.witnessed, self.shared_types, self.shapes) \
+            if outline_min > 0 and self.no_user_code else {}
+        self._rec = -1  # planning a chain's link: the next link's index, not planned
+        self._rec_local: Operand = ""  # and the local that holds it
+        self._looped = False  # a chain loop was planned
+        self._done_steps = 0  # steps planned into outlined functions and chain loops so far
+        self._inline = 0  # planning a loop's body: its occurrences of outlined shapes are unrolled
+        self._planned: set[int] = set()  # shapes whose functions are planned
+        self.loops: list[str] = []  # loops over lists of one shape, for explain
 
     def plan(self) -> FlattenPlan:
         gd = self.gd
         if type(gd.root) is not NodeEdge and type(gd.root) is not PytreeEdge:
             raise Declined("the root is not a node or a container")
         self._hidden_names()
-        stack = [Work(gd.root, "root", None, None, "", False)]
-        visit: dict[type, Callable[[Work], list[Work]]] = {
-            NodeEdge: self._node, StateEdge: self._state, ArrayEdge: self._array, StaticEdge: self._static,
-            PytreeEdge: self._pytree,
-        }
-        while stack:
-            if len(self.steps) > self.max_steps:
-                raise Declined(f"structure too large (more than {self.max_steps} steps)")
-            work = stack.pop()
-            k = type(work.edge)
-            if (k is NodeEdge or k is StateEdge) and work.edge.index in self.local_of:
-                self._backref(work)
-                continue
-            # A container's children come back in order; they are planned in pre-order.
-            stack.extend(reversed(visit[k](work)))
+        self._run([Work(gd.root, "root", None, None, "", False)], -1)
         class_guards = self.facts.steps(self.consts)
         steps = class_guards + self.steps
         counts = dict.fromkeys(GUARD_KINDS, 0)
         counts.update(Counter(s.kind for s in steps if s.kind))
+        outlined_distinct = _count(steps, 1, counts)
+        for fn in self.shape_fns:
+            outlined_distinct = _count(fn.steps, fn.uses, counts) or outlined_distinct
+            sid = int(fn.name[len("outlined"):])
+            fn.where = self._where.get(sid, [])
+            if self._listed.get(sid, 0) < fn.uses:
+                fn.where.append("...")
+            outlined_distinct = outlined_distinct or bool(fn.distinct)
         counts["epoch"] = 1
         self.array_writes.sort(key=lambda w: w[:2])
         return FlattenPlan(
             graphdef=gd,
             consts=self.consts,
             steps=steps,
-            values=self.values,
+            values=[v for v in self.values if v is not None],
             checks=self.checks,
             writes=self.state_writes + [w[2] for w in self.array_writes],
-            distinct=self.distinct if len(self.distinct) > 1 else [],  # one object cannot coincide
-            objects=[self.local_of[i] for i in range(len(gd.table))],
+            # one object cannot coincide
+            distinct=self.distinct if len(self.distinct) > 1 or outlined_distinct else [],
+            objects=[x for x in map(self.local_of.__getitem__, range(len(gd.table))) if x is not None],
             epoch=reg.registry_epoch(),
             counts=counts,
             facts=self.facts,
             keyed_statics=self.keyed_statics,
+            shape_fns=self.shape_fns,
+            outlined_distinct=outlined_distinct,
+            outlined=bool(self.shape_fns) or self._looped,
+            loops=self.loops,
         )
+
+    def _run(self, stack: list[Work], skip: int) -> None:
+        """Plan the work items in pre-order (``skip``: the node whose own shape is being
+        planned is expanded, not called)."""
+        visit: dict[type, Callable[[Work], list[Work]]] = {
+            NodeEdge: self._node, StateEdge: self._state, ArrayEdge: self._array, StaticEdge: self._static,
+            PytreeEdge: self._pytree,
+        }
+        shape_of = self.shapes.shape_of
+        chains = self.chains if self._planning is None else {}
+        while stack:
+            if len(self.steps) + self._done_steps > self.max_steps:
+                # (Generated code, not nodes: repeated substructures are one function or loop.)
+                raise Declined(f"structure too large (more than {self.max_steps} steps of generated code)")
+            work = stack.pop()
+            k = type(work.edge)
+            if k is NodeEdge and work.edge.index == self._rec:  # a chain's next link: the loop's
+                self._rec_local = work.obj
+                continue
+            if (k is NodeEdge or k is StateEdge) and work.edge.index in self.local_of:
+                self._backref(work)
+                continue
+            if k is NodeEdge and work.edge.index != skip:
+                if work.edge.index in shape_of and not self._inline:
+                    self._call(work)
+                    continue
+                if work.edge.index in chains:
+                    stack.append(self._chain(work, chains[work.edge.index]))
+                    continue
+            # A container's children come back in order; they are planned in pre-order.
+            stack.extend(reversed(visit[k](work)))
+
+    # -- outlined shapes ----------------------------------------------------------------
+
+    def _plan_shape(self, shape: Shape) -> None:
+        """The functions of one shape, planned from its first occurrence as a root of its own."""
+        saved = (self.steps, self.values, self.local_of, self.state_writes, self.distinct, self.checks,
+                 self.array_writes, self.keyed_statics, self.skip_type_guard)
+        self.steps, self.state_writes, self.distinct = [], [], []
+        self.values, self.local_of = {}, {}  # type: ignore[assignment]
+        self.checks, self.array_writes = [], []
+        self.keyed_statics = self.skip_type_guard = False
+        self._planning = shape
+        inline, self._inline = self._inline, 0
+        try:
+            rep = shape.rep
+            self._run([Work(NodeEdge(rep), "root", None, None, "", False)], rep)
+            if self.checks or self.array_writes:  # shapes.py outlines none of these
+                raise RuntimeError(f"an outlined {shape.type_name} needs update checks")
+            lo = self.shapes.slot_lo[rep]
+            vals: dict[int, Any] = self.values  # type: ignore[assignment]
+            fn = ShapeFn(
+                name=f"outlined{shape.sid}",
+                type_name=safe_name(shape.type_name),
+                steps=self.steps,
+                values=[vals[s] for s in sorted(vals) if vals[s] is not None],
+                objects=[self.local_of[i] for i in sorted(self.local_of) if self.local_of[i] is not None],
+                distinct=self.distinct,
+                writes=[_rebase(w, lo) for w in self.state_writes],
+                keyed_statics=self.keyed_statics,
+                uses=len(shape.occurrences),
+                where=[],
+                nslots=shape.nslots,
+            )
+        finally:
+            self._done_steps += len(self.steps)
+            (self.steps, self.values, self.local_of, self.state_writes, self.distinct, self.checks,
+             self.array_writes, self.keyed_statics, self.skip_type_guard) = saved
+            self._planning = None
+            self._inline = inline
+        self.shape_fns.append(fn)
+
+    def _chain(self, work: Work, chain: Chain) -> Work:
+        """A chain of nested links of one shape: a loop whose body guards and reads one link
+        (planned from the first); returns the work item of the node past the last link."""
+        head = chain.head
+        first, last = chain.links[0], chain.links[-1]
+        self.skip_type_guard = False  # (the root's type is the dispatcher's; the tail is guarded)
+        cur = self._fresh("x")
+        saved = (self.steps, self.values, self.local_of, self.state_writes, self.distinct, self.checks,
+                 self.array_writes, self.keyed_statics)
+        self.steps, self.state_writes, self.distinct = [], [], []
+        self.values, self.local_of = {}, {}  # type: ignore[assignment]
+        self.checks, self.array_writes = [], []
+        self.keyed_statics = False
+        self._rec, self._rec_local = first.nxt, ""
+        try:
+            self._run([Work(NodeEdge(head), cur, work.path, None, "", False)], head)
+            if self.checks or self.array_writes:  # shapes.py makes no chain of these
+                raise RuntimeError("a chain link needs update checks")
+            body, writes, distinct, keyed = self.steps, self.state_writes, self.distinct, self.keyed_statics
+            vals: dict[int, Any] = self.values  # type: ignore[assignment]
+            objs: dict[int, Any] = self.local_of  # type: ignore[assignment]
+            rec = self._rec_local
+        finally:
+            self._done_steps += len(self.steps)
+            (self.steps, self.values, self.local_of, self.state_writes, self.distinct, self.checks,
+             self.array_writes, self.keyed_statics) = saved
+            self._rec, self._rec_local = -1, ""
+        self.keyed_statics = self.keyed_statics or keyed
+        (lb, nb), (la, na) = first.before, first.after
+        (eb, neb), (ea, nea) = first.ebefore, first.eafter
+
+        def part(d: dict[int, Any], lo: int, n: int) -> list[Any]:
+            return [d[i] for i in sorted(d) if lo <= i < lo + n and d[i] is not None]
+
+        dst, dst_after = self._fresh("r"), self._fresh("r")
+        n = chain.n
+        self.steps.append(Step(
+            "chain_loop", cur=cur, obj=work.obj, n=n, body=body, before=part(vals, lb, nb),
+            after=part(vals, la, na), objs_before=part(objs, eb, neb), objs_after=part(objs, ea, nea),
+            rec=rec,
+            dst=dst, dst_after=dst_after, distinct=distinct, var=self._fresh("x")))
+        self._looped = True
+        # Splices: the links' values and objects before the rest of the chain, then the
+        # tail's (planned as usual), then theirs after it.
+        self._splice_run(self.values, lb, n * nb, Splice(dst, "v"))
+        self._splice_run(self.values, last.after[0], n * na, Splice(dst_after, "v"))
+        self._splice_run(self.local_of, eb, n * neb, Splice(dst, "o"))
+        self._splice_run(self.local_of, last.eafter[0], n * nea, Splice(dst_after, "o"))
+        before = [w for w in writes if lb <= w.slot < lb + nb]
+        after = [w for w in writes if la <= w.slot < la + na]
+        if before or after:
+            self.state_writes.append(Step(
+                "write_chain", cur=cur, obj=work.obj, n=n, loads=body,
+                writes_before=[_rebase(w, lb) for w in before], writes_after=[_rebase(w, la) for w in after],
+                rec=rec,
+                slot=lb, slot_after=la, nb=nb, na=na, var=self._fresh("x")))
+        return Work(NodeEdge(chain.tail), cur, work.path, None, "", False)
+
+    @staticmethod
+    def _splice_run(table: Any, lo: int, count: int, splice: Splice) -> None:
+        """Slots (or indices) ``lo .. lo + count - 1`` come as one spliced list."""
+        if count:
+            table[lo] = splice
+            for i in range(lo + 1, lo + count):
+                table[i] = None
+
+    def _note_use(self, sid: int, path: Any, loop: int = 0) -> None:
+        where = self._where.setdefault(sid, [])
+        if len(where) < 3:
+            label = path_label(path) + (f"[0..{loop - 1}] (a loop)" if loop else "")
+            covers = loop or 1
+            if self._planning is not None:  # a call in an outlined function: once per its uses
+                label = f"{label} in {self._planning.type_name}"
+                covers *= len(self._planning.occurrences)
+            where.append(label)
+            self._listed[sid] = self._listed.get(sid, 0) + covers
+
+    def _splice(self, j: int, shape: Shape, k: int, dst: str) -> None:
+        """The values and objects of ``k`` occurrences, the first at node ``j``: one splice."""
+        if shape.nslots:
+            lo = self.shapes.slot_lo[j]
+            self.values[lo] = Splice(dst, "v")
+            for s in range(lo + 1, lo + k * shape.nslots):
+                self.values[s] = None  # type: ignore[call-overload]
+        self.local_of[j] = Splice(dst, "o")  # type: ignore[assignment]
+        for i in range(j + 1, j + k * shape.nindices):
+            self.local_of[i] = None  # type: ignore[assignment]
+
+    def _call(self, work: Work) -> None:
+        """An occurrence of an outlined shape: one call of its function (planned on first use)."""
+        j = work.edge.index
+        sid = self.shapes.shape_of[j]
+        shape = self.shapes.shapes[sid]
+        if sid not in self._planned:
+            self._planned.add(sid)
+            planning = self._planning
+            self._plan_shape(shape)
+            self._planning = planning
+        dst = self._fresh("r")
+        name = f"outlined{sid}"
+        assert type(work.obj) is str
+        self.steps.append(Step("call_shape", dst=dst, fn=name, obj=work.obj))
+        self._splice(j, shape, 1, dst)
+        if shape.nslots:
+            self.state_writes.append(Step("write_shape", obj=work.obj, fn=name, slot=self.shapes.slot_lo[j]))
+        self._note_use(sid, work.path)
+
+    def _loop(self, var: str, edge: Any, label: str, path: Any) -> bool:
+        """A list or tuple of occurrences of one outlined shape: a loop (``False``: not one)."""
+        kids = edge.children
+        shape_of = self.shapes.shape_of
+        if len(kids) < 2 or not all(type(c) is NodeEdge for c in kids):
+            return False
+        sid = shape_of.get(kids[0].index)
+        if sid is None or not all(shape_of.get(c.index) == sid for c in kids):
+            return False
+        shape = self.shapes.shapes[sid]
+        rep = kids[0].index
+        item = self._fresh("x")
+        saved = (self.steps, self.values, self.local_of, self.state_writes, self.distinct, self.checks,
+                 self.array_writes, self.keyed_statics, self.skip_type_guard)
+        self.steps, self.state_writes, self.distinct = [], [], []
+        self.values, self.local_of = {}, {}  # type: ignore[assignment]
+        self.checks, self.array_writes = [], []
+        self.keyed_statics = self.skip_type_guard = False
+        self._inline += 1
+        try:
+            # The body: one item, unrolled (what it holds inline too, but its own lists of one shape).
+            self._run([Work(NodeEdge(rep), item, (path, 0), None, "", False)], rep)
+            if self.checks or self.array_writes:  # shapes.py outlines none of these
+                raise RuntimeError(f"an outlined {shape.type_name} needs update checks")
+            body, writes, distinct, keyed = self.steps, self.state_writes, self.distinct, self.keyed_statics
+            vals: dict[int, Any] = self.values  # type: ignore[assignment]
+            objs: dict[int, Any] = self.local_of  # type: ignore[assignment]
+        finally:
+            self._done_steps += len(self.steps)
+            (self.steps, self.values, self.local_of, self.state_writes, self.distinct, self.checks,
+             self.array_writes, self.keyed_statics, self.skip_type_guard) = saved
+            self._inline -= 1
+        self.keyed_statics = self.keyed_statics or keyed
+        self.steps.append(Step("guard_len", obj=var, n=len(kids), label=label))
+        dst = self._fresh("r")
+        self.steps.append(Step(
+            "each_loop", dst=dst, obj=var, var=item, n=len(kids), body=body, distinct=distinct,
+            values=[vals[s] for s in sorted(vals) if vals[s] is not None],
+            objects=[objs[i] for i in sorted(objs) if objs[i] is not None]))
+        self._looped = True
+        self._splice(rep, shape, len(kids), dst)
+        if writes:
+            lo = self.shapes.slot_lo[rep]
+            self.state_writes.append(Step("write_each", obj=var, var=item, loads=body, pos=self._fresh("a"),
+                                          writes=[_rebase(w, lo) for w in writes], slot=lo, n=shape.nslots))
+        self.loops.append(f"{label}[0..{len(kids) - 1}]: {len(kids)} x {shape.type_name}"
+                          + (f" in {self._planning.type_name}" if self._planning is not None else ""))
+        return True
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -337,6 +582,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         src = var
         # A non-empty list or tuple is unpacked in one step, which checks its length.
         unpack = (ptype is list or ptype is tuple) and bool(edge.children)
+        if unpack and self.shapes and self._loop(var, edge, label, work.path):
+            return []
         if builtin:
             if not unpack:
                 self.steps.append(Step("guard_len", obj=var, n=len(edge.children), label=label))
@@ -393,3 +640,22 @@ def witnessed_nodes(table: tuple) -> set[int]:
                 if type(child) is StateEdge and type(k) is str:
                     owners.setdefault((spec.type, k, child.index), []).append(spec.index)
     return {found[0] for found in owners.values() if len(found) == 1}
+
+
+def _rebase(step: Step, lo: int) -> Step:
+    """A write of an outlined function: its slot counted from the occurrence's first."""
+    fields = {f: getattr(step, f) for f in step.__dict__ if f not in ("op", "kind")}
+    fields["slot"] -= lo
+    return Step(step.op, **fields)
+
+
+def _count(steps: list[Step], times: int, counts: dict[str, int]) -> bool:
+    """Add the guards of ``steps`` (run ``times`` times, loops' bodies as often as they
+    run) to ``counts``; whether a loop body appends to the distinct list."""
+    appends = False
+    for s in steps:
+        if s.kind:
+            counts[s.kind] += times
+        if s.op == "chain_loop" or s.op == "each_loop":
+            appends = _count(s.body, times * s.n, counts) or bool(s.distinct) or appends
+    return appends

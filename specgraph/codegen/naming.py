@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from .prelude import PARAMETERS, PRELUDE
 
-__all__ = ["Constants", "Item", "Literal", "StateValue", "path_label", "safe_name", "static_note"]
+__all__ = ["Constants", "Item", "Literal", "Splice", "StateValue", "path_label", "safe_name", "static_note"]
 
 
 class Literal(NamedTuple):
@@ -41,7 +41,15 @@ class StateValue(NamedTuple):
     attr: str = "value"
 
 
-Operand = str | Item | StateValue
+class Splice(NamedTuple):
+    """The values (``part`` ``"v"``) or objects (``"o"``) an outlined call or loop returned,
+    spliced into the enclosing function's list at the place of their first slot/index."""
+
+    name: str
+    part: str
+
+
+Operand = str | Item | StateValue | Splice
 
 
 def safe_name(raw: str, limit: int | None = 60) -> str:
@@ -52,10 +60,10 @@ def safe_name(raw: str, limit: int | None = 60) -> str:
 
 _BUILTIN_NAMES = frozenset(dir(builtins))
 # The generated functions are named ``<kind>_<type>``: no bound type may take such a name.
-FUNCTION_PREFIXES = ("flatten_", "update_", "unflatten_", "collect_")
+FUNCTION_PREFIXES = ("flatten_", "update_", "unflatten_", "collect_", "outlined")
 # Locals the planners make: a bound type never takes one of these shapes.
 _LOCAL_NAME = re.compile(
-    r"^(x|dx|droot|v|o|a|c|d|s|ch|chx|td|tdx|chroot|tdroot|attr|md|bk|tok|ctx|f|m|h)[0-9_]*$")
+    r"^(x|dx|droot|v|o|a|c|d|s|ch|chx|td|tdx|chroot|tdroot|attr|md|bk|tok|ctx|f|m|h|r|q)[0-9_]*$")
 _RESERVED = PRELUDE | PARAMETERS
 
 

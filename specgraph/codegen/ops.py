@@ -81,6 +81,15 @@ OPS: dict[str, Op] = {
     "read_value": Op(_F, ("dst", "obj", "attr"), in_update=False),  # attr: "value", or a placeholder
     "load_field": Op(_F, ("dst", "obj", "key", "attr")),  # a bookkeeping field: obj[key](.attr)
     "load_attr": Op(_F, ("dst", "obj", "attr")),  # dst = obj.attr (attr: a placeholder)
+    # -- outlined shapes (see shapes.py): fn names the shape's functions ----------------
+    "call_shape": Op(_F, ("dst", "fn", "obj")),  # dst = the shape's function of obj; a str: its miss
+    # per item (var) of obj, a list of one shape: body guards and reads it (unrolled); dst gets
+    # the values (and objects) of all items in order
+    "each_loop": Op(_F, ("dst", "obj", "var", "n", "body", "values", "objects", "distinct")),
+    # n nested links of one shape from obj: body guards and reads the link in cur (its next
+    # link in rec); before/after: its values before/after the rest of the chain (objects too)
+    "chain_loop": Op(_F, ("cur", "obj", "n", "body", "before", "after", "objs_before", "objs_after", "rec",
+                          "dst", "dst_after", "distinct", "var")),
     # -- guards --------------------------------------------------------------------
     "guard_type": Op(_F, ("obj", "cls", "label"), "type"),
     "guard_array": Op(_F, ("obj", "label"), "type"),
@@ -123,6 +132,13 @@ OPS: dict[str, Op] = {
     "write_item": Op(_W, ("obj", "key", "slot", "label")),
     "write_slot": Op(_W, ("obj", "setter", "slot", "label")),  # setter(obj, value): past __setattr__
     "write_set_key": Op(_W, ("obj", "setter", "key", "current", "slot", "label")),  # when not current
+    "write_shape": Op(_W, ("obj", "fn", "slot")),  # the shape's writes into obj, from vals[slot]
+    # per item of obj: its loads, then its writes from vals[pos + i]; pos counts from slot by n
+    "write_each": Op(_W, ("obj", "var", "loads", "writes", "pos", "slot", "n")),
+    # a chain's writes: per link, its loads then its writes (before: from vals[b + i], after:
+    # from vals[af + i]); b counts up from slot by nb, af down from slot_after by na
+    "write_chain": Op(_W, ("cur", "obj", "n", "loads", "writes_before", "writes_after", "rec", "slot",
+                           "slot_after", "nb", "na", "var")),
     "token_now": Op(_W, ("dst", "fn")),  # the call's trace token, made once before the checks
     # obj[key].attrs... (or obj.attrs...) must be the token: writes at the object's trace level
     "guard_token": Op(_W, ("obj", "key", "attrs", "token", "label"), "trace"),

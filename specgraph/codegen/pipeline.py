@@ -17,14 +17,14 @@ import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import FunctionType
+from types import FunctionType, SimpleNamespace
 from typing import Any
 
 import jinja2
 
 from .._ir import GraphDef
 from .flatten_plan import FlattenPlan, plan_flatten
-from .naming import Item, Literal, StateValue, safe_name
+from .naming import Item, Literal, Splice, StateValue, safe_name
 from .ops import OPS, Step, unknown_op
 from .prelude import prelude
 from .unflatten_plan import UnflattenPlan, plan_unflatten
@@ -52,6 +52,7 @@ def environment() -> jinja2.Environment:
         env.filters["key"] = _spell_key
         env.tests["item"] = lambda x: type(x) is Item
         env.tests["state_value"] = lambda x: type(x) is StateValue
+        env.tests["splice"] = lambda x: type(x) is Splice
         env.globals["unknown_op"] = unknown_op
         env.globals["step_text"] = _step_text  # render() passes one that shares texts per plan
         _env = env
@@ -80,11 +81,13 @@ class Built:
 
 
 def build(kind: str, graphdef: GraphDef, *, max_steps: int, plan: FlattenPlan | UnflattenPlan | None = None,
-          disabled: frozenset[str] = frozenset()) -> Built:
+          disabled: frozenset[str] = frozenset(), outline_min: int = 0) -> Built:
     """Generate the ``kind`` function (one of :data:`KINDS`) of ``graphdef``'s structure.
 
     ``plan``: a plan already made for this structure (flatten, update and collect share
-    one). Raises ``Declined`` when the structure is not specialized; any other exception
+    one). ``outline_min``: a shape of subtree met that many times gets one function of its
+    own, called per occurrence (0: fully unrolled; see ``shapes.py``). Raises ``Declined``
+    when the structure is not specialized; any other exception
     is a failure to generate, for the caller to report. ``disabled`` names guard kinds
     to leave out: a test-only switch that proves each guard kind load-bearing.
     """
@@ -93,8 +96,10 @@ def build(kind: str, graphdef: GraphDef, *, max_steps: int, plan: FlattenPlan | 
         raise ValueError(f"unknown kind {kind!r}: one of {KINDS}")
     with gc_paused():
         if plan is None:
-            planner = plan_unflatten if kind == "unflatten" else plan_flatten
-            plan = planner(graphdef, max_steps)
+            if kind == "unflatten":
+                plan = plan_unflatten(graphdef, max_steps)
+            else:
+                plan = plan_flatten(graphdef, max_steps, outline_min)
         source = render(kind, plan, disabled)
         name = _function_name(kind, graphdef)
         fn, filename = _compile(kind, name, source, plan)
@@ -150,10 +155,17 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
                            steps=[s for s in plan.steps if s.kind not in disabled])
     if kind == "unflatten":
         raise ValueError("a flatten plan makes no unflatten function")
-    steps = [
-        _indexed_loads(s) if s.op == "unpack_seq" and s.kind in disabled else s
-        for s in plan.steps
-        if s.kind not in disabled or s.op == "unpack_seq"
+    no_distinct = "distinct" in disabled
+    steps = _kept(plan.steps, disabled, no_distinct)
+    shape_fns = [
+        SimpleNamespace(name=f.name, type_name=f.type_name, uses=f.uses,
+                        steps=_kept(f.steps, disabled, no_distinct),
+                        values=f.values, objects=f.objects, keyed_statics=f.keyed_statics,
+                        writes=[_loop_kept(w, disabled, no_distinct) if w.op in _LOOPS else w
+                                for w in f.writes],
+                        distinct=[] if no_distinct else f.distinct,
+                        loads=[s for s in _kept(f.steps, disabled, no_distinct) if s.op in _LOADS])
+        for f in plan.shape_fns
     ]
     if kind == "update":
         steps = [s for s in steps if OPS[s.op].in_update]
@@ -167,8 +179,11 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
         objects=plan.objects,
         values=plan.values,
         checks=plan.checks,
-        writes=plan.writes,
-        distinct=plan.distinct if "distinct" not in disabled else [],
+        distinct=plan.distinct if not no_distinct else [],
+        outlined_distinct=plan.outlined_distinct and not no_distinct,
+        shape_fns=shape_fns,
+        uses_d=plan.outlined,
+        writes=[_loop_kept(w, disabled, no_distinct) if w.op in _LOOPS else w for w in plan.writes],
         keyed_statics=plan.keyed_statics,
         epoch=plan.epoch,
         guard_epoch="epoch" not in disabled,
@@ -216,6 +231,40 @@ def _drop_texts(ref: Any) -> None:
             _texts_of[:] = [None, None]
 
 
+#: the steps an outlined write function repeats: what loads the objects it writes into
+_LOADS = frozenset({"load_dict", "load_block", "unpack_seq"})
+
+
+#: the ops that hold a loop's body (a list of steps)
+_LOOPS = frozenset({"chain_loop", "each_loop", "write_chain", "write_each"})
+
+
+def _kept(steps: list[Step], disabled: frozenset[str], no_distinct: bool = False) -> list[Step]:
+    """``steps`` without the guards of the ``disabled`` kinds (a test-only switch), in
+    loops' bodies too."""
+    return [
+        _indexed_loads(s) if s.op == "unpack_seq" and s.kind in disabled
+        else _loop_kept(s, disabled, no_distinct) if s.op in _LOOPS else s
+        for s in steps
+        if s.kind not in disabled or s.op == "unpack_seq"
+    ]
+
+
+def _loop_kept(step: Step, disabled: frozenset[str], no_distinct: bool) -> Step:
+    """A loop (or its writes) whose body has the ``disabled`` guards left out."""
+    fields = {f: getattr(step, f) for f in step.__dict__ if f not in ("op", "kind")}
+    if "body" in fields:
+        fields["body"] = _kept(fields["body"], disabled, no_distinct)
+        if no_distinct:
+            fields["distinct"] = []
+    else:  # the writes repeat the loads of the body (loops in it come with the writes)
+        fields["loads"] = [s for s in _kept(fields["loads"], disabled) if s.op in _LOADS]
+        for f in ("writes", "writes_before", "writes_after"):
+            if f in fields:
+                fields[f] = [_loop_kept(w, disabled, no_distinct) if w.op in _LOOPS else w for w in fields[f]]
+    return Step(step.op, **fields)
+
+
 def _indexed_loads(step: Any) -> Step:
     """A sequence unpacking with its length check generated out: indexed loads."""
     return Step("load_block", obj=step.obj, pairs=[(dst, Literal(i)) for i, dst in enumerate(step.dsts)],
@@ -239,9 +288,11 @@ def _compile(kind: str, name: str, source: str, plan: FlattenPlan | UnflattenPla
     if type(fn) is not FunctionType or fn.__code__.co_filename != filename:
         raise RuntimeError(f"the generated source does not define {name}")
     attributes = plan.consts.attributes
-    if attributes:
-        co = fn.__code__
-        fn.__code__ = co.replace(co_names=tuple(attributes.get(n, n) for n in co.co_names))
+    if attributes:  # (in every function of the file: the outlined ones too)
+        for f in list(ns.values()):
+            if type(f) is FunctionType and f.__code__.co_filename == filename:
+                co = f.__code__
+                f.__code__ = co.replace(co_names=tuple(attributes.get(n, n) for n in co.co_names))
     _register(filename, source)
     return fn, filename
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from .._ir import GraphDef
@@ -10,7 +10,7 @@ from .classfacts import ClassFacts
 from .naming import Constants, Literal, Operand
 from .ops import Step
 
-__all__ = ["Declined", "FlattenPlan", "Work"]
+__all__ = ["Declined", "FlattenPlan", "ShapeFn", "Work"]
 
 
 class Declined(Exception):
@@ -19,6 +19,29 @@ class Declined(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+@dataclass
+class ShapeFn:
+    """The functions of one outlined shape (see shapes.py), planned from one occurrence.
+
+    The flatten function takes an object and the call's distinct list ``D`` and returns
+    the occurrence's values (the collect function: its objects and values), or the name
+    of the guard that failed; the write function takes an object whose guards passed,
+    ``vals`` and the position ``at`` of its first value, and writes its states.
+    """
+
+    name: str  # outlined<sid>: the functions are <name>_flatten, _collect, _write
+    type_name: str
+    steps: list[Step]
+    values: list[Operand]  # in slot order
+    objects: list[Any]  # locals and splices, in table order
+    distinct: list[tuple[str, bool]]  # appended to D
+    writes: list[Step]  # slots relative to the occurrence's first slot
+    keyed_statics: bool
+    uses: int  # occurrences in the structure
+    where: list[str]  # the paths of the first few occurrences
+    nslots: int
 
 
 @dataclass
@@ -37,6 +60,11 @@ class FlattenPlan:
     counts: dict[str, int]  # guard kind -> number of guards of that kind
     facts: ClassFacts  # what the class guards check
     keyed_statics: bool = False  # a KeyError outside the load blocks is a node_keys miss
+    shape_fns: list[ShapeFn] = field(default_factory=list)  # outlined shapes, callees first
+    outlined_distinct: bool = False  # some outlined function or chain loop appends to D
+    #: outlined calls or chain loops: objects and values are spliced lists, not one local each
+    outlined: bool = False
+    loops: list[str] = field(default_factory=list)  # loops over lists of one shape, for explain
 
 
 class Work(NamedTuple):

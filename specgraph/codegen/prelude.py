@@ -16,7 +16,7 @@ __all__ = ["MISS", "PRELUDE", "PARAMETERS", "prelude"]
 MISS = object()
 
 #: The parameters and fixed locals of the templates' functions.
-PARAMETERS = frozenset({"root", "vals", "S", "d", "m", "h"})
+PARAMETERS = frozenset({"root", "vals", "S", "d", "m", "h", "D", "at", "b", "af", "y", "z"})
 
 
 def prelude() -> dict[str, Any]:

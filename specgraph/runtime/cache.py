@@ -32,6 +32,14 @@ class Config:
     max_variants: int = 8
     #: largest plan (in steps) that is compiled; bigger structures stay generic
     max_steps: int = 20_000
+    #: a shape of subtree met at least this many times in one structure gets one generated
+    #: function, called per occurrence (a loop over a list of them, a chain of that many
+    #: nested links a loop too); rarer shapes are unrolled inline. 0: everything unrolled.
+    #: Unrolled code is the fastest per call (no per-item allocation: MLP-32 stays within
+    #: the 1.1x of tree_flatten it had), outlined code compiles in time independent of
+    #: the count (benchmarks/outline_crossover.py): 64 keeps MLP-32 and the 12-block
+    #: transformer unrolled and bounds the unrolled compile of a repeated shape.
+    outline_min: int = 64
 
 
 CONFIG = Config()

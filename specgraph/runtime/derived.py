@@ -93,26 +93,32 @@ def _compile_selection(var: Variant, kind: str) -> Selection:
         table = var.key.table
         states = [spec for spec in table if type(spec) is StateSpec]
         if kind == "states":
-            objects, values = [plan.objects[s.index] for s in states], []
+            picked, values = [s.index for s in states], []
         elif kind == "nodes":
-            objects, values = [plan.objects[s.index] for s in table if type(s) is NodeSpec], []
+            picked, values = [s.index for s in table if type(s) is NodeSpec], []
         elif kind == "leaves":
             by_slot = sorted(states, key=lambda s: s.slot)
             leaves = [slot for slot, t in enumerate(var.table.types) if t is None]
-            objects = [plan.objects[s.index] for s in by_slot]
-            values = [plan.values[slot] for slot in leaves]
+            picked, values = [s.index for s in by_slot], leaves
         else:
             raise ValueError(f"unknown selection {kind!r}: one of {SELECTIONS}")
         try:
-            built = codegen.build("collect", var.key, max_steps=CONFIG.max_steps,
-                                  plan=dataclasses.replace(plan, objects=objects, values=values),
-                                  disabled=dispatch._disabled_guards | _NOT_READ)
-            fn = built.fn
+            if plan.outlined:
+                # Outlined code holds no local per object: pick from the collect function's lists.
+                fn = _picked(var.collect or dispatch._compile_collect(var), picked, values)
+            else:
+                built = codegen.build(
+                    "collect", var.key, max_steps=CONFIG.max_steps,
+                    plan=dataclasses.replace(plan, objects=[plan.objects[i] for i in picked],
+                                             values=[plan.values[slot] for slot in values]),
+                    disabled=dispatch._disabled_guards | _NOT_READ)
+                fn = built.fn
         except Exception as e:  # never an error for the user: the reference walker serves it
             dispatch._totals["compile_failures"] += 1
             warnings.warn(f"specgraph could not specialize {kind} of a {var.key.type.__qualname__} "
                           f"({type(e).__name__}: {e})", RuntimeWarning, stacklevel=5)
             fn = dispatch._refuse
+        objects = picked
         sel = Selection(fn, var.table)
         paths = var.paths
         if kind == "states":
@@ -134,6 +140,21 @@ def _compile_selection(var: Variant, kind: str) -> Selection:
                 sel.order = _gather(tuple(position))
         var.derived[kind] = sel
         return sel
+
+
+def _picked(collect: Any, objects: list[int], values: list[int]) -> Callable[[Any], Any]:
+    """A selection from a variant's collect function: the objects at the table indices
+    ``objects`` and the values at the slots ``values`` (or the guard that failed)."""
+    get_o = _take(tuple(objects))
+    get_v = _take(tuple(values))
+
+    def select(root: Any) -> Any:
+        r = collect(root)
+        if type(r) is not tuple:
+            return r
+        return list(get_o(r[0])), list(get_v(r[1]))
+
+    return select
 
 
 def _gather(positions: tuple[int, ...]) -> Callable[[list[Any]], list[Any]]:
@@ -214,6 +235,8 @@ def update_parts(entry: Any, node: Any, states: tuple[StateMap, ...]) -> bool | 
         if m.full:
             assert m.gather is not None
             r = var.update(node, m.gather(values))
+        elif var.plan.outlined:
+            return None  # outlined writes go by occurrence, not by slot: the reference writes
         else:
             fn = m.updates.get(var)
             if fn is None:

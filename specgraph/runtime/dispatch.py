@@ -130,10 +130,6 @@ def _observe_structure(t: type, w: Walk, entry: TypeEntry | None) -> None:
                 entry = _types[t] = TypeEntry()
     if entry.megamorphic:
         return
-    if len(gd.table) * 4 > CONFIG.max_steps:
-        # Too large to compile quickly: decide before paying for a hash of the structure.
-        _totals["declined_too_large"] += 1
-        return
     try:
         hash(gd)
     except TypeError:
@@ -188,9 +184,12 @@ def _compile_variant(key: GraphDef, gd: GraphDef, entry: TypeEntry, links: tuple
         # write-back plans) is met by identity, not compared whole on every call.
         key = gd = canon
     try:
-        f = codegen.build("flatten", key, max_steps=CONFIG.max_steps, disabled=_disabled_guards)
+        f = codegen.build("flatten", key, max_steps=CONFIG.max_steps, disabled=_disabled_guards,
+                          outline_min=CONFIG.outline_min)
         u = codegen.build("update", key, max_steps=CONFIG.max_steps, plan=f.plan, disabled=_disabled_guards)
     except codegen.Declined as e:
+        if e.reason.startswith("structure too large"):
+            _totals["declined_too_large"] += 1
         _decline(entry, key, stats, e.reason)
         return None
     except Exception as e:  # a bug or a hostile object: never an error for the user
@@ -451,8 +450,14 @@ def specialization(enabled: bool = True) -> Iterator[None]:
 
 
 def configure(*, threshold: int | None = None, max_variants: int | None = None,
-              max_steps: int | None = None, enabled: bool | None = None) -> None:
-    """Set the specializer's knobs; ``clear_cache()`` applies them to known types."""
+              max_steps: int | None = None, enabled: bool | None = None,
+              outline_min: int | None = None) -> None:
+    """Set the specializer's knobs; ``clear_cache()`` applies them to known types.
+
+    ``outline_min``: a repeated substructure (a ``Linear``, a block) met at least that many
+    times in one structure is generated once, as a function called per occurrence; rarer
+    ones are unrolled into straight-line code (0: unroll everything).
+    """
     if threshold is not None:
         CONFIG.threshold = max(1, int(threshold))
     if max_variants is not None:
@@ -461,6 +466,8 @@ def configure(*, threshold: int | None = None, max_variants: int | None = None,
         CONFIG.max_steps = int(max_steps)
     if enabled is not None:
         CONFIG.enabled = bool(enabled)
+    if outline_min is not None:
+        CONFIG.outline_min = max(0, int(outline_min))
 
 
 def _forget_variants(variants: tuple[Variant, ...]) -> None:

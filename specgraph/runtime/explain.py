@@ -65,7 +65,7 @@ def _numbered(source: str, max_lines: int | None) -> str:
 
 def _build(kind: str, gd: GraphDef, plan: Any) -> codegen.Built:
     """The function ``kind`` would get, built to be read (its source is not kept registered)."""
-    built = codegen.build(kind, gd, max_steps=CONFIG.max_steps, plan=plan)
+    built = codegen.build(kind, gd, max_steps=CONFIG.max_steps, plan=plan, outline_min=CONFIG.outline_min)
     codegen.forget(built.fn)
     return built
 
@@ -142,6 +142,16 @@ def explain(graphdef: GraphDef, *, max_lines: int | None = 300) -> str:
                 f"  (update: {at_level} states/nodes are written only if made at the current trace "
                 "level; else the generic walker decides, with the library's own error)"
             )
+    if plan is not None and plan.outlined:
+        out.append("")
+        out.append("Outlined (each function once below; it guards and reads one occurrence, fully):")
+        for fn in plan.shape_fns:
+            where = "; ".join(fn.where)
+            out.append(f"  - {fn.name}_* ({fn.type_name}): used {fn.uses} times, at {where}")
+        for s in plan.steps:
+            if s.op == "chain_loop":
+                out.append(f"  - a loop over {s.n} nested links of one shape, from {s.obj} "
+                           f"(its body guards and reads one link)")
     for kind in ("flatten", "update", "unflatten"):
         if kind in sources:
             out.append("")

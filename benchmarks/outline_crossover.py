@@ -1,0 +1,82 @@
+"""Where outlining pays: unrolled straight-line code against one function per repeated shape.
+
+For MLPs of ``N`` ``Linear`` layers (and transformer-like stacks of ``N`` blocks), both
+forms of the generated flatten are compiled from one ``GraphDef`` (``outline_min=0``:
+everything unrolled; ``outline_min=2``: every repeated shape outlined) and called side by
+side on the same model, interleaved, min of several repeats; compile time is the build
+of flatten + update. Prints one row per size; ``sg.configure(outline_min=...)``'s default
+is the smallest count where the outlined call is within a few percent of the unrolled
+one while compile time already drops.
+
+    python benchmarks/outline_crossover.py [--sizes 2 4 8 16 32 64] [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import sys
+import time
+import timeit
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import models
+
+import specgraph as sg
+from specgraph import codegen
+
+
+def _build(gd: sg.GraphDef, outline_min: int) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    f = codegen.build("flatten", gd, max_steps=10**9, outline_min=outline_min)
+    codegen.build("update", gd, max_steps=10**9, outline_min=outline_min, plan=f.plan)
+    return f.fn, time.perf_counter() - t0
+
+
+def _time(fn: Any, node: Any, repeats: int) -> float:
+    n = max(1, int(0.02 / max(1e-7, min(timeit.repeat(lambda: fn(node), number=1, repeat=3)))))
+    return min(timeit.repeat(lambda: fn(node), number=n, repeat=repeats)) / n
+
+
+def row(kind: str, size: int, repeats: int) -> str:
+    fam = models.FAMILIES["specgraph"]
+    node = models.build_mlp(fam, depth=size, width=8) if kind == "mlp" else \
+        models.build_transformer(fam, n_blocks=size)
+    gd = sg.generic.flatten(node)[0]
+    hash(gd)
+    unrolled, c_unrolled = _build(gd, 0)
+    outlined, c_outlined = _build(gd, 2)
+    assert type(unrolled(node)) is list and type(outlined(node)) is list
+    t_u = t_o = float("inf")
+    for _ in range(3):  # interleaved: the machine's noise hits both alike
+        t_u = min(t_u, _time(unrolled, node, repeats))
+        t_o = min(t_o, _time(outlined, node, repeats))
+    return (f"| {kind}-{size} | {c_unrolled * 1e3:.1f} | {c_outlined * 1e3:.1f} | {t_u * 1e6:.2f} | "
+            f"{t_o * 1e6:.2f} | {t_o / t_u:.2f} |")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64, 256])
+    ap.add_argument("--blocks", type=int, nargs="+", default=[2, 4, 12])
+    ap.add_argument("--repeats", type=int, default=15)
+    args = ap.parse_args(argv)
+    codegen.build("flatten", sg.generic.flatten(models.build_mlp(models.FAMILIES["specgraph"], 2, 8))[0],
+                  max_steps=10**9)  # load the templates before timing anything
+    gc.collect()
+    print("| structure | compile unrolled (ms) | compile outlined (ms) | flatten unrolled (us) | "
+          "flatten outlined (us) | outlined / unrolled |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for n in args.sizes:
+        print(row("mlp", n, args.repeats), flush=True)
+    for n in args.blocks:
+        print(row("transformer", n, args.repeats), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,331 @@
+"""Repeated substructures of a structure: which subtrees get one outlined function per shape.
+
+A *shape* is the canonical signature of a node's subtree: its class, its attribute
+names, whether it needs a place in the distinct set, and per child the child's shape
+(a state: its class and metadata; a static: its type and value, or the very object; a
+list/tuple/dict: its keys and its children's shapes). Two subtrees of one shape are
+guarded by exactly the same code, bound to the same constants, so one generated
+function (per kind: flatten, collect, the update's writes) serves every occurrence,
+and a list of occurrences of one shape becomes a loop.
+
+Only *self-contained* subtrees are outlined: every node and state below the subtree's
+root is referenced once in the whole structure (no tied weight, no node shared by two
+blocks, no cycle reaches into or out of it). Sharing stays with the straight-line code
+of the enclosing function, where the identity guards (``backref``) see every path. Inside
+an outlined subtree there is thus nothing to dedup; what remains is the distinct set:
+an outlined function appends its objects of repeated types to the call's list ``D``,
+and the top function checks the whole set once (see ``witnessed_nodes``: with every
+state of a repeated type in the set and every state index standing for one object, the
+witness argument holds for outlined nodes as for inline ones).
+
+Only what the straight-line planner handles without per-call state is outlined:
+builtin ``Node`` classes with str attribute names, plain ``State`` classes, statics,
+and list/tuple/dict containers with str/int keys; no bare array leaves (their writes
+have an order the update keeps), no foreign classes (their trace-level checks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import _registry as reg
+from .._ir import GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StateSpec, StaticEdge
+from .._sameness import VALUE_TYPES
+from .classfacts import plain_metaclass
+
+__all__ = ["Chain", "Link", "Shape", "Shapes", "find_chains", "find_shapes"]
+
+
+@dataclass
+class Shape:
+    """One outlined shape: its occurrences (node indices, in table order) and its size."""
+
+    sid: int
+    rep: int  # the occurrence its function is planned from
+    occurrences: list[int] = field(default_factory=list)
+    nslots: int = 0  # value slots of one occurrence (contiguous)
+    nindices: int = 0  # table entries of one occurrence (contiguous, the root first)
+    type_name: str = ""
+
+
+@dataclass
+class Shapes:
+    """The shapes of one structure that are outlined, and where they occur."""
+
+    shapes: dict[int, Shape]  # sid -> shape (only the outlined ones)
+    shape_of: dict[int, int]  # node index -> sid, for every occurrence of an outlined shape
+    slot_lo: dict[int, int]  # node index -> the first value slot of its subtree
+    key_of: dict[int, int] = field(default_factory=dict)  # every outlinable subtree's sid
+    size: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # (first slot, slots, entries)
+    scan: _Scan | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.shapes)
+
+
+def _static_key(edge: Any) -> Any:
+    """A static: by type and value where equal means indistinguishable, else the object."""
+    sig, value = edge.sig, edge.value
+    if type(sig) is type and sig in VALUE_TYPES and type(value) is sig \
+            and (sig is not float or value == value):
+        if sig is float and value == 0.0:  # (a zero's sign has its own sig; be exact anyway)
+            return ("i", id(value))
+        return ("v", id(sig), value)
+    return ("i", id(value))
+
+
+def _meta_key(spec: Any) -> Any:
+    meta = spec.metadata
+    if not meta:
+        return ()
+    items = []
+    for (k, v), s in zip(meta, spec.metasig, strict=True):
+        t = type(v)
+        if type(k) is not str or s is not t or t not in VALUE_TYPES or (t is float and (v != v or v == 0.0)):
+            return ("i", id(meta))
+        items.append((k, id(t), v))
+    return ("m", tuple(items))
+
+
+def _refs(gd: GraphDef) -> list[int]:
+    """Per table index, how many edges reference it (more than one: it is shared)."""
+    refs = [0] * len(gd.table)
+    stack = [gd.root]
+    for spec in gd.table:
+        if type(spec) is NodeSpec:
+            stack.extend(spec.children)
+    while stack:
+        e = stack.pop()
+        k = type(e)
+        if k is NodeEdge or k is StateEdge:
+            refs[e.index] += 1
+        elif k is PytreeEdge:
+            stack.extend(e.children)
+    return refs
+
+
+class _Scan:
+    """Shape keys of a structure's nodes, made bottom-up (see :func:`find_shapes`)."""
+
+    def __init__(self, gd: GraphDef, witnessed: set[int], shared_types: set[type]) -> None:
+        self.table = gd.table
+        self.refs = _refs(gd)
+        self.witnessed = witnessed
+        self.shared_types = shared_types
+        self.key_of: dict[int, int] = {}  # node index -> sid (outlinable subtrees only)
+        self.size: dict[int, tuple[int, int, int]] = {}  # node index -> (first slot, slots, entries)
+        self.ok: dict[type, bool] = {}  # class -> whether outlined code may read it
+
+    def node_class_ok(self, t: type) -> bool:
+        ok = self.ok.get(t)
+        if ok is None:
+            ok = self.ok[t] = type(t) is type and plain_metaclass(t) and reg.node_impl(t).is_builtin_node \
+                and type(t.graph_invisible_attrs) is tuple
+        return ok
+
+    def scan(self, spec: NodeSpec, rec: int = -1) -> tuple[tuple, list[int]] | None:
+        """The key tokens of ``spec``'s children, and where its values and table entries sit:
+        ``[first slot, slots, entries]`` (the node itself and what its children hold), and
+        with ``rec`` (a chain's next link, keyed ``R`` and not followed) the children after it
+        again: ``[..., first slot after, slots after, first entry after, entries after]``.
+        ``None``: not outlined (an array leaf, a foreign class, a shared object, ...).
+
+        Children come in pre-order, so a self-contained subtree's entries and slots are
+        consecutive runs in child order: checked as they come, no sort."""
+        if spec.sig is not None or spec.meta is not None or not self.node_class_ok(spec.type):
+            return None
+        table, refs, key_of, size, ok, shared = self.table, self.refs, self.key_of, self.size, self.ok, \
+            self.shared_types
+        i = spec.index
+        lo, n, last = -1, 0, i  # the running slot run and the last entry so far
+        out: list[int] = []
+        tokens: list[Any] = []
+        first_after = 0
+        for pos, child in enumerate(spec.children):
+            if pos == rec:
+                tokens.append("R")
+                out += (lo, n, last - i + 1)
+                lo, n, last = -1, 0, -1
+                continue
+            stack = [child]
+            while stack:
+                e = stack.pop()
+                k = type(e)
+                if k is StaticEdge:
+                    tokens.append(_static_key(e))
+                elif k is StateEdge:
+                    j = e.index
+                    st = table[j]
+                    if refs[j] != 1 or (last >= 0 and j != last + 1) or type(st) is not StateSpec:
+                        return None
+                    if last < 0:
+                        first_after = j
+                    tt = st.type
+                    good = ok.get(tt)
+                    if good is None:
+                        good = ok[tt] = type(tt) is type and reg.state_impl(tt) is None
+                    if not good:
+                        return None
+                    slot = st.slot
+                    if n and slot != lo + n:
+                        return None
+                    if not n:
+                        lo = slot
+                    n += 1
+                    last = j
+                    tokens.append(("S", id(tt), _meta_key(st) if st.metadata else (), tt in shared))
+                elif k is NodeEdge:
+                    j = e.index
+                    sid = key_of.get(j)
+                    if sid is None or refs[j] != 1 or (last >= 0 and j != last + 1):
+                        return None
+                    if last < 0:
+                        first_after = j
+                    clo, cn, cm = size[j]
+                    if cn:
+                        if n and clo != lo + n:
+                            return None
+                        if not n:
+                            lo = clo
+                        n += cn
+                    last = j + cm - 1
+                    tokens.append(("N", sid))
+                elif k is PytreeEdge:
+                    p = e.ptype
+                    if (p is not list and p is not tuple and p is not dict) or e.sig is not None:
+                        return None
+                    if p is dict and not all(type(x) is str for x in e.keys):
+                        return None
+                    tokens.append(("P", id(p), e.keys if p is dict else len(e.children)))
+                    stack.extend(reversed(e.children))
+                else:
+                    return None  # an array leaf
+        if rec < 0:
+            return tuple(tokens), [lo, n, last - i + 1]
+        return tuple(tokens), [*out, lo, n, first_after, (last - first_after + 1) if last >= 0 else 0]
+
+
+def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_types: set[type]) -> Shapes:
+    """The shapes of ``gd`` that occur at least ``outline_min`` times (``0``: none)."""
+    if outline_min <= 0:
+        return Shapes({}, {}, {})
+    table = gd.table
+    sc = _Scan(gd, witnessed, shared_types)
+    interned: dict[Any, int] = {}
+    key_of, size = sc.key_of, sc.size
+    counts: dict[int, list[int]] = {}
+    for i in range(len(table) - 1, -1, -1):
+        spec = table[i]
+        if type(spec) is not NodeSpec:
+            continue
+        got = sc.scan(spec)
+        if got is None:
+            continue
+        tokens, (lo, n, m) = got
+        t = spec.type
+        key = (id(t), spec.keys, i in witnessed, t in shared_types, tokens)
+        sid = interned.setdefault(key, len(interned))
+        key_of[i] = sid
+        size[i] = (lo, n, m)
+        counts.setdefault(sid, []).append(i)
+    refs = sc.refs
+    root = gd.root.index if type(gd.root) is NodeEdge else -1
+    shapes: dict[int, Shape] = {}
+    shape_of: dict[int, int] = {}
+    for sid, occ in counts.items():
+        occ = [i for i in occ if i != root and refs[i] == 1]  # (a node met twice is inline)
+        if len(occ) < outline_min:
+            continue
+        occ.reverse()
+        _, n, m = size[occ[0]]
+        shapes[sid] = Shape(sid, occ[0], occ, n, m, table[occ[0]].type.__qualname__)
+        for i in occ:
+            shape_of[i] = sid
+    return Shapes(shapes, shape_of, {i: size[i][0] for i in shape_of}, key_of, size, sc)
+
+
+@dataclass
+class Link:
+    """One link of a chain: where its values and objects sit before and after the rest."""
+
+    lid: int
+    rec: int  # the position of the next link among the node's children
+    nxt: int  # the next link's table index
+    before: tuple[int, int]  # (first slot, count) of the values before the rest of the chain
+    after: tuple[int, int]  # and after it
+    ebefore: tuple[int, int]  # (first index, count): the node itself and the entries before
+    eafter: tuple[int, int]
+
+
+@dataclass
+class Chain:
+    """``n`` nested links of one shape from node ``head``; ``tail`` is the node past them."""
+
+    head: int
+    n: int
+    tail: int
+    links: list[Link]
+
+
+def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types: set[type],
+                shapes: Shapes) -> dict[int, Chain]:
+    """Chains of at least ``min_links`` nested nodes of one link shape (a node whose one
+    child of its own class is the next link), outside the outlined shapes: head -> chain."""
+    table = gd.table
+    sc = shapes.scan if shapes.scan is not None else _Scan(gd, witnessed, shared_types)
+    refs = sc.refs
+    links: dict[int, Link] = {}
+    interned: dict[Any, int] = {}
+    for spec in table:
+        if type(spec) is not NodeSpec or spec.index in shapes.shape_of:
+            continue
+        i, t = spec.index, spec.type
+        rec = -1
+        for p, c in enumerate(spec.children):
+            if type(c) is NodeEdge and c.index > i and table[c.index].type is t and refs[c.index] == 1:
+                if rec >= 0:
+                    rec = -2
+                    break
+                rec = p
+        if rec < 0:
+            continue
+        got = sc.scan(spec, rec)
+        if got is None:
+            continue
+        tokens, (lb, nb, eb, la, na, ea, nea) = got
+        key = (id(t), spec.keys, rec, i in witnessed, t in shared_types, tokens)
+        lid = interned.setdefault(key, len(interned))
+        links[i] = Link(lid, rec, spec.children[rec].index, (lb, nb), (la, na), (i, eb), (ea, nea))
+    chains: dict[int, Chain] = {}
+    inner: set[int] = set()
+    for i, link in links.items():  # (in table order: a head before its links)
+        if i in inner:
+            continue
+        run = [link]
+        j = link.nxt
+        while j in links and links[j].lid == link.lid:
+            inner.add(j)
+            run.append(links[j])
+            j = links[j].nxt
+        if len(run) < min_links or not _regular(run):
+            continue
+        chains[i] = Chain(i, len(run), j, run)
+    return chains
+
+
+def _regular(run: list[Link]) -> bool:
+    """The links' values and entries before the rest are consecutive runs, in link order,
+    and those after it consecutive runs in reverse order (what the loop splices)."""
+    first, last = run[0], run[-1]
+    for k, link in enumerate(run):
+        back = len(run) - 1 - k
+        if link.before[1] and link.before[0] != first.before[0] + k * first.before[1]:
+            return False
+        if link.after[1] and link.after[0] != last.after[0] + back * first.after[1]:
+            return False
+        if link.ebefore[0] != first.ebefore[0] + k * first.ebefore[1]:
+            return False
+        if link.eafter[1] and link.eafter[0] != last.eafter[0] + back * first.eafter[1]:
+            return False
+    return True

@@ -1,0 +1,409 @@
+"""Outlined code: one generated function per repeated substructure (codegen/shapes.py).
+
+A structure that repeats one shape (a ``Linear``, a block) gets one function per shape,
+called per occurrence, and a loop over a list of them. Every occurrence is still fully
+guarded: each mutation below, made to one occurrence at a time, is a guard miss and the
+reference walker's answer. Sharing across occurrences (tied weights, a node shared by two
+blocks) stays exact, and each guard the outlined code relies on is load-bearing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import assert_same_flatten
+
+import specgraph as sg
+from specgraph.runtime import dispatch
+from specgraph.runtime.cache import CONFIG
+
+
+class Linear(sg.Node):
+    def __init__(self, din: int, dout: int, seed: float = 0.0) -> None:
+        self.w = sg.Param(np.full((din, dout), seed, np.float32))
+        self.b = sg.Param(np.full((dout,), seed, np.float32))
+        self.din = din
+        self.dout = dout
+
+
+class Other(sg.Node):
+    def __init__(self, **attrs: Any) -> None:
+        vars(self).update(attrs)
+
+
+class Box(sg.Node):
+    def __init__(self, **attrs: Any) -> None:
+        vars(self).update(attrs)
+
+
+class Block(sg.Node):
+    def __init__(self, i: int, ff: Linear | None = None) -> None:
+        self.attn = Box(q=Linear(2, 2, i), k=Linear(2, 2, i + 0.5))
+        self.ff = ff if ff is not None else Linear(2, 3, i)
+        self.ln = sg.State(np.float32(i), kind="ln")
+
+
+class Buffer(sg.State):
+    pass
+
+
+def mlp(n: int = 6) -> Box:
+    return Box(layers=[Linear(2, 2, float(i)) for i in range(n)], head=Linear(2, 1, 9.0), act="relu")
+
+
+@pytest.fixture
+def outlined() -> Iterator[None]:
+    saved = CONFIG.outline_min
+    sg.configure(outline_min=2)
+    sg.clear_cache()
+    try:
+        yield
+    finally:
+        CONFIG.outline_min = saved
+        sg.clear_cache()
+
+
+def _specialized(node: Any) -> tuple[sg.GraphDef, sg.StateMap]:
+    """Flatten twice (the second call by generated code), checked against the reference."""
+    sg.flatten(node)
+    before = sg.cache_info()["hits"]
+    out = sg.flatten(node)
+    assert sg.cache_info()["hits"] == before + 1, sg.cache_info()
+    assert_same_flatten(out, sg.generic.flatten(node))
+    return out
+
+
+def _is_outlined(src: str) -> bool:
+    """Generated code with an outlined function or a loop over occurrences of one shape."""
+    return "def outlined" in src or "of one shape" in src
+
+
+def _source(gd: sg.GraphDef, kind: str = "flatten") -> str:
+    var = dispatch.variant_for(gd)
+    assert var is not None
+    return var.sources[kind]
+
+
+def test_a_list_of_one_shape_is_a_loop(outlined: None) -> None:
+    m = mlp(6)
+    gd, _ = _specialized(m)
+    src = _source(gd)
+    assert "# 6 of one shape" in src  # the six Linear(2, 2) layers; the head is unrolled
+    assert "def outlined" not in src  # the loop's body is unrolled: no call per layer
+    assert src.count("if type(") < 20  # one body, not six
+
+
+def test_attributes_of_one_shape_call_one_function(outlined: None) -> None:
+    m = Box(**{f"l{i}": Linear(2, 2, float(i)) for i in range(6)})
+    gd, _ = _specialized(m)
+    src = _source(gd)
+    assert src.count("def outlined") == 1 and src.count("outlined0_flatten(") == 7  # 1 def + 6 calls
+    text = sg.explain(gd)
+    assert "outlined0_* (Linear): used 6 times, at l0; l1; l2; ..." in text
+
+
+def test_update_collect_and_selections_through_outlined_code(outlined: None) -> None:
+    m = mlp(5)
+    gd, st = _specialized(m)
+    new = sg.StateMap._make(st._table, [np.asarray(v) + 1 for v in st.values()])
+    ref = sg.generic.unflatten(*sg.generic.flatten(m))
+    sg.generic.update(ref, new)
+    before = sg.cache_info()["update_hits"]
+    sg.update(m, new)
+    assert sg.cache_info()["update_hits"] == before + 1
+    assert _is_outlined(_source(gd, "update"))
+    mine, theirs = sg.generic.flatten(m)[1], sg.generic.flatten(ref)[1]
+    for (p, a), (q, b) in zip(mine.items(), theirs.items(), strict=True):
+        assert p == q and np.array_equal(a, b)
+    # states / nodes / iter_leaf / split served by the outlined collect
+    walks = sg.cache_info()["walk_hits"]
+    assert list(sg.states(m).keys()) == list(sg.generic.flatten(m)[1].keys())
+    assert [p for p, _ in sg.iter_leaf(m)] == list(sg.generic.flatten(m)[1].keys())
+    assert set(sg.nodes(m)) == {(), ("head",), *(("layers", i) for i in range(5))}
+    assert sg.cache_info()["walk_hits"] > walks
+    _, params, rest = sg.split(m, sg.Param, ...)
+    assert len(params) == 12 and len(rest) == 0
+    # a partial update (one part of a split) goes by path, and is right
+    sg.update(m, sg.StateMap._make(params._table, [np.zeros_like(v) for v in params.values()]))
+    assert all(not np.any(np.asarray(v)) for v in sg.generic.flatten(m)[1].values())
+
+
+# -- each occurrence mutated, one at a time --------------------------------------------
+
+
+class Layers:
+    """The layers of a model, in a list or as attributes ``l0``, ``l1``, ...: ``L[i]``."""
+
+    def __init__(self, m: Box) -> None:
+        self.m = m
+
+    def __getitem__(self, i: int) -> Any:
+        return self.m.layers[i] if "layers" in vars(self.m) else getattr(self.m, f"l{i}")
+
+    def __setitem__(self, i: int, v: Any) -> None:
+        if "layers" in vars(self.m):
+            self.m.layers[i] = v
+        else:
+            setattr(self.m, f"l{i}", v)
+
+
+def model(layout: str, n: int = 4) -> Box:
+    if layout == "list":
+        return mlp(n)
+    return Box(**{f"l{i}": Linear(2, 2, float(i)) for i in range(n)}, head=Linear(2, 1, 9.0))
+
+
+def _rename(layer: Linear) -> None:
+    vars(layer)["w2"] = vars(layer).pop("w")
+
+
+def _swap_type(m: Layers, i: int) -> None:
+    m[i] = Other(**vars(m[i]))
+
+
+MUTATIONS: dict[str, tuple[str, Callable[[Layers, int], None]]] = {
+    "state type": ("type", lambda m, i: setattr(m[i], "b", Buffer(m[i].b.value))),
+    "node type": ("type", _swap_type),
+    "renamed key": ("node_keys", lambda m, i: _rename(m[i])),
+    "extra attribute": ("node_keys", lambda m, i: setattr(m[i], "extra", 1)),
+    "static": ("static", lambda m, i: setattr(m[i], "din", 3)),
+    "static type": ("static", lambda m, i: setattr(m[i], "din", 2.0)),
+    "metadata": ("metadata", lambda m, i: setattr(m[i].w, "_metadata", (("tag", "x"),))),
+    "same layer twice": ("distinct", lambda m, i: m.__setitem__(i, m[(i + 1) % 4])),
+    "same param twice": ("distinct", lambda m, i: setattr(m[i], "b", m[(i + 1) % 4].b)),
+}
+
+
+@pytest.mark.parametrize("layout", ["list", "attrs"])
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+@pytest.mark.parametrize("i", range(4))
+def test_each_occurrence_mutated_is_a_miss(outlined: None, name: str, i: int, layout: str) -> None:
+    """Each occurrence of a loop over a list (``list``) and of calls of one function
+    (``attrs``), mutated one at a time."""
+    kind, mutate = MUTATIONS[name]
+    m = model(layout)
+    gd, _ = _specialized(m)
+    assert ("def outlined" in _source(gd)) == (layout == "attrs") and _is_outlined(_source(gd))
+    mutate(Layers(m), i)
+    before = sg.cache_info()["guard_misses"].get(kind, 0)
+    assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
+    assert sg.cache_info()["guard_misses"].get(kind, 0) == before + 1, sg.cache_info()["guard_misses"]
+
+
+@pytest.mark.parametrize("change", ["longer", "shorter", "another shape", "another type", "a tuple"])
+def test_a_list_that_stops_being_homogeneous(outlined: None, change: str) -> None:
+    m = mlp(4)
+    _specialized(m)
+    if change == "longer":
+        m.layers.append(Linear(2, 2))
+    elif change == "shorter":
+        m.layers.pop()
+    elif change == "another shape":
+        m.layers[2] = Linear(2, 5)
+    elif change == "another type":
+        m.layers[2] = Box(w=m.layers[2].w)
+    else:
+        m.layers = tuple(m.layers)
+    hits = sg.cache_info()["hits"]
+    assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
+    assert sg.cache_info()["hits"] == hits  # the reference answered
+
+
+# -- sharing across occurrences ---------------------------------------------------------
+
+
+def test_tied_weights_between_layers(outlined: None) -> None:
+    m = mlp(6)
+    m.layers[3].w = m.layers[2].w  # tied: layers 2 and 3 stay unrolled, the others are outlined
+    gd, st = _specialized(m)
+    assert _is_outlined(_source(gd))
+    clone = sg.unflatten(gd, st)
+    assert clone.layers[3].w is clone.layers[2].w
+    new = sg.StateMap._make(st._table, [np.asarray(v) * 2 for v in st.values()])
+    sg.update(m, new)
+    assert m.layers[3].w is m.layers[2].w
+    assert np.array_equal(m.layers[2].w.value, new[("layers", 2, "w")])
+    # untying, or tying two other layers, is a miss each
+    m.layers[3].w = sg.Param(m.layers[3].w.value)
+    assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
+    m2 = mlp(6)
+    _specialized(m2)
+    m2.layers[5].w = m2.layers[4].w  # two outlined occurrences share a Param now
+    misses = sg.cache_info()["guard_misses"].get("distinct", 0)
+    assert_same_flatten(sg.flatten(m2), sg.generic.flatten(m2))
+    assert sg.cache_info()["guard_misses"].get("distinct", 0) == misses + 1
+
+
+def test_a_node_shared_by_two_blocks(outlined: None) -> None:
+    shared = Linear(2, 3, 7.0)
+    m = Box(blocks=[Block(0, shared), Block(1, shared), Block(2), Block(3)])
+    gd, st = _specialized(m)
+    src = _source(gd)
+    assert "def outlined" in src
+    clone = sg.unflatten(gd, st)
+    assert clone.blocks[0].ff is clone.blocks[1].ff
+    assert clone.blocks[2].ff is not clone.blocks[3].ff
+    # sharing the ff of two outlined blocks is a miss, answered by the reference
+    m.blocks[3].ff = m.blocks[2].ff
+    misses = sg.cache_info()["guard_misses"].get("distinct", 0)
+    assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
+    assert sg.cache_info()["guard_misses"].get("distinct", 0) == misses + 1
+
+
+def test_a_cycle_through_repeated_shapes(outlined: None) -> None:
+    m = Box(blocks=[Block(i) for i in range(4)])
+    m.blocks[1].attn.up = m  # a cycle: block 1 is no longer of the others' shape
+    gd, st = _specialized(m)
+    clone = sg.unflatten(gd, st)
+    assert clone.blocks[1].attn.up is clone
+
+
+# -- every guard the outlined code relies on is load-bearing -----------------------------
+
+
+@pytest.fixture
+def disable() -> Iterator[Callable[[frozenset[str]], None]]:
+    try:
+        yield dispatch._set_disabled_guards
+    finally:
+        dispatch._set_disabled_guards(frozenset())
+
+
+KILLED: dict[str, str] = {
+    "type": "state type",
+    "node_keys": "extra attribute",
+    "static": "static",
+    "metadata": "metadata",
+    "distinct": "same param twice",
+}
+
+
+@pytest.mark.parametrize("layout", ["list", "attrs"])
+@pytest.mark.parametrize("kind", sorted(KILLED))
+def test_outlined_guard_is_load_bearing(outlined: None, kind: str, layout: str,
+                                        disable: Callable[[frozenset[str]], None]) -> None:
+    """Without guards of ``kind`` the outlined code answers a mutated occurrence with the
+    stale structure: it differs from the reference (with them, the tests above agree)."""
+    disable(frozenset({kind}))
+    m = model(layout)
+    sg.flatten(m)
+    gd, _ = sg.flatten(m)
+    assert _is_outlined(_source(gd))
+    MUTATIONS[KILLED[kind]][1](Layers(m), 2)
+    got = sg.flatten(m)
+    ref = sg.generic.flatten(m)
+    with pytest.raises(AssertionError):
+        assert_same_flatten(got, ref)
+
+
+def test_loop_length_guard_is_load_bearing(outlined: None, disable: Callable[[frozenset[str]], None]) -> None:
+    """The loop over a list of one shape runs over whatever the list holds: only its length
+    guard (a container guard) keeps a longer list from being answered as the old one."""
+    disable(frozenset({"container"}))
+    m = mlp(4)
+    sg.flatten(m)
+    sg.flatten(m)
+    m.layers.append(Linear(2, 2))
+    got = sg.flatten(m)
+    with pytest.raises(AssertionError):
+        assert_same_flatten(got, sg.generic.flatten(m))
+
+
+def test_outline_min_zero_unrolls_everything() -> None:
+    saved = CONFIG.outline_min
+    try:
+        sg.configure(outline_min=0)
+        m = mlp(12)
+        gd, _ = _specialized(m)
+        assert not _is_outlined(_source(gd))
+        sg.configure(outline_min=12)
+        sg.clear_cache()
+        gd, _ = _specialized(m)
+        assert _is_outlined(_source(gd))
+        sg.configure(outline_min=13)
+        sg.clear_cache()
+        gd, _ = _specialized(m)
+        assert not _is_outlined(_source(gd))
+    finally:
+        CONFIG.outline_min = saved
+
+
+# -- no cliff: chains and long lists -------------------------------------------------------
+
+
+def chain(n: int) -> Box:
+    """``n`` nested Boxes, each with a Param ``p`` and the next as ``child``; the last has
+    only ``p`` (built bottom-up: no recursion)."""
+    node = Box(p=sg.Param(np.float32(n)))
+    for i in reversed(range(n - 1)):
+        node = Box(child=node, p=sg.Param(np.float32(i)))
+    return node
+
+
+def _link(root: Box, k: int) -> Box:
+    for _ in range(k):
+        root = root.child
+    return root
+
+
+def test_chain_of_ten_thousand_nodes_is_one_loop(outlined: None) -> None:
+    m = chain(10_000)
+    gd, st = _specialized(m)
+    src = _source(gd)
+    assert "range(9999)" in src and len(src.splitlines()) < 100
+    new = sg.StateMap._make(st._table, [np.float32(-i) for i in range(len(st))])
+    sg.update(m, new)
+    assert sg.cache_info()["update_hits"] == 1
+    assert all(a is b for a, b in zip(sg.generic.flatten(m)[1].values(), new.values(), strict=True))
+    assert list(sg.states(m).keys()) == list(st.keys())
+    assert sg.cache_info()["walk_hits"] >= 1
+    clone = sg.unflatten(gd, st)
+    assert _link(clone, 9_999).p.value == st[("child",) * 9_999 + ("p",)]
+
+
+CHAIN_MUTATIONS: dict[str, tuple[str, Callable[[Box], None]]] = {
+    "state type": ("type", lambda m: setattr(_link(m, 50), "p", Buffer(_link(m, 50).p.value))),
+    "node type": ("type", lambda m: setattr(_link(m, 49), "child", Other(**vars(_link(m, 50))))),
+    "extra attribute": ("node_keys", lambda m: setattr(_link(m, 50), "extra", 1)),
+    "longer": ("node_keys", lambda m: setattr(_link(m, 99), "child", Box(p=sg.Param(np.float32(0))))),
+    "shorter": ("node_keys", lambda m: delattr(_link(m, 97), "child")),
+    "same param twice": ("distinct", lambda m: setattr(_link(m, 50), "p", _link(m, 10).p)),
+    "a link skipped": ("node_keys", lambda m: setattr(_link(m, 50), "child", _link(m, 51).child)),
+    "a cycle": ("node_keys", lambda m: setattr(_link(m, 50), "child", _link(m, 10))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHAIN_MUTATIONS))
+def test_each_chain_link_mutated_is_a_miss(outlined: None, name: str) -> None:
+    kind, mutate = CHAIN_MUTATIONS[name]
+    m = chain(100)
+    gd, _ = _specialized(m)
+    assert "range(99)" in _source(gd)
+    mutate(m)
+    hits = sg.cache_info()["hits"]
+    assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
+    assert sg.cache_info()["hits"] == hits
+    assert sg.cache_info()["guard_misses"].get(kind, 0) >= 1, sg.cache_info()["guard_misses"]
+
+
+def test_chain_distinct_guard_is_load_bearing(outlined: None,
+                                              disable: Callable[[frozenset[str]], None]) -> None:
+    disable(frozenset({"distinct"}))
+    m = chain(100)
+    sg.flatten(m)
+    sg.flatten(m)
+    _link(m, 50).p = _link(m, 10).p
+    with pytest.raises(AssertionError):
+        assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
+
+
+def test_ten_thousand_layers_are_specialized() -> None:
+    """With the default outline_min: MLP-10 000 is one loop over one Linear function."""
+    m = mlp(10_000)
+    gd, st = _specialized(m)
+    assert len(_source(gd).splitlines()) < 200
+    sg.update(m, st)
+    assert sg.cache_info()["update_hits"] == 1
