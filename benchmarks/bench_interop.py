@@ -30,7 +30,10 @@ The dict is the same arrays as nested dicts. The training step is NNX's standard
 wrt=nnx.Param).update(model, grads)``) on a tanh MLP, the same function object jitted
 both ways; before timing, the two are checked to give equal losses step by step.
 
-Method: one process; the two entries of a row are interleaved repeat by repeat
+Method: one process; each entry is called twice before its loop is calibrated (a
+one-time cost, such as the recompile after BrainState's types are registered at the end
+of the setup, must not make the calibration time single calls); the two entries of a row
+are interleaved repeat by repeat
 (rotating order), each repeat a loop calibrated to ~20 ms (~5 ms ``--quick``) with the
 GC off (jitted calls block on their result); the minimum over repeats (9, quick 3) in
 µs per call. Markdown to stdout; ``--out DIR`` writes ``DIR/interop-latest.md``,
@@ -190,6 +193,12 @@ def measure(depth: int, width: int, target: float, repeats: int) -> list[dict[st
     for label, ours, theirs, block in rows(depth, width):
         entries = [_BG.Timing("specgraph", ours), _BG.Timing("other", theirs)]
         for e in entries:
+            # Warm first: a one-time cost (a recompile after a registration, a first trace)
+            # must not set the loop count (a calibration on it times single cold calls).
+            for _ in range(2):
+                warm = e.fn()
+                if block is not None:
+                    block(warm)
             e.number = _BG.calibrate(e.fn, target, block)
         for r in range(repeats):
             for e in (entries if r % 2 == 0 else entries[::-1]):
