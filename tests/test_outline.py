@@ -94,6 +94,7 @@ def test_a_list_of_one_shape_is_a_loop(outlined: None) -> None:
     assert "# 6 of one shape" in src  # the six Linear(2, 2) layers; the head is unrolled
     assert "def outlined" not in src  # the loop's body is unrolled: no call per layer
     assert src.count("if type(") < 20  # one body, not six
+    assert "a loop over layers[0..5]: 6 x Linear" in sg.explain(gd)
 
 
 def test_attributes_of_one_shape_call_one_function(outlined: None) -> None:
@@ -354,6 +355,7 @@ def test_chain_of_ten_thousand_nodes_is_one_loop(outlined: None) -> None:
     gd, st = _specialized(m)
     src = _source(gd)
     assert "range(9999)" in src and len(src.splitlines()) < 100
+    assert "a loop over 9999 nested links of one shape" in sg.explain(gd)
     new = sg.StateMap._make(st._table, [np.float32(-i) for i in range(len(st))])
     sg.update(m, new)
     assert sg.cache_info()["update_hits"] == 1

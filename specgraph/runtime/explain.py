@@ -148,6 +148,8 @@ def explain(graphdef: GraphDef, *, max_lines: int | None = 300) -> str:
         for fn in plan.shape_fns:
             where = "; ".join(fn.where)
             out.append(f"  - {fn.name}_* ({fn.type_name}): used {fn.uses} times, at {where}")
+        for loop in plan.loops:
+            out.append(f"  - a loop over {loop} (its body guards and reads one item)")
         for s in plan.steps:
             if s.op == "chain_loop":
                 out.append(f"  - a loop over {s.n} nested links of one shape, from {s.obj} "
