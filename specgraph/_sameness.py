@@ -26,6 +26,8 @@ from typing import Any
 
 __all__ = [
     "VALUE_TYPES",
+    "ExactClass",
+    "exact",
     "float_zero_sig",
     "value_sig",
     "key_sig",
@@ -43,9 +45,58 @@ __all__ = [
     "same_keys",
 ]
 
+class _ClassSet(frozenset):
+    """A set of classes whose membership test is identity: a class's metaclass may claim
+    that it equals (and hashes like) one of them."""
+
+    def __contains__(self, t: object) -> bool:
+        return id(t) in _VALUE_TYPE_IDS
+
+
 #: Types whose equality, given the exact type (and the sign of a float zero), means
-#: "indistinguishable": a static of one of them may be matched by value.
-VALUE_TYPES: frozenset[type] = frozenset({int, float, str, bytes, bool, type(None), type(...)})
+#: "indistinguishable": a static of one of them may be matched by value. (``in`` is by
+#: identity.)
+VALUE_TYPES: frozenset[type] = _ClassSet({int, float, str, bytes, bool, type(None), type(...)})
+_VALUE_TYPE_IDS = frozenset(map(id, frozenset.__iter__(VALUE_TYPES)))
+
+
+class ExactClass:
+    """A class in a sig whose metaclass defines its own ``==`` or hash: the sig holds this
+    instead, equal only to the same wrapper of the very same class (a class claiming to
+    equal ``int`` must not pass a guard, or make a GraphDef equal, as ``int``)."""
+
+    __slots__ = ("cls",)
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is ExactClass and other.cls is self.cls
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return id(self.cls)
+
+    def __repr__(self) -> str:
+        return f"ExactClass({self.cls.__module__}.{self.cls.__qualname__})"
+
+    def __reduce__(self) -> tuple:
+        return (ExactClass, (self.cls,))
+
+
+_type_eq = type.__eq__
+_type_hash = type.__hash__
+
+
+def exact(t: type) -> Any:
+    """``t`` itself, or :class:`ExactClass` of it when its metaclass redefines ``==`` or
+    hash (what a sig holds for a class)."""
+    m = type(t)
+    if m is type or (m.__eq__ is _type_eq and m.__hash__ is _type_hash):
+        return t
+    return ExactClass(t)
 
 _copysign = math.copysign
 
@@ -61,6 +112,8 @@ def value_sig(v: Any) -> Any:
     t = type(v)
     if t is float:
         return float_zero_sig(v) if v == 0.0 else float
+    if type(t) is not type:
+        t = exact(t)
     if not isinstance(v, tuple):
         return t
     # Iterative post-order: a frame is [tuple type, items, position, item sigs].
@@ -74,11 +127,13 @@ def value_sig(v: Any) -> Any:
             ct = type(c)
             if ct is float:
                 fr[3].append(float_zero_sig(c) if c == 0.0 else float)
-            elif isinstance(c, tuple):
+                continue
+            if type(ct) is not type:
+                ct = exact(ct)
+            if isinstance(c, tuple):
                 stack.append([ct, c, 0, []])
                 break
-            else:
-                fr[3].append(ct)
+            fr[3].append(ct)
         else:
             stack.pop()
             sig = (fr[0], tuple(fr[3]))
@@ -138,6 +193,7 @@ def collapsed_sig(t: type, child_sigs: tuple, treedef: Any = None) -> tuple:
     """The sig of a container collapsed into one static: its type, its children's sigs,
     and for a custom pytree (``treedef``) the sig of its aux data when it has some."""
     aux = None if treedef is None else aux_sig(treedef)
+    t = exact(t)
     return (t, child_sigs) if aux is None else (t, child_sigs, aux)
 
 
@@ -159,6 +215,8 @@ def is_value_sig(sig: Any) -> bool:
         if isinstance(s, type):
             if s not in VALUE_TYPES:
                 return False
+        elif type(s) is ExactClass or type(s[0]) is ExactClass:  # a class with its own ==
+            return False
         elif s[0] is float:  # a float zero: (float, sign)
             continue
         elif len(s) != 2 or not _tuple_equality_only(s[0]):  # (type, child sigs, aux sig): a custom pytree

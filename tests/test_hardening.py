@@ -446,10 +446,76 @@ class _IntLike(int, metaclass=_ClaimsToBeInt):
 def test_the_key_signature_compares_key_classes_by_identity() -> None:
     # dict_key_sig answers all-int / all-str dicts without a sort: a class equal to int by
     # its metaclass's == (and hashing alike) must still give its own sig, as the sort does.
-    from specgraph._sameness import dict_key_sig, keys_sig
+    from specgraph._sameness import ExactClass, dict_key_sig, keys_sig
 
     d = {1: 0, _IntLike(2): 1}
     sig = dict_key_sig(d)
-    assert sig is not None and sig[0] is int and sig[1] is _IntLike
-    assert all(a is b for a, b in zip(sig, keys_sig(sorted(d)), strict=True))
+    # (== on purpose: the sig must not compare equal to int)
+    assert sig is not None and sig[0] is int and sig[1] == ExactClass(_IntLike) and sig[1] != int  # noqa: E721
+    assert sig == keys_sig(sorted(d))
     assert dict_key_sig({3: 0, 1: 1}) == (int, int) and dict_key_sig({"b": 0, "a": 1}) is None
+
+
+class _Holder(sg.Node):
+    pass
+
+
+class _Keyed:
+    """A callback node type whose keys the test chooses."""
+
+    def __init__(self) -> None:
+        self.items: dict[Any, Any] = {}
+
+
+sg.register_graph_node_type(
+    _Keyed, lambda k: (list(k.items.items()), None), lambda k, key, v: k.items.__setitem__(key, v),
+    lambda k, key: k.items.pop(key), lambda meta: _Keyed(), lambda k: k.items.clear(),
+)
+
+
+def _key_types(d: dict) -> list[type]:
+    return [type(k) for k in d]
+
+
+@pytest.mark.parametrize("where", ["dict", "callback node", "static tuple"])
+def test_a_key_whose_class_claims_to_equal_int_is_its_own_structure(impl: Any, where: str) -> None:
+    # The sig of a key, static or metadata records its class; a class whose metaclass
+    # claims to equal int (and hashes like it) used to pass the generated KEY_SIG guard
+    # and make an equal GraphDef, so the compiled code of the int-keyed structure served
+    # it and the rebuilt dict had int keys (found by tests/fuzz_interop.py).
+    def model(key: Any) -> _Holder:
+        h = _Holder()
+        w = sg.Param(np.ones(1, np.float32))
+        if where == "dict":
+            h.d = {1: sg.Param(np.zeros(1, np.float32)), key: w}
+        elif where == "callback node":
+            h.d = _Keyed()
+            h.d.items.update({1: sg.Param(np.zeros(1, np.float32)), key: w})
+        else:
+            h.d = w
+            h.t = (0, key)
+        return h
+
+    plain, hostile = model(2), model(_IntLike(2))
+    gd_plain, _ = impl.flatten(plain)
+    impl.flatten(plain)
+    gd, sm = impl.flatten(hostile)
+    assert gd != gd_plain
+    assert_same_flatten((gd, sm), sg.generic.flatten(hostile))
+    new = impl.unflatten(gd, sm)
+    if where == "static tuple":
+        assert type(new.t[1]) is _IntLike
+    else:
+        got = new.d if where == "dict" else new.d.items
+        assert _key_types(got) == _key_types(hostile.d if where == "dict" else hostile.d.items)
+        assert _IntLike in [type(k) for k in got]
+
+
+def test_value_types_are_matched_by_identity() -> None:
+    from specgraph._sameness import VALUE_TYPES, is_value_sig, match_mode, value_sig
+
+    assert int in VALUE_TYPES and _IntLike not in VALUE_TYPES
+    assert not is_value_sig(value_sig(_IntLike(3))) and not is_value_sig(value_sig((1, _IntLike(3))))
+    assert value_sig(_IntLike(3)) != int  # noqa: E721 - the sig's ==, on purpose
+    assert value_sig(_IntLike(3)) == value_sig(_IntLike(4))
+    assert match_mode(_IntLike(3), value_sig(_IntLike(3))) == "is"

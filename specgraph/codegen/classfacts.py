@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import _registry as reg
 from .._ir import GraphDef, NodeSpec, PytreeEdge, StateSpec, StaticEdge, all_edges
+from .._sameness import ExactClass
 from .analysis import structure_memo
 from .naming import Constants, Literal
 from .ops import Step
@@ -164,8 +165,10 @@ def flatten_runs_no_user_code(gd: GraphDef) -> bool:
             passed.add((id(t), is_state))
         if not is_state:
             for c in spec.children:
-                # Only scalar statics (a type, or a float zero's (float, sign)): no tuple's __eq__.
-                if type(c) is StaticEdge and not (isinstance(c.sig, type) or c.sig[0] is float):
+                # Only scalar statics (a type, a class compared by identity, or a float
+                # zero's (float, sign)): no tuple's __eq__.
+                if type(c) is StaticEdge and not (isinstance(c.sig, type) or type(c.sig) is ExactClass
+                                                  or c.sig[0] is float):
                     return False
     return plain_containers(gd)
 

@@ -24,7 +24,7 @@ from .._ir import (
     StaticEdge,
     materialize,
 )
-from .._sameness import aux_sig, collapsed_sig, float_zero_sig, keys_sig, meta_sig, value_sig
+from .._sameness import aux_sig, collapsed_sig, exact, float_zero_sig, keys_sig, meta_sig, value_sig
 
 __all__ = ["walk", "Walk"]
 
@@ -223,8 +223,8 @@ def walk(root: Any) -> Walk:
             if k is _STATIC:
                 if t is float and val == 0.0:  # -0.0 == 0.0, yet they are different statics
                     edges.append(_tnew(StaticEdge, ("static", float_zero_sig(val), val)))
-                else:
-                    edges.append(_tnew(StaticEdge, ("static", t, val)))
+                else:  # (a class whose metaclass redefines ==: compared by identity)
+                    edges.append(_tnew(StaticEdge, ("static", t if type(t) is type else exact(t), val)))
             elif k is _STATE or k is _FSTATE:
                 idx = seen.get(id(val))
                 if idx is None:
