@@ -364,3 +364,41 @@ def test_random_graphs_with_callback_nodes(recipe: dict[str, Any], data: st.Data
                 sg.flatten(node)
             return
         assert_same_flatten(sg.flatten(node), ref)
+
+
+class _StrKey(str):
+    """A str subclass as a key: one path key with the equal plain str (key_sig)."""
+
+
+class _LyingKey(str):
+    """A str subclass claiming to equal every key."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+    __hash__ = str.__hash__
+
+
+def test_a_str_subclass_key_is_served_like_the_plain_str(impl: Any) -> None:
+    # A str subclass key is the same path key as the equal plain str (equal GraphDefs).
+    # The generated key guard compared the exact class, so once a structure was compiled
+    # with 'b' a node yielding _StrKey('b') missed on every call and the reference walker
+    # served it for good (found by tests/fuzz_interop.py). A lying subclass still misses.
+    node = Box(k=keyed(a=p(), b=p(2.0)))
+    impl.flatten(node)
+    node.k.items = {"a": node.k.items["a"], _StrKey("b"): node.k.items["b"]}
+    for _ in range(2):
+        before = sg.cache_info()["hits"]
+        assert_same_flatten(impl.flatten(node), sg.generic.flatten(node))
+        if impl.name != "generic":
+            assert sg.cache_info()["hits"] > before, sg.cache_info()
+    impl.update(node, {("k", "b"): np.full(2, 5.0)})
+    assert float(node.k.items["b"].value[0]) == 5.0
+    node.k.items = {"a": node.k.items["a"], _LyingKey("zz"): node.k.items["b"]}
+    ref = sg.generic.flatten(node)
+    got = impl.flatten(node)
+    assert [tuple(map(str, p)) for p in got[1].paths] == [tuple(map(str, p)) for p in ref[1].paths]
+    assert ("k", "zz") in [tuple(map(str, p)) for p in got[1].paths]

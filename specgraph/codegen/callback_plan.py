@@ -73,7 +73,7 @@ class CallbackPlanning:
             self.steps.append(Step("load_cb_items", obj=items, pairs=pairs))
         for (key_local, _), k in zip(pairs, spec.keys, strict=True):
             self.steps.append(Step("guard_cb_key", obj=key_local, cls=self.consts.bind(type(k), "T"),
-                                   const=self.consts.bind(k, "K"), mode=match_mode(k, key_sig(k)),
+                                   const=self.consts.bind(k, "K"), mode=_key_mode(k),
                                    label=label))
         m = spec.meta
         self.steps.append(Step("guard_field", obj=meta, cls=self.consts.bind(type(m), "T"),
@@ -95,3 +95,10 @@ class CallbackPlanning:
                     slot=slot, label=label)
         self.array_writes.append((self.nearest[work.obj], len(self.array_writes), step))
         return True
+
+
+def _key_mode(k: Any) -> str:
+    """How a key's guard matches: a ``str`` (subclasses too: one path key, as the walker
+    and ``key_sig`` have it) by ``str``'s own ``!=`` (no subclass's ``__eq__`` asked), any
+    other key by the sameness rules."""
+    return "str" if isinstance(k, str) else match_mode(k, key_sig(k))

@@ -125,7 +125,7 @@ OPS: dict[str, Op] = {
     "call_flatten": Op(_F, ("dst", "meta", "fn", "obj", "label")),  # dst, meta = fn(obj); dst a tuple
     "guard_cb_len": Op(_F, ("obj", "n", "label"), "node_keys"),  # len(items) == n
     "load_cb_items": Op(_F, ("obj", "pairs")),  # pairs: (key local, child local) = obj[i]
-    "guard_cb_key": Op(_F, ("obj", "cls", "const", "mode", "label"), "node_keys"),  # mode: is/value/same
+    "guard_cb_key": Op(_F, ("obj", "cls", "const", "mode", "label"), "node_keys"),  # mode: is/value/same/str
     # -- the update's writes (after every guard passed) ----------------------------
     "check_unchanged": Op(_W, ("obj", "slot", "label"), "immutable_leaf"),
     "write_value": Op(_W, ("obj", "slot", "label")),

@@ -34,6 +34,7 @@ def prelude() -> dict[str, Any]:
         "SAME": same.same,
         "SAME_AUX": same.same_aux,
         "SAME_KEYS": same.same_keys,
+        "STR_NE": str.__ne__,  # str's own !=, whatever a str subclass defines
         "NEW": object.__new__,
         "MISS": MISS,
     }
