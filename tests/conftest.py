@@ -35,6 +35,12 @@ class Impl:
     def __repr__(self) -> str:
         return self.name
 
+    @property
+    def compiled(self) -> bool:
+        """Served by generated code (specialized or outlined), not the reference walker:
+        tests use it for their stronger assertions (cache hits, sources, explain text)."""
+        return self.name != "generic"
+
     def flatten(self, node: Any) -> tuple[sg.GraphDef, sg.StateMap]:
         if self.name == "generic":
             return sg.generic.flatten(node)

@@ -266,7 +266,7 @@ def test_a_static_that_reaches_a_node_does_not_keep_it_alive(impl, kind: str) ->
         assert info["compiled_variants"] == 0 and info["compiled_unflattens"] == 0
     else:  # the structure is cached while the node lives
         assert info["compiled_variants"] == 1 and info["walk_hits"] >= 1
-        if impl.name == "specialized":
+        if impl.compiled:
             assert info["hits"] >= 1 and info["compiled_unflattens"] == 1 and info["unflatten_hits"] >= 1
             assert "R0() or " in dispatch.variant_for(gd).sources["flatten"]  # the weak guard
     alive = [weakref.ref(m.head), weakref.ref(m.head.w), weakref.ref(m.head.arr)]
@@ -330,7 +330,7 @@ def test_an_array_kept_as_a_static_is_held_weakly(impl) -> None:
     gd, sm = impl.flatten(m)
     assert_same_flatten((gd, sm), sg.generic.flatten(m))
     assert impl.unflatten(gd, sm).eps is m.eps
-    if impl.name == "specialized":
+    if impl.compiled:
         assert sg.cache_info()["hits"] >= 1
         assert "R0() or " in dispatch.variant_for(gd).sources["flatten"]
     alive = weakref.ref(m.eps)
@@ -423,7 +423,7 @@ def test_a_mesh_in_metadata_is_configuration_not_user_data(impl) -> None:
     gd, sm = impl.flatten(m)
     assert_same_flatten((gd, sm), sg.generic.flatten(m))
     assert impl.unflatten(gd, sm).p.metadata["mesh"] is mesh
-    if impl.name == "specialized":
+    if impl.compiled:
         info = sg.cache_info()
         assert info["hits"] >= 1 and info["unflatten_hits"] >= 1, info
         assert "R0" not in dispatch.variant_for(gd).sources["flatten"]  # held strongly

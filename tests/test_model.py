@@ -235,7 +235,7 @@ def test_custom_node_type_unflatten_and_sharing(impl):
     inner = Bag("inner", w=shared)
     root = Box(bag=inner, again=inner, direct=shared)
     inner["up"] = root
-    ref = assert_matches_reference(root) if impl.name == "specialized" else impl.flatten(root)
+    ref = assert_matches_reference(root) if impl.compiled else impl.flatten(root)
     gd, sm = ref
     new = impl.unflatten(gd, sm)
     assert type(new.bag) is Bag
