@@ -12,7 +12,7 @@ import typing as _typing
 from collections.abc import Callable, Hashable
 from types import EllipsisType
 from typing import Any as _Any
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
 from . import _registry
 from ._model import State
@@ -87,7 +87,7 @@ def to_predicate(f: Filter) -> Predicate:
     if f is False:
         return _nothing
     if isinstance(f, _Combinator):
-        return f
+        return cast(Predicate, f)  # each concrete combinator defines __call__
     if isinstance(f, type):
         if issubclass(f, State) or _registry.is_state_type(f):
             cls = f

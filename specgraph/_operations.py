@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from . import _registry as reg
 from ._filters import Filter, to_predicates
@@ -13,6 +13,12 @@ from ._partition import filter_key
 from ._statemap import StateMap, split_values
 from .generic._flatten import Walk
 from .runtime import derived, dispatch
+
+if TYPE_CHECKING:
+    from .runtime.derived import Selection
+
+    # what derived.select returns when a generated variant answers (else a Walk)
+    _Selected = tuple[Selection, list[Any], list[Any]]
 
 __all__ = [
     "flatten",
@@ -95,7 +101,7 @@ def iter_leaf(node: Any) -> Iterator[tuple[Path, Any]]:
     """``(path, leaf)`` for each State (once, at its first path) and bare array leaf."""
     r = derived.select(node, "leaves")
     if type(r) is not Walk:
-        sel, objects, values = r
+        sel, objects, values = cast("_Selected", r)  # mypy does not narrow on `type(r) is not`
         yield from zip(sel.paths, objects if sel.order is None else sel.order(objects + values), strict=True)
         return
     gd = r.graphdef
@@ -109,6 +115,7 @@ def iter_node(node: Any) -> Iterator[tuple[Path, Any]]:
     """``(path, node)`` for each graph node, once, in pre-order."""
     r = derived.select(node, "nodes")
     if type(r) is not Walk:
+        r = cast("_Selected", r)  # mypy does not narrow on `type(r) is not`
         yield from zip(r[0].paths, r[1], strict=True)
         return
     for spec in r.graphdef.table:
@@ -120,6 +127,7 @@ def nodes(node: Any) -> dict[Path, Any]:
     """``{path: node}`` for each graph node, once, in pre-order."""
     r = derived.select(node, "nodes")
     if type(r) is not Walk:
+        r = cast("_Selected", r)  # mypy does not narrow on `type(r) is not`
         return derived.filled(r[0].template, r[0].paths, r[1])
     return {r.path(spec[2]): r.objects[spec[2]] for spec in r.graphdef.table if type(spec) is NodeSpec}
 
@@ -134,7 +142,7 @@ def states(node: Any, *filters: Filter) -> dict[Path, State] | tuple[dict[Path, 
     if not filters or filter_key(filters) is not None:  # by type: no values needed
         r = derived.select(node, "states")
         if type(r) is not Walk:
-            sel, objects, _ = r
+            sel, objects, _ = cast("_Selected", r)  # mypy does not narrow on `type(r) is not`
             if not filters:
                 return derived.filled(sel.template, sel.paths, objects)
             view = derived.states_view(sel, filters)

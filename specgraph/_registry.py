@@ -8,6 +8,7 @@ specializer's generated code guards on.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import threading
 import warnings
@@ -200,7 +201,7 @@ class DictNode:
             if self.create is None:
                 return object.__new__(self.cls)
             return self.create(self.cls, metadata)
-        obj = object.__new__(self.cls)
+        obj: Any = object.__new__(self.cls)
         d = obj.__dict__
         for r in self.rebuild:
             if r.factory is None:
@@ -309,7 +310,8 @@ class StateImpl:
     get: Callable[[Any], Any]
     set: Callable[[Any, Any], None]
     metadata: Callable[[Any], tuple[tuple[str, Hashable], ...]]
-    create: Callable[[type, Any, tuple[tuple[str, Hashable], ...], Any], Any]
+    # builtins.type: in the class body, ``type`` names the field above
+    create: Callable[[builtins.type, Any, tuple[tuple[str, Hashable], ...], Any], Any]
     check_set: Callable[[Any, Any], None] | None = None
     context: Callable[[], Any] | None = None
     layout: StateLayout | DictStateLayout | None = None

@@ -13,7 +13,7 @@ with a last line saying so. A container that contains itself prints as such.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 from . import _registry as reg
@@ -108,6 +108,7 @@ def _node_items(node: Any) -> list[tuple[Hashable, Any]]:
 
 
 def _container(obj: Any, kind: int) -> tuple[str, list, str]:
+    keys: Sequence[Any]  # sorted (a list) or a pytree's (a tuple)
     if kind == reg.LIST:
         opening, closing, items = "[", "]", list(enumerate(obj))
     elif kind == reg.TUPLE:

@@ -23,14 +23,14 @@ from __future__ import annotations
 import gc
 import weakref
 from types import BuiltinFunctionType, CodeType, FunctionType, ModuleType
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from jax import Device
 from jax.sharding import AbstractMesh, Mesh, PartitionSpec, Sharding
 
 from . import _registry as reg
-from ._ir import ArrayConstant, GraphDef, NodeSpec, PytreeEdge, StaticEdge, fold_edge
+from ._ir import ArrayConstant, GraphDef, NodeSpec, PytreeEdge, StateSpec, StaticEdge, fold_edge
 from ._sameness import VALUE_TYPES, aux_data, is_value_sig
 
 __all__ = ["WeakStatic", "cache_key", "reaches_user_data", "strong_graphdef", "take_dead"]
@@ -206,7 +206,7 @@ def cache_key(gd: GraphDef) -> GraphDef | None:
         table = []
         for spec in gd.table:
             if type(spec) is not NodeSpec:  # a state: its metadata
-                if not all(_harmless(v, reaches) for _, v in spec.metadata):
+                if not all(_harmless(v, reaches) for _, v in cast(StateSpec, spec).metadata):
                     raise _Uncacheable
             elif (spec.sig is not None and not all(_harmless(k, reaches) for k in spec.keys)) \
                     or not _harmless(spec.meta, reaches):  # a custom node's keys and metadata

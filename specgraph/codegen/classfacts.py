@@ -9,7 +9,7 @@ checked per call (:class:`ClassFacts`, the ``class`` guard)?
 from __future__ import annotations
 
 import typing
-from typing import Any
+from typing import Any, cast
 
 from .. import _registry as reg
 from .._ir import GraphDef, NodeSpec, PytreeEdge, StateSpec, StaticEdge, all_edges
@@ -42,7 +42,7 @@ def plain_metaclass(t: type) -> bool:
     its metaclass is ``type``, or a ``type`` subclass defining none of the attribute hooks
     (``ABCMeta``, NNX's and BrainState's metaclasses). Class facts about such a class
     also require its metaclass to stay that way."""
-    m = type(t)
+    m: type = type(t)
     if m is type:
         return True
     return isinstance(m, type) and type(m) is type and not any(
@@ -164,7 +164,7 @@ def flatten_runs_no_user_code(gd: GraphDef) -> bool:
                 return False
             passed.add((id(t), is_state))
         if not is_state:
-            for c in spec.children:
+            for c in cast(NodeSpec, spec).children:  # not is_state: a NodeSpec
                 # Only scalar statics (a type, a class compared by identity, or a float
                 # zero's (float, sign)): no tuple's __eq__.
                 if type(c) is StaticEdge and not (isinstance(c.sig, type) or type(c.sig) is ExactClass

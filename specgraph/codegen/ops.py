@@ -22,7 +22,7 @@ Field vocabulary (what the plan fills in; the templates spell it):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 __all__ = ["GUARD_KINDS", "GUARD_WORDS", "OPS", "Op", "Step", "UnknownOp"]
 
@@ -180,6 +180,10 @@ class Step:
         self.op = op
         #: the guard kind this step returns on a miss (``None``: it checks nothing)
         self.kind = spec.guard
+
+    if TYPE_CHECKING:
+        # The op's fields are instance attributes set from ``fields`` above.
+        def __getattr__(self, name: str) -> Any: ...
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if k not in ("op", "kind"))

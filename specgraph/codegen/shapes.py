@@ -91,7 +91,7 @@ def _meta_key(spec: Any) -> Any:
 def _refs(gd: GraphDef) -> list[int]:
     """Per table index, how many edges reference it (more than one: it is shared)."""
     refs = [0] * len(gd.table)
-    stack = [gd.root]
+    stack: list[Any] = [gd.root]  # edges, read by kind (type(e) is ...)
     for spec in gd.table:
         if type(spec) is NodeSpec:
             stack.extend(spec.children)
@@ -121,7 +121,7 @@ class _Scan:
         ok = self.ok.get(t)
         if ok is None:
             ok = self.ok[t] = type(t) is type and plain_metaclass(t) and reg.node_impl(t).is_builtin_node \
-                and type(t.graph_invisible_attrs) is tuple
+                and type(t.graph_invisible_attrs) is tuple  # type: ignore[attr-defined]  # a Node subclass
         return ok
 
     def scan(self, spec: NodeSpec, rec: int = -1) -> tuple[tuple, list[int]] | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from .. import _registry as reg
 from .._ir import ArrayConstant, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge
@@ -173,7 +173,8 @@ class UnflattenPlanner:
         pairs: list[tuple[Literal | str, str]] = []
         for r in dn.rebuild:
             if r.factory is None:
-                value = self._own(self.reads.at(GRAPHDEF, "table", i, "meta", r.item))
+                # factory None: the bookkeeping attribute is metadata item ``item`` (an int)
+                value = self._own(self.reads.at(GRAPHDEF, "table", i, "meta", cast(int, r.item)))
             else:
                 args = [self._own(self.reads.at(GRAPHDEF, "table", i, "meta", j)) for j in r.items]
                 args.append(self._context(dn.context) if dn.context is not None else "None")
@@ -269,7 +270,8 @@ class UnflattenPlanner:
         if attrs_ok and impl.is_builtin_node and self._attribute_stores_ok(spec.type, spec.keys):
             # (No guard for __dict__: a class's __dict__ cannot be assigned after creation.)
             self.facts.require_absent(spec.type, ("__getattribute__", "__setattr__", *spec.keys))
-            pairs = [(self.consts.attr(k), v) for k, v in zip(spec.keys, values, strict=True)]
+            pairs: list[tuple[Literal | str, str]] = [
+                (self.consts.attr(k), v) for k, v in zip(spec.keys, values, strict=True)]
             self.steps.append(Step("fill_attrs", obj=obj, pairs=pairs, labels=self._key_labels(spec.keys)))
             return
         if impl.dict_node is not None and impl.dict_node.create is None:

@@ -8,6 +8,7 @@ this walker returns. It is iterative (an explicit stack of frames), so a chain o
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 from .. import _registry as reg
@@ -87,10 +88,12 @@ def _node_items(node: Any, t: type, link: Any) -> tuple[list, Any, Any]:
     """``(children, metadata, impl)`` of a graph node."""
     impl = reg.node_impl(t)
     if impl.is_builtin_node:
-        if isinstance(t.graph_invisible_attrs, str):
+        # t is a Node subclass here (is_builtin_node), typed as a plain type
+        if isinstance(t.graph_invisible_attrs, str):  # type: ignore[attr-defined]
             raise TypeError(
-                f"{t.__qualname__}.graph_invisible_attrs is the string {t.graph_invisible_attrs!r}: "
-                f"it must be a tuple of attribute names, e.g. ({t.graph_invisible_attrs!r},)"
+                f"{t.__qualname__}.graph_invisible_attrs is the string "
+                f"{t.graph_invisible_attrs!r}: "  # type: ignore[attr-defined]
+                f"it must be a tuple of attribute names, e.g. ({t.graph_invisible_attrs!r},)"  # type: ignore[attr-defined]
             )
         try:
             return reg.node_children(node), None, impl
@@ -163,6 +166,7 @@ def walk(root: Any) -> Walk:
     node_edges, state_edges, array_edges = _NODE_EDGES, _STATE_EDGES, _ARRAY_EDGES
 
     def open_container(x: Any, k: int, link: Any, static_arrays: bool) -> list[Any]:
+        keys: Sequence[Any]  # a dict's sorted keys (a list) or a pytree's (a tuple)
         if k is _LIST:
             items = list(enumerate(x))
             return [False, x, items, 0, [], link, list, None, static_arrays, None]

@@ -116,7 +116,7 @@ def _context() -> tuple[Any, Any, int]:
 def _create(cls: type, value: Any, metadata: tuple[tuple[str, Hashable], ...],
             context: tuple[Any, Any, int] | None = None) -> Any:
     tracer, source_info, level = context if context is not None else _context()
-    st = object.__new__(cls)
+    st: Any = object.__new__(cls)
     d = st.__dict__
     for k, v in metadata:
         d[k] = set(v) if k == "tag" and type(v) is frozenset else v

@@ -79,7 +79,7 @@ class _DataAttributes:
 
 
 def _data_keys(cls: type, metadata: Any) -> Container[str] | None:
-    if not cls._pytree__is_pytree:
+    if not cls._pytree__is_pytree:  # type: ignore[attr-defined]  # an NNX Pytree class's private flag
         return None  # a pytree=False class: NNX itself keeps plain values static
     return _DataAttributes(metadata[0])  # the node's _pytree__nodes
 
@@ -90,7 +90,8 @@ def _check_write(node: Any) -> None:
 
 def _native_state(items: list[tuple[tuple, type, tuple, Any]]) -> Any:
     """Gradients (or any selection) as NNX's own ``State`` of Variables, as ``nnx.grad`` returns."""
-    flat = [(path, value if t is None else t._new(value, dict(meta))) for path, t, meta, value in items]
+    flat = [(path, value if t is None else t._new(value, dict(meta)))  # type: ignore[attr-defined]  # a Variable class
+            for path, t, meta, value in items]
     return statelib.from_flat_state(flat)
 
 
@@ -132,7 +133,7 @@ def _metadata(v: Any) -> tuple[tuple[str, Hashable], ...]:
 
 def _new_variable(cls: type, value: Any, metadata: tuple[tuple[str, Hashable], ...], trace_state: Any) -> Any:
     """What ``cls._new(value, dict(metadata))`` makes, at the call's (shared) trace state."""
-    v = _new(cls)
+    v: Any = _new(cls)
     _set_trace_state(v, trace_state)
     _set_metadata(v, dict(metadata))  # its own metadata dict
     _set_raw(v, value)

@@ -92,6 +92,7 @@ def _compile_selection(var: Variant, kind: str) -> Selection:
         plan = var.plan
         table = var.key.table
         states = [spec for spec in table if type(spec) is StateSpec]
+        values: list[Any]
         if kind == "states":
             picked, values = [s.index for s in states], []
         elif kind == "nodes":

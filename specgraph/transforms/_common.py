@@ -63,7 +63,8 @@ class GraphTransform:
         self.options = SimpleNamespace(**options)
         self._check(self.options)
         self._root_type = root_type(self.kind, fn)
-        functools.update_wrapper(self, fn, updated=())  # not fn.__dict__: a wrapped transform has its own fn
+        # not fn.__dict__: a wrapped transform has its own fn (the subclasses define __call__)
+        functools.update_wrapper(self, fn, updated=())  # type: ignore[arg-type]
 
     def _check(self, options: SimpleNamespace) -> None:
         """Validate the options, normalising them in place (subclasses)."""

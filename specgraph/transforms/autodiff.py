@@ -91,7 +91,7 @@ def _value_and_grad(
     fn: Callable[..., Any], wrt: Filter, argnums: int | Sequence[int], has_aux: bool, api: str
 ) -> Callable[..., Any]:
     single = isinstance(argnums, int)
-    nums = (argnums,) if single else tuple(argnums)  # type: ignore[arg-type]
+    nums: tuple[int, ...] = (argnums,) if isinstance(argnums, int) else tuple(argnums)
     _check_argnums(fn, argnums, nums, api)
     cls = root_type("ValueAndGrad", fn)
     transform = f"specgraph.{api}"

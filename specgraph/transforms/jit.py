@@ -397,7 +397,7 @@ class _ArgsRoot(Node):
 
 
 def _new_root(cls: type, args: tuple, kwargs: dict) -> Any:
-    root = object.__new__(cls)
+    root: Any = object.__new__(cls)
     d = root.__dict__
     d["args"] = args
     d["kwargs"] = kwargs
