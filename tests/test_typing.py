@@ -97,3 +97,19 @@ def test_user_code_sees_real_types(tmp_path: Path) -> None:
     }, out
     assert list(errors) == ["wrong argument"], out
     assert 'incompatible type "str"; expected "int"' in errors["wrong argument"]
+
+
+def test_specgraph_itself_type_checks(tmp_path: Path) -> None:
+    """``mypy specgraph`` from the checkout (the project's own settings) reports nothing:
+    a new error fails here rather than piling up unseen."""
+    pytest.importorskip("mypy")
+    env = {k: v for k, v in os.environ.items() if k != "MYPYPATH"}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mypy", "--cache-dir", str(tmp_path / "cache"), "--hide-error-context",
+         "specgraph"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "Success: no issues found" in out, out
