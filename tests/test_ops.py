@@ -31,7 +31,7 @@ DUMMY: dict[str, Any] = {
     "cur": "x1", "body": [], "before": ["x2"], "after": ["x3"], "objs_before": ["x1"], "objs_after": ["x3"],
     "rec": "x2", "dst_after": "x6", "distinct": [("x2", False)], "loads": [], "writes_before": [],
     "writes_after": [], "slot_after": 3, "nb": 1, "na": 1, "values": ["x2"], "objects": ["x1"], "pos": "a1",
-    "writes": [],
+    "writes": [], "keep_states": False, "states": None, "total": 2,
 }
 
 #: The update's checks (before any write), rendered with the update's writes.
@@ -61,10 +61,12 @@ def _render(step: Step | None, body: str = "flatten") -> str:
         writes = [s for s in steps if s.op not in CHECKS]
         return tmpl.render(name="f", type_name="T", steps=[_step("guard_len")], checks=checks, writes=writes,
                            distinct=[], keyed_statics=False, epoch=0, guard_epoch=True,
-                           collect=False, shape_fns=[], outlined_distinct=False, uses_d=False)
+                           collect=False, for_update=True, shape_fns=[], outlined_distinct=False,
+                           uses_d=False)
     return env.get_template("flatten.py.j2").render(
-        collect=False, name="f", type_name="T", steps=steps, objects=[], values=[], distinct=[],
-        keyed_statics=False, epoch=0, guard_epoch=True, shape_fns=[], outlined_distinct=False, uses_d=False)
+        collect=False, for_update=False, name="f", type_name="T", steps=steps, objects=[], values=[],
+        distinct=[], keyed_statics=False, epoch=0, guard_epoch=True, shape_fns=[], outlined_distinct=False,
+        uses_d=False)
 
 
 @pytest.mark.parametrize("op", sorted(OPS))

@@ -132,6 +132,35 @@ def test_update_collect_and_selections_through_outlined_code(outlined: None) -> 
     assert all(not np.any(np.asarray(v)) for v in sg.generic.flatten(m)[1].values())
 
 
+def _update_matches_reference(m: Any) -> str:
+    """Update ``m`` with a fresh value per slot through generated code: each state gets
+    exactly its slot's value object, as the reference's update gives it; the update source."""
+    gd, st = _specialized(m)
+    new = sg.StateMap._make(st._table, [np.asarray(v) + 1 + i for i, v in enumerate(st.values())])
+    before = sg.cache_info()["update_hits"]
+    sg.update(m, new)
+    assert sg.cache_info()["update_hits"] == before + 1
+    after = sg.generic.flatten(m)[1]
+    assert list(after.keys()) == list(new.keys())
+    for (p, a), b in zip(after.items(), new.values(), strict=True):
+        assert a is b, p
+    return _source(gd, "update")
+
+
+def test_update_writes_through_the_states_the_loop_kept(outlined: None) -> None:
+    # an MLP's layers: the guard loop keeps each item's states, the writes zip them with vals
+    src = _update_matches_reference(mlp(6))
+    assert "s.value = " in src and " in zip(" in src and "[y.value for y in" not in src
+    # a list of one shape inside a loop's body: its states are one run's, so the writes walk
+    nested = Box(groups=[Box(layers=[Linear(2, 2, float(3 * g + i)) for i in range(3)]) for g in range(3)])
+    src = _update_matches_reference(nested)
+    assert " in zip(" not in src
+    # an item holding more than its states (a static array leaf, a non-state value): no zip
+    mixed = Box(layers=[Other(w=sg.Param(np.full(2, float(i), np.float32)), b=np.ones(2, np.float32))
+                        for i in range(4)])
+    _update_matches_reference(mixed)
+
+
 # -- each occurrence mutated, one at a time --------------------------------------------
 
 

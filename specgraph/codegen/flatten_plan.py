@@ -329,6 +329,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         shape = self.shapes.shapes[sid]
         rep = kids[0].index
         item = self._fresh("x")
+        outer_inline = self._inline
         saved = (self.steps, self.values, self.local_of, self.state_writes, self.distinct, self.checks,
                  self.array_writes, self.keyed_statics, self.skip_type_guard)
         self.steps, self.state_writes, self.distinct = [], [], []
@@ -352,16 +353,32 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         self.keyed_statics = self.keyed_statics or keyed
         self.steps.append(Step("guard_len", obj=var, n=len(kids), label=label))
         dst = self._fresh("r")
+        values = [vals[s] for s in sorted(vals) if vals[s] is not None]
+        # An item's values are exactly its distinct states' values, in order (an MLP's
+        # Linear): the loop keeps the states (one tuple per item) and reads values after it.
+        keep_states = bool(distinct) and len(distinct) == len(values) and all(
+            type(v) is StateValue and v.attr == "value" and not by_id and obj == v.obj
+            for v, (obj, by_id) in zip(values, distinct, strict=True))
         self.steps.append(Step(
             "each_loop", dst=dst, obj=var, var=item, n=len(kids), body=body, distinct=distinct,
-            values=[vals[s] for s in sorted(vals) if vals[s] is not None],
+            values=values, keep_states=keep_states,
             objects=[objs[i] for i in sorted(objs) if objs[i] is not None]))
         self._looped = True
         self._splice(rep, shape, len(kids), dst)
         if writes:
             lo = self.shapes.slot_lo[rep]
+            rebased = [_rebase(w, lo) for w in writes]
+            # The update's writes go through the states the loop kept, when it kept them in
+            # this very function (not in a loop's body: one run's list) and each item's
+            # writes are exactly its kept states at its slots 0..k-1, in order.
+            states = dst if (
+                keep_states and outer_inline == 0 and self._planning is None
+                and shape.nslots == len(distinct) == len(rebased)
+                and all(w.op == "write_value" and w.slot == j and w.obj == distinct[j][0]
+                        for j, w in enumerate(rebased))) else None
             self.state_writes.append(Step("write_each", obj=var, var=item, loads=body, pos=self._fresh("a"),
-                                          writes=[_rebase(w, lo) for w in writes], slot=lo, n=shape.nslots))
+                                          writes=rebased, slot=lo, n=shape.nslots, states=states,
+                                          total=shape.nslots * len(kids)))
         self.loops.append(f"{label}[0..{len(kids) - 1}]: {len(kids)} x {shape.type_name}"
                           + (f" in {self._planning.type_name}" if self._planning is not None else ""))
         return True

@@ -84,8 +84,9 @@ OPS: dict[str, Op] = {
     # -- outlined shapes (see shapes.py): fn names the shape's functions ----------------
     "call_shape": Op(_F, ("dst", "fn", "obj")),  # dst = the shape's function of obj; a str: its miss
     # per item (var) of obj, a list of one shape: body guards and reads it (unrolled); dst gets
-    # the values (and objects) of all items in order
-    "each_loop": Op(_F, ("dst", "obj", "var", "n", "body", "values", "objects", "distinct")),
+    # the values (and objects) of all items in order; keep_states: the items' values are
+    # exactly their distinct states' values, so dst keeps the states (an update reads none)
+    "each_loop": Op(_F, ("dst", "obj", "var", "n", "body", "values", "objects", "distinct", "keep_states")),
     # n nested links of one shape from obj: body guards and reads the link in cur (its next
     # link in rec); before/after: its values before/after the rest of the chain (objects too)
     "chain_loop": Op(_F, ("cur", "obj", "n", "body", "before", "after", "objs_before", "objs_after", "rec",
@@ -133,8 +134,9 @@ OPS: dict[str, Op] = {
     "write_slot": Op(_W, ("obj", "setter", "slot", "label")),  # setter(obj, value): past __setattr__
     "write_set_key": Op(_W, ("obj", "setter", "key", "current", "slot", "label")),  # when not current
     "write_shape": Op(_W, ("obj", "fn", "slot")),  # the shape's writes into obj, from vals[slot]
-    # per item of obj: its loads, then its writes from vals[pos + i]; pos counts from slot by n
-    "write_each": Op(_W, ("obj", "var", "loads", "writes", "pos", "slot", "n")),
+    # per item of obj: its loads, then its writes from vals[pos + i]; pos counts from slot by n.
+    # states: the loop's list of kept states, written in order from vals[slot:slot + total]
+    "write_each": Op(_W, ("obj", "var", "loads", "writes", "pos", "slot", "n", "states", "total")),
     # a chain's writes: per link, its loads then its writes (before: from vals[b + i], after:
     # from vals[af + i]); b counts up from slot by nb, af down from slot_after by na
     "write_chain": Op(_W, ("cur", "obj", "n", "loads", "writes_before", "writes_after", "rec", "slot",

@@ -173,6 +173,7 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
     return tmpl.render(
         step_text=_step_texts(plan),
         collect=kind == "collect",
+        for_update=kind == "update",
         name=name,
         type_name=type_name,
         steps=steps,
@@ -259,6 +260,8 @@ def _loop_kept(step: Step, disabled: frozenset[str], no_distinct: bool) -> Step:
             fields["distinct"] = []
     else:  # the writes repeat the loads of the body (loops in it come with the writes)
         fields["loads"] = [s for s in _kept(fields["loads"], disabled) if s.op in _LOADS]
+        if no_distinct and fields.get("states"):  # the loop keeps values, not states, then
+            fields["states"] = None
         for f in ("writes", "writes_before", "writes_after"):
             if f in fields:
                 fields[f] = [_loop_kept(w, disabled, no_distinct) if w.op in _LOOPS else w for w in fields[f]]
