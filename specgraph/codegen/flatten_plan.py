@@ -8,9 +8,10 @@ renders the flatten, the update (its guards, then writes) and the collect functi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import _registry as reg
@@ -172,40 +173,51 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
 
     # -- outlined shapes ----------------------------------------------------------------
 
-    def _plan_shape(self, shape: Shape) -> None:
-        """The functions of one shape, planned from its first occurrence as a root of its own."""
+    @contextlib.contextmanager
+    def _own_body(self) -> Iterator[None]:
+        """Plan a body of its own (an outlined function, a loop's item, a chain's link): the
+        planner's per-function lists start empty, and are as they were again after it."""
         saved = (self.steps, self.values, self.local_of, self.state_writes, self.distinct, self.checks,
-                 self.array_writes, self.keyed_statics, self.skip_type_guard)
+                 self.array_writes, self.keyed_statics)
         self.steps, self.state_writes, self.distinct = [], [], []
         self.values, self.local_of = {}, {}  # type: ignore[assignment]
         self.checks, self.array_writes = [], []
-        self.keyed_statics = self.skip_type_guard = False
-        self._planning = shape
-        inline, self._inline = self._inline, 0
+        self.keyed_statics = False
         try:
-            rep = shape.rep
-            self._run([Work(NodeEdge(rep), "root", None, None, "", False)], rep)
-            if self.checks or self.array_writes:  # shapes.py outlines none of these
-                raise RuntimeError(f"an outlined {shape.type_name} needs update checks")
-            lo = self.shapes.slot_lo[rep]
-            vals: dict[int, Any] = self.values  # type: ignore[assignment]
-            fn = ShapeFn(
-                name=f"outlined{shape.sid}",
-                type_name=safe_name(shape.type_name),
-                steps=self.steps,
-                values=[vals[s] for s in sorted(vals) if vals[s] is not None],
-                objects=[self.local_of[i] for i in sorted(self.local_of) if self.local_of[i] is not None],
-                distinct=self.distinct,
-                writes=[_rebase(w, lo) for w in self.state_writes],
-                keyed_statics=self.keyed_statics,
-                uses=len(shape.occurrences),
-                where=[],
-                nslots=shape.nslots,
-            )
+            yield
         finally:
             self._done_steps += len(self.steps)
             (self.steps, self.values, self.local_of, self.state_writes, self.distinct, self.checks,
-             self.array_writes, self.keyed_statics, self.skip_type_guard) = saved
+             self.array_writes, self.keyed_statics) = saved
+
+    def _plan_shape(self, shape: Shape) -> None:
+        """The functions of one shape, planned from its first occurrence as a root of its own."""
+        skip, self.skip_type_guard = self.skip_type_guard, False
+        self._planning = shape
+        inline, self._inline = self._inline, 0
+        try:
+            with self._own_body():
+                rep = shape.rep
+                self._run([Work(NodeEdge(rep), "root", None, None, "", False)], rep)
+                if self.checks or self.array_writes:  # shapes.py outlines none of these
+                    raise RuntimeError(f"an outlined {shape.type_name} needs update checks")
+                lo = self.shapes.slot_lo[rep]
+                vals: dict[int, Any] = self.values  # type: ignore[assignment]
+                fn = ShapeFn(
+                    name=f"outlined{shape.sid}",
+                    type_name=safe_name(shape.type_name),
+                    steps=self.steps,
+                    values=[vals[s] for s in sorted(vals) if vals[s] is not None],
+                    objects=[self.local_of[i] for i in sorted(self.local_of) if self.local_of[i] is not None],
+                    distinct=self.distinct,
+                    writes=[_rebase(w, lo) for w in self.state_writes],
+                    keyed_statics=self.keyed_statics,
+                    uses=len(shape.occurrences),
+                    where=[],
+                    nslots=shape.nslots,
+                )
+        finally:
+            self.skip_type_guard = skip
             self._planning = None
             self._inline = inline
         self.shape_fns.append(fn)
@@ -217,25 +229,18 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         first, last = chain.links[0], chain.links[-1]
         self.skip_type_guard = False  # (the root's type is the dispatcher's; the tail is guarded)
         cur = self._fresh("x")
-        saved = (self.steps, self.values, self.local_of, self.state_writes, self.distinct, self.checks,
-                 self.array_writes, self.keyed_statics)
-        self.steps, self.state_writes, self.distinct = [], [], []
-        self.values, self.local_of = {}, {}  # type: ignore[assignment]
-        self.checks, self.array_writes = [], []
-        self.keyed_statics = False
         self._rec, self._rec_local = first.nxt, ""
         try:
-            self._run([Work(NodeEdge(head), cur, work.path, None, "", False)], head)
-            if self.checks or self.array_writes:  # shapes.py makes no chain of these
-                raise RuntimeError("a chain link needs update checks")
-            body, writes, distinct, keyed = self.steps, self.state_writes, self.distinct, self.keyed_statics
-            vals: dict[int, Any] = self.values  # type: ignore[assignment]
-            objs: dict[int, Any] = self.local_of  # type: ignore[assignment]
-            rec = self._rec_local
+            with self._own_body():
+                self._run([Work(NodeEdge(head), cur, work.path, None, "", False)], head)
+                if self.checks or self.array_writes:  # shapes.py makes no chain of these
+                    raise RuntimeError("a chain link needs update checks")
+                body, writes, distinct = self.steps, self.state_writes, self.distinct
+                keyed = self.keyed_statics
+                vals: dict[int, Any] = self.values  # type: ignore[assignment]
+                objs: dict[int, Any] = self.local_of  # type: ignore[assignment]
+                rec = self._rec_local
         finally:
-            self._done_steps += len(self.steps)
-            (self.steps, self.values, self.local_of, self.state_writes, self.distinct, self.checks,
-             self.array_writes, self.keyed_statics) = saved
             self._rec, self._rec_local = -1, ""
         self.keyed_statics = self.keyed_statics or keyed
         (lb, nb), (la, na) = first.before, first.after
@@ -330,25 +335,20 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         rep = kids[0].index
         item = self._fresh("x")
         outer_inline = self._inline
-        saved = (self.steps, self.values, self.local_of, self.state_writes, self.distinct, self.checks,
-                 self.array_writes, self.keyed_statics, self.skip_type_guard)
-        self.steps, self.state_writes, self.distinct = [], [], []
-        self.values, self.local_of = {}, {}  # type: ignore[assignment]
-        self.checks, self.array_writes = [], []
-        self.keyed_statics = self.skip_type_guard = False
+        skip, self.skip_type_guard = self.skip_type_guard, False
         self._inline += 1
         try:
-            # The body: one item, unrolled (what it holds inline too, but its own lists of one shape).
-            self._run([Work(NodeEdge(rep), item, (path, 0), None, "", False)], rep)
-            if self.checks or self.array_writes:  # shapes.py outlines none of these
-                raise RuntimeError(f"an outlined {shape.type_name} needs update checks")
-            body, writes, distinct, keyed = self.steps, self.state_writes, self.distinct, self.keyed_statics
-            vals: dict[int, Any] = self.values  # type: ignore[assignment]
-            objs: dict[int, Any] = self.local_of  # type: ignore[assignment]
+            with self._own_body():
+                # The body: one item, unrolled (what it holds inline too, but its own lists of one shape).
+                self._run([Work(NodeEdge(rep), item, (path, 0), None, "", False)], rep)
+                if self.checks or self.array_writes:  # shapes.py outlines none of these
+                    raise RuntimeError(f"an outlined {shape.type_name} needs update checks")
+                body, writes, distinct = self.steps, self.state_writes, self.distinct
+                keyed = self.keyed_statics
+                vals: dict[int, Any] = self.values  # type: ignore[assignment]
+                objs: dict[int, Any] = self.local_of  # type: ignore[assignment]
         finally:
-            self._done_steps += len(self.steps)
-            (self.steps, self.values, self.local_of, self.state_writes, self.distinct, self.checks,
-             self.array_writes, self.keyed_statics, self.skip_type_guard) = saved
+            self.skip_type_guard = skip
             self._inline -= 1
         self.keyed_statics = self.keyed_statics or keyed
         self.steps.append(Step("guard_len", obj=var, n=len(kids), label=label))
