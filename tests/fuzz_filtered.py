@@ -31,13 +31,13 @@ tests/fuzz_filtered.py --cases N --seed S`` a longer one.
 from __future__ import annotations
 
 import abc
-import argparse
 import collections
 import random
 import sys
 from collections.abc import Callable
 from typing import Any
 
+import _fuzzkit
 import jax
 import numpy as np
 
@@ -387,13 +387,10 @@ def agree(got: tuple[str, Any], want: tuple[str, Any]) -> bool:
 # -- the fuzz ---------------------------------------------------------------------------
 
 
-class Tally:
+class Tally(_fuzzkit.Tally):
     def __init__(self) -> None:
-        self.counts: collections.Counter[str] = collections.Counter()
+        super().__init__()
         self._info: dict[str, Any] = {}
-
-    def add(self, key: str, n: int = 1) -> None:
-        self.counts[key] += n
 
     def start(self) -> None:
         self._info = sg.cache_info()
@@ -653,15 +650,7 @@ def fuzz(cases: int, seed: int, steps: int = 12) -> collections.Counter[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=12)
-    args = parser.parse_args(argv)
-    counts = fuzz(args.cases, args.seed, args.steps)
-    for k in sorted(counts):
-        print(f"{k:28} {counts[k]}")
-    return 0
+    return _fuzzkit.main(__doc__ or "", fuzz, argv, cases=200, steps=12)
 
 
 if __name__ == "__main__":

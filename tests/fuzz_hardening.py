@@ -23,7 +23,6 @@ something.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import dataclasses
 import functools
@@ -35,8 +34,10 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+import _fuzzkit
 import jax
 import numpy as np
+from _fuzzkit import Tally
 
 import specgraph as sg
 
@@ -311,14 +312,6 @@ def _rebuilt_statics(m: Any) -> list[Any]:
     return [_static_sig(v) for v in (k, m.cfg.eps, m.sc.eps, m.s.metadata.get("tag"))] + keys
 
 
-class Tally:
-    def __init__(self) -> None:
-        self.counts: collections.Counter[str] = collections.Counter()
-
-    def add(self, key: str, n: int = 1) -> None:
-        self.counts[key] += n
-
-
 def check_step(m: Model, rng: random.Random, tally: Tally) -> None:
     ref = _outcome(lambda: sg.generic.flatten(m))
     before = _snapshot(m)
@@ -408,15 +401,7 @@ def fuzz(cases: int, seed: int, steps: int = 8) -> collections.Counter[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=8)
-    args = parser.parse_args(argv)
-    counts = fuzz(args.cases, args.seed, args.steps)
-    for k in sorted(counts):
-        print(f"{k:28} {counts[k]}")
-    return 0
+    return _fuzzkit.main(__doc__ or "", fuzz, argv, cases=200, steps=8)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,6 @@ run proves something. ``tests/test_fuzz_interop.py`` runs a short fuzz;
 
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import random
@@ -42,11 +41,13 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import _fuzzkit
 import brainstate
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from _fuzzkit import Tally
 from flax import nnx
 
 import specgraph as sg
@@ -267,14 +268,6 @@ def _no_tracer(m: Any) -> None:
 
 
 # -- shared checks ----------------------------------------------------------------------------
-
-
-class Tally:
-    def __init__(self) -> None:
-        self.counts: collections.Counter[str] = collections.Counter()
-
-    def add(self, key: str, n: int = 1) -> None:
-        self.counts[key] += n
 
 
 @contextlib.contextmanager
@@ -723,16 +716,9 @@ def fuzz(cases: int, seed: int, steps: int = 6, families: str = "nnx,bst,cb") ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--families", default="nnx,bst,cb")
-    args = parser.parse_args(argv)
-    counts = fuzz(args.cases, args.seed, args.steps, args.families)
-    for k in sorted(counts):
-        print(f"{k:32} {counts[k]}")
-    return 0
+    return _fuzzkit.main(__doc__ or "", fuzz, argv, cases=30, steps=6,
+                         extra=lambda p: p.add_argument("--families", default="nnx,bst,cb"),
+                         extra_args=lambda a: (a.families,))
 
 
 if __name__ == "__main__":

@@ -49,11 +49,13 @@ if "jax" not in __import__("sys").modules:  # before JAX starts: 8 simulated CPU
 import argparse
 import collections
 import contextlib
+import json
 import random
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import _fuzzkit
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -291,13 +293,7 @@ _SERVED = {
 }
 
 
-class Tally:
-    def __init__(self) -> None:
-        self.counts: collections.Counter[str] = collections.Counter()
-
-    def add(self, key: str, n: int = 1) -> None:
-        self.counts[key] += n
-
+class Tally(_fuzzkit.Tally):
     @contextlib.contextmanager
     def served(self, enabled: bool) -> Iterator[None]:
         """Count what generated code (``enabled``) or the reference walker served in the block."""
@@ -707,22 +703,16 @@ def fuzz(cases: int, seed: int = 0, steps: int = 4) -> collections.Counter[str]:
     return tally.counts
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--steps", type=int, default=4)
-    parser.add_argument("--json", action="store_true", help="print the tally as one JSON object")
-    args = parser.parse_args(argv)
-    counts = fuzz(args.cases, args.seed, args.steps)
+def _as_json(args: argparse.Namespace, counts: collections.Counter[str]) -> bool:
     if args.json:
-        import json
-
         print(json.dumps(dict(counts)))
-        return 0
-    for k in sorted(counts):
-        print(f"{k:40} {counts[k]}")
-    return 0
+    return bool(args.json)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return _fuzzkit.main(__doc__ or "", fuzz, argv, cases=20, steps=4, show=_as_json,
+                         extra=lambda p: p.add_argument("--json", action="store_true",
+                                                        help="print the tally as one JSON object"))
 
 
 if __name__ == "__main__":
