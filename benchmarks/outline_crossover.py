@@ -30,33 +30,37 @@ import specgraph as sg
 from specgraph import codegen
 
 
-def _build(gd: sg.GraphDef, outline_min: int) -> tuple[Any, float]:
+def _build(gd: sg.GraphDef, outline_min: int) -> tuple[Any, Any, float]:
     t0 = time.perf_counter()
     f = codegen.build("flatten", gd, max_steps=10**9, outline_min=outline_min)
-    codegen.build("update", gd, max_steps=10**9, outline_min=outline_min, plan=f.plan)
-    return f.fn, time.perf_counter() - t0
+    u = codegen.build("update", gd, max_steps=10**9, outline_min=outline_min, plan=f.plan)
+    return f.fn, u.fn, time.perf_counter() - t0
 
 
-def _time(fn: Any, node: Any, repeats: int) -> float:
-    n = max(1, int(0.02 / max(1e-7, min(timeit.repeat(lambda: fn(node), number=1, repeat=3)))))
-    return min(timeit.repeat(lambda: fn(node), number=n, repeat=repeats)) / n
+def _time(fn: Any, args: tuple, repeats: int) -> float:
+    n = max(1, int(0.02 / max(1e-7, min(timeit.repeat(lambda: fn(*args), number=1, repeat=3)))))
+    return min(timeit.repeat(lambda: fn(*args), number=n, repeat=repeats)) / n
 
 
 def row(kind: str, size: int, repeats: int) -> str:
     fam = models.FAMILIES["specgraph"]
     node = models.build_mlp(fam, depth=size, width=8) if kind == "mlp" else \
         models.build_transformer(fam, n_blocks=size)
-    gd = sg.generic.flatten(node)[0]
+    gd, state = sg.generic.flatten(node)
     hash(gd)
-    unrolled, c_unrolled = _build(gd, 0)
-    outlined, c_outlined = _build(gd, 2)
+    vals = list(state.values())
+    unrolled, u_unrolled, c_unrolled = _build(gd, 0)
+    outlined, u_outlined, c_outlined = _build(gd, 2)
     assert type(unrolled(node)) is list and type(outlined(node)) is list
-    t_u = t_o = float("inf")
+    assert u_unrolled(node, vals) is None and u_outlined(node, vals) is None
+    t_u = t_o = w_u = w_o = float("inf")
     for _ in range(3):  # interleaved: the machine's noise hits both alike
-        t_u = min(t_u, _time(unrolled, node, repeats))
-        t_o = min(t_o, _time(outlined, node, repeats))
+        t_u = min(t_u, _time(unrolled, (node,), repeats))
+        t_o = min(t_o, _time(outlined, (node,), repeats))
+        w_u = min(w_u, _time(u_unrolled, (node, vals), repeats))
+        w_o = min(w_o, _time(u_outlined, (node, vals), repeats))
     return (f"| {kind}-{size} | {c_unrolled * 1e3:.1f} | {c_outlined * 1e3:.1f} | {t_u * 1e6:.2f} | "
-            f"{t_o * 1e6:.2f} | {t_o / t_u:.2f} |")
+            f"{t_o * 1e6:.2f} | {t_o / t_u:.2f} | {w_u * 1e6:.2f} | {w_o * 1e6:.2f} | {w_o / w_u:.2f} |")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,8 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                   max_steps=10**9)  # load the templates before timing anything
     gc.collect()
     print("| structure | compile unrolled (ms) | compile outlined (ms) | flatten unrolled (us) | "
-          "flatten outlined (us) | outlined / unrolled |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "flatten outlined (us) | outlined / unrolled | update unrolled (us) | update outlined (us) | "
+          "outlined / unrolled |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.sizes:
         print(row("mlp", n, args.repeats), flush=True)
     for n in args.blocks:

@@ -150,7 +150,7 @@ def _update_matches_reference(m: Any) -> str:
 def test_update_writes_through_the_states_the_loop_kept(outlined: None) -> None:
     # an MLP's layers: the guard loop keeps each item's states, the writes zip them with vals
     src = _update_matches_reference(mlp(6))
-    assert "s.value = " in src and " in zip(" in src and "[y.value for y in" not in src
+    assert "_0.value = " in src and " in zip(" in src and "[y.value for y in" not in src
     # a list of one shape inside a loop's body: its states are one run's, so the writes walk
     nested = Box(groups=[Box(layers=[Linear(2, 2, float(3 * g + i)) for i in range(3)]) for g in range(3)])
     src = _update_matches_reference(nested)
@@ -159,6 +159,13 @@ def test_update_writes_through_the_states_the_loop_kept(outlined: None) -> None:
     mixed = Box(layers=[Other(w=sg.Param(np.full(2, float(i), np.float32)), b=np.ones(2, np.float32))
                         for i in range(4)])
     _update_matches_reference(mixed)
+    # items of one state (appended one by one) and of six (one tuple each, written six per turn)
+    one = Box(layers=[Other(w=sg.Param(np.full(2, float(i), np.float32))) for i in range(3)])
+    assert ".append(x" in _update_matches_reference(one)
+    wide = Box(layers=[Other(**{f"p{k}": sg.Param(np.full(2, 6.0 * i + k, np.float32)) for k in range(6)})
+                       for i in range(3)])
+    src = _update_matches_reference(wide)
+    assert "_5.value = " in src and ".append(" not in src
 
 
 # -- each occurrence mutated, one at a time --------------------------------------------
