@@ -27,6 +27,7 @@ from .flatten_plan import FlattenPlan, plan_flatten
 from .naming import Item, Literal, Splice, StateValue, safe_name
 from .ops import OPS, Step, unknown_op
 from .prelude import prelude
+from .template_loader import TemplateLoader
 from .unflatten_plan import UnflattenPlan, plan_unflatten
 
 __all__ = ["KINDS", "Built", "build", "forget", "forget_all", "render"]
@@ -41,22 +42,27 @@ def environment() -> jinja2.Environment:
     """The templates' environment: their spelling filters and tests, and ``unknown_op``."""
     global _env
     if _env is None:
-        env = jinja2.Environment(
-            loader=jinja2.PackageLoader("specgraph", "templates"),
-            autoescape=False,
-            keep_trailing_newline=True,
-            trim_blocks=False,
-            lstrip_blocks=False,
-            undefined=jinja2.StrictUndefined,
-        )
-        env.filters["key"] = _spell_key
-        env.tests["item"] = lambda x: type(x) is Item
-        env.tests["state_value"] = lambda x: type(x) is StateValue
-        env.tests["splice"] = lambda x: type(x) is Splice
-        env.globals["unknown_op"] = unknown_op
-        env.globals["step_text"] = _step_text  # render() passes one that shares texts per plan
-        _env = env
+        _env = make_environment(TemplateLoader())  # precompiled modules while they are current
     return _env
+
+
+def make_environment(loader: jinja2.BaseLoader) -> jinja2.Environment:
+    """An environment of the templates' options, filters and globals, loading with ``loader``."""
+    env = jinja2.Environment(
+        loader=loader,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=False,
+        lstrip_blocks=False,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["key"] = _spell_key
+    env.tests["item"] = lambda x: type(x) is Item
+    env.tests["state_value"] = lambda x: type(x) is StateValue
+    env.tests["splice"] = lambda x: type(x) is Splice
+    env.globals["unknown_op"] = unknown_op
+    env.globals["step_text"] = _step_text  # render() passes one that shares texts per plan
+    return env
 
 
 def _spell_key(k: Literal | str) -> str:
