@@ -12,6 +12,7 @@ from .flatten_plan import Declined, FlattenPlan, plan_flatten
 from .ops import GUARD_KINDS, GUARD_WORDS, OPS, Step, UnknownOp
 from .pipeline import KINDS, Built, build, forget, forget_all
 from .prelude import MISS
+from .shared import info as shared_info
 from .unflatten_plan import UnflattenPlan, plan_unflatten
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "forget_all",
     "plan_flatten",
     "plan_unflatten",
+    "shared_info",
 ]

@@ -23,6 +23,7 @@ from typing import Any
 import jinja2
 
 from .._ir import GraphDef
+from . import shared
 from .flatten_plan import FlattenPlan, plan_flatten
 from .naming import Item, Literal, Splice, StateValue, safe_name
 from .ops import OPS, Step, unknown_op
@@ -106,10 +107,12 @@ def build(kind: str, graphdef: GraphDef, *, max_steps: int, plan: FlattenPlan | 
                 plan = plan_unflatten(graphdef, max_steps)
             else:
                 plan = plan_flatten(graphdef, max_steps, outline_min)
-        source = render(kind, plan, disabled)
         name = _function_name(kind, graphdef)
-        fn, filename = _compile(kind, name, source, plan)
-    return Built(kind, fn, source, filename, time.perf_counter() - t0, plan)
+        # Each outlined shape is a unit of its own, shared with every structure that has it.
+        units = Units()
+        source = render(kind, plan, disabled, units)
+        fn, filename = _compile(kind, name, source, plan, units.fns)
+    return Built(kind, fn, units.shown + source, filename, time.perf_counter() - t0, plan)
 
 
 _gc_depth = [0]  # builds under way (threads, or a build inside a build)
@@ -148,8 +151,20 @@ def _function_name(kind: str, gd: GraphDef) -> str:
     return f"{kind}_{safe_name(gd.type.__qualname__)}"
 
 
-def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str] = frozenset()) -> str:
-    """The source text of the ``kind`` function of ``plan``."""
+class Units:
+    """What :func:`render` fills in when the outlined functions are units of their own: the
+    functions by the names the source calls them, and the units' sources, to show."""
+
+    def __init__(self) -> None:
+        self.fns: dict[str, Any] = {}
+        self.shown = ""
+
+
+def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str] = frozenset(),
+           units: Units | None = None) -> str:
+    """The source text of the ``kind`` function of ``plan``: preceded by its outlined
+    shapes' functions, or with ``units``, without them (``units`` gets them, each compiled
+    on its own or shared: see :func:`_outlined_units`)."""
     gd = plan.graphdef
     name = _function_name(kind, gd)
     type_name = safe_name(gd.type.__qualname__)
@@ -176,7 +191,7 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
     if kind == "update":
         steps = [s for s in steps if OPS[s.op].in_update]
     tmpl = environment().get_template("update.py.j2" if kind == "update" else "flatten.py.j2")
-    return tmpl.render(
+    context = dict(
         step_text=_step_texts(plan),
         collect=kind == "collect",
         for_update=kind == "update",
@@ -195,6 +210,78 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
         epoch=plan.epoch,
         guard_epoch="epoch" not in disabled,
     )
+    if units is not None and shape_fns:
+        _outlined_units(kind, plan, context, units)
+        context["shape_fns"] = []
+    return tmpl.render(**context)
+
+
+def _outlined_units(kind: str, plan: FlattenPlan, context: dict[str, Any], units: Units) -> None:
+    """The outlined functions of ``context`` (the top function's template context), each
+    shape a unit compiled on its own or, when a structure built before had the shape, that
+    very unit (``shared.py``), into ``units``. A unit is rendered as the top template would
+    render it: from the same views of the plan's outlined functions, with its flags."""
+    flags = {"update": kind == "update", "collect": context["collect"], "for_update": context["for_update"]}
+    consts = plan.consts
+    keys: dict[str, Any] = {}
+    shown: list[str] = []
+    fns = {f.name: f for f in plan.shape_fns}
+    for view in context["shape_fns"]:  # callees first
+        key, keep = shared.unit_key(flags, plan.epoch, view, consts.namespace, consts.attributes, keys)
+        keys[view.name] = key
+        unit = shared.lookup(key)
+        if unit is None:
+            unit = _compile_unit(view, flags, plan, units.fns, keep)
+            shared.store(key, unit)
+            shown.append(unit.source)
+        else:
+            f = fns[view.name]
+            if kind not in f.shared:
+                f.shared.append(kind)
+            shown.append(f"# {view.name}_*: the unit of this shape compiled for an earlier structure, shared "
+                         "(its names are that structure's)\n" + unit.source)
+        for suffix, g in unit.fns.items():
+            units.fns[f"{view.name}_{suffix}"] = g
+    units.shown = "".join(shown)
+
+
+def _compile_unit(view: SimpleNamespace, flags: dict[str, bool], plan: FlattenPlan, bound: dict[str, Any],
+                  keep: list[Any]) -> shared.Unit:
+    """Render and compile one outlined shape's functions in a namespace of their own: the
+    prelude, the constants they name, and the outlined functions they call (``bound``)."""
+    source = environment().get_template("outlined.py.j2").render(shape_fns=[view], **flags)
+    kind = "update" if flags["update"] else "collect" if flags["collect"] else "flatten"
+    with _lock:
+        n = next(_counter)
+    filename = f"<specgraph {kind} outlined {safe_name(view.type_name, 40)} #{n}>"
+    code = compile(source, filename, "exec")
+    names = _global_names(code)
+    ns = prelude()
+    pns = plan.consts.namespace
+    ns.update((k, pns[k]) for k in names if k in pns)
+    ns.update((k, bound[k]) for k in names if k in bound)
+    exec(code, ns)
+    prefix = view.name + "_"
+    fns = {k[len(prefix):]: g for k, g in ns.items()
+           if type(g) is FunctionType and g.__code__.co_filename == filename and k.startswith(prefix)}
+    if not fns:
+        raise RuntimeError(f"the generated source does not define {prefix}*")
+    _bind_attributes(ns, filename, plan.consts.attributes)
+    _register(filename, source)
+    # Registered while any of its functions lives (they share one namespace, so they die together).
+    weakref.finalize(next(iter(fns.values())), _unregister, filename)
+    return shared.Unit(fns, source, filename, keep)
+
+
+def _global_names(code: Any) -> set[str]:
+    """Every name the code (and the code nested in it) reads: its globals among them."""
+    names: set[str] = set()
+    stack = [code]
+    while stack:
+        co = stack.pop()
+        names.update(co.co_names)
+        stack.extend(c for c in co.co_consts if type(c) is type(code))
+    return names
 
 
 # The flatten, update and collect functions of one plan spell the same steps: each step's
@@ -280,7 +367,8 @@ def _indexed_loads(step: Any) -> Step:
                 miss="")
 
 
-def _compile(kind: str, name: str, source: str, plan: FlattenPlan | UnflattenPlan) -> tuple[Any, str]:
+def _compile(kind: str, name: str, source: str, plan: FlattenPlan | UnflattenPlan,
+             units: dict[str, Any] | None = None) -> tuple[Any, str]:
     """Compile ``source`` under a unique, linecache-registered file name; its function.
 
     The namespace is the prelude plus the plan's constants. The function is the one
@@ -292,18 +380,24 @@ def _compile(kind: str, name: str, source: str, plan: FlattenPlan | UnflattenPla
     code = compile(source, filename, "exec")
     ns = prelude()
     ns.update(plan.consts.namespace)
+    if units:
+        ns.update(units)
     exec(code, ns)
     fn = ns[name]
     if type(fn) is not FunctionType or fn.__code__.co_filename != filename:
         raise RuntimeError(f"the generated source does not define {name}")
-    attributes = plan.consts.attributes
-    if attributes:  # (in every function of the file: the outlined ones too)
+    _bind_attributes(ns, filename, plan.consts.attributes)
+    _register(filename, source)
+    return fn, filename
+
+
+def _bind_attributes(ns: dict[str, Any], filename: str, attributes: dict[str, str]) -> None:
+    """The real attribute names in place of their placeholders, in every function of the file."""
+    if attributes:
         for f in list(ns.values()):
             if type(f) is FunctionType and f.__code__.co_filename == filename:
                 co = f.__code__
                 f.__code__ = co.replace(co_names=tuple(attributes.get(n, n) for n in co.co_names))
-    _register(filename, source)
-    return fn, filename
 
 
 # -- linecache: tracebacks and inspect.getsource show generated lines ------------------
@@ -338,8 +432,15 @@ def forget(*functions: object) -> None:
                 _registered.discard(code.co_filename)
 
 
+def _unregister(filename: str) -> None:
+    with _lock:
+        _registered.discard(filename)
+    linecache.cache.pop(filename, None)
+
+
 def forget_all() -> None:
-    """Drop every generated source (``clear_cache``)."""
+    """Drop every generated source and shared unit (``clear_cache``)."""
+    shared.clear()
     with _lock:
         names = list(_registered)
         _registered.clear()

@@ -42,6 +42,8 @@ class ShapeFn:
     uses: int  # occurrences in the structure
     where: list[str]  # the paths of the first few occurrences
     nslots: int
+    #: the kinds whose unit was compiled for an earlier structure and is shared (codegen/shared.py)
+    shared: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -558,6 +558,7 @@ def cache_info() -> dict[str, Any]:
             "compile_seconds": compile_seconds,
             "megamorphic_types": [t.__qualname__ for t, e in _types.items() if e.megamorphic],
             **{k: v for k, v in _totals.items() if k != "megamorphic_types"},
+            **codegen.shared_info(),  # outlined units shared across structures
         }
 
 

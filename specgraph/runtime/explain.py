@@ -147,7 +147,9 @@ def explain(graphdef: GraphDef, *, max_lines: int | None = 300) -> str:
         out.append("Outlined (each function once below; it guards and reads one occurrence, fully):")
         for fn in plan.shape_fns:
             where = "; ".join(fn.where)
-            out.append(f"  - {fn.name}_* ({fn.type_name}): used {fn.uses} times, at {where}")
+            out.append(f"  - {fn.name}_* ({fn.type_name}): used {fn.uses} times, at {where}"
+                       + (f"; its {', '.join(fn.shared)} code compiled once for an earlier structure of this "
+                          "shape, shared" if fn.shared else ""))
         for loop in plan.loops:
             out.append(f"  - a loop over {loop} (its body guards and reads one item)")
         for s in plan.steps:

@@ -1,0 +1,176 @@
+"""Outlined functions shared across structures: one compiled unit per shape and kind, per process.
+
+An outlined shape's functions (see ``shapes.py``) are compiled on their own, in a namespace
+of the prelude and the constants they name, and kept here under the shape's *canonical
+key*: what the unit's code and its constants depend on, read from the planned steps
+themselves. A later structure with a subtree of that shape (MLP-31 after MLP-32, a stack
+of 96 blocks after one of 95) binds the compiled unit instead of rendering and compiling
+it again. (It is still planned: planning one occurrence is cheap, and it records the class
+facts and guard counts of the enclosing function.)
+
+The key (:func:`unit_key`) is exact by construction:
+
+* each step's op, and every field of it, in order;
+* a bound constant by what it is: an exact ``int``/``str``/``bytes``, a ``float`` other
+  than a zero or a NaN, by type and value (equal means indistinguishable; the guards that
+  read them compare type and ``==``, an ``is`` is only their fast path), a tuple item by
+  item, anything else (classes, statics only the very object is, metadata objects) by
+  identity: the entry holds those objects, so their ids cannot be reused while it lives;
+* an attribute placeholder by the real name it stands for;
+* a local by its first appearance (the planner's counter differs from structure to
+  structure; renaming locals one-to-one changes nothing);
+* a call of another outlined function by that function's own key;
+* what the unit is rendered from: the views of the plan the top template reads (the
+  guards of disabled kinds, a test switch, already left out) and its flags (update,
+  collect, ...), and the registry epoch: a registration empties the table.
+
+The table is a bounded LRU (:data:`MAX_UNITS`); ``clear_cache`` empties it and
+``cache_info`` reports it. A unit's source stays in ``linecache`` while any of its
+functions lives (a variant that uses it, or this table).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from .naming import Item, Literal, Splice, StateValue
+from .ops import Step
+
+__all__ = ["MAX_UNITS", "Unit", "clear", "info", "lookup", "store", "unit_key"]
+
+#: units kept (least recently used dropped first)
+MAX_UNITS = 256
+
+_LOCAL = re.compile(
+    r"^(x|dx|droot|v|o|a|c|d|s|ch|chx|td|tdx|chroot|tdroot|md|bk|tok|ctx|f|m|h|r|q)[0-9_]*$")
+_CALLEE = re.compile(r"^outlined[0-9]+$")
+
+
+@dataclass
+class Unit:
+    """One compiled unit: the functions of one outlined shape for one kind."""
+
+    fns: dict[str, Any]  # "flatten" / "collect" / "write" -> the function
+    source: str
+    filename: str
+    keep: list[Any] = field(default_factory=list, repr=False)  # what the key names by id()
+    uses: int = 0  # structures that bound it after the first
+
+
+_lock = threading.Lock()
+_units: OrderedDict[Any, Unit] = OrderedDict()
+_epoch = [-1]
+_counts = {"built": 0, "reused": 0}
+
+
+class _Canon:
+    """The canonical form of one outlined function's plan (see the module docstring)."""
+
+    def __init__(self, namespace: dict[str, Any], attributes: dict[str, str],
+                 callees: dict[str, Any]) -> None:
+        self.namespace = namespace
+        self.attributes = attributes
+        self.callees = callees
+        self.locals: dict[str, int] = {}
+        self.keep: list[Any] = []
+
+    def const(self, obj: Any) -> Any:
+        t = type(obj)
+        if t is int or t is str or t is bytes:
+            return ("v", t, obj)
+        if t is float and obj == obj and obj != 0.0:
+            return ("v", t, obj)
+        if t is tuple:
+            return ("t", tuple(self.const(x) for x in obj))
+        if obj is None or obj is True or obj is False or obj is ...:
+            return ("v", t, obj)
+        self.keep.append(obj)
+        return ("i", id(obj))
+
+    def name(self, s: str) -> Any:
+        if s in self.namespace:
+            return ("c", self.const(self.namespace[s]))
+        if s in self.attributes:
+            return ("a", self.attributes[s])
+        if _CALLEE.match(s):
+            return ("f", self.callees[s])
+        if _LOCAL.match(s):
+            n = self.locals.setdefault(s, len(self.locals))
+            return ("l", n)
+        return ("s", s)
+
+    def __call__(self, x: Any, field_name: str = "") -> Any:
+        t = type(x)
+        if t is str:
+            return ("s", x) if field_name == "label" else self.name(x)
+        if t is Step:
+            return ("S", x.op, tuple((k, self(v, k)) for k, v in x.__dict__.items()
+                                     if k != "op" and k != "kind"))
+        if t is list or t is tuple:
+            return (t.__name__, tuple(self(y, field_name) for y in x))
+        if t is Literal:
+            return ("L", type(x.value), x.value)
+        if t is Item or t is StateValue or t is Splice:
+            return (t.__name__, tuple(self(y) for y in x))
+        if x is None or t is bool or t is int:
+            return ("v", t, x)
+        return ("o", self.const(x))
+
+
+def unit_key(flags: dict[str, bool], epoch: int, view: Any, namespace: dict[str, Any],
+             attributes: dict[str, str], callees: dict[str, Any]) -> tuple[Any, list[Any]]:
+    """The canonical key of the unit of one outlined function: ``view``, as the templates
+    read it (its guards of the disabled kinds already left out), rendered with ``flags``,
+    planned with the constants ``namespace`` / ``attributes``; ``callees``: the keys of the
+    outlined functions it calls, by name. Also returns the objects the key names by id().
+
+    Every field of the view is in the key but its name (the unit defines its functions
+    under the name it was first rendered with) and its count of uses (not in its text)."""
+    c = _Canon(namespace, attributes, callees)
+    body = tuple((k, c(v, "label" if k == "type_name" else k)) for k, v in sorted(vars(view).items())
+                 if k != "name" and k != "uses")
+    return (tuple(sorted(flags.items())), epoch, body), c.keep
+
+
+def lookup(key: Any) -> Unit | None:
+    """The unit of ``key`` (counted as reused), or ``None``."""
+    with _lock:
+        if _epoch[0] != key[1]:  # a registration since: nothing here is current
+            _units.clear()
+            _epoch[0] = key[1]
+            return None
+        unit = _units.get(key)
+        if unit is not None:
+            _units.move_to_end(key)
+            unit.uses += 1
+            _counts["reused"] += 1
+        return unit
+
+
+def store(key: Any, unit: Unit) -> None:
+    with _lock:
+        if _epoch[0] != key[1]:
+            _units.clear()
+            _epoch[0] = key[1]
+        _units[key] = unit
+        _counts["built"] += 1
+        while len(_units) > MAX_UNITS:
+            _units.popitem(last=False)
+
+
+def clear() -> None:
+    """Drop every unit and zero the counters (``clear_cache``)."""
+    with _lock:
+        _units.clear()
+        _counts["built"] = _counts["reused"] = 0
+
+
+def info() -> dict[str, int]:
+    """Units held, compiled and reused (``cache_info``)."""
+    with _lock:
+        return {"outlined_units": len(_units), "outlined_units_compiled": _counts["built"],
+                "outlined_units_reused": _counts["reused"]}
