@@ -32,6 +32,10 @@ DUMMY: dict[str, Any] = {
     "rec": "x2", "dst_after": "x6", "distinct": [("x2", False)], "loads": [], "writes_before": [],
     "writes_after": [], "slot_after": 3, "nb": 1, "na": 1, "values": ["x2"], "objects": ["x1"], "pos": "a1",
     "writes": [], "keep_states": False, "states": None, "total": 2,
+    "base": "a1", "offs": [0, 1], "run": False, "at": ("a1", 2), "statics": "s1", "start": ("", 0),
+    "stop": ("", 4), "reverse": False, "src": "s1", "targets": ["x4", "x5"], "sources": ["q1", "q1"],
+    "counters": [("a1", ("", 0), 2)], "item": "x1", "tuple": False, "links": "r1", "head": "x1",
+    "tail": "x2", "nxt": "x2",
 }
 
 #: The update's checks (before any write), rendered with the update's writes.
@@ -54,7 +58,8 @@ def _render(step: Step | None, body: str = "flatten") -> str:
     env = pipeline.environment()
     steps = [] if step is None else [step]
     if body == "unflatten":
-        return env.get_template("unflatten.py.j2").render(name="f", type_name="T", steps=steps, root="o0")
+        return env.get_template("unflatten.py.j2").render(name="f", type_name="T", steps=steps, root="o0",
+                                                              shape_fns=[])
     if body == "write":
         tmpl = env.get_template("update.py.j2")
         checks = [s for s in steps if s.op in CHECKS]
@@ -112,7 +117,8 @@ def test_a_bogus_step_raises_when_rendered(body: str) -> None:
     env = pipeline.environment()
     with pytest.raises(UnknownOp, match="guard_bogus"):
         if body == "unflatten":
-            env.get_template("unflatten.py.j2").render(name="f", type_name="T", steps=[step], root="o0")
+            env.get_template("unflatten.py.j2").render(name="f", type_name="T", steps=[step], root="o0",
+                                                       shape_fns=[])
         elif body in ("write", "check"):
             env.get_template("update.py.j2").render(
                 name="f", type_name="T", steps=[], checks=[step] if body == "check" else [],

@@ -163,6 +163,20 @@ OPS: dict[str, Op] = {
     "new_context": Op(_U, ("dst", "factory")),  # a foreign library's per-call context
     "call": Op(_U, ("dst", "fn", "args")),  # dst = fn(*args): a foreign factory
     "set_slot": Op(_U, ("obj", "setter", "value")),  # setter(obj, value): past __setattr__
+    # -- unflatten, outlined (see unflatten_plan.py): a position is (base local or '', offset) --
+    # dsts = the values at base + offs (run: they are vals[base:base + len(dsts)], one slice)
+    "take_values": Op(_U, ("dsts", "base", "offs", "run")),
+    "call_build": Op(_U, ("dst", "fn", "at", "statics")),  # dst = fn([vals, at][, statics])
+    "iter_values": Op(_U, ("dst", "start", "stop", "reverse")),  # dst = iter(vals[start:stop]) (reversed)
+    "iter_statics": Op(_U, ("dst", "src")),  # dst = iter(src)
+    # dst = a list of n items (a tuple: tuple=True), each built by body into item; per item the
+    # targets take the next of the sources (iterators, zipped), and each counter
+    # (local, start position, step) moves by its step
+    "build_each": Op(_U, ("dst", "n", "targets", "sources", "counters", "body", "item", "tuple")),
+    # n nested links of class cls from head (made): links = [head, n - 1 new, tail]; per link
+    # cur and nxt are a link and the next, body fills cur; targets, sources, counters as above
+    "build_chain": Op(_U, ("links", "head", "cls", "tail", "n", "cur", "nxt", "targets", "sources",
+                           "counters", "body")),
 }
 
 

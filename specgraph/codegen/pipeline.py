@@ -104,7 +104,7 @@ def build(kind: str, graphdef: GraphDef, *, max_steps: int, plan: FlattenPlan | 
     with gc_paused():
         if plan is None:
             if kind == "unflatten":
-                plan = plan_unflatten(graphdef, max_steps)
+                plan = plan_unflatten(graphdef, max_steps, outline_min)
             else:
                 plan = plan_flatten(graphdef, max_steps, outline_min)
         name = _function_name(kind, graphdef)
@@ -173,7 +173,7 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
             raise ValueError(f"an unflatten plan makes no {kind} function")
         tmpl = environment().get_template("unflatten.py.j2")
         return tmpl.render(name=name, type_name=type_name, root=plan.root,
-                           steps=[s for s in plan.steps if s.kind not in disabled])
+                           steps=[s for s in plan.steps if s.kind not in disabled], shape_fns=plan.shape_fns)
     if kind == "unflatten":
         raise ValueError("a flatten plan makes no unflatten function")
     no_distinct = "distinct" in disabled

@@ -11,36 +11,50 @@ reads it (:class:`StaticReads`), so nothing has to repeat its order.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
-from dataclasses import dataclass
+import contextlib
+from collections.abc import Hashable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from .. import _registry as reg
 from .._ir import ArrayConstant, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge
 from .classfacts import ClassFacts, attribute_stores_ok, defines, unflatten_runs_no_user_code
-from .naming import Constants, Literal, path_label
+from .naming import Constants, Literal, path_label, safe_name
 from .ops import Step
 from .planning import Declined
+from .shapes import Chain, find_chains, find_shapes
 
-__all__ = ["StaticReads", "UnflattenPlan", "plan_unflatten"]
+__all__ = ["ShapeBuild", "StaticReads", "UnflattenPlan", "plan_unflatten"]
 
 Address = tuple[int, tuple[str | int, ...]]
 
 #: The base of a read that starts at the GraphDef itself.
 GRAPHDEF = -1
+#: The base of a read that starts at a table entry: its first step is the entry's index,
+#: mapped to the occurrence being read (an outlined body is planned from one occurrence).
+TABLE = -2
 
 
 class StaticReads:
     """Where a plan's statics sit in its GraphDef, recorded as the planner reads them.
 
-    A read is a base (an earlier read, or :data:`GRAPHDEF`) and the steps below it:
-    an attribute name (``"table"``, ``"children"``, ...) or an index. :meth:`read`
-    follows them in a GraphDef equal to the planned one and returns its own objects.
+    A read is a base (an earlier read, :data:`GRAPHDEF`, or :data:`TABLE` and an entry's
+    index) and the steps below it: an attribute name (``"children"``, ...) or an index.
+    :meth:`read` follows them in a GraphDef equal to the planned one and returns its own
+    objects. An outlined body's reads (``rep``: the entry it was planned from) are read
+    once per occurrence, its indices shifted to the occurrence's: a wanted item of the
+    enclosing reads is that occurrence's tuple (``want_one``), or the items of every
+    occurrence of a loop, one flat tuple (``want_each``, ``want_chain``).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, rep: int = 0) -> None:
+        self.rep = rep
         self._reads: list[Address] = []
-        self._wanted: list[int] = []
+        self._wanted: list[Any] = []
+
+    def __len__(self) -> int:
+        """How many objects :meth:`read` returns."""
+        return len(self._wanted)
 
     def at(self, base: int, *steps: str | int) -> int:
         """Record the object ``steps`` below ``base``; return its read number."""
@@ -51,15 +65,70 @@ class StaticReads:
         """The object of ``read`` is the next item of :meth:`read`'s tuple."""
         self._wanted.append(read)
 
+    def want_one(self, sub: StaticReads, root: int) -> None:
+        """The next item: ``sub``'s tuple for the occurrence whose first entry is ``root``."""
+        self._wanted.append(("one", sub, root))
+
+    def want_each(self, sub: StaticReads, roots: list[int]) -> None:
+        """The next item: ``sub``'s tuples for the occurrences at ``roots``, concatenated."""
+        self._wanted.append(("each", sub, roots))
+
+    def want_chain(self, sub: StaticReads, n: int, step: int, cut: int, step_after: int) -> None:
+        """The next item: ``sub``'s tuples for ``n`` chain links, concatenated. Link ``k``'s
+        entries sit ``k * step`` after the first link's, those from index ``cut`` on
+        ``k * step_after`` before them (see shapes.find_chains)."""
+        self._wanted.append(("chain", sub, (n, step, cut, step_after)))
+
     def read(self, gd: GraphDef) -> tuple:
         """The wanted objects of ``gd``, in the order they were wanted."""
+        return self._read(gd, gd.table, 0, -1, 0)
+
+    def _read(self, gd: GraphDef, table: tuple, delta: int, cut: int, delta_after: int) -> tuple:
         got: list[Any] = []
         for base, steps in self._reads:
-            x: Any = gd if base < 0 else got[base]
+            if base == TABLE:
+                i = cast(int, steps[0])
+                x: Any = table[i + (delta_after if 0 <= cut <= i else delta)]
+                steps = steps[1:]
+            else:
+                x = gd if base == GRAPHDEF else got[base]
             for s in steps:
                 x = getattr(x, s) if type(s) is str else x[s]
             got.append(x)
-        return tuple([got[r] for r in self._wanted])
+        out: list[Any] = []
+        for w in self._wanted:
+            if type(w) is int:
+                out.append(got[w])
+                continue
+            kind, sub, arg = w
+            if kind == "chain":
+                n, step, cut_, step_after = arg
+                flat: list[Any] = []
+                for k in range(n):
+                    flat.extend(sub._read(gd, table, delta + k * step, cut_, delta - k * step_after))
+                out.append(tuple(flat))
+                continue
+            roots = [arg] if kind == "one" else arg
+            parts = [sub._read(gd, table, r + (delta_after if 0 <= cut <= r else delta) - sub.rep, -1, 0)
+                     for r in roots]
+            out.append(parts[0] if kind == "one" else tuple(x for p in parts for x in p))
+        return tuple(out)
+
+
+@dataclass
+class ShapeBuild:
+    """The builder of one outlined shape: ``outlined<sid>_build([vals, at][, S])`` returns a
+    fresh occurrence, from its values at ``vals[at:]`` and its statics ``S`` (read from the
+    GraphDef being unflattened, per occurrence)."""
+
+    name: str
+    type_name: str
+    steps: list[Step]
+    root: str  # the local holding the occurrence's root
+    values: bool  # takes vals, at
+    statics: bool  # takes S
+    uses: int  # occurrences of the shape in the structure
+    where: list[str]  # its first few call sites
 
 
 @dataclass
@@ -72,68 +141,276 @@ class UnflattenPlan:
     root: str  # the local holding the result
     facts: ClassFacts
     statics: StaticReads  # what the function takes as S, read from the GraphDef it is given
+    shape_fns: list[ShapeBuild] = field(default_factory=list)  # outlined builders
+    loops: list[str] = field(default_factory=list)  # loops over lists of one shape, chains (explain)
 
 
-def plan_unflatten(gd: GraphDef, max_steps: int) -> UnflattenPlan:
-    """Steps that build a fresh graph of structure ``gd`` from values in slot order."""
-    return UnflattenPlanner(gd, max_steps).plan()
+def plan_unflatten(gd: GraphDef, max_steps: int, outline_min: int = 0) -> UnflattenPlan:
+    """Steps that build a fresh graph of structure ``gd`` from values in slot order; a shape
+    of subtree met ``outline_min`` times or more is built by one function (0: none)."""
+    if outline_min > 0:
+        try:
+            return UnflattenPlanner(gd, max_steps, outline_min).plan()
+        except _TooDeep:
+            pass
+    return UnflattenPlanner(gd, max_steps, 0).plan()
+
+
+class _TooDeep(Exception):
+    """Outlined shapes nested deeper than :data:`MAX_NESTING`: planned unrolled instead."""
+
+
+#: Outlined builders calling builders this deep (planning recurses once per level).
+MAX_NESTING = 40
+
+
+@dataclass
+class _Body:
+    """One function body being planned: the top function, a builder, a loop's item or link."""
+
+    reads: StaticReads
+    regions: list[tuple[int, int, str]]  # (first slot, slots, base local: '' for absolute)
+    names: dict[int, str]  # table index -> its local, where it is not o<index>
+    steps: list[Step] = field(default_factory=list)
+    statics: list[str] = field(default_factory=list)  # the locals of the wanted reads, in order
+    direct: dict[int, str] = field(default_factory=dict)  # value slot -> local, read by this body
+    consumers: bool = False  # an outlined call or loop reads vals at a position of this body
 
 
 class UnflattenPlanner:
     """Plans one structure: objects first, then each node filled, then the root's value."""
 
-    def __init__(self, gd: GraphDef, max_steps: int) -> None:
-        if len(gd.table) * 2 > max_steps:
-            raise Declined(f"structure too large (more than {max_steps} steps)")
+    def __init__(self, gd: GraphDef, max_steps: int, outline_min: int = 0) -> None:
         self.gd = gd
         self.max_steps = max_steps
         self.consts = Constants()
-        self.steps: list[Step] = []
         self.facts = ClassFacts()
-        self.reads = StaticReads()
-        self.static_names: list[str] = []
-        self.objects = [f"o{spec.index}" for spec in gd.table]
-        self.slots = [f"v{i}" for i in range(gd.num_leaves)]
         self.impls = {spec.index: reg.node_impl(spec.type) for spec in gd.table if type(spec) is NodeSpec}
+        # Attribute stores only where no user code can run during the call (so the class
+        # guards, checked first, still hold at every store): see attribute_stores_ok. Then
+        # the order objects are made in is not observable either: an outlined subtree is
+        # built bottom-up where it is used.
+        self.attrs_ok = unflatten_runs_no_user_code(gd, self.impls)
+        outline = outline_min if self.attrs_ok else 0
+        self.shapes = find_shapes(gd, outline, set(), set())
+        self.chains = find_chains(gd, max(2, outline), set(), set(), self.shapes) if outline else {}
+        self.body = _Body(StaticReads(), [(0, gd.num_leaves, "")], {})
+        self._top = True
+        self._nesting = 0
+        self._done_steps = 0  # steps planned into bodies other than the current one
+        self._nstatics = 0
         self._counter = 0
         self._contexts: dict[Any, str] = {}  # context factory -> its local
+        self.shape_fns: list[ShapeBuild] = []
+        self._fns: dict[int, ShapeBuild] = {}
+        self._fn_reads: dict[int, StaticReads] = {}
+        self.loops: list[str] = []
+        self._site: tuple[NodeSpec, int] | None = None  # where the value being planned goes (explain)
         # Per class (by id: the GraphDef holds each alive) and per key tuple, read once.
         self._plain_new: dict[int, bool] = {}
         self._stores_ok: dict[tuple[int, tuple], bool] = {}
         self._labels: dict[tuple, list[str]] = {}
 
+    @property
+    def steps(self) -> list[Step]:
+        return self.body.steps
+
+    @property
+    def reads(self) -> StaticReads:
+        return self.body.reads
+
     def plan(self) -> UnflattenPlan:
         gd = self.gd
-        if self.slots:
-            self.steps.append(Step("unpack_values", dsts=self.slots))
-        for spec in gd.table:
-            if type(spec) is NodeSpec:
-                self._new_node(spec)
-            else:
-                self._new_state(spec)
-        # Attribute stores only where no user code can run during the call (so the class
-        # guards, checked first, still hold at every store): see attribute_stores_ok.
-        attrs_ok = unflatten_runs_no_user_code(gd, self.impls)
-        for spec in gd.table:
-            if type(spec) is NodeSpec:
-                if len(self.steps) > self.max_steps:
-                    raise Declined(f"structure too large (more than {self.max_steps} steps)")
-                self._fill_node(spec, attrs_ok)
+        root_index = gd.root.index if type(gd.root) is NodeEdge else -1
+        self._objects_then_fills([(0, len(gd.table))], root_index)
+        self._site = None
         root = self._value(gd.root, GRAPHDEF, ("root",))
+        body = self.body
         head = self.facts.steps(self.consts)  # the class guards go first
-        if self.static_names:
-            head.append(Step("unpack_statics", dsts=self.static_names))
-        return UnflattenPlan(graphdef=gd, consts=self.consts, steps=head + self.steps, root=root,
-                             facts=self.facts, statics=self.reads)
+        if body.statics:
+            head.append(Step("unpack_statics", dsts=body.statics))
+        steps = body.steps
+        ctx = sum(1 for s in steps[: len(self._contexts)] if s.op == "new_context")
+        if len(body.direct) == gd.num_leaves and not body.consumers:
+            if body.direct:
+                steps.insert(ctx, Step("unpack_values", dsts=[body.direct[i] for i in range(gd.num_leaves)]))
+        else:
+            steps[ctx:ctx] = self._take(body)
+        return UnflattenPlan(graphdef=gd, consts=self.consts, steps=head + steps, root=root,
+                             facts=self.facts, statics=body.reads, shape_fns=self.shape_fns, loops=self.loops)
+
+    # -- bodies: the top function's, a builder's, a loop item's ----------------------------
+
+    def _check_size(self) -> None:
+        if len(self.body.steps) + self._done_steps > self.max_steps:
+            # (Generated code, not nodes: repeated substructures are one function or loop.)
+            raise Declined(f"structure too large (more than {self.max_steps} steps of generated code)")
+
+    def _objects_then_fills(self, ranges: list[tuple[int, int]], root: int) -> None:
+        """The states and empty nodes of the entries in ``ranges`` (in table order), then
+        each node filled (in table order), as the reference builds. An occurrence of an
+        outlined shape (but ``root``) is skipped: it is built where it is used. At the top,
+        a chain is its head's object, then one loop that makes and fills its links."""
+        table = self.gd.table
+        shape_of, shapes = self.shapes.shape_of, self.shapes.shapes
+        chains = self.chains if self._top else {}
+        names = self.body.names
+        skip: dict[int, int] = {}
+        fills: list[int] = []
+        for lo, hi in ranges:
+            i = lo
+            while i < hi:
+                j = skip.get(i)
+                if j is not None:
+                    i = j
+                    continue
+                if i != root and i in shape_of:
+                    i += shapes[shape_of[i]].nindices
+                    continue
+                spec = table[i]
+                if type(spec) is NodeSpec:
+                    if i not in names:
+                        self._new_node(spec)
+                    fills.append(i)
+                    ch = chains.get(i)
+                    if ch is not None:
+                        first, last = ch.links[0], ch.links[-1]
+                        if last.eafter[1]:
+                            skip[last.eafter[0]] = last.eafter[0] + ch.n * first.eafter[1]
+                        i += ch.n * first.ebefore[1]
+                        continue
+                else:
+                    self._new_state(spec)
+                i += 1
+                self._check_size()
+        for i in fills:
+            ch = chains.get(i)
+            if ch is not None:
+                self._chain(ch)
+            else:
+                self._fill_node(cast(NodeSpec, table[i]))
+            self._check_size()
+
+    @contextlib.contextmanager
+    def _in(self, body: _Body) -> Iterator[None]:
+        """Plan into ``body`` (its own steps, reads and locals), then back."""
+        saved = self.body, self._top, self._site
+        self._nesting += 1
+        if self._nesting > MAX_NESTING:
+            raise _TooDeep()
+        self.body, self._top = body, False
+        try:
+            yield
+        finally:
+            self._nesting -= 1
+            self.body, self._top, self._site = saved
+            self._done_steps += len(body.steps)
+
+    @staticmethod
+    def _take(body: _Body) -> list[Step]:
+        """The steps reading a body's own values, per region of its slots: one slice
+        unpacked when they are all the region's slots, else one read each."""
+        out = []
+        for lo, n, base in body.regions:
+            slots = sorted(s for s in body.direct if lo <= s < lo + n)
+            if not slots:
+                continue
+            run = not body.consumers and len(slots) == n > 1
+            out.append(Step("take_values", dsts=[body.direct[s] for s in slots], base=base,
+                            offs=[s - lo for s in slots], run=run))
+        return out
+
+    def _site_label(self) -> str:
+        """Where the value being planned goes, for explain: its node's class and key."""
+        if self._site is None:
+            return "<root>"
+        spec, j = self._site
+        return path_label(((None, safe_name(spec.type.__qualname__)), spec.keys[j]))
+
+    def _fresh(self, prefix: str) -> str:
+        self._counter += 1
+        return f"{prefix}{self._counter}"
+
+    def _slot(self, slot: int) -> str:
+        """The local holding value ``slot`` (read by the current body)."""
+        name = self.body.direct.get(slot)
+        if name is None:
+            name = self.body.direct[slot] = f"v{slot}"
+        return name
+
+    def _pos(self, slot: int) -> tuple[str, int]:
+        """Where value ``slot`` sits in ``vals`` for the current body: (base local, offset)."""
+        self.body.consumers = True
+        for lo, n, base in self.body.regions:
+            if lo <= slot < lo + n:
+                return (base, slot - lo)
+        raise RuntimeError(f"value slot {slot} is outside the body being planned")
+
+    def _obj(self, index: int) -> str:
+        return self.body.names.get(index) or f"o{index}"
+
+    def _node_value(self, index: int) -> str:
+        """The local holding node ``index`` where it is used: an occurrence of an outlined
+        shape is built here, by its builder."""
+        name = self.body.names.get(index)
+        if name is not None:
+            return name
+        sid = self.shapes.shape_of.get(index)
+        if sid is None:
+            return f"o{index}"
+        fn = self._shape_fn(sid)
+        at = self._pos(self.shapes.slot_lo[index]) if fn.values else None
+        statics = None
+        if fn.statics:
+            statics = self._static_local()
+            self.reads.want_one(self._fn_reads[sid], index)
+        dst = self._fresh("o_")
+        self.steps.append(Step("call_build", dst=dst, fn=fn.name, at=at, statics=statics))
+        if len(fn.where) < 3:
+            fn.where.append(self._site_label())
+        return dst
+
+    def _shape_fn(self, sid: int) -> ShapeBuild:
+        """The builder of shape ``sid``, planned from its first occurrence on first use."""
+        fn = self._fns.get(sid)
+        if fn is not None:
+            return fn
+        shape = self.shapes.shapes[sid]
+        rep = shape.rep
+        lo = self.shapes.slot_lo[rep]
+        body = _Body(StaticReads(rep), [(lo, shape.nslots, "at")], {})
+        with self._in(body):
+            self._objects_then_fills([(rep, rep + shape.nindices)], rep)
+        steps = []
+        if body.statics:
+            steps.append(Step("unpack_statics", dsts=body.statics))
+        steps += self._take(body)
+        fn = ShapeBuild(name=f"outlined{sid}", type_name=safe_name(shape.type_name), steps=steps + body.steps,
+                        root=f"o{rep}", values=shape.nslots > 0, statics=bool(body.statics),
+                        uses=len(shape.occurrences), where=[])
+        self._fn_reads[sid] = body.reads
+        self._fns[sid] = fn
+        self.shape_fns.append(fn)
+        return fn
 
     # -- what the function takes from its GraphDef --------------------------------------
 
+    def _static_local(self) -> str:
+        """A fresh local for the next wanted item of the current body's reads."""
+        name = f"s{self._nstatics}"
+        self._nstatics += 1
+        self.body.statics.append(name)
+        return name
+
     def _own(self, read: int) -> str:
         """The local that will hold the object of ``read`` (unpacked from ``S``)."""
-        name = f"s{len(self.static_names)}"
-        self.static_names.append(name)
+        name = self._static_local()
         self.reads.want(read)
         return name
+
+    def _spec(self, index: int) -> int:
+        """A read of table entry ``index`` (of the occurrence being built)."""
+        return self.reads.at(TABLE, index)
 
     def _key(self, k: Hashable, base: int, *at: str | int) -> Literal | str:
         """An exact str/int key is spelled; any other is read from ``S`` (it sits at ``at``)."""
@@ -145,18 +422,20 @@ class UnflattenPlanner:
 
     def _new_node(self, spec: NodeSpec) -> None:
         impl = self.impls[spec.index]
-        dst = self.objects[spec.index]
+        dst = self._obj(spec.index)
         if impl.is_builtin_node:
             self.steps.append(Step("new_object", dst=dst, cls=self.consts.bind(spec.type, "T")))
         elif impl.dict_node is not None and impl.dict_node.create is None:
             self._new_dict_node(spec, impl.dict_node, dst)
         else:
-            meta = self._own(self.reads.at(GRAPHDEF, "table", spec.index, "meta"))
+            meta = self._own(self.reads.at(self._spec(spec.index), "meta"))
             self.steps.append(Step("new_custom", dst=dst, factory=self.consts.bind(impl.create_empty, "F"),
                                    meta=meta))
 
     def _context(self, factory: Any) -> str:
         """The local holding a foreign library's per-call context (made once, at the top)."""
+        if not self._top:  # (outlined bodies hold builtin classes only: shapes.py)
+            raise RuntimeError("a foreign class's per-call context inside an outlined body")
         name = self._contexts.get(factory)
         if name is None:
             name = self._contexts[factory] = f"ctx{len(self._contexts)}"
@@ -174,9 +453,9 @@ class UnflattenPlanner:
         for r in dn.rebuild:
             if r.factory is None:
                 # factory None: the bookkeeping attribute is metadata item ``item`` (an int)
-                value = self._own(self.reads.at(GRAPHDEF, "table", i, "meta", cast(int, r.item)))
+                value = self._own(self.reads.at(self._spec(i), "meta", cast(int, r.item)))
             else:
-                args = [self._own(self.reads.at(GRAPHDEF, "table", i, "meta", j)) for j in r.items]
+                args = [self._own(self.reads.at(self._spec(i), "meta", j)) for j in r.items]
                 args.append(self._context(dn.context) if dn.context is not None else "None")
                 self._counter += 1
                 value = f"f{self._counter}"
@@ -195,20 +474,20 @@ class UnflattenPlanner:
         if lay is None or not lay.plain(t) or not lay.specializable(spec.metadata):
             raise Declined(f"state type {t.__qualname__} has no layout generated code can use")
         self.facts.require_absent(t, lay.overridable, classes=list(t.__mro__[: t.__mro__.index(lay.base)]))
-        dst = self.objects[spec.index]
+        dst = self._obj(spec.index)
         self.steps.append(Step("new_object", dst=dst, cls=self.consts.bind(t, "T")))
         if lay.context is not None:
             ctx = self._context(simpl.context) if simpl.context is not None else "None"
             self.steps.append(Step("set_slot", obj=dst, setter=self.consts.bind(lay.setter(lay.context), "F"),
                                    value=ctx))
-        meta = self._own(self.reads.at(GRAPHDEF, "table", spec.index, "metadata"))
+        meta = self._own(self.reads.at(self._spec(spec.index), "metadata"))
         self._counter += 1
         md = f"md{self._counter}"
         self.steps.append(Step("call", dst=md, fn=self.consts.bind(dict, "T"), args=[meta]))
         self.steps.append(Step("set_slot", obj=dst, setter=self.consts.bind(lay.setter(lay.metadata), "F"),
                                value=md))
         self.steps.append(Step("set_slot", obj=dst, setter=self.consts.bind(lay.setter(lay.value), "F"),
-                               value=self.slots[spec.slot]))
+                               value=self._slot(spec.slot)))
 
     def _new_dict_state(self, spec: Any, simpl: reg.StateImpl, lay: reg.DictStateLayout) -> None:
         """What a dict-backed state's ``create`` does: ``object.__new__(cls)``, its metadata
@@ -218,12 +497,12 @@ class UnflattenPlanner:
         if not lay.plain(t):
             raise Declined(f"state type {t.__qualname__} overrides what raw reads rely on")
         self.facts.require_absent(t, lay.overridable, classes=list(t.__mro__[: t.__mro__.index(lay.base)]))
-        dst = self.objects[spec.index]
+        dst = self._obj(spec.index)
         self.steps.append(Step("new_object", dst=dst, cls=self.consts.bind(t, "T")))
         pairs: list[tuple[Literal | str, str]] = []
         for j, (k, _) in enumerate(spec.metadata):
-            key = self._key(k, GRAPHDEF, "table", spec.index, "metadata", j, 0)
-            value = self._own(self.reads.at(GRAPHDEF, "table", spec.index, "metadata", j, 1))
+            key = self._key(k, self._spec(spec.index), "metadata", j, 0)
+            value = self._own(self.reads.at(self._spec(spec.index), "metadata", j, 1))
             conv = lay.convert.get(k)
             if conv is not None:
                 self._counter += 1
@@ -231,7 +510,7 @@ class UnflattenPlanner:
                 self.steps.append(Step("call", dst=stored, fn=self.consts.bind(conv[1], "F"), args=[value]))
                 value = stored
             pairs.append((key, value))
-        pairs.append((Literal(lay.value), self.slots[spec.slot]))
+        pairs.append((Literal(lay.value), self._slot(spec.slot)))
         ctx = self._context(simpl.context) if simpl.context is not None else "None"
         for r in lay.rebuild:
             self._counter += 1
@@ -254,20 +533,24 @@ class UnflattenPlanner:
             self.facts.require_absent(t, ("__new__",))
         else:
             op = "new_via_type"
-        dst = self.objects[spec.index]
+        dst = self._obj(spec.index)
         self.steps.append(Step(op, dst=dst, cls=self.consts.bind(t, "T")))
         if spec.metadata:
-            meta = self._own(self.reads.at(GRAPHDEF, "table", spec.index, "metadata"))
+            meta = self._own(self.reads.at(self._spec(spec.index), "metadata"))
         else:
             meta = self.consts.bind(spec.metadata, "M")
-        self.steps.append(Step("set_state", obj=dst, meta=meta, value=self.slots[spec.slot]))
+        self.steps.append(Step("set_state", obj=dst, meta=meta, value=self._slot(spec.slot)))
 
-    def _fill_node(self, spec: NodeSpec, attrs_ok: bool) -> None:
+    def _fill_node(self, spec: NodeSpec) -> None:
         i = spec.index
-        values = [self._value(c, GRAPHDEF, ("table", i, "children", j)) for j, c in enumerate(spec.children)]
-        obj = self.objects[i]
+        base = self._spec(i)
+        values = []
+        for j, c in enumerate(spec.children):
+            self._site = (spec, j)
+            values.append(self._value(c, base, ("children", j)))
+        obj = self._obj(i)
         impl = self.impls[i]
-        if attrs_ok and impl.is_builtin_node and self._attribute_stores_ok(spec.type, spec.keys):
+        if self.attrs_ok and impl.is_builtin_node and self._attribute_stores_ok(spec.type, spec.keys):
             # (No guard for __dict__: a class's __dict__ cannot be assigned after creation.)
             self.facts.require_absent(spec.type, ("__getattribute__", "__setattr__", *spec.keys))
             pairs: list[tuple[Literal | str, str]] = [
@@ -282,7 +565,7 @@ class UnflattenPlanner:
             pairs = [(Literal(k), v) for k, v in zip(stored, values, strict=True)]
             self.steps.append(Step("fill_dict", obj=obj, pairs=pairs))
             return
-        keys = [self._key(k, GRAPHDEF, "table", i, "keys", j) for j, k in enumerate(spec.keys)]
+        keys = [self._key(k, self._spec(i), "keys", j) for j, k in enumerate(spec.keys)]
         if impl.is_builtin_node:
             self.steps.append(Step("fill_dict", obj=obj, pairs=list(zip(keys, values, strict=True))))
         else:
@@ -317,8 +600,12 @@ class UnflattenPlanner:
         the GraphDef (emitting the builds of containers). Iterative, bottom-up."""
         if type(edge) is not PytreeEdge:
             return self._leaf(edge, base, at)
+        read = self.reads.at(base, *at)
+        looped = self._each(edge)
+        if looped is not None:
+            return looped
         # Frames: [edge, its read, position of the next child, child locals so far].
-        stack: list[list[Any]] = [[edge, self.reads.at(base, *at), 0, []]]
+        stack: list[list[Any]] = [[edge, read, 0, []]]
         while True:
             fr = stack[-1]
             e, read, pos, parts = fr
@@ -327,6 +614,10 @@ class UnflattenPlanner:
                 child = kids[pos]
                 pos += 1
                 if type(child) is PytreeEdge:
+                    looped = self._each(child)
+                    if looped is not None:
+                        parts.append(looped)
+                        continue
                     fr[2] = pos
                     stack.append([child, self.reads.at(read, "children", pos - 1), 0, []])
                     break
@@ -344,9 +635,122 @@ class UnflattenPlanner:
             if edge.sig is ArrayConstant:  # a bare array kept as a static: the array itself
                 return self._own(self.reads.at(base, *at, "value", "array"))
             return self._own(self.reads.at(base, *at, "value"))
-        if k is NodeEdge or k is StateEdge:
-            return self.objects[edge.index]
-        return self.slots[edge.slot]  # ArrayEdge
+        if k is NodeEdge:
+            return self._node_value(edge.index)
+        if k is StateEdge:
+            return self._obj(edge.index)
+        return self._slot(edge.slot)  # ArrayEdge
+
+    # -- loops: a list of one outlined shape, a chain of nested links -----------------------
+
+    def _each(self, edge: PytreeEdge) -> str | None:
+        """A list or tuple of occurrences of one outlined shape, one after the other in the
+        table and in the values: a loop whose body builds one item (``None``: not one)."""
+        shape_of = self.shapes.shape_of
+        ptype = edge.ptype
+        kids = edge.children
+        if not shape_of or (ptype is not list and ptype is not tuple) or len(kids) < 2 \
+                or type(kids[0]) is not NodeEdge:
+            return None
+        rep = kids[0].index
+        sid = shape_of.get(rep)
+        if sid is None:
+            return None
+        shape = self.shapes.shapes[sid]
+        m, k = shape.nindices, shape.nslots
+        slot_lo = self.shapes.slot_lo
+        lo = slot_lo[rep]
+        for j, c in enumerate(kids):
+            if type(c) is not NodeEdge or c.index != rep + j * m or shape_of.get(c.index) != sid \
+                    or (k and slot_lo[c.index] != lo + j * k):
+                return None
+        site = self._site_label()
+        pos = self._pos(lo) if k else ("", 0)
+        counter = self._fresh("a")
+        body = _Body(StaticReads(rep), [(lo, k, counter)], {})
+        with self._in(body):
+            self._objects_then_fills([(rep, rep + m)], rep)
+        n = len(kids)
+        setup: list[Step] = []
+        sources: list[str] = []
+        targets: list[str] = []
+        counters: list[tuple[str, tuple[str, int], int]] = []
+        item_steps = body.steps
+        if body.consumers:  # an outlined call or loop in the item: positions from a counter
+            counters.append((counter, pos, k))
+            item_steps = self._take(body) + item_steps
+        elif body.direct:  # the item's values, k at a time
+            it = self._fresh("q")
+            setup.append(Step("iter_values", dst=it, start=pos, stop=(pos[0], pos[1] + n * k), reverse=False))
+            sources += [it] * k
+            targets += [body.direct[s] for s in range(lo, lo + k)]
+        if body.statics:
+            mine = self._static_local()
+            self.reads.want_each(body.reads, [c.index for c in kids])
+            it = self._fresh("q")
+            setup.append(Step("iter_statics", dst=it, src=mine))
+            sources += [it] * len(body.statics)
+            targets += body.statics
+        dst = self._fresh("r")
+        self.steps.extend(setup)
+        self.steps.append(Step("build_each", dst=dst, n=n, targets=targets, sources=sources,
+                               counters=counters,
+                               body=item_steps, item=f"o{rep}", tuple=ptype is tuple))
+        self.loops.append(f"{site}[0..{n - 1}]: {n} x {shape.type_name}")
+        return dst
+
+    def _chain(self, ch: Chain) -> None:
+        """The head of a chain of nested links of one shape (its object already made): one
+        loop that makes the other links, then fills each (its body planned from the head)."""
+        table = self.gd.table
+        first, last = ch.links[0], ch.links[-1]
+        n = ch.n
+        head = first.ebefore[0]
+        t = table[head].type
+        (lb, nb), (la, na) = first.before, first.after
+        (eb, neb), (ea, nea) = first.ebefore, first.eafter
+        tail = self._node_value(ch.tail)
+        cur, nxt = self._fresh("x"), self._fresh("x")
+        cb, ca = self._fresh("a"), self._fresh("a")
+        body = _Body(StaticReads(head), [(lb, nb, cb), (la, na, ca)], {head: cur, first.nxt: nxt})
+        with self._in(body):
+            self._objects_then_fills([(eb, eb + neb), (ea, ea + nea)], head)
+        setup: list[Step] = []
+        sources: list[str] = []
+        targets: list[str] = []
+        counters: list[tuple[str, tuple[str, int], int]] = []
+        link_steps = body.steps
+        if body.consumers:  # an outlined call or loop in the link: positions from counters
+            counters += [(cb, ("", lb), nb), (ca, ("", la), -na)]
+            link_steps = self._take(body) + link_steps
+        else:
+            if nb:
+                it = self._fresh("q")
+                setup.append(Step("iter_values", dst=it, start=("", lb), stop=("", lb + n * nb),
+                                  reverse=False))
+                sources += [it] * nb
+                targets += [body.direct[s] for s in range(lb, lb + nb)]
+            if na:  # the links' values after the rest of the chain: last link first
+                it = self._fresh("q")
+                start = last.after[0]
+                setup.append(Step("iter_values", dst=it, start=("", start), stop=("", start + n * na),
+                                  reverse=True))
+                sources += [it] * na
+                targets += [body.direct[s] for s in reversed(range(la, la + na))]
+        if body.statics:
+            mine = self._static_local()
+            self.reads.want_chain(body.reads, n, neb, ea, nea)
+            it = self._fresh("q")
+            setup.append(Step("iter_statics", dst=it, src=mine))
+            sources += [it] * len(body.statics)
+            targets += body.statics
+        self.steps.extend(setup)
+        self.steps.append(Step("build_chain", links=self._fresh("r"), head=self._obj(head),
+                               cls=self.consts.bind(t, "T"), tail=tail, n=n, cur=cur, nxt=nxt,
+                               targets=targets,
+                               sources=sources, counters=counters, body=link_steps))
+        self.loops.append(f"{n} nested links of one shape ({safe_name(t.__qualname__)}), "
+                          f"from {self._obj(head)}")
 
     def _build(self, edge: PytreeEdge, read: int, items: list[str]) -> str:
         ptype = edge.ptype

@@ -369,7 +369,8 @@ def _unflatten_entry(gd: GraphDef) -> UnflattenEntry | None:
         stats = _stats_for(gd, key)
         compiled = None
         try:
-            compiled = codegen.build("unflatten", key, max_steps=CONFIG.max_steps, disabled=_disabled_guards)
+            compiled = codegen.build("unflatten", key, max_steps=CONFIG.max_steps, disabled=_disabled_guards,
+                                     outline_min=CONFIG.outline_min)
             stats.compile_seconds += compiled.seconds
         except codegen.Declined as e:
             stats.declined = e.reason

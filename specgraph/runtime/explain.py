@@ -156,6 +156,15 @@ def explain(graphdef: GraphDef, *, max_lines: int | None = 300) -> str:
             if s.op == "chain_loop":
                 out.append(f"  - a loop over {s.n} nested links of one shape, from {s.obj} "
                            f"(its body guards and reads one link)")
+    if up is not None and (up.shape_fns or up.loops):
+        out.append("")
+        out.append("Outlined unflatten (each builder once below; it builds one occurrence, fully):")
+        for fn in up.shape_fns:
+            more = "; ..." if fn.uses > len(fn.where) else ""
+            out.append(f"  - {fn.name}_build ({fn.type_name}): the shape occurs {fn.uses} times; "
+                       f"called at {'; '.join(fn.where)}{more}")
+        for loop in up.loops:
+            out.append(f"  - a loop over {loop} (its body builds one)")
     for kind in ("flatten", "update", "unflatten"):
         if kind in sources:
             out.append("")

@@ -1,0 +1,323 @@
+"""Outlined unflatten: one builder per repeated substructure (codegen/unflatten_plan.py).
+
+A structure that repeats one self-contained shape (a ``Linear``, a block) gets one
+generated builder per shape, called per occurrence, a loop over a list of them, and a
+loop over a chain of nested links of one shape. The result is exactly the reference
+walker's: the same structure, the very value objects, shared objects shared, cycles
+closed, and every static, metadata and key object taken from the GraphDef being
+unflattened (an equal GraphDef may hold equal but distinct objects), per occurrence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import assert_same_flatten
+from hypothesis import given
+from hypothesis import strategies as st
+from test_properties import build, recipes
+
+import specgraph as sg
+from specgraph._ir import ArrayConstant, iter_statics
+from specgraph._weakstatic import WeakStatic
+from specgraph.runtime import dispatch
+from specgraph.runtime.cache import CONFIG
+
+
+class Linear(sg.Node):
+    def __init__(self, din: int, dout: int, seed: float = 0.0, tag: Any = "lin", size: int = 0) -> None:
+        self.w = sg.Param(np.full((din, dout), seed, np.float32), kind=tag)
+        self.b = sg.Param(np.full((dout,), seed, np.float32))
+        self.din = din
+        self.dout = dout
+        self.tag = tag
+        self.size = size
+
+
+class Box(sg.Node):
+    def __init__(self, **attrs: Any) -> None:
+        vars(self).update(attrs)
+
+
+class Block(sg.Node):
+    def __init__(self, i: int, ff: Linear | None = None) -> None:
+        self.attn = Box(q=Linear(2, 2, i), k=Linear(2, 2, i + 0.5))
+        self.ff = ff if ff is not None else Linear(2, 3, i)
+        self.ln = sg.State(np.float32(i), kind="ln")
+        self.heads = [Linear(2, 2, i + 0.25 * h) for h in range(3)]
+
+
+@pytest.fixture
+def outlined() -> Iterator[None]:
+    saved = CONFIG.outline_min
+    sg.configure(outline_min=2)
+    sg.clear_cache()
+    try:
+        yield
+    finally:
+        CONFIG.outline_min = saved
+        sg.clear_cache()
+
+
+def _source(gd: sg.GraphDef) -> str:
+    built = dispatch._unflat.get(gd)
+    assert built is not None, "no compiled unflatten for this structure"
+    return built.source
+
+
+def _statics(gd: sg.GraphDef) -> list[Any]:
+    """The static objects of ``gd``, in a fixed order (wrappers left out: they are rebuilt)."""
+    return [v for _, v in iter_statics(gd) if type(v) is not WeakStatic and type(v) is not ArrayConstant]
+
+
+def _metadata(root: Any) -> list[Any]:
+    """Every state's metadata tuple, in the reference flatten's order."""
+    return [s._metadata for _, s in sg.iter_leaf(root) if isinstance(s, sg.State)]
+
+
+def unflatten_served(gd: sg.GraphDef, st_: sg.StateMap) -> Any:
+    """``sg.unflatten`` until served by generated code (counted); checked against the
+    reference: structure, value objects, statics and metadata objects of ``gd``."""
+    sg.unflatten(gd, st_)
+    before = sg.cache_info()["unflatten_hits"]
+    out = sg.unflatten(gd, st_)
+    assert sg.cache_info()["unflatten_hits"] == before + 1, sg.cache_info()
+    ref = sg.generic.unflatten(gd, st_)
+    assert_same_flatten(sg.generic.flatten(out), sg.generic.flatten(ref))
+    mine, theirs = _statics(sg.generic.flatten(out)[0]), _statics(gd)
+    assert len(mine) == len(theirs) and all(a is b for a, b in zip(mine, theirs, strict=True))
+    got, want = _metadata(out), _metadata(ref)
+    assert all(a is b for a, b in zip(got, want, strict=True))
+    return out
+
+
+class Counted:
+    """Count the calls of a generated unflatten's builders (patched into its globals)."""
+
+    def __init__(self, gd: sg.GraphDef) -> None:
+        self.fn = dispatch._unflat[gd].fn
+        self.calls: dict[str, int] = {}
+        self.saved: dict[str, Any] = {}
+        for name, f in list(self.fn.__globals__.items()):
+            if name.startswith("outlined") and name.endswith("_build"):
+                self.saved[name] = f
+                self.calls[name] = 0
+                self.fn.__globals__[name] = self._wrap(name, f)
+
+    def _wrap(self, name: str, f: Any) -> Any:
+        def counted(*args: Any) -> Any:
+            self.calls[name] += 1
+            return f(*args)
+
+        return counted
+
+    def restore(self) -> None:
+        self.fn.__globals__.update(self.saved)
+
+
+def test_attributes_of_one_shape_are_built_by_one_builder(outlined: None) -> None:
+    m = Box(**{f"l{i}": Linear(2, 2, float(i)) for i in range(6)})
+    gd, st_ = sg.flatten(m)
+    sg.unflatten(gd, st_)
+    sg.unflatten(gd, st_)  # (compiled on the second)
+    src = _source(gd)
+    assert src.count("def outlined") == 1 and src.count("= outlined0_build(vals, ") == 6
+    counted = Counted(gd)
+    try:
+        unflatten_served(gd, st_)
+    finally:
+        counted.restore()
+    assert list(counted.calls.values()) == [12]  # per occurrence, in each of the two served calls
+    text = sg.explain(gd)
+    assert "the shape occurs 6 times; called at Box.l0; Box.l1; Box.l2; ..." in text
+
+
+def test_a_list_of_one_shape_is_one_loop(outlined: None) -> None:
+    m = Box(layers=[Linear(2, 2, float(i)) for i in range(7)], head=Linear(3, 1))
+    gd, st_ = sg.flatten(m)
+    out = unflatten_served(gd, st_)
+    src = _source(gd)
+    assert "# 7 of one shape" in src and "def outlined" not in src
+    assert src.count("NEW(Linear)") == 2  # the loop's body and the head
+    assert type(out.layers) is list and len({id(x) for x in out.layers}) == 7
+    assert "a loop over Box.layers[0..6]: 7 x Linear" in sg.explain(gd)
+    t = Box(layers=tuple(Linear(2, 2, float(i)) for i in range(3)))
+    gd, st_ = sg.flatten(t)
+    assert type(unflatten_served(gd, st_).layers) is tuple
+
+
+def test_nested_shapes_builders_in_loops(outlined: None) -> None:
+    """Blocks in a list (a loop), each with builders called for its Linears and a loop
+    over its heads: positions into ``vals`` counted per item."""
+    m = Box(blocks=[Block(i) for i in range(4)], extra=[Block(9), Block(10)])
+    gd, st_ = sg.flatten(m)
+    out = unflatten_served(gd, st_)
+    src = _source(gd)
+    assert "def outlined" in src and "of one shape" in src
+    assert out.blocks[2].heads[1].w.value is st_[("blocks", 2, "heads", 1, "w")]
+
+
+def test_tied_weights_between_layers(outlined: None) -> None:
+    m = Box(layers=[Linear(2, 2, float(i)) for i in range(6)])
+    m.layers[3].w = m.layers[2].w  # layers 2 and 3 are built inline, the others by the loop/builder
+    gd, st_ = sg.flatten(m)
+    out = unflatten_served(gd, st_)
+    assert "_build(" in _source(gd)
+    assert out.layers[3].w is out.layers[2].w
+    assert out.layers[4].w is not out.layers[5].w
+
+
+def test_a_node_shared_by_two_blocks(outlined: None) -> None:
+    shared = Linear(2, 3, 7.0)
+    m = Box(blocks=[Block(0, shared), Block(1, shared), Block(2), Block(3)])
+    gd, st_ = sg.flatten(m)
+    out = unflatten_served(gd, st_)
+    assert "def outlined" in _source(gd)
+    assert out.blocks[0].ff is out.blocks[1].ff
+    assert out.blocks[2].ff is not out.blocks[3].ff
+
+
+def test_cycles_stay_in_the_top_function(outlined: None) -> None:
+    m = Box(blocks=[Block(i) for i in range(4)])
+    m.blocks[1].attn.up = m  # block 1 is no longer of the others' shape
+    m.blocks[2].heads[0].back = m.blocks[2]
+    gd, st_ = sg.flatten(m)
+    out = unflatten_served(gd, st_)
+    assert out.blocks[1].attn.up is out
+    assert out.blocks[2].heads[0].back is out.blocks[2]
+    assert "def outlined" in _source(gd)
+
+
+def test_a_list_that_is_not_homogeneous(outlined: None) -> None:
+    layers = [Linear(2, 2, float(i)) for i in range(6)]
+    layers.insert(3, Linear(2, 5))
+    m = Box(layers=layers)
+    gd, st_ = sg.flatten(m)
+    sg.unflatten(gd, st_)
+    sg.unflatten(gd, st_)
+    assert "of one shape" not in _source(gd)
+    counted = Counted(gd)
+    try:
+        unflatten_served(gd, st_)
+    finally:
+        counted.restore()
+    # one builder, per Linear(2, 2) in each of the two served calls; the odd one inline
+    assert sorted(counted.calls.values()) == [12]
+
+
+def test_statics_equal_but_distinct_come_from_the_given_graphdef(outlined: None) -> None:
+    """Two equal GraphDefs whose statics and metadata are equal but distinct objects: each
+    unflatten holds its own GraphDef's objects, occurrence by occurrence."""
+
+    def big(i: int) -> int:
+        return int("1" * 30) + i % 2  # a fresh int object each call
+
+    def text(i: int) -> str:
+        return "".join(["ta", "g", str(i % 2)])  # a fresh str each call
+
+    def model() -> Box:
+        return Box(layers=[Linear(2, 2, float(i), tag=text(i), size=big(i)) for i in range(4)],
+                   same=[Linear(2, 2, tag=text(0), size=big(0)) for i in range(3)],  # a loop
+                   more=Box(**{f"l{i}": Linear(2, 2, tag=(text(i), big(i)), size=big(i)) for i in range(3)}))
+
+    a, b = model(), model()
+    gd_a, st_a = sg.generic.flatten(a)
+    gd_b, st_b = sg.generic.flatten(b)
+    assert gd_a == gd_b and gd_a is not gd_b
+    assert _statics(gd_a)[0] is not _statics(gd_b)[0]
+    unflatten_served(gd_a, st_a)
+    out = unflatten_served(gd_b, st_b)  # one compiled function, gd_b's objects
+    assert out.layers[1].size is b.layers[1].size and out.layers[1].size is not a.layers[1].size
+    assert out.more.l2.tag is b.more.l2.tag
+    assert out.same[2].size is b.same[2].size and out.same[2].size is not b.same[1].size
+    assert "# 3 of one shape" in _source(gd_a)
+    assert out.layers[3].w._metadata is gd_b.table[out_index(gd_b, ("layers", 3, "w"))].metadata
+
+
+def out_index(gd: sg.GraphDef, path: tuple) -> int:
+    """The table index of the state at ``path``."""
+    slot = list(gd.paths).index(path)
+    return next(s.index for s in gd.table if isinstance(s, sg._ir.StateSpec) and s.slot == slot)
+
+
+def test_chain_of_ten_thousand_nested_nodes(outlined: None) -> None:
+    node = Box(p=sg.Param(np.float32(0)), tag="end")
+    for i in range(1, 10_000):
+        node = Box(child=node, p=sg.Param(np.float32(i)), tag="".join(["li", "nk"]))
+    gd, st_ = sg.flatten(node)
+    out = unflatten_served(gd, st_)
+    src = _source(gd)
+    assert "9999 nested links of one shape" in src and len(src.splitlines()) < 60
+    x = out
+    for _ in range(9_999):
+        x = x.child
+    assert x.tag == "end" and x.p.value is st_[("child",) * 9_999 + ("p",)]
+
+
+def test_ten_thousand_layers_with_the_default_outline_min() -> None:
+    m = Box(layers=[Linear(2, 2, float(i)) for i in range(10_000)])
+    gd, st_ = sg.flatten(m)
+    unflatten_served(gd, st_)
+    assert sg.cache_info()["compiled_unflattens"] == 1
+    assert len(_source(gd).splitlines()) < 80
+
+
+def test_max_steps_bounds_the_generated_code(outlined: None) -> None:
+    saved = CONFIG.max_steps
+    try:
+        sg.configure(max_steps=200)
+        m = Box(layers=[Linear(2, 2, float(i)) for i in range(1000)])  # one loop: small code
+        gd, st_ = sg.flatten(m)
+        unflatten_served(gd, st_)
+        wide = Box(**{f"p{i}": sg.Param(np.float32(i)) for i in range(300)})  # no repeated shape
+        gd, st_ = sg.flatten(wide)
+        sg.unflatten(gd, st_)
+        sg.unflatten(gd, st_)
+        assert "too large" in (dispatch.structure_stats(gd).declined or "")
+    finally:
+        CONFIG.max_steps = saved
+
+
+def test_a_class_guard_covers_the_builders(outlined: None) -> None:
+    """Attribute stores in a builder rely on its class gaining no descriptor: the top
+    function's class guards check the classes only builders make."""
+    m = Box(**{f"l{i}": Linear(2, 2, float(i)) for i in range(3)})
+    gd, st_ = sg.flatten(m)
+    unflatten_served(gd, st_)
+    seen = []
+    Linear.din = property(lambda self: 0, lambda self, v: seen.append(v))  # type: ignore[assignment]
+    try:
+        out = sg.unflatten(gd, st_)
+        assert vars(out.l1)["din"] == 2 and not seen  # the reference stored into the dict
+        assert sg.cache_info()["guard_misses"].get("class", 0) == 1
+    finally:
+        del Linear.din
+
+
+@given(recipe=recipes(), k=st.integers(2, 4), tie=st.booleans(), cycle=st.booleans(),
+       data=st.data())
+def test_random_graphs_generic_vs_outlined(recipe: dict[str, Any], k: int, tie: bool, cycle: bool,
+                                           data: st.DataObject) -> None:
+    saved = CONFIG.outline_min
+    sg.configure(outline_min=2)
+    sg.clear_cache()
+    try:
+        items = [build(recipe) for _ in range(k)]
+        root = Box(items=items, pair=Box(a=build(recipe), b=build(recipe)))
+        if tie:
+            states = [s for _, s in sg.iter_leaf(root) if isinstance(s, sg.State)]
+            nodes = [n for _, n in sg.iter_node(root) if isinstance(n, sg.Node) and n is not root]
+            if nodes:
+                holder = data.draw(st.sampled_from(nodes))
+                if isinstance(holder, Box):
+                    holder.tied = data.draw(st.sampled_from(states or nodes))
+        if cycle:
+            root.pair.a = Box(back=root, inner=root.pair.a)
+        gd, st_ = sg.generic.flatten(root)
+        unflatten_served(gd, st_)
+    finally:
+        CONFIG.outline_min = saved
+        sg.clear_cache()
