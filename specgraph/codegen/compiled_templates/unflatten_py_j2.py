@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = '25ede6ac8172232fb5b5fe63f1eb5ac609524c35d1ede2f109265a360f4d9fbf'
+FINGERPRINT = 'ddfd1c8edacfdd75670078bcfe968fa0ebb5d30e4deb13c53aaa54753b7c041c'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'unflatten.py.j2'
 
@@ -12,11 +12,12 @@ def root(context, missing=missing):
     concat = environment.concat
     cond_expr_undefined = Undefined
     if 0: yield None
+    l_0_shape_fns = resolve('shape_fns')
     l_0_name = resolve('name')
     l_0_type_name = resolve('type_name')
     l_0_steps = resolve('steps')
     l_0_root = resolve('root')
-    l_0_g = missing
+    l_0_g = l_0_pos = l_0_loop_head = l_0_loop_tail = l_0_targets = l_0_body = missing
     try:
         t_1 = environment.filters['indent']
     except KeyError:
@@ -41,179 +42,471 @@ def root(context, missing=missing):
         @internalcode
         def t_4(*unused):
             raise TemplateRuntimeError("No filter named 'length' found.")
+    try:
+        t_5 = environment.tests['none']
+    except KeyError:
+        @internalcode
+        def t_5(*unused):
+            raise TemplateRuntimeError("No test named 'none' found.")
     pass
     l_0_g = context.vars['g'] = environment.get_template('_steps.j2', 'unflatten.py.j2')._get_default_module(context)
     context.exported_vars.discard('g')
+    def macro(l_1_p):
+        t_6 = []
+        if l_1_p is missing:
+            l_1_p = undefined("parameter 'p' was not provided", name='p')
+        pass
+        t_6.extend((
+            str((str_join((environment.getitem(l_1_p, 0), ' + ', )) if environment.getitem(l_1_p, 0) else cond_expr_undefined("the inline if-expression on line 4 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+            str(environment.getitem(l_1_p, 1)),
+        ))
+        return concat(t_6)
+    context.exported_vars.add('pos')
+    context.vars['pos'] = l_0_pos = Macro(environment, macro, 'pos', ('p',), False, False, False, context.eval_ctx.autoescape)
+    def macro(l_1_s):
+        t_7 = []
+        if l_1_s is missing:
+            l_1_s = undefined("parameter 's' was not provided", name='s')
+        pass
+        for (l_2_c, l_2_start, l_2__) in environment.getattr(l_1_s, 'counters'):
+            _loop_vars = {}
+            pass
+            t_7.extend((
+                '\n',
+                str(l_2_c),
+                ' = ',
+                str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), l_2_start, _loop_vars=_loop_vars)),
+            ))
+        l_2_c = l_2_start = l_2__ = missing
+        return concat(t_7)
+    context.exported_vars.add('loop_head')
+    context.vars['loop_head'] = l_0_loop_head = Macro(environment, macro, 'loop_head', ('s',), False, False, False, context.eval_ctx.autoescape)
+    def macro(l_1_s):
+        t_8 = []
+        if l_1_s is missing:
+            l_1_s = undefined("parameter 's' was not provided", name='s')
+        pass
+        for (l_2_c, l_2__, l_2_d) in environment.getattr(l_1_s, 'counters'):
+            _loop_vars = {}
+            pass
+            t_8.extend((
+                '\n    ',
+                str(l_2_c),
+                ' ',
+                str(('+=' if (l_2_d >= 0) else '-=')),
+                ' ',
+                str((l_2_d if (l_2_d >= 0) else (-l_2_d))),
+            ))
+        l_2_c = l_2__ = l_2_d = missing
+        return concat(t_8)
+    context.exported_vars.add('loop_tail')
+    context.vars['loop_tail'] = l_0_loop_tail = Macro(environment, macro, 'loop_tail', ('s',), False, False, False, context.eval_ctx.autoescape)
+    def macro(l_1_s):
+        t_9 = []
+        if l_1_s is missing:
+            l_1_s = undefined("parameter 's' was not provided", name='s')
+        pass
+        if (not environment.getattr(l_1_s, 'sources')):
+            pass
+            t_9.extend((
+                '_ in range(',
+                str(environment.getattr(l_1_s, 'n')),
+                ')',
+            ))
+        elif (t_4(environment.getattr(l_1_s, 'sources')) == 1):
+            pass
+            t_9.extend((
+                str(environment.getitem(environment.getattr(l_1_s, 'targets'), 0)),
+                ' in ',
+                str(environment.getitem(environment.getattr(l_1_s, 'sources'), 0)),
+            ))
+        else:
+            pass
+            t_9.extend((
+                str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'targets'), ', ')),
+                ' in zip(',
+                str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'sources'), ', ')),
+                ')',
+            ))
+        return concat(t_9)
+    context.exported_vars.add('targets')
+    context.vars['targets'] = l_0_targets = Macro(environment, macro, 'targets', ('s',), False, False, False, context.eval_ctx.autoescape)
+    def macro(l_1_steps):
+        t_10 = []
+        if l_1_steps is missing:
+            l_1_steps = undefined("parameter 'steps' was not provided", name='steps')
+        pass
+        l_2_loop = missing
+        for l_2_s, l_2_loop in LoopContext(l_1_steps, undefined):
+            l_2_unknown_op = resolve('unknown_op')
+            _loop_vars = {}
+            pass
+            if ((environment.getattr(l_2_s, 'op') == 'guard_mro') or (environment.getattr(l_2_s, 'op') == 'guard_class')):
+                pass
+                t_10.extend((
+                    '\n',
+                    str(context.call(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'class_guard'), l_2_s, 'MISS', _loop_vars=_loop_vars)),
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'unpack_statics'):
+                pass
+                t_10.extend((
+                    '\n',
+                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'dsts'), ', ')),
+                    ', = S',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'unpack_values'):
+                pass
+                t_10.extend((
+                    '\n',
+                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'dsts'), ', ')),
+                    ', = vals',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'new_object'):
+                pass
+                t_10.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = NEW(',
+                    str(environment.getattr(l_2_s, 'cls')),
+                    ')',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'new_via_type'):
+                pass
+                t_10.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = ',
+                    str(environment.getattr(l_2_s, 'cls')),
+                    '.__new__(',
+                    str(environment.getattr(l_2_s, 'cls')),
+                    ')',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'new_custom'):
+                pass
+                t_10.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = ',
+                    str(environment.getattr(l_2_s, 'factory')),
+                    '(',
+                    str(environment.getattr(l_2_s, 'meta')),
+                    ')',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'set_state'):
+                pass
+                t_10.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'obj')),
+                    '._metadata = ',
+                    str(environment.getattr(l_2_s, 'meta')),
+                    '\n',
+                    str(environment.getattr(l_2_s, 'obj')),
+                    '.value = ',
+                    str(environment.getattr(l_2_s, 'value')),
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'build_list'):
+                pass
+                t_10.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = [',
+                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'items'), ', ')),
+                    ']',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'build_tuple'):
+                pass
+                t_10.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = (',
+                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'items'), ', ')),
+                    str((',' if (t_4(environment.getattr(l_2_s, 'items')) == 1) else cond_expr_undefined("the inline if-expression on line 44 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    ')',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'build_dict'):
+                pass
+                t_10.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = {',
+                ))
+                l_3_loop = missing
+                for (l_3_k, l_3_v), l_3_loop in LoopContext(environment.getattr(l_2_s, 'pairs'), undefined):
+                    _loop_vars = {}
+                    pass
+                    t_10.extend((
+                        str(t_3(l_3_k)),
+                        ': ',
+                        str(l_3_v),
+                        str((', ' if (not environment.getattr(l_3_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 46 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    ))
+                l_3_loop = l_3_k = l_3_v = missing
+                t_10.append(
+                    '}',
+                )
+            elif (environment.getattr(l_2_s, 'op') == 'build_pytree'):
+                pass
+                t_10.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = ',
+                    str(environment.getattr(l_2_s, 'treedef')),
+                    '.unflatten([',
+                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'items'), ', ')),
+                    '])',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'fill_dict'):
+                pass
+                t_10.extend((
+                    '\nd = ',
+                    str(environment.getattr(l_2_s, 'obj')),
+                    '.__dict__',
+                ))
+                for (l_3_k, l_3_v) in environment.getattr(l_2_s, 'pairs'):
+                    _loop_vars = {}
+                    pass
+                    t_10.extend((
+                        '\nd[',
+                        str(t_3(l_3_k)),
+                        '] = ',
+                        str(l_3_v),
+                    ))
+                l_3_k = l_3_v = missing
+            elif (environment.getattr(l_2_s, 'op') == 'fill_attrs'):
+                pass
+                l_3_loop = missing
+                for (l_3_attr, l_3_value), l_3_loop in LoopContext(environment.getattr(l_2_s, 'pairs'), undefined):
+                    _loop_vars = {}
+                    pass
+                    t_10.extend((
+                        '\n',
+                        str(environment.getattr(l_2_s, 'obj')),
+                        '.',
+                        str(l_3_attr),
+                        ' = ',
+                        str(l_3_value),
+                        '  # ',
+                        str(environment.getitem(environment.getattr(l_2_s, 'labels'), environment.getattr(l_3_loop, 'index0'))),
+                    ))
+                l_3_loop = l_3_attr = l_3_value = missing
+            elif (environment.getattr(l_2_s, 'op') == 'new_context'):
+                pass
+                t_10.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = ',
+                    str(environment.getattr(l_2_s, 'factory')),
+                    '()',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'call'):
+                pass
+                t_10.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = ',
+                    str(environment.getattr(l_2_s, 'fn')),
+                    '(',
+                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'args'), ', ')),
+                    ')',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'set_slot'):
+                pass
+                t_10.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'setter')),
+                    '(',
+                    str(environment.getattr(l_2_s, 'obj')),
+                    ', ',
+                    str(environment.getattr(l_2_s, 'value')),
+                    ')',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'set_key'):
+                pass
+                t_10.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'setter')),
+                    '(',
+                    str(environment.getattr(l_2_s, 'obj')),
+                    ', ',
+                    str(t_3(environment.getattr(l_2_s, 'key'))),
+                    ', ',
+                    str(environment.getattr(l_2_s, 'value')),
+                    ')',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'take_values'):
+                pass
+                if environment.getattr(l_2_s, 'run'):
+                    pass
+                    t_10.extend((
+                        '\n',
+                        str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'dsts'), ', ')),
+                        ', = vals[',
+                        str(environment.getattr(l_2_s, 'base')),
+                        ':',
+                        str(environment.getattr(l_2_s, 'base')),
+                        ' + ',
+                        str(t_4(environment.getattr(l_2_s, 'dsts'))),
+                        ']',
+                    ))
+                else:
+                    pass
+                    l_3_loop = missing
+                    for l_3_dst, l_3_loop in LoopContext(environment.getattr(l_2_s, 'dsts'), undefined):
+                        _loop_vars = {}
+                        pass
+                        t_10.extend((
+                            '\n',
+                            str(l_3_dst),
+                            ' = vals[',
+                            str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), (environment.getattr(l_2_s, 'base'), environment.getitem(environment.getattr(l_2_s, 'offs'), environment.getattr(l_3_loop, 'index0'))), _loop_vars=_loop_vars)),
+                            ']',
+                        ))
+                    l_3_loop = l_3_dst = missing
+            elif (environment.getattr(l_2_s, 'op') == 'call_build'):
+                pass
+                t_10.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = ',
+                    str(environment.getattr(l_2_s, 'fn')),
+                    '_build(',
+                ))
+                if (not t_5(environment.getattr(l_2_s, 'at'))):
+                    pass
+                    t_10.extend((
+                        'vals, ',
+                        str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars)),
+                        str((', ' if environment.getattr(l_2_s, 'statics') else cond_expr_undefined("the inline if-expression on line 76 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    ))
+                if environment.getattr(l_2_s, 'statics'):
+                    pass
+                    t_10.append(
+                        str(environment.getattr(l_2_s, 'statics')),
+                    )
+                t_10.append(
+                    ')',
+                )
+            elif (environment.getattr(l_2_s, 'op') == 'iter_values'):
+                pass
+                t_10.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = iter(vals[',
+                    str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'start'), _loop_vars=_loop_vars)),
+                    ':',
+                    str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'stop'), _loop_vars=_loop_vars)),
+                    ']',
+                    str(('[::-1]' if environment.getattr(l_2_s, 'reverse') else cond_expr_undefined("the inline if-expression on line 79 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    ')',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'iter_statics'):
+                pass
+                t_10.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = iter(',
+                    str(environment.getattr(l_2_s, 'src')),
+                    ')',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'build_each'):
+                pass
+                t_10.extend((
+                    str(context.call((undefined(name='loop_head') if l_0_loop_head is missing else l_0_loop_head), l_2_s, _loop_vars=_loop_vars)),
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = []\nfor ',
+                    str(context.call((undefined(name='targets') if l_0_targets is missing else l_0_targets), l_2_s, _loop_vars=_loop_vars)),
+                    ':  # ',
+                    str(environment.getattr(l_2_s, 'n')),
+                    ' of one shape',
+                    str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), environment.getattr(l_2_s, 'body'), _loop_vars=_loop_vars), 4)),
+                    '\n    ',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    '.append(',
+                    str(environment.getattr(l_2_s, 'item')),
+                    ')',
+                    str(context.call((undefined(name='loop_tail') if l_0_loop_tail is missing else l_0_loop_tail), l_2_s, _loop_vars=_loop_vars)),
+                ))
+                if environment.getattr(l_2_s, 'tuple'):
+                    pass
+                    t_10.extend((
+                        '\n',
+                        str(environment.getattr(l_2_s, 'dst')),
+                        ' = tuple(',
+                        str(environment.getattr(l_2_s, 'dst')),
+                        ')',
+                    ))
+            elif (environment.getattr(l_2_s, 'op') == 'build_chain'):
+                pass
+                t_10.extend((
+                    str(context.call((undefined(name='loop_head') if l_0_loop_head is missing else l_0_loop_head), l_2_s, _loop_vars=_loop_vars)),
+                    '\n',
+                    str(environment.getattr(l_2_s, 'links')),
+                    ' = [',
+                    str(environment.getattr(l_2_s, 'head')),
+                    ', *[NEW(',
+                    str(environment.getattr(l_2_s, 'cls')),
+                    ') for _ in range(',
+                    str((environment.getattr(l_2_s, 'n') - 1)),
+                    ')], ',
+                    str(environment.getattr(l_2_s, 'tail')),
+                    ']\nfor ',
+                    str(environment.getattr(l_2_s, 'cur')),
+                    ', ',
+                    str(environment.getattr(l_2_s, 'nxt')),
+                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 95 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'targets'), ', ')),
+                    ' in zip(',
+                    str(environment.getattr(l_2_s, 'links')),
+                    ', ',
+                    str(environment.getattr(l_2_s, 'links')),
+                    '[1:]',
+                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 95 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'sources'), ', ')),
+                    '):  # ',
+                    str(environment.getattr(l_2_s, 'n')),
+                    ' nested links of one shape',
+                    str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), environment.getattr(l_2_s, 'body'), _loop_vars=_loop_vars), 4)),
+                    str(context.call((undefined(name='loop_tail') if l_0_loop_tail is missing else l_0_loop_tail), l_2_s, _loop_vars=_loop_vars)),
+                ))
+            else:
+                pass
+                t_10.extend((
+                    '\n',
+                    str(context.call((undefined(name='unknown_op') if l_2_unknown_op is missing else l_2_unknown_op), l_2_s, _loop_vars=_loop_vars)),
+                ))
+        l_2_loop = l_2_s = l_2_unknown_op = missing
+        return concat(t_10)
+    context.exported_vars.add('body')
+    context.vars['body'] = l_0_body = Macro(environment, macro, 'body', ('steps',), False, False, False, context.eval_ctx.autoescape)
+    for l_1_f in (undefined(name='shape_fns') if l_0_shape_fns is missing else l_0_shape_fns):
+        _loop_vars = {}
+        pass
+        yield 'def '
+        yield str(environment.getattr(l_1_f, 'name'))
+        yield '_build('
+        yield str(('vals, at' if environment.getattr(l_1_f, 'values') else cond_expr_undefined("the inline if-expression on line 104 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
+        yield str((', ' if (environment.getattr(l_1_f, 'values') and environment.getattr(l_1_f, 'statics')) else cond_expr_undefined("the inline if-expression on line 104 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
+        yield str(('S' if environment.getattr(l_1_f, 'statics') else cond_expr_undefined("the inline if-expression on line 104 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
+        yield '):\n    """Build one fresh '
+        yield str(environment.getattr(l_1_f, 'type_name'))
+        yield ' of this shape (used '
+        yield str(environment.getattr(l_1_f, 'uses'))
+        yield ' times)."""'
+        yield str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), environment.getattr(l_1_f, 'steps'), _loop_vars=_loop_vars), 4))
+        yield '\n    return '
+        yield str(environment.getattr(l_1_f, 'root'))
+        yield '\n\n\n'
+    l_1_f = missing
     yield 'def '
     yield str((undefined(name='name') if l_0_name is missing else l_0_name))
     yield '(vals, S):\n    """Build a fresh '
     yield str((undefined(name='type_name') if l_0_type_name is missing else l_0_type_name))
     yield ' of this structure from values in slot order."""'
-    l_1_loop = missing
-    for l_1_s, l_1_loop in LoopContext((undefined(name='steps') if l_0_steps is missing else l_0_steps), undefined):
-        l_1_unknown_op = resolve('unknown_op')
-        _loop_vars = {}
-        pass
-        if ((environment.getattr(l_1_s, 'op') == 'guard_mro') or (environment.getattr(l_1_s, 'op') == 'guard_class')):
-            pass
-            yield '\n    '
-            yield str(t_1(context.call(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'class_guard'), l_1_s, 'MISS', _loop_vars=_loop_vars), 4))
-        elif (environment.getattr(l_1_s, 'op') == 'unpack_statics'):
-            pass
-            yield '\n    '
-            yield str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'dsts'), ', '))
-            yield ', = S'
-        elif (environment.getattr(l_1_s, 'op') == 'unpack_values'):
-            pass
-            yield '\n    '
-            yield str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'dsts'), ', '))
-            yield ', = vals'
-        elif (environment.getattr(l_1_s, 'op') == 'new_object'):
-            pass
-            yield '\n    '
-            yield str(environment.getattr(l_1_s, 'dst'))
-            yield ' = NEW('
-            yield str(environment.getattr(l_1_s, 'cls'))
-            yield ')'
-        elif (environment.getattr(l_1_s, 'op') == 'new_via_type'):
-            pass
-            yield '\n    '
-            yield str(environment.getattr(l_1_s, 'dst'))
-            yield ' = '
-            yield str(environment.getattr(l_1_s, 'cls'))
-            yield '.__new__('
-            yield str(environment.getattr(l_1_s, 'cls'))
-            yield ')'
-        elif (environment.getattr(l_1_s, 'op') == 'new_custom'):
-            pass
-            yield '\n    '
-            yield str(environment.getattr(l_1_s, 'dst'))
-            yield ' = '
-            yield str(environment.getattr(l_1_s, 'factory'))
-            yield '('
-            yield str(environment.getattr(l_1_s, 'meta'))
-            yield ')'
-        elif (environment.getattr(l_1_s, 'op') == 'set_state'):
-            pass
-            yield '\n    '
-            yield str(environment.getattr(l_1_s, 'obj'))
-            yield '._metadata = '
-            yield str(environment.getattr(l_1_s, 'meta'))
-            yield '\n    '
-            yield str(environment.getattr(l_1_s, 'obj'))
-            yield '.value = '
-            yield str(environment.getattr(l_1_s, 'value'))
-        elif (environment.getattr(l_1_s, 'op') == 'build_list'):
-            pass
-            yield '\n    '
-            yield str(environment.getattr(l_1_s, 'dst'))
-            yield ' = ['
-            yield str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'items'), ', '))
-            yield ']'
-        elif (environment.getattr(l_1_s, 'op') == 'build_tuple'):
-            pass
-            yield '\n    '
-            yield str(environment.getattr(l_1_s, 'dst'))
-            yield ' = ('
-            yield str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'items'), ', '))
-            yield str((',' if (t_4(environment.getattr(l_1_s, 'items')) == 1) else cond_expr_undefined("the inline if-expression on line 23 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
-            yield ')'
-        elif (environment.getattr(l_1_s, 'op') == 'build_dict'):
-            pass
-            yield '\n    '
-            yield str(environment.getattr(l_1_s, 'dst'))
-            yield ' = {'
-            l_2_loop = missing
-            for (l_2_k, l_2_v), l_2_loop in LoopContext(environment.getattr(l_1_s, 'pairs'), undefined):
-                _loop_vars = {}
-                pass
-                yield str(t_3(l_2_k))
-                yield ': '
-                yield str(l_2_v)
-                yield str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 25 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
-            l_2_loop = l_2_k = l_2_v = missing
-            yield '}'
-        elif (environment.getattr(l_1_s, 'op') == 'build_pytree'):
-            pass
-            yield '\n    '
-            yield str(environment.getattr(l_1_s, 'dst'))
-            yield ' = '
-            yield str(environment.getattr(l_1_s, 'treedef'))
-            yield '.unflatten(['
-            yield str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'items'), ', '))
-            yield '])'
-        elif (environment.getattr(l_1_s, 'op') == 'fill_dict'):
-            pass
-            yield '\n    d = '
-            yield str(environment.getattr(l_1_s, 'obj'))
-            yield '.__dict__'
-            for (l_2_k, l_2_v) in environment.getattr(l_1_s, 'pairs'):
-                _loop_vars = {}
-                pass
-                yield '\n    d['
-                yield str(t_3(l_2_k))
-                yield '] = '
-                yield str(l_2_v)
-            l_2_k = l_2_v = missing
-        elif (environment.getattr(l_1_s, 'op') == 'fill_attrs'):
-            pass
-            l_2_loop = missing
-            for (l_2_attr, l_2_value), l_2_loop in LoopContext(environment.getattr(l_1_s, 'pairs'), undefined):
-                _loop_vars = {}
-                pass
-                yield '\n    '
-                yield str(environment.getattr(l_1_s, 'obj'))
-                yield '.'
-                yield str(l_2_attr)
-                yield ' = '
-                yield str(l_2_value)
-                yield '  # '
-                yield str(environment.getitem(environment.getattr(l_1_s, 'labels'), environment.getattr(l_2_loop, 'index0')))
-            l_2_loop = l_2_attr = l_2_value = missing
-        elif (environment.getattr(l_1_s, 'op') == 'new_context'):
-            pass
-            yield '\n    '
-            yield str(environment.getattr(l_1_s, 'dst'))
-            yield ' = '
-            yield str(environment.getattr(l_1_s, 'factory'))
-            yield '()'
-        elif (environment.getattr(l_1_s, 'op') == 'call'):
-            pass
-            yield '\n    '
-            yield str(environment.getattr(l_1_s, 'dst'))
-            yield ' = '
-            yield str(environment.getattr(l_1_s, 'fn'))
-            yield '('
-            yield str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'args'), ', '))
-            yield ')'
-        elif (environment.getattr(l_1_s, 'op') == 'set_slot'):
-            pass
-            yield '\n    '
-            yield str(environment.getattr(l_1_s, 'setter'))
-            yield '('
-            yield str(environment.getattr(l_1_s, 'obj'))
-            yield ', '
-            yield str(environment.getattr(l_1_s, 'value'))
-            yield ')'
-        elif (environment.getattr(l_1_s, 'op') == 'set_key'):
-            pass
-            yield '\n    '
-            yield str(environment.getattr(l_1_s, 'setter'))
-            yield '('
-            yield str(environment.getattr(l_1_s, 'obj'))
-            yield ', '
-            yield str(t_3(environment.getattr(l_1_s, 'key')))
-            yield ', '
-            yield str(environment.getattr(l_1_s, 'value'))
-            yield ')'
-        else:
-            pass
-            yield '\n    '
-            yield str(context.call((undefined(name='unknown_op') if l_1_unknown_op is missing else l_1_unknown_op), l_1_s, _loop_vars=_loop_vars))
-    l_1_loop = l_1_s = l_1_unknown_op = missing
+    yield str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), (undefined(name='steps') if l_0_steps is missing else l_0_steps)), 4))
     yield '\n    return '
     yield str((undefined(name='root') if l_0_root is missing else l_0_root))
     yield '\n'
 
 blocks = {}
-debug_info = '1=40&2=43&3=45&4=48&5=52&6=55&7=56&8=59&9=61&10=64&11=66&12=69&13=73&14=76&15=82&16=85&17=91&18=94&19=98&20=101&21=104&22=108&23=111&24=116&25=119&26=131&27=134&28=140&29=143&30=145&31=149&33=153&34=156&35=160&37=168&38=171&39=175&40=178&41=184&42=187&43=193&44=196&46=207&49=210'
+debug_info = '1=47&4=49&5=61&6=66&7=71&10=79&11=84&12=89&15=99&16=104&17=108&18=111&19=114&21=121&24=129&25=135&26=139&27=143&28=145&29=149&30=152&31=156&32=159&33=163&34=168&35=172&36=179&37=183&38=190&39=194&40=198&41=202&42=206&43=211&44=215&45=221&46=225&47=242&48=246&49=253&50=257&51=260&52=265&54=270&55=273&56=278&58=287&59=291&60=296&61=300&62=307&63=311&64=318&65=322&66=331&67=333&68=337&70=349&71=354&74=360&75=364&76=369&77=376&78=384&79=388&80=397&81=401&82=406&83=409&84=411&85=413&86=417&87=419&88=423&89=425&90=429&92=434&93=437&94=439&95=449&96=464&97=465&99=471&103=477&104=481&105=487&106=491&107=493&111=497&112=499&113=501&114=503'
