@@ -17,12 +17,28 @@ one while compile time already drops.
 ``--chains`` nested nodes (an unrolled function past ``--unrolled-max`` nodes is not built):
 
     python benchmarks/outline_crossover.py --unflatten --sizes 8 16 32 64 100 1000 10000 100000 --chains 10000
+
+Foreign classes (``--foreign``, a second table): MLPs of real ``nnx.Linear`` layers in an
+``nnx.List`` and of ``brainstate.nn.Linear`` layers in a list (width 8), through the public
+API. Compile milliseconds are ``sg.cache_info()["compile_seconds"]`` after the first
+``sg.flatten`` of a fresh cache (flatten + update), fully unrolled (``outline_min=0``, with
+``max_steps`` lifted so that it compiles at all) against the default (``outline_min=64``);
+``specialized`` says whether the default's second flatten is served by generated code.
+Per call (default configuration, interleaved, min of repeats): ``sg.flatten`` against
+``jax.tree_util.tree_flatten`` of the same arrays as nested dicts and the library's own
+flatten (``nnx.split`` / ``brainstate.graph.flatten``), ``sg.update`` against the library's
+(``nnx.update`` / ``brainstate.graph.update_states``). ``--specialized-only`` sizes are
+only checked for specialization (flatten).
+
+    python benchmarks/outline_crossover.py --foreign [--nnx 32 1000] [--brainstate 32 1000]
+        [--specialized-only 10000]
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import sys
 import time
 import timeit
@@ -36,6 +52,22 @@ import models
 
 import specgraph as sg
 from specgraph import codegen
+
+
+def _load_bench_graph() -> Any:
+    """``bench_graph.py`` by path (its interleaved timing helpers)."""
+    name = "specgraph_bench_bench_graph"
+    mod = sys.modules.get(name)
+    if mod is None:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("bench_graph.py"))
+        assert spec is not None and spec.loader is not None
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return mod
+
+
+_BG = _load_bench_graph()
 
 
 def _build(gd: sg.GraphDef, outline_min: int) -> tuple[Any, Any, float]:
@@ -125,6 +157,82 @@ def main_unflatten(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nnx_mlp(n: int) -> Any:
+    from flax import nnx
+
+    class NnxMLP(nnx.Module):
+        def __init__(self, n: int, rngs: nnx.Rngs) -> None:
+            self.layers = nnx.List([nnx.Linear(8, 8, rngs=rngs) for _ in range(n)])
+
+    return NnxMLP(n, nnx.Rngs(0))
+
+
+def _bst_mlp(n: int) -> Any:
+    import brainstate
+
+    class BstMLP(brainstate.nn.Module):
+        def __init__(self, n: int) -> None:
+            super().__init__()
+            self.layers = [brainstate.nn.Linear(8, 8) for _ in range(n)]
+
+    return BstMLP(n)
+
+
+def _first_flatten(node: Any, outline_min: int, max_steps: int) -> tuple[float, bool]:
+    """Compile seconds of the first flatten of a fresh cache, and whether the next is a hit."""
+    sg.clear_cache()
+    sg.configure(outline_min=outline_min, max_steps=max_steps)
+    sg.flatten(node)
+    seconds = sg.cache_info()["compile_seconds"]
+    hits = sg.cache_info()["hits"]
+    sg.flatten(node)
+    return seconds, sg.cache_info()["hits"] > hits
+
+
+def foreign_row(lib: str, size: int, repeats: int, timed: bool = True) -> str:
+    import jax
+
+    node = _nnx_mlp(size) if lib == "nnx" else _bst_mlp(size)
+    from specgraph.runtime.cache import CONFIG
+
+    saved = (CONFIG.outline_min, CONFIG.max_steps)
+    try:
+        c_unrolled, _ok_unrolled = _first_flatten(node, 0, 10**9) if timed else (float("nan"), False)
+        c_default, ok_default = _first_flatten(node, saved[0], saved[1])
+        unrolled_default = _first_flatten(node, 0, saved[1])[1] if timed else False
+        _first_flatten(node, saved[0], saved[1])
+        if not timed:
+            return f"| {lib}-{size} | | {c_default * 1e3:.0f} | {ok_default} | | | | | |"
+        _gd, sm = sg.flatten(node)
+        tree = sm.to_nested()  # the same arrays as nested dicts
+        if lib == "nnx":
+            from flax import nnx
+
+            peer_flatten: Any = lambda: nnx.split(node)  # noqa: E731
+            nstate = nnx.state(node)
+            peer_update: Any = lambda: nnx.update(node, nstate)  # noqa: E731
+        else:
+            import brainstate
+
+            peer_flatten = lambda: brainstate.graph.flatten(node)  # noqa: E731
+            bstates = brainstate.graph.states(node)
+            peer_update = lambda: brainstate.graph.update_states(node, bstates)  # noqa: E731
+        entries = [_BG.Timing("sg.flatten", lambda: sg.flatten(node)),
+                   _BG.Timing("tree_flatten", lambda: jax.tree_util.tree_flatten(tree)),
+                   _BG.Timing("peer flatten", peer_flatten),
+                   _BG.Timing("sg.update", lambda: sg.update(node, sm)),
+                   _BG.Timing("peer update", peer_update)]
+        _BG.run_interleaved(entries, 0.02, repeats)
+        us = [e.us if e.us is not None else float("nan") for e in entries]
+        return (f"| {lib}-{size} | {c_unrolled * 1e3:.0f} (unrolled specialized at default max_steps: "
+                f"{unrolled_default}) | {c_default * 1e3:.0f} | {ok_default} | {us[0]:.1f} | {us[1]:.1f} "
+                f"(x{us[1] / us[0]:.2f}) | {us[2]:.0f} (x{us[2] / us[0]:.0f}) | {us[3]:.1f} | "
+                f"{us[4]:.0f} (x{us[4] / us[3]:.0f}) |")
+    finally:
+        sg.configure(outline_min=saved[0], max_steps=saved[1])
+        sg.clear_cache()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64, 256])
@@ -134,10 +242,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--chains", type=int, nargs="*", default=[10000], help="--unflatten: chain lengths")
     ap.add_argument("--unrolled-max", type=int, default=10000,
                     help="--unflatten: largest size whose unrolled function is built")
+    ap.add_argument("--foreign", action="store_true", help="the NNX / BrainState table instead")
+    ap.add_argument("--nnx", type=int, nargs="*", default=[32, 1000])
+    ap.add_argument("--brainstate", type=int, nargs="*", default=[32, 1000])
+    ap.add_argument("--specialized-only", type=int, nargs="*", default=[10_000])
     args = ap.parse_args(argv)
     codegen.build("flatten", sg.generic.flatten(models.build_mlp(models.FAMILIES["specgraph"], 2, 8))[0],
                   max_steps=10**9)  # load the templates before timing anything
     gc.collect()
+    if args.foreign:
+        for warm in (_nnx_mlp(2), _bst_mlp(2)):  # the adapters loaded, their first compiles made
+            sg.flatten(warm)
+            sg.flatten(warm)
+        print("| structure | compile unrolled (ms) | compile default (ms) | specialized | sg.flatten (us) | "
+              "tree_flatten (us) | library flatten (us) | sg.update (us) | library update (us) |")
+        print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
+        for lib, sizes in (("nnx", args.nnx), ("brainstate", args.brainstate)):
+            for n in sizes:
+                print(foreign_row(lib, n, args.repeats), flush=True)
+        for n in args.specialized_only:
+            print(foreign_row("nnx", n, args.repeats, timed=False), flush=True)
+        return 0
     if args.unflatten:
         return main_unflatten(args)
     print("| structure | compile unrolled (ms) | compile outlined (ms) | flatten unrolled (us) | "

@@ -318,9 +318,14 @@ def check_flatten(m: Any, tally: Tally, snapshot: Callable[[Any], Any]) -> tuple
     """sg.flatten (twice) against the reference; None when both fail alike."""
     ref = _outcome(lambda: sg.generic.flatten(m))
     before = snapshot(m)
+    hits = sg.cache_info()["hits"]
     with served(tally, "flatten", 2):
         pub = [_outcome(lambda: sg.flatten(m)) for _ in range(2)]
     assert snapshot(m) == before, "a flatten changed the user's objects"
+    if pub[1][0] == "ok":  # served by outlined code (one function per repeated shape, or a loop)
+        var = dispatch.variant_for(pub[1][1][0])
+        if var is not None and var.plan is not None and var.plan.outlined:
+            tally.add("flatten_outlined_hits", sg.cache_info()["hits"] - hits)
     for got in pub:
         assert got[0] == ref[0], (got, ref)
         if got[0] == "error":
@@ -694,13 +699,15 @@ def run_cb_case(seed: int, steps: int, tally: Tally) -> None:
 # -- driver -----------------------------------------------------------------------------------
 
 
-def fuzz(cases: int, seed: int, steps: int = 6, families: str = "nnx,bst,cb") -> collections.Counter[str]:
-    """Run ``cases`` random models per family, ``steps`` mutations each; the tally."""
+def fuzz(cases: int, seed: int, steps: int = 6, families: str = "nnx,bst,cb",
+         outline_min: int | None = None) -> collections.Counter[str]:
+    """Run ``cases`` random models per family, ``steps`` mutations each; the tally.
+    ``outline_min``: the specializer's (2: every repeated substructure outlined)."""
     tally = Tally()
     runners = {"nnx": run_nnx_case, "bst": run_bst_case, "cb": run_cb_case}
     sg.clear_cache()
-    saved = (dispatch.CONFIG.threshold, sg.runtime.cache.CONFIG.max_variants)
-    sg.configure(threshold=1, max_variants=64)  # served from the first call on
+    saved = (dispatch.CONFIG.threshold, sg.runtime.cache.CONFIG.max_variants, dispatch.CONFIG.outline_min)
+    sg.configure(threshold=1, max_variants=64, outline_min=outline_min)  # served from the first call on
     try:
         for case in range(cases):
             for fam in families.split(","):
@@ -710,15 +717,19 @@ def fuzz(cases: int, seed: int, steps: int = 6, families: str = "nnx,bst,cb") ->
                 sg.clear_cache()
         tally.add("guard_misses", sum(sg.cache_info()["guard_misses"].values()))
     finally:
-        sg.configure(threshold=saved[0], max_variants=saved[1])
+        sg.configure(threshold=saved[0], max_variants=saved[1], outline_min=saved[2])
         sg.clear_cache()
     return tally.counts
 
 
 def main(argv: list[str] | None = None) -> int:
-    return _fuzzkit.main(__doc__ or "", fuzz, argv, cases=30, steps=6,
-                         extra=lambda p: p.add_argument("--families", default="nnx,bst,cb"),
-                         extra_args=lambda a: (a.families,))
+    def options(p: Any) -> None:
+        p.add_argument("--families", default="nnx,bst,cb")
+        p.add_argument("--outline-min", type=int, default=None,
+                       help="the specializer's outline_min (2: every repeated substructure outlined)")
+
+    return _fuzzkit.main(__doc__ or "", fuzz, argv, cases=30, steps=6, extra=options,
+                         extra_args=lambda a: (a.families, a.outline_min))
 
 
 if __name__ == "__main__":

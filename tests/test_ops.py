@@ -36,10 +36,12 @@ DUMMY: dict[str, Any] = {
     "stop": ("", 4), "reverse": False, "src": "s1", "targets": ["x4", "x5"], "sources": ["q1", "q1"],
     "counters": [("a1", ("", 0), 2)], "item": "x1", "tuple": False, "links": "r1", "head": "x1",
     "tail": "x2", "nxt": "x2",
+    "checks": [], "keys": "KS0", "types": ["T0"],
 }
 
-#: The update's checks (before any write), rendered with the update's writes.
-CHECKS = ("check_unchanged", "token_now", "guard_token", "guard_raw_writes")
+#: The update's checks (before any write), rendered with the update's writes; its token
+#: (made first, before the guards: outlined functions are passed it) has its own place.
+CHECKS = ("check_unchanged", "guard_token", "guard_raw_writes")
 
 
 def _step(op: str) -> Step:
@@ -63,15 +65,16 @@ def _render(step: Step | None, body: str = "flatten") -> str:
     if body == "write":
         tmpl = env.get_template("update.py.j2")
         checks = [s for s in steps if s.op in CHECKS]
-        writes = [s for s in steps if s.op not in CHECKS]
+        token = next((s for s in steps if s.op == "token_now"), None)
+        writes = [s for s in steps if s.op not in CHECKS and s.op != "token_now"]
         return tmpl.render(name="f", type_name="T", steps=[_step("guard_len")], checks=checks, writes=writes,
                            distinct=[], keyed_statics=False, epoch=0, guard_epoch=True,
                            collect=False, for_update=True, shape_fns=[], outlined_distinct=False,
-                           uses_d=False)
+                           uses_d=False, token=token, tok_arg=", tok" if token is not None else "")
     return env.get_template("flatten.py.j2").render(
         collect=False, for_update=False, name="f", type_name="T", steps=steps, objects=[], values=[],
         distinct=[], keyed_statics=False, epoch=0, guard_epoch=True, shape_fns=[], outlined_distinct=False,
-        uses_d=False)
+        uses_d=False, tok_arg="")
 
 
 @pytest.mark.parametrize("op", sorted(OPS))
@@ -123,7 +126,8 @@ def test_a_bogus_step_raises_when_rendered(body: str) -> None:
             env.get_template("update.py.j2").render(
                 name="f", type_name="T", steps=[], checks=[step] if body == "check" else [],
                 writes=[step] if body == "write" else [], distinct=[], keyed_statics=False, epoch=0,
-                guard_epoch=True, collect=False, shape_fns=[], outlined_distinct=False, uses_d=False)
+                guard_epoch=True, collect=False, shape_fns=[], outlined_distinct=False, uses_d=False,
+                token=None, tok_arg="")
         else:
             _render(step)
 

@@ -13,7 +13,7 @@ from typing import Any, cast
 
 from .. import _registry as reg
 from .._ir import GraphDef, NodeSpec, PytreeEdge, StateSpec, StaticEdge, all_edges
-from .._sameness import ExactClass
+from .._sameness import ExactClass, is_value_sig
 from .analysis import structure_memo
 from .naming import Constants, Literal
 from .ops import Step
@@ -166,9 +166,10 @@ def flatten_runs_no_user_code(gd: GraphDef) -> bool:
         if not is_state:
             for c in cast(NodeSpec, spec).children:  # not is_state: a NodeSpec
                 # Only scalar statics (a type, a class compared by identity, or a float
-                # zero's (float, sign)): no tuple's __eq__.
+                # zero's (float, sign)) and plain tuples of value types (matched item by item
+                # by SAME, which compares exact types first): no tuple's __eq__.
                 if type(c) is StaticEdge and not (isinstance(c.sig, type) or type(c.sig) is ExactClass
-                                                  or c.sig[0] is float):
+                                                  or c.sig[0] is float or is_value_sig(c.sig)):
                     return False
     return plain_containers(gd)
 

@@ -26,14 +26,14 @@ from .._ir import (
     StaticEdge,
     treedef_type,
 )
-from .._sameness import aux_data, is_value_sig, may_be_nan
+from .._sameness import VALUE_TYPES, aux_data, is_value_sig, may_be_nan
 from .._weakstatic import WeakStatic
 from .callback_plan import CallbackPlanning
 from .classfacts import ClassFacts, defines, flatten_runs_no_user_code
 from .foreign_plan import ForeignPlanning
 from .naming import Constants, Item, Literal, Operand, Splice, StateValue, path_label, safe_name, static_note
 from .ops import GUARD_KINDS, Step
-from .planning import Declined, FlattenPlan, ShapeFn, Work
+from .planning import Declined, FlattenPlan, RunEdge, ShapeFn, Work
 from .shapes import Chain, Shape, find_chains, find_shapes
 
 __all__ = ["Declined", "FlattenPlan", "FlattenPlanner", "plan_flatten", "witnessed_nodes"]
@@ -64,6 +64,10 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         self.skip_type_guard = True  # the dispatcher picked this variant by type(root)
         self._counter = 0
         self._token: str | None = None  # the local holding the update's trace token, once made
+        self.token_step: Step | None = None  # the update makes it first (outlined code is passed it)
+        # Once per call, whoever asks first (an outlined function too): in the top function.
+        self.pre_steps: list[Step] = []  # before the guards (after the class guards)
+        self.pre_checks: list[Step] = []  # the update's, before its per-object checks
         self._raw_ready: set[Any] = set()  # dict state layouts whose per-call check is emitted
         self._hash_by_id: dict[int, bool] = {}  # id(class) -> its objects go in the set by id()
         self._setters: dict[str, Any] = {}  # callback node local -> its bound set_key (CallbackPlanning)
@@ -107,7 +111,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         self._hidden_names()
         self._run([Work(gd.root, "root", None, None, "", False)], -1)
         class_guards = self.facts.steps(self.consts)
-        steps = class_guards + self.steps
+        steps = class_guards + self.pre_steps + self.steps
         counts = dict.fromkeys(GUARD_KINDS, 0)
         counts.update(Counter(s.kind for s in steps if s.kind))
         outlined_distinct = _count(steps, 1, counts)
@@ -125,7 +129,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             consts=self.consts,
             steps=steps,
             values=[v for v in self.values if v is not None],
-            checks=self.checks,
+            checks=self.pre_checks + self.checks,
             writes=self.state_writes + [w[2] for w in self.array_writes],
             # one object cannot coincide
             distinct=self.distinct if len(self.distinct) > 1 or outlined_distinct else [],
@@ -138,6 +142,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             outlined_distinct=outlined_distinct,
             outlined=bool(self.shape_fns) or self._looped,
             loops=self.loops,
+            token=self.token_step,
         )
 
     def _run(self, stack: list[Work], skip: int) -> None:
@@ -145,7 +150,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         planned is expanded, not called)."""
         visit: dict[type, Callable[[Work], list[Work]]] = {
             NodeEdge: self._node, StateEdge: self._state, ArrayEdge: self._array, StaticEdge: self._static,
-            PytreeEdge: self._pytree,
+            PytreeEdge: self._pytree, RunEdge: self._run_loop,
         }
         shape_of = self.shapes.shape_of
         chains = self.chains if self._planning is None else {}
@@ -199,8 +204,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             with self._own_body():
                 rep = shape.rep
                 self._run([Work(NodeEdge(rep), "root", None, None, "", False)], rep)
-                if self.checks or self.array_writes:  # shapes.py outlines none of these
-                    raise RuntimeError(f"an outlined {shape.type_name} needs update checks")
+                checks = self._occurrence_checks(shape.type_name)
                 lo = self.shapes.slot_lo[rep]
                 vals: dict[int, Any] = self.values  # type: ignore[assignment]
                 fn = ShapeFn(
@@ -215,6 +219,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                     uses=len(shape.occurrences),
                     where=[],
                     nslots=shape.nslots,
+                    checks=checks,
                 )
         finally:
             self.skip_type_guard = skip
@@ -233,8 +238,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         try:
             with self._own_body():
                 self._run([Work(NodeEdge(head), cur, work.path, None, "", False)], head)
-                if self.checks or self.array_writes:  # shapes.py makes no chain of these
-                    raise RuntimeError("a chain link needs update checks")
+                checks = self._occurrence_checks("chain link")
                 body, writes, distinct = self.steps, self.state_writes, self.distinct
                 keyed = self.keyed_statics
                 vals: dict[int, Any] = self.values  # type: ignore[assignment]
@@ -255,7 +259,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             "chain_loop", cur=cur, obj=work.obj, n=n, body=body, before=part(vals, lb, nb),
             after=part(vals, la, na), objs_before=part(objs, eb, neb), objs_after=part(objs, ea, nea),
             rec=rec,
-            dst=dst, dst_after=dst_after, distinct=distinct, var=self._fresh("x")))
+            dst=dst, dst_after=dst_after, distinct=distinct, var=self._fresh("x"), checks=checks))
         self._looped = True
         # Splices: the links' values and objects before the rest of the chain, then the
         # tail's (planned as usual), then theirs after it.
@@ -272,6 +276,15 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                 rec=rec,
                 slot=lb, slot_after=la, nb=nb, na=na, var=self._fresh("x")))
         return Work(NodeEdge(chain.tail), cur, work.path, None, "", False)
+
+    def _occurrence_checks(self, what: str) -> list[Step]:
+        """The update's checks of one occurrence just planned in a body of its own (an
+        outlined function, a loop's item, a chain's link): its trace-level checks, made in
+        the body itself (the update passes the call's token in) so that every occurrence is
+        checked before anything is written. shapes.py outlines nothing else needing one."""
+        if self.array_writes or any(c.op != "guard_token" for c in self.checks):
+            raise RuntimeError(f"an outlined {what} needs update checks")
+        return self.checks
 
     @staticmethod
     def _splice_run(table: Any, lo: int, count: int, splice: Splice) -> None:
@@ -331,6 +344,25 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         sid = shape_of.get(kids[0].index)
         if sid is None or not all(shape_of.get(c.index) == sid for c in kids):
             return False
+        self.steps.append(Step("guard_len", obj=var, n=len(kids), label=label))
+        self._each_loop(var, kids, label, (path, 0))
+        return True
+
+    def _run_loop(self, work: Work) -> list[Work]:
+        """A run of children of a dict-backed node (an ``nnx.List``'s items), occurrences of
+        one outlined shape: loaded as one list (a renamed key: a node_keys miss), then a loop."""
+        run: RunEdge = work.edge
+        var = self._fresh("xs")
+        assert type(work.obj) is str
+        self.steps.append(Step("load_run", dst=var, obj=work.obj, keys=self.consts.bind(run.keys, "KS")))
+        label = path_label((work.path, run.path_keys[0]))
+        where = f"{path_label(work.path)}[{run.path_keys[0]}..{run.path_keys[-1]}]"
+        self._each_loop(var, run.children, where, (work.path, run.path_keys[0]), label)
+        return []
+
+    def _each_loop(self, var: str, kids: tuple, label: str, item_path: Any, item_label: str = "") -> None:
+        """The loop over ``kids`` (held by the iterable in ``var``), occurrences of one shape."""
+        sid = self.shapes.shape_of[kids[0].index]
         shape = self.shapes.shapes[sid]
         rep = kids[0].index
         item = self._fresh("x")
@@ -340,9 +372,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         try:
             with self._own_body():
                 # The body: one item, unrolled (what it holds inline too, but its own lists of one shape).
-                self._run([Work(NodeEdge(rep), item, (path, 0), None, "", False)], rep)
-                if self.checks or self.array_writes:  # shapes.py outlines none of these
-                    raise RuntimeError(f"an outlined {shape.type_name} needs update checks")
+                self._run([Work(NodeEdge(rep), item, item_path, None, "", False)], rep)
+                checks = self._occurrence_checks(shape.type_name)
                 body, writes, distinct = self.steps, self.state_writes, self.distinct
                 keyed = self.keyed_statics
                 vals: dict[int, Any] = self.values  # type: ignore[assignment]
@@ -351,7 +382,6 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             self.skip_type_guard = skip
             self._inline -= 1
         self.keyed_statics = self.keyed_statics or keyed
-        self.steps.append(Step("guard_len", obj=var, n=len(kids), label=label))
         dst = self._fresh("r")
         values = [vals[s] for s in sorted(vals) if vals[s] is not None]
         # An item's values are exactly its distinct states' values, in order (an MLP's
@@ -362,7 +392,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         self.steps.append(Step(
             "each_loop", dst=dst, obj=var, var=item, n=len(kids), body=body, distinct=distinct,
             values=values, keep_states=keep_states,
-            objects=[objs[i] for i in sorted(objs) if objs[i] is not None]))
+            objects=[objs[i] for i in sorted(objs) if objs[i] is not None], checks=checks))
         self._looped = True
         self._splice(rep, shape, len(kids), dst)
         if writes:
@@ -379,9 +409,9 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             self.state_writes.append(Step("write_each", obj=var, var=item, loads=body, pos=self._fresh("a"),
                                           writes=rebased, slot=lo, n=shape.nslots, states=states,
                                           total=shape.nslots * len(kids)))
-        self.loops.append(f"{label}[0..{len(kids) - 1}]: {len(kids)} x {shape.type_name}"
+        where = label if item_label else f"{label}[0..{len(kids) - 1}]"
+        self.loops.append(f"{where}: {len(kids)} x {shape.type_name}"
                           + (f" in {self._planning.type_name}" if self._planning is not None else ""))
-        return True
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -583,6 +613,13 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             op = "guard_static_nan" if may_be_nan(edge.value) else "guard_static"
             cls = self.consts.bind(sig, "T")
             self.steps.append(Step(op, obj=work.obj, cls=cls, const=const, label=label))
+        elif _flat_value_tuple(edge.value, sig):
+            # A short tuple of scalars (BrainState's sizes, ``(4,)``): item by item in line,
+            # each item's exact type first (so only a value type's own ``!=`` runs). The
+            # same test as SAME's, without its call: an outlined occurrence holds its own
+            # equal tuple, not the compiled one, and pays it per call.
+            types = [self.consts.bind(t, "T") for t in sig[1]]
+            self.steps.append(Step("guard_static_tuple", obj=work.obj, const=const, types=types, label=label))
         else:  # a float zero (its sign) or a tuple of values: item by item
             self.steps.append(Step("guard_static_same", obj=work.obj, const=const, label=label))
         return []
@@ -632,6 +669,13 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             self.steps.append(Step("unpack_seq", obj=var, dsts=[dst for dst, _ in block.pairs], label=label))
         self.nearest.update((w.obj, self.nearest[var]) for w in items)
         return items
+
+
+def _flat_value_tuple(value: Any, sig: Any) -> bool:
+    """A plain tuple of at most 8 scalars of value types, none a float zero or a NaN."""
+    return type(value) is tuple and type(sig) is tuple and len(sig) == 2 and sig[0] is tuple \
+        and len(value) <= 8 and all(isinstance(s, type) and s in VALUE_TYPES for s in sig[1]) \
+        and not any(type(v) is float and (v != v or v == 0.0) for v in value)
 
 
 def witnessed_nodes(table: tuple) -> set[int]:

@@ -11,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from .. import _registry as reg
-from .._ir import ArrayEdge
+from .._ir import ArrayEdge, NodeEdge
 from .._sameness import match_mode, value_sig
 from .naming import Literal, StateValue, path_label
 from .ops import Step
-from .planning import Declined, Work
+from .planning import Declined, RunEdge, Work
 
 __all__ = ["ForeignPlanning"]
 
@@ -37,12 +37,16 @@ class ForeignPlanning:
     no_user_code: bool
     keyed_statics: bool
     _token: str | None
+    token_step: Step | None
+    pre_steps: list[Step]
+    pre_checks: list[Step]
     _raw_ready: set[Any]
     _type_guard: Any
     _add_distinct: Any
     _load_children: Any
     _inline_statics: Any
     _open_node: Any
+    shapes: Any
 
     def _dict_node(self, work: Work, dn: reg.DictNode) -> list[Work]:
         """A foreign dict-backed node: its ``__dict__`` read as a builtin node's is, its
@@ -97,6 +101,8 @@ class ForeignPlanning:
             items = [w._replace(data=True) if type(w.edge) is ArrayEdge and k in data else w
                      for w, k in zip(items, stored, strict=True)]
         items = self._inline_statics(d, keys, items)
+        if self.shapes:
+            items = self._runs(d, items, spec, stored)
         if dn.check_write is not None and any(type(c) is ArrayEdge for c in spec.children):
             # The update writes into this node: only at its trace level (NNX's rule).
             if dn.token is None or not dn.token_path:
@@ -105,12 +111,42 @@ class ForeignPlanning:
         self.nearest.update((w.obj, idx) for w in items)
         return items
 
+    def _runs(self, d: str, items: list[Work], spec: Any, stored: list[str]) -> list[Work]:
+        """Runs of two or more consecutive children that are occurrences of one outlined
+        shape (an ``nnx.List``'s layers): one work item each, planned as a loop, their
+        loads taken out of the node's load block."""
+        shape_of = self.shapes.shape_of
+        out: list[Work] = []
+        runs: list[list[int]] = []
+        i, n = 0, len(items)
+        while i < n:
+            sid = shape_of.get(items[i].edge.index) if type(items[i].edge) is NodeEdge else None
+            j = i + 1
+            if sid is not None:
+                while j < n and type(items[j].edge) is NodeEdge and shape_of.get(items[j].edge.index) == sid:
+                    j += 1
+            if j - i >= 2:
+                runs.append(list(range(i, j)))
+                path_keys = spec.keys[i:j]
+                run = RunEdge(tuple(stored[i:j]), path_keys, spec.children[i:j])
+                out.append(Work(run, d, items[i].path[0], None, "", False))
+            else:
+                out.extend(items[i:j])
+            i = j
+        if runs:
+            taken = {items[k].obj for run in runs for k in run}
+            block: Any = next(s for s in reversed(self.steps) if s.op == "load_block" and s.obj == d)
+            block.pairs = [p for p in block.pairs if p[0] not in taken]
+            if not block.pairs:
+                self.steps.remove(block)
+        return out
+
     def _token_check(self, obj: str, key: Literal | str | None, attrs: tuple[str, ...], token: Any,
                      label: str) -> None:
         """Before the update writes into ``obj``: the attributes lead to this call's token."""
         if self._token is None:
-            self._token = "tok"
-            self.checks.insert(0, Step("token_now", dst=self._token, fn=self.consts.bind(token, "F")))
+            self._token = "tok"  # (an argument of every outlined function of the update)
+            self.token_step = Step("token_now", dst=self._token, fn=self.consts.bind(token, "F"))
         self.checks.append(Step("guard_token", obj=obj, key=key if key is not None else "",
                                 attrs=[self.consts.attr(a) for a in attrs], token=self._token, label=label))
 
@@ -196,5 +232,5 @@ class ForeignPlanning:
         if lay in self._raw_ready:
             return
         self._raw_ready.add(lay)
-        self.steps.insert(0, Step("guard_raw_ready", fn=self.consts.bind(lay.raw_reads, "F")))
-        self.checks.insert(0, Step("guard_raw_writes", fn=self.consts.bind(lay.raw_writes, "F")))
+        self.pre_steps.append(Step("guard_raw_ready", fn=self.consts.bind(lay.raw_reads, "F")))
+        self.pre_checks.append(Step("guard_raw_writes", fn=self.consts.bind(lay.raw_writes, "F")))

@@ -81,16 +81,20 @@ OPS: dict[str, Op] = {
     "read_value": Op(_F, ("dst", "obj", "attr"), in_update=False),  # attr: "value", or a placeholder
     "load_field": Op(_F, ("dst", "obj", "key", "attr")),  # a bookkeeping field: obj[key](.attr)
     "load_attr": Op(_F, ("dst", "obj", "attr")),  # dst = obj.attr (attr: a placeholder)
+    # dst = [obj[k] for k in keys] (keys: a bound tuple); a KeyError is a node_keys miss
+    "load_run": Op(_F, ("dst", "obj", "keys")),
     # -- outlined shapes (see shapes.py): fn names the shape's functions ----------------
     "call_shape": Op(_F, ("dst", "fn", "obj")),  # dst = the shape's function of obj; a str: its miss
     # per item (var) of obj, a list of one shape: body guards and reads it (unrolled); dst gets
     # the values (and objects) of all items in order; keep_states: the items' values are
     # exactly their distinct states' values, so dst keeps the states (an update reads none)
-    "each_loop": Op(_F, ("dst", "obj", "var", "n", "body", "values", "objects", "distinct", "keep_states")),
+    # checks: the update's trace checks of one item (rendered in the update only)
+    "each_loop": Op(_F, ("dst", "obj", "var", "n", "body", "values", "objects", "distinct", "keep_states",
+                         "checks")),
     # n nested links of one shape from obj: body guards and reads the link in cur (its next
     # link in rec); before/after: its values before/after the rest of the chain (objects too)
     "chain_loop": Op(_F, ("cur", "obj", "n", "body", "before", "after", "objs_before", "objs_after", "rec",
-                          "dst", "dst_after", "distinct", "var")),
+                          "dst", "dst_after", "distinct", "var", "checks")),
     # -- guards --------------------------------------------------------------------
     "guard_type": Op(_F, ("obj", "cls", "label"), "type"),
     "guard_array": Op(_F, ("obj", "label"), "type"),
@@ -106,6 +110,8 @@ OPS: dict[str, Op] = {
     "guard_static_is": Op(_F, ("obj", "const", "label"), "static"),
     "guard_static_weak": Op(_F, ("obj", "ref", "label"), "static"),
     "guard_static_same": Op(_F, ("obj", "const", "label"), "static"),
+    # a plain tuple of scalars, item by item in line (types: each item's bound type)
+    "guard_static_tuple": Op(_F, ("obj", "const", "types", "label"), "static"),
     "guard_no_meta": Op(_F, ("obj",), "metadata"),
     "guard_meta": Op(_F, ("obj", "expected", "sig"), "metadata"),
     "guard_meta_same": Op(_F, ("obj", "expected"), "metadata"),
@@ -141,7 +147,7 @@ OPS: dict[str, Op] = {
     # from vals[af + i]); b counts up from slot by nb, af down from slot_after by na
     "write_chain": Op(_W, ("cur", "obj", "n", "loads", "writes_before", "writes_after", "rec", "slot",
                            "slot_after", "nb", "na", "var")),
-    "token_now": Op(_W, ("dst", "fn")),  # the call's trace token, made once before the checks
+    "token_now": Op(_W, ("dst", "fn")),  # the call's trace token, made once first (FlattenPlan.token)
     # obj[key].attrs... (or obj.attrs...) must be the token: writes at the object's trace level
     "guard_token": Op(_W, ("obj", "key", "attrs", "token", "label"), "trace"),
     "guard_raw_writes": Op(_W, ("fn",), "raw"),  # once per update: fn() allows raw writes

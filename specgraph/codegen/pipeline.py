@@ -185,6 +185,7 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
                         writes=[_loop_kept(w, disabled, no_distinct) if w.op in _LOOPS else w
                                 for w in f.writes],
                         distinct=[] if no_distinct else f.distinct,
+                        checks=[c for c in f.checks if c.kind not in disabled],
                         loads=[s for s in _kept(f.steps, disabled, no_distinct) if s.op in _LOADS])
         for f in plan.shape_fns
     ]
@@ -200,7 +201,7 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
         steps=steps,
         objects=plan.objects,
         values=plan.values,
-        checks=plan.checks,
+        checks=[c for c in plan.checks if c.kind not in disabled],
         distinct=plan.distinct if not no_distinct else [],
         outlined_distinct=plan.outlined_distinct and not no_distinct,
         shape_fns=shape_fns,
@@ -209,6 +210,9 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
         keyed_statics=plan.keyed_statics,
         epoch=plan.epoch,
         guard_epoch="epoch" not in disabled,
+        token=plan.token if kind == "update" else None,
+        # the update's token, passed to every outlined function of the update
+        tok_arg=f", {plan.token.dst}" if kind == "update" and plan.token is not None else "",
     )
     if units is not None and shape_fns:
         _outlined_units(kind, plan, context, units)
@@ -221,7 +225,8 @@ def _outlined_units(kind: str, plan: FlattenPlan, context: dict[str, Any], units
     shape a unit compiled on its own or, when a structure built before had the shape, that
     very unit (``shared.py``), into ``units``. A unit is rendered as the top template would
     render it: from the same views of the plan's outlined functions, with its flags."""
-    flags = {"update": kind == "update", "collect": context["collect"], "for_update": context["for_update"]}
+    flags = {"update": kind == "update", "collect": context["collect"], "for_update": context["for_update"],
+             "tok_arg": context["tok_arg"]}  # (the update's token: an argument of its outlined functions)
     consts = plan.consts
     keys: dict[str, Any] = {}
     shown: list[str] = []
@@ -245,7 +250,7 @@ def _outlined_units(kind: str, plan: FlattenPlan, context: dict[str, Any], units
     units.shown = "".join(shown)
 
 
-def _compile_unit(view: SimpleNamespace, flags: dict[str, bool], plan: FlattenPlan, bound: dict[str, Any],
+def _compile_unit(view: SimpleNamespace, flags: dict[str, Any], plan: FlattenPlan, bound: dict[str, Any],
                   keep: list[Any]) -> shared.Unit:
     """Render and compile one outlined shape's functions in a namespace of their own: the
     prelude, the constants they name, and the outlined functions they call (``bound``)."""
@@ -326,7 +331,7 @@ def _drop_texts(ref: Any) -> None:
 
 
 #: the steps an outlined write function repeats: what loads the objects it writes into
-_LOADS = frozenset({"load_dict", "load_block", "unpack_seq"})
+_LOADS = frozenset({"load_dict", "load_block", "unpack_seq", "load_run"})
 
 
 #: the ops that hold a loop's body (a list of steps)
@@ -349,6 +354,7 @@ def _loop_kept(step: Step, disabled: frozenset[str], no_distinct: bool) -> Step:
     fields = {f: getattr(step, f) for f in step.__dict__ if f not in ("op", "kind")}
     if "body" in fields:
         fields["body"] = _kept(fields["body"], disabled, no_distinct)
+        fields["checks"] = [c for c in fields["checks"] if c.kind not in disabled]
         if no_distinct:
             fields["distinct"] = []
     else:  # the writes repeat the loads of the body (loops in it come with the writes)

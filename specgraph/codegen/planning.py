@@ -10,7 +10,7 @@ from .classfacts import ClassFacts
 from .naming import Constants, Literal, Operand
 from .ops import Step
 
-__all__ = ["Declined", "FlattenPlan", "ShapeFn", "Work"]
+__all__ = ["Declined", "FlattenPlan", "RunEdge", "ShapeFn", "Work"]
 
 
 class Declined(Exception):
@@ -44,6 +44,7 @@ class ShapeFn:
     nslots: int
     #: the kinds whose unit was compiled for an earlier structure and is shared (codegen/shared.py)
     shared: list[str] = field(default_factory=list)
+    checks: list[Step] = field(default_factory=list)  # the update's trace checks of one occurrence
 
 
 @dataclass
@@ -67,6 +68,18 @@ class FlattenPlan:
     #: outlined calls or chain loops: objects and values are spliced lists, not one local each
     outlined: bool = False
     loops: list[str] = field(default_factory=list)  # loops over lists of one shape, for explain
+    #: the update's trace token, made first (before the guards: outlined code checks against it)
+    token: Step | None = None
+
+
+class RunEdge(NamedTuple):
+    """A run of children of one dict-backed node (an ``nnx.List``'s items): node edges of
+    one outlined shape, stored under ``keys`` (their path keys: ``path_keys``), planned as
+    one loop (a work item's edge; its operand is the node's ``__dict__``)."""
+
+    keys: tuple[str, ...]
+    path_keys: tuple
+    children: tuple
 
 
 class Work(NamedTuple):

@@ -18,10 +18,17 @@ and the top function checks the whole set once (see ``witnessed_nodes``: with ev
 state of a repeated type in the set and every state index standing for one object, the
 witness argument holds for outlined nodes as for inline ones).
 
-Only what the straight-line planner handles without per-call state is outlined:
-builtin ``Node`` classes with str attribute names, plain ``State`` classes, statics,
-and list/tuple/dict containers with str/int keys; no bare array leaves (their writes
-have an order the update keeps), no foreign classes (their trace-level checks).
+Only what the straight-line planner handles without per-call state of its own is
+outlined: builtin ``Node`` classes with str attribute names, plain ``State`` classes,
+registered dict-backed node classes with declarative bookkeeping (NNX Modules, BrainState
+Nodes: their bookkeeping fields and key sigs are part of the shape), foreign states with a
+layout (NNX Variables, BrainState States: their metadata is), statics (plain tuples of
+values too), and list/tuple/dict containers with str/int keys; no bare array leaves (their
+writes have an order the update keeps), no callback node types (their registered flatten
+is user code). What foreign classes check once per call is made by the top function: the
+raw-access checks (BrainState) run first there, and the update's trace token (NNX) is
+made first and passed to every outlined function, which checks each of its occurrences'
+Variables against it before anything is written (``ShapeFn.checks``, a loop's ``checks``).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ from typing import Any
 
 from .. import _registry as reg
 from .._ir import GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StateSpec, StaticEdge
-from .._sameness import VALUE_TYPES
+from .._sameness import VALUE_TYPES, is_value_sig, match_mode, value_sig
 from .classfacts import plain_metaclass
 
 __all__ = ["Chain", "Link", "Shape", "Shapes", "find_chains", "find_shapes"]
@@ -72,7 +79,78 @@ def _static_key(edge: Any) -> Any:
         if sig is float and value == 0.0:  # (a zero's sign has its own sig; be exact anyway)
             return ("i", id(value))
         return ("v", id(sig), value)
+    if type(value) is tuple and type(sig) is tuple and is_value_sig(sig):
+        # A plain tuple of values (BrainState's sizes, ``(4,)``): its guard is SAME item by
+        # item, so an equal tuple of the same sig is the same guard. (A NaN item makes the
+        # keys equal only when it is the very same NaN object in both: then so are the guards.)
+        return _hashable(("t", sig, value), value)
     return ("i", id(value))
+
+
+def _hashable(key: Any, obj: Any) -> Any:
+    """``key`` when it hashes (its items compare by value), else ``obj``'s identity."""
+    try:
+        hash(key)
+    except Exception:
+        return ("i", id(obj))
+    return key
+
+
+def _field_key(f: reg.Field, value: Any) -> Any:
+    """One bookkeeping field of a dict-backed node, as its guard (``guard_field``) reads it:
+    by type and equality for a field compared by equality (NNX's ``_pytree__nodes``), by
+    sig and value for a value (``match_mode``), else the very object."""
+    t = type(value)
+    if f.equal:
+        return _hashable(("e", id(t), value), value)
+    sig = value_sig(value)
+    mode = match_mode(value, sig)
+    if mode == "is":
+        return ("i", id(value))
+    if t is float and (value != value or value == 0.0):
+        return ("i", id(value))
+    return _hashable(("v", sig, value), value)
+
+
+def _node_class_ok(t: type) -> bool:
+    """What :meth:`_Scan.node_class_ok` asks of a class (its metaclass read as ``type``'s)."""
+    impl = reg.node_impl(t)
+    if impl.is_builtin_node:
+        return type(t) is type and type(t.graph_invisible_attrs) is tuple  # type: ignore[attr-defined]
+    dn = impl.dict_node
+    if dn is None:
+        return False  # a callback node type: its registered flatten is user code
+    if dn.fields is None and dn.bookkeeping is not None:
+        return False  # the bookkeeping is a function (the planner declines it anyway)
+    if dn.hidden_attr is not None:
+        hidden = next((vars(k)[dn.hidden_attr] for k in t.__mro__ if dn.hidden_attr in vars(k)), ())
+        return dn.hidden_attr == "graph_invisible_attrs" and type(hidden) is tuple
+    return True
+
+
+def _state_class_ok(t: type) -> bool:
+    """A plain ``State`` class, or a foreign one with a layout whose class overrides none
+    of what the layout relies on."""
+    simpl = reg.state_impl(t)
+    if simpl is None:
+        return type(t) is type
+    if not plain_metaclass(t):  # (NNX's VariableMeta reads as type does)
+        return False
+    lay = simpl.layout
+    if isinstance(lay, reg.StateLayout):
+        return lay.plain(t) and lay.token is not None
+    return isinstance(lay, reg.DictStateLayout) and lay.plain(t)
+
+
+def _node_key(spec: NodeSpec) -> Any:
+    """What else than its children tells a node's guards apart: a dict-backed node's key
+    sigs (NNX's int keys) and bookkeeping fields, each as its guard reads it."""
+    if spec.sig is None and spec.meta is None:
+        return None
+    dn = reg.node_impl(spec.type).dict_node
+    if dn is None or dn.fields is None:
+        return ("i", id(spec))  # (not outlined: node_ok refuses it)
+    return (spec.sig, tuple(_field_key(f, v) for f, v in zip(dn.fields, spec.meta, strict=True)))
 
 
 def _meta_key(spec: Any) -> Any:
@@ -120,9 +198,33 @@ class _Scan:
     def node_class_ok(self, t: type) -> bool:
         ok = self.ok.get(t)
         if ok is None:
-            ok = self.ok[t] = type(t) is type and plain_metaclass(t) and reg.node_impl(t).is_builtin_node \
-                and type(t.graph_invisible_attrs) is tuple  # type: ignore[attr-defined]  # a Node subclass
+            ok = self.ok[t] = plain_metaclass(t) and _node_class_ok(t)
         return ok
+
+    def node_ok(self, spec: NodeSpec) -> bool:
+        """A node the planner reads without per-call state: a builtin ``Node`` with str
+        attribute names, or a dict-backed foreign node whose bookkeeping is declarative
+        (its fields go into the shape's key, see :func:`_node_key`)."""
+        if not self.node_class_ok(spec.type):
+            return False
+        if reg.node_impl(spec.type).dict_node is None:
+            return spec.sig is None and spec.meta is None
+        return True
+
+    def state_ok(self, st: StateSpec) -> bool:
+        """A state the planner reads without per-call state: a plain ``State`` class, or a
+        foreign state with a layout generated code uses (its per-call checks, the trace
+        token and the raw-access checks, are made by the top function and passed in)."""
+        tt = st.type
+        good = self.ok.get(tt)
+        if good is None:
+            good = self.ok[tt] = _state_class_ok(tt)
+        if not good:
+            return False
+        simpl = reg.state_impl(tt)
+        if simpl is not None and isinstance(simpl.layout, reg.StateLayout):
+            return simpl.layout.specializable(st.metadata)
+        return True
 
     def scan(self, spec: NodeSpec, rec: int = -1) -> tuple[tuple, list[int]] | None:
         """The key tokens of ``spec``'s children, and where its values and table entries sit:
@@ -133,10 +235,9 @@ class _Scan:
 
         Children come in pre-order, so a self-contained subtree's entries and slots are
         consecutive runs in child order: checked as they come, no sort."""
-        if spec.sig is not None or spec.meta is not None or not self.node_class_ok(spec.type):
+        if not self.node_ok(spec):
             return None
-        table, refs, key_of, size, ok, shared = self.table, self.refs, self.key_of, self.size, self.ok, \
-            self.shared_types
+        table, refs, key_of, size, shared = self.table, self.refs, self.key_of, self.size, self.shared_types
         i = spec.index
         lo, n, last = -1, 0, i  # the running slot run and the last entry so far
         out: list[int] = []
@@ -157,16 +258,12 @@ class _Scan:
                 elif k is StateEdge:
                     j = e.index
                     st = table[j]
-                    if refs[j] != 1 or (last >= 0 and j != last + 1) or type(st) is not StateSpec:
+                    if refs[j] != 1 or (last >= 0 and j != last + 1) or type(st) is not StateSpec \
+                            or not self.state_ok(st):
                         return None
                     if last < 0:
                         first_after = j
                     tt = st.type
-                    good = ok.get(tt)
-                    if good is None:
-                        good = ok[tt] = type(tt) is type and reg.state_impl(tt) is None
-                    if not good:
-                        return None
                     slot = st.slot
                     if n and slot != lo + n:
                         return None
@@ -224,7 +321,7 @@ def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_type
             continue
         tokens, (lo, n, m) = got
         t = spec.type
-        key = (id(t), spec.keys, i in witnessed, t in shared_types, tokens)
+        key = (id(t), spec.keys, _node_key(spec), i in witnessed, t in shared_types, tokens)
         sid = interned.setdefault(key, len(interned))
         key_of[i] = sid
         size[i] = (lo, n, m)
@@ -294,7 +391,7 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
         if got is None:
             continue
         tokens, (lb, nb, eb, la, na, ea, nea) = got
-        key = (id(t), spec.keys, rec, i in witnessed, t in shared_types, tokens)
+        key = (id(t), spec.keys, _node_key(spec), rec, i in witnessed, t in shared_types, tokens)
         lid = interned.setdefault(key, len(interned))
         links[i] = Link(lid, rec, spec.children[rec].index, (lb, nb), (la, na), (i, eb), (ea, nea))
     chains: dict[int, Chain] = {}

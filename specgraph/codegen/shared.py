@@ -121,7 +121,7 @@ class _Canon:
         return ("o", self.const(x))
 
 
-def unit_key(flags: dict[str, bool], epoch: int, view: Any, namespace: dict[str, Any],
+def unit_key(flags: dict[str, Any], epoch: int, view: Any, namespace: dict[str, Any],
              attributes: dict[str, str], callees: dict[str, Any]) -> tuple[Any, list[Any]]:
     """The canonical key of the unit of one outlined function: ``view``, as the templates
     read it (its guards of the disabled kinds already left out), rendered with ``flags``,

@@ -136,7 +136,7 @@ def explain(graphdef: GraphDef, *, max_lines: int | None = 300) -> str:
                 "(no hook on them or registered globally, no trace recording their reads); else the "
                 "generic walker serves the call, through the library)"
             )
-        at_level = sum(1 for c in plan.checks if c.op == "guard_token")
+        at_level = _trace_checks(plan)
         if at_level:
             out.append(
                 f"  (update: {at_level} states/nodes are written only if made at the current trace "
@@ -190,3 +190,20 @@ def explain(graphdef: GraphDef, *, max_lines: int | None = 300) -> str:
             f"fallbacks={st.fallbacks}  compile={st.compile_seconds * 1e3:.2f} ms"
         )
     return "\n".join(out)
+
+
+def _trace_checks(plan: Any) -> int:
+    """The update's trace-level checks, as often as they run: the top function's, and each
+    outlined function's and loop body's per occurrence."""
+
+    def looped(steps: list, times: int) -> int:
+        n = 0
+        for s in steps:
+            if s.op == "each_loop" or s.op == "chain_loop":
+                n += times * s.n * len(s.checks) + looped(s.body, times * s.n)
+        return n
+
+    total = sum(1 for c in plan.checks if c.op == "guard_token") + looped(plan.steps, 1)
+    for fn in plan.shape_fns:
+        total += fn.uses * len(fn.checks) + looped(fn.steps, fn.uses)
+    return total

@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = 'c1179a4e35e96f7d766a841f01ed73debecf5f0ac38bbb0fa5177b9a3a062df9'
+FINGERPRINT = 'cc5193c4a3014de79ff71f42d41dd29b585b2f0757583a9b7daecf96c596f090'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = '_steps.j2'
 
@@ -12,7 +12,7 @@ def root(context, missing=missing):
     concat = environment.concat
     cond_expr_undefined = Undefined
     if 0: yield None
-    l_0_callback = l_0_class_guard = l_0_step = l_0_values_list = l_0_objects_list = l_0_distinct_set = l_0_write = l_0_outlined = missing
+    l_0_callback = l_0_class_guard = l_0_step = l_0_check = l_0_values_list = l_0_objects_list = l_0_distinct_set = l_0_write = l_0_outlined = missing
     try:
         t_1 = environment.filters['indent']
     except KeyError:
@@ -103,6 +103,7 @@ def root(context, missing=missing):
     def macro(l_1_s):
         t_8 = []
         l_1_collect = resolve('collect')
+        l_1_tok_arg = resolve('tok_arg')
         l_1_namespace = resolve('namespace')
         l_1_ns = resolve('ns')
         l_1_for_update = resolve('for_update')
@@ -124,7 +125,9 @@ def root(context, missing=missing):
                 str(('collect' if (undefined(name='collect') if l_1_collect is missing else l_1_collect) else 'flatten')),
                 '(',
                 str(environment.getattr(l_1_s, 'obj')),
-                ', D)\nif type(',
+                ', D',
+                str((undefined(name='tok_arg') if l_1_tok_arg is missing else l_1_tok_arg)),
+                ')\nif type(',
                 str(environment.getattr(l_1_s, 'dst')),
                 ') is str:\n    return ',
                 str(environment.getattr(l_1_s, 'dst')),
@@ -152,6 +155,16 @@ def root(context, missing=missing):
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_b, _loop_vars=_loop_vars), 4)),
                 ))
             l_2_b = missing
+            if (undefined(name='for_update') if l_1_for_update is missing else l_1_for_update):
+                pass
+                for l_2_c in environment.getattr(l_1_s, 'checks'):
+                    _loop_vars = {}
+                    pass
+                    t_8.extend((
+                        '\n    ',
+                        str(t_1(context.call((undefined(name='check') if l_0_check is missing else l_0_check), l_2_c, _loop_vars=_loop_vars), 4)),
+                    ))
+                l_2_c = missing
             if (environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'states') and (t_3(environment.getattr(l_1_s, 'distinct')) <= 4)):
                 pass
                 for (l_2_obj, l_2__) in environment.getattr(l_1_s, 'distinct'):
@@ -285,6 +298,16 @@ def root(context, missing=missing):
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_b, _loop_vars=_loop_vars), 4)),
                 ))
             l_2_b = missing
+            if (undefined(name='for_update') if l_1_for_update is missing else l_1_for_update):
+                pass
+                for l_2_c in environment.getattr(l_1_s, 'checks'):
+                    _loop_vars = {}
+                    pass
+                    t_8.extend((
+                        '\n    ',
+                        str(t_1(context.call((undefined(name='check') if l_0_check is missing else l_0_check), l_2_c, _loop_vars=_loop_vars), 4)),
+                    ))
+                l_2_c = missing
             if environment.getattr(l_1_s, 'distinct'):
                 pass
                 t_8.append(
@@ -474,9 +497,20 @@ def root(context, missing=missing):
                         '[',
                         str(t_2(l_2_k)),
                         ']',
-                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 118 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 128 in '_steps.j2' evaluated to false and no else section was defined."))),
                     ))
                 l_2_loop = l_2_dst = l_2_k = missing
+        elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_run'):
+            pass
+            t_8.extend((
+                'try:\n    ',
+                str(environment.getattr(l_1_s, 'dst')),
+                ' = [*map(',
+                str(environment.getattr(l_1_s, 'obj')),
+                '.__getitem__, ',
+                str(environment.getattr(l_1_s, 'keys')),
+                ")]\nexcept KeyError:  # a renamed key\n    return 'node_keys'",
+            ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_dict'):
             pass
             t_8.extend((
@@ -882,6 +916,50 @@ def root(context, missing=missing):
                 str(environment.getattr(l_1_s, 'kind')),
                 "'",
             ))
+        elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static_tuple'):
+            pass
+            l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_2(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_4(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
+            t_8.extend((
+                'if ',
+                str((undefined(name='x') if l_1_x is missing else l_1_x)),
+                ' is not ',
+                str(environment.getattr(l_1_s, 'const')),
+                ' and (type(',
+                str((undefined(name='x') if l_1_x is missing else l_1_x)),
+                ') is not tuple or len(',
+                str((undefined(name='x') if l_1_x is missing else l_1_x)),
+                ') != ',
+                str(t_3(environment.getattr(l_1_s, 'types'))),
+            ))
+            l_2_loop = missing
+            for l_2_t, l_2_loop in LoopContext(environment.getattr(l_1_s, 'types'), undefined):
+                _loop_vars = {}
+                pass
+                t_8.extend((
+                    ' or type(',
+                    str((undefined(name='x') if l_1_x is missing else l_1_x)),
+                    '[',
+                    str(environment.getattr(l_2_loop, 'index0')),
+                    ']) is not ',
+                    str(l_2_t),
+                    ' or ',
+                    str((undefined(name='x') if l_1_x is missing else l_1_x)),
+                    '[',
+                    str(environment.getattr(l_2_loop, 'index0')),
+                    '] != ',
+                    str(environment.getattr(l_1_s, 'const')),
+                    '[',
+                    str(environment.getattr(l_2_loop, 'index0')),
+                    ']',
+                ))
+            l_2_loop = l_2_t = missing
+            t_8.extend((
+                '):  # ',
+                str(environment.getattr(l_1_s, 'label')),
+                "\n    return '",
+                str(environment.getattr(l_1_s, 'kind')),
+                "'",
+            ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static_same'):
             pass
             t_8.append(
@@ -1034,12 +1112,56 @@ def root(context, missing=missing):
         return concat(t_8)
     context.exported_vars.add('step')
     context.vars['step'] = l_0_step = Macro(environment, macro, 'step', ('s',), False, False, False, context.eval_ctx.autoescape)
-    def macro(l_1_values):
+    def macro(l_1_w):
         t_9 = []
+        l_1_unknown_op = resolve('unknown_op')
+        if l_1_w is missing:
+            l_1_w = undefined("parameter 'w' was not provided", name='w')
+        pass
+        if (environment.getattr(l_1_w, 'op') == 'guard_token'):
+            pass
+            t_9.extend((
+                'if ',
+                str(environment.getattr(l_1_w, 'obj')),
+            ))
+            if environment.getattr(l_1_w, 'key'):
+                pass
+                t_9.extend((
+                    '[',
+                    str(t_2(environment.getattr(l_1_w, 'key'))),
+                    ']',
+                ))
+            for l_2_a in environment.getattr(l_1_w, 'attrs'):
+                _loop_vars = {}
+                pass
+                t_9.extend((
+                    '.',
+                    str(l_2_a),
+                ))
+            l_2_a = missing
+            t_9.extend((
+                ' is not ',
+                str(environment.getattr(l_1_w, 'token')),
+                ':  # ',
+                str(environment.getattr(l_1_w, 'label')),
+                ": made at another trace level\n    return '",
+                str(environment.getattr(l_1_w, 'kind')),
+                "'",
+            ))
+        else:
+            pass
+            t_9.append(
+                str(context.call((undefined(name='unknown_op') if l_1_unknown_op is missing else l_1_unknown_op), l_1_w)),
+            )
+        return concat(t_9)
+    context.exported_vars.add('check')
+    context.vars['check'] = l_0_check = Macro(environment, macro, 'check', ('w',), False, False, False, context.eval_ctx.autoescape)
+    def macro(l_1_values):
+        t_10 = []
         if l_1_values is missing:
             l_1_values = undefined("parameter 'values' was not provided", name='values')
         pass
-        t_9.append(
+        t_10.append(
             '[',
         )
         l_2_loop = missing
@@ -1049,39 +1171,39 @@ def root(context, missing=missing):
             pass
             if t_6(l_2_x):
                 pass
-                t_9.extend((
+                t_10.extend((
                     str(environment.getattr(l_2_x, 'obj')),
                     '.',
                     str(environment.getattr(l_2_x, 'attr')),
                 ))
             elif t_5(l_2_x):
                 pass
-                t_9.extend((
+                t_10.extend((
                     '*',
                     str(environment.getattr(l_2_x, 'name')),
-                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 238 in '_steps.j2' evaluated to false and no else section was defined."))),
+                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 268 in '_steps.j2' evaluated to false and no else section was defined."))),
                 ))
             else:
                 pass
-                t_9.append(
+                t_10.append(
                     str(l_2_x),
                 )
-            t_9.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 238 in '_steps.j2' evaluated to false and no else section was defined."))),
+            t_10.append(
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 268 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = l_2_collect = missing
-        t_9.append(
+        t_10.append(
             ']',
         )
-        return concat(t_9)
+        return concat(t_10)
     context.exported_vars.add('values_list')
     context.vars['values_list'] = l_0_values_list = Macro(environment, macro, 'values_list', ('values',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_objects):
-        t_10 = []
+        t_11 = []
         if l_1_objects is missing:
             l_1_objects = undefined("parameter 'objects' was not provided", name='objects')
         pass
-        t_10.append(
+        t_11.append(
             '[',
         )
         l_2_loop = missing
@@ -1090,34 +1212,34 @@ def root(context, missing=missing):
             pass
             if t_5(l_2_x):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '*',
                     str(environment.getattr(l_2_x, 'name')),
                     '[0]',
                 ))
             else:
                 pass
-                t_10.append(
+                t_11.append(
                     str(l_2_x),
                 )
-            t_10.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 243 in '_steps.j2' evaluated to false and no else section was defined."))),
+            t_11.append(
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 273 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = missing
-        t_10.append(
+        t_11.append(
             ']',
         )
-        return concat(t_10)
+        return concat(t_11)
     context.exported_vars.add('objects_list')
     context.vars['objects_list'] = l_0_objects_list = Macro(environment, macro, 'objects_list', ('objects',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_distinct, l_1_outlined):
-        t_11 = []
+        t_12 = []
         if l_1_distinct is missing:
             l_1_distinct = undefined("parameter 'distinct' was not provided", name='distinct')
         if l_1_outlined is missing:
             l_1_outlined = undefined("parameter 'outlined' was not provided", name='outlined')
         pass
-        t_11.append(
+        t_12.append(
             '{ ',
         )
         l_2_loop = missing
@@ -1126,29 +1248,29 @@ def root(context, missing=missing):
             pass
             if l_2_by_id:
                 pass
-                t_11.extend((
+                t_12.extend((
                     'id(',
                     str(l_2_obj),
                     ')',
                 ))
             else:
                 pass
-                t_11.append(
+                t_12.append(
                     str(l_2_obj),
                 )
-            t_11.append(
-                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 249 in '_steps.j2' evaluated to false and no else section was defined."))),
+            t_12.append(
+                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 279 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_obj = l_2_by_id = missing
-        t_11.extend((
-            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 249 in '_steps.j2' evaluated to false and no else section was defined."))),
+        t_12.extend((
+            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 279 in '_steps.j2' evaluated to false and no else section was defined."))),
             ' }',
         ))
-        return concat(t_11)
+        return concat(t_12)
     context.exported_vars.add('distinct_set')
     context.vars['distinct_set'] = l_0_distinct_set = Macro(environment, macro, 'distinct_set', ('distinct', 'outlined'), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_w, l_1_base):
-        t_12 = []
+        t_13 = []
         l_1_range = resolve('range')
         l_1_unknown_op = resolve('unknown_op')
         if l_1_w is missing:
@@ -1158,7 +1280,7 @@ def root(context, missing=missing):
         pass
         if (environment.getattr(l_1_w, 'op') == 'write_value'):
             pass
-            t_12.extend((
+            t_13.extend((
                 str(environment.getattr(l_1_w, 'obj')),
                 '.value = vals[',
                 str(l_1_base),
@@ -1168,7 +1290,7 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_shape'):
             pass
-            t_12.extend((
+            t_13.extend((
                 str(environment.getattr(l_1_w, 'fn')),
                 '_write(',
                 str(environment.getattr(l_1_w, 'obj')),
@@ -1179,7 +1301,7 @@ def root(context, missing=missing):
             ))
         elif ((environment.getattr(l_1_w, 'op') == 'write_each') and environment.getattr(l_1_w, 'states')):
             pass
-            t_12.extend((
+            t_13.extend((
                 str(environment.getattr(l_1_w, 'pos')),
                 ' = iter(',
                 str(environment.getattr(l_1_w, 'states')),
@@ -1189,7 +1311,7 @@ def root(context, missing=missing):
             ))
             if (l_1_base or environment.getattr(l_1_w, 'slot')):
                 pass
-                t_12.extend((
+                t_13.extend((
                     '[',
                     str(l_1_base),
                     str(environment.getattr(l_1_w, 'slot')),
@@ -1200,13 +1322,13 @@ def root(context, missing=missing):
                     str(environment.getattr(l_1_w, 'total')),
                     ']',
                 ))
-            t_12.append(
+            t_13.append(
                 ')\nfor ',
             )
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_12.extend((
+                t_13.extend((
                     str(environment.getattr(l_1_w, 'pos')),
                     '_',
                     str(l_2_k),
@@ -1216,20 +1338,20 @@ def root(context, missing=missing):
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_12.extend((
+                t_13.extend((
                     str(environment.getattr(l_1_w, 'pos')),
                     '__',
                     str(l_2_k),
                     ', ',
                 ))
             l_2_k = missing
-            t_12.append(
+            t_13.append(
                 'in zip(',
             )
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_12.extend((
+                t_13.extend((
                     str(environment.getattr(l_1_w, 'pos')),
                     ', ',
                 ))
@@ -1237,18 +1359,18 @@ def root(context, missing=missing):
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_12.extend((
+                t_13.extend((
                     str(environment.getattr(l_1_w, 'pos')),
                     '_, ',
                 ))
             l_2_k = missing
-            t_12.append(
+            t_13.append(
                 '):',
             )
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_12.extend((
+                t_13.extend((
                     '\n    ',
                     str(environment.getattr(l_1_w, 'pos')),
                     '_',
@@ -1261,7 +1383,7 @@ def root(context, missing=missing):
             l_2_k = missing
         elif (environment.getattr(l_1_w, 'op') == 'write_each'):
             pass
-            t_12.extend((
+            t_13.extend((
                 str(environment.getattr(l_1_w, 'pos')),
                 ' = ',
                 str(l_1_base),
@@ -1275,7 +1397,7 @@ def root(context, missing=missing):
             for l_2_s in environment.getattr(l_1_w, 'loads'):
                 _loop_vars = {}
                 pass
-                t_12.extend((
+                t_13.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_s, _loop_vars=_loop_vars), 4)),
                 ))
@@ -1283,12 +1405,12 @@ def root(context, missing=missing):
             for l_2_x in environment.getattr(l_1_w, 'writes'):
                 _loop_vars = {}
                 pass
-                t_12.extend((
+                t_13.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_2_x, str_join((environment.getattr(l_1_w, 'pos'), ' + ', )), _loop_vars=_loop_vars), 4)),
                 ))
             l_2_x = missing
-            t_12.extend((
+            t_13.extend((
                 '\n    ',
                 str(environment.getattr(l_1_w, 'pos')),
                 ' += ',
@@ -1296,7 +1418,7 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_chain'):
             pass
-            t_12.extend((
+            t_13.extend((
                 str(environment.getattr(l_1_w, 'cur')),
                 ' = ',
                 str(environment.getattr(l_1_w, 'obj')),
@@ -1315,7 +1437,7 @@ def root(context, missing=missing):
             for l_2_s in environment.getattr(l_1_w, 'loads'):
                 _loop_vars = {}
                 pass
-                t_12.extend((
+                t_13.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_s, _loop_vars=_loop_vars), 4)),
                 ))
@@ -1323,7 +1445,7 @@ def root(context, missing=missing):
             for l_2_x in environment.getattr(l_1_w, 'writes_before'):
                 _loop_vars = {}
                 pass
-                t_12.extend((
+                t_13.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_2_x, 'b + ', _loop_vars=_loop_vars), 4)),
                 ))
@@ -1331,12 +1453,12 @@ def root(context, missing=missing):
             for l_2_x in environment.getattr(l_1_w, 'writes_after'):
                 _loop_vars = {}
                 pass
-                t_12.extend((
+                t_13.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_2_x, 'af + ', _loop_vars=_loop_vars), 4)),
                 ))
             l_2_x = missing
-            t_12.extend((
+            t_13.extend((
                 '\n    ',
                 str(environment.getattr(l_1_w, 'cur')),
                 ' = ',
@@ -1348,7 +1470,7 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_slot'):
             pass
-            t_12.extend((
+            t_13.extend((
                 str(environment.getattr(l_1_w, 'setter')),
                 '(',
                 str(environment.getattr(l_1_w, 'obj')),
@@ -1360,7 +1482,7 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_raw_item'):
             pass
-            t_12.extend((
+            t_13.extend((
                 str(environment.getattr(l_1_w, 'obj')),
                 '[',
                 str(t_2(environment.getattr(l_1_w, 'key'))),
@@ -1372,7 +1494,7 @@ def root(context, missing=missing):
             ))
             if environment.getattr(l_1_w, 'flag'):
                 pass
-                t_12.extend((
+                t_13.extend((
                     '\n',
                     str(environment.getattr(l_1_w, 'obj')),
                     '[',
@@ -1381,7 +1503,7 @@ def root(context, missing=missing):
                 ))
         elif (environment.getattr(l_1_w, 'op') == 'write_item'):
             pass
-            t_12.extend((
+            t_13.extend((
                 str(environment.getattr(l_1_w, 'obj')),
                 '[',
                 str(t_2(environment.getattr(l_1_w, 'key'))),
@@ -1393,14 +1515,14 @@ def root(context, missing=missing):
             ))
         else:
             pass
-            t_12.append(
+            t_13.append(
                 str(context.call((undefined(name='unknown_op') if l_1_unknown_op is missing else l_1_unknown_op), l_1_w)),
             )
-        return concat(t_12)
+        return concat(t_13)
     context.exported_vars.add('write')
     context.vars['write'] = l_0_write = Macro(environment, macro, 'write', ('w', 'base'), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_fns, l_1_update):
-        t_13 = []
+        t_14 = []
         if l_1_fns is missing:
             l_1_fns = undefined("parameter 'fns' was not provided", name='fns')
         if l_1_update is missing:
@@ -1408,14 +1530,18 @@ def root(context, missing=missing):
         pass
         for l_2_f in l_1_fns:
             l_2_collect = resolve('collect')
+            l_2_tok_arg = resolve('tok_arg')
+            l_2_for_update = resolve('for_update')
             _loop_vars = {}
             pass
-            t_13.extend((
+            t_14.extend((
                 'def ',
                 str(environment.getattr(l_2_f, 'name')),
                 '_',
                 str(('collect' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else 'flatten')),
-                '(root, D):\n    """',
+                '(root, D',
+                str((undefined(name='tok_arg') if l_2_tok_arg is missing else l_2_tok_arg)),
+                '):\n    """',
                 str(('Objects and values of' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else 'Values of')),
                 ' one ',
                 str(environment.getattr(l_2_f, 'type_name')),
@@ -1424,22 +1550,32 @@ def root(context, missing=missing):
             for l_3_s in environment.getattr(l_2_f, 'steps'):
                 _loop_vars = {}
                 pass
-                t_13.extend((
+                t_14.extend((
                     '\n        ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_3_s, _loop_vars=_loop_vars), 8)),
                 ))
             l_3_s = missing
+            if (undefined(name='for_update') if l_2_for_update is missing else l_2_for_update):
+                pass
+                for l_3_c in environment.getattr(l_2_f, 'checks'):
+                    _loop_vars = {}
+                    pass
+                    t_14.extend((
+                        '\n        ',
+                        str(t_1(context.call((undefined(name='check') if l_0_check is missing else l_0_check), l_3_c, _loop_vars=_loop_vars), 8)),
+                    ))
+                l_3_c = missing
             if environment.getattr(l_2_f, 'keyed_statics'):
                 pass
-                t_13.append(
+                t_14.append(
                     "\n    except KeyError:  # a renamed key under a static\n        return 'node_keys'",
                 )
-            t_13.append(
+            t_14.append(
                 "\n    except Exception:\n        return 'error'",
             )
             if environment.getattr(l_2_f, 'distinct'):
                 pass
-                t_13.append(
+                t_14.append(
                     '\n    D += (',
                 )
                 for (l_3_obj, l_3_by_id) in environment.getattr(l_2_f, 'distinct'):
@@ -1447,26 +1583,26 @@ def root(context, missing=missing):
                     pass
                     if l_3_by_id:
                         pass
-                        t_13.extend((
+                        t_14.extend((
                             'id(',
                             str(l_3_obj),
                             ')',
                         ))
                     else:
                         pass
-                        t_13.append(
+                        t_14.append(
                             str(l_3_obj),
                         )
-                    t_13.append(
+                    t_14.append(
                         ', ',
                     )
                 l_3_obj = l_3_by_id = missing
-                t_13.append(
+                t_14.append(
                     ')',
                 )
             if (undefined(name='collect') if l_2_collect is missing else l_2_collect):
                 pass
-                t_13.extend((
+                t_14.extend((
                     '\n    return (',
                     str(context.call((undefined(name='objects_list') if l_0_objects_list is missing else l_0_objects_list), environment.getattr(l_2_f, 'objects'), _loop_vars=_loop_vars)),
                     ', ',
@@ -1475,16 +1611,16 @@ def root(context, missing=missing):
                 ))
             else:
                 pass
-                t_13.extend((
+                t_14.extend((
                     '\n    return ',
                     str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_2_f, 'values'), _loop_vars=_loop_vars)),
                 ))
-            t_13.append(
+            t_14.append(
                 '\n\n\n',
             )
             if (l_1_update and environment.getattr(l_2_f, 'writes')):
                 pass
-                t_13.extend((
+                t_14.extend((
                     'def ',
                     str(environment.getattr(l_2_f, 'name')),
                     '_write(root, vals, at):\n    """Write one ',
@@ -1494,7 +1630,7 @@ def root(context, missing=missing):
                 for l_3_s in environment.getattr(l_2_f, 'loads'):
                     _loop_vars = {}
                     pass
-                    t_13.extend((
+                    t_14.extend((
                         '\n    ',
                         str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_3_s, _loop_vars=_loop_vars), 4)),
                     ))
@@ -1502,19 +1638,19 @@ def root(context, missing=missing):
                 for l_3_w in environment.getattr(l_2_f, 'writes'):
                     _loop_vars = {}
                     pass
-                    t_13.extend((
+                    t_14.extend((
                         '\n    ',
                         str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_3_w, 'at + ', _loop_vars=_loop_vars), 4)),
                     ))
                 l_3_w = missing
-                t_13.append(
+                t_14.append(
                     '\n\n\n',
                 )
-        l_2_f = l_2_collect = missing
-        return concat(t_13)
+        l_2_f = l_2_collect = l_2_tok_arg = l_2_for_update = missing
+        return concat(t_14)
     context.exported_vars.add('outlined')
     context.vars['outlined'] = l_0_outlined = Macro(environment, macro, 'outlined', ('fns', 'update'), False, False, False, context.eval_ctx.autoescape)
     yield '\n'
 
 blocks = {}
-debug_info = '6=48&9=50&10=58&11=62&12=66&13=68&14=74&15=88&17=93&23=98&24=111&25=112&26=115&27=123&28=125&29=127&33=129&34=131&35=135&36=142&37=147&39=150&40=152&41=157&43=165&44=167&45=171&47=176&48=180&49=193&50=195&51=199&54=206&55=211&57=233&58=237&59=241&60=246&61=250&64=254&66=256&67=258&68=262&69=266&70=268&71=275&72=280&74=283&75=288&77=310&78=314&79=318&80=322&82=331&83=335&85=339&86=343&87=348&88=352&91=359&92=363&93=367&94=374&95=378&97=385&99=390&100=394&101=400&102=403&103=405&104=408&105=422&106=425&107=429&108=431&109=434&110=436&112=441&113=446&116=456&118=462&120=475&121=478&122=483&123=487&124=509&125=512&126=516&127=522&128=525&129=529&130=533&131=536&132=539&133=545&134=547&135=548&136=552&137=557&138=561&140=578&142=585&143=588&144=591&145=597&146=603&147=606&148=609&149=622&150=625&151=631&152=633&153=637&154=643&155=647&157=665&159=673&160=676&161=680&162=702&163=705&164=709&165=715&166=721&167=724&168=728&169=730&170=733&171=737&172=741&173=745&174=748&175=751&176=758&177=762&178=768&179=771&180=775&181=781&182=784&184=789&185=801&186=803&187=806&188=810&189=816&190=819&191=824&192=843&193=846&194=848&195=851&196=859&197=862&198=864&199=867&200=877&201=880&202=885&203=904&204=907&205=911&206=923&207=926&208=930&209=938&210=941&211=945&212=949&213=952&214=955&215=957&216=961&217=967&218=970&219=974&220=980&221=983&222=986&223=993&224=997&225=1003&226=1006&227=1010&228=1016&229=1019&230=1022&232=1027&237=1032&238=1041&242=1074&243=1083&248=1108&249=1119&253=1145&254=1154&255=1157&256=1164&257=1167&258=1175&261=1178&262=1182&263=1201&264=1243&265=1248&267=1257&268=1260&269=1265&270=1270&271=1275&273=1278&274=1283&276=1288&277=1292&278=1295&279=1299&280=1302&281=1305&282=1310&283=1315&285=1318&286=1323&288=1326&289=1331&291=1336&292=1340&293=1342&294=1344&295=1347&296=1356&297=1359&298=1368&299=1372&301=1377&302=1380&304=1392&310=1397&311=1404&312=1410&313=1414&315=1419&316=1424&318=1427&324=1435&325=1440&327=1462&328=1466&330=1475&334=1480&335=1484&336=1486&337=1489&338=1494&340=1497&341=1502'
+debug_info = '6=48&9=50&10=58&11=62&12=66&13=68&14=74&15=88&17=93&23=98&24=112&25=113&26=116&27=126&28=128&29=130&33=132&34=134&35=138&36=145&37=150&39=153&40=155&41=160&44=163&45=165&46=170&48=178&49=180&50=184&52=189&53=193&54=206&55=208&56=212&59=219&60=224&62=246&63=250&64=254&65=259&66=263&69=267&71=269&72=271&73=275&74=279&75=281&76=288&77=293&79=296&80=298&81=303&84=306&85=311&87=333&88=337&89=341&90=345&92=354&93=358&95=362&96=366&97=371&98=375&101=382&102=386&103=390&104=397&105=401&107=408&109=413&110=417&111=423&112=426&113=428&114=431&115=445&116=448&117=452&118=454&119=457&120=459&122=464&123=469&126=479&128=485&130=498&132=502&135=509&136=512&137=517&138=521&139=543&140=546&141=550&142=556&143=559&144=563&145=567&146=570&147=573&148=579&149=581&150=582&151=586&152=591&153=595&155=612&157=619&158=622&159=625&160=631&161=637&162=640&163=643&164=656&165=659&166=665&167=667&168=671&169=677&170=681&172=699&174=707&175=710&176=714&177=736&178=739&179=743&180=749&181=755&182=758&183=762&184=764&185=767&186=771&187=775&188=779&189=782&190=785&191=792&192=796&193=802&194=805&195=809&196=815&197=818&199=823&200=835&201=837&202=840&203=844&204=850&205=853&206=858&207=877&208=880&209=882&210=885&211=893&212=896&213=898&214=901&215=911&216=914&217=916&218=919&219=955&220=958&221=963&222=982&223=985&224=989&225=1001&226=1004&227=1008&228=1016&229=1019&230=1023&231=1027&232=1030&233=1033&234=1035&235=1039&236=1045&237=1048&238=1052&239=1058&240=1061&241=1064&242=1071&243=1075&244=1081&245=1084&246=1088&247=1094&248=1097&249=1100&251=1105&257=1110&258=1116&259=1120&260=1143&262=1149&267=1154&268=1163&272=1196&273=1205&278=1230&279=1241&283=1267&284=1276&285=1279&286=1286&287=1289&288=1297&291=1300&292=1304&293=1323&294=1365&295=1370&297=1379&298=1382&299=1387&300=1392&301=1397&303=1400&304=1405&306=1410&307=1414&308=1417&309=1421&310=1424&311=1427&312=1432&313=1437&315=1440&316=1445&318=1448&319=1453&321=1458&322=1462&323=1464&324=1466&325=1469&326=1478&327=1481&328=1490&329=1494&331=1499&332=1502&334=1514&340=1519&341=1526&342=1534&343=1540&345=1545&346=1550&348=1553&349=1555&350=1560&353=1563&359=1571&360=1576&362=1598&363=1602&365=1611&369=1616&370=1620&371=1622&372=1625&373=1630&375=1633&376=1638'

@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = 'bca9444e5ac1620dd9be8cd74be5a04030ffc8b8614193664de493d6c6127f0f'
+FINGERPRINT = 'adf1068ed4dabf67944c05e87301d5b62b605b4ad0a9d964c5bd9b543ecc3f03'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'update.py.j2'
 
@@ -18,6 +18,7 @@ def root(context, missing=missing):
     l_0_guard_epoch = resolve('guard_epoch')
     l_0_epoch = resolve('epoch')
     l_0_uses_d = resolve('uses_d')
+    l_0_token = resolve('token')
     l_0_steps = resolve('steps')
     l_0_outlined_distinct = resolve('outlined_distinct')
     l_0_distinct = resolve('distinct')
@@ -32,16 +33,10 @@ def root(context, missing=missing):
         def t_1(*unused):
             raise TemplateRuntimeError("No filter named 'indent' found.")
     try:
-        t_2 = environment.filters['key']
+        t_2 = environment.filters['length']
     except KeyError:
         @internalcode
         def t_2(*unused):
-            raise TemplateRuntimeError("No filter named 'key' found.")
-    try:
-        t_3 = environment.filters['length']
-    except KeyError:
-        @internalcode
-        def t_3(*unused):
             raise TemplateRuntimeError("No filter named 'length' found.")
     pass
     l_0_g = context.vars['g'] = environment.get_template('_steps.j2', 'update.py.j2').make_module(context.get_all(), True, {'callback': l_0_callback, 'g': l_0_g})
@@ -63,6 +58,13 @@ def root(context, missing=missing):
     if (undefined(name='uses_d') if l_0_uses_d is missing else l_0_uses_d):
         pass
         yield '\n        D = []'
+    if (undefined(name='token') if l_0_token is missing else l_0_token):
+        pass
+        yield '\n        '
+        yield str(environment.getattr((undefined(name='token') if l_0_token is missing else l_0_token), 'dst'))
+        yield ' = '
+        yield str(environment.getattr((undefined(name='token') if l_0_token is missing else l_0_token), 'fn'))
+        yield '()  # the trace level this update runs at'
     for l_1_s in (undefined(name='steps') if l_0_steps is missing else l_0_steps):
         l_1_step_text = resolve('step_text')
         _loop_vars = {}
@@ -81,14 +83,14 @@ def root(context, missing=missing):
         yield '\n        if len('
         yield str(context.call(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'distinct_set'), (undefined(name='distinct') if l_0_distinct is missing else l_0_distinct), True))
         yield ') != '
-        yield str(t_3((undefined(name='distinct') if l_0_distinct is missing else l_0_distinct)))
+        yield str(t_2((undefined(name='distinct') if l_0_distinct is missing else l_0_distinct)))
         yield " + len(D):\n            return 'distinct'"
     elif (undefined(name='distinct') if l_0_distinct is missing else l_0_distinct):
         pass
         yield '\n        if len('
         yield str(context.call(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'distinct_set'), (undefined(name='distinct') if l_0_distinct is missing else l_0_distinct), False))
         yield ') != '
-        yield str(t_3((undefined(name='distinct') if l_0_distinct is missing else l_0_distinct)))
+        yield str(t_2((undefined(name='distinct') if l_0_distinct is missing else l_0_distinct)))
         yield ":\n            return 'distinct'"
     for l_1_w in (undefined(name='checks') if l_0_checks is missing else l_0_checks):
         l_1_unknown_op = resolve('unknown_op')
@@ -105,13 +107,6 @@ def root(context, missing=missing):
             yield " has no mutable owner\n            return '"
             yield str(environment.getattr(l_1_w, 'kind'))
             yield "'"
-        elif (environment.getattr(l_1_w, 'op') == 'token_now'):
-            pass
-            yield '\n        '
-            yield str(environment.getattr(l_1_w, 'dst'))
-            yield ' = '
-            yield str(environment.getattr(l_1_w, 'fn'))
-            yield '()  # the trace level this update runs at'
         elif (environment.getattr(l_1_w, 'op') == 'guard_raw_writes'):
             pass
             yield '\n        if not '
@@ -121,26 +116,8 @@ def root(context, missing=missing):
             yield "'"
         elif (environment.getattr(l_1_w, 'op') == 'guard_token'):
             pass
-            yield '\n        if '
-            yield str(environment.getattr(l_1_w, 'obj'))
-            if environment.getattr(l_1_w, 'key'):
-                pass
-                yield '['
-                yield str(t_2(environment.getattr(l_1_w, 'key')))
-                yield ']'
-            for l_2_a in environment.getattr(l_1_w, 'attrs'):
-                _loop_vars = {}
-                pass
-                yield '.'
-                yield str(l_2_a)
-            l_2_a = missing
-            yield ' is not '
-            yield str(environment.getattr(l_1_w, 'token'))
-            yield ':  # '
-            yield str(environment.getattr(l_1_w, 'label'))
-            yield ": made at another trace level\n            return '"
-            yield str(environment.getattr(l_1_w, 'kind'))
-            yield "'"
+            yield '\n        '
+            yield str(t_1(context.call(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'check'), l_1_w, _loop_vars=_loop_vars), 8))
         else:
             pass
             yield '\n        '
@@ -165,4 +142,4 @@ def root(context, missing=missing):
     yield '\n    return None\n'
 
 blocks = {}
-debug_info = '1=42&2=44&3=46&4=48&5=50&6=52&7=55&11=58&14=61&15=65&16=68&18=72&21=74&22=77&24=81&25=84&28=88&29=92&30=95&31=101&32=103&33=106&34=110&35=113&36=115&37=117&38=120&39=137&41=142&44=144&51=148&52=151&53=154&55=158'
+debug_info = '1=37&2=39&3=41&4=43&5=45&6=47&7=50&11=53&14=56&15=59&17=63&18=67&19=70&21=74&24=76&25=79&27=83&28=86&31=90&32=94&33=97&34=103&35=105&36=108&37=110&38=112&39=115&41=119&44=121&51=125&52=128&53=131&55=135'

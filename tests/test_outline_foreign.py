@@ -1,0 +1,500 @@
+"""Outlined code for foreign classes: NNX Modules/Variables and BrainState Nodes/States.
+
+A repeated NNX ``Linear`` (in an ``nnx.List``, a plain list, or as attributes) or a
+repeated BrainState ``Linear`` is generated once: a loop over the list or one function
+called per occurrence. Each occurrence keeps every guard the unrolled code has (the
+bookkeeping fields, the Variables' metadata dicts, the States' raw-access checks), and
+the update checks each occurrence's trace level against the call's token, which the top
+function makes once and passes in. Occurrences are mutated one at a time; sharing across
+occurrences stays exact; and each guard kind the foreign outlined code relies on is
+load-bearing (the scenario differs from the reference with that kind generated out).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import assert_same_flatten
+
+pytest.importorskip("flax")
+pytest.importorskip("brainstate")
+
+import brainstate
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from flax.errors import TraceContextError
+
+import specgraph as sg
+from specgraph.runtime import dispatch
+from specgraph.runtime.dispatch import CONFIG
+
+
+class ListMLP(nnx.Module):
+    def __init__(self, n: int) -> None:
+        rngs = nnx.Rngs(0)
+        self.layers = nnx.List([nnx.Linear(2, 2, rngs=rngs) for _ in range(n)])
+        self.head = nnx.Linear(2, 1, rngs=rngs)
+
+
+class DataMLP(nnx.Module):
+    def __init__(self, n: int) -> None:
+        rngs = nnx.Rngs(0)
+        self.layers = nnx.data([nnx.Linear(2, 2, rngs=rngs) for _ in range(n)])
+
+
+class AttrMLP(nnx.Module):
+    """Layers as attributes, each followed by a static of its own (no run of layers to loop
+    over: one call per occurrence)."""
+
+    def __init__(self, n: int) -> None:
+        rngs = nnx.Rngs(0)
+        for i in range(n):
+            setattr(self, f"l{i:02d}", nnx.Linear(2, 2, rngs=rngs))
+            setattr(self, f"l{i:02d}_id", i)
+
+
+class BstMLP(brainstate.nn.Module):
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.layers = [brainstate.nn.Linear(2, 2) for _ in range(n)]
+
+
+LAYOUTS: dict[str, Callable[[int], Any]] = {"nnx.List": ListMLP, "data list": DataMLP, "attrs": AttrMLP}
+
+
+def layer(m: Any, i: int) -> Any:
+    return getattr(m, f"l{i:02d}") if type(m) is AttrMLP else m.layers[i]
+
+
+def set_layer(m: Any, i: int, value: Any) -> None:
+    if type(m) is AttrMLP:
+        setattr(m, f"l{i:02d}", value)
+    else:
+        m.layers[i] = value
+
+
+@pytest.fixture
+def outlined() -> Iterator[None]:
+    saved = CONFIG.outline_min
+    sg.configure(outline_min=2)
+    sg.clear_cache()
+    try:
+        yield
+    finally:
+        CONFIG.outline_min = saved
+        sg.clear_cache()
+
+
+@pytest.fixture
+def disable() -> Iterator[Callable[[frozenset[str]], None]]:
+    try:
+        yield dispatch._set_disabled_guards
+    finally:
+        dispatch._set_disabled_guards(frozenset())
+
+
+def _specialized(node: Any) -> tuple[sg.GraphDef, sg.StateMap]:
+    """Flatten twice (the second call by generated code), checked against the reference."""
+    sg.flatten(node)
+    before = sg.cache_info()["hits"]
+    out = sg.flatten(node)
+    assert sg.cache_info()["hits"] == before + 1, sg.cache_info()
+    assert_same_flatten(out, sg.generic.flatten(node))
+    return out
+
+
+def _source(gd: sg.GraphDef, kind: str = "flatten") -> str:
+    var = dispatch.variant_for(gd)
+    assert var is not None
+    return var.sources[kind]
+
+
+def _outlined_form(src: str, layout: str, n: int, type_name: str = "") -> None:
+    """The repeated Linear is generated once: a loop over the list, or one function
+    called once per occurrence (its guards not repeated per occurrence)."""
+    if layout == "attrs":
+        assert src.count("def outlined0_flatten") == 1 and src.count("outlined0_flatten(") == n + 1
+    else:
+        assert f"# {n} of one shape" in src and "def outlined" not in src
+    assert src.count("is not Linear") == 1 + (type_name == "ListMLP")  # one body for all n (+ the head)
+
+
+# -- the outlined code exists and is what answers ----------------------------------------
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_nnx_layers_are_outlined(outlined: None, layout: str) -> None:
+    m = LAYOUTS[layout](20)
+    gd, _st = _specialized(m)
+    _outlined_form(_source(gd), layout, 20, type(m).__name__)
+    _outlined_form(_source(gd, "update"), layout, 20, type(m).__name__)
+    # the update's token is made once, first, and every occurrence is checked against it
+    upd = _source(gd, "update")
+    top = upd[upd.index("def update_"):]
+    first_guard = "is not List" if layout == "nnx.List" else "droot = root.__dict__"
+    assert upd.count("tok = ") == 1 and top.index("tok = ") < top.index(first_guard)
+    outlined_or_loop = upd[:upd.index("def update_")] if layout == "attrs" else top
+    assert "is not tok:  # " in outlined_or_loop.split("# Every guard passed")[0]
+    text = sg.explain(gd)
+    assert "x Linear" in text or "used 20 times" in text
+    variables = 2 * 20 + 2 * (layout == "nnx.List")  # (+ the head's)
+    assert f"update: {variables} states/nodes are written only if made at the current trace level" in text
+
+
+def test_brainstate_layers_are_a_loop(outlined: None) -> None:
+    m = BstMLP(12)
+    gd, _ = _specialized(m)
+    src = _source(gd)
+    assert "# 12 of one shape" in src and src.count("is not Linear") == 1
+    assert src.count("has hooks") == 1  # each State's hook guard, in the loop's body
+    assert src.count("the library reads through its own API now") == 1  # once per call, in the top
+    upd = _source(gd, "update")
+    assert upd.count("the library writes through its own API now") == 1
+
+
+def test_nnx_mlp_of_ten_thousand_layers_is_specialized() -> None:
+    m = ListMLP(10_000)
+    sg.flatten(m)
+    hits = sg.cache_info()["hits"]
+    gd, st = sg.flatten(m)
+    assert sg.cache_info()["hits"] == hits + 1  # served by generated code (default outline_min)
+    assert len(st) == 2 * 10_001
+    assert "# 10000 of one shape" in _source(gd)
+
+
+# -- update through outlined code ------------------------------------------------------
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_update_through_outlined_code(outlined: None, layout: str) -> None:
+    m = LAYOUTS[layout](6)
+    _gd, st = _specialized(m)
+    kernels = [layer(m, i).kernel for i in range(6)]
+    new = sg.StateMap._make(st._table, [jnp.asarray(v) + 1 + i for i, v in enumerate(st.values())])
+    before = sg.cache_info()["update_hits"]
+    sg.update(m, new)
+    assert sg.cache_info()["update_hits"] == before + 1
+    assert [layer(m, i).kernel for i in range(6)] == kernels  # the very same Variables
+    for path, value in new.items():
+        assert sg.generic.flatten(m)[1][path] is value
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_update_of_a_closure_model_inside_jit_raises_nnx_trace_error(outlined: None, layout: str) -> None:
+    """The trace-level check of each outlined occurrence: the update is refused, nothing written."""
+    m = LAYOUTS[layout](4)
+    gd, sm = _specialized(m)
+    assert "is not tok:" in _source(gd, "update")
+    raws = [layer(m, i).kernel.get_raw_value() for i in range(4)]
+
+    @jax.jit
+    def f(values: sg.StateMap) -> jax.Array:
+        sg.update(m, values)
+        return values[next(iter(values.keys()))]
+
+    with pytest.raises(TraceContextError):
+        f(sm)
+    assert [layer(m, i).kernel.get_raw_value() for i in range(4)] == raws
+
+
+def test_brainstate_update_through_the_loop(outlined: None) -> None:
+    m = BstMLP(5)
+    _gd, st = _specialized(m)
+    states = [m.layers[i].weight for i in range(5)]
+    new = sg.StateMap._make(st._table, [jax.tree.map(lambda a: a + 1, v) for v in st.values()])
+    before = sg.cache_info()["update_hits"]
+    sg.update(m, new)
+    assert sg.cache_info()["update_hits"] == before + 1
+    assert [m.layers[i].weight for i in range(5)] == states
+    assert all(m.layers[i].weight._been_writen for i in range(5))
+    for path, value in new.items():
+        assert sg.generic.flatten(m)[1][path] is value
+
+
+# -- occurrences mutated one at a time ---------------------------------------------------
+
+
+def _replace_variable(m: Any, i: int) -> None:
+    lin = layer(m, i)
+    lin.kernel = nnx.Param(lin.kernel.get_raw_value() + 1)
+
+
+def _flip_setup(m: Any, i: int) -> None:
+    layer(m, i)._pytree__state._is_setup = not layer(m, i)._pytree__state._is_setup
+
+
+def _tie(m: Any, i: int) -> None:
+    layer(m, i).kernel = layer(m, (i + 1) % 4).kernel
+
+
+def _swap(m: Any, i: int) -> None:
+    set_layer(m, i, layer(m, (i + 1) % 4))
+
+
+#: name -> (the guard kind that misses, or None: the same structure, a hit; the mutation)
+NNX_MUTATIONS: dict[str, tuple[str | None, Callable[[Any, int], None]]] = {
+    "variable replaced": (None, _replace_variable),
+    "state type": ("type", lambda m, i: setattr(layer(m, i), "bias", nnx.BatchStat(layer(m, i).bias[...]))),
+    "set_metadata new key": ("metadata", lambda m, i: layer(m, i).kernel.set_metadata(tag="x")),
+    "set_metadata value": ("metadata", lambda m, i: layer(m, i).kernel.set_metadata(eager_sharding=False)),
+    "bookkeeping": ("metadata", _flip_setup),
+    "extra attribute": ("node_keys", lambda m, i: setattr(layer(m, i), "extra", nnx.Param(jnp.ones(1)))),
+    # past Module.__setattr__: _pytree__nodes does not learn it, only the dict's length does
+    "extra dict entry": ("node_keys",
+                         lambda m, i: vars(layer(m, i)).__setitem__("extra", nnx.Param(jnp.ones(1)))),
+    "static": ("static", lambda m, i: setattr(layer(m, i), "in_features", 3)),
+    "static type": ("static", lambda m, i: setattr(layer(m, i), "in_features", 2.0)),
+    "tied across layers": ("distinct", _tie),
+    "same layer twice": ("distinct", _swap),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+@pytest.mark.parametrize("name", sorted(NNX_MUTATIONS))
+@pytest.mark.parametrize("i", [0, 3])
+def test_each_nnx_occurrence_mutated(outlined: None, name: str, i: int, layout: str) -> None:
+    kind, mutate = NNX_MUTATIONS[name]
+    m = LAYOUTS[layout](4)
+    gd, _ = _specialized(m)
+    _outlined_form(_source(gd), layout, 4, type(m).__name__)
+    mutate(m, i)
+    misses = dict(sg.cache_info()["guard_misses"])
+    hits = sg.cache_info()["hits"]
+    assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
+    now = sg.cache_info()["guard_misses"]
+    if kind is None:
+        assert sg.cache_info()["hits"] == hits + 1 and now == misses
+    else:
+        assert now.get(kind, 0) == misses.get(kind, 0) + 1, now
+        # and the new structure is specialized in turn, exactly
+        _specialized(m)
+
+
+def test_variable_replaced_in_layer_7_of_20(outlined: None) -> None:
+    m = ListMLP(20)
+    _specialized(m)
+    old = m.layers[7].kernel
+    m.layers[7].kernel = nnx.Param(old.get_raw_value() * 3)
+    hits = sg.cache_info()["hits"]
+    gd, st = sg.flatten(m)
+    assert sg.cache_info()["hits"] == hits + 1
+    assert st[("layers", 7, "kernel")] is m.layers[7].kernel.get_raw_value()
+    assert_same_flatten((gd, st), sg.generic.flatten(m))
+    new = jnp.zeros((2, 2))
+    sg.update(m, {("layers", 7, "kernel"): new})
+    assert m.layers[7].kernel.get_raw_value() is new and m.layers[7].kernel is not old
+
+
+def test_metadata_changed_in_one_occurrence_makes_another_structure(outlined: None) -> None:
+    m = ListMLP(20)
+    gd, _ = _specialized(m)
+    m.layers[7].kernel.set_metadata(scale=2)
+    gd2, _ = _specialized(m)
+    assert gd2 != gd
+    assert any(dict(getattr(spec, "metadata", None) or ()).get("scale") == 2 for spec in gd2.table)
+    src = _source(gd2)
+    assert "of one shape" in src  # the other layers are still a loop (two runs around layer 7)
+
+
+def test_ref_backed_variable_in_one_layer(outlined: None) -> None:
+    m = ListMLP(8)
+    _specialized(m)
+    m.layers[5].kernel = nnx.Param(jnp.ones((2, 2)), ref=True)
+    ref = m.layers[5].kernel.get_raw_value()
+    assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
+    _gd, sm = sg.flatten(m)
+    assert sm[("layers", 5, "kernel")] is ref
+    sg.update(m, {("layers", 5, "kernel"): jnp.full((2, 2), 4.0), ("layers", 1, "kernel"): jnp.zeros((2, 2))})
+    assert m.layers[5].kernel.get_raw_value() is ref  # written into its Ref, as nnx.update does
+    np.testing.assert_array_equal(m.layers[5].kernel[...], np.full((2, 2), 4.0))
+    np.testing.assert_array_equal(m.layers[1].kernel[...], np.zeros((2, 2)))
+
+
+def test_hijax_variable_in_one_layer_is_refused_with_its_path(outlined: None) -> None:
+    m = ListMLP(8)
+    _specialized(m)
+    try:
+        m.layers[6].kernel = nnx.Param(jnp.ones((2, 2)), hijax=True)
+    except Exception:  # pragma: no cover - hijax not available in this JAX
+        pytest.skip("hijax Variables cannot be made here")
+    with pytest.raises(TypeError, match=r"path \('layers', 6, 'kernel'\).*hijax=False"):
+        sg.flatten(m)
+
+
+def test_tied_variables_across_layers(outlined: None) -> None:
+    m = ListMLP(8)
+    m.layers[3].kernel = m.layers[2].kernel  # tied: layers 2 and 3 stay unrolled
+    gd, st = _specialized(m)
+    assert "of one shape" in _source(gd)
+    clone = sg.unflatten(gd, st)
+    assert clone.layers[3].kernel is clone.layers[2].kernel
+    new = sg.StateMap._make(st._table, [jnp.asarray(v) * 2 for v in st.values()])
+    sg.update(m, new)
+    assert m.layers[3].kernel is m.layers[2].kernel
+    assert m.layers[2].kernel.get_raw_value() is new[("layers", 2, "kernel")]
+    # tying two layers of the loop is a distinct miss; untying the tied pair another structure
+    m.layers[6].kernel = m.layers[5].kernel
+    misses = sg.cache_info()["guard_misses"].get("distinct", 0)
+    assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
+    assert sg.cache_info()["guard_misses"].get("distinct", 0) == misses + 1
+
+
+@pytest.mark.parametrize("change", ["longer", "shorter", "another shape", "another type"])
+@pytest.mark.parametrize("layout", ["nnx.List", "data list"])
+def test_a_list_that_stops_being_homogeneous(outlined: None, change: str, layout: str) -> None:
+    m = LAYOUTS[layout](6)
+    _specialized(m)
+    rngs = nnx.Rngs(1)
+    if change == "longer":
+        m.layers.append(nnx.Linear(2, 2, rngs=rngs))
+    elif change == "shorter":
+        m.layers.pop()
+    elif change == "another shape":
+        m.layers[2] = nnx.Linear(2, 5, rngs=rngs)
+    else:
+        m.layers[2] = nnx.LayerNorm(2, rngs=rngs)
+    hits = sg.cache_info()["hits"]
+    assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
+    assert sg.cache_info()["hits"] == hits  # the reference answered
+    _specialized(m)  # and the new structure is specialized, exactly
+
+
+BST_MUTATIONS: dict[str, tuple[str | None, Callable[[Any, int], None]]] = {
+    "state replaced": (None, lambda m, i: setattr(m.layers[i], "weight",
+                                                  brainstate.ParamState(m.layers[i].weight.value))),
+    "state type": ("type", lambda m, i: setattr(m.layers[i], "weight",
+                                                brainstate.ShortTermState(m.layers[i].weight.value))),
+    "tag": ("metadata", lambda m, i: setattr(m.layers[i].weight, "tag", "x")),
+    "size": ("static", lambda m, i: setattr(m.layers[i], "_in_size", (3,))),
+    "tied across layers": ("distinct",
+                           lambda m, i: setattr(m.layers[i], "weight", m.layers[(i + 1) % 4].weight)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BST_MUTATIONS))
+@pytest.mark.parametrize("i", [0, 3])
+def test_each_brainstate_occurrence_mutated(outlined: None, name: str, i: int) -> None:
+    kind, mutate = BST_MUTATIONS[name]
+    m = BstMLP(4)
+    gd, _ = _specialized(m)
+    assert "# 4 of one shape" in _source(gd)
+    mutate(m, i)
+    misses = dict(sg.cache_info()["guard_misses"])
+    hits = sg.cache_info()["hits"]
+    assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
+    now = sg.cache_info()["guard_misses"]
+    if kind is None:
+        assert sg.cache_info()["hits"] == hits + 1 and now == misses
+    else:
+        assert now.get(kind, 0) == misses.get(kind, 0) + 1, now
+
+
+def test_a_hook_on_one_brainstate_occurrence_is_a_raw_miss(outlined: None) -> None:
+    m = BstMLP(4)
+    _specialized(m)
+    reads: list[int] = []
+    m.layers[2].weight.register_hook("read", lambda ctx: reads.append(1))
+    misses = sg.cache_info()["guard_misses"].get("raw", 0)
+    sg.flatten(m)
+    assert reads  # the reference read it through .value: the hook ran
+    assert sg.cache_info()["guard_misses"].get("raw", 0) == misses + 1
+
+
+# -- guard kill: every guard kind the foreign outlined code relies on --------------------
+
+
+#: kind -> (layout, mutation): with that kind generated out, the outlined code answers the
+#: mutated occurrence with the stale structure.
+NNX_KILLED: dict[str, tuple[str, str]] = {
+    "type": ("nnx.List", "state type"),
+    "node_keys": ("attrs", "extra dict entry"),
+    "static": ("data list", "static"),
+    "metadata": ("nnx.List", "set_metadata value"),
+    "distinct": ("attrs", "tied across layers"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(NNX_KILLED))
+def test_nnx_outlined_guard_is_load_bearing(outlined: None, kind: str,
+                                            disable: Callable[[frozenset[str]], None]) -> None:
+    layout, name = NNX_KILLED[kind]
+    disable(frozenset({kind}))
+    m = LAYOUTS[layout](4)
+    sg.flatten(m)
+    gd, _ = sg.flatten(m)
+    assert "def outlined" in _source(gd) or "of one shape" in _source(gd)
+    NNX_MUTATIONS[name][1](m, 2)
+    with pytest.raises(AssertionError):
+        assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
+
+
+@pytest.mark.parametrize("what", ["metadata dict", "metadata item", "bookkeeping field"])
+def test_each_nnx_metadata_guard_is_load_bearing(outlined: None, what: str,
+                                                 disable: Callable[[frozenset[str]], None]) -> None:
+    """The three metadata guards of an NNX occurrence (a Variable's metadata dict length, an
+    item of it, a bookkeeping field of the Module) each catch their own change."""
+    mutate = {"metadata dict": "set_metadata new key", "metadata item": "set_metadata value",
+              "bookkeeping field": "bookkeeping"}[what]
+    for disabled in (frozenset({"metadata"}), frozenset()):
+        disable(disabled)
+        sg.clear_cache()
+        m = ListMLP(4)
+        sg.flatten(m)
+        sg.flatten(m)
+        NNX_MUTATIONS[mutate][1](m, 1)
+        got, ref = sg.flatten(m), sg.generic.flatten(m)
+        if disabled:
+            with pytest.raises(AssertionError):
+                assert_same_flatten(got, ref)
+        else:
+            assert_same_flatten(got, ref)
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_nnx_outlined_trace_guard_is_load_bearing(outlined: None, layout: str,
+                                                  disable: Callable[[frozenset[str]], None]) -> None:
+    """Without the trace checks the outlined update writes a tracer into Variables of
+    another trace level (nnx refuses that; with the checks in place the test above raises)."""
+    disable(frozenset({"trace"}))
+    m = LAYOUTS[layout](4)
+    _, sm = _specialized(m)
+    assert "is not tok:" not in _source(sg.flatten(m)[0], "update")
+
+    @jax.jit
+    def f(values: sg.StateMap) -> jax.Array:
+        sg.update(m, values)
+        return values[next(iter(values.keys()))]
+
+    f(sm)  # no TraceContextError: the stale trace's writes went through
+    assert any(isinstance(layer(m, i).kernel.get_raw_value(), jax.core.Tracer) for i in range(4))
+
+
+def test_brainstate_outlined_raw_guard_is_load_bearing(outlined: None,
+                                                       disable: Callable[[frozenset[str]], None]) -> None:
+    """Without the hook guard of each State in the loop, a read hook set on one occurrence
+    does not run (the reference reads it through .value, which runs it)."""
+    disable(frozenset({"raw"}))
+    m = BstMLP(4)
+    sg.flatten(m)
+    sg.flatten(m)
+    reads: list[int] = []
+    m.layers[2].weight.register_hook("read", lambda ctx: reads.append(1))
+    sg.flatten(m)
+    assert not reads
+
+
+@pytest.mark.parametrize("kind", ["type", "metadata", "static", "distinct"])
+def test_brainstate_outlined_guard_is_load_bearing(outlined: None, kind: str,
+                                                   disable: Callable[[frozenset[str]], None]) -> None:
+    name = {"type": "state type", "metadata": "tag", "static": "size", "distinct": "tied across layers"}[kind]
+    disable(frozenset({kind}))
+    m = BstMLP(4)
+    sg.flatten(m)
+    sg.flatten(m)
+    BST_MUTATIONS[name][1](m, 2)
+    with pytest.raises(AssertionError):
+        assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
