@@ -498,3 +498,33 @@ def test_brainstate_outlined_guard_is_load_bearing(outlined: None, kind: str,
     BST_MUTATIONS[name][1](m, 2)
     with pytest.raises(AssertionError):
         assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
+
+
+class Holder(sg.Node):
+    def __init__(self, w: Any) -> None:
+        self.w = w
+
+
+@pytest.mark.parametrize("state", ["brainstate", "nnx"])
+def test_builtin_nodes_holding_foreign_states(outlined: None, state: str) -> None:
+    """specgraph Nodes holding foreign states: flatten outlines them (a loop), the unflatten
+    (whose outlined bodies hold builtin classes only) builds them, all as the reference."""
+    def make(i: int) -> Any:
+        value = jnp.full((2,), float(i))
+        return brainstate.ParamState(value) if state == "brainstate" else nnx.Param(value)
+
+    m = Holder([Holder(make(i)) for i in range(6)])
+    gd, st = _specialized(m)
+    assert "# 6 of one shape" in _source(gd)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no failure to generate
+        clone = sg.unflatten(gd, st)
+        clone = sg.unflatten(gd, st)
+    assert_same_flatten(sg.generic.flatten(clone), sg.generic.flatten(sg.generic.unflatten(gd, st)))
+    new = sg.StateMap._make(st._table, [v + 1 for v in st.values()])
+    before = sg.cache_info()["update_hits"]
+    sg.update(m, new)
+    assert sg.cache_info()["update_hits"] == before + 1
+    assert all(a is b for a, b in zip(sg.generic.flatten(m)[1].values(), new.values(), strict=True))

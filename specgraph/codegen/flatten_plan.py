@@ -88,7 +88,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         self.nearest: dict[Operand, int] = {"root": len(gd.table)}
         # Repeated self-contained subtrees: one function per shape (see shapes.py).
         self.shapes = find_shapes(gd, outline_min if self.no_user_code else 0, self.witnessed,
-                                  self.shared_types)
+                                  self.shared_types, foreign=True)
         self.shape_fns: list[ShapeFn] = []
         self._where: dict[int, list[str]] = {}  # shape -> where its first few calls are
         self._listed: dict[int, int] = {}  # shape -> the occurrences those places hold

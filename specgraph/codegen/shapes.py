@@ -186,7 +186,9 @@ def _refs(gd: GraphDef) -> list[int]:
 class _Scan:
     """Shape keys of a structure's nodes, made bottom-up (see :func:`find_shapes`)."""
 
-    def __init__(self, gd: GraphDef, witnessed: set[int], shared_types: set[type]) -> None:
+    def __init__(self, gd: GraphDef, witnessed: set[int], shared_types: set[type],
+                 foreign: bool = False) -> None:
+        self.foreign = foreign  # foreign classes may be outlined (the flatten planner's)
         self.table = gd.table
         self.refs = _refs(gd)
         self.witnessed = witnessed
@@ -207,6 +209,8 @@ class _Scan:
         (its fields go into the shape's key, see :func:`_node_key`)."""
         if not self.node_class_ok(spec.type):
             return False
+        if not self.foreign and not reg.node_impl(spec.type).is_builtin_node:
+            return False
         if reg.node_impl(spec.type).dict_node is None:
             return spec.sig is None and spec.meta is None
         return True
@@ -216,6 +220,8 @@ class _Scan:
         foreign state with a layout generated code uses (its per-call checks, the trace
         token and the raw-access checks, are made by the top function and passed in)."""
         tt = st.type
+        if not self.foreign and reg.state_impl(tt) is not None:
+            return False
         good = self.ok.get(tt)
         if good is None:
             good = self.ok[tt] = _state_class_ok(tt)
@@ -303,12 +309,15 @@ class _Scan:
         return tuple(tokens), [*out, lo, n, first_after, (last - first_after + 1) if last >= 0 else 0]
 
 
-def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_types: set[type]) -> Shapes:
-    """The shapes of ``gd`` that occur at least ``outline_min`` times (``0``: none)."""
+def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_types: set[type],
+                foreign: bool = False) -> Shapes:
+    """The shapes of ``gd`` that occur at least ``outline_min`` times (``0``: none);
+    ``foreign``: of foreign classes too (the flatten planner's: it makes their per-call
+    checks; the unflatten planner outlines builtin classes only)."""
     if outline_min <= 0:
         return Shapes({}, {}, {})
     table = gd.table
-    sc = _Scan(gd, witnessed, shared_types)
+    sc = _Scan(gd, witnessed, shared_types, foreign)
     interned: dict[Any, int] = {}
     key_of, size = sc.key_of, sc.size
     counts: dict[int, list[int]] = {}
