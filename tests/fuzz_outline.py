@@ -96,6 +96,14 @@ class Blk(sg.Node):
         self.k = Lin(seed + 0.5, act)
         self.scale = sg.State(np.full((1,), seed, np.float32), kind="ln")
         self.heads = [Lin(seed + 0.25 * h, act) for h in range(heads)]
+        self.e = Empty()
+
+
+class Empty(sg.Node):
+    """A node without states (no state can witness it: shared, it must be seen anyway)."""
+
+    def __init__(self, tag: Any = "e") -> None:
+        self.tag = tag
 
 
 class Link(sg.Node):
@@ -141,7 +149,9 @@ HOOKS: list[tuple[str, str, Any]] = [
     ("Lin", "__setattr__", _counting_setattr), ("Lin", "__getattribute__", _lying_getattribute),
     ("Lin", "w", None), ("Link", "tag", "class-level"), ("Blk", "__setattr__", _counting_setattr),
     ("HLin", "attr0", 0), ("Buffer", "__hash__", lambda self: 0), ("Buffer", "__eq__", lambda s, o: True),
-    ("Param", "__hash__", lambda self: 1),
+    ("Param", "__hash__", lambda self: 1), ("Lin", "graph_invisible_attrs", ("act",)),
+    ("Link", "graph_invisible_attrs", ("e",)), ("Empty", "graph_invisible_attrs", ("tag",)),
+    ("Blk", "graph_invisible_attrs", ("heads",)),
 ]
 
 
@@ -253,8 +263,13 @@ def plain(rng: random.Random) -> Any:
     return fresh(rng.choice(PLAIN if rng.random() < 0.1 else SCALAR))
 
 
+RAISED = [False]  # a RaisingEq was used in this case (an exception in generated code is then fair)
+
+
 def hostile(rng: random.Random) -> Any:
-    return rng.choice([float("nan"), LyingEq(), RaisingEq(), Liar(), Marker()])
+    x = rng.choice([float("nan"), LyingEq(), RaisingEq(), Liar(), Marker()])
+    RAISED[0] = RAISED[0] or type(x) is RaisingEq
+    return x
 
 
 def chain(n: int, rng: random.Random, tag: Any) -> Link:
@@ -264,6 +279,7 @@ def chain(n: int, rng: random.Random, tag: Any) -> Link:
     c: Any = None
     for i in range(n):
         c = Link(c, float(i), tag)
+        c.e = Empty()
         if with_lin:
             c.lin = Lin(float(i), "relu")
     return c
@@ -332,7 +348,7 @@ def mutate(rng: random.Random, m: Box) -> str:
     what = rng.choice(["state", "state_type", "meta", "static", "static_hostile", "swap", "nonhomog",
                        "tie", "share_node", "cycle", "chain_class", "chain_static", "epoch", "grow",
                        "shrink", "nested_grow", "dict_key", "none", "restore", "reaching", "eq_state",
-                       "class_hook", "dup_item", "reconfigure", "chains"])
+                       "class_hook", "dup_item", "reconfigure", "chains", "share_empty"])
     ls = lins(m)
     occ = rng.choice(ls) if ls else None
     if what == "state" and occ is not None:
@@ -411,6 +427,11 @@ def mutate(rng: random.Random, m: Box) -> str:
             delattr(cls, name)
         else:
             setattr(cls, name, value)
+    elif what == "share_empty":  # a stateless node shared by two blocks or two chain links
+        bs = [b for b in (*m.blocks, *m.d.values()) if type(b) is Blk] + links(m)
+        if len(bs) >= 2:
+            a, b = rng.sample(bs, 2)
+            a.e = vars(b).get("e", Empty())
     elif what == "dup_item" and len(m.layers) >= 2:  # one node twice in a list
         i, j = rng.sample(range(len(m.layers)), 2)
         m.layers[i] = m.layers[j]
@@ -627,6 +648,12 @@ def check_flatten(m: Any, tally: Tally) -> tuple[Any, Any] | None:
     return pub[1][1]
 
 
+def _state_metadata(root: Any) -> list[Any]:
+    """Every state's metadata tuple, in the reference flatten's order."""
+    with specializer_off():
+        return [x._metadata for _, x in sg.iter_leaf(root) if isinstance(x, sg.State)]
+
+
 def check_unflatten(m: Any, gd: Any, sm: Any, tally: Tally) -> None:
     want = sg.generic.unflatten(gd, sm)
     want_flat = sg.generic.flatten(want)
@@ -636,6 +663,8 @@ def check_unflatten(m: Any, gd: Any, sm: Any, tally: Tally) -> None:
         got_flat = sg.generic.flatten(new)
         same_flatten(got_flat, want_flat, identity=False)
         same_gd(got_flat[0], gd, identity=True)  # statics, keys, metadata: gd's own objects
+        mine = _state_metadata(new)
+        assert all(a is b for a, b in zip(mine, _state_metadata(want), strict=True)), "metadata tuples"
     # a twin: an equal GraphDef with equal but distinct objects, served by the code of gd
     if len(links(m)) > 1500:
         return
@@ -740,6 +769,25 @@ def check_step(m: Any, tally: Tally) -> None:
 # -- pairs of structures sharing shapes (the unit table across structures) ---------------------------
 
 
+def check_foreign_part(m: Any, part: Any, tally: Tally) -> None:
+    """An update of ``m`` with a part split from another structure: the reference's outcome
+    (on a rebuilt twin), and nothing written on an error."""
+    twin_m = sg.generic.unflatten(*sg.generic.flatten(m))
+    before = snapshot(m)
+    got = _outcome(lambda: sg.update(m, part))
+    ref = _outcome(lambda: sg.generic.update(twin_m, part))
+    assert got[0] == ref[0], (got, ref)
+    if got[0] == "error":
+        assert got[1] == ref[1], (got, ref)
+        assert snapshot(m) == before, "a failed update changed the model"
+        tally.add("foreign_parts_refused")
+        return
+    mine, theirs = sg.generic.flatten(m), sg.generic.flatten(twin_m)
+    assert list(mine[1].keys()) == list(theirs[1].keys())
+    assert all(x is y for x, y in zip(mine[1].values(), theirs[1].values(), strict=True))
+    tally.add("foreign_parts_written")
+
+
 def check_pairs(rng: random.Random, tally: Tally) -> None:
     """Structures of one outlined shape, one after the other: MLP-n after MLP-(n+1), the same
     shape with another identity static, an equal-but-distinguishable static, other
@@ -759,7 +807,10 @@ def check_pairs(rng: random.Random, tally: Tally) -> None:
         Box(chain=chain(n + 1, rng, b)),
     ]
     rng.shuffle(models)
+    part = None
     for m in models:
+        if part is not None:
+            check_foreign_part(m, part, tally)
         flat = check_flatten(m, tally)
         if flat is None:
             continue
@@ -770,6 +821,7 @@ def check_pairs(rng: random.Random, tally: Tally) -> None:
         check_unflatten(m, gd, sm, tally)
         check_collect(m, gd, tally)
         check_update(m, gd, sm, tally)
+        part = sg.split(m, sg.Param, ...)[1]
         tally.add("pairs_checked")
 
 
@@ -792,6 +844,7 @@ def run_case(seed: int, steps: int, deep: bool, tally: Tally) -> None:
 
 def _run_case(seed: int, steps: int, deep: bool, tally: Tally) -> None:
     rng = random.Random(seed)
+    RAISED[0] = False
     sg.configure(outline_min=rng.randint(2, 4))
     sg.clear_cache()
     m = build(rng, deep)
@@ -822,6 +875,11 @@ def fuzz(cases: int, seed: int, steps: int = 6, deep: bool = False) -> collectio
             info = sg.cache_info()
             tally.add("units_reused", info["outlined_units_reused"])
             tally.add("guard_misses", sum(info["guard_misses"].values()))
+            # an exception inside generated code (a guard that could not be evaluated): only a
+            # hostile static (a raising __eq__) may cause one; else the code is broken and
+            # silently hands every call to the walker
+            if not RAISED[0]:
+                tally.add("error_misses", info["guard_misses"].get("error", 0))
     finally:
         CONFIG.outline_min, CONFIG.max_variants = saved
         sys.setrecursionlimit(limit)

@@ -12,6 +12,7 @@ def test_outline_fuzz_agrees_with_the_reference_and_is_served_by_outlined_code()
     counts = fuzz(cases=3, seed=0, steps=4)
     assert counts["steps_checked"] >= 10 and counts["pairs_checked"] >= 20, counts
     assert counts["leaked_objects"] == 0
+    assert counts["error_misses"] == 0  # no exception inside generated code (no raising static here)
     assert counts["failed_updates_untouched"] >= 20
     assert counts["units_reused"] > 0  # the shared-unit table was exercised
     # The run proves something only if outlined generated code (an outlined function, a

@@ -438,6 +438,41 @@ def test_chain_distinct_guard_is_load_bearing(outlined: None,
         assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
 
 
+SHARED_HEADS: dict[str, Callable[[Box], Box]] = {
+    # the first link of the looped run (the third node) is also the list's second item
+    "reached again": lambda m: Box(d=[m, _link(m, 2)]),
+    # the last link's child is the looped run's first link: a cycle back into the chain
+    "a cycle back": lambda m: (setattr(_link(m, 9), "child", _link(m, 2)), m)[1],
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHARED_HEADS))
+def test_a_chain_link_reached_twice_is_served(impl: Any, name: str) -> None:
+    """A link of a chain that is also reached from elsewhere is planned inline (its object
+    in a local for the back-reference), not as the first link of the loop: the generated
+    flatten once named the loop's object splice in the back-reference guard (NameError at
+    every call: a miss of kind 'error', every call handed to the walker)."""
+    saved = CONFIG.outline_min
+    sg.configure(outline_min=2)
+    try:
+        m = SHARED_HEADS[name](chain(10))
+        gd, st = impl.flatten(m)
+        assert_same_flatten((gd, st), sg.generic.flatten(m))
+        if impl.compiled:
+            hits = sg.cache_info()["hits"]
+            assert_same_flatten(sg.flatten(m), (gd, st))
+            assert sg.cache_info()["hits"] == hits + 1, sg.cache_info()
+            assert "error" not in sg.cache_info()["guard_misses"]
+            assert "nested links of one shape" in _source(gd)
+        clone = impl.unflatten(gd, st)
+        assert_same_flatten(sg.generic.flatten(clone), (gd, st))
+        new = sg.StateMap._make(st._table, [np.float32(-i) for i in range(len(st))])
+        impl.update(m, new)
+        assert all(a is b for a, b in zip(sg.generic.flatten(m)[1].values(), new.values(), strict=True))
+    finally:
+        CONFIG.outline_min = saved
+
+
 def test_ten_thousand_layers_are_specialized() -> None:
     """With the default outline_min: MLP-10 000 is one loop over one Linear function."""
     m = mlp(10_000)

@@ -384,8 +384,9 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
     links: dict[int, Link] = {}
     interned: dict[Any, int] = {}
     for spec in table:
-        if type(spec) is not NodeSpec or spec.index in shapes.shape_of:
-            continue
+        if type(spec) is not NodeSpec or spec.index in shapes.shape_of or refs[spec.index] != 1:
+            continue  # (a link met twice, at its place in the chain and elsewhere, is inline:
+            # the loop keeps no link in a local of its own for a back-reference to name)
         i, t = spec.index, spec.type
         rec = -1
         for p, c in enumerate(spec.children):
