@@ -1,11 +1,12 @@
 """Outlined functions shared across structures (codegen/shared.py).
 
-A structure whose outlined shape was compiled for an earlier structure binds that unit
-instead of compiling it again (MLP-31 after MLP-32). The sharing is exact: results equal
-the reference's through every implementation; a static only the very object is, or one
-equal but distinguishable (1, True, 1.0; 0.0 and -0.0), keeps two structures apart; a
-registration empties the table; the table holds what its keys name by id(), is bounded,
-and ``clear_cache`` empties it; a shared unit's source stays in linecache while in use.
+A structure whose outlined shape, or loop over a list of one shape, was compiled for an
+earlier structure binds that unit instead of compiling it again (MLP-1 000 after MLP-999).
+The sharing is exact: results equal the reference's through every implementation; a
+static only the very object is, or one equal but distinguishable (1, True, 1.0; 0.0 and
+-0.0), keeps two structures apart; a registration empties the table; the table holds what
+its keys name by id(), is bounded, and ``clear_cache`` empties it; a shared unit's source
+stays in linecache while in use.
 """
 
 from __future__ import annotations
@@ -128,7 +129,30 @@ def test_the_second_structure_binds_the_units_of_the_first(outlined: None, make:
     assert sg.cache_info()["update_hits"] >= 1
     sg.states(m)  # the collect: compiled once, then shared
     sg.states(make(6))
-    assert _units()[0] == compiled + len(var.plan.shape_fns)
+    assert _units()[0] == compiled + compiled // 2  # (flatten, update, now collect: one unit each)
+
+
+MUTATIONS = {
+    "state type": lambda b: setattr(b.q, "w", sg.State(b.q.w.value)),
+    "static": lambda b: setattr(b.k, "act", "tanh"),
+    "renamed key": lambda b: (setattr(b, "r", b.scale), delattr(b, "scale")),
+    "same param twice": lambda b: setattr(b.k, "b", b.q.b),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+@pytest.mark.parametrize("i", [0, 2, 4])
+def test_each_item_of_a_shared_loop_mutated_is_a_miss(outlined: None, name: str, i: int) -> None:
+    """The loop (and the Linear function in it) compiled for a list of 3 blocks serves a
+    list of 5: each item, mutated, is a guard miss and the reference's answer."""
+    _served(blocks(3))
+    m = blocks(5)
+    _served(m)
+    assert _units()[1] == _units()[0]  # all bound, none compiled for the list of 5
+    MUTATIONS[name](m.blocks[i])
+    misses = sum(sg.cache_info()["guard_misses"].values())
+    assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
+    assert sum(sg.cache_info()["guard_misses"].values()) > misses
 
 
 def test_explain_shows_a_shared_unit_once_and_says_it_is_shared(outlined: None) -> None:
@@ -296,3 +320,23 @@ def test_any_two_structures_built_in_turn_agree_with_the_reference(a: Any, b: An
     finally:
         CONFIG.outline_min = saved
         sg.clear_cache()
+
+
+def test_a_loop_reading_a_local_of_the_top_function_stays_inline(outlined: None) -> None:
+    """A loop's body is planned closed (its list and D in, what it made out); were it to read
+    a local of the top function, it would not become a unit (it stays inline) rather than
+    fail each call on an unbound name."""
+    from specgraph.codegen import flatten_plan, pipeline
+    from specgraph.codegen.ops import Step
+
+    gd = _gd(blocks(3))
+    plan = flatten_plan.plan_flatten(gd, 10_000, 2)
+    loop = next(s for s in plan.steps if s.op == "each_loop")
+    units = pipeline.Units()
+    pipeline.render("flatten", plan, frozenset(), units)
+    assert any(name.startswith("each_loop") for name in units.fns)  # closed: a unit
+    loop.body.append(Step("guard_is", obj=loop.var, expected="droot", label="x"))  # the top's dict
+    units = pipeline.Units()
+    source = pipeline.render("flatten", plan, frozenset(), units)
+    assert not any(name.startswith("each_loop") for name in units.fns)
+    assert f"for {loop.var} in {loop.obj}:" in source

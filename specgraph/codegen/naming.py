@@ -60,7 +60,7 @@ def safe_name(raw: str, limit: int | None = 60) -> str:
 
 _BUILTIN_NAMES = frozenset(dir(builtins))
 # The generated functions are named ``<kind>_<type>``: no bound type may take such a name.
-FUNCTION_PREFIXES = ("flatten_", "update_", "unflatten_", "collect_", "outlined")
+FUNCTION_PREFIXES = ("flatten_", "update_", "unflatten_", "collect_", "outlined", "each_")
 # Locals the planners make: a bound type never takes one of these shapes.
 _LOCAL_NAME = re.compile(
     r"^(x|dx|droot|v|o|a|c|d|s|ch|chx|td|tdx|chroot|tdroot|attr|md|bk|tok|ctx|f|m|h|r|q)[0-9_]*$")

@@ -85,6 +85,8 @@ OPS: dict[str, Op] = {
     "load_run": Op(_F, ("dst", "obj", "keys")),
     # -- outlined shapes (see shapes.py): fn names the shape's functions ----------------
     "call_shape": Op(_F, ("dst", "fn", "obj")),  # dst = the shape's function of obj; a str: its miss
+    # dst = a loop's unit (shared.py) of the list obj, of n items; a str: its miss
+    "call_loop": Op(_F, ("dst", "fn", "obj", "n")),
     # per item (var) of obj, a list of one shape: body guards and reads it (unrolled); dst gets
     # the values (and objects) of all items in order; keep_states: the items' values are
     # exactly their distinct states' values, so dst keeps the states (an update reads none)

@@ -8,6 +8,8 @@ out of the executed namespace by the name the template gave it.
 
 from __future__ import annotations
 
+import builtins
+import dis
 import gc
 import itertools
 import linecache
@@ -214,47 +216,73 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
         # the update's token, passed to every outlined function of the update
         tok_arg=f", {plan.token.dst}" if kind == "update" and plan.token is not None else "",
     )
-    if units is not None and shape_fns:
+    if units is not None and (shape_fns or any(s.op == "each_loop" for s in steps)):
         _outlined_units(kind, plan, context, units)
-        context["shape_fns"] = []
     return tmpl.render(**context)
 
 
 def _outlined_units(kind: str, plan: FlattenPlan, context: dict[str, Any], units: Units) -> None:
-    """The outlined functions of ``context`` (the top function's template context), each
-    shape a unit compiled on its own or, when a structure built before had the shape, that
-    very unit (``shared.py``), into ``units``. A unit is rendered as the top template would
-    render it: from the same views of the plan's outlined functions, with its flags."""
+    """The outlined functions of ``context`` (the top function's template context), and
+    each loop over a list of one shape in the top function, as units: each compiled on its
+    own or, when a structure built before had it, that very unit (``shared.py``), into
+    ``units``; ``context`` then renders the top function alone (a loop: one ``call_loop``). A unit
+    is rendered as the top template would render it: from the same views of the plan,
+    with its flags (a loop's item count, in a comment only, is left out: a list of 999
+    and one of 1 000 share their loop)."""
     flags = {"update": kind == "update", "collect": context["collect"], "for_update": context["for_update"],
              "tok_arg": context["tok_arg"]}  # (the update's token: an argument of its outlined functions)
     consts = plan.consts
     keys: dict[str, Any] = {}
     shown: list[str] = []
     fns = {f.name: f for f in plan.shape_fns}
-    for view in context["shape_fns"]:  # callees first
+    views: list[SimpleNamespace] = list(context["shape_fns"])  # callees first
+    steps = list(context["steps"])
+    loops: dict[str, int] = {}
+    for i, s in enumerate(steps):
+        if s.op == "each_loop":
+            step = SimpleNamespace(**{**vars(s), "n": "all"})
+            views.append(SimpleNamespace(name=f"each_loop{i}", type_name="loop", each=step,
+                                         keyed_statics=context["keyed_statics"]))
+            loops[f"each_loop{i}"] = i
+    for view in views:
         key, keep = shared.unit_key(flags, plan.epoch, view, consts.namespace, consts.attributes, keys)
         keys[view.name] = key
         unit = shared.lookup(key)
         if unit is None:
-            unit = _compile_unit(view, flags, plan, units.fns, keep)
+            try:
+                unit = _compile_unit(view, flags, plan, units.fns, keep)
+            except _Unbound:  # a loop reading a local of the top function: it stays there
+                loops.pop(view.name)
+                continue
             shared.store(key, unit)
             shown.append(unit.source)
         else:
-            f = fns[view.name]
-            if kind not in f.shared:
+            f = fns.get(view.name)
+            if f is not None and kind not in f.shared:
                 f.shared.append(kind)
-            shown.append(f"# {view.name}_*: the unit of this shape compiled for an earlier structure, shared "
+            shown.append(f"# {view.name}_*: the unit compiled for an earlier structure, shared "
                          "(its names are that structure's)\n" + unit.source)
         for suffix, g in unit.fns.items():
             units.fns[f"{view.name}_{suffix}"] = g
     units.shown = "".join(shown)
+    for name, i in loops.items():
+        s = steps[i]
+        steps[i] = Step("call_loop", dst=s.dst, fn=name, obj=s.obj, n=s.n)
+    context["shape_fns"] = []
+    context["steps"] = steps
+
+
+class _Unbound(Exception):
+    """A unit's code reads a global its namespace does not have (a local of the top function)."""
 
 
 def _compile_unit(view: SimpleNamespace, flags: dict[str, Any], plan: FlattenPlan, bound: dict[str, Any],
                   keep: list[Any]) -> shared.Unit:
     """Render and compile one outlined shape's functions in a namespace of their own: the
     prelude, the constants they name, and the outlined functions they call (``bound``)."""
-    source = environment().get_template("outlined.py.j2").render(shape_fns=[view], **flags)
+    each = getattr(view, "each", None)
+    source = environment().get_template("outlined.py.j2").render(
+        shape_fns=[] if each is not None else [view], each=view if each is not None else None, **flags)
     kind = "update" if flags["update"] else "collect" if flags["collect"] else "flatten"
     with _lock:
         n = next(_counter)
@@ -265,6 +293,10 @@ def _compile_unit(view: SimpleNamespace, flags: dict[str, Any], plan: FlattenPla
     pns = plan.consts.namespace
     ns.update((k, pns[k]) for k in names if k in pns)
     ns.update((k, bound[k]) for k in names if k in bound)
+    if each is not None:  # a loop's body is made from the top function's: closed, but checked
+        unbound = _loaded_globals(code) - ns.keys() - bound.keys() - _BUILTINS
+        if unbound:
+            raise _Unbound(sorted(unbound))
     exec(code, ns)
     prefix = view.name + "_"
     fns = {k[len(prefix):]: g for k, g in ns.items()
@@ -274,8 +306,22 @@ def _compile_unit(view: SimpleNamespace, flags: dict[str, Any], plan: FlattenPla
     _bind_attributes(ns, filename, plan.consts.attributes)
     _register(filename, source)
     # Registered while any of its functions lives (they share one namespace, so they die together).
-    weakref.finalize(next(iter(fns.values())), _unregister, filename)
+    weakref.finalize(next(iter(fns.values())), _unregister, filename).atexit = False
     return shared.Unit(fns, source, filename, keep)
+
+
+_BUILTINS = frozenset(dir(builtins))
+
+
+def _loaded_globals(code: Any) -> set[str]:
+    """The names the code's functions read as globals (module level: the names it defines)."""
+    names: set[str] = set()
+    stack = [c for c in code.co_consts if type(c) is type(code)]
+    while stack:
+        co = stack.pop()
+        names.update(i.argval for i in dis.get_instructions(co) if i.opname == "LOAD_GLOBAL")
+        stack.extend(c for c in co.co_consts if type(c) is type(code))
+    return names
 
 
 def _global_names(code: Any) -> set[str]:

@@ -1,10 +1,11 @@
-"""Outlined functions shared across structures: one compiled unit per shape and kind, per process.
+"""Outlined code shared across structures: compiled units kept per process.
 
-An outlined shape's functions (see ``shapes.py``) are compiled on their own, in a namespace
-of the prelude and the constants they name, and kept here under the shape's *canonical
-key*: what the unit's code and its constants depend on, read from the planned steps
-themselves. A later structure with a subtree of that shape (MLP-31 after MLP-32, a stack
-of 96 blocks after one of 95) binds the compiled unit instead of rendering and compiling
+An outlined shape's functions (see ``shapes.py``), and each loop of a top function over a
+list of one shape, are compiled on their own, in a namespace of the prelude and the
+constants they name, and kept here under a *canonical key*: what the unit's code and its
+constants depend on, read from the planned steps themselves. A later structure with that
+shape or that loop (MLP-1 000 after MLP-999, a stack of 96 blocks after one of 95: their
+loops differ in length only) binds the compiled unit instead of rendering and compiling
 it again. (It is still planned: planning one occurrence is cheap, and it records the class
 facts and guard counts of the enclosing function.)
 
@@ -35,6 +36,7 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 from .naming import Item, Literal, Splice, StateValue
@@ -114,6 +116,8 @@ class _Canon:
             return (t.__name__, tuple(self(y, field_name) for y in x))
         if t is Literal:
             return ("L", type(x.value), x.value)
+        if t is SimpleNamespace:  # a step as a unit renders it
+            return ("N", tuple((k, self(v, k)) for k, v in sorted(vars(x).items())))
         if t is Item or t is StateValue or t is Splice:
             return (t.__name__, tuple(self(y) for y in x))
         if x is None or t is bool or t is int:

@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = 'cc5193c4a3014de79ff71f42d41dd29b585b2f0757583a9b7daecf96c596f090'
+FINGERPRINT = '7b6bd3e29c60ffa29527cef45b2094c42725c9df0a5a4ccb9a0ee44249583f87'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = '_steps.j2'
 
@@ -128,6 +128,25 @@ def root(context, missing=missing):
                 ', D',
                 str((undefined(name='tok_arg') if l_1_tok_arg is missing else l_1_tok_arg)),
                 ')\nif type(',
+                str(environment.getattr(l_1_s, 'dst')),
+                ') is str:\n    return ',
+                str(environment.getattr(l_1_s, 'dst')),
+            ))
+        elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'call_loop'):
+            pass
+            t_8.extend((
+                str(environment.getattr(l_1_s, 'dst')),
+                ' = ',
+                str(environment.getattr(l_1_s, 'fn')),
+                '_',
+                str(('collect' if (undefined(name='collect') if l_1_collect is missing else l_1_collect) else 'flatten')),
+                '(',
+                str(environment.getattr(l_1_s, 'obj')),
+                ', D',
+                str((undefined(name='tok_arg') if l_1_tok_arg is missing else l_1_tok_arg)),
+                ')  # ',
+                str(environment.getattr(l_1_s, 'n')),
+                ' of one shape\nif type(',
                 str(environment.getattr(l_1_s, 'dst')),
                 ') is str:\n    return ',
                 str(environment.getattr(l_1_s, 'dst')),
@@ -497,7 +516,7 @@ def root(context, missing=missing):
                         '[',
                         str(t_2(l_2_k)),
                         ']',
-                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 128 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 132 in '_steps.j2' evaluated to false and no else section was defined."))),
                     ))
                 l_2_loop = l_2_dst = l_2_k = missing
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_run'):
@@ -1181,7 +1200,7 @@ def root(context, missing=missing):
                 t_10.extend((
                     '*',
                     str(environment.getattr(l_2_x, 'name')),
-                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 268 in '_steps.j2' evaluated to false and no else section was defined."))),
+                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 272 in '_steps.j2' evaluated to false and no else section was defined."))),
                 ))
             else:
                 pass
@@ -1189,7 +1208,7 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_10.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 268 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 272 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = l_2_collect = missing
         t_10.append(
@@ -1223,7 +1242,7 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_11.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 273 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 277 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = missing
         t_11.append(
@@ -1259,11 +1278,11 @@ def root(context, missing=missing):
                     str(l_2_obj),
                 )
             t_12.append(
-                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 279 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 283 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_obj = l_2_by_id = missing
         t_12.extend((
-            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 279 in '_steps.j2' evaluated to false and no else section was defined."))),
+            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 283 in '_steps.j2' evaluated to false and no else section was defined."))),
             ' }',
         ))
         return concat(t_12)
@@ -1653,4 +1672,4 @@ def root(context, missing=missing):
     yield '\n'
 
 blocks = {}
-debug_info = '6=48&9=50&10=58&11=62&12=66&13=68&14=74&15=88&17=93&23=98&24=112&25=113&26=116&27=126&28=128&29=130&33=132&34=134&35=138&36=145&37=150&39=153&40=155&41=160&44=163&45=165&46=170&48=178&49=180&50=184&52=189&53=193&54=206&55=208&56=212&59=219&60=224&62=246&63=250&64=254&65=259&66=263&69=267&71=269&72=271&73=275&74=279&75=281&76=288&77=293&79=296&80=298&81=303&84=306&85=311&87=333&88=337&89=341&90=345&92=354&93=358&95=362&96=366&97=371&98=375&101=382&102=386&103=390&104=397&105=401&107=408&109=413&110=417&111=423&112=426&113=428&114=431&115=445&116=448&117=452&118=454&119=457&120=459&122=464&123=469&126=479&128=485&130=498&132=502&135=509&136=512&137=517&138=521&139=543&140=546&141=550&142=556&143=559&144=563&145=567&146=570&147=573&148=579&149=581&150=582&151=586&152=591&153=595&155=612&157=619&158=622&159=625&160=631&161=637&162=640&163=643&164=656&165=659&166=665&167=667&168=671&169=677&170=681&172=699&174=707&175=710&176=714&177=736&178=739&179=743&180=749&181=755&182=758&183=762&184=764&185=767&186=771&187=775&188=779&189=782&190=785&191=792&192=796&193=802&194=805&195=809&196=815&197=818&199=823&200=835&201=837&202=840&203=844&204=850&205=853&206=858&207=877&208=880&209=882&210=885&211=893&212=896&213=898&214=901&215=911&216=914&217=916&218=919&219=955&220=958&221=963&222=982&223=985&224=989&225=1001&226=1004&227=1008&228=1016&229=1019&230=1023&231=1027&232=1030&233=1033&234=1035&235=1039&236=1045&237=1048&238=1052&239=1058&240=1061&241=1064&242=1071&243=1075&244=1081&245=1084&246=1088&247=1094&248=1097&249=1100&251=1105&257=1110&258=1116&259=1120&260=1143&262=1149&267=1154&268=1163&272=1196&273=1205&278=1230&279=1241&283=1267&284=1276&285=1279&286=1286&287=1289&288=1297&291=1300&292=1304&293=1323&294=1365&295=1370&297=1379&298=1382&299=1387&300=1392&301=1397&303=1400&304=1405&306=1410&307=1414&308=1417&309=1421&310=1424&311=1427&312=1432&313=1437&315=1440&316=1445&318=1448&319=1453&321=1458&322=1462&323=1464&324=1466&325=1469&326=1478&327=1481&328=1490&329=1494&331=1499&332=1502&334=1514&340=1519&341=1526&342=1534&343=1540&345=1545&346=1550&348=1553&349=1555&350=1560&353=1563&359=1571&360=1576&362=1598&363=1602&365=1611&369=1616&370=1620&371=1622&372=1625&373=1630&375=1633&376=1638'
+debug_info = '6=48&9=50&10=58&11=62&12=66&13=68&14=74&15=88&17=93&23=98&24=112&25=113&26=116&27=126&28=128&29=130&30=133&31=145&32=147&33=149&37=151&38=153&39=157&40=164&41=169&43=172&44=174&45=179&48=182&49=184&50=189&52=197&53=199&54=203&56=208&57=212&58=225&59=227&60=231&63=238&64=243&66=265&67=269&68=273&69=278&70=282&73=286&75=288&76=290&77=294&78=298&79=300&80=307&81=312&83=315&84=317&85=322&88=325&89=330&91=352&92=356&93=360&94=364&96=373&97=377&99=381&100=385&101=390&102=394&105=401&106=405&107=409&108=416&109=420&111=427&113=432&114=436&115=442&116=445&117=447&118=450&119=464&120=467&121=471&122=473&123=476&124=478&126=483&127=488&130=498&132=504&134=517&136=521&139=528&140=531&141=536&142=540&143=562&144=565&145=569&146=575&147=578&148=582&149=586&150=589&151=592&152=598&153=600&154=601&155=605&156=610&157=614&159=631&161=638&162=641&163=644&164=650&165=656&166=659&167=662&168=675&169=678&170=684&171=686&172=690&173=696&174=700&176=718&178=726&179=729&180=733&181=755&182=758&183=762&184=768&185=774&186=777&187=781&188=783&189=786&190=790&191=794&192=798&193=801&194=804&195=811&196=815&197=821&198=824&199=828&200=834&201=837&203=842&204=854&205=856&206=859&207=863&208=869&209=872&210=877&211=896&212=899&213=901&214=904&215=912&216=915&217=917&218=920&219=930&220=933&221=935&222=938&223=974&224=977&225=982&226=1001&227=1004&228=1008&229=1020&230=1023&231=1027&232=1035&233=1038&234=1042&235=1046&236=1049&237=1052&238=1054&239=1058&240=1064&241=1067&242=1071&243=1077&244=1080&245=1083&246=1090&247=1094&248=1100&249=1103&250=1107&251=1113&252=1116&253=1119&255=1124&261=1129&262=1135&263=1139&264=1162&266=1168&271=1173&272=1182&276=1215&277=1224&282=1249&283=1260&287=1286&288=1295&289=1298&290=1305&291=1308&292=1316&295=1319&296=1323&297=1342&298=1384&299=1389&301=1398&302=1401&303=1406&304=1411&305=1416&307=1419&308=1424&310=1429&311=1433&312=1436&313=1440&314=1443&315=1446&316=1451&317=1456&319=1459&320=1464&322=1467&323=1472&325=1477&326=1481&327=1483&328=1485&329=1488&330=1497&331=1500&332=1509&333=1513&335=1518&336=1521&338=1533&344=1538&345=1545&346=1553&347=1559&349=1564&350=1569&352=1572&353=1574&354=1579&357=1582&363=1590&364=1595&366=1617&367=1621&369=1630&373=1635&374=1639&375=1641&376=1644&377=1649&379=1652&380=1657'

@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = '0ba671a8eddbfa7a65ba99656d6bbe332f8be7f6ffede057f4bcff2d33ca02c7'
+FINGERPRINT = 'a57d56ce1e38d16922fa8179c88238df452d6e1f87495fe869e8e3d0a62abd9b'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'outlined.py.j2'
 
@@ -12,13 +12,45 @@ def root(context, missing=missing):
     concat = environment.concat
     cond_expr_undefined = Undefined
     if 0: yield None
+    l_0_each = resolve('each')
+    l_0_collect = resolve('collect')
+    l_0_tok_arg = resolve('tok_arg')
     l_0_shape_fns = resolve('shape_fns')
     l_0_update = resolve('update')
     l_0_g = missing
+    try:
+        t_1 = environment.filters['indent']
+    except KeyError:
+        @internalcode
+        def t_1(*unused):
+            raise TemplateRuntimeError("No filter named 'indent' found.")
     pass
     l_0_g = context.vars['g'] = environment.get_template('_steps.j2', 'outlined.py.j2').make_module(context.get_all(), True, {'g': l_0_g})
     context.exported_vars.discard('g')
-    yield str(context.call(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'outlined'), (undefined(name='shape_fns') if l_0_shape_fns is missing else l_0_shape_fns), (undefined(name='update') if l_0_update is missing else l_0_update)))
+    if (undefined(name='each') if l_0_each is missing else l_0_each):
+        pass
+        yield 'def '
+        yield str(environment.getattr((undefined(name='each') if l_0_each is missing else l_0_each), 'name'))
+        yield '_'
+        yield str(('collect' if (undefined(name='collect') if l_0_collect is missing else l_0_collect) else 'flatten'))
+        yield '('
+        yield str(environment.getattr(environment.getattr((undefined(name='each') if l_0_each is missing else l_0_each), 'each'), 'obj'))
+        yield ', D'
+        yield str((undefined(name='tok_arg') if l_0_tok_arg is missing else l_0_tok_arg))
+        yield '):\n    """'
+        yield str(('Objects and values of' if (undefined(name='collect') if l_0_collect is missing else l_0_collect) else 'Values of'))
+        yield ' a list of items of one shape; a str names the failed guard."""\n    try:\n        '
+        yield str(t_1(context.call(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'step'), environment.getattr((undefined(name='each') if l_0_each is missing else l_0_each), 'each')), 8))
+        if environment.getattr((undefined(name='each') if l_0_each is missing else l_0_each), 'keyed_statics'):
+            pass
+            yield "\n    except KeyError:  # a renamed key under a static\n        return 'node_keys'"
+        yield "\n    except Exception:\n        return 'error'\n    return "
+        yield str(environment.getattr(environment.getattr((undefined(name='each') if l_0_each is missing else l_0_each), 'each'), 'dst'))
+        yield '\n'
+    else:
+        pass
+        yield str(context.call(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'outlined'), (undefined(name='shape_fns') if l_0_shape_fns is missing else l_0_shape_fns), (undefined(name='update') if l_0_update is missing else l_0_update)))
+    yield '\n'
 
 blocks = {}
-debug_info = '3=14&4=16'
+debug_info = '6=23&7=25&8=28&9=36&11=38&12=39&18=43&20=47'

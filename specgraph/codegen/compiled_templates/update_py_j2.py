@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = 'adf1068ed4dabf67944c05e87301d5b62b605b4ad0a9d964c5bd9b543ecc3f03'
+FINGERPRINT = '409588acb41e17ed5a22c557d19bdf327d4cdf0bf278a45867f49d28797fdf07'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'update.py.j2'
 
@@ -69,7 +69,7 @@ def root(context, missing=missing):
         l_1_step_text = resolve('step_text')
         _loop_vars = {}
         pass
-        if (environment.getattr(l_1_s, 'op') in ('call_shape', 'each_loop', 'chain_loop')):
+        if (environment.getattr(l_1_s, 'op') in ('call_shape', 'call_loop', 'each_loop', 'chain_loop')):
             pass
             yield '\n        '
             yield str(t_1(context.call(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'step'), l_1_s, _loop_vars=_loop_vars), 8))
