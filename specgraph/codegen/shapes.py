@@ -96,13 +96,43 @@ def _hashable(key: Any, obj: Any) -> Any:
     return key
 
 
-def _field_key(f: reg.Field, value: Any) -> Any:
+class _EqualClasses:
+    """Bookkeeping values compared by equality (NNX's ``_pytree__nodes``, one object per
+    instance), grouped by exact type and ``==`` without hashing them (a ``HashableMapping``
+    sorts its items for each hash): each is compared with its type's representatives so far
+    (at most :attr:`MAX`; past them, a value is a class of its own)."""
+
+    MAX = 16
+
+    def __init__(self) -> None:
+        self.reps: dict[int, list[tuple[Any, int]]] = {}  # id(type) -> (value, class), held by the GraphDef
+        self.n = 0
+
+    def of(self, value: Any) -> Any:
+        reps = self.reps.setdefault(id(type(value)), [])
+        for r, k in reps:
+            if r is value:
+                return ("e", k)
+        try:
+            for r, k in reps:
+                if r == value:
+                    return ("e", k)
+        except Exception:
+            return ("i", id(value))
+        if len(reps) >= self.MAX:
+            return ("i", id(value))
+        self.n += 1
+        reps.append((value, self.n))
+        return ("e", self.n)
+
+
+def _field_key(f: reg.Field, value: Any, equal: _EqualClasses) -> Any:
     """One bookkeeping field of a dict-backed node, as its guard (``guard_field``) reads it:
     by type and equality for a field compared by equality (NNX's ``_pytree__nodes``), by
     sig and value for a value (``match_mode``), else the very object."""
     t = type(value)
     if f.equal:
-        return _hashable(("e", id(t), value), value)
+        return equal.of(value)
     sig = value_sig(value)
     mode = match_mode(value, sig)
     if mode == "is":
@@ -142,7 +172,7 @@ def _state_class_ok(t: type) -> bool:
     return isinstance(lay, reg.DictStateLayout) and lay.plain(t)
 
 
-def _node_key(spec: NodeSpec) -> Any:
+def _node_key(spec: NodeSpec, equal: _EqualClasses) -> Any:
     """What else than its children tells a node's guards apart: a dict-backed node's key
     sigs (NNX's int keys) and bookkeeping fields, each as its guard reads it."""
     if spec.sig is None and spec.meta is None:
@@ -150,7 +180,7 @@ def _node_key(spec: NodeSpec) -> Any:
     dn = reg.node_impl(spec.type).dict_node
     if dn is None or dn.fields is None:
         return ("i", id(spec))  # (not outlined: node_ok refuses it)
-    return (spec.sig, tuple(_field_key(f, v) for f, v in zip(dn.fields, spec.meta, strict=True)))
+    return (spec.sig, tuple(_field_key(f, v, equal) for f, v in zip(dn.fields, spec.meta, strict=True)))
 
 
 def _meta_key(spec: Any) -> Any:
@@ -189,6 +219,7 @@ class _Scan:
     def __init__(self, gd: GraphDef, witnessed: set[int], shared_types: set[type],
                  foreign: bool = False) -> None:
         self.foreign = foreign  # foreign classes may be outlined (the flatten planner's)
+        self.equal = _EqualClasses()
         self.table = gd.table
         self.refs = _refs(gd)
         self.witnessed = witnessed
@@ -330,7 +361,7 @@ def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_type
             continue
         tokens, (lo, n, m) = got
         t = spec.type
-        key = (id(t), spec.keys, _node_key(spec), i in witnessed, t in shared_types, tokens)
+        key = (id(t), spec.keys, _node_key(spec, sc.equal), i in witnessed, t in shared_types, tokens)
         sid = interned.setdefault(key, len(interned))
         key_of[i] = sid
         size[i] = (lo, n, m)
@@ -401,7 +432,7 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
         if got is None:
             continue
         tokens, (lb, nb, eb, la, na, ea, nea) = got
-        key = (id(t), spec.keys, _node_key(spec), rec, i in witnessed, t in shared_types, tokens)
+        key = (id(t), spec.keys, _node_key(spec, sc.equal), rec, i in witnessed, t in shared_types, tokens)
         lid = interned.setdefault(key, len(interned))
         links[i] = Link(lid, rec, spec.children[rec].index, (lb, nb), (la, na), (i, eb), (ea, nea))
     chains: dict[int, Chain] = {}
