@@ -64,7 +64,8 @@ class Impl:
 @pytest.fixture(params=["generic", "specialized", "outlined"])
 def impl(request: pytest.FixtureRequest) -> Any:
     """``outlined``: the specialized path with every repeated substructure (met twice or
-    more) generated as one function called per occurrence (``outline_min=2``)."""
+    more) generated as one function called per occurrence (``outline_min=2``): flatten,
+    update and collect, and the unflatten's builders and loops."""
     from specgraph.runtime.dispatch import CONFIG
 
     saved = CONFIG.outline_min

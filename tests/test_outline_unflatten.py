@@ -321,3 +321,42 @@ def test_random_graphs_generic_vs_outlined(recipe: dict[str, Any], k: int, tie: 
     finally:
         CONFIG.outline_min = saved
         sg.clear_cache()
+
+
+def test_foreign_classes_are_built_by_the_top_function(outlined: None) -> None:
+    """NNX modules and Variables (and BrainState ones) keep unflatten_plan's foreign paths
+    with their per-call context: not outlined in this pass, and still served and exact."""
+    nnx = pytest.importorskip("flax.nnx")
+
+    class Stack(nnx.Module):
+        def __init__(self, rngs: Any) -> None:
+            self.layers = nnx.List([nnx.Linear(2, 2, rngs=rngs) for _ in range(4)]) \
+                if hasattr(nnx, "List") else [nnx.Linear(2, 2, rngs=rngs) for _ in range(4)]
+
+    m = Stack(nnx.Rngs(0))
+    gd, st_ = sg.flatten(m)
+    out = sg.unflatten(gd, st_)
+    out = sg.unflatten(gd, st_)
+    assert sg.cache_info()["unflatten_hits"] >= 1
+    src = _source(gd)
+    assert "_build(" not in src and "of one shape" not in src
+    assert_same_flatten(sg.generic.flatten(out), sg.generic.flatten(sg.generic.unflatten(gd, st_)))
+    assert nnx.graphdef(out) == nnx.graphdef(m)
+    bst = pytest.importorskip("brainstate")
+
+    class BLayer(bst.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = bst.ParamState(np.ones(2, np.float32))
+
+    class BNet(bst.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layers = [BLayer() for _ in range(4)]
+
+    b = BNet()
+    gd, st_ = sg.flatten(b)
+    sg.unflatten(gd, st_)
+    out = sg.unflatten(gd, st_)
+    assert "_build(" not in _source(gd) and "of one shape" not in _source(gd)
+    assert_same_flatten(sg.generic.flatten(out), sg.generic.flatten(sg.generic.unflatten(gd, st_)))

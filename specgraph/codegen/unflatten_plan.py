@@ -194,6 +194,7 @@ class UnflattenPlanner:
         outline = outline_min if self.attrs_ok else 0
         self.shapes = find_shapes(gd, outline, set(), set())
         self.chains = find_chains(gd, max(2, outline), set(), set(), self.shapes) if outline else {}
+        self._builtin_only()
         self.body = _Body(StaticReads(), [(0, gd.num_leaves, "")], {})
         self._top = True
         self._nesting = 0
@@ -210,6 +211,26 @@ class UnflattenPlanner:
         self._plain_new: dict[int, bool] = {}
         self._stores_ok: dict[tuple[int, tuple], bool] = {}
         self._labels: dict[tuple, list[str]] = {}
+
+    def _builtin_only(self) -> None:
+        """Outline only subtrees of builtin node and state classes: a foreign class's
+        per-call context is a local of the top function (see ``_context``)."""
+        table, impls = self.gd.table, self.impls
+
+        def builtin(lo: int, hi: int) -> bool:
+            return all(impls[i].is_builtin_node if type(table[i]) is NodeSpec
+                       else reg.state_impl(table[i].type) is None for i in range(lo, hi))
+
+        shapes = self.shapes
+        for sid, shape in list(shapes.shapes.items()):
+            if not builtin(shape.rep, shape.rep + shape.nindices):
+                del shapes.shapes[sid]
+                for i in shape.occurrences:
+                    del shapes.shape_of[i]
+        for head, ch in list(self.chains.items()):
+            (eb, neb), (ea, nea) = ch.links[0].ebefore, ch.links[0].eafter
+            if not (builtin(eb, eb + neb) and builtin(ea, ea + nea)):
+                del self.chains[head]
 
     @property
     def steps(self) -> list[Step]:
