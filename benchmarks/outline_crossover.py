@@ -13,10 +13,12 @@ one while compile time already drops.
 ``--unflatten`` measures the unflatten instead: its compile (planning, rendering,
 ``compile()``, and reading the statics from the GraphDef) and its call, unrolled
 (``outline_min=0``) against outlined (``outline_min=2``) against the reference walker
-(``specgraph.generic.unflatten``), for MLPs of ``--sizes`` layers and chains of
-``--chains`` nested nodes (an unrolled function past ``--unrolled-max`` nodes is not built):
+(``specgraph.generic.unflatten``), for MLPs of ``--sizes`` layers, nodes of ``--attrs``
+Linear attributes (one builder call each), transformer-like stacks of ``--blocks`` blocks
+and chains of ``--chains`` nested nodes (no unrolled function past ``--unrolled-max``):
 
-    python benchmarks/outline_crossover.py --unflatten --sizes 8 16 32 64 100 1000 10000 100000 --chains 10000
+    python benchmarks/outline_crossover.py --unflatten --sizes 8 16 32 64 100 1000 10000 100000 \
+        --blocks 2 4 12 --chains 10000
 
 Foreign classes (``--foreign``, a second table): MLPs of real ``nnx.Linear`` layers in an
 ``nnx.List`` and of ``brainstate.nn.Linear`` layers in a list (width 8), through the public
@@ -103,6 +105,11 @@ def row(kind: str, size: int, repeats: int) -> str:
             f"{t_o * 1e6:.2f} | {t_o / t_u:.2f} | {w_u * 1e6:.2f} | {w_o * 1e6:.2f} | {w_o / w_u:.2f} |")
 
 
+class Attrs(sg.Node):
+    def __init__(self, **layers: Any) -> None:
+        vars(self).update(layers)
+
+
 def _build_unflatten(gd: sg.GraphDef, outline_min: int) -> tuple[Any, tuple, float]:
     t0 = time.perf_counter()
     b = codegen.build("unflatten", gd, max_steps=10**9, outline_min=outline_min)
@@ -117,7 +124,14 @@ def _time_call(fn: Any, repeats: int) -> float:
 
 def unflatten_row(kind: str, size: int, repeats: int, unrolled_max: int) -> str:
     fam = models.FAMILIES["specgraph"]
-    node = models.build_mlp(fam, depth=size, width=8) if kind == "mlp" else models.build_deepchain(fam, size)
+    if kind == "mlp":
+        node = models.build_mlp(fam, depth=size, width=8)
+    elif kind == "transformer":
+        node = models.build_transformer(fam, n_blocks=size)
+    elif kind == "attrs":  # the layers as attributes: one builder call each, no loop
+        node = Attrs(**{f"l{i:06d}": fam.linear(8, 8, ("attrs", i)) for i in range(size)})
+    else:
+        node = models.build_deepchain(fam, size)
     gd, st = sg.generic.flatten(node)
     hash(gd)
     vals = st._values
@@ -152,6 +166,10 @@ def main_unflatten(args: argparse.Namespace) -> int:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for n in args.sizes:
         print(unflatten_row("mlp", n, args.repeats, args.unrolled_max), flush=True)
+    for n in args.attrs:
+        print(unflatten_row("attrs", n, args.repeats, args.unrolled_max), flush=True)
+    for n in args.blocks:
+        print(unflatten_row("transformer", n, args.repeats, args.unrolled_max), flush=True)
     for n in args.chains:
         print(unflatten_row("chain", n, args.repeats, args.unrolled_max), flush=True)
     return 0
@@ -240,6 +258,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--unflatten", action="store_true", help="measure the unflatten (see above)")
     ap.add_argument("--chains", type=int, nargs="*", default=[10000], help="--unflatten: chain lengths")
+    ap.add_argument("--attrs", type=int, nargs="*", default=[],
+                    help="--unflatten: a node holding that many Linear attributes (builder calls)")
     ap.add_argument("--unrolled-max", type=int, default=10000,
                     help="--unflatten: largest size whose unrolled function is built")
     ap.add_argument("--foreign", action="store_true", help="the NNX / BrainState table instead")

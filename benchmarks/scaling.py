@@ -488,6 +488,39 @@ class Bar:
         self.add(label, measured, "specialized, ≥ 10x", bool(info["specialized"]) and r >= 10,
                  specgraph_us=entries[0].best * 1e6, generic_us=entries[1].best * 1e6, **info)
 
+    def unflatten_row(self, shape: str, n: int) -> None:
+        """An extra row (not in issue 12's bar): whether ``sg.unflatten`` of the structure is
+        served by generated code, what compiling it cost (``compile_seconds`` grown by the
+        first specialized unflatten, the statics read from the GraphDef included) and its
+        call against ``specgraph.generic.unflatten``, interleaved."""
+        import specgraph as sg
+
+        obj = self.obj(shape, "specgraph", n)
+        label = f"unflatten, {'MLP' if shape == 'mlp' else 'chain'}-{_thousands(n)} (extra row)"
+        _clear_specgraph()
+        gd, st = sg.flatten(obj)
+        gd, st = sg.flatten(obj)
+        before = sg.cache_info()["compile_seconds"]
+        sg.unflatten(gd, st)  # the reference walker; compiled on the next call
+        sg.unflatten(gd, st)
+        ci = sg.cache_info()
+        compiled = ci["compiled_unflattens"] > 0
+        secs = ci["compile_seconds"] - before
+        entries = [self.bench.Timing("specgraph", functools.partial(sg.unflatten, gd, st)),
+                   self.bench.Timing("generic", functools.partial(sg.generic.unflatten, gd, st))]
+        self.timed(entries)
+        served = sg.cache_info()["unflatten_hits"] > ci["unflatten_hits"]
+        r = entries[1].best / entries[0].best
+        if compiled and served:
+            measured = (f"specialized; compile {secs * 1e3:.0f} ms; {entries[0].best * 1e3:.2f} ms per call, "
+                        f"generic {entries[1].best * 1e3:.2f} ms ({r:.1f}x)")
+        else:
+            measured = f"not specialized; {entries[0].best * 1e3:.2f} ms per call"
+        self.rows.append({"measure": label, "measured": measured, "bar": "—", "met": None,
+                          "specialized": compiled and served, "compile_s": secs,
+                          "specgraph_us": entries[0].best * 1e6, "generic_us": entries[1].best * 1e6})
+        _progress(f"  {label}: {measured}")
+
     def why_not(self, n: int) -> str | None:
         """Why a row of size ``n`` (layers, nodes) is not run, or ``None``."""
         if self.args.max_n is not None and n > self.args.max_n:
@@ -527,6 +560,14 @@ class Bar:
             self.skip(f"chain of {_thousands(BAR_CHAIN)} nodes: generic / flatten", "specialized, ≥ 10x", why)
         else:
             self.chain_row(BAR_CHAIN)
+        # Extra rows, not the bar's: the unflatten gets the same treatment (outlined).
+        for shape, n in [("mlp", 100), ("mlp", 1000), ("mlp", 10000), ("mlp", 100000), ("chain", BAR_CHAIN)]:
+            why = self.why_not(n)
+            label = f"unflatten, {'MLP' if shape == 'mlp' else 'chain'}-{_thousands(n)} (extra row)"
+            if why:
+                self.skip(label, "—", why)
+            else:
+                self.unflatten_row(shape, n)
         self._objects.clear()
 
     def table(self) -> str:
@@ -542,7 +583,10 @@ class Bar:
                   "flatten / tree_flatten: `sg.flatten` of the specgraph MLP against "
                   "`jax.tree_util.tree_flatten` of the same MLP as nested dicts "
                   f"(width {MLP_WIDTH}), interleaved. chain: `specgraph.generic.flatten` against "
-                  "`sg.flatten` of one chain, interleaved.", ""]
+                  "`sg.flatten` of one chain, interleaved. unflatten (extra rows, no bar): "
+                  "`sg.unflatten(graphdef, state)` of the flattened structure against "
+                  "`specgraph.generic.unflatten`, interleaved; compile: what the first specialized "
+                  "unflatten added to `compile_seconds`.", ""]
         met = sum(1 for r in self.rows if r["met"])
         ran = sum(1 for r in self.rows if r["met"] is not None)
         lines.append(f"{met} of {ran} measured rows meet the bar.")
