@@ -140,13 +140,26 @@ def test_a_list_of_one_shape_is_one_loop(outlined: None) -> None:
     gd, st_ = sg.flatten(m)
     out = unflatten_served(gd, st_)
     src = _source(gd)
-    assert "# 7 of one shape" in src and "def outlined" not in src
-    assert src.count("NEW(Linear)") == 2  # the loop's body and the head
+    assert "# 7 of one shape" in src and src.count("outlined0_build(") == 2  # def + the head
+    assert src.count("NEW(Linear)") == 2  # the loop's body and the head's builder
     assert type(out.layers) is list and len({id(x) for x in out.layers}) == 7
     assert "a loop over Box.layers[0..6]: 7 x Linear" in sg.explain(gd)
     t = Box(layers=tuple(Linear(2, 2, float(i)) for i in range(3)))
     gd, st_ = sg.flatten(t)
     assert type(unflatten_served(gd, st_).layers) is tuple
+
+
+def test_statics_of_other_values_share_the_builder(outlined: None) -> None:
+    """The unflatten's code does not depend on static or metadata values (each occurrence's
+    are read from the GraphDef): layers differing only there are one shape, one loop."""
+    m = Box(layers=[Linear(2, 2, float(i), tag=f"t{i}", size=i) for i in range(5)],
+            **{f"l{i}": Linear(2, 2, tag=("x", i)) for i in range(3)})
+    gd, st_ = sg.flatten(m)
+    out = unflatten_served(gd, st_)
+    src = _source(gd)
+    assert "# 5 of one shape" in src and src.count("def outlined") == 1
+    assert [x.size for x in out.layers] == list(range(5)) and out.l2.tag == ("x", 2)
+    assert [x.w._metadata for x in out.layers] == [(("kind", f"t{i}"),) for i in range(5)]
 
 
 def test_nested_shapes_builders_in_loops(outlined: None) -> None:
@@ -193,7 +206,9 @@ def test_cycles_stay_in_the_top_function(outlined: None) -> None:
 
 def test_a_list_that_is_not_homogeneous(outlined: None) -> None:
     layers = [Linear(2, 2, float(i)) for i in range(6)]
-    layers.insert(3, Linear(2, 5))
+    odd = Linear(2, 5)
+    odd.extra = 1
+    layers.insert(3, odd)
     m = Box(layers=layers)
     gd, st_ = sg.flatten(m)
     sg.unflatten(gd, st_)
@@ -204,7 +219,7 @@ def test_a_list_that_is_not_homogeneous(outlined: None) -> None:
         unflatten_served(gd, st_)
     finally:
         counted.restore()
-    # one builder, per Linear(2, 2) in each of the two served calls; the odd one inline
+    # one builder, per Linear in each of the two served calls; the odd one inline
     assert sorted(counted.calls.values()) == [12]
 
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import _registry as reg
-from .._ir import GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StateSpec, StaticEdge
+from .._ir import ArrayConstant, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StateSpec, StaticEdge
 from .._sameness import VALUE_TYPES, is_value_sig, match_mode, value_sig
 from .classfacts import plain_metaclass
 
@@ -217,9 +217,10 @@ class _Scan:
     """Shape keys of a structure's nodes, made bottom-up (see :func:`find_shapes`)."""
 
     def __init__(self, gd: GraphDef, witnessed: set[int], shared_types: set[type],
-                 foreign: bool = False) -> None:
+                 foreign: bool = False, by_value: bool = True) -> None:
         self.foreign = foreign  # foreign classes may be outlined (the flatten planner's)
         self.equal = _EqualClasses()
+        self.by_value = by_value  # statics and metadata by value (guarded code), or by kind only
         self.table = gd.table
         self.refs = _refs(gd)
         self.witnessed = witnessed
@@ -291,7 +292,7 @@ class _Scan:
                 e = stack.pop()
                 k = type(e)
                 if k is StaticEdge:
-                    tokens.append(_static_key(e))
+                    tokens.append(_static_key(e) if self.by_value else ("s", e.sig is ArrayConstant))
                 elif k is StateEdge:
                     j = e.index
                     st = table[j]
@@ -308,7 +309,8 @@ class _Scan:
                         lo = slot
                     n += 1
                     last = j
-                    tokens.append(("S", id(tt), _meta_key(st) if st.metadata else (), tt in shared))
+                    meta = (_meta_key(st) if self.by_value else True) if st.metadata else ()
+                    tokens.append(("S", id(tt), meta, tt in shared))
                 elif k is NodeEdge:
                     j = e.index
                     sid = key_of.get(j)
@@ -341,14 +343,16 @@ class _Scan:
 
 
 def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_types: set[type],
-                foreign: bool = False) -> Shapes:
+                foreign: bool = False, by_value: bool = True) -> Shapes:
     """The shapes of ``gd`` that occur at least ``outline_min`` times (``0``: none);
     ``foreign``: of foreign classes too (the flatten planner's: it makes their per-call
-    checks; the unflatten planner outlines builtin classes only)."""
+    checks; the unflatten planner outlines builtin classes only). ``by_value=False``:
+    statics and metadata count by kind only, not by value (the unflatten reads each
+    occurrence's from its GraphDef: its code does not depend on them)."""
     if outline_min <= 0:
         return Shapes({}, {}, {})
     table = gd.table
-    sc = _Scan(gd, witnessed, shared_types, foreign)
+    sc = _Scan(gd, witnessed, shared_types, foreign, by_value)
     interned: dict[Any, int] = {}
     key_of, size = sc.key_of, sc.size
     counts: dict[int, list[int]] = {}

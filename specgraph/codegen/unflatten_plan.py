@@ -192,7 +192,8 @@ class UnflattenPlanner:
         # built bottom-up where it is used.
         self.attrs_ok = unflatten_runs_no_user_code(gd, self.impls)
         outline = outline_min if self.attrs_ok else 0
-        self.shapes = find_shapes(gd, outline, set(), set())
+        # Shapes by structure only: statics and metadata are read per occurrence anyway.
+        self.shapes = find_shapes(gd, outline, set(), set(), by_value=False)
         self.chains = find_chains(gd, max(2, outline), set(), set(), self.shapes) if outline else {}
         self._builtin_only()
         self.body = _Body(StaticReads(), [(0, gd.num_leaves, "")], {})
