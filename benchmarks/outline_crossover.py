@@ -253,8 +253,8 @@ def foreign_row(lib: str, size: int, repeats: int, timed: bool = True) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[2, 4, 8, 16, 32, 64, 256])
-    ap.add_argument("--blocks", type=int, nargs="+", default=[2, 4, 12])
+    ap.add_argument("--sizes", type=int, nargs="*", default=[2, 4, 8, 16, 32, 64, 256])
+    ap.add_argument("--blocks", type=int, nargs="*", default=[2, 4, 12])
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--unflatten", action="store_true", help="measure the unflatten (see above)")
     ap.add_argument("--chains", type=int, nargs="*", default=[10000], help="--unflatten: chain lengths")

@@ -7,6 +7,16 @@ custom-node metadata, statics, custom pytree treedefs, keys other than an exact
 str or int) comes from the GraphDef being unflattened, as ``S``: an equal GraphDef
 may hold equal but distinct objects. The planner records where each one sits as it
 reads it (:class:`StaticReads`), so nothing has to repeat its order.
+
+Outlined (``outline_min``, see shapes.py), where no user code runs during the build:
+an occurrence of a repeated self-contained shape is built where it is used, bottom-up,
+by its shape's builder (planned once, from one occurrence, as a body of its own), a list
+of occurrences of one shape by a loop whose body builds one item, and a chain of nested
+links of one shape by a loop over the links (made up front). An outlined body reads its
+values from ``vals`` at its occurrence's first slot and its statics from a tuple read
+per occurrence from the GraphDef (its reads are kept relative to the entry it was
+planned from). Sharing and cycles never reach into an outlined subtree: they stay in
+the straight-line top function, built as the reference does.
 """
 
 from __future__ import annotations
