@@ -162,15 +162,21 @@ def test_statics_of_other_values_share_the_builder(outlined: None) -> None:
     assert [x.w._metadata for x in out.layers] == [(("kind", f"t{i}"),) for i in range(5)]
 
 
-def test_nested_shapes_builders_in_loops(outlined: None) -> None:
-    """Blocks in a list (a loop), each with builders called for its Linears and a loop
-    over its heads: positions into ``vals`` counted per item."""
-    m = Box(blocks=[Block(i) for i in range(4)], extra=[Block(9), Block(10)])
+def test_nested_shapes_in_loops(outlined: None) -> None:
+    """Blocks in a list (a loop), each with Linears (unrolled in the loop's body, as the
+    flatten's loop bodies: no call per nested occurrence) and a list of heads (a loop in the
+    loop: positions into ``vals`` counted per item); a Block alone is built by its builder,
+    which calls the Linear's."""
+    m = Box(blocks=[Block(i) for i in range(4)], extra=[Block(9), Block(10)], one=Block(11),
+            two=Block(12))
     gd, st_ = sg.flatten(m)
     out = unflatten_served(gd, st_)
     src = _source(gd)
-    assert "def outlined" in src and "of one shape" in src
+    assert src.count("of one shape") == 5  # blocks, extra, their heads; the builder's heads
+    assert "a8 += 13" in src or "+= 13" in src  # an item's 13 values, counted
+    assert src.count("def outlined") == 3  # Block, its Box, Linear (one shape by structure)
     assert out.blocks[2].heads[1].w.value is st_[("blocks", 2, "heads", 1, "w")]
+    assert out.two.heads[2].b.value is st_[("two", "heads", 2, "b")]
 
 
 def test_tied_weights_between_layers(outlined: None) -> None:
