@@ -35,7 +35,7 @@ DUMMY: dict[str, Any] = {
     "base": "a1", "offs": [0, 1], "run": False, "at": ("a1", 2), "statics": "s1", "start": ("", 0),
     "stop": ("", 4), "reverse": False, "src": "s1", "targets": ["x4", "x5"], "sources": ["q1", "q1"],
     "counters": [("a1", ("", 0), 2)], "item": "x1", "tuple": False, "links": "r1", "head": "x1",
-    "tail": "x2", "nxt": "x2",
+    "tail": "x2", "nxt": "x2", "objs": "F2", "vals": None,
     "checks": [], "keys": "KS0", "types": ["T0"],
 }
 
@@ -70,7 +70,8 @@ def _render(step: Step | None, body: str = "flatten") -> str:
         return tmpl.render(name="f", type_name="T", steps=[_step("guard_len")], checks=checks, writes=writes,
                            distinct=[], keyed_statics=False, epoch=0, guard_epoch=True,
                            collect=False, for_update=True, shape_fns=[], outlined_distinct=False,
-                           uses_d=False, token=token, tok_arg=", tok" if token is not None else "")
+                           uses_d=False, token=token, tok_arg=", tok" if token is not None else "",
+                           by_objects=False)
     return env.get_template("flatten.py.j2").render(
         collect=False, for_update=False, name="f", type_name="T", steps=steps, objects=[], values=[],
         distinct=[], keyed_statics=False, epoch=0, guard_epoch=True, shape_fns=[], outlined_distinct=False,
@@ -127,7 +128,7 @@ def test_a_bogus_step_raises_when_rendered(body: str) -> None:
                 name="f", type_name="T", steps=[], checks=[step] if body == "check" else [],
                 writes=[step] if body == "write" else [], distinct=[], keyed_statics=False, epoch=0,
                 guard_epoch=True, collect=False, shape_fns=[], outlined_distinct=False, uses_d=False,
-                token=None, tok_arg="")
+                token=None, tok_arg="", by_objects=False)
         else:
             _render(step)
 

@@ -17,6 +17,7 @@ import pytest
 from conftest import assert_same_flatten
 
 import specgraph as sg
+from specgraph.codegen import GUARD_KINDS
 from specgraph.runtime import dispatch
 from specgraph.runtime.cache import CONFIG
 
@@ -127,8 +128,10 @@ def test_update_collect_and_selections_through_outlined_code(outlined: None) -> 
     assert sg.cache_info()["walk_hits"] > walks
     _, params, rest = sg.split(m, sg.Param, ...)
     assert len(params) == 12 and len(rest) == 0
-    # a partial update (one part of a split) goes by path, and is right
+    # a partial update (one part of a split) goes by slot through generated code, and is right
+    before = sg.cache_info()["update_hits"]
     sg.update(m, sg.StateMap._make(params._table, [np.zeros_like(v) for v in params.values()]))
+    assert sg.cache_info()["update_hits"] == before + 1
     assert all(not np.any(np.asarray(v)) for v in sg.generic.flatten(m)[1].values())
 
 
@@ -347,6 +350,156 @@ def test_loop_length_guard_is_load_bearing(outlined: None, disable: Callable[[fr
     got = sg.flatten(m)
     with pytest.raises(AssertionError):
         assert_same_flatten(got, sg.generic.flatten(m))
+
+
+# Every guard kind, with the mutated object inside a loop over a list of one shape (``list``)
+# or inside an outlined function called per occurrence (``attrs``): per kind, an item of one
+# shape (``make``), repeated three times, and a mutation of the middle one. ``backref`` and
+# ``epoch`` guards are never inside outlined code (outlined subtrees share nothing; the
+# epoch is checked once per call): their scenarios put the mutation next to the outlined
+# items, in the function that calls them.
+
+
+class LateType:
+    """A plain object (a static, reaching no user data: one static object for every
+    occurrence) until its class is registered as a node type."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, Any] = {"q": 1.5}
+
+
+def _register_late(cls: type) -> None:
+    sg.register_graph_node_type(
+        cls, lambda x: (sorted(x.items.items()), None), lambda x, k, v: x.items.__setitem__(k, v),
+        lambda x, k: x.items.pop(k), lambda meta: cls(), lambda x: x.items.clear())
+
+
+def _p(x: float = 1.0, **meta: Any) -> sg.Param:
+    return sg.Param(np.full((2,), x, np.float32), **meta)
+
+
+def _kill_scenarios() -> dict[str, tuple[Callable[[], Any], Callable[[Box, Any], None]]]:
+    """kind -> (make an item, mutate(root, middle item)); fresh classes per call."""
+
+    class Late(LateType):
+        pass
+
+    class Tagged(sg.State):
+        pass
+
+    late = Late()  # one static object: every item has the same shape
+    counter = iter(range(1 << 30))
+
+    def class_mutate(root: Box, item: Any) -> None:
+        Tagged.__hash__ = lambda self: next(counter)  # type: ignore[method-assign]
+        item.b = item.a  # merged, but the distinct set sees two different hashes
+
+    def backref_mutate(root: Box, item: Any) -> None:
+        root.dec.w = _p()  # untied, next to the outlined items
+
+    return {
+        "epoch": (lambda: Box(w=_p(), late=late), lambda root, item: _register_late(Late)),
+        "class": (lambda: Box(a=Tagged(np.ones(2)), b=Tagged(np.ones(2))), class_mutate),
+        "type": (lambda: Box(w=_p(), v=_p(2.0)), lambda root, item: setattr(item, "v", Buffer(item.v.value))),
+        "node_keys": (lambda: Box(w=_p(), n=1), lambda root, item: setattr(item, "extra", _p())),
+        "container": (lambda: Box(layers=[_p(), _p()], d={"a": _p()}),
+                      lambda root, item: item.layers.append(_p())),
+        "static": (lambda: Box(w=_p(), n=3), lambda root, item: setattr(item, "n", 4)),
+        "metadata": (lambda: Box(w=_p(tag="a"), v=_p()), lambda root, item: setattr(item, "w", _p(tag="b"))),
+        "backref": (lambda: Box(w=_p()), backref_mutate),
+        "distinct": (lambda: Box(a=_p(), b=_p()), lambda root, item: setattr(item, "b", item.a)),
+    }
+
+
+def _kill_model(kind: str, layout: str) -> tuple[Box, Callable[[], None]]:
+    make, mutate = _kill_scenarios()[kind]
+    items = [make() for _ in range(3)]
+    m = Box(items=items) if layout == "list" else Box(**{f"i{k}": x for k, x in enumerate(items)})
+    if kind == "backref":
+        w = _p()
+        m.enc, m.dec = Box(w=w), Box(w=w)
+    return m, lambda: mutate(m, items[1])
+
+
+@pytest.mark.parametrize("layout", ["list", "attrs"])
+@pytest.mark.parametrize("kind", GUARD_KINDS)
+def test_every_guard_kind_is_load_bearing_in_outlined_code(
+        outlined: None, kind: str, layout: str, disable: Callable[[frozenset[str]], None]) -> None:
+    """Without the guards of ``kind`` the outlined variant answers the mutated structure as
+    the old one (it differs from the reference); with them it is a miss of that kind, and
+    the reference's answer."""
+    for disabled in (frozenset({kind}), frozenset()):
+        disable(disabled)
+        sg.clear_cache()
+        m, mutate = _kill_model(kind, layout)
+        gd, _ = _specialized(m)
+        src = _source(gd)
+        assert ("def outlined" in src) if layout == "attrs" else ("# 3 of one shape" in src), src
+        mutate()
+        ref = sg.generic.flatten(m)
+        hits, misses = sg.cache_info()["hits"], sg.cache_info()["guard_misses"].get(kind, 0)
+        got = sg.flatten(m)
+        if disabled:
+            assert sg.cache_info()["hits"] == hits + 1, "the stale variant must have answered"
+            assert got[0] != ref[0]
+        else:
+            assert_same_flatten(got, ref)
+            assert sg.cache_info()["guard_misses"].get(kind, 0) == misses + 1
+
+
+def _not_first(path: tuple, value: Any) -> bool:
+    return path[:2] != ("items", 0) and path[0] != "i0"
+
+
+@pytest.mark.parametrize("layout", ["list", "attrs"])
+@pytest.mark.parametrize("kind", ["type", "distinct"])
+def test_outlined_update_guard_is_load_bearing(
+        outlined: None, kind: str, layout: str, disable: Callable[[frozenset[str]], None]) -> None:
+    """The update's guards in outlined code: the old StateMap no longer fits the mutated
+    structure, the reference refuses it, a variant without the guard writes it anyway, and
+    with the guard the refusal is the same; a part of a split alike."""
+    for disabled in (frozenset({kind}), frozenset()):
+        for partial in (False, True):
+            disable(disabled)
+            sg.clear_cache()
+            m, mutate = _kill_model(kind, layout)
+            twin, mutate_twin = _kill_model(kind, layout)
+            _specialized(m)
+            # partial: the values of every item but the first (a part of a split)
+            _, sm = sg.split(m, _not_first, ...)[:2] if partial else sg.flatten(m)
+            assert len(sm) == (4 if partial else 6)
+            sg.update(m, sm)  # (the partial update is compiled now)
+            if kind == "type":  # a node where a Param was (its path is gone), looking like one
+                for root in (m, twin):
+                    (root.items[1] if layout == "list" else root.i1).v = Box(value=_p(), _metadata=())
+            else:
+                mutate()
+                mutate_twin()
+            with pytest.raises(KeyError):
+                sg.generic.update(twin, sm)
+            hits = sg.cache_info()["update_hits"]
+            if disabled:
+                sg.update(m, sm)  # accepted silently
+                assert sg.cache_info()["update_hits"] == hits + 1
+            else:
+                with pytest.raises(KeyError):
+                    sg.update(m, sm)
+                assert sg.cache_info()["update_hits"] == hits
+                assert sg.cache_info()["guard_misses"] == {kind: 1}
+
+
+@pytest.mark.parametrize("name", ["state type", "extra attribute", "same param twice"])
+def test_chain_guards_are_load_bearing(outlined: None, name: str,
+                                       disable: Callable[[frozenset[str]], None]) -> None:
+    kind, mutate = CHAIN_MUTATIONS[name]
+    disable(frozenset({kind}))
+    m = chain(100)
+    _specialized(m)
+    mutate(m)
+    hits = sg.cache_info()["hits"]
+    got = sg.flatten(m)
+    assert sg.cache_info()["hits"] == hits + 1
+    assert got[0] != sg.generic.flatten(m)[0]
 
 
 def test_outline_min_zero_unrolls_everything() -> None:

@@ -104,6 +104,16 @@ class Constants:
         self._counts: dict[str, int] = {}
         self._attr_of: dict[str, str] = {}
 
+    def copy(self) -> Constants:
+        """These bindings, in a copy that binds more without changing this one."""
+        c = Constants()
+        c.namespace = dict(self.namespace)
+        c.attributes = dict(self.attributes)
+        c._by_id = dict(self._by_id)
+        c._counts = dict(self._counts)
+        c._attr_of = dict(self._attr_of)
+        return c
+
     def _fresh(self, prefix: str) -> str:
         while True:  # skip names a readable type name already took (a class named ``M0``)
             n = self._counts.get(prefix, 0)

@@ -149,6 +149,9 @@ OPS: dict[str, Op] = {
     # from vals[af + i]); b counts up from slot by nb, af down from slot_after by na
     "write_chain": Op(_W, ("cur", "obj", "n", "loads", "writes_before", "writes_after", "rec", "slot",
                            "slot_after", "nb", "na", "var")),
+    # a partial update's writes into states of outlined code: objs(o_) (o_: the objects by
+    # table index, from the guards rendered as a collect) get .value from vals, or vals(vals)
+    "write_picked": Op(_W, ("objs", "vals")),
     "token_now": Op(_W, ("dst", "fn")),  # the call's trace token, made once first (FlattenPlan.token)
     # obj[key].attrs... (or obj.attrs...) must be the token: writes at the object's trace level
     "guard_token": Op(_W, ("obj", "key", "attrs", "token", "label"), "trace"),

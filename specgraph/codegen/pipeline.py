@@ -180,12 +180,15 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
         raise ValueError("a flatten plan makes no unflatten function")
     no_distinct = "distinct" in disabled
     steps = _kept(plan.steps, disabled, no_distinct)
+    # A partial update writing into states of outlined code (runtime/derived.py) runs the
+    # guards as the collect does, for the objects by table index, and writes through them.
+    by_objects = kind == "update" and any(w.op == "write_picked" for w in plan.writes)
     shape_fns = [
         SimpleNamespace(name=f.name, type_name=f.type_name, uses=f.uses,
                         steps=_kept(f.steps, disabled, no_distinct),
                         values=f.values, objects=f.objects, keyed_statics=f.keyed_statics,
-                        writes=[_loop_kept(w, disabled, no_distinct) if w.op in _LOOPS else w
-                                for w in f.writes],
+                        writes=[] if by_objects else [_loop_kept(w, disabled, no_distinct) if w.op in _LOOPS
+                                                      else w for w in f.writes],
                         distinct=[] if no_distinct else f.distinct,
                         checks=[c for c in f.checks if c.kind not in disabled],
                         loads=[s for s in _kept(f.steps, disabled, no_distinct) if s.op in _LOADS])
@@ -196,8 +199,9 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
     tmpl = environment().get_template("update.py.j2" if kind == "update" else "flatten.py.j2")
     context = dict(
         step_text=_step_texts(plan),
-        collect=kind == "collect",
+        collect=kind == "collect" or by_objects,
         for_update=kind == "update",
+        by_objects=by_objects,
         name=name,
         type_name=type_name,
         steps=steps,

@@ -236,12 +236,12 @@ def update_parts(entry: Any, node: Any, states: tuple[StateMap, ...]) -> bool | 
         if m.full:
             assert m.gather is not None
             r = var.update(node, m.gather(values))
-        elif var.plan.outlined:
-            return None  # outlined writes go by occurrence, not by slot: the reference writes
         else:
             fn = m.updates.get(var)
             if fn is None:
                 fn = _compile_partial_update(var, m)
+            if fn is _by_paths:
+                return None  # writes these slots cannot be picked from: the reference writes
             r = fn(node, values)
         if r is None:
             var.stats.update_hits += 1
@@ -260,10 +260,18 @@ def _compile_partial_update(var: Variant, m: SlotMap) -> Any:
         position = {slot: k for k, slot in enumerate(m.slots)}
         checks = [_reslot(c, position) if c.op == "check_unchanged" else c
                   for c in plan.checks if c.op != "check_unchanged" or c.slot in position]
-        writes = [_reslot(w, position) for w in plan.writes if w.slot in position]
+        consts = plan.consts
+        if plan.outlined:
+            picked = _picked_writes(plan, m.slots, position, checks)
+            if picked is None:
+                m.updates[var] = _by_paths
+                return _by_paths
+            writes, consts = picked
+        else:
+            writes = [_reslot(w, position) for w in plan.writes if w.slot in position]
         try:
             built = codegen.build("update", var.key, max_steps=CONFIG.max_steps,
-                                  plan=dataclasses.replace(plan, checks=checks, writes=writes),
+                                  plan=dataclasses.replace(plan, checks=checks, writes=writes, consts=consts),
                                   disabled=dispatch._disabled_guards)
             fn = built.fn
         except Exception as e:  # never an error for the user: the reference serves it
@@ -274,6 +282,66 @@ def _compile_partial_update(var: Variant, m: SlotMap) -> Any:
             fn = _refuse_update
         m.updates[var] = fn
         return fn
+
+
+#: the writes of outlined code: per occurrence, a loop's item or a chain's link (slots relative)
+_OUTLINED_WRITES = frozenset({"write_shape", "write_each", "write_chain"})
+
+
+def _picked_writes(plan: Any, slots: tuple[int, ...], position: dict[int, int],
+                   checks: list[Step]) -> tuple[list[Step], Any] | None:
+    """The writes of a partial update of an outlined structure, and the constants they bind.
+
+    Outlined code writes by occurrence, every slot of it; a part's slots are picked instead:
+    the written ones outside outlined code as their own steps (at their positions in the
+    part's values), and those inside it through the objects by table index that the guards,
+    rendered as the collect, return (one ``write_picked``: the States at those indices get
+    the values at those positions). ``None``: outlined code writes some slot otherwise than
+    into a plain State's ``value`` (the reference writes such a part, by path)."""
+    fns = {f.name: f for f in plan.shape_fns}
+    if not all(_plain(w, fns) for w in plan.writes if w.op in _OUTLINED_WRITES):
+        return None
+    writes: list[Step] = []
+    inline: set[int] = {c.slot for c in checks if c.op == "check_unchanged"}
+    at = -1
+    for w in plan.writes:
+        if w.op in _OUTLINED_WRITES:
+            at = len(writes) if at < 0 else at
+            continue
+        inline.add(w.slot)
+        if w.slot in position:
+            writes.append(_reslot(w, position))
+    index_of = {spec.slot: spec.index for spec in plan.graphdef.table if type(spec) is StateSpec}
+    picked = [slot for slot in slots if slot not in inline]
+    if not picked:
+        return writes, plan.consts
+    if any(slot not in index_of for slot in picked):
+        return None
+    consts = plan.consts.copy()
+    pos = tuple(position[slot] for slot in picked)
+    objs = consts.bind(_take(tuple(index_of[slot] for slot in picked)), "PICK")
+    vals = None if pos == tuple(range(len(pos))) else consts.bind(_take(pos), "PICK")
+    writes.insert(max(at, 0), Step("write_picked", objs=objs, vals=vals))
+    return writes, consts
+
+
+def _plain(w: Step, fns: dict[str, Any]) -> bool:
+    """Outlined write ``w`` writes plain States' ``value`` only (in its loops and callees too)."""
+    if w.op == "write_value":
+        return True
+    if w.op == "write_shape":
+        inner = fns[w.fn].writes
+    elif w.op == "write_each":
+        inner = w.writes
+    elif w.op == "write_chain":
+        inner = w.writes_before + w.writes_after
+    else:
+        return False
+    return all(_plain(x, fns) for x in inner)
+
+
+def _by_paths(root: Any, vals: Any) -> str:  # (a marker: never called)
+    raise AssertionError("a partial update by paths is the reference's")
 
 
 def _reslot(step: Step, position: dict[int, int]) -> Step:

@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = '7b6bd3e29c60ffa29527cef45b2094c42725c9df0a5a4ccb9a0ee44249583f87'
+FINGERPRINT = '1e49c30ffee9ab3daef87304ca453088c34611dabc22826078bb0feb37e7aa71'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = '_steps.j2'
 
@@ -274,12 +274,17 @@ def root(context, missing=missing):
                         str(environment.getattr(l_1_s, 'dst')),
                         '[0].extend(',
                         str(context.call((undefined(name='objects_list') if l_0_objects_list is missing else l_0_objects_list), environment.getattr(l_1_s, 'objects'))),
-                        ')\n    ',
-                        str(environment.getattr(l_1_s, 'dst')),
-                        '[1].extend(',
-                        str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_1_s, 'values'))),
                         ')',
                     ))
+                    if (not (undefined(name='for_update') if l_1_for_update is missing else l_1_for_update)):
+                        pass
+                        t_8.extend((
+                            '\n    ',
+                            str(environment.getattr(l_1_s, 'dst')),
+                            '[1].extend(',
+                            str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_1_s, 'values'))),
+                            ')',
+                        ))
                 elif environment.getattr(l_1_s, 'values'):
                     pass
                     t_8.extend((
@@ -516,7 +521,7 @@ def root(context, missing=missing):
                         '[',
                         str(t_2(l_2_k)),
                         ']',
-                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 132 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 134 in '_steps.j2' evaluated to false and no else section was defined."))),
                     ))
                 l_2_loop = l_2_dst = l_2_k = missing
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_run'):
@@ -1200,7 +1205,7 @@ def root(context, missing=missing):
                 t_10.extend((
                     '*',
                     str(environment.getattr(l_2_x, 'name')),
-                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 272 in '_steps.j2' evaluated to false and no else section was defined."))),
+                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 274 in '_steps.j2' evaluated to false and no else section was defined."))),
                 ))
             else:
                 pass
@@ -1208,7 +1213,7 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_10.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 272 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 274 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = l_2_collect = missing
         t_10.append(
@@ -1242,7 +1247,7 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_11.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 277 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 279 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = missing
         t_11.append(
@@ -1278,11 +1283,11 @@ def root(context, missing=missing):
                     str(l_2_obj),
                 )
             t_12.append(
-                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 283 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 285 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_obj = l_2_by_id = missing
         t_12.extend((
-            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 283 in '_steps.j2' evaluated to false and no else section was defined."))),
+            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 285 in '_steps.j2' evaluated to false and no else section was defined."))),
             ' }',
         ))
         return concat(t_12)
@@ -1487,6 +1492,27 @@ def root(context, missing=missing):
                 '\n    af -= ',
                 str(environment.getattr(l_1_w, 'na')),
             ))
+        elif (environment.getattr(l_1_w, 'op') == 'write_picked'):
+            pass
+            t_13.extend((
+                'for a_, v_ in zip(',
+                str(environment.getattr(l_1_w, 'objs')),
+                '(o_), ',
+            ))
+            if environment.getattr(l_1_w, 'vals'):
+                pass
+                t_13.extend((
+                    str(environment.getattr(l_1_w, 'vals')),
+                    '(vals)',
+                ))
+            else:
+                pass
+                t_13.append(
+                    'vals',
+                )
+            t_13.append(
+                '):\n    a_.value = v_',
+            )
         elif (environment.getattr(l_1_w, 'op') == 'write_slot'):
             pass
             t_13.extend((
@@ -1672,4 +1698,4 @@ def root(context, missing=missing):
     yield '\n'
 
 blocks = {}
-debug_info = '6=48&9=50&10=58&11=62&12=66&13=68&14=74&15=88&17=93&23=98&24=112&25=113&26=116&27=126&28=128&29=130&30=133&31=145&32=147&33=149&37=151&38=153&39=157&40=164&41=169&43=172&44=174&45=179&48=182&49=184&50=189&52=197&53=199&54=203&56=208&57=212&58=225&59=227&60=231&63=238&64=243&66=265&67=269&68=273&69=278&70=282&73=286&75=288&76=290&77=294&78=298&79=300&80=307&81=312&83=315&84=317&85=322&88=325&89=330&91=352&92=356&93=360&94=364&96=373&97=377&99=381&100=385&101=390&102=394&105=401&106=405&107=409&108=416&109=420&111=427&113=432&114=436&115=442&116=445&117=447&118=450&119=464&120=467&121=471&122=473&123=476&124=478&126=483&127=488&130=498&132=504&134=517&136=521&139=528&140=531&141=536&142=540&143=562&144=565&145=569&146=575&147=578&148=582&149=586&150=589&151=592&152=598&153=600&154=601&155=605&156=610&157=614&159=631&161=638&162=641&163=644&164=650&165=656&166=659&167=662&168=675&169=678&170=684&171=686&172=690&173=696&174=700&176=718&178=726&179=729&180=733&181=755&182=758&183=762&184=768&185=774&186=777&187=781&188=783&189=786&190=790&191=794&192=798&193=801&194=804&195=811&196=815&197=821&198=824&199=828&200=834&201=837&203=842&204=854&205=856&206=859&207=863&208=869&209=872&210=877&211=896&212=899&213=901&214=904&215=912&216=915&217=917&218=920&219=930&220=933&221=935&222=938&223=974&224=977&225=982&226=1001&227=1004&228=1008&229=1020&230=1023&231=1027&232=1035&233=1038&234=1042&235=1046&236=1049&237=1052&238=1054&239=1058&240=1064&241=1067&242=1071&243=1077&244=1080&245=1083&246=1090&247=1094&248=1100&249=1103&250=1107&251=1113&252=1116&253=1119&255=1124&261=1129&262=1135&263=1139&264=1162&266=1168&271=1173&272=1182&276=1215&277=1224&282=1249&283=1260&287=1286&288=1295&289=1298&290=1305&291=1308&292=1316&295=1319&296=1323&297=1342&298=1384&299=1389&301=1398&302=1401&303=1406&304=1411&305=1416&307=1419&308=1424&310=1429&311=1433&312=1436&313=1440&314=1443&315=1446&316=1451&317=1456&319=1459&320=1464&322=1467&323=1472&325=1477&326=1481&327=1483&328=1485&329=1488&330=1497&331=1500&332=1509&333=1513&335=1518&336=1521&338=1533&344=1538&345=1545&346=1553&347=1559&349=1564&350=1569&352=1572&353=1574&354=1579&357=1582&363=1590&364=1595&366=1617&367=1621&369=1630&373=1635&374=1639&375=1641&376=1644&377=1649&379=1652&380=1657'
+debug_info = '6=48&9=50&10=58&11=62&12=66&13=68&14=74&15=88&17=93&23=98&24=112&25=113&26=116&27=126&28=128&29=130&30=133&31=145&32=147&33=149&37=151&38=153&39=157&40=164&41=169&43=172&44=174&45=179&48=182&49=184&50=189&52=197&53=199&54=203&56=208&57=212&58=225&59=227&60=231&63=238&64=243&66=265&67=269&68=274&69=278&71=283&72=287&75=291&77=293&78=295&79=299&80=303&81=305&82=312&83=317&85=320&86=322&87=327&90=330&91=335&93=357&94=361&95=365&96=369&98=378&99=382&101=386&102=390&103=395&104=399&107=406&108=410&109=414&110=421&111=425&113=432&115=437&116=441&117=447&118=450&119=452&120=455&121=469&122=472&123=476&124=478&125=481&126=483&128=488&129=493&132=503&134=509&136=522&138=526&141=533&142=536&143=541&144=545&145=567&146=570&147=574&148=580&149=583&150=587&151=591&152=594&153=597&154=603&155=605&156=606&157=610&158=615&159=619&161=636&163=643&164=646&165=649&166=655&167=661&168=664&169=667&170=680&171=683&172=689&173=691&174=695&175=701&176=705&178=723&180=731&181=734&182=738&183=760&184=763&185=767&186=773&187=779&188=782&189=786&190=788&191=791&192=795&193=799&194=803&195=806&196=809&197=816&198=820&199=826&200=829&201=833&202=839&203=842&205=847&206=859&207=861&208=864&209=868&210=874&211=877&212=882&213=901&214=904&215=906&216=909&217=917&218=920&219=922&220=925&221=935&222=938&223=940&224=943&225=979&226=982&227=987&228=1006&229=1009&230=1013&231=1025&232=1028&233=1032&234=1040&235=1043&236=1047&237=1051&238=1054&239=1057&240=1059&241=1063&242=1069&243=1072&244=1076&245=1082&246=1085&247=1088&248=1095&249=1099&250=1105&251=1108&252=1112&253=1118&254=1121&255=1124&257=1129&263=1134&264=1140&265=1144&266=1167&268=1173&273=1178&274=1187&278=1220&279=1229&284=1254&285=1265&289=1291&290=1300&291=1303&292=1310&293=1313&294=1321&297=1324&298=1328&299=1347&300=1389&301=1394&303=1403&304=1406&305=1411&306=1416&307=1421&309=1424&310=1429&312=1434&313=1438&314=1441&315=1445&316=1448&317=1451&318=1456&319=1461&321=1464&322=1469&324=1472&325=1477&327=1482&328=1486&329=1488&330=1490&331=1494&333=1511&334=1514&335=1523&336=1526&337=1535&338=1539&340=1544&341=1547&343=1559&349=1564&350=1571&351=1579&352=1585&354=1590&355=1595&357=1598&358=1600&359=1605&362=1608&368=1616&369=1621&371=1643&372=1647&374=1656&378=1661&379=1665&380=1667&381=1670&382=1675&384=1678&385=1683'

@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = '409588acb41e17ed5a22c557d19bdf327d4cdf0bf278a45867f49d28797fdf07'
+FINGERPRINT = '16a4f27605bf62046175f869b7cdff72474a22fb7b57b5e206d684158c80031d'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'update.py.j2'
 
@@ -24,6 +24,8 @@ def root(context, missing=missing):
     l_0_distinct = resolve('distinct')
     l_0_checks = resolve('checks')
     l_0_keyed_statics = resolve('keyed_statics')
+    l_0_by_objects = resolve('by_objects')
+    l_0_objects = resolve('objects')
     l_0_writes = resolve('writes')
     l_0_g = l_0_callback = missing
     try:
@@ -127,6 +129,11 @@ def root(context, missing=missing):
         pass
         yield "\n    except KeyError:  # a renamed key under a static\n        return 'node_keys'"
     yield "\n    except Exception:\n        return 'error'\n    # Every guard passed: write."
+    if (undefined(name='by_objects') if l_0_by_objects is missing else l_0_by_objects):
+        pass
+        yield '\n    o_ = '
+        yield str(context.call(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'objects_list'), (undefined(name='objects') if l_0_objects is missing else l_0_objects)))
+        yield '  # the objects, by table index'
     for l_1_w in (undefined(name='writes') if l_0_writes is missing else l_0_writes):
         _loop_vars = {}
         pass
@@ -142,4 +149,4 @@ def root(context, missing=missing):
     yield '\n    return None\n'
 
 blocks = {}
-debug_info = '1=37&2=39&3=41&4=43&5=45&6=47&7=50&11=53&14=56&15=59&17=63&18=67&19=70&21=74&24=76&25=79&27=83&28=86&31=90&32=94&33=97&34=103&35=105&36=108&37=110&38=112&39=115&41=119&44=121&51=125&52=128&53=131&55=135'
+debug_info = '1=39&2=41&3=43&4=45&5=47&6=49&7=52&11=55&14=58&15=61&17=65&18=69&19=72&21=76&24=78&25=81&27=85&28=88&31=92&32=96&33=99&34=105&35=107&36=110&37=112&38=114&39=117&41=121&44=123&51=127&52=130&54=132&55=135&56=138&58=142'
