@@ -252,6 +252,27 @@ def test_a_list_that_stops_being_homogeneous(outlined: None, change: str) -> Non
     assert sg.cache_info()["hits"] == hits  # the reference answered
 
 
+def test_annotated_states_of_equal_metadata_share_a_shape(outlined: None) -> None:
+    """Sharding annotations: each layer's metadata is an equal tuple of its own; the guard
+    compares by value and sig, so the layers are one shape, and each occurrence's metadata
+    is still guarded (another annotation, or 1 where 1.0 was, is a miss)."""
+
+    def layer(i: int) -> Box:
+        return Box(w=sg.Param(np.full(2, float(i), np.float32), sharding=(None, "model"), scale=1.0),
+                   b=sg.Param(np.zeros(2, np.float32), sharding=("model",)))
+
+    for i, change in [(1, (("scale", 1.0), ("sharding", ("model", None)))),
+                      (2, (("scale", 1), ("sharding", (None, "model"))))]:
+        sg.clear_cache()
+        m = Box(layers=[layer(i) for i in range(4)])
+        gd, _ = _specialized(m)
+        assert "# 4 of one shape" in _source(gd)
+        m.layers[i].w._metadata = change
+        misses = sg.cache_info()["guard_misses"].get("metadata", 0)
+        assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
+        assert sg.cache_info()["guard_misses"].get("metadata", 0) == misses + 1
+
+
 # -- sharing across occurrences ---------------------------------------------------------
 
 

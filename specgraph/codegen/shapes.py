@@ -184,9 +184,14 @@ def _node_key(spec: NodeSpec, equal: _EqualClasses) -> Any:
 
 
 def _meta_key(spec: Any) -> Any:
+    """A state's metadata: where every item is a value (a sharding annotation such as
+    ``(None, 'model')``), by value and sig, as the generated guard compares it (== and the
+    sig); else by items, or the very tuple."""
     meta = spec.metadata
     if not meta:
         return ()
+    if all(type(k) is str for k, _ in meta) and all(is_value_sig(s) for s in spec.metasig):
+        return ("s", meta, spec.metasig)
     items = []
     for (k, v), s in zip(meta, spec.metasig, strict=True):
         t = type(v)
