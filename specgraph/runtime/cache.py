@@ -38,7 +38,9 @@ class Config:
     #: Unrolled code is the fastest per call (no per-item allocation: MLP-32 stays within
     #: the 1.1x of tree_flatten it had), outlined code compiles in time independent of
     #: the count (benchmarks/outline_crossover.py): 64 keeps MLP-32 and the 12-block
-    #: transformer unrolled and bounds the unrolled compile of a repeated shape.
+    #: transformer unrolled and bounds the unrolled compile of a repeated shape. The
+    #: outlined update (MLP of Linear(8), thread time) is 1.24x the unrolled one at 64
+    #: layers, 1.14x at 128 and 256, and faster between 256 and 384 (0.93x at 384, 0.9x at 512).
     outline_min: int = 64
 
 
