@@ -61,11 +61,29 @@ class Impl:
         sg.update(node, *states)
 
 
+def outlined_hits() -> int:
+    """Calls (flatten, update, collect) answered so far by compiled variants whose code is
+    outlined (an outlined function, a loop over a list of one shape, a chain loop)."""
+    from specgraph.runtime import dispatch
+
+    n = 0
+    for entry in list(dispatch._types.values()):
+        for var in entry.variants:
+            if var.plan.outlined:
+                n += var.stats.hits + var.stats.update_hits + var.stats.walk_hits
+    return n
+
+
+_OUTLINE_REPORT = os.environ.get("SPECGRAPH_OUTLINE_REPORT")  # a file: which outlined tests outlined
+
+
 @pytest.fixture(params=["generic", "specialized", "outlined"])
 def impl(request: pytest.FixtureRequest) -> Any:
     """``outlined``: the specialized path with every repeated substructure (met twice or
     more) generated as one function called per occurrence (``outline_min=2``): flatten,
-    update and collect, and the unflatten's builders and loops."""
+    update and collect, and the unflatten's builders and loops. A test marked ``repeats``
+    must have been served by outlined code there (``outlined_hits``: flatten, update and
+    collect); ``SPECGRAPH_OUTLINE_REPORT=file`` lists, per outlined test, how many calls were."""
     from specgraph.runtime.dispatch import CONFIG
 
     saved = CONFIG.outline_min
@@ -73,6 +91,11 @@ def impl(request: pytest.FixtureRequest) -> Any:
         sg.configure(outline_min=2)
     try:
         yield Impl(request.param)
+        if request.param == "outlined" and request.node.get_closest_marker("repeats") is not None:
+            assert outlined_hits() > 0, "no call was served by outlined code"
+        if _OUTLINE_REPORT and request.param == "outlined":
+            with open(_OUTLINE_REPORT, "a") as f:
+                f.write(f"{outlined_hits()}\t{request.node.nodeid}\n")
     finally:
         CONFIG.outline_min = saved
 
@@ -109,28 +132,57 @@ def assert_matches_reference(node: Any) -> tuple[sg.GraphDef, sg.StateMap]:
     return ref
 
 
-@pytest.fixture(params=["generic", "specialized"])
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "repeats: the test's structures repeat a substructure: its served_by fixture gets "
+        "an 'outlined' variant too, which must be served by outlined code")
+
+
+def path_variants(metafunc: pytest.Metafunc) -> list[str]:
+    """The paths a ``served_by``/``mode`` test runs on: generic and specialized, and
+    outlined too for a test marked ``repeats``."""
+    names = ["generic", "specialized"]
+    if metafunc.definition.get_closest_marker("repeats") is not None:
+        names.append("outlined")
+    return names
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "served_by" in metafunc.fixturenames:
+        metafunc.parametrize("served_by", path_variants(metafunc), indirect=True)
+
+
+@pytest.fixture
 def served_by(request: pytest.FixtureRequest) -> Any:
     """The public operations (``sg.jit``, ``sg.states``, ``sg.split``...) served by the
     reference walker alone (specializer off), or by generated code from the first call
-    on (threshold 1). Yields the name; the configuration is restored afterwards."""
+    on (threshold 1), and for a test marked ``repeats`` with every repeated substructure
+    outlined too (``outline_min=2``; afterwards, outlined code must have served some call).
+    Yields the name; the configuration is restored afterwards."""
     from specgraph.runtime.dispatch import CONFIG
 
-    saved = (CONFIG.threshold, CONFIG.enabled)
-    sg.configure(enabled=request.param == "specialized", threshold=1)
+    saved = (CONFIG.threshold, CONFIG.enabled, CONFIG.outline_min)
+    sg.configure(enabled=request.param != "generic", threshold=1)
+    if request.param == "outlined":
+        sg.configure(outline_min=2)
     sg.clear_cache()
     try:
         yield request.param
+        if request.param == "outlined":
+            assert outlined_hits() > 0, "no call was served by outlined code"
     finally:
-        sg.configure(threshold=saved[0], enabled=saved[1])
+        sg.configure(threshold=saved[0], enabled=saved[1], outline_min=saved[2])
         sg.clear_cache()
 
 
 def assert_served_by(name: str) -> None:
-    """The specialized variant of a test must really have been served by generated code."""
+    """The specialized variants of a test must really have been served by generated code,
+    the outlined one by outlined code."""
     info = sg.cache_info()
     served = info["hits"] + info["walk_hits"] + info["update_hits"] + info["unflatten_hits"]
-    if name == "specialized":
-        assert served > 0, info
-    else:
+    if name == "generic":
         assert served == 0 and info["compiled_variants"] == 0, info
+    else:
+        assert served > 0, info
+    if name == "outlined":
+        assert outlined_hits() > 0, "no call was served by outlined code"

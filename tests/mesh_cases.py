@@ -18,11 +18,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import outlined_hits, path_variants
 from jax.sharding import AxisType, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import specgraph as sg
 from specgraph import sharding as sgs
+from specgraph.runtime.cache import CONFIG
 
 if jax.device_count() < 8:  # pragma: no cover - test_mesh.py starts this file with 8 devices
     pytest.skip("needs 8 devices (XLA_FLAGS=--xla_force_host_platform_device_count=8)",
@@ -31,18 +33,33 @@ if jax.device_count() < 8:  # pragma: no cover - test_mesh.py starts this file w
 MESH = jax.make_mesh((2, 4), ("data", "model"), axis_types=(AxisType.Auto, AxisType.Auto))
 
 
-@pytest.fixture(params=["generic", "specialized"])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "mode" in metafunc.fixturenames:
+        metafunc.parametrize("mode", path_variants(metafunc), indirect=True)
+
+
+@pytest.fixture
 def mode(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run the test on one path; afterwards, check that path served the flattens (and
-    sg.jit's walks)."""
+    """Run the test on one path (generic, specialized, and for a test marked ``repeats``
+    outlined: ``outline_min=2``); afterwards, check that path served the flattens (and
+    sg.jit's walks), the outlined one by outlined code."""
     sg.clear_cache()
     if request.param == "generic":
         with sg.specialization(False):
             yield "generic"
         assert _served() == 0
-    else:
-        yield "specialized"
-        assert _served() > 0
+        return
+    saved = CONFIG.outline_min
+    if request.param == "outlined":
+        sg.configure(outline_min=2)
+        sg.clear_cache()
+    try:
+        yield request.param
+    finally:
+        CONFIG.outline_min = saved
+    assert _served() > 0
+    if request.param == "outlined":
+        assert outlined_hits() > 0, "no call was served by outlined code"
 
 
 def _served() -> int:
@@ -163,6 +180,22 @@ def test_adam_steps_keep_shardings_and_match_unsharded(mode: str) -> None:
     assert losses[-1] < losses[0]
     assert shardings(trainer) == before  # every state, every optimizer moment: unchanged
     assert int(trainer.model.steps.value) == 5
+
+
+@pytest.mark.repeats
+def test_adam_steps_on_repeated_layers_keep_shardings_and_match_unsharded(mode: str) -> None:
+    """A deeper MLP (two layers of each parallel style: outlined code, one function per
+    style): Adam steps keep every state on its sharding and match the unsharded model."""
+    x = jnp.asarray(np.random.default_rng(9).standard_normal((16, 16), dtype=np.float32))
+    y = jnp.sin(x)
+    trainer = Trainer(sg.shard(DeepMLP(4), MESH), optax.adam(1e-2))  # type: ignore[arg-type]
+    plain = Trainer(DeepMLP(4), optax.adam(1e-2))  # type: ignore[arg-type]
+    step = sg.jit(lambda t, x, y: t.step(x, y))
+    before = shardings(trainer)
+    losses = [float(step(trainer, x, y)) for _ in range(3)]
+    close(losses, [float(step(plain, x, y)) for _ in range(3)])
+    assert losses[-1] < losses[0]
+    assert shardings(trainer) == before
 
 
 def compiled(jitted: Any, *args: Any, pinned: bool = True) -> Any:

@@ -267,6 +267,7 @@ class Slotted(sg.Node):
         return self.p
 
 
+@pytest.mark.repeats
 def test_slots_and_properties_are_not_children(impl) -> None:
     m = Box(s=Slotted(), t=Slotted())
     gd, sm = impl.flatten(m)
@@ -370,6 +371,7 @@ def _roots() -> dict[str, Callable[[], Any]]:
     return {"tuple": tup, "list_with_dict": lst, "dict_opt_first": opt_first}
 
 
+@pytest.mark.repeats
 @pytest.mark.parametrize("kind", list(_roots()))
 def test_pytree_roots_with_sharing_across_items(impl, kind: str) -> None:
     root = _roots()[kind]()

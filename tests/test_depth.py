@@ -150,6 +150,7 @@ def test_grad_through_deep_arguments() -> None:
     np.testing.assert_array_equal(g[("p",)], [3.0])
 
 
+@pytest.mark.repeats
 def test_pop_states_from_deep_dicts_and_a_deep_chain(impl) -> None:
     deep = Box(deep=nested_dicts(DEPTH, sg.Param(np.ones(1))), q=sg.Param(np.zeros(1)))
     impl.flatten(deep)

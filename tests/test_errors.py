@@ -61,6 +61,7 @@ def test_extra_path_is_an_error(impl):
         sg.merge(gd, sm, {("extra",): 1})
 
 
+@pytest.mark.repeats
 def test_unflatten_with_another_structure_is_an_error(impl):
     gd, _ = impl.flatten(tied())
     _, other = impl.flatten(mlp())

@@ -75,6 +75,7 @@ def assert_same_maps(got: Any, want: Any) -> None:
 # -- partitions by type are cached; the answers do not change -------------------------
 
 
+@pytest.mark.repeats
 def test_a_type_filter_partition_is_computed_once_per_structure(served_by: str) -> None:
     m = model()
     warm(m)
@@ -84,12 +85,13 @@ def test_a_type_filter_partition_is_computed_once_per_structure(served_by: str) 
     assert_same_maps(again, reference(sg.split, m, sg.Param, ...))
     # cached: the parts of two calls share their path tables (the key of later slot maps)
     shared = all(a._table is b._table for a, b in zip(first[1:], again[1:], strict=True))
-    assert shared is (served_by == "specialized")
+    assert shared is (served_by != "generic")
     _, sm = sg.flatten(m)
     assert_same_maps(sm.split(sg.Param, ...), first[1:])
     assert_served_by(served_by)
 
 
+@pytest.mark.repeats
 def test_a_part_of_everything_is_the_table_itself(served_by: str) -> None:
     m = model()
     warm(m)
@@ -100,6 +102,7 @@ def test_a_part_of_everything_is_the_table_itself(served_by: str) -> None:
     assert alone._table is sm._table and alone.values() == sm.values()
 
 
+@pytest.mark.repeats
 def test_predicates_run_per_call_on_the_values(served_by: str) -> None:
     m = model()
     warm(m)
@@ -132,6 +135,7 @@ class Liar:
 
 
 @pytest.mark.parametrize("op", ["split", "StateMap.split", "states"])
+@pytest.mark.repeats
 def test_a_cached_partition_serves_only_its_own_filter_list(served_by: str, op: str) -> None:
     """Each filter list keys its own partition: a list equal to a cached one only by ``==``
     (``1`` equals ``True``; an object claiming to be ``sg.Param``) gets its own answer."""
@@ -265,6 +269,7 @@ def assert_same_graphs(a: Any, b: Any) -> None:
 
 
 @pytest.mark.parametrize("which", ["params", "rest", "both", "both reversed", "params twice"])
+@pytest.mark.repeats
 def test_update_with_split_parts_equals_the_reference(served_by: str, which: str) -> None:
     m = model()
     warm(m)
@@ -285,7 +290,7 @@ def test_update_with_split_parts_equals_the_reference(served_by: str, which: str
         written = new_rest[("count",)] if which == "rest" else new_params[("layers", 1, "w")]
         assert (m.count if which == "rest" else m.layers[1].w).value is written
         served = sg.cache_info()["update_hits"] - before
-        assert served == (served_by == "specialized")  # generated code wrote it, or the reference
+        assert served == (served_by != "generic")  # generated code wrote it, or the reference
     # and merge: the same parts, any order, give the structure back with their values
     if which.startswith("both"):
         assert_same_graphs(sg.merge(gd, *given), reference(sg.merge, gd, *given))
@@ -344,6 +349,7 @@ def _assert_same_walk_ops(got: dict[str, Any], want: dict[str, Any]) -> None:
             assert_same_maps(g[1], w[1])
 
 
+@pytest.mark.repeats
 def test_walk_operations_are_served_by_generated_code(served_by: str) -> None:
     m = model()
     warm(m)
@@ -379,11 +385,11 @@ def test_a_metadata_change_leaves_the_walks_served(served_by: str) -> None:
     before = sg.cache_info()
     _assert_same_walk_ops(_walk_ops(m), reference(_walk_ops, m))
     after = sg.cache_info()
-    assert after["walk_hits"] - before["walk_hits"] == 6 * (served_by == "specialized")
+    assert after["walk_hits"] - before["walk_hits"] == 6 * (served_by != "generic")
     assert after["guard_misses"] == before["guard_misses"]
     assert sg.states(m)[("w",)] is m.w
     sg.flatten(m)
-    assert sg.cache_info()["guard_misses"].get("metadata", 0) == (served_by == "specialized")
+    assert sg.cache_info()["guard_misses"].get("metadata", 0) == (served_by != "generic")
 
 
 @given(recipe=recipes(), data=st.data())
@@ -453,7 +459,7 @@ def _check_peer(served_by: str, m: Any, param: type, other: type) -> None:
     sg.update(m, new_params)
     sg.generic.update(twin, new_params)
     assert_same_graphs(m, twin)
-    assert sg.cache_info()["update_hits"] - before == (served_by == "specialized")
+    assert sg.cache_info()["update_hits"] - before == (served_by != "generic")
     sg.update(m, new_rest, new_params)
     sg.generic.update(twin, new_rest, new_params)
     assert_same_graphs(m, twin)
@@ -512,13 +518,14 @@ POPS = [(BatchStat,), (sg.Param, BatchStat), (sg.State,), (lambda p, v: p[0] == 
 
 
 @pytest.mark.parametrize("filters", POPS)
+@pytest.mark.repeats
 def test_pop_states_equals_the_reference_on_the_specialized_walk(served_by: str, filters: tuple) -> None:
     m = model()
     warm(m)
     twin = reference(sg.clone, m)
     before = sg.cache_info()["walk_hits"]
     got = outcome(sg.pop_states, m, *filters)
-    assert sg.cache_info()["walk_hits"] - before == (served_by == "specialized")
+    assert sg.cache_info()["walk_hits"] - before == (served_by != "generic")
     _assert_same_pops(got, reference(outcome, sg.pop_states, twin, *filters))
     assert got[0] == "ok"
     assert_same_graphs(m, twin)  # the same states removed from the same holders
@@ -603,10 +610,11 @@ def test_the_partition_validity_check_is_load_bearing(
         assert _assert_ops_agree(_by_type_ops(m, ty), reference(_by_type_ops, m, ty))
     change_classes()  # what issubclass answers changes; the structure does not
     agree = _assert_ops_agree(_by_type_ops(m, ty), reference(_by_type_ops, m, ty))
-    assert agree is not (killed and served_by == "specialized")
+    assert agree is not (killed and served_by != "generic")
 
 
 @pytest.mark.parametrize("killed", [True, False])
+@pytest.mark.repeats
 def test_the_identity_filter_key_is_load_bearing(
     served_by: str, killed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -622,7 +630,7 @@ def test_the_identity_filter_key_is_load_bearing(
     got = outcome(sg.split, m, Liar(), ...)
     right = list(got[1][1]) == [("count",)]  # what Liar selects: not Param's partition
     assert right is _assert_ops_agree({"split": got}, {"split": reference(outcome, sg.split, m, Liar(), ...)})
-    assert right is not (killed and served_by == "specialized")
+    assert right is not (killed and served_by != "generic")
 
 
 @pytest.fixture
@@ -656,7 +664,7 @@ def test_an_update_by_slots_is_guarded_like_the_full_update(
     got = outcome(sg.update, m, fresh(params, 7.0))
     want = reference(outcome, sg.generic.update, twin, fresh(params, 7.0))
     assert want[0] == "error" and "('b',)" in want[1][1]
-    stale = killed and served_by == "specialized"
+    stale = killed and served_by != "generic"
     assert (got == want) is not stale
     assert (sg.cache_info()["update_hits"] - before == 1) is stale
     if not stale:

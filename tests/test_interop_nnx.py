@@ -497,7 +497,7 @@ def test_jit_step_on_a_new_training_of_the_same_structure_reuses_the_trace(serve
             assert_same_values(a, b)
     assert step_sg.trace_count == 1
     assert_served_by(served_by)
-    if served_by == "specialized":
+    if served_by != "generic":
         assert sg.cache_info()["guard_misses"] == {}
 
 
@@ -874,7 +874,7 @@ def test_jit_on_a_ref_backed_variable_matches_nnx_jit(served_by: str) -> None:
     # generic walker serves it (and says so in explain).
     info = sg.cache_info()
     assert info["compiled_variants"] == 0
-    assert info["declined"] >= (1 if served_by == "specialized" else 0)
+    assert info["declined"] >= (1 if served_by != "generic" else 0)
     text = sg.explain(sg.generic.flatten(ours)[0])
     assert "has no layout generated code can use" in text or served_by == "generic"
 

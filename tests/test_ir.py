@@ -101,6 +101,7 @@ def test_cycle_is_a_back_reference(impl):
     assert gd.num_nodes == 2
 
 
+@pytest.mark.repeats
 def test_sharing_pattern_is_structure(impl):
     p = sg.Param(1.0)
     shared = Box(x=p, y=p)
@@ -113,6 +114,7 @@ def test_sharing_pattern_is_structure(impl):
 # -- immutability, equality, hashing ---------------------------------------------
 
 
+@pytest.mark.repeats
 def test_graphdef_is_immutable(impl):
     gd, _ = impl.flatten(mlp())
     with pytest.raises(AttributeError):
@@ -126,7 +128,8 @@ def test_graphdef_is_immutable(impl):
         gd.table[0] = None  # type: ignore[index]
 
 
-@pytest.mark.parametrize("build", [mlp, tied, rich], ids=["mlp", "tied", "rich"])
+@pytest.mark.parametrize("build", [pytest.param(mlp, marks=pytest.mark.repeats), tied, rich],
+                         ids=["mlp", "tied", "rich"])
 def test_equal_structures_built_separately(impl, build):
     a, b = build(), build()
     gd_a, sm_a = impl.flatten(a)
@@ -140,6 +143,7 @@ def test_equal_structures_built_separately(impl, build):
     assert_same_flatten((gd_a, sm_a), sg.generic.flatten(a))
 
 
+@pytest.mark.repeats
 def test_unequal_structures(impl):
     base = impl.flatten(mlp(3))[0]
     assert impl.flatten(mlp(4))[0] != base
@@ -173,6 +177,7 @@ def test_hash_is_computed_once():
     assert CountingHash.calls == 1
 
 
+@pytest.mark.repeats
 def test_graphdef_is_static_for_jax(impl):
     gd, _ = impl.flatten(tied())
     assert jax.tree.leaves(gd) == []
@@ -193,6 +198,7 @@ def test_graphdef_is_static_for_jax(impl):
     assert len(traces) == 2
 
 
+@pytest.mark.repeats
 def test_accessors(impl):
     root = mlp(2)
     gd, _ = impl.flatten(root)

@@ -18,11 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import outlined_hits, path_variants
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import specgraph as sg
 from specgraph import sharding as sgs
+from specgraph.runtime.cache import CONFIG
 
 # --------------------------------------------------------------------------------------
 # models
@@ -70,17 +72,32 @@ def close(a: Any, b: Any, rtol: float = 1e-5, atol: float = 1e-5) -> None:
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
 
 
-@pytest.fixture(params=["generic", "specialized"])
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "mode" in metafunc.fixturenames:
+        metafunc.parametrize("mode", path_variants(metafunc), indirect=True)
+
+
+@pytest.fixture
 def mode(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Run the test on one path; afterwards, check that path served the flattens (and
-    sg.jit's walks)."""
+    """Run the test on one path (generic, specialized, and for a test marked ``repeats``
+    outlined: ``outline_min=2``); afterwards, check that path served the flattens (and
+    sg.jit's walks), the outlined one by outlined code."""
     if request.param == "generic":
         with sg.specialization(False):
             yield "generic"
         assert _served() == 0
-    else:
-        yield "specialized"
-        assert _served() > 0
+        return
+    saved = CONFIG.outline_min
+    if request.param == "outlined":
+        sg.configure(outline_min=2)
+        sg.clear_cache()
+    try:
+        yield request.param
+    finally:
+        CONFIG.outline_min = saved
+    assert _served() > 0
+    if request.param == "outlined":
+        assert outlined_hits() > 0, "no call was served by outlined code"
 
 
 def _served() -> int:
@@ -136,9 +153,10 @@ def test_bad_annotations_name_the_path() -> None:
         sg.shard(Box(x=sg.Param(jnp.ones(2), sharding=(None, "model"))), one_device_mesh())
 
 
+@pytest.mark.repeats
 def test_shard_places_every_value_in_place(mode: str) -> None:
     mesh = one_device_mesh()
-    m = Box(d=Dense(KEYS[0], 6, 4), leaf=jnp.ones(3))
+    m = Box(d=Dense(KEYS[0], 6, 4), leaf=jnp.ones(3), layers=[Dense(k, 6, 4) for k in KEYS[1:]])
     for _ in range(2):
         w_state = m.d.w
         assert sg.shard(m, mesh) is m
@@ -199,6 +217,42 @@ def test_jit_in_and_out_shardings(mode: str) -> None:
     assert int(d.calls.value) == 2
     jaxpr = str(jax.make_jaxpr(lambda x: f._call_fn(Dense(KEYS[0], 6, 4), x))(X))
     assert jaxpr.count("sharding_constraint") == 2
+
+
+@pytest.mark.repeats
+def test_jit_sgd_steps_on_a_stack_of_annotated_layers(mode: str) -> None:
+    """Annotated layers of one shape (a loop in outlined code): sg.jit steps of
+    sg.value_and_grad, sg.split and an update of the Params only (a part: by slot), against
+    the same steps in plain JAX; each layer's call count is written back."""
+    m = Box(layers=[Dense(k, 6, 6) for k in KEYS])
+    ps = [(layer.w.value, layer.b.value) for layer in m.layers]
+
+    def loss(model: Box, x: jax.Array) -> jax.Array:
+        for layer in model.layers:
+            x = layer(x)
+        return jnp.mean(x**2)
+
+    @sg.jit
+    def step(model: Box, x: jax.Array) -> jax.Array:
+        value, grads = sg.value_and_grad(loss)(model, x)
+        params = sg.split(model, sg.Param, ...)[1]
+        sg.update(model, jax.tree.map(lambda p, g: p - 0.1 * g, params, grads))
+        return value
+
+    def ref_loss(ps: list, x: jax.Array) -> jax.Array:
+        for w, b in ps:
+            x = jnp.tanh(x @ w + b)
+        return jnp.mean(x**2)
+
+    for _ in range(3):
+        want, g = jax.value_and_grad(ref_loss)(ps, X)
+        close(step(m, X), want)
+        ps = jax.tree.map(lambda p, g: p - 0.1 * g, ps, g)
+    for layer, (w, b) in zip(m.layers, ps, strict=True):
+        close(layer.w.value, w)
+        close(layer.b.value, b)
+        assert int(layer.calls.value) == 3
+    assert step.trace_count == 1
 
 
 def test_jit_shardings_errors() -> None:

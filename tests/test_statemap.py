@@ -41,6 +41,7 @@ PATHS = [
 # -- Mapping ------------------------------------------------------------------------
 
 
+@pytest.mark.repeats
 def test_mapping_interface(impl):
     m = _model()
     gd, sm = impl.flatten(m)
@@ -68,6 +69,7 @@ def test_mapping_interface(impl):
     assert len(sm) == 8
 
 
+@pytest.mark.repeats
 def test_statemap_is_read_only(impl):
     _, sm = impl.flatten(_model())
     with pytest.raises(TypeError):
@@ -78,6 +80,7 @@ def test_statemap_is_read_only(impl):
         hash(sm)
 
 
+@pytest.mark.repeats
 def test_construction_shares_the_pathtable(impl):
     m = _model()
     gd, sm = impl.flatten(m)
@@ -100,6 +103,7 @@ def test_from_items():
     assert sm.types == (sg.Param, None)
 
 
+@pytest.mark.repeats
 def test_equality(impl):
     m = _model()
     _, a = impl.flatten(m)
@@ -114,6 +118,7 @@ def test_equality(impl):
 # -- JAX pytree ----------------------------------------------------------------------
 
 
+@pytest.mark.repeats
 def test_leaves_are_the_values(impl):
     _, sm = impl.flatten(_model())
     leaves = jax.tree.leaves(sm)
@@ -123,6 +128,7 @@ def test_leaves_are_the_values(impl):
     assert [kp[0].key for kp, _ in with_path] == PATHS
 
 
+@pytest.mark.repeats
 def test_tree_map_keeps_paths(impl):
     _, sm = impl.flatten(_model())
     doubled = jax.tree.map(lambda v: v * 2, sm)
@@ -133,6 +139,7 @@ def test_tree_map_keeps_paths(impl):
     assert jax.tree.structure(doubled) == jax.tree.structure(sm)
 
 
+@pytest.mark.repeats
 def test_jit_does_not_retrace_equal_structures(impl):
     traces: list[Any] = []
 
@@ -155,6 +162,7 @@ def test_jit_does_not_retrace_equal_structures(impl):
     assert len(traces) == 2
 
 
+@pytest.mark.repeats
 def test_jit_roundtrip_through_update(impl):
     m = _model()
     gd, sm = impl.flatten(m)
@@ -173,6 +181,7 @@ def test_jit_roundtrip_through_update(impl):
 # -- filter / split -------------------------------------------------------------------
 
 
+@pytest.mark.repeats
 def test_filter_by_type(impl):
     _, sm = impl.flatten(_model())
     params = sm.filter(sg.Param)
@@ -188,6 +197,7 @@ def test_filter_by_type(impl):
     assert len(a) == 5 and len(b) == 3
 
 
+@pytest.mark.repeats
 def test_filter_by_predicate(impl):
     _, sm = impl.flatten(_model())
     layer0 = sm.filter(lambda path, value: path[:2] == ("layers", 0))
@@ -200,6 +210,7 @@ def test_filter_by_predicate(impl):
         sm.filter()
 
 
+@pytest.mark.repeats
 def test_filter_combinators(impl):
     _, sm = impl.flatten(_model())
     in_layers = sg.All(sg.Param, lambda p, v: p[0] == "layers")
@@ -213,6 +224,7 @@ def test_filter_combinators(impl):
     assert sg.Any(sg.Param) != sg.All(sg.Param)
 
 
+@pytest.mark.repeats
 def test_split_partitions_first_match_wins(impl):
     _, sm = impl.flatten(_model())
     params, stats, rest = sm.split(sg.Param, BatchStat, ...)
@@ -227,6 +239,7 @@ def test_split_partitions_first_match_wins(impl):
     assert sm.split() is sm
 
 
+@pytest.mark.repeats
 def test_split_non_exhaustive_raises(impl):
     _, sm = impl.flatten(_model())
     with pytest.raises(ValueError, match=r"not exhaustive.*\('arr',\)"):
@@ -244,6 +257,7 @@ def test_bad_filter():
 # -- nested view, merge, repr ----------------------------------------------------
 
 
+@pytest.mark.repeats
 def test_to_nested(impl):
     m = _model()
     _, sm = impl.flatten(m)
@@ -270,6 +284,7 @@ def test_merge_maps():
     assert dict(nested.items()) == {("x", "y"): 1, ("z",): 2}
 
 
+@pytest.mark.repeats
 def test_repr(impl):
     _, sm = impl.flatten(_model())
     r = repr(sm)
@@ -296,6 +311,7 @@ def _forms(sm: sg.StateMap) -> dict[str, Any]:
     }
 
 
+@pytest.mark.repeats
 @pytest.mark.parametrize("form", ["statemap", "flat", "nested", "rebuilt", "jitted"])
 def test_unflatten_accepts_every_form(impl, form):
     m = _model()
@@ -318,6 +334,7 @@ def test_merge_accepts_every_form(form):
     assert_same_flatten(sg.generic.flatten(new), sg.generic.flatten(m))
 
 
+@pytest.mark.repeats
 @pytest.mark.parametrize("form", ["statemap", "flat", "nested", "rebuilt", "jitted"])
 def test_update_accepts_every_form(impl, form):
     m = _model()

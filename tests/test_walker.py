@@ -41,6 +41,7 @@ def _chain_params(root: Box) -> list[sg.Param]:
     return out
 
 
+@pytest.mark.repeats
 def test_deep_chain_flatten_unflatten_update(impl):
     assert sys.getrecursionlimit() < DEPTH  # the test means something
     root = chain(DEPTH)
@@ -85,7 +86,8 @@ def test_deep_chain_with_back_references(impl):
 # -- unflatten is faithful ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("build", [mlp, tied, rich], ids=["mlp", "tied", "rich"])
+@pytest.mark.parametrize("build", [pytest.param(mlp, marks=pytest.mark.repeats), tied, rich],
+                         ids=["mlp", "tied", "rich"])
 def test_unflatten_then_flatten_roundtrip(impl, build):
     root = build()
     ref = sg.generic.flatten(root)
@@ -132,6 +134,7 @@ def test_unflatten_rich(impl):
     assert new.lst[5][0] is root.lst[5][0]
 
 
+@pytest.mark.repeats
 def test_clone_like_roundtrip_keeps_value_objects(impl):
     root = mlp()
     gd, sm = impl.flatten(root)
@@ -145,7 +148,8 @@ def test_clone_like_roundtrip_keeps_value_objects(impl):
 # -- flatten never mutates ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("build", [mlp, tied, rich], ids=["mlp", "tied", "rich"])
+@pytest.mark.parametrize("build", [pytest.param(mlp, marks=pytest.mark.repeats), tied, rich],
+                         ids=["mlp", "tied", "rich"])
 def test_flatten_does_not_mutate(impl, build):
     root = build()
     snap = snapshot(root)
