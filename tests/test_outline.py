@@ -576,6 +576,34 @@ def test_chain_of_ten_thousand_nodes_is_one_loop(outlined: None) -> None:
     assert _link(clone, 9_999).p.value == st[("child",) * 9_999 + ("p",)]
 
 
+@pytest.mark.parametrize("build", ["chain", "blocks"])
+def test_partial_updates_write_by_slot_as_the_reference(outlined: None, build: str) -> None:
+    """Parts of a split (every other state, by a predicate; several parts in another
+    order) written through the outlined update: by slot, as the reference writes by path."""
+    def make() -> Box:
+        return chain(40) if build == "chain" else Box(blocks=[Block(i) for i in range(4)], top=Linear(2, 2))
+
+    m = make()
+    twin = sg.generic.unflatten(*sg.generic.flatten(m))  # the very same values
+    _specialized(m)
+    _, even, odd = sg.split(m, lambda p, v: len(p) % 2 == 0, ...)
+    assert len(even) and len(odd)
+    for k, given in enumerate([(even,), (odd,), (odd, even)]):
+        new = tuple(jax_map(part, 10.0 * (k + 1)) for part in given)
+        before = sg.cache_info()["update_hits"]
+        sg.update(m, *new)
+        assert sg.cache_info()["update_hits"] == before + 1
+        sg.generic.update(twin, *new)
+        mine, theirs = sg.generic.flatten(m), sg.generic.flatten(twin)
+        assert mine[0] == theirs[0]
+        assert all(a is b for a, b in zip(mine[1].values(), theirs[1].values(), strict=True))
+
+
+def jax_map(part: sg.StateMap, add: float) -> sg.StateMap:
+    """The part with a new value object per path (the same table)."""
+    return sg.StateMap._make(part._table, [np.asarray(v) + add for v in part.values()])
+
+
 CHAIN_MUTATIONS: dict[str, tuple[str, Callable[[Box], None]]] = {
     "state type": ("type", lambda m: setattr(_link(m, 50), "p", Buffer(_link(m, 50).p.value))),
     "node type": ("type", lambda m: setattr(_link(m, 49), "child", Other(**vars(_link(m, 50))))),

@@ -6,12 +6,14 @@ from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import assert_matches_reference, assert_same_flatten
 from graphs import Bag, BatchStat, Box, Pair
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import specgraph as sg
+from specgraph.runtime.cache import CONFIG
 
 # ``impl`` is function scoped but holds no per-example state.
 fixture_ok = settings(
@@ -151,7 +153,51 @@ def recipes(draw: st.DrawFn) -> dict[str, Any]:
     specs = _value_specs(n_nodes, n_states)
     attrs = [draw(st.dictionaries(NAMES, specs, max_size=4)) for _ in range(n_nodes)]
     shape = draw(st.sampled_from(["node", "node", "list", "dict"]))
-    return {"kinds": kinds, "states": states, "attrs": attrs, "shape": shape}
+    recipe = {"kinds": kinds, "states": states, "attrs": attrs, "shape": shape, "repeat": None}
+    if draw(st.booleans()):
+        # A repeated substructure (what outlined code serves): a list of fresh copies of one
+        # subgraph of Boxes and states, under the root; each copy may hold the root's first
+        # state too (shared across occurrences), and a list of its own copies
+        sub = draw(recipes_of_boxes())
+        recipe["repeat"] = (sub, draw(st.integers(2, 4)), n_states > 0 and draw(st.booleans()))
+    return recipe
+
+
+@st.composite
+def recipes_of_boxes(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
+    """A subgraph of Box nodes and states (no custom node type: outlined code reads it)."""
+    n_nodes = draw(st.integers(1, 3))
+    n_states = draw(st.integers(1, 3))
+    states = []
+    for _ in range(n_states):
+        ty = draw(st.sampled_from(STATE_TYPES))
+        meta = draw(st.dictionaries(st.just("tag"), st.sampled_from([1, "a", (None, "m")]), max_size=1))
+        states.append((ty, meta, ("float", draw(st.floats(-1, 1)))))
+    leaves = st.one_of(st.tuples(st.just("node"), st.integers(0, n_nodes - 1)),
+                       st.tuples(st.just("state"), st.integers(0, n_states - 1)),
+                       st.tuples(st.just("static"), st.sampled_from([1, 2.5, "x", None, True])))
+    keys = st.sampled_from(["a", "b"])
+    specs = st.one_of(leaves, st.tuples(st.just("list"), st.lists(leaves, max_size=2)),
+                      st.tuples(st.just("dict"), st.dictionaries(keys, leaves, max_size=2)))
+    names = st.sampled_from(["p", "q", "r", "s"])
+    attrs = [draw(st.dictionaries(names, specs, max_size=3)) for _ in range(n_nodes)]
+    inner = draw(recipes_of_boxes(depth + 1)) if depth == 0 and draw(st.booleans()) else None
+    return {"states": states, "attrs": attrs, "inner": (inner, draw(st.integers(2, 3))) if inner else None}
+
+
+def _build_boxes(sub: dict[str, Any], shared: Any) -> Box:
+    """A fresh copy of a subgraph of ``recipes_of_boxes`` (``shared``: a state every copy holds)."""
+    nodes = [Box() for _ in sub["attrs"]]
+    states = [ty(value[1], **meta) for ty, meta, value in sub["states"]]
+    for node, attrs in zip(nodes, sub["attrs"], strict=True):
+        for name, spec in attrs.items():
+            _set(node, name, _build(spec, nodes, states))
+    if shared is not None:
+        _set(nodes[0], "tied", shared)
+    if sub["inner"] is not None:
+        inner, k = sub["inner"]
+        _set(nodes[0], "items", [_build_boxes(inner, None) for _ in range(k)])
+    return nodes[0]
 
 
 def build(recipe: dict[str, Any], retype: bool = False) -> Any:
@@ -165,6 +211,9 @@ def build(recipe: dict[str, Any], retype: bool = False) -> Any:
         for name, spec in attrs.items():
             _set(node, name, _build(spec, nodes, states, rt))
     root = nodes[0]
+    if recipe["repeat"] is not None:
+        sub, k, tied = recipe["repeat"]
+        _set(root, "repeated", [_build_boxes(sub, states[0] if tied else None) for _ in range(k)])
     if recipe["shape"] == "list":
         return [root, nodes[-1], _array(1, False)]
     if recipe["shape"] == "dict":
@@ -246,9 +295,21 @@ def test_update_then_flatten_gives_the_new_values(impl, g, data):
     assert_matches_reference(g)
 
 
+@pytest.mark.parametrize("outline_min", [64, 2], ids=["unrolled", "outlined"])
 @given(gm=graphs_and_mutation())
-def test_mutation_between_flattens(gm):
+def test_mutation_between_flattens(outline_min, gm):
+    """Any node mutated between two flattens (an occurrence of a repeated substructure too:
+    a list of them stops being homogeneous, a state is shared across them, ...)."""
     g, mutate = gm
+    saved = CONFIG.outline_min
+    try:
+        CONFIG.outline_min = outline_min
+        _mutation_between_flattens(g, mutate)
+    finally:
+        CONFIG.outline_min = saved
+
+
+def _mutation_between_flattens(g: Any, mutate: Any) -> None:
     assert_matches_reference(g)
     mutate()
     try:
