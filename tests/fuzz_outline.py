@@ -45,6 +45,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import functools
 import gc
 import math
 import random
@@ -60,7 +61,7 @@ import numpy as np
 from _fuzzkit import Tally
 
 import specgraph as sg
-from specgraph._ir import ArrayConstant, NodeSpec, StateSpec, iter_statics
+from specgraph._ir import ArrayConstant, NodeSpec, PytreeEdge, StateSpec, all_edges, iter_statics
 from specgraph._weakstatic import WeakStatic
 from specgraph.runtime import dispatch
 from specgraph.runtime.cache import CONFIG
@@ -300,7 +301,8 @@ def build(rng: random.Random, deep: bool) -> Box:
     depth = rng.choice([2, 3, 5, 17, 60, 200] + ([3000, 10000] if deep else [1200]))
     m.chain = chain(depth, rng, fresh(rng.choice(["t", Tag("tt"), 3.5, -0.0, 7])))
     m.h = [HLin(float(i), act) for i in range(rng.randint(2, 4))]
-    m.ints = {i: Lin(float(i), act) for i in rng.sample(range(-3, 9), rng.randint(2, 4))}
+    int_keys = rng.sample([-1000, -3, 0, 5, 1000, 1001, 10**20], rng.randint(2, 4))
+    m.ints = {i: Lin(float(i % 7), act) for i in int_keys}
     m.deep = [Lin(0.5, act)]
     for _ in range(rng.choice([1, 2, 30, 400])):  # a list in a list in a list ...
         m.deep = [m.deep, Lin(0.25, act)]
@@ -348,7 +350,8 @@ def mutate(rng: random.Random, m: Box) -> str:
     what = rng.choice(["state", "state_type", "meta", "static", "static_hostile", "swap", "nonhomog",
                        "tie", "share_node", "cycle", "chain_class", "chain_static", "epoch", "grow",
                        "shrink", "nested_grow", "dict_key", "none", "restore", "reaching", "eq_state",
-                       "class_hook", "dup_item", "reconfigure", "chains", "share_empty"])
+                       "class_hook", "dup_item", "reconfigure", "chains", "share_empty",
+                       "dict_order", "heads", "dict_type"])
     ls = lins(m)
     occ = rng.choice(ls) if ls else None
     if what == "state" and occ is not None:
@@ -440,6 +443,22 @@ def mutate(rng: random.Random, m: Box) -> str:
     elif what == "chains":  # a list of chains (items of one shape when their depths agree)
         d = rng.randint(2, 5)
         m.chains = [chain(d, rng, "t") for _ in range(rng.randint(2, 4))]
+    elif what == "dict_order":  # the same keys in another order
+        m.d = dict(reversed(list(m.d.items())))
+    elif what == "heads":  # one block's list of heads: one longer, shorter, or a tuple
+        bs = [b for b in (*m.blocks, *m.d.values()) if type(b) is Blk]
+        if bs:
+            b = rng.choice(bs)
+            how = rng.choice(["grow", "shrink", "tuple"])
+            if how == "grow":
+                b.heads = [*b.heads, Lin(4.0, "relu")]
+            elif how == "shrink" and b.heads:
+                b.heads = list(b.heads)[:-1]
+            else:
+                b.heads = tuple(b.heads) if type(b.heads) is list else list(b.heads)
+    elif what == "dict_type" and occ is not None:  # one occurrence's __dict__ a dict subclass
+        occ.__dict__ = collections.OrderedDict(dict.items(vars(occ))) if type(vars(occ)) is dict \
+            else dict(dict.items(vars(occ)))
     elif what == "restore" and occ is not None:  # undo a hostile static (serve again)
         occ.act = plain(rng)
     return what
@@ -506,14 +525,32 @@ def _statics(gd: sg.GraphDef) -> list[tuple[Any, Any]]:
 
 
 def _metadata(gd: sg.GraphDef) -> list[Any]:
-    """Every metadata value and non-str key object of the table, in table order."""
+    """Every metadata value of the table, in table order, and every dict key object."""
     out: list[Any] = []
     for spec in gd.table:
         if type(spec) is StateSpec:
             out += [v for _, v in spec.metadata]
         elif type(spec) is NodeSpec:
             out += [k for k in spec.keys if type(k) is not str]
+    for e in all_edges(gd):
+        if type(e) is PytreeEdge and e.ptype is dict:
+            # (an exact str / int key may be spliced into generated code as its repr, per
+            # DESIGN: equal means indistinguishable, so it is compared by value below)
+            out += [k if type(k) is not str and type(k) is not int else _ByValue(k) for k in e.keys]
     return out
+
+
+class _ByValue:
+    """A key compared by exact type and value, not identity."""
+
+    def __init__(self, k: Any) -> None:
+        self.k = k
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is _ByValue and type(other.k) is type(self.k) and other.k == self.k
+
+    def __hash__(self) -> int:
+        return hash(self.k)
 
 
 def same_gd(a: sg.GraphDef, b: sg.GraphDef, identity: bool) -> None:
@@ -529,6 +566,9 @@ def same_gd(a: sg.GraphDef, b: sg.GraphDef, identity: bool) -> None:
     ma, mb = _metadata(a), _metadata(b)
     assert len(ma) == len(mb)
     for x, y in zip(ma, mb, strict=True):
+        if type(x) is _ByValue:
+            assert x == y, (x.k, y)
+            continue
         assert _sig(x) == _sig(y), (x, y)
         assert not identity or x is y, f"metadata {x!r} is not the GraphDef's own object"
 
@@ -665,6 +705,13 @@ def check_unflatten(m: Any, gd: Any, sm: Any, tally: Tally) -> None:
         same_gd(got_flat[0], gd, identity=True)  # statics, keys, metadata: gd's own objects
         mine = _state_metadata(new)
         assert all(a is b for a, b in zip(mine, _state_metadata(want), strict=True)), "metadata tuples"
+    # merge of the parts of a split, and clone: rebuilt alike
+    _, params, rest = sg.split(m, sg.Param, ...)
+    with served(tally, "merge", "unflatten_hits", _unflat_source(gd)):
+        merged = sg.merge(gd, params, rest)
+    same_flatten(sg.generic.flatten(merged), want_flat, identity=False)
+    same_gd(sg.generic.flatten(merged)[0], gd, identity=True)
+    same_flatten(sg.generic.flatten(sg.clone(m)), want_flat, identity=False)
     # a twin: an equal GraphDef with equal but distinct objects, served by the code of gd
     if len(links(m)) > 1500:
         return
@@ -850,7 +897,11 @@ def _run_case(seed: int, steps: int, deep: bool, tally: Tally) -> None:
     m = build(rng, deep)
     check_step(m, tally)
     for _ in range(steps):
+        stale = _outcome(functools.partial(sg.flatten, m))
         tally.add("mutation_" + mutate(rng, m))
+        if stale[0] == "ok":  # the values of the structure before the mutation, bumped
+            check_foreign_part(m, jax.tree.map(lambda v: np.asarray(v) + np.float32(3), stale[1][1]), tally)
+        del stale  # (its GraphDef may hold a static that reaches a node: the leak check below)
         check_step(m, tally)
     check_pairs(rng, tally)
     # nothing the model held stays alive once it is dropped, whatever the caches (the
