@@ -11,9 +11,8 @@ reads it (:class:`StaticReads`), so nothing has to repeat its order.
 Outlined (``outline_min``, see shapes.py), where no user code runs during the build:
 an occurrence of a repeated self-contained shape is built where it is used, bottom-up,
 by its shape's builder (planned once, from one occurrence, as a body of its own), a list
-of occurrences of one shape by a loop whose body builds one item (unrolled, as the
-flatten's loop bodies, but its own lists of one shape), and a chain of nested links of
-one shape by a loop over the links (made up front). An outlined body reads its
+of occurrences of one shape by a loop whose body builds one item, and a chain of nested
+links of one shape by a loop over the links (made up front). An outlined body reads its
 values from ``vals`` at its occurrence's first slot and its statics from a tuple read
 per occurrence from the GraphDef (its reads are kept relative to the entry it was
 planned from). Sharing and cycles never reach into an outlined subtree: they stay in
@@ -209,7 +208,6 @@ class UnflattenPlanner:
         self._builtin_only()
         self.body = _Body(StaticReads(), [(0, gd.num_leaves, "")], {})
         self._top = True
-        self._inline = 0  # planning a loop's body: its occurrences of outlined shapes are unrolled
         self._nesting = 0
         self._done_steps = 0  # steps planned into bodies other than the current one
         self._nstatics = 0
@@ -298,7 +296,7 @@ class UnflattenPlanner:
                 if j is not None:
                     i = j
                     continue
-                if i != root and i in shape_of and not self._inline:
+                if i != root and i in shape_of:
                     i += shapes[shape_of[i]].nindices
                     continue
                 spec = table[i]
@@ -390,7 +388,7 @@ class UnflattenPlanner:
         if name is not None:
             return name
         sid = self.shapes.shape_of.get(index)
-        if sid is None or self._inline:
+        if sid is None:
             return f"o{index}"
         fn = self._shape_fn(sid)
         at = self._pos(self.shapes.slot_lo[index]) if fn.values else None
@@ -413,12 +411,8 @@ class UnflattenPlanner:
         rep = shape.rep
         lo = self.shapes.slot_lo[rep]
         body = _Body(StaticReads(rep), [(lo, shape.nslots, "at")], {})
-        inline, self._inline = self._inline, 0
-        try:
-            with self._in(body):
-                self._objects_then_fills([(rep, rep + shape.nindices)], rep)
-        finally:
-            self._inline = inline
+        with self._in(body):
+            self._objects_then_fills([(rep, rep + shape.nindices)], rep)
         steps = []
         if body.statics:
             steps.append(Step("unpack_statics", dsts=body.statics))
@@ -706,12 +700,8 @@ class UnflattenPlanner:
         pos = self._pos(lo) if k else ("", 0)
         counter = self._fresh("a")
         body = _Body(StaticReads(rep), [(lo, k, counter)], {})
-        self._inline += 1  # (as the flatten's loop bodies: no call per nested occurrence)
-        try:
-            with self._in(body):
-                self._objects_then_fills([(rep, rep + m)], rep)
-        finally:
-            self._inline -= 1
+        with self._in(body):
+            self._objects_then_fills([(rep, rep + m)], rep)
         n = len(kids)
         setup: list[Step] = []
         sources: list[str] = []
@@ -755,12 +745,8 @@ class UnflattenPlanner:
         cur, nxt = self._fresh("x"), self._fresh("x")
         cb, ca = self._fresh("a"), self._fresh("a")
         body = _Body(StaticReads(head), [(lb, nb, cb), (la, na, ca)], {head: cur, first.nxt: nxt})
-        self._inline += 1
-        try:
-            with self._in(body):
-                self._objects_then_fills([(eb, eb + neb), (ea, ea + nea)], head)
-        finally:
-            self._inline -= 1
+        with self._in(body):
+            self._objects_then_fills([(eb, eb + neb), (ea, ea + nea)], head)
         setup: list[Step] = []
         sources: list[str] = []
         targets: list[str] = []
