@@ -562,10 +562,7 @@ def same_gd(a: sg.GraphDef, b: sg.GraphDef, identity: bool) -> None:
     assert [p for p, _ in sa] == [p for p, _ in sb]
     for (p, x), (_, y) in zip(sa, sb, strict=True):
         assert _sig(x) == _sig(y), (p, x, y)
-        # (an exact str / int may come from generated code's own constant: equal means
-        # indistinguishable; every other static must be the GraphDef's own object)
-        assert not identity or x is y or type(x) in (str, int), \
-            f"static at {p}: {x!r} is not the GraphDef's own object"
+        assert not identity or x is y, f"static at {p}: {x!r} is not the GraphDef's own object"
     ma, mb = _metadata(a), _metadata(b)
     assert len(ma) == len(mb)
     for x, y in zip(ma, mb, strict=True):
