@@ -5,7 +5,9 @@ generated builder per shape, called per occurrence, a loop over a list of them, 
 loop over a chain of nested links of one shape. The result is exactly the reference
 walker's: the same structure, the very value objects, shared objects shared, cycles
 closed, and every static, metadata and key object taken from the GraphDef being
-unflattened (an equal GraphDef may hold equal but distinct objects), per occurrence.
+unflattened (an equal GraphDef may hold equal but distinct objects), per occurrence;
+only exact ``str``/``int`` dict keys are the generated code's own equal literals, as
+DESIGN allows (equal means indistinguishable for them).
 """
 
 from __future__ import annotations
