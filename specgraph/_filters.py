@@ -33,7 +33,7 @@ class _Combinator:
         return f"{type(self).__name__}({', '.join(map(repr, self.filters))})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.filters == self.filters  # type: ignore[attr-defined]
+        return type(other) is type(self) and other.filters == self.filters
 
     def __hash__(self) -> int:
         return hash((type(self), self.filters))

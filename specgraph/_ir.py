@@ -407,7 +407,7 @@ class GraphDef(Generic[RootT]):
         """The type of the root object."""
         root = self.root
         if type(root) is NodeEdge:
-            return self.table[root[1]][1]  # type: ignore[return-value]
+            return self.table[root[1]][1]
         if type(root) is PytreeEdge:
             p = root[1]
             return p if isinstance(p, type) else treedef_type(p)

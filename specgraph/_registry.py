@@ -553,7 +553,7 @@ def node_impl(t: type) -> NodeImpl:
             impl = _node_impls.get(base)
             if impl is not None:
                 if type(impl) is _DictNodeRegistration:
-                    impl = impl.resolve(t)  # type: ignore[attr-defined]
+                    impl = impl.resolve(t)
                 break
         else:
             if issubclass(t, Node):

@@ -109,7 +109,7 @@ def _access_for(stype: type) -> _MetadataAccess | None:
                 break
         with _lock:
             _access_by_type[stype] = acc
-    return acc  # type: ignore[return-value]
+    return acc
 
 
 _MISSING: Any = object()

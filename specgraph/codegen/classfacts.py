@@ -72,7 +72,7 @@ def _own_state_classes(t: type) -> list[type]:
 
 # Not guarded: object and the builtins cannot change, and typing.Generic (a base of every
 # State) is the standard library's.
-_UNGUARDED: frozenset[type] = frozenset({object, typing.Generic})  # type: ignore[arg-type]
+_UNGUARDED: frozenset[type] = frozenset({object, typing.Generic})
 
 
 class ClassFacts:

@@ -242,7 +242,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                 body, writes, distinct = self.steps, self.state_writes, self.distinct
                 keyed = self.keyed_statics
                 vals: dict[int, Any] = self.values  # type: ignore[assignment]
-                objs: dict[int, Any] = self.local_of  # type: ignore[assignment]
+                objs: dict[int, Any] = self.local_of
                 rec = self._rec_local
         finally:
             self._rec, self._rec_local = -1, ""
@@ -377,7 +377,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                 body, writes, distinct = self.steps, self.state_writes, self.distinct
                 keyed = self.keyed_statics
                 vals: dict[int, Any] = self.values  # type: ignore[assignment]
-                objs: dict[int, Any] = self.local_of  # type: ignore[assignment]
+                objs: dict[int, Any] = self.local_of
         finally:
             self.skip_type_guard = skip
             self._inline -= 1
