@@ -9,12 +9,14 @@ with repeated substructures outlined (one function per shape, see codegen/shapes
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
 import specgraph as sg
+from specgraph.runtime.cache import CONFIG
 
 settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -59,6 +61,20 @@ class Impl:
             return
         sg.flatten(node)  # make sure a specialization exists for this structure
         sg.update(node, *states)
+
+
+@pytest.fixture
+def outlined() -> Iterator[None]:
+    """Every repeated substructure outlined (``outline_min=2``), on a fresh cache, for the
+    tests of outlined code itself."""
+    saved = CONFIG.outline_min
+    sg.configure(outline_min=2)
+    sg.clear_cache()
+    try:
+        yield
+    finally:
+        CONFIG.outline_min = saved
+        sg.clear_cache()
 
 
 def outlined_hits() -> int:

@@ -55,17 +55,6 @@ def mlp(n: int = 6) -> Box:
     return Box(layers=[Linear(2, 2, float(i)) for i in range(n)], head=Linear(2, 1, 9.0), act="relu")
 
 
-@pytest.fixture
-def outlined() -> Iterator[None]:
-    saved = CONFIG.outline_min
-    sg.configure(outline_min=2)
-    sg.clear_cache()
-    try:
-        yield
-    finally:
-        CONFIG.outline_min = saved
-        sg.clear_cache()
-
 
 def _specialized(node: Any) -> tuple[sg.GraphDef, sg.StateMap]:
     """Flatten twice (the second call by generated code), checked against the reference."""

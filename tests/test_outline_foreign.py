@@ -30,7 +30,6 @@ from flax.errors import TraceContextError
 
 import specgraph as sg
 from specgraph.runtime import dispatch
-from specgraph.runtime.dispatch import CONFIG
 
 
 class ListMLP(nnx.Module):
@@ -76,17 +75,6 @@ def set_layer(m: Any, i: int, value: Any) -> None:
     else:
         m.layers[i] = value
 
-
-@pytest.fixture
-def outlined() -> Iterator[None]:
-    saved = CONFIG.outline_min
-    sg.configure(outline_min=2)
-    sg.clear_cache()
-    try:
-        yield
-    finally:
-        CONFIG.outline_min = saved
-        sg.clear_cache()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ DESIGN allows (equal means indistinguishable for them).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -51,17 +50,6 @@ class Block(sg.Node):
         self.ln = sg.State(np.float32(i), kind="ln")
         self.heads = [Linear(2, 2, i + 0.25 * h) for h in range(3)]
 
-
-@pytest.fixture
-def outlined() -> Iterator[None]:
-    saved = CONFIG.outline_min
-    sg.configure(outline_min=2)
-    sg.clear_cache()
-    try:
-        yield
-    finally:
-        CONFIG.outline_min = saved
-        sg.clear_cache()
 
 
 def _source(gd: sg.GraphDef) -> str:

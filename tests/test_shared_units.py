@@ -15,7 +15,6 @@ import gc
 import inspect
 import linecache
 import weakref
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -66,17 +65,6 @@ def blocks(n: int) -> Box:
     """A list of ``n`` blocks (a loop) whose Linears are attributes: outlined inside the loop."""
     return Box(blocks=[Block(float(i)) for i in range(n)], head=Lin(9.0), tail=Lin(8.0))
 
-
-@pytest.fixture
-def outlined() -> Iterator[None]:
-    saved = CONFIG.outline_min
-    sg.configure(outline_min=2)
-    sg.clear_cache()
-    try:
-        yield
-    finally:
-        CONFIG.outline_min = saved
-        sg.clear_cache()
 
 
 def _units() -> tuple[int, int]:
