@@ -26,6 +26,7 @@ from typing import Any
 
 __all__ = [
     "VALUE_TYPES",
+    "VALUE_TYPE_IDS",
     "ExactClass",
     "exact",
     "float_zero_sig",
@@ -58,6 +59,8 @@ class _ClassSet(frozenset):
 #: identity.)
 VALUE_TYPES: frozenset[type] = _ClassSet({int, float, str, bytes, bool, type(None), type(...)})
 _VALUE_TYPE_IDS = frozenset(map(id, frozenset.__iter__(VALUE_TYPES)))
+#: ``id(t) in VALUE_TYPE_IDS`` is ``t in VALUE_TYPES`` without a Python-level call (hot loops)
+VALUE_TYPE_IDS = _VALUE_TYPE_IDS
 
 
 class ExactClass:
@@ -209,6 +212,8 @@ def _tuple_equality_only(t: type) -> bool:
 def is_value_sig(sig: Any) -> bool:
     """Whether statics of this sig may be matched by sig and ``==`` (every leaf of the sig
     a value type), rather than by identity."""
+    if isinstance(sig, type):  # (the common case: one class)
+        return id(sig) in _VALUE_TYPE_IDS
     stack = [sig]
     while stack:
         s = stack.pop()

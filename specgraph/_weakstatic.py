@@ -31,7 +31,7 @@ from jax.sharding import AbstractMesh, Mesh, PartitionSpec, Sharding
 
 from . import _registry as reg
 from ._ir import ArrayConstant, GraphDef, NodeSpec, PytreeEdge, StateSpec, StaticEdge, fold_edge
-from ._sameness import VALUE_TYPES, aux_data, is_value_sig
+from ._sameness import VALUE_TYPE_IDS, aux_data, is_value_sig
 
 __all__ = ["WeakStatic", "cache_key", "reaches_user_data", "strong_graphdef", "take_dead"]
 
@@ -57,6 +57,7 @@ def reaches_user_data(value: Any) -> bool:
     """
     seen: set[int] = set()
     stack = [value]
+    config = _config_classes
     while stack:
         x = stack.pop()
         if id(x) in seen:
@@ -65,7 +66,12 @@ def reaches_user_data(value: Any) -> bool:
         if len(seen) > _BUDGET:
             return True
         t = type(x)
-        if t in VALUE_TYPES or isinstance(x, _CONFIG_TYPES):
+        if id(t) in VALUE_TYPE_IDS:
+            continue
+        known = config.get(id(t))
+        if known is None:
+            known = _config_class(t)
+        if known[1]:
             continue
         try:
             if reg.kind_of(x) in _USER_KINDS:
@@ -82,6 +88,17 @@ def reaches_user_data(value: Any) -> bool:
         else:
             stack.extend(gc.get_referents(x))
     return False
+
+
+# id(class) -> (class, whether it is one of _CONFIG_TYPES), the class held so its id stays
+# its own. By class, not instance: an object whose ``__class__`` claims a config class is
+# looked into (a subclass test reads the class only; it never becomes false for a class).
+_config_classes: dict[int, tuple[type, bool]] = {}
+
+
+def _config_class(t: type) -> tuple[type, bool]:
+    known = _config_classes[id(t)] = (t, issubclass(t, _CONFIG_TYPES))
+    return known
 
 
 def _cell_full(cell: Any) -> bool:
@@ -167,7 +184,7 @@ def _harmless(value: Any, reaches: dict[int, bool]) -> bool:
     """Whether a dict key, a metadata value or a pytree's aux data reaches no user data, so
     that a cache may hold it. (Generated guards bind these as constants, so they cannot
     be held weakly: a structure with one that reaches user data is never cached.)"""
-    if type(value) in VALUE_TYPES:
+    if id(type(value)) in VALUE_TYPE_IDS:
         return True
     r = reaches.get(id(value))
     if r is None:
@@ -206,16 +223,21 @@ def cache_key(gd: GraphDef) -> GraphDef | None:
         table = []
         for spec in gd.table:
             if type(spec) is not NodeSpec:  # a state: its metadata
-                if not all(_harmless(v, reaches) for _, v in cast(StateSpec, spec).metadata):
+                for _, v in cast(StateSpec, spec).metadata:
+                    if id(type(v)) not in VALUE_TYPE_IDS and not _harmless(v, reaches):
+                        raise _Uncacheable
+            else:  # a custom node's keys and metadata; then its statics
+                if spec.sig is not None:
+                    for k in spec.keys:
+                        if id(type(k)) not in VALUE_TYPE_IDS and not _harmless(k, reaches):
+                            raise _Uncacheable
+                if spec.meta is not None and not _harmless(spec.meta, reaches):
                     raise _Uncacheable
-            elif (spec.sig is not None and not all(_harmless(k, reaches) for k in spec.keys)) \
-                    or not _harmless(spec.meta, reaches):  # a custom node's keys and metadata
-                raise _Uncacheable
-            if type(spec) is NodeSpec and any(type(c) is StaticEdge or type(c) is PytreeEdge
-                                              for c in spec.children):
-                children = tuple(fold_edge(c, leaf, build) for c in spec.children)
-                if any(a is not b for a, b in zip(children, spec.children, strict=True)):
-                    spec = NodeSpec(spec.type, spec.index, spec.keys, children, spec.meta, spec.sig)
+                kinds = set(map(type, spec.children))
+                if StaticEdge in kinds or PytreeEdge in kinds:
+                    children = tuple(fold_edge(c, leaf, build) for c in spec.children)
+                    if any(a is not b for a, b in zip(children, spec.children, strict=True)):
+                        spec = NodeSpec(spec.type, spec.index, spec.keys, children, spec.meta, spec.sig)
             table.append(spec)
         root = fold_edge(gd.root, leaf, build)
     except _Uncacheable:

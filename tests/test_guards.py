@@ -420,7 +420,7 @@ def test_a_naive_witness_rule_would_be_wrong(monkeypatch: pytest.MonkeyPatch) ->
     from specgraph._ir import NodeSpec, StateEdge
     from specgraph.codegen import flatten_plan
 
-    def naive(table: tuple) -> set[int]:
+    def naive(table: tuple, refs: list[int] | None = None) -> set[int]:
         return {s[2] for s in table if type(s) is NodeSpec and any(type(c) is StateEdge for c in s[4])}
 
     monkeypatch.setattr(flatten_plan, "witnessed_nodes", naive)

@@ -12,7 +12,7 @@ import typing
 from typing import Any, cast
 
 from .. import _registry as reg
-from .._ir import GraphDef, NodeSpec, PytreeEdge, StateSpec, StaticEdge, all_edges
+from .._ir import GraphDef, NodeSpec, PytreeEdge, StateSpec, StaticEdge
 from .._sameness import ExactClass, is_value_sig
 from .analysis import structure_memo
 from .naming import Constants, Literal
@@ -153,23 +153,30 @@ def flatten_runs_no_user_code(gd: GraphDef) -> bool:
     The class dicts are read once per distinct class (one pass: linear in the table,
     not in the table times the MRO).
     """
-    # (id(class), is a state) whose class reads passed: by id, as a metaclass may claim its
+    # Node and state classes whose class reads passed: by id, as a metaclass may claim its
     # class equals another (the GraphDef holds each class alive meanwhile)
-    passed: set[tuple[int, bool]] = set()
+    passed_nodes: set[int] = set()
+    passed_states: set[int] = set()
     for spec in gd.table:
-        t = spec.type
-        is_state = type(spec) is StateSpec
-        if (id(t), is_state) not in passed:
-            if not _flatten_class_ok(t, is_state):
+        t = spec[1]  # (its class; entries read by index in this loop over the table)
+        if type(spec) is StateSpec:
+            if id(t) not in passed_states:
+                if not _flatten_class_ok(t, True):
+                    return False
+                passed_states.add(id(t))
+            continue
+        if id(t) not in passed_nodes:
+            if not _flatten_class_ok(t, False):
                 return False
-            passed.add((id(t), is_state))
-        if not is_state:
-            for c in cast(NodeSpec, spec).children:  # not is_state: a NodeSpec
-                # Only scalar statics (a type, a class compared by identity, or a float
-                # zero's (float, sign)) and plain tuples of value types (matched item by item
-                # by SAME, which compares exact types first): no tuple's __eq__.
-                if type(c) is StaticEdge and not (isinstance(c.sig, type) or type(c.sig) is ExactClass
-                                                  or c.sig[0] is float or is_value_sig(c.sig)):
+            passed_nodes.add(id(t))
+        for c in cast(NodeSpec, spec)[4]:  # its children
+            # Only scalar statics (a type, a class compared by identity, or a float
+            # zero's (float, sign)) and plain tuples of value types (matched item by item
+            # by SAME, which compares exact types first): no tuple's __eq__.
+            if type(c) is StaticEdge:
+                sig = c[1]
+                if not (isinstance(sig, type) or type(sig) is ExactClass or sig[0] is float
+                        or is_value_sig(sig)):
                     return False
     return plain_containers(gd)
 
@@ -201,12 +208,18 @@ def plain_containers(gd: GraphDef) -> bool:
 
 
 def _plain_containers(gd: GraphDef) -> bool:
-    for e in all_edges(gd):
+    # The containers only (every other edge is skipped unopened): the root's, the nodes'.
+    stack: list[Any] = [c for spec in gd.table if type(spec) is NodeSpec for c in spec[4]
+                        if type(c) is PytreeEdge]
+    stack.append(gd.root)
+    while stack:
+        e = stack.pop()
         if type(e) is PytreeEdge:
             if e.ptype not in (list, tuple, dict):
                 return False
             if e.ptype is dict and not all(type(k) is str or type(k) is int for k in e.keys):
                 return False
+            stack.extend(e[3])
     return True
 
 

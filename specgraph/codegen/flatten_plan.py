@@ -12,6 +12,7 @@ import contextlib
 import copy
 from collections import Counter
 from collections.abc import Callable, Iterator
+from operator import itemgetter
 from typing import Any
 
 from .. import _registry as reg
@@ -34,7 +35,9 @@ from .foreign_plan import ForeignPlanning
 from .naming import Constants, Item, Literal, Operand, Splice, StateValue, path_label, safe_name, static_note
 from .ops import GUARD_KINDS, Step
 from .planning import Declined, FlattenPlan, RunEdge, ShapeFn, Work
-from .shapes import Chain, Shape, find_chains, find_shapes
+from .shapes import Chain, Shape, edge_refs, find_chains, find_shapes
+
+_spec_type = itemgetter(1)  # a table entry's class (NodeSpec.type, StateSpec.type)
 
 __all__ = ["Declined", "FlattenPlan", "FlattenPlanner", "plan_flatten", "witnessed_nodes"]
 
@@ -77,10 +80,10 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         # runs user code mid-call, and user code that rewires the graph mid-call is not
         # supported.)
         self.no_user_code = flatten_runs_no_user_code(gd)
-        self.witnessed = witnessed_nodes(gd.table) if self.no_user_code else set()
+        self.witnessed = witnessed_nodes(gd.table, edge_refs(gd)) if self.no_user_code else set()
         # Only objects of a type that occurs more than once can be one object at two
         # places: the exact type guards keep every other pair apart.
-        self.shared_types = {t for t, n in Counter(spec.type for spec in gd.table).items() if n > 1}
+        self.shared_types = {t for t, n in Counter(map(_spec_type, gd.table)).items() if n > 1}
         # nearest: operand -> table index of the node whose attribute holds it (past every
         # node for a root pytree), so array writes follow the reference update's order:
         # node by node in table order, the root pytree last (it matters when one list is
@@ -678,7 +681,7 @@ def _flat_value_tuple(value: Any, sig: Any) -> bool:
         and not any(type(v) is float and (v != v or v == 0.0) for v in value)
 
 
-def witnessed_nodes(table: tuple) -> set[int]:
+def witnessed_nodes(table: tuple, refs: list[int] | None = None) -> set[int]:
     """Node indices that need no place in the distinct set: their states vouch for them.
 
     Every state of a type that occurs more than once is in the distinct set, the
@@ -692,15 +695,24 @@ def witnessed_nodes(table: tuple) -> set[int]:
     So ``X`` cannot. A pair of nodes with no such witness on either side keeps both in
     the set (two nodes sharing all their states may still have been merged into one
     object).
+
+    ``refs`` (edges per table index, see ``shapes.edge_refs``): a state only one edge
+    references has one holder, which it witnesses without a look at any other node.
     """
     owners: dict[tuple[type, str, int], list[int]] = {}
+    out: set[int] = set()
     for spec in table:
         if type(spec) is NodeSpec:
-            for k, child in zip(spec.keys, spec.children, strict=True):
+            i = spec[2]
+            for k, child in zip(spec[3], spec[4], strict=True):  # (keys, children)
                 # Only exact str keys: equality between str subclasses need not be transitive.
                 if type(child) is StateEdge and type(k) is str:
-                    owners.setdefault((spec.type, k, child.index), []).append(spec.index)
-    return {found[0] for found in owners.values() if len(found) == 1}
+                    if refs is not None and refs[child[1]] == 1:
+                        out.add(i)
+                    else:
+                        owners.setdefault((spec.type, k, child[1]), []).append(i)
+    out.update(found[0] for found in owners.values() if len(found) == 1)
+    return out
 
 
 def _rebase(step: Step, lo: int) -> Step:

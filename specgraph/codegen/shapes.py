@@ -34,14 +34,15 @@ Variables against it before anything is written (``ShapeFn.checks``, a loop's ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from .. import _registry as reg
 from .._ir import ArrayConstant, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StateSpec, StaticEdge
 from .._sameness import VALUE_TYPES, is_value_sig, match_mode, value_sig
+from .analysis import structure_memo
 from .classfacts import plain_metaclass
 
-__all__ = ["Chain", "Link", "Shape", "Shapes", "find_chains", "find_shapes"]
+__all__ = ["Chain", "Link", "Shape", "Shapes", "edge_refs", "find_chains", "find_shapes"]
 
 
 @dataclass
@@ -201,21 +202,51 @@ def _meta_key(spec: Any) -> Any:
     return ("m", tuple(items))
 
 
-def _refs(gd: GraphDef) -> list[int]:
-    """Per table index, how many edges reference it (more than one: it is shared)."""
+def edge_refs(gd: GraphDef) -> list[int]:
+    """Per table index, how many edges reference it (more than one: it is shared).
+    Kept per GraphDef (``structure_memo``; never mutate it): the flatten and the
+    unflatten planners and :func:`~specgraph.codegen.flatten_plan.witnessed_nodes` ask."""
+    return structure_memo(gd, "refs", _count_refs)
+
+
+def _count_refs(gd: GraphDef) -> list[int]:
     refs = [0] * len(gd.table)
-    stack: list[Any] = [gd.root]  # edges, read by kind (type(e) is ...)
+    stack: list[Any] = [gd.root]  # pytree edges still to open (the root's too)
     for spec in gd.table:
         if type(spec) is NodeSpec:
-            stack.extend(spec.children)
+            for e in spec[4]:  # (children; read by index in this loop over every edge)
+                k = type(e)
+                if k is NodeEdge or k is StateEdge:
+                    refs[e[1]] += 1
+                elif k is PytreeEdge:
+                    stack.append(e)
     while stack:
         e = stack.pop()
         k = type(e)
         if k is NodeEdge or k is StateEdge:
-            refs[e.index] += 1
+            refs[e[1]] += 1
         elif k is PytreeEdge:
-            stack.extend(e.children)
+            stack.extend(e[3])
     return refs
+
+
+_REC = object()  # in a chain link's scan: where the next link is (not followed)
+
+
+def _preorder(children: tuple, rec: int) -> list[Any]:
+    """A node's child edges and, after each container, what it holds, in pre-order; the
+    child at position ``rec`` (``>= 0``) is :data:`_REC`."""
+    stack = list(children)
+    if rec >= 0:
+        stack[rec] = _REC
+    stack.reverse()
+    out = []
+    while stack:
+        e = stack.pop()
+        out.append(e)
+        if type(e) is PytreeEdge:
+            stack.extend(reversed(e[3]))
+    return out
 
 
 class _Scan:
@@ -227,12 +258,17 @@ class _Scan:
         self.equal = _EqualClasses()
         self.by_value = by_value  # statics and metadata by value (guarded code), or by kind only
         self.table = gd.table
-        self.refs = _refs(gd)
+        self.refs = edge_refs(gd)
         self.witnessed = witnessed
         self.shared_types = shared_types
         self.key_of: dict[int, int] = {}  # node index -> sid (outlinable subtrees only)
         self.size: dict[int, tuple[int, int, int]] = {}  # node index -> (first slot, slots, entries)
         self.ok: dict[type, bool] = {}  # class -> whether outlined code may read it
+        # Per class, read once per scan (the registry and the class dicts do not change
+        # while one structure is planned): a node class's kind (see node_kind), a state
+        # class's token prefix or None, and its layout's specializable(metadata) if any.
+        self.node_kinds: dict[type, int] = {}
+        self.state_facts: dict[type, tuple[tuple | None, Any]] = {}
 
     def node_class_ok(self, t: type) -> bool:
         ok = self.ok.get(t)
@@ -240,36 +276,54 @@ class _Scan:
             ok = self.ok[t] = plain_metaclass(t) and _node_class_ok(t)
         return ok
 
+    def node_kind(self, t: type) -> int:
+        """What :meth:`node_ok` asks of node class ``t``: ``0`` never outlined, ``1`` a
+        node without per-node metadata (a builtin ``Node``), ``2`` a dict-backed foreign
+        node (its key sigs and bookkeeping go into the shape's key)."""
+        kind = self.node_kinds.get(t)
+        if kind is None:
+            impl = reg.node_impl(t)
+            if not self.node_class_ok(t) or (not self.foreign and not impl.is_builtin_node):
+                kind = 0
+            else:
+                kind = 1 if impl.dict_node is None else 2
+            self.node_kinds[t] = kind
+        return kind
+
     def node_ok(self, spec: NodeSpec) -> bool:
         """A node the planner reads without per-call state: a builtin ``Node`` with str
         attribute names, or a dict-backed foreign node whose bookkeeping is declarative
         (its fields go into the shape's key, see :func:`_node_key`)."""
-        if not self.node_class_ok(spec.type):
-            return False
-        if not self.foreign and not reg.node_impl(spec.type).is_builtin_node:
-            return False
-        if reg.node_impl(spec.type).dict_node is None:
-            return spec.sig is None and spec.meta is None
-        return True
+        kind = self.node_kind(spec.type)
+        return kind == 2 or (kind == 1 and spec.sig is None and spec.meta is None)
+
+    def state_class(self, tt: type) -> tuple[tuple | None, Any]:
+        """Per state class: its token for a state without metadata (``None``: never
+        outlined) and, for a foreign state with a slotted layout, its
+        ``specializable(metadata)``."""
+        facts = self.state_facts.get(tt)
+        if facts is None:
+            simpl = reg.state_impl(tt)
+            good = self.foreign or simpl is None
+            if good:
+                known = self.ok.get(tt)
+                if known is None:
+                    known = self.ok[tt] = _state_class_ok(tt)
+                good = known
+            check = simpl.layout.specializable \
+                if good and simpl is not None and isinstance(simpl.layout, reg.StateLayout) else None
+            token = ("S", id(tt), (), tt in self.shared_types) if good else None
+            facts = self.state_facts[tt] = (token, check)
+        return facts
 
     def state_ok(self, st: StateSpec) -> bool:
         """A state the planner reads without per-call state: a plain ``State`` class, or a
         foreign state with a layout generated code uses (its per-call checks, the trace
         token and the raw-access checks, are made by the top function and passed in)."""
-        tt = st.type
-        if not self.foreign and reg.state_impl(tt) is not None:
-            return False
-        good = self.ok.get(tt)
-        if good is None:
-            good = self.ok[tt] = _state_class_ok(tt)
-        if not good:
-            return False
-        simpl = reg.state_impl(tt)
-        if simpl is not None and isinstance(simpl.layout, reg.StateLayout):
-            return simpl.layout.specializable(st.metadata)
-        return True
+        token, check = self.state_class(st.type)
+        return token is not None and (check is None or bool(check(st.metadata)))
 
-    def scan(self, spec: NodeSpec, rec: int = -1) -> tuple[tuple, list[int]] | None:
+    def scan(self, spec: NodeSpec, rec: int = -1) -> tuple[tuple, tuple[int, ...]] | None:
         """The key tokens of ``spec``'s children, and where its values and table entries sit:
         ``[first slot, slots, entries]`` (the node itself and what its children hold), and
         with ``rec`` (a chain's next link, keyed ``R`` and not followed) the children after it
@@ -277,74 +331,97 @@ class _Scan:
         ``None``: not outlined (an array leaf, a foreign class, a shared object, ...).
 
         Children come in pre-order, so a self-contained subtree's entries and slots are
-        consecutive runs in child order: checked as they come, no sort."""
-        if not self.node_ok(spec):
+        consecutive runs in child order: checked as they come, no sort. (Run once per node
+        of the structure: edges and specs are read by index, per-class facts come from the
+        scan's caches.)"""
+        kind = self.node_kinds.get(spec[1])
+        if kind is None:
+            kind = self.node_kind(spec[1])
+        if kind != 2 and (kind == 0 or spec[6] is not None or spec[5] is not None):
             return None
-        table, refs, key_of, size, shared = self.table, self.refs, self.key_of, self.size, self.shared_types
-        i = spec.index
+        table, refs, key_of, size = self.table, self.refs, self.key_of, self.size
+        by_value, state_facts = self.by_value, self.state_facts
+        i = spec[2]
         lo, n, last = -1, 0, i  # the running slot run and the last entry so far
         out: list[int] = []
         tokens: list[Any] = []
         first_after = 0
-        for pos, child in enumerate(spec.children):
-            if pos == rec:
+        edges: Any = spec[4]  # the children; with a container or the next link, in pre-order
+        if rec >= 0 or PytreeEdge in map(type, edges):
+            edges = _preorder(edges, rec)
+        for e in edges:
+            k = type(e)
+            if k is StateEdge:
+                j = e[1]
+                st = table[j]
+                if refs[j] != 1 or (last >= 0 and j != last + 1) or type(st) is not StateSpec:
+                    return None
+                tt = st[1]
+                facts = state_facts.get(tt)
+                if facts is None:
+                    facts = self.state_class(tt)
+                token, check = facts
+                if token is None or (check is not None and not check(st[3])):
+                    return None
+                if last < 0:
+                    first_after = j
+                slot = st[4]
+                if n:
+                    if slot != lo + n:
+                        return None
+                else:
+                    lo = slot
+                n += 1
+                last = j
+                if st[3]:  # its metadata
+                    token = ("S", id(tt), _meta_key(st) if by_value else True, token[3])
+                tokens.append(token)
+            elif k is StaticEdge:
+                if by_value:
+                    sig = e[1]
+                    # (the common scalars inline: what _static_key answers for them)
+                    if (sig is int or sig is str or sig is bool) and type(e[2]) is sig:
+                        tokens.append(("v", id(sig), e[2]))
+                    else:
+                        tokens.append(_static_key(e))
+                else:
+                    tokens.append(("s", e[1] is ArrayConstant))
+            elif k is NodeEdge:
+                j = e[1]
+                sid = key_of.get(j)
+                if sid is None or refs[j] != 1 or (last >= 0 and j != last + 1):
+                    return None
+                if last < 0:
+                    first_after = j
+                clo, cn, cm = size[j]
+                if cn:
+                    if n:
+                        if clo != lo + n:
+                            return None
+                    else:
+                        lo = clo
+                    n += cn
+                last = j + cm - 1
+                tokens.append(("N", sid))
+            elif k is PytreeEdge:
+                p = e[1]
+                if (p is not list and p is not tuple and p is not dict) or e[4] is not None:
+                    return None
+                if p is dict:
+                    if not all(type(x) is str for x in e[2]):
+                        return None
+                    tokens.append(("P", id(p), e[2]))
+                else:
+                    tokens.append(("P", id(p), len(e[3])))
+            elif e is _REC:
                 tokens.append("R")
                 out += (lo, n, last - i + 1)
                 lo, n, last = -1, 0, -1
-                continue
-            stack = [child]
-            while stack:
-                e = stack.pop()
-                k = type(e)
-                if k is StaticEdge:
-                    tokens.append(_static_key(e) if self.by_value else ("s", e.sig is ArrayConstant))
-                elif k is StateEdge:
-                    j = e.index
-                    st = table[j]
-                    if refs[j] != 1 or (last >= 0 and j != last + 1) or type(st) is not StateSpec \
-                            or not self.state_ok(st):
-                        return None
-                    if last < 0:
-                        first_after = j
-                    tt = st.type
-                    slot = st.slot
-                    if n and slot != lo + n:
-                        return None
-                    if not n:
-                        lo = slot
-                    n += 1
-                    last = j
-                    meta = (_meta_key(st) if self.by_value else True) if st.metadata else ()
-                    tokens.append(("S", id(tt), meta, tt in shared))
-                elif k is NodeEdge:
-                    j = e.index
-                    sid = key_of.get(j)
-                    if sid is None or refs[j] != 1 or (last >= 0 and j != last + 1):
-                        return None
-                    if last < 0:
-                        first_after = j
-                    clo, cn, cm = size[j]
-                    if cn:
-                        if n and clo != lo + n:
-                            return None
-                        if not n:
-                            lo = clo
-                        n += cn
-                    last = j + cm - 1
-                    tokens.append(("N", sid))
-                elif k is PytreeEdge:
-                    p = e.ptype
-                    if (p is not list and p is not tuple and p is not dict) or e.sig is not None:
-                        return None
-                    if p is dict and not all(type(x) is str for x in e.keys):
-                        return None
-                    tokens.append(("P", id(p), e.keys if p is dict else len(e.children)))
-                    stack.extend(reversed(e.children))
-                else:
-                    return None  # an array leaf
+            else:
+                return None  # an array leaf
         if rec < 0:
-            return tuple(tokens), [lo, n, last - i + 1]
-        return tuple(tokens), [*out, lo, n, first_after, (last - first_after + 1) if last >= 0 else 0]
+            return tuple(tokens), (lo, n, last - i + 1)
+        return tuple(tokens), (*out, lo, n, first_after, (last - first_after + 1) if last >= 0 else 0)
 
 
 def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_types: set[type],
@@ -361,20 +438,26 @@ def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_type
     interned: dict[Any, int] = {}
     key_of, size = sc.key_of, sc.size
     counts: dict[int, list[int]] = {}
+    scan, equal = sc.scan, sc.equal
     for i in range(len(table) - 1, -1, -1):
         spec = table[i]
         if type(spec) is not NodeSpec:
             continue
-        got = sc.scan(spec)
+        got = scan(spec)
         if got is None:
             continue
-        tokens, (lo, n, m) = got
-        t = spec.type
-        key = (id(t), spec.keys, _node_key(spec, sc.equal), i in witnessed, t in shared_types, tokens)
+        tokens, where = got
+        size[i] = cast(tuple[int, int, int], where)  # (first slot, slots, entries): no rec
+        t = spec[1]
+        nk = None if spec[6] is None and spec[5] is None else _node_key(spec, equal)
+        key = (id(t), spec[3], nk, i in witnessed, t in shared_types, tokens)
         sid = interned.setdefault(key, len(interned))
         key_of[i] = sid
-        size[i] = (lo, n, m)
-        counts.setdefault(sid, []).append(i)
+        occ = counts.get(sid)
+        if occ is None:
+            counts[sid] = [i]
+        else:
+            occ.append(i)
     refs = sc.refs
     root = gd.root.index if type(gd.root) is NodeEdge else -1
     shapes: dict[int, Shape] = {}
