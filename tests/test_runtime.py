@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import itertools
 import json
 import linecache
 import os
@@ -517,6 +518,64 @@ def test_explain_on_declined_and_odd_structures(knobs: None) -> None:
     assert "nodes: 5" in text and "Counters" in text
     with pytest.raises(TypeError):
         sg.explain(node)  # type: ignore[arg-type]
+
+
+#: cache_info() entries that count events (never go down); the rest are gauges (entries
+#: held now: compiled variants, units, megamorphic types) or switches
+_COUNTERS = ("hits", "update_hits", "unflatten_hits", "walk_hits", "fallbacks", "compile_seconds",
+             "generic_flattens", "generic_unflattens", "generic_updates", "generic_walks", "compile_failures",
+             "declined", "declined_too_large", "outlined_units_compiled", "outlined_units_reused")
+
+
+def _churn(n: int, served_by: str) -> list[dict[str, Any]]:
+    """``n`` structures, each of a root class of its own (no type goes megamorphic), used
+    by every operation and then mutated into one structure more: cache_info() after each."""
+    seen = []
+    for i in range(n):
+        cls = type(f"Churn{i}", (sg.Node,), {})
+        m = cls()
+        vars(m).update(layers=[Linear(2, 2) for _ in range(1 + i % 3)], tag=f"t{i}")
+        for _ in range(3):
+            gd, sm = sg.flatten(m)
+            seen.append(info())
+        sg.update(m, sm)
+        sg.states(m)
+        seen.append(info())
+        for _ in range(3):
+            sg.unflatten(gd, sm)
+            seen.append(info())
+        m.tag = i  # a str static became an int: a guard misses, a new structure
+        assert_matches_reference(m)
+        seen.append(info())
+    if served_by != "generic":
+        assert seen[-1]["hits"] > 0 and seen[-1]["unflatten_hits"] > 0
+    return seen
+
+
+@pytest.mark.repeats
+def test_counters_never_go_down_past_the_bound_of_the_counter_table(
+        served_by: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past 4 * _BOUND structures the per-structure counters are pushed out of their table,
+    and more structures later out of the evicted ones: every count stays in cache_info's
+    totals, which never go down and end where a run with no bound ends."""
+    n = 40
+    unbounded = _churn(n, served_by)[-1]
+    sg.clear_cache()
+    monkeypatch.setattr(dispatch, "_BOUND", 2)  # 8 structures' counters, 8 evicted ones: 40 overflow both
+    seen = _churn(n, served_by)
+    assert len(dispatch._stats) <= 8 and len(dispatch._evicted) <= 8
+    for before, after in itertools.pairwise(seen):
+        for k in _COUNTERS:
+            assert after[k] >= before[k], k
+        for k, v in before["guard_misses"].items():
+            assert after["guard_misses"].get(k, 0) >= v, k
+    last = seen[-1]
+    for k in _COUNTERS:
+        if k != "compile_seconds":  # (timed)
+            assert last[k] == unbounded[k], k
+    assert last["guard_misses"] == unbounded["guard_misses"]
+    if served_by != "generic":
+        assert last["compile_seconds"] > 0
 
 
 def test_a_thousand_structures_of_one_type_keep_the_caches_bounded(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,7 @@ on the GraphDef, then a dict keyed by its cached hash).
 from __future__ import annotations
 
 import warnings
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -48,6 +49,11 @@ _Root = TypeVar("_Root")  # the root type a GraphDef carries (for type checkers)
 # method, a closure over a node): the caches keep no user node alive.
 _stats: dict[GraphDef, StructureStats] = {}
 _retired = StructureStats()  # the counters of structures dropped when a static died
+# Counters pushed out of _stats by its bound, oldest first: a variant or an unflatten entry
+# may still count into them, so cache_info sums them until they too are pushed out (into
+# _retired, as they are then). Totals never go down; past both bounds, a structure's later
+# counts are lost.
+_evicted: deque[StructureStats] = deque()
 # GraphDef -> its compiled unflatten (with the plan, which knows where its statics sit in a
 # GraphDef), or None when declined
 _unflat: dict[GraphDef, codegen.Built | None] = {}
@@ -486,7 +492,11 @@ def _stats_for(gd: GraphDef, key: GraphDef | None = None) -> StructureStats:
             if key is None:
                 return StructureStats()  # never cached: counted nowhere
             if len(_stats) >= 4 * _BOUND:
-                _stats.pop(next(iter(_stats)))
+                old = _stats.pop(next(iter(_stats)))
+                old.key = None  # (kept for its counters, not its structure)
+                _evicted.append(old)
+                if len(_evicted) > 4 * _BOUND:
+                    _retired.absorb(_evicted.popleft())
             st = _stats[key] = StructureStats(key=key)
         return st
 
@@ -525,6 +535,7 @@ def clear_cache() -> None:
         _unflat_seen.clear()
         take_dead()
         _retired.__init__()  # type: ignore[misc]
+        _evicted.clear()
         for k in _totals:
             _totals[k] = 0
         reg.clear_classification_cache()
@@ -537,7 +548,7 @@ def cache_info() -> dict[str, Any]:
         misses: dict[str, int] = {}
         hits = update_hits = unflatten_hits = walk_hits = fallbacks = 0
         compile_seconds = 0.0
-        for st in (*_stats.values(), _retired):
+        for st in (*_stats.values(), *_evicted, _retired):
             hits += st.hits
             update_hits += st.update_hits
             unflatten_hits += st.unflatten_hits
@@ -564,11 +575,16 @@ def cache_info() -> dict[str, Any]:
 
 
 def structure_stats(gd: GraphDef) -> StructureStats | None:
-    """The counters of one structure (``None`` if unseen, or if it cannot be a cache key)."""
+    """The counters of one structure (``None`` if unseen, or if it cannot be a cache key);
+    past the bound of the table, those its compiled variant still counts into."""
     try:
-        return _stats.get(gd)
+        st = _stats.get(gd)
     except TypeError:  # an unhashable static: never cached, so no counters
         return None
+    if st is None:
+        var = variant_for(gd)
+        st = var.stats if var is not None else None
+    return st
 
 
 def variant_for(gd: GraphDef) -> Variant | None:
