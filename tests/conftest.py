@@ -78,8 +78,13 @@ def outlined() -> Iterator[None]:
 
 
 def outlined_hits() -> int:
-    """Calls (flatten, update, collect) answered so far by compiled variants whose code is
-    outlined (an outlined function, a loop over a list of one shape, a chain loop)."""
+    """Calls (flatten, update, collect, unflatten) answered so far by compiled code that is
+    outlined (an outlined function or builder, a loop over a list of one shape, a chain loop)."""
+    return outlined_flatten_hits() + outlined_unflatten_hits()
+
+
+def outlined_flatten_hits() -> int:
+    """:func:`outlined_hits` of flatten, update and collect."""
     from specgraph.runtime import dispatch
 
     n = 0
@@ -87,6 +92,20 @@ def outlined_hits() -> int:
         for var in entry.variants:
             if var.plan.outlined:
                 n += var.stats.hits + var.stats.update_hits + var.stats.walk_hits
+    return n
+
+
+def outlined_unflatten_hits() -> int:
+    """:func:`outlined_hits` of the unflatten: calls answered by compiled unflattens with
+    an outlined builder or a loop."""
+    from specgraph.runtime import dispatch
+
+    n = 0
+    for key, built in list(dispatch._unflat.items()):
+        plan = built.plan if built is not None else None
+        if plan is not None and (plan.shape_fns or plan.loops):
+            stats = dispatch._stats.get(key)
+            n += stats.unflatten_hits if stats is not None else 0
     return n
 
 
@@ -98,8 +117,9 @@ def impl(request: pytest.FixtureRequest) -> Any:
     """``outlined``: the specialized path with every repeated substructure (met twice or
     more) generated as one function called per occurrence (``outline_min=2``): flatten,
     update and collect, and the unflatten's builders and loops. A test marked ``repeats``
-    must have been served by outlined code there (``outlined_hits``: flatten, update and
-    collect); ``SPECGRAPH_OUTLINE_REPORT=file`` lists, per outlined test, how many calls were."""
+    must have been served by outlined code there (``outlined_hits``: flatten, update,
+    collect and unflatten); ``SPECGRAPH_OUTLINE_REPORT=file`` lists, per outlined test, how
+    many calls were."""
     from specgraph.runtime.dispatch import CONFIG
 
     saved = CONFIG.outline_min

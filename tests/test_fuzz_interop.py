@@ -34,8 +34,10 @@ def test_interop_fuzz_agrees_with_the_reference_and_the_peers_and_is_served_by_g
 
 def test_interop_fuzz_with_every_repeated_substructure_outlined() -> None:
     """The same fuzz with ``outline_min=2``: repeated NNX / BrainState substructures are
-    served by outlined code (one function per shape, loops), and agree as well."""
+    served by outlined code (one function per shape, loops), flatten and unflatten, and agree
+    as well."""
     counts = fuzz(cases=2, seed=1, outline_min=2)
     assert counts["nnx_steps_checked"] >= 10 and counts["bst_steps_checked"] >= 10, counts
     assert counts["flatten_hits"] * 3 >= counts["flatten_calls"], counts
     assert counts["flatten_outlined_hits"] > 0, counts
+    assert counts["unflatten_outlined_hits"] > 0, counts  # builders and loops, contexts passed in

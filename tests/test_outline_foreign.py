@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import assert_same_flatten
+from conftest import assert_same_flatten, outlined_unflatten_hits
 
 pytest.importorskip("flax")
 pytest.importorskip("brainstate")
@@ -495,8 +495,8 @@ class Holder(sg.Node):
 
 @pytest.mark.parametrize("state", ["brainstate", "nnx"])
 def test_builtin_nodes_holding_foreign_states(outlined: None, state: str) -> None:
-    """specgraph Nodes holding foreign states: flatten outlines them (a loop), the unflatten
-    (whose outlined bodies hold builtin classes only) builds them, all as the reference."""
+    """specgraph Nodes holding foreign states: flatten and unflatten outline them (a loop;
+    the unflatten's with the states' per-call context), all as the reference."""
     def make(i: int) -> Any:
         value = jnp.full((2,), float(i))
         return brainstate.ParamState(value) if state == "brainstate" else nnx.Param(value)
@@ -509,10 +509,319 @@ def test_builtin_nodes_holding_foreign_states(outlined: None, state: str) -> Non
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no failure to generate
         clone = sg.unflatten(gd, st)
+        hits = outlined_unflatten_hits()
         clone = sg.unflatten(gd, st)
+        assert outlined_unflatten_hits() == hits + 1
     assert_same_flatten(sg.generic.flatten(clone), sg.generic.flatten(sg.generic.unflatten(gd, st)))
     new = sg.StateMap._make(st._table, [v + 1 for v in st.values()])
     before = sg.cache_info()["update_hits"]
     sg.update(m, new)
     assert sg.cache_info()["update_hits"] == before + 1
     assert all(a is b for a, b in zip(sg.generic.flatten(m)[1].values(), new.values(), strict=True))
+
+
+# -- unflatten: outlined builders and loops of foreign classes ----------------------------
+
+
+def _unflattened(gd: sg.GraphDef, st: sg.StateMap) -> Any:
+    """``sg.unflatten`` twice, the second call served by an outlined unflatten (a builder or
+    a loop: counted), checked against the reference: the same flatten (the very value,
+    static and metadata objects) and the library's internals made alike."""
+    sg.unflatten(gd, st)
+    hits = outlined_unflatten_hits()
+    out = sg.unflatten(gd, st)
+    assert outlined_unflatten_hits() == hits + 1, sg.cache_info()
+    ref = sg.generic.unflatten(gd, st)
+    assert_same_flatten(sg.generic.flatten(out), sg.generic.flatten(ref))
+    _same_internals(out, ref)
+    return out
+
+
+_GRAPH = (nnx.Pytree, nnx.Variable, brainstate.graph.Node, brainstate.State, list, dict, tuple)
+
+
+def _objects(root: Any) -> list[Any]:
+    return [x for _, x in sg.iter_node(root)] + [x for _, x in sg.iter_leaf(root) if isinstance(x, _GRAPH)]
+
+
+def _same_internals(out: Any, ref: Any) -> None:
+    """What the reference makes per object (and once per call), the outlined unflatten made
+    alike: attribute order, statics and metadata the GraphDef's very objects, NNX's one
+    TraceState per call shared by every Pytree and Variable, a PytreeState and a metadata dict
+    of its own per object, BrainState's per-call tracer, level and source info, a HookManager
+    of its own per State."""
+    mine, theirs = _objects(out), _objects(ref)
+    assert len(mine) == len(theirs)
+    per_call: list[dict[str, set[Any]]] = [{}, {}]  # what is made once per call, by kind
+    own: list[list[int]] = [[], []]  # what is made per object
+    for a, b in zip(mine, theirs, strict=True):
+        assert type(a) is type(b)
+        if isinstance(a, (list, dict, tuple)):
+            continue
+        if isinstance(a, nnx.Variable):
+            assert a._raw_value is b._raw_value
+            assert a._var_metadata == b._var_metadata and a._var_metadata is not b._var_metadata
+            assert all(a._var_metadata[k] is b._var_metadata[k] for k in b._var_metadata)
+            for k, x in enumerate((a, b)):
+                per_call[k].setdefault("TraceState", set()).add(id(x._trace_state))
+                own[k].append(id(x._var_metadata))
+            continue
+        da, db = vars(a), vars(b)
+        assert list(da) == list(db)
+        for key, vb in db.items():
+            va = da[key]
+            if key == "_pytree__state":
+                assert (va._initializing, va._is_setup) == (vb._initializing, vb._is_setup)
+                for k, x in enumerate((va, vb)):
+                    per_call[k].setdefault("TraceState", set()).add(id(x._trace_state))
+                    own[k].append(id(x))
+            elif key in ("_trace_state", "_source_info", "_level"):  # a BrainState State's
+                assert type(va) is type(vb) and (key != "_level" or va == vb)
+                for k, x in enumerate((va, vb)):
+                    per_call[k].setdefault(key, set()).add(x if key == "_level" else id(x))
+            elif key == "_hooks_manager":
+                assert type(va) is type(vb) and va is not vb
+                own[0].append(id(va))
+                own[1].append(id(vb))
+            elif key == "tag" and isinstance(a, brainstate.State):
+                assert va == vb and type(va) is type(vb)
+            elif not isinstance(vb, _GRAPH):
+                assert va is vb, key  # a static, a bookkeeping item, a value: the very object
+    assert per_call[0].keys() == per_call[1].keys()
+    for kind, made in per_call[0].items():
+        # one per call: NNX's TraceState; BrainState's tracer, source info and level
+        assert len(made) == 1 and len(per_call[1][kind]) == 1, (kind, made)
+        if kind != "_level":
+            assert made != per_call[1][kind]  # this call's own
+    for k in (0, 1):
+        assert len(own[k]) == len(set(own[k]))
+
+
+def _nnx_states_equal(a: Any, b: Any) -> None:
+    ga, sa = nnx.split(a)
+    gb, sb = nnx.split(b)
+    assert ga == gb
+    fa, fb = nnx.to_flat_state(sa), nnx.to_flat_state(sb)
+    assert [p for p, _ in fa] == [p for p, _ in fb]
+    for (p, x), (_, y) in zip(fa, fb, strict=True):
+        assert type(x) is type(y) and x.get_metadata() == y.get_metadata(), p
+        assert x.get_raw_value() is y.get_raw_value(), p
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_nnx_unflatten_is_outlined_and_exact(outlined: None, layout: str) -> None:
+    m = LAYOUTS[layout](12)
+    gd, st = _specialized(m)
+    out = _unflattened(gd, st)
+    src = dispatch._unflat[gd].source
+    if layout == "attrs":  # one builder, called per layer, given the call's context
+        assert src.count("def outlined0_build(vals, at, S, ctx0):") == 1
+        assert src.count("= outlined0_build(vals, ") == 12
+    else:  # a loop (ListMLP's head, a Linear of that shape too: one builder call)
+        assert "# 12 of one shape" in src
+    assert src.count("ctx0 = ") == 1  # one TraceState per call, made by the top function
+    assert "12 x Linear" in sg.explain(gd) or "used 12 times" in sg.explain(gd)
+    _nnx_states_equal(out, m)
+
+
+def test_nnx_round_trip_then_split(outlined: None) -> None:
+    m = ListMLP(9)
+    _specialized(m)
+    out = sg.unflatten(*sg.flatten(m))
+    out = _unflattened(*sg.flatten(m))
+    _nnx_states_equal(out, m)
+    assert nnx.graphdef(out) == nnx.graphdef(m)
+
+
+def test_nnx_unflatten_tie_across_layers_stays_straight_line(outlined: None) -> None:
+    """A Variable shared by layers 3 and 7: those two layers are built by the top function
+    (a back-reference names the one object), the runs around them by loops."""
+    m = ListMLP(12)
+    m.layers[7].kernel = m.layers[3].kernel
+    gd, st = _specialized(m)
+    out = _unflattened(gd, st)
+    assert out.layers[7].kernel is out.layers[3].kernel
+    assert out.layers[3].kernel is not out.layers[4].kernel
+    src = dispatch._unflat[gd].source
+    assert "# 3 of one shape" in src and "# 4 of one shape" in src  # layers 0-2, 8-11; 4-6 and the head
+    _nnx_states_equal(out, m)
+    new = sg.StateMap._make(st._table, [jnp.asarray(v) + 1 for v in st.values()])
+    sg.update(out, new)
+    assert out.layers[3].kernel.get_raw_value() is new[("layers", 3, "kernel")]
+
+
+@pytest.mark.parametrize("change", ["longer", "shorter", "another shape", "another type"])
+@pytest.mark.parametrize("layout", ["nnx.List", "data list"])
+def test_nnx_unflatten_of_a_list_that_stops_being_homogeneous(outlined: None, change: str,
+                                                              layout: str) -> None:
+    m = LAYOUTS[layout](8)
+    gd, st = _specialized(m)
+    _unflattened(gd, st)
+    rngs = nnx.Rngs(1)
+    if change == "longer":
+        m.layers.append(nnx.Linear(2, 2, rngs=rngs))
+    elif change == "shorter":
+        m.layers.pop()
+    elif change == "another shape":
+        m.layers[2] = nnx.Linear(2, 5, rngs=rngs)
+    else:
+        m.layers[2] = nnx.LayerNorm(2, rngs=rngs)
+    gd2, st2 = _specialized(m)
+    assert gd2 != gd
+    out = _unflattened(gd2, st2)
+    _nnx_states_equal(out, m)
+
+
+class Scale:
+    """A hashable metadata value, equal by value: equal GraphDefs hold distinct ones."""
+
+    def __init__(self, x: float) -> None:
+        self.x = x
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Scale and other.x == self.x
+
+    def __hash__(self) -> int:
+        return hash(self.x)
+
+
+def test_nnx_metadata_differing_per_occurrence(outlined: None) -> None:
+    """One loop builds every layer; each Variable gets its own occurrence's metadata objects,
+    from the GraphDef given (an equal one holds equal but distinct objects), in a dict of its own."""
+    def make() -> Any:
+        m = ListMLP(6)
+        for i in range(6):
+            m.layers[i].kernel.set_metadata(scale=Scale(float(i)))
+        return m
+
+    m1, m2 = make(), make()
+    gd1, st1 = _specialized(m1)
+    gd2, st2 = sg.flatten(m2)
+    assert gd1 == gd2
+    out1 = _unflattened(gd1, st1)
+    assert "# 6 of one shape" in dispatch._unflat[gd1].source
+    hits = outlined_unflatten_hits()
+    out2 = sg.unflatten(gd2, st2)
+    assert outlined_unflatten_hits() == hits + 1  # the same function, gd2's own objects
+    for out, m in ((out1, m1), (out2, m2)):
+        for i in range(6):
+            got = out.layers[i].kernel.get_metadata()["scale"]
+            assert got is m.layers[i].kernel.get_metadata()["scale"] and got.x == i
+        metas = [id(out.layers[i].kernel._var_metadata) for i in range(6)]
+        assert len(set(metas)) == 6
+    assert out1.layers[0].kernel.get_metadata()["scale"] is not out2.layers[0].kernel.get_metadata()["scale"]
+
+
+class Mine(nnx.Variable):
+    pass
+
+
+class Cell(nnx.Module):
+    def __init__(self, i: int) -> None:
+        self.p = nnx.Param(jnp.full((2,), float(i)))
+        self.s = nnx.BatchStat(jnp.zeros((2,)))
+        self.c = Mine(jnp.ones((1,)), note="mine")
+
+
+def _containers(kind: str, n: int) -> Any:
+    rngs = nnx.Rngs(0)
+    if kind == "nnx.Dict":
+        return nnx.Dict({f"l{i:02d}": nnx.Linear(2, 2, rngs=rngs) for i in range(n)})
+    if kind == "nnx.Sequential":
+        return nnx.Sequential(*[nnx.Linear(2, 2, rngs=rngs) for _ in range(n)])
+    if kind == "nested lists":
+        return nnx.List([nnx.List([nnx.Linear(2, 2, rngs=rngs) for _ in range(3)]) for _ in range(n)])
+    return nnx.List([Cell(i) for i in range(n)])  # Variable subclasses
+
+
+@pytest.mark.parametrize("kind", ["nnx.Dict", "nnx.Sequential", "nested lists", "Variable subclasses"])
+def test_nnx_containers_and_variable_types(outlined: None, kind: str) -> None:
+    m = _containers(kind, 6)
+    gd, st = _specialized(m)
+    out = _unflattened(gd, st)
+    _nnx_states_equal(out, m)
+    if kind == "Variable subclasses":
+        assert [type(out[i].s) for i in range(6)] == [nnx.BatchStat] * 6
+        assert type(out[2].c) is Mine and out[2].c.get_metadata()["note"] == "mine"
+
+
+def test_nnx_unflattened_model_mutated_then_flattened(outlined: None) -> None:
+    m = ListMLP(8)
+    gd, st = _specialized(m)
+    out = _unflattened(gd, st)
+    raws = [m.layers[i].kernel.get_raw_value() for i in range(8)]
+    out.layers[2].kernel[...] = jnp.zeros((2, 2))  # through NNX: at the trace level it was made
+    out.layers[5] = nnx.Linear(2, 3, rngs=nnx.Rngs(2))
+    out.layers[6].bias = out.layers[1].bias
+    assert_same_flatten(sg.flatten(out), sg.generic.flatten(out))
+    _gd, sm = _specialized(out)
+    assert sm[("layers", 2, "kernel")] is out.layers[2].kernel.get_raw_value()
+    assert [m.layers[i].kernel.get_raw_value() for i in range(8)] == raws  # the source model untouched
+    y = out(jnp.ones((1, 2))) if callable(out) else None
+    assert y is None or y.shape == (1, 1)
+
+
+def test_nnx_unflatten_inside_jit_makes_variables_at_the_trace_level(outlined: None) -> None:
+    """The call's TraceState is made inside the trace and passed to the loop's items: the
+    rebuilt model may be mutated there, as the reference's (and nnx.merge's)."""
+    m = ListMLP(6)
+    gd, st = _specialized(m)
+    _unflattened(gd, st)
+
+    def step(values: sg.StateMap) -> Any:
+        out = sg.unflatten(gd, values)
+        out.layers[3].kernel[...] = out.layers[3].kernel[...] * 2
+        return sg.generic.flatten(out)[1]
+
+    hits = outlined_unflatten_hits()
+    got = jax.jit(step)(st)
+    assert outlined_unflatten_hits() == hits + 1
+    sg.configure(enabled=False)
+    try:
+        want = jax.jit(step)(st)
+    finally:
+        sg.configure(enabled=True)
+    assert list(got.keys()) == list(want.keys())
+    for k in want.keys():
+        np.testing.assert_array_equal(np.asarray(got[k]), np.asarray(want[k]))
+
+
+def test_brainstate_unflatten_is_outlined_and_exact(outlined: None) -> None:
+    m = BstMLP(10)
+    gd, st = _specialized(m)
+    out = _unflattened(gd, st)
+    src = dispatch._unflat[gd].source
+    assert "# 10 of one shape" in src and src.count("ctx0 = ") == 1
+    assert list(brainstate.graph.states(out).keys()) == list(brainstate.graph.states(m).keys())
+    w = out.layers[4].weight
+    assert w.value is m.layers[4].weight.value  # read through BrainState's own API
+    w.value = jax.tree.map(jnp.zeros_like, w.value)
+    assert_same_flatten(sg.flatten(out), sg.generic.flatten(out))
+    assert m.layers[4].weight.value is not w.value
+
+
+class BChain(brainstate.graph.Node):
+    def __init__(self, depth: int) -> None:
+        self.w = brainstate.ParamState(jnp.full((2,), float(depth)))
+        self.next = BChain(depth - 1) if depth else None
+
+
+class NChain(nnx.Module):
+    def __init__(self, depth: int) -> None:
+        self.w = nnx.Param(jnp.full((2,), float(depth)))
+        self.next = NChain(depth - 1) if depth else None
+
+
+@pytest.mark.parametrize("lib", ["brainstate", "nnx"])
+def test_chains_of_foreign_nodes(outlined: None, lib: str) -> None:
+    """A chain of BrainState Nodes (made by ``object.__new__`` alone) is one loop over its
+    links; NNX Pytrees, whose bookkeeping each link would need rebuilt, stay unrolled."""
+    m = BChain(12) if lib == "brainstate" else NChain(12)
+    gd, st = _specialized(m)
+    sg.unflatten(gd, st)
+    out = sg.unflatten(gd, st)
+    ref = sg.generic.unflatten(gd, st)
+    assert_same_flatten(sg.generic.flatten(out), sg.generic.flatten(ref))
+    _same_internals(out, ref)
+    loops = dispatch._unflat[gd].plan.loops
+    assert any("nested links" in x for x in loops) == (lib == "brainstate"), loops

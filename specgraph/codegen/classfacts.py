@@ -8,6 +8,7 @@ checked per call (:class:`ClassFacts`, the ``class`` guard)?
 
 from __future__ import annotations
 
+import operator
 import typing
 from typing import Any, cast
 
@@ -26,6 +27,7 @@ __all__ = [
     "plain_containers",
     "plain_metaclass",
     "flatten_runs_no_user_code",
+    "unflatten_order_free",
     "unflatten_runs_no_user_code",
 ]
 
@@ -245,6 +247,65 @@ def unflatten_runs_no_user_code(gd: GraphDef, impls: dict[int, Any]) -> bool:
             return False
         passed.add((id(t), is_node))
     return plain_containers(gd)
+
+
+def unflatten_order_free(gd: GraphDef, impls: dict[int, Any]) -> bool:
+    """The order a generated unflatten makes this structure's objects in is not observable
+    (read at compile time): then outlined code may build a repeated subtree where it is
+    used, bottom-up, instead of in table order as the reference does.
+
+    :func:`unflatten_runs_no_user_code`, or, for foreign classes, what their generated
+    code runs is the library adapter's own: a dict-backed node class (NNX Pytrees,
+    BrainState Nodes) made by ``object.__new__`` with its bookkeeping from the metadata or
+    from factories of the adapter (``specgraph.*`` functions or ``operator`` callables: no
+    user code), written through a plain ``__dict__`` (no ``__getattribute__`` of its own,
+    guarded per call by the planner); a foreign state with a layout (NNX Variables, BrainState
+    States), made by ``object.__new__`` and slot or ``__dict__`` stores of its own copy of
+    the metadata, whose names are exact str (hashed by the copy: no user ``__hash__``).
+    Each distinct class is read once.
+    """
+    if unflatten_runs_no_user_code(gd, impls):
+        return True
+    passed: set[tuple[int, bool]] = set()
+    for spec in gd.table:
+        t = spec.type
+        is_node = type(spec) is NodeSpec
+        if not is_node and not all(type(k) is str for k, _ in spec.metadata):
+            return False
+        if (id(t), is_node) in passed:
+            continue
+        if not plain_metaclass(t) or not _std_dict(t) or defines(t, "__getattribute__"):
+            return False
+        if is_node:
+            impl = impls[spec.index]
+            if not impl.is_builtin_node and not _adapter_dict_node(impl.dict_node):
+                return False
+        else:
+            simpl = reg.state_impl(t)
+            if simpl is None:
+                if type(t) is not type or defines(t, "__new__") or defines(t, "__setattr__") \
+                        or _own_value_or_metadata(t):
+                    return False
+            elif simpl.layout is None or not simpl.layout.plain(t) or not all(
+                    _adapter_code(r.factory) for r in getattr(simpl.layout, "rebuild", ())):
+                return False
+        passed.add((id(t), is_node))
+    return plain_containers(gd)
+
+
+def _adapter_dict_node(dn: Any) -> bool:
+    """A dict-backed node class whose fresh instance is ``object.__new__`` and bookkeeping
+    from its metadata or the adapter's factories (see :func:`unflatten_order_free`)."""
+    if dn is None or dn.create is not None or (dn.rebuild is None and dn.bookkeeping is not None):
+        return False
+    return all(r.factory is None or _adapter_code(r.factory) for r in dn.rebuild or ())
+
+
+def _adapter_code(fn: Any) -> bool:
+    """``fn`` is specgraph's own (a library adapter's) or an ``operator`` callable."""
+    module = getattr(type(fn), "__module__", None) if type(fn) is operator.itemgetter \
+        else getattr(fn, "__module__", None)
+    return type(module) is str and (module == "operator" or module.startswith("specgraph."))
 
 
 def attribute_stores_ok(t: type, keys: tuple) -> bool:

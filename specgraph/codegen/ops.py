@@ -169,6 +169,8 @@ OPS: dict[str, Op] = {
     "build_dict": Op(_U, ("dst", "pairs")),  # pairs: (key, value name)
     "build_pytree": Op(_U, ("dst", "treedef", "items")),
     "fill_dict": Op(_U, ("obj", "pairs")),  # pairs: (key, value name), through obj.__dict__
+    # obj.__dict__ gets keys (a bound tuple of str) to the items of the list in src, in order
+    "fill_run": Op(_U, ("obj", "keys", "src")),
     "fill_attrs": Op(_U, ("obj", "pairs", "labels")),  # pairs: (attribute placeholder, value name)
     "set_key": Op(_U, ("obj", "setter", "key", "value")),
     "new_context": Op(_U, ("dst", "factory")),  # a foreign library's per-call context
@@ -177,7 +179,8 @@ OPS: dict[str, Op] = {
     # -- unflatten, outlined (see unflatten_plan.py): a position is (base local or '', offset) --
     # dsts = the values at base + offs (run: they are vals[base:base + len(dsts)], one slice)
     "take_values": Op(_U, ("dsts", "base", "offs", "run")),
-    "call_build": Op(_U, ("dst", "fn", "at", "statics")),  # dst = fn([vals, at][, statics])
+    # dst = fn([vals, at][, statics][, *contexts]): contexts, the caller's locals of the call's contexts
+    "call_build": Op(_U, ("dst", "fn", "at", "statics", "contexts")),
     "iter_values": Op(_U, ("dst", "start", "stop", "reverse")),  # dst = iter(vals[start:stop]) (reversed)
     "iter_statics": Op(_U, ("dst", "src")),  # dst = iter(src)
     # dst = a list of n items (a tuple: tuple=True), each built by body into item; per item the

@@ -29,6 +29,8 @@ is user code). What foreign classes check once per call is made by the top funct
 raw-access checks (BrainState) run first there, and the update's trace token (NNX) is
 made first and passed to every outlined function, which checks each of its occurrences'
 Variables against it before anything is written (``ShapeFn.checks``, a loop's ``checks``).
+Likewise the unflatten's per-call contexts (NNX's TraceState, BrainState's tracer and
+level): made first by the top function and passed to every outlined builder.
 """
 
 from __future__ import annotations
@@ -173,14 +175,17 @@ def _state_class_ok(t: type) -> bool:
     return isinstance(lay, reg.DictStateLayout) and lay.plain(t)
 
 
-def _node_key(spec: NodeSpec, equal: _EqualClasses) -> Any:
+def _node_key(spec: NodeSpec, equal: _EqualClasses, by_value: bool = True) -> Any:
     """What else than its children tells a node's guards apart: a dict-backed node's key
-    sigs (NNX's int keys) and bookkeeping fields, each as its guard reads it."""
+    sigs (NNX's int keys) and bookkeeping fields, each as its guard reads it (``by_value``),
+    or only how many there are (the unflatten reads each occurrence's from its GraphDef)."""
     if spec.sig is None and spec.meta is None:
         return None
     dn = reg.node_impl(spec.type).dict_node
     if dn is None or dn.fields is None:
         return ("i", id(spec))  # (not outlined: node_ok refuses it)
+    if not by_value:
+        return (spec.sig, len(spec.meta))
     return (spec.sig, tuple(_field_key(f, v, equal) for f, v in zip(dn.fields, spec.meta, strict=True)))
 
 
@@ -200,6 +205,14 @@ def _meta_key(spec: Any) -> Any:
             return ("i", id(meta))
         items.append((k, id(t), v))
     return ("m", tuple(items))
+
+
+def _meta_names(spec: Any) -> Any:
+    """A state's metadata as the unflatten's code depends on it: its names (a dict-backed
+    state's are spelled one by one; the values are read per occurrence from the GraphDef),
+    or the very tuple where a name is not an exact str."""
+    names = tuple(k for k, _ in spec.metadata)
+    return ("n", names) if all(type(k) is str for k in names) else ("i", id(spec.metadata))
 
 
 def edge_refs(gd: GraphDef) -> list[int]:
@@ -374,7 +387,7 @@ class _Scan:
                 n += 1
                 last = j
                 if st[3]:  # its metadata
-                    token = ("S", id(tt), _meta_key(st) if by_value else True, token[3])
+                    token = ("S", id(tt), _meta_key(st) if by_value else _meta_names(st), token[3])
                 tokens.append(token)
             elif k is StaticEdge:
                 if by_value:
@@ -427,10 +440,12 @@ class _Scan:
 def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_types: set[type],
                 foreign: bool = False, by_value: bool = True) -> Shapes:
     """The shapes of ``gd`` that occur at least ``outline_min`` times (``0``: none);
-    ``foreign``: of foreign classes too (the flatten planner's: it makes their per-call
-    checks; the unflatten planner outlines builtin classes only). ``by_value=False``:
+    ``foreign``: of foreign classes too (the flatten planner makes their per-call checks,
+    the unflatten planner their per-call contexts, and passes them in). ``by_value=False``:
     statics and metadata count by kind only, not by value (the unflatten reads each
-    occurrence's from its GraphDef: its code does not depend on them)."""
+    occurrence's from its GraphDef: its code does not depend on them), but for a state's
+    metadata names and a dict-backed node's number of bookkeeping fields (its code spells
+    them)."""
     if outline_min <= 0:
         return Shapes({}, {}, {})
     table = gd.table
@@ -449,7 +464,7 @@ def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_type
         tokens, where = got
         size[i] = cast(tuple[int, int, int], where)  # (first slot, slots, entries): no rec
         t = spec[1]
-        nk = None if spec[6] is None and spec[5] is None else _node_key(spec, equal)
+        nk = None if spec[6] is None and spec[5] is None else _node_key(spec, equal, by_value)
         key = (id(t), spec[3], nk, i in witnessed, t in shared_types, tokens)
         sid = interned.setdefault(key, len(interned))
         key_of[i] = sid
@@ -524,7 +539,8 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
         if got is None:
             continue
         tokens, (lb, nb, eb, la, na, ea, nea) = got
-        key = (id(t), spec.keys, _node_key(spec, sc.equal), rec, i in witnessed, t in shared_types, tokens)
+        node_key = _node_key(spec, sc.equal, sc.by_value)
+        key = (id(t), spec.keys, node_key, rec, i in witnessed, t in shared_types, tokens)
         lid = interned.setdefault(key, len(interned))
         links[i] = Link(lid, rec, spec.children[rec].index, (lb, nb), (la, na), (i, eb), (ea, nea))
     chains: dict[int, Chain] = {}

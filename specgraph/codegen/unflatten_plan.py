@@ -8,15 +8,24 @@ str or int) comes from the GraphDef being unflattened, as ``S``: an equal GraphD
 may hold equal but distinct objects. The planner records where each one sits as it
 reads it (:class:`StaticReads`), so nothing has to repeat its order.
 
-Outlined (``outline_min``, see shapes.py), where no user code runs during the build:
-an occurrence of a repeated self-contained shape is built where it is used, bottom-up,
-by its shape's builder (planned once, from one occurrence, as a body of its own), a list
-of occurrences of one shape by a loop whose body builds one item, and a chain of nested
-links of one shape by a loop over the links (made up front). An outlined body reads its
-values from ``vals`` at its occurrence's first slot and its statics from a tuple read
-per occurrence from the GraphDef (its reads are kept relative to the entry it was
-planned from). Sharing and cycles never reach into an outlined subtree: they stay in
-the straight-line top function, built as the reference does.
+Outlined (``outline_min``, see shapes.py), where the order objects are made in is not
+observable (no user code runs during the build; foreign classes run their adapter's
+code only: classfacts.unflatten_order_free): an occurrence of a repeated self-contained
+shape is built where it is used, bottom-up, by its shape's builder (planned once, from
+one occurrence, as a body of its own), a list of occurrences of one shape (or a run of
+a dict-backed node's children, an ``nnx.List``'s layers) by a loop whose body builds one
+item, and a chain of nested links of one shape by a loop over the links (made up front).
+An outlined body reads its values from ``vals`` at its occurrence's first slot and its
+statics from a tuple read per occurrence from the GraphDef (its reads are kept relative
+to the entry it was planned from). Sharing and cycles never reach into an outlined
+subtree: they stay in the straight-line top function, built as the reference does.
+
+A foreign library's per-call context (NNX: the one TraceState every Pytree and Variable
+of the call shares; BrainState: the tracer, source info and level of every State) is
+made once, first, by the top function, as unrolled; a builder takes the contexts it
+needs as parameters (``outlined<sid>_build(vals, at, S, ctx0)``), passed by each caller
+from its own, and a loop's body sees its function's local. So the objects one call
+makes share exactly the contexts the unrolled code would give them.
 """
 
 from __future__ import annotations
@@ -28,7 +37,13 @@ from typing import Any, cast
 
 from .. import _registry as reg
 from .._ir import ArrayConstant, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge
-from .classfacts import ClassFacts, attribute_stores_ok, defines, unflatten_runs_no_user_code
+from .classfacts import (
+    ClassFacts,
+    attribute_stores_ok,
+    defines,
+    unflatten_order_free,
+    unflatten_runs_no_user_code,
+)
 from .naming import Constants, Literal, path_label, safe_name
 from .ops import Step
 from .planning import Declined
@@ -137,6 +152,7 @@ class ShapeBuild:
     root: str  # the local holding the occurrence's root
     values: bool  # takes vals, at
     statics: bool  # takes S
+    contexts: list[str]  # then takes these per-call contexts (ctx0, ...: a caller passes its own)
     uses: int  # occurrences of the shape in the structure
     where: list[str]  # its first few call sites
 
@@ -185,6 +201,13 @@ class _Body:
     statics: list[str] = field(default_factory=list)  # the locals of the wanted reads, in order
     direct: dict[int, str] = field(default_factory=dict)  # value slot -> local, read by this body
     consumers: bool = False  # an outlined call or loop reads vals at a position of this body
+    #: the body of the function whose locals this one's code sees (a loop's item or link:
+    #: the enclosing function's; None: this body is a function's own)
+    scope: _Body | None = None
+    #: a function body's per-call contexts: factory -> its local (the top function makes
+    #: them first; a builder takes them as parameters, in ``params`` order)
+    contexts: dict[Any, str] = field(default_factory=dict)
+    params: list[Any] = field(default_factory=list)
 
 
 class UnflattenPlanner:
@@ -198,24 +221,28 @@ class UnflattenPlanner:
         self.impls = {spec.index: reg.node_impl(spec.type) for spec in gd.table if type(spec) is NodeSpec}
         # Attribute stores only where no user code can run during the call (so the class
         # guards, checked first, still hold at every store): see attribute_stores_ok. Then
-        # the order objects are made in is not observable either: an outlined subtree is
-        # built bottom-up where it is used.
+        # the order objects are made in is not observable either, nor where foreign classes
+        # run only their adapter's code (unflatten_order_free): an outlined subtree is built
+        # bottom-up where it is used.
         self.attrs_ok = unflatten_runs_no_user_code(gd, self.impls)
-        outline = outline_min if self.attrs_ok else 0
+        order_free = outline_min > 0 and (self.attrs_ok or unflatten_order_free(gd, self.impls))
+        outline = outline_min if order_free else 0
         # Shapes by structure only: statics and metadata are read per occurrence anyway.
-        self.shapes = find_shapes(gd, outline, set(), set(), by_value=False)
+        # Foreign classes too: their per-call contexts are passed in (see _context).
+        self.shapes = find_shapes(gd, outline, set(), set(), foreign=True, by_value=False)
         self.chains = find_chains(gd, max(2, outline), set(), set(), self.shapes) if outline else {}
-        self._builtin_only()
+        self._fresh_links_only()
         self.body = _Body(StaticReads(), [(0, gd.num_leaves, "")], {})
+        self._top_body = self.body
         self._top = True
         self._nesting = 0
         self._done_steps = 0  # steps planned into bodies other than the current one
         self._nstatics = 0
         self._counter = 0
-        self._contexts: dict[Any, str] = {}  # context factory -> its local
         self.shape_fns: list[ShapeBuild] = []
         self._fns: dict[int, ShapeBuild] = {}
         self._fn_reads: dict[int, StaticReads] = {}
+        self._fn_params: dict[int, list[Any]] = {}  # sid -> the context factories its builder takes
         self.loops: list[str] = []
         self._site: tuple[NodeSpec, int] | None = None  # where the value being planned goes (explain)
         # Per class (by id: the GraphDef holds each alive) and per key tuple, read once.
@@ -223,24 +250,16 @@ class UnflattenPlanner:
         self._stores_ok: dict[tuple[int, tuple], bool] = {}
         self._labels: dict[tuple, list[str]] = {}
 
-    def _builtin_only(self) -> None:
-        """Outline only subtrees of builtin node and state classes: a foreign class's
-        per-call context is a local of the top function (see ``_context``)."""
-        table, impls = self.gd.table, self.impls
-
-        def builtin(lo: int, hi: int) -> bool:
-            return all(impls[i].is_builtin_node if type(table[i]) is NodeSpec
-                       else reg.state_impl(table[i].type) is None for i in range(lo, hi))
-
-        shapes = self.shapes
-        for sid, shape in list(shapes.shapes.items()):
-            if not builtin(shape.rep, shape.rep + shape.nindices):
-                del shapes.shapes[sid]
-                for i in shape.occurrences:
-                    del shapes.shape_of[i]
-        for head, ch in list(self.chains.items()):
-            (eb, neb), (ea, nea) = ch.links[0].ebefore, ch.links[0].eafter
-            if not (builtin(eb, eb + neb) and builtin(ea, ea + nea)):
+    def _fresh_links_only(self) -> None:
+        """Chains only of links whose class's fresh instance is ``object.__new__(cls)``
+        alone (builtin nodes, BrainState Nodes): the chain loop makes its links so, up
+        front. A class with bookkeeping to rebuild (NNX Pytrees) stays unrolled there (its
+        repeated shapes, a layer in each link, are still outlined)."""
+        impls = self.impls
+        for head in list(self.chains):
+            impl = impls[head]
+            if not impl.is_builtin_node and (impl.dict_node is None or impl.dict_node.rebuild is not None
+                                             or impl.dict_node.create is not None):
                 del self.chains[head]
 
     @property
@@ -262,7 +281,7 @@ class UnflattenPlanner:
         if body.statics:
             head.append(Step("unpack_statics", dsts=body.statics))
         steps = body.steps
-        ctx = sum(1 for s in steps[: len(self._contexts)] if s.op == "new_context")
+        ctx = sum(1 for s in steps[: len(body.contexts)] if s.op == "new_context")
         if len(body.direct) == gd.num_leaves and not body.consumers:
             if body.direct:
                 steps.insert(ctx, Step("unpack_values", dsts=[body.direct[i] for i in range(gd.num_leaves)]))
@@ -396,8 +415,9 @@ class UnflattenPlanner:
         if fn.statics:
             statics = self._static_local()
             self.reads.want_one(self._fn_reads[sid], index)
+        ctxs = [self._context(f) for f in self._fn_params[sid]]
         dst = self._fresh("o_")
-        self.steps.append(Step("call_build", dst=dst, fn=fn.name, at=at, statics=statics))
+        self.steps.append(Step("call_build", dst=dst, fn=fn.name, at=at, statics=statics, contexts=ctxs))
         if len(fn.where) < 3:
             fn.where.append(self._site_label())
         return dst
@@ -419,8 +439,10 @@ class UnflattenPlanner:
         steps += self._take(body)
         fn = ShapeBuild(name=f"outlined{sid}", type_name=safe_name(shape.type_name), steps=steps + body.steps,
                         root=f"o{rep}", values=shape.nslots > 0, statics=bool(body.statics),
-                        uses=len(shape.occurrences), where=[])
+                        contexts=[body.contexts[f] for f in body.params], uses=len(shape.occurrences),
+                        where=[])
         self._fn_reads[sid] = body.reads
+        self._fn_params[sid] = body.params
         self._fns[sid] = fn
         self.shape_fns.append(fn)
         return fn
@@ -465,19 +487,27 @@ class UnflattenPlanner:
                                    meta=meta))
 
     def _context(self, factory: Any) -> str:
-        """The local holding a foreign library's per-call context (made once, at the top)."""
-        if not self._top:  # (outlined bodies hold builtin classes only: shapes.py)
-            raise RuntimeError("a foreign class's per-call context inside an outlined body")
-        name = self._contexts.get(factory)
+        """The local holding a foreign library's per-call context where the current body's
+        code runs. The top function makes each once, first (as the unrolled code does); a
+        builder takes the ones it (or what it calls) uses as parameters, which every caller
+        passes from its own (so one call's objects all share the top function's contexts);
+        a loop's item or link sees its enclosing function's."""
+        fb = self.body.scope or self.body
+        name = fb.contexts.get(factory)
         if name is None:
-            name = self._contexts[factory] = f"ctx{len(self._contexts)}"
-            self.steps.insert(0, Step("new_context", dst=name, factory=self.consts.bind(factory, "F")))
+            name = fb.contexts[factory] = f"ctx{len(fb.contexts)}"
+            if fb is self._top_body:
+                fb.steps.insert(0, Step("new_context", dst=name, factory=self.consts.bind(factory, "F")))
+            else:
+                fb.params.append(factory)
         return name
 
     def _new_dict_node(self, spec: NodeSpec, dn: reg.DictNode, dst: str) -> None:
         """What ``DictNode.new`` does: ``object.__new__(cls)``, then each bookkeeping
         attribute from the metadata or from its factory (with the call's context)."""
         self.steps.append(Step("new_object", dst=dst, cls=self.consts.bind(spec.type, "T")))
+        if self.shapes or self.chains:  # the build order is free while no class gains one
+            self.facts.require_absent(spec.type, ("__getattribute__",))  # (see unflatten_order_free)
         if dn.rebuild is None:
             return
         i = spec.index
@@ -576,12 +606,23 @@ class UnflattenPlanner:
     def _fill_node(self, spec: NodeSpec) -> None:
         i = spec.index
         base = self._spec(i)
-        values = []
-        for j, c in enumerate(spec.children):
-            self._site = (spec, j)
-            values.append(self._value(c, base, ("children", j)))
-        obj = self._obj(i)
         impl = self.impls[i]
+        dict_node = impl.dict_node is not None and impl.dict_node.create is None
+        values = []
+        runs: dict[int, tuple[int, str]] = {}  # first child -> (past its run, the loop's list)
+        kids = spec.children
+        j = 0
+        while j < len(kids):
+            self._site = (spec, j)
+            n = self._run_length(kids, j) if dict_node and self.shapes.shape_of else 0
+            if n >= 2:  # a run of one shape (an nnx.List's layers): a loop, stored from its list
+                runs[j] = (j + n, self._loop(kids[j:j + n], False, path_label((None, spec.keys[j + n - 1]))))
+                values += [""] * n
+                j += n
+                continue
+            values.append(self._value(kids[j], base, ("children", j)))
+            j += 1
+        obj = self._obj(i)
         if self.attrs_ok and impl.is_builtin_node and self._attribute_stores_ok(spec.type, spec.keys):
             # (No guard for __dict__: a class's __dict__ cannot be assigned after creation.)
             self.facts.require_absent(spec.type, ("__getattribute__", "__setattr__", *spec.keys))
@@ -594,8 +635,23 @@ class UnflattenPlanner:
             stored = [impl.dict_node.stored_key(k) for k in spec.keys]
             if not all(type(k) is str for k in stored):
                 raise Declined(f"non-string attribute names on a {spec.type.__qualname__} node")
-            pairs = [(Literal(k), v) for k, v in zip(stored, values, strict=True)]
-            self.steps.append(Step("fill_dict", obj=obj, pairs=pairs))
+            pairs = []
+            j = 0
+            while j < len(stored):
+                run = runs.get(j)
+                if run is None:
+                    pairs.append((Literal(stored[j]), values[j]))
+                    j += 1
+                    continue
+                if pairs:
+                    self.steps.append(Step("fill_dict", obj=obj, pairs=pairs))
+                    pairs = []
+                end, items = run
+                self.steps.append(Step("fill_run", obj=obj, keys=self.consts.bind(tuple(stored[j:end]), "KS"),
+                                       src=items))
+                j = end
+            if pairs:
+                self.steps.append(Step("fill_dict", obj=obj, pairs=pairs))
             return
         keys = [self._key(k, self._spec(i), "keys", j) for j, k in enumerate(spec.keys)]
         if impl.is_builtin_node:
@@ -678,28 +734,49 @@ class UnflattenPlanner:
     def _each(self, edge: PytreeEdge) -> str | None:
         """A list or tuple of occurrences of one outlined shape, one after the other in the
         table and in the values: a loop whose body builds one item (``None``: not one)."""
-        shape_of = self.shapes.shape_of
         ptype = edge.ptype
         kids = edge.children
-        if not shape_of or (ptype is not list and ptype is not tuple) or len(kids) < 2 \
-                or type(kids[0]) is not NodeEdge:
+        if not self.shapes.shape_of or (ptype is not list and ptype is not tuple) or len(kids) < 2 \
+                or self._run_length(kids, 0) != len(kids):
             return None
-        rep = kids[0].index
+        return self._loop(kids, ptype is tuple, None)
+
+    def _run_length(self, kids: tuple, start: int) -> int:
+        """How many of ``kids`` from ``start`` on are occurrences of one outlined shape, one
+        after the other in the table and in the values (0: the first is none)."""
+        shape_of = self.shapes.shape_of
+        c = kids[start]
+        if type(c) is not NodeEdge:
+            return 0
+        rep = c.index
         sid = shape_of.get(rep)
         if sid is None:
-            return None
+            return 0
         shape = self.shapes.shapes[sid]
         m, k = shape.nindices, shape.nslots
         slot_lo = self.shapes.slot_lo
         lo = slot_lo[rep]
-        for j, c in enumerate(kids):
-            if type(c) is not NodeEdge or c.index != rep + j * m or shape_of.get(c.index) != sid \
-                    or (k and slot_lo[c.index] != lo + j * k):
-                return None
+        n = 1
+        for c in kids[start + 1:]:
+            if type(c) is not NodeEdge or c.index != rep + n * m or shape_of.get(c.index) != sid \
+                    or (k and slot_lo[c.index] != lo + n * k):
+                break
+            n += 1
+        return n
+
+    def _loop(self, kids: tuple, as_tuple: bool, last: str | None) -> str:
+        """The loop building ``kids`` (a run of :meth:`_run_length`), into a list (a tuple:
+        ``as_tuple``). Explain names it by its site and ``..last`` (``None``: ``[0..n-1]``)."""
+        shape_of = self.shapes.shape_of
+        rep = kids[0].index
+        sid = shape_of[rep]
+        shape = self.shapes.shapes[sid]
+        m, k = shape.nindices, shape.nslots
+        lo = self.shapes.slot_lo[rep]
         site = self._site_label()
         pos = self._pos(lo) if k else ("", 0)
         counter = self._fresh("a")
-        body = _Body(StaticReads(rep), [(lo, k, counter)], {})
+        body = _Body(StaticReads(rep), [(lo, k, counter)], {}, scope=self.body.scope or self.body)
         with self._in(body):
             self._objects_then_fills([(rep, rep + m)], rep)
         n = len(kids)
@@ -727,8 +804,9 @@ class UnflattenPlanner:
         self.steps.extend(setup)
         self.steps.append(Step("build_each", dst=dst, n=n, targets=targets, sources=sources,
                                counters=counters,
-                               body=item_steps, item=f"o{rep}", tuple=ptype is tuple))
-        self.loops.append(f"{site}[0..{n - 1}]: {n} x {shape.type_name}")
+                               body=item_steps, item=f"o{rep}", tuple=as_tuple))
+        span = f"[0..{n - 1}]" if last is None else ".." + last
+        self.loops.append(f"{site}{span}: {n} x {shape.type_name}")
         return dst
 
     def _chain(self, ch: Chain) -> None:
@@ -744,7 +822,8 @@ class UnflattenPlanner:
         tail = self._node_value(ch.tail)
         cur, nxt = self._fresh("x"), self._fresh("x")
         cb, ca = self._fresh("a"), self._fresh("a")
-        body = _Body(StaticReads(head), [(lb, nb, cb), (la, na, ca)], {head: cur, first.nxt: nxt})
+        body = _Body(StaticReads(head), [(lb, nb, cb), (la, na, ca)], {head: cur, first.nxt: nxt},
+                     scope=self.body.scope or self.body)
         with self._in(body):
             self._objects_then_fills([(eb, eb + neb), (ea, ea + nea)], head)
         setup: list[Step] = []

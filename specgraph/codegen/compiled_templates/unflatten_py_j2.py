@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = 'ddfd1c8edacfdd75670078bcfe968fa0ebb5d30e4deb13c53aaa54753b7c041c'
+FINGERPRINT = '891868c59a4dba76c96c19a2d7189772cd14ca2bca7cc642ce5b2300942ed13a'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'unflatten.py.j2'
 
@@ -43,53 +43,59 @@ def root(context, missing=missing):
         def t_4(*unused):
             raise TemplateRuntimeError("No filter named 'length' found.")
     try:
-        t_5 = environment.tests['none']
+        t_5 = environment.filters['select']
     except KeyError:
         @internalcode
         def t_5(*unused):
+            raise TemplateRuntimeError("No filter named 'select' found.")
+    try:
+        t_6 = environment.tests['none']
+    except KeyError:
+        @internalcode
+        def t_6(*unused):
             raise TemplateRuntimeError("No test named 'none' found.")
     pass
     l_0_g = context.vars['g'] = environment.get_template('_steps.j2', 'unflatten.py.j2')._get_default_module(context)
     context.exported_vars.discard('g')
     def macro(l_1_p):
-        t_6 = []
+        t_7 = []
         if l_1_p is missing:
             l_1_p = undefined("parameter 'p' was not provided", name='p')
         pass
-        t_6.extend((
+        t_7.extend((
             str((str_join((environment.getitem(l_1_p, 0), ' + ', )) if environment.getitem(l_1_p, 0) else cond_expr_undefined("the inline if-expression on line 4 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
             str(environment.getitem(l_1_p, 1)),
         ))
-        return concat(t_6)
+        return concat(t_7)
     context.exported_vars.add('pos')
     context.vars['pos'] = l_0_pos = Macro(environment, macro, 'pos', ('p',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_s):
-        t_7 = []
+        t_8 = []
         if l_1_s is missing:
             l_1_s = undefined("parameter 's' was not provided", name='s')
         pass
         for (l_2_c, l_2_start, l_2__) in environment.getattr(l_1_s, 'counters'):
             _loop_vars = {}
             pass
-            t_7.extend((
+            t_8.extend((
                 '\n',
                 str(l_2_c),
                 ' = ',
                 str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), l_2_start, _loop_vars=_loop_vars)),
             ))
         l_2_c = l_2_start = l_2__ = missing
-        return concat(t_7)
+        return concat(t_8)
     context.exported_vars.add('loop_head')
     context.vars['loop_head'] = l_0_loop_head = Macro(environment, macro, 'loop_head', ('s',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_s):
-        t_8 = []
+        t_9 = []
         if l_1_s is missing:
             l_1_s = undefined("parameter 's' was not provided", name='s')
         pass
         for (l_2_c, l_2__, l_2_d) in environment.getattr(l_1_s, 'counters'):
             _loop_vars = {}
             pass
-            t_8.extend((
+            t_9.extend((
                 '\n    ',
                 str(l_2_c),
                 ' ',
@@ -98,41 +104,41 @@ def root(context, missing=missing):
                 str((l_2_d if (l_2_d >= 0) else (-l_2_d))),
             ))
         l_2_c = l_2__ = l_2_d = missing
-        return concat(t_8)
+        return concat(t_9)
     context.exported_vars.add('loop_tail')
     context.vars['loop_tail'] = l_0_loop_tail = Macro(environment, macro, 'loop_tail', ('s',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_s):
-        t_9 = []
+        t_10 = []
         if l_1_s is missing:
             l_1_s = undefined("parameter 's' was not provided", name='s')
         pass
         if (not environment.getattr(l_1_s, 'sources')):
             pass
-            t_9.extend((
+            t_10.extend((
                 '_ in range(',
                 str(environment.getattr(l_1_s, 'n')),
                 ')',
             ))
         elif (t_4(environment.getattr(l_1_s, 'sources')) == 1):
             pass
-            t_9.extend((
+            t_10.extend((
                 str(environment.getitem(environment.getattr(l_1_s, 'targets'), 0)),
                 ' in ',
                 str(environment.getitem(environment.getattr(l_1_s, 'sources'), 0)),
             ))
         else:
             pass
-            t_9.extend((
+            t_10.extend((
                 str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'targets'), ', ')),
                 ' in zip(',
                 str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'sources'), ', ')),
                 ')',
             ))
-        return concat(t_9)
+        return concat(t_10)
     context.exported_vars.add('targets')
     context.vars['targets'] = l_0_targets = Macro(environment, macro, 'targets', ('s',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_steps):
-        t_10 = []
+        t_11 = []
         if l_1_steps is missing:
             l_1_steps = undefined("parameter 'steps' was not provided", name='steps')
         pass
@@ -143,27 +149,27 @@ def root(context, missing=missing):
             pass
             if ((environment.getattr(l_2_s, 'op') == 'guard_mro') or (environment.getattr(l_2_s, 'op') == 'guard_class')):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(context.call(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'class_guard'), l_2_s, 'MISS', _loop_vars=_loop_vars)),
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'unpack_statics'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'dsts'), ', ')),
                     ', = S',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'unpack_values'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'dsts'), ', ')),
                     ', = vals',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'new_object'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = NEW(',
@@ -172,7 +178,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'new_via_type'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -183,7 +189,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'new_custom'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -194,7 +200,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'set_state'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'obj')),
                     '._metadata = ',
@@ -206,7 +212,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_list'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = [',
@@ -215,7 +221,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_tuple'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = (',
@@ -225,7 +231,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_dict'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = {',
@@ -234,19 +240,19 @@ def root(context, missing=missing):
                 for (l_3_k, l_3_v), l_3_loop in LoopContext(environment.getattr(l_2_s, 'pairs'), undefined):
                     _loop_vars = {}
                     pass
-                    t_10.extend((
+                    t_11.extend((
                         str(t_3(l_3_k)),
                         ': ',
                         str(l_3_v),
                         str((', ' if (not environment.getattr(l_3_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 46 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     ))
                 l_3_loop = l_3_k = l_3_v = missing
-                t_10.append(
+                t_11.append(
                     '}',
                 )
             elif (environment.getattr(l_2_s, 'op') == 'build_pytree'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -257,7 +263,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'fill_dict'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\nd = ',
                     str(environment.getattr(l_2_s, 'obj')),
                     '.__dict__',
@@ -265,20 +271,31 @@ def root(context, missing=missing):
                 for (l_3_k, l_3_v) in environment.getattr(l_2_s, 'pairs'):
                     _loop_vars = {}
                     pass
-                    t_10.extend((
+                    t_11.extend((
                         '\nd[',
                         str(t_3(l_3_k)),
                         '] = ',
                         str(l_3_v),
                     ))
                 l_3_k = l_3_v = missing
+            elif (environment.getattr(l_2_s, 'op') == 'fill_run'):
+                pass
+                t_11.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'obj')),
+                    '.__dict__.update(zip(',
+                    str(environment.getattr(l_2_s, 'keys')),
+                    ', ',
+                    str(environment.getattr(l_2_s, 'src')),
+                    '))',
+                ))
             elif (environment.getattr(l_2_s, 'op') == 'fill_attrs'):
                 pass
                 l_3_loop = missing
                 for (l_3_attr, l_3_value), l_3_loop in LoopContext(environment.getattr(l_2_s, 'pairs'), undefined):
                     _loop_vars = {}
                     pass
-                    t_10.extend((
+                    t_11.extend((
                         '\n',
                         str(environment.getattr(l_2_s, 'obj')),
                         '.',
@@ -291,7 +308,7 @@ def root(context, missing=missing):
                 l_3_loop = l_3_attr = l_3_value = missing
             elif (environment.getattr(l_2_s, 'op') == 'new_context'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -300,7 +317,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'call'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -311,7 +328,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'set_slot'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'setter')),
                     '(',
@@ -322,7 +339,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'set_key'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'setter')),
                     '(',
@@ -337,7 +354,7 @@ def root(context, missing=missing):
                 pass
                 if environment.getattr(l_2_s, 'run'):
                     pass
-                    t_10.extend((
+                    t_11.extend((
                         '\n',
                         str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'dsts'), ', ')),
                         ', = vals[',
@@ -354,7 +371,7 @@ def root(context, missing=missing):
                     for l_3_dst, l_3_loop in LoopContext(environment.getattr(l_2_s, 'dsts'), undefined):
                         _loop_vars = {}
                         pass
-                        t_10.extend((
+                        t_11.extend((
                             '\n',
                             str(l_3_dst),
                             ' = vals[',
@@ -364,31 +381,18 @@ def root(context, missing=missing):
                     l_3_loop = l_3_dst = missing
             elif (environment.getattr(l_2_s, 'op') == 'call_build'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
                     str(environment.getattr(l_2_s, 'fn')),
                     '_build(',
-                ))
-                if (not t_5(environment.getattr(l_2_s, 'at'))):
-                    pass
-                    t_10.extend((
-                        'vals, ',
-                        str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars)),
-                        str((', ' if environment.getattr(l_2_s, 'statics') else cond_expr_undefined("the inline if-expression on line 76 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
-                    ))
-                if environment.getattr(l_2_s, 'statics'):
-                    pass
-                    t_10.append(
-                        str(environment.getattr(l_2_s, 'statics')),
-                    )
-                t_10.append(
+                    str(t_2(context.eval_ctx, t_5(context, (([(str_join(('vals, ', context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars), )) if (not t_6(environment.getattr(l_2_s, 'at'))) else cond_expr_undefined("the inline if-expression on line 77 in 'unflatten.py.j2' evaluated to false and no else section was defined."))] + ([environment.getattr(l_2_s, 'statics')] if environment.getattr(l_2_s, 'statics') else [])) + environment.getattr(l_2_s, 'contexts'))), ', ')),
                     ')',
-                )
+                ))
             elif (environment.getattr(l_2_s, 'op') == 'iter_values'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = iter(vals[',
@@ -401,7 +405,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'iter_statics'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = iter(',
@@ -410,7 +414,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_each'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     str(context.call((undefined(name='loop_head') if l_0_loop_head is missing else l_0_loop_head), l_2_s, _loop_vars=_loop_vars)),
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
@@ -429,7 +433,7 @@ def root(context, missing=missing):
                 ))
                 if environment.getattr(l_2_s, 'tuple'):
                     pass
-                    t_10.extend((
+                    t_11.extend((
                         '\n',
                         str(environment.getattr(l_2_s, 'dst')),
                         ' = tuple(',
@@ -438,7 +442,7 @@ def root(context, missing=missing):
                     ))
             elif (environment.getattr(l_2_s, 'op') == 'build_chain'):
                 pass
-                t_10.extend((
+                t_11.extend((
                     str(context.call((undefined(name='loop_head') if l_0_loop_head is missing else l_0_loop_head), l_2_s, _loop_vars=_loop_vars)),
                     '\n',
                     str(environment.getattr(l_2_s, 'links')),
@@ -471,12 +475,12 @@ def root(context, missing=missing):
                 ))
             else:
                 pass
-                t_10.extend((
+                t_11.extend((
                     '\n',
                     str(context.call((undefined(name='unknown_op') if l_2_unknown_op is missing else l_2_unknown_op), l_2_s, _loop_vars=_loop_vars)),
                 ))
         l_2_loop = l_2_s = l_2_unknown_op = missing
-        return concat(t_10)
+        return concat(t_11)
     context.exported_vars.add('body')
     context.vars['body'] = l_0_body = Macro(environment, macro, 'body', ('steps',), False, False, False, context.eval_ctx.autoescape)
     for l_1_f in (undefined(name='shape_fns') if l_0_shape_fns is missing else l_0_shape_fns):
@@ -485,9 +489,7 @@ def root(context, missing=missing):
         yield 'def '
         yield str(environment.getattr(l_1_f, 'name'))
         yield '_build('
-        yield str(('vals, at' if environment.getattr(l_1_f, 'values') else cond_expr_undefined("the inline if-expression on line 104 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
-        yield str((', ' if (environment.getattr(l_1_f, 'values') and environment.getattr(l_1_f, 'statics')) else cond_expr_undefined("the inline if-expression on line 104 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
-        yield str(('S' if environment.getattr(l_1_f, 'statics') else cond_expr_undefined("the inline if-expression on line 104 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
+        yield str(t_2(context.eval_ctx, (((['vals, at'] if environment.getattr(l_1_f, 'values') else []) + (['S'] if environment.getattr(l_1_f, 'statics') else [])) + environment.getattr(l_1_f, 'contexts')), ', '))
         yield '):\n    """Build one fresh '
         yield str(environment.getattr(l_1_f, 'type_name'))
         yield ' of this shape (used '
@@ -509,4 +511,4 @@ def root(context, missing=missing):
     yield '\n'
 
 blocks = {}
-debug_info = '1=47&4=49&5=61&6=66&7=71&10=79&11=84&12=89&15=99&16=104&17=108&18=111&19=114&21=121&24=129&25=135&26=139&27=143&28=145&29=149&30=152&31=156&32=159&33=163&34=168&35=172&36=179&37=183&38=190&39=194&40=198&41=202&42=206&43=211&44=215&45=221&46=225&47=242&48=246&49=253&50=257&51=260&52=265&54=270&55=273&56=278&58=287&59=291&60=296&61=300&62=307&63=311&64=318&65=322&66=331&67=333&68=337&70=349&71=354&74=360&75=364&76=369&77=376&78=384&79=388&80=397&81=401&82=406&83=409&84=411&85=413&86=417&87=419&88=423&89=425&90=429&92=434&93=437&94=439&95=449&96=464&97=465&99=471&103=477&104=481&105=487&106=491&107=493&111=497&112=499&113=501&114=503'
+debug_info = '1=53&4=55&5=67&6=72&7=77&10=85&11=90&12=95&15=105&16=110&17=114&18=117&19=120&21=127&24=135&25=141&26=145&27=149&28=151&29=155&30=158&31=162&32=165&33=169&34=174&35=178&36=185&37=189&38=196&39=200&40=204&41=208&42=212&43=217&44=221&45=227&46=231&47=248&48=252&49=259&50=263&51=266&52=271&54=276&55=280&56=287&57=290&58=295&60=304&61=308&62=313&63=317&64=324&65=328&66=335&67=339&68=348&69=350&70=354&72=366&73=371&76=377&77=381&78=388&79=392&80=401&81=405&82=410&83=413&84=415&85=417&86=421&87=423&88=427&89=429&90=433&92=438&93=441&94=443&95=453&96=468&97=469&99=475&103=481&104=485&105=489&106=493&107=495&111=499&112=501&113=503&114=505'
