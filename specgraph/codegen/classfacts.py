@@ -270,7 +270,7 @@ def unflatten_order_free(gd: GraphDef, impls: dict[int, Any]) -> bool:
     for spec in gd.table:
         t = spec.type
         is_node = type(spec) is NodeSpec
-        if not is_node and not all(type(k) is str for k, _ in spec.metadata):
+        if type(spec) is StateSpec and not all(type(k) is str for k, _ in spec.metadata):
             return False
         if (id(t), is_node) in passed:
             continue
