@@ -182,7 +182,11 @@ def test_jit_and_grad_on_a_brainstate_model() -> None:
         params = jax.tree.map(lambda a, b: a - 0.01 * b, params, g)
         np.testing.assert_allclose(step(m, x), expected, rtol=1e-5)
     for i, w in zip((1, 2), params, strict=True):
-        np.testing.assert_allclose(m.layers[i].weight.value["weight"], w["weight"], rtol=1e-5, atol=1e-7)
+        # float32 rounding of three jitted steps, at the scale of the weights (an entry near 0
+        # of a matrix whose entries reach ~8 differs by ~3e-6 for some initial weights)
+        scale = float(np.max(np.abs(np.asarray(w["weight"]))))
+        np.testing.assert_allclose(m.layers[i].weight.value["weight"], w["weight"], rtol=1e-5,
+                                   atol=1e-6 * scale)
     assert step.trace_count == 1
 
 
