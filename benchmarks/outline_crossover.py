@@ -34,6 +34,20 @@ only checked for specialization (flatten).
 
     python benchmarks/outline_crossover.py --foreign [--nnx 32 1000] [--brainstate 32 1000]
         [--specialized-only 10000]
+
+``--foreign --unflatten``: the unflatten of those models. Compile milliseconds through the
+public API (``sg.cache_info()["compile_seconds"]`` over the first ``sg.unflatten`` calls of a
+fresh cache): fully unrolled (``outline_min=0``, ``max_steps`` lifted; not past
+``--unrolled-max``) against the default configuration; ``specialized`` says whether the
+default's next ``sg.unflatten`` is counted as an unflatten hit, and ``outlined`` whether its
+code has an outlined builder or loop. Per call (interleaved, min of repeats): the unrolled
+and outlined functions built side by side from one GraphDef (``codegen.build``, called as
+``sg.unflatten`` calls them), ``sg.unflatten`` itself, the library's own (``nnx.merge`` /
+``brainstate.graph.unflatten``) and the reference walker. ``--specialized-only`` sizes are
+only checked for specialization (and their compile time).
+
+    python benchmarks/outline_crossover.py --foreign --unflatten [--nnx 1000 3000 10000]
+        [--brainstate 1000] [--unrolled-max 1000] [--specialized-only]
 """
 
 from __future__ import annotations
@@ -251,6 +265,92 @@ def foreign_row(lib: str, size: int, repeats: int, timed: bool = True) -> str:
         sg.clear_cache()
 
 
+def _first_unflattens(gd: sg.GraphDef, st: sg.StateMap, outline_min: int,
+                      max_steps: int) -> tuple[float, bool, bool]:
+    """Compile seconds over the first unflattens of a fresh cache (the GraphDef is compiled
+    once it was seen ``threshold`` times), whether the next is an unflatten hit, and whether
+    its code is outlined (a builder or a loop)."""
+    from specgraph.runtime import dispatch
+    from specgraph.runtime.cache import CONFIG
+
+    sg.clear_cache()
+    sg.configure(outline_min=outline_min, max_steps=max_steps)
+    for _ in range(CONFIG.threshold + 1):
+        sg.unflatten(gd, st)
+    seconds = sg.cache_info()["compile_seconds"]
+    hits = sg.cache_info()["unflatten_hits"]
+    sg.unflatten(gd, st)
+    built = dispatch._unflat.get(gd)
+    outlined = built is not None and bool(built.plan.shape_fns or built.plan.loops)
+    return seconds, sg.cache_info()["unflatten_hits"] > hits, outlined
+
+
+def foreign_unflatten_row(lib: str, size: int, repeats: int, unrolled_max: int, timed: bool = True) -> str:
+    from specgraph.runtime.cache import CONFIG
+
+    node = _nnx_mlp(size) if lib == "nnx" else _bst_mlp(size)
+    saved = (CONFIG.outline_min, CONFIG.max_steps)
+    try:
+        sg.clear_cache()
+        gd, st = sg.generic.flatten(node)
+        hash(gd)
+        unrolled_ok = timed and size <= unrolled_max
+        c_unrolled = _first_unflattens(gd, st, 0, 10**9)[0] if unrolled_ok else float("nan")
+        c_default, ok_default, outlined = _first_unflattens(gd, st, saved[0], saved[1])
+        cu = f"{c_unrolled * 1e3:.0f}" if unrolled_ok else "not built"
+        head = f"| {lib}-{size} | {cu} | {c_default * 1e3:.1f} | {ok_default} | {outlined} |"
+        if not timed:
+            return head + " | | | | | |"
+        vals = st._values
+        fns: dict[str, Any] = {}
+        if unrolled_ok:
+            fn_u, statics_u, _ = _build_unflatten(gd, 0)
+            fns["unrolled"] = lambda: fn_u(vals, statics_u)
+        fn_o, statics_o, _ = _build_unflatten(gd, saved[0])
+        fns["outlined"] = lambda: fn_o(vals, statics_o)
+        fns["sg.unflatten"] = lambda: sg.unflatten(gd, st)
+        if lib == "nnx":
+            from flax import nnx
+
+            ngd, nstate = nnx.split(node)
+            fns["library"] = lambda: nnx.merge(ngd, nstate)
+        else:
+            import brainstate
+
+            bgd, bstate = brainstate.graph.flatten(node)
+            fns["library"] = lambda: brainstate.graph.unflatten(bgd, bstate)
+        fns["generic"] = lambda: sg.generic.unflatten(gd, st)
+        for name in ("unrolled", "outlined", "sg.unflatten"):  # the very structure and values
+            if name in fns:
+                out = sg.generic.flatten(fns[name]())
+                assert out[0] == gd and all(a is b for a, b in zip(out[1]._values, vals, strict=True))
+        entries = [_BG.Timing(k, f) for k, f in fns.items()]
+        _BG.run_interleaved(entries, 0.02, repeats)
+        us = {e.system: e.us for e in entries}
+        o = us["outlined"]
+        u = us.get("unrolled")
+        return (head + f" {u:.0f} |" if u is not None else head + " — |") + (
+            f" {o:.0f} (x{o / u:.2f}) |" if u is not None else f" {o:.0f} |") + (
+            f" {us['sg.unflatten']:.0f} | {us['library']:.0f} (x{us['library'] / o:.1f}) | "
+            f"{us['generic']:.0f} (x{us['generic'] / o:.1f}) |")
+    finally:
+        sg.configure(outline_min=saved[0], max_steps=saved[1])
+        sg.clear_cache()
+
+
+def main_foreign_unflatten(args: argparse.Namespace) -> int:
+    print("| structure | compile unrolled (ms) | compile default (ms) | specialized | outlined | "
+          "unrolled (us) | outlined (us, / unrolled) | sg.unflatten (us) | library (us, / outlined) | "
+          "generic (us, / outlined) |")
+    print("|---|---:|---:|---|---|---:|---:|---:|---:|---:|")
+    for lib, sizes in (("nnx", args.nnx), ("brainstate", args.brainstate)):
+        for n in sizes:
+            print(foreign_unflatten_row(lib, n, args.repeats, args.unrolled_max), flush=True)
+    for n in args.specialized_only:
+        print(foreign_unflatten_row("nnx", n, args.repeats, args.unrolled_max, timed=False), flush=True)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="*", default=[2, 4, 8, 16, 32, 64, 256])
@@ -274,6 +374,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for warm in (_nnx_mlp(2), _bst_mlp(2)):  # the adapters loaded, their first compiles made
             sg.flatten(warm)
             sg.flatten(warm)
+            sg.unflatten(*sg.flatten(warm))
+            sg.unflatten(*sg.flatten(warm))
+        if args.unflatten:
+            return main_foreign_unflatten(args)
         print("| structure | compile unrolled (ms) | compile default (ms) | specialized | sg.flatten (us) | "
               "tree_flatten (us) | library flatten (us) | sg.update (us) | library update (us) |")
         print("|---|---:|---:|---|---:|---:|---:|---:|---:|")
