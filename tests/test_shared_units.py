@@ -264,6 +264,34 @@ def test_the_table_holds_what_its_keys_name_by_id_until_it_drops_them(outlined: 
     assert id(fresh) == old_id or id(fresh) != old_id  # (either way: the unit is its own)
 
 
+class Holder(sg.Node):
+    """A node holding an array; its bound method is a static that reaches user data."""
+
+    def __init__(self) -> None:
+        self.w = sg.Param(np.ones((3,), np.float32))
+
+    def score(self, x: Any) -> Any:
+        return x
+
+
+def test_the_table_keeps_no_user_data_of_a_structure_gone(outlined: None) -> None:
+    """The table's entries hold program objects only: a static of the structure that
+    reaches user data (a bound method of a node with an array) is freed once the
+    structure is gone, while the units compiled for it stay and serve the next one."""
+    holder = Holder()
+    ref, array_ref = weakref.ref(holder), weakref.ref(holder.w)
+    node = attrs(3)
+    node.cb = holder.score  # beside the outlined Linears, held weakly by the cache key
+    _served(node)
+    assert sg.cache_info()["outlined_units"] > 0
+    del node, holder
+    gc.collect()
+    assert ref() is None and array_ref() is None
+    assert sg.cache_info()["outlined_units"] > 0
+    _served(attrs(4))
+    assert _units()[1] > 0  # the units of the structure gone, bound again
+
+
 def test_the_table_is_bounded(outlined: None, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(shared, "MAX_UNITS", 3)
     for act in range(5):

@@ -28,6 +28,19 @@ The key (:func:`unit_key`) is exact by construction:
 The table is a bounded LRU (:data:`MAX_UNITS`); ``clear_cache`` empties it and
 ``cache_info`` reports it. A unit's source stays in ``linecache`` while any of its
 functions lives (a variant that uses it, or this table).
+
+What an entry keeps alive, strongly and on purpose: the objects its key names by id()
+(``Unit.keep``), and the constants its functions bind as globals. None of them is user
+data. A static that can reach a node, a state or an array is held weakly by its
+structure's cache key (``_weakstatic``), one ``WeakStatic`` per occurrence, so no shape
+holding one is ever outlined; a structure whose dict keys, metadata or aux data reach
+user data is not compiled at all. What stays is program: classes, functions, enum
+members, small configuration objects, at most :data:`MAX_UNITS` entries' worth, until the
+LRU drops them or ``clear_cache``. Weak entries would buy nothing: the compiled functions
+compare with the very objects (``x is C0``), so no weak reference could see one die
+while its unit lives, short of a weak dereference in every guard on every call; and the
+table is for the structure that comes after another one is gone (a sweep of sizes, a
+model built again), which a strong entry serves.
 """
 
 from __future__ import annotations
