@@ -40,7 +40,7 @@ from typing import Any, cast
 
 from .. import _registry as reg
 from .._ir import ArrayConstant, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StateSpec, StaticEdge
-from .._sameness import VALUE_TYPES, is_value_sig, match_mode, value_sig
+from .._sameness import VALUE_TYPE_IDS, VALUE_TYPES, is_value_sig, match_mode, value_sig
 from .analysis import structure_memo
 from .classfacts import plain_metaclass
 
@@ -136,6 +136,8 @@ def _field_key(f: reg.Field, value: Any, equal: _EqualClasses) -> Any:
     t = type(value)
     if f.equal:
         return equal.of(value)
+    if value is None or t is bool:  # (what match_mode says of them: the very object)
+        return ("i", id(value))
     sig = value_sig(value)
     mode = match_mode(value, sig)
     if mode == "is":
@@ -186,7 +188,7 @@ def _node_key(spec: NodeSpec, equal: _EqualClasses, by_value: bool = True) -> An
         return ("i", id(spec))  # (not outlined: node_ok refuses it)
     if not by_value:
         return (spec.sig, len(spec.meta))
-    return (spec.sig, tuple(_field_key(f, v, equal) for f, v in zip(dn.fields, spec.meta, strict=True)))
+    return (spec.sig, tuple([_field_key(f, v, equal) for f, v in zip(dn.fields, spec.meta, strict=True)]))
 
 
 def _meta_key(spec: Any) -> Any:
@@ -196,8 +198,16 @@ def _meta_key(spec: Any) -> Any:
     meta = spec.metadata
     if not meta:
         return ()
-    if all(type(k) is str for k, _ in meta) and all(is_value_sig(s) for s in spec.metasig):
-        return ("s", meta, spec.metasig)
+    sigs = spec.metasig
+    for k, _ in meta:  # (loops, not all() of generators: run per state of a structure)
+        if type(k) is not str:
+            break
+    else:
+        for s in sigs:
+            if id(s) not in VALUE_TYPE_IDS and not is_value_sig(s):
+                break
+        else:
+            return ("s", meta, sigs)
     items = []
     for (k, v), s in zip(meta, spec.metasig, strict=True):
         t = type(v)
