@@ -10,7 +10,9 @@ outlined function): a fresh cache, two flattens of ``first``, two of ``second``;
 compile seconds the second structure paid (``sg.cache_info()["compile_seconds"]``, flatten
 and update), min of the repeats, with the outlined units shared across structures (as
 ``codegen/shared.py`` does) and with sharing off (every structure compiles its own units:
-``shared.lookup`` patched to miss), interleaved in one process. Prints one table; writes no
+``shared.lookup`` patched to miss), interleaved in one process. Last column: the compile
+seconds of the second structure's unflatten (after the first's; its outlined builders are
+not shared across structures yet: the baseline for doing so). Prints one table; writes no
 file. These are extra rows, not issue 12's bar rows.
 """
 
@@ -49,8 +51,9 @@ PAIRS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
 }
 
 
-def _second(first: Any, second: Any, share: bool) -> tuple[float, int, int]:
-    """Compile seconds the second structure paid; units compiled and reused for it."""
+def _second(first: Any, second: Any, share: bool) -> tuple[float, int, int, float]:
+    """Compile seconds the second structure paid; units compiled and reused for it; and
+    the compile seconds of its unflatten, after the first structure's."""
     lookup = shared.lookup
     if not share:
         shared.lookup = lambda key: None  # type: ignore[assignment]
@@ -63,11 +66,19 @@ def _second(first: Any, second: Any, share: bool) -> tuple[float, int, int]:
         sg.flatten(second)
         b = sg.cache_info()
         assert b["hits"] == 2, b
+        for obj in (first, second):  # the unflattens, in the same order
+            gd, state = sg.flatten(obj)
+            c = sg.cache_info()
+            sg.unflatten(gd, state)
+            sg.unflatten(gd, state)
+        d = sg.cache_info()
+        assert d["compiled_unflattens"] == 2 and d["unflatten_hits"] == 2, d
     finally:
         shared.lookup = lookup
     return (b["compile_seconds"] - a["compile_seconds"],
             b["outlined_units_compiled"] - a["outlined_units_compiled"],
-            b["outlined_units_reused"] - a["outlined_units_reused"])
+            b["outlined_units_reused"] - a["outlined_units_reused"],
+            d["compile_seconds"] - c["compile_seconds"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,20 +93,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     sg.flatten(models.build_mlp(_FAM, 2, 8))  # templates loaded: not timed
     print(f"compile ms of the second structure (flatten + update), min of {args.repeats}; "
           f"outline_min={sg.runtime.cache.CONFIG.outline_min}\n")
-    print("| structures | shared | not shared | units compiled / reused (shared) |")
-    print("|---|---:|---:|---|")
+    print("| structures | shared | not shared | units compiled / reused (shared) | unflatten, not shared |")
+    print("|---|---:|---:|---|---:|")
     for label, (make_first, make_second) in PAIRS.items():
         first, second = make_first(), make_second()
         best = {True: float("inf"), False: float("inf")}
+        unflat = float("inf")
         units = (0, 0)
         for _ in range(args.repeats):
             for share in (False, True):
-                secs, compiled, reused = _second(first, second, share)
+                secs, compiled, reused, usecs = _second(first, second, share)
                 best[share] = min(best[share], secs)
+                unflat = min(unflat, usecs)
                 if share:
                     units = (compiled, reused)
-        print(f"| {label} | {best[True] * 1e3:.1f} | {best[False] * 1e3:.1f} | {units[0]} / {units[1]} |",
-              flush=True)
+        print(f"| {label} | {best[True] * 1e3:.1f} | {best[False] * 1e3:.1f} | {units[0]} / {units[1]} "
+              f"| {unflat * 1e3:.1f} |", flush=True)
     sg.clear_cache()
     return 0
 
