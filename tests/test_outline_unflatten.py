@@ -13,7 +13,7 @@ DESIGN allows (equal means indistinguishable for them).
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -387,3 +387,142 @@ def test_foreign_classes_are_outlined_with_the_calls_contexts_passed_in(outlined
     gd, st_ = sg.flatten(b)
     unflatten_served(gd, st_)
     assert "# 4 of one shape" in _source(gd) and _source(gd).count("ctx0 = ") == 1
+
+
+# -- hooks a class gains after compilation: outlined code builds in another order ---------
+
+
+class Tap(sg.Param):  # type: ignore[type-arg]
+    """A Param class that gains a ``__setattr__`` (or a ``value`` property) after compilation."""
+
+    __slots__ = ()
+
+
+class Cell(sg.Node):
+    def __init__(self, i: int, foreign: Any = None) -> None:
+        self.t = Tap(np.float32(i))
+        if foreign is not None:
+            self.f = foreign
+
+
+class DictCell(Cell):
+    """Filled through ``__dict__`` (a class attribute named like a key: no attribute stores)."""
+
+    t = None
+
+
+class DictBox(Box):
+    cells = None  # (as DictCell)
+
+
+class OwnHook(sg.Node):
+    """A node class with a ``__getattribute__`` of its own: outlined code would run it out
+    of order, so its structures are built in table order (unrolled)."""
+
+    log: ClassVar[list[int]] = []
+
+    def __init__(self, i: int = 0, cells: int = 0) -> None:
+        self.t = sg.Param(np.float32(i))
+        if cells:
+            self.cells = [OwnHook(i) for i in range(cells)]
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "__dict__":
+            OwnHook.log.append(id(self))
+        return object.__getattribute__(self, name)
+
+
+def _hooked_model(kind: str) -> Any:
+    """A list of one shape, then a ``Tap`` after it (the reference makes that one last)."""
+    if kind == "builtin":
+        return Box(cells=[Cell(i) for i in range(3)], z=Tap(np.float32(9)))
+    if kind == "builtin through __dict__":
+        return DictBox(cells=[DictCell(i) for i in range(3)], z=Tap(np.float32(9)))
+    nnx = pytest.importorskip("flax.nnx")
+    if kind == "builtin nodes of NNX Params":
+        return Box(cells=[Cell(i, nnx.Param(np.ones(2, np.float32))) for i in range(3)], z=Tap(np.float32(9)))
+
+    class Holder(nnx.Module):
+        def __init__(self, i: int) -> None:
+            self.p = nnx.Param(np.ones(2, np.float32))
+            self.t = nnx.data(Tap(np.float32(i)))
+
+    class Top(nnx.Module):
+        def __init__(self) -> None:
+            self.cells = nnx.List([Holder(i) for i in range(3)])
+            self.z = nnx.data(Tap(np.float32(9)))
+
+    return Top()
+
+
+def _hook(hook: str, log: list[Any], nodes: list[type]) -> Any:
+    """Install ``hook`` (logging what it sees; a node hook on each of ``nodes``); return its undo."""
+    if hook == "state __setattr__":
+        def __setattr__(self: Any, name: str, value: Any) -> None:
+            log.append((name, float(value) if name == "value" else None))
+            object.__setattr__(self, name, value)
+
+        Tap.__setattr__ = __setattr__  # type: ignore[method-assign,assignment]
+        return lambda: delattr(Tap, "__setattr__")
+    if hook == "state value property":
+        slot = vars(sg.State)["value"]
+
+        def put(self: Any, value: Any) -> None:
+            log.append(("value", float(value)))
+            slot.__set__(self, value)
+
+        Tap.value = property(slot.__get__, put)  # type: ignore[assignment]
+        return lambda: delattr(Tap, "value")
+
+    def __getattribute__(self: Any, name: str) -> Any:
+        if name == "__dict__":
+            log.append(type(self).__name__)
+        return object.__getattribute__(self, name)
+
+    for t in nodes:
+        t.__getattribute__ = __getattribute__  # type: ignore[method-assign]
+    return lambda: [delattr(t, "__getattribute__") for t in nodes]
+
+
+@pytest.mark.parametrize("kind", ["builtin", "builtin through __dict__", "builtin nodes of NNX Params",
+                                  "NNX"])
+@pytest.mark.parametrize("hook", ["state __setattr__", "state value property", "node __getattribute__"])
+def test_a_hook_gained_after_compilation_runs_in_the_reference_order(outlined: None, kind: str,
+                                                                     hook: str) -> None:
+    """An outlined unflatten builds a repeated subtree where it is used, not in table order:
+    that is unobservable only while the build runs no user code, read at compile time.
+    A ``__setattr__`` or ``value`` property a State class gains afterwards (or a
+    ``__getattribute__`` on a node class filled through ``__dict__``) would run in another
+    order than the reference's: a class miss, answered by the reference."""
+    m = _hooked_model(kind)
+    gd, st_ = sg.flatten(m)
+    unflatten_served(gd, st_)
+    built = dispatch._unflat[gd]
+    assert built.plan.shape_fns or built.plan.loops  # outlined
+    log: list[Any] = []
+    undo = _hook(hook, log, list({type(x): None for _, x in sg.iter_node(m) if type(x) not in (list, dict)}))
+    try:
+        out = sg.unflatten(gd, st_)
+        got = list(log)
+        log.clear()
+        ref = sg.generic.unflatten(gd, st_)
+        want = list(log)
+    finally:
+        undo()
+    assert want and got == want
+    assert_same_flatten(sg.generic.flatten(out), sg.generic.flatten(ref))
+
+
+def test_a_node_class_with_its_own_getattribute_is_built_in_table_order(outlined: None) -> None:
+    m = OwnHook(9, cells=3)
+    gd, st_ = sg.flatten(m)
+    unflatten_served(gd, st_)
+    built = dispatch._unflat[gd]
+    assert not built.plan.shape_fns and not built.plan.loops  # unrolled: the reference's order
+    orders = []
+    for unflatten in (sg.unflatten, sg.generic.unflatten):
+        OwnHook.log.clear()
+        out = unflatten(gd, st_)
+        where = {id(out): "root", **{id(c): i for i, c in enumerate(out.cells)}}
+        orders.append([where[x] for x in OwnHook.log if x in where])
+    assert orders[0] == orders[1] == ["root", 0, 1, 2]

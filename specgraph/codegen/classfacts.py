@@ -27,6 +27,7 @@ __all__ = [
     "plain_containers",
     "plain_metaclass",
     "flatten_runs_no_user_code",
+    "own_state_classes",
     "unflatten_order_free",
     "unflatten_runs_no_user_code",
 ]
@@ -61,10 +62,10 @@ def defines(t: type, name: str) -> bool:
 
 def _own_value_or_metadata(t: type) -> bool:
     """A state subclass defines its own ``value`` or ``_metadata`` (a property, say)."""
-    return any("value" in vars(k) or "_metadata" in vars(k) for k in _own_state_classes(t))
+    return any("value" in vars(k) or "_metadata" in vars(k) for k in own_state_classes(t))
 
 
-def _own_state_classes(t: type) -> list[type]:
+def own_state_classes(t: type) -> list[type]:
     """The classes of a state type's MRO before ``State`` (whose slots are ours)."""
     from .._model import State
 
@@ -249,12 +250,14 @@ def unflatten_runs_no_user_code(gd: GraphDef, impls: dict[int, Any]) -> bool:
     return plain_containers(gd)
 
 
-def unflatten_order_free(gd: GraphDef, impls: dict[int, Any]) -> bool:
+def unflatten_order_free(gd: GraphDef, impls: dict[int, Any], no_user_code: bool | None = None) -> bool:
     """The order a generated unflatten makes this structure's objects in is not observable
     (read at compile time): then outlined code may build a repeated subtree where it is
     used, bottom-up, instead of in table order as the reference does.
 
-    :func:`unflatten_runs_no_user_code`, or, for foreign classes, what their generated
+    :func:`unflatten_runs_no_user_code` (``no_user_code``: its answer, if known) and no
+    node class with a ``__getattribute__`` of its own (run where a node's ``__dict__`` is
+    filled), or, for foreign classes, what their generated
     code runs is the library adapter's own: a dict-backed node class (NNX Pytrees,
     BrainState Nodes) made by ``object.__new__`` with its bookkeeping from the metadata or
     from factories of the adapter (``specgraph.*`` functions or ``operator`` callables: no
@@ -262,10 +265,15 @@ def unflatten_order_free(gd: GraphDef, impls: dict[int, Any]) -> bool:
     guarded per call by the planner); a foreign state with a layout (NNX Variables, BrainState
     States), made by ``object.__new__`` and slot or ``__dict__`` stores of its own copy of
     the metadata, whose names are exact str (hashed by the copy: no user ``__hash__``).
-    Each distinct class is read once.
+    Each distinct class is read once. What it reads is guarded per call by the planner
+    where outlined code relies on it (a ``__getattribute__``, a state's ``__setattr__``,
+    ``value`` or ``_metadata`` gained later would run in another order than the reference's).
     """
-    if unflatten_runs_no_user_code(gd, impls):
-        return True
+    if no_user_code is None:
+        no_user_code = unflatten_runs_no_user_code(gd, impls)
+    if no_user_code:
+        nodes = {id(spec.type): spec.type for spec in gd.table if type(spec) is NodeSpec}
+        return not any(defines(t, "__getattribute__") for t in nodes.values())
     passed: set[tuple[int, bool]] = set()
     for spec in gd.table:
         t = spec.type

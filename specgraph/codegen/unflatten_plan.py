@@ -41,6 +41,7 @@ from .classfacts import (
     ClassFacts,
     attribute_stores_ok,
     defines,
+    own_state_classes,
     unflatten_order_free,
     unflatten_runs_no_user_code,
 )
@@ -225,7 +226,7 @@ class UnflattenPlanner:
         # run only their adapter's code (unflatten_order_free): an outlined subtree is built
         # bottom-up where it is used.
         self.attrs_ok = unflatten_runs_no_user_code(gd, self.impls)
-        order_free = outline_min > 0 and (self.attrs_ok or unflatten_order_free(gd, self.impls))
+        order_free = outline_min > 0 and unflatten_order_free(gd, self.impls, self.attrs_ok)
         outline = outline_min if order_free else 0
         # Shapes by structure only: statics and metadata are read per occurrence anyway.
         # Foreign classes too: their per-call contexts are passed in (see _context).
@@ -595,6 +596,12 @@ class UnflattenPlanner:
             self.facts.require_absent(t, ("__new__",))
         else:
             op = "new_via_type"
+        if self.shapes or self.chains:
+            # Outlined: states are made where their subtree is used, not in table order,
+            # which the stores below keep unobservable while they run no user code (read
+            # at compile time): no class gains a __setattr__, nor a value/_metadata of its own.
+            self.facts.require_absent(t, ("__setattr__",))
+            self.facts.require_absent(t, ("_metadata", "value"), classes=own_state_classes(t))
         dst = self._obj(spec.index)
         self.steps.append(Step(op, dst=dst, cls=self.consts.bind(t, "T")))
         if spec.metadata:
@@ -655,6 +662,8 @@ class UnflattenPlanner:
             return
         keys = [self._key(k, self._spec(i), "keys", j) for j, k in enumerate(spec.keys)]
         if impl.is_builtin_node:
+            if self.shapes or self.chains:  # outlined: filled out of table order (see _new_state)
+                self.facts.require_absent(spec.type, ("__getattribute__",))
             self.steps.append(Step("fill_dict", obj=obj, pairs=list(zip(keys, values, strict=True))))
         else:
             setter = self.consts.bind(impl.set_key, "F")
