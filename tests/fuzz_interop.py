@@ -15,6 +15,15 @@ Three model families, mutated between calls:
   retyped.
 - **callback nodes** (``register_graph_node_type``) inside ``sg.Node`` models: keys of
   mixed kinds, metadata changed, items reordered (an impure flatten).
+- **layers** (for the outlined unflatten of NNX classes, with ``--outline-min 2``): an
+  ``nnx.List`` of one block (a Param whose metadata value differs per layer: equal but
+  distinguishable ones, a value equal only by value, a second Variable of a per-case type,
+  a static per layer), nested lists of it, a lone block and a head. Mutations: one layer's
+  metadata value or name, its Variable's type, its static, swaps, append / pop, a Variable
+  tied across layers, one block at two places, a flipped ``_is_setup``, another layer class.
+  Each unflatten is compared object by object with the reference's (attributes, the
+  GraphDef's very metadata and statics, one TraceState per call), also for a twin GraphDef
+  (a deep copy's: equal, its own metadata objects) served by the same code.
 
 Each call is checked against the reference walker (``specgraph.generic``, or the public
 function with the specializer off) and, where there is one, the peer's own function:
@@ -36,6 +45,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import random
 import sys
 from collections.abc import Callable, Iterator
@@ -701,6 +711,138 @@ def run_cb_case(seed: int, steps: int, tally: Tally) -> None:
             check_epoch(h, tally)
 
 
+# -- layers: long lists of one (mostly) repeated NNX / BrainState block -------------------------
+
+
+class Block(nnx.Module):
+    """One layer of a ``layers`` model: a Variable with metadata of its own per layer, a
+    second Variable of a per-case type, a static of its own per layer."""
+
+    def __init__(self, rng: random.Random, i: int, second: type) -> None:
+        self.w = nnx.Param(jnp.full((W,), float(i)), note=_meta_value(rng))
+        self.s = second(jnp.zeros((1,)) + i)
+        self.i = rng.choice([i, float(i), str(i), None])
+
+
+class Note:
+    """A metadata value equal by value: a deep copy is equal but another object."""
+
+    def __init__(self, x: Any) -> None:
+        self.x = x
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Note and other.x == self.x
+
+    def __hash__(self) -> int:
+        return hash(self.x)
+
+
+def _meta_value(rng: random.Random) -> Any:
+    """A metadata value: equal but distinguishable ones, a tuple, one equal by value only."""
+    return rng.choice([1, 1.0, True, 0.0, -0.0, "a", SKey("a"), (1, "x"), None, frozenset({2}),
+                       Note(rng.randrange(3))])
+
+
+class LModel(nnx.Module):
+    """Lists of one block shape (a loop), nested lists, a lone block and a Linear head (one
+    builder call each), for the outlined unflatten of NNX classes."""
+
+    def __init__(self, rng: random.Random) -> None:
+        second = rng.choice([nnx.Param, nnx.BatchStat, Tagged])
+        self.second = second
+        self.layers = nnx.List([Block(rng, i, second) for i in range(rng.randint(2, 9))])
+        self.grid = nnx.List([nnx.List([Block(rng, 10 * r + c, second) for c in range(2)])
+                              for r in range(rng.randint(0, 3))])
+        self.lone = Block(rng, 99, second)
+        self.head = nnx.Linear(W, 1, rngs=nnx.Rngs(rng.randrange(100)))
+
+
+def mutate_layers(rng: random.Random, m: LModel) -> str:
+    what = rng.choice(["metadata", "metadata_key", "replace_type", "static", "swap", "append", "pop",
+                       "tie", "share", "setup", "other_block", "none"])
+    layers = m.layers
+    k = rng.randrange(len(layers))
+    if type(layers[k]) is not Block and what in ("metadata", "metadata_key", "replace_type", "static"):
+        layers[k] = Block(rng, k, m.second)  # (another shape's layer: a Block again)
+        return "other_block"
+    if what == "metadata":  # per-occurrence metadata values: the same shape
+        layers[k].w.set_metadata(note=_meta_value(rng))
+    elif what == "metadata_key":  # another metadata name: another shape
+        layers[k].w.set_metadata(extra=_meta_value(rng))
+    elif what == "replace_type":
+        old = layers[k].s
+        t = rng.choice([nnx.Param, nnx.BatchStat, Tagged])
+        layers[k].s = t(old.get_raw_value())
+    elif what == "static":
+        layers[k].i = rng.choice([k, float(k), True, None, "s"])
+    elif what == "swap" and len(layers) > 1:
+        i, j = rng.sample(range(len(layers)), 2)
+        layers[i], layers[j] = layers[j], layers[i]
+    elif what == "append" and len(layers) < 12:
+        layers.append(Block(rng, len(layers), m.second))
+    elif what == "pop" and len(layers) > 2:
+        layers.pop()
+    elif what == "tie" and len(layers) > 1:
+        i, j = rng.sample(range(len(layers)), 2)
+        if type(layers[i]) is Block and type(layers[j]) is Block:
+            layers[j].w = layers[i].w
+    elif what == "share" and len(layers) > 1:  # one block at two places
+        i, j = rng.sample(range(len(layers)), 2)
+        layers[j] = layers[i]
+    elif what == "setup":
+        ps = vars(layers[k])["_pytree__state"]  # (on every place a shared block sits)
+        ps._is_setup = not ps._is_setup
+    elif what == "other_block":
+        layers[k] = nnx.Linear(W, W, rngs=nnx.Rngs(k))
+    return what
+
+
+def check_layers_step(m: LModel, seed: int, tally: Tally) -> None:
+    flat = check_flatten(m, tally, _vars_snapshot)
+    if flat is None:
+        return
+    gd, sm = flat
+    new = check_unflatten(gd, sm, tally)
+    _same_foreign_internals(new, sg.generic.unflatten(gd, sm))
+    assert nnx.graphdef(new) == nnx.graphdef(m)
+    _same_values(new, m)
+    # the rebuilt model is NNX's own: mutated, split, flattened again, as the reference's
+    if type(new.layers[0]) is Block:
+        new.layers[0].w[...] = new.layers[0].w[...] + 1
+    assert_flat = check_flatten(new, tally, _vars_snapshot)
+    assert assert_flat is not None
+    # a twin GraphDef (equal, its own metadata and static objects) served by the same code
+    twin_gd = sg.generic.flatten(copy.deepcopy(m))[0]  # equal, its own metadata objects
+    if twin_gd == gd and dispatch._unflat.get(gd) is not None:
+        hits = sg.cache_info()["unflatten_hits"]
+        with served(tally, "unflatten"):
+            out = sg.unflatten(twin_gd, sm)
+        if sg.cache_info()["unflatten_hits"] > hits:
+            tally.add("layers_twin_graphdef_served")
+        _same_foreign_internals(out, sg.generic.unflatten(twin_gd, sm))
+    check_update(m, gd, sm, tally, _vars_snapshot)
+    tally.add("layers_steps_checked")
+
+
+def _same_foreign_internals(out: Any, ref: Any) -> None:
+    """What test_outline_foreign checks of an outlined unflatten: per object the reference's
+    attributes (statics and metadata the GraphDef's very objects), one TraceState per call."""
+    from test_outline_foreign import _same_internals
+
+    _same_internals(out, ref)
+
+
+def run_layers_case(seed: int, steps: int, tally: Tally) -> None:
+    rng = random.Random(seed)
+    m = LModel(rng)
+    check_layers_step(m, seed, tally)
+    for _ in range(steps):
+        tally.add("layers_mutation_" + mutate_layers(rng, m))
+        check_layers_step(m, seed, tally)
+        if rng.random() < 0.15:
+            check_epoch(m, tally)
+
+
 # -- driver -----------------------------------------------------------------------------------
 
 
@@ -709,7 +851,7 @@ def fuzz(cases: int, seed: int, steps: int = 6, families: str = "nnx,bst,cb",
     """Run ``cases`` random models per family, ``steps`` mutations each; the tally.
     ``outline_min``: the specializer's (2: every repeated substructure outlined)."""
     tally = Tally()
-    runners = {"nnx": run_nnx_case, "bst": run_bst_case, "cb": run_cb_case}
+    runners = {"nnx": run_nnx_case, "bst": run_bst_case, "cb": run_cb_case, "layers": run_layers_case}
     sg.clear_cache()
     saved = (dispatch.CONFIG.threshold, sg.runtime.cache.CONFIG.max_variants, dispatch.CONFIG.outline_min)
     sg.configure(threshold=1, max_variants=64, outline_min=outline_min)  # served from the first call on

@@ -41,3 +41,15 @@ def test_interop_fuzz_with_every_repeated_substructure_outlined() -> None:
     assert counts["flatten_hits"] * 3 >= counts["flatten_calls"], counts
     assert counts["flatten_outlined_hits"] > 0, counts
     assert counts["unflatten_outlined_hits"] > 0, counts  # builders and loops, contexts passed in
+
+
+def test_interop_fuzz_of_long_layer_lists_is_served_by_the_outlined_unflatten() -> None:
+    """Lists of one NNX block (per-layer metadata values and statics, a second Variable of a
+    per-case type, nested lists), mutated one layer at a time (metadata, types, ties, shared
+    blocks, swaps): with ``outline_min=2`` the unflatten is outlined builders and loops, and
+    builds what the reference builds (every object's attributes, the GraphDef's very
+    metadata objects, one TraceState per call), for a twin GraphDef too."""
+    counts = fuzz(cases=2, seed=3, families="layers", outline_min=2)
+    assert counts["layers_steps_checked"] >= 10, counts
+    assert counts["unflatten_outlined_hits"] >= counts["layers_steps_checked"] // 2, counts
+    assert counts["layers_twin_graphdef_served"] > 0, counts
