@@ -114,6 +114,50 @@ class Link(sg.Node):
         self.tag = tag
 
 
+class CbLin:
+    """A layer registered with callbacks (``register_graph_node_type``): its registered
+    flatten is user code, called per occurrence by outlined code too. Its children are the
+    attributes not starting with ``_``; ``_meta`` is its metadata, ``_rev`` turns its key
+    order around (the callback's answer changes for one occurrence)."""
+
+    def __init__(self, seed: float, act: Any = "relu") -> None:
+        self.w = sg.Param(np.full((2,), seed, np.float32))
+        self.b = sg.Param(np.full((1,), seed, np.float32))
+        self.act = act
+        self._meta: Any = ("cb", 1)
+        self._rev = False
+
+
+def _cb_flatten(x: CbLin) -> tuple[list[tuple[str, Any]], Any]:
+    d = vars(x)
+    keys = sorted((k for k in d if not k.startswith("_")), reverse=bool(d.get("_rev")))
+    return [(k, d[k]) for k in keys], (d.get("_meta"), bool(d.get("_rev")))  # (a rebuild keeps both)
+
+
+def _cb_empty(meta: Any) -> CbLin:
+    x = object.__new__(CbLin)
+    x._meta, x._rev = meta
+    return x
+
+
+def _cb_clear(x: CbLin) -> None:
+    for k in [k for k in vars(x) if not k.startswith("_")]:
+        del vars(x)[k]
+
+
+sg.register_graph_node_type(CbLin, _cb_flatten, lambda x, k, v: vars(x).__setitem__(k, v),
+                            lambda x, k: vars(x).pop(k), _cb_empty, _cb_clear)
+
+
+class ALin(sg.Node):
+    """A layer of bare arrays (no State): an attribute, in a list, in a dict."""
+
+    def __init__(self, seed: float) -> None:
+        self.w = np.full((2,), seed, np.float32)
+        self.b = [np.full((1,), seed, np.float32), 2]
+        self.d = {"g": np.full((1,), seed, np.float32)}
+
+
 class Link2(sg.Node):
     """Another class with Link's attributes (a chain link's class changed)."""
 
@@ -306,8 +350,25 @@ def build(rng: random.Random, deep: bool) -> Box:
     m.deep = [Lin(0.5, act)]
     for _ in range(rng.choice([1, 2, 30, 400])):  # a list in a list in a list ...
         m.deep = [m.deep, Lin(0.25, act)]
+    m.nest = []  # a chain of nested containers holding states (a loop over the links)
+    for i in range(rng.choice([1, 2, 5, 50, 300] + ([10000] if deep else []))):
+        m.nest = [m.nest, sg.Param(np.full((1,), i, np.float32))] if rng.random() < 0.97 or i < 2 \
+            else (m.nest, sg.Param(np.ones(1, np.float32)))  # (now and then a tuple: two chains)
     m.arr = np.ones(1, np.float32)
     m.k = plain(rng)
+    if rng.random() < 0.5:  # callback layers: a list of them (a loop), attributes (calls)
+        m.cbs = [CbLin(float(i), act) for i in range(rng.randint(2, 6))]
+        m.cb0, m.cb1 = CbLin(1.5, act), CbLin(2.5, act)
+    if rng.random() < 0.3:  # one callback node elsewhere: the rest stays outlined
+        m.cb = CbLin(9.0, act)
+    if rng.random() < 0.5:  # layers of bare arrays: a list of them, attributes
+        m.alayers = [ALin(float(i)) for i in range(rng.randint(2, 6))]
+        m.aa, m.ab = ALin(1.5), ALin(2.5)
+        if rng.random() < 0.3:
+            cb = CbLin(3.0, act)
+            cb.arr = np.ones(2, np.float32)  # held by a callback node: written back with set_key
+            m.cbs2 = [cb, CbLin(4.0, act)]
+            m.cbs2[1].arr = np.zeros(2, np.float32)
     if rng.random() < 0.3:
         m.meta = Lin(7.0, act, {"kind": plain(rng)})
     return m
@@ -326,6 +387,33 @@ def lins(m: Box) -> list[Lin]:
     out += [x for row in m.nested for x in row if type(x) is Lin]
     out += [x for x in m.ints.values() if type(x) is Lin]
     return out
+
+
+def cblins(m: Box) -> list[CbLin]:
+    d = vars(m)
+    out = [x for x in d.get("cbs", []) if type(x) is CbLin]
+    return out + [d[k] for k in ("cb0", "cb1", "cb") if type(d.get(k)) is CbLin]
+
+
+def mutate_cb(rng: random.Random, x: CbLin) -> None:
+    """One callback layer changed: its answer (a key, the count, the order, the metadata)
+    or what it holds."""
+    how = rng.choice(["rename", "extra", "meta", "rev", "state", "state_type", "static"])
+    d = vars(x)
+    if how == "rename" and "w" in d:
+        d["w2"] = d.pop("w")
+    elif how == "extra":
+        d[rng.choice(["a", "zz", "w3"])] = rng.choice([1, sg.Param(np.ones(1, np.float32))])
+    elif how == "meta":
+        x._meta = rng.choice([("cb", 1), ("cb", 1.0), ("cb", True), ("cb", 2), None, MARKERS[0]])
+    elif how == "rev":
+        x._rev = not x._rev
+    elif how == "state" and isinstance(d.get("w"), sg.State):
+        x.w = sg.Param(np.asarray(x.w.value) + 1)
+    elif how == "state_type" and isinstance(d.get("b"), sg.State):
+        x.b = Buffer(x.b.value) if type(x.b) is sg.Param else sg.Param(x.b.value)
+    elif how == "static":
+        x.act = variant(rng, d.get("act"))
 
 
 def links(m: Box) -> list[Any]:
@@ -351,7 +439,7 @@ def mutate(rng: random.Random, m: Box) -> str:
                        "tie", "share_node", "cycle", "chain_class", "chain_static", "epoch", "grow",
                        "shrink", "nested_grow", "dict_key", "none", "restore", "reaching", "eq_state",
                        "class_hook", "dup_item", "reconfigure", "chains", "share_empty",
-                       "dict_order", "heads", "dict_type"])
+                       "dict_order", "heads", "dict_type", "cb", "cb", "cb_share", "nest", "arr", "arr"])
     ls = lins(m)
     occ = rng.choice(ls) if ls else None
     if what == "state" and occ is not None:
@@ -459,6 +547,47 @@ def mutate(rng: random.Random, m: Box) -> str:
     elif what == "dict_type" and occ is not None:  # one occurrence's __dict__ a dict subclass
         occ.__dict__ = collections.OrderedDict(dict.items(vars(occ))) if type(vars(occ)) is dict \
             else dict(dict.items(vars(occ)))
+    elif what == "nest":  # one link of the nested containers changed
+        links_ = []
+        x = vars(m).get("nest")
+        while type(x) is list and len(x) == 2:
+            links_.append(x)
+            x = x[0]
+        if links_:
+            link = rng.choice(links_)
+            how = rng.choice(["state_type", "longer", "tie", "static", "shorter"])
+            if how == "state_type" and isinstance(link[1], sg.State):
+                link[1] = Buffer(link[1].value)
+            elif how == "longer":
+                link.append(plain(rng))
+            elif how == "tie":
+                link[1] = rng.choice(links_)[1]
+            elif how == "static":
+                link[1] = plain(rng)
+            else:
+                link[0] = []
+    elif what == "arr" and "alayers" in vars(m):  # one array layer changed, or a list shared
+        al = [*m.alayers, m.aa, m.ab]
+        x = rng.choice(al)
+        # (a list reached from two places is written twice: test_outline_callback.py checks
+        # that against the reference on a twin built alike; a rebuilt twin has two lists)
+        how = rng.choice(["state", "number", "longer", "dict"])
+        if how == "state":
+            x.w = sg.Param(x.w)
+        elif how == "number" and type(x.b) is list and x.b:
+            x.b[0] = 1.5
+        elif how == "longer" and type(x.b) is list:
+            x.b.append(np.ones(1, np.float32))
+        else:
+            x.d = {"h": np.ones(1, np.float32)}
+    elif what == "cb" and cblins(m):  # one callback layer's answer or contents
+        mutate_cb(rng, rng.choice(cblins(m)))
+    elif what == "cb_share" and len(cblins(m)) >= 2:  # a weight tied, or one layer twice
+        a, b = rng.sample(cblins(m), 2)
+        if rng.random() < 0.5 and "w" in vars(b):
+            a.w = b.w
+        elif "cbs" in vars(m):
+            m.cbs[rng.randrange(len(m.cbs))] = a
     elif what == "restore" and occ is not None:  # undo a hostile static (serve again)
         occ.act = plain(rng)
     return what
@@ -482,7 +611,7 @@ def _objects(root: Any) -> list[Any]:
         x = stack.pop()
         if id(x) in seen:
             continue
-        if isinstance(x, sg.Node | Fresh):
+        if isinstance(x, sg.Node | Fresh | CbLin):
             seen[id(x)] = x
             stack.extend(dict.values(vars(x)))
         elif isinstance(x, sg.State):
@@ -502,7 +631,7 @@ def snapshot(root: Any) -> list[tuple[Any, ...]]:
     for x in _objects(root):
         if isinstance(x, sg.State):
             out.append((id(x), type(x), x._metadata, id(x.value)))
-        elif isinstance(x, sg.Node | Fresh):
+        elif isinstance(x, sg.Node | Fresh | CbLin):
             out.append((id(x), type(x), type(vars(x)), [(k, id(v)) for k, v in dict.items(vars(x))]))
         elif type(x) is dict:
             out.append((id(x), [(k, id(v)) for k, v in x.items()]))
@@ -635,7 +764,7 @@ def twin(root: Any) -> Any:
             return memo[id(x)]
         if isinstance(x, sg.State):
             new: Any = type(x)(x.value, **{k: fresh(v) for k, v in x.metadata.items()})
-        elif isinstance(x, sg.Node | Fresh):
+        elif isinstance(x, sg.Node | Fresh | CbLin):
             new = object.__new__(type(x))
         elif type(x) is list:
             new = []
@@ -654,7 +783,7 @@ def twin(root: Any) -> Any:
     out = copy(root)
     while todo:
         x, new = todo.pop()
-        if isinstance(x, sg.Node | Fresh):
+        if isinstance(x, sg.Node | Fresh | CbLin):
             for k, v in dict.items(vars(x)):
                 vars(new)[k] = copy(v)
         elif type(x) is list:

@@ -36,7 +36,7 @@ DUMMY: dict[str, Any] = {
     "stop": ("", 4), "reverse": False, "src": "s1", "targets": ["x4", "x5"], "sources": ["q1", "q1"],
     "counters": [("a1", ("", 0), 2)], "item": "x1", "tuple": False, "links": "r1", "head": "x1",
     "tail": "x2", "nxt": "x2", "objs": "F2", "vals": None,
-    "checks": [], "keys": "KS0", "types": ["T0"], "contexts": ["ctx0"],
+    "checks": [], "keys": "KS0", "types": ["T0"], "contexts": ["ctx0"], "kept": None,
 }
 
 #: The update's checks (before any write), rendered with the update's writes; its token

@@ -35,7 +35,7 @@ from .foreign_plan import ForeignPlanning
 from .naming import Constants, Item, Literal, Operand, Splice, StateValue, path_label, safe_name, static_note
 from .ops import GUARD_KINDS, Step
 from .planning import Declined, FlattenPlan, RunEdge, ShapeFn, Work
-from .shapes import Chain, Shape, edge_refs, find_chains, find_shapes
+from .shapes import Chain, Shape, edge_refs, find_chains, find_container_chains, find_shapes
 
 _spec_type = itemgetter(1)  # a table entry's class (NodeSpec.type, StateSpec.type)
 
@@ -90,21 +90,30 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         # reachable twice).
         self.nearest: dict[Operand, int] = {"root": len(gd.table)}
         # Repeated self-contained subtrees: one function per shape (see shapes.py).
-        self.shapes = find_shapes(gd, outline_min if self.no_user_code else 0, self.witnessed,
-                                  self.shared_types, foreign=True)
+        # (With user code (a callback node type's flatten, a property) no node is witnessed
+        # and values are read in order: an outlined function reads its occurrence exactly as
+        # the unrolled code would, so outlining does not depend on it.)
+        self.shapes = find_shapes(gd, outline_min, self.witnessed,
+                                  self.shared_types, foreign=True, flatten_only=True)
         self.shape_fns: list[ShapeFn] = []
         self._where: dict[int, list[str]] = {}  # shape -> where its first few calls are
         self._listed: dict[int, int] = {}  # shape -> the occurrences those places hold
         self._planning: Shape | None = None  # the shape whose function is being planned
         # Chains of nested nodes of one link shape: a loop (see shapes.find_chains).
         self.chains = find_chains(gd, max(2, outline_min), self.witnessed, self.shared_types, self.shapes) \
-            if outline_min > 0 and self.no_user_code else {}
+            if outline_min > 0 else {}
+        # Chains of nested containers of one link shape (``x = [x, State(...)]``): a loop too.
+        self.container_chains = find_container_chains(
+            gd, max(2, outline_min), self.witnessed, self.shared_types, self.shapes
+        ) if outline_min > 0 else {}
+        self._rec_edge: Any = None  # planning a container chain's link: the next link's edge
         self._rec = -1  # planning a chain's link: the next link's index, not planned
         self._rec_local: Operand = ""  # and the local that holds it
         self._looped = False  # a chain loop was planned
         self._done_steps = 0  # steps planned into outlined functions and chain loops so far
         self._inline = 0  # planning a loop's body: its occurrences of outlined shapes are unrolled
         self._planned: set[int] = set()  # shapes whose functions are planned
+        self._reloads: set[str] = set()  # outlined functions whose guards call user code (kept)
         self.loops: list[str] = []  # loops over lists of one shape, for explain
 
     def plan(self) -> FlattenPlan:
@@ -148,7 +157,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             token=self.token_step,
         )
 
-    def _run(self, stack: list[Work], skip: int) -> None:
+    def _run(self, stack: list[Work], skip: Any) -> None:
         """Plan the work items in pre-order (``skip``: the node whose own shape is being
         planned is expanded, not called)."""
         visit: dict[type, Callable[[Work], list[Work]]] = {
@@ -157,14 +166,18 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         }
         shape_of = self.shapes.shape_of
         chains = self.chains if self._planning is None else {}
+        cchains = self.container_chains if self._planning is None else {}
         while stack:
             if len(self.steps) + self._done_steps > self.max_steps:
                 # (Generated code, not nodes: repeated substructures are one function or loop.)
                 raise Declined(f"structure too large (more than {self.max_steps} steps of generated code)")
             work = stack.pop()
             k = type(work.edge)
-            if k is NodeEdge and work.edge.index == self._rec:  # a chain's next link: the loop's
-                self._rec_local = work.obj
+            if (k is NodeEdge and work.edge.index == self._rec) or work.edge is self._rec_edge:
+                self._rec_local = work.obj  # a chain's next link: the loop's
+                continue
+            if k is PytreeEdge and cchains and id(work.edge) in cchains and work.edge is not skip:
+                stack.append(self._chain(work, cchains[id(work.edge)]))
                 continue
             if (k is NodeEdge or k is StateEdge) and work.edge.index in self.local_of:
                 self._backref(work)
@@ -209,6 +222,11 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                 self._run([Work(NodeEdge(rep), "root", None, None, "", False)], rep)
                 checks = self._occurrence_checks(shape.type_name)
                 lo = self.shapes.slot_lo[rep]
+                # Its array writes, in the reference's order (node by node in table order):
+                # the occurrence's nodes are consecutive entries, so they are one run of the
+                # whole update's array writes, made where its root's entry sorts.
+                arrays = [w[2] for w in sorted(self.array_writes, key=lambda w: w[:2])]
+                kept = _write_locals(self.state_writes + arrays) if self._user_loads(self.steps) else None
                 vals: dict[int, Any] = self.values  # type: ignore[assignment]
                 fn = ShapeFn(
                     name=f"outlined{shape.sid}",
@@ -223,7 +241,11 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                     where=[],
                     nslots=shape.nslots,
                     checks=checks,
+                    kept=kept,
+                    array_writes=[_rebase(w, lo) for w in arrays],
                 )
+                if kept is not None:
+                    self._reloads.add(fn.name)
         finally:
             self.skip_type_guard = skip
             self._planning = None
@@ -238,9 +260,16 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         self.skip_type_guard = False  # (the root's type is the dispatcher's; the tail is guarded)
         cur = self._fresh("x")
         self._rec, self._rec_local = first.nxt, ""
+        containers = chain.head_edge is not None  # a chain of containers (no table entry of their own)
+        if containers:  # (the node whose attribute holds them: no array leaf is in a link)
+            self.nearest[cur] = self.nearest.get(work.obj, len(self.gd.table))
+        self._rec_edge = chain.rec_edges[0] if containers else None
         try:
             with self._own_body():
-                self._run([Work(NodeEdge(head), cur, work.path, None, "", False)], head)
+                if containers:
+                    self._run([Work(chain.head_edge, cur, work.path, None, "", False)], chain.head_edge)
+                else:
+                    self._run([Work(NodeEdge(head), cur, work.path, None, "", False)], head)
                 checks = self._occurrence_checks("chain link")
                 body, writes, distinct = self.steps, self.state_writes, self.distinct
                 keyed = self.keyed_statics
@@ -248,7 +277,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                 objs: dict[int, Any] = self.local_of
                 rec = self._rec_local
         finally:
-            self._rec, self._rec_local = -1, ""
+            self._rec, self._rec_local, self._rec_edge = -1, "", None
         self.keyed_statics = self.keyed_statics or keyed
         (lb, nb), (la, na) = first.before, first.after
         (eb, neb), (ea, nea) = first.ebefore, first.eafter
@@ -278,6 +307,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                 writes_before=[_rebase(w, lb) for w in before], writes_after=[_rebase(w, la) for w in after],
                 rec=rec,
                 slot=lb, slot_after=la, nb=nb, na=na, var=self._fresh("x")))
+        if containers:
+            return Work(chain.tail_edge, cur, work.path, None, "", False)
         return Work(NodeEdge(chain.tail), cur, work.path, None, "", False)
 
     def _occurrence_checks(self, what: str) -> list[Step]:
@@ -285,7 +316,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         outlined function, a loop's item, a chain's link): its trace-level checks, made in
         the body itself (the update passes the call's token in) so that every occurrence is
         checked before anything is written. shapes.py outlines nothing else needing one."""
-        if self.array_writes or any(c.op != "guard_token" for c in self.checks):
+        if any(c.op != "guard_token" for c in self.checks):
             raise RuntimeError(f"an outlined {what} needs update checks")
         return self.checks
 
@@ -335,7 +366,14 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         self.steps.append(Step("call_shape", dst=dst, fn=name, obj=work.obj))
         self._splice(j, shape, 1, dst)
         if shape.nslots:
-            self.state_writes.append(Step("write_shape", obj=work.obj, fn=name, slot=self.shapes.slot_lo[j]))
+            # (user code in its guards: its write function takes what its update's returned)
+            obj = dst if name in self._reloads else work.obj
+            fn = next(f for f in self.shape_fns if f.name == name)
+            if fn.writes:
+                self.state_writes.append(Step("write_shape", obj=obj, fn=name, slot=self.shapes.slot_lo[j]))
+            if fn.array_writes:  # (where the occurrence's root sorts among the array writes)
+                self.array_writes.append((j, len(self.array_writes), Step(
+                    "write_shape_arrays", obj=obj, fn=name, slot=self.shapes.slot_lo[j])))
         self._note_use(sid, work.path)
 
     def _loop(self, var: str, edge: Any, label: str, path: Any) -> bool:
@@ -378,6 +416,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                 self._run([Work(NodeEdge(rep), item, item_path, None, "", False)], rep)
                 checks = self._occurrence_checks(shape.type_name)
                 body, writes, distinct = self.steps, self.state_writes, self.distinct
+                arrays = [w[2] for w in sorted(self.array_writes, key=lambda w: w[:2])]
                 keyed = self.keyed_statics
                 vals: dict[int, Any] = self.values  # type: ignore[assignment]
                 objs: dict[int, Any] = self.local_of
@@ -389,13 +428,16 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         values = [vals[s] for s in sorted(vals) if vals[s] is not None]
         # An item's values are exactly its distinct states' values, in order (an MLP's
         # Linear): the loop keeps the states (one tuple per item) and reads values after it.
-        keep_states = bool(distinct) and len(distinct) == len(values) and all(
+        # User code in the body (a callback node's flatten): the update's loop keeps the
+        # locals its writes name, per item, and writes through them (a reload would call it again).
+        kept = _write_locals(writes + arrays) if self._user_loads(body) else None
+        keep_states = kept is None and bool(distinct) and len(distinct) == len(values) and all(
             type(v) is StateValue and v.attr == "value" and not by_id and obj == v.obj
             for v, (obj, by_id) in zip(values, distinct, strict=True))
         self.steps.append(Step(
             "each_loop", dst=dst, obj=var, var=item, n=len(kids), body=body, distinct=distinct,
             values=values, keep_states=keep_states,
-            objects=[objs[i] for i in sorted(objs) if objs[i] is not None], checks=checks))
+            objects=[objs[i] for i in sorted(objs) if objs[i] is not None], checks=checks, kept=kept))
         self._looped = True
         self._splice(rep, shape, len(kids), dst)
         if writes:
@@ -409,14 +451,36 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                 and shape.nslots == len(distinct) == len(rebased)
                 and all(w.op == "write_value" and w.slot == j and w.obj == distinct[j][0]
                         for j, w in enumerate(rebased))) else None
-            self.state_writes.append(Step("write_each", obj=var, var=item, loads=body, pos=self._fresh("a"),
+            self.state_writes.append(Step("write_each", obj=var if kept is None else dst, var=item,
+                                          loads=body if kept is None else [], pos=self._fresh("a"),
                                           writes=rebased, slot=lo, n=shape.nslots, states=states,
-                                          total=shape.nslots * len(kids)))
+                                          total=shape.nslots * len(kids), kept=kept))
+        if arrays:
+            # The items' array writes: one run of the update's, where the first item's entry
+            # sorts (the items' nodes are consecutive entries, in item order).
+            lo = self.shapes.slot_lo[rep]
+            self.array_writes.append((rep, len(self.array_writes), Step(
+                "write_each", obj=var if kept is None else dst, var=item, loads=body if kept is None else [],
+                pos=self._fresh("a"), writes=[_rebase(w, lo) for w in arrays], slot=lo, n=shape.nslots,
+                states=None, total=shape.nslots * len(kids), kept=kept)))
         where = label if item_label else f"{label}[0..{len(kids) - 1}]"
         self.loops.append(f"{where}: {len(kids)} x {shape.type_name}"
                           + (f" in {self._planning.type_name}" if self._planning is not None else ""))
 
     # -- helpers ------------------------------------------------------------------------
+
+    def _user_loads(self, steps: list[Step]) -> bool:
+        """Whether ``steps`` call user code to load (a callback node's registered flatten,
+        in a loop's body or an outlined function they call too): their update must not
+        load again to write (see ShapeFn.kept)."""
+        for s in steps:
+            if s.op == "call_flatten" or (s.op == "call_shape" and s.fn in self._reloads) \
+                    or (s.op == "each_loop" and s.kept is not None):
+                return True
+            if s.op == "chain_loop" and self._user_loads(s.body):
+                raise RuntimeError("a chain link calls user code (find_chains keeps them out)")
+        return False
+
 
     def _fresh(self, prefix: str) -> str:
         self._counter += 1
@@ -713,6 +777,20 @@ def witnessed_nodes(table: tuple, refs: list[int] | None = None) -> set[int]:
                         owners.setdefault((spec.type, k, child[1]), []).append(i)
     out.update(found[0] for found in owners.values() if len(found) == 1)
     return out
+
+
+def _write_locals(writes: list[Step]) -> list[str]:
+    """The locals ``writes`` name (their objects, and the current leaf a ``set_key`` write
+    compares), in order, once each: what an update keeps to write without loading again."""
+    out: dict[str, None] = {}
+    for w in writes:
+        if w.op == "write_chain":
+            raise RuntimeError("a chain's writes in a body that calls user code")
+        out[w.obj] = None
+        cur = getattr(w, "current", None)
+        if type(cur) is str:
+            out[cur] = None
+    return list(out)
 
 
 def _rebase(step: Step, lo: int) -> Step:

@@ -91,8 +91,10 @@ OPS: dict[str, Op] = {
     # the values (and objects) of all items in order; keep_states: the items' values are
     # exactly their distinct states' values, so dst keeps the states (an update reads none)
     # checks: the update's trace checks of one item (rendered in the update only)
+    # kept: the body calls user code (a callback node's flatten): the update's loop keeps, per
+    # item, these locals (what its writes name) in dst, and writes through them (no reload)
     "each_loop": Op(_F, ("dst", "obj", "var", "n", "body", "values", "objects", "distinct", "keep_states",
-                         "checks")),
+                         "checks", "kept")),
     # n nested links of one shape from obj: body guards and reads the link in cur (its next
     # link in rec); before/after: its values before/after the rest of the chain (objects too)
     "chain_loop": Op(_F, ("cur", "obj", "n", "body", "before", "after", "objs_before", "objs_after", "rec",
@@ -141,10 +143,16 @@ OPS: dict[str, Op] = {
     "write_item": Op(_W, ("obj", "key", "slot", "label")),
     "write_slot": Op(_W, ("obj", "setter", "slot", "label")),  # setter(obj, value): past __setattr__
     "write_set_key": Op(_W, ("obj", "setter", "key", "current", "slot", "label")),  # when not current
-    "write_shape": Op(_W, ("obj", "fn", "slot")),  # the shape's writes into obj, from vals[slot]
+    # the shape's writes into obj, from vals[slot] (a shape with ``kept``: obj is what its
+    # update's function returned, the locals its writes name)
+    "write_shape": Op(_W, ("obj", "fn", "slot")),
+    # the shape's array writes (its _write_arrays), where the occurrence sorts among the
+    # update's array writes (the reference's order: node by node in table order)
+    "write_shape_arrays": Op(_W, ("obj", "fn", "slot")),
     # per item of obj: its loads, then its writes from vals[pos + i]; pos counts from slot by n.
     # states: the loop's list of kept states, written in order from vals[slot:slot + total]
-    "write_each": Op(_W, ("obj", "var", "loads", "writes", "pos", "slot", "n", "states", "total")),
+    # kept: obj is the loop's list of kept locals (each_loop's kept), unpacked per item, no loads
+    "write_each": Op(_W, ("obj", "var", "loads", "writes", "pos", "slot", "n", "states", "total", "kept")),
     # a chain's writes: per link, its loads then its writes (before: from vals[b + i], after:
     # from vals[af + i]); b counts up from slot by nb, af down from slot_after by na
     "write_chain": Op(_W, ("cur", "obj", "n", "loads", "writes_before", "writes_after", "rec", "slot",

@@ -190,7 +190,9 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
                         writes=[] if by_objects else [_loop_kept(w, disabled, no_distinct) if w.op in _LOOPS
                                                       else w for w in f.writes],
                         distinct=[] if no_distinct else f.distinct,
-                        checks=[c for c in f.checks if c.kind not in disabled],
+                        checks=[c for c in f.checks if c.kind not in disabled], kept=f.kept,
+                        array_writes=[] if by_objects else [_loop_kept(w, disabled, no_distinct)
+                                                            if w.op in _LOOPS else w for w in f.array_writes],
                         loads=[s for s in _kept(f.steps, disabled, no_distinct) if s.op in _LOADS])
         for f in plan.shape_fns
     ]

@@ -45,6 +45,13 @@ class ShapeFn:
     #: the kinds whose unit was compiled for an earlier structure and is shared (codegen/shared.py)
     shared: list[str] = field(default_factory=list)
     checks: list[Step] = field(default_factory=list)  # the update's trace checks of one occurrence
+    #: its guards call user code (a callback node's flatten): the update's function returns
+    #: these locals (what its writes name) and the write function takes them, loading nothing
+    #: again (a reload would call the user code twice)
+    kept: list[str] | None = None
+    #: its bare arrays' writes (slots relative), in the reference's order: its own write
+    #: function, called where the occurrence sorts among the update's array writes
+    array_writes: list[Step] = field(default_factory=list)
 
 
 @dataclass

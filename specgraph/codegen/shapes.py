@@ -23,9 +23,32 @@ outlined: builtin ``Node`` classes with str attribute names, plain ``State`` cla
 registered dict-backed node classes with declarative bookkeeping (NNX Modules, BrainState
 Nodes: their bookkeeping fields and key sigs are part of the shape), foreign states with a
 layout (NNX Variables, BrainState States: their metadata is), statics (plain tuples of
-values too), and list/tuple/dict containers with str/int keys; no bare array leaves (their
-writes have an order the update keeps), no callback node types (their registered flatten
-is user code). What foreign classes check once per call is made by the top function: the
+values too), and list/tuple/dict containers with str/int keys. A chain of nested nodes of
+one link shape is a loop (``find_chains``), and so is a chain of nested containers
+(``x = [x, State(...)]``, any depth: ``find_container_chains``).
+
+The flatten planner outlines more (``flatten_only=True``):
+
+* Bare array leaves held where the update writes them back (a node's dict, a list, a
+  dict, a callback node's ``set_key``). The reference writes arrays node by node in table
+  order (observable when one list is reached from two places): an occurrence's nodes are
+  consecutive entries, so its array writes are one run of the update's, made by a write
+  function of their own called where the occurrence's root sorts among them. An array in
+  a tuple (only checked unchanged), held by a dict-backed foreign node, or in a chain's
+  link keeps its subtree inline.
+* Callback node types (``register_graph_node_type``): the outlined code calls the
+  registered flatten once per occurrence, where the unrolled code does, and guards its
+  answer the same way (count, each key, the metadata: all in the shape's key as their
+  guards compare them). A body that calls one keeps, in the update, the locals its writes
+  name instead of loading again (a second call of user code: ``ShapeFn.kept``); no chain
+  link holds one (a chain's update loads each link again).
+
+The unflatten planner outlines neither while any user code runs in the build
+(``unflatten_runs_no_user_code``): the reference calls every ``create_empty`` in table
+order before any ``set_key``, and ``set_key`` gets children not yet filled, which a builder
+making an occurrence bottom-up where it is used does not keep.
+
+What foreign classes check once per call is made by the top function: the
 raw-access checks (BrainState) run first there, and the update's trace token (NNX) is
 made first and passed to every outlined function, which checks each of its occurrences'
 Variables against it before anything is written (``ShapeFn.checks``, a loop's ``checks``).
@@ -39,12 +62,23 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from .. import _registry as reg
-from .._ir import ArrayConstant, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StateSpec, StaticEdge
-from .._sameness import VALUE_TYPE_IDS, VALUE_TYPES, is_value_sig, match_mode, value_sig
+from .._ir import (
+    ArrayConstant,
+    ArrayEdge,
+    GraphDef,
+    NodeEdge,
+    NodeSpec,
+    PytreeEdge,
+    StateEdge,
+    StateSpec,
+    StaticEdge,
+)
+from .._sameness import VALUE_TYPE_IDS, VALUE_TYPES, is_value_sig, key_sig, match_mode, value_sig
 from .analysis import structure_memo
 from .classfacts import plain_metaclass
 
-__all__ = ["Chain", "Link", "Shape", "Shapes", "edge_refs", "find_chains", "find_shapes"]
+__all__ = ["Chain", "Link", "Shape", "Shapes", "edge_refs", "find_chains", "find_container_chains",
+           "find_shapes"]
 
 
 @dataclass
@@ -154,7 +188,10 @@ def _node_class_ok(t: type) -> bool:
         return type(t) is type and type(t.graph_invisible_attrs) is tuple  # type: ignore[attr-defined]
     dn = impl.dict_node
     if dn is None:
-        return False  # a callback node type: its registered flatten is user code
+        # A callback node type: its registered flatten is called per occurrence by the
+        # outlined code, exactly where the unrolled code calls it, and its answer guarded
+        # the same way (count, each key, the metadata: see callback_plan.py).
+        return True
     if dn.fields is None and dn.bookkeeping is not None:
         return False  # the bookkeeping is a function (the planner declines it anyway)
     if dn.hidden_attr is not None:
@@ -180,15 +217,36 @@ def _state_class_ok(t: type) -> bool:
 def _node_key(spec: NodeSpec, equal: _EqualClasses, by_value: bool = True) -> Any:
     """What else than its children tells a node's guards apart: a dict-backed node's key
     sigs (NNX's int keys) and bookkeeping fields, each as its guard reads it (``by_value``),
-    or only how many there are (the unflatten reads each occurrence's from its GraphDef)."""
+    or only how many there are (the unflatten reads each occurrence's from its GraphDef);
+    a callback node's keys and metadata (outlined by the flatten planner only)."""
+    impl = reg.node_impl(spec.type)
+    if not impl.is_builtin_node and impl.dict_node is None:
+        # A callback node: its keys and metadata, as its guards (guard_cb_key, guard_field)
+        # compare them, so two occurrences of one key are guarded by the same code.
+        keys = tuple(_guard_key(k, "str" if isinstance(k, str) else match_mode(k, key_sig(k)))
+                     for k in spec.keys)
+        return ("cb", keys, _guard_key(spec.meta, match_mode(spec.meta, value_sig(spec.meta))))
     if spec.sig is None and spec.meta is None:
         return None
-    dn = reg.node_impl(spec.type).dict_node
+    dn = impl.dict_node
     if dn is None or dn.fields is None:
         return ("i", id(spec))  # (not outlined: node_ok refuses it)
     if not by_value:
         return (spec.sig, len(spec.meta))
     return (spec.sig, tuple([_field_key(f, v, equal) for f, v in zip(dn.fields, spec.meta, strict=True)]))
+
+
+def _guard_key(v: Any, mode: str) -> Any:
+    """A callback node's key or metadata as its guard matches it (``mode``): an exact str
+    by value (a str subclass: the very object), same exact type and ``==`` by type and
+    value, ``SAME`` item by item by sig and value, else the very object."""
+    if mode == "str":
+        return ("s", v) if type(v) is str else ("i", id(v))
+    if mode == "value":
+        return _hashable(("v", id(type(v)), v), v)
+    if mode == "same":
+        return _hashable(("t", value_sig(v), v), v)
+    return ("i", id(v))
 
 
 def _meta_key(spec: Any) -> Any:
@@ -276,8 +334,14 @@ class _Scan:
     """Shape keys of a structure's nodes, made bottom-up (see :func:`find_shapes`)."""
 
     def __init__(self, gd: GraphDef, witnessed: set[int], shared_types: set[type],
-                 foreign: bool = False, by_value: bool = True) -> None:
+                 foreign: bool = False, by_value: bool = True, flatten_only: bool = False) -> None:
         self.foreign = foreign  # foreign classes may be outlined (the flatten planner's)
+        # bare array leaves and callback node types may be outlined (the flatten planner's)
+        self.flatten_only = flatten_only
+        self.user: set[int] = set()  # outlinable subtrees holding a callback node (user code)
+        self.with_arrays: set[int] = set()  # outlinable subtrees holding a bare array leaf
+        self.last_user = False  # the subtree last scanned holds a callback node
+        self.last_arrays = False  # and a bare array leaf
         self.equal = _EqualClasses()
         self.by_value = by_value  # statics and metadata by value (guarded code), or by kind only
         self.table = gd.table
@@ -302,14 +366,16 @@ class _Scan:
     def node_kind(self, t: type) -> int:
         """What :meth:`node_ok` asks of node class ``t``: ``0`` never outlined, ``1`` a
         node without per-node metadata (a builtin ``Node``), ``2`` a dict-backed foreign
-        node (its key sigs and bookkeeping go into the shape's key)."""
+        node (its key sigs and bookkeeping go into the shape's key), ``3`` a callback node
+        type (its keys and metadata do: the flatten planner's only)."""
         kind = self.node_kinds.get(t)
         if kind is None:
             impl = reg.node_impl(t)
             if not self.node_class_ok(t) or (not self.foreign and not impl.is_builtin_node):
                 kind = 0
             else:
-                kind = 1 if impl.dict_node is None else 2
+                kind = 1 if impl.is_builtin_node else 2 if impl.dict_node is not None \
+                    else 3 if self.flatten_only else 0
             self.node_kinds[t] = kind
         return kind
 
@@ -318,7 +384,7 @@ class _Scan:
         attribute names, or a dict-backed foreign node whose bookkeeping is declarative
         (its fields go into the shape's key, see :func:`_node_key`)."""
         kind = self.node_kind(spec.type)
-        return kind == 2 or (kind == 1 and spec.sig is None and spec.meta is None)
+        return kind >= 2 or (kind == 1 and spec.sig is None and spec.meta is None)
 
     def state_class(self, tt: type) -> tuple[tuple | None, Any]:
         """Per state class: its token for a state without metadata (``None``: never
@@ -360,16 +426,28 @@ class _Scan:
         kind = self.node_kinds.get(spec[1])
         if kind is None:
             kind = self.node_kind(spec[1])
-        if kind != 2 and (kind == 0 or spec[6] is not None or spec[5] is not None):
+        if kind == 0 or (kind == 1 and (spec[6] is not None or spec[5] is not None)):
             return None
+        if kind == 2 and ArrayEdge in map(type, spec[4]):
+            return None  # (an array held by a dict-backed node: its writes are the layout's)
+        return self.scan_children(spec[4], rec, spec[2], kind == 3)
+
+    def scan_children(self, children: tuple, rec: int, i: int,
+                      user: bool = False) -> tuple[tuple, tuple[int, ...]] | None:
+        """:meth:`scan` of the children of node ``i`` (``user``: a callback node), or with
+        ``i = -1`` of a container (a link of a chain of containers, see
+        :func:`find_container_chains`): its entries before ``rec`` then start at its first
+        one, ``[..., first entry, entries]`` (``-1, 0``: none), not at the node's own."""
         table, refs, key_of, size = self.table, self.refs, self.key_of, self.size
         by_value, state_facts = self.by_value, self.state_facts
-        i = spec[2]
         lo, n, last = -1, 0, i  # the running slot run and the last entry so far
+        start = i  # the first entry before rec (a container's: its first child's)
+        before = True  # not past rec yet
+        arrays = False
         out: list[int] = []
         tokens: list[Any] = []
         first_after = 0
-        edges: Any = spec[4]  # the children; with a container or the next link, in pre-order
+        edges: Any = children  # with a container or the next link, in pre-order
         if rec >= 0 or PytreeEdge in map(type, edges):
             edges = _preorder(edges, rec)
         for e in edges:
@@ -388,6 +466,8 @@ class _Scan:
                     return None
                 if last < 0:
                     first_after = j
+                    if start < 0 and before:
+                        start = j
                 slot = st[4]
                 if n:
                     if slot != lo + n:
@@ -416,6 +496,14 @@ class _Scan:
                     return None
                 if last < 0:
                     first_after = j
+                    if start < 0 and before:
+                        start = j
+                if j in self.user:
+                    user = True
+                if j in self.with_arrays:
+                    if rec >= 0:
+                        return None  # (a chain's link: its writes are states' only)
+                    arrays = True
                 clo, cn, cm = size[j]
                 if cn:
                     if n:
@@ -435,31 +523,53 @@ class _Scan:
                         return None
                     tokens.append(("P", id(p), e[2]))
                 else:
+                    if p is tuple and ArrayEdge in map(type, e[3]):
+                        return None  # (an array in a tuple: the update checks it, writes nothing)
                     tokens.append(("P", id(p), len(e[3])))
             elif e is _REC:
                 tokens.append("R")
-                out += (lo, n, last - i + 1)
+                if i >= 0:
+                    out += (lo, n, last - i + 1)
+                else:  # (a container: its first entry too)
+                    out += (lo, n, start, (last - start + 1) if start >= 0 else 0)
                 lo, n, last = -1, 0, -1
+                before = False
+            elif k is ArrayEdge and self.flatten_only and rec < 0:
+                # A bare array (written back into its list, dict or node by the update, in
+                # the reference's order: see FlattenPlanner._plan_shape), never in a chain's
+                # link (the chain's writes are states' only).
+                slot = e[1]
+                if n:
+                    if slot != lo + n:
+                        return None
+                else:
+                    lo = slot
+                n += 1
+                arrays = True
+                tokens.append("A")
             else:
-                return None  # an array leaf
+                return None  # an array leaf (in a chain's link), or another edge
+        self.last_user = user
+        self.last_arrays = arrays
         if rec < 0:
-            return tuple(tokens), (lo, n, last - i + 1)
+            return tuple(tokens), (lo, n, last - i + 1)  # (of a node only)
         return tuple(tokens), (*out, lo, n, first_after, (last - first_after + 1) if last >= 0 else 0)
 
 
 def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_types: set[type],
-                foreign: bool = False, by_value: bool = True) -> Shapes:
+                foreign: bool = False, by_value: bool = True, flatten_only: bool = False) -> Shapes:
     """The shapes of ``gd`` that occur at least ``outline_min`` times (``0``: none);
     ``foreign``: of foreign classes too (the flatten planner makes their per-call checks,
     the unflatten planner their per-call contexts, and passes them in). ``by_value=False``:
     statics and metadata count by kind only, not by value (the unflatten reads each
     occurrence's from its GraphDef: its code does not depend on them), but for a state's
     metadata names and a dict-backed node's number of bookkeeping fields (its code spells
-    them)."""
+    them). ``flatten_only``: bare array leaves and callback node types too (the flatten
+    planner's: see the module docstring)."""
     if outline_min <= 0:
         return Shapes({}, {}, {})
     table = gd.table
-    sc = _Scan(gd, witnessed, shared_types, foreign, by_value)
+    sc = _Scan(gd, witnessed, shared_types, foreign, by_value, flatten_only)
     interned: dict[Any, int] = {}
     key_of, size = sc.key_of, sc.size
     counts: dict[int, list[int]] = {}
@@ -474,7 +584,12 @@ def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_type
         tokens, where = got
         size[i] = cast(tuple[int, int, int], where)  # (first slot, slots, entries): no rec
         t = spec[1]
-        nk = None if spec[6] is None and spec[5] is None else _node_key(spec, equal, by_value)
+        if sc.last_user:
+            sc.user.add(i)
+        if sc.last_arrays:
+            sc.with_arrays.add(i)
+        nk = None if spec[6] is None and spec[5] is None and sc.node_kinds.get(t) != 3 \
+            else _node_key(spec, equal, by_value)
         key = (id(t), spec[3], nk, i in witnessed, t in shared_types, tokens)
         sid = interned.setdefault(key, len(interned))
         key_of[i] = sid
@@ -520,12 +635,20 @@ class Chain:
     n: int
     tail: int
     links: list[Link]
+    #: a chain of containers (find_container_chains): the first link's edge and the edge
+    #: past the last link (``head`` and ``tail`` are then -1, a link's ``nxt`` too)
+    head_edge: Any = None
+    tail_edge: Any = None
+    rec_edges: list[Any] = field(default_factory=list)  # (the second link's edge, first)
 
 
 def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types: set[type],
                 shapes: Shapes) -> dict[int, Chain]:
     """Chains of at least ``min_links`` nested nodes of one link shape (a node whose one
-    child of its own class is the next link), outside the outlined shapes: head -> chain."""
+    child of its own class is the next link), outside the outlined shapes: head -> chain.
+    No link calls user code (a callback node in it): the chain's update loads each link
+    again to write it, which would call that code twice (an outlined function or a loop
+    over a list keeps what its writes name instead: ``ShapeFn.kept``)."""
     table = gd.table
     sc = shapes.scan if shapes.scan is not None else _Scan(gd, witnessed, shared_types)
     refs = sc.refs
@@ -546,8 +669,8 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
         if rec < 0:
             continue
         got = sc.scan(spec, rec)
-        if got is None:
-            continue
+        if got is None or sc.last_user:
+            continue  # (a link calling user code: the chain's update would load it again)
         tokens, (lb, nb, eb, la, na, ea, nea) = got
         node_key = _node_key(spec, sc.equal, sc.by_value)
         key = (id(t), spec.keys, node_key, rec, i in witnessed, t in shared_types, tokens)
@@ -570,7 +693,7 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
     return chains
 
 
-def _regular(run: list[Link]) -> bool:
+def _regular(run: list[Link], containers: bool = False) -> bool:
     """The links' values and entries before the rest are consecutive runs, in link order,
     and those after it consecutive runs in reverse order (what the loop splices)."""
     first, last = run[0], run[-1]
@@ -580,8 +703,76 @@ def _regular(run: list[Link]) -> bool:
             return False
         if link.after[1] and link.after[0] != last.after[0] + back * first.after[1]:
             return False
-        if link.ebefore[0] != first.ebefore[0] + k * first.ebefore[1]:
+        if containers and link.ebefore[1] != first.ebefore[1]:
+            return False
+        if (link.ebefore[1] or not containers) and link.ebefore[0] != first.ebefore[0] + k * first.ebefore[1]:
             return False
         if link.eafter[1] and link.eafter[0] != last.eafter[0] + back * first.eafter[1]:
             return False
     return True
+
+
+def find_container_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types: set[type],
+                          shapes: Shapes) -> dict[int, Chain]:
+    """Chains of at least ``min_links`` nested containers of one link shape: a list, tuple
+    or dict (str keys) whose one child of its own type and length (keys) is the next link,
+    its other children what an outlined subtree may hold (``x = [x, State(...)]`` ten
+    thousand deep): ``id(first link's edge)`` -> chain. A container is not an object of the
+    table (no sharing to see: each is re-read where it sits), so any nesting of them
+    qualifies; the states and nodes its links hold are each referenced once."""
+    table = gd.table
+    sc = shapes.scan if shapes.scan is not None else _Scan(gd, witnessed, shared_types)
+    order: list[Any] = []  # every builtin container edge, in pre-order
+    stack: list[Any] = [c for spec in reversed(table) if type(spec) is NodeSpec
+                        for c in reversed(spec.children)]
+    stack.append(gd.root)
+    while stack:
+        e = stack.pop()
+        if type(e) is PytreeEdge:
+            order.append(e)
+            stack.extend(reversed(e.children))
+    links: dict[int, Link] = {}
+    nxt_edge: dict[int, Any] = {}
+    interned: dict[Any, int] = {}
+    for e in order:
+        p = e.ptype
+        if (p is not list and p is not tuple and p is not dict) or e.sig is not None:
+            continue
+        if p is dict and not all(type(x) is str for x in e.keys):
+            continue
+        rec = -1
+        for pos, c in enumerate(e.children):
+            if type(c) is PytreeEdge and c.ptype is p and c.sig is None and c.keys == e.keys \
+                    and all(type(x) is type(y) for x, y in zip(c.keys, e.keys, strict=True)):
+                if rec >= 0:
+                    rec = -2
+                    break
+                rec = pos
+        if rec < 0:
+            continue
+        got = sc.scan_children(e.children, rec, -1)
+        if got is None or sc.last_user:
+            continue
+        tokens, (lb, nb, eb, neb, la, na, ea, nea) = got
+        key = (id(p), e.keys if p is dict else len(e.children), rec, tokens)
+        lid = interned.setdefault(key, len(interned))
+        links[id(e)] = Link(lid, rec, -1, (lb, nb), (la, na), (eb, neb), (ea, nea))
+        nxt_edge[id(e)] = e.children[rec]
+    chains: dict[int, Chain] = {}
+    inner: set[int] = set()
+    for e in order:
+        link = links.get(id(e))
+        if link is None or id(e) in inner:
+            continue
+        run = [link]
+        edges = [e]
+        nx = nxt_edge[id(e)]
+        while id(nx) in links and links[id(nx)].lid == link.lid:
+            inner.add(id(nx))
+            run.append(links[id(nx)])
+            edges.append(nx)
+            nx = nxt_edge[id(nx)]
+        if len(run) < min_links or not _regular(run, containers=True):
+            continue
+        chains[id(e)] = Chain(-1, len(run), -1, run, head_edge=e, tail_edge=nx, rec_edges=[edges[1]])
+    return chains

@@ -285,7 +285,7 @@ def _compile_partial_update(var: Variant, m: SlotMap) -> Any:
 
 
 #: the writes of outlined code: per occurrence, a loop's item or a chain's link (slots relative)
-_OUTLINED_WRITES = frozenset({"write_shape", "write_each", "write_chain"})
+_OUTLINED_WRITES = frozenset({"write_shape", "write_shape_arrays", "write_each", "write_chain"})
 
 
 def _picked_writes(plan: Any, slots: tuple[int, ...], position: dict[int, int],

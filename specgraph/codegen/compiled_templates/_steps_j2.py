@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = '1e49c30ffee9ab3daef87304ca453088c34611dabc22826078bb0feb37e7aa71'
+FINGERPRINT = 'bb7259cd1255e34a7f614015aec1abfe2d8704b957d5f62769028abdc915fae1'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = '_steps.j2'
 
@@ -285,6 +285,24 @@ def root(context, missing=missing):
                             str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_1_s, 'values'))),
                             ')',
                         ))
+                elif ((undefined(name='for_update') if l_1_for_update is missing else l_1_for_update) and environment.getattr(l_1_s, 'kept')):
+                    pass
+                    t_8.extend((
+                        '\n    ',
+                        str(environment.getattr(l_1_s, 'dst')),
+                        '.append((',
+                    ))
+                    for l_2_k in environment.getattr(l_1_s, 'kept'):
+                        _loop_vars = {}
+                        pass
+                        t_8.extend((
+                            str(l_2_k),
+                            ', ',
+                        ))
+                    l_2_k = missing
+                    t_8.append(
+                        '))',
+                    )
                 elif environment.getattr(l_1_s, 'values'):
                     pass
                     t_8.extend((
@@ -521,7 +539,7 @@ def root(context, missing=missing):
                         '[',
                         str(t_2(l_2_k)),
                         ']',
-                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 134 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 136 in '_steps.j2' evaluated to false and no else section was defined."))),
                     ))
                 l_2_loop = l_2_dst = l_2_k = missing
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_run'):
@@ -1205,7 +1223,7 @@ def root(context, missing=missing):
                 t_10.extend((
                     '*',
                     str(environment.getattr(l_2_x, 'name')),
-                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 274 in '_steps.j2' evaluated to false and no else section was defined."))),
+                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 276 in '_steps.j2' evaluated to false and no else section was defined."))),
                 ))
             else:
                 pass
@@ -1213,7 +1231,7 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_10.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 274 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 276 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = l_2_collect = missing
         t_10.append(
@@ -1247,7 +1265,7 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_11.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 279 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 281 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = missing
         t_11.append(
@@ -1283,11 +1301,11 @@ def root(context, missing=missing):
                     str(l_2_obj),
                 )
             t_12.append(
-                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 285 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 287 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_obj = l_2_by_id = missing
         t_12.extend((
-            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 285 in '_steps.j2' evaluated to false and no else section was defined."))),
+            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 287 in '_steps.j2' evaluated to false and no else section was defined."))),
             ' }',
         ))
         return concat(t_12)
@@ -1322,6 +1340,38 @@ def root(context, missing=missing):
                 str(l_1_base),
                 str(environment.getattr(l_1_w, 'slot')),
                 ')',
+            ))
+        elif (environment.getattr(l_1_w, 'op') == 'write_shape_arrays'):
+            pass
+            t_13.extend((
+                str(environment.getattr(l_1_w, 'fn')),
+                '_write_arrays(',
+                str(environment.getattr(l_1_w, 'obj')),
+                ', vals, ',
+                str(l_1_base),
+                str(environment.getattr(l_1_w, 'slot')),
+                ')',
+            ))
+        elif (environment.getattr(l_1_w, 'op') == 'write_set_key'):
+            pass
+            t_13.extend((
+                'if vals[',
+                str(l_1_base),
+                str(environment.getattr(l_1_w, 'slot')),
+                '] is not ',
+                str(environment.getattr(l_1_w, 'current')),
+                ':  # ',
+                str(environment.getattr(l_1_w, 'label')),
+                '\n    ',
+                str(environment.getattr(l_1_w, 'setter')),
+                '(',
+                str(environment.getattr(l_1_w, 'obj')),
+                ', ',
+                str(t_2(environment.getattr(l_1_w, 'key'))),
+                ', vals[',
+                str(l_1_base),
+                str(environment.getattr(l_1_w, 'slot')),
+                '])',
             ))
         elif ((environment.getattr(l_1_w, 'op') == 'write_each') and environment.getattr(l_1_w, 'states')):
             pass
@@ -1413,8 +1463,25 @@ def root(context, missing=missing):
                 str(l_1_base),
                 str(environment.getattr(l_1_w, 'slot')),
                 '\nfor ',
-                str(environment.getattr(l_1_w, 'var')),
-                ' in ',
+            ))
+            if environment.getattr(l_1_w, 'kept'):
+                pass
+                for l_2_k in environment.getattr(l_1_w, 'kept'):
+                    _loop_vars = {}
+                    pass
+                    t_13.extend((
+                        str(l_2_k),
+                        ', ',
+                    ))
+                l_2_k = missing
+            else:
+                pass
+                t_13.extend((
+                    str(environment.getattr(l_1_w, 'var')),
+                    ' ',
+                ))
+            t_13.extend((
+                'in ',
                 str(environment.getattr(l_1_w, 'obj')),
                 ':',
             ))
@@ -1654,6 +1721,22 @@ def root(context, missing=missing):
                     str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_2_f, 'values'), _loop_vars=_loop_vars)),
                     ')',
                 ))
+            elif ((undefined(name='for_update') if l_2_for_update is missing else l_2_for_update) and environment.getattr(l_2_f, 'kept')):
+                pass
+                t_14.append(
+                    '\n    return (',
+                )
+                for l_3_k in environment.getattr(l_2_f, 'kept'):
+                    _loop_vars = {}
+                    pass
+                    t_14.extend((
+                        str(l_3_k),
+                        ', ',
+                    ))
+                l_3_k = missing
+                t_14.append(
+                    ')  # what its writes name (user code: not loaded again)',
+                )
             else:
                 pass
                 t_14.extend((
@@ -1663,34 +1746,60 @@ def root(context, missing=missing):
             t_14.append(
                 '\n\n\n',
             )
-            if (l_1_update and environment.getattr(l_2_f, 'writes')):
+            for (l_3_suffix, l_3_writes) in (('', environment.getattr(l_2_f, 'writes')), ('_arrays', environment.getattr(l_2_f, 'array_writes'))):
+                _loop_vars = {}
                 pass
-                t_14.extend((
-                    'def ',
-                    str(environment.getattr(l_2_f, 'name')),
-                    '_write(root, vals, at):\n    """Write one ',
-                    str(environment.getattr(l_2_f, 'type_name')),
-                    ' of this shape, whose guards passed."""',
-                ))
-                for l_3_s in environment.getattr(l_2_f, 'loads'):
-                    _loop_vars = {}
+                if (l_1_update and l_3_writes):
                     pass
                     t_14.extend((
-                        '\n    ',
-                        str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_3_s, _loop_vars=_loop_vars), 4)),
+                        'def ',
+                        str(environment.getattr(l_2_f, 'name')),
+                        '_write',
+                        str(l_3_suffix),
+                        '(root, vals, at):\n    """Write one ',
+                        str(environment.getattr(l_2_f, 'type_name')),
+                        ' of this shape',
+                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 390 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        ', whose guards passed."""',
                     ))
-                l_3_s = missing
-                for l_3_w in environment.getattr(l_2_f, 'writes'):
-                    _loop_vars = {}
-                    pass
-                    t_14.extend((
-                        '\n    ',
-                        str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_3_w, 'at + ', _loop_vars=_loop_vars), 4)),
-                    ))
-                l_3_w = missing
-                t_14.append(
-                    '\n\n\n',
-                )
+                    if environment.getattr(l_2_f, 'kept'):
+                        pass
+                        t_14.append(
+                            '\n    ',
+                        )
+                        for l_4_k in environment.getattr(l_2_f, 'kept'):
+                            _loop_vars = {}
+                            pass
+                            t_14.extend((
+                                str(l_4_k),
+                                ', ',
+                            ))
+                        l_4_k = missing
+                        t_14.append(
+                            '= root',
+                        )
+                    else:
+                        pass
+                        for l_4_s in environment.getattr(l_2_f, 'loads'):
+                            _loop_vars = {}
+                            pass
+                            t_14.extend((
+                                '\n    ',
+                                str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_4_s, _loop_vars=_loop_vars), 4)),
+                            ))
+                        l_4_s = missing
+                    for l_4_w in l_3_writes:
+                        _loop_vars = {}
+                        pass
+                        t_14.extend((
+                            '\n    ',
+                            str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_4_w, 'at + ', _loop_vars=_loop_vars), 4)),
+                        ))
+                    l_4_w = missing
+                    t_14.append(
+                        '\n\n\n',
+                    )
+            l_3_suffix = l_3_writes = missing
         l_2_f = l_2_collect = l_2_tok_arg = l_2_for_update = missing
         return concat(t_14)
     context.exported_vars.add('outlined')
@@ -1698,4 +1807,4 @@ def root(context, missing=missing):
     yield '\n'
 
 blocks = {}
-debug_info = '6=48&9=50&10=58&11=62&12=66&13=68&14=74&15=88&17=93&23=98&24=112&25=113&26=116&27=126&28=128&29=130&30=133&31=145&32=147&33=149&37=151&38=153&39=157&40=164&41=169&43=172&44=174&45=179&48=182&49=184&50=189&52=197&53=199&54=203&56=208&57=212&58=225&59=227&60=231&63=238&64=243&66=265&67=269&68=274&69=278&71=283&72=287&75=291&77=293&78=295&79=299&80=303&81=305&82=312&83=317&85=320&86=322&87=327&90=330&91=335&93=357&94=361&95=365&96=369&98=378&99=382&101=386&102=390&103=395&104=399&107=406&108=410&109=414&110=421&111=425&113=432&115=437&116=441&117=447&118=450&119=452&120=455&121=469&122=472&123=476&124=478&125=481&126=483&128=488&129=493&132=503&134=509&136=522&138=526&141=533&142=536&143=541&144=545&145=567&146=570&147=574&148=580&149=583&150=587&151=591&152=594&153=597&154=603&155=605&156=606&157=610&158=615&159=619&161=636&163=643&164=646&165=649&166=655&167=661&168=664&169=667&170=680&171=683&172=689&173=691&174=695&175=701&176=705&178=723&180=731&181=734&182=738&183=760&184=763&185=767&186=773&187=779&188=782&189=786&190=788&191=791&192=795&193=799&194=803&195=806&196=809&197=816&198=820&199=826&200=829&201=833&202=839&203=842&205=847&206=859&207=861&208=864&209=868&210=874&211=877&212=882&213=901&214=904&215=906&216=909&217=917&218=920&219=922&220=925&221=935&222=938&223=940&224=943&225=979&226=982&227=987&228=1006&229=1009&230=1013&231=1025&232=1028&233=1032&234=1040&235=1043&236=1047&237=1051&238=1054&239=1057&240=1059&241=1063&242=1069&243=1072&244=1076&245=1082&246=1085&247=1088&248=1095&249=1099&250=1105&251=1108&252=1112&253=1118&254=1121&255=1124&257=1129&263=1134&264=1140&265=1144&266=1167&268=1173&273=1178&274=1187&278=1220&279=1229&284=1254&285=1265&289=1291&290=1300&291=1303&292=1310&293=1313&294=1321&297=1324&298=1328&299=1347&300=1389&301=1394&303=1403&304=1406&305=1411&306=1416&307=1421&309=1424&310=1429&312=1434&313=1438&314=1441&315=1445&316=1448&317=1451&318=1456&319=1461&321=1464&322=1469&324=1472&325=1477&327=1482&328=1486&329=1488&330=1490&331=1494&333=1511&334=1514&335=1523&336=1526&337=1535&338=1539&340=1544&341=1547&343=1559&349=1564&350=1571&351=1579&352=1585&354=1590&355=1595&357=1598&358=1600&359=1605&362=1608&368=1616&369=1621&371=1643&372=1647&374=1656&378=1661&379=1665&380=1667&381=1670&382=1675&384=1678&385=1683'
+debug_info = '6=48&9=50&10=58&11=62&12=66&13=68&14=74&15=88&17=93&23=98&24=112&25=113&26=116&27=126&28=128&29=130&30=133&31=145&32=147&33=149&37=151&38=153&39=157&40=164&41=169&43=172&44=174&45=179&48=182&49=184&50=189&52=197&53=199&54=203&56=208&57=212&58=225&59=227&60=231&63=238&64=243&66=265&67=269&68=274&69=278&71=283&72=287&73=301&74=305&77=309&79=311&80=313&81=317&82=321&83=323&84=330&85=335&87=338&88=340&89=345&92=348&93=353&95=375&96=379&97=383&98=387&100=396&101=400&103=404&104=408&105=413&106=417&109=424&110=428&111=432&112=439&113=443&115=450&117=455&118=459&119=465&120=468&121=470&122=473&123=487&124=490&125=494&126=496&127=499&128=501&130=506&131=511&134=521&136=527&138=540&140=544&143=551&144=554&145=559&146=563&147=585&148=588&149=592&150=598&151=601&152=605&153=609&154=612&155=615&156=621&157=623&158=624&159=628&160=633&161=637&163=654&165=661&166=664&167=667&168=673&169=679&170=682&171=685&172=698&173=701&174=707&175=709&176=713&177=719&178=723&180=741&182=749&183=752&184=756&185=778&186=781&187=785&188=791&189=797&190=800&191=804&192=806&193=809&194=813&195=817&196=821&197=824&198=827&199=834&200=838&201=844&202=847&203=851&204=857&205=860&207=865&208=877&209=879&210=882&211=886&212=892&213=895&214=900&215=919&216=922&217=924&218=927&219=935&220=938&221=940&222=943&223=953&224=956&225=958&226=961&227=997&228=1000&229=1005&230=1024&231=1027&232=1031&233=1043&234=1046&235=1050&236=1058&237=1061&238=1065&239=1069&240=1072&241=1075&242=1077&243=1081&244=1087&245=1090&246=1094&247=1100&248=1103&249=1106&250=1113&251=1117&252=1123&253=1126&254=1130&255=1136&256=1139&257=1142&259=1147&265=1152&266=1158&267=1162&268=1185&270=1191&275=1196&276=1205&280=1238&281=1247&286=1272&287=1283&291=1309&292=1318&293=1321&294=1328&295=1331&296=1339&297=1342&298=1350&299=1354&300=1361&301=1371&304=1374&305=1378&306=1397&307=1439&308=1444&310=1453&311=1456&312=1462&313=1483&314=1488&316=1491&317=1496&319=1501&320=1505&321=1508&322=1512&323=1515&324=1518&325=1523&326=1528&328=1531&329=1536&331=1539&332=1544&334=1549&335=1553&336=1555&337=1557&338=1561&340=1578&341=1581&342=1590&343=1593&344=1602&345=1606&347=1611&348=1614&350=1626&356=1631&357=1638&358=1646&359=1652&361=1657&362=1662&364=1665&365=1667&366=1672&369=1675&375=1683&376=1688&378=1710&379=1714&380=1719&381=1724&383=1739&387=1744&388=1747&389=1751&390=1755&391=1760&392=1765&394=1778&395=1783&398=1786&399=1791'

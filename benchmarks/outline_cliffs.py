@@ -1,0 +1,139 @@
+"""Issue 12 item 3 ("no max_steps cliff"): structures the specializer used to leave to the
+generic walker once they grew, each at 1 000 and 10 000.
+
+Rows (``--rows``):
+
+* ``cb-mlp``  -- a list of n ``Linear`` layers of a class registered with callbacks
+                 (``register_graph_node_type``): w, b (Params) and a static;
+* ``cb-one``  -- n ``sg.Node`` Linear layers in a list, and one callback node elsewhere;
+* ``arrays``  -- n ``sg.Node`` layers holding bare numpy arrays (no State);
+* ``deep``    -- a list nested n deep inside a node: ``x = [x, Param]``.
+
+Per row and size, in this process, side by side: whether the second ``sg.flatten`` is a
+cache hit (specialized) and served by outlined code, the compile seconds of a fresh cache
+(flatten + update, ``cache_info()["compile_seconds"]``: min of the cold repeats), and the
+time per call of ``sg.flatten`` and ``specgraph.generic.flatten`` of the same object
+(interleaved rounds, min). Usage::
+
+    python benchmarks/outline_cliffs.py [--rows cb-mlp cb-one arrays deep] [--sizes 1000 10000]
+                                        [--repeats R] [--cold C]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import specgraph as sg
+from specgraph.runtime import dispatch
+
+
+class CLinear:
+    """A Linear layer registered with callbacks."""
+
+    def __init__(self, seed: float) -> None:
+        self.items = {"w": sg.Param(np.full((8, 8), seed, np.float32)),
+                      "b": sg.Param(np.full((8,), seed, np.float32)), "act": "relu"}
+
+
+sg.register_graph_node_type(
+    CLinear, lambda n: (list(n.items.items()), None), lambda n, k, v: n.items.__setitem__(k, v),
+    lambda n, k: n.items.pop(k), lambda meta: CLinear(0.0), lambda n: n.items.clear())
+
+
+class Linear(sg.Node):
+    def __init__(self, seed: float) -> None:
+        self.w = sg.Param(np.full((8, 8), seed, np.float32))
+        self.b = sg.Param(np.full((8,), seed, np.float32))
+        self.act = "relu"
+
+
+class ArrLinear(sg.Node):
+    def __init__(self, seed: float) -> None:
+        self.w = np.full((8, 8), seed, np.float32)
+        self.b = np.full((8,), seed, np.float32)
+        self.act = "relu"
+
+
+class Model(sg.Node):
+    def __init__(self, **attrs: Any) -> None:
+        vars(self).update(attrs)
+
+
+def _deep(n: int) -> Model:
+    x: Any = []
+    for i in range(n):
+        x = [x, sg.Param(np.full((2,), i, np.float32))]
+    return Model(x=x)
+
+
+ROWS: dict[str, Callable[[int], Any]] = {
+    "cb-mlp": lambda n: Model(layers=[CLinear(float(i)) for i in range(n)]),
+    "cb-one": lambda n: Model(layers=[Linear(float(i)) for i in range(n)], odd=CLinear(1.0)),
+    "arrays": lambda n: Model(layers=[ArrLinear(float(i)) for i in range(n)]),
+    "deep": _deep,
+}
+
+
+def _outlined() -> bool:
+    return any(v.plan.outlined for e in dispatch._types.values() for v in e.variants)
+
+
+def _per_call(fn: Callable[[], Any], target: float = 0.002) -> float:
+    """Seconds per call of ``fn``, over one round of about ``target`` seconds."""
+    n = 1
+    while True:
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        dt = time.perf_counter() - t
+        if dt >= target:
+            return dt / n
+        n *= 2
+
+
+def run(row: str, n: int, repeats: int, cold: int) -> dict[str, Any]:
+    m = ROWS[row](n)
+    compile_s = []
+    for _ in range(cold):
+        sg.clear_cache()
+        sg.flatten(m)
+        compile_s.append(sg.cache_info()["compile_seconds"])
+    hits = sg.cache_info()["hits"]
+    sg.flatten(m)
+    specialized = sg.cache_info()["hits"] == hits + 1
+    outlined = _outlined()
+    spec, gen = [], []
+    for _ in range(repeats):  # interleaved rounds
+        spec.append(_per_call(lambda: sg.flatten(m)))
+        gen.append(_per_call(lambda: sg.generic.flatten(m)))
+    return {"row": row, "n": n, "specialized": specialized, "outlined": outlined,
+            "compile_s": min(compile_s), "specgraph_us": min(spec) * 1e6, "generic_us": min(gen) * 1e6}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    ap.add_argument("--sizes", nargs="+", type=int, default=[1000, 10000])
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--cold", type=int, default=3)
+    args = ap.parse_args(argv)
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 50_000))
+    print(f"{'row':8} {'n':>6} {'spec':>5} {'outl':>5} {'compile s':>10} {'sg.flatten us':>14} "
+          f"{'generic us':>11} {'generic/sg':>10}")
+    for row in args.rows:
+        for n in args.sizes:
+            r = run(row, n, args.repeats, args.cold)
+            ratio = r["generic_us"] / r["specgraph_us"]
+            print(f"{row:8} {n:>6} {r['specialized']!s:>5} {r['outlined']!s:>5} {r['compile_s']:>10.3f} "
+                  f"{r['specgraph_us']:>14.1f} {r['generic_us']:>11.1f} {ratio:>10.2f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
