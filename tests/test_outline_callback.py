@@ -558,3 +558,44 @@ def test_arrays_in_a_tuple_stay_exact(impl: Any) -> None:
     assert outcome[0] == outcome[1]
     for a, b in zip(_arrays_of(m), _arrays_of(twin), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+class CArr:
+    """Another callback class, holding a bare array (written back with its own set_key)."""
+
+    def __init__(self, i: float) -> None:
+        self.items: dict[str, Any] = {"a": np.full((2,), i, np.float32)}
+
+
+def _carr_set(n: CArr, k: str, v: Any) -> None:
+    if type(n) is not CArr:  # (another class's node: the wrong set_key was called)
+        raise TypeError(f"CArr's set_key called on a {type(n).__name__}")
+    n.items[k] = v
+
+
+sg.register_graph_node_type(CArr, lambda n: (list(n.items.items()), None), _carr_set,
+                            lambda n, k: n.items.pop(k), lambda meta: CArr(0.0), lambda n: n.items.clear())
+
+
+@pytest.mark.repeats
+def test_nested_callback_classes_with_arrays(impl: Any) -> None:
+    """A callback layer holding another callback class's node before its own bare array:
+    each array is written back by its own class's set_key."""
+    def make() -> Box:
+        out = []
+        for i in range(4):
+            c = CLin(float(i))
+            c.items["inner"] = CArr(float(i))
+            c.items["own"] = np.full((1,), i, np.float32)
+            out.append(c)
+        return Box(a=out[0], b=out[1], c=out[2], d=out[3])
+
+    m, twin = make(), make()
+    gd, sm = impl.flatten(m)
+    assert_same_flatten((gd, sm), sg.generic.flatten(m))
+    new = _bump(sm, 1.0)
+    impl.update(m, new)
+    sg.generic.update(twin, new)
+    for a, b in zip(_arrays_of(m), _arrays_of(twin), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert all(type(x) is np.ndarray for x in _arrays_of(m))

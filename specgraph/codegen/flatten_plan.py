@@ -199,7 +199,10 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         """Plan a body of its own (an outlined function, a loop's item, a chain's link): the
         planner's per-function lists start empty, and are as they were again after it."""
         saved = (self.steps, self.values, self.local_of, self.state_writes, self.distinct, self.checks,
-                 self.array_writes, self.keyed_statics)
+                 self.array_writes, self.keyed_statics, self._setters)
+        # (_setters too: every outlined function names its occurrence "root", and a callback
+        # node's set_key is found by the local holding it)
+        self._setters = {}
         self.steps, self.state_writes, self.distinct = [], [], []
         self.values, self.local_of = {}, {}  # type: ignore[assignment]
         self.checks, self.array_writes = [], []
@@ -209,7 +212,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         finally:
             self._done_steps += len(self.steps)
             (self.steps, self.values, self.local_of, self.state_writes, self.distinct, self.checks,
-             self.array_writes, self.keyed_statics) = saved
+             self.array_writes, self.keyed_statics, self._setters) = saved
 
     def _plan_shape(self, shape: Shape) -> None:
         """The functions of one shape, planned from its first occurrence as a root of its own."""
