@@ -232,7 +232,7 @@ class UnflattenPlanner:
         # Foreign classes too: their per-call contexts are passed in (see _context).
         self.shapes = find_shapes(gd, outline, set(), set(), foreign=True, by_value=False)
         self.chains = find_chains(gd, max(2, outline), set(), set(), self.shapes) if outline else {}
-        self._fresh_links_only()
+        self._declarative_links_only()
         self.body = _Body(StaticReads(), [(0, gd.num_leaves, "")], {})
         self._top_body = self.body
         self._top = True
@@ -251,16 +251,15 @@ class UnflattenPlanner:
         self._stores_ok: dict[tuple[int, tuple], bool] = {}
         self._labels: dict[tuple, list[str]] = {}
 
-    def _fresh_links_only(self) -> None:
-        """Chains only of links whose class's fresh instance is ``object.__new__(cls)``
-        alone (builtin nodes, BrainState Nodes): the chain loop makes its links so, up
-        front. A class with bookkeeping to rebuild (NNX Pytrees) stays unrolled there (its
-        repeated shapes, a layer in each link, are still outlined)."""
+    def _declarative_links_only(self) -> None:
+        """Chains only of links whose class's fresh instance is ``object.__new__(cls)``, with
+        its bookkeeping (NNX Pytrees) made from each link's metadata by the loop's body: a
+        class whose ``create`` is a function of its own is never outlined (shapes.py) nor
+        looped here."""
         impls = self.impls
         for head in list(self.chains):
             impl = impls[head]
-            if not impl.is_builtin_node and (impl.dict_node is None or impl.dict_node.rebuild is not None
-                                             or impl.dict_node.create is not None):
+            if not impl.is_builtin_node and (impl.dict_node is None or impl.dict_node.create is not None):
                 del self.chains[head]
 
     @property
@@ -321,10 +320,10 @@ class UnflattenPlanner:
                     continue
                 spec = table[i]
                 if type(spec) is NodeSpec:
-                    if i not in names:
-                        self._new_node(spec)
-                    fills.append(i)
                     ch = chains.get(i)
+                    if i not in names:
+                        self._new_node(spec, bookkeeping=ch is None)  # (a chain's loop makes its links')
+                    fills.append(i)
                     if ch is not None:
                         first, last = ch.links[0], ch.links[-1]
                         if last.eafter[1]:
@@ -475,13 +474,17 @@ class UnflattenPlanner:
 
     # -- objects ------------------------------------------------------------------------
 
-    def _new_node(self, spec: NodeSpec) -> None:
+    def _new_node(self, spec: NodeSpec, bookkeeping: bool = True) -> None:
+        """A fresh node of ``spec``'s class (a dict-backed one's bookkeeping too, unless
+        ``bookkeeping`` is false: a chain's head, whose loop makes every link's)."""
         impl = self.impls[spec.index]
         dst = self._obj(spec.index)
         if impl.is_builtin_node:
             self.steps.append(Step("new_object", dst=dst, cls=self.consts.bind(spec.type, "T")))
         elif impl.dict_node is not None and impl.dict_node.create is None:
             self._new_dict_node(spec, impl.dict_node, dst)
+            if bookkeeping:
+                self._bookkeeping(spec, impl.dict_node, dst)
         else:
             meta = self._own(self.reads.at(self._spec(spec.index), "meta"))
             self.steps.append(Step("new_custom", dst=dst, factory=self.consts.bind(impl.create_empty, "F"),
@@ -504,11 +507,14 @@ class UnflattenPlanner:
         return name
 
     def _new_dict_node(self, spec: NodeSpec, dn: reg.DictNode, dst: str) -> None:
-        """What ``DictNode.new`` does: ``object.__new__(cls)``, then each bookkeeping
-        attribute from the metadata or from its factory (with the call's context)."""
+        """What ``DictNode.new`` does first: ``object.__new__(cls)`` (then :meth:`_bookkeeping`)."""
         self.steps.append(Step("new_object", dst=dst, cls=self.consts.bind(spec.type, "T")))
         if self.shapes or self.chains:  # the build order is free while no class gains one
             self.facts.require_absent(spec.type, ("__getattribute__",))  # (see unflatten_order_free)
+
+    def _bookkeeping(self, spec: NodeSpec, dn: reg.DictNode, dst: str) -> None:
+        """What ``DictNode.new`` does then: each bookkeeping attribute of the fresh node in
+        ``dst`` from the metadata or from its factory (with the call's context)."""
         if dn.rebuild is None:
             return
         i = spec.index
@@ -834,6 +840,9 @@ class UnflattenPlanner:
         body = _Body(StaticReads(head), [(lb, nb, cb), (la, na, ca)], {head: cur, first.nxt: nxt},
                      scope=self.body.scope or self.body)
         with self._in(body):
+            dn = self.impls[head].dict_node
+            if dn is not None:  # each link's bookkeeping (NNX), from its own metadata, first
+                self._bookkeeping(cast(NodeSpec, table[head]), dn, cur)
             self._objects_then_fills([(eb, eb + neb), (ea, ea + nea)], head)
         setup: list[Step] = []
         sources: list[str] = []
