@@ -526,3 +526,128 @@ def test_a_node_class_with_its_own_getattribute_is_built_in_table_order(outlined
         where = {id(out): "root", **{id(c): i for i, c in enumerate(out.cells)}}
         orders.append([where[x] for x in OwnHook.log if x in where])
     assert orders[0] == orders[1] == ["root", 0, 1, 2]
+
+
+# -- chains of nested containers (``x = [x, State(...)]``, any depth) ---------------------
+
+
+class Tag:
+    """A static equal to any other Tag of the same name, but not the same object."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is Tag and other.name == self.name
+
+    def __hash__(self) -> int:
+        return hash(("Tag", self.name))
+
+
+def _nest(n: int, kinds: str = "l", tag: Any = None) -> Box:
+    """``n`` nested containers, link ``i`` (innermost first) of kind ``kinds[i % len]``
+    (l: list, t: tuple, d: dict; L: a list holding the next link last, a Param and a
+    Linear before it; T: a tuple with a Linear both sides of the next link), each holding
+    a Param, a static that differs per depth and a static ``tag``."""
+    x: Any = []
+    for i in range(n):
+        p = sg.Param(np.full((2,), i, np.float32))
+        k = kinds[i % len(kinds)]
+        items = (x, p, i, tag if tag is not None else ("t", i % 3))
+        if k == "L":
+            x = [p, Linear(2, 2, i), i, items[3], x]
+        elif k == "T":
+            x = (Linear(1, 2, i), i, x, p, Linear(2, 1, -i))
+        else:
+            x = list(items) if k == "l" else items if k == "t" else \
+                dict(zip(("next", "p", "i", "tag"), items, strict=True))
+    return Box(x=x, after=sg.Param(np.ones(1, np.float32)), depth=n)
+
+
+def _chain_src(gd: sg.GraphDef) -> str:
+    return _source(gd) if dispatch._unflat.get(gd) is not None else ""
+
+
+@pytest.mark.repeats
+@pytest.mark.parametrize("n", [3, 50])
+@pytest.mark.parametrize("kinds", ["l", "t", "d", "L", "T"])
+def test_nested_containers_unflatten_as_the_reference(impl: Any, n: int, kinds: str) -> None:
+    _same_nest_unflatten(impl, n, kinds)
+
+
+@pytest.mark.parametrize("n", [3, 50])
+@pytest.mark.parametrize("kinds", ["lt", "ltd", "dl", "lL"])
+def test_mixed_nested_containers_are_no_chain(impl: Any, n: int, kinds: str) -> None:
+    _same_nest_unflatten(impl, n, kinds)
+
+
+def _same_nest_unflatten(impl: Any, n: int, kinds: str) -> None:
+    m = _nest(n, kinds)
+    gd, sm = sg.generic.flatten(m)
+    assert_same_flatten(impl.flatten(m), (gd, sm))
+    for _ in range(2):
+        got = impl.unflatten(gd, sm)
+        want = sg.generic.unflatten(gd, sm)
+        assert_same_flatten(sg.generic.flatten(got), sg.generic.flatten(want))
+        values = sg.generic.flatten(got)[1]
+        assert all(a is b for a, b in zip(values.values(), sm.values(), strict=True))
+    if impl.name == "outlined":
+        src = _chain_src(gd)
+        # One chain only where the links are of one shape (one kind): mixed kinds stay unrolled.
+        assert ("nested containers of one shape" in src) == (len(kinds) == 1), src
+
+
+@pytest.mark.parametrize("kind", ["l", "t", "d"])
+def test_ten_thousand_nested_containers_unflatten_in_one_loop(outlined: None, kind: str) -> None:
+    from conftest import outlined_hits
+
+    m = _nest(10_000, kind)
+    gd, sm = sg.flatten(m)
+    sg.unflatten(gd, sm)  # (the first call compiles)
+    before = outlined_hits()
+    got = sg.unflatten(gd, sm)
+    assert outlined_hits() == before + 1
+    src = _source(gd)
+    assert "9999 nested containers of one shape" in src and len(src.splitlines()) < 80, src
+    assert_same_flatten(sg.generic.flatten(got), sg.generic.flatten(sg.generic.unflatten(gd, sm)))
+    x = got.x
+    for i in reversed(range(10_000)):  # each link's own type, static and value
+        assert type(x) is {"l": list, "t": tuple, "d": dict}[kind]
+        nxt, p, j, _ = (x["next"], x["p"], x["i"], x["tag"]) if kind == "d" else x
+        assert j == i and type(p) is sg.Param and p.value[0] == i
+        x = nxt
+    assert x == []
+
+
+@pytest.mark.parametrize("kind", ["l", "t", "d"])
+def test_nested_container_statics_come_from_the_graphdef_given(outlined: None, kind: str) -> None:
+    gd1, sm1 = sg.flatten(_nest(60, kind, Tag("a")))
+    gd2, sm2 = sg.flatten(_nest(60, kind, Tag("a")))
+    assert gd1 == gd2 and gd1 is not gd2
+    sg.unflatten(gd1, sm1)
+    got = sg.unflatten(gd2, sm2)  # served by gd1's code: an equal GraphDef
+    assert "nested containers of one shape" in _source(gd2)
+    mine, theirs = _tags(gd2), _tags(sg.generic.flatten(got)[0])
+    assert len(mine) == len(theirs) == 60
+    assert all(a is b for a, b in zip(mine, theirs, strict=True))
+    assert all(a is not b for a, b in zip(mine, _tags(gd1), strict=True))
+
+
+def _tags(gd: sg.GraphDef) -> list[Tag]:
+    return [s for _, s in iter_statics(gd) if type(s) is Tag]
+
+
+def test_nested_containers_statics_differ_per_depth(outlined: None) -> None:
+    # A link whose static differs per depth: read per link, not the first link's everywhere.
+    m = _nest(40)
+    _nest_link_static = 17
+    x = m.x
+    for _ in range(40 - 1 - _nest_link_static):
+        x = x[0]
+    x[3] = Tag("odd one")
+    gd, sm = sg.flatten(m)
+    sg.unflatten(gd, sm)
+    got = sg.unflatten(gd, sm)
+    assert "nested containers of one shape" in _source(gd)
+    assert_same_flatten(sg.generic.flatten(got), sg.generic.flatten(sg.generic.unflatten(gd, sm)))
+    assert len(_tags(sg.generic.flatten(got)[0])) == 1

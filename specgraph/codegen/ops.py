@@ -199,6 +199,10 @@ OPS: dict[str, Op] = {
     # cur and nxt are a link and the next, body fills cur; targets, sources, counters as above
     "build_chain": Op(_U, ("links", "head", "cls", "tail", "n", "cur", "nxt", "targets", "sources",
                            "counters", "body")),
+    # n nested containers of one link shape, innermost first: prev = tail, then per link body
+    # builds item from its values and prev (the link inside it), and prev = item; targets,
+    # sources, counters as above
+    "build_cchain": Op(_U, ("tail", "n", "prev", "item", "targets", "sources", "counters", "body")),
 }
 
 

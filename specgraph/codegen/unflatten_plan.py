@@ -48,7 +48,7 @@ from .classfacts import (
 from .naming import Constants, Literal, path_label, safe_name
 from .ops import Step
 from .planning import Declined
-from .shapes import Chain, find_chains, find_shapes
+from .shapes import Chain, find_chains, find_container_chains, find_shapes
 
 __all__ = ["ShapeBuild", "StaticReads", "UnflattenPlan", "plan_unflatten"]
 
@@ -59,6 +59,8 @@ GRAPHDEF = -1
 #: The base of a read that starts at a table entry: its first step is the entry's index,
 #: mapped to the occurrence being read (an outlined body is planned from one occurrence).
 TABLE = -2
+#: The base of a read that starts at the container chain link being read (its edge).
+LINK = -3
 
 
 class StaticReads:
@@ -105,17 +107,28 @@ class StaticReads:
         ``k * step_after`` before them (see shapes.find_chains)."""
         self._wanted.append(("chain", sub, (n, step, cut, step_after)))
 
+    def want_links(self, sub: StaticReads, head: int, n: int, rec: int, step: int, cut: int,
+                   step_after: int) -> None:
+        """The next item: ``sub``'s tuples for the ``n`` links of a chain of containers,
+        innermost first, concatenated. The first link's edge is the object of read ``head``,
+        each next one its ``children[rec]`` (read as :data:`LINK`); table entries as in
+        :meth:`want_chain`."""
+        self._wanted.append(("links", sub, (head, n, rec, step, cut, step_after)))
+
     def read(self, gd: GraphDef) -> tuple:
         """The wanted objects of ``gd``, in the order they were wanted."""
         return self._read(gd, gd.table, 0, -1, 0)
 
-    def _read(self, gd: GraphDef, table: tuple, delta: int, cut: int, delta_after: int) -> tuple:
+    def _read(self, gd: GraphDef, table: tuple, delta: int, cut: int, delta_after: int,
+              link: Any = None) -> tuple:
         got: list[Any] = []
         for base, steps in self._reads:
             if base == TABLE:
                 i = cast(int, steps[0])
                 x: Any = table[i + (delta_after if 0 <= cut <= i else delta)]
                 steps = steps[1:]
+            elif base == LINK:
+                x = link
             else:
                 x = gd if base == GRAPHDEF else got[base]
             for s in steps:
@@ -127,6 +140,17 @@ class StaticReads:
                 out.append(got[w])
                 continue
             kind, sub, arg = w
+            if kind == "links":
+                head, n, rec, step, cut_, step_after = arg
+                edges = [got[head]]
+                for _ in range(n - 1):
+                    edges.append(edges[-1].children[rec])
+                links: list[Any] = []
+                for k in range(n - 1, -1, -1):
+                    links.extend(sub._read(gd, table, delta + k * step, cut_, delta - k * step_after,
+                                           edges[k]))
+                out.append(tuple(links))
+                continue
             if kind == "chain":
                 n, step, cut_, step_after = arg
                 flat: list[Any] = []
@@ -233,6 +257,12 @@ class UnflattenPlanner:
         self.shapes = find_shapes(gd, outline, set(), set(), foreign=True, by_value=False)
         self.chains = find_chains(gd, max(2, outline), set(), set(), self.shapes) if outline else {}
         self._declarative_links_only()
+        # Chains of nested containers of one link shape (``x = [x, State(...)]``): a loop
+        # building the innermost link first (see _links).
+        self.cchains = find_container_chains(gd, max(2, outline), set(), set(), self.shapes) \
+            if outline else {}
+        self._rec_edge: Any = None  # planning a container chain's link: the next link's edge
+        self._rec_local = ""  # and the local holding its value
         self.body = _Body(StaticReads(), [(0, gd.num_leaves, "")], {})
         self._top_body = self.body
         self._top = True
@@ -307,6 +337,13 @@ class UnflattenPlanner:
         chains = self.chains if self._top else {}
         names = self.body.names
         skip: dict[int, int] = {}
+        if self._top:  # a container chain's entries are made by its loop, link by link
+            for cc in self.cchains.values():
+                l0, ln = cc.links[0], cc.links[-1]
+                if l0.ebefore[1]:
+                    skip[l0.ebefore[0]] = l0.ebefore[0] + cc.n * l0.ebefore[1]
+                if l0.eafter[1]:
+                    skip[ln.eafter[0]] = ln.eafter[0] + cc.n * l0.eafter[1]
         fills: list[int] = []
         for lo, hi in ranges:
             i = lo
@@ -509,7 +546,7 @@ class UnflattenPlanner:
     def _new_dict_node(self, spec: NodeSpec, dn: reg.DictNode, dst: str) -> None:
         """What ``DictNode.new`` does first: ``object.__new__(cls)`` (then :meth:`_bookkeeping`)."""
         self.steps.append(Step("new_object", dst=dst, cls=self.consts.bind(spec.type, "T")))
-        if self.shapes or self.chains:  # the build order is free while no class gains one
+        if self.shapes or self.chains or self.cchains:  # the build order is free while no class gains one
             self.facts.require_absent(spec.type, ("__getattribute__",))  # (see unflatten_order_free)
 
     def _bookkeeping(self, spec: NodeSpec, dn: reg.DictNode, dst: str) -> None:
@@ -602,7 +639,7 @@ class UnflattenPlanner:
             self.facts.require_absent(t, ("__new__",))
         else:
             op = "new_via_type"
-        if self.shapes or self.chains:
+        if self.shapes or self.chains or self.cchains:
             # Outlined: states are made where their subtree is used, not in table order,
             # which the stores below keep unobservable while they run no user code (read
             # at compile time): no class gains a __setattr__, nor a value/_metadata of its own.
@@ -668,7 +705,7 @@ class UnflattenPlanner:
             return
         keys = [self._key(k, self._spec(i), "keys", j) for j, k in enumerate(spec.keys)]
         if impl.is_builtin_node:
-            if self.shapes or self.chains:  # outlined: filled out of table order (see _new_state)
+            if self.shapes or self.chains or self.cchains:  # outlined: out of table order (see _new_state)
                 self.facts.require_absent(spec.type, ("__getattribute__",))
             self.steps.append(Step("fill_dict", obj=obj, pairs=list(zip(keys, values, strict=True))))
         else:
@@ -704,7 +741,9 @@ class UnflattenPlanner:
         if type(edge) is not PytreeEdge:
             return self._leaf(edge, base, at)
         read = self.reads.at(base, *at)
-        looped = self._each(edge)
+        looped = self._links(edge, read) if self._top and self.cchains else None
+        if looped is None:
+            looped = self._each(edge)
         if looped is not None:
             return looped
         # Frames: [edge, its read, position of the next child, child locals so far].
@@ -717,7 +756,14 @@ class UnflattenPlanner:
                 child = kids[pos]
                 pos += 1
                 if type(child) is PytreeEdge:
-                    looped = self._each(child)
+                    if child is self._rec_edge:  # a container chain's next link: the loop's
+                        parts.append(self._rec_local)
+                        continue
+                    looped = None
+                    if self._top and id(child) in self.cchains:
+                        looped = self._links(child, self.reads.at(read, "children", pos - 1))
+                    if looped is None:
+                        looped = self._each(child)
                     if looped is not None:
                         parts.append(looped)
                         continue
@@ -880,6 +926,69 @@ class UnflattenPlanner:
                                sources=sources, counters=counters, body=link_steps))
         self.loops.append(f"{n} nested links of one shape ({safe_name(t.__qualname__)}), "
                           f"from {self._obj(head)}")
+
+    def _links(self, edge: PytreeEdge, read: int) -> str | None:
+        """A chain of nested containers from ``edge`` (its ``read``): one loop building the
+        links innermost first, each from its own values and statics (read per link from the
+        GraphDef) and the link inside it (``None``: no chain starts here)."""
+        ch = self.cchains.get(id(edge))
+        if ch is None:
+            return None
+        first, last = ch.links[0], ch.links[-1]
+        n, rec = ch.n, first.rec
+        (lb, nb), (la, na) = first.before, first.after
+        (eb, neb), (ea, nea) = first.ebefore, first.eafter
+        tail_edge = ch.tail_edge
+        if type(tail_edge) is PytreeEdge and not tail_edge.children \
+                and tail_edge.ptype in (list, tuple, dict):
+            tail = self._build(tail_edge, -1, [])  # (empty: nothing of it to read)
+        else:
+            tail = self._value(tail_edge, read, ("children", rec) * n)
+        prev = self._fresh("x")
+        cb, ca = self._fresh("a"), self._fresh("a")
+        body = _Body(StaticReads(eb), [(lb, nb, cb), (la, na, ca)], {}, scope=self.body.scope or self.body)
+        saved = self._rec_edge, self._rec_local
+        self._rec_edge, self._rec_local = ch.rec_edges[0], prev
+        try:
+            with self._in(body):
+                self._objects_then_fills([(eb, eb + neb), (ea, ea + nea)], -1)
+                item = self._value(edge, LINK, ())
+        finally:
+            self._rec_edge, self._rec_local = saved
+        setup: list[Step] = []
+        sources: list[str] = []
+        targets: list[str] = []
+        counters: list[tuple[str, tuple[str, int], int]] = []
+        link_steps = body.steps
+        if body.consumers:  # an outlined call or loop in the link: positions from counters
+            counters += [(cb, ("", lb + (n - 1) * nb), -nb), (ca, ("", last.after[0]), na)]
+            link_steps = self._take(body) + link_steps
+        else:
+            if nb:  # the links' values before the rest of the chain: innermost link first
+                it = self._fresh("q")
+                setup.append(Step("iter_values", dst=it, start=("", lb), stop=("", lb + n * nb),
+                                  reverse=True))
+                sources += [it] * nb
+                targets += [body.direct[s] for s in reversed(range(lb, lb + nb))]
+            if na:
+                it = self._fresh("q")
+                start = last.after[0]
+                setup.append(Step("iter_values", dst=it, start=("", start), stop=("", start + n * na),
+                                  reverse=False))
+                sources += [it] * na
+                targets += [body.direct[s] for s in range(la, la + na)]
+        if body.statics:
+            mine = self._static_local()
+            self.reads.want_links(body.reads, read, n, rec, neb, ea if nea else -1, nea)
+            it = self._fresh("q")
+            setup.append(Step("iter_statics", dst=it, src=mine))
+            sources += [it] * len(body.statics)
+            targets += body.statics
+        self.steps.extend(setup)
+        self.steps.append(Step("build_cchain", tail=tail, n=n, prev=prev, item=item, targets=targets,
+                               sources=sources, counters=counters, body=link_steps))
+        self.loops.append(f"{self._site_label()}: {n} nested {edge.ptype.__name__}s of one shape")
+        return prev
 
     def _build(self, edge: PytreeEdge, read: int, items: list[str]) -> str:
         ptype = edge.ptype

@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = '891868c59a4dba76c96c19a2d7189772cd14ca2bca7cc642ce5b2300942ed13a'
+FINGERPRINT = 'd4407b8804c9f187d24d035e70e00f67c622d1b8aa13b6c6337e85e867fc808f'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'unflatten.py.j2'
 
@@ -473,6 +473,26 @@ def root(context, missing=missing):
                     str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), environment.getattr(l_2_s, 'body'), _loop_vars=_loop_vars), 4)),
                     str(context.call((undefined(name='loop_tail') if l_0_loop_tail is missing else l_0_loop_tail), l_2_s, _loop_vars=_loop_vars)),
                 ))
+            elif (environment.getattr(l_2_s, 'op') == 'build_cchain'):
+                pass
+                t_11.extend((
+                    str(context.call((undefined(name='loop_head') if l_0_loop_head is missing else l_0_loop_head), l_2_s, _loop_vars=_loop_vars)),
+                    '\n',
+                    str(environment.getattr(l_2_s, 'prev')),
+                    ' = ',
+                    str(environment.getattr(l_2_s, 'tail')),
+                    '\nfor ',
+                    str(context.call((undefined(name='targets') if l_0_targets is missing else l_0_targets), l_2_s, _loop_vars=_loop_vars)),
+                    ':  # ',
+                    str(environment.getattr(l_2_s, 'n')),
+                    ' nested containers of one shape, innermost first',
+                    str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), environment.getattr(l_2_s, 'body'), _loop_vars=_loop_vars), 4)),
+                    '\n    ',
+                    str(environment.getattr(l_2_s, 'prev')),
+                    ' = ',
+                    str(environment.getattr(l_2_s, 'item')),
+                    str(context.call((undefined(name='loop_tail') if l_0_loop_tail is missing else l_0_loop_tail), l_2_s, _loop_vars=_loop_vars)),
+                ))
             else:
                 pass
                 t_11.extend((
@@ -511,4 +531,4 @@ def root(context, missing=missing):
     yield '\n'
 
 blocks = {}
-debug_info = '1=53&4=55&5=67&6=72&7=77&10=85&11=90&12=95&15=105&16=110&17=114&18=117&19=120&21=127&24=135&25=141&26=145&27=149&28=151&29=155&30=158&31=162&32=165&33=169&34=174&35=178&36=185&37=189&38=196&39=200&40=204&41=208&42=212&43=217&44=221&45=227&46=231&47=248&48=252&49=259&50=263&51=266&52=271&54=276&55=280&56=287&57=290&58=295&60=304&61=308&62=313&63=317&64=324&65=328&66=335&67=339&68=348&69=350&70=354&72=366&73=371&76=377&77=381&78=388&79=392&80=401&81=405&82=410&83=413&84=415&85=417&86=421&87=423&88=427&89=429&90=433&92=438&93=441&94=443&95=453&96=468&97=469&99=475&103=481&104=485&105=489&106=493&107=495&111=499&112=501&113=503&114=505'
+debug_info = '1=53&4=55&5=67&6=72&7=77&10=85&11=90&12=95&15=105&16=110&17=114&18=117&19=120&21=127&24=135&25=141&26=145&27=149&28=151&29=155&30=158&31=162&32=165&33=169&34=174&35=178&36=185&37=189&38=196&39=200&40=204&41=208&42=212&43=217&44=221&45=227&46=231&47=248&48=252&49=259&50=263&51=266&52=271&54=276&55=280&56=287&57=290&58=295&60=304&61=308&62=313&63=317&64=324&65=328&66=335&67=339&68=348&69=350&70=354&72=366&73=371&76=377&77=381&78=388&79=392&80=401&81=405&82=410&83=413&84=415&85=417&86=421&87=423&88=427&89=429&90=433&92=438&93=441&94=443&95=453&96=468&97=469&98=471&99=474&100=476&101=480&102=484&103=486&104=489&106=495&110=501&111=505&112=509&113=513&114=515&118=519&119=521&120=523&121=525'
