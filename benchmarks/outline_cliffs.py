@@ -13,7 +13,9 @@ Per row and size, in this process, side by side: whether the second ``sg.flatten
 cache hit (specialized) and served by outlined code, the compile seconds of a fresh cache
 (flatten + update, ``cache_info()["compile_seconds"]``: min of the cold repeats), and the
 time per call of ``sg.flatten`` and ``specgraph.generic.flatten`` of the same object
-(interleaved rounds, min). Usage::
+(interleaved rounds, min). For the rows of :data:`UNFLATTEN_ROWS` a second table: the
+same of ``sg.unflatten`` and ``specgraph.generic.unflatten`` of the row's GraphDef and
+values (compile seconds: the unflatten's own, on top of the flatten's). Usage::
 
     python benchmarks/outline_cliffs.py [--rows cb-mlp cb-one arrays deep] [--sizes 1000 10000]
                                         [--repeats R] [--cold C]
@@ -80,6 +82,10 @@ ROWS: dict[str, Callable[[int], Any]] = {
 }
 
 
+#: Rows whose unflatten is measured too.
+UNFLATTEN_ROWS = ("deep",)
+
+
 def _outlined() -> bool:
     return any(v.plan.outlined for e in dispatch._types.values() for v in e.variants)
 
@@ -116,6 +122,30 @@ def run(row: str, n: int, repeats: int, cold: int) -> dict[str, Any]:
             "compile_s": min(compile_s), "specgraph_us": min(spec) * 1e6, "generic_us": min(gen) * 1e6}
 
 
+def run_unflatten(row: str, n: int, repeats: int, cold: int) -> dict[str, Any]:
+    m = ROWS[row](n)
+    compile_s = []
+    for _ in range(cold):
+        sg.clear_cache()
+        gd, sm = sg.flatten(m)
+        flat_s = sg.cache_info()["compile_seconds"]
+        sg.unflatten(gd, sm)
+        sg.unflatten(gd, sm)  # (compiled by the first or second call)
+        compile_s.append(sg.cache_info()["compile_seconds"] - flat_s)
+    built = dispatch._unflat.get(gd)
+    plan = built.plan if built is not None else None
+    hits = sg.cache_info()["unflatten_hits"]
+    sg.unflatten(gd, sm)
+    specialized = sg.cache_info()["unflatten_hits"] == hits + 1
+    outlined = plan is not None and bool(plan.shape_fns or plan.loops)
+    spec, gen = [], []
+    for _ in range(repeats):  # interleaved rounds
+        spec.append(_per_call(lambda: sg.unflatten(gd, sm)))
+        gen.append(_per_call(lambda: sg.generic.unflatten(gd, sm)))
+    return {"row": row, "n": n, "specialized": specialized, "outlined": outlined,
+            "compile_s": min(compile_s), "specgraph_us": min(spec) * 1e6, "generic_us": min(gen) * 1e6}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
@@ -129,6 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     for row in args.rows:
         for n in args.sizes:
             r = run(row, n, args.repeats, args.cold)
+            ratio = r["generic_us"] / r["specgraph_us"]
+            print(f"{row:8} {n:>6} {r['specialized']!s:>5} {r['outlined']!s:>5} {r['compile_s']:>10.3f} "
+                  f"{r['specgraph_us']:>14.1f} {r['generic_us']:>11.1f} {ratio:>10.2f}", flush=True)
+    rows = [row for row in args.rows if row in UNFLATTEN_ROWS]
+    if rows:
+        print(f"\n{'unflatten':8} {'n':>6} {'spec':>5} {'outl':>5} {'compile s':>10} {'sg.unflat us':>14} "
+              f"{'generic us':>11} {'generic/sg':>10}")
+    for row in rows:
+        for n in args.sizes:
+            r = run_unflatten(row, n, args.repeats, args.cold)
             ratio = r["generic_us"] / r["specgraph_us"]
             print(f"{row:8} {n:>6} {r['specialized']!s:>5} {r['outlined']!s:>5} {r['compile_s']:>10.3f} "
                   f"{r['specgraph_us']:>14.1f} {r['generic_us']:>11.1f} {ratio:>10.2f}", flush=True)
