@@ -35,7 +35,7 @@ DUMMY: dict[str, Any] = {
     "base": "a1", "offs": [0, 1], "run": False, "at": ("a1", 2), "statics": "s1", "start": ("", 0),
     "stop": ("", 4), "reverse": False, "src": "s1", "targets": ["x4", "x5"], "sources": ["q1", "q1"],
     "counters": [("a1", ("", 0), 2)], "item": "x1", "tuple": False, "links": "r1", "head": "x1",
-    "tail": "x2", "nxt": "x2", "objs": "F2", "vals": None,
+    "tail": "x2", "nxt": "x2", "objs": "F2", "vals": None, "prev": "x3",
     "checks": [], "keys": "KS0", "types": ["T0"], "contexts": ["ctx0"], "kept": None,
 }
 
