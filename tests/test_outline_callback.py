@@ -115,6 +115,18 @@ def _values(m: Any) -> list[Any]:
     return [np.asarray(v) for v in sg.generic.flatten(m)[1].values()]
 
 
+def _update_like_reference(impl: Any, m: Any, twin: Any, sm: sg.StateMap, add: float,
+                           values: Callable[[Any], list[Any]] = _values) -> sg.StateMap:
+    """Update ``m`` through ``impl`` and its twin through the reference with the same bumped
+    values; their values must then be equal. Returns the values written."""
+    new = _bump(sm, add)
+    impl.update(m, new)
+    sg.generic.update(twin, new)
+    for a, b in zip(values(m), values(twin), strict=True):
+        np.testing.assert_array_equal(a, b)
+    return new
+
+
 @pytest.mark.repeats
 @pytest.mark.parametrize("layout", ["list", "attrs", "nested"])
 def test_callback_layers_flatten_update_unflatten(impl: Any, layout: str) -> None:
@@ -224,11 +236,7 @@ def test_sharing_across_callback_occurrences(impl: Any, share: str) -> None:
     gd, sm = impl.flatten(m)
     assert_same_flatten((gd, sm), sg.generic.flatten(m))
     twin = sg.generic.unflatten(gd, sm)
-    new = _bump(sm, 2.0)
-    impl.update(m, new)
-    sg.generic.update(twin, new)
-    for a, b in zip(_values(m), _values(twin), strict=True):
-        np.testing.assert_array_equal(a, b)
+    _update_like_reference(impl, m, twin, sm, 2.0)
 
 
 @pytest.mark.parametrize("keys", [(1, True), (1, 1.0), (0.0, -0.0), ("a", "b")])
@@ -316,11 +324,7 @@ def test_nested_containers_flatten_update_unflatten(impl: Any, kind: str) -> Non
     m, twin = nest(40, kind), nest(40, kind)
     gd, sm = impl.flatten(m)
     assert_same_flatten((gd, sm), sg.generic.flatten(m))
-    new = _bump(sm, 1.0)
-    impl.update(m, new)
-    sg.generic.update(twin, new)
-    for a, b in zip(_values(m), _values(twin), strict=True):
-        np.testing.assert_array_equal(a, b)
+    new = _update_like_reference(impl, m, twin, sm, 1.0)
     clone = impl.unflatten(gd, new)
     assert_same_flatten(sg.generic.flatten(clone), sg.generic.flatten(sg.generic.unflatten(gd, new)))
     if impl.compiled:
@@ -400,11 +404,7 @@ def test_a_nested_container_state_tied_elsewhere(impl: Any) -> None:
     gd, sm = impl.flatten(m)
     assert_same_flatten((gd, sm), sg.generic.flatten(m))
     twin = sg.generic.unflatten(gd, sm)
-    new = _bump(sm, 1.0)
-    impl.update(m, new)
-    sg.generic.update(twin, new)
-    for a, b in zip(_values(m), _values(twin), strict=True):
-        np.testing.assert_array_equal(a, b)
+    _update_like_reference(impl, m, twin, sm, 1.0)
 
 
 # -- bare array leaves (no State) -------------------------------------------------------------
@@ -493,11 +493,7 @@ def test_a_list_of_arrays_reached_from_two_occurrences(impl: Any, layout: str, w
             lay[3].d = lay[1].d
     gd, sm = impl.flatten(m)
     assert_same_flatten((gd, sm), sg.generic.flatten(m))
-    new = _bump(sm, 1.0)
-    impl.update(m, new)
-    sg.generic.update(twin, new)
-    for a, b in zip(_arrays_of(m), _arrays_of(twin), strict=True):
-        np.testing.assert_array_equal(a, b)
+    _update_like_reference(impl, m, twin, sm, 1.0, _arrays_of)
 
 
 ARR_MUTATIONS: dict[str, tuple[str, Callable[[Any], None]]] = {
@@ -593,9 +589,5 @@ def test_nested_callback_classes_with_arrays(impl: Any) -> None:
     m, twin = make(), make()
     gd, sm = impl.flatten(m)
     assert_same_flatten((gd, sm), sg.generic.flatten(m))
-    new = _bump(sm, 1.0)
-    impl.update(m, new)
-    sg.generic.update(twin, new)
-    for a, b in zip(_arrays_of(m), _arrays_of(twin), strict=True):
-        np.testing.assert_array_equal(a, b)
+    _update_like_reference(impl, m, twin, sm, 1.0, _arrays_of)
     assert all(type(x) is np.ndarray for x in _arrays_of(m))
