@@ -43,9 +43,16 @@ class CLinear:
                       "b": sg.Param(np.full((8,), seed, np.float32)), "act": "relu"}
 
 
+def _empty_clinear(meta: Any) -> CLinear:
+    """An empty ``CLinear`` (its items set by ``set_key``): no arrays made and thrown away."""
+    n = CLinear.__new__(CLinear)
+    n.items = {}
+    return n
+
+
 sg.register_graph_node_type(
     CLinear, lambda n: (list(n.items.items()), None), lambda n, k, v: n.items.__setitem__(k, v),
-    lambda n, k: n.items.pop(k), lambda meta: CLinear(0.0), lambda n: n.items.clear())
+    lambda n, k: n.items.pop(k), _empty_clinear, lambda n: n.items.clear())
 
 
 class Linear(sg.Node):
@@ -83,7 +90,7 @@ ROWS: dict[str, Callable[[int], Any]] = {
 
 
 #: Rows whose unflatten is measured too.
-UNFLATTEN_ROWS = ("deep",)
+UNFLATTEN_ROWS = ("cb-mlp", "cb-one", "deep")
 
 
 def _outlined() -> bool:

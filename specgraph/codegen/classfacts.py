@@ -250,7 +250,8 @@ def unflatten_runs_no_user_code(gd: GraphDef, impls: dict[int, Any]) -> bool:
     return plain_containers(gd)
 
 
-def unflatten_order_free(gd: GraphDef, impls: dict[int, Any], no_user_code: bool | None = None) -> bool:
+def unflatten_order_free(gd: GraphDef, impls: dict[int, Any], no_user_code: bool | None = None,
+                         callbacks: bool = False) -> bool:
     """The order a generated unflatten makes this structure's objects in is not observable
     (read at compile time): then outlined code may build a repeated subtree where it is
     used, bottom-up, instead of in table order as the reference does.
@@ -268,7 +269,13 @@ def unflatten_order_free(gd: GraphDef, impls: dict[int, Any], no_user_code: bool
     Each distinct class is read once. What it reads is guarded per call by the planner
     where outlined code relies on it (a ``__getattribute__``, a state's ``__setattr__``,
     ``value`` or ``_metadata`` gained later would run in another order than the reference's).
+
+    ``callbacks``: the same, but callback node types (``register_graph_node_type``) are
+    allowed and their classes not read: their ``create_empty``/``set_key`` are user code,
+    which the two-phase builders call in the reference's order (see unflatten_plan.py).
     """
+    if callbacks:
+        no_user_code = False
     if no_user_code is None:
         no_user_code = unflatten_runs_no_user_code(gd, impls)
     if no_user_code:
@@ -281,6 +288,9 @@ def unflatten_order_free(gd: GraphDef, impls: dict[int, Any], no_user_code: bool
         if type(spec) is StateSpec and not all(type(k) is str for k, _ in spec.metadata):
             return False
         if (id(t), is_node) in passed:
+            continue
+        if callbacks and is_node and _callback_node(impls[spec.index]):
+            passed.add((id(t), is_node))  # (its class is never read: only its callbacks run)
             continue
         if not plain_metaclass(t) or not _std_dict(t) or defines(t, "__getattribute__"):
             return False
@@ -299,6 +309,11 @@ def unflatten_order_free(gd: GraphDef, impls: dict[int, Any], no_user_code: bool
                 return False
         passed.add((id(t), is_node))
     return plain_containers(gd)
+
+
+def _callback_node(impl: Any) -> bool:
+    """A node class registered with callbacks (``register_graph_node_type``)."""
+    return not impl.is_builtin_node and impl.dict_node is None
 
 
 def _adapter_dict_node(dn: Any) -> bool:

@@ -203,6 +203,17 @@ OPS: dict[str, Op] = {
     # builds item from its values and prev (the link inside it), and prev = item; targets,
     # sources, counters as above
     "build_cchain": Op(_U, ("tail", "n", "prev", "item", "targets", "sources", "counters", "body")),
+    # -- unflatten in two phases (a shape holding a callback node): see unflatten_plan.py --
+    # dst = fn_create([vals, at][, statics][, *contexts]), the occurrence's objects; root = dst[0]
+    "call_create": Op(_U, ("dst", "root", "fn", "at", "statics", "contexts")),
+    "call_fill": Op(_U, ("fn", "src", "statics")),  # fn_fill(src[, statics]): fills what src made
+    # dst = a list of n tuples, each the locals made (the item's objects) by body; targets,
+    # sources, counters as in build_each
+    "create_each": Op(_U, ("dst", "n", "targets", "sources", "counters", "body", "made")),
+    # per tuple of src (create_each's), unpacked into made, and the targets from the sources:
+    # body fills that item's nodes
+    "fill_each": Op(_U, ("src", "made", "n", "targets", "sources", "body")),
+    "made_roots": Op(_U, ("dst", "src", "tuple")),  # dst = the first of each tuple of src (a tuple: tuple)
 }
 
 

@@ -43,10 +43,12 @@ The flatten planner outlines more (``flatten_only=True``):
   name instead of loading again (a second call of user code: ``ShapeFn.kept``); no chain
   link holds one (a chain's update loads each link again).
 
-The unflatten planner outlines neither while any user code runs in the build
-(``unflatten_runs_no_user_code``): the reference calls every ``create_empty`` in table
-order before any ``set_key``, and ``set_key`` gets children not yet filled, which a builder
-making an occurrence bottom-up where it is used does not keep.
+The unflatten planner never outlines bare arrays. Callback node types it outlines
+(``callbacks=True``) in two phases only (unflatten_plan.py, ``_phased_objects_then_fills``):
+the reference calls every ``create_empty`` in table order before any ``set_key``, and
+``set_key`` gets children not yet filled, which a builder making an occurrence bottom-up
+where it is used would not keep; an occurrence's ``_create`` function, then its ``_fill``
+function, each called at its place in table order, do.
 
 What foreign classes check once per call is made by the top function: the
 raw-access checks (BrainState) run first there, and the update's trace token (NNX) is
@@ -221,6 +223,10 @@ def _node_key(spec: NodeSpec, equal: _EqualClasses, by_value: bool = True) -> An
     a callback node's keys and metadata (outlined by the flatten planner only)."""
     impl = reg.node_impl(spec.type)
     if not impl.is_builtin_node and impl.dict_node is None:
+        if not by_value:  # (the unflatten: an exact str/int key is spelled, any other and
+            # the metadata are read per occurrence from its GraphDef)
+            return ("cb", tuple([(id(type(k)), k) if type(k) is str or type(k) is int else "S"
+                                 for k in spec.keys]))
         # A callback node: its keys and metadata, as its guards (guard_cb_key, guard_field)
         # compare them, so two occurrences of one key are guarded by the same code.
         keys = tuple(_guard_key(k, "str" if isinstance(k, str) else match_mode(k, key_sig(k)))
@@ -334,10 +340,13 @@ class _Scan:
     """Shape keys of a structure's nodes, made bottom-up (see :func:`find_shapes`)."""
 
     def __init__(self, gd: GraphDef, witnessed: set[int], shared_types: set[type],
-                 foreign: bool = False, by_value: bool = True, flatten_only: bool = False) -> None:
+                 foreign: bool = False, by_value: bool = True, flatten_only: bool = False,
+                 callbacks: bool = False) -> None:
         self.foreign = foreign  # foreign classes may be outlined (the flatten planner's)
         # bare array leaves and callback node types may be outlined (the flatten planner's)
         self.flatten_only = flatten_only
+        # callback node types may be outlined (the unflatten planner's two-phase builders)
+        self.callbacks = callbacks or flatten_only
         self.user: set[int] = set()  # outlinable subtrees holding a callback node (user code)
         self.with_arrays: set[int] = set()  # outlinable subtrees holding a bare array leaf
         self.last_user = False  # the subtree last scanned holds a callback node
@@ -375,7 +384,7 @@ class _Scan:
                 kind = 0
             else:
                 kind = 1 if impl.is_builtin_node else 2 if impl.dict_node is not None \
-                    else 3 if self.flatten_only else 0
+                    else 3 if self.callbacks else 0
             self.node_kinds[t] = kind
         return kind
 
@@ -557,7 +566,8 @@ class _Scan:
 
 
 def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_types: set[type],
-                foreign: bool = False, by_value: bool = True, flatten_only: bool = False) -> Shapes:
+                foreign: bool = False, by_value: bool = True, flatten_only: bool = False,
+                callbacks: bool = False) -> Shapes:
     """The shapes of ``gd`` that occur at least ``outline_min`` times (``0``: none);
     ``foreign``: of foreign classes too (the flatten planner makes their per-call checks,
     the unflatten planner their per-call contexts, and passes them in). ``by_value=False``:
@@ -565,11 +575,12 @@ def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_type
     occurrence's from its GraphDef: its code does not depend on them), but for a state's
     metadata names and a dict-backed node's number of bookkeeping fields (its code spells
     them). ``flatten_only``: bare array leaves and callback node types too (the flatten
-    planner's: see the module docstring)."""
+    planner's: see the module docstring). ``callbacks``: callback node types too, not bare
+    arrays (the unflatten planner's two-phase builders: see unflatten_plan.py)."""
     if outline_min <= 0:
         return Shapes({}, {}, {})
     table = gd.table
-    sc = _Scan(gd, witnessed, shared_types, foreign, by_value, flatten_only)
+    sc = _Scan(gd, witnessed, shared_types, foreign, by_value, flatten_only, callbacks)
     interned: dict[Any, int] = {}
     key_of, size = sc.key_of, sc.size
     counts: dict[int, list[int]] = {}

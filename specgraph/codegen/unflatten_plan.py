@@ -20,6 +20,16 @@ statics from a tuple read per occurrence from the GraphDef (its reads are kept r
 to the entry it was planned from). Sharing and cycles never reach into an outlined
 subtree: they stay in the straight-line top function, built as the reference does.
 
+Where user code runs in the build (callback node types: ``create_empty``, ``set_key``) and
+nothing else would see the order (classfacts.unflatten_order_free with ``callbacks``), the
+outlined code keeps the reference's order exactly, in two phases
+(:meth:`UnflattenPlanner._phased_objects_then_fills`): every object in table order, then
+every node filled in table order. An occurrence's subtree is a contiguous range of the
+table, so its shape's ``outlined<sid>_create`` (its objects, in table order, returned as a
+tuple) and ``outlined<sid>_fill`` (its nodes, in table order) are called at its place in
+each phase, and a list of occurrences is one loop per phase. Chains are not looped there
+(their loops make and fill links out of table order).
+
 A foreign library's per-call context (NNX: the one TraceState every Pytree and Variable
 of the call shares; BrainState: the tracer, source info and level of every State) is
 made once, first, by the top function, as unrolled; a builder takes the contexts it
@@ -180,6 +190,11 @@ class ShapeBuild:
     contexts: list[str]  # then takes these per-call contexts (ctx0, ...: a caller passes its own)
     uses: int  # occurrences of the shape in the structure
     where: list[str]  # its first few call sites
+    #: two-phase (a shape holding a callback node: see _phased_objects_then_fills): ``steps``
+    #: make the objects (``outlined<sid>_create``, returning the locals ``made``, the root
+    #: first), ``fill`` fills the nodes (``outlined<sid>_fill(t[, S])``); ``None``: one builder
+    fill: list[Step] | None = None
+    made: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -251,10 +266,20 @@ class UnflattenPlanner:
         # bottom-up where it is used.
         self.attrs_ok = unflatten_runs_no_user_code(gd, self.impls)
         order_free = outline_min > 0 and unflatten_order_free(gd, self.impls, self.attrs_ok)
-        outline = outline_min if order_free else 0
+        # User code runs in the build (callback node types) but nothing else would see the
+        # order: outlined in two phases, in the reference's order (_phased_objects_then_fills).
+        self.phased = outline_min > 0 and not order_free \
+            and unflatten_order_free(gd, self.impls, False, callbacks=True)
+        outline = outline_min if order_free or self.phased else 0
         # Shapes by structure only: statics and metadata are read per occurrence anyway.
         # Foreign classes too: their per-call contexts are passed in (see _context).
-        self.shapes = find_shapes(gd, outline, set(), set(), foreign=True, by_value=False)
+        self.shapes = find_shapes(gd, outline, set(), set(), foreign=True, by_value=False,
+                                  callbacks=self.phased)
+        self._run_at: dict[int, PytreeEdge] = {}  # phased: first occurrence -> its list's edge
+        self._run_made: dict[int, str] = {}  # phased: id(a run's edge) -> the list of its items' objects
+        if self.phased:
+            outline = 0  # (no chains: their loops make and fill links out of table order)
+            self._find_runs()
         self.chains = find_chains(gd, max(2, outline), set(), set(), self.shapes) if outline else {}
         self._declarative_links_only()
         # Chains of nested containers of one link shape (``x = [x, State(...)]``): a loop
@@ -332,6 +357,9 @@ class UnflattenPlanner:
         each node filled (in table order), as the reference builds. An occurrence of an
         outlined shape (but ``root``) is skipped: it is built where it is used. At the top,
         a chain is its head's object, then one loop that makes and fills its links."""
+        if self.phased:
+            self._phased_objects_then_fills(ranges, root)
+            return
         table = self.gd.table
         shape_of, shapes = self.shapes.shape_of, self.shapes.shapes
         chains = self.chains if self._top else {}
@@ -664,7 +692,7 @@ class UnflattenPlanner:
         j = 0
         while j < len(kids):
             self._site = (spec, j)
-            n = self._run_length(kids, j) if dict_node and self.shapes.shape_of else 0
+            n = self._run_length(kids, j) if dict_node and self.shapes.shape_of and not self.phased else 0
             if n >= 2:  # a run of one shape (an nnx.List's layers): a loop, stored from its list
                 runs[j] = (j + n, self._loop(kids[j:j + n], False, path_label((None, spec.keys[j + n - 1]))))
                 values += [""] * n
@@ -795,6 +823,8 @@ class UnflattenPlanner:
     def _each(self, edge: PytreeEdge) -> str | None:
         """A list or tuple of occurrences of one outlined shape, one after the other in the
         table and in the values: a loop whose body builds one item (``None``: not one)."""
+        if self.phased:
+            return self._phased_roots(edge)
         ptype = edge.ptype
         kids = edge.children
         if not self.shapes.shape_of or (ptype is not list and ptype is not tuple) or len(kids) < 2 \
@@ -1004,4 +1034,185 @@ class UnflattenPlanner:
         else:
             treedef = self._own(self.reads.at(read, "ptype"))
             self.steps.append(Step("build_pytree", dst=dst, treedef=treedef, items=items))
+        return dst
+
+    # -- two phases: structures with callback node types ------------------------------------
+
+    def _find_runs(self) -> None:
+        """The lists and tuples whose items are occurrences of one outlined shape, one after
+        the other in the table and in the values (what :meth:`_each` loops over): by the
+        table index of their first item."""
+        if not self.shapes.shape_of:
+            return
+        stack: list[Any] = [c for spec in self.gd.table if type(spec) is NodeSpec
+                            for c in spec.children if type(c) is PytreeEdge]
+        stack.append(self.gd.root)
+        while stack:
+            e = stack.pop()
+            if type(e) is not PytreeEdge:
+                continue
+            kids = e.children
+            if (e.ptype is list or e.ptype is tuple) and len(kids) >= 2 \
+                    and self._run_length(kids, 0) == len(kids):
+                self._run_at[kids[0].index] = e
+                continue
+            stack.extend(kids)
+
+    def _phased_objects_then_fills(self, ranges: list[tuple[int, int]], root: int) -> tuple[list[str], int]:
+        """Where user code runs in the build (``create_empty``, ``set_key`` of callback node
+        types), in the reference's order exactly: first every object of the entries in
+        ``ranges`` in table order, then every node filled in table order. An occurrence of an
+        outlined shape (but ``root``) is a contiguous range of the table (its subtree:
+        self-contained, in pre-order), so its shape's ``_create`` function, called at its
+        place among the objects, makes its objects in table order and returns them (with
+        what its own outlined calls made), and its ``_fill`` function, called at its place
+        among the fills, fills its nodes in table order. A list of occurrences (consecutive
+        in the table) is a loop making each in turn, then a loop filling each in turn.
+
+        Returns the locals the objects phase made (the ``root`` entry's first, when it is
+        one) and where the fills begin in the current body's steps."""
+        table = self.gd.table
+        shape_of, shapes = self.shapes.shape_of, self.shapes.shapes
+        made: list[str] = []
+        fills: list[tuple[Any, ...]] = []
+        for lo, hi in ranges:
+            i = lo
+            while i < hi:
+                if i != root and i in shape_of:
+                    m = shapes[shape_of[i]].nindices
+                    run = self._run_at.get(i)
+                    if run is not None:
+                        fills.append(self._phased_create_run(run, made))
+                        i += len(run.children) * m
+                    else:
+                        fills.append(self._phased_create_one(i, made))
+                        i += m
+                    self._check_size()
+                    continue
+                spec = table[i]
+                if type(spec) is NodeSpec:
+                    self._new_node(spec)
+                    fills.append(("node", spec))
+                else:
+                    self._new_state(spec)
+                made.append(self._obj(i))
+                i += 1
+                self._check_size()
+        split = len(self.steps)
+        for f in fills:
+            if f[0] == "node":
+                self._fill_node(f[1])
+            elif f[0] == "one":
+                _, fn, handle, statics = f
+                self.steps.append(Step("call_fill", fn=fn, src=handle, statics=statics))
+            else:
+                _, dst, item_made, n, fill_steps, mine, targets = f
+                sources: list[str] = []
+                if mine is not None:
+                    it = self._fresh("q")
+                    self.steps.append(Step("iter_statics", dst=it, src=mine))
+                    sources = [it] * len(targets)
+                self.steps.append(Step("fill_each", src=dst, made=item_made, n=n, targets=targets,
+                                       sources=sources, body=fill_steps))
+            self._check_size()
+        return made, split
+
+    def _phased_create_one(self, index: int, made: list[str]) -> tuple[Any, ...]:
+        """The call making the objects of the occurrence at ``index`` (its root's local is
+        where its parent's fill finds it); what the fills phase calls for it."""
+        sid = self.shapes.shape_of[index]
+        fn = self._phased_fn(sid)
+        at = self._pos(self.shapes.slot_lo[index]) if fn.values else None
+        statics = None
+        if fn.statics:
+            statics = self._static_local()
+            self.reads.want_one(self._fn_reads[sid], index)
+        ctxs = [self._context(f) for f in self._fn_params[sid]]
+        handle, root = self._fresh("t"), self._fresh("o_")
+        self.steps.append(Step("call_create", dst=handle, root=root, fn=fn.name, at=at, statics=statics,
+                               contexts=ctxs))
+        self.body.names[index] = root
+        made += [handle, root]
+        if len(fn.where) < 3:
+            fn.where.append(f"entry {index}")
+        return ("one", fn.name, handle, statics)
+
+    def _phased_fn(self, sid: int) -> ShapeBuild:
+        """The two functions of shape ``sid`` (see :meth:`_phased_objects_then_fills`),
+        planned from its first occurrence on first use."""
+        fn = self._fns.get(sid)
+        if fn is not None:
+            return fn
+        shape = self.shapes.shapes[sid]
+        rep = shape.rep
+        lo = self.shapes.slot_lo[rep]
+        body = _Body(StaticReads(rep), [(lo, shape.nslots, "at")], {})
+        with self._in(body):
+            made, split = self._phased_objects_then_fills([(rep, rep + shape.nindices)], rep)
+        head = [Step("unpack_statics", dsts=body.statics)] if body.statics else []
+        fn = ShapeBuild(name=f"outlined{sid}", type_name=safe_name(shape.type_name),
+                        steps=head + self._take(body) + body.steps[:split], root=made[0],
+                        values=shape.nslots > 0, statics=bool(body.statics),
+                        contexts=[body.contexts[f] for f in body.params], uses=len(shape.occurrences),
+                        where=[], fill=list(head) + body.steps[split:], made=made)
+        self._fn_reads[sid] = body.reads
+        self._fn_params[sid] = body.params
+        self._fns[sid] = fn
+        self.shape_fns.append(fn)
+        return fn
+
+    def _phased_create_run(self, edge: PytreeEdge, made: list[str]) -> tuple[Any, ...]:
+        """The loop making the objects of a list's items (each a :meth:`_run_length` run's
+        occurrence), item by item, each's in table order, into a list of their locals; what
+        the fills phase loops over for it (its body planned from the first item)."""
+        kids = edge.children
+        rep = kids[0].index
+        shape = self.shapes.shapes[self.shapes.shape_of[rep]]
+        k = shape.nslots
+        lo = self.shapes.slot_lo[rep]
+        pos = self._pos(lo) if k else ("", 0)
+        counter = self._fresh("a")
+        body = _Body(StaticReads(rep), [(lo, k, counter)], {}, scope=self.body.scope or self.body)
+        with self._in(body):
+            item_made, split = self._phased_objects_then_fills([(rep, rep + shape.nindices)], rep)
+        n = len(kids)
+        setup: list[Step] = []
+        sources: list[str] = []
+        targets: list[str] = []
+        counters: list[tuple[str, tuple[str, int], int]] = []
+        create = body.steps[:split]
+        if body.consumers:  # an outlined call or loop in the item: positions from a counter
+            counters.append((counter, pos, k))
+            create = self._take(body) + create
+        elif body.direct:  # the item's values, k at a time
+            it = self._fresh("q")
+            setup.append(Step("iter_values", dst=it, start=pos, stop=(pos[0], pos[1] + n * k), reverse=False))
+            sources += [it] * k
+            targets += [body.direct[s] for s in range(lo, lo + k)]
+        mine = None
+        if body.statics:
+            mine = self._static_local()
+            self.reads.want_each(body.reads, [c.index for c in kids])
+            it = self._fresh("q")
+            setup.append(Step("iter_statics", dst=it, src=mine))
+            sources += [it] * len(body.statics)
+            targets += body.statics
+        dst = self._fresh("r")
+        self.steps.extend(setup)
+        self.steps.append(Step("create_each", dst=dst, n=n, targets=targets, sources=sources,
+                               counters=counters, body=create, made=item_made))
+        self._run_made[id(edge)] = dst
+        made.append(dst)
+        self.loops.append(f"{edge.ptype.__name__} from entry {rep}: {n} x {safe_name(shape.type_name)} "
+                          "(made, then filled, each in table order)")
+        return ("run", dst, item_made, n, body.steps[split:], mine, list(body.statics))
+
+    def _phased_roots(self, edge: PytreeEdge) -> str | None:
+        """The value of a list made by :meth:`_phased_create_run`: its items' roots (``None``:
+        ``edge`` is no such list)."""
+        src = self._run_made.get(id(edge))
+        if src is None:
+            return None
+        dst = self._fresh("c")
+        self.steps.append(Step("made_roots", dst=dst, src=src, tuple=edge.ptype is tuple))
         return dst

@@ -161,7 +161,8 @@ def explain(graphdef: GraphDef, *, max_lines: int | None = 300) -> str:
         out.append("Outlined unflatten (each builder once below; it builds one occurrence, fully):")
         for fn in up.shape_fns:
             more = "; ..." if fn.uses > len(fn.where) else ""
-            out.append(f"  - {fn.name}_build ({fn.type_name}): the shape occurs {fn.uses} times; "
+            names = f"{fn.name}_build" if getattr(fn, "fill", None) is None else f"{fn.name}_create/_fill"
+            out.append(f"  - {names} ({fn.type_name}): the shape occurs {fn.uses} times; "
                        f"called at {'; '.join(fn.where)}{more}")
         for loop in up.loops:
             out.append(f"  - a loop over {loop} (its body builds one)")

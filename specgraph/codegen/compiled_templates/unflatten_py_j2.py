@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = 'd4407b8804c9f187d24d035e70e00f67c622d1b8aa13b6c6337e85e867fc808f'
+FINGERPRINT = 'a85c1bfa21f3bf728f7e17a8889e526ef3ec2d8b6359190280acd6d3784543a4'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'unflatten.py.j2'
 
@@ -473,6 +473,94 @@ def root(context, missing=missing):
                     str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), environment.getattr(l_2_s, 'body'), _loop_vars=_loop_vars), 4)),
                     str(context.call((undefined(name='loop_tail') if l_0_loop_tail is missing else l_0_loop_tail), l_2_s, _loop_vars=_loop_vars)),
                 ))
+            elif (environment.getattr(l_2_s, 'op') == 'call_create'):
+                pass
+                t_11.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = ',
+                    str(environment.getattr(l_2_s, 'fn')),
+                    '_create(',
+                    str(t_2(context.eval_ctx, t_5(context, (([(str_join(('vals, ', context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars), )) if (not t_6(environment.getattr(l_2_s, 'at'))) else cond_expr_undefined("the inline if-expression on line 99 in 'unflatten.py.j2' evaluated to false and no else section was defined."))] + ([environment.getattr(l_2_s, 'statics')] if environment.getattr(l_2_s, 'statics') else [])) + environment.getattr(l_2_s, 'contexts'))), ', ')),
+                    ')\n',
+                    str(environment.getattr(l_2_s, 'root')),
+                    ' = ',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    '[0]',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'call_fill'):
+                pass
+                t_11.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'fn')),
+                    '_fill(',
+                    str(environment.getattr(l_2_s, 'src')),
+                    str((str_join((', ', environment.getattr(l_2_s, 'statics'), )) if environment.getattr(l_2_s, 'statics') else cond_expr_undefined("the inline if-expression on line 102 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    ')',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'create_each'):
+                pass
+                t_11.extend((
+                    str(context.call((undefined(name='loop_head') if l_0_loop_head is missing else l_0_loop_head), l_2_s, _loop_vars=_loop_vars)),
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = []\nfor ',
+                    str(context.call((undefined(name='targets') if l_0_targets is missing else l_0_targets), l_2_s, _loop_vars=_loop_vars)),
+                    ':  # ',
+                    str(environment.getattr(l_2_s, 'n')),
+                    " of one shape: their objects, each's in table order",
+                    str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), environment.getattr(l_2_s, 'body'), _loop_vars=_loop_vars), 4)),
+                    '\n    ',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    '.append((',
+                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'made'), ', ')),
+                    ',))',
+                    str(context.call((undefined(name='loop_tail') if l_0_loop_tail is missing else l_0_loop_tail), l_2_s, _loop_vars=_loop_vars)),
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'fill_each'):
+                pass
+                if environment.getattr(l_2_s, 'sources'):
+                    pass
+                    t_11.extend((
+                        '\nfor (',
+                        str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'made'), ', ')),
+                        ',), ',
+                        str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'targets'), ', ')),
+                        ' in zip(',
+                        str(environment.getattr(l_2_s, 'src')),
+                        ', ',
+                        str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'sources'), ', ')),
+                        '):  # ',
+                        str(environment.getattr(l_2_s, 'n')),
+                        ' of one shape: filled, each in table order',
+                    ))
+                else:
+                    pass
+                    t_11.extend((
+                        '\nfor ',
+                        str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'made'), ', ')),
+                        ', in ',
+                        str(environment.getattr(l_2_s, 'src')),
+                        ':  # ',
+                        str(environment.getattr(l_2_s, 'n')),
+                        ' of one shape: filled, each in table order',
+                    ))
+                t_11.extend((
+                    str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), environment.getattr(l_2_s, 'body'), _loop_vars=_loop_vars), 4)),
+                    '\n    pass',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'made_roots'):
+                pass
+                t_11.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = ',
+                    str(('tuple(' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 119 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    '[t[0] for t in ',
+                    str(environment.getattr(l_2_s, 'src')),
+                    ']',
+                    str((')' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 119 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                ))
             elif (environment.getattr(l_2_s, 'op') == 'build_cchain'):
                 pass
                 t_11.extend((
@@ -506,19 +594,46 @@ def root(context, missing=missing):
     for l_1_f in (undefined(name='shape_fns') if l_0_shape_fns is missing else l_0_shape_fns):
         _loop_vars = {}
         pass
-        yield 'def '
-        yield str(environment.getattr(l_1_f, 'name'))
-        yield '_build('
-        yield str(t_2(context.eval_ctx, (((['vals, at'] if environment.getattr(l_1_f, 'values') else []) + (['S'] if environment.getattr(l_1_f, 'statics') else [])) + environment.getattr(l_1_f, 'contexts')), ', '))
-        yield '):\n    """Build one fresh '
-        yield str(environment.getattr(l_1_f, 'type_name'))
-        yield ' of this shape (used '
-        yield str(environment.getattr(l_1_f, 'uses'))
-        yield ' times)."""'
-        yield str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), environment.getattr(l_1_f, 'steps'), _loop_vars=_loop_vars), 4))
-        yield '\n    return '
-        yield str(environment.getattr(l_1_f, 'root'))
-        yield '\n\n\n'
+        if (not t_6(environment.getattr(l_1_f, 'fill'))):
+            pass
+            yield 'def '
+            yield str(environment.getattr(l_1_f, 'name'))
+            yield '_create('
+            yield str(t_2(context.eval_ctx, (((['vals, at'] if environment.getattr(l_1_f, 'values') else []) + (['S'] if environment.getattr(l_1_f, 'statics') else [])) + environment.getattr(l_1_f, 'contexts')), ', '))
+            yield '):\n    """Make the objects of one '
+            yield str(environment.getattr(l_1_f, 'type_name'))
+            yield ' of this shape, in table order (used '
+            yield str(environment.getattr(l_1_f, 'uses'))
+            yield ' times)."""'
+            yield str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), environment.getattr(l_1_f, 'steps'), _loop_vars=_loop_vars), 4))
+            yield '\n    return ('
+            yield str(t_2(context.eval_ctx, environment.getattr(l_1_f, 'made'), ', '))
+            yield ',)\n\n\ndef '
+            yield str(environment.getattr(l_1_f, 'name'))
+            yield '_fill(t'
+            yield str((', S' if environment.getattr(l_1_f, 'statics') else cond_expr_undefined("the inline if-expression on line 140 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
+            yield '):\n    """Fill the nodes of one '
+            yield str(environment.getattr(l_1_f, 'type_name'))
+            yield ' its _create made, in table order."""\n    '
+            yield str(t_2(context.eval_ctx, environment.getattr(l_1_f, 'made'), ', '))
+            yield ', = t'
+            yield str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), environment.getattr(l_1_f, 'fill'), _loop_vars=_loop_vars), 4))
+            yield '\n\n\n'
+        else:
+            pass
+            yield 'def '
+            yield str(environment.getattr(l_1_f, 'name'))
+            yield '_build('
+            yield str(t_2(context.eval_ctx, (((['vals, at'] if environment.getattr(l_1_f, 'values') else []) + (['S'] if environment.getattr(l_1_f, 'statics') else [])) + environment.getattr(l_1_f, 'contexts')), ', '))
+            yield '):\n    """Build one fresh '
+            yield str(environment.getattr(l_1_f, 'type_name'))
+            yield ' of this shape (used '
+            yield str(environment.getattr(l_1_f, 'uses'))
+            yield ' times)."""'
+            yield str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), environment.getattr(l_1_f, 'steps'), _loop_vars=_loop_vars), 4))
+            yield '\n    return '
+            yield str(environment.getattr(l_1_f, 'root'))
+            yield '\n\n\n'
     l_1_f = missing
     yield 'def '
     yield str((undefined(name='name') if l_0_name is missing else l_0_name))
@@ -531,4 +646,4 @@ def root(context, missing=missing):
     yield '\n'
 
 blocks = {}
-debug_info = '1=53&4=55&5=67&6=72&7=77&10=85&11=90&12=95&15=105&16=110&17=114&18=117&19=120&21=127&24=135&25=141&26=145&27=149&28=151&29=155&30=158&31=162&32=165&33=169&34=174&35=178&36=185&37=189&38=196&39=200&40=204&41=208&42=212&43=217&44=221&45=227&46=231&47=248&48=252&49=259&50=263&51=266&52=271&54=276&55=280&56=287&57=290&58=295&60=304&61=308&62=313&63=317&64=324&65=328&66=335&67=339&68=348&69=350&70=354&72=366&73=371&76=377&77=381&78=388&79=392&80=401&81=405&82=410&83=413&84=415&85=417&86=421&87=423&88=427&89=429&90=433&92=438&93=441&94=443&95=453&96=468&97=469&98=471&99=474&100=476&101=480&102=484&103=486&104=489&106=495&110=501&111=505&112=509&113=513&114=515&118=519&119=521&120=523&121=525'
+debug_info = '1=53&4=55&5=67&6=72&7=77&10=85&11=90&12=95&15=105&16=110&17=114&18=117&19=120&21=127&24=135&25=141&26=145&27=149&28=151&29=155&30=158&31=162&32=165&33=169&34=174&35=178&36=185&37=189&38=196&39=200&40=204&41=208&42=212&43=217&44=221&45=227&46=231&47=248&48=252&49=259&50=263&51=266&52=271&54=276&55=280&56=287&57=290&58=295&60=304&61=308&62=313&63=317&64=324&65=328&66=335&67=339&68=348&69=350&70=354&72=366&73=371&76=377&77=381&78=388&79=392&80=401&81=405&82=410&83=413&84=415&85=417&86=421&87=423&88=427&89=429&90=433&92=438&93=441&94=443&95=453&96=468&97=469&98=471&99=475&100=481&101=486&102=490&103=496&104=499&105=501&106=503&107=507&108=509&109=513&110=515&111=517&112=521&114=536&116=544&118=547&119=551&120=559&121=562&122=564&123=568&124=572&125=574&126=577&128=583&132=589&133=592&134=595&135=599&136=603&137=605&140=607&141=611&142=613&143=615&147=620&148=624&149=628&150=630&155=634&156=636&157=638&158=640'

@@ -1,0 +1,341 @@
+"""Outlined unflatten of structures holding callback node types (``register_graph_node_type``).
+
+Their ``create_empty`` and ``set_key`` are user code, run during the build: the reference
+calls every ``create_empty`` (and makes every other object) in table order, then fills
+every node in table order, each ``set_key`` getting children made but maybe not filled
+yet. The outlined code (two phases: unflatten_plan.py, ``_phased_objects_then_fills``)
+must do exactly that. Every test here records the ordered log of the user calls, with what
+each ``set_key`` sees of its child (a callback node's keys so far, a ``Node``'s attributes
+so far), and demands the reference's log and result; on the compiled paths the call must
+have been served by generated code, and on the outlined one by outlined code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import assert_same_flatten, outlined_unflatten_hits
+
+import specgraph as sg
+from specgraph.runtime import dispatch
+
+LOG: list[tuple] = []
+_NUM: dict[int, int] = {}  # id(object) -> its number in the recording (by first appearance)
+_ALIVE: list[Any] = []  # (so no id is reused while recording)
+FAIL: dict[str, int] = {}  # "create"/"set" -> the call (1-based) of the recording that raises
+_CALLS = {"create": 0, "set": 0}
+
+
+class Boom(Exception):
+    pass
+
+
+class CB:
+    """A node type registered with callbacks: its children in a dict, a metadata tuple."""
+
+    def __init__(self, seed: float = 0.0, meta: Any = ("cb", 2), **extra: Any) -> None:
+        self.meta = meta
+        self.items: dict[Any, Any] = {"w": sg.Param(np.full((2,), seed, np.float32)),
+                                      "b": sg.Param(np.full((1,), seed, np.float32)), "act": "relu", **extra}
+
+
+def _num(x: Any) -> int:
+    n = _NUM.get(id(x))
+    if n is None:
+        n = _NUM[id(x)] = len(_NUM)
+        _ALIVE.append(x)
+    return n
+
+
+def describe(v: Any) -> Any:
+    """What user code given ``v`` can see of it now (objects by number, not identity)."""
+    if isinstance(v, CB):
+        return ("cb", _num(v), v.meta, tuple(sorted(map(repr, v.items))))
+    if isinstance(v, sg.State):
+        return ("state", _num(v), type(v).__name__, v.metadata)
+    if isinstance(v, sg.Node):
+        return ("node", _num(v), type(v).__name__, tuple(sorted(vars(v))))
+    if type(v) is list or type(v) is tuple:
+        return (type(v).__name__, tuple(describe(x) for x in v))
+    if type(v) is dict:
+        return ("dict", tuple((repr(k), describe(x)) for k, x in v.items()))
+    return ("static", type(v).__name__, repr(v))
+
+
+def _flatten(n: CB) -> tuple[Any, Any]:
+    return sorted(n.items.items(), key=lambda kv: repr(kv[0])), n.meta
+
+
+def _tick(kind: str) -> None:
+    _CALLS[kind] += 1
+    if FAIL.get(kind) == _CALLS[kind]:
+        raise Boom(f"{kind} call {_CALLS[kind]} refused")
+
+
+def _create(meta: Any) -> CB:
+    _tick("create")
+    n = CB.__new__(CB)
+    n.meta, n.items = meta, {}
+    LOG.append(("create", _num(n), meta))
+    return n
+
+
+def _set_key(n: CB, key: Any, value: Any) -> None:
+    _tick("set")
+    LOG.append(("set", _num(n), repr(key), describe(value)))
+    n.items[key] = value
+
+
+CALLBACKS = (_flatten, _set_key, lambda n, k: n.items.pop(k), _create, lambda n: n.items.clear())
+sg.register_graph_node_type(CB, *CALLBACKS)
+
+
+class Box(sg.Node):
+    def __init__(self, **attrs: Any) -> None:
+        vars(self).update(attrs)
+
+
+class Linear(sg.Node):
+    def __init__(self, seed: float = 0.0) -> None:
+        self.w = sg.Param(np.full((2,), seed, np.float32))
+        self.b = sg.Param(np.full((1,), seed, np.float32))
+
+
+def record(fn: Callable[[], Any]) -> tuple[Any, list[tuple]]:
+    """``fn()`` and the log of the user calls it made (an error: it, and the log so far)."""
+    LOG.clear()
+    _NUM.clear()
+    _ALIVE.clear()
+    _CALLS.update(create=0, set=0)
+    try:
+        out = fn()
+    except Boom as e:
+        out = e
+    return out, list(LOG)
+
+
+# -- structures ---------------------------------------------------------------------------
+
+
+def mlp(n: int = 5) -> Box:
+    return Box(layers=[CB(float(i)) for i in range(n)], head=Linear(9.0))
+
+
+def nested() -> Box:
+    """Callback nodes in callback nodes (and in lists of them), in blocks of one shape."""
+    def block(i: float) -> CB:
+        return CB(i, inner=CB(i + 0.5, deep=CB(i + 0.7)), pair=[CB(i + 1), CB(i + 2)])
+    return Box(blocks=[block(float(i)) for i in range(3)], solo=block(7.0), other=block(8.0))
+
+
+def mixed() -> Box:
+    """Callback layers next to ``sg.Node`` layers, in blocks and in one list."""
+    blocks = [Box(cb=CB(float(i)), lin=Linear(float(i)), both=[Linear(1.0), CB(2.0)]) for i in range(4)]
+    return Box(blocks=blocks, alt=[CB(1.0), Linear(2.0), CB(3.0), Linear(4.0)],
+               cbs=[CB(5.0, sub=Linear(5.5)) for _ in range(3)])
+
+
+def tied() -> Box:
+    m = mlp(6)
+    m.layers[4].items["w"] = m.layers[1].items["w"]
+    return m
+
+
+def shared() -> Box:
+    m = mlp(6)
+    m.again = m.layers[2]
+    return m
+
+
+def cycle() -> Box:
+    m = mlp(6)
+    m.layers[3].items["up"] = m
+    return m
+
+
+def ragged() -> Box:
+    """A list whose items stop being of one shape: an extra key, then a Node."""
+    m = mlp(6)
+    m.layers[3].items["extra"] = sg.Param(np.zeros(3, np.float32))
+    m.layers.append(Linear(3.0))
+    m.layers += [CB(7.0), CB(8.0)]
+    return m
+
+
+def at_root() -> list[Any]:
+    """The root itself a list of callback nodes."""
+    return [CB(float(i)) for i in range(4)]
+
+
+STRUCTURES: dict[str, Callable[[], Any]] = {
+    "mlp": mlp, "nested": nested, "mixed": mixed, "tied weight": tied, "shared layer": shared,
+    "cycle": cycle, "not homogeneous": ragged, "root list": at_root,
+}
+
+
+def _source(gd: sg.GraphDef) -> str:
+    built = dispatch._unflat.get(gd)
+    assert built is not None, sg.cache_info()
+    return built.source
+
+
+def served(impl: Any, gd: sg.GraphDef, sm: sg.StateMap) -> tuple[Any, list[tuple]]:
+    """One unflatten through ``impl``, recorded; compiled paths: served by generated code,
+    the outlined one by outlined code."""
+    if not impl.compiled:
+        return record(lambda: sg.generic.unflatten(gd, sm))
+    sg.unflatten(gd, sm)
+    sg.unflatten(gd, sm)  # (compiled by the first or the second call)
+    hits, outlined = sg.cache_info()["unflatten_hits"], outlined_unflatten_hits()
+    got = record(lambda: sg.unflatten(gd, sm))
+    assert sg.cache_info()["unflatten_hits"] == hits + 1, sg.cache_info()
+    if impl.name == "outlined":
+        assert outlined_unflatten_hits() == outlined + 1, _source(gd)
+    return got
+
+
+def same_as_reference(got: tuple[Any, list[tuple]], gd: sg.GraphDef, sm: sg.StateMap) -> None:
+    """The reference's log of user calls, and a graph that flattens as the reference's."""
+    out, log = got
+    ref, ref_log = record(lambda: sg.generic.unflatten(gd, sm))
+    assert log == ref_log
+    if isinstance(ref, Exception):
+        assert type(out) is type(ref) and str(out) == str(ref)
+        return
+    assert_same_flatten(sg.generic.flatten(out), sg.generic.flatten(ref))
+
+
+# -- tests --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURES))
+def test_unflatten_calls_user_code_as_the_reference(impl: Any, name: str) -> None:
+    """Every create_empty and set_key in the reference's order, each set_key seeing its
+    child as the reference's does (a callback child made, not filled yet)."""
+    m = STRUCTURES[name]()
+    gd, sm = sg.generic.flatten(m)
+    same_as_reference(served(impl, gd, sm), gd, sm)
+
+
+@pytest.fixture
+def outlined() -> Iterator[None]:
+    saved = dispatch.CONFIG.outline_min
+    sg.configure(outline_min=2)
+    try:
+        yield
+    finally:
+        dispatch.CONFIG.outline_min = saved
+
+
+class _Outlined:
+    name = "outlined"
+    compiled = True
+
+
+def test_callback_layers_are_made_then_filled_by_loops(outlined: None) -> None:
+    gd, sm = sg.generic.flatten(mlp(7))
+    same_as_reference(served(_Outlined(), gd, sm), gd, sm)
+    src = _source(gd)
+    assert "7 of one shape: their objects" in src and "7 of one shape: filled" in src
+
+
+def test_nested_shapes_have_create_and_fill_functions(outlined: None) -> None:
+    gd, sm = sg.generic.flatten(nested())
+    same_as_reference(served(_Outlined(), gd, sm), gd, sm)
+    src = _source(gd)
+    assert "_create(" in src and "_fill(" in src
+
+
+def _meta(n: CB) -> None:
+    n.meta = ("cb", 3)
+
+
+def _static(n: CB) -> None:
+    n.items["act"] = "gelu"
+
+
+def _extra_key(n: CB) -> None:
+    n.items["z"] = sg.Param(np.zeros(1, np.float32))
+
+
+def _odd_key(n: CB) -> None:
+    n.items[("t", 1)] = n.items.pop("b")
+
+
+def _int_key(n: CB) -> None:
+    n.items[1] = n.items.pop("w")
+
+
+def _true_key(n: CB) -> None:
+    n.items[True] = n.items.pop("w")
+
+
+MUTATIONS: dict[str, Callable[[CB], None]] = {
+    "metadata": _meta, "static": _static, "extra key": _extra_key, "tuple key": _odd_key,
+    "int key": _int_key, "True key": _true_key,
+}
+
+
+@pytest.mark.parametrize("name", sorted(MUTATIONS))
+@pytest.mark.parametrize("i", range(4))
+def test_each_occurrence_mutated(outlined: None, name: str, i: int) -> None:
+    """One layer's metadata, static, keys changed: its own values and user calls, the
+    others' unchanged (statics and metadata are read per occurrence from the GraphDef)."""
+    m = mlp(4)
+    MUTATIONS[name](m.layers[i])
+    gd, sm = sg.generic.flatten(m)
+    same_as_reference(served(_Outlined(), gd, sm), gd, sm)
+
+
+@pytest.mark.parametrize("kind", ["create", "set"])
+@pytest.mark.parametrize("at", [1, 3, 5])
+@pytest.mark.parametrize("name", ["mlp", "nested", "mixed"])
+def test_user_code_raising_midway(impl: Any, kind: str, at: int, name: str) -> None:
+    """create_empty or set_key raising: the same error after the same calls as the
+    reference's, and the values given (the user's objects) untouched."""
+    m = STRUCTURES[name]()
+    gd, sm = sg.generic.flatten(m)
+    before = [(v, np.array(v)) for v in sm.values()]
+    served(impl, gd, sm)  # (warm: compiled, or the reference's)
+    FAIL[kind] = at
+    try:
+        got = record(lambda: sg.unflatten(gd, sm) if impl.compiled else sg.generic.unflatten(gd, sm))
+        assert isinstance(got[0], Boom)
+        same_as_reference(got, gd, sm)
+    finally:
+        FAIL.clear()
+    assert all(a is b and np.array_equal(a, c) for (a, c), b in zip(before, sm.values(), strict=True))
+    assert_same_flatten(sg.generic.flatten(m), (gd, sm))
+
+
+def test_reregistered_after_compilation(outlined: None) -> None:
+    """Registering the class again (other callbacks) after the outlined unflatten was
+    compiled: the new callbacks run, as in the reference."""
+    gd, sm = sg.generic.flatten(mlp(5))
+    served(_Outlined(), gd, sm)
+
+    def create2(meta: Any) -> CB:
+        n = _create(meta)
+        LOG.append(("create2", _num(n)))
+        return n
+
+    try:
+        sg.register_graph_node_type(CB, _flatten, _set_key, CALLBACKS[2], create2, CALLBACKS[4])
+        got = served(_Outlined(), gd, sm)
+        assert ("create2", 1) in got[1]
+        same_as_reference(got, gd, sm)
+    finally:
+        sg.register_graph_node_type(CB, *CALLBACKS)
+    got = served(_Outlined(), gd, sm)
+    assert not any(e[0] == "create2" for e in got[1])
+    same_as_reference(got, gd, sm)
+
+
+def test_ten_thousand_callback_layers_unflatten_outlined() -> None:
+    """The default configuration: ten thousand callback layers are served by outlined code
+    (no max_steps cliff), in the reference's order."""
+    gd, sm = sg.generic.flatten(mlp(10_000))
+    same_as_reference(served(_Outlined(), gd, sm), gd, sm)
