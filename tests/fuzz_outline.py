@@ -23,7 +23,10 @@ path with the specializer off for the collect-based operations):
 * ``unflatten``: the rebuilt graph flattens like the reference's rebuild, and every
   static, key and metadata object in it is the one of the GraphDef given, also for a
   twin GraphDef (equal, with equal but distinct static objects) served by code compiled
-  from the first;
+  from the first; the callbacks' ``create_empty``/``set_key`` calls (with what each
+  ``set_key`` sees of its child: callback layers hold a ``Lin`` and a callback layer) are
+  the reference's, in its order (``unflatten_cb_*``: the calls of structures holding them,
+  outlined in two phases);
 * ``update``: every value written where the reference writes it; a partial update (one
   part of a split) too; an update with an unknown path fails like the reference's and
   writes nothing;
@@ -134,10 +137,56 @@ def _cb_flatten(x: CbLin) -> tuple[list[tuple[str, Any]], Any]:
     return [(k, d[k]) for k in keys], (d.get("_meta"), bool(d.get("_rev")))  # (a rebuild keeps both)
 
 
+#: The user calls of the callbacks (create_empty, set_key), in order, with what each set_key
+#: sees of its child now (objects numbered by first appearance): an unflatten's must be the
+#: reference's (see check_unflatten).
+CB_LOG: list[tuple[Any, ...]] = []
+_CB_NUM: dict[int, int] = {}
+_CB_ALIVE: list[Any] = []
+
+
+def _cb_num(x: Any) -> int:
+    n = _CB_NUM.get(id(x))
+    if n is None:
+        n = _CB_NUM[id(x)] = len(_CB_NUM)
+        _CB_ALIVE.append(x)
+    return n
+
+
+def _cb_sees(v: Any) -> Any:
+    """What user code given ``v`` sees of it now: a node's visible names so far, ..."""
+    if type(v) is CbLin or isinstance(v, sg.Node):
+        return (_cb_num(v), type(v).__name__, tuple(sorted(k for k in vars(v) if not k.startswith("_"))))
+    if isinstance(v, sg.State):
+        return (_cb_num(v), type(v).__name__)
+    if type(v) is list or type(v) is tuple:
+        return (type(v).__name__, tuple(_cb_sees(x) for x in v))
+    if type(v) is dict:
+        return ("dict", tuple(_cb_sees(x) for x in v.values()))
+    return type(v).__name__
+
+
+def cb_logged(fn: Callable[[], Any]) -> tuple[Any, list[tuple[Any, ...]]]:
+    """``fn()`` and the callbacks' log of it."""
+    CB_LOG.clear()
+    _CB_NUM.clear()
+    _CB_ALIVE.clear()
+    try:
+        return fn(), list(CB_LOG)
+    finally:
+        _CB_ALIVE.clear()
+
+
 def _cb_empty(meta: Any) -> CbLin:
     x = object.__new__(CbLin)
     x._meta, x._rev = meta
+    CB_LOG.append(("create", _cb_num(x)))
     return x
+
+
+def _cb_set_key(x: CbLin, k: str, v: Any) -> None:
+    CB_LOG.append(("set", _cb_num(x), k, _cb_sees(v)))
+    vars(x)[k] = v
 
 
 def _cb_clear(x: CbLin) -> None:
@@ -145,8 +194,8 @@ def _cb_clear(x: CbLin) -> None:
         del vars(x)[k]
 
 
-sg.register_graph_node_type(CbLin, _cb_flatten, lambda x, k, v: vars(x).__setitem__(k, v),
-                            lambda x, k: vars(x).pop(k), _cb_empty, _cb_clear)
+sg.register_graph_node_type(CbLin, _cb_flatten, _cb_set_key, lambda x, k: vars(x).pop(k), _cb_empty,
+                            _cb_clear)
 
 
 class ALin(sg.Node):
@@ -359,6 +408,11 @@ def build(rng: random.Random, deep: bool) -> Box:
     if rng.random() < 0.5:  # callback layers: a list of them (a loop), attributes (calls)
         m.cbs = [CbLin(float(i), act) for i in range(rng.randint(2, 6))]
         m.cb0, m.cb1 = CbLin(1.5, act), CbLin(2.5, act)
+        if rng.random() < 0.7:  # callback layers holding a Lin and a callback layer: each
+            # set_key sees its child made, not filled yet (the unflatten's two phases)
+            m.cbnest = [CbLin(float(i), act) for i in range(rng.randint(2, 4))]
+            for i, x in enumerate(m.cbnest):
+                x.sub, x.inner = Lin(float(i), act), CbLin(i + 0.5, act)
     if rng.random() < 0.3:  # one callback node elsewhere: the rest stays outlined
         m.cb = CbLin(9.0, act)
     if rng.random() < 0.5:  # layers of bare arrays: a list of them, attributes
@@ -392,6 +446,11 @@ def lins(m: Box) -> list[Lin]:
 def cblins(m: Box) -> list[CbLin]:
     d = vars(m)
     out = [x for x in d.get("cbs", []) if type(x) is CbLin]
+    for x in d.get("cbnest", []):
+        if type(x) is CbLin:
+            out.append(x)
+            if type(vars(x).get("inner")) is CbLin:
+                out.append(x.inner)
     return out + [d[k] for k in ("cb0", "cb1", "cb") if type(d.get(k)) is CbLin]
 
 
@@ -824,11 +883,17 @@ def _state_metadata(root: Any) -> list[Any]:
 
 
 def check_unflatten(m: Any, gd: Any, sm: Any, tally: Tally) -> None:
-    want = sg.generic.unflatten(gd, sm)
+    want, want_log = cb_logged(lambda: sg.generic.unflatten(gd, sm))
     want_flat = sg.generic.flatten(want)
+    cb = any(spec.type is CbLin for spec in gd.table)  # (user code in the build: two phases)
     for _ in range(2):
         with served(tally, "unflatten", "unflatten_hits", _unflat_source(gd)):
-            new = sg.unflatten(gd, sm)
+            new, log = cb_logged(lambda: sg.unflatten(gd, sm))
+        assert log == want_log, "create_empty/set_key calls not in the reference's order"
+        if cb:  # (of a structure with callback nodes: counted on their own too)
+            with served(tally, "unflatten_cb", "unflatten_hits", _unflat_source(gd)):
+                new, log = cb_logged(lambda: sg.unflatten(gd, sm))
+            assert log == want_log, "create_empty/set_key calls not in the reference's order"
         got_flat = sg.generic.flatten(new)
         same_flatten(got_flat, want_flat, identity=False)
         same_gd(got_flat[0], gd, identity=True)  # statics, keys, metadata: gd's own objects
