@@ -10,10 +10,10 @@ outlined function): a fresh cache, two flattens of ``first``, two of ``second``;
 compile seconds the second structure paid (``sg.cache_info()["compile_seconds"]``, flatten
 and update), min of the repeats, with the outlined units shared across structures (as
 ``codegen/shared.py`` does) and with sharing off (every structure compiles its own units:
-``shared.lookup`` patched to miss), interleaved in one process. Last column: the compile
-seconds of the second structure's unflatten (after the first's; its outlined builders are
-not shared across structures yet: the baseline for doing so). Prints one table; writes no
-file. These are extra rows, not issue 12's bar rows.
+``shared.lookup`` patched to miss), interleaved in one process. Last columns: the same for
+the second structure's unflatten (after the first's): its outlined builders and the loops of
+its top function are units shared across structures too. Prints one table; writes no file.
+These are extra rows, not issue 12's bar rows.
 """
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ PAIRS: dict[str, tuple[Callable[[], Any], Callable[[], Any]]] = {
 }
 
 
-def _second(first: Any, second: Any, share: bool) -> tuple[float, int, int, float]:
+def _second(first: Any, second: Any, share: bool) -> tuple[float, int, int, float, int, int]:
     """Compile seconds the second structure paid; units compiled and reused for it; and
-    the compile seconds of its unflatten, after the first structure's."""
+    the compile seconds of its unflatten, after the first structure's, and the units
+    compiled and reused for that."""
     lookup = shared.lookup
     if not share:
         shared.lookup = lambda key: None  # type: ignore[assignment]
@@ -78,7 +79,9 @@ def _second(first: Any, second: Any, share: bool) -> tuple[float, int, int, floa
     return (b["compile_seconds"] - a["compile_seconds"],
             b["outlined_units_compiled"] - a["outlined_units_compiled"],
             b["outlined_units_reused"] - a["outlined_units_reused"],
-            d["compile_seconds"] - c["compile_seconds"])
+            d["compile_seconds"] - c["compile_seconds"],
+            d["outlined_units_compiled"] - c["outlined_units_compiled"],
+            d["outlined_units_reused"] - c["outlined_units_reused"])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -93,22 +96,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     sg.flatten(models.build_mlp(_FAM, 2, 8))  # templates loaded: not timed
     print(f"compile ms of the second structure (flatten + update), min of {args.repeats}; "
           f"outline_min={sg.runtime.cache.CONFIG.outline_min}\n")
-    print("| structures | shared | not shared | units compiled / reused (shared) | unflatten, not shared |")
-    print("|---|---:|---:|---|---:|")
+    print("| structures | shared | not shared | units compiled / reused (shared) | unflatten, shared "
+          "| unflatten, not shared | unflatten units compiled / reused (shared) |")
+    print("|---|---:|---:|---|---:|---:|---|")
     for label, (make_first, make_second) in PAIRS.items():
         first, second = make_first(), make_second()
         best = {True: float("inf"), False: float("inf")}
-        unflat = float("inf")
-        units = (0, 0)
+        unflat = {True: float("inf"), False: float("inf")}
+        units = uunits = (0, 0)
         for _ in range(args.repeats):
             for share in (False, True):
-                secs, compiled, reused, usecs = _second(first, second, share)
+                secs, compiled, reused, usecs, ucompiled, ureused = _second(first, second, share)
                 best[share] = min(best[share], secs)
-                unflat = min(unflat, usecs)
+                unflat[share] = min(unflat[share], usecs)
                 if share:
-                    units = (compiled, reused)
+                    units, uunits = (compiled, reused), (ucompiled, ureused)
         print(f"| {label} | {best[True] * 1e3:.1f} | {best[False] * 1e3:.1f} | {units[0]} / {units[1]} "
-              f"| {unflat * 1e3:.1f} |", flush=True)
+              f"| {unflat[True] * 1e3:.1f} | {unflat[False] * 1e3:.1f} | {uunits[0]} / {uunits[1]} |",
+              flush=True)
     sg.clear_cache()
     return 0
 

@@ -13,6 +13,7 @@ import dis
 import gc
 import itertools
 import linecache
+import re
 import threading
 import time
 import weakref
@@ -174,8 +175,13 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
         if kind != "unflatten":
             raise ValueError(f"an unflatten plan makes no {kind} function")
         tmpl = environment().get_template("unflatten.py.j2")
-        return tmpl.render(name=name, type_name=type_name, root=plan.root,
-                           steps=[s for s in plan.steps if s.kind not in disabled], shape_fns=plan.shape_fns)
+        steps = [s for s in plan.steps if s.kind not in disabled]
+        shape_fns: list[Any] = plan.shape_fns
+        if units is not None and (shape_fns or any(s.op in _ULOOPS for s in steps)):
+            steps = _unflatten_units(plan, steps, units)
+            shape_fns = []
+        return tmpl.render(name=name, type_name=type_name, root=plan.root, steps=steps, shape_fns=shape_fns,
+                           each=None)
     if kind == "unflatten":
         raise ValueError("a flatten plan makes no unflatten function")
     no_distinct = "distinct" in disabled
@@ -278,6 +284,128 @@ def _outlined_units(kind: str, plan: FlattenPlan, context: dict[str, Any], units
     context["steps"] = steps
 
 
+#: the unflatten's loops that become units of their own (at the top function only; the two
+#: phases' loops, create_each and fill_each, stay in it)
+_ULOOPS = frozenset({"build_each", "build_cchain", "build_chain"})
+_CTX = re.compile(r"^ctx[0-9]+$")
+
+
+def _unflatten_units(plan: UnflattenPlan, steps: list[Step], units: Units) -> list[Step]:
+    """The outlined builders of an unflatten plan, and each loop of its top function over a
+    list of one shape (or the links of a chain of nodes or of containers), as units: each compiled on
+    its own or, when a structure built before had it, that very unit (``shared.py``), into
+    ``units``. Returns the top function's steps, each such loop a call of its unit.
+
+    A builder is keyed as a flatten unit is (its steps, its constants, its callees' keys):
+    its statics are not in its code but in the tuple ``S`` each caller reads from its own
+    GraphDef for its own plan of the builder, whose steps the key says are these (so the
+    same items sit at the same positions), and its contexts are parameters. A loop's unit
+    takes what it reads of the top function as parameters (``vals``, its iterators, its
+    counters' starts, its item count, the contexts its body passes on): neither where its
+    values sit nor how many items it has is in its code."""
+    flags = {"kind": "unflatten"}
+    consts = plan.consts
+    keys: dict[str, Any] = {}
+    shown: list[str] = []
+    # A builder as the template reads it: every field but its call sites (explain's). (Callees
+    # first: a builder is listed after those it calls.)
+    views: list[SimpleNamespace] = [SimpleNamespace(**{k: v for k, v in vars(f).items() if k != "where"})
+                                    for f in plan.shape_fns]
+    calls: dict[str, tuple[int, Step]] = {}
+    for i, s in enumerate(steps):
+        if s.op in _ULOOPS:
+            view, call = _loop_unit(f"each{i}", s)
+            views.append(view)
+            calls[view.name] = (i, call)
+    for view in views:
+        key, keep = shared.unit_key(flags, plan.epoch, view, consts.namespace, consts.attributes, keys)
+        keys[view.name] = key
+        unit = shared.lookup(key)
+        if unit is None:
+            try:
+                unit = _compile_unflatten_unit(view, plan, units.fns, keep)
+            except _Unbound:  # a loop reading a local of the top function it is not given: inline
+                calls.pop(view.name)
+                continue
+            shared.store(key, unit)
+            shown.append(unit.source)
+        else:
+            shown.append(f"# {view.name}_build: the unit compiled for an earlier structure, shared "
+                         "(its names are that structure's)\n" + unit.source)
+        shown[-1] = shown[-1].rstrip("\n") + "\n\n\n"
+        for suffix, g in unit.fns.items():
+            units.fns[f"{view.name}_{suffix}"] = g
+    units.shown = "".join(shown)
+    steps = list(steps)
+    for i, call in calls.values():
+        steps[i] = call
+    return steps
+
+
+def _loop_unit(name: str, s: Step) -> tuple[SimpleNamespace, Step]:
+    """The view of the unit of loop ``s`` (a top function's), and the step calling it."""
+    fields = {k: v for k, v in vars(s).items() if k != "op" and k != "kind"}
+    args = ["vals"]
+    params = ["vals"]
+    for src in dict.fromkeys(s.sources):  # (an iterator zipped k times is passed once)
+        args.append(src)
+        params.append(src)
+    counters = []
+    for j, (c, (base, off), d) in enumerate(s.counters):
+        args.append(f"{base} + {off}" if base else str(off))
+        params.append(f"at{j}")
+        counters.append((c, ("", f"at{j}"), d))
+    fields["counters"] = counters
+    args.append(str(s.n))
+    params.append("n")
+    fields["n"] = "n"
+    if s.op == "build_cchain":  # the innermost link's tail, made before
+        args.append(s.tail)
+        params.append("tail")
+        fields["tail"] = "tail"
+        result, what = s.prev, "nested containers of one shape, innermost first"
+    elif s.op == "build_chain":  # the head (made) and the tail (built) of the chain of nodes
+        args += [s.head, s.tail]
+        params += ["head", "tail"]
+        fields["head"], fields["tail"] = "head", "tail"
+        result, what = s.links, "nested links of one shape"
+    else:
+        result, what = s.dst, "of one shape"
+    ctxs = sorted(_names_in(s.body, _CTX), key=lambda c: int(c[3:]))
+    args += ctxs
+    params += ctxs
+    view = SimpleNamespace(name=name, type_name="loop", step=Step(s.op, **fields), params=params,
+                           result=result)
+    return view, Step("call_each", dst=result, fn=f"{name}_build", args=args, n=s.n, what=what)
+
+
+def _names_in(x: Any, pattern: re.Pattern[str]) -> set[str]:
+    """The strings matching ``pattern`` anywhere in steps ``x`` (their fields, nested)."""
+    found: set[str] = set()
+    stack = [x]
+    while stack:
+        y = stack.pop()
+        t = type(y)
+        if t is str:
+            if pattern.match(y):
+                found.add(y)
+        elif t is Step:
+            stack.extend(v for k, v in vars(y).items() if k != "op" and k != "kind")
+        elif t is list or t is tuple:
+            stack.extend(y)
+    return found
+
+
+def _compile_unflatten_unit(view: SimpleNamespace, plan: UnflattenPlan, bound: dict[str, Any],
+                            keep: list[Any]) -> shared.Unit:
+    """Render and compile one builder, or one loop of a top function, in a namespace of its
+    own: the prelude, the constants it names, and the builders it calls (``bound``)."""
+    each = view if hasattr(view, "step") else None
+    source = environment().get_template("unflatten.py.j2").render(
+        name=None, shape_fns=[] if each is not None else [view], each=each)
+    return _exec_unit(source, "unflatten", view, plan, bound, keep, closed_check=each is not None)
+
+
 class _Unbound(Exception):
     """A unit's code reads a global its namespace does not have (a local of the top function)."""
 
@@ -290,6 +418,14 @@ def _compile_unit(view: SimpleNamespace, flags: dict[str, Any], plan: FlattenPla
     source = environment().get_template("outlined.py.j2").render(
         shape_fns=[] if each is not None else [view], each=view if each is not None else None, **flags)
     kind = "update" if flags["update"] else "collect" if flags["collect"] else "flatten"
+    return _exec_unit(source, kind, view, plan, bound, keep, closed_check=each is not None)
+
+
+def _exec_unit(source: str, kind: str, view: SimpleNamespace, plan: FlattenPlan | UnflattenPlan,
+               bound: dict[str, Any], keep: list[Any], closed_check: bool) -> shared.Unit:
+    """Compile a unit's ``source`` under a file name of its own, in the prelude plus the
+    constants and the units (``bound``) it names; ``closed_check``: a loop's body, made from
+    the top function's, refused (:class:`_Unbound`) if it reads anything else."""
     with _lock:
         n = next(_counter)
     filename = f"<specgraph {kind} outlined {safe_name(view.type_name, 40)} #{n}>"
@@ -299,7 +435,7 @@ def _compile_unit(view: SimpleNamespace, flags: dict[str, Any], plan: FlattenPla
     pns = plan.consts.namespace
     ns.update((k, pns[k]) for k in names if k in pns)
     ns.update((k, bound[k]) for k in names if k in bound)
-    if each is not None:  # a loop's body is made from the top function's: closed, but checked
+    if closed_check:  # a loop's body is made from the top function's: closed, but checked
         unbound = _loaded_globals(code) - ns.keys() - bound.keys() - _BUILTINS
         if unbound:
             raise _Unbound(sorted(unbound))

@@ -25,6 +25,21 @@ The key (:func:`unit_key`) is exact by construction:
   guards of disabled kinds, a test switch, already left out) and its flags (update,
   collect, ...), and the registry epoch: a registration empties the table.
 
+The unflatten's units (``pipeline._unflatten_units``) are its outlined builders and the
+loops of its top function (a list of one shape, a chain of containers), keyed alike, with
+the same argument. Their code reads no static: a builder unpacks the tuple ``S`` its caller
+read from the caller's own GraphDef, for the caller's own plan of that builder, whose steps
+the key says are these: the same items at the same positions, whatever the structure and
+wherever its occurrences sit (the read offsets are the caller's, not the unit's). So
+structures differing only in a static or a metadata value share a builder, and the result
+holds the given GraphDef's very objects. What is in the code keeps them apart: a dict key
+spelled (an exact str), a class, an attribute name, a callee. A loop's unit takes what it
+reads of its top function as parameters (``vals``, its iterators, its counters' starts, its
+item count, the call's contexts): where its values sit and how many items it has are not in
+its code. A builder takes the call's contexts (NNX's TraceState, BrainState's tracer) as
+parameters too; each call's top function makes its own. The class guards are not in a
+unit: each structure's top function, compiled for it, checks them first.
+
 The table is a bounded LRU (:data:`MAX_UNITS`); ``clear_cache`` empties it and
 ``cache_info`` reports it. A unit's source stays in ``linecache`` while any of its
 functions lives (a variant that uses it, or this table).

@@ -209,6 +209,7 @@ class UnflattenPlan:
     statics: StaticReads  # what the function takes as S, read from the GraphDef it is given
     shape_fns: list[ShapeBuild] = field(default_factory=list)  # outlined builders
     loops: list[str] = field(default_factory=list)  # loops over lists of one shape, chains (explain)
+    epoch: int = -1  # the registry epoch it was planned in (its units' keys: codegen/shared.py)
 
 
 def plan_unflatten(gd: GraphDef, max_steps: int, outline_min: int = 0) -> UnflattenPlan:
@@ -256,6 +257,7 @@ class UnflattenPlanner:
     def __init__(self, gd: GraphDef, max_steps: int, outline_min: int = 0) -> None:
         self.gd = gd
         self.max_steps = max_steps
+        self.epoch = reg.registry_epoch()
         self.consts = Constants()
         self.facts = ClassFacts()
         self.impls = {spec.index: reg.node_impl(spec.type) for spec in gd.table if type(spec) is NodeSpec}
@@ -343,7 +345,8 @@ class UnflattenPlanner:
         else:
             steps[ctx:ctx] = self._take(body)
         return UnflattenPlan(graphdef=gd, consts=self.consts, steps=head + steps, root=root,
-                             facts=self.facts, statics=body.reads, shape_fns=self.shape_fns, loops=self.loops)
+                             facts=self.facts, statics=body.reads, shape_fns=self.shape_fns, loops=self.loops,
+                             epoch=self.epoch)
 
     # -- bodies: the top function's, a builder's, a loop item's ----------------------------
 

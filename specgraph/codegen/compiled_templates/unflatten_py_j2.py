@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = 'a85c1bfa21f3bf728f7e17a8889e526ef3ec2d8b6359190280acd6d3784543a4'
+FINGERPRINT = '921318c13af194a7c06b5a8e220b2313c3072a6c66ac3dd73c45fee63f42b427'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'unflatten.py.j2'
 
@@ -13,6 +13,7 @@ def root(context, missing=missing):
     cond_expr_undefined = Undefined
     if 0: yield None
     l_0_shape_fns = resolve('shape_fns')
+    l_0_each = resolve('each')
     l_0_name = resolve('name')
     l_0_type_name = resolve('type_name')
     l_0_steps = resolve('steps')
@@ -49,53 +50,59 @@ def root(context, missing=missing):
         def t_5(*unused):
             raise TemplateRuntimeError("No filter named 'select' found.")
     try:
-        t_6 = environment.tests['none']
+        t_6 = environment.tests['defined']
     except KeyError:
         @internalcode
         def t_6(*unused):
+            raise TemplateRuntimeError("No test named 'defined' found.")
+    try:
+        t_7 = environment.tests['none']
+    except KeyError:
+        @internalcode
+        def t_7(*unused):
             raise TemplateRuntimeError("No test named 'none' found.")
     pass
     l_0_g = context.vars['g'] = environment.get_template('_steps.j2', 'unflatten.py.j2')._get_default_module(context)
     context.exported_vars.discard('g')
     def macro(l_1_p):
-        t_7 = []
+        t_8 = []
         if l_1_p is missing:
             l_1_p = undefined("parameter 'p' was not provided", name='p')
         pass
-        t_7.extend((
-            str((str_join((environment.getitem(l_1_p, 0), ' + ', )) if environment.getitem(l_1_p, 0) else cond_expr_undefined("the inline if-expression on line 4 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+        t_8.extend((
+            str((str_join((environment.getitem(l_1_p, 0), ' + ', )) if environment.getitem(l_1_p, 0) else cond_expr_undefined("the inline if-expression on line 6 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
             str(environment.getitem(l_1_p, 1)),
         ))
-        return concat(t_7)
+        return concat(t_8)
     context.exported_vars.add('pos')
     context.vars['pos'] = l_0_pos = Macro(environment, macro, 'pos', ('p',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_s):
-        t_8 = []
+        t_9 = []
         if l_1_s is missing:
             l_1_s = undefined("parameter 's' was not provided", name='s')
         pass
         for (l_2_c, l_2_start, l_2__) in environment.getattr(l_1_s, 'counters'):
             _loop_vars = {}
             pass
-            t_8.extend((
+            t_9.extend((
                 '\n',
                 str(l_2_c),
                 ' = ',
                 str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), l_2_start, _loop_vars=_loop_vars)),
             ))
         l_2_c = l_2_start = l_2__ = missing
-        return concat(t_8)
+        return concat(t_9)
     context.exported_vars.add('loop_head')
     context.vars['loop_head'] = l_0_loop_head = Macro(environment, macro, 'loop_head', ('s',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_s):
-        t_9 = []
+        t_10 = []
         if l_1_s is missing:
             l_1_s = undefined("parameter 's' was not provided", name='s')
         pass
         for (l_2_c, l_2__, l_2_d) in environment.getattr(l_1_s, 'counters'):
             _loop_vars = {}
             pass
-            t_9.extend((
+            t_10.extend((
                 '\n    ',
                 str(l_2_c),
                 ' ',
@@ -104,41 +111,41 @@ def root(context, missing=missing):
                 str((l_2_d if (l_2_d >= 0) else (-l_2_d))),
             ))
         l_2_c = l_2__ = l_2_d = missing
-        return concat(t_9)
+        return concat(t_10)
     context.exported_vars.add('loop_tail')
     context.vars['loop_tail'] = l_0_loop_tail = Macro(environment, macro, 'loop_tail', ('s',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_s):
-        t_10 = []
+        t_11 = []
         if l_1_s is missing:
             l_1_s = undefined("parameter 's' was not provided", name='s')
         pass
         if (not environment.getattr(l_1_s, 'sources')):
             pass
-            t_10.extend((
+            t_11.extend((
                 '_ in range(',
                 str(environment.getattr(l_1_s, 'n')),
                 ')',
             ))
         elif (t_4(environment.getattr(l_1_s, 'sources')) == 1):
             pass
-            t_10.extend((
+            t_11.extend((
                 str(environment.getitem(environment.getattr(l_1_s, 'targets'), 0)),
                 ' in ',
                 str(environment.getitem(environment.getattr(l_1_s, 'sources'), 0)),
             ))
         else:
             pass
-            t_10.extend((
+            t_11.extend((
                 str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'targets'), ', ')),
                 ' in zip(',
                 str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'sources'), ', ')),
                 ')',
             ))
-        return concat(t_10)
+        return concat(t_11)
     context.exported_vars.add('targets')
     context.vars['targets'] = l_0_targets = Macro(environment, macro, 'targets', ('s',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_steps):
-        t_11 = []
+        t_12 = []
         if l_1_steps is missing:
             l_1_steps = undefined("parameter 'steps' was not provided", name='steps')
         pass
@@ -149,27 +156,27 @@ def root(context, missing=missing):
             pass
             if ((environment.getattr(l_2_s, 'op') == 'guard_mro') or (environment.getattr(l_2_s, 'op') == 'guard_class')):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(context.call(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'class_guard'), l_2_s, 'MISS', _loop_vars=_loop_vars)),
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'unpack_statics'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'dsts'), ', ')),
                     ', = S',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'unpack_values'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'dsts'), ', ')),
                     ', = vals',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'new_object'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = NEW(',
@@ -178,7 +185,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'new_via_type'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -189,7 +196,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'new_custom'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -200,7 +207,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'set_state'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'obj')),
                     '._metadata = ',
@@ -212,7 +219,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_list'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = [',
@@ -221,17 +228,17 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_tuple'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = (',
                     str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'items'), ', ')),
-                    str((',' if (t_4(environment.getattr(l_2_s, 'items')) == 1) else cond_expr_undefined("the inline if-expression on line 44 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((',' if (t_4(environment.getattr(l_2_s, 'items')) == 1) else cond_expr_undefined("the inline if-expression on line 46 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     ')',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_dict'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = {',
@@ -240,19 +247,19 @@ def root(context, missing=missing):
                 for (l_3_k, l_3_v), l_3_loop in LoopContext(environment.getattr(l_2_s, 'pairs'), undefined):
                     _loop_vars = {}
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         str(t_3(l_3_k)),
                         ': ',
                         str(l_3_v),
-                        str((', ' if (not environment.getattr(l_3_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 46 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                        str((', ' if (not environment.getattr(l_3_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 48 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     ))
                 l_3_loop = l_3_k = l_3_v = missing
-                t_11.append(
+                t_12.append(
                     '}',
                 )
             elif (environment.getattr(l_2_s, 'op') == 'build_pytree'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -263,7 +270,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'fill_dict'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\nd = ',
                     str(environment.getattr(l_2_s, 'obj')),
                     '.__dict__',
@@ -271,7 +278,7 @@ def root(context, missing=missing):
                 for (l_3_k, l_3_v) in environment.getattr(l_2_s, 'pairs'):
                     _loop_vars = {}
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         '\nd[',
                         str(t_3(l_3_k)),
                         '] = ',
@@ -280,7 +287,7 @@ def root(context, missing=missing):
                 l_3_k = l_3_v = missing
             elif (environment.getattr(l_2_s, 'op') == 'fill_run'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'obj')),
                     '.__dict__.update(zip(',
@@ -295,7 +302,7 @@ def root(context, missing=missing):
                 for (l_3_attr, l_3_value), l_3_loop in LoopContext(environment.getattr(l_2_s, 'pairs'), undefined):
                     _loop_vars = {}
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         '\n',
                         str(environment.getattr(l_2_s, 'obj')),
                         '.',
@@ -308,7 +315,7 @@ def root(context, missing=missing):
                 l_3_loop = l_3_attr = l_3_value = missing
             elif (environment.getattr(l_2_s, 'op') == 'new_context'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -317,7 +324,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'call'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -328,7 +335,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'set_slot'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'setter')),
                     '(',
@@ -339,7 +346,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'set_key'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'setter')),
                     '(',
@@ -354,7 +361,7 @@ def root(context, missing=missing):
                 pass
                 if environment.getattr(l_2_s, 'run'):
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         '\n',
                         str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'dsts'), ', ')),
                         ', = vals[',
@@ -371,7 +378,7 @@ def root(context, missing=missing):
                     for l_3_dst, l_3_loop in LoopContext(environment.getattr(l_2_s, 'dsts'), undefined):
                         _loop_vars = {}
                         pass
-                        t_11.extend((
+                        t_12.extend((
                             '\n',
                             str(l_3_dst),
                             ' = vals[',
@@ -381,18 +388,32 @@ def root(context, missing=missing):
                     l_3_loop = l_3_dst = missing
             elif (environment.getattr(l_2_s, 'op') == 'call_build'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
                     str(environment.getattr(l_2_s, 'fn')),
                     '_build(',
-                    str(t_2(context.eval_ctx, t_5(context, (([(str_join(('vals, ', context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars), )) if (not t_6(environment.getattr(l_2_s, 'at'))) else cond_expr_undefined("the inline if-expression on line 77 in 'unflatten.py.j2' evaluated to false and no else section was defined."))] + ([environment.getattr(l_2_s, 'statics')] if environment.getattr(l_2_s, 'statics') else [])) + environment.getattr(l_2_s, 'contexts'))), ', ')),
+                    str(t_2(context.eval_ctx, t_5(context, (([(str_join(('vals, ', context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars), )) if (not t_7(environment.getattr(l_2_s, 'at'))) else cond_expr_undefined("the inline if-expression on line 79 in 'unflatten.py.j2' evaluated to false and no else section was defined."))] + ([environment.getattr(l_2_s, 'statics')] if environment.getattr(l_2_s, 'statics') else [])) + environment.getattr(l_2_s, 'contexts'))), ', ')),
                     ')',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'call_each'):
+                pass
+                t_12.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = ',
+                    str(environment.getattr(l_2_s, 'fn')),
+                    '(',
+                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'args'), ', ')),
+                    ')  # ',
+                    str(environment.getattr(l_2_s, 'n')),
+                    ' ',
+                    str(environment.getattr(l_2_s, 'what')),
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'iter_values'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = iter(vals[',
@@ -400,12 +421,12 @@ def root(context, missing=missing):
                     ':',
                     str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'stop'), _loop_vars=_loop_vars)),
                     ']',
-                    str(('[::-1]' if environment.getattr(l_2_s, 'reverse') else cond_expr_undefined("the inline if-expression on line 79 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str(('[::-1]' if environment.getattr(l_2_s, 'reverse') else cond_expr_undefined("the inline if-expression on line 83 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     ')',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'iter_statics'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = iter(',
@@ -414,7 +435,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_each'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     str(context.call((undefined(name='loop_head') if l_0_loop_head is missing else l_0_loop_head), l_2_s, _loop_vars=_loop_vars)),
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
@@ -433,7 +454,7 @@ def root(context, missing=missing):
                 ))
                 if environment.getattr(l_2_s, 'tuple'):
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         '\n',
                         str(environment.getattr(l_2_s, 'dst')),
                         ' = tuple(',
@@ -442,7 +463,7 @@ def root(context, missing=missing):
                     ))
             elif (environment.getattr(l_2_s, 'op') == 'build_chain'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     str(context.call((undefined(name='loop_head') if l_0_loop_head is missing else l_0_loop_head), l_2_s, _loop_vars=_loop_vars)),
                     '\n',
                     str(environment.getattr(l_2_s, 'links')),
@@ -451,21 +472,21 @@ def root(context, missing=missing):
                     ', *[NEW(',
                     str(environment.getattr(l_2_s, 'cls')),
                     ') for _ in range(',
-                    str((environment.getattr(l_2_s, 'n') - 1)),
-                    ')], ',
+                    str(environment.getattr(l_2_s, 'n')),
+                    ' - 1)], ',
                     str(environment.getattr(l_2_s, 'tail')),
                     ']\nfor ',
                     str(environment.getattr(l_2_s, 'cur')),
                     ', ',
                     str(environment.getattr(l_2_s, 'nxt')),
-                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 95 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 99 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'targets'), ', ')),
                     ' in zip(',
                     str(environment.getattr(l_2_s, 'links')),
                     ', ',
                     str(environment.getattr(l_2_s, 'links')),
                     '[1:]',
-                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 95 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 99 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'sources'), ', ')),
                     '):  # ',
                     str(environment.getattr(l_2_s, 'n')),
@@ -475,13 +496,13 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'call_create'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
                     str(environment.getattr(l_2_s, 'fn')),
                     '_create(',
-                    str(t_2(context.eval_ctx, t_5(context, (([(str_join(('vals, ', context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars), )) if (not t_6(environment.getattr(l_2_s, 'at'))) else cond_expr_undefined("the inline if-expression on line 99 in 'unflatten.py.j2' evaluated to false and no else section was defined."))] + ([environment.getattr(l_2_s, 'statics')] if environment.getattr(l_2_s, 'statics') else [])) + environment.getattr(l_2_s, 'contexts'))), ', ')),
+                    str(t_2(context.eval_ctx, t_5(context, (([(str_join(('vals, ', context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars), )) if (not t_7(environment.getattr(l_2_s, 'at'))) else cond_expr_undefined("the inline if-expression on line 103 in 'unflatten.py.j2' evaluated to false and no else section was defined."))] + ([environment.getattr(l_2_s, 'statics')] if environment.getattr(l_2_s, 'statics') else [])) + environment.getattr(l_2_s, 'contexts'))), ', ')),
                     ')\n',
                     str(environment.getattr(l_2_s, 'root')),
                     ' = ',
@@ -490,17 +511,17 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'call_fill'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'fn')),
                     '_fill(',
                     str(environment.getattr(l_2_s, 'src')),
-                    str((str_join((', ', environment.getattr(l_2_s, 'statics'), )) if environment.getattr(l_2_s, 'statics') else cond_expr_undefined("the inline if-expression on line 102 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((str_join((', ', environment.getattr(l_2_s, 'statics'), )) if environment.getattr(l_2_s, 'statics') else cond_expr_undefined("the inline if-expression on line 106 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     ')',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'create_each'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     str(context.call((undefined(name='loop_head') if l_0_loop_head is missing else l_0_loop_head), l_2_s, _loop_vars=_loop_vars)),
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
@@ -521,7 +542,7 @@ def root(context, missing=missing):
                 pass
                 if environment.getattr(l_2_s, 'sources'):
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         '\nfor (',
                         str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'made'), ', ')),
                         ',), ',
@@ -536,7 +557,7 @@ def root(context, missing=missing):
                     ))
                 else:
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         '\nfor ',
                         str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'made'), ', ')),
                         ', in ',
@@ -545,25 +566,25 @@ def root(context, missing=missing):
                         str(environment.getattr(l_2_s, 'n')),
                         ' of one shape: filled, each in table order',
                     ))
-                t_11.extend((
+                t_12.extend((
                     str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), environment.getattr(l_2_s, 'body'), _loop_vars=_loop_vars), 4)),
                     '\n    pass',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'made_roots'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
-                    str(('tuple(' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 119 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str(('tuple(' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 123 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     '[t[0] for t in ',
                     str(environment.getattr(l_2_s, 'src')),
                     ']',
-                    str((')' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 119 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((')' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 123 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_cchain'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     str(context.call((undefined(name='loop_head') if l_0_loop_head is missing else l_0_loop_head), l_2_s, _loop_vars=_loop_vars)),
                     '\n',
                     str(environment.getattr(l_2_s, 'prev')),
@@ -583,18 +604,18 @@ def root(context, missing=missing):
                 ))
             else:
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(context.call((undefined(name='unknown_op') if l_2_unknown_op is missing else l_2_unknown_op), l_2_s, _loop_vars=_loop_vars)),
                 ))
         l_2_loop = l_2_s = l_2_unknown_op = missing
-        return concat(t_11)
+        return concat(t_12)
     context.exported_vars.add('body')
     context.vars['body'] = l_0_body = Macro(environment, macro, 'body', ('steps',), False, False, False, context.eval_ctx.autoescape)
     for l_1_f in (undefined(name='shape_fns') if l_0_shape_fns is missing else l_0_shape_fns):
         _loop_vars = {}
         pass
-        if (not t_6(environment.getattr(l_1_f, 'fill'))):
+        if (not t_7(environment.getattr(l_1_f, 'fill'))):
             pass
             yield 'def '
             yield str(environment.getattr(l_1_f, 'name'))
@@ -611,7 +632,7 @@ def root(context, missing=missing):
             yield ',)\n\n\ndef '
             yield str(environment.getattr(l_1_f, 'name'))
             yield '_fill(t'
-            yield str((', S' if environment.getattr(l_1_f, 'statics') else cond_expr_undefined("the inline if-expression on line 140 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
+            yield str((', S' if environment.getattr(l_1_f, 'statics') else cond_expr_undefined("the inline if-expression on line 144 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
             yield '):\n    """Fill the nodes of one '
             yield str(environment.getattr(l_1_f, 'type_name'))
             yield ' its _create made, in table order."""\n    '
@@ -635,15 +656,28 @@ def root(context, missing=missing):
             yield str(environment.getattr(l_1_f, 'root'))
             yield '\n\n\n'
     l_1_f = missing
-    yield 'def '
-    yield str((undefined(name='name') if l_0_name is missing else l_0_name))
-    yield '(vals, S):\n    """Build a fresh '
-    yield str((undefined(name='type_name') if l_0_type_name is missing else l_0_type_name))
-    yield ' of this structure from values in slot order."""'
-    yield str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), (undefined(name='steps') if l_0_steps is missing else l_0_steps)), 4))
-    yield '\n    return '
-    yield str((undefined(name='root') if l_0_root is missing else l_0_root))
-    yield '\n'
+    if (t_6((undefined(name='each') if l_0_each is missing else l_0_each)) and (undefined(name='each') if l_0_each is missing else l_0_each)):
+        pass
+        yield 'def '
+        yield str(environment.getattr((undefined(name='each') if l_0_each is missing else l_0_each), 'name'))
+        yield '_build('
+        yield str(t_2(context.eval_ctx, environment.getattr((undefined(name='each') if l_0_each is missing else l_0_each), 'params'), ', '))
+        yield '):\n    """Build the items of one loop of a top function (its unit, shared)."""'
+        yield str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), [environment.getattr((undefined(name='each') if l_0_each is missing else l_0_each), 'step')]), 4))
+        yield '\n    return '
+        yield str(environment.getattr((undefined(name='each') if l_0_each is missing else l_0_each), 'result'))
+        yield '\n'
+    if (undefined(name='name') if l_0_name is missing else l_0_name):
+        pass
+        yield 'def '
+        yield str((undefined(name='name') if l_0_name is missing else l_0_name))
+        yield '(vals, S):\n    """Build a fresh '
+        yield str((undefined(name='type_name') if l_0_type_name is missing else l_0_type_name))
+        yield ' of this structure from values in slot order."""'
+        yield str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), (undefined(name='steps') if l_0_steps is missing else l_0_steps)), 4))
+        yield '\n    return '
+        yield str((undefined(name='root') if l_0_root is missing else l_0_root))
+        yield '\n'
 
 blocks = {}
-debug_info = '1=53&4=55&5=67&6=72&7=77&10=85&11=90&12=95&15=105&16=110&17=114&18=117&19=120&21=127&24=135&25=141&26=145&27=149&28=151&29=155&30=158&31=162&32=165&33=169&34=174&35=178&36=185&37=189&38=196&39=200&40=204&41=208&42=212&43=217&44=221&45=227&46=231&47=248&48=252&49=259&50=263&51=266&52=271&54=276&55=280&56=287&57=290&58=295&60=304&61=308&62=313&63=317&64=324&65=328&66=335&67=339&68=348&69=350&70=354&72=366&73=371&76=377&77=381&78=388&79=392&80=401&81=405&82=410&83=413&84=415&85=417&86=421&87=423&88=427&89=429&90=433&92=438&93=441&94=443&95=453&96=468&97=469&98=471&99=475&100=481&101=486&102=490&103=496&104=499&105=501&106=503&107=507&108=509&109=513&110=515&111=517&112=521&114=536&116=544&118=547&119=551&120=559&121=562&122=564&123=568&124=572&125=574&126=577&128=583&132=589&133=592&134=595&135=599&136=603&137=605&140=607&141=611&142=613&143=615&147=620&148=624&149=628&150=630&155=634&156=636&157=638&158=640'
+debug_info = '1=60&6=62&7=74&8=79&9=84&12=92&13=97&14=102&17=112&18=117&19=121&20=124&21=127&23=134&26=142&27=148&28=152&29=156&30=158&31=162&32=165&33=169&34=172&35=176&36=181&37=185&38=192&39=196&40=203&41=207&42=211&43=215&44=219&45=224&46=228&47=234&48=238&49=255&50=259&51=266&52=270&53=273&54=278&56=283&57=287&58=294&59=297&60=302&62=311&63=315&64=320&65=324&66=331&67=335&68=342&69=346&70=355&71=357&72=361&74=373&75=378&78=384&79=388&80=395&81=399&82=409&83=413&84=422&85=426&86=431&87=434&88=436&89=438&90=442&91=444&92=448&93=450&94=454&96=459&97=462&98=464&99=474&100=489&101=490&102=492&103=496&104=502&105=507&106=511&107=517&108=520&109=522&110=524&111=528&112=530&113=534&114=536&115=538&116=542&118=557&120=565&122=568&123=572&124=580&125=583&126=585&127=589&128=593&129=595&130=598&132=604&136=610&137=613&138=616&139=620&140=624&141=626&144=628&145=632&146=634&147=636&151=641&152=645&153=649&154=651&159=654&162=657&164=661&165=663&167=665&168=668&169=670&170=672&171=674'
