@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import hypothesis
 import numpy as np
 import pytest
 from conftest import assert_same_flatten
+from hypothesis import strategies as hst
 
 import specgraph as sg
 from specgraph.codegen import GUARD_KINDS
@@ -586,6 +588,45 @@ def test_partial_updates_write_by_slot_as_the_reference(outlined: None, build: s
         mine, theirs = sg.generic.flatten(m), sg.generic.flatten(twin)
         assert mine[0] == theirs[0]
         assert all(a is b for a, b in zip(mine[1].values(), theirs[1].values(), strict=True))
+
+
+class Counted(sg.Node):
+    """A Linear with a counter: w, b (Params) and n (a State), so that a part of a split
+    picks some of an item's states and leaves others."""
+
+    def __init__(self, seed: float) -> None:
+        self.w = sg.Param(np.full((2, 2), seed, np.float32))
+        self.b = sg.Param(np.full((2,), seed, np.float32))
+        self.n = sg.State(np.int32(seed))
+
+
+@hypothesis.settings(max_examples=30, deadline=None)
+@hypothesis.given(n=hst.integers(2, 13),
+                  picks=hst.sets(hst.tuples(hst.integers(0, 12), hst.sampled_from("wbn")), min_size=1))
+def test_a_part_of_any_size_is_written_through_the_outlined_loop(n: int, picks: set[tuple[int, str]]) -> None:
+    """A part of a split of a list of one shape, of any number of states (the picked writes
+    go four per loop turn, the first n % 4 before the loop): written as the reference writes."""
+    saved = CONFIG.outline_min
+    sg.configure(outline_min=2)
+    sg.clear_cache()
+    try:
+        m = Box(layers=[Counted(float(i)) for i in range(n)])
+        twin = sg.generic.unflatten(*sg.generic.flatten(m))
+        _specialized(m)
+        _, part, _ = sg.split(m, lambda p, v: (p[1], p[2]) in picks, ...)
+        if not len(part):
+            return
+        new = jax_map(part, 100.0)
+        before = sg.cache_info()["update_hits"]
+        sg.update(m, new)
+        assert sg.cache_info()["update_hits"] == before + 1
+        sg.generic.update(twin, new)
+        mine, theirs = sg.generic.flatten(m), sg.generic.flatten(twin)
+        assert mine[0] == theirs[0]
+        assert all(a is b for a, b in zip(mine[1].values(), theirs[1].values(), strict=True))
+    finally:
+        CONFIG.outline_min = saved
+        sg.clear_cache()
 
 
 def jax_map(part: sg.StateMap, add: float) -> sg.StateMap:

@@ -158,8 +158,8 @@ OPS: dict[str, Op] = {
     "write_chain": Op(_W, ("cur", "obj", "n", "loads", "writes_before", "writes_after", "rec", "slot",
                            "slot_after", "nb", "na", "var")),
     # a partial update's writes into states of outlined code: objs(o_) (o_: the objects by
-    # table index, from the guards rendered as a collect) get .value from vals, or vals(vals)
-    "write_picked": Op(_W, ("objs", "vals")),
+    # table index, from the guards rendered as a collect) get .value from vals, or vals(vals); n of them
+    "write_picked": Op(_W, ("objs", "vals", "n")),
     "token_now": Op(_W, ("dst", "fn")),  # the call's trace token, made once first (FlattenPlan.token)
     # obj[key].attrs... (or obj.attrs...) must be the token: writes at the object's trace level
     "guard_token": Op(_W, ("obj", "key", "attrs", "token", "label"), "trace"),

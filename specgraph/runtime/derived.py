@@ -321,7 +321,7 @@ def _picked_writes(plan: Any, slots: tuple[int, ...], position: dict[int, int],
     pos = tuple(position[slot] for slot in picked)
     objs = consts.bind(_take(tuple(index_of[slot] for slot in picked)), "PICK")
     vals = None if pos == tuple(range(len(pos))) else consts.bind(_take(pos), "PICK")
-    writes.insert(max(at, 0), Step("write_picked", objs=objs, vals=vals))
+    writes.insert(max(at, 0), Step("write_picked", objs=objs, vals=vals, n=len(picked)))
     return writes, consts
 
 

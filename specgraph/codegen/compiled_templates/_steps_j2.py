@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = 'bb7259cd1255e34a7f614015aec1abfe2d8704b957d5f62769028abdc915fae1'
+FINGERPRINT = '8b709e9af1b6e12e5dc0f772bfdaf5af1d57821281ff5f9ae9ca35f5587c72ac'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = '_steps.j2'
 
@@ -38,22 +38,28 @@ def root(context, missing=missing):
         def t_4(*unused):
             raise TemplateRuntimeError("No test named 'item' found.")
     try:
-        t_5 = environment.tests['splice']
+        t_5 = environment.tests['none']
     except KeyError:
         @internalcode
         def t_5(*unused):
-            raise TemplateRuntimeError("No test named 'splice' found.")
+            raise TemplateRuntimeError("No test named 'none' found.")
     try:
-        t_6 = environment.tests['state_value']
+        t_6 = environment.tests['splice']
     except KeyError:
         @internalcode
         def t_6(*unused):
+            raise TemplateRuntimeError("No test named 'splice' found.")
+    try:
+        t_7 = environment.tests['state_value']
+    except KeyError:
+        @internalcode
+        def t_7(*unused):
             raise TemplateRuntimeError("No test named 'state_value' found.")
     pass
     l_0_callback = context.vars['callback'] = environment.get_template('_callback.j2', '_steps.j2')._get_default_module(context)
     context.exported_vars.discard('callback')
     def macro(l_1_s, l_1_miss):
-        t_7 = []
+        t_8 = []
         l_1_unknown_op = resolve('unknown_op')
         if l_1_s is missing:
             l_1_s = undefined("parameter 's' was not provided", name='s')
@@ -62,7 +68,7 @@ def root(context, missing=missing):
         pass
         if (environment.getattr(l_1_s, 'op') == 'guard_mro'):
             pass
-            t_7.extend((
+            t_8.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'cls')),
                 '.__mro__ is not ',
@@ -72,21 +78,21 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_s, 'op') == 'guard_class'):
             pass
-            t_7.append(
+            t_8.append(
                 'if ',
             )
             l_2_loop = missing
             for l_2_n, l_2_loop in LoopContext(environment.getattr(l_1_s, 'names'), undefined):
                 _loop_vars = {}
                 pass
-                t_7.extend((
+                t_8.extend((
                     str(t_2(l_2_n)),
                     ' in ',
                     str(environment.getattr(l_1_s, 'cls_dict')),
                     str((' or ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 14 in '_steps.j2' evaluated to false and no else section was defined."))),
                 ))
             l_2_loop = l_2_n = missing
-            t_7.extend((
+            t_8.extend((
                 ':  # ',
                 str(environment.getattr(l_1_s, 'cls')),
                 ' gained one\n    return ',
@@ -94,18 +100,19 @@ def root(context, missing=missing):
             ))
         else:
             pass
-            t_7.append(
+            t_8.append(
                 str(context.call((undefined(name='unknown_op') if l_1_unknown_op is missing else l_1_unknown_op), l_1_s)),
             )
-        return concat(t_7)
+        return concat(t_8)
     context.exported_vars.add('class_guard')
     context.vars['class_guard'] = l_0_class_guard = Macro(environment, macro, 'class_guard', ('s', 'miss'), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_s):
-        t_8 = []
+        t_9 = []
         l_1_collect = resolve('collect')
         l_1_tok_arg = resolve('tok_arg')
         l_1_namespace = resolve('namespace')
         l_1_ns = resolve('ns')
+        l_1_k = resolve('k')
         l_1_for_update = resolve('for_update')
         l_1_one = resolve('one')
         l_1_x = resolve('x')
@@ -117,7 +124,7 @@ def root(context, missing=missing):
         l_1_op = environment.getattr(l_1_s, 'op')
         if ((undefined(name='op') if l_1_op is missing else l_1_op) == 'call_shape'):
             pass
-            t_8.extend((
+            t_9.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'fn')),
@@ -134,7 +141,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'call_loop'):
             pass
-            t_8.extend((
+            t_9.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'fn')),
@@ -153,11 +160,54 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'each_loop'):
             pass
-            l_1_ns = context.call((undefined(name='namespace') if l_1_namespace is missing else l_1_namespace), states=(((not (undefined(name='collect') if l_1_collect is missing else l_1_collect)) and environment.getattr(l_1_s, 'keep_states')) and (t_3(environment.getattr(l_1_s, 'distinct')) > 0)))
-            t_8.extend((
-                str(environment.getattr(l_1_s, 'dst')),
-                ' = ',
-                str(('([], [])' if (undefined(name='collect') if l_1_collect is missing else l_1_collect) else '[]')),
+            l_1_ns = context.call((undefined(name='namespace') if l_1_namespace is missing else l_1_namespace), states=(((not (undefined(name='collect') if l_1_collect is missing else l_1_collect)) and environment.getattr(l_1_s, 'keep_states')) and (t_3(environment.getattr(l_1_s, 'distinct')) > 0)), strided=[])
+            if (undefined(name='collect') if l_1_collect is missing else l_1_collect):
+                pass
+                l_1_k = t_3(environment.getattr(l_1_s, 'objects'))
+                for (l_2_obj, l_2_by_id) in environment.getattr(l_1_s, 'distinct'):
+                    _loop_vars = {}
+                    pass
+                    if ((l_2_by_id or t_6(l_2_obj)) or (l_2_obj not in environment.getattr(l_1_s, 'objects'))):
+                        pass
+                        if not isinstance(l_1_ns, Namespace):
+                            raise TemplateRuntimeError("cannot assign attribute on non-namespace object")
+                        l_1_ns['strided'] = None
+                    elif (not t_5(environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided'))):
+                        pass
+                        if not isinstance(l_1_ns, Namespace):
+                            raise TemplateRuntimeError("cannot assign attribute on non-namespace object")
+                        l_1_ns['strided'] = (environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided') + [context.call(environment.getattr(environment.getattr(l_1_s, 'objects'), 'index'), l_2_obj, _loop_vars=_loop_vars)])
+                l_2_obj = l_2_by_id = missing
+                def t_10(fiter):
+                    for l_2_x in fiter:
+                        if t_6(l_2_x):
+                            yield l_2_x
+                for l_2_x in t_10(environment.getattr(l_1_s, 'objects')):
+                    _loop_vars = {}
+                    pass
+                    if not isinstance(l_1_ns, Namespace):
+                        raise TemplateRuntimeError("cannot assign attribute on non-namespace object")
+                    l_1_ns['strided'] = None
+                l_2_x = missing
+                t_9.extend((
+                    str(environment.getattr(l_1_s, 'dst')),
+                    '_ = []\n',
+                    str(environment.getattr(l_1_s, 'dst')),
+                    '__ = []\n',
+                    str(environment.getattr(l_1_s, 'dst')),
+                    ' = (',
+                    str(environment.getattr(l_1_s, 'dst')),
+                    '_, ',
+                    str(environment.getattr(l_1_s, 'dst')),
+                    '__)',
+                ))
+            else:
+                pass
+                t_9.extend((
+                    str(environment.getattr(l_1_s, 'dst')),
+                    ' = []',
+                ))
+            t_9.extend((
                 '\nfor ',
                 str(environment.getattr(l_1_s, 'var')),
                 ' in ',
@@ -169,7 +219,7 @@ def root(context, missing=missing):
             for l_2_b in environment.getattr(l_1_s, 'body'):
                 _loop_vars = {}
                 pass
-                t_8.extend((
+                t_9.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_b, _loop_vars=_loop_vars), 4)),
                 ))
@@ -179,7 +229,7 @@ def root(context, missing=missing):
                 for l_2_c in environment.getattr(l_1_s, 'checks'):
                     _loop_vars = {}
                     pass
-                    t_8.extend((
+                    t_9.extend((
                         '\n    ',
                         str(t_1(context.call((undefined(name='check') if l_0_check is missing else l_0_check), l_2_c, _loop_vars=_loop_vars), 4)),
                     ))
@@ -189,7 +239,7 @@ def root(context, missing=missing):
                 for (l_2_obj, l_2__) in environment.getattr(l_1_s, 'distinct'):
                     _loop_vars = {}
                     pass
-                    t_8.extend((
+                    t_9.extend((
                         '\n    ',
                         str(environment.getattr(l_1_s, 'dst')),
                         '.append(',
@@ -197,13 +247,13 @@ def root(context, missing=missing):
                         ')',
                     ))
                 l_2_obj = l_2__ = missing
-                t_8.extend((
+                t_9.extend((
                     '\nD += ',
                     str(environment.getattr(l_1_s, 'dst')),
                 ))
                 if (not (undefined(name='for_update') if l_1_for_update is missing else l_1_for_update)):
                     pass
-                    t_8.extend((
+                    t_9.extend((
                         '\n',
                         str(environment.getattr(l_1_s, 'dst')),
                         ' = [y.value for y in ',
@@ -212,7 +262,7 @@ def root(context, missing=missing):
                     ))
             elif environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'states'):
                 pass
-                t_8.extend((
+                t_9.extend((
                     '\n    ',
                     str(environment.getattr(l_1_s, 'dst')),
                     ' += (',
@@ -220,18 +270,18 @@ def root(context, missing=missing):
                 for (l_2_obj, l_2__) in environment.getattr(l_1_s, 'distinct'):
                     _loop_vars = {}
                     pass
-                    t_8.extend((
+                    t_9.extend((
                         str(l_2_obj),
                         ', ',
                     ))
                 l_2_obj = l_2__ = missing
-                t_8.extend((
+                t_9.extend((
                     ')\nD += ',
                     str(environment.getattr(l_1_s, 'dst')),
                 ))
                 if (not (undefined(name='for_update') if l_1_for_update is missing else l_1_for_update)):
                     pass
-                    t_8.extend((
+                    t_9.extend((
                         '\n',
                         str(environment.getattr(l_1_s, 'dst')),
                         ' = [y.value for y in ',
@@ -240,9 +290,9 @@ def root(context, missing=missing):
                     ))
             else:
                 pass
-                if environment.getattr(l_1_s, 'distinct'):
+                if (environment.getattr(l_1_s, 'distinct') and (not ((undefined(name='collect') if l_1_collect is missing else l_1_collect) and environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided')))):
                     pass
-                    t_8.append(
+                    t_9.append(
                         '\n    D += (',
                     )
                     for (l_2_obj, l_2_by_id) in environment.getattr(l_1_s, 'distinct'):
@@ -250,44 +300,72 @@ def root(context, missing=missing):
                         pass
                         if l_2_by_id:
                             pass
-                            t_8.extend((
+                            t_9.extend((
                                 'id(',
                                 str(l_2_obj),
                                 ')',
                             ))
                         else:
                             pass
-                            t_8.append(
+                            t_9.append(
                                 str(l_2_obj),
                             )
-                        t_8.append(
+                        t_9.append(
                             ', ',
                         )
                     l_2_obj = l_2_by_id = missing
-                    t_8.append(
+                    t_9.append(
                         ')',
                     )
                 if (undefined(name='collect') if l_1_collect is missing else l_1_collect):
                     pass
-                    t_8.extend((
-                        '\n    ',
-                        str(environment.getattr(l_1_s, 'dst')),
-                        '[0].extend(',
-                        str(context.call((undefined(name='objects_list') if l_0_objects_list is missing else l_0_objects_list), environment.getattr(l_1_s, 'objects'))),
-                        ')',
-                    ))
-                    if (not (undefined(name='for_update') if l_1_for_update is missing else l_1_for_update)):
+                    if ((not t_5(environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided'))) and (t_3(environment.getattr(l_1_s, 'objects')) <= 4)):
                         pass
-                        t_8.extend((
+                        for l_2_x in environment.getattr(l_1_s, 'objects'):
+                            _loop_vars = {}
+                            pass
+                            t_9.extend((
+                                '\n    ',
+                                str(environment.getattr(l_1_s, 'dst')),
+                                '_.append(',
+                                str(l_2_x),
+                                ')',
+                            ))
+                        l_2_x = missing
+                    else:
+                        pass
+                        t_9.extend((
                             '\n    ',
                             str(environment.getattr(l_1_s, 'dst')),
-                            '[1].extend(',
-                            str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_1_s, 'values'))),
-                            ')',
+                            '_ += ',
+                            str(context.call((undefined(name='objects_list') if l_0_objects_list is missing else l_0_objects_list), environment.getattr(l_1_s, 'objects'))),
                         ))
+                    if (not (undefined(name='for_update') if l_1_for_update is missing else l_1_for_update)):
+                        pass
+                        t_9.extend((
+                            '\n    ',
+                            str(environment.getattr(l_1_s, 'dst')),
+                            '__ += ',
+                            str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_1_s, 'values'))),
+                        ))
+                    if environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided'):
+                        pass
+                        for l_2_p in environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided'):
+                            _loop_vars = {}
+                            pass
+                            t_9.extend((
+                                '\nD += ',
+                                str(environment.getattr(l_1_s, 'dst')),
+                                '_[',
+                                str(l_2_p),
+                                '::',
+                                str(t_3(environment.getattr(l_1_s, 'objects'))),
+                                ']',
+                            ))
+                        l_2_p = missing
                 elif ((undefined(name='for_update') if l_1_for_update is missing else l_1_for_update) and environment.getattr(l_1_s, 'kept')):
                     pass
-                    t_8.extend((
+                    t_9.extend((
                         '\n    ',
                         str(environment.getattr(l_1_s, 'dst')),
                         '.append((',
@@ -295,17 +373,17 @@ def root(context, missing=missing):
                     for l_2_k in environment.getattr(l_1_s, 'kept'):
                         _loop_vars = {}
                         pass
-                        t_8.extend((
+                        t_9.extend((
                             str(l_2_k),
                             ', ',
                         ))
                     l_2_k = missing
-                    t_8.append(
+                    t_9.append(
                         '))',
                     )
                 elif environment.getattr(l_1_s, 'values'):
                     pass
-                    t_8.extend((
+                    t_9.extend((
                         '\n    ',
                         str(environment.getattr(l_1_s, 'dst')),
                         ' += ',
@@ -313,8 +391,8 @@ def root(context, missing=missing):
                     ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'chain_loop'):
             pass
-            l_1_one = ((t_3(environment.getattr(l_1_s, 'after')) == 1) and (not t_5(environment.getitem(environment.getattr(l_1_s, 'after'), 0))))
-            t_8.extend((
+            l_1_one = ((t_3(environment.getattr(l_1_s, 'after')) == 1) and (not t_6(environment.getitem(environment.getattr(l_1_s, 'after'), 0))))
+            t_9.extend((
                 str(environment.getattr(l_1_s, 'cur')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
@@ -335,7 +413,7 @@ def root(context, missing=missing):
             for l_2_b in environment.getattr(l_1_s, 'body'):
                 _loop_vars = {}
                 pass
-                t_8.extend((
+                t_9.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_b, _loop_vars=_loop_vars), 4)),
                 ))
@@ -345,14 +423,14 @@ def root(context, missing=missing):
                 for l_2_c in environment.getattr(l_1_s, 'checks'):
                     _loop_vars = {}
                     pass
-                    t_8.extend((
+                    t_9.extend((
                         '\n    ',
                         str(t_1(context.call((undefined(name='check') if l_0_check is missing else l_0_check), l_2_c, _loop_vars=_loop_vars), 4)),
                     ))
                 l_2_c = missing
             if environment.getattr(l_1_s, 'distinct'):
                 pass
-                t_8.append(
+                t_9.append(
                     '\n    D += (',
                 )
                 for (l_2_obj, l_2_by_id) in environment.getattr(l_1_s, 'distinct'):
@@ -360,26 +438,26 @@ def root(context, missing=missing):
                     pass
                     if l_2_by_id:
                         pass
-                        t_8.extend((
+                        t_9.extend((
                             'id(',
                             str(l_2_obj),
                             ')',
                         ))
                     else:
                         pass
-                        t_8.append(
+                        t_9.append(
                             str(l_2_obj),
                         )
-                    t_8.append(
+                    t_9.append(
                         ', ',
                     )
                 l_2_obj = l_2_by_id = missing
-                t_8.append(
+                t_9.append(
                     ')',
                 )
             if (undefined(name='collect') if l_1_collect is missing else l_1_collect):
                 pass
-                t_8.extend((
+                t_9.extend((
                     '\n    ',
                     str(environment.getattr(l_1_s, 'dst')),
                     '[0].extend(',
@@ -400,7 +478,7 @@ def root(context, missing=missing):
                 pass
                 if environment.getattr(l_1_s, 'before'):
                     pass
-                    t_8.extend((
+                    t_9.extend((
                         '\n    ',
                         str(environment.getattr(l_1_s, 'dst')),
                         ' += ',
@@ -408,7 +486,7 @@ def root(context, missing=missing):
                     ))
                 if (undefined(name='one') if l_1_one is missing else l_1_one):
                     pass
-                    t_8.extend((
+                    t_9.extend((
                         '\n    ',
                         str(environment.getattr(l_1_s, 'dst_after')),
                         '.append(',
@@ -417,14 +495,14 @@ def root(context, missing=missing):
                     ))
                 elif environment.getattr(l_1_s, 'after'):
                     pass
-                    t_8.extend((
+                    t_9.extend((
                         '\n    ',
                         str(environment.getattr(l_1_s, 'dst_after')),
                         '.append(',
                         str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_1_s, 'after'))),
                         ')',
                     ))
-            t_8.extend((
+            t_9.extend((
                 '\n    ',
                 str(environment.getattr(l_1_s, 'cur')),
                 ' = ',
@@ -432,7 +510,7 @@ def root(context, missing=missing):
             ))
             if (undefined(name='collect') if l_1_collect is missing else l_1_collect):
                 pass
-                t_8.extend((
+                t_9.extend((
                     '\n',
                     str(environment.getattr(l_1_s, 'dst_after')),
                     ' = ([y for z in reversed(',
@@ -443,14 +521,14 @@ def root(context, missing=missing):
                 ))
             elif (undefined(name='one') if l_1_one is missing else l_1_one):
                 pass
-                t_8.extend((
+                t_9.extend((
                     '\n',
                     str(environment.getattr(l_1_s, 'dst_after')),
                     '.reverse()',
                 ))
             else:
                 pass
-                t_8.extend((
+                t_9.extend((
                     '\n',
                     str(environment.getattr(l_1_s, 'dst_after')),
                     ' = [y for z in reversed(',
@@ -459,7 +537,7 @@ def root(context, missing=missing):
                 ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_type'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'if type(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ') is not ',
@@ -473,7 +551,7 @@ def root(context, missing=missing):
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static'):
             pass
             l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_2(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_4(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
-            t_8.extend((
+            t_9.extend((
                 'if ',
                 str((undefined(name='x') if l_1_x is missing else l_1_x)),
                 ' is not ',
@@ -494,7 +572,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_no_meta'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'obj')),
                 "._metadata:\n    return '",
@@ -505,13 +583,13 @@ def root(context, missing=missing):
             pass
             if environment.getattr(l_1_s, 'miss'):
                 pass
-                t_8.append(
+                t_9.append(
                     'try:',
                 )
                 for (l_2_dst, l_2_k) in environment.getattr(l_1_s, 'pairs'):
                     _loop_vars = {}
                     pass
-                    t_8.extend((
+                    t_9.extend((
                         '\n    ',
                         str(l_2_dst),
                         ' = ',
@@ -521,7 +599,7 @@ def root(context, missing=missing):
                         ']',
                     ))
                 l_2_dst = l_2_k = missing
-                t_8.extend((
+                t_9.extend((
                     "\nexcept KeyError:  # a renamed key\n    return '",
                     str(environment.getattr(l_1_s, 'miss')),
                     "'",
@@ -532,19 +610,19 @@ def root(context, missing=missing):
                 for (l_2_dst, l_2_k), l_2_loop in LoopContext(environment.getattr(l_1_s, 'pairs'), undefined):
                     _loop_vars = {}
                     pass
-                    t_8.extend((
+                    t_9.extend((
                         str(l_2_dst),
                         ' = ',
                         str(environment.getattr(l_1_s, 'obj')),
                         '[',
                         str(t_2(l_2_k)),
                         ']',
-                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 136 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 168 in '_steps.j2' evaluated to false and no else section was defined."))),
                     ))
                 l_2_loop = l_2_dst = l_2_k = missing
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_run'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'try:\n    ',
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = [*map(',
@@ -555,7 +633,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_dict'):
             pass
-            t_8.extend((
+            t_9.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
@@ -563,7 +641,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_node_len'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'if type(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ') is not dict or len(',
@@ -573,7 +651,7 @@ def root(context, missing=missing):
             for l_2_h in environment.getattr(l_1_s, 'hidden'):
                 _loop_vars = {}
                 pass
-                t_8.extend((
+                t_9.extend((
                     ' - (',
                     str(t_2(l_2_h)),
                     ' in ',
@@ -581,7 +659,7 @@ def root(context, missing=missing):
                     ')',
                 ))
             l_2_h = missing
-            t_8.extend((
+            t_9.extend((
                 ' != ',
                 str(environment.getattr(l_1_s, 'n')),
                 ':  # ',
@@ -592,7 +670,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_is'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'obj')),
                 ' is not ',
@@ -605,7 +683,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_array'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'if KIND(type(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ')) is not ARRAY:  # ',
@@ -616,7 +694,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'read_value'):
             pass
-            t_8.extend((
+            t_9.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
@@ -628,7 +706,7 @@ def root(context, missing=missing):
             l_1_x = str_join((environment.getattr(l_1_s, 'obj'), '[', t_2(environment.getattr(l_1_s, 'key')), ']', ))
             if (environment.getattr(l_1_s, 'mode') == 'is'):
                 pass
-                t_8.extend((
+                t_9.extend((
                     'if ',
                     str((undefined(name='x') if l_1_x is missing else l_1_x)),
                     ' is not ',
@@ -637,7 +715,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_1_s, 'mode') == 'value'):
                 pass
-                t_8.extend((
+                t_9.extend((
                     'if ',
                     str((undefined(name='x') if l_1_x is missing else l_1_x)),
                     ' is not ',
@@ -654,21 +732,21 @@ def root(context, missing=missing):
                 ))
             else:
                 pass
-                t_8.extend((
+                t_9.extend((
                     'if not SAME(',
                     str((undefined(name='x') if l_1_x is missing else l_1_x)),
                     ', ',
                     str(environment.getattr(l_1_s, 'const')),
                     '):',
                 ))
-            t_8.extend((
+            t_9.extend((
                 "\n    return '",
                 str(environment.getattr(l_1_s, 'kind')),
                 "'",
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_meta_dict'):
             pass
-            t_8.extend((
+            t_9.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
@@ -686,7 +764,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_field'):
             pass
-            t_8.extend((
+            t_9.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
@@ -696,13 +774,13 @@ def root(context, missing=missing):
             ))
             if environment.getattr(l_1_s, 'attr'):
                 pass
-                t_8.extend((
+                t_9.extend((
                     '.',
                     str(environment.getattr(l_1_s, 'attr')),
                 ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_attr'):
             pass
-            t_8.extend((
+            t_9.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
@@ -713,7 +791,7 @@ def root(context, missing=missing):
             pass
             if (environment.getattr(l_1_s, 'mode') == 'is'):
                 pass
-                t_8.extend((
+                t_9.extend((
                     'if ',
                     str(environment.getattr(l_1_s, 'obj')),
                     ' is not ',
@@ -723,7 +801,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_1_s, 'mode') == 'value'):
                 pass
-                t_8.extend((
+                t_9.extend((
                     'if ',
                     str(environment.getattr(l_1_s, 'obj')),
                     ' is not ',
@@ -741,7 +819,7 @@ def root(context, missing=missing):
                 ))
             else:
                 pass
-                t_8.extend((
+                t_9.extend((
                     'if not SAME(',
                     str(environment.getattr(l_1_s, 'obj')),
                     ', ',
@@ -749,14 +827,14 @@ def root(context, missing=missing):
                     '):  # ',
                     str(environment.getattr(l_1_s, 'label')),
                 ))
-            t_8.extend((
+            t_9.extend((
                 "\n    return '",
                 str(environment.getattr(l_1_s, 'kind')),
                 "'",
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_state_dict'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'if type(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ') is not dict or len(',
@@ -766,7 +844,7 @@ def root(context, missing=missing):
             for l_2_h in environment.getattr(l_1_s, 'hidden'):
                 _loop_vars = {}
                 pass
-                t_8.extend((
+                t_9.extend((
                     ' - (',
                     str(t_2(l_2_h)),
                     ' in ',
@@ -774,7 +852,7 @@ def root(context, missing=missing):
                     ')',
                 ))
             l_2_h = missing
-            t_8.extend((
+            t_9.extend((
                 ' != ',
                 str(environment.getattr(l_1_s, 'n')),
                 ':  # ',
@@ -785,7 +863,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_meta_conv'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'm = ',
                 str(environment.getattr(l_1_s, 'fn')),
                 '(',
@@ -804,7 +882,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_raw_ready'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'if not ',
                 str(environment.getattr(l_1_s, 'fn')),
                 "():  # the library reads through its own API now (a trace records, a hook is set)\n    return '",
@@ -813,7 +891,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_state_hooks'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'h = ',
                 str(environment.getattr(l_1_s, 'obj')),
                 '[',
@@ -828,7 +906,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'read_item'):
             pass
-            t_8.extend((
+            t_9.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
@@ -838,7 +916,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_raw_value'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'if type(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ') is ',
@@ -851,7 +929,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_data_leaf'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'obj')),
                 ' is None or KIND(type(',
@@ -864,18 +942,18 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'unpack_seq'):
             pass
-            t_8.append(
+            t_9.append(
                 'try:\n    ',
             )
             for l_2_dst in environment.getattr(l_1_s, 'dsts'):
                 _loop_vars = {}
                 pass
-                t_8.extend((
+                t_9.extend((
                     str(l_2_dst),
                     ', ',
                 ))
             l_2_dst = missing
-            t_8.extend((
+            t_9.extend((
                 '= ',
                 str(environment.getattr(l_1_s, 'obj')),
                 '\nexcept ValueError:  # ',
@@ -886,7 +964,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_len'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'if len(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ') != ',
@@ -899,12 +977,12 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static_is'):
             pass
-            t_8.append(
+            t_9.append(
                 'if ',
             )
             if t_4(environment.getattr(l_1_s, 'obj')):
                 pass
-                t_8.extend((
+                t_9.extend((
                     str(environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj')),
                     '[',
                     str(t_2(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key'))),
@@ -912,10 +990,10 @@ def root(context, missing=missing):
                 ))
             else:
                 pass
-                t_8.append(
+                t_9.append(
                     str(environment.getattr(l_1_s, 'obj')),
                 )
-            t_8.extend((
+            t_9.extend((
                 ' is not ',
                 str(environment.getattr(l_1_s, 'const')),
                 ':  # ',
@@ -927,7 +1005,7 @@ def root(context, missing=missing):
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static_weak'):
             pass
             l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_2(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_4(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
-            t_8.extend((
+            t_9.extend((
                 'if ',
                 str((undefined(name='x') if l_1_x is missing else l_1_x)),
                 ' is not ',
@@ -943,7 +1021,7 @@ def root(context, missing=missing):
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static_nan'):
             pass
             l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_2(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_4(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
-            t_8.extend((
+            t_9.extend((
                 'if type(',
                 str((undefined(name='x') if l_1_x is missing else l_1_x)),
                 ') is not ',
@@ -961,7 +1039,7 @@ def root(context, missing=missing):
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static_tuple'):
             pass
             l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_2(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_4(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
-            t_8.extend((
+            t_9.extend((
                 'if ',
                 str((undefined(name='x') if l_1_x is missing else l_1_x)),
                 ' is not ',
@@ -977,7 +1055,7 @@ def root(context, missing=missing):
             for l_2_t, l_2_loop in LoopContext(environment.getattr(l_1_s, 'types'), undefined):
                 _loop_vars = {}
                 pass
-                t_8.extend((
+                t_9.extend((
                     ' or type(',
                     str((undefined(name='x') if l_1_x is missing else l_1_x)),
                     '[',
@@ -995,7 +1073,7 @@ def root(context, missing=missing):
                     ']',
                 ))
             l_2_loop = l_2_t = missing
-            t_8.extend((
+            t_9.extend((
                 '):  # ',
                 str(environment.getattr(l_1_s, 'label')),
                 "\n    return '",
@@ -1004,12 +1082,12 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static_same'):
             pass
-            t_8.append(
+            t_9.append(
                 'if not SAME(',
             )
             if t_4(environment.getattr(l_1_s, 'obj')):
                 pass
-                t_8.extend((
+                t_9.extend((
                     str(environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj')),
                     '[',
                     str(t_2(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key'))),
@@ -1017,10 +1095,10 @@ def root(context, missing=missing):
                 ))
             else:
                 pass
-                t_8.append(
+                t_9.append(
                     str(environment.getattr(l_1_s, 'obj')),
                 )
-            t_8.extend((
+            t_9.extend((
                 ', ',
                 str(environment.getattr(l_1_s, 'const')),
                 '):  # ',
@@ -1031,7 +1109,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_meta'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'obj')),
                 '._metadata is not ',
@@ -1050,7 +1128,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_meta_same'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'obj')),
                 '._metadata is not ',
@@ -1065,7 +1143,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_hidden'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'cls')),
                 '.graph_invisible_attrs != ',
@@ -1076,12 +1154,12 @@ def root(context, missing=missing):
             ))
         elif (((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_mro') or ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_class')):
             pass
-            t_8.append(
+            t_9.append(
                 str(context.call((undefined(name='class_guard') if l_0_class_guard is missing else l_0_class_guard), l_1_s, str_join(("'", environment.getattr(l_1_s, 'kind'), "'", )))),
             )
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_keysig'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'if KEY_SIG(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ') != ',
@@ -1094,7 +1172,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_keys_same'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'if not SAME_KEYS(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ', ',
@@ -1107,7 +1185,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_pytree'):
             pass
-            t_8.extend((
+            t_9.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ', ',
                 str(environment.getattr(l_1_s, 'treedef')),
@@ -1117,7 +1195,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_treedef'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'obj')),
                 ' != ',
@@ -1130,7 +1208,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_aux'):
             pass
-            t_8.extend((
+            t_9.extend((
                 'if not SAME_AUX(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ', ',
@@ -1143,32 +1221,32 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) in ('call_flatten', 'guard_cb_len', 'load_cb_items', 'guard_cb_key')):
             pass
-            t_8.append(
+            t_9.append(
                 str(context.call(environment.getattr((undefined(name='callback') if l_0_callback is missing else l_0_callback), 'step'), l_1_s)),
             )
         else:
             pass
-            t_8.append(
+            t_9.append(
                 str(context.call((undefined(name='unknown_op') if l_1_unknown_op is missing else l_1_unknown_op), l_1_s)),
             )
-        return concat(t_8)
+        return concat(t_9)
     context.exported_vars.add('step')
     context.vars['step'] = l_0_step = Macro(environment, macro, 'step', ('s',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_w):
-        t_9 = []
+        t_11 = []
         l_1_unknown_op = resolve('unknown_op')
         if l_1_w is missing:
             l_1_w = undefined("parameter 'w' was not provided", name='w')
         pass
         if (environment.getattr(l_1_w, 'op') == 'guard_token'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'if ',
                 str(environment.getattr(l_1_w, 'obj')),
             ))
             if environment.getattr(l_1_w, 'key'):
                 pass
-                t_9.extend((
+                t_11.extend((
                     '[',
                     str(t_2(environment.getattr(l_1_w, 'key'))),
                     ']',
@@ -1176,12 +1254,12 @@ def root(context, missing=missing):
             for l_2_a in environment.getattr(l_1_w, 'attrs'):
                 _loop_vars = {}
                 pass
-                t_9.extend((
+                t_11.extend((
                     '.',
                     str(l_2_a),
                 ))
             l_2_a = missing
-            t_9.extend((
+            t_11.extend((
                 ' is not ',
                 str(environment.getattr(l_1_w, 'token')),
                 ':  # ',
@@ -1192,18 +1270,18 @@ def root(context, missing=missing):
             ))
         else:
             pass
-            t_9.append(
+            t_11.append(
                 str(context.call((undefined(name='unknown_op') if l_1_unknown_op is missing else l_1_unknown_op), l_1_w)),
             )
-        return concat(t_9)
+        return concat(t_11)
     context.exported_vars.add('check')
     context.vars['check'] = l_0_check = Macro(environment, macro, 'check', ('w',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_values):
-        t_10 = []
+        t_12 = []
         if l_1_values is missing:
             l_1_values = undefined("parameter 'values' was not provided", name='values')
         pass
-        t_10.append(
+        t_12.append(
             '[',
         )
         l_2_loop = missing
@@ -1211,77 +1289,77 @@ def root(context, missing=missing):
             l_2_collect = resolve('collect')
             _loop_vars = {}
             pass
-            if t_6(l_2_x):
+            if t_7(l_2_x):
                 pass
-                t_10.extend((
+                t_12.extend((
                     str(environment.getattr(l_2_x, 'obj')),
                     '.',
                     str(environment.getattr(l_2_x, 'attr')),
                 ))
-            elif t_5(l_2_x):
+            elif t_6(l_2_x):
                 pass
-                t_10.extend((
+                t_12.extend((
                     '*',
                     str(environment.getattr(l_2_x, 'name')),
-                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 276 in '_steps.j2' evaluated to false and no else section was defined."))),
+                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 308 in '_steps.j2' evaluated to false and no else section was defined."))),
                 ))
             else:
                 pass
-                t_10.append(
+                t_12.append(
                     str(l_2_x),
                 )
-            t_10.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 276 in '_steps.j2' evaluated to false and no else section was defined."))),
+            t_12.append(
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 308 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = l_2_collect = missing
-        t_10.append(
+        t_12.append(
             ']',
         )
-        return concat(t_10)
+        return concat(t_12)
     context.exported_vars.add('values_list')
     context.vars['values_list'] = l_0_values_list = Macro(environment, macro, 'values_list', ('values',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_objects):
-        t_11 = []
+        t_13 = []
         if l_1_objects is missing:
             l_1_objects = undefined("parameter 'objects' was not provided", name='objects')
         pass
-        t_11.append(
+        t_13.append(
             '[',
         )
         l_2_loop = missing
         for l_2_x, l_2_loop in LoopContext(l_1_objects, undefined):
             _loop_vars = {}
             pass
-            if t_5(l_2_x):
+            if t_6(l_2_x):
                 pass
-                t_11.extend((
+                t_13.extend((
                     '*',
                     str(environment.getattr(l_2_x, 'name')),
                     '[0]',
                 ))
             else:
                 pass
-                t_11.append(
+                t_13.append(
                     str(l_2_x),
                 )
-            t_11.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 281 in '_steps.j2' evaluated to false and no else section was defined."))),
+            t_13.append(
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 313 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = missing
-        t_11.append(
+        t_13.append(
             ']',
         )
-        return concat(t_11)
+        return concat(t_13)
     context.exported_vars.add('objects_list')
     context.vars['objects_list'] = l_0_objects_list = Macro(environment, macro, 'objects_list', ('objects',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_distinct, l_1_outlined):
-        t_12 = []
+        t_14 = []
         if l_1_distinct is missing:
             l_1_distinct = undefined("parameter 'distinct' was not provided", name='distinct')
         if l_1_outlined is missing:
             l_1_outlined = undefined("parameter 'outlined' was not provided", name='outlined')
         pass
-        t_12.append(
+        t_14.append(
             '{ ',
         )
         l_2_loop = missing
@@ -1290,29 +1368,29 @@ def root(context, missing=missing):
             pass
             if l_2_by_id:
                 pass
-                t_12.extend((
+                t_14.extend((
                     'id(',
                     str(l_2_obj),
                     ')',
                 ))
             else:
                 pass
-                t_12.append(
+                t_14.append(
                     str(l_2_obj),
                 )
-            t_12.append(
-                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 287 in '_steps.j2' evaluated to false and no else section was defined."))),
+            t_14.append(
+                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 319 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_obj = l_2_by_id = missing
-        t_12.extend((
-            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 287 in '_steps.j2' evaluated to false and no else section was defined."))),
+        t_14.extend((
+            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 319 in '_steps.j2' evaluated to false and no else section was defined."))),
             ' }',
         ))
-        return concat(t_12)
+        return concat(t_14)
     context.exported_vars.add('distinct_set')
     context.vars['distinct_set'] = l_0_distinct_set = Macro(environment, macro, 'distinct_set', ('distinct', 'outlined'), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_w, l_1_base):
-        t_13 = []
+        t_15 = []
         l_1_range = resolve('range')
         l_1_unknown_op = resolve('unknown_op')
         if l_1_w is missing:
@@ -1322,7 +1400,7 @@ def root(context, missing=missing):
         pass
         if (environment.getattr(l_1_w, 'op') == 'write_value'):
             pass
-            t_13.extend((
+            t_15.extend((
                 str(environment.getattr(l_1_w, 'obj')),
                 '.value = vals[',
                 str(l_1_base),
@@ -1332,7 +1410,7 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_shape'):
             pass
-            t_13.extend((
+            t_15.extend((
                 str(environment.getattr(l_1_w, 'fn')),
                 '_write(',
                 str(environment.getattr(l_1_w, 'obj')),
@@ -1343,7 +1421,7 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_shape_arrays'):
             pass
-            t_13.extend((
+            t_15.extend((
                 str(environment.getattr(l_1_w, 'fn')),
                 '_write_arrays(',
                 str(environment.getattr(l_1_w, 'obj')),
@@ -1354,7 +1432,7 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_set_key'):
             pass
-            t_13.extend((
+            t_15.extend((
                 'if vals[',
                 str(l_1_base),
                 str(environment.getattr(l_1_w, 'slot')),
@@ -1375,7 +1453,7 @@ def root(context, missing=missing):
             ))
         elif ((environment.getattr(l_1_w, 'op') == 'write_each') and environment.getattr(l_1_w, 'states')):
             pass
-            t_13.extend((
+            t_15.extend((
                 str(environment.getattr(l_1_w, 'pos')),
                 ' = iter(',
                 str(environment.getattr(l_1_w, 'states')),
@@ -1385,7 +1463,7 @@ def root(context, missing=missing):
             ))
             if (l_1_base or environment.getattr(l_1_w, 'slot')):
                 pass
-                t_13.extend((
+                t_15.extend((
                     '[',
                     str(l_1_base),
                     str(environment.getattr(l_1_w, 'slot')),
@@ -1396,13 +1474,13 @@ def root(context, missing=missing):
                     str(environment.getattr(l_1_w, 'total')),
                     ']',
                 ))
-            t_13.append(
+            t_15.append(
                 ')\nfor ',
             )
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_13.extend((
+                t_15.extend((
                     str(environment.getattr(l_1_w, 'pos')),
                     '_',
                     str(l_2_k),
@@ -1412,20 +1490,20 @@ def root(context, missing=missing):
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_13.extend((
+                t_15.extend((
                     str(environment.getattr(l_1_w, 'pos')),
                     '__',
                     str(l_2_k),
                     ', ',
                 ))
             l_2_k = missing
-            t_13.append(
+            t_15.append(
                 'in zip(',
             )
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_13.extend((
+                t_15.extend((
                     str(environment.getattr(l_1_w, 'pos')),
                     ', ',
                 ))
@@ -1433,18 +1511,18 @@ def root(context, missing=missing):
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_13.extend((
+                t_15.extend((
                     str(environment.getattr(l_1_w, 'pos')),
                     '_, ',
                 ))
             l_2_k = missing
-            t_13.append(
+            t_15.append(
                 '):',
             )
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_13.extend((
+                t_15.extend((
                     '\n    ',
                     str(environment.getattr(l_1_w, 'pos')),
                     '_',
@@ -1457,7 +1535,7 @@ def root(context, missing=missing):
             l_2_k = missing
         elif (environment.getattr(l_1_w, 'op') == 'write_each'):
             pass
-            t_13.extend((
+            t_15.extend((
                 str(environment.getattr(l_1_w, 'pos')),
                 ' = ',
                 str(l_1_base),
@@ -1469,18 +1547,18 @@ def root(context, missing=missing):
                 for l_2_k in environment.getattr(l_1_w, 'kept'):
                     _loop_vars = {}
                     pass
-                    t_13.extend((
+                    t_15.extend((
                         str(l_2_k),
                         ', ',
                     ))
                 l_2_k = missing
             else:
                 pass
-                t_13.extend((
+                t_15.extend((
                     str(environment.getattr(l_1_w, 'var')),
                     ' ',
                 ))
-            t_13.extend((
+            t_15.extend((
                 'in ',
                 str(environment.getattr(l_1_w, 'obj')),
                 ':',
@@ -1488,7 +1566,7 @@ def root(context, missing=missing):
             for l_2_s in environment.getattr(l_1_w, 'loads'):
                 _loop_vars = {}
                 pass
-                t_13.extend((
+                t_15.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_s, _loop_vars=_loop_vars), 4)),
                 ))
@@ -1496,12 +1574,12 @@ def root(context, missing=missing):
             for l_2_x in environment.getattr(l_1_w, 'writes'):
                 _loop_vars = {}
                 pass
-                t_13.extend((
+                t_15.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_2_x, str_join((environment.getattr(l_1_w, 'pos'), ' + ', )), _loop_vars=_loop_vars), 4)),
                 ))
             l_2_x = missing
-            t_13.extend((
+            t_15.extend((
                 '\n    ',
                 str(environment.getattr(l_1_w, 'pos')),
                 ' += ',
@@ -1509,7 +1587,7 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_chain'):
             pass
-            t_13.extend((
+            t_15.extend((
                 str(environment.getattr(l_1_w, 'cur')),
                 ' = ',
                 str(environment.getattr(l_1_w, 'obj')),
@@ -1528,7 +1606,7 @@ def root(context, missing=missing):
             for l_2_s in environment.getattr(l_1_w, 'loads'):
                 _loop_vars = {}
                 pass
-                t_13.extend((
+                t_15.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_s, _loop_vars=_loop_vars), 4)),
                 ))
@@ -1536,7 +1614,7 @@ def root(context, missing=missing):
             for l_2_x in environment.getattr(l_1_w, 'writes_before'):
                 _loop_vars = {}
                 pass
-                t_13.extend((
+                t_15.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_2_x, 'b + ', _loop_vars=_loop_vars), 4)),
                 ))
@@ -1544,12 +1622,12 @@ def root(context, missing=missing):
             for l_2_x in environment.getattr(l_1_w, 'writes_after'):
                 _loop_vars = {}
                 pass
-                t_13.extend((
+                t_15.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_2_x, 'af + ', _loop_vars=_loop_vars), 4)),
                 ))
             l_2_x = missing
-            t_13.extend((
+            t_15.extend((
                 '\n    ',
                 str(environment.getattr(l_1_w, 'cur')),
                 ' = ',
@@ -1561,28 +1639,38 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_picked'):
             pass
-            t_13.extend((
-                'for a_, v_ in zip(',
+            t_15.extend((
+                'a_ = iter(',
                 str(environment.getattr(l_1_w, 'objs')),
-                '(o_), ',
+                '(o_))\nv_ = iter(',
             ))
             if environment.getattr(l_1_w, 'vals'):
                 pass
-                t_13.extend((
+                t_15.extend((
                     str(environment.getattr(l_1_w, 'vals')),
                     '(vals)',
                 ))
             else:
                 pass
-                t_13.append(
+                t_15.append(
                     'vals',
                 )
-            t_13.append(
-                '):\n    a_.value = v_',
+            t_15.append(
+                ')',
+            )
+            for l_2__ in context.call((undefined(name='range') if l_1_range is missing else l_1_range), (environment.getattr(l_1_w, 'n') % 4)):
+                _loop_vars = {}
+                pass
+                t_15.append(
+                    '\nnext(a_).value = next(v_)',
+                )
+            l_2__ = missing
+            t_15.append(
+                '\nfor a_0, a_1, a_2, a_3, v_0, v_1, v_2, v_3 in zip(a_, a_, a_, a_, v_, v_, v_, v_):\n    a_0.value = v_0\n    a_1.value = v_1\n    a_2.value = v_2\n    a_3.value = v_3',
             )
         elif (environment.getattr(l_1_w, 'op') == 'write_slot'):
             pass
-            t_13.extend((
+            t_15.extend((
                 str(environment.getattr(l_1_w, 'setter')),
                 '(',
                 str(environment.getattr(l_1_w, 'obj')),
@@ -1594,7 +1682,7 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_raw_item'):
             pass
-            t_13.extend((
+            t_15.extend((
                 str(environment.getattr(l_1_w, 'obj')),
                 '[',
                 str(t_2(environment.getattr(l_1_w, 'key'))),
@@ -1606,7 +1694,7 @@ def root(context, missing=missing):
             ))
             if environment.getattr(l_1_w, 'flag'):
                 pass
-                t_13.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_1_w, 'obj')),
                     '[',
@@ -1615,7 +1703,7 @@ def root(context, missing=missing):
                 ))
         elif (environment.getattr(l_1_w, 'op') == 'write_item'):
             pass
-            t_13.extend((
+            t_15.extend((
                 str(environment.getattr(l_1_w, 'obj')),
                 '[',
                 str(t_2(environment.getattr(l_1_w, 'key'))),
@@ -1627,14 +1715,14 @@ def root(context, missing=missing):
             ))
         else:
             pass
-            t_13.append(
+            t_15.append(
                 str(context.call((undefined(name='unknown_op') if l_1_unknown_op is missing else l_1_unknown_op), l_1_w)),
             )
-        return concat(t_13)
+        return concat(t_15)
     context.exported_vars.add('write')
     context.vars['write'] = l_0_write = Macro(environment, macro, 'write', ('w', 'base'), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_fns, l_1_update):
-        t_14 = []
+        t_16 = []
         if l_1_fns is missing:
             l_1_fns = undefined("parameter 'fns' was not provided", name='fns')
         if l_1_update is missing:
@@ -1646,7 +1734,7 @@ def root(context, missing=missing):
             l_2_for_update = resolve('for_update')
             _loop_vars = {}
             pass
-            t_14.extend((
+            t_16.extend((
                 'def ',
                 str(environment.getattr(l_2_f, 'name')),
                 '_',
@@ -1662,7 +1750,7 @@ def root(context, missing=missing):
             for l_3_s in environment.getattr(l_2_f, 'steps'):
                 _loop_vars = {}
                 pass
-                t_14.extend((
+                t_16.extend((
                     '\n        ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_3_s, _loop_vars=_loop_vars), 8)),
                 ))
@@ -1672,22 +1760,22 @@ def root(context, missing=missing):
                 for l_3_c in environment.getattr(l_2_f, 'checks'):
                     _loop_vars = {}
                     pass
-                    t_14.extend((
+                    t_16.extend((
                         '\n        ',
                         str(t_1(context.call((undefined(name='check') if l_0_check is missing else l_0_check), l_3_c, _loop_vars=_loop_vars), 8)),
                     ))
                 l_3_c = missing
             if environment.getattr(l_2_f, 'keyed_statics'):
                 pass
-                t_14.append(
+                t_16.append(
                     "\n    except KeyError:  # a renamed key under a static\n        return 'node_keys'",
                 )
-            t_14.append(
+            t_16.append(
                 "\n    except Exception:\n        return 'error'",
             )
             if environment.getattr(l_2_f, 'distinct'):
                 pass
-                t_14.append(
+                t_16.append(
                     '\n    D += (',
                 )
                 for (l_3_obj, l_3_by_id) in environment.getattr(l_2_f, 'distinct'):
@@ -1695,26 +1783,26 @@ def root(context, missing=missing):
                     pass
                     if l_3_by_id:
                         pass
-                        t_14.extend((
+                        t_16.extend((
                             'id(',
                             str(l_3_obj),
                             ')',
                         ))
                     else:
                         pass
-                        t_14.append(
+                        t_16.append(
                             str(l_3_obj),
                         )
-                    t_14.append(
+                    t_16.append(
                         ', ',
                     )
                 l_3_obj = l_3_by_id = missing
-                t_14.append(
+                t_16.append(
                     ')',
                 )
             if (undefined(name='collect') if l_2_collect is missing else l_2_collect):
                 pass
-                t_14.extend((
+                t_16.extend((
                     '\n    return (',
                     str(context.call((undefined(name='objects_list') if l_0_objects_list is missing else l_0_objects_list), environment.getattr(l_2_f, 'objects'), _loop_vars=_loop_vars)),
                     ', ',
@@ -1723,27 +1811,27 @@ def root(context, missing=missing):
                 ))
             elif ((undefined(name='for_update') if l_2_for_update is missing else l_2_for_update) and environment.getattr(l_2_f, 'kept')):
                 pass
-                t_14.append(
+                t_16.append(
                     '\n    return (',
                 )
                 for l_3_k in environment.getattr(l_2_f, 'kept'):
                     _loop_vars = {}
                     pass
-                    t_14.extend((
+                    t_16.extend((
                         str(l_3_k),
                         ', ',
                     ))
                 l_3_k = missing
-                t_14.append(
+                t_16.append(
                     ')  # what its writes name (user code: not loaded again)',
                 )
             else:
                 pass
-                t_14.extend((
+                t_16.extend((
                     '\n    return ',
                     str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_2_f, 'values'), _loop_vars=_loop_vars)),
                 ))
-            t_14.append(
+            t_16.append(
                 '\n\n\n',
             )
             for (l_3_suffix, l_3_writes) in (('', environment.getattr(l_2_f, 'writes')), ('_arrays', environment.getattr(l_2_f, 'array_writes'))):
@@ -1751,7 +1839,7 @@ def root(context, missing=missing):
                 pass
                 if (l_1_update and l_3_writes):
                     pass
-                    t_14.extend((
+                    t_16.extend((
                         'def ',
                         str(environment.getattr(l_2_f, 'name')),
                         '_write',
@@ -1759,23 +1847,23 @@ def root(context, missing=missing):
                         '(root, vals, at):\n    """Write one ',
                         str(environment.getattr(l_2_f, 'type_name')),
                         ' of this shape',
-                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 390 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 432 in '_steps.j2' evaluated to false and no else section was defined."))),
                         ', whose guards passed."""',
                     ))
                     if environment.getattr(l_2_f, 'kept'):
                         pass
-                        t_14.append(
+                        t_16.append(
                             '\n    ',
                         )
                         for l_4_k in environment.getattr(l_2_f, 'kept'):
                             _loop_vars = {}
                             pass
-                            t_14.extend((
+                            t_16.extend((
                                 str(l_4_k),
                                 ', ',
                             ))
                         l_4_k = missing
-                        t_14.append(
+                        t_16.append(
                             '= root',
                         )
                     else:
@@ -1783,7 +1871,7 @@ def root(context, missing=missing):
                         for l_4_s in environment.getattr(l_2_f, 'loads'):
                             _loop_vars = {}
                             pass
-                            t_14.extend((
+                            t_16.extend((
                                 '\n    ',
                                 str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_4_s, _loop_vars=_loop_vars), 4)),
                             ))
@@ -1791,20 +1879,20 @@ def root(context, missing=missing):
                     for l_4_w in l_3_writes:
                         _loop_vars = {}
                         pass
-                        t_14.extend((
+                        t_16.extend((
                             '\n    ',
                             str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_4_w, 'at + ', _loop_vars=_loop_vars), 4)),
                         ))
                     l_4_w = missing
-                    t_14.append(
+                    t_16.append(
                         '\n\n\n',
                     )
             l_3_suffix = l_3_writes = missing
         l_2_f = l_2_collect = l_2_tok_arg = l_2_for_update = missing
-        return concat(t_14)
+        return concat(t_16)
     context.exported_vars.add('outlined')
     context.vars['outlined'] = l_0_outlined = Macro(environment, macro, 'outlined', ('fns', 'update'), False, False, False, context.eval_ctx.autoescape)
     yield '\n'
 
 blocks = {}
-debug_info = '6=48&9=50&10=58&11=62&12=66&13=68&14=74&15=88&17=93&23=98&24=112&25=113&26=116&27=126&28=128&29=130&30=133&31=145&32=147&33=149&37=151&38=153&39=157&40=164&41=169&43=172&44=174&45=179&48=182&49=184&50=189&52=197&53=199&54=203&56=208&57=212&58=225&59=227&60=231&63=238&64=243&66=265&67=269&68=274&69=278&71=283&72=287&73=301&74=305&77=309&79=311&80=313&81=317&82=321&83=323&84=330&85=335&87=338&88=340&89=345&92=348&93=353&95=375&96=379&97=383&98=387&100=396&101=400&103=404&104=408&105=413&106=417&109=424&110=428&111=432&112=439&113=443&115=450&117=455&118=459&119=465&120=468&121=470&122=473&123=487&124=490&125=494&126=496&127=499&128=501&130=506&131=511&134=521&136=527&138=540&140=544&143=551&144=554&145=559&146=563&147=585&148=588&149=592&150=598&151=601&152=605&153=609&154=612&155=615&156=621&157=623&158=624&159=628&160=633&161=637&163=654&165=661&166=664&167=667&168=673&169=679&170=682&171=685&172=698&173=701&174=707&175=709&176=713&177=719&178=723&180=741&182=749&183=752&184=756&185=778&186=781&187=785&188=791&189=797&190=800&191=804&192=806&193=809&194=813&195=817&196=821&197=824&198=827&199=834&200=838&201=844&202=847&203=851&204=857&205=860&207=865&208=877&209=879&210=882&211=886&212=892&213=895&214=900&215=919&216=922&217=924&218=927&219=935&220=938&221=940&222=943&223=953&224=956&225=958&226=961&227=997&228=1000&229=1005&230=1024&231=1027&232=1031&233=1043&234=1046&235=1050&236=1058&237=1061&238=1065&239=1069&240=1072&241=1075&242=1077&243=1081&244=1087&245=1090&246=1094&247=1100&248=1103&249=1106&250=1113&251=1117&252=1123&253=1126&254=1130&255=1136&256=1139&257=1142&259=1147&265=1152&266=1158&267=1162&268=1185&270=1191&275=1196&276=1205&280=1238&281=1247&286=1272&287=1283&291=1309&292=1318&293=1321&294=1328&295=1331&296=1339&297=1342&298=1350&299=1354&300=1361&301=1371&304=1374&305=1378&306=1397&307=1439&308=1444&310=1453&311=1456&312=1462&313=1483&314=1488&316=1491&317=1496&319=1501&320=1505&321=1508&322=1512&323=1515&324=1518&325=1523&326=1528&328=1531&329=1536&331=1539&332=1544&334=1549&335=1553&336=1555&337=1557&338=1561&340=1578&341=1581&342=1590&343=1593&344=1602&345=1606&347=1611&348=1614&350=1626&356=1631&357=1638&358=1646&359=1652&361=1657&362=1662&364=1665&365=1667&366=1672&369=1675&375=1683&376=1688&378=1710&379=1714&380=1719&381=1724&383=1739&387=1744&388=1747&389=1751&390=1755&391=1760&392=1765&394=1778&395=1783&398=1786&399=1791'
+debug_info = '6=54&9=56&10=64&11=68&12=72&13=74&14=80&15=94&17=99&23=104&24=119&25=120&26=123&27=133&28=135&29=137&30=140&31=152&32=154&33=156&37=158&38=159&43=161&44=162&45=165&46=169&47=170&48=174&51=176&52=185&54=188&55=190&56=192&58=202&60=207&61=214&62=219&64=222&65=224&66=229&69=232&70=234&71=239&73=247&74=249&75=253&77=258&78=262&79=275&80=277&81=281&84=288&85=293&87=315&88=317&89=319&90=324&93=334&95=338&96=342&98=346&99=348&100=353&103=361&104=365&105=379&106=383&109=387&111=389&112=391&113=395&114=399&115=401&116=408&117=413&119=416&120=418&121=423&124=426&125=431&127=453&128=457&129=461&130=465&132=474&133=478&135=482&136=486&137=491&138=495&141=502&142=506&143=510&144=517&145=521&147=528&149=533&150=537&151=543&152=546&153=548&154=551&155=565&156=568&157=572&158=574&159=577&160=579&162=584&163=589&166=599&168=605&170=618&172=622&175=629&176=632&177=637&178=641&179=663&180=666&181=670&182=676&183=679&184=683&185=687&186=690&187=693&188=699&189=701&190=702&191=706&192=711&193=715&195=732&197=739&198=742&199=745&200=751&201=757&202=760&203=763&204=776&205=779&206=785&207=787&208=791&209=797&210=801&212=819&214=827&215=830&216=834&217=856&218=859&219=863&220=869&221=875&222=878&223=882&224=884&225=887&226=891&227=895&228=899&229=902&230=905&231=912&232=916&233=922&234=925&235=929&236=935&237=938&239=943&240=955&241=957&242=960&243=964&244=970&245=973&246=978&247=997&248=1000&249=1002&250=1005&251=1013&252=1016&253=1018&254=1021&255=1031&256=1034&257=1036&258=1039&259=1075&260=1078&261=1083&262=1102&263=1105&264=1109&265=1121&266=1124&267=1128&268=1136&269=1139&270=1143&271=1147&272=1150&273=1153&274=1155&275=1159&276=1165&277=1168&278=1172&279=1178&280=1181&281=1184&282=1191&283=1195&284=1201&285=1204&286=1208&287=1214&288=1217&289=1220&291=1225&297=1230&298=1236&299=1240&300=1263&302=1269&307=1274&308=1283&312=1316&313=1325&318=1350&319=1361&323=1387&324=1396&325=1399&326=1406&327=1409&328=1417&329=1420&330=1428&331=1432&332=1439&333=1449&336=1452&337=1456&338=1475&339=1517&340=1522&342=1531&343=1534&344=1540&345=1561&346=1566&348=1569&349=1574&351=1579&352=1583&353=1586&354=1590&355=1593&356=1596&357=1601&358=1606&360=1609&361=1614&363=1617&364=1622&366=1627&367=1631&368=1633&369=1635&372=1639&373=1642&374=1656&382=1666&383=1669&384=1678&385=1681&386=1690&387=1694&389=1699&390=1702&392=1714&398=1719&399=1726&400=1734&401=1740&403=1745&404=1750&406=1753&407=1755&408=1760&411=1763&417=1771&418=1776&420=1798&421=1802&422=1807&423=1812&425=1827&429=1832&430=1835&431=1839&432=1843&433=1848&434=1853&436=1866&437=1871&440=1874&441=1879'
