@@ -35,6 +35,14 @@ only checked for specialization (flatten).
     python benchmarks/outline_crossover.py --foreign [--nnx 32 1000] [--brainstate 32 1000]
         [--specialized-only 10000]
 
+``--partial``: a partial update instead (a part of a split written through the update):
+MLPs of ``--sizes`` layers holding w, b (Params) and n (a State), ``sg.update(m, part)`` with
+the part from ``sg.split(m, sg.Param, ...)``. The partial-update functions of ``outline_min=0``
+and ``outline_min=2`` (two classes of one structure, compiled through the public API) are
+called side by side as ``sg.update`` calls them, interleaved, min of repeats:
+
+    python benchmarks/outline_crossover.py --partial --sizes 100 1000
+
 ``--foreign --unflatten``: the unflatten of those models. Compile milliseconds through the
 public API (``sg.cache_info()["compile_seconds"]`` over the first ``sg.unflatten`` calls of a
 fresh cache): fully unrolled (``outline_min=0``, ``max_steps`` lifted; not past
@@ -65,6 +73,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import models
+import numpy as np
 
 import specgraph as sg
 from specgraph import codegen
@@ -186,6 +195,64 @@ def main_unflatten(args: argparse.Namespace) -> int:
         print(unflatten_row("transformer", n, args.repeats, args.unrolled_max), flush=True)
     for n in args.chains:
         print(unflatten_row("chain", n, args.repeats, args.unrolled_max), flush=True)
+    return 0
+
+
+class _Counted(sg.Node):
+    def __init__(self, seed: float) -> None:
+        self.w = sg.Param(np.full((8, 8), seed, np.float32))
+        self.b = sg.Param(np.full((8,), seed, np.float32))
+        self.n = sg.State(np.zeros((), np.int32))
+
+
+class _CountedMLP(sg.Node):
+    def __init__(self, n: int) -> None:
+        self.layers = [_Counted(float(i)) for i in range(n)]
+
+
+class _CountedMLPOutlined(_CountedMLP):
+    """The same structure under another class: its own cache entry, compiled outlined."""
+
+
+def partial_row(size: int, repeats: int) -> str:
+    from specgraph._partition import slot_map
+    from specgraph.runtime import dispatch
+    from specgraph.runtime.cache import CONFIG
+
+    saved = (CONFIG.outline_min, CONFIG.max_steps)
+    fns: dict[str, Any] = {}
+    try:
+        for om, cls in ((0, _CountedMLP), (2, _CountedMLPOutlined)):
+            sg.configure(outline_min=om, max_steps=10**9)
+            m = cls(size)
+            sg.flatten(m)
+            sg.flatten(m)
+            _, part, _ = sg.split(m, sg.Param, ...)
+            hits = sg.cache_info()["update_hits"]
+            sg.update(m, part)
+            sg.update(m, part)
+            assert sg.cache_info()["update_hits"] == hits + 2, "not served by generated code"
+            var = dispatch._types[cls].variants[0]
+            sm = slot_map(var.table, (part._table,))
+            assert sm is not None and not sm.full
+            fn = sm.updates[var]
+            assert fn(m, part._values) is None
+            fns["unrolled" if om == 0 else "outlined"] = (lambda fn=fn, m=m, v=part._values: fn(m, v))
+    finally:
+        sg.configure(outline_min=saved[0], max_steps=saved[1])
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(3):  # interleaved: the machine's noise hits both alike
+        for k, f in fns.items():
+            best[k] = min(best[k], _time_call(f, repeats))
+    u, o = best["unrolled"], best["outlined"]
+    return f"| mlp-{size} | {u * 1e6:.2f} | {o * 1e6:.2f} | {o / u:.2f} |"
+
+
+def main_partial(args: argparse.Namespace) -> int:
+    print("| structure | partial update unrolled (us) | partial update outlined (us) | outlined / unrolled |")
+    print("|---|---:|---:|---:|")
+    for n in args.sizes:
+        print(partial_row(n, args.repeats), flush=True)
     return 0
 
 
@@ -362,6 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="--unflatten: a node holding that many Linear attributes (builder calls)")
     ap.add_argument("--unrolled-max", type=int, default=10000,
                     help="--unflatten: largest size whose unrolled function is built")
+    ap.add_argument("--partial", action="store_true", help="measure a partial update (see above)")
     ap.add_argument("--foreign", action="store_true", help="the NNX / BrainState table instead")
     ap.add_argument("--nnx", type=int, nargs="*", default=[32, 1000])
     ap.add_argument("--brainstate", type=int, nargs="*", default=[32, 1000])
@@ -370,6 +438,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     codegen.build("flatten", sg.generic.flatten(models.build_mlp(models.FAMILIES["specgraph"], 2, 8))[0],
                   max_steps=10**9)  # load the templates before timing anything
     gc.collect()
+    if args.partial:
+        return main_partial(args)
     if args.foreign:
         for warm in (_nnx_mlp(2), _bst_mlp(2)):  # the adapters loaded, their first compiles made
             sg.flatten(warm)
