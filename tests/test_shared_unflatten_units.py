@@ -326,3 +326,31 @@ def test_any_two_structures_unflattened_in_turn_agree_with_the_reference(a: Any,
     finally:
         CONFIG.outline_min = saved
         sg.clear_cache()
+
+
+@pytest.mark.parametrize("pair", ["mlp 5 -> 7", "nested -> nested and one more block"])
+def test_two_phase_units_of_callback_structures_are_shared_in_the_reference_s_order(outlined: None,
+                                                                                   pair: str) -> None:
+    """Callback node types (two phases: every object made, then every node filled, in table
+    order): the second structure binds the first's _create/_fill builders and loops, and
+    calls create_empty and set_key exactly as the reference does."""
+    import copy
+
+    from test_outline_callback_unflatten import mlp as cb_mlp
+    from test_outline_callback_unflatten import nested, same_as_reference, served
+
+    class _Outlined:
+        name = "outlined"
+        compiled = True
+
+    if pair.startswith("mlp"):
+        first, second = cb_mlp(5), cb_mlp(7)
+    else:
+        first, second = nested(), nested()
+        second.extra = copy.deepcopy(second.solo)
+    for node, shares in ((first, False), (second, True)):
+        gd, sm = sg.generic.flatten(node)
+        before = _units()
+        same_as_reference(served(_Outlined(), gd, sm), gd, sm)
+        c, r = _units()[0] - before[0], _units()[1] - before[1]
+        assert (c == 0 and r > 0) if shares else (c > 0 and r == 0), (c, r)

@@ -214,7 +214,7 @@ OPS: dict[str, Op] = {
     # body fills that item's nodes
     "fill_each": Op(_U, ("src", "made", "n", "targets", "sources", "body")),
     "made_roots": Op(_U, ("dst", "src", "tuple")),  # dst = the first of each tuple of src (a tuple: tuple)
-    # dst = fn(*args): a loop of the top function (build_each/chain/cchain) compiled as a unit
+    # dst = fn(*args): a loop of the top function (build_*, create_each, fill_each) compiled as a unit
     # of its own (codegen/shared.py); n, what: the loop's item count and kind, in a comment
     "call_each": Op(_U, ("dst", "fn", "args", "n", "what")),
 }

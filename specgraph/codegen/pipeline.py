@@ -284,15 +284,15 @@ def _outlined_units(kind: str, plan: FlattenPlan, context: dict[str, Any], units
     context["steps"] = steps
 
 
-#: the unflatten's loops that become units of their own (at the top function only; the two
-#: phases' loops, create_each and fill_each, stay in it)
-_ULOOPS = frozenset({"build_each", "build_cchain", "build_chain"})
+#: the unflatten's loops that become units of their own (at the top function only)
+_ULOOPS = frozenset({"build_each", "build_cchain", "build_chain", "create_each", "fill_each"})
 _CTX = re.compile(r"^ctx[0-9]+$")
 
 
 def _unflatten_units(plan: UnflattenPlan, steps: list[Step], units: Units) -> list[Step]:
     """The outlined builders of an unflatten plan, and each loop of its top function over a
-    list of one shape (or the links of a chain of nodes or of containers), as units: each compiled on
+    list of one shape (in two phases too: made, then filled), or the links of a chain of
+    nodes or of containers, as units: each compiled on
     its own or, when a structure built before had it, that very unit (``shared.py``), into
     ``units``. Returns the top function's steps, each such loop a call of its unit.
 
@@ -350,12 +350,13 @@ def _loop_unit(name: str, s: Step) -> tuple[SimpleNamespace, Step]:
     for src in dict.fromkeys(s.sources):  # (an iterator zipped k times is passed once)
         args.append(src)
         params.append(src)
-    counters = []
-    for j, (c, (base, off), d) in enumerate(s.counters):
-        args.append(f"{base} + {off}" if base else str(off))
-        params.append(f"at{j}")
-        counters.append((c, ("", f"at{j}"), d))
-    fields["counters"] = counters
+    if "counters" in fields:
+        counters = []
+        for j, (c, (base, off), d) in enumerate(s.counters):
+            args.append(f"{base} + {off}" if base else str(off))
+            params.append(f"at{j}")
+            counters.append((c, ("", f"at{j}"), d))
+        fields["counters"] = counters
     args.append(str(s.n))
     params.append("n")
     fields["n"] = "n"
@@ -369,6 +370,13 @@ def _loop_unit(name: str, s: Step) -> tuple[SimpleNamespace, Step]:
         params += ["head", "tail"]
         fields["head"], fields["tail"] = "head", "tail"
         result, what = s.links, "nested links of one shape"
+    elif s.op == "create_each":  # (two phases: the items' objects made, then filled)
+        result, what = s.dst, "of one shape: their objects, each's in table order"
+    elif s.op == "fill_each":  # the objects create_each made: filled in place (returned as given)
+        args.append(s.src)
+        params.append("src")
+        fields["src"] = "src"
+        result, what = "src", "of one shape: filled, each in table order"
     else:
         result, what = s.dst, "of one shape"
     ctxs = sorted(_names_in(s.body, _CTX), key=lambda c: int(c[3:]))
@@ -376,7 +384,8 @@ def _loop_unit(name: str, s: Step) -> tuple[SimpleNamespace, Step]:
     params += ctxs
     view = SimpleNamespace(name=name, type_name="loop", step=Step(s.op, **fields), params=params,
                            result=result)
-    return view, Step("call_each", dst=result, fn=f"{name}_build", args=args, n=s.n, what=what)
+    dst = s.src if s.op == "fill_each" else result
+    return view, Step("call_each", dst=dst, fn=f"{name}_build", args=args, n=s.n, what=what)
 
 
 def _names_in(x: Any, pattern: re.Pattern[str]) -> set[str]:
