@@ -50,8 +50,30 @@ def _num(x: Any) -> int:
     return n
 
 
+DEEP = [False]  # describe everything reachable from a node child (its whole graph so far)
+
+
+def reachable(v: Any) -> Any:
+    """Every node reachable from ``v`` now, with its names so far, in a stable order."""
+    seen: dict[int, Any] = {}
+    stack = [v]
+    while stack:
+        x = stack.pop()
+        if isinstance(x, CB | sg.Node) and id(x) not in seen:
+            d = x.items if isinstance(x, CB) else vars(x)
+            seen[id(x)] = (_num(x), tuple(sorted(map(repr, d))))
+            stack.extend(d.values())
+        elif type(x) is list or type(x) is tuple:
+            stack.extend(x)
+        elif type(x) is dict:
+            stack.extend(x.values())
+    return tuple(sorted(seen.values()))
+
+
 def describe(v: Any) -> Any:
     """What user code given ``v`` can see of it now (objects by number, not identity)."""
+    if DEEP[0] and isinstance(v, CB | sg.Node):
+        return ("graph", reachable(v))
     if isinstance(v, CB):
         return ("cb", _num(v), v.meta, tuple(sorted(map(repr, v.items))))
     if isinstance(v, sg.State):
@@ -339,3 +361,65 @@ def test_ten_thousand_callback_layers_unflatten_outlined() -> None:
     (no max_steps cliff), in the reference's order."""
     gd, sm = sg.generic.flatten(mlp(10_000))
     same_as_reference(served(_Outlined(), gd, sm), gd, sm)
+
+
+# -- chains next to callback nodes ----------------------------------------------------------
+
+
+class Link(sg.Node):
+    def __init__(self, child: Any, seed: float) -> None:
+        self.child = child
+        self.w = sg.Param(np.full((1,), seed, np.float32))
+
+
+class LinkE(sg.Node):
+    """A link with a node after the next link in the table (``e`` sorts after ``child``)."""
+
+    def __init__(self, child: Any, seed: float) -> None:
+        self.child = child
+        self.e = Box(p=sg.Param(np.full((1,), seed, np.float32)))
+
+
+def with_chain(n: int, kind: str) -> Box:
+    """Callback layers, and a chain of ``n`` nested links next to them: of Links ending in a
+    callback node (``tail``), of LinkEs ending in None (``after``) or in a callback node that
+    sees the whole graph (``after-cb``: the chain is not looped), or a nest of lists
+    (``nest``)."""
+    m = mlp(4)
+    if kind in ("nest", "nest-node"):
+        x: Any = []
+        for i in range(n):
+            p = sg.Param(np.full((1,), i, np.float32))
+            x = [x, p if kind == "nest" else Box(p=p)]
+        m.nest = x
+        m.layers[0].items["back"] = m  # (its set_key sees the whole graph, the nest's nodes too)
+        return m
+    c: Any = CB(5.0, back=m) if kind in ("tail", "after-cb") else None
+    for i in range(n):
+        c = Link(c, float(i)) if kind == "tail" else LinkE(c, float(i))
+    m.chain = c
+    return m
+
+
+@pytest.mark.parametrize("kind", ["tail", "after", "after-cb", "nest", "nest-node"])
+@pytest.mark.parametrize("n", [3, 40])
+def test_chains_next_to_callback_nodes(outlined: None, kind: str, n: int) -> None:
+    """A chain's loop makes and fills its links out of table order: looped only where no
+    user call sees it (each set_key here sees the whole graph reachable from its child)."""
+    gd, sm = sg.generic.flatten(with_chain(n, kind))
+    DEEP[0] = True
+    try:
+        same_as_reference(served(_Outlined(), gd, sm), gd, sm)
+    finally:
+        DEEP[0] = False
+    src = _source(gd)
+    looped = "nested links of one shape" in src or "nested containers of one shape" in src
+    assert looped == (kind not in ("after-cb", "nest-node")), src
+
+
+def test_ten_thousand_links_next_to_callback_nodes() -> None:
+    """The default configuration: a chain of 10 000 links and a nest of 10 000 lists next
+    to callback layers are loops (no max_steps cliff), in the reference's order."""
+    for kind in ("tail", "nest"):
+        gd, sm = sg.generic.flatten(with_chain(10_000, kind))
+        same_as_reference(served(_Outlined(), gd, sm), gd, sm)

@@ -27,8 +27,8 @@ outlined code keeps the reference's order exactly, in two phases
 every node filled in table order. An occurrence's subtree is a contiguous range of the
 table, so its shape's ``outlined<sid>_create`` (its objects, in table order, returned as a
 tuple) and ``outlined<sid>_fill`` (its nodes, in table order) are called at its place in
-each phase, and a list of occurrences is one loop per phase. Chains are not looped there
-(their loops make and fill links out of table order).
+each phase, and a list of occurrences is one loop per phase. Chains are looped where no
+user call sees the difference (:meth:`UnflattenPlanner._phased_chains_only`).
 
 A foreign library's per-call context (NNX: the one TraceState every Pytree and Variable
 of the call shares; BrainState: the tracer, source info and level of every State) is
@@ -280,7 +280,6 @@ class UnflattenPlanner:
         self._run_at: dict[int, PytreeEdge] = {}  # phased: first occurrence -> its list's edge
         self._run_made: dict[int, str] = {}  # phased: id(a run's edge) -> the list of its items' objects
         if self.phased:
-            outline = 0  # (no chains: their loops make and fill links out of table order)
             self._find_runs()
         self.chains = find_chains(gd, max(2, outline), set(), set(), self.shapes) if outline else {}
         self._declarative_links_only()
@@ -288,6 +287,8 @@ class UnflattenPlanner:
         # building the innermost link first (see _links).
         self.cchains = find_container_chains(gd, max(2, outline), set(), set(), self.shapes) \
             if outline else {}
+        if self.phased:
+            self._phased_chains_only()
         self._rec_edge: Any = None  # planning a container chain's link: the next link's edge
         self._rec_local = ""  # and the local holding its value
         self.body = _Body(StaticReads(), [(0, gd.num_leaves, "")], {})
@@ -1076,11 +1077,25 @@ class UnflattenPlanner:
         one) and where the fills begin in the current body's steps."""
         table = self.gd.table
         shape_of, shapes = self.shapes.shape_of, self.shapes.shapes
+        chains = self.chains if self._top else {}
+        names = self.body.names
+        skip: dict[int, int] = {}
+        if self._top:  # a container chain's entries are made by its loop, link by link
+            for cc in self.cchains.values():
+                l0, ln = cc.links[0], cc.links[-1]
+                if l0.ebefore[1]:
+                    skip[l0.ebefore[0]] = l0.ebefore[0] + cc.n * l0.ebefore[1]
+                if l0.eafter[1]:
+                    skip[ln.eafter[0]] = ln.eafter[0] + cc.n * l0.eafter[1]
         made: list[str] = []
         fills: list[tuple[Any, ...]] = []
         for lo, hi in ranges:
             i = lo
             while i < hi:
+                j = skip.get(i)
+                if j is not None:
+                    i = j
+                    continue
                 if i != root and i in shape_of:
                     m = shapes[shape_of[i]].nindices
                     run = self._run_at.get(i)
@@ -1094,17 +1109,30 @@ class UnflattenPlanner:
                     continue
                 spec = table[i]
                 if type(spec) is NodeSpec:
-                    self._new_node(spec)
+                    ch = chains.get(i)
+                    if i not in names:
+                        self._new_node(spec, bookkeeping=ch is None)  # (a chain's loop makes its links')
+                        made.append(self._obj(i))
                     fills.append(("node", spec))
+                    if ch is not None:  # (its links' entries: made by its loop, when filled)
+                        first, last = ch.links[0], ch.links[-1]
+                        if last.eafter[1]:
+                            skip[last.eafter[0]] = last.eafter[0] + ch.n * first.eafter[1]
+                        i += ch.n * first.ebefore[1]
+                        continue
                 else:
                     self._new_state(spec)
-                made.append(self._obj(i))
+                    made.append(self._obj(i))
                 i += 1
                 self._check_size()
         split = len(self.steps)
         for f in fills:
             if f[0] == "node":
-                self._fill_node(f[1])
+                ch = chains.get(f[1].index)
+                if ch is not None:
+                    self._chain(ch)
+                else:
+                    self._fill_node(f[1])
             elif f[0] == "one":
                 _, fn, handle, statics = f
                 self.steps.append(Step("call_fill", fn=fn, src=handle, statics=statics))
@@ -1119,6 +1147,33 @@ class UnflattenPlanner:
                                        sources=sources, body=fill_steps))
             self._check_size()
         return made, split
+
+    def _phased_chains_only(self) -> None:
+        """The chains whose loops keep every user call seeing what the reference's order
+        shows it. A chain's loop makes its links and their entries when its head is filled
+        (made objects are seen by no one until filled into a node: builtin and adapter code
+        only, no link holds a callback node) and fills link by link, each with the nodes of
+        its entries: as the reference for the entries before the next link; a link's nodes
+        after it are filled before the chain's tail (the reference: after), so a chain with
+        such nodes is looped only where no callback node sits in its tail (then no user code
+        runs between the two orders' fills). A container chain's loop fills innermost first
+        where it is used: looped only when its links hold states alone (nothing to fill)."""
+        table, impls = self.gd.table, self.impls
+
+        def nodes(lo: int, n: int) -> bool:
+            return any(type(table[j]) is NodeSpec for j in range(lo, lo + n))
+
+        def user(lo: int, hi: int) -> bool:
+            return any(type(table[j]) is NodeSpec and not impls[j].is_builtin_node
+                       and impls[j].dict_node is None for j in range(lo, hi))
+
+        for head, ch in list(self.chains.items()):
+            last = ch.links[-1]
+            if nodes(*last.eafter) and user(last.ebefore[0] + last.ebefore[1], last.eafter[0]):
+                del self.chains[head]
+        for key, cc in list(self.cchains.items()):
+            if any(nodes(*ln.ebefore) or nodes(*ln.eafter) for ln in cc.links):
+                del self.cchains[key]
 
     def _phased_create_one(self, index: int, made: list[str]) -> tuple[Any, ...]:
         """The call making the objects of the occurrence at ``index`` (its root's local is
