@@ -220,7 +220,8 @@ def _node_key(spec: NodeSpec, equal: _EqualClasses, by_value: bool = True) -> An
     """What else than its children tells a node's guards apart: a dict-backed node's key
     sigs (NNX's int keys) and bookkeeping fields, each as its guard reads it (``by_value``),
     or only how many there are (the unflatten reads each occurrence's from its GraphDef);
-    a callback node's keys and metadata (outlined by the flatten planner only)."""
+    a callback node's keys and metadata as its guards compare them (flatten), or its keys
+    as the unflatten's code spells them (an exact str/int by value, any other read from S)."""
     impl = reg.node_impl(spec.type)
     if not impl.is_builtin_node and impl.dict_node is None:
         if not by_value:  # (the unflatten: an exact str/int key is spelled, any other and
