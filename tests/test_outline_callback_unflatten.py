@@ -423,3 +423,20 @@ def test_ten_thousand_links_next_to_callback_nodes() -> None:
     for kind in ("tail", "nest"):
         gd, sm = sg.generic.flatten(with_chain(10_000, kind))
         same_as_reference(served(_Outlined(), gd, sm), gd, sm)
+
+
+def test_nnx_modules_next_to_callback_nodes(outlined: None) -> None:
+    """NNX Modules (foreign, their per-call context passed to the two-phase builders) next
+    to callback layers: outlined, the reference's user calls and graph."""
+    nnx = pytest.importorskip("flax.nnx")
+
+    class Net(nnx.Module):
+        def __init__(self, rngs: Any) -> None:
+            self.layers = nnx.List([nnx.Linear(2, 2, rngs=rngs) for _ in range(3)])
+            self.cbs = [CB(float(i)) for i in range(3)]
+            self.l2 = nnx.Linear(2, 2, rngs=rngs)
+            self.l3 = nnx.Linear(2, 2, rngs=rngs)
+
+    gd, sm = sg.generic.flatten(Net(nnx.Rngs(0)))
+    same_as_reference(served(_Outlined(), gd, sm), gd, sm)
+    assert "_create(" in _source(gd)
