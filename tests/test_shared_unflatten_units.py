@@ -354,3 +354,34 @@ def test_two_phase_units_of_callback_structures_are_shared_in_the_reference_s_or
         same_as_reference(served(_Outlined(), gd, sm), gd, sm)
         c, r = _units()[0] - before[0], _units()[1] - before[1]
         assert (c == 0 and r > 0) if shares else (c > 0 and r == 0), (c, r)
+
+
+def _dis_globals(code: Any) -> set[str]:
+    import dis
+
+    names: set[str] = set()
+    stack = [c for c in code.co_consts if type(c) is type(code)]
+    while stack:
+        co = stack.pop()
+        names.update(i.argval for i in dis.get_instructions(co) if i.opname == "LOAD_GLOBAL")
+        stack.extend(c for c in co.co_consts if type(c) is type(code))
+    return names
+
+
+def test_the_globals_a_unit_reads_are_what_dis_says() -> None:
+    """pipeline._loaded_globals reads the bytecode itself: the names dis decodes, for
+    generated sources and for code with more than 256 names (extended arguments)."""
+    from specgraph import codegen
+    from specgraph.codegen import pipeline
+
+    many = "\n".join(f"    x = g{i}.a{i} + y" for i in range(600))
+    sources = [f"def f(y):\n{many}\n    return lambda: (h, x, [k for k in q])\n"]
+    for node in (blocks(3), mlp(4), nest(4), links(5), attrs(3)):
+        gd, _ = sg.generic.flatten(node)
+        for kind in ("flatten", "unflatten"):
+            for outline_min in (0, 2):
+                sources.append(codegen.build(kind, gd, max_steps=10_000, outline_min=outline_min).source)
+    for src in sources:
+        code = compile(src, "<test>", "exec")
+        want = _dis_globals(code)
+        assert want and pipeline._loaded_globals(code) == want

@@ -14,6 +14,7 @@ import gc
 import itertools
 import linecache
 import re
+import sys
 import threading
 import time
 import weakref
@@ -464,13 +465,32 @@ def _exec_unit(source: str, kind: str, view: SimpleNamespace, plan: FlattenPlan 
 _BUILTINS = frozenset(dir(builtins))
 
 
+_LOAD_GLOBAL = dis.opmap["LOAD_GLOBAL"]
+_EXTENDED_ARG = dis.EXTENDED_ARG
+_GLOBAL_SHIFT = 1 if sys.version_info >= (3, 11) else 0  # (3.11: the low bit of the arg pushes a NULL)
+
+
 def _loaded_globals(code: Any) -> set[str]:
-    """The names the code's functions read as globals (module level: the names it defines)."""
+    """The names the code's functions read as globals (module level: the names it defines).
+
+    Read straight from each function's bytecode (``co_code``: two bytes an instruction,
+    inline caches zeroed), which is what ``dis.get_instructions`` decodes, at a tenth of its
+    cost (MLP-1 000's loop unit: 0.5 ms with dis)."""
     names: set[str] = set()
     stack = [c for c in code.co_consts if type(c) is type(code)]
     while stack:
         co = stack.pop()
-        names.update(i.argval for i in dis.get_instructions(co) if i.opname == "LOAD_GLOBAL")
+        raw, co_names = co.co_code, co.co_names
+        ext = 0
+        for i in range(0, len(raw), 2):
+            op = raw[i]
+            arg = raw[i + 1] | ext
+            if op == _EXTENDED_ARG:
+                ext = arg << 8
+                continue
+            ext = 0
+            if op == _LOAD_GLOBAL:
+                names.add(co_names[arg >> _GLOBAL_SHIFT])
         stack.extend(c for c in co.co_consts if type(c) is type(code))
     return names
 
