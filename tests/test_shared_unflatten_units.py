@@ -15,6 +15,7 @@ that call's. The class guards stay in each structure's own top function; a regis
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import numpy as np
@@ -385,3 +386,44 @@ def test_the_globals_a_unit_reads_are_what_dis_says() -> None:
         code = compile(src, "<test>", "exec")
         want = _dis_globals(code)
         assert want and pipeline._loaded_globals(code) == want
+
+
+def _named_class(name: str, chain: bool) -> type:
+    """A node class called ``name``: a Linear, or (``chain``) a link of a chain of nodes."""
+
+    def init(self: Any, i: int) -> None:
+        self.w = sg.Param(np.float32(i))
+        if chain:
+            self.next = cls(i - 1) if i else None
+        else:
+            self.b = sg.Param(np.float32(i))
+
+    cls = type(name, (sg.Node,), {"__init__": init})
+    return cls
+
+
+def _loop_fn_name(chain: bool) -> str:
+    """The name of the unit the top function calls for its loop (``each<i>_build``)."""
+    cls = _named_class("Neutral", chain)
+    gd, state = _gd(Box(h=cls(4)) if chain else Box(ls=[cls(i) for i in range(4)]))
+    _unflattened(gd, state)
+    (name,) = set(re.findall(r"\b(each[0-9]+_build)\(", dispatch._unflat[gd].source))
+    sg.clear_cache()
+    return name
+
+
+@pytest.mark.parametrize("name", ["n", "head", "tail", "_", "at0", "loop unit"])
+@pytest.mark.parametrize("chain", [False, True], ids=["list", "chain of nodes"])
+def test_a_class_named_like_a_loop_unit_s_parameter_or_function(outlined: None, name: str,
+                                                                 chain: bool) -> None:
+    """A loop's unit takes its count, a chain's head and tail, its counters' starts as
+    parameters, and the top function calls it as ``each<i>_build``: a bound class never
+    takes one of those names (else the unit read the parameter as the class, or the top
+    function the unit as the class, and the unflatten raised)."""
+    if name == "loop unit":
+        name = _loop_fn_name(chain)
+    cls = _named_class(name, chain)
+    make = (lambda n: Box(h=cls(n))) if chain else (lambda n: Box(ls=[cls(i) for i in range(n)]))
+    out = _second_shares(make(3), make(4))
+    first = out.h if chain else out.ls[3]
+    assert type(first) is cls and float(first.w.value) == (4.0 if chain else 3.0)

@@ -60,10 +60,11 @@ def safe_name(raw: str, limit: int | None = 60) -> str:
 
 _BUILTIN_NAMES = frozenset(dir(builtins))
 # The generated functions are named ``<kind>_<type>``: no bound type may take such a name.
-FUNCTION_PREFIXES = ("flatten_", "update_", "unflatten_", "collect_", "outlined", "each_")
+# (An unflatten loop's unit is ``each<i>_build``.)
+FUNCTION_PREFIXES = ("flatten_", "update_", "unflatten_", "collect_", "outlined", "each")
 # Locals the planners make: a bound type never takes one of these shapes.
 _LOCAL_NAME = re.compile(
-    r"^(x|dx|droot|v|o|a|c|d|s|ch|chx|td|tdx|chroot|tdroot|attr|md|bk|tok|ctx|f|m|h|r|q)[0-9_]*$")
+    r"^(x|dx|droot|v|o|a|c|d|s|ch|chx|td|tdx|chroot|tdroot|attr|md|bk|tok|ctx|f|m|h|r|q|at)[0-9_]*$")
 _RESERVED = PRELUDE | PARAMETERS
 
 

@@ -15,8 +15,11 @@ __all__ = ["MISS", "PRELUDE", "PARAMETERS", "prelude"]
 #: A generated unflatten's answer when a class guard fails: the reference walker builds.
 MISS = object()
 
-#: The parameters and fixed locals of the templates' functions.
-PARAMETERS = frozenset({"root", "vals", "S", "d", "m", "h", "D", "at", "b", "af", "y", "z"})
+#: The parameters and fixed locals of the templates' functions (an unflatten loop's unit takes
+#: ``n``, ``head``, ``tail``, ``src`` and counters' starts ``at0``, ... (naming._LOCAL_NAME);
+#: a two-phase fill, ``t``; a loop's throwaway target, ``_``).
+PARAMETERS = frozenset({"root", "vals", "S", "d", "m", "h", "D", "at", "b", "af", "y", "z",
+                        "n", "head", "tail", "src", "t", "_"})
 
 
 def prelude() -> dict[str, Any]:
