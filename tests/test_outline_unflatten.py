@@ -283,6 +283,24 @@ def test_chain_of_ten_thousand_nested_nodes(outlined: None) -> None:
     assert x.tag == "end" and x.p.value is st_[("child",) * 9_999 + ("p",)]
 
 
+@pytest.mark.parametrize("next_key", ["child", "z_next"])
+def test_chain_links_read_their_own_statics(outlined: None, next_key: str) -> None:
+    """Each link's statics (its tag) are its own, whether entries follow the rest of the
+    chain in a link (the next link under ``child``, before ``p``) or none do (under
+    ``z_next``, after every other key: each link read the first link's statics then)."""
+    node = Box(p=sg.Param(np.float32(0)), tag="end")
+    for i in range(1, 50):
+        node = Box(**{next_key: node}, p=sg.Param(np.float32(i)), tag=f"link{i}")
+    gd, st_ = sg.flatten(node)
+    out = unflatten_served(gd, st_)
+    assert "49 nested links of one shape" in _source(gd)
+    tags = []
+    while hasattr(out, next_key):
+        tags.append(out.tag)
+        out = getattr(out, next_key)
+    assert tags == [f"link{i}" for i in range(49, 0, -1)] and out.tag == "end"
+
+
 def test_ten_thousand_layers_with_the_default_outline_min() -> None:
     m = Box(layers=[Linear(2, 2, float(i)) for i in range(10_000)])
     gd, st_ = sg.flatten(m)

@@ -114,8 +114,10 @@ class StaticReads:
     def want_chain(self, sub: StaticReads, n: int, step: int, cut: int, step_after: int) -> None:
         """The next item: ``sub``'s tuples for ``n`` chain links, concatenated. Link ``k``'s
         entries sit ``k * step`` after the first link's, those from index ``cut`` on
-        ``k * step_after`` before them (see shapes.find_chains)."""
-        self._wanted.append(("chain", sub, (n, step, cut, step_after)))
+        ``k * step_after`` before them (see shapes.find_chains). No entries after the rest
+        of the chain (``step_after`` 0): ``cut`` means nothing (a link's ``eafter`` is then
+        ``(0, 0)``), every entry is before."""
+        self._wanted.append(("chain", sub, (n, step, cut if step_after else -1, step_after)))
 
     def want_links(self, sub: StaticReads, head: int, n: int, rec: int, step: int, cut: int,
                    step_after: int) -> None:
