@@ -358,6 +358,19 @@ class UnflattenPlanner:
             # (Generated code, not nodes: repeated substructures are one function or loop.)
             raise Declined(f"structure too large (more than {self.max_steps} steps of generated code)")
 
+    def _cchain_entries(self) -> dict[int, int]:
+        """Where a container chain's entries begin in the table, mapped to where they end:
+        at the top, its loop makes them link by link, so the table walk skips them."""
+        skip: dict[int, int] = {}
+        if self._top:
+            for cc in self.cchains.values():
+                l0, ln = cc.links[0], cc.links[-1]
+                if l0.ebefore[1]:
+                    skip[l0.ebefore[0]] = l0.ebefore[0] + cc.n * l0.ebefore[1]
+                if l0.eafter[1]:
+                    skip[ln.eafter[0]] = ln.eafter[0] + cc.n * l0.eafter[1]
+        return skip
+
     def _objects_then_fills(self, ranges: list[tuple[int, int]], root: int) -> None:
         """The states and empty nodes of the entries in ``ranges`` (in table order), then
         each node filled (in table order), as the reference builds. An occurrence of an
@@ -370,14 +383,7 @@ class UnflattenPlanner:
         shape_of, shapes = self.shapes.shape_of, self.shapes.shapes
         chains = self.chains if self._top else {}
         names = self.body.names
-        skip: dict[int, int] = {}
-        if self._top:  # a container chain's entries are made by its loop, link by link
-            for cc in self.cchains.values():
-                l0, ln = cc.links[0], cc.links[-1]
-                if l0.ebefore[1]:
-                    skip[l0.ebefore[0]] = l0.ebefore[0] + cc.n * l0.ebefore[1]
-                if l0.eafter[1]:
-                    skip[ln.eafter[0]] = ln.eafter[0] + cc.n * l0.eafter[1]
+        skip = self._cchain_entries()
         fills: list[int] = []
         for lo, hi in ranges:
             i = lo
@@ -1081,14 +1087,7 @@ class UnflattenPlanner:
         shape_of, shapes = self.shapes.shape_of, self.shapes.shapes
         chains = self.chains if self._top else {}
         names = self.body.names
-        skip: dict[int, int] = {}
-        if self._top:  # a container chain's entries are made by its loop, link by link
-            for cc in self.cchains.values():
-                l0, ln = cc.links[0], cc.links[-1]
-                if l0.ebefore[1]:
-                    skip[l0.ebefore[0]] = l0.ebefore[0] + cc.n * l0.ebefore[1]
-                if l0.eafter[1]:
-                    skip[ln.eafter[0]] = ln.eafter[0] + cc.n * l0.eafter[1]
+        skip = self._cchain_entries()
         made: list[str] = []
         fills: list[tuple[Any, ...]] = []
         for lo, hi in ranges:
