@@ -7,7 +7,8 @@ Rows (``--rows``):
                  (``register_graph_node_type``): w, b (Params) and a static;
 * ``cb-one``  -- n ``sg.Node`` Linear layers in a list, and one callback node elsewhere;
 * ``arrays``  -- n ``sg.Node`` layers holding bare numpy arrays (no State);
-* ``deep``    -- a list nested n deep inside a node: ``x = [x, Param]``.
+* ``deep``    -- a list nested n deep inside a node: ``x = [x, Param]``;
+* ``cb-chain`` -- n callback-registered layers nested n deep (each the next's under ``next``).
 
 Per row and size, in this process, side by side: whether the second ``sg.flatten`` is a
 cache hit (specialized) and served by outlined code, the compile seconds of a fresh cache
@@ -17,7 +18,7 @@ time per call of ``sg.flatten`` and ``specgraph.generic.flatten`` of the same ob
 same of ``sg.unflatten`` and ``specgraph.generic.unflatten`` of the row's GraphDef and
 values (compile seconds: the unflatten's own, on top of the flatten's). Usage::
 
-    python benchmarks/outline_cliffs.py [--rows cb-mlp cb-one arrays deep] [--sizes 1000 10000]
+    python benchmarks/outline_cliffs.py [--rows cb-mlp cb-one arrays deep cb-chain] [--sizes 1000 10000]
                                         [--repeats R] [--cold C]
 """
 
@@ -81,16 +82,26 @@ def _deep(n: int) -> Model:
     return Model(x=x)
 
 
+def _cb_chain(n: int) -> Model:
+    x = CLinear(-1.0)
+    for i in range(n):
+        c = CLinear(float(i))
+        c.items["next"] = x
+        x = c
+    return Model(x=x)
+
+
 ROWS: dict[str, Callable[[int], Any]] = {
     "cb-mlp": lambda n: Model(layers=[CLinear(float(i)) for i in range(n)]),
     "cb-one": lambda n: Model(layers=[Linear(float(i)) for i in range(n)], odd=CLinear(1.0)),
     "arrays": lambda n: Model(layers=[ArrLinear(float(i)) for i in range(n)]),
     "deep": _deep,
+    "cb-chain": _cb_chain,
 }
 
 
 #: Rows whose unflatten is measured too.
-UNFLATTEN_ROWS = ("cb-mlp", "cb-one", "deep")
+UNFLATTEN_ROWS = ("cb-mlp", "cb-one", "deep", "cb-chain")
 
 
 def _outlined() -> bool:

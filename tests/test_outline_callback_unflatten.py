@@ -192,9 +192,28 @@ def at_root() -> list[Any]:
     return [CB(float(i)) for i in range(4)]
 
 
+def chain(n: int = 8, key: str = "next") -> Box:
+    """Callback nodes nested ``n`` deep under ``key`` ('next' sorts before 'w': each link
+    has a state after the rest of the chain; 'z' sorts last: none), metadata per link."""
+    tail = CB(-1.0)
+    node = tail
+    for i in range(n):
+        node = CB(float(i), meta=("cb", i % 3), **{key: node})
+    return Box(pre=Linear(1.0), chain=node, post=[CB(7.0), CB(8.0)])
+
+
+def node_chain(n: int = 8) -> Box:
+    """``sg.Node`` links, each holding a callback node (an outlined occurrence in a link)."""
+    node = Box(cb=CB(-1.0))
+    for i in range(n):
+        node = Box(cb=CB(float(i)), lin=Linear(float(i)), nxt=node)
+    return node
+
+
 STRUCTURES: dict[str, Callable[[], Any]] = {
     "mlp": mlp, "nested": nested, "mixed": mixed, "tied weight": tied, "shared layer": shared,
     "cycle": cycle, "not homogeneous": ragged, "root list": at_root,
+    "chain": chain, "chain, none after": lambda: chain(key="z"), "node chain": node_chain,
 }
 
 
@@ -314,7 +333,7 @@ def test_each_occurrence_mutated(outlined: None, name: str, i: int) -> None:
 
 @pytest.mark.parametrize("kind", ["create", "set"])
 @pytest.mark.parametrize("at", [1, 3, 5])
-@pytest.mark.parametrize("name", ["mlp", "nested", "mixed"])
+@pytest.mark.parametrize("name", ["mlp", "nested", "mixed", "chain", "node chain"])
 def test_user_code_raising_midway(impl: Any, kind: str, at: int, name: str) -> None:
     """create_empty or set_key raising: the same error after the same calls as the
     reference's, and the values given (the user's objects) untouched."""
@@ -440,3 +459,37 @@ def test_nnx_modules_next_to_callback_nodes(outlined: None) -> None:
     gd, sm = sg.generic.flatten(Net(nnx.Rngs(0)))
     same_as_reference(served(_Outlined(), gd, sm), gd, sm)
     assert "_create(" in _source(gd)
+
+
+@pytest.mark.parametrize("name", ["chain", "chain, none after", "node chain"])
+def test_chains_are_loops_in_the_reference_order(outlined: None, name: str) -> None:
+    """A chain of nested links holding callback nodes: one loop making the links (each
+    link's objects in table order), one making the states after the rest of the chain
+    (last link first), one filling the links; the reference's log of user calls."""
+    gd, sm = sg.generic.flatten(STRUCTURES[name]())
+    same_as_reference(served(_Outlined(), gd, sm), gd, sm)
+    assert "8 nested links: filled, each in table order" in _source(gd)
+
+
+@pytest.mark.parametrize("key", ["next", "z"])
+def test_ten_thousand_nested_callback_nodes_unflatten_outlined(key: str) -> None:
+    """The default configuration: a chain of ten thousand callback nodes is served by
+    outlined code (a loop: no max_steps cliff), in the reference's order."""
+    gd, sm = sg.generic.flatten(chain(10_000, key))
+    same_as_reference(served(_Outlined(), gd, sm), gd, sm)
+    src = _source(gd)
+    assert "10000 nested links: filled" in src and len(src.splitlines()) < 150
+
+
+@pytest.mark.parametrize("name", ["n", "t", "_", "src", "at0", "at1", "reversed"])
+def test_a_chain_link_class_named_like_the_loops_names(outlined: None, name: str) -> None:
+    """A chain's links of a class named like what its loops' units take (count, counters'
+    starts) or its fill loop reads (``t``, ``reversed``): bound under another name, the
+    reference's log of user calls and graph."""
+    cls = type(name, (sg.Node,), {"__init__": lambda self, **kw: vars(self).update(kw)})
+    node: Any = cls(cb=CB(-1.0))
+    for i in range(8):
+        node = cls(cb=CB(float(i)), lin=Linear(float(i)), nxt=node)
+    gd, sm = sg.generic.flatten(node)
+    same_as_reference(served(_Outlined(), gd, sm), gd, sm)
+    assert "8 nested links: filled, each in table order" in _source(gd)

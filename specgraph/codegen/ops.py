@@ -217,6 +217,14 @@ OPS: dict[str, Op] = {
     # dst = fn(*args): a loop of the top function (build_*, create_each, fill_each) compiled as a unit
     # of its own (codegen/shared.py); n, what: the loop's item count and kind, in a comment
     "call_each": Op(_U, ("dst", "fn", "args", "n", "what")),
+    "iter_statics_back": Op(_U, ("dst", "src")),  # dst = reversed(src)
+    "chain_head": Op(_U, ("dst", "src")),  # dst = src[0][0]: a chain's head (create_each's first object)
+    # a chain's links (src: create_each's, the objects before the rest of the chain, link
+    # by link; dst_after: the objects after it, last link first, or None) filled in table
+    # order: links = each link's next (the tail last); per link its tuples unpacked into
+    # made and objs_after, nxt its next, the targets from the sources; body fills it
+    "fill_chain": Op(_U, ("src", "dst_after", "made", "objs_after", "links", "tail", "nxt", "n", "targets",
+                          "sources", "body")),
 }
 
 

@@ -655,12 +655,14 @@ class Chain:
 
 
 def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types: set[type],
-                shapes: Shapes) -> dict[int, Chain]:
+                shapes: Shapes, user: bool = False) -> dict[int, Chain]:
     """Chains of at least ``min_links`` nested nodes of one link shape (a node whose one
     child of its own class is the next link), outside the outlined shapes: head -> chain.
     No link calls user code (a callback node in it): the chain's update loads each link
     again to write it, which would call that code twice (an outlined function or a loop
-    over a list keeps what its writes name instead: ``ShapeFn.kept``)."""
+    over a list keeps what its writes name instead: ``ShapeFn.kept``). ``user``: links of
+    callback node types too (the unflatten's two-phase loops, which call their
+    ``create_empty`` and ``set_key`` once each, in the reference's order)."""
     table = gd.table
     sc = shapes.scan if shapes.scan is not None else _Scan(gd, witnessed, shared_types)
     refs = sc.refs
@@ -681,7 +683,7 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
         if rec < 0:
             continue
         got = sc.scan(spec, rec)
-        if got is None or sc.last_user:
+        if got is None or (sc.last_user and not user):
             continue  # (a link calling user code: the chain's update would load it again)
         tokens, (lb, nb, eb, la, na, ea, nea) = got
         node_key = _node_key(spec, sc.equal, sc.by_value)

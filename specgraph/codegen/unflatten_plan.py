@@ -41,7 +41,7 @@ makes share exactly the contexts the unrolled code would give them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -283,7 +283,15 @@ class UnflattenPlanner:
         self._run_made: dict[int, str] = {}  # phased: id(a run's edge) -> the list of its items' objects
         if self.phased:
             self._find_runs()
-        self.chains = find_chains(gd, max(2, outline), set(), set(), self.shapes) if outline else {}
+        # In two phases (callback node types in the build), chains of links calling user code
+        # too: their loops make the links (each's objects in table order), what comes after
+        # the rest of the chain, then fill the links (_phased_chain); chains of links calling
+        # none keep the one-phase loop where no user call sees its order (_phased_chains_only).
+        self.chains = find_chains(gd, max(2, outline), set(), set(), self.shapes, user=self.phased) \
+            if outline else {}
+        self._cb_chains: set[int] = set()  # phased: the heads of chains of links calling user code
+        if self.phased:
+            self._split_cb_chains()
         self._declarative_links_only()
         # Chains of nested containers of one link shape (``x = [x, State(...)]``): a loop
         # building the innermost link first (see _links).
@@ -311,6 +319,27 @@ class UnflattenPlanner:
         self._stores_ok: dict[tuple[int, tuple], bool] = {}
         self._labels: dict[tuple, list[str]] = {}
 
+    def _split_cb_chains(self) -> None:
+        """The chains whose links hold a callback node (``_cb_chains``): looped by
+        :meth:`_phased_chain`, kept only where the entries after the rest of the chain are
+        states (nothing there to fill, after the tail's fills). The others are left to
+        :meth:`_phased_chains_only` and the one-phase loop."""
+        table, impls = self.gd.table, self.impls
+
+        def user(lo: int, n: int) -> bool:
+            return any(type(table[j]) is NodeSpec and not impls[j].is_builtin_node
+                       and impls[j].dict_node is None for j in range(lo, lo + n))
+
+        for head, ch in list(self.chains.items()):
+            first = ch.links[0]
+            if not (user(*first.ebefore) or user(*first.eafter)):
+                continue
+            if any(type(table[j]) is NodeSpec for link in ch.links
+                   for j in range(link.eafter[0], link.eafter[0] + link.eafter[1])):
+                del self.chains[head]
+            else:
+                self._cb_chains.add(head)
+
     def _declarative_links_only(self) -> None:
         """Chains only of links whose class's fresh instance is ``object.__new__(cls)``, with
         its bookkeeping (NNX Pytrees) made from each link's metadata by the loop's body: a
@@ -318,6 +347,8 @@ class UnflattenPlanner:
         looped here."""
         impls = self.impls
         for head in list(self.chains):
+            if head in self._cb_chains:  # (made by their create_empty, in two phases)
+                continue
             impl = impls[head]
             if not impl.is_builtin_node and (impl.dict_node is None or impl.dict_node.create is not None):
                 del self.chains[head]
@@ -1070,7 +1101,8 @@ class UnflattenPlanner:
                 continue
             stack.extend(kids)
 
-    def _phased_objects_then_fills(self, ranges: list[tuple[int, int]], root: int) -> tuple[list[str], int]:
+    def _phased_objects_then_fills(self, ranges: list[tuple[int, int]], root: int,
+                                   marks: list[tuple[int, int]] | None = None) -> tuple[list[str], int]:
         """Where user code runs in the build (``create_empty``, ``set_key`` of callback node
         types), in the reference's order exactly: first every object of the entries in
         ``ranges`` in table order, then every node filled in table order. An occurrence of an
@@ -1082,20 +1114,39 @@ class UnflattenPlanner:
         in the table) is a loop making each in turn, then a loop filling each in turn.
 
         Returns the locals the objects phase made (the ``root`` entry's first, when it is
-        one) and where the fills begin in the current body's steps."""
+        one) and where the fills begin in the current body's steps; ``marks`` gets, per
+        range but the first, where its objects begin (in the steps, and in what was made).
+        At the top, a chain of nested links is loops (:meth:`_phased_chain`)."""
         table = self.gd.table
         shape_of, shapes = self.shapes.shape_of, self.shapes.shapes
         chains = self.chains if self._top else {}
         names = self.body.names
         skip = self._cchain_entries()
+        after: dict[int, tuple[int, Callable[[], None]]] = {}  # a cb chain's entries after the rest
         made: list[str] = []
         fills: list[tuple[Any, ...]] = []
-        for lo, hi in ranges:
+        for r, (lo, hi) in enumerate(ranges):
+            if marks is not None and r:
+                marks.append((len(self.steps), len(made)))
             i = lo
             while i < hi:
                 j = skip.get(i)
                 if j is not None:
                     i = j
+                    continue
+                got = after.pop(i, None)
+                if got is not None:
+                    got[1]()
+                    i = got[0]
+                    continue
+                ch = chains.get(i)
+                if ch is not None and i in self._cb_chains:  # (links calling user code: own loops)
+                    fill, past, make_after = self._phased_chain(ch)
+                    fills.append(fill)
+                    if make_after is not None:
+                        after[past[0]] = (past[1], make_after)
+                    i += ch.n * ch.links[0].ebefore[1]
+                    self._check_size()
                     continue
                 if i != root and i in shape_of:
                     m = shapes[shape_of[i]].nindices
@@ -1134,6 +1185,8 @@ class UnflattenPlanner:
                     self._chain(ch)
                 else:
                     self._fill_node(f[1])
+            elif f[0] == "chain":  # (a cb chain's fill loop: _phased_chain)
+                f[1]()
             elif f[0] == "one":
                 _, fn, handle, statics = f
                 self.steps.append(Step("call_fill", fn=fn, src=handle, statics=statics))
@@ -1169,12 +1222,110 @@ class UnflattenPlanner:
                        and impls[j].dict_node is None for j in range(lo, hi))
 
         for head, ch in list(self.chains.items()):
+            if head in self._cb_chains:  # (their own loops: _phased_chain)
+                continue
             last = ch.links[-1]
             if nodes(*last.eafter) and user(last.ebefore[0] + last.ebefore[1], last.eafter[0]):
                 del self.chains[head]
         for key, cc in list(self.cchains.items()):
             if any(nodes(*ln.ebefore) or nodes(*ln.eafter) for ln in cc.links):
                 del self.cchains[key]
+
+    def _phased_chain(self, ch: Chain) -> tuple[tuple[Any, ...], tuple[int, int], Callable[[], None] | None]:
+        """A chain of nested links of one shape (callback node types among them), in the
+        reference's order: here (the head's place in the table) one loop making each link's
+        object and the entries before the rest of the chain, link by link; where the entries
+        after the rest begin (past the tail's, last link first) one loop making those; at
+        the head's place among the fills one loop filling each link (its node, then the
+        nodes before the next link: the entries after it are states only, see
+        :meth:`_phased_chains`). One body planned from the head link.
+
+        Returns what the fills phase does for it, where the entries after the rest sit
+        (first, past) and what makes them there (``None``: none)."""
+        first, last = ch.links[0], ch.links[-1]
+        n = ch.n
+        head = first.ebefore[0]
+        (lb, nb), (la, na) = first.before, first.after
+        (eb, neb), (ea, nea) = first.ebefore, first.eafter
+        nxt = self._fresh("x")
+        cb, ca = self._fresh("a"), self._fresh("a")
+        body = _Body(StaticReads(head), [(lb, nb, cb), (la, na, ca)], {first.nxt: nxt},
+                     scope=self.body.scope or self.body)
+        marks: list[tuple[int, int]] = []
+        with self._in(body):
+            made, split = self._phased_objects_then_fills([(eb, eb + neb), (ea, ea + nea)], head, marks)
+        steps_b, n_b = marks[0]
+        create_b, create_a, fill = body.steps[:steps_b], body.steps[steps_b:split], body.steps[split:]
+        made_b, made_a = made[:n_b], made[n_b:]
+        counters_b: list[tuple[str, tuple[str, int], int]] = []
+        counters_a: list[tuple[str, tuple[str, int], int]] = []
+        if body.consumers:  # an outlined call or loop in a link: positions from counters
+            take = self._take(body)
+            create_b = [st for st in take if st.base == cb] + create_b
+            create_a = [st for st in take if st.base == ca] + create_a
+            counters_b.append((cb, ("", lb), nb))
+            counters_a.append((ca, ("", last.after[0]), na))  # (last link first)
+        statics = list(body.statics)
+        mine = None
+        if statics:
+            mine = self._static_local()
+            self.reads.want_chain(body.reads, n, neb, ea, nea)
+        # The links' objects and the entries before the rest, link by link.
+        sources: list[str] = []
+        targets: list[str] = []
+        if nb and not counters_b:
+            it = self._fresh("q")
+            self.steps.append(Step("iter_values", dst=it, start=("", lb), stop=("", lb + n * nb),
+                                   reverse=False))
+            sources += [it] * nb
+            targets += [body.direct[s] for s in range(lb, lb + nb)]
+        if mine is not None:
+            it = self._fresh("q")
+            self.steps.append(Step("iter_statics", dst=it, src=mine))
+            sources += [it] * len(statics)
+            targets += statics
+        links_b = self._fresh("r")
+        self.steps.append(Step("create_each", dst=links_b, n=n, targets=targets, sources=sources,
+                               counters=counters_b, body=create_b, made=made_b))
+        head_obj = self._fresh("o_")
+        self.steps.append(Step("chain_head", dst=head_obj, src=links_b))
+        self.body.names[head] = head_obj
+        links_a = self._fresh("r") if nea else None
+
+        def make_after() -> None:
+            """The entries after the rest of the chain: the last link's first (table order)."""
+            sources: list[str] = []
+            targets: list[str] = []
+            if na and not counters_a:
+                it = self._fresh("q")
+                start = last.after[0]
+                self.steps.append(Step("iter_values", dst=it, start=("", start), stop=("", start + n * na),
+                                       reverse=False))
+                sources += [it] * na
+                targets += [body.direct[s] for s in range(la, la + na)]
+            if mine is not None:  # (each link's statics, last link first: the tuple reversed)
+                it = self._fresh("q")
+                self.steps.append(Step("iter_statics_back", dst=it, src=mine))
+                sources += [it] * len(statics)
+                targets += statics[::-1]
+            self.steps.append(Step("create_each", dst=links_a, n=n, targets=targets, sources=sources,
+                                   counters=counters_a, body=create_a, made=made_a))
+
+        def fill_links() -> None:
+            sources: list[str] = []
+            if mine is not None:
+                it = self._fresh("q")
+                self.steps.append(Step("iter_statics", dst=it, src=mine))
+                sources = [it] * len(statics)
+            self.steps.append(Step("fill_chain", src=links_b, dst_after=links_a, made=made_b,
+                                   objs_after=made_a, links=self._fresh("r"), tail=self._node_value(ch.tail),
+                                   nxt=nxt, n=n, targets=statics, sources=sources, body=fill))
+
+        type_name = safe_name(self.gd.table[head].type.__qualname__)
+        self.loops.append(f"{n} nested links of one shape ({type_name}), made, then filled, "
+                          "each in table order")
+        past = (last.eafter[0], last.eafter[0] + n * nea)
+        return ("chain", fill_links), past, (make_after if nea else None)
 
     def _phased_create_one(self, index: int, made: list[str]) -> tuple[Any, ...]:
         """The call making the objects of the occurrence at ``index`` (its root's local is

@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = '921318c13af194a7c06b5a8e220b2313c3072a6c66ac3dd73c45fee63f42b427'
+FINGERPRINT = 'f4face2feefae6f5c499b05c3041634ace99195d0e7971d21ad260aa922636d6'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'unflatten.py.j2'
 
@@ -582,6 +582,71 @@ def root(context, missing=missing):
                     ']',
                     str((')' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 123 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                 ))
+            elif (environment.getattr(l_2_s, 'op') == 'iter_statics_back'):
+                pass
+                t_12.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = reversed(',
+                    str(environment.getattr(l_2_s, 'src')),
+                    ')',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'chain_head'):
+                pass
+                t_12.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = ',
+                    str(environment.getattr(l_2_s, 'src')),
+                    '[0][0]',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'fill_chain'):
+                pass
+                t_12.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'links')),
+                    ' = [t[0] for t in ',
+                    str(environment.getattr(l_2_s, 'src')),
+                    '[1:]]\n',
+                    str(environment.getattr(l_2_s, 'links')),
+                    '.append(',
+                    str(environment.getattr(l_2_s, 'tail')),
+                    ')\nfor (',
+                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'made'), ', ')),
+                    ',), ',
+                ))
+                if environment.getattr(l_2_s, 'dst_after'):
+                    pass
+                    t_12.extend((
+                        '(',
+                        str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'objs_after'), ', ')),
+                        ',), ',
+                    ))
+                t_12.extend((
+                    str(environment.getattr(l_2_s, 'nxt')),
+                    str((', ' if environment.getattr(l_2_s, 'targets') else cond_expr_undefined("the inline if-expression on line 131 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'targets'), ', ')),
+                    ' in zip(',
+                    str(environment.getattr(l_2_s, 'src')),
+                    ', ',
+                ))
+                if environment.getattr(l_2_s, 'dst_after'):
+                    pass
+                    t_12.extend((
+                        'reversed(',
+                        str(environment.getattr(l_2_s, 'dst_after')),
+                        '), ',
+                    ))
+                t_12.extend((
+                    str(environment.getattr(l_2_s, 'links')),
+                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 131 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'sources'), ', ')),
+                    '):  # ',
+                    str(environment.getattr(l_2_s, 'n')),
+                    ' nested links: filled, each in table order',
+                    str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), environment.getattr(l_2_s, 'body'), _loop_vars=_loop_vars), 4)),
+                    '\n    pass',
+                ))
             elif (environment.getattr(l_2_s, 'op') == 'build_cchain'):
                 pass
                 t_12.extend((
@@ -632,7 +697,7 @@ def root(context, missing=missing):
             yield ',)\n\n\ndef '
             yield str(environment.getattr(l_1_f, 'name'))
             yield '_fill(t'
-            yield str((', S' if environment.getattr(l_1_f, 'statics') else cond_expr_undefined("the inline if-expression on line 144 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
+            yield str((', S' if environment.getattr(l_1_f, 'statics') else cond_expr_undefined("the inline if-expression on line 154 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
             yield '):\n    """Fill the nodes of one '
             yield str(environment.getattr(l_1_f, 'type_name'))
             yield ' its _create made, in table order."""\n    '
@@ -680,4 +745,4 @@ def root(context, missing=missing):
         yield '\n'
 
 blocks = {}
-debug_info = '1=60&6=62&7=74&8=79&9=84&12=92&13=97&14=102&17=112&18=117&19=121&20=124&21=127&23=134&26=142&27=148&28=152&29=156&30=158&31=162&32=165&33=169&34=172&35=176&36=181&37=185&38=192&39=196&40=203&41=207&42=211&43=215&44=219&45=224&46=228&47=234&48=238&49=255&50=259&51=266&52=270&53=273&54=278&56=283&57=287&58=294&59=297&60=302&62=311&63=315&64=320&65=324&66=331&67=335&68=342&69=346&70=355&71=357&72=361&74=373&75=378&78=384&79=388&80=395&81=399&82=409&83=413&84=422&85=426&86=431&87=434&88=436&89=438&90=442&91=444&92=448&93=450&94=454&96=459&97=462&98=464&99=474&100=489&101=490&102=492&103=496&104=502&105=507&106=511&107=517&108=520&109=522&110=524&111=528&112=530&113=534&114=536&115=538&116=542&118=557&120=565&122=568&123=572&124=580&125=583&126=585&127=589&128=593&129=595&130=598&132=604&136=610&137=613&138=616&139=620&140=624&141=626&144=628&145=632&146=634&147=636&151=641&152=645&153=649&154=651&159=654&162=657&164=661&165=663&167=665&168=668&169=670&170=672&171=674'
+debug_info = '1=60&6=62&7=74&8=79&9=84&12=92&13=97&14=102&17=112&18=117&19=121&20=124&21=127&23=134&26=142&27=148&28=152&29=156&30=158&31=162&32=165&33=169&34=172&35=176&36=181&37=185&38=192&39=196&40=203&41=207&42=211&43=215&44=219&45=224&46=228&47=234&48=238&49=255&50=259&51=266&52=270&53=273&54=278&56=283&57=287&58=294&59=297&60=302&62=311&63=315&64=320&65=324&66=331&67=335&68=342&69=346&70=355&71=357&72=361&74=373&75=378&78=384&79=388&80=395&81=399&82=409&83=413&84=422&85=426&86=431&87=434&88=436&89=438&90=442&91=444&92=448&93=450&94=454&96=459&97=462&98=464&99=474&100=489&101=490&102=492&103=496&104=502&105=507&106=511&107=517&108=520&109=522&110=524&111=528&112=530&113=534&114=536&115=538&116=542&118=557&120=565&122=568&123=572&124=580&125=584&126=589&127=593&128=598&129=602&130=606&131=610&132=642&134=645&135=648&136=650&137=654&138=658&139=660&140=663&142=669&146=675&147=678&148=681&149=685&150=689&151=691&154=693&155=697&156=699&157=701&161=706&162=710&163=714&164=716&169=719&172=722&174=726&175=728&177=730&178=733&179=735&180=737&181=739'
