@@ -898,6 +898,37 @@ class UnflattenPlanner:
             n += 1
         return n
 
+    def _loop_feeds(self, body: _Body, item_steps: list[Step], kids: tuple, counter: str,
+                    pos: tuple[str, int], lo: int, k: int) -> tuple[list[Step], list[str], list[str],
+                                                                    list[tuple[str, tuple[str, int], int]],
+                                                                    list[Step], str | None]:
+        """What a loop over ``kids`` (items planned as ``body``) feeds each turn: its values k
+        at a time (or a counter where an outlined call in the item takes positions) and its
+        statics read per item. Returns the setup steps, sources, targets, counters, the item's
+        steps and the statics local (``None``: no statics)."""
+        n = len(kids)
+        setup: list[Step] = []
+        sources: list[str] = []
+        targets: list[str] = []
+        counters: list[tuple[str, tuple[str, int], int]] = []
+        if body.consumers:  # an outlined call or loop in the item: positions from a counter
+            counters.append((counter, pos, k))
+            item_steps = self._take(body) + item_steps
+        elif body.direct:  # the item's values, k at a time
+            it = self._fresh("q")
+            setup.append(Step("iter_values", dst=it, start=pos, stop=(pos[0], pos[1] + n * k), reverse=False))
+            sources += [it] * k
+            targets += [body.direct[s] for s in range(lo, lo + k)]
+        mine = None
+        if body.statics:
+            mine = self._static_local()
+            self.reads.want_each(body.reads, [c.index for c in kids])
+            it = self._fresh("q")
+            setup.append(Step("iter_statics", dst=it, src=mine))
+            sources += [it] * len(body.statics)
+            targets += body.statics
+        return setup, sources, targets, counters, item_steps, mine
+
     def _loop(self, kids: tuple, as_tuple: bool, last: str | None) -> str:
         """The loop building ``kids`` (a run of :meth:`_run_length`), into a list (a tuple:
         ``as_tuple``). Explain names it by its site and ``..last`` (``None``: ``[0..n-1]``)."""
@@ -914,26 +945,8 @@ class UnflattenPlanner:
         with self._in(body):
             self._objects_then_fills([(rep, rep + m)], rep)
         n = len(kids)
-        setup: list[Step] = []
-        sources: list[str] = []
-        targets: list[str] = []
-        counters: list[tuple[str, tuple[str, int], int]] = []
-        item_steps = body.steps
-        if body.consumers:  # an outlined call or loop in the item: positions from a counter
-            counters.append((counter, pos, k))
-            item_steps = self._take(body) + item_steps
-        elif body.direct:  # the item's values, k at a time
-            it = self._fresh("q")
-            setup.append(Step("iter_values", dst=it, start=pos, stop=(pos[0], pos[1] + n * k), reverse=False))
-            sources += [it] * k
-            targets += [body.direct[s] for s in range(lo, lo + k)]
-        if body.statics:
-            mine = self._static_local()
-            self.reads.want_each(body.reads, [c.index for c in kids])
-            it = self._fresh("q")
-            setup.append(Step("iter_statics", dst=it, src=mine))
-            sources += [it] * len(body.statics)
-            targets += body.statics
+        setup, sources, targets, counters, item_steps, _ = self._loop_feeds(
+            body, body.steps, kids, counter, pos, lo, k)
         dst = self._fresh("r")
         self.steps.extend(setup)
         self.steps.append(Step("build_each", dst=dst, n=n, targets=targets, sources=sources,
@@ -1386,27 +1399,8 @@ class UnflattenPlanner:
         with self._in(body):
             item_made, split = self._phased_objects_then_fills([(rep, rep + shape.nindices)], rep)
         n = len(kids)
-        setup: list[Step] = []
-        sources: list[str] = []
-        targets: list[str] = []
-        counters: list[tuple[str, tuple[str, int], int]] = []
-        create = body.steps[:split]
-        if body.consumers:  # an outlined call or loop in the item: positions from a counter
-            counters.append((counter, pos, k))
-            create = self._take(body) + create
-        elif body.direct:  # the item's values, k at a time
-            it = self._fresh("q")
-            setup.append(Step("iter_values", dst=it, start=pos, stop=(pos[0], pos[1] + n * k), reverse=False))
-            sources += [it] * k
-            targets += [body.direct[s] for s in range(lo, lo + k)]
-        mine = None
-        if body.statics:
-            mine = self._static_local()
-            self.reads.want_each(body.reads, [c.index for c in kids])
-            it = self._fresh("q")
-            setup.append(Step("iter_statics", dst=it, src=mine))
-            sources += [it] * len(body.statics)
-            targets += body.statics
+        setup, sources, targets, counters, create, mine = self._loop_feeds(
+            body, body.steps[:split], kids, counter, pos, lo, k)
         dst = self._fresh("r")
         self.steps.extend(setup)
         self.steps.append(Step("create_each", dst=dst, n=n, targets=targets, sources=sources,
