@@ -427,3 +427,24 @@ def test_a_class_named_like_a_loop_unit_s_parameter_or_function(outlined: None, 
     out = _second_shares(make(3), make(4))
     first = out.h if chain else out.ls[3]
     assert type(first) is cls and float(first.w.value) == (4.0 if chain else 3.0)
+
+
+@pytest.mark.parametrize("make", [attrs, mlp, links], ids=["builder", "loop", "chain of nodes"])
+def test_explain_tells_a_structure_s_own_units_from_shared_ones_and_counts_no_reuse(
+        outlined: None, make: Any) -> None:
+    """``explain`` rebuilds the unflatten to show it: the units it binds again are the
+    structure's own (not "compiled for an earlier structure"), and binding them is not a
+    reuse in ``cache_info``. A second structure's explain does say its units are shared."""
+    gd, state = _gd(make(4))
+    _unflattened(gd, state)
+    before = _units()
+    text = sg.explain(gd, max_lines=None)
+    assert "_build(" in text  # (its unflatten units are shown)
+    assert "compiled for an earlier structure" not in text
+    assert _units() == before
+    gd2, state2 = _gd(make(6))
+    _unflattened(gd2, state2)
+    before = _units()
+    text = sg.explain(gd2, max_lines=None)
+    assert "compiled for an earlier structure, shared" in text
+    assert _units() == before

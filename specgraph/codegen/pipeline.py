@@ -92,7 +92,7 @@ class Built:
 
 
 def build(kind: str, graphdef: GraphDef, *, max_steps: int, plan: FlattenPlan | UnflattenPlan | None = None,
-          disabled: frozenset[str] = frozenset(), outline_min: int = 0) -> Built:
+          disabled: frozenset[str] = frozenset(), outline_min: int = 0, explaining: bool = False) -> Built:
     """Generate the ``kind`` function (one of :data:`KINDS`) of ``graphdef``'s structure.
 
     ``plan``: a plan already made for this structure (flatten, update and collect share
@@ -101,6 +101,8 @@ def build(kind: str, graphdef: GraphDef, *, max_steps: int, plan: FlattenPlan | 
     when the structure is not specialized; any other exception
     is a failure to generate, for the caller to report. ``disabled`` names guard kinds
     to leave out: a test-only switch that proves each guard kind load-bearing.
+    ``explaining``: built to be read (``explain``): shared units bound are not counted as
+    reused.
     """
     t0 = time.perf_counter()
     if kind not in KINDS:
@@ -113,7 +115,7 @@ def build(kind: str, graphdef: GraphDef, *, max_steps: int, plan: FlattenPlan | 
                 plan = plan_flatten(graphdef, max_steps, outline_min)
         name = _function_name(kind, graphdef)
         # Each outlined shape is a unit of its own, shared with every structure that has it.
-        units = Units()
+        units = Units(_origin(graphdef), explaining)
         source = render(kind, plan, disabled, units)
         fn, filename = _compile(kind, name, source, plan, units.fns)
     return Built(kind, fn, units.shown + source, filename, time.perf_counter() - t0, plan)
@@ -155,13 +157,38 @@ def _function_name(kind: str, gd: GraphDef) -> str:
     return f"{kind}_{safe_name(gd.type.__qualname__)}"
 
 
+def _origin(gd: GraphDef) -> int:
+    """What tells the units compiled for ``gd``'s structure (equal GraphDefs: one structure)."""
+    try:
+        return hash(gd)
+    except TypeError:  # (an unhashable static: never cached, so built for this very object)
+        return id(gd)
+
+
 class Units:
     """What :func:`render` fills in when the outlined functions are units of their own: the
     functions by the names the source calls them, and the units' sources, to show."""
 
-    def __init__(self) -> None:
+    def __init__(self, origin: int = 0, explaining: bool = False) -> None:
         self.fns: dict[str, Any] = {}
         self.shown = ""
+        self.origin = origin  # hash of the structure being built (a unit compiled for it is its own)
+        self.explaining = explaining  # units bound are not counted as reused (shared.lookup)
+
+    def lookup(self, key: Any) -> shared.Unit | None:
+        """The unit of ``key`` in the shared table, or ``None``."""
+        return shared.lookup(key, count=not self.explaining)
+
+    def store(self, key: Any, unit: shared.Unit) -> None:
+        unit.origin = self.origin
+        shared.store(key, unit)
+
+    def shown_source(self, unit: shared.Unit, name: str) -> str:
+        """``unit``'s source as ``explain`` shows it: marked when an earlier structure compiled it."""
+        if unit.origin == self.origin:
+            return unit.source
+        return (f"# {name}: the unit compiled for an earlier structure, shared (its names are "
+                "that structure's)\n" + unit.source)
 
 
 def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str] = frozenset(),
@@ -260,21 +287,19 @@ def _outlined_units(kind: str, plan: FlattenPlan, context: dict[str, Any], units
     for view in views:
         key, keep = shared.unit_key(flags, plan.epoch, view, consts.namespace, consts.attributes, keys)
         keys[view.name] = key
-        unit = shared.lookup(key)
+        unit = units.lookup(key)
         if unit is None:
             try:
                 unit = _compile_unit(view, flags, plan, units.fns, keep)
             except _Unbound:  # a loop reading a local of the top function: it stays there
                 loops.pop(view.name)
                 continue
-            shared.store(key, unit)
-            shown.append(unit.source)
+            units.store(key, unit)
         else:
             f = fns.get(view.name)
-            if f is not None and kind not in f.shared:
+            if f is not None and kind not in f.shared and unit.origin != units.origin:
                 f.shared.append(kind)
-            shown.append(f"# {view.name}_*: the unit compiled for an earlier structure, shared "
-                         "(its names are that structure's)\n" + unit.source)
+        shown.append(units.shown_source(unit, f"{view.name}_*"))
         for suffix, g in unit.fns.items():
             units.fns[f"{view.name}_{suffix}"] = g
     units.shown = "".join(shown)
@@ -321,18 +346,15 @@ def _unflatten_units(plan: UnflattenPlan, steps: list[Step], units: Units) -> li
     for view in views:
         key, keep = shared.unit_key(flags, plan.epoch, view, consts.namespace, consts.attributes, keys)
         keys[view.name] = key
-        unit = shared.lookup(key)
+        unit = units.lookup(key)
         if unit is None:
             try:
                 unit = _compile_unflatten_unit(view, plan, units.fns, keep)
             except _Unbound:  # a loop reading a local of the top function it is not given: inline
                 calls.pop(view.name)
                 continue
-            shared.store(key, unit)
-            shown.append(unit.source)
-        else:
-            shown.append(f"# {view.name}_build: the unit compiled for an earlier structure, shared "
-                         "(its names are that structure's)\n" + unit.source)
+            units.store(key, unit)
+        shown.append(units.shown_source(unit, f"{view.name}_build"))
         shown[-1] = shown[-1].rstrip("\n") + "\n\n\n"
         for suffix, g in unit.fns.items():
             units.fns[f"{view.name}_{suffix}"] = g

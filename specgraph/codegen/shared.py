@@ -89,6 +89,7 @@ class Unit:
     filename: str
     keep: list[Any] = field(default_factory=list, repr=False)  # what the key names by id()
     uses: int = 0  # structures that bound it after the first
+    origin: int = 0  # hash of the structure it was compiled for (explain tells its own apart)
 
 
 _lock = threading.Lock()
@@ -168,15 +169,16 @@ def unit_key(flags: dict[str, Any], epoch: int, view: Any, namespace: dict[str, 
     return (tuple(sorted(flags.items())), epoch, body), c.keep
 
 
-def lookup(key: Any) -> Unit | None:
-    """The unit of ``key`` (counted as reused), or ``None``."""
+def lookup(key: Any, count: bool = True) -> Unit | None:
+    """The unit of ``key`` (counted as reused unless ``count`` is false: ``explain``
+    rebuilding a structure's code binds its units again without using them), or ``None``."""
     with _lock:
         if _epoch[0] != key[1]:  # a registration since: nothing here is current
             _units.clear()
             _epoch[0] = key[1]
             return None
         unit = _units.get(key)
-        if unit is not None:
+        if unit is not None and count:
             _units.move_to_end(key)
             unit.uses += 1
             _counts["reused"] += 1

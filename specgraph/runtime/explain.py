@@ -65,7 +65,8 @@ def _numbered(source: str, max_lines: int | None) -> str:
 
 def _build(kind: str, gd: GraphDef, plan: Any) -> codegen.Built:
     """The function ``kind`` would get, built to be read (its source is not kept registered)."""
-    built = codegen.build(kind, gd, max_steps=CONFIG.max_steps, plan=plan, outline_min=CONFIG.outline_min)
+    built = codegen.build(kind, gd, max_steps=CONFIG.max_steps, plan=plan, outline_min=CONFIG.outline_min,
+                           explaining=True)
     codegen.forget(built.fn)
     return built
 
