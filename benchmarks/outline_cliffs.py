@@ -16,7 +16,13 @@ cache hit (specialized) and served by outlined code, the compile seconds of a fr
 time per call of ``sg.flatten`` and ``specgraph.generic.flatten`` of the same object
 (interleaved rounds, min). For the rows of :data:`UNFLATTEN_ROWS` a second table: the
 same of ``sg.unflatten`` and ``specgraph.generic.unflatten`` of the row's GraphDef and
-values (compile seconds: the unflatten's own, on top of the flatten's). Usage::
+values (compile seconds: the unflatten's own, on top of the flatten's), and both again
+with the cyclic GC off (``gc.disable()`` around those rounds only). A call that builds
+tens of thousands of containers lives through young-generation collections, which
+promote its objects; the promotions then trigger full collections of the whole heap
+(the model, the GraphDef, jax): at 10 000 links that costs more than the build itself,
+and it grows with the heap, so the "gc off" columns are the generated code's own cost.
+Usage::
 
     python benchmarks/outline_cliffs.py [--rows cb-mlp cb-one arrays deep cb-chain] [--sizes 1000 10000]
                                         [--repeats R] [--cold C]
@@ -25,6 +31,7 @@ values (compile seconds: the unflatten's own, on top of the flatten's). Usage::
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 from collections.abc import Callable
@@ -156,12 +163,19 @@ def run_unflatten(row: str, n: int, repeats: int, cold: int) -> dict[str, Any]:
     sg.unflatten(gd, sm)
     specialized = sg.cache_info()["unflatten_hits"] == hits + 1
     outlined = plan is not None and bool(plan.shape_fns or plan.loops)
-    spec, gen = [], []
+    spec, gen, spec_off, gen_off = [], [], [], []
     for _ in range(repeats):  # interleaved rounds
         spec.append(_per_call(lambda: sg.unflatten(gd, sm)))
         gen.append(_per_call(lambda: sg.generic.unflatten(gd, sm)))
+        gc.disable()  # the same with the cyclic GC off: what the collections cost (see main)
+        try:
+            spec_off.append(_per_call(lambda: sg.unflatten(gd, sm)))
+            gen_off.append(_per_call(lambda: sg.generic.unflatten(gd, sm)))
+        finally:
+            gc.enable()
     return {"row": row, "n": n, "specialized": specialized, "outlined": outlined,
-            "compile_s": min(compile_s), "specgraph_us": min(spec) * 1e6, "generic_us": min(gen) * 1e6}
+            "compile_s": min(compile_s), "specgraph_us": min(spec) * 1e6, "generic_us": min(gen) * 1e6,
+            "specgraph_nogc_us": min(spec_off) * 1e6, "generic_nogc_us": min(gen_off) * 1e6}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -183,13 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = [row for row in args.rows if row in UNFLATTEN_ROWS]
     if rows:
         print(f"\n{'unflatten':8} {'n':>6} {'spec':>5} {'outl':>5} {'compile s':>10} {'sg.unflat us':>14} "
-              f"{'generic us':>11} {'generic/sg':>10}")
+              f"{'generic us':>11} {'generic/sg':>10} {'sg gc off':>10} {'generic gc off':>14}")
     for row in rows:
         for n in args.sizes:
             r = run_unflatten(row, n, args.repeats, args.cold)
             ratio = r["generic_us"] / r["specgraph_us"]
             print(f"{row:8} {n:>6} {r['specialized']!s:>5} {r['outlined']!s:>5} {r['compile_s']:>10.3f} "
-                  f"{r['specgraph_us']:>14.1f} {r['generic_us']:>11.1f} {ratio:>10.2f}", flush=True)
+                  f"{r['specgraph_us']:>14.1f} {r['generic_us']:>11.1f} {ratio:>10.2f} "
+                  f"{r['specgraph_nogc_us']:>10.1f} {r['generic_nogc_us']:>14.1f}", flush=True)
     return 0
 
 
