@@ -184,6 +184,12 @@ def flatten_runs_no_user_code(gd: GraphDef) -> bool:
     return plain_containers(gd)
 
 
+def plain_state_reads(t: type) -> bool:
+    """Reading a state of class ``t`` (its value, its metadata) runs no user code (a
+    ``value`` property would): what :func:`flatten_runs_no_user_code` asks of a state class."""
+    return _flatten_class_ok(t, True)
+
+
 def _flatten_class_ok(t: type, is_state: bool) -> bool:
     """The class reads of :func:`flatten_runs_no_user_code` for one class."""
     if not plain_metaclass(t) or defines(t, "__getattribute__") or not _std_dict(t):

@@ -100,8 +100,9 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         self._listed: dict[int, int] = {}  # shape -> the occurrences those places hold
         self._planning: Shape | None = None  # the shape whose function is being planned
         # Chains of nested nodes of one link shape: a loop (see shapes.find_chains).
-        self.chains = find_chains(gd, max(2, outline_min), self.witnessed, self.shared_types, self.shapes) \
-            if outline_min > 0 else {}
+        # (Links calling user code too, in the reference's order: see find_chains.)
+        self.chains = find_chains(gd, max(2, outline_min), self.witnessed, self.shared_types, self.shapes,
+                                  user=True, ordered=True) if outline_min > 0 else {}
         # Chains of nested containers of one link shape (``x = [x, State(...)]``): a loop too.
         self.container_chains = find_container_chains(
             gd, max(2, outline_min), self.witnessed, self.shared_types, self.shapes
@@ -290,11 +291,17 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
 
         dst, dst_after = self._fresh("r"), self._fresh("r")
         n = chain.n
+        before = [w for w in writes if lb <= w.slot < lb + nb]
+        after = [w for w in writes if la <= w.slot < la + na]
+        # User code in the body (a callback link's flatten): the update's loop keeps, per
+        # link, the locals its writes name, and writes through them (a reload would call
+        # that code again: the reference's update calls it no more than its walk does).
+        kept = _write_locals(before + after) if self._user_loads(body) else None
         self.steps.append(Step(
             "chain_loop", cur=cur, obj=work.obj, n=n, body=body, before=part(vals, lb, nb),
             after=part(vals, la, na), objs_before=part(objs, eb, neb), objs_after=part(objs, ea, nea),
             rec=rec,
-            dst=dst, dst_after=dst_after, distinct=distinct, var=self._fresh("x"), checks=checks))
+            dst=dst, dst_after=dst_after, distinct=distinct, var=self._fresh("x"), checks=checks, kept=kept))
         self._looped = True
         # Splices: the links' values and objects before the rest of the chain, then the
         # tail's (planned as usual), then theirs after it.
@@ -302,14 +309,13 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         self._splice_run(self.values, last.after[0], n * na, Splice(dst_after, "v"))
         self._splice_run(self.local_of, eb, n * neb, Splice(dst, "o"))
         self._splice_run(self.local_of, last.eafter[0], n * nea, Splice(dst_after, "o"))
-        before = [w for w in writes if lb <= w.slot < lb + nb]
-        after = [w for w in writes if la <= w.slot < la + na]
         if before or after:
             self.state_writes.append(Step(
-                "write_chain", cur=cur, obj=work.obj, n=n, loads=body,
+                "write_chain", cur=cur, obj=work.obj if kept is None else dst, n=n,
+                loads=body if kept is None else [],
                 writes_before=[_rebase(w, lb) for w in before], writes_after=[_rebase(w, la) for w in after],
                 rec=rec,
-                slot=lb, slot_after=la, nb=nb, na=na, var=self._fresh("x")))
+                slot=lb, slot_after=la, nb=nb, na=na, var=self._fresh("x"), kept=kept))
         if containers:
             return Work(chain.tail_edge, cur, work.path, None, "", False)
         return Work(NodeEdge(chain.tail), cur, work.path, None, "", False)
@@ -478,10 +484,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         load again to write (see ShapeFn.kept)."""
         for s in steps:
             if s.op == "call_flatten" or (s.op == "call_shape" and s.fn in self._reloads) \
-                    or (s.op == "each_loop" and s.kept is not None):
+                    or ((s.op == "each_loop" or s.op == "chain_loop") and s.kept is not None):
                 return True
-            if s.op == "chain_loop" and self._user_loads(s.body):
-                raise RuntimeError("a chain link calls user code (find_chains keeps them out)")
         return False
 
 
@@ -787,9 +791,7 @@ def _write_locals(writes: list[Step]) -> list[str]:
     compares), in order, once each: what an update keeps to write without loading again."""
     out: dict[str, None] = {}
     for w in writes:
-        if w.op == "write_chain":
-            raise RuntimeError("a chain's writes in a body that calls user code")
-        out[w.obj] = None
+        out[w.obj] = None  # (a chain's writes: its start, or the list its loop kept)
         cur = getattr(w, "current", None)
         if type(cur) is str:
             out[cur] = None

@@ -97,8 +97,10 @@ OPS: dict[str, Op] = {
                          "checks", "kept")),
     # n nested links of one shape from obj: body guards and reads the link in cur (its next
     # link in rec); before/after: its values before/after the rest of the chain (objects too)
+    # kept: the body calls user code (a callback link's flatten): the update's loop keeps, per
+    # link, these locals (what its writes name) in dst, and writes through them (no reload)
     "chain_loop": Op(_F, ("cur", "obj", "n", "body", "before", "after", "objs_before", "objs_after", "rec",
-                          "dst", "dst_after", "distinct", "var", "checks")),
+                          "dst", "dst_after", "distinct", "var", "checks", "kept")),
     # -- guards --------------------------------------------------------------------
     "guard_type": Op(_F, ("obj", "cls", "label"), "type"),
     "guard_array": Op(_F, ("obj", "label"), "type"),
@@ -155,8 +157,9 @@ OPS: dict[str, Op] = {
     "write_each": Op(_W, ("obj", "var", "loads", "writes", "pos", "slot", "n", "states", "total", "kept")),
     # a chain's writes: per link, its loads then its writes (before: from vals[b + i], after:
     # from vals[af + i]); b counts up from slot by nb, af down from slot_after by na
+    # kept: obj is the loop's list of kept locals (chain_loop's kept), unpacked per link, no loads
     "write_chain": Op(_W, ("cur", "obj", "n", "loads", "writes_before", "writes_after", "rec", "slot",
-                           "slot_after", "nb", "na", "var")),
+                           "slot_after", "nb", "na", "var", "kept")),
     # a partial update's writes into states of outlined code: objs(o_) (o_: the objects by
     # table index, from the guards rendered as a collect) get .value from vals, or vals(vals); n of them
     "write_picked": Op(_W, ("objs", "vals", "n")),

@@ -40,8 +40,10 @@ The flatten planner outlines more (``flatten_only=True``):
   registered flatten once per occurrence, where the unrolled code does, and guards its
   answer the same way (count, each key, the metadata: all in the shape's key as their
   guards compare them). A body that calls one keeps, in the update, the locals its writes
-  name instead of loading again (a second call of user code: ``ShapeFn.kept``); no chain
-  link holds one (a chain's update loads each link again).
+  name instead of loading again (a second call of user code: ``ShapeFn.kept``), and so
+  does a chain's loop over links calling it (``chain_loop``'s ``kept``), where no link runs
+  user code after its next link (``find_chains``' ``ordered``: the loop reads a link whole
+  before the next one, the reference what follows the next link after the rest of the chain).
 
 The unflatten planner never outlines bare arrays. Callback node types it outlines
 (``callbacks=True``) in two phases only (unflatten_plan.py, ``_phased_objects_then_fills``):
@@ -77,7 +79,7 @@ from .._ir import (
 )
 from .._sameness import VALUE_TYPE_IDS, VALUE_TYPES, is_value_sig, key_sig, match_mode, value_sig
 from .analysis import structure_memo
-from .classfacts import plain_metaclass
+from .classfacts import plain_metaclass, plain_state_reads
 
 __all__ = ["Chain", "Link", "Shape", "Shapes", "edge_refs", "find_chains", "find_container_chains",
            "find_shapes"]
@@ -229,10 +231,14 @@ def _node_key(spec: NodeSpec, equal: _EqualClasses, by_value: bool = True) -> An
             return ("cb", tuple([(id(type(k)), k) if type(k) is str or type(k) is int else "S"
                                  for k in spec.keys]))
         # A callback node: its keys and metadata, as its guards (guard_cb_key, guard_field)
-        # compare them, so two occurrences of one key are guarded by the same code.
-        keys = tuple(_guard_key(k, "str" if isinstance(k, str) else match_mode(k, key_sig(k)))
-                     for k in spec.keys)
-        return ("cb", keys, _guard_key(spec.meta, match_mode(spec.meta, value_sig(spec.meta))))
+        # compare them, so two occurrences of one key are guarded by the same code. (An
+        # exact str key, no metadata: what _guard_key answers, in line; run per node.)
+        keys = tuple([("s", k) if type(k) is str
+                      else _guard_key(k, "str" if isinstance(k, str) else match_mode(k, key_sig(k)))
+                      for k in spec.keys])
+        meta = spec.meta
+        return ("cb", keys,
+                ("i", id(None)) if meta is None else _guard_key(meta, match_mode(meta, value_sig(meta))))
     if spec.sig is None and spec.meta is None:
         return None
     dn = impl.dict_node
@@ -351,6 +357,10 @@ class _Scan:
         self.user: set[int] = set()  # outlinable subtrees holding a callback node (user code)
         self.with_arrays: set[int] = set()  # outlinable subtrees holding a bare array leaf
         self.last_user = False  # the subtree last scanned holds a callback node
+        # and, a chain's link, runs user code after its next link (a callback node, or a
+        # state whose value read is user code: a ``value`` property)
+        self.last_user_after = False
+        self.plain_reads: dict[type, bool] = {}  # state class -> its value read runs no user code
         self.last_arrays = False  # and a bare array leaf
         self.equal = _EqualClasses()
         self.by_value = by_value  # statics and metadata by value (guarded code), or by kind only
@@ -359,6 +369,7 @@ class _Scan:
         self.witnessed = witnessed
         self.shared_types = shared_types
         self.key_of: dict[int, int] = {}  # node index -> sid (outlinable subtrees only)
+        self.node_key_of: dict[int, Any] = {}  # node index -> its _node_key (find_shapes')
         self.size: dict[int, tuple[int, int, int]] = {}  # node index -> (first slot, slots, entries)
         self.ok: dict[type, bool] = {}  # class -> whether outlined code may read it
         # Per class, read once per scan (the registry and the class dicts do not change
@@ -454,6 +465,7 @@ class _Scan:
         start = i  # the first entry before rec (a container's: its first child's)
         before = True  # not past rec yet
         arrays = False
+        user_after = False
         out: list[int] = []
         tokens: list[Any] = []
         first_after = 0
@@ -486,6 +498,12 @@ class _Scan:
                     lo = slot
                 n += 1
                 last = j
+                if not before and rec >= 0:
+                    plain = self.plain_reads.get(tt)
+                    if plain is None:
+                        plain = self.plain_reads[tt] = plain_state_reads(tt)
+                    if not plain:
+                        user_after = True
                 if st[3]:  # its metadata
                     token = ("S", id(tt), _meta_key(st) if by_value else _meta_names(st), token[3])
                 tokens.append(token)
@@ -510,6 +528,8 @@ class _Scan:
                         start = j
                 if j in self.user:
                     user = True
+                    if not before:
+                        user_after = True
                 if j in self.with_arrays:
                     if rec >= 0:
                         return None  # (a chain's link: its writes are states' only)
@@ -560,6 +580,7 @@ class _Scan:
             else:
                 return None  # an array leaf (in a chain's link), or another edge
         self.last_user = user
+        self.last_user_after = user_after
         self.last_arrays = arrays
         if rec < 0:
             return tuple(tokens), (lo, n, last - i + 1)  # (of a node only)
@@ -583,7 +604,7 @@ def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_type
     table = gd.table
     sc = _Scan(gd, witnessed, shared_types, foreign, by_value, flatten_only, callbacks)
     interned: dict[Any, int] = {}
-    key_of, size = sc.key_of, sc.size
+    key_of, size, node_key_of = sc.key_of, sc.size, sc.node_key_of
     counts: dict[int, list[int]] = {}
     scan, equal = sc.scan, sc.equal
     for i in range(len(table) - 1, -1, -1):
@@ -605,6 +626,7 @@ def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_type
         key = (id(t), spec[3], nk, i in witnessed, t in shared_types, tokens)
         sid = interned.setdefault(key, len(interned))
         key_of[i] = sid
+        node_key_of[i] = nk
         occ = counts.get(sid)
         if occ is None:
             counts[sid] = [i]
@@ -655,14 +677,17 @@ class Chain:
 
 
 def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types: set[type],
-                shapes: Shapes, user: bool = False) -> dict[int, Chain]:
+                shapes: Shapes, user: bool = False, ordered: bool = False) -> dict[int, Chain]:
     """Chains of at least ``min_links`` nested nodes of one link shape (a node whose one
     child of its own class is the next link), outside the outlined shapes: head -> chain.
-    No link calls user code (a callback node in it): the chain's update loads each link
-    again to write it, which would call that code twice (an outlined function or a loop
-    over a list keeps what its writes name instead: ``ShapeFn.kept``). ``user``: links of
-    callback node types too (the unflatten's two-phase loops, which call their
-    ``create_empty`` and ``set_key`` once each, in the reference's order)."""
+    By default no link calls user code (a callback node in it). ``user``: links of callback
+    node types too (the unflatten's two-phase loops, which call their ``create_empty`` and
+    ``set_key`` once each, in the reference's order). ``ordered`` (the flatten's loop, which
+    reads a link whole before the next: its entries after the next link too, where the
+    reference reads them after the rest of the chain): a link calling user code runs none
+    after its next link (no callback node there, no state whose value read is user code),
+    so the loop calls it in the reference's order. (The flatten's update keeps, per link,
+    what its writes name instead of loading the link again: ``chain_loop``'s ``kept``.)"""
     table = gd.table
     sc = shapes.scan if shapes.scan is not None else _Scan(gd, witnessed, shared_types)
     refs = sc.refs
@@ -683,10 +708,12 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
         if rec < 0:
             continue
         got = sc.scan(spec, rec)
-        if got is None or (sc.last_user and not user):
-            continue  # (a link calling user code: the chain's update would load it again)
+        if got is None or (sc.last_user and (not user or (ordered and sc.last_user_after))):
+            continue  # (a link calling user code: not asked for, or after its next link)
         tokens, (lb, nb, eb, la, na, ea, nea) = got
-        node_key = _node_key(spec, sc.equal, sc.by_value)
+        node_key = sc.node_key_of.get(i, _REC)  # (find_shapes made it, with this scan's classes)
+        if node_key is _REC:
+            node_key = _node_key(spec, sc.equal, sc.by_value)
         key = (id(t), spec.keys, node_key, rec, i in witnessed, t in shared_types, tokens)
         lid = interned.setdefault(key, len(interned))
         links[i] = Link(lid, rec, spec.children[rec].index, (lb, nb), (la, na), (i, eb), (ea, nea))

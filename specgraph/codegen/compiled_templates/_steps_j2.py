@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = '8b709e9af1b6e12e5dc0f772bfdaf5af1d57821281ff5f9ae9ca35f5587c72ac'
+FINGERPRINT = '206be83174abc255547700d738e99ec054e0b7502a117c1fcf0a500ed990ccc2'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = '_steps.j2'
 
@@ -115,6 +115,7 @@ def root(context, missing=missing):
         l_1_k = resolve('k')
         l_1_for_update = resolve('for_update')
         l_1_one = resolve('one')
+        l_1_keep = resolve('keep')
         l_1_x = resolve('x')
         l_1_unknown_op = resolve('unknown_op')
         l_1_op = missing
@@ -392,6 +393,7 @@ def root(context, missing=missing):
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'chain_loop'):
             pass
             l_1_one = ((t_3(environment.getattr(l_1_s, 'after')) == 1) and (not t_6(environment.getitem(environment.getattr(l_1_s, 'after'), 0))))
+            l_1_keep = (((undefined(name='for_update') if l_1_for_update is missing else l_1_for_update) and (not (undefined(name='collect') if l_1_collect is missing else l_1_collect))) and environment.getattr(l_1_s, 'kept'))
             t_9.extend((
                 str(environment.getattr(l_1_s, 'cur')),
                 ' = ',
@@ -474,6 +476,24 @@ def root(context, missing=missing):
                     str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_1_s, 'after'))),
                     '))',
                 ))
+            elif (undefined(name='keep') if l_1_keep is missing else l_1_keep):
+                pass
+                t_9.extend((
+                    '\n    ',
+                    str(environment.getattr(l_1_s, 'dst')),
+                    '.append((',
+                ))
+                for l_2_k in environment.getattr(l_1_s, 'kept'):
+                    _loop_vars = {}
+                    pass
+                    t_9.extend((
+                        str(l_2_k),
+                        ', ',
+                    ))
+                l_2_k = missing
+                t_9.append(
+                    '))',
+                )
             else:
                 pass
                 if environment.getattr(l_1_s, 'before'):
@@ -508,7 +528,9 @@ def root(context, missing=missing):
                 ' = ',
                 str(environment.getattr(l_1_s, 'rec')),
             ))
-            if (undefined(name='collect') if l_1_collect is missing else l_1_collect):
+            if (undefined(name='keep') if l_1_keep is missing else l_1_keep):
+                pass
+            elif (undefined(name='collect') if l_1_collect is missing else l_1_collect):
                 pass
                 t_9.extend((
                     '\n',
@@ -617,7 +639,7 @@ def root(context, missing=missing):
                         '[',
                         str(t_2(l_2_k)),
                         ']',
-                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 168 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 173 in '_steps.j2' evaluated to false and no else section was defined."))),
                     ))
                 l_2_loop = l_2_dst = l_2_k = missing
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_run'):
@@ -1301,7 +1323,7 @@ def root(context, missing=missing):
                 t_12.extend((
                     '*',
                     str(environment.getattr(l_2_x, 'name')),
-                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 308 in '_steps.j2' evaluated to false and no else section was defined."))),
+                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 313 in '_steps.j2' evaluated to false and no else section was defined."))),
                 ))
             else:
                 pass
@@ -1309,7 +1331,7 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_12.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 308 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 313 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = l_2_collect = missing
         t_12.append(
@@ -1343,7 +1365,7 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_13.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 313 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 318 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = missing
         t_13.append(
@@ -1379,11 +1401,11 @@ def root(context, missing=missing):
                     str(l_2_obj),
                 )
             t_14.append(
-                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 319 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 324 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_obj = l_2_by_id = missing
         t_14.extend((
-            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 319 in '_steps.j2' evaluated to false and no else section was defined."))),
+            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 324 in '_steps.j2' evaluated to false and no else section was defined."))),
             ' }',
         ))
         return concat(t_14)
@@ -1587,22 +1609,53 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_chain'):
             pass
+            if (not environment.getattr(l_1_w, 'kept')):
+                pass
+                t_15.extend((
+                    '\n',
+                    str(environment.getattr(l_1_w, 'cur')),
+                    ' = ',
+                    str(environment.getattr(l_1_w, 'obj')),
+                ))
             t_15.extend((
-                str(environment.getattr(l_1_w, 'cur')),
-                ' = ',
-                str(environment.getattr(l_1_w, 'obj')),
-                '\nb = ',
+                '\n',
+                str(environment.getattr(l_1_w, 'var')),
+                '_b = ',
                 str(l_1_base),
                 str(environment.getattr(l_1_w, 'slot')),
-                '\naf = ',
+                '\n',
+                str(environment.getattr(l_1_w, 'var')),
+                '_a = ',
                 str(l_1_base),
                 str(environment.getattr(l_1_w, 'slot_after')),
-                '\nfor ',
-                str(environment.getattr(l_1_w, 'var')),
-                ' in range(',
-                str(environment.getattr(l_1_w, 'n')),
-                '):',
             ))
+            if environment.getattr(l_1_w, 'kept'):
+                pass
+                t_15.append(
+                    '\nfor ',
+                )
+                for l_2_k in environment.getattr(l_1_w, 'kept'):
+                    _loop_vars = {}
+                    pass
+                    t_15.extend((
+                        str(l_2_k),
+                        ', ',
+                    ))
+                l_2_k = missing
+                t_15.extend((
+                    'in ',
+                    str(environment.getattr(l_1_w, 'obj')),
+                    ':  # the locals the loop kept per link',
+                ))
+            else:
+                pass
+                t_15.extend((
+                    '\nfor ',
+                    str(environment.getattr(l_1_w, 'var')),
+                    ' in range(',
+                    str(environment.getattr(l_1_w, 'n')),
+                    '):',
+                ))
             for l_2_s in environment.getattr(l_1_w, 'loads'):
                 _loop_vars = {}
                 pass
@@ -1616,7 +1669,7 @@ def root(context, missing=missing):
                 pass
                 t_15.extend((
                     '\n    ',
-                    str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_2_x, 'b + ', _loop_vars=_loop_vars), 4)),
+                    str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_2_x, str_join((environment.getattr(l_1_w, 'var'), '_b + ', )), _loop_vars=_loop_vars), 4)),
                 ))
             l_2_x = missing
             for l_2_x in environment.getattr(l_1_w, 'writes_after'):
@@ -1624,17 +1677,25 @@ def root(context, missing=missing):
                 pass
                 t_15.extend((
                     '\n    ',
-                    str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_2_x, 'af + ', _loop_vars=_loop_vars), 4)),
+                    str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_2_x, str_join((environment.getattr(l_1_w, 'var'), '_a + ', )), _loop_vars=_loop_vars), 4)),
                 ))
             l_2_x = missing
+            if (not environment.getattr(l_1_w, 'kept')):
+                pass
+                t_15.extend((
+                    '\n    ',
+                    str(environment.getattr(l_1_w, 'cur')),
+                    ' = ',
+                    str(environment.getattr(l_1_w, 'rec')),
+                ))
             t_15.extend((
                 '\n    ',
-                str(environment.getattr(l_1_w, 'cur')),
-                ' = ',
-                str(environment.getattr(l_1_w, 'rec')),
-                '\n    b += ',
+                str(environment.getattr(l_1_w, 'var')),
+                '_b += ',
                 str(environment.getattr(l_1_w, 'nb')),
-                '\n    af -= ',
+                '\n    ',
+                str(environment.getattr(l_1_w, 'var')),
+                '_a -= ',
                 str(environment.getattr(l_1_w, 'na')),
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_picked'):
@@ -1847,7 +1908,7 @@ def root(context, missing=missing):
                         '(root, vals, at):\n    """Write one ',
                         str(environment.getattr(l_2_f, 'type_name')),
                         ' of this shape',
-                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 432 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 446 in '_steps.j2' evaluated to false and no else section was defined."))),
                         ', whose guards passed."""',
                     ))
                     if environment.getattr(l_2_f, 'kept'):
@@ -1895,4 +1956,4 @@ def root(context, missing=missing):
     yield '\n'
 
 blocks = {}
-debug_info = '6=54&9=56&10=64&11=68&12=72&13=74&14=80&15=94&17=99&23=104&24=119&25=120&26=123&27=133&28=135&29=137&30=140&31=152&32=154&33=156&37=158&38=159&43=161&44=162&45=165&46=169&47=170&48=174&51=176&52=185&54=188&55=190&56=192&58=202&60=207&61=214&62=219&64=222&65=224&66=229&69=232&70=234&71=239&73=247&74=249&75=253&77=258&78=262&79=275&80=277&81=281&84=288&85=293&87=315&88=317&89=319&90=324&93=334&95=338&96=342&98=346&99=348&100=353&103=361&104=365&105=379&106=383&109=387&111=389&112=391&113=395&114=399&115=401&116=408&117=413&119=416&120=418&121=423&124=426&125=431&127=453&128=457&129=461&130=465&132=474&133=478&135=482&136=486&137=491&138=495&141=502&142=506&143=510&144=517&145=521&147=528&149=533&150=537&151=543&152=546&153=548&154=551&155=565&156=568&157=572&158=574&159=577&160=579&162=584&163=589&166=599&168=605&170=618&172=622&175=629&176=632&177=637&178=641&179=663&180=666&181=670&182=676&183=679&184=683&185=687&186=690&187=693&188=699&189=701&190=702&191=706&192=711&193=715&195=732&197=739&198=742&199=745&200=751&201=757&202=760&203=763&204=776&205=779&206=785&207=787&208=791&209=797&210=801&212=819&214=827&215=830&216=834&217=856&218=859&219=863&220=869&221=875&222=878&223=882&224=884&225=887&226=891&227=895&228=899&229=902&230=905&231=912&232=916&233=922&234=925&235=929&236=935&237=938&239=943&240=955&241=957&242=960&243=964&244=970&245=973&246=978&247=997&248=1000&249=1002&250=1005&251=1013&252=1016&253=1018&254=1021&255=1031&256=1034&257=1036&258=1039&259=1075&260=1078&261=1083&262=1102&263=1105&264=1109&265=1121&266=1124&267=1128&268=1136&269=1139&270=1143&271=1147&272=1150&273=1153&274=1155&275=1159&276=1165&277=1168&278=1172&279=1178&280=1181&281=1184&282=1191&283=1195&284=1201&285=1204&286=1208&287=1214&288=1217&289=1220&291=1225&297=1230&298=1236&299=1240&300=1263&302=1269&307=1274&308=1283&312=1316&313=1325&318=1350&319=1361&323=1387&324=1396&325=1399&326=1406&327=1409&328=1417&329=1420&330=1428&331=1432&332=1439&333=1449&336=1452&337=1456&338=1475&339=1517&340=1522&342=1531&343=1534&344=1540&345=1561&346=1566&348=1569&349=1574&351=1579&352=1583&353=1586&354=1590&355=1593&356=1596&357=1601&358=1606&360=1609&361=1614&363=1617&364=1622&366=1627&367=1631&368=1633&369=1635&372=1639&373=1642&374=1656&382=1666&383=1669&384=1678&385=1681&386=1690&387=1694&389=1699&390=1702&392=1714&398=1719&399=1726&400=1734&401=1740&403=1745&404=1750&406=1753&407=1755&408=1760&411=1763&417=1771&418=1776&420=1798&421=1802&422=1807&423=1812&425=1827&429=1832&430=1835&431=1839&432=1843&433=1848&434=1853&436=1866&437=1871&440=1874&441=1879'
+debug_info = '6=54&9=56&10=64&11=68&12=72&13=74&14=80&15=94&17=99&23=104&24=120&25=121&26=124&27=134&28=136&29=138&30=141&31=153&32=155&33=157&37=159&38=160&43=162&44=163&45=166&46=170&47=171&48=175&51=177&52=186&54=189&55=191&56=193&58=203&60=208&61=215&62=220&64=223&65=225&66=230&69=233&70=235&71=240&73=248&74=250&75=254&77=259&78=263&79=276&80=278&81=282&84=289&85=294&87=316&88=318&89=320&90=325&93=335&95=339&96=343&98=347&99=349&100=354&103=362&104=366&105=380&106=384&109=388&111=390&113=391&114=393&115=397&116=401&117=403&118=410&119=415&121=418&122=420&123=425&126=428&127=433&129=455&130=459&131=463&132=467&133=474&134=478&136=494&137=498&139=502&140=506&141=511&142=515&145=522&146=526&147=528&148=532&149=539&150=543&152=550&154=555&155=559&156=565&157=568&158=570&159=573&160=587&161=590&162=594&163=596&164=599&165=601&167=606&168=611&171=621&173=627&175=640&177=644&180=651&181=654&182=659&183=663&184=685&185=688&186=692&187=698&188=701&189=705&190=709&191=712&192=715&193=721&194=723&195=724&196=728&197=733&198=737&200=754&202=761&203=764&204=767&205=773&206=779&207=782&208=785&209=798&210=801&211=807&212=809&213=813&214=819&215=823&217=841&219=849&220=852&221=856&222=878&223=881&224=885&225=891&226=897&227=900&228=904&229=906&230=909&231=913&232=917&233=921&234=924&235=927&236=934&237=938&238=944&239=947&240=951&241=957&242=960&244=965&245=977&246=979&247=982&248=986&249=992&250=995&251=1000&252=1019&253=1022&254=1024&255=1027&256=1035&257=1038&258=1040&259=1043&260=1053&261=1056&262=1058&263=1061&264=1097&265=1100&266=1105&267=1124&268=1127&269=1131&270=1143&271=1146&272=1150&273=1158&274=1161&275=1165&276=1169&277=1172&278=1175&279=1177&280=1181&281=1187&282=1190&283=1194&284=1200&285=1203&286=1206&287=1213&288=1217&289=1223&290=1226&291=1230&292=1236&293=1239&294=1242&296=1247&302=1252&303=1258&304=1262&305=1285&307=1291&312=1296&313=1305&317=1338&318=1347&323=1372&324=1383&328=1409&329=1418&330=1421&331=1428&332=1431&333=1439&334=1442&335=1450&336=1454&337=1461&338=1471&341=1474&342=1478&343=1497&344=1539&345=1544&347=1553&348=1556&349=1562&350=1583&351=1588&353=1591&354=1596&356=1601&357=1605&359=1607&360=1611&362=1617&363=1622&364=1627&365=1632&367=1649&369=1654&370=1659&372=1662&373=1667&375=1670&376=1675&378=1678&379=1682&381=1688&382=1692&383=1696&386=1700&387=1703&388=1717&396=1727&397=1730&398=1739&399=1742&400=1751&401=1755&403=1760&404=1763&406=1775&412=1780&413=1787&414=1795&415=1801&417=1806&418=1811&420=1814&421=1816&422=1821&425=1824&431=1832&432=1837&434=1859&435=1863&436=1868&437=1873&439=1888&443=1893&444=1896&445=1900&446=1904&447=1909&448=1914&450=1927&451=1932&454=1935&455=1940'
