@@ -3,17 +3,20 @@
 Random graphs repeat a few shapes many times: ``Lin`` attributes (one outlined function,
 called per occurrence), lists and tuples of ``Lin`` and of blocks (loops), dicts of blocks
 under hostile keys, lists of lists, chains of nested links (a loop over the links; up to
-thousands deep), with statics that are equal but distinguishable (``1`` / ``1.0`` /
-``True``, ``0.0`` / ``-0.0``, a ``str`` subclass, an ``IntEnum``, a namedtuple against a
-tuple), statics only the very object is, and now and then hostile ones (NaN, an ``__eq__``
-that lies or raises, a class whose metaclass claims to be ``int``). ``outline_min`` is
-small (2 to 4, random per case), so the repeated shapes are outlined.
+thousands deep), chains of nested callback layers (a loop calling their registered flatten,
+checked to call it as the reference does, in its order), with statics that are equal but
+distinguishable (``1`` / ``1.0`` / ``True``, ``0.0`` / ``-0.0``, a ``str`` subclass, an
+``IntEnum``, a namedtuple against a tuple), statics only the very object is, and now and
+then hostile ones (NaN, an ``__eq__`` that lies or raises, a class whose metaclass claims
+to be ``int``). ``outline_min`` is small (2 to 4, random per case), so the repeated shapes
+are outlined.
 
 Between calls one occurrence changes: a State replaced (same type, another type, other
 metadata), a static of one occurrence (by an equal-but-distinguishable value), two list
 items of different shapes swapped, a list made non-homogeneous, a weight tied between two
 layers, a node shared by two blocks, a cycle, a chain link's class, a registration
-(registry epoch), a list grown or shrunk by one.
+(registry epoch), a list grown or shrunk by one; and now and then a link of the callback
+chain too (its answer, a weight tied with another link's, the link met again elsewhere).
 
 Every call is compared with the reference walker (``specgraph.generic``, or the public
 path with the specializer off for the collect-based operations):
@@ -131,7 +134,13 @@ class CbLin:
         self._rev = False
 
 
+#: every call of the registered flatten (the node's id), in order: a flatten served by
+#: generated code must call it as the reference does (see check_flatten)
+FLAT_LOG: list[int] = []
+
+
 def _cb_flatten(x: CbLin) -> tuple[list[tuple[str, Any]], Any]:
+    FLAT_LOG.append(id(x))
     d = vars(x)
     keys = sorted((k for k in d if not k.startswith("_")), reverse=bool(d.get("_rev")))
     return [(k, d[k]) for k in keys], (d.get("_meta"), bool(d.get("_rev")))  # (a rebuild keeps both)
@@ -379,6 +388,40 @@ def chain(n: int, rng: random.Random, tag: Any) -> Link:
     return c
 
 
+def cb_chain(n: int, rng: random.Random) -> CbLin:
+    """``n`` nested callback layers, each the next's under one key: before the layer's
+    other keys (``a_next``: all of them read after the rest of the chain by the
+    reference), among them (``next``: ``w`` after it), or last (``zn``); in some chains
+    each link also holds a callback layer before its next one (``an``, before ``b``)."""
+    key = rng.choice(["a_next", "next", "zn"])
+    inner = rng.random() < 0.3
+    c = CbLin(-1.0)
+    for i in range(n):
+        x = CbLin(float(i))
+        vars(x)[key] = c
+        if inner:
+            x.an = CbLin(i + 0.5)
+        c = x
+    return c
+
+
+def cb_links(m: Box) -> list[CbLin]:
+    out = []
+    c = vars(m).get("cbchain")
+    seen = set()
+    while type(c) is CbLin and id(c) not in seen:
+        seen.add(id(c))
+        out.append(c)
+        c = next((v for k, v in sorted(vars(c).items()) if type(v) is CbLin and k != "an"), None)
+    return out
+
+
+def _side(rng: random.Random) -> random.Random:
+    """A generator of its own, seeded from ``rng``'s state without drawing from it (the
+    callback chains leave the rest of a case as it was)."""
+    return random.Random(hash(rng.getstate()))
+
+
 def build(rng: random.Random, deep: bool) -> Box:
     act = plain(rng)
     m = Box()
@@ -425,6 +468,9 @@ def build(rng: random.Random, deep: bool) -> Box:
             m.cbs2[1].arr = np.zeros(2, np.float32)
     if rng.random() < 0.3:
         m.meta = Lin(7.0, act, {"kind": plain(rng)})
+    side = _side(rng)
+    if side.random() < 0.7:  # a chain of nested callback layers (a loop calling the flatten)
+        m.cbchain = cb_chain(side.choice([2, 3, 17, 60, 200] + ([3000] if deep else [1200])), side)
     return m
 
 
@@ -649,6 +695,19 @@ def mutate(rng: random.Random, m: Box) -> str:
             m.cbs[rng.randrange(len(m.cbs))] = a
     elif what == "restore" and occ is not None:  # undo a hostile static (serve again)
         occ.act = plain(rng)
+    side = _side(rng)
+    chained = cb_links(m)
+    if chained and side.random() < 0.4:  # and one link of the callback chain changed
+        x = side.choice(chained)
+        if side.random() < 0.8:
+            mutate_cb(side, x)
+        else:  # a weight tied with another link's, or the link met again elsewhere
+            y = side.choice(chained)
+            if side.random() < 0.5 and "w" in vars(y):
+                x.w = y.w
+            else:
+                m.again = x
+        return what + "+cbchain"
     return what
 
 
@@ -853,15 +912,31 @@ def twin(root: Any) -> Any:
     return out
 
 
+def _cb_chain_looped(gd: Any) -> bool:
+    """A chain loop whose body calls the registered flatten serves ``gd``'s structure."""
+    var = dispatch.variant_for(gd)
+    return var is not None and any(s.op == "chain_loop" and any(b.op == "call_flatten" for b in s.body)
+                                   for s in var.plan.steps)
+
+
 def check_flatten(m: Any, tally: Tally) -> tuple[Any, Any] | None:
+    FLAT_LOG.clear()
     ref = _outcome(lambda: sg.generic.flatten(m))
+    ref_log = list(FLAT_LOG)
     before = snapshot(m)
     pub = []
     for _ in range(2):
         gd0 = ref[1][0] if ref[0] == "ok" else None
         src = _var_source(gd0, "flatten") if gd0 is not None else (lambda: None)
+        hits = sg.cache_info()["hits"]
+        FLAT_LOG.clear()
         with served(tally, "flatten", "hits", src):
             pub.append(_outcome(lambda: sg.flatten(m)))
+        if sg.cache_info()["hits"] > hits:  # generated code: the reference's flatten calls
+            assert FLAT_LOG == ref_log, "the registered flatten not called as the reference calls it"
+            if gd0 is not None and _cb_chain_looped(gd0):
+                tally.add("flatten_cbchain_outlined")
+    FLAT_LOG.clear()
     assert snapshot(m) == before, "a flatten changed the user's objects"
     for got in pub:
         assert got[0] == ref[0], (got, ref)
@@ -925,9 +1000,16 @@ def check_unflatten(m: Any, gd: Any, sm: Any, tally: Tally) -> None:
 def check_update(m: Any, gd: Any, sm: Any, tally: Tally) -> None:
     fresh_vals = [np.asarray(v) + np.float32(1) for v in sm.values()]
     new_sm = jax.tree.unflatten(jax.tree.structure(sm), fresh_vals)
+    hits = sg.cache_info()["update_hits"]
+    FLAT_LOG.clear()
     with served(tally, "update", "update_hits", _var_source(gd, "update")):
         got = _outcome(lambda: sg.update(m, new_sm))
     assert got[0] == "ok", got
+    if sg.cache_info()["update_hits"] > hits:  # generated code: no more flatten calls than the walk's
+        assert len(FLAT_LOG) == sum(spec.type is CbLin for spec in gd.table), len(FLAT_LOG)
+        if _cb_chain_looped(gd):
+            tally.add("update_cbchain_outlined")
+    FLAT_LOG.clear()
     after = sg.generic.flatten(m)
     assert after[0] == gd
     assert all(x is y for x, y in zip(after[1].values(), fresh_vals, strict=True))

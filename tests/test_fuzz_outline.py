@@ -1,7 +1,8 @@
 """A short run of the outlined-code fuzz (``tests/fuzz_outline.py``): random graphs of
 repeated shapes (attributes, lists, tuples, dicts, lists of lists, chains of nested
-links) with small ``outline_min``, mutated one occurrence at a time, and pairs of
-structures sharing shapes; every call compared with the reference walker."""
+links, chains of nested callback layers) with small ``outline_min``, mutated one
+occurrence at a time, and pairs of structures sharing shapes; every call compared with
+the reference walker."""
 
 from __future__ import annotations
 
@@ -21,3 +22,6 @@ def test_outline_fuzz_agrees_with_the_reference_and_is_served_by_outlined_code()
     for op in ("flatten", "unflatten", "update", "collect", "unflatten_twin", "merge"):
         assert counts[op + "_outlined"] * 4 >= counts[op + "_calls"], (op, counts)
     assert counts["update_part_outlined"] > 0 and counts["flatten_twin_outlined"] > 0, counts
+    # chains of nested callback layers: served by a loop calling their flatten (its calls
+    # checked against the reference's, in order)
+    assert counts["flatten_cbchain_outlined"] > 0 and counts["update_cbchain_outlined"] > 0, counts
