@@ -290,6 +290,22 @@ def test_nested_shapes_have_create_and_fill_functions(outlined: None) -> None:
     assert "_create(" in src and "_fill(" in src
 
 
+def test_explain_says_where_two_phase_builders_and_loops_are(outlined: None) -> None:
+    """explain names each two-phase builder's call sites and each loop's list by the parent
+    node's class and key, as for the other builders (not by table entry)."""
+    gd, sm = sg.generic.flatten(nested())
+    same_as_reference(served(_Outlined(), gd, sm), gd, sm)
+    text = sg.explain(gd, max_lines=None)
+    section = text.split("Outlined unflatten")[1].split("Generated")[0]
+    assert "entry" not in section
+    assert "(CB): the shape occurs 5 times; called at Box.other; Box.solo" in section
+    assert "a loop over Box.blocks[0..2]: 3 x CB" in section
+    assert "CB.pair[0..1]: 2 x CB" in section
+    gd, sm = sg.generic.flatten(mlp(7))
+    same_as_reference(served(_Outlined(), gd, sm), gd, sm)
+    assert "a loop over Box.layers[0..6]: 7 x CB (made, then filled" in sg.explain(gd)
+
+
 def _meta(n: CB) -> None:
     n.meta = ("cb", 3)
 

@@ -314,6 +314,7 @@ class UnflattenPlanner:
         self._fn_params: dict[int, list[Any]] = {}  # sid -> the context factories its builder takes
         self.loops: list[str] = []
         self._site: tuple[NodeSpec, int] | None = None  # where the value being planned goes (explain)
+        self._sites: dict[int, Any] | None = None  # the two-phase walk's labels (:meth:`_label_of`)
         # Per class (by id: the GraphDef holds each alive) and per key tuple, read once.
         self._plain_new: dict[int, bool] = {}
         self._stores_ok: dict[tuple[int, tuple], bool] = {}
@@ -485,6 +486,28 @@ class UnflattenPlanner:
             return "<root>"
         spec, j = self._site
         return path_label(((None, safe_name(spec.type.__qualname__)), spec.keys[j]))
+
+    def _label_of(self, at: int | PytreeEdge) -> str:
+        """Where table entry ``at`` (or the container edge ``at``) sits, for explain: its
+        parent node's class and the keys below it, as :meth:`_site_label` says it. (The
+        two-phase walk goes in table order, not down from the root: it asks the table.)"""
+        sites = self._sites
+        if sites is None:
+            sites = self._sites = {}
+            for spec in self.gd.table:
+                if type(spec) is NodeSpec:
+                    base = (None, safe_name(spec.type.__qualname__))
+                    stack: list[tuple[Any, Any]] = (
+                        [((base, k), e) for k, e in zip(spec.keys, spec.children, strict=False)])
+                    while stack:
+                        link, e = stack.pop()
+                        if type(e) is NodeEdge:
+                            sites[e.index] = link
+                        elif type(e) is PytreeEdge:
+                            sites[id(e)] = link
+                            stack.extend(((link, k), c) for k, c in zip(e.keys, e.children, strict=False))
+        link = sites.get(at if type(at) is int else id(at))
+        return "<root>" if link is None else path_label(link)
 
     def _fresh(self, prefix: str) -> str:
         self._counter += 1
@@ -1357,7 +1380,7 @@ class UnflattenPlanner:
         self.body.names[index] = root
         made += [handle, root]
         if len(fn.where) < 3:
-            fn.where.append(f"entry {index}")
+            fn.where.append(self._label_of(index))
         return ("one", fn.name, handle, statics)
 
     def _phased_fn(self, sid: int) -> ShapeBuild:
@@ -1407,7 +1430,7 @@ class UnflattenPlanner:
                                counters=counters, body=create, made=item_made))
         self._run_made[id(edge)] = dst
         made.append(dst)
-        self.loops.append(f"{edge.ptype.__name__} from entry {rep}: {n} x {safe_name(shape.type_name)} "
+        self.loops.append(f"{self._label_of(edge)}[0..{n - 1}]: {n} x {safe_name(shape.type_name)} "
                           "(made, then filled, each in table order)")
         return ("run", dst, item_made, n, body.steps[split:], mine, list(body.statics))
 
