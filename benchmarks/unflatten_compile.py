@@ -11,7 +11,8 @@ the user flattened; then the one ``sg.unflatten`` the reference walker serves), 
 
 * ``first unflatten``: the call that compiles (``sg.unflatten`` end to end, measured on a
   cache and structure facts of its own, apart from the parts below);
-* ``cache_key``: ``_weakstatic.cache_key`` of the GraphDef (which statics reach user data);
+* ``cache_key``: the GraphDef's cache key as the dispatcher gets it (``unflatten_key``: the
+  flatten's, or ``_weakstatic.cache_key``, which asks which statics reach user data);
 * ``plan``: ``plan_unflatten`` (the collector paused, as ``codegen.build`` runs it);
 * ``render+compile``: ``codegen.build`` given that plan (what is left of the build);
 * ``statics read``: the plan's statics read from the GraphDef (``UnflattenEntry.statics``);
@@ -37,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import models
 
 import specgraph as sg
-from specgraph import _weakstatic
 from specgraph.codegen import analysis, pipeline, unflatten_plan
 from specgraph.runtime import dispatch
 from specgraph.runtime.cache import CONFIG
@@ -93,7 +93,7 @@ def parts(obj: Any, repeats: int) -> dict[str, float]:
         del gd, st
         gd, st = _fresh(obj)
         t0 = time.process_time()
-        key = _weakstatic.cache_key(gd)
+        key = dispatch.unflatten_key(gd)
         t1 = time.process_time()
         with pipeline.gc_paused():
             plan = unflatten_plan.plan_unflatten(key, CONFIG.max_steps, CONFIG.outline_min)

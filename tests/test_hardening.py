@@ -519,3 +519,54 @@ def test_value_types_are_matched_by_identity() -> None:
     assert value_sig(_IntLike(3)) != int  # noqa: E721 - the sig's ==, on purpose
     assert value_sig(_IntLike(3)) == value_sig(_IntLike(4))
     assert match_mode(_IntLike(3), value_sig(_IntLike(3))) == "is"
+
+
+def test_the_unflatten_takes_the_flattens_cache_key_for_the_graphdef_it_returned(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # The flatten found the structure's cache key to be its GraphDef (no static reaching
+    # user data): the unflatten of that very GraphDef does not walk its statics again.
+    m = Box(a=Head(), b=Head(), k=3, act=jax.nn.relu)
+    warm(m)
+    gd, sm = sg.flatten(m)
+    asked: list[Any] = []
+    inner = dispatch.cache_key
+    monkeypatch.setattr(dispatch, "cache_key", lambda g: asked.append(g) or inner(g))
+    for _ in range(3):
+        out = sg.unflatten(gd, sm)
+        assert_same_flatten(sg.generic.flatten(out), sg.generic.flatten(sg.generic.unflatten(gd, sm)))
+    info = sg.cache_info()
+    assert info["compiled_unflattens"] == 1 and info["unflatten_hits"] == 2
+    assert asked == []
+    assert [k for k in dispatch._unflat] == [gd] and next(iter(dispatch._unflat)) is gd
+
+
+def test_the_unflatten_of_an_equal_graphdef_the_flatten_never_returned_asks_its_cache_key(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    m = Box(a=Head(), b=Head(), k=3, act=jax.nn.relu)
+    warm(m)
+    gd, _ = sg.flatten(m)
+    twin, sm = sg.generic.flatten(Box(a=Head(), b=Head(), k=3, act=jax.nn.relu))
+    assert twin == gd and twin is not gd
+    asked: list[Any] = []
+    inner = dispatch.cache_key
+    monkeypatch.setattr(dispatch, "cache_key", lambda g: asked.append(g) or inner(g))
+    sg.unflatten(twin, sm)
+    sg.unflatten(twin, sm)
+    assert sg.cache_info()["compiled_unflattens"] == 1
+    assert asked and all(g is twin for g in asked)
+
+
+def test_the_unflatten_of_a_weakly_held_structure_asks_its_own_cache_key(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    m = with_static("bound_method")
+    warm(m)
+    gd, sm = sg.flatten(m)
+    asked: list[Any] = []
+    inner = dispatch.cache_key
+    monkeypatch.setattr(dispatch, "cache_key", lambda g: asked.append(g) or inner(g))
+    sg.unflatten(gd, sm)
+    sg.unflatten(gd, sm)
+    assert sg.cache_info()["compiled_unflattens"] == 1
+    assert asked and all(g is gd for g in asked)
+    (key,) = dispatch._unflat
+    assert key is not gd and key == gd  # a twin holding the bound method weakly
