@@ -470,8 +470,11 @@ class _Scan:
         tokens: list[Any] = []
         first_after = 0
         edges: Any = children  # with a container or the next link, in pre-order
-        if rec >= 0 or PytreeEdge in map(type, edges):
+        if PytreeEdge in map(type, edges):
             edges = _preorder(edges, rec)
+        elif rec >= 0:  # (no container: the children in order, the next link marked)
+            edges = list(edges)
+            edges[rec] = _REC
         for e in edges:
             k = type(e)
             if k is StateEdge:
