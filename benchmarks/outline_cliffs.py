@@ -8,7 +8,9 @@ Rows (``--rows``):
 * ``cb-one``  -- n ``sg.Node`` Linear layers in a list, and one callback node elsewhere;
 * ``arrays``  -- n ``sg.Node`` layers holding bare numpy arrays (no State);
 * ``deep``    -- a list nested n deep inside a node: ``x = [x, Param]``;
-* ``cb-chain`` -- n callback-registered layers nested n deep (each the next's under ``next``).
+* ``cb-chain`` -- n callback-registered layers nested n deep (each the next's under ``next``);
+* ``cb-after`` -- n ``sg.Node`` links nested n deep, each holding a callback-registered layer
+                  after the next link (keys ``a_next``, ``z_cb``).
 
 Per row and size, in this process, side by side: whether the second ``sg.flatten`` is a
 cache hit (specialized) and served by outlined code, the compile seconds of a fresh cache
@@ -24,8 +26,8 @@ promote its objects; the promotions then trigger full collections of the whole h
 and it grows with the heap, so the "gc off" columns are the generated code's own cost.
 Usage::
 
-    python benchmarks/outline_cliffs.py [--rows cb-mlp cb-one arrays deep cb-chain] [--sizes 1000 10000]
-                                        [--repeats R] [--cold C]
+    python benchmarks/outline_cliffs.py [--rows cb-mlp cb-one arrays deep cb-chain cb-after]
+                                        [--sizes 1000 10000] [--repeats R] [--cold C]
 """
 
 from __future__ import annotations
@@ -98,17 +100,25 @@ def _cb_chain(n: int) -> Model:
     return Model(x=x)
 
 
+def _cb_after(n: int) -> Model:
+    x: Any = CLinear(-1.0)
+    for i in range(n):
+        x = Model(a_next=x, z_cb=CLinear(float(i)))
+    return Model(x=x)
+
+
 ROWS: dict[str, Callable[[int], Any]] = {
     "cb-mlp": lambda n: Model(layers=[CLinear(float(i)) for i in range(n)]),
     "cb-one": lambda n: Model(layers=[Linear(float(i)) for i in range(n)], odd=CLinear(1.0)),
     "arrays": lambda n: Model(layers=[ArrLinear(float(i)) for i in range(n)]),
     "deep": _deep,
     "cb-chain": _cb_chain,
+    "cb-after": _cb_after,
 }
 
 
 #: Rows whose unflatten is measured too.
-UNFLATTEN_ROWS = ("cb-mlp", "cb-one", "deep", "cb-chain")
+UNFLATTEN_ROWS = ("cb-mlp", "cb-one", "deep", "cb-chain", "cb-after")
 
 
 def _outlined() -> bool:

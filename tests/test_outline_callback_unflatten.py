@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import assert_same_flatten, outlined_unflatten_hits
+from hypothesis import given
+from hypothesis import strategies as st
 
 import specgraph as sg
 from specgraph.runtime import dispatch
@@ -210,10 +212,24 @@ def node_chain(n: int = 8) -> Box:
     return node
 
 
+def node_chain_after(n: int = 8, lean: bool = False) -> Box:
+    """``sg.Node`` links (the next under ``b_nxt``), each holding a callback node before the
+    next link (``a_cb``), and a Linear and a callback node after it (``c_lin``, ``z_cb``):
+    the reference makes those last two, and fills them, past the tail's, last link first;
+    metadata and statics per link. ``lean``: the callback node after the next link only."""
+    node = Box(z=CB(-1.0))
+    for i in range(n):
+        after = CB(i + 0.5, meta=("after", i % 3), act=f"act{i % 4}")
+        node = Box(b_nxt=node, z_cb=after) if lean else \
+            Box(a_cb=CB(float(i)), b_nxt=node, c_lin=Linear(float(i)), z_cb=after)
+    return node
+
+
 STRUCTURES: dict[str, Callable[[], Any]] = {
     "mlp": mlp, "nested": nested, "mixed": mixed, "tied weight": tied, "shared layer": shared,
     "cycle": cycle, "not homogeneous": ragged, "root list": at_root,
     "chain": chain, "chain, none after": lambda: chain(key="z"), "node chain": node_chain,
+    "node chain, callback nodes after the next link": node_chain_after,
 }
 
 
@@ -349,7 +365,8 @@ def test_each_occurrence_mutated(outlined: None, name: str, i: int) -> None:
 
 @pytest.mark.parametrize("kind", ["create", "set"])
 @pytest.mark.parametrize("at", [1, 3, 5])
-@pytest.mark.parametrize("name", ["mlp", "nested", "mixed", "chain", "node chain"])
+@pytest.mark.parametrize("name", ["mlp", "nested", "mixed", "chain", "node chain",
+                                  "node chain, callback nodes after the next link"])
 def test_user_code_raising_midway(impl: Any, kind: str, at: int, name: str) -> None:
     """create_empty or set_key raising: the same error after the same calls as the
     reference's, and the values given (the user's objects) untouched."""
@@ -418,8 +435,9 @@ class LinkE(sg.Node):
 def with_chain(n: int, kind: str) -> Box:
     """Callback layers, and a chain of ``n`` nested links next to them: of Links ending in a
     callback node (``tail``), of LinkEs ending in None (``after``) or in a callback node that
-    sees the whole graph (``after-cb``: the chain is not looped), or a nest of lists
-    (``nest``)."""
+    sees the whole graph (``after-cb``: the links' nodes after the rest of the chain must be
+    filled after it, as the reference does), or a nest of lists (``nest``; of Boxes,
+    ``nest-node``: not looped)."""
     m = mlp(4)
     if kind in ("nest", "nest-node"):
         x: Any = []
@@ -439,8 +457,9 @@ def with_chain(n: int, kind: str) -> Box:
 @pytest.mark.parametrize("kind", ["tail", "after", "after-cb", "nest", "nest-node"])
 @pytest.mark.parametrize("n", [3, 40])
 def test_chains_next_to_callback_nodes(outlined: None, kind: str, n: int) -> None:
-    """A chain's loop makes and fills its links out of table order: looped only where no
-    user call sees it (each set_key here sees the whole graph reachable from its child)."""
+    """A chain's one-phase loop makes and fills its links out of table order: used only where
+    no user call sees it (each set_key here sees the whole graph reachable from its child),
+    else a chain of nodes is loops in two phases (the reference's order)."""
     gd, sm = sg.generic.flatten(with_chain(n, kind))
     DEEP[0] = True
     try:
@@ -448,8 +467,9 @@ def test_chains_next_to_callback_nodes(outlined: None, kind: str, n: int) -> Non
     finally:
         DEEP[0] = False
     src = _source(gd)
-    looped = "nested links of one shape" in src or "nested containers of one shape" in src
-    assert looped == (kind not in ("after-cb", "nest-node")), src
+    looped = "nested links" in src or "nested containers of one shape" in src
+    assert looped == (kind != "nest-node"), src
+    assert ("nested links: filled" in src) == (kind == "after-cb"), src
 
 
 def test_ten_thousand_links_next_to_callback_nodes() -> None:
@@ -477,7 +497,8 @@ def test_nnx_modules_next_to_callback_nodes(outlined: None) -> None:
     assert "_create(" in _source(gd)
 
 
-@pytest.mark.parametrize("name", ["chain", "chain, none after", "node chain"])
+@pytest.mark.parametrize("name", ["chain", "chain, none after", "node chain",
+                                  "node chain, callback nodes after the next link"])
 def test_chains_are_loops_in_the_reference_order(outlined: None, name: str) -> None:
     """A chain of nested links holding callback nodes: one loop making the links (each
     link's objects in table order), one making the states after the rest of the chain
@@ -509,3 +530,56 @@ def test_a_chain_link_class_named_like_the_loops_names(outlined: None, name: str
     gd, sm = sg.generic.flatten(node)
     same_as_reference(served(_Outlined(), gd, sm), gd, sm)
     assert "8 nested links: filled, each in table order" in _source(gd)
+
+
+def test_nodes_after_the_next_link_are_filled_past_the_tail(outlined: None) -> None:
+    """Links holding callback nodes after the next link: made by a loop past the tail's
+    objects and filled by a loop past the tail's fills, last link first (the reference's
+    table order; filled with the links, their set_key calls would come before the tail's)."""
+    gd, sm = sg.generic.flatten(node_chain_after())
+    got = served(_Outlined(), gd, sm)
+    same_as_reference(got, gd, sm)
+    log = got[1]
+    creates = [(e[1], e[2]) for e in log if e[0] == "create"]
+    k = next(k for k, (_, meta) in enumerate(creates) if meta[0] == "after")
+    tail = creates[k - 1][0]  # (the last made before the links' nodes after the rest)
+    after = {num for num, meta in creates if meta[0] == "after"}
+    sets = [e[1] for e in log if e[0] == "set"]
+    last_tail = max(j for j, num in enumerate(sets) if num == tail)
+    assert last_tail < min(j for j, num in enumerate(sets) if num in after)
+    # (made, each link's metadata its own, the last link, innermost, first)
+    assert [meta for _, meta in creates if meta[0] == "after"] == [("after", i % 3) for i in range(8)]
+    src = _source(gd)
+    assert "8 nested links: filled, each in table order" in src
+    assert "of one shape: filled" in src, src
+
+
+def test_ten_thousand_links_with_callback_nodes_after_the_next_link() -> None:
+    """The default configuration: ten thousand links holding callback nodes after the next
+    link (made and filled past the tail's) are served by outlined code (loops: no max_steps
+    cliff), in the reference's order."""
+    gd, sm = sg.generic.flatten(node_chain_after(10_000, lean=True))
+    same_as_reference(served(_Outlined(), gd, sm), gd, sm)
+    src = _source(gd)
+    assert "10000 nested links: filled" in src and len(src.splitlines()) < 250, src
+
+
+@given(order=st.permutations(["nxt", "cb", "lin", "cb2"]), n=st.integers(3, 7),
+       tail_cb=st.booleans())
+def test_any_link_layout_in_the_reference_order(order: list[str], n: int, tail_cb: bool) -> None:
+    """Links holding callback nodes and a Linear before or after the next link, in any key
+    order (per link its own metadata and statics), a callback node or none in the tail:
+    outlined, the reference's log of user calls and graph."""
+    keys = {role: f"{chr(97 + p)}_{role}" for p, role in enumerate(order)}
+    node: Any = Box(t=CB(-1.0)) if tail_cb else None
+    for i in range(n):
+        node = Box(**{keys["nxt"]: node, keys["cb"]: CB(float(i), meta=("cb", i % 2)),
+                      keys["lin"]: Linear(float(i)), keys["cb2"]: CB(i + 0.5, act=f"act{i % 3}")})
+    gd, sm = sg.generic.flatten(Box(pre=CB(9.0), chain=node))
+    saved = dispatch.CONFIG.outline_min
+    sg.configure(outline_min=2)
+    try:
+        same_as_reference(served(_Outlined(), gd, sm), gd, sm)
+        assert "nested links" in _source(gd)
+    finally:
+        dispatch.CONFIG.outline_min = saved

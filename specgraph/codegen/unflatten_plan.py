@@ -27,8 +27,10 @@ outlined code keeps the reference's order exactly, in two phases
 every node filled in table order. An occurrence's subtree is a contiguous range of the
 table, so its shape's ``outlined<sid>_create`` (its objects, in table order, returned as a
 tuple) and ``outlined<sid>_fill`` (its nodes, in table order) are called at its place in
-each phase, and a list of occurrences is one loop per phase. Chains are looped where no
-user call sees the difference (:meth:`UnflattenPlanner._phased_chains_only`).
+each phase, and a list of occurrences is one loop per phase. A chain of nested links is
+the one-phase loop where no user call sees the difference
+(:meth:`UnflattenPlanner._phased_chains_only`), else loops in the same two phases
+(:meth:`UnflattenPlanner._phased_chain`).
 
 A foreign library's per-call context (NNX: the one TraceState every Pytree and Variable
 of the call shares; BrainState: the tracer, source info and level of every State) is
@@ -289,7 +291,9 @@ class UnflattenPlanner:
         # none keep the one-phase loop where no user call sees its order (_phased_chains_only).
         self.chains = find_chains(gd, max(2, outline), set(), set(), self.shapes, user=self.phased) \
             if outline else {}
-        self._cb_chains: set[int] = set()  # phased: the heads of chains of links calling user code
+        # phased: the heads of the chains looped in two phases (links calling user code, or a
+        # callback node filled between the links and their nodes after the rest)
+        self._cb_chains: set[int] = set()
         if self.phased:
             self._split_cb_chains()
         self._declarative_links_only()
@@ -322,8 +326,7 @@ class UnflattenPlanner:
 
     def _split_cb_chains(self) -> None:
         """The chains whose links hold a callback node (``_cb_chains``): looped by
-        :meth:`_phased_chain`, kept only where the entries after the rest of the chain are
-        states (nothing there to fill, after the tail's fills). The others are left to
+        :meth:`_phased_chain`, in the reference's order. The others are left to
         :meth:`_phased_chains_only` and the one-phase loop."""
         table, impls = self.gd.table, self.impls
 
@@ -331,14 +334,9 @@ class UnflattenPlanner:
             return any(type(table[j]) is NodeSpec and not impls[j].is_builtin_node
                        and impls[j].dict_node is None for j in range(lo, lo + n))
 
-        for head, ch in list(self.chains.items()):
+        for head, ch in self.chains.items():
             first = ch.links[0]
-            if not (user(*first.ebefore) or user(*first.eafter)):
-                continue
-            if any(type(table[j]) is NodeSpec for link in ch.links
-                   for j in range(link.eafter[0], link.eafter[0] + link.eafter[1])):
-                del self.chains[head]
-            else:
+            if user(*first.ebefore) or user(*first.eafter):
                 self._cb_chains.add(head)
 
     def _declarative_links_only(self) -> None:
@@ -1138,7 +1136,7 @@ class UnflattenPlanner:
             stack.extend(kids)
 
     def _phased_objects_then_fills(self, ranges: list[tuple[int, int]], root: int,
-                                   marks: list[tuple[int, int]] | None = None) -> tuple[list[str], int]:
+                                   marks: list[tuple[int, int, int]] | None = None) -> tuple[list[str], int]:
         """Where user code runs in the build (``create_empty``, ``set_key`` of callback node
         types), in the reference's order exactly: first every object of the entries in
         ``ranges`` in table order, then every node filled in table order. An occurrence of an
@@ -1151,19 +1149,23 @@ class UnflattenPlanner:
 
         Returns the locals the objects phase made (the ``root`` entry's first, when it is
         one) and where the fills begin in the current body's steps; ``marks`` gets, per
-        range but the first, where its objects begin (in the steps, and in what was made).
+        range but the first, where its objects begin (in the steps, and in what was made)
+        and where its fills begin (in the steps).
         At the top, a chain of nested links is loops (:meth:`_phased_chain`)."""
         table = self.gd.table
         shape_of, shapes = self.shapes.shape_of, self.shapes.shapes
         chains = self.chains if self._top else {}
         names = self.body.names
         skip = self._cchain_entries()
-        after: dict[int, tuple[int, Callable[[], None]]] = {}  # a cb chain's entries after the rest
+        # a cb chain's entries after the rest: where they end, what makes them (and returns
+        # what fills them, None: nothing)
+        after: dict[int, tuple[int, Callable[[], tuple[Any, ...] | None]]] = {}
         made: list[str] = []
         fills: list[tuple[Any, ...]] = []
+        ranges_at: list[tuple[int, int, int]] = []  # per range but the first: steps, made, fills
         for r, (lo, hi) in enumerate(ranges):
-            if marks is not None and r:
-                marks.append((len(self.steps), len(made)))
+            if r:
+                ranges_at.append((len(self.steps), len(made), len(fills)))
             i = lo
             while i < hi:
                 j = skip.get(i)
@@ -1172,7 +1174,9 @@ class UnflattenPlanner:
                     continue
                 got = after.pop(i, None)
                 if got is not None:
-                    got[1]()
+                    fill_after = got[1]()
+                    if fill_after is not None:
+                        fills.append(fill_after)
                     i = got[0]
                     continue
                 ch = chains.get(i)
@@ -1214,7 +1218,9 @@ class UnflattenPlanner:
                 i += 1
                 self._check_size()
         split = len(self.steps)
+        fill_at: list[int] = []  # where each fill's steps begin
         for f in fills:
+            fill_at.append(len(self.steps))
             if f[0] == "node":
                 ch = chains.get(f[1].index)
                 if ch is not None:
@@ -1236,6 +1242,9 @@ class UnflattenPlanner:
                 self.steps.append(Step("fill_each", src=dst, made=item_made, n=n, targets=targets,
                                        sources=sources, body=fill_steps))
             self._check_size()
+        fill_at.append(len(self.steps))
+        if marks is not None:
+            marks += [(at, m, fill_at[k]) for at, m, k in ranges_at]
         return made, split
 
     def _phased_chains_only(self) -> None:
@@ -1246,8 +1255,10 @@ class UnflattenPlanner:
         its entries: as the reference for the entries before the next link; a link's nodes
         after it are filled before the chain's tail (the reference: after), so a chain with
         such nodes is looped only where no callback node sits in its tail (then no user code
-        runs between the two orders' fills). A container chain's loop fills innermost first
-        where it is used: looped only when its links hold states alone (nothing to fill)."""
+        runs between the two orders' fills); where one does, the chain is looped in two
+        phases (:meth:`_phased_chain`, the reference's order). A container chain's loop
+        fills innermost first where it is used: looped only when its links hold states
+        alone (nothing to fill)."""
         table, impls = self.gd.table, self.impls
 
         def nodes(lo: int, n: int) -> bool:
@@ -1262,22 +1273,26 @@ class UnflattenPlanner:
                 continue
             last = ch.links[-1]
             if nodes(*last.eafter) and user(last.ebefore[0] + last.ebefore[1], last.eafter[0]):
-                del self.chains[head]
+                self._cb_chains.add(head)
         for key, cc in list(self.cchains.items()):
             if any(nodes(*ln.ebefore) or nodes(*ln.eafter) for ln in cc.links):
                 del self.cchains[key]
 
-    def _phased_chain(self, ch: Chain) -> tuple[tuple[Any, ...], tuple[int, int], Callable[[], None] | None]:
-        """A chain of nested links of one shape (callback node types among them), in the
-        reference's order: here (the head's place in the table) one loop making each link's
-        object and the entries before the rest of the chain, link by link; where the entries
-        after the rest begin (past the tail's, last link first) one loop making those; at
-        the head's place among the fills one loop filling each link (its node, then the
-        nodes before the next link: the entries after it are states only, see
-        :meth:`_phased_chains`). One body planned from the head link.
+    def _phased_chain(self, ch: Chain) -> tuple[tuple[Any, ...], tuple[int, int],
+                                                Callable[[], tuple[Any, ...] | None] | None]:
+        """A chain of nested links of one shape (callback node types among them, or in what
+        the reference fills between the links and the nodes after the rest of the chain), in
+        the reference's order: here (the head's place in the table) one loop making each
+        link's object and the entries before the rest of the chain, link by link; where the
+        entries after the rest begin (past the tail's, last link first) one loop making
+        those; at the head's place among the fills one loop filling each link (its node,
+        then the nodes before the next link), and past the tail's fills one loop filling
+        the nodes after the rest (last link first: table order). One body planned from the
+        head link.
 
         Returns what the fills phase does for it, where the entries after the rest sit
-        (first, past) and what makes them there (``None``: none)."""
+        (first, past) and what makes them there (``None``: none), which returns what fills
+        them (``None``: states only)."""
         first, last = ch.links[0], ch.links[-1]
         n = ch.n
         head = first.ebefore[0]
@@ -1287,11 +1302,12 @@ class UnflattenPlanner:
         cb, ca = self._fresh("a"), self._fresh("a")
         body = _Body(StaticReads(head), [(lb, nb, cb), (la, na, ca)], {first.nxt: nxt},
                      scope=self.body.scope or self.body)
-        marks: list[tuple[int, int]] = []
+        marks: list[tuple[int, int, int]] = []
         with self._in(body):
             made, split = self._phased_objects_then_fills([(eb, eb + neb), (ea, ea + nea)], head, marks)
-        steps_b, n_b = marks[0]
-        create_b, create_a, fill = body.steps[:steps_b], body.steps[steps_b:split], body.steps[split:]
+        steps_b, n_b, fill_a_at = marks[0]
+        create_b, create_a = body.steps[:steps_b], body.steps[steps_b:split]
+        fill, fill_a = body.steps[split:fill_a_at], body.steps[fill_a_at:]
         made_b, made_a = made[:n_b], made[n_b:]
         counters_b: list[tuple[str, tuple[str, int], int]] = []
         counters_a: list[tuple[str, tuple[str, int], int]] = []
@@ -1328,8 +1344,9 @@ class UnflattenPlanner:
         self.body.names[head] = head_obj
         links_a = self._fresh("r") if nea else None
 
-        def make_after() -> None:
-            """The entries after the rest of the chain: the last link's first (table order)."""
+        def make_after() -> tuple[Any, ...] | None:
+            """The entries after the rest of the chain: the last link's first (table order).
+            Returns what fills their nodes (``None``: none)."""
             sources: list[str] = []
             targets: list[str] = []
             if na and not counters_a:
@@ -1346,6 +1363,18 @@ class UnflattenPlanner:
                 targets += statics[::-1]
             self.steps.append(Step("create_each", dst=links_a, n=n, targets=targets, sources=sources,
                                    counters=counters_a, body=create_a, made=made_a))
+            return ("chain", fill_after) if fill_a else None
+
+        def fill_after() -> None:
+            """The nodes after the rest of the chain, past the tail's: the last link's first
+            (as create_each made them), each link's statics (the tuple reversed)."""
+            sources: list[str] = []
+            if mine is not None:
+                it = self._fresh("q")
+                self.steps.append(Step("iter_statics_back", dst=it, src=mine))
+                sources = [it] * len(statics)
+            self.steps.append(Step("fill_each", src=links_a, made=made_a, n=n, targets=statics[::-1],
+                                   sources=sources, body=fill_a))
 
         def fill_links() -> None:
             sources: list[str] = []
