@@ -418,8 +418,10 @@ def cb_links(m: Box) -> list[CbLin]:
 
 def _side(rng: random.Random) -> random.Random:
     """A generator of its own, seeded from ``rng``'s state without drawing from it (the
-    callback chains leave the rest of a case as it was)."""
-    return random.Random(hash(rng.getstate()))
+    callback chains leave the rest of a case as it was). (Seeded from the state's ints
+    only: the state tuple holds ``None``, whose hash is its address before Python 3.12,
+    which made the cases differ from one process to the next.)"""
+    return random.Random(hash(rng.getstate()[1]))
 
 
 def build(rng: random.Random, deep: bool) -> Box:
