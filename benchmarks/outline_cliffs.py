@@ -10,7 +10,10 @@ Rows (``--rows``):
 * ``deep``    -- a list nested n deep inside a node: ``x = [x, Param]``;
 * ``cb-chain`` -- n callback-registered layers nested n deep (each the next's under ``next``);
 * ``cb-after`` -- n ``sg.Node`` links nested n deep, each holding a callback-registered layer
-                  after the next link (keys ``a_next``, ``z_cb``).
+                  after the next link (keys ``a_next``, ``z_cb``);
+* ``pt-list`` -- n ``sg.Node`` layers each holding two Params in a list (``p = [w, b]``);
+* ``nt``      -- the same, in a ``collections.namedtuple`` (``p = WB(w, b)``);
+* ``pytree``  -- the same, in a class registered with ``jax.tree_util.register_pytree_node_class``.
 
 Per row and size, in this process, side by side: whether the second ``sg.flatten`` is a
 cache hit (specialized) and served by outlined code, the compile seconds of a fresh cache
@@ -26,19 +29,22 @@ promote its objects; the promotions then trigger full collections of the whole h
 and it grows with the heap, so the "gc off" columns are the generated code's own cost.
 Usage::
 
-    python benchmarks/outline_cliffs.py [--rows cb-mlp cb-one arrays deep cb-chain cb-after]
+    python benchmarks/outline_cliffs.py [--rows cb-mlp cb-one arrays deep cb-chain cb-after pt-list
+                                         nt pytree]
                                         [--sizes 1000 10000] [--repeats R] [--cold C]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import numpy as np
 
 import specgraph as sg
@@ -79,6 +85,33 @@ class ArrLinear(sg.Node):
         self.act = "relu"
 
 
+WB = collections.namedtuple("WB", "w b")
+
+
+@jax.tree_util.register_pytree_node_class
+class Pair:
+    """A registered pytree of two children, no aux data."""
+
+    def __init__(self, a: Any, b: Any) -> None:
+        self.a, self.b = a, b
+
+    def tree_flatten(self) -> tuple[tuple[Any, Any], None]:
+        return (self.a, self.b), None
+
+    @classmethod
+    def tree_unflatten(cls, aux: Any, ch: Any) -> Pair:
+        return cls(*ch)
+
+
+class PtLinear(sg.Node):
+    """Two Params held in a list, a namedtuple or a registered pytree (``holder``)."""
+
+    def __init__(self, seed: float, holder: Callable[[Any, Any], Any]) -> None:
+        self.p = holder(sg.Param(np.full((8, 8), seed, np.float32)),
+                        sg.Param(np.full((8,), seed, np.float32)))
+        self.act = "relu"
+
+
 class Model(sg.Node):
     def __init__(self, **attrs: Any) -> None:
         vars(self).update(attrs)
@@ -114,11 +147,14 @@ ROWS: dict[str, Callable[[int], Any]] = {
     "deep": _deep,
     "cb-chain": _cb_chain,
     "cb-after": _cb_after,
+    "pt-list": lambda n: Model(layers=[PtLinear(float(i), lambda a, b: [a, b]) for i in range(n)]),
+    "nt": lambda n: Model(layers=[PtLinear(float(i), WB) for i in range(n)]),
+    "pytree": lambda n: Model(layers=[PtLinear(float(i), Pair) for i in range(n)]),
 }
 
 
 #: Rows whose unflatten is measured too.
-UNFLATTEN_ROWS = ("cb-mlp", "cb-one", "deep", "cb-chain", "cb-after")
+UNFLATTEN_ROWS = ("cb-mlp", "cb-one", "deep", "cb-chain", "cb-after", "pt-list", "nt", "pytree")
 
 
 def _outlined() -> bool:

@@ -207,16 +207,23 @@ def _flatten_class_ok(t: type, is_state: bool) -> bool:
     return type(hidden) is tuple and all(type(h) is str for h in hidden)
 
 
-def plain_containers(gd: GraphDef) -> bool:
-    """Only list, tuple and dict containers, with exact str or int keys.
+def plain_containers(gd: GraphDef, custom: bool = False) -> bool:
+    """Only list, tuple and dict containers, with exact str or int keys (``custom``: and
+    custom pytrees, a namedtuple or a registered class, whose ``unflatten`` is user code).
 
     The structure alone answers (no class is read): computed once per GraphDef and
     shared by the flatten and the unflatten planners.
     """
+    if custom:
+        return structure_memo(gd, "plain_or_custom_containers", _plain_or_custom_containers)
     return structure_memo(gd, "plain_containers", _plain_containers)
 
 
-def _plain_containers(gd: GraphDef) -> bool:
+def _plain_or_custom_containers(gd: GraphDef) -> bool:
+    return _plain_containers(gd, True)
+
+
+def _plain_containers(gd: GraphDef, custom: bool = False) -> bool:
     # The containers only (every other edge is skipped unopened): the root's, the nodes'.
     stack: list[Any] = [c for spec in gd.table if type(spec) is NodeSpec for c in spec[4]
                         if type(c) is PytreeEdge]
@@ -224,7 +231,7 @@ def _plain_containers(gd: GraphDef) -> bool:
     while stack:
         e = stack.pop()
         if type(e) is PytreeEdge:
-            if e.ptype not in (list, tuple, dict):
+            if e.ptype is not list and e.ptype is not tuple and e.ptype is not dict and not custom:
                 return False
             if e.ptype is dict and not all(type(k) is str or type(k) is int for k in e.keys):
                 return False
@@ -314,7 +321,9 @@ def unflatten_order_free(gd: GraphDef, impls: dict[int, Any], no_user_code: bool
                     _adapter_code(r.factory) for r in getattr(simpl.layout, "rebuild", ())):
                 return False
         passed.add((id(t), is_node))
-    return plain_containers(gd)
+    # Two phases (``callbacks``) build each container where the reference does, in its
+    # node's fill in table order: a custom pytree's ``unflatten`` (user code) runs there too.
+    return plain_containers(gd, custom=callbacks)
 
 
 def _callback_node(impl: Any) -> bool:

@@ -479,11 +479,12 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
     # -- helpers ------------------------------------------------------------------------
 
     def _user_loads(self, steps: list[Step]) -> bool:
-        """Whether ``steps`` call user code to load (a callback node's registered flatten,
-        in a loop's body or an outlined function they call too): their update must not
-        load again to write (see ShapeFn.kept)."""
+        """Whether ``steps`` call user code to load (a callback node's registered flatten, a
+        custom pytree's, in a loop's body or an outlined function they call too): their
+        update must not load again to write (see ShapeFn.kept)."""
         for s in steps:
-            if s.op == "call_flatten" or (s.op == "call_shape" and s.fn in self._reloads) \
+            if s.op == "call_flatten" or s.op == "load_pytree" \
+                    or (s.op == "call_shape" and s.fn in self._reloads) \
                     or ((s.op == "each_loop" or s.op == "chain_loop") and s.kept is not None):
                 return True
         return False

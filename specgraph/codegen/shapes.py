@@ -23,9 +23,12 @@ outlined: builtin ``Node`` classes with str attribute names, plain ``State`` cla
 registered dict-backed node classes with declarative bookkeeping (NNX Modules, BrainState
 Nodes: their bookkeeping fields and key sigs are part of the shape), foreign states with a
 layout (NNX Variables, BrainState States: their metadata is), statics (plain tuples of
-values too), and list/tuple/dict containers with str/int keys. A chain of nested nodes of
-one link shape is a loop (``find_chains``), and so is a chain of nested containers
-(``x = [x, State(...)]``, any depth: ``find_container_chains``).
+values too), and list/tuple/dict containers with str/int keys, and custom JAX pytrees (a
+namedtuple, a registered class: ``_pytree_key``; their flatten and unflatten are user code,
+counted as a callback node's, so the update reuses what its guards loaded and the
+unflatten builds them in two phases, each in its node's fill, as the reference does). A
+chain of nested nodes of one link shape is a loop (``find_chains``), and so is a chain of
+nested containers (``x = [x, State(...)]``, any depth: ``find_container_chains``).
 
 The flatten planner outlines more (``flatten_only=True``):
 
@@ -76,8 +79,9 @@ from .._ir import (
     StateEdge,
     StateSpec,
     StaticEdge,
+    treedef_type,
 )
-from .._sameness import VALUE_TYPE_IDS, VALUE_TYPES, is_value_sig, key_sig, match_mode, value_sig
+from .._sameness import VALUE_TYPE_IDS, VALUE_TYPES, aux_data, is_value_sig, key_sig, match_mode, value_sig
 from .analysis import structure_memo
 from .classfacts import plain_metaclass, plain_state_reads
 
@@ -260,6 +264,29 @@ def _guard_key(v: Any, mode: str) -> Any:
     if mode == "same":
         return _hashable(("t", value_sig(v), v), v)
     return ("i", id(v))
+
+
+def _pytree_key(e: Any, by_value: bool) -> Any:
+    """A custom pytree's edge (a namedtuple, a registered class) as its guards read it.
+
+    The flatten's code binds the representative occurrence's treedef and compares an
+    occurrence's with ``!=`` (then, aux data present, ``SAME_AUX`` with the representative's
+    aux data): two occurrences share that code when their guards answer alike. Without aux
+    data (``sig is None``) a one-level treedef is its container type, kind and arity, all
+    compared by identity or count: keyed by the treedef itself (its ``==`` and hash run no
+    user code). With aux data: the container type, the arity and the aux data as SAME
+    reads it (sig and value where that means indistinguishable, else the very object), so
+    the treedef's ``==`` meets the same aux data either way. The children's path keys go in
+    too. The unflatten (``by_value=False``) reads each occurrence's treedef from its
+    GraphDef: only the arity and the path keys count there."""
+    ptype, keys, kids, sig = e[1], e[2], e[3], e[4]
+    if not by_value:
+        return _hashable(("PT", len(kids), keys), e)
+    if sig is None:
+        return _hashable(("PT", ptype, keys), e)
+    aux = aux_data(ptype)
+    akey = _hashable(("t", sig, aux), aux) if is_value_sig(sig) else ("i", id(aux))
+    return _hashable(("PT", id(treedef_type(ptype)), ptype.num_nodes, len(kids), akey, keys), e)
 
 
 def _meta_key(spec: Any) -> Any:
@@ -549,7 +576,15 @@ class _Scan:
                 tokens.append(("N", sid))
             elif k is PytreeEdge:
                 p = e[1]
-                if (p is not list and p is not tuple and p is not dict) or e[4] is not None:
+                if p is not list and p is not tuple and p is not dict:
+                    if ArrayEdge in map(type, e[3]):
+                        return None  # (an array in a custom pytree: checked, never written)
+                    tokens.append(_pytree_key(e, by_value))
+                    user = True  # (its flatten and unflatten are user code, as a callback node's)
+                    if not before:
+                        user_after = True
+                    continue
+                if e[4] is not None:
                     return None
                 if p is dict:
                     if not all(type(x) is str for x in e[2]):

@@ -17,6 +17,8 @@ The key (:func:`unit_key`) is exact by construction:
   read them compare type and ``==``, an ``is`` is only their fast path), a tuple item by
   item, anything else (classes, statics only the very object is, metadata objects) by
   identity: the entry holds those objects, so their ids cannot be reused while it lives;
+* a one-level ``PyTreeDef`` without aux data by value (its ``==`` is the container type,
+  kind and arity, compared without user code); one with aux data by identity;
 * an attribute placeholder by the real name it stands for;
 * a local by its first appearance (the planner's counter differs from structure to
   structure; renaming locals one-to-one changes nothing);
@@ -67,6 +69,9 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
+from jax.tree_util import PyTreeDef
+
+from .._sameness import aux_data
 from .naming import Item, Literal, Splice, StateValue
 from .ops import Step
 
@@ -119,6 +124,12 @@ class _Canon:
             return ("t", tuple(self.const(x) for x in obj))
         if obj is None or obj is True or obj is False or obj is ...:
             return ("v", t, obj)
+        if t is PyTreeDef and obj.num_nodes == obj.num_leaves + 1 and aux_data(obj) is None:
+            # A one-level treedef without aux data (a namedtuple's, a registered class's
+            # with aux None): its == compares the container type, kind and arity only, by
+            # identity and count, and no user code runs: keyed by value (it holds its type).
+            self.keep.append(obj)
+            return ("td", obj)
         self.keep.append(obj)
         return ("i", id(obj))
 
