@@ -13,7 +13,7 @@ import copy
 from collections import Counter
 from collections.abc import Callable, Iterator
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import _registry as reg
 from .._ir import (
@@ -24,6 +24,7 @@ from .._ir import (
     NodeSpec,
     PytreeEdge,
     StateEdge,
+    StateSpec,
     StaticEdge,
     treedef_type,
 )
@@ -35,11 +36,23 @@ from .foreign_plan import ForeignPlanning
 from .naming import Constants, Item, Literal, Operand, Splice, StateValue, path_label, safe_name, static_note
 from .ops import GUARD_KINDS, Step
 from .planning import Declined, FlattenPlan, RunEdge, ShapeFn, Work
-from .shapes import Chain, Shape, edge_refs, find_chains, find_container_chains, find_shapes
+from .shapes import Chain, Shape, _meta_key, edge_refs, find_chains, find_container_chains, find_shapes
 
 _spec_type = itemgetter(1)  # a table entry's class (NodeSpec.type, StateSpec.type)
 
-__all__ = ["Declined", "FlattenPlan", "FlattenPlanner", "plan_flatten", "witnessed_nodes"]
+__all__ = ["Declined", "FlattenPlan", "FlattenPlanner", "StateRun", "plan_flatten", "witnessed_nodes"]
+
+
+class StateRun(NamedTuple):
+    """A run of sibling states of one kind (list items, dict values, node attributes: see
+    :meth:`FlattenPlanner._state_runs`), planned as one loop (a work item's edge; its operand
+    is the container, or the node's ``__dict__``). ``keys``: their keys, read as one list
+    (``None``: the run is the whole list or tuple, iterated as it is); ``miss``: the guard
+    kind a renamed key stands for."""
+
+    keys: tuple | None
+    children: tuple
+    miss: str
 
 
 def plan_flatten(gd: GraphDef, max_steps: int, outline_min: int = 0) -> FlattenPlan:
@@ -116,6 +129,9 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         self._planned: set[int] = set()  # shapes whose functions are planned
         self._reloads: set[str] = set()  # outlined functions whose guards call user code (kept)
         self.loops: list[str] = []  # loops over lists of one shape, for explain
+        # Runs of sibling states of one kind at least this long are loops (_state_runs).
+        self.run_min = max(2, outline_min) if outline_min > 0 else 0
+        self._plain_state: dict[type, bool] = {}  # class -> a plain State class (no layout)
 
     def plan(self) -> FlattenPlan:
         gd = self.gd
@@ -163,7 +179,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         planned is expanded, not called)."""
         visit: dict[type, Callable[[Work], list[Work]]] = {
             NodeEdge: self._node, StateEdge: self._state, ArrayEdge: self._array, StaticEdge: self._static,
-            PytreeEdge: self._pytree, RunEdge: self._run_loop,
+            PytreeEdge: self._pytree, RunEdge: self._run_loop, StateRun: self._state_run,
         }
         shape_of = self.shapes.shape_of
         chains = self.chains if self._planning is None else {}
@@ -476,6 +492,96 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         self.loops.append(f"{where}: {len(kids)} x {shape.type_name}"
                           + (f" in {self._planning.type_name}" if self._planning is not None else ""))
 
+    # -- runs of sibling states ------------------------------------------------------------
+
+    def _state_runs(self, edges: tuple, keys: tuple | None) -> dict[int, int]:
+        """Runs of at least ``run_min`` consecutive sibling states of one kind among ``edges``
+        (``keys``: their keys, exact str each; ``None``: positions): start -> end position.
+
+        One kind: plain ``State`` objects of one class whose metadata is guarded by the same
+        code (``shapes._meta_key``), each referenced once in the whole structure (no tied
+        state: sharing stays with the unrolled code's identity guards), at consecutive table
+        entries and value slots (the loop's values and objects are spliced as one run). Only
+        in the top function's own code (not in an outlined function, a loop's body or a
+        chain's link)."""
+        if self.run_min <= 0 or len(edges) < self.run_min or self._planning is not None \
+                or self._inline or self._rec >= 0 or self._rec_edge is not None:
+            return {}
+        table, refs, plain = self.gd.table, edge_refs(self.gd), self._plain_state
+        out: dict[int, int] = {}
+        start, prev, kind = -1, -1, None
+        for pos in range(len(edges) + 1):
+            k: Any = None
+            e: Any = edges[pos] if pos < len(edges) else None
+            if type(e) is StateEdge and refs[e.index] == 1 and (keys is None or type(keys[pos]) is str):
+                spec = table[e.index]
+                t = spec.type
+                ok = plain.get(t)
+                if ok is None:
+                    ok = plain[t] = type(spec) is StateSpec and type(t) is type and reg.state_impl(t) is None
+                if ok:
+                    k = (t, _meta_key(spec))
+            if k is not None and start >= 0 and k == kind and e.index == prev + 1 \
+                    and table[e.index].slot == table[prev].slot + 1:
+                prev = e.index
+                continue
+            if start >= 0 and pos - start >= self.run_min:
+                out[start] = pos
+            start, prev, kind = (pos, e.index, k) if k is not None else (-1, -1, None)
+        return out
+
+    def _whole_run(self, edges: tuple) -> bool:
+        """``edges`` (a list's or tuple's items) are one run of states of one kind."""
+        return self._state_runs(edges, None) == {0: len(edges)}
+
+    def _state_run(self, work: Work) -> list[Work]:
+        """A run of sibling states of one kind: read as one list (or the list itself), then a
+        loop whose body is one state's guards and read, unrolled (an ``each_loop``: its
+        states kept, put in ``D`` at once, values read after it; the update writes through them)."""
+        run: StateRun = work.edge
+        kids = run.children
+        assert type(work.obj) is str
+        if run.keys is None:
+            var = work.obj
+            path_keys: tuple = tuple(range(len(kids)))
+        else:
+            var = self._fresh("xs")
+            path_keys = run.keys
+            self.steps.append(Step("load_items", dst=var, obj=work.obj, keys=self.consts.bind(run.keys, "KS"),
+                                   miss=run.miss))
+        rep = kids[0].index
+        spec = self.gd.table[rep]
+        item = self._fresh("x")
+        skip, self.skip_type_guard = self.skip_type_guard, False
+        try:
+            with self._own_body():
+                self._state(Work(kids[0], item, (work.path, path_keys[0]), None, "", False))
+                checks = self._occurrence_checks("state")
+                body, writes, distinct = self.steps, self.state_writes, self.distinct
+                vals: dict[int, Any] = self.values  # type: ignore[assignment]
+                objs: dict[int, Any] = self.local_of
+        finally:
+            self.skip_type_guard = skip
+        values = [vals[s] for s in sorted(vals) if vals[s] is not None]
+        keep_states = len(distinct) == len(values) == 1 and type(values[0]) is StateValue \
+            and values[0].attr == "value" and not distinct[0][1] and distinct[0][0] == values[0].obj
+        dst = self._fresh("r")
+        n = len(kids)
+        self.steps.append(Step(
+            "each_loop", dst=dst, obj=var, var=item, n=n, body=body, distinct=distinct,
+            values=values, keep_states=keep_states,
+            objects=[objs[i] for i in sorted(objs) if objs[i] is not None], checks=checks, kept=None))
+        self._looped = True
+        self._splice_run(self.values, spec.slot, n, Splice(dst, "v"))
+        self._splice_run(self.local_of, rep, n, Splice(dst, "o"))
+        rebased = [_rebase(w, spec.slot) for w in writes]
+        states = dst if keep_states and len(rebased) == 1 and rebased[0].op == "write_value" \
+            and rebased[0].slot == 0 and rebased[0].obj == distinct[0][0] else None
+        self.state_writes.append(Step("write_each", obj=var, var=item, loads=body, pos=self._fresh("a"),
+                                      writes=rebased, slot=spec.slot, n=1, states=states, total=n, kept=None))
+        self.loops.append(f"{path_label(work.path) or '<root>'}: a run of {n} x {spec.type.__qualname__}")
+        return []
+
     # -- helpers ------------------------------------------------------------------------
 
     def _user_loads(self, steps: list[Step]) -> bool:
@@ -533,15 +639,28 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             self.distinct.append((obj, False))
 
     def _load_children(self, container: str, keys: list[Literal | str], edges: tuple, path: Any,
-                       path_keys: tuple, miss: str, owner: str, mutable: bool) -> list[Work]:
+                       path_keys: tuple, miss: str, owner: str, mutable: bool,
+                       runs_ok: bool = False) -> list[Work]:
         """One block loading every child of a container; their work items, in order.
 
         ``miss`` names the guard kind a ``KeyError`` in the block stands for. An array
-        leaf is written back into ``owner[key]`` (only a ``mutable`` one).
+        leaf is written back into ``owner[key]`` (only a ``mutable`` one). ``runs_ok``: a
+        long run of sibling states of one kind (see :meth:`_state_runs`) is not loaded
+        here but is one work item (a :class:`StateRun`, planned as a loop).
         """
         items = []
         pairs = []
-        for key, edge, pk in zip(keys, edges, path_keys, strict=True):
+        runs = self._state_runs(edges, path_keys) if runs_ok else {}
+        skip_to = -1
+        for pos, (key, edge, pk) in enumerate(zip(keys, edges, path_keys, strict=True)):
+            if pos < skip_to:
+                continue
+            end = runs.get(pos)
+            if end is not None:  # a run of sibling states of one kind: one loop (_state_run)
+                items.append(Work(StateRun(path_keys[pos:end], edges[pos:end], miss), container, path,
+                                  owner, key, mutable))
+                skip_to = end
+                continue
             local = self._fresh("x")
             pairs.append((local, key))
             items.append(Work(edge, local, (path, pk), owner, key, mutable))
@@ -580,7 +699,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                                hidden=[self.consts.key(h) for h in hidden], label=label))
         # All children are loaded at once (a renamed key is a KeyError: a node_keys miss).
         keys = [self.consts.key(k) for k in names]
-        items = self._load_children(d, keys, children, work.path, names, "node_keys", d, True)
+        items = self._load_children(d, keys, children, work.path, names, "node_keys", d, True, True)
         items = self._inline_statics(d, keys, items)
         self.nearest.update((w.obj, idx) for w in items)
         return items
@@ -607,8 +726,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             return items
         self.keyed_statics = True
         block: Any = self.steps[-1]
-        inline = {w.obj: Item(d, key) for w, key in zip(items, keys, strict=True)
-                  if type(w.edge) is StaticEdge}
+        static = {w.obj for w in items if type(w.edge) is StaticEdge}
+        inline = {dst: Item(d, key) for dst, key in block.pairs if dst in static}
         block.pairs = [pair for pair in block.pairs if pair[0] not in inline]
         if not block.pairs:
             self.steps.pop()
@@ -737,8 +856,14 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             keys = [consts.key(k) for k in edge.keys]
         else:
             keys = [Literal(i) for i in range(len(edge.children))]
+        if unpack and edge.children and self._whole_run(edge.children):
+            # A list or tuple of states of one kind only: its length, then one loop over it.
+            self.steps.append(Step("guard_len", obj=var, n=len(edge.children), label=label))
+            return [Work(StateRun(None, edge.children, ""),
+                         var, work.path, var, "", ptype is list)]
         items = self._load_children(src, keys, edge.children, work.path, edge.keys,
-                                    "container" if ptype is dict else "", var, ptype is list or ptype is dict)
+                                    "container" if ptype is dict else "", var, ptype is list or ptype is dict,
+                                    ptype is dict and edge.sig is None)
         if unpack:
             block: Any = self.steps.pop()  # the load block just emitted becomes one unpacking
             self.steps.append(Step("unpack_seq", obj=var, dsts=[dst for dst, _ in block.pairs], label=label))

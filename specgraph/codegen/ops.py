@@ -83,6 +83,9 @@ OPS: dict[str, Op] = {
     "load_attr": Op(_F, ("dst", "obj", "attr")),  # dst = obj.attr (attr: a placeholder)
     # dst = [obj[k] for k in keys] (keys: a bound tuple); a KeyError is a node_keys miss
     "load_run": Op(_F, ("dst", "obj", "keys")),
+    # dst = [obj[k] for k in keys] (keys: a bound tuple of str); a KeyError is a miss of kind miss
+    # (a run of sibling states: a node's attributes, a dict's values)
+    "load_items": Op(_F, ("dst", "obj", "keys", "miss")),
     # -- outlined shapes (see shapes.py): fn names the shape's functions ----------------
     "call_shape": Op(_F, ("dst", "fn", "obj")),  # dst = the shape's function of obj; a str: its miss
     # dst = a loop's unit (shared.py) of the list obj, of n items; a str: its miss

@@ -570,7 +570,7 @@ def _drop_texts(ref: Any) -> None:
 
 
 #: the steps an outlined write function repeats: what loads the objects it writes into
-_LOADS = frozenset({"load_dict", "load_block", "unpack_seq", "load_run"})
+_LOADS = frozenset({"load_dict", "load_block", "unpack_seq", "load_run", "load_items"})
 
 
 #: the ops that hold a loop's body (a list of steps)

@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = '206be83174abc255547700d738e99ec054e0b7502a117c1fcf0a500ed990ccc2'
+FINGERPRINT = 'c3ad13869ce307937ccb496a50a3ca0811eae4be89b866506d24085b0cd67607'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = '_steps.j2'
 
@@ -642,6 +642,19 @@ def root(context, missing=missing):
                         str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 173 in '_steps.j2' evaluated to false and no else section was defined."))),
                     ))
                 l_2_loop = l_2_dst = l_2_k = missing
+        elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_items'):
+            pass
+            t_9.extend((
+                'try:\n    ',
+                str(environment.getattr(l_1_s, 'dst')),
+                ' = [*map(',
+                str(environment.getattr(l_1_s, 'obj')),
+                '.__getitem__, ',
+                str(environment.getattr(l_1_s, 'keys')),
+                ")]\nexcept KeyError:  # a renamed key\n    return '",
+                str(environment.getattr(l_1_s, 'miss')),
+                "'",
+            ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_run'):
             pass
             t_9.extend((
@@ -1323,7 +1336,7 @@ def root(context, missing=missing):
                 t_12.extend((
                     '*',
                     str(environment.getattr(l_2_x, 'name')),
-                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 313 in '_steps.j2' evaluated to false and no else section was defined."))),
+                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 318 in '_steps.j2' evaluated to false and no else section was defined."))),
                 ))
             else:
                 pass
@@ -1331,7 +1344,7 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_12.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 313 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 318 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = l_2_collect = missing
         t_12.append(
@@ -1365,7 +1378,7 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_13.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 318 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 323 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = missing
         t_13.append(
@@ -1401,11 +1414,11 @@ def root(context, missing=missing):
                     str(l_2_obj),
                 )
             t_14.append(
-                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 324 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 329 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_obj = l_2_by_id = missing
         t_14.extend((
-            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 324 in '_steps.j2' evaluated to false and no else section was defined."))),
+            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 329 in '_steps.j2' evaluated to false and no else section was defined."))),
             ' }',
         ))
         return concat(t_14)
@@ -1908,7 +1921,7 @@ def root(context, missing=missing):
                         '(root, vals, at):\n    """Write one ',
                         str(environment.getattr(l_2_f, 'type_name')),
                         ' of this shape',
-                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 446 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 451 in '_steps.j2' evaluated to false and no else section was defined."))),
                         ', whose guards passed."""',
                     ))
                     if environment.getattr(l_2_f, 'kept'):
@@ -1956,4 +1969,4 @@ def root(context, missing=missing):
     yield '\n'
 
 blocks = {}
-debug_info = '6=54&9=56&10=64&11=68&12=72&13=74&14=80&15=94&17=99&23=104&24=120&25=121&26=124&27=134&28=136&29=138&30=141&31=153&32=155&33=157&37=159&38=160&43=162&44=163&45=166&46=170&47=171&48=175&51=177&52=186&54=189&55=191&56=193&58=203&60=208&61=215&62=220&64=223&65=225&66=230&69=233&70=235&71=240&73=248&74=250&75=254&77=259&78=263&79=276&80=278&81=282&84=289&85=294&87=316&88=318&89=320&90=325&93=335&95=339&96=343&98=347&99=349&100=354&103=362&104=366&105=380&106=384&109=388&111=390&113=391&114=393&115=397&116=401&117=403&118=410&119=415&121=418&122=420&123=425&126=428&127=433&129=455&130=459&131=463&132=467&133=474&134=478&136=494&137=498&139=502&140=506&141=511&142=515&145=522&146=526&147=528&148=532&149=539&150=543&152=550&154=555&155=559&156=565&157=568&158=570&159=573&160=587&161=590&162=594&163=596&164=599&165=601&167=606&168=611&171=621&173=627&175=640&177=644&180=651&181=654&182=659&183=663&184=685&185=688&186=692&187=698&188=701&189=705&190=709&191=712&192=715&193=721&194=723&195=724&196=728&197=733&198=737&200=754&202=761&203=764&204=767&205=773&206=779&207=782&208=785&209=798&210=801&211=807&212=809&213=813&214=819&215=823&217=841&219=849&220=852&221=856&222=878&223=881&224=885&225=891&226=897&227=900&228=904&229=906&230=909&231=913&232=917&233=921&234=924&235=927&236=934&237=938&238=944&239=947&240=951&241=957&242=960&244=965&245=977&246=979&247=982&248=986&249=992&250=995&251=1000&252=1019&253=1022&254=1024&255=1027&256=1035&257=1038&258=1040&259=1043&260=1053&261=1056&262=1058&263=1061&264=1097&265=1100&266=1105&267=1124&268=1127&269=1131&270=1143&271=1146&272=1150&273=1158&274=1161&275=1165&276=1169&277=1172&278=1175&279=1177&280=1181&281=1187&282=1190&283=1194&284=1200&285=1203&286=1206&287=1213&288=1217&289=1223&290=1226&291=1230&292=1236&293=1239&294=1242&296=1247&302=1252&303=1258&304=1262&305=1285&307=1291&312=1296&313=1305&317=1338&318=1347&323=1372&324=1383&328=1409&329=1418&330=1421&331=1428&332=1431&333=1439&334=1442&335=1450&336=1454&337=1461&338=1471&341=1474&342=1478&343=1497&344=1539&345=1544&347=1553&348=1556&349=1562&350=1583&351=1588&353=1591&354=1596&356=1601&357=1605&359=1607&360=1611&362=1617&363=1622&364=1627&365=1632&367=1649&369=1654&370=1659&372=1662&373=1667&375=1670&376=1675&378=1678&379=1682&381=1688&382=1692&383=1696&386=1700&387=1703&388=1717&396=1727&397=1730&398=1739&399=1742&400=1751&401=1755&403=1760&404=1763&406=1775&412=1780&413=1787&414=1795&415=1801&417=1806&418=1811&420=1814&421=1816&422=1821&425=1824&431=1832&432=1837&434=1859&435=1863&436=1868&437=1873&439=1888&443=1893&444=1896&445=1900&446=1904&447=1909&448=1914&450=1927&451=1932&454=1935&455=1940'
+debug_info = '6=54&9=56&10=64&11=68&12=72&13=74&14=80&15=94&17=99&23=104&24=120&25=121&26=124&27=134&28=136&29=138&30=141&31=153&32=155&33=157&37=159&38=160&43=162&44=163&45=166&46=170&47=171&48=175&51=177&52=186&54=189&55=191&56=193&58=203&60=208&61=215&62=220&64=223&65=225&66=230&69=233&70=235&71=240&73=248&74=250&75=254&77=259&78=263&79=276&80=278&81=282&84=289&85=294&87=316&88=318&89=320&90=325&93=335&95=339&96=343&98=347&99=349&100=354&103=362&104=366&105=380&106=384&109=388&111=390&113=391&114=393&115=397&116=401&117=403&118=410&119=415&121=418&122=420&123=425&126=428&127=433&129=455&130=459&131=463&132=467&133=474&134=478&136=494&137=498&139=502&140=506&141=511&142=515&145=522&146=526&147=528&148=532&149=539&150=543&152=550&154=555&155=559&156=565&157=568&158=570&159=573&160=587&161=590&162=594&163=596&164=599&165=601&167=606&168=611&171=621&173=627&175=640&177=644&179=650&180=653&182=657&185=664&186=667&187=672&188=676&189=698&190=701&191=705&192=711&193=714&194=718&195=722&196=725&197=728&198=734&199=736&200=737&201=741&202=746&203=750&205=767&207=774&208=777&209=780&210=786&211=792&212=795&213=798&214=811&215=814&216=820&217=822&218=826&219=832&220=836&222=854&224=862&225=865&226=869&227=891&228=894&229=898&230=904&231=910&232=913&233=917&234=919&235=922&236=926&237=930&238=934&239=937&240=940&241=947&242=951&243=957&244=960&245=964&246=970&247=973&249=978&250=990&251=992&252=995&253=999&254=1005&255=1008&256=1013&257=1032&258=1035&259=1037&260=1040&261=1048&262=1051&263=1053&264=1056&265=1066&266=1069&267=1071&268=1074&269=1110&270=1113&271=1118&272=1137&273=1140&274=1144&275=1156&276=1159&277=1163&278=1171&279=1174&280=1178&281=1182&282=1185&283=1188&284=1190&285=1194&286=1200&287=1203&288=1207&289=1213&290=1216&291=1219&292=1226&293=1230&294=1236&295=1239&296=1243&297=1249&298=1252&299=1255&301=1260&307=1265&308=1271&309=1275&310=1298&312=1304&317=1309&318=1318&322=1351&323=1360&328=1385&329=1396&333=1422&334=1431&335=1434&336=1441&337=1444&338=1452&339=1455&340=1463&341=1467&342=1474&343=1484&346=1487&347=1491&348=1510&349=1552&350=1557&352=1566&353=1569&354=1575&355=1596&356=1601&358=1604&359=1609&361=1614&362=1618&364=1620&365=1624&367=1630&368=1635&369=1640&370=1645&372=1662&374=1667&375=1672&377=1675&378=1680&380=1683&381=1688&383=1691&384=1695&386=1701&387=1705&388=1709&391=1713&392=1716&393=1730&401=1740&402=1743&403=1752&404=1755&405=1764&406=1768&408=1773&409=1776&411=1788&417=1793&418=1800&419=1808&420=1814&422=1819&423=1824&425=1827&426=1829&427=1834&430=1837&436=1845&437=1850&439=1872&440=1876&441=1881&442=1886&444=1901&448=1906&449=1909&450=1913&451=1917&452=1922&453=1927&455=1940&456=1945&459=1948&460=1953'
