@@ -1,0 +1,99 @@
+"""Issue 12 item 3 ("no max_steps cliff") for WIDE structures: one node holding n states.
+
+Rows (``--rows``):
+
+* ``attr``  -- n Param attributes ``p0 .. p{n-1}`` on one node;
+* ``dict``  -- ``b.d = {"k<i>": Param}``;
+* ``list``  -- ``b.l = [Param, ...]``;
+* ``mixed`` -- ``b.l`` a list of n small containers (a list of one Param repeated 1-3 times,
+  or a dict of one Param): not a run of states (still unrolled, declined past max_steps).
+
+Per row and size, in this process, side by side: whether the second ``sg.flatten`` is a
+cache hit (specialized), the compile seconds of a fresh cache (``cache_info()["compile_seconds"]``
+after the first two flattens and one update: min of the cold repeats), and the time per call
+of ``sg.flatten`` and ``specgraph.generic.flatten`` of the same object, and of ``sg.update``
+and ``specgraph.generic.update`` (interleaved rounds, min). Usage::
+
+    python benchmarks/wide_cliffs.py [--rows attr dict list mixed] [--sizes 5000 30000 100000]
+                                     [--repeats R] [--cold C]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+import specgraph as sg
+import specgraph.generic as generic
+
+
+class Bag(sg.Node):
+    pass
+
+
+def make(mode: str, n: int) -> Bag:
+    b = Bag()
+    if mode == "attr":
+        for i in range(n):
+            setattr(b, f"p{i}", sg.Param(np.float32(i)))
+    elif mode == "dict":
+        b.d = {f"k{i}": sg.Param(np.float32(i)) for i in range(n)}
+    elif mode == "list":
+        b.l = [sg.Param(np.float32(i)) for i in range(n)]
+    elif mode == "mixed":
+        b.l = [[sg.Param(np.float32(i))] * (1 + i % 3) if i % 2
+               else {"a" + str(i % 7): sg.Param(np.float32(i))} for i in range(n)]
+    else:
+        raise SystemExit(f"unknown row {mode!r}")
+    return b
+
+
+def best(fn: Callable[[], Any], repeats: int) -> float:
+    out = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out = min(out, time.perf_counter() - t)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", nargs="+", default=["attr", "dict", "list", "mixed"])
+    ap.add_argument("--sizes", nargs="+", type=int, default=[5000, 30000, 100000])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--cold", type=int, default=2)
+    args = ap.parse_args()
+    print("| row | n | specialized | compile s | sg.flatten ms | generic ms | x "
+          "| sg.update ms | generic ms | x |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for mode in args.rows:
+        for n in args.sizes:
+            if mode == "mixed" and n > 30000:
+                continue
+            b = make(mode, n)
+            compile_s = float("inf")
+            for _ in range(args.cold):
+                sg.clear_cache()
+                _, st = sg.flatten(b)
+                sg.flatten(b)
+                sg.update(b, st)
+                compile_s = min(compile_s, sg.cache_info()["compile_seconds"])
+            info = sg.cache_info()
+            hit = info["hits"] == 1 and info["update_hits"] == 1
+            fs = fg = us = ug = float("inf")
+            calls = (lambda b=b: sg.flatten(b), lambda b=b: generic.flatten(b),
+                     lambda b=b, st=st: sg.update(b, st), lambda b=b, st=st: generic.update(b, st))
+            for _ in range(args.repeats):  # interleaved rounds
+                fs, fg, us, ug = (min(t, best(f, 1)) for t, f in zip((fs, fg, us, ug), calls, strict=True))
+            yes = "yes" if hit else "no"
+            print(f"| {mode} | {n} | {yes} | {compile_s:.3f} | {fs * 1e3:.2f} | {fg * 1e3:.2f} "
+                  f"| {fg / fs:.1f} | {us * 1e3:.2f} | {ug * 1e3:.2f} | {ug / us:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
