@@ -83,6 +83,20 @@ class Buffer(sg.State):
     pass
 
 
+class Lazy(sg.State):
+    """A state whose value read is user code (a ``value`` property), logged with the
+    flatten calls: the reference reads it where the walk meets it."""
+
+    @property
+    def value(self) -> Any:
+        LOG.append(("Lazy", -1))
+        return vars(self)["_v"]
+
+    @value.setter
+    def value(self, v: Any) -> None:
+        vars(self)["_v"] = v
+
+
 #: how a link holds the next: its key, and what else it holds (``after``: entries sorting
 #: after the key, so read after the rest of the chain by the reference)
 KINDS: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
@@ -97,7 +111,7 @@ KINDS: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
 
 #: looped at outline_min=2 (the others: not a chain, each answer still the reference's)
 LOOPED = ["next", "z_next", "a_next", "after", "before", "meta", "inner before"]
-UNROLLED = ["meta per link", "inner after", "array"]
+UNROLLED = ["meta per link", "inner after", "array", "lazy after, in a node", "lazy after, deeper"]
 
 
 def cchain(n: int, kind: str = "next") -> Box:
@@ -111,6 +125,10 @@ def cchain(n: int, kind: str = "next") -> Box:
             c.items["zi"] = Inner(1000 + i)
         elif kind == "array":  # a bare array held by a link (written back by set_key)
             c.items["a"] = np.full((2,), i, np.float32)
+        elif kind == "lazy after, in a node":  # user code (a value read) after the next link
+            c.items["z"] = Box(s=Lazy(np.full((1,), i, np.float32)))
+        elif kind == "lazy after, deeper":
+            c.items["z"] = Box(b=Box(s=Lazy(np.full((1,), i, np.float32))))
         c.items[key] = x
         x = c
     return Box(x=x, after=sg.Param(np.ones(1, np.float32)))
@@ -235,8 +253,10 @@ def test_callback_chain_flatten_update_unflatten(impl: Any, kind: str) -> None:
 @pytest.mark.parametrize("kind", UNROLLED)
 def test_callback_chains_not_looped_are_the_reference(impl: Any, kind: str) -> None:
     """Links with metadata of their own, a callback node after the next link (the loop would
-    call it before the next link's flatten), a bare array: not a loop; every answer, and
-    the flatten calls' order, the reference's."""
+    call it before the next link's flatten), a state whose value read is user code after
+    it (held by a node there: the loop would read it before the next link's flatten), a
+    bare array: not a loop; every answer, and the order of the user code's calls, the
+    reference's."""
     m, twin = cchain(12, kind), cchain(12, kind)
     impl.flatten(m)
     (gd, sm), log = _logged(lambda: _flat(impl, m))

@@ -382,11 +382,15 @@ class _Scan:
         # callback node types may be outlined (the unflatten planner's two-phase builders)
         self.callbacks = callbacks or flatten_only
         self.user: set[int] = set()  # outlinable subtrees holding a callback node (user code)
+        # and a state whose value read is user code (a chain's link holding one after its
+        # next link is no ordered loop's: find_chains)
+        self.user_reads: set[int] = set()
         self.with_arrays: set[int] = set()  # outlinable subtrees holding a bare array leaf
         self.last_user = False  # the subtree last scanned holds a callback node
         # and, a chain's link, runs user code after its next link (a callback node, or a
         # state whose value read is user code: a ``value`` property)
         self.last_user_after = False
+        self.last_reads = False  # the subtree last scanned reads a state's value by user code
         self.plain_reads: dict[type, bool] = {}  # state class -> its value read runs no user code
         self.last_arrays = False  # and a bare array leaf
         self.equal = _EqualClasses()
@@ -493,6 +497,7 @@ class _Scan:
         before = True  # not past rec yet
         arrays = False
         user_after = False
+        reads = False
         out: list[int] = []
         tokens: list[Any] = []
         first_after = 0
@@ -528,11 +533,12 @@ class _Scan:
                     lo = slot
                 n += 1
                 last = j
-                if not before and rec >= 0:
-                    plain = self.plain_reads.get(tt)
-                    if plain is None:
-                        plain = self.plain_reads[tt] = plain_state_reads(tt)
-                    if not plain:
+                plain = self.plain_reads.get(tt)
+                if plain is None:
+                    plain = self.plain_reads[tt] = plain_state_reads(tt)
+                if not plain:
+                    reads = True
+                    if not before:
                         user_after = True
                 if st[3]:  # its metadata
                     token = ("S", id(tt), _meta_key(st) if by_value else _meta_names(st), token[3])
@@ -558,6 +564,10 @@ class _Scan:
                         start = j
                 if j in self.user:
                     user = True
+                    if not before:
+                        user_after = True
+                if j in self.user_reads:  # (a state below it: read where the walk meets it)
+                    reads = True
                     if not before:
                         user_after = True
                 if j in self.with_arrays:
@@ -619,6 +629,7 @@ class _Scan:
                 return None  # an array leaf (in a chain's link), or another edge
         self.last_user = user
         self.last_user_after = user_after
+        self.last_reads = reads
         self.last_arrays = arrays
         if rec < 0:
             return tuple(tokens), (lo, n, last - i + 1)  # (of a node only)
@@ -657,6 +668,8 @@ def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_type
         t = spec[1]
         if sc.last_user:
             sc.user.add(i)
+        if sc.last_reads:
+            sc.user_reads.add(i)
         if sc.last_arrays:
             sc.with_arrays.add(i)
         nk = None if spec[6] is None and spec[5] is None and sc.node_kinds.get(t) != 3 \
