@@ -118,7 +118,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                                   user=True, ordered=True) if outline_min > 0 else {}
         # Chains of nested containers of one link shape (``x = [x, State(...)]``): a loop too.
         self.container_chains = find_container_chains(
-            gd, max(2, outline_min), self.witnessed, self.shared_types, self.shapes
+            gd, max(2, outline_min), self.witnessed, self.shared_types, self.shapes, ordered=True
         ) if outline_min > 0 else {}
         self._rec_edge: Any = None  # planning a container chain's link: the next link's edge
         self._rec = -1  # planning a chain's link: the next link's index, not planned

@@ -737,8 +737,10 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
     reads a link whole before the next: its entries after the next link too, where the
     reference reads them after the rest of the chain): a link calling user code runs none
     after its next link (no callback node there, no state whose value read is user code),
-    so the loop calls it in the reference's order. (The flatten's update keeps, per link,
-    what its writes name instead of loading the link again: ``chain_loop``'s ``kept``.)"""
+    so the loop calls it in the reference's order; and a link of any class reads no state's
+    value by user code there (a ``value`` property: the loop would read the links' in
+    reverse order of the reference's). (The flatten's update keeps, per link, what its
+    writes name instead of loading the link again: ``chain_loop``'s ``kept``.)"""
     table = gd.table
     sc = shapes.scan if shapes.scan is not None else _Scan(gd, witnessed, shared_types)
     refs = sc.refs
@@ -759,7 +761,7 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
         if rec < 0:
             continue
         got = sc.scan(spec, rec)
-        if got is None or (sc.last_user and (not user or (ordered and sc.last_user_after))):
+        if got is None or (sc.last_user and not user) or (ordered and sc.last_user_after):
             continue  # (a link calling user code: not asked for, or after its next link)
         tokens, (lb, nb, eb, la, na, ea, nea) = got
         node_key = sc.node_key_of.get(i, _REC)  # (find_shapes made it, with this scan's classes)
@@ -805,7 +807,7 @@ def _regular(run: list[Link], containers: bool = False) -> bool:
 
 
 def find_container_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types: set[type],
-                          shapes: Shapes) -> dict[int, Chain]:
+                          shapes: Shapes, ordered: bool = False) -> dict[int, Chain]:
     """Chains of at least ``min_links`` nested containers of one link shape: a list, tuple
     or dict (str keys) whose one child of its own type and length (keys) is the next link,
     its other children what an outlined subtree may hold (``x = [x, State(...)]`` ten
@@ -843,8 +845,8 @@ def find_container_chains(gd: GraphDef, min_links: int, witnessed: set[int], sha
         if rec < 0:
             continue
         got = sc.scan_children(e.children, rec, -1)
-        if got is None or sc.last_user:
-            continue
+        if got is None or sc.last_user or (ordered and sc.last_user_after):
+            continue  # (``ordered``: as find_chains')
         tokens, (lb, nb, eb, neb, la, na, ea, nea) = got
         key = (id(p), e.keys if p is dict else len(e.children), rec, tokens)
         lid = interned.setdefault(key, len(interned))
