@@ -6,7 +6,14 @@ the reference walker."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from fuzz_outline import fuzz
+
+HERE = Path(__file__).resolve().parent
 
 
 def test_outline_fuzz_agrees_with_the_reference_and_is_served_by_outlined_code() -> None:
@@ -25,3 +32,15 @@ def test_outline_fuzz_agrees_with_the_reference_and_is_served_by_outlined_code()
     # chains of nested callback layers: served by a loop calling their flatten (its calls
     # checked against the reference's, in order)
     assert counts["flatten_cbchain_outlined"] > 0 and counts["update_cbchain_outlined"] > 0, counts
+
+
+def test_a_seed_replays_the_same_callback_chain_in_every_process() -> None:
+    """The callback chain of a case is drawn from a generator seeded from the case's (its
+    hash): the same in every process, or the tallies above and a failing seed's replay
+    would depend on the run (the hash of a state holding ``None`` was its address)."""
+    code = ("import random, fuzz_outline as f; s = f._side(random.Random(5)); "
+            "print([s.random() for _ in range(3)])")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE.parent), str(HERE)])}
+    runs = {subprocess.run([sys.executable, "-c", code], cwd=HERE, env=env, capture_output=True,
+                           text=True, check=True).stdout for _ in range(2)}
+    assert len(runs) == 1, runs
