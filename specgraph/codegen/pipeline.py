@@ -286,7 +286,7 @@ def _outlined_units(kind: str, plan: FlattenPlan, context: dict[str, Any], units
             loops[f"each_loop{i}"] = i
     for view in views:
         key, keep = shared.unit_key(flags, plan.epoch, view, consts.namespace, consts.attributes, keys)
-        keys[view.name] = key
+        keys[view.name] = shared.callee_token(key)  # (its callers' keys name it by a token)
         unit = units.lookup(key)
         if unit is None:
             try:
@@ -345,7 +345,7 @@ def _unflatten_units(plan: UnflattenPlan, steps: list[Step], units: Units) -> li
             calls[view.name] = (i, call)
     for view in views:
         key, keep = shared.unit_key(flags, plan.epoch, view, consts.namespace, consts.attributes, keys)
-        keys[view.name] = key
+        keys[view.name] = shared.callee_token(key)  # (its callers' keys name it by a token)
         unit = units.lookup(key)
         if unit is None:
             try:

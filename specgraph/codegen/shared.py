@@ -62,6 +62,7 @@ model built again), which a strong entry serves.
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 from collections import OrderedDict
@@ -75,7 +76,7 @@ from .._sameness import aux_data
 from .naming import Item, Literal, Splice, StateValue
 from .ops import Step
 
-__all__ = ["MAX_UNITS", "Unit", "clear", "info", "lookup", "store", "unit_key"]
+__all__ = ["MAX_UNITS", "Unit", "callee_token", "clear", "info", "lookup", "store", "unit_key"]
 
 #: units kept (least recently used dropped first)
 MAX_UNITS = 256
@@ -180,6 +181,29 @@ def unit_key(flags: dict[str, Any], epoch: int, view: Any, namespace: dict[str, 
     return (tuple(sorted(flags.items())), epoch, body), c.keep
 
 
+#: a unit key -> its token (callee_token); a token is never given to another key
+_tokens: dict[Any, int] = {}
+_token_numbers = itertools.count()
+
+
+def callee_token(key: Any) -> tuple[str, int]:
+    """The unit key ``key`` as the keys of the functions calling it name it: a token, one
+    per distinct key, never reused. (Naming the callee's whole key instead nested each
+    caller's key around every callee's, once per place that names it: a shape nesting
+    another shape nesting another ... made keys whose hash and comparison cost doubled per
+    level of nesting: two chains of 16 and 18 nested links, outlined, took seconds to
+    compile, of 30 minutes.) Bounded: past ``4 * MAX_UNITS`` keys the table starts again
+    (a key met again gets a new token: its callers' units are then built again, never
+    mistaken for another's)."""
+    with _lock:
+        n = _tokens.get(key)
+        if n is None:
+            if len(_tokens) >= 4 * MAX_UNITS:
+                _tokens.clear()
+            n = _tokens[key] = next(_token_numbers)
+        return ("k", n)
+
+
 def lookup(key: Any, count: bool = True) -> Unit | None:
     """The unit of ``key`` (counted as reused unless ``count`` is false: ``explain``
     rebuilding a structure's code binds its units again without using them), or ``None``."""
@@ -211,6 +235,7 @@ def clear() -> None:
     """Drop every unit and zero the counters (``clear_cache``)."""
     with _lock:
         _units.clear()
+        _tokens.clear()
         _counts["built"] = _counts["reused"] = 0
 
 
