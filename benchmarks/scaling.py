@@ -5,7 +5,8 @@ Usage::
     python benchmarks/scaling.py [--quick] [--sweeps mlp widebag deepchain]
                                  [--systems specgraph generic ...] [--max-n N]
                                  [--out DIR | --save] [--no-plot]
-    python benchmarks/scaling.py --bar [--quick] [--repeats R] [--target-ms T] [--out DIR | --save]
+    python benchmarks/scaling.py --bar [--quick] [--one-process] [--repeats R] [--target-ms T]
+                                       [--out DIR | --save]
 
 Sweeps:
 
@@ -29,10 +30,11 @@ log-log plot ``DIR/scaling.png`` (per-call times on the top row of panels, the
 once-per-structure codegen time on a row of its own below); ``--save`` writes them
 into ``benchmarks/results/``, the tracked results (the README embeds that plot).
 
-``--bar`` runs issue 12's bar instead of the sweeps, in this process, side by side,
-min of the repeats (compiles: up to 5 cold ones; per-call times: 20 interleaved rounds of
-2 ms unless --repeats/--target-ms say otherwise; --quick: 3 and 7), and prints one table
-(measured / bar / met):
+``--bar`` runs issue 12's bar instead of the sweeps: each row in a fresh child process
+(``--one-process``: all in this one; the heap a process has built up moves per-call
+times), the systems of a row side by side, min of the repeats (compiles: up to 5 cold
+ones; per-call times: 20 interleaved rounds of 2 ms unless --repeats/--target-ms say
+otherwise; --quick: 3 and 7), and prints one table (measured / bar / met):
 
 * compile seconds (``sg.cache_info()["compile_seconds"]`` after the first flatten of a
   fresh cache: the flatten and update functions) of MLP-1 000, MLP-10 000 and a
@@ -532,47 +534,67 @@ class Bar:
     def skip(self, measure: str, bar: str, why: str) -> None:
         self.rows.append({"measure": measure, "measured": why, "bar": bar, "met": None})
 
-    def run(self) -> None:
-        compiles = [("MLP-1 000", "mlp", 1000, 1000, 100), ("MLP-10 000", "mlp", 10000, 10000, 300),
-                    (f"{BAR_BLOCKS}-block transformer-like stack", "stack", BAR_BLOCKS, 11 * BAR_BLOCKS, 100)]
-        infos: dict[str, dict[str, Any]] = {}
-        for label, shape, n, nodes, bar_ms in compiles:
-            why = self.why_not(nodes)
-            if why:
-                self.skip(f"compile, {label}", f"≤ {bar_ms:g} ms", why)
-            else:
-                infos[label] = self.compile_row(label, shape, n, bar_ms)
-        for n in (10000, 100000):
-            why = self.why_not(n)
-            if why:
-                self.skip(f"MLP-{_thousands(n)} specialized", "yes", why)
-            else:
-                self.specialized_row(n, infos.get(f"MLP-{_thousands(n)}"))
-        for n in BAR_MLP_SIZES:
-            why = self.why_not(n)
-            if why:
-                bar = "≤ 1.1x" if n == 32 else "≤ 1.3x"
-                self.skip(f"flatten / tree_flatten, MLP-{_thousands(n)}", bar, why)
-            else:
-                self.ratio_row(n)
-        why = self.why_not(BAR_CHAIN)
-        if why:
-            self.skip(f"chain of {_thousands(BAR_CHAIN)} nodes: generic / flatten", "specialized, ≥ 10x", why)
-        else:
-            self.chain_row(BAR_CHAIN)
+    def plan(self) -> list[tuple[str, str, int, str, tuple[Any, ...]]]:
+        """The bar's rows in order: ``(measure, bar, size, method, args)``; ``size`` (layers
+        or nodes) is what ``--max-n`` / ``--quick`` compare."""
+        stack = f"{BAR_BLOCKS}-block transformer-like stack"
+        rows: list[tuple[str, str, int, str, tuple[Any, ...]]] = [
+            ("compile, MLP-1 000", "≤ 100 ms", 1000, "compile_row", ("MLP-1 000", "mlp", 1000, 100)),
+            ("compile, MLP-10 000", "≤ 300 ms", 10000, "compile_row", ("MLP-10 000", "mlp", 10000, 300)),
+            (f"compile, {stack}", "≤ 100 ms", 11 * BAR_BLOCKS, "compile_row",
+             (stack, "stack", BAR_BLOCKS, 100)),
+        ]
+        rows += [(f"MLP-{_thousands(n)} specialized", "yes", n, "specialized_row", (n,))
+                 for n in (10000, 100000)]
+        rows += [(f"flatten / tree_flatten, MLP-{_thousands(n)}", "≤ 1.1x" if n == 32 else "≤ 1.3x", n,
+                  "ratio_row", (n,)) for n in BAR_MLP_SIZES]
+        rows.append((f"chain of {_thousands(BAR_CHAIN)} nodes: generic / flatten", "specialized, ≥ 10x",
+                     BAR_CHAIN, "chain_row", (BAR_CHAIN,)))
         # Extra rows, not the bar's: the unflatten gets the same treatment (outlined).
         for shape, n in [("mlp", 100), ("mlp", 1000), ("mlp", 10000), ("mlp", 100000), ("chain", BAR_CHAIN)]:
-            why = self.why_not(n)
             label = f"unflatten, {'MLP' if shape == 'mlp' else 'chain'}-{_thousands(n)} (extra row)"
+            rows.append((label, "—", n, "unflatten_row", (shape, n)))
+        return rows
+
+    def run(self) -> None:
+        """Every row, each in a fresh child process unless ``--one-process``: per-call times
+        depend on the heap a process has built up (measured: the chain row's sg.flatten took
+        2.5 ms alone and 7.1 ms after the rows before it, at two commits alike), so a row
+        measured after others reports that history as much as the code."""
+        for i, (measure, bar, n, method, args) in enumerate(self.plan()):
+            why = self.why_not(n)
             if why:
-                self.skip(label, "—", why)
+                self.skip(measure, bar, why)
+            elif self.args.one_process:
+                getattr(self, method)(*args)
             else:
-                self.unflatten_row(shape, n)
+                self.rows.extend(self._child(i, measure, bar))
         self._objects.clear()
+
+    def run_row(self, i: int) -> None:
+        """In the child process: row ``i`` of :meth:`plan`, its rows as JSON lines on stdout."""
+        _, _, _, method, args = self.plan()[i]
+        getattr(self, method)(*args)
+        for row in self.rows:
+            print(json.dumps(row, default=repr), flush=True)
+
+    def _child(self, i: int, measure: str, bar: str) -> list[dict[str, Any]]:
+        a = self.args
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_bar_row", str(i),
+               "--repeats", str(a.repeats), "--target-ms", str(a.target_ms)]
+        cmd += ["--quick"] if a.quick else []
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+        rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+        if proc.returncode != 0 or not rows:
+            why = f"child process failed (rc={proc.returncode}; its stderr is above)"
+            _progress(f"  {measure}: {why}")
+            return [{"measure": measure, "measured": why, "bar": bar, "met": False}]
+        return rows
 
     def table(self) -> str:
         a = self.args
-        lines = [f"### issue 12 bar: one process; compile: min of {self.compile_repeats} cold compiles; "
+        where = "one process" if a.one_process else "a fresh process per row, its systems side by side"
+        lines = [f"### issue 12 bar: {where}; compile: min of {self.compile_repeats} cold compiles; "
                  f"per-call times: min of {a.repeats} interleaved rounds of ≈ {a.target_ms:g} ms", "",
                  "| measure | measured | bar | met |", "|---|---:|---:|---|"]
         for r in self.rows:
@@ -591,6 +613,19 @@ class Bar:
         ran = sum(1 for r in self.rows if r["met"] is not None)
         lines.append(f"{met} of {ran} measured rows meet the bar.")
         return "\n".join(lines) + "\n"
+
+
+def bar_row(argv: Sequence[str]) -> int:
+    """Child process of ``--bar``: one row, JSON lines out."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--_bar_row", type=int, dest="row")
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--target-ms", type=float)
+    p.add_argument("--quick", action="store_true")
+    a = p.parse_args(argv)
+    a.max_n, a.one_process = None, True
+    Bar(a).run_row(a.row)
+    return 0
 
 
 def run_bar(args: argparse.Namespace) -> int:
@@ -686,6 +721,8 @@ def main(argv: Sequence[str] | None = None, prog: str = "python benchmarks/scali
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--_worker" in argv:
         return worker(argv)
+    if "--_bar_row" in argv:
+        return bar_row(argv)
     bench = load_bench()
     p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="sizes up to 1000, short repeats")
@@ -700,6 +737,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "python benchmarks/scali
     p.add_argument("--no-plot", action="store_true", help="with --out/--save: no scaling.png")
     p.add_argument("--bar", action="store_true",
                    help="print issue 12's bar table (measured / bar / met) instead of the sweeps")
+    p.add_argument("--one-process", action="store_true",
+                   help="with --bar: every row in this process, one after the other (default: a child "
+                        "process per row)")
     args = p.parse_args(argv)
     if args.bar:
         # Many short interleaved rounds: on a loaded machine a few long ones left the min
