@@ -13,7 +13,11 @@ Rows (``--rows``):
                   after the next link (keys ``a_next``, ``z_cb``);
 * ``pt-list`` -- n ``sg.Node`` layers each holding two Params in a list (``p = [w, b]``);
 * ``nt``      -- the same, in a ``collections.namedtuple`` (``p = WB(w, b)``);
-* ``pytree``  -- the same, in a class registered with ``jax.tree_util.register_pytree_node_class``.
+* ``pytree``  -- the same, in a class registered with ``jax.tree_util.register_pytree_node_class``;
+* ``idx``     -- n ``sg.Node`` Linear layers each holding its index as a static (``idx = i``):
+                 n shapes differing only in one int;
+* ``period``  -- the same with ``idx = i % 3``: three shapes, alternating in the list;
+* ``nt-arr``  -- n layers each holding a namedtuple of a bare array and a Param.
 
 Per row and size, in this process, side by side: whether the second ``sg.flatten`` is a
 cache hit (specialized) and served by outlined code, the compile seconds of a fresh cache
@@ -30,7 +34,7 @@ and it grows with the heap, so the "gc off" columns are the generated code's own
 Usage::
 
     python benchmarks/outline_cliffs.py [--rows cb-mlp cb-one arrays deep cb-chain cb-after pt-list
-                                         nt pytree]
+                                         nt pytree idx period nt-arr]
                                         [--sizes 1000 10000] [--repeats R] [--cold C]
 """
 
@@ -76,6 +80,14 @@ class Linear(sg.Node):
         self.w = sg.Param(np.full((8, 8), seed, np.float32))
         self.b = sg.Param(np.full((8,), seed, np.float32))
         self.act = "relu"
+
+
+class IdxLinear(Linear):
+    """A ``Linear`` holding a static of its own (a layer index, a tag)."""
+
+    def __init__(self, seed: float, idx: int) -> None:
+        super().__init__(seed)
+        self.idx = idx
 
 
 class ArrLinear(sg.Node):
@@ -150,6 +162,9 @@ ROWS: dict[str, Callable[[int], Any]] = {
     "pt-list": lambda n: Model(layers=[PtLinear(float(i), lambda a, b: [a, b]) for i in range(n)]),
     "nt": lambda n: Model(layers=[PtLinear(float(i), WB) for i in range(n)]),
     "pytree": lambda n: Model(layers=[PtLinear(float(i), Pair) for i in range(n)]),
+    "idx": lambda n: Model(layers=[IdxLinear(float(i), i) for i in range(n)]),
+    "period": lambda n: Model(layers=[IdxLinear(float(i), i % 3) for i in range(n)]),
+    "nt-arr": lambda n: Model(layers=[PtLinear(float(i), lambda a, b: WB(a.value, b)) for i in range(n)]),
 }
 
 
