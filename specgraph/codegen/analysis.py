@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from .._ir import GraphDef
 
-__all__ = ["structure_memo"]
+__all__ = ["kept", "structure_memo"]
 
 _T = TypeVar("_T")
 
@@ -43,3 +43,18 @@ def structure_memo(gd: GraphDef, name: str, compute: Callable[[GraphDef], _T]) -
     except KeyError:
         value = facts[name] = compute(gd)
         return value
+
+
+def kept(gd: GraphDef) -> dict[str, Any] | None:
+    """The dict :func:`structure_memo` keeps for ``gd`` (and equal GraphDefs), made if
+    needed; ``None`` when ``gd`` cannot be hashed. What a planner puts in it must read the
+    structure only, or say which GraphDef and classes it was made from, for a reader to
+    check (see ``shapes.find_shapes``)."""
+    try:
+        with _lock:
+            facts = _memo.get(gd)
+            if facts is None:
+                facts = _memo[gd] = {}
+    except TypeError:
+        return None
+    return facts

@@ -82,7 +82,7 @@ from .._ir import (
     treedef_type,
 )
 from .._sameness import VALUE_TYPE_IDS, VALUE_TYPES, aux_data, is_value_sig, key_sig, match_mode, value_sig
-from .analysis import structure_memo
+from .analysis import kept, structure_memo
 from .classfacts import plain_metaclass, plain_state_reads
 
 __all__ = ["Chain", "Link", "Shape", "Shapes", "edge_refs", "find_chains", "find_container_chains",
@@ -650,20 +650,91 @@ def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_type
     arrays (the unflatten planner's two-phase builders: see unflatten_plan.py)."""
     if outline_min <= 0:
         return Shapes({}, {}, {})
-    table = gd.table
     sc = _Scan(gd, witnessed, shared_types, foreign, by_value, flatten_only, callbacks)
+    facts = kept(gd)
+    known = None
+    if facts is not None and foreign and not by_value and not flatten_only:
+        known = facts.get(_FLATTEN_SCAN)
+        if known is not None and not _derivable(sc, known):
+            known = None
+    try:
+        out = _find_shapes(gd, outline_min, sc, known)
+    except _NotDerived:
+        sc = _Scan(gd, witnessed, shared_types, foreign, by_value, flatten_only, callbacks)
+        out = _find_shapes(gd, outline_min, sc, None)
+    if facts is not None and foreign and by_value and flatten_only:
+        facts[_FLATTEN_SCAN] = sc  # (for the unflatten planner's scan of this GraphDef)
+    return out
+
+
+#: Where :func:`find_shapes` keeps the flatten planner's scan of a GraphDef (``kept``).
+_FLATTEN_SCAN = "flatten_scan"
+
+
+class _NotDerived(Exception):
+    """A node the known scan outlines but this one does not (cannot be: a safety net)."""
+
+
+def _derivable(sc: _Scan, known: _Scan) -> bool:
+    """Whether the unflatten's scan ``sc`` (structure only: ``by_value=False``, no bare
+    arrays) may take its outcome per node from ``known``, the flatten planner's scan of the
+    very same GraphDef (``flatten_only``, by value), when every class ``known`` read reads
+    the same now. Then a node is outlinable here exactly when it is there, holds no bare
+    array, and holds no callback node unless ``sc.callbacks``; and two nodes of one key
+    there have one key here (every part of this key is a function of that one's: a
+    static's kind of its sig, a state's metadata names of its metadata, a node's number of
+    bookkeeping fields of their values, a callback node's spelled keys of its guarded keys,
+    a child's sid of its sid; the witnessed and shared sets only split keys there)."""
+    if known.table is not sc.table or not known.flatten_only or not known.foreign or not known.by_value:
+        return False
+    for t, kind in known.node_kinds.items():
+        if sc.node_kind(t) != (0 if kind == 3 and not sc.callbacks else kind):
+            return False
+    for tt, (token, check) in known.state_facts.items():
+        now, check_now = sc.state_class(tt)
+        if (now is None) != (token is None) or check_now is not check:
+            return False
+    return True
+
+
+def _find_shapes(gd: GraphDef, outline_min: int, sc: _Scan, known: _Scan | None) -> Shapes:
+    """:func:`find_shapes` with the scan ``sc``; ``known``: a scan it may derive from (see
+    :func:`_derivable`): only one node per key of ``known`` is scanned, the others take
+    that node's key and their own size from ``known``."""
+    table = gd.table
     interned: dict[Any, int] = {}
     key_of, size, node_key_of = sc.key_of, sc.size, sc.node_key_of
     counts: dict[int, list[int]] = {}
     scan, equal = sc.scan, sc.equal
+    by_value, witnessed, shared_types = sc.by_value, sc.witnessed, sc.shared_types
+    derived: dict[int, int] = {}  # known's sid -> sid
+    if known is not None:
+        kkey, ksize, karrays, kuser = known.key_of, known.size, known.with_arrays, known.user
+        user_ok = sc.callbacks
     for i in range(len(table) - 1, -1, -1):
         spec = table[i]
         if type(spec) is not NodeSpec:
             continue
+        if known is not None:
+            f = kkey.get(i)
+            if f is None or i in karrays or (not user_ok and i in kuser):
+                continue
+            sid = derived.get(f)
+            if sid is not None:
+                size[i] = ksize[i]
+                if i in kuser:
+                    sc.user.add(i)
+                key_of[i] = sid
+                counts[sid].append(i)
+                continue
         got = scan(spec)
         if got is None:
+            if known is not None:
+                raise _NotDerived
             continue
         tokens, where = got
+        if known is not None and (where != ksize[i] or sc.last_arrays or sc.last_user != (i in kuser)):
+            raise _NotDerived
         size[i] = cast(tuple[int, int, int], where)  # (first slot, slots, entries): no rec
         t = spec[1]
         if sc.last_user:
@@ -683,6 +754,8 @@ def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_type
             counts[sid] = [i]
         else:
             occ.append(i)
+        if known is not None:
+            derived[f] = sid
     refs = sc.refs
     root = gd.root.index if type(gd.root) is NodeEdge else -1
     shapes: dict[int, Shape] = {}
