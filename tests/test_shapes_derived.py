@@ -8,11 +8,14 @@ cycles, one occurrence changed), and NNX and BrainState models."""
 
 from __future__ import annotations
 
+import gc
 import random
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -129,3 +132,33 @@ def test_a_dispatched_unflatten_derives_its_scan_from_the_flatten(monkeypatch: p
     assert sg.cache_info()["compiled_unflattens"] == 1
     # One Linear scanned for the 200 of one key, and the MLP itself: not every node.
     assert 0 < len(scanned) <= 5, scanned
+
+
+class _Head(sg.Node):
+    def __init__(self) -> None:
+        self.w = sg.Param(np.ones(2, np.float32))
+
+    def score(self, x: Any) -> Any:
+        return x
+
+
+class _Model(sg.Node):
+    def __init__(self) -> None:
+        self.heads = [_Head() for _ in range(4)]
+        self.cb = self.heads[0].score  # a static reaching a node: the caches hold it weakly
+
+
+def test_the_kept_scan_of_an_equal_graphdef_does_not_keep_the_users_objects_alive() -> None:
+    m = _Model()
+    sg.flatten(m)
+    gd, _ = sg.flatten(m)  # compiled from a twin of gd (the bound method held weakly)
+    (key,) = [k for k in analysis._memo.keys() if k == gd]
+    assert key is not gd and shapes._FLATTEN_SCAN in analysis._memo[key]
+    del key
+    plan_flatten(gd, NO_LIMIT, 2)  # (as explain does) planned from the user's own GraphDef
+    plan_unflatten(gd, NO_LIMIT, 2)
+    assert analysis.kept(gd) is None  # the memo entry is the twin's: nothing of gd kept there
+    alive = weakref.ref(m.heads[0])
+    del m, gd, _
+    gc.collect()
+    assert alive() is None, "a kept scan held the user's GraphDef's statics"

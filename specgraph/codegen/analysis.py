@@ -35,7 +35,7 @@ def structure_memo(gd: GraphDef, name: str, compute: Callable[[GraphDef], _T]) -
         with _lock:
             facts = _memo.get(gd)
             if facts is None:
-                facts = _memo[gd] = {}
+                facts = _memo[gd] = {_OWNER: weakref.ref(gd)}
     except TypeError:
         return compute(gd)
     try:
@@ -46,15 +46,20 @@ def structure_memo(gd: GraphDef, name: str, compute: Callable[[GraphDef], _T]) -
 
 
 def kept(gd: GraphDef) -> dict[str, Any] | None:
-    """The dict :func:`structure_memo` keeps for ``gd`` (and equal GraphDefs), made if
-    needed; ``None`` when ``gd`` cannot be hashed. What a planner puts in it must read the
-    structure only, or say which GraphDef and classes it was made from, for a reader to
-    check (see ``shapes.find_shapes``)."""
+    """A dict of things kept for this very GraphDef for as long as it lives, or ``None``
+    (``gd`` cannot be hashed, or the memo of its structure was made for another, equal,
+    GraphDef: what is kept may hold ``gd``'s own objects, which must not live as long as
+    another GraphDef). What is kept may read more than the structure: it must say which
+    classes it read, for a reader to check (see ``shapes.find_shapes``)."""
     try:
         with _lock:
             facts = _memo.get(gd)
             if facts is None:
-                facts = _memo[gd] = {}
+                facts = _memo[gd] = {_OWNER: weakref.ref(gd)}
     except TypeError:
         return None
-    return facts
+    return facts if facts[_OWNER]() is gd else None
+
+
+#: The GraphDef a memo entry was made for (weakly): the key equal GraphDefs find it under.
+_OWNER = "owner"
