@@ -247,20 +247,47 @@ def unflatten_runs_no_user_code(gd: GraphDef, impls: dict[int, Any]) -> bool:
     ``__new__``, ``__setattr__``, ``value`` or ``_metadata``. Each distinct class is
     read once.
     """
-    passed: set[tuple[int, bool]] = set()  # (id(class), is a node), as in flatten_runs_no_user_code
-    for spec in gd.table:
-        t = spec.type
-        is_node = type(spec) is NodeSpec
-        if is_node and not impls[spec.index].is_builtin_node:
+    for t, is_node, i in _classes(gd):  # (each distinct class once)
+        if is_node and not impls[i].is_builtin_node:
             return False
-        if (id(t), is_node) in passed:
-            continue
         if type(t) is not type or not _std_dict(t):
             return False
         if not is_node and (defines(t, "__new__") or defines(t, "__setattr__") or _own_value_or_metadata(t)):
             return False
-        passed.add((id(t), is_node))
     return plain_containers(gd)
+
+
+def _classes(gd: GraphDef) -> list[tuple[type, bool, int]]:
+    """Each distinct (class, is a node) of the table once, with the index it first sits at,
+    in table order. Kept per GraphDef (``structure_memo``; equal GraphDefs have the very same
+    classes; never mutate it)."""
+    return structure_memo(gd, "classes", _distinct_classes)
+
+
+def _distinct_classes(gd: GraphDef) -> list[tuple[type, bool, int]]:
+    seen: set[tuple[int, bool]] = set()
+    out: list[tuple[type, bool, int]] = []
+    for spec in gd.table:
+        t = spec[1]
+        k = (id(t), type(spec) is NodeSpec)
+        if k not in seen:
+            seen.add(k)
+            out.append((t, k[1], spec[2]))
+    return out
+
+
+def _state_names_str(gd: GraphDef) -> bool:
+    """Every state's metadata names are exact str (``structure_memo``)."""
+    return structure_memo(gd, "state_names_str", _all_state_names_str)
+
+
+def _all_state_names_str(gd: GraphDef) -> bool:
+    for spec in gd.table:
+        if type(spec) is StateSpec:
+            for k, _ in spec[3]:
+                if type(k) is not str:
+                    return False
+    return True
 
 
 def unflatten_order_free(gd: GraphDef, impls: dict[int, Any], no_user_code: bool | None = None,
@@ -292,23 +319,16 @@ def unflatten_order_free(gd: GraphDef, impls: dict[int, Any], no_user_code: bool
     if no_user_code is None:
         no_user_code = unflatten_runs_no_user_code(gd, impls)
     if no_user_code:
-        nodes = {id(spec.type): spec.type for spec in gd.table if type(spec) is NodeSpec}
-        return not any(defines(t, "__getattribute__") for t in nodes.values())
-    passed: set[tuple[int, bool]] = set()
-    for spec in gd.table:
-        t = spec.type
-        is_node = type(spec) is NodeSpec
-        if type(spec) is StateSpec and not all(type(k) is str for k, _ in spec.metadata):
-            return False
-        if (id(t), is_node) in passed:
-            continue
-        if callbacks and is_node and _callback_node(impls[spec.index]):
-            passed.add((id(t), is_node))  # (its class is never read: only its callbacks run)
-            continue
+        return not any(is_node and defines(t, "__getattribute__") for t, is_node, _ in _classes(gd))
+    if not _state_names_str(gd):
+        return False
+    for t, is_node, i in _classes(gd):  # (each distinct class once)
+        if callbacks and is_node and _callback_node(impls[i]):
+            continue  # (its class is never read: only its callbacks run)
         if not plain_metaclass(t) or not _std_dict(t) or defines(t, "__getattribute__"):
             return False
         if is_node:
-            impl = impls[spec.index]
+            impl = impls[i]
             if not impl.is_builtin_node and not _adapter_dict_node(impl.dict_node):
                 return False
         else:
@@ -320,7 +340,6 @@ def unflatten_order_free(gd: GraphDef, impls: dict[int, Any], no_user_code: bool
             elif simpl.layout is None or not simpl.layout.plain(t) or not all(
                     _adapter_code(r.factory) for r in getattr(simpl.layout, "rebuild", ())):
                 return False
-        passed.add((id(t), is_node))
     # Two phases (``callbacks``) build each container where the reference does, in its
     # node's fill in table order: a custom pytree's ``unflatten`` (user code) runs there too.
     return plain_containers(gd, custom=callbacks)

@@ -860,6 +860,24 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
     return chains
 
 
+_CONTAINERS = "containers"
+
+
+def _containers(gd: GraphDef) -> list[Any]:
+    """Every container edge of ``gd`` (the root's, the nodes'), in pre-order. Kept per
+    GraphDef (``kept``; never mutate it): it holds the GraphDef's own edges."""
+    order: list[Any] = []
+    stack: list[Any] = [c for spec in reversed(gd.table) if type(spec) is NodeSpec
+                        for c in reversed(spec[4]) if type(c) is PytreeEdge]  # (only containers)
+    stack.append(gd.root)
+    while stack:
+        e = stack.pop()
+        if type(e) is PytreeEdge:
+            order.append(e)
+            stack.extend([c for c in reversed(e[3]) if type(c) is PytreeEdge])
+    return order
+
+
 def _regular(run: list[Link], containers: bool = False) -> bool:
     """The links' values and entries before the rest are consecutive runs, in link order,
     and those after it consecutive runs in reverse order (what the loop splices)."""
@@ -887,17 +905,13 @@ def find_container_chains(gd: GraphDef, min_links: int, witnessed: set[int], sha
     thousand deep): ``id(first link's edge)`` -> chain. A container is not an object of the
     table (no sharing to see: each is re-read where it sits), so any nesting of them
     qualifies; the states and nodes its links hold are each referenced once."""
-    table = gd.table
     sc = shapes.scan if shapes.scan is not None else _Scan(gd, witnessed, shared_types)
-    order: list[Any] = []  # every builtin container edge, in pre-order
-    stack: list[Any] = [c for spec in reversed(table) if type(spec) is NodeSpec
-                        for c in reversed(spec.children)]
-    stack.append(gd.root)
-    while stack:
-        e = stack.pop()
-        if type(e) is PytreeEdge:
-            order.append(e)
-            stack.extend(reversed(e.children))
+    facts = kept(gd)
+    order = facts.get(_CONTAINERS) if facts is not None else None
+    if order is None:
+        order = _containers(gd)
+        if facts is not None:  # (the flatten's and the unflatten's planner ask)
+            facts[_CONTAINERS] = order
     links: dict[int, Link] = {}
     nxt_edge: dict[int, Any] = {}
     interned: dict[Any, int] = {}
