@@ -679,20 +679,36 @@ def _derivable(sc: _Scan, known: _Scan) -> bool:
     """Whether the unflatten's scan ``sc`` (structure only: ``by_value=False``, no bare
     arrays) may take its outcome per node from ``known``, the flatten planner's scan of the
     very same GraphDef (``flatten_only``, by value), when every class ``known`` read reads
-    the same now. Then a node is outlinable here exactly when it is there, holds no bare
-    array, and holds no callback node unless ``sc.callbacks``; and two nodes of one key
+    the same now. Then a node is outlinable here exactly when it is there and holds no bare
+    array (its class's kind, its states' classes and ``specializable`` are read alike, and
+    every other refusal is the same test of the same structure); and two nodes of one key
     there have one key here (every part of this key is a function of that one's: a
     static's kind of its sig, a state's metadata names of its metadata, a node's number of
     bookkeeping fields of their values, a callback node's spelled keys of its guarded keys,
-    a child's sid of its sid; the witnessed and shared sets only split keys there)."""
+    a child's sid of its sid, a custom pytree's arity and path keys of its treedef and
+    path keys; the witnessed and shared sets only split keys there). A state whose value
+    read is user code is one there exactly when it is here (``user_reads``: its class's
+    ``plain_state_reads``, asked again).
+
+    Refused: ``sc`` without callback node types (``callbacks=False``) where the structure
+    has one: ``sc`` outlines no node holding one but a node holding a custom pytree, and
+    ``known.user`` holds both. (The unflatten planner never asks so: without callbacks it
+    outlines only where no callback node is, see ``unflatten_order_free``.)"""
     if known.table is not sc.table or not known.flatten_only or not known.foreign or not known.by_value:
         return False
     for t, kind in known.node_kinds.items():
-        if sc.node_kind(t) != (0 if kind == 3 and not sc.callbacks else kind):
+        if (kind == 3 and not sc.callbacks) or sc.node_kind(t) != kind:
             return False
     for tt, (token, check) in known.state_facts.items():
         now, check_now = sc.state_class(tt)
         if (now is None) != (token is None) or check_now is not check:
+            return False
+    plain_reads = sc.plain_reads
+    for tt, plain in known.plain_reads.items():
+        now_plain = plain_reads.get(tt)
+        if now_plain is None:
+            now_plain = plain_reads[tt] = plain_state_reads(tt)
+        if now_plain is not plain:
             return False
     return True
 
@@ -708,22 +724,25 @@ def _find_shapes(gd: GraphDef, outline_min: int, sc: _Scan, known: _Scan | None)
     scan, equal = sc.scan, sc.equal
     by_value, witnessed, shared_types = sc.by_value, sc.witnessed, sc.shared_types
     derived: dict[int, int] = {}  # known's sid -> sid
+    f: int | None = None
     if known is not None:
         kkey, ksize, karrays, kuser = known.key_of, known.size, known.with_arrays, known.user
-        user_ok = sc.callbacks
+        kreads = known.user_reads
     for i in range(len(table) - 1, -1, -1):
         spec = table[i]
         if type(spec) is not NodeSpec:
             continue
         if known is not None:
             f = kkey.get(i)
-            if f is None or i in karrays or (not user_ok and i in kuser):
+            if f is None or i in karrays:
                 continue
             sid = derived.get(f)
             if sid is not None:
                 size[i] = ksize[i]
                 if i in kuser:
                     sc.user.add(i)
+                if i in kreads:
+                    sc.user_reads.add(i)
                 key_of[i] = sid
                 counts[sid].append(i)
                 continue
@@ -733,7 +752,8 @@ def _find_shapes(gd: GraphDef, outline_min: int, sc: _Scan, known: _Scan | None)
                 raise _NotDerived
             continue
         tokens, where = got
-        if known is not None and (where != ksize[i] or sc.last_arrays or sc.last_user != (i in kuser)):
+        if known is not None and (where != ksize[i] or sc.last_arrays or sc.last_user != (i in kuser)
+                                  or sc.last_reads != (i in kreads)):
             raise _NotDerived
         size[i] = cast(tuple[int, int, int], where)  # (first slot, slots, entries): no rec
         t = spec[1]
@@ -754,7 +774,7 @@ def _find_shapes(gd: GraphDef, outline_min: int, sc: _Scan, known: _Scan | None)
             counts[sid] = [i]
         else:
             occ.append(i)
-        if known is not None:
+        if f is not None:
             derived[f] = sid
     refs = sc.refs
     root = gd.root.index if type(gd.root) is NodeEdge else -1
