@@ -5,6 +5,7 @@ Rows (``--rows``):
 * ``attr``  -- n Param attributes ``p0 .. p{n-1}`` on one node;
 * ``dict``  -- ``b.d = {"k<i>": Param}``;
 * ``list``  -- ``b.l = [Param, ...]``;
+* ``tuple`` -- ``b.l = (Param, ...)``;
 * ``mixed`` -- ``b.l`` a list of n small containers (a list of one Param repeated 1-3 times,
   or a dict of one Param): not a run of states (still unrolled, declined past max_steps).
 
@@ -12,15 +13,20 @@ Per row and size, in this process, side by side: whether the second ``sg.flatten
 cache hit (specialized), the compile seconds of a fresh cache (``cache_info()["compile_seconds"]``
 after the first two flattens and one update: min of the cold repeats), and the time per call
 of ``sg.flatten`` and ``specgraph.generic.flatten`` of the same object, and of ``sg.update``
-and ``specgraph.generic.update`` (interleaved rounds, min). Usage::
+and ``specgraph.generic.update`` (interleaved rounds, min). The unflatten columns: whether
+``sg.unflatten`` of the flatten's GraphDef and StateMap is compiled and served (a hit), its
+compile seconds (min of the cold repeats), and the time per call of ``sg.unflatten`` and
+``specgraph.generic.unflatten`` (interleaved rounds, min, the cyclic GC off around those
+rounds only: each call makes n fresh states). Usage::
 
-    python benchmarks/wide_cliffs.py [--rows attr dict list mixed] [--sizes 5000 30000 100000]
+    python benchmarks/wide_cliffs.py [--rows attr dict list tuple mixed] [--sizes 5000 30000 100000]
                                      [--repeats R] [--cold C]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import time
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +50,8 @@ def make(mode: str, n: int) -> Bag:
         b.d = {f"k{i}": sg.Param(np.float32(i)) for i in range(n)}
     elif mode == "list":
         b.l = [sg.Param(np.float32(i)) for i in range(n)]
+    elif mode == "tuple":
+        b.l = tuple(sg.Param(np.float32(i)) for i in range(n))
     elif mode == "mixed":
         b.l = [[sg.Param(np.float32(i))] * (1 + i % 3) if i % 2
                else {"a" + str(i % 7): sg.Param(np.float32(i))} for i in range(n)]
@@ -63,36 +71,53 @@ def best(fn: Callable[[], Any], repeats: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", nargs="+", default=["attr", "dict", "list", "mixed"])
+    ap.add_argument("--rows", nargs="+", default=["attr", "dict", "list", "tuple", "mixed"])
     ap.add_argument("--sizes", nargs="+", type=int, default=[5000, 30000, 100000])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--cold", type=int, default=2)
     args = ap.parse_args()
     print("| row | n | specialized | compile s | sg.flatten ms | generic ms | x "
-          "| sg.update ms | generic ms | x |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| sg.update ms | generic ms | x | unflatten specialized | compile s | sg.unflatten ms "
+          "| generic ms | x |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     for mode in args.rows:
         for n in args.sizes:
             if mode == "mixed" and n > 30000:
                 continue
             b = make(mode, n)
-            compile_s = float("inf")
+            compile_s = ucompile_s = float("inf")
             for _ in range(args.cold):
                 sg.clear_cache()
-                _, st = sg.flatten(b)
+                gd, st = sg.flatten(b)
                 sg.flatten(b)
                 sg.update(b, st)
                 compile_s = min(compile_s, sg.cache_info()["compile_seconds"])
+                before = sg.cache_info()["compile_seconds"]
+                sg.unflatten(gd, st)
+                sg.unflatten(gd, st)
+                ucompile_s = min(ucompile_s, sg.cache_info()["compile_seconds"] - before)
             info = sg.cache_info()
             hit = info["hits"] == 1 and info["update_hits"] == 1
-            fs = fg = us = ug = float("inf")
+            uhit = info["compiled_unflattens"] == 1 and info["unflatten_hits"] >= 1
+            fs = fg = us = ug = xs = xg = float("inf")
             calls = (lambda b=b: sg.flatten(b), lambda b=b: generic.flatten(b),
                      lambda b=b, st=st: sg.update(b, st), lambda b=b, st=st: generic.update(b, st))
+            ucalls = (lambda gd=gd, st=st: sg.unflatten(gd, st),
+                      lambda gd=gd, st=st: generic.unflatten(gd, st))
             for _ in range(args.repeats):  # interleaved rounds
                 fs, fg, us, ug = (min(t, best(f, 1)) for t, f in zip((fs, fg, us, ug), calls, strict=True))
+                gc.collect()
+                gc.disable()
+                try:
+                    xs, xg = (min(t, best(f, 1)) for t, f in zip((xs, xg), ucalls, strict=True))
+                finally:
+                    gc.enable()
             yes = "yes" if hit else "no"
+            uyes = "yes" if uhit else "no"
             print(f"| {mode} | {n} | {yes} | {compile_s:.3f} | {fs * 1e3:.2f} | {fg * 1e3:.2f} "
-                  f"| {fg / fs:.1f} | {us * 1e3:.2f} | {ug * 1e3:.2f} | {ug / us:.1f} |", flush=True)
+                  f"| {fg / fs:.1f} | {us * 1e3:.2f} | {ug * 1e3:.2f} | {ug / us:.1f} "
+                  f"| {uyes} | {ucompile_s:.3f} | {xs * 1e3:.2f} | {xg * 1e3:.2f} | {xg / xs:.1f} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

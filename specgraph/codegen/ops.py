@@ -178,15 +178,26 @@ OPS: dict[str, Op] = {
     "new_via_type": Op(_U, ("dst", "cls")),
     "new_custom": Op(_U, ("dst", "factory", "meta")),
     "set_state": Op(_U, ("obj", "meta", "value")),
+    # items: locals, or a Splice (the list of a run of sibling states: its items in place)
     "build_list": Op(_U, ("dst", "items")),
     "build_tuple": Op(_U, ("dst", "items")),
-    "build_dict": Op(_U, ("dst", "pairs")),  # pairs: (key, value name)
+    # pairs: (key, value name), or (a bound tuple of keys, a Splice): a run's keys to its items
+    "build_dict": Op(_U, ("dst", "pairs")),
     "build_pytree": Op(_U, ("dst", "treedef", "items")),
     "fill_dict": Op(_U, ("obj", "pairs")),  # pairs: (key, value name), through obj.__dict__
     # obj.__dict__ gets keys (a bound tuple of str) to the items of the list in src, in order
     "fill_run": Op(_U, ("obj", "keys", "src")),
     "fill_attrs": Op(_U, ("obj", "pairs", "labels")),  # pairs: (attribute placeholder, value name)
     "set_key": Op(_U, ("obj", "setter", "key", "value")),
+    # a run of sibling states (unflatten_plan._find_state_runs): dst = a list of n fresh states
+    # of class cls, made in table order as new_object/new_via_type (new) and set_state make one,
+    # from the values vals[start:stop] and the metadata tuple metas (None: each gets meta);
+    # var, value, md: the loop's locals
+    "new_state_run": Op(_U, ("dst", "new", "cls", "start", "stop", "metas", "meta", "var", "value", "md",
+                             "n")),
+    # per key of keys (a bound tuple) and item of the list src, in order: setter(obj, key, item)
+    # (key, value: the loop's locals)
+    "set_key_run": Op(_U, ("obj", "setter", "keys", "src", "key", "value")),
     "new_context": Op(_U, ("dst", "factory")),  # a foreign library's per-call context
     "call": Op(_U, ("dst", "fn", "args")),  # dst = fn(*args): a foreign factory
     "set_slot": Op(_U, ("obj", "setter", "value")),  # setter(obj, value): past __setattr__

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from .. import _registry as reg
-from .._ir import ArrayConstant, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StaticEdge
+from .._ir import ArrayConstant, GraphDef, NodeEdge, NodeSpec, PytreeEdge, StateEdge, StateSpec, StaticEdge
 from .classfacts import (
     ClassFacts,
     attribute_stores_ok,
@@ -57,10 +57,10 @@ from .classfacts import (
     unflatten_order_free,
     unflatten_runs_no_user_code,
 )
-from .naming import Constants, Literal, path_label, safe_name
+from .naming import Constants, Literal, Splice, path_label, safe_name
 from .ops import Step
 from .planning import Declined
-from .shapes import Chain, find_chains, find_container_chains, find_shapes
+from .shapes import Chain, edge_refs, find_chains, find_container_chains, find_shapes
 
 __all__ = ["ShapeBuild", "StaticReads", "UnflattenPlan", "plan_unflatten"]
 
@@ -201,6 +201,21 @@ class ShapeBuild:
     made: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _StateRun:
+    """A run of sibling states of one kind (see :meth:`UnflattenPlanner._find_state_runs`),
+    by its first table index: ``n`` states at consecutive table entries and value slots from
+    ``slot``, of class ``type``; ``keys`` their keys as the parent stores them (``None``:
+    positions); ``empty``: no state of it has metadata; ``where`` its place, for explain."""
+
+    n: int
+    slot: int
+    type: type
+    keys: tuple | None
+    empty: bool
+    where: str
+
+
 @dataclass
 class UnflattenPlan:
     """What the unflatten function of one structure does."""
@@ -303,6 +318,12 @@ class UnflattenPlanner:
             if outline else {}
         if self.phased:
             self._phased_chains_only()
+        # Runs of sibling states of one kind (see _find_state_runs): made by one loop each in
+        # the top function, where the reference makes them (table order), and stored from
+        # that loop's list where their parent is filled or built.
+        self.run_min = max(2, outline_min) if outline_min > 0 else 0
+        self._state_runs: dict[int, _StateRun] = self._find_state_runs() if self.run_min else {}
+        self._state_lists: dict[int, str] = {}  # a run's first table index -> the top's list of its states
         self._rec_edge: Any = None  # planning a container chain's link: the next link's edge
         self._rec_local = ""  # and the local holding its value
         self.body = _Body(StaticReads(), [(0, gd.num_leaves, "")], {})
@@ -437,6 +458,11 @@ class UnflattenPlanner:
                             skip[last.eafter[0]] = last.eafter[0] + ch.n * first.eafter[1]
                         i += ch.n * first.ebefore[1]
                         continue
+                elif self._top and i in self._state_runs:  # a run of sibling states: one loop
+                    self._new_state_run(self._state_runs[i], i)
+                    i += self._state_runs[i].n
+                    self._check_size()
+                    continue
                 else:
                     self._new_state(spec)
                 i += 1
@@ -723,6 +749,18 @@ class UnflattenPlanner:
         if simpl is not None:
             self._new_foreign_state(spec, simpl)
             return
+        op = self._state_new_op(t)
+        dst = self._obj(spec.index)
+        self.steps.append(Step(op, dst=dst, cls=self.consts.bind(t, "T")))
+        if spec.metadata:
+            meta = self._own(self.reads.at(self._spec(spec.index), "metadata"))
+        else:
+            meta = self.consts.bind(spec.metadata, "M")
+        self.steps.append(Step("set_state", obj=dst, meta=meta, value=self._slot(spec.slot)))
+
+    def _state_new_op(self, t: type) -> str:
+        """How a fresh plain state of class ``t`` is made (``new_object`` / ``new_via_type``),
+        with the class facts the unflatten's code relies on for it."""
         plain_new = self._plain_new.get(id(t))
         if plain_new is None:  # read once per class (the GraphDef holds every class alive)
             plain_new = self._plain_new[id(t)] = type(t) is type and not defines(t, "__new__")
@@ -737,13 +775,117 @@ class UnflattenPlanner:
             # at compile time): no class gains a __setattr__, nor a value/_metadata of its own.
             self.facts.require_absent(t, ("__setattr__",))
             self.facts.require_absent(t, ("_metadata", "value"), classes=own_state_classes(t))
-        dst = self._obj(spec.index)
-        self.steps.append(Step(op, dst=dst, cls=self.consts.bind(t, "T")))
-        if spec.metadata:
-            meta = self._own(self.reads.at(self._spec(spec.index), "metadata"))
-        else:
-            meta = self.consts.bind(spec.metadata, "M")
-        self.steps.append(Step("set_state", obj=dst, meta=meta, value=self._slot(spec.slot)))
+        return op
+
+    # -- runs of sibling states ------------------------------------------------------------
+
+    def _find_state_runs(self) -> dict[int, _StateRun]:
+        """Runs of at least ``run_min`` consecutive sibling states of one kind, by their first
+        table index: a node's children, a dict's values, a list's, tuple's or custom pytree's
+        items. One kind: plain ``State`` objects (no foreign layout) of one class, all with
+        metadata or all without, each referenced once in the whole structure (a tied state
+        stays unrolled, made and stored as the reference does), at consecutive table entries
+        and value slots, under keys bound as one tuple (exact ``str``; a dict's and a callback
+        node's keys an exact ``int`` too). The reference makes them one after the other (table
+        order) and stores them one after the other: so does the loop, in the top function only
+        (what an outlined builder, a loop's item or a chain's link makes stays unrolled)."""
+        gd = self.gd
+        table, impls, refs = gd.table, self.impls, edge_refs(gd)
+        plain: dict[int, bool] = {}
+        out: dict[int, _StateRun] = {}
+
+        def str_key(k: Any) -> bool:
+            return type(k) is str
+
+        def scalar_key(k: Any) -> bool:
+            return type(k) is str or type(k) is int
+
+        def scan(kids: tuple, keys: tuple | None, ok_key: Callable[[Any], bool], link: Any) -> None:
+            if len(kids) < self.run_min:
+                return
+            start, prev = -1, -1
+            kind: Any = None
+            for pos in range(len(kids) + 1):
+                e: Any = kids[pos] if pos < len(kids) else None
+                k: Any = None
+                if type(e) is StateEdge and refs[e.index] == 1 and (keys is None or ok_key(keys[pos])):
+                    spec = table[e.index]
+                    t = spec.type
+                    ok = plain.get(id(t))
+                    if ok is None:
+                        ok = plain[id(t)] = type(spec) is StateSpec and type(t) is type \
+                            and reg.state_impl(t) is None
+                    if ok:
+                        k = (id(t), not spec.metadata)
+                if k is not None and k == kind and e.index == prev + 1 \
+                        and cast(Any, table[e.index]).slot == cast(Any, table[prev]).slot + 1:
+                    prev = e.index
+                    continue
+                if start >= 0 and pos - start >= self.run_min:
+                    first = kids[start].index
+                    head: Any = table[first]
+                    where = path_label((link, keys[start] if keys is not None else start))
+                    out[first] = _StateRun(pos - start, head.slot, head.type,
+                                           None if keys is None else tuple(keys[start:pos]), kind[1], where)
+                start, prev, kind = (pos, e.index, k) if k is not None else (-1, -1, None)
+
+        stack: list[tuple[Any, Any]] = []
+        for spec in table:
+            if type(spec) is not NodeSpec:
+                continue
+            impl = impls[spec.index]
+            base = (None, safe_name(spec.type.__qualname__))
+            if impl.is_builtin_node:
+                scan(spec.children, spec.keys, str_key, base)
+            elif impl.dict_node is not None and impl.dict_node.create is None:
+                scan(spec.children, tuple(map(impl.dict_node.stored_key, spec.keys)), str_key, base)
+            else:
+                scan(spec.children, spec.keys, scalar_key, base)
+            stack.extend(((base, k), e) for k, e in zip(spec.keys, spec.children, strict=True)
+                         if type(e) is PytreeEdge)
+        if type(gd.root) is PytreeEdge:
+            stack.append((None, gd.root))
+        while stack:
+            link, e = stack.pop()
+            if e.ptype is dict:
+                scan(e.children, e.keys, scalar_key, link)
+            else:
+                scan(e.children, None, str_key, link)
+            stack.extend(((link, k), c) for k, c in zip(e.keys, e.children, strict=False)
+                         if type(c) is PytreeEdge)
+        return out
+
+    def _new_state_run(self, run: _StateRun, first: int) -> str:
+        """The loop making the states of ``run`` (from table index ``first``) in table order,
+        each as :meth:`_new_state` makes one, into a list (its local, returned)."""
+        t = run.type
+        op = self._state_new_op(t)
+        start = self._pos(run.slot)
+        metas = meta = None
+        if run.empty:
+            meta = self.consts.bind((), "M")
+        else:  # each state's metadata, read from the GraphDef being unflattened (one tuple)
+            sub = StaticReads(first)
+            sub.want(sub.at(TABLE, first, "metadata"))
+            metas = self._static_local()
+            self.reads.want_each(sub, list(range(first, first + run.n)))
+        dst = self._fresh("r")
+        self.steps.append(Step("new_state_run", dst=dst, new=op, cls=self.consts.bind(t, "T"), start=start,
+                               stop=(start[0], start[1] + run.n), metas=metas, meta=meta,
+                               var=self._fresh("x"), value=self._fresh("x"), md=self._fresh("md"), n=run.n))
+        self._state_lists[first] = dst
+        self.loops.append(f"{run.where}: a run of {run.n} x {safe_name(t.__qualname__)}")
+        return dst
+
+    def _state_run_at(self, edge: Any) -> tuple[_StateRun, str] | None:
+        """Where ``edge`` (a child of the node or container being filled or built) begins a
+        run made by the top function's loop: the run and the loop's list."""
+        if type(edge) is not StateEdge or self.body is not self._top_body:
+            return None
+        lst = self._state_lists.get(edge.index)
+        if lst is None:
+            return None
+        return self._state_runs[edge.index], lst
 
     def _fill_node(self, spec: NodeSpec) -> None:
         i = spec.index
@@ -751,14 +893,25 @@ class UnflattenPlanner:
         impl = self.impls[i]
         dict_node = impl.dict_node is not None and impl.dict_node.create is None
         values = []
-        runs: dict[int, tuple[int, str]] = {}  # first child -> (past its run, the loop's list)
+        # first child -> (past its run, the list of its objects, their keys as stored, None:
+        # the node's): a run of one shape (a loop building them) or of sibling states (the top
+        # function's loop made them)
+        runs: dict[int, tuple[int, str, tuple | None]] = {}
         kids = spec.children
         j = 0
         while j < len(kids):
             self._site = (spec, j)
+            made = self._state_run_at(kids[j])
+            if made is not None:  # a run of sibling states: stored from its loop's list
+                srun, lst = made
+                runs[j] = (j + srun.n, lst, srun.keys)
+                values += [""] * srun.n
+                j += srun.n
+                continue
             n = self._run_length(kids, j) if dict_node and self.shapes.shape_of and not self.phased else 0
             if n >= 2:  # a run of one shape (an nnx.List's layers): a loop, stored from its list
-                runs[j] = (j + n, self._loop(kids[j:j + n], False, path_label((None, spec.keys[j + n - 1]))))
+                runs[j] = (j + n, self._loop(kids[j:j + n], False, path_label((None, spec.keys[j + n - 1]))),
+                           None)
                 values += [""] * n
                 j += n
                 continue
@@ -767,43 +920,74 @@ class UnflattenPlanner:
         obj = self._obj(i)
         if self.attrs_ok and impl.is_builtin_node and self._attribute_stores_ok(spec.type, spec.keys):
             # (No guard for __dict__: a class's __dict__ cannot be assigned after creation.)
-            self.facts.require_absent(spec.type, ("__getattribute__", "__setattr__", *spec.keys))
-            pairs: list[tuple[Literal | str, str]] = [
-                (self.consts.attr(k), v) for k, v in zip(spec.keys, values, strict=True)]
-            self.steps.append(Step("fill_attrs", obj=obj, pairs=pairs, labels=self._key_labels(spec.keys)))
+            # A run is stored as the reference stores every child (its __dict__ updated):
+            # only the attributes stored one by one rely on the class's facts.
+            single = tuple(k for j, k in enumerate(spec.keys) if values[j])
+            if single:
+                self.facts.require_absent(spec.type, ("__getattribute__", "__setattr__", *single))
+            self._fill_segments(obj, list(spec.keys), values, runs, lambda pairs, keys: Step(
+                "fill_attrs", obj=obj, pairs=[(self.consts.attr(k), v) for k, v in pairs],
+                labels=self._key_labels(tuple(keys))))
             return
-        if impl.dict_node is not None and impl.dict_node.create is None:
+        if dict_node:
+            assert impl.dict_node is not None
             # Children under their stored names (an int path key is stored as its str).
             stored = [impl.dict_node.stored_key(k) for k in spec.keys]
             if not all(type(k) is str for k in stored):
                 raise Declined(f"non-string attribute names on a {spec.type.__qualname__} node")
-            pairs = []
-            j = 0
-            while j < len(stored):
-                run = runs.get(j)
-                if run is None:
-                    pairs.append((Literal(stored[j]), values[j]))
-                    j += 1
-                    continue
-                if pairs:
-                    self.steps.append(Step("fill_dict", obj=obj, pairs=pairs))
-                    pairs = []
-                end, items = run
-                self.steps.append(Step("fill_run", obj=obj, keys=self.consts.bind(tuple(stored[j:end]), "KS"),
-                                       src=items))
-                j = end
-            if pairs:
-                self.steps.append(Step("fill_dict", obj=obj, pairs=pairs))
+            self._fill_segments(obj, stored, values, runs, lambda pairs, keys: Step(
+                "fill_dict", obj=obj, pairs=[(Literal(k), v) for k, v in pairs]))
             return
+        # (a run's keys are exact str/int: Literals, read from no S)
         keys = [self._key(k, self._spec(i), "keys", j) for j, k in enumerate(spec.keys)]
         if impl.is_builtin_node:
             if self.shapes or self.chains or self.cchains:  # outlined: out of table order (see _new_state)
                 self.facts.require_absent(spec.type, ("__getattribute__",))
-            self.steps.append(Step("fill_dict", obj=obj, pairs=list(zip(keys, values, strict=True))))
+            self._fill_segments(obj, keys, values, runs, lambda pairs, _: Step(
+                "fill_dict", obj=obj, pairs=pairs))
         else:
             setter = self.consts.bind(impl.set_key, "F")
-            for k, v in zip(keys, values, strict=True):
-                self.steps.append(Step("set_key", obj=obj, setter=setter, key=k, value=v))
+            j = 0
+            while j < len(keys):
+                run = runs.get(j)
+                if run is None:
+                    self.steps.append(Step("set_key", obj=obj, setter=setter, key=keys[j],
+                                           value=values[j]))
+                    j += 1
+                    continue
+                end, lst, run_keys = run
+                assert run_keys is not None
+                self.steps.append(Step("set_key_run", obj=obj, setter=setter,
+                                       keys=self.consts.bind(run_keys, "KS"), src=lst,
+                                       key=self._fresh("x"), value=self._fresh("x")))
+                j = end
+
+    def _fill_segments(self, obj: str, keys: list[Any], values: list[str],
+                       runs: dict[int, tuple[int, str, tuple | None]],
+                       one: Callable[[list[tuple[Any, str]], list[Any]], Step]) -> None:
+        """A node's children stored in order: each stretch of single children by ``one``
+        (given its (key, value) pairs and keys), each run by a ``fill_run`` of its list under
+        its keys (exact str, bound as one tuple: the run's, or ``keys``' own)."""
+        pairs: list[tuple[Any, str]] = []
+        seg: list[Any] = []
+        j = 0
+        while j < len(keys):
+            run = runs.get(j)
+            if run is None:
+                pairs.append((keys[j], values[j]))
+                seg.append(keys[j])
+                j += 1
+                continue
+            if pairs:
+                self.steps.append(one(pairs, seg))
+                pairs, seg = [], []
+            end, lst, run_keys = run
+            if run_keys is None:
+                run_keys = tuple(k.value if type(k) is Literal else k for k in keys[j:end])
+            self.steps.append(Step("fill_run", obj=obj, keys=self.consts.bind(run_keys, "KS"), src=lst))
+            j = end
+        if pairs:
+            self.steps.append(one(pairs, seg))
 
     def _attribute_stores_ok(self, t: type, keys: tuple) -> bool:
         """:func:`attribute_stores_ok`, read once per class and key tuple (keys all exact
@@ -847,6 +1031,11 @@ class UnflattenPlanner:
             while pos < len(kids):
                 child = kids[pos]
                 pos += 1
+                made = self._state_run_at(child)
+                if made is not None:  # a run of sibling states: spliced from its loop's list
+                    parts.append(Splice(made[1], "o"))
+                    pos += made[0].n - 1
+                    continue
                 if type(child) is PytreeEdge:
                     if child is self._rec_edge:  # a container chain's next link: the loop's
                         parts.append(self._rec_local)
@@ -1097,7 +1286,9 @@ class UnflattenPlanner:
         self.loops.append(f"{self._site_label()}: {n} nested {edge.ptype.__name__}s of one shape")
         return prev
 
-    def _build(self, edge: PytreeEdge, read: int, items: list[str]) -> str:
+    def _build(self, edge: PytreeEdge, read: int, items: list[Any]) -> str:
+        """The container of ``edge`` from its items' locals (a :class:`Splice`: the list of a
+        run of sibling states, its items in place)."""
         ptype = edge.ptype
         self._counter += 1
         dst = f"c{self._counter}"
@@ -1106,8 +1297,17 @@ class UnflattenPlanner:
         elif ptype is tuple:
             self.steps.append(Step("build_tuple", dst=dst, items=items))
         elif ptype is dict:
-            keys = [self._key(k, read, "keys", j) for j, k in enumerate(edge.keys)]
-            self.steps.append(Step("build_dict", dst=dst, pairs=list(zip(keys, items, strict=True))))
+            pairs: list[tuple[Any, Any]] = []
+            j = 0
+            for x in items:
+                if type(x) is Splice:  # a run: its keys (exact str/int) bound as one tuple
+                    run = self._state_runs[edge.children[j].index]
+                    pairs.append((self.consts.bind(run.keys, "KS"), x))
+                    j += run.n
+                else:
+                    pairs.append((self._key(edge.keys[j], read, "keys", j), x))
+                    j += 1
+            self.steps.append(Step("build_dict", dst=dst, pairs=pairs))
         else:
             treedef = self._own(self.reads.at(read, "ptype"))
             self.steps.append(Step("build_pytree", dst=dst, treedef=treedef, items=items))
@@ -1212,6 +1412,11 @@ class UnflattenPlanner:
                             skip[last.eafter[0]] = last.eafter[0] + ch.n * first.eafter[1]
                         i += ch.n * first.ebefore[1]
                         continue
+                elif self._top and i in self._state_runs:  # a run of sibling states: one loop
+                    made.append(self._new_state_run(self._state_runs[i], i))
+                    i += self._state_runs[i].n
+                    self._check_size()
+                    continue
                 else:
                     self._new_state(spec)
                     made.append(self._obj(i))

@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = 'f4face2feefae6f5c499b05c3041634ace99195d0e7971d21ad260aa922636d6'
+FINGERPRINT = 'c82a390c39b99dd17e7c1b1bd7f8da0834e5938b25d4a78ab2a0ae8d2661eecc'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'unflatten.py.j2'
 
@@ -18,7 +18,7 @@ def root(context, missing=missing):
     l_0_type_name = resolve('type_name')
     l_0_steps = resolve('steps')
     l_0_root = resolve('root')
-    l_0_g = l_0_pos = l_0_loop_head = l_0_loop_tail = l_0_targets = l_0_body = missing
+    l_0_g = l_0_pos = l_0_loop_head = l_0_loop_tail = l_0_targets = l_0_items = l_0_body = missing
     try:
         t_1 = environment.filters['indent']
     except KeyError:
@@ -61,48 +61,54 @@ def root(context, missing=missing):
         @internalcode
         def t_7(*unused):
             raise TemplateRuntimeError("No test named 'none' found.")
+    try:
+        t_8 = environment.tests['splice']
+    except KeyError:
+        @internalcode
+        def t_8(*unused):
+            raise TemplateRuntimeError("No test named 'splice' found.")
     pass
     l_0_g = context.vars['g'] = environment.get_template('_steps.j2', 'unflatten.py.j2')._get_default_module(context)
     context.exported_vars.discard('g')
     def macro(l_1_p):
-        t_8 = []
+        t_9 = []
         if l_1_p is missing:
             l_1_p = undefined("parameter 'p' was not provided", name='p')
         pass
-        t_8.extend((
+        t_9.extend((
             str((str_join((environment.getitem(l_1_p, 0), ' + ', )) if environment.getitem(l_1_p, 0) else cond_expr_undefined("the inline if-expression on line 6 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
             str(environment.getitem(l_1_p, 1)),
         ))
-        return concat(t_8)
+        return concat(t_9)
     context.exported_vars.add('pos')
     context.vars['pos'] = l_0_pos = Macro(environment, macro, 'pos', ('p',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_s):
-        t_9 = []
+        t_10 = []
         if l_1_s is missing:
             l_1_s = undefined("parameter 's' was not provided", name='s')
         pass
         for (l_2_c, l_2_start, l_2__) in environment.getattr(l_1_s, 'counters'):
             _loop_vars = {}
             pass
-            t_9.extend((
+            t_10.extend((
                 '\n',
                 str(l_2_c),
                 ' = ',
                 str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), l_2_start, _loop_vars=_loop_vars)),
             ))
         l_2_c = l_2_start = l_2__ = missing
-        return concat(t_9)
+        return concat(t_10)
     context.exported_vars.add('loop_head')
     context.vars['loop_head'] = l_0_loop_head = Macro(environment, macro, 'loop_head', ('s',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_s):
-        t_10 = []
+        t_11 = []
         if l_1_s is missing:
             l_1_s = undefined("parameter 's' was not provided", name='s')
         pass
         for (l_2_c, l_2__, l_2_d) in environment.getattr(l_1_s, 'counters'):
             _loop_vars = {}
             pass
-            t_10.extend((
+            t_11.extend((
                 '\n    ',
                 str(l_2_c),
                 ' ',
@@ -111,41 +117,58 @@ def root(context, missing=missing):
                 str((l_2_d if (l_2_d >= 0) else (-l_2_d))),
             ))
         l_2_c = l_2__ = l_2_d = missing
-        return concat(t_10)
+        return concat(t_11)
     context.exported_vars.add('loop_tail')
     context.vars['loop_tail'] = l_0_loop_tail = Macro(environment, macro, 'loop_tail', ('s',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_s):
-        t_11 = []
+        t_12 = []
         if l_1_s is missing:
             l_1_s = undefined("parameter 's' was not provided", name='s')
         pass
         if (not environment.getattr(l_1_s, 'sources')):
             pass
-            t_11.extend((
+            t_12.extend((
                 '_ in range(',
                 str(environment.getattr(l_1_s, 'n')),
                 ')',
             ))
         elif (t_4(environment.getattr(l_1_s, 'sources')) == 1):
             pass
-            t_11.extend((
+            t_12.extend((
                 str(environment.getitem(environment.getattr(l_1_s, 'targets'), 0)),
                 ' in ',
                 str(environment.getitem(environment.getattr(l_1_s, 'sources'), 0)),
             ))
         else:
             pass
-            t_11.extend((
+            t_12.extend((
                 str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'targets'), ', ')),
                 ' in zip(',
                 str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'sources'), ', ')),
                 ')',
             ))
-        return concat(t_11)
+        return concat(t_12)
     context.exported_vars.add('targets')
     context.vars['targets'] = l_0_targets = Macro(environment, macro, 'targets', ('s',), False, False, False, context.eval_ctx.autoescape)
+    def macro(l_1_xs):
+        t_13 = []
+        if l_1_xs is missing:
+            l_1_xs = undefined("parameter 'xs' was not provided", name='xs')
+        pass
+        l_2_loop = missing
+        for l_2_x, l_2_loop in LoopContext(l_1_xs, undefined):
+            _loop_vars = {}
+            pass
+            t_13.extend((
+                str((str_join(('*', environment.getattr(l_2_x, 'name'), )) if t_8(l_2_x) else l_2_x)),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 27 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+            ))
+        l_2_loop = l_2_x = missing
+        return concat(t_13)
+    context.exported_vars.add('items')
+    context.vars['items'] = l_0_items = Macro(environment, macro, 'items', ('xs',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_steps):
-        t_12 = []
+        t_14 = []
         if l_1_steps is missing:
             l_1_steps = undefined("parameter 'steps' was not provided", name='steps')
         pass
@@ -156,27 +179,27 @@ def root(context, missing=missing):
             pass
             if ((environment.getattr(l_2_s, 'op') == 'guard_mro') or (environment.getattr(l_2_s, 'op') == 'guard_class')):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(context.call(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'class_guard'), l_2_s, 'MISS', _loop_vars=_loop_vars)),
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'unpack_statics'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'dsts'), ', ')),
                     ', = S',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'unpack_values'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'dsts'), ', ')),
                     ', = vals',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'new_object'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = NEW(',
@@ -185,7 +208,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'new_via_type'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -196,7 +219,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'new_custom'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -207,7 +230,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'set_state'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'obj')),
                     '._metadata = ',
@@ -219,26 +242,37 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_list'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = [',
-                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'items'), ', ')),
+                    str(context.call((undefined(name='items') if l_0_items is missing else l_0_items), environment.getattr(l_2_s, 'items'), _loop_vars=_loop_vars)),
                     ']',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_tuple'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = (',
-                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'items'), ', ')),
-                    str((',' if (t_4(environment.getattr(l_2_s, 'items')) == 1) else cond_expr_undefined("the inline if-expression on line 46 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str(context.call((undefined(name='items') if l_0_items is missing else l_0_items), environment.getattr(l_2_s, 'items'), _loop_vars=_loop_vars)),
+                    str((',' if (t_4(environment.getattr(l_2_s, 'items')) == 1) else cond_expr_undefined("the inline if-expression on line 49 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     ')',
+                ))
+            elif (((environment.getattr(l_2_s, 'op') == 'build_dict') and (t_4(environment.getattr(l_2_s, 'pairs')) == 1)) and t_8(environment.getitem(environment.getitem(environment.getattr(l_2_s, 'pairs'), 0), 1))):
+                pass
+                t_14.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = dict(zip(',
+                    str(environment.getitem(environment.getitem(environment.getattr(l_2_s, 'pairs'), 0), 0)),
+                    ', ',
+                    str(environment.getattr(environment.getitem(environment.getitem(environment.getattr(l_2_s, 'pairs'), 0), 1), 'name')),
+                    '))',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_dict'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = {',
@@ -247,30 +281,43 @@ def root(context, missing=missing):
                 for (l_3_k, l_3_v), l_3_loop in LoopContext(environment.getattr(l_2_s, 'pairs'), undefined):
                     _loop_vars = {}
                     pass
-                    t_12.extend((
-                        str(t_3(l_3_k)),
-                        ': ',
-                        str(l_3_v),
-                        str((', ' if (not environment.getattr(l_3_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 48 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
-                    ))
+                    if t_8(l_3_v):
+                        pass
+                        t_14.extend((
+                            '**dict(zip(',
+                            str(l_3_k),
+                            ', ',
+                            str(environment.getattr(l_3_v, 'name')),
+                            '))',
+                        ))
+                    else:
+                        pass
+                        t_14.extend((
+                            str(t_3(l_3_k)),
+                            ': ',
+                            str(l_3_v),
+                        ))
+                    t_14.append(
+                        str((', ' if (not environment.getattr(l_3_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 53 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    )
                 l_3_loop = l_3_k = l_3_v = missing
-                t_12.append(
+                t_14.append(
                     '}',
                 )
             elif (environment.getattr(l_2_s, 'op') == 'build_pytree'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
                     str(environment.getattr(l_2_s, 'treedef')),
                     '.unflatten([',
-                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'items'), ', ')),
+                    str(context.call((undefined(name='items') if l_0_items is missing else l_0_items), environment.getattr(l_2_s, 'items'), _loop_vars=_loop_vars)),
                     '])',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'fill_dict'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\nd = ',
                     str(environment.getattr(l_2_s, 'obj')),
                     '.__dict__',
@@ -278,7 +325,7 @@ def root(context, missing=missing):
                 for (l_3_k, l_3_v) in environment.getattr(l_2_s, 'pairs'):
                     _loop_vars = {}
                     pass
-                    t_12.extend((
+                    t_14.extend((
                         '\nd[',
                         str(t_3(l_3_k)),
                         '] = ',
@@ -287,7 +334,7 @@ def root(context, missing=missing):
                 l_3_k = l_3_v = missing
             elif (environment.getattr(l_2_s, 'op') == 'fill_run'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'obj')),
                     '.__dict__.update(zip(',
@@ -302,7 +349,7 @@ def root(context, missing=missing):
                 for (l_3_attr, l_3_value), l_3_loop in LoopContext(environment.getattr(l_2_s, 'pairs'), undefined):
                     _loop_vars = {}
                     pass
-                    t_12.extend((
+                    t_14.extend((
                         '\n',
                         str(environment.getattr(l_2_s, 'obj')),
                         '.',
@@ -315,7 +362,7 @@ def root(context, missing=missing):
                 l_3_loop = l_3_attr = l_3_value = missing
             elif (environment.getattr(l_2_s, 'op') == 'new_context'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -324,7 +371,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'call'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -335,7 +382,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'set_slot'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'setter')),
                     '(',
@@ -346,7 +393,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'set_key'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'setter')),
                     '(',
@@ -357,11 +404,88 @@ def root(context, missing=missing):
                     str(environment.getattr(l_2_s, 'value')),
                     ')',
                 ))
+            elif (environment.getattr(l_2_s, 'op') == 'set_key_run'):
+                pass
+                t_14.extend((
+                    '\nfor ',
+                    str(environment.getattr(l_2_s, 'key')),
+                    ', ',
+                    str(environment.getattr(l_2_s, 'value')),
+                    ' in zip(',
+                    str(environment.getattr(l_2_s, 'keys')),
+                    ', ',
+                    str(environment.getattr(l_2_s, 'src')),
+                    '):\n    ',
+                    str(environment.getattr(l_2_s, 'setter')),
+                    '(',
+                    str(environment.getattr(l_2_s, 'obj')),
+                    ', ',
+                    str(environment.getattr(l_2_s, 'key')),
+                    ', ',
+                    str(environment.getattr(l_2_s, 'value')),
+                    ')',
+                ))
+            elif (environment.getattr(l_2_s, 'op') == 'new_state_run'):
+                pass
+                t_14.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = []',
+                ))
+                if t_7(environment.getattr(l_2_s, 'metas')):
+                    pass
+                    t_14.extend((
+                        '\nfor ',
+                        str(environment.getattr(l_2_s, 'value')),
+                        ' in vals[',
+                        str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'start'), _loop_vars=_loop_vars)),
+                        ':',
+                        str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'stop'), _loop_vars=_loop_vars)),
+                        ']:  # ',
+                        str(environment.getattr(l_2_s, 'n')),
+                        ' states of one class, in table order',
+                    ))
+                else:
+                    pass
+                    t_14.extend((
+                        '\nfor ',
+                        str(environment.getattr(l_2_s, 'value')),
+                        ', ',
+                        str(environment.getattr(l_2_s, 'md')),
+                        ' in zip(vals[',
+                        str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'start'), _loop_vars=_loop_vars)),
+                        ':',
+                        str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'stop'), _loop_vars=_loop_vars)),
+                        '], ',
+                        str(environment.getattr(l_2_s, 'metas')),
+                        '):  # ',
+                        str(environment.getattr(l_2_s, 'n')),
+                        ' states of one class, in table order',
+                    ))
+                t_14.extend((
+                    '\n    ',
+                    str(environment.getattr(l_2_s, 'var')),
+                    ' = ',
+                    str((str_join(('NEW(', environment.getattr(l_2_s, 'cls'), ')', )) if (environment.getattr(l_2_s, 'new') == 'new_object') else str_join((environment.getattr(l_2_s, 'cls'), '.__new__(', environment.getattr(l_2_s, 'cls'), ')', )))),
+                    '\n    ',
+                    str(environment.getattr(l_2_s, 'var')),
+                    '._metadata = ',
+                    str((environment.getattr(l_2_s, 'md') if (not t_7(environment.getattr(l_2_s, 'metas'))) else environment.getattr(l_2_s, 'meta'))),
+                    '\n    ',
+                    str(environment.getattr(l_2_s, 'var')),
+                    '.value = ',
+                    str(environment.getattr(l_2_s, 'value')),
+                    '\n    ',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    '.append(',
+                    str(environment.getattr(l_2_s, 'var')),
+                    ')',
+                ))
             elif (environment.getattr(l_2_s, 'op') == 'take_values'):
                 pass
                 if environment.getattr(l_2_s, 'run'):
                     pass
-                    t_12.extend((
+                    t_14.extend((
                         '\n',
                         str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'dsts'), ', ')),
                         ', = vals[',
@@ -378,7 +502,7 @@ def root(context, missing=missing):
                     for l_3_dst, l_3_loop in LoopContext(environment.getattr(l_2_s, 'dsts'), undefined):
                         _loop_vars = {}
                         pass
-                        t_12.extend((
+                        t_14.extend((
                             '\n',
                             str(l_3_dst),
                             ' = vals[',
@@ -388,18 +512,18 @@ def root(context, missing=missing):
                     l_3_loop = l_3_dst = missing
             elif (environment.getattr(l_2_s, 'op') == 'call_build'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
                     str(environment.getattr(l_2_s, 'fn')),
                     '_build(',
-                    str(t_2(context.eval_ctx, t_5(context, (([(str_join(('vals, ', context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars), )) if (not t_7(environment.getattr(l_2_s, 'at'))) else cond_expr_undefined("the inline if-expression on line 79 in 'unflatten.py.j2' evaluated to false and no else section was defined."))] + ([environment.getattr(l_2_s, 'statics')] if environment.getattr(l_2_s, 'statics') else [])) + environment.getattr(l_2_s, 'contexts'))), ', ')),
+                    str(t_2(context.eval_ctx, t_5(context, (([(str_join(('vals, ', context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars), )) if (not t_7(environment.getattr(l_2_s, 'at'))) else cond_expr_undefined("the inline if-expression on line 98 in 'unflatten.py.j2' evaluated to false and no else section was defined."))] + ([environment.getattr(l_2_s, 'statics')] if environment.getattr(l_2_s, 'statics') else [])) + environment.getattr(l_2_s, 'contexts'))), ', ')),
                     ')',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'call_each'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -413,7 +537,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'iter_values'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = iter(vals[',
@@ -421,12 +545,12 @@ def root(context, missing=missing):
                     ':',
                     str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'stop'), _loop_vars=_loop_vars)),
                     ']',
-                    str(('[::-1]' if environment.getattr(l_2_s, 'reverse') else cond_expr_undefined("the inline if-expression on line 83 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str(('[::-1]' if environment.getattr(l_2_s, 'reverse') else cond_expr_undefined("the inline if-expression on line 102 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     ')',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'iter_statics'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = iter(',
@@ -435,7 +559,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_each'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     str(context.call((undefined(name='loop_head') if l_0_loop_head is missing else l_0_loop_head), l_2_s, _loop_vars=_loop_vars)),
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
@@ -454,7 +578,7 @@ def root(context, missing=missing):
                 ))
                 if environment.getattr(l_2_s, 'tuple'):
                     pass
-                    t_12.extend((
+                    t_14.extend((
                         '\n',
                         str(environment.getattr(l_2_s, 'dst')),
                         ' = tuple(',
@@ -463,7 +587,7 @@ def root(context, missing=missing):
                     ))
             elif (environment.getattr(l_2_s, 'op') == 'build_chain'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     str(context.call((undefined(name='loop_head') if l_0_loop_head is missing else l_0_loop_head), l_2_s, _loop_vars=_loop_vars)),
                     '\n',
                     str(environment.getattr(l_2_s, 'links')),
@@ -479,14 +603,14 @@ def root(context, missing=missing):
                     str(environment.getattr(l_2_s, 'cur')),
                     ', ',
                     str(environment.getattr(l_2_s, 'nxt')),
-                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 99 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 118 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'targets'), ', ')),
                     ' in zip(',
                     str(environment.getattr(l_2_s, 'links')),
                     ', ',
                     str(environment.getattr(l_2_s, 'links')),
                     '[1:]',
-                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 99 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 118 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'sources'), ', ')),
                     '):  # ',
                     str(environment.getattr(l_2_s, 'n')),
@@ -496,13 +620,13 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'call_create'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
                     str(environment.getattr(l_2_s, 'fn')),
                     '_create(',
-                    str(t_2(context.eval_ctx, t_5(context, (([(str_join(('vals, ', context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars), )) if (not t_7(environment.getattr(l_2_s, 'at'))) else cond_expr_undefined("the inline if-expression on line 103 in 'unflatten.py.j2' evaluated to false and no else section was defined."))] + ([environment.getattr(l_2_s, 'statics')] if environment.getattr(l_2_s, 'statics') else [])) + environment.getattr(l_2_s, 'contexts'))), ', ')),
+                    str(t_2(context.eval_ctx, t_5(context, (([(str_join(('vals, ', context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars), )) if (not t_7(environment.getattr(l_2_s, 'at'))) else cond_expr_undefined("the inline if-expression on line 122 in 'unflatten.py.j2' evaluated to false and no else section was defined."))] + ([environment.getattr(l_2_s, 'statics')] if environment.getattr(l_2_s, 'statics') else [])) + environment.getattr(l_2_s, 'contexts'))), ', ')),
                     ')\n',
                     str(environment.getattr(l_2_s, 'root')),
                     ' = ',
@@ -511,17 +635,17 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'call_fill'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'fn')),
                     '_fill(',
                     str(environment.getattr(l_2_s, 'src')),
-                    str((str_join((', ', environment.getattr(l_2_s, 'statics'), )) if environment.getattr(l_2_s, 'statics') else cond_expr_undefined("the inline if-expression on line 106 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((str_join((', ', environment.getattr(l_2_s, 'statics'), )) if environment.getattr(l_2_s, 'statics') else cond_expr_undefined("the inline if-expression on line 125 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     ')',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'create_each'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     str(context.call((undefined(name='loop_head') if l_0_loop_head is missing else l_0_loop_head), l_2_s, _loop_vars=_loop_vars)),
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
@@ -542,7 +666,7 @@ def root(context, missing=missing):
                 pass
                 if environment.getattr(l_2_s, 'sources'):
                     pass
-                    t_12.extend((
+                    t_14.extend((
                         '\nfor (',
                         str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'made'), ', ')),
                         ',), ',
@@ -557,7 +681,7 @@ def root(context, missing=missing):
                     ))
                 else:
                     pass
-                    t_12.extend((
+                    t_14.extend((
                         '\nfor ',
                         str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'made'), ', ')),
                         ', in ',
@@ -566,25 +690,25 @@ def root(context, missing=missing):
                         str(environment.getattr(l_2_s, 'n')),
                         ' of one shape: filled, each in table order',
                     ))
-                t_12.extend((
+                t_14.extend((
                     str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), environment.getattr(l_2_s, 'body'), _loop_vars=_loop_vars), 4)),
                     '\n    pass',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'made_roots'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
-                    str(('tuple(' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 123 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str(('tuple(' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 142 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     '[t[0] for t in ',
                     str(environment.getattr(l_2_s, 'src')),
                     ']',
-                    str((')' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 123 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((')' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 142 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'iter_statics_back'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = reversed(',
@@ -593,7 +717,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'chain_head'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -602,7 +726,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'fill_chain'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'links')),
                     ' = [t[0] for t in ',
@@ -617,14 +741,14 @@ def root(context, missing=missing):
                 ))
                 if environment.getattr(l_2_s, 'dst_after'):
                     pass
-                    t_12.extend((
+                    t_14.extend((
                         '(',
                         str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'objs_after'), ', ')),
                         ',), ',
                     ))
-                t_12.extend((
+                t_14.extend((
                     str(environment.getattr(l_2_s, 'nxt')),
-                    str((', ' if environment.getattr(l_2_s, 'targets') else cond_expr_undefined("the inline if-expression on line 131 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((', ' if environment.getattr(l_2_s, 'targets') else cond_expr_undefined("the inline if-expression on line 150 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'targets'), ', ')),
                     ' in zip(',
                     str(environment.getattr(l_2_s, 'src')),
@@ -632,14 +756,14 @@ def root(context, missing=missing):
                 ))
                 if environment.getattr(l_2_s, 'dst_after'):
                     pass
-                    t_12.extend((
+                    t_14.extend((
                         'reversed(',
                         str(environment.getattr(l_2_s, 'dst_after')),
                         '), ',
                     ))
-                t_12.extend((
+                t_14.extend((
                     str(environment.getattr(l_2_s, 'links')),
-                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 131 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 150 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'sources'), ', ')),
                     '):  # ',
                     str(environment.getattr(l_2_s, 'n')),
@@ -649,7 +773,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_cchain'):
                 pass
-                t_12.extend((
+                t_14.extend((
                     str(context.call((undefined(name='loop_head') if l_0_loop_head is missing else l_0_loop_head), l_2_s, _loop_vars=_loop_vars)),
                     '\n',
                     str(environment.getattr(l_2_s, 'prev')),
@@ -669,12 +793,12 @@ def root(context, missing=missing):
                 ))
             else:
                 pass
-                t_12.extend((
+                t_14.extend((
                     '\n',
                     str(context.call((undefined(name='unknown_op') if l_2_unknown_op is missing else l_2_unknown_op), l_2_s, _loop_vars=_loop_vars)),
                 ))
         l_2_loop = l_2_s = l_2_unknown_op = missing
-        return concat(t_12)
+        return concat(t_14)
     context.exported_vars.add('body')
     context.vars['body'] = l_0_body = Macro(environment, macro, 'body', ('steps',), False, False, False, context.eval_ctx.autoescape)
     for l_1_f in (undefined(name='shape_fns') if l_0_shape_fns is missing else l_0_shape_fns):
@@ -697,7 +821,7 @@ def root(context, missing=missing):
             yield ',)\n\n\ndef '
             yield str(environment.getattr(l_1_f, 'name'))
             yield '_fill(t'
-            yield str((', S' if environment.getattr(l_1_f, 'statics') else cond_expr_undefined("the inline if-expression on line 154 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
+            yield str((', S' if environment.getattr(l_1_f, 'statics') else cond_expr_undefined("the inline if-expression on line 173 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
             yield '):\n    """Fill the nodes of one '
             yield str(environment.getattr(l_1_f, 'type_name'))
             yield ' its _create made, in table order."""\n    '
@@ -745,4 +869,4 @@ def root(context, missing=missing):
         yield '\n'
 
 blocks = {}
-debug_info = '1=60&6=62&7=74&8=79&9=84&12=92&13=97&14=102&17=112&18=117&19=121&20=124&21=127&23=134&26=142&27=148&28=152&29=156&30=158&31=162&32=165&33=169&34=172&35=176&36=181&37=185&38=192&39=196&40=203&41=207&42=211&43=215&44=219&45=224&46=228&47=234&48=238&49=255&50=259&51=266&52=270&53=273&54=278&56=283&57=287&58=294&59=297&60=302&62=311&63=315&64=320&65=324&66=331&67=335&68=342&69=346&70=355&71=357&72=361&74=373&75=378&78=384&79=388&80=395&81=399&82=409&83=413&84=422&85=426&86=431&87=434&88=436&89=438&90=442&91=444&92=448&93=450&94=454&96=459&97=462&98=464&99=474&100=489&101=490&102=492&103=496&104=502&105=507&106=511&107=517&108=520&109=522&110=524&111=528&112=530&113=534&114=536&115=538&116=542&118=557&120=565&122=568&123=572&124=580&125=584&126=589&127=593&128=598&129=602&130=606&131=610&132=642&134=645&135=648&136=650&137=654&138=658&139=660&140=663&142=669&146=675&147=678&148=681&149=685&150=689&151=691&154=693&155=697&156=699&157=701&161=706&162=710&163=714&164=716&169=719&172=722&174=726&175=728&177=730&178=733&179=735&180=737&181=739'
+debug_info = '1=66&6=68&7=80&8=85&9=90&12=98&13=103&14=108&17=118&18=123&19=127&20=130&21=133&23=140&26=148&27=154&29=165&30=171&31=175&32=179&33=181&34=185&35=188&36=192&37=195&38=199&39=204&40=208&41=215&42=219&43=226&44=230&45=234&46=238&47=242&48=247&49=251&50=257&51=261&52=268&53=272&54=302&55=306&56=313&57=317&58=320&59=325&61=330&62=334&63=341&64=344&65=349&67=358&68=362&69=367&70=371&71=378&72=382&73=389&74=393&75=402&76=406&77=414&78=423&79=427&80=430&81=434&83=447&85=462&86=466&87=470&88=474&89=479&90=481&91=485&93=497&94=502&97=508&98=512&99=519&100=523&101=533&102=537&103=546&104=550&105=555&106=558&107=560&108=562&109=566&110=568&111=572&112=574&113=578&115=583&116=586&117=588&118=598&119=613&120=614&121=616&122=620&123=626&124=631&125=635&126=641&127=644&128=646&129=648&130=652&131=654&132=658&133=660&134=662&135=666&137=681&139=689&141=692&142=696&143=704&144=708&145=713&146=717&147=722&148=726&149=730&150=734&151=766&153=769&154=772&155=774&156=778&157=782&158=784&159=787&161=793&165=799&166=802&167=805&168=809&169=813&170=815&173=817&174=821&175=823&176=825&180=830&181=834&182=838&183=840&188=843&191=846&193=850&194=852&196=854&197=857&198=859&199=861&200=863'
