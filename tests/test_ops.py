@@ -38,6 +38,7 @@ DUMMY: dict[str, Any] = {
     "tail": "x2", "nxt": "x2", "objs": "F2", "vals": None, "prev": "x3",
     "checks": [], "keys": "KS0", "types": ["T0"], "contexts": ["ctx0"], "kept": None,
     "root": "x3", "made": ["x1", "x2"], "what": "of one shape",
+    "new": "new_object", "metas": None, "md": "md1",
 }
 
 #: The update's checks (before any write), rendered with the update's writes; its token

@@ -316,7 +316,8 @@ def test_max_steps_bounds_the_generated_code(outlined: None) -> None:
         m = Box(layers=[Linear(2, 2, float(i)) for i in range(1000)])  # one loop: small code
         gd, st_ = sg.flatten(m)
         unflatten_served(gd, st_)
-        wide = Box(**{f"p{i}": sg.Param(np.float32(i)) for i in range(300)})  # no repeated shape
+        # no repeated shape, no run of sibling states of one kind (metadata every other one)
+        wide = Box(**{f"p{i}": sg.Param(np.float32(i), **({"tag": i} if i % 2 else {})) for i in range(300)})
         gd, st_ = sg.flatten(wide)
         sg.unflatten(gd, st_)
         sg.unflatten(gd, st_)

@@ -196,8 +196,8 @@ OPS: dict[str, Op] = {
     "new_state_run": Op(_U, ("dst", "new", "cls", "start", "stop", "metas", "meta", "var", "value", "md",
                              "n")),
     # per key of keys (a bound tuple) and item of the list src, in order: setter(obj, key, item)
-    # (key, value: the loop's locals)
-    "set_key_run": Op(_U, ("obj", "setter", "keys", "src", "key", "value")),
+    # (var, value: the loop's locals, the key and the item)
+    "set_key_run": Op(_U, ("obj", "setter", "keys", "src", "var", "value")),
     "new_context": Op(_U, ("dst", "factory")),  # a foreign library's per-call context
     "call": Op(_U, ("dst", "fn", "args")),  # dst = fn(*args): a foreign factory
     "set_slot": Op(_U, ("obj", "setter", "value")),  # setter(obj, value): past __setattr__

@@ -959,7 +959,7 @@ class UnflattenPlanner:
                 assert run_keys is not None
                 self.steps.append(Step("set_key_run", obj=obj, setter=setter,
                                        keys=self.consts.bind(run_keys, "KS"), src=lst,
-                                       key=self._fresh("x"), value=self._fresh("x")))
+                                       var=self._fresh("x"), value=self._fresh("x")))
                 j = end
 
     def _fill_segments(self, obj: str, keys: list[Any], values: list[str],

@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = 'c82a390c39b99dd17e7c1b1bd7f8da0834e5938b25d4a78ab2a0ae8d2661eecc'
+FINGERPRINT = '2d3f090c63ea3320e65f3ca0bfb8aefeda67c029fe9eadb35055d089a950536e'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'unflatten.py.j2'
 
@@ -408,7 +408,7 @@ def root(context, missing=missing):
                 pass
                 t_14.extend((
                     '\nfor ',
-                    str(environment.getattr(l_2_s, 'key')),
+                    str(environment.getattr(l_2_s, 'var')),
                     ', ',
                     str(environment.getattr(l_2_s, 'value')),
                     ' in zip(',
@@ -420,7 +420,7 @@ def root(context, missing=missing):
                     '(',
                     str(environment.getattr(l_2_s, 'obj')),
                     ', ',
-                    str(environment.getattr(l_2_s, 'key')),
+                    str(environment.getattr(l_2_s, 'var')),
                     ', ',
                     str(environment.getattr(l_2_s, 'value')),
                     ')',
