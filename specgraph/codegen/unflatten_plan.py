@@ -32,6 +32,13 @@ the one-phase loop where no user call sees the difference
 (:meth:`UnflattenPlanner._phased_chains_only`), else loops in the same two phases
 (:meth:`UnflattenPlanner._phased_chain`).
 
+A run of sibling states of one kind (``outline_min`` or more plain states of one class, a
+node's attributes, a dict's values, a list's, tuple's or custom pytree's items, none shared:
+:meth:`UnflattenPlanner._find_state_runs`) is made by one loop in the top function, at its
+place in table order, each state as the unrolled code makes one (the reference's user calls,
+in its order), and stored from that loop's list where its parent is filled or built (its
+keys one bound tuple; a callback node's ``set_key`` called per item, in order).
+
 A foreign library's per-call context (NNX: the one TraceState every Pytree and Variable
 of the call shares; BrainState: the tracer, source info and level of every State) is
 made once, first, by the top function, as unrolled; a builder takes the contexts it
