@@ -543,3 +543,30 @@ def test_a_run_at_the_root_or_in_a_custom_pytree(impl: Any, where: str) -> None:
     assert_same_flatten(sg.generic.flatten(twin), ref)
     if impl.compiled:
         assert [x.split(": ")[1] for x in _unflatten_loops(ref[0])] == ["a run of 75 x Param"]
+
+
+def test_a_run_class_gaining_new_is_a_class_miss(disable: Callable[[frozenset[str]], None]) -> None:
+    """The loop makes its states as ``NEW(cls)`` while the class has no ``__new__``: one it
+    gains after the compile is called as the reference calls it (the class guard misses).
+    Without the class guards the loop skips it (the suite would see it)."""
+    for disabled in (frozenset({"class"}), frozenset()):
+        disable(disabled)
+
+        class Fresh(sg.Param):
+            __slots__ = ()
+
+        b = wide("list", 70, lambda i: Fresh(np.float32(i)))
+        gd, sm = sg.generic.flatten(b)
+        sg.unflatten(gd, sm)
+        sg.unflatten(gd, sm)
+        assert [x.split(": ")[1].endswith("Fresh") for x in _unflatten_loops(gd)] == [True]
+        made: list[int] = []
+
+        def new(cls: type, *a: Any, made: list[int] = made, **k: Any) -> Any:
+            made.append(1)
+            return object.__new__(cls)
+
+        Fresh.__new__ = new  # type: ignore[method-assign, assignment]
+        twin = sg.unflatten(gd, sm)
+        assert_same_flatten(sg.generic.flatten(twin), (gd, sm))
+        assert len(made) == (0 if disabled else 70)
