@@ -28,6 +28,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import specgraph as sg
+from specgraph._ir import NodeEdge, NodeSpec
 from specgraph.codegen import analysis, pipeline, shapes
 from specgraph.codegen.flatten_plan import Declined, plan_flatten
 from specgraph.codegen.unflatten_plan import plan_unflatten
@@ -422,3 +423,90 @@ def test_a_state_class_changed_since_the_flatten_scanned_is_scanned_again() -> N
         assert got == own and own[0][5][1]  # (and the states' reads are user code now)
     finally:
         del Later.value
+
+
+# -- a chain's link split from what find_shapes found (find_chains scans it no second time) ----
+
+
+def check_split(gd: sg.GraphDef, outline_min: int) -> int:
+    """For the flatten's scan and the unflatten's (with and without callbacks), every node
+    and every node child as the next link: ``_Scan.split`` answers what a scan with that
+    ``rec`` answers (tokens, slots and entries, the user flags, the node key), or nothing;
+    and the chains found are those found scanning every link. How many splits answered."""
+    answered = 0
+    for kw in ({"flatten_only": True}, {"by_value": False, "callbacks": False},
+               {"by_value": False, "callbacks": True}):
+        sh = shapes.find_shapes(gd, outline_min, set(), set(), foreign=True, **kw)
+        sc = sh.scan
+        if sc is None:
+            continue
+        for spec in gd.table:
+            if type(spec) is not NodeSpec:
+                continue
+            for rec, c in enumerate(spec.children):
+                if type(c) is not NodeEdge:
+                    continue
+                got = sc.split(spec, rec)
+                if got is None:
+                    continue
+                flags = (sc.last_user, sc.last_user_after)
+                assert sc.scan(spec, rec) == got[:2]
+                assert (sc.last_user, sc.last_user_after) == flags
+                nk = sc.node_key_of.get(spec.index, shapes._REC)
+                if nk is shapes._REC:
+                    nk = shapes._node_key(spec, sc.equal, sc.by_value)
+                assert got[2] == nk
+                answered += 1
+        user = kw.get("callbacks", True)
+        for ordered in ((False, True) if user else (False,)):
+            with_split = _chains_of(gd, sh, user, ordered)
+            split = shapes._Scan.split
+            try:
+                shapes._Scan.split = lambda self, spec, rec: None  # type: ignore[method-assign]
+                assert _chains_of(gd, sh, user, ordered) == with_split
+            finally:
+                shapes._Scan.split = split  # type: ignore[method-assign]
+    return answered
+
+
+def _chains_of(gd: sg.GraphDef, sh: shapes.Shapes, user: bool, ordered: bool) -> list[Any]:
+    return [(k, c.head, c.n, c.tail, c.links)
+            for k, c in shapes.find_chains(gd, 2, set(), set(), sh, user=user, ordered=ordered).items()]
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), mutations=st.integers(0, 3), outline_min=st.sampled_from([2, 64]))
+def test_split_links_of_random_graphs_are_their_scans(seed: int, mutations: int, outline_min: int) -> None:
+    rng = random.Random(seed)
+    try:
+        m = fo.build(rng, deep=False)
+        for _ in range(mutations):
+            fo.mutate(rng, m)
+        gd, _ = sg.generic.flatten(m)
+        check_split(gd, outline_min)
+    finally:
+        fo.unhook()
+
+
+@pytest.mark.parametrize("kind", list(CHAINS))
+def test_split_links_of_callback_chains_are_their_scans(kind: str) -> None:
+    key, extra = CHAINS[kind]
+    x: Any = CL(-1)
+    for i in range(30):
+        c = CL(i, **extra(i))
+        c.items[key] = x
+        x = c
+    gd, _ = sg.generic.flatten(Box(x=x, after=_p(1.0), lazy=Box(s=_p(2.0, Lazy))))
+    n = check_split(gd, 2)
+    if kind not in ("before", "pytree", "array"):  # (each link, in the flatten's scan and the
+        assert n >= 30 * 2  # unflatten's with callbacks)
+    else:  # (a link holding a container, a custom pytree, an array: scanned)
+        assert n < 30
+
+
+@pytest.mark.parametrize("family", ["specgraph", "nnx", "brainstate"])
+def test_split_links_of_node_chains_are_their_scans(family: str) -> None:
+    gd, _ = sg.generic.flatten(models.build_deepchain(_family(family), 40))
+    check_split(gd, 2)
+    gd, _ = sg.generic.flatten(pytree_model("nested"))
+    check_split(gd, 2)

@@ -401,6 +401,7 @@ class _Scan:
         self.shared_types = shared_types
         self.key_of: dict[int, int] = {}  # node index -> sid (outlinable subtrees only)
         self.node_key_of: dict[int, Any] = {}  # node index -> its _node_key (find_shapes')
+        self.keys: list[Any] = []  # sid -> its key (find_shapes'; see split)
         self.size: dict[int, tuple[int, int, int]] = {}  # node index -> (first slot, slots, entries)
         self.ok: dict[type, bool] = {}  # class -> whether outlined code may read it
         # Per class, read once per scan (the registry and the class dicts do not change
@@ -483,6 +484,68 @@ class _Scan:
         if kind == 2 and ArrayEdge in map(type, spec[4]):
             return None  # (an array held by a dict-backed node: its writes are the layout's)
         return self.scan_children(spec[4], rec, spec[2], kind == 3)
+
+    def split(self, spec: NodeSpec, rec: int) -> tuple[tuple, tuple[int, ...], Any] | None:
+        """:meth:`scan` of ``spec`` with ``rec`` (a chain's next link), taken from what
+        :func:`find_shapes` found of it (its key, its size and the next link's) instead of
+        scanning it again, and its node key; ``last_user`` and ``last_user_after`` set as
+        the scan sets them. ``None``: not known that way (the scan answers): the node is not
+        outlinable whole, holds a bare array (the scan with ``rec`` refuses what is
+        outlinable whole, see ``with_arrays``) or a container (its tokens are in pre-order,
+        not one per child), or the next link has no value slot (nothing tells the slots
+        before it from those after it).
+
+        Exact: outlinable whole, ``spec``'s entries are ``i``, those before the next link
+        ``j``, ``j``'s, those after it, one consecutive run, and so are its slots, in child
+        order; the scan with ``rec`` makes each other child's token as the whole scan made
+        it, ``R`` for the next link, and tests a subset of what the whole scan tested (no
+        child's entries or slots need follow the next link's)."""
+        i = spec[2]
+        sid = self.key_of.get(i)
+        if sid is None or i in self.with_arrays or len(self.keys) <= sid:
+            return None
+        key = self.keys[sid]
+        tokens = key[5]
+        children = spec[4]
+        if len(tokens) != len(children):
+            return None
+        j = children[rec][1]
+        clo, cn, cm = self.size[j]
+        if not cn:
+            return None
+        user = self.node_kinds.get(spec[1]) == 3
+        after = False
+        users, reads, plain_reads, table = self.user, self.user_reads, self.plain_reads, self.table
+        for p, e in enumerate(children):
+            k = type(e)
+            if p == rec:
+                continue
+            if k is NodeEdge:
+                c = e[1]
+                if c in users:
+                    user = True
+                    if p > rec:
+                        after = True
+                elif p > rec and c in reads:
+                    after = True
+            elif k is StateEdge:
+                if p > rec:
+                    plain = plain_reads.get(table[e[1]][1])
+                    if plain is None:
+                        return None
+                    if not plain:
+                        after = True
+            elif k is PytreeEdge:
+                return None
+        lo, n, m = self.size[i]
+        nb = clo - lo
+        na = n - nb - cn
+        nea = i + m - j - cm
+        self.last_user = user
+        self.last_user_after = after
+        return ((*tokens[:rec], "R", *tokens[rec + 1:]),
+                (lo if nb else -1, nb, j - i, clo + cn if na else -1, na, j + cm if nea else 0, nea),
+                key[2])
 
     def scan_children(self, children: tuple, rec: int, i: int,
                       user: bool = False) -> tuple[tuple, tuple[int, ...]] | None:
@@ -789,6 +852,7 @@ def _find_shapes(gd: GraphDef, outline_min: int, sc: _Scan, known: _Scan | None)
         shapes[sid] = Shape(sid, occ[0], occ, n, m, table[occ[0]].type.__qualname__)
         for i in occ:
             shape_of[i] = sid
+    sc.keys = list(interned)  # (in sid order: each sid is the count interned before it)
     return Shapes(shapes, shape_of, {i: size[i][0] for i in shape_of}, key_of, size, sc)
 
 
@@ -836,7 +900,7 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
     writes name instead of loading the link again: ``chain_loop``'s ``kept``.)"""
     table = gd.table
     sc = shapes.scan if shapes.scan is not None else _Scan(gd, witnessed, shared_types)
-    refs = sc.refs
+    refs, split = sc.refs, sc.split
     links: dict[int, Link] = {}
     interned: dict[Any, int] = {}
     for spec in table:
@@ -853,13 +917,20 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
                 rec = p
         if rec < 0:
             continue
-        got = sc.scan(spec, rec)
-        if got is None or (sc.last_user and not user) or (ordered and sc.last_user_after):
+        known = split(spec, rec)  # (what find_shapes found of it: not scanned again)
+        if known is not None:
+            tokens, where, node_key = known
+        else:
+            got = sc.scan(spec, rec)
+            if got is None:
+                continue
+            tokens, where = got
+            node_key = sc.node_key_of.get(i, _REC)  # (find_shapes made it, with this scan's classes)
+            if node_key is _REC:
+                node_key = _node_key(spec, sc.equal, sc.by_value)
+        if (sc.last_user and not user) or (ordered and sc.last_user_after):
             continue  # (a link calling user code: not asked for, or after its next link)
-        tokens, (lb, nb, eb, la, na, ea, nea) = got
-        node_key = sc.node_key_of.get(i, _REC)  # (find_shapes made it, with this scan's classes)
-        if node_key is _REC:
-            node_key = _node_key(spec, sc.equal, sc.by_value)
+        lb, nb, eb, la, na, ea, nea = where
         key = (id(t), spec.keys, node_key, rec, i in witnessed, t in shared_types, tokens)
         lid = interned.setdefault(key, len(interned))
         links[i] = Link(lid, rec, spec.children[rec].index, (lb, nb), (la, na), (i, eb), (ea, nea))
