@@ -169,7 +169,8 @@ ROWS: dict[str, Callable[[int], Any]] = {
 
 
 #: Rows whose unflatten is measured too.
-UNFLATTEN_ROWS = ("cb-mlp", "cb-one", "deep", "cb-chain", "cb-after", "pt-list", "nt", "pytree")
+UNFLATTEN_ROWS = ("cb-mlp", "cb-one", "deep", "cb-chain", "cb-after", "pt-list", "nt", "pytree", "idx",
+                  "period")
 
 
 def _outlined() -> bool:

@@ -37,6 +37,7 @@ DUMMY: dict[str, Any] = {
     "counters": [("a1", ("", 0), 2)], "item": "x1", "tuple": False, "links": "r1", "head": "x1",
     "tail": "x2", "nxt": "x2", "objs": "F2", "vals": None, "prev": "x3",
     "checks": [], "keys": "KS0", "types": ["T0"], "contexts": ["ctx0"], "kept": None,
+    "params": ["p1"], "pvals": "PV0",
     "root": "x3", "made": ["x1", "x2"], "what": "of one shape",
     "new": "new_object", "metas": None, "md": "md1",
 }

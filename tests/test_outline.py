@@ -32,6 +32,11 @@ class Linear(sg.Node):
         self.dout = dout
 
 
+class Head(Linear):
+    """Another class: never one shape with the layers (a Linear(2, 1) would be, its din and
+    dout parameters of the layers' function)."""
+
+
 class Other(sg.Node):
     def __init__(self, **attrs: Any) -> None:
         vars(self).update(attrs)
@@ -54,7 +59,7 @@ class Buffer(sg.State):
 
 
 def mlp(n: int = 6) -> Box:
-    return Box(layers=[Linear(2, 2, float(i)) for i in range(n)], head=Linear(2, 1, 9.0), act="relu")
+    return Box(layers=[Linear(2, 2, float(i)) for i in range(n)], head=Head(2, 1, 9.0), act="relu")
 
 
 
@@ -184,7 +189,7 @@ class Layers:
 def model(layout: str, n: int = 4) -> Box:
     if layout == "list":
         return mlp(n)
-    return Box(**{f"l{i}": Linear(2, 2, float(i)) for i in range(n)}, head=Linear(2, 1, 9.0))
+    return Box(**{f"l{i}": Linear(2, 2, float(i)) for i in range(n)}, head=Head(2, 1, 9.0))
 
 
 def _rename(layer: Linear) -> None:

@@ -106,6 +106,11 @@ def _outlined_form(src: str, layout: str, n: int, type_name: str = "") -> None:
     called once per occurrence (its guards not repeated per occurrence)."""
     if layout == "attrs":
         assert src.count("def outlined0_flatten") == 1 and src.count("outlined0_flatten(") == n + 1
+    elif type_name == "ListMLP":
+        # (the head, a Linear(2, 1): one shape with the layers, its out_features a parameter
+        # of their function, called once; the loop's items agree: no parameter of its own)
+        assert f"# {n} of one shape" in src and "for x" in src and "in zip(" not in src
+        assert src.count("def outlined0_flatten") == 1 and "(a parameter)" in src
     else:
         assert f"# {n} of one shape" in src and "def outlined" not in src
     assert src.count("is not Linear") == 1 + (type_name == "ListMLP")  # one body for all n (+ the head)

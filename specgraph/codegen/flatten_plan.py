@@ -107,10 +107,14 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         # and values are read in order: an outlined function reads its occurrence exactly as
         # the unrolled code would, so outlining does not depend on it.)
         self.shapes = find_shapes(gd, outline_min, self.witnessed,
-                                  self.shared_types, foreign=True, flatten_only=True)
+                                  self.shared_types, foreign=True, flatten_only=True, params=True)
+        # Planning a body whose statics are parameters (an outlined function or a loop's
+        # item of a shape with Shape.params): where its subtree's parameter statics and
+        # nodes sit in its static vector (shapes.Shapes.layout), the parameter locals by
+        # position, and the vector of the occurrence it is planned from.
+        self._pctx: tuple[dict[int, int], dict[int, int], dict[int, str], tuple] | None = None
         self.shape_fns: list[ShapeFn] = []
         self._where: dict[int, list[str]] = {}  # shape -> where its first few calls are
-        self._listed: dict[int, int] = {}  # shape -> the occurrences those places hold
         self._planning: Shape | None = None  # the shape whose function is being planned
         # Chains of nested nodes of one link shape: a loop (see shapes.find_chains).
         # (Links calling user code too, in the reference's order: see find_chains.)
@@ -129,6 +133,12 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         self._planned: set[int] = set()  # shapes whose functions are planned
         self._reloads: set[str] = set()  # outlined functions whose guards call user code (kept)
         self.loops: list[str] = []  # loops over lists of one shape, for explain
+        # Calls of outlined functions: (the calling shape or None: the top function, how many
+        # times the call runs per run of its caller (a chain's links), the called shape).
+        # An occurrence in a loop's item is read inline: not a use of its function.
+        self._calls: list[tuple[int | None, int, int]] = []
+        self._mult = 1  # runs of the body being planned per run of its function (chains)
+        self._labelled: dict[int, list[tuple[int | None, int]]] = {}  # the calls _where names
         # Runs of sibling states of one kind at least this long are loops (_state_runs).
         self.run_min = max(2, outline_min) if outline_min > 0 else 0
         self._plain_state: dict[type, bool] = {}  # class -> a plain State class (no layout)
@@ -144,11 +154,14 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         counts = dict.fromkeys(GUARD_KINDS, 0)
         counts.update(Counter(s.kind for s in steps if s.kind))
         outlined_distinct = _count(steps, 1, counts)
+        uses = self._uses()
         for fn in self.shape_fns:
-            outlined_distinct = _count(fn.steps, fn.uses, counts) or outlined_distinct
             sid = int(fn.name[len("outlined"):])
+            fn.uses = uses[sid]
+            outlined_distinct = _count(fn.steps, fn.uses, counts) or outlined_distinct
             fn.where = self._where.get(sid, [])
-            if self._listed.get(sid, 0) < fn.uses:
+            listed = sum((1 if c is None else uses[c]) * m for c, m in self._labelled.get(sid, []))
+            if listed < fn.uses:
                 fn.where.append("...")
             outlined_distinct = outlined_distinct or bool(fn.distinct)
         counts["epoch"] = 1
@@ -236,6 +249,9 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         skip, self.skip_type_guard = self.skip_type_guard, False
         self._planning = shape
         inline, self._inline = self._inline, 0
+        pctx, mult = self._pctx, self._mult
+        self._pctx = self._param_ctx(shape.rep, shape.params)
+        self._mult = 1
         try:
             with self._own_body():
                 rep = shape.rep
@@ -263,6 +279,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                     checks=checks,
                     kept=kept,
                     array_writes=[_rebase(w, lo) for w in arrays],
+                    params=self._param_names(shape.params),
                 )
                 if kept is not None:
                     self._reloads.add(fn.name)
@@ -270,6 +287,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             self.skip_type_guard = skip
             self._planning = None
             self._inline = inline
+            self._pctx, self._mult = pctx, mult
         self.shape_fns.append(fn)
 
     def _chain(self, work: Work, chain: Chain) -> Work:
@@ -284,6 +302,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         if containers:  # (the node whose attribute holds them: no array leaf is in a link)
             self.nearest[cur] = self.nearest.get(work.obj, len(self.gd.table))
         self._rec_edge = chain.rec_edges[0] if containers else None
+        mult, self._mult = self._mult, self._mult * chain.n  # (its body runs once per link)
         try:
             with self._own_body():
                 if containers:
@@ -298,6 +317,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                 rec = self._rec_local
         finally:
             self._rec, self._rec_local, self._rec_edge = -1, "", None
+            self._mult = mult
         self.keyed_statics = self.keyed_statics or keyed
         (lb, nb), (la, na) = first.before, first.after
         (eb, neb), (ea, nea) = first.ebefore, first.eafter
@@ -353,16 +373,30 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             for i in range(lo + 1, lo + count):
                 table[i] = None
 
-    def _note_use(self, sid: int, path: Any, loop: int = 0) -> None:
+    def _note_use(self, sid: int, path: Any) -> None:
+        caller = self._planning.sid if self._planning is not None else None
+        self._calls.append((caller, self._mult, sid))
         where = self._where.setdefault(sid, [])
         if len(where) < 3:
-            label = path_label(path) + (f"[0..{loop - 1}] (a loop)" if loop else "")
-            covers = loop or 1
+            label = path_label(path)
             if self._planning is not None:  # a call in an outlined function: once per its uses
                 label = f"{label} in {self._planning.type_name}"
-                covers *= len(self._planning.occurrences)
             where.append(label)
-            self._listed[sid] = self._listed.get(sid, 0) + covers
+            self._labelled.setdefault(sid, []).append((caller, self._mult))
+
+    def _uses(self) -> dict[int, int]:
+        """Per outlined shape, how many times one call of the top function calls its
+        function (its occurrences read inline in loops' items are not calls). Callers come
+        first in the reverse of the order the functions were planned in (a function is
+        planned whole, its callees in it, before its own is appended)."""
+        by_callee: dict[int, list[tuple[int | None, int]]] = {}
+        for caller, mult, sid in self._calls:
+            by_callee.setdefault(sid, []).append((caller, mult))
+        uses: dict[int, int] = {}
+        for fn in reversed(self.shape_fns):
+            sid = int(fn.name[len("outlined"):])
+            uses[sid] = sum((1 if c is None else uses.get(c, 0)) * m for c, m in by_callee.get(sid, []))
+        return uses
 
     def _splice(self, j: int, shape: Shape, k: int, dst: str) -> None:
         """The values and objects of ``k`` occurrences, the first at node ``j``: one splice."""
@@ -388,7 +422,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         dst = self._fresh("r")
         name = f"outlined{sid}"
         assert type(work.obj) is str
-        self.steps.append(Step("call_shape", dst=dst, fn=name, obj=work.obj))
+        args = [self._operand_at(j, q) for q in shape.params]
+        self.steps.append(Step("call_shape", dst=dst, fn=name, obj=work.obj, args=args))
         self._splice(j, shape, 1, dst)
         if shape.nslots:
             # (user code in its guards: its write function takes what its update's returned)
@@ -432,9 +467,13 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         shape = self.shapes.shapes[sid]
         rep = kids[0].index
         item = self._fresh("x")
+        pvals, fixed, varying = self._loop_params(kids, shape.params)  # (before the body's names)
         outer_inline = self._inline
         skip, self.skip_type_guard = self.skip_type_guard, False
         self._inline += 1
+        pctx = self._pctx
+        self._pctx = self._param_ctx(rep, shape.params, fixed)
+        params = self._param_names(varying)
         try:
             with self._own_body():
                 # The body: one item, unrolled (what it holds inline too, but its own lists of one shape).
@@ -448,6 +487,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         finally:
             self.skip_type_guard = skip
             self._inline -= 1
+            self._pctx = pctx
         self.keyed_statics = self.keyed_statics or keyed
         dst = self._fresh("r")
         values = [vals[s] for s in sorted(vals) if vals[s] is not None]
@@ -462,7 +502,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         self.steps.append(Step(
             "each_loop", dst=dst, obj=var, var=item, n=len(kids), body=body, distinct=distinct,
             values=values, keep_states=keep_states,
-            objects=[objs[i] for i in sorted(objs) if objs[i] is not None], checks=checks, kept=kept))
+            objects=[objs[i] for i in sorted(objs) if objs[i] is not None], checks=checks, kept=kept,
+            params=params, pvals=pvals))
         self._looped = True
         self._splice(rep, shape, len(kids), dst)
         if writes:
@@ -490,7 +531,83 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                 states=None, total=shape.nslots * len(kids), kept=kept)))
         where = label if item_label else f"{label}[0..{len(kids) - 1}]"
         self.loops.append(f"{where}: {len(kids)} x {shape.type_name}"
-                          + (f" in {self._planning.type_name}" if self._planning is not None else ""))
+                          + (f" in {self._planning.type_name}" if self._planning is not None else "")
+                          + (f", the statics that differ per item zipped in as {', '.join(params)}"
+                             if params else ""))
+
+    # -- statics as parameters (shapes.find_shapes' params) ----------------------------------
+
+    def _param_ctx(self, rep: int, params: tuple[int, ...], fixed: dict[int, str] | None = None) -> Any:
+        """The parameter context of a body planned from node ``rep`` of a shape whose
+        statics at ``params`` are parameters (``None``: none, every static a constant);
+        ``fixed``: those of them one operand holds for the whole body (a loop's items that
+        agree), the others a local each."""
+        if not params:
+            return None
+        pos, off = self.shapes.layout(rep)
+        fixed = fixed or {}
+        names = {p: fixed[p] if p in fixed else self._fresh("p") for p in params}
+        return pos, off, names, self.shapes.vec(rep)
+
+    def _param_names(self, params: tuple[int, ...]) -> list[str]:
+        """The parameter locals at ``params`` of the context just made, in their order."""
+        return [self._pctx[2][p] for p in params] if params and self._pctx is not None else []
+
+    def _operand_at(self, j: int, q: int) -> str:
+        """What holds position ``q`` of node ``j``'s static vector where the planner is: a
+        parameter of the body being planned, or a bound constant."""
+        ctx = self._pctx
+        if ctx is not None:
+            base = ctx[1].get(j)
+            if base is not None:
+                name = ctx[2].get(base + q)
+                return name if name is not None else self.consts.bind(ctx[3][base + q], "C")
+        return self.consts.bind(self.shapes.vec(j)[q], "C")
+
+    def _loop_params(self, kids: tuple, params: tuple[int, ...]
+                     ) -> tuple[str | list[list[str]], dict[int, str], tuple[int, ...]]:
+        """A loop's parameters: ``(pvals, fixed, varying)``. The shape's parameters that one
+        operand holds for every item (``fixed``: a constant, or a parameter of the body the
+        loop is in) are that operand in the loop's body; the others (``varying``) are the
+        loop's own locals, zipped with its items from ``pvals``: one bound tuple where they
+        are constants, else per item the operands holding them (a loop in a body whose own
+        statics are parameters: the template spells them as a tuple)."""
+        if not params:
+            return "", {}, ()
+        ctx = self._pctx
+        if ctx is None or kids[0].index not in ctx[1]:
+            vec = self.shapes.vec
+            rows = [vec(k.index) for k in kids]
+            first = rows[0]
+            varying = tuple(q for q in params if any(r[q] != first[q] for r in rows))
+            fixed = {q: self.consts.bind(first[q], "C") for q in params if q not in varying}
+            if not varying:
+                return "", fixed, ()
+            vals = [tuple(r[q] for q in varying) for r in rows]
+            return (self.consts.bind(tuple(v[0] for v in vals) if len(varying) == 1 else tuple(vals), "PV"),
+                    fixed, varying)
+        ops = [[self._operand_at(k.index, q) for q in params] for k in kids]
+        keep = [j for j in range(len(params)) if any(r[j] != ops[0][j] for r in ops)]
+        fixed = {q: ops[0][j] for j, q in enumerate(params) if j not in keep}
+        return ([[r[j] for j in keep] for r in ops] if keep else ""), fixed, tuple(params[j] for j in keep)
+
+    def _param_static(self, work: Work) -> bool:
+        """A static that is a parameter of the body being planned: guarded against it."""
+        ctx = self._pctx
+        if ctx is None:
+            return False
+        pos = ctx[0].get(id(work.edge))
+        name = ctx[2].get(pos) if pos is not None else None
+        if name is None:
+            return False
+        edge = work.edge
+        label = path_label(work.path) + " (a parameter)"
+        if type(edge.value) is bool:  # (True and False: the very object, as a constant's guard)
+            self.steps.append(Step("guard_static_is", obj=work.obj, const=name, label=label))
+        else:  # an exact int or str: its type and ==, as a constant's guard
+            self.steps.append(Step("guard_static", obj=work.obj, cls=self.consts.bind(edge.sig, "T"),
+                                   const=name, label=label))
+        return True
 
     # -- runs of sibling states ------------------------------------------------------------
 
@@ -570,7 +687,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         self.steps.append(Step(
             "each_loop", dst=dst, obj=var, var=item, n=n, body=body, distinct=distinct,
             values=values, keep_states=keep_states,
-            objects=[objs[i] for i in sorted(objs) if objs[i] is not None], checks=checks, kept=None))
+            objects=[objs[i] for i in sorted(objs) if objs[i] is not None], checks=checks, kept=None,
+            params=[], pvals=""))
         self._looped = True
         self._splice_run(self.values, spec.slot, n, Splice(dst, "v"))
         self._splice_run(self.local_of, rep, n, Splice(dst, "o"))
@@ -784,6 +902,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
     def _static(self, work: Work) -> list[Work]:
         edge = work.edge
         sig = edge.sig
+        if self._pctx is not None and self._param_static(work):
+            return []
         if type(edge.value) is WeakStatic:
             # A static that reaches user data (a bound method, an array kept as a static,
             # ...), held weakly by the cache key this plan is made from: the very object,

@@ -87,7 +87,8 @@ OPS: dict[str, Op] = {
     # (a run of sibling states: a node's attributes, a dict's values)
     "load_items": Op(_F, ("dst", "obj", "keys", "miss")),
     # -- outlined shapes (see shapes.py): fn names the shape's functions ----------------
-    "call_shape": Op(_F, ("dst", "fn", "obj")),  # dst = the shape's function of obj; a str: its miss
+    # dst = the shape's function of obj (args: its parameters' operands); a str: its miss
+    "call_shape": Op(_F, ("dst", "fn", "obj", "args")),
     # dst = a loop's unit (shared.py) of the list obj, of n items; a str: its miss
     "call_loop": Op(_F, ("dst", "fn", "obj", "n")),
     # per item (var) of obj, a list of one shape: body guards and reads it (unrolled); dst gets
@@ -96,8 +97,10 @@ OPS: dict[str, Op] = {
     # checks: the update's trace checks of one item (rendered in the update only)
     # kept: the body calls user code (a callback node's flatten): the update's loop keeps, per
     # item, these locals (what its writes name) in dst, and writes through them (no reload)
+    # params: the body's parameter locals (shapes.Shape.params), per item from pvals (a bound
+    # tuple, or per item the operands holding them), zipped with obj
     "each_loop": Op(_F, ("dst", "obj", "var", "n", "body", "values", "objects", "distinct", "keep_states",
-                         "checks", "kept")),
+                         "checks", "kept", "params", "pvals")),
     # n nested links of one shape from obj: body guards and reads the link in cur (its next
     # link in rec); before/after: its values before/after the rest of the chain (objects too)
     # kept: the body calls user code (a callback link's flatten): the update's loop keeps, per

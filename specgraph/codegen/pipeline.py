@@ -227,7 +227,8 @@ def render(kind: str, plan: FlattenPlan | UnflattenPlan, disabled: frozenset[str
                         checks=[c for c in f.checks if c.kind not in disabled], kept=f.kept,
                         array_writes=[] if by_objects else [_loop_kept(w, disabled, no_distinct)
                                                             if w.op in _LOOPS else w for w in f.array_writes],
-                        loads=[s for s in _kept(f.steps, disabled, no_distinct) if s.op in _LOADS])
+                        loads=[s for s in _kept(f.steps, disabled, no_distinct) if s.op in _LOADS],
+                        params=f.params)
         for f in plan.shape_fns
     ]
     if kind == "update":

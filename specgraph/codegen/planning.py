@@ -52,6 +52,9 @@ class ShapeFn:
     #: its bare arrays' writes (slots relative), in the reference's order: its own write
     #: function, called where the occurrence sorts among the update's array writes
     array_writes: list[Step] = field(default_factory=list)
+    #: its parameters, after ``D``: the statics whose values differ between its
+    #: occurrences (``Shape.params``), guarded against what each call passes
+    params: list[str] = field(default_factory=list)
 
 
 @dataclass

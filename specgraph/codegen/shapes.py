@@ -99,6 +99,10 @@ class Shape:
     nslots: int = 0  # value slots of one occurrence (contiguous)
     nindices: int = 0  # table entries of one occurrence (contiguous, the root first)
     type_name: str = ""
+    #: positions in the occurrences' static vectors (:meth:`Shapes.vec`) whose values
+    #: differ between occurrences: its functions take them as parameters (``find_shapes``'
+    #: ``params``); empty: every occurrence has the same statics, bound as constants
+    params: tuple[int, ...] = ()
 
 
 @dataclass
@@ -111,9 +115,72 @@ class Shapes:
     key_of: dict[int, int] = field(default_factory=dict)  # every outlinable subtree's sid
     size: dict[int, tuple[int, int, int]] = field(default_factory=dict)  # (first slot, slots, entries)
     scan: _Scan | None = None
+    #: exact sid (``key_of``) -> the values of its parameter statics, in scan order
+    #: (``find_shapes``' ``params``; nested subtrees' inline at their place)
+    vec_of: dict[int, tuple[Any, ...]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.shapes)
+
+    def vec(self, i: int) -> tuple[Any, ...]:
+        """The parameter statics of the subtree at node ``i``, in scan order."""
+        return self.vec_of.get(self.key_of[i], ())
+
+    def layout(self, i: int) -> tuple[dict[int, int], dict[int, int]]:
+        """Where each parameter static of node ``i``'s subtree sits in its vector (by the
+        edge's id) and where each node below it starts: the scan's order, so
+        ``vec(i)[pos[id(edge)]]`` is that edge's value and ``vec(j)`` of a node ``j`` below
+        is the slice starting at ``off[j]``."""
+        pos: dict[int, int] = {}
+        off: dict[int, int] = {}
+        assert self.scan is not None
+        table, vec = self.scan.table, self.vec
+        work = [(i, 0)]
+        while work:
+            j, base = work.pop()
+            edges: Any = table[j][4]
+            if PytreeEdge in map(type, edges):
+                edges = _preorder(edges, -1)
+            n = base
+            for e in edges:
+                k = type(e)
+                if k is StaticEdge:
+                    if _is_param(e):
+                        pos[id(e)] = n
+                        n += 1
+                elif k is NodeEdge:
+                    off[e[1]] = n
+                    work.append((e[1], n))
+                    n += len(vec(e[1]))
+        return pos, off
+
+
+#: the static types whose values may be an outlined function's parameters: the values an
+#: int/str/bool guard compares (``("v", id(type), value)`` tokens, exact type)
+_PARAM_IDS = frozenset(map(id, (int, str, bool)))
+
+
+def _is_param(e: Any) -> bool:
+    """A static edge whose value may be a parameter (see :data:`_PARAM_IDS`)."""
+    sig = e[1]
+    return (sig is int or sig is str or sig is bool) and type(e[2]) is sig
+
+
+def _family(key: tuple, fam_of: dict[int, int], vec_of: dict[int, tuple]) -> tuple[Any, tuple]:
+    """A shape key without its parameter statics' values (its nested subtrees' by their
+    families), and those values in scan order (the nested subtrees' at their place)."""
+    tokens: list[Any] = []
+    vec: list[Any] = []
+    for t in key[-1]:
+        if type(t) is tuple and len(t) == 3 and t[0] == "v" and t[1] in _PARAM_IDS:
+            tokens.append(("v", t[1]))
+            vec.append(t[2])
+        elif type(t) is tuple and len(t) == 2 and t[0] == "N":
+            tokens.append(("N", fam_of[t[1]]))
+            vec.extend(vec_of[t[1]])
+        else:
+            tokens.append(t)
+    return (*key[:-1], tuple(tokens)), tuple(vec)
 
 
 def _static_key(edge: Any) -> Any:
@@ -701,7 +768,7 @@ class _Scan:
 
 def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_types: set[type],
                 foreign: bool = False, by_value: bool = True, flatten_only: bool = False,
-                callbacks: bool = False) -> Shapes:
+                callbacks: bool = False, params: bool = False) -> Shapes:
     """The shapes of ``gd`` that occur at least ``outline_min`` times (``0``: none);
     ``foreign``: of foreign classes too (the flatten planner makes their per-call checks,
     the unflatten planner their per-call contexts, and passes them in). ``by_value=False``:
@@ -710,7 +777,11 @@ def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_type
     metadata names and a dict-backed node's number of bookkeeping fields (its code spells
     them). ``flatten_only``: bare array leaves and callback node types too (the flatten
     planner's: see the module docstring). ``callbacks``: callback node types too, not bare
-    arrays (the unflatten planner's two-phase builders: see unflatten_plan.py)."""
+    arrays (the unflatten planner's two-phase builders: see unflatten_plan.py).
+    ``params`` (with ``by_value``): subtrees differing only in the values of int/str/bool
+    statics (a layer's index, a tag) are one shape whose functions take the values that
+    differ as parameters, each occurrence's from its call (or its loop's tuple): guarded as
+    exactly, generated once (``key_of`` stays exact: chains compare links by it)."""
     if outline_min <= 0:
         return Shapes({}, {}, {})
     sc = _Scan(gd, witnessed, shared_types, foreign, by_value, flatten_only, callbacks)
@@ -721,10 +792,10 @@ def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_type
         if known is not None and not _derivable(sc, known):
             known = None
     try:
-        out = _find_shapes(gd, outline_min, sc, known)
+        out = _find_shapes(gd, outline_min, sc, known, params)
     except _NotDerived:
         sc = _Scan(gd, witnessed, shared_types, foreign, by_value, flatten_only, callbacks)
-        out = _find_shapes(gd, outline_min, sc, None)
+        out = _find_shapes(gd, outline_min, sc, None, params)
     if facts is not None and foreign and by_value and flatten_only:
         facts[_FLATTEN_SCAN] = sc  # (for the unflatten planner's scan of this GraphDef)
     return out
@@ -776,10 +847,11 @@ def _derivable(sc: _Scan, known: _Scan) -> bool:
     return True
 
 
-def _find_shapes(gd: GraphDef, outline_min: int, sc: _Scan, known: _Scan | None) -> Shapes:
+def _find_shapes(gd: GraphDef, outline_min: int, sc: _Scan, known: _Scan | None,
+                 params: bool = False) -> Shapes:
     """:func:`find_shapes` with the scan ``sc``; ``known``: a scan it may derive from (see
     :func:`_derivable`): only one node per key of ``known`` is scanned, the others take
-    that node's key and their own size from ``known``."""
+    that node's key and their own size from ``known``; ``params``: :func:`find_shapes`'."""
     table = gd.table
     interned: dict[Any, int] = {}
     key_of, size, node_key_of = sc.key_of, sc.size, sc.node_key_of
@@ -843,17 +915,32 @@ def _find_shapes(gd: GraphDef, outline_min: int, sc: _Scan, known: _Scan | None)
     root = gd.root.index if type(gd.root) is NodeEdge else -1
     shapes: dict[int, Shape] = {}
     shape_of: dict[int, int] = {}
+    vec_of: dict[int, tuple] = {}
+    members: dict[int, list[int]] = {}  # family -> its exact sids
+    if params and by_value:
+        fam_of: dict[int, int] = {}
+        families: dict[Any, int] = {}
+        for key, sid in interned.items():  # (children's keys were made before their parents')
+            fkey, vec_of[sid] = _family(key, fam_of, vec_of)
+            fam = fam_of[sid] = families.setdefault(fkey, len(families))
+            members.setdefault(fam, []).append(sid)
+        counts = {fam: [i for sid in sids for i in counts[sid]] for fam, sids in members.items()}
     for sid, occ in counts.items():
-        occ = [i for i in occ if i != root and refs[i] == 1]  # (a node met twice is inline)
+        occ = sorted(i for i in occ if i != root and refs[i] == 1)  # (a node met twice is inline)
         if len(occ) < outline_min:
             continue
-        occ.reverse()
         _, n, m = size[occ[0]]
-        shapes[sid] = Shape(sid, occ[0], occ, n, m, table[occ[0]].type.__qualname__)
+        varying: tuple[int, ...] = ()
+        if len(members.get(sid, ())) > 1:
+            vecs = {vec_of[key_of[i]] for i in occ}
+            if len(vecs) > 1:
+                first = next(iter(vecs))
+                varying = tuple(p for p in range(len(first)) if any(v[p] != first[p] for v in vecs))
+        shapes[sid] = Shape(sid, occ[0], occ, n, m, table[occ[0]].type.__qualname__, varying)
         for i in occ:
             shape_of[i] = sid
     sc.keys = list(interned)  # (in sid order: each sid is the count interned before it)
-    return Shapes(shapes, shape_of, {i: size[i][0] for i in shape_of}, key_of, size, sc)
+    return Shapes(shapes, shape_of, {i: size[i][0] for i in shape_of}, key_of, size, sc, vec_of)
 
 
 @dataclass

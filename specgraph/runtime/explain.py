@@ -148,7 +148,10 @@ def explain(graphdef: GraphDef, *, max_lines: int | None = 300) -> str:
         out.append("Outlined (each function once below; it guards and reads one occurrence, fully):")
         for fn in plan.shape_fns:
             where = "; ".join(fn.where)
-            out.append(f"  - {fn.name}_* ({fn.type_name}): used {fn.uses} times, at {where}"
+            out.append(f"  - {fn.name}_* ({fn.type_name}): used {fn.uses} time{'' if fn.uses == 1 else 's'}, "
+                       f"at {where}"
+                       + (f"; the statics that differ between the shape's occurrences are its parameters "
+                          f"{', '.join(fn.params)}, each call passing its own" if fn.params else "")
                        + (f"; its {', '.join(fn.shared)} code compiled once for an earlier structure of this "
                           "shape, shared" if fn.shared else ""))
         for loop in plan.loops:

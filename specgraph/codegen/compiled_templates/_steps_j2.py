@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = 'c3ad13869ce307937ccb496a50a3ca0811eae4be89b866506d24085b0cd67607'
+FINGERPRINT = '589e6292d9ef22d85a10926398e117248317889305217b92f4868713efa5ebe5'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = '_steps.j2'
 
@@ -20,46 +20,58 @@ def root(context, missing=missing):
         def t_1(*unused):
             raise TemplateRuntimeError("No filter named 'indent' found.")
     try:
-        t_2 = environment.filters['key']
+        t_2 = environment.filters['join']
     except KeyError:
         @internalcode
         def t_2(*unused):
-            raise TemplateRuntimeError("No filter named 'key' found.")
+            raise TemplateRuntimeError("No filter named 'join' found.")
     try:
-        t_3 = environment.filters['length']
+        t_3 = environment.filters['key']
     except KeyError:
         @internalcode
         def t_3(*unused):
-            raise TemplateRuntimeError("No filter named 'length' found.")
+            raise TemplateRuntimeError("No filter named 'key' found.")
     try:
-        t_4 = environment.tests['item']
+        t_4 = environment.filters['length']
     except KeyError:
         @internalcode
         def t_4(*unused):
-            raise TemplateRuntimeError("No test named 'item' found.")
+            raise TemplateRuntimeError("No filter named 'length' found.")
     try:
-        t_5 = environment.tests['none']
+        t_5 = environment.tests['item']
     except KeyError:
         @internalcode
         def t_5(*unused):
-            raise TemplateRuntimeError("No test named 'none' found.")
+            raise TemplateRuntimeError("No test named 'item' found.")
     try:
-        t_6 = environment.tests['splice']
+        t_6 = environment.tests['none']
     except KeyError:
         @internalcode
         def t_6(*unused):
-            raise TemplateRuntimeError("No test named 'splice' found.")
+            raise TemplateRuntimeError("No test named 'none' found.")
     try:
-        t_7 = environment.tests['state_value']
+        t_7 = environment.tests['splice']
     except KeyError:
         @internalcode
         def t_7(*unused):
+            raise TemplateRuntimeError("No test named 'splice' found.")
+    try:
+        t_8 = environment.tests['state_value']
+    except KeyError:
+        @internalcode
+        def t_8(*unused):
             raise TemplateRuntimeError("No test named 'state_value' found.")
+    try:
+        t_9 = environment.tests['string']
+    except KeyError:
+        @internalcode
+        def t_9(*unused):
+            raise TemplateRuntimeError("No test named 'string' found.")
     pass
     l_0_callback = context.vars['callback'] = environment.get_template('_callback.j2', '_steps.j2')._get_default_module(context)
     context.exported_vars.discard('callback')
     def macro(l_1_s, l_1_miss):
-        t_8 = []
+        t_10 = []
         l_1_unknown_op = resolve('unknown_op')
         if l_1_s is missing:
             l_1_s = undefined("parameter 's' was not provided", name='s')
@@ -68,7 +80,7 @@ def root(context, missing=missing):
         pass
         if (environment.getattr(l_1_s, 'op') == 'guard_mro'):
             pass
-            t_8.extend((
+            t_10.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'cls')),
                 '.__mro__ is not ',
@@ -78,21 +90,21 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_s, 'op') == 'guard_class'):
             pass
-            t_8.append(
+            t_10.append(
                 'if ',
             )
             l_2_loop = missing
             for l_2_n, l_2_loop in LoopContext(environment.getattr(l_1_s, 'names'), undefined):
                 _loop_vars = {}
                 pass
-                t_8.extend((
-                    str(t_2(l_2_n)),
+                t_10.extend((
+                    str(t_3(l_2_n)),
                     ' in ',
                     str(environment.getattr(l_1_s, 'cls_dict')),
                     str((' or ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 14 in '_steps.j2' evaluated to false and no else section was defined."))),
                 ))
             l_2_loop = l_2_n = missing
-            t_8.extend((
+            t_10.extend((
                 ':  # ',
                 str(environment.getattr(l_1_s, 'cls')),
                 ' gained one\n    return ',
@@ -100,14 +112,14 @@ def root(context, missing=missing):
             ))
         else:
             pass
-            t_8.append(
+            t_10.append(
                 str(context.call((undefined(name='unknown_op') if l_1_unknown_op is missing else l_1_unknown_op), l_1_s)),
             )
-        return concat(t_8)
+        return concat(t_10)
     context.exported_vars.add('class_guard')
     context.vars['class_guard'] = l_0_class_guard = Macro(environment, macro, 'class_guard', ('s', 'miss'), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_s):
-        t_9 = []
+        t_11 = []
         l_1_collect = resolve('collect')
         l_1_tok_arg = resolve('tok_arg')
         l_1_namespace = resolve('namespace')
@@ -125,7 +137,7 @@ def root(context, missing=missing):
         l_1_op = environment.getattr(l_1_s, 'op')
         if ((undefined(name='op') if l_1_op is missing else l_1_op) == 'call_shape'):
             pass
-            t_9.extend((
+            t_11.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'fn')),
@@ -135,6 +147,16 @@ def root(context, missing=missing):
                 str(environment.getattr(l_1_s, 'obj')),
                 ', D',
                 str((undefined(name='tok_arg') if l_1_tok_arg is missing else l_1_tok_arg)),
+            ))
+            for l_2_a in environment.getattr(l_1_s, 'args'):
+                _loop_vars = {}
+                pass
+                t_11.extend((
+                    ', ',
+                    str(l_2_a),
+                ))
+            l_2_a = missing
+            t_11.extend((
                 ')\nif type(',
                 str(environment.getattr(l_1_s, 'dst')),
                 ') is str:\n    return ',
@@ -142,7 +164,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'call_loop'):
             pass
-            t_9.extend((
+            t_11.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'fn')),
@@ -161,36 +183,36 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'each_loop'):
             pass
-            l_1_ns = context.call((undefined(name='namespace') if l_1_namespace is missing else l_1_namespace), states=(((not (undefined(name='collect') if l_1_collect is missing else l_1_collect)) and environment.getattr(l_1_s, 'keep_states')) and (t_3(environment.getattr(l_1_s, 'distinct')) > 0)), strided=[])
+            l_1_ns = context.call((undefined(name='namespace') if l_1_namespace is missing else l_1_namespace), states=(((not (undefined(name='collect') if l_1_collect is missing else l_1_collect)) and environment.getattr(l_1_s, 'keep_states')) and (t_4(environment.getattr(l_1_s, 'distinct')) > 0)), strided=[])
             if (undefined(name='collect') if l_1_collect is missing else l_1_collect):
                 pass
-                l_1_k = t_3(environment.getattr(l_1_s, 'objects'))
+                l_1_k = t_4(environment.getattr(l_1_s, 'objects'))
                 for (l_2_obj, l_2_by_id) in environment.getattr(l_1_s, 'distinct'):
                     _loop_vars = {}
                     pass
-                    if ((l_2_by_id or t_6(l_2_obj)) or (l_2_obj not in environment.getattr(l_1_s, 'objects'))):
+                    if ((l_2_by_id or t_7(l_2_obj)) or (l_2_obj not in environment.getattr(l_1_s, 'objects'))):
                         pass
                         if not isinstance(l_1_ns, Namespace):
                             raise TemplateRuntimeError("cannot assign attribute on non-namespace object")
                         l_1_ns['strided'] = None
-                    elif (not t_5(environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided'))):
+                    elif (not t_6(environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided'))):
                         pass
                         if not isinstance(l_1_ns, Namespace):
                             raise TemplateRuntimeError("cannot assign attribute on non-namespace object")
                         l_1_ns['strided'] = (environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided') + [context.call(environment.getattr(environment.getattr(l_1_s, 'objects'), 'index'), l_2_obj, _loop_vars=_loop_vars)])
                 l_2_obj = l_2_by_id = missing
-                def t_10(fiter):
+                def t_12(fiter):
                     for l_2_x in fiter:
-                        if t_6(l_2_x):
+                        if t_7(l_2_x):
                             yield l_2_x
-                for l_2_x in t_10(environment.getattr(l_1_s, 'objects')):
+                for l_2_x in t_12(environment.getattr(l_1_s, 'objects')):
                     _loop_vars = {}
                     pass
                     if not isinstance(l_1_ns, Namespace):
                         raise TemplateRuntimeError("cannot assign attribute on non-namespace object")
                     l_1_ns['strided'] = None
                 l_2_x = missing
-                t_9.extend((
+                t_11.extend((
                     str(environment.getattr(l_1_s, 'dst')),
                     '_ = []\n',
                     str(environment.getattr(l_1_s, 'dst')),
@@ -204,23 +226,94 @@ def root(context, missing=missing):
                 ))
             else:
                 pass
-                t_9.extend((
+                t_11.extend((
                     str(environment.getattr(l_1_s, 'dst')),
                     ' = []',
                 ))
-            t_9.extend((
-                '\nfor ',
-                str(environment.getattr(l_1_s, 'var')),
-                ' in ',
-                str(environment.getattr(l_1_s, 'obj')),
-                ':  # ',
-                str(environment.getattr(l_1_s, 'n')),
-                ' of one shape',
-            ))
+            if environment.getattr(l_1_s, 'params'):
+                pass
+                t_11.extend((
+                    '\nfor ',
+                    str(environment.getattr(l_1_s, 'var')),
+                    ', ',
+                ))
+                if (t_4(environment.getattr(l_1_s, 'params')) == 1):
+                    pass
+                    t_11.append(
+                        str(environment.getitem(environment.getattr(l_1_s, 'params'), 0)),
+                    )
+                else:
+                    pass
+                    t_11.extend((
+                        '(',
+                        str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'params'), ', ')),
+                        ')',
+                    ))
+                t_11.extend((
+                    ' in zip(',
+                    str(environment.getattr(l_1_s, 'obj')),
+                    ', ',
+                ))
+                if t_9(environment.getattr(l_1_s, 'pvals')):
+                    pass
+                    t_11.append(
+                        str(environment.getattr(l_1_s, 'pvals')),
+                    )
+                else:
+                    pass
+                    t_11.append(
+                        '(',
+                    )
+                    for l_2_r in environment.getattr(l_1_s, 'pvals'):
+                        _loop_vars = {}
+                        pass
+                        if (t_4(l_2_r) == 1):
+                            pass
+                            t_11.extend((
+                                str(environment.getitem(l_2_r, 0)),
+                                ', ',
+                            ))
+                        else:
+                            pass
+                            t_11.append(
+                                '(',
+                            )
+                            for l_3_x in l_2_r:
+                                _loop_vars = {}
+                                pass
+                                t_11.extend((
+                                    str(l_3_x),
+                                    ', ',
+                                ))
+                            l_3_x = missing
+                            t_11.append(
+                                '), ',
+                            )
+                    l_2_r = missing
+                    t_11.append(
+                        ')',
+                    )
+                t_11.extend((
+                    '):  # ',
+                    str(environment.getattr(l_1_s, 'n')),
+                    ' of one shape, its statics ',
+                    str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'params'), ', ')),
+                ))
+            else:
+                pass
+                t_11.extend((
+                    '\nfor ',
+                    str(environment.getattr(l_1_s, 'var')),
+                    ' in ',
+                    str(environment.getattr(l_1_s, 'obj')),
+                    ':  # ',
+                    str(environment.getattr(l_1_s, 'n')),
+                    ' of one shape',
+                ))
             for l_2_b in environment.getattr(l_1_s, 'body'):
                 _loop_vars = {}
                 pass
-                t_9.extend((
+                t_11.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_b, _loop_vars=_loop_vars), 4)),
                 ))
@@ -230,17 +323,17 @@ def root(context, missing=missing):
                 for l_2_c in environment.getattr(l_1_s, 'checks'):
                     _loop_vars = {}
                     pass
-                    t_9.extend((
+                    t_11.extend((
                         '\n    ',
                         str(t_1(context.call((undefined(name='check') if l_0_check is missing else l_0_check), l_2_c, _loop_vars=_loop_vars), 4)),
                     ))
                 l_2_c = missing
-            if (environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'states') and (t_3(environment.getattr(l_1_s, 'distinct')) <= 4)):
+            if (environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'states') and (t_4(environment.getattr(l_1_s, 'distinct')) <= 4)):
                 pass
                 for (l_2_obj, l_2__) in environment.getattr(l_1_s, 'distinct'):
                     _loop_vars = {}
                     pass
-                    t_9.extend((
+                    t_11.extend((
                         '\n    ',
                         str(environment.getattr(l_1_s, 'dst')),
                         '.append(',
@@ -248,13 +341,13 @@ def root(context, missing=missing):
                         ')',
                     ))
                 l_2_obj = l_2__ = missing
-                t_9.extend((
+                t_11.extend((
                     '\nD += ',
                     str(environment.getattr(l_1_s, 'dst')),
                 ))
                 if (not (undefined(name='for_update') if l_1_for_update is missing else l_1_for_update)):
                     pass
-                    t_9.extend((
+                    t_11.extend((
                         '\n',
                         str(environment.getattr(l_1_s, 'dst')),
                         ' = [y.value for y in ',
@@ -263,7 +356,7 @@ def root(context, missing=missing):
                     ))
             elif environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'states'):
                 pass
-                t_9.extend((
+                t_11.extend((
                     '\n    ',
                     str(environment.getattr(l_1_s, 'dst')),
                     ' += (',
@@ -271,18 +364,18 @@ def root(context, missing=missing):
                 for (l_2_obj, l_2__) in environment.getattr(l_1_s, 'distinct'):
                     _loop_vars = {}
                     pass
-                    t_9.extend((
+                    t_11.extend((
                         str(l_2_obj),
                         ', ',
                     ))
                 l_2_obj = l_2__ = missing
-                t_9.extend((
+                t_11.extend((
                     ')\nD += ',
                     str(environment.getattr(l_1_s, 'dst')),
                 ))
                 if (not (undefined(name='for_update') if l_1_for_update is missing else l_1_for_update)):
                     pass
-                    t_9.extend((
+                    t_11.extend((
                         '\n',
                         str(environment.getattr(l_1_s, 'dst')),
                         ' = [y.value for y in ',
@@ -293,7 +386,7 @@ def root(context, missing=missing):
                 pass
                 if (environment.getattr(l_1_s, 'distinct') and (not ((undefined(name='collect') if l_1_collect is missing else l_1_collect) and environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided')))):
                     pass
-                    t_9.append(
+                    t_11.append(
                         '\n    D += (',
                     )
                     for (l_2_obj, l_2_by_id) in environment.getattr(l_1_s, 'distinct'):
@@ -301,31 +394,31 @@ def root(context, missing=missing):
                         pass
                         if l_2_by_id:
                             pass
-                            t_9.extend((
+                            t_11.extend((
                                 'id(',
                                 str(l_2_obj),
                                 ')',
                             ))
                         else:
                             pass
-                            t_9.append(
+                            t_11.append(
                                 str(l_2_obj),
                             )
-                        t_9.append(
+                        t_11.append(
                             ', ',
                         )
                     l_2_obj = l_2_by_id = missing
-                    t_9.append(
+                    t_11.append(
                         ')',
                     )
                 if (undefined(name='collect') if l_1_collect is missing else l_1_collect):
                     pass
-                    if ((not t_5(environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided'))) and (t_3(environment.getattr(l_1_s, 'objects')) <= 4)):
+                    if ((not t_6(environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided'))) and (t_4(environment.getattr(l_1_s, 'objects')) <= 4)):
                         pass
                         for l_2_x in environment.getattr(l_1_s, 'objects'):
                             _loop_vars = {}
                             pass
-                            t_9.extend((
+                            t_11.extend((
                                 '\n    ',
                                 str(environment.getattr(l_1_s, 'dst')),
                                 '_.append(',
@@ -335,7 +428,7 @@ def root(context, missing=missing):
                         l_2_x = missing
                     else:
                         pass
-                        t_9.extend((
+                        t_11.extend((
                             '\n    ',
                             str(environment.getattr(l_1_s, 'dst')),
                             '_ += ',
@@ -343,7 +436,7 @@ def root(context, missing=missing):
                         ))
                     if (not (undefined(name='for_update') if l_1_for_update is missing else l_1_for_update)):
                         pass
-                        t_9.extend((
+                        t_11.extend((
                             '\n    ',
                             str(environment.getattr(l_1_s, 'dst')),
                             '__ += ',
@@ -354,19 +447,19 @@ def root(context, missing=missing):
                         for l_2_p in environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided'):
                             _loop_vars = {}
                             pass
-                            t_9.extend((
+                            t_11.extend((
                                 '\nD += ',
                                 str(environment.getattr(l_1_s, 'dst')),
                                 '_[',
                                 str(l_2_p),
                                 '::',
-                                str(t_3(environment.getattr(l_1_s, 'objects'))),
+                                str(t_4(environment.getattr(l_1_s, 'objects'))),
                                 ']',
                             ))
                         l_2_p = missing
                 elif ((undefined(name='for_update') if l_1_for_update is missing else l_1_for_update) and environment.getattr(l_1_s, 'kept')):
                     pass
-                    t_9.extend((
+                    t_11.extend((
                         '\n    ',
                         str(environment.getattr(l_1_s, 'dst')),
                         '.append((',
@@ -374,17 +467,17 @@ def root(context, missing=missing):
                     for l_2_k in environment.getattr(l_1_s, 'kept'):
                         _loop_vars = {}
                         pass
-                        t_9.extend((
+                        t_11.extend((
                             str(l_2_k),
                             ', ',
                         ))
                     l_2_k = missing
-                    t_9.append(
+                    t_11.append(
                         '))',
                     )
                 elif environment.getattr(l_1_s, 'values'):
                     pass
-                    t_9.extend((
+                    t_11.extend((
                         '\n    ',
                         str(environment.getattr(l_1_s, 'dst')),
                         ' += ',
@@ -392,9 +485,9 @@ def root(context, missing=missing):
                     ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'chain_loop'):
             pass
-            l_1_one = ((t_3(environment.getattr(l_1_s, 'after')) == 1) and (not t_6(environment.getitem(environment.getattr(l_1_s, 'after'), 0))))
+            l_1_one = ((t_4(environment.getattr(l_1_s, 'after')) == 1) and (not t_7(environment.getitem(environment.getattr(l_1_s, 'after'), 0))))
             l_1_keep = (((undefined(name='for_update') if l_1_for_update is missing else l_1_for_update) and (not (undefined(name='collect') if l_1_collect is missing else l_1_collect))) and environment.getattr(l_1_s, 'kept'))
-            t_9.extend((
+            t_11.extend((
                 str(environment.getattr(l_1_s, 'cur')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
@@ -415,7 +508,7 @@ def root(context, missing=missing):
             for l_2_b in environment.getattr(l_1_s, 'body'):
                 _loop_vars = {}
                 pass
-                t_9.extend((
+                t_11.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_b, _loop_vars=_loop_vars), 4)),
                 ))
@@ -425,14 +518,14 @@ def root(context, missing=missing):
                 for l_2_c in environment.getattr(l_1_s, 'checks'):
                     _loop_vars = {}
                     pass
-                    t_9.extend((
+                    t_11.extend((
                         '\n    ',
                         str(t_1(context.call((undefined(name='check') if l_0_check is missing else l_0_check), l_2_c, _loop_vars=_loop_vars), 4)),
                     ))
                 l_2_c = missing
             if environment.getattr(l_1_s, 'distinct'):
                 pass
-                t_9.append(
+                t_11.append(
                     '\n    D += (',
                 )
                 for (l_2_obj, l_2_by_id) in environment.getattr(l_1_s, 'distinct'):
@@ -440,26 +533,26 @@ def root(context, missing=missing):
                     pass
                     if l_2_by_id:
                         pass
-                        t_9.extend((
+                        t_11.extend((
                             'id(',
                             str(l_2_obj),
                             ')',
                         ))
                     else:
                         pass
-                        t_9.append(
+                        t_11.append(
                             str(l_2_obj),
                         )
-                    t_9.append(
+                    t_11.append(
                         ', ',
                     )
                 l_2_obj = l_2_by_id = missing
-                t_9.append(
+                t_11.append(
                     ')',
                 )
             if (undefined(name='collect') if l_1_collect is missing else l_1_collect):
                 pass
-                t_9.extend((
+                t_11.extend((
                     '\n    ',
                     str(environment.getattr(l_1_s, 'dst')),
                     '[0].extend(',
@@ -478,7 +571,7 @@ def root(context, missing=missing):
                 ))
             elif (undefined(name='keep') if l_1_keep is missing else l_1_keep):
                 pass
-                t_9.extend((
+                t_11.extend((
                     '\n    ',
                     str(environment.getattr(l_1_s, 'dst')),
                     '.append((',
@@ -486,19 +579,19 @@ def root(context, missing=missing):
                 for l_2_k in environment.getattr(l_1_s, 'kept'):
                     _loop_vars = {}
                     pass
-                    t_9.extend((
+                    t_11.extend((
                         str(l_2_k),
                         ', ',
                     ))
                 l_2_k = missing
-                t_9.append(
+                t_11.append(
                     '))',
                 )
             else:
                 pass
                 if environment.getattr(l_1_s, 'before'):
                     pass
-                    t_9.extend((
+                    t_11.extend((
                         '\n    ',
                         str(environment.getattr(l_1_s, 'dst')),
                         ' += ',
@@ -506,7 +599,7 @@ def root(context, missing=missing):
                     ))
                 if (undefined(name='one') if l_1_one is missing else l_1_one):
                     pass
-                    t_9.extend((
+                    t_11.extend((
                         '\n    ',
                         str(environment.getattr(l_1_s, 'dst_after')),
                         '.append(',
@@ -515,14 +608,14 @@ def root(context, missing=missing):
                     ))
                 elif environment.getattr(l_1_s, 'after'):
                     pass
-                    t_9.extend((
+                    t_11.extend((
                         '\n    ',
                         str(environment.getattr(l_1_s, 'dst_after')),
                         '.append(',
                         str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_1_s, 'after'))),
                         ')',
                     ))
-            t_9.extend((
+            t_11.extend((
                 '\n    ',
                 str(environment.getattr(l_1_s, 'cur')),
                 ' = ',
@@ -532,7 +625,7 @@ def root(context, missing=missing):
                 pass
             elif (undefined(name='collect') if l_1_collect is missing else l_1_collect):
                 pass
-                t_9.extend((
+                t_11.extend((
                     '\n',
                     str(environment.getattr(l_1_s, 'dst_after')),
                     ' = ([y for z in reversed(',
@@ -543,14 +636,14 @@ def root(context, missing=missing):
                 ))
             elif (undefined(name='one') if l_1_one is missing else l_1_one):
                 pass
-                t_9.extend((
+                t_11.extend((
                     '\n',
                     str(environment.getattr(l_1_s, 'dst_after')),
                     '.reverse()',
                 ))
             else:
                 pass
-                t_9.extend((
+                t_11.extend((
                     '\n',
                     str(environment.getattr(l_1_s, 'dst_after')),
                     ' = [y for z in reversed(',
@@ -559,7 +652,7 @@ def root(context, missing=missing):
                 ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_type'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'if type(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ') is not ',
@@ -572,8 +665,8 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static'):
             pass
-            l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_2(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_4(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
-            t_9.extend((
+            l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_3(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_5(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
+            t_11.extend((
                 'if ',
                 str((undefined(name='x') if l_1_x is missing else l_1_x)),
                 ' is not ',
@@ -594,7 +687,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_no_meta'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'obj')),
                 "._metadata:\n    return '",
@@ -605,23 +698,23 @@ def root(context, missing=missing):
             pass
             if environment.getattr(l_1_s, 'miss'):
                 pass
-                t_9.append(
+                t_11.append(
                     'try:',
                 )
                 for (l_2_dst, l_2_k) in environment.getattr(l_1_s, 'pairs'):
                     _loop_vars = {}
                     pass
-                    t_9.extend((
+                    t_11.extend((
                         '\n    ',
                         str(l_2_dst),
                         ' = ',
                         str(environment.getattr(l_1_s, 'obj')),
                         '[',
-                        str(t_2(l_2_k)),
+                        str(t_3(l_2_k)),
                         ']',
                     ))
                 l_2_dst = l_2_k = missing
-                t_9.extend((
+                t_11.extend((
                     "\nexcept KeyError:  # a renamed key\n    return '",
                     str(environment.getattr(l_1_s, 'miss')),
                     "'",
@@ -632,19 +725,19 @@ def root(context, missing=missing):
                 for (l_2_dst, l_2_k), l_2_loop in LoopContext(environment.getattr(l_1_s, 'pairs'), undefined):
                     _loop_vars = {}
                     pass
-                    t_9.extend((
+                    t_11.extend((
                         str(l_2_dst),
                         ' = ',
                         str(environment.getattr(l_1_s, 'obj')),
                         '[',
-                        str(t_2(l_2_k)),
+                        str(t_3(l_2_k)),
                         ']',
-                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 173 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 177 in '_steps.j2' evaluated to false and no else section was defined."))),
                     ))
                 l_2_loop = l_2_dst = l_2_k = missing
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_items'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'try:\n    ',
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = [*map(',
@@ -657,7 +750,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_run'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'try:\n    ',
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = [*map(',
@@ -668,7 +761,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_dict'):
             pass
-            t_9.extend((
+            t_11.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
@@ -676,7 +769,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_node_len'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'if type(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ') is not dict or len(',
@@ -686,15 +779,15 @@ def root(context, missing=missing):
             for l_2_h in environment.getattr(l_1_s, 'hidden'):
                 _loop_vars = {}
                 pass
-                t_9.extend((
+                t_11.extend((
                     ' - (',
-                    str(t_2(l_2_h)),
+                    str(t_3(l_2_h)),
                     ' in ',
                     str(environment.getattr(l_1_s, 'obj')),
                     ')',
                 ))
             l_2_h = missing
-            t_9.extend((
+            t_11.extend((
                 ' != ',
                 str(environment.getattr(l_1_s, 'n')),
                 ':  # ',
@@ -705,7 +798,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_is'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'obj')),
                 ' is not ',
@@ -718,7 +811,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_array'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'if KIND(type(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ')) is not ARRAY:  # ',
@@ -729,7 +822,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'read_value'):
             pass
-            t_9.extend((
+            t_11.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
@@ -738,10 +831,10 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_meta_item'):
             pass
-            l_1_x = str_join((environment.getattr(l_1_s, 'obj'), '[', t_2(environment.getattr(l_1_s, 'key')), ']', ))
+            l_1_x = str_join((environment.getattr(l_1_s, 'obj'), '[', t_3(environment.getattr(l_1_s, 'key')), ']', ))
             if (environment.getattr(l_1_s, 'mode') == 'is'):
                 pass
-                t_9.extend((
+                t_11.extend((
                     'if ',
                     str((undefined(name='x') if l_1_x is missing else l_1_x)),
                     ' is not ',
@@ -750,7 +843,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_1_s, 'mode') == 'value'):
                 pass
-                t_9.extend((
+                t_11.extend((
                     'if ',
                     str((undefined(name='x') if l_1_x is missing else l_1_x)),
                     ' is not ',
@@ -767,21 +860,21 @@ def root(context, missing=missing):
                 ))
             else:
                 pass
-                t_9.extend((
+                t_11.extend((
                     'if not SAME(',
                     str((undefined(name='x') if l_1_x is missing else l_1_x)),
                     ', ',
                     str(environment.getattr(l_1_s, 'const')),
                     '):',
                 ))
-            t_9.extend((
+            t_11.extend((
                 "\n    return '",
                 str(environment.getattr(l_1_s, 'kind')),
                 "'",
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_meta_dict'):
             pass
-            t_9.extend((
+            t_11.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
@@ -799,23 +892,23 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_field'):
             pass
-            t_9.extend((
+            t_11.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
                 '[',
-                str(t_2(environment.getattr(l_1_s, 'key'))),
+                str(t_3(environment.getattr(l_1_s, 'key'))),
                 ']',
             ))
             if environment.getattr(l_1_s, 'attr'):
                 pass
-                t_9.extend((
+                t_11.extend((
                     '.',
                     str(environment.getattr(l_1_s, 'attr')),
                 ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_attr'):
             pass
-            t_9.extend((
+            t_11.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
@@ -826,7 +919,7 @@ def root(context, missing=missing):
             pass
             if (environment.getattr(l_1_s, 'mode') == 'is'):
                 pass
-                t_9.extend((
+                t_11.extend((
                     'if ',
                     str(environment.getattr(l_1_s, 'obj')),
                     ' is not ',
@@ -836,7 +929,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_1_s, 'mode') == 'value'):
                 pass
-                t_9.extend((
+                t_11.extend((
                     'if ',
                     str(environment.getattr(l_1_s, 'obj')),
                     ' is not ',
@@ -854,7 +947,7 @@ def root(context, missing=missing):
                 ))
             else:
                 pass
-                t_9.extend((
+                t_11.extend((
                     'if not SAME(',
                     str(environment.getattr(l_1_s, 'obj')),
                     ', ',
@@ -862,14 +955,14 @@ def root(context, missing=missing):
                     '):  # ',
                     str(environment.getattr(l_1_s, 'label')),
                 ))
-            t_9.extend((
+            t_11.extend((
                 "\n    return '",
                 str(environment.getattr(l_1_s, 'kind')),
                 "'",
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_state_dict'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'if type(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ') is not dict or len(',
@@ -879,15 +972,15 @@ def root(context, missing=missing):
             for l_2_h in environment.getattr(l_1_s, 'hidden'):
                 _loop_vars = {}
                 pass
-                t_9.extend((
+                t_11.extend((
                     ' - (',
-                    str(t_2(l_2_h)),
+                    str(t_3(l_2_h)),
                     ' in ',
                     str(environment.getattr(l_1_s, 'obj')),
                     ')',
                 ))
             l_2_h = missing
-            t_9.extend((
+            t_11.extend((
                 ' != ',
                 str(environment.getattr(l_1_s, 'n')),
                 ':  # ',
@@ -898,13 +991,13 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_meta_conv'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'm = ',
                 str(environment.getattr(l_1_s, 'fn')),
                 '(',
                 str(environment.getattr(l_1_s, 'obj')),
                 '[',
-                str(t_2(environment.getattr(l_1_s, 'key'))),
+                str(t_3(environment.getattr(l_1_s, 'key'))),
                 '])\nif m is not ',
                 str(environment.getattr(l_1_s, 'const')),
                 ' and (type(m) is not ',
@@ -917,7 +1010,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_raw_ready'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'if not ',
                 str(environment.getattr(l_1_s, 'fn')),
                 "():  # the library reads through its own API now (a trace records, a hook is set)\n    return '",
@@ -926,11 +1019,11 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_state_hooks'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'h = ',
                 str(environment.getattr(l_1_s, 'obj')),
                 '[',
-                str(t_2(environment.getattr(l_1_s, 'key'))),
+                str(t_3(environment.getattr(l_1_s, 'key'))),
                 ']\nif h is not None and h.',
                 str(environment.getattr(l_1_s, 'attr')),
                 ':  # ',
@@ -941,17 +1034,17 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'read_item'):
             pass
-            t_9.extend((
+            t_11.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
                 '[',
-                str(t_2(environment.getattr(l_1_s, 'key'))),
+                str(t_3(environment.getattr(l_1_s, 'key'))),
                 ']',
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_raw_value'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'if type(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ') is ',
@@ -964,7 +1057,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_data_leaf'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'obj')),
                 ' is None or KIND(type(',
@@ -977,18 +1070,18 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'unpack_seq'):
             pass
-            t_9.append(
+            t_11.append(
                 'try:\n    ',
             )
             for l_2_dst in environment.getattr(l_1_s, 'dsts'):
                 _loop_vars = {}
                 pass
-                t_9.extend((
+                t_11.extend((
                     str(l_2_dst),
                     ', ',
                 ))
             l_2_dst = missing
-            t_9.extend((
+            t_11.extend((
                 '= ',
                 str(environment.getattr(l_1_s, 'obj')),
                 '\nexcept ValueError:  # ',
@@ -999,7 +1092,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_len'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'if len(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ') != ',
@@ -1012,23 +1105,23 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static_is'):
             pass
-            t_9.append(
+            t_11.append(
                 'if ',
             )
-            if t_4(environment.getattr(l_1_s, 'obj')):
+            if t_5(environment.getattr(l_1_s, 'obj')):
                 pass
-                t_9.extend((
+                t_11.extend((
                     str(environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj')),
                     '[',
-                    str(t_2(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key'))),
+                    str(t_3(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key'))),
                     ']',
                 ))
             else:
                 pass
-                t_9.append(
+                t_11.append(
                     str(environment.getattr(l_1_s, 'obj')),
                 )
-            t_9.extend((
+            t_11.extend((
                 ' is not ',
                 str(environment.getattr(l_1_s, 'const')),
                 ':  # ',
@@ -1039,8 +1132,8 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static_weak'):
             pass
-            l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_2(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_4(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
-            t_9.extend((
+            l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_3(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_5(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
+            t_11.extend((
                 'if ',
                 str((undefined(name='x') if l_1_x is missing else l_1_x)),
                 ' is not ',
@@ -1055,8 +1148,8 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static_nan'):
             pass
-            l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_2(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_4(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
-            t_9.extend((
+            l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_3(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_5(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
+            t_11.extend((
                 'if type(',
                 str((undefined(name='x') if l_1_x is missing else l_1_x)),
                 ') is not ',
@@ -1073,8 +1166,8 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static_tuple'):
             pass
-            l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_2(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_4(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
-            t_9.extend((
+            l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_3(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_5(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
+            t_11.extend((
                 'if ',
                 str((undefined(name='x') if l_1_x is missing else l_1_x)),
                 ' is not ',
@@ -1084,13 +1177,13 @@ def root(context, missing=missing):
                 ') is not tuple or len(',
                 str((undefined(name='x') if l_1_x is missing else l_1_x)),
                 ') != ',
-                str(t_3(environment.getattr(l_1_s, 'types'))),
+                str(t_4(environment.getattr(l_1_s, 'types'))),
             ))
             l_2_loop = missing
             for l_2_t, l_2_loop in LoopContext(environment.getattr(l_1_s, 'types'), undefined):
                 _loop_vars = {}
                 pass
-                t_9.extend((
+                t_11.extend((
                     ' or type(',
                     str((undefined(name='x') if l_1_x is missing else l_1_x)),
                     '[',
@@ -1108,7 +1201,7 @@ def root(context, missing=missing):
                     ']',
                 ))
             l_2_loop = l_2_t = missing
-            t_9.extend((
+            t_11.extend((
                 '):  # ',
                 str(environment.getattr(l_1_s, 'label')),
                 "\n    return '",
@@ -1117,23 +1210,23 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static_same'):
             pass
-            t_9.append(
+            t_11.append(
                 'if not SAME(',
             )
-            if t_4(environment.getattr(l_1_s, 'obj')):
+            if t_5(environment.getattr(l_1_s, 'obj')):
                 pass
-                t_9.extend((
+                t_11.extend((
                     str(environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj')),
                     '[',
-                    str(t_2(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key'))),
+                    str(t_3(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key'))),
                     ']',
                 ))
             else:
                 pass
-                t_9.append(
+                t_11.append(
                     str(environment.getattr(l_1_s, 'obj')),
                 )
-            t_9.extend((
+            t_11.extend((
                 ', ',
                 str(environment.getattr(l_1_s, 'const')),
                 '):  # ',
@@ -1144,7 +1237,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_meta'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'obj')),
                 '._metadata is not ',
@@ -1163,7 +1256,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_meta_same'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'obj')),
                 '._metadata is not ',
@@ -1178,7 +1271,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_hidden'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'cls')),
                 '.graph_invisible_attrs != ',
@@ -1189,12 +1282,12 @@ def root(context, missing=missing):
             ))
         elif (((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_mro') or ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_class')):
             pass
-            t_9.append(
+            t_11.append(
                 str(context.call((undefined(name='class_guard') if l_0_class_guard is missing else l_0_class_guard), l_1_s, str_join(("'", environment.getattr(l_1_s, 'kind'), "'", )))),
             )
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_keysig'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'if KEY_SIG(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ') != ',
@@ -1207,7 +1300,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_keys_same'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'if not SAME_KEYS(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ', ',
@@ -1220,7 +1313,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_pytree'):
             pass
-            t_9.extend((
+            t_11.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ', ',
                 str(environment.getattr(l_1_s, 'treedef')),
@@ -1230,7 +1323,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_treedef'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'obj')),
                 ' != ',
@@ -1243,7 +1336,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_aux'):
             pass
-            t_9.extend((
+            t_11.extend((
                 'if not SAME_AUX(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ', ',
@@ -1256,45 +1349,45 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) in ('call_flatten', 'guard_cb_len', 'load_cb_items', 'guard_cb_key')):
             pass
-            t_9.append(
+            t_11.append(
                 str(context.call(environment.getattr((undefined(name='callback') if l_0_callback is missing else l_0_callback), 'step'), l_1_s)),
             )
         else:
             pass
-            t_9.append(
+            t_11.append(
                 str(context.call((undefined(name='unknown_op') if l_1_unknown_op is missing else l_1_unknown_op), l_1_s)),
             )
-        return concat(t_9)
+        return concat(t_11)
     context.exported_vars.add('step')
     context.vars['step'] = l_0_step = Macro(environment, macro, 'step', ('s',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_w):
-        t_11 = []
+        t_13 = []
         l_1_unknown_op = resolve('unknown_op')
         if l_1_w is missing:
             l_1_w = undefined("parameter 'w' was not provided", name='w')
         pass
         if (environment.getattr(l_1_w, 'op') == 'guard_token'):
             pass
-            t_11.extend((
+            t_13.extend((
                 'if ',
                 str(environment.getattr(l_1_w, 'obj')),
             ))
             if environment.getattr(l_1_w, 'key'):
                 pass
-                t_11.extend((
+                t_13.extend((
                     '[',
-                    str(t_2(environment.getattr(l_1_w, 'key'))),
+                    str(t_3(environment.getattr(l_1_w, 'key'))),
                     ']',
                 ))
             for l_2_a in environment.getattr(l_1_w, 'attrs'):
                 _loop_vars = {}
                 pass
-                t_11.extend((
+                t_13.extend((
                     '.',
                     str(l_2_a),
                 ))
             l_2_a = missing
-            t_11.extend((
+            t_13.extend((
                 ' is not ',
                 str(environment.getattr(l_1_w, 'token')),
                 ':  # ',
@@ -1305,18 +1398,18 @@ def root(context, missing=missing):
             ))
         else:
             pass
-            t_11.append(
+            t_13.append(
                 str(context.call((undefined(name='unknown_op') if l_1_unknown_op is missing else l_1_unknown_op), l_1_w)),
             )
-        return concat(t_11)
+        return concat(t_13)
     context.exported_vars.add('check')
     context.vars['check'] = l_0_check = Macro(environment, macro, 'check', ('w',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_values):
-        t_12 = []
+        t_14 = []
         if l_1_values is missing:
             l_1_values = undefined("parameter 'values' was not provided", name='values')
         pass
-        t_12.append(
+        t_14.append(
             '[',
         )
         l_2_loop = missing
@@ -1324,77 +1417,77 @@ def root(context, missing=missing):
             l_2_collect = resolve('collect')
             _loop_vars = {}
             pass
-            if t_7(l_2_x):
+            if t_8(l_2_x):
                 pass
-                t_12.extend((
+                t_14.extend((
                     str(environment.getattr(l_2_x, 'obj')),
                     '.',
                     str(environment.getattr(l_2_x, 'attr')),
                 ))
-            elif t_6(l_2_x):
+            elif t_7(l_2_x):
                 pass
-                t_12.extend((
+                t_14.extend((
                     '*',
                     str(environment.getattr(l_2_x, 'name')),
-                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 318 in '_steps.j2' evaluated to false and no else section was defined."))),
+                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 322 in '_steps.j2' evaluated to false and no else section was defined."))),
                 ))
             else:
                 pass
-                t_12.append(
+                t_14.append(
                     str(l_2_x),
                 )
-            t_12.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 318 in '_steps.j2' evaluated to false and no else section was defined."))),
+            t_14.append(
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 322 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = l_2_collect = missing
-        t_12.append(
+        t_14.append(
             ']',
         )
-        return concat(t_12)
+        return concat(t_14)
     context.exported_vars.add('values_list')
     context.vars['values_list'] = l_0_values_list = Macro(environment, macro, 'values_list', ('values',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_objects):
-        t_13 = []
+        t_15 = []
         if l_1_objects is missing:
             l_1_objects = undefined("parameter 'objects' was not provided", name='objects')
         pass
-        t_13.append(
+        t_15.append(
             '[',
         )
         l_2_loop = missing
         for l_2_x, l_2_loop in LoopContext(l_1_objects, undefined):
             _loop_vars = {}
             pass
-            if t_6(l_2_x):
+            if t_7(l_2_x):
                 pass
-                t_13.extend((
+                t_15.extend((
                     '*',
                     str(environment.getattr(l_2_x, 'name')),
                     '[0]',
                 ))
             else:
                 pass
-                t_13.append(
+                t_15.append(
                     str(l_2_x),
                 )
-            t_13.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 323 in '_steps.j2' evaluated to false and no else section was defined."))),
+            t_15.append(
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 327 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = missing
-        t_13.append(
+        t_15.append(
             ']',
         )
-        return concat(t_13)
+        return concat(t_15)
     context.exported_vars.add('objects_list')
     context.vars['objects_list'] = l_0_objects_list = Macro(environment, macro, 'objects_list', ('objects',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_distinct, l_1_outlined):
-        t_14 = []
+        t_16 = []
         if l_1_distinct is missing:
             l_1_distinct = undefined("parameter 'distinct' was not provided", name='distinct')
         if l_1_outlined is missing:
             l_1_outlined = undefined("parameter 'outlined' was not provided", name='outlined')
         pass
-        t_14.append(
+        t_16.append(
             '{ ',
         )
         l_2_loop = missing
@@ -1403,29 +1496,29 @@ def root(context, missing=missing):
             pass
             if l_2_by_id:
                 pass
-                t_14.extend((
+                t_16.extend((
                     'id(',
                     str(l_2_obj),
                     ')',
                 ))
             else:
                 pass
-                t_14.append(
+                t_16.append(
                     str(l_2_obj),
                 )
-            t_14.append(
-                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 329 in '_steps.j2' evaluated to false and no else section was defined."))),
+            t_16.append(
+                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 333 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_obj = l_2_by_id = missing
-        t_14.extend((
-            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 329 in '_steps.j2' evaluated to false and no else section was defined."))),
+        t_16.extend((
+            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 333 in '_steps.j2' evaluated to false and no else section was defined."))),
             ' }',
         ))
-        return concat(t_14)
+        return concat(t_16)
     context.exported_vars.add('distinct_set')
     context.vars['distinct_set'] = l_0_distinct_set = Macro(environment, macro, 'distinct_set', ('distinct', 'outlined'), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_w, l_1_base):
-        t_15 = []
+        t_17 = []
         l_1_range = resolve('range')
         l_1_unknown_op = resolve('unknown_op')
         if l_1_w is missing:
@@ -1435,7 +1528,7 @@ def root(context, missing=missing):
         pass
         if (environment.getattr(l_1_w, 'op') == 'write_value'):
             pass
-            t_15.extend((
+            t_17.extend((
                 str(environment.getattr(l_1_w, 'obj')),
                 '.value = vals[',
                 str(l_1_base),
@@ -1445,7 +1538,7 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_shape'):
             pass
-            t_15.extend((
+            t_17.extend((
                 str(environment.getattr(l_1_w, 'fn')),
                 '_write(',
                 str(environment.getattr(l_1_w, 'obj')),
@@ -1456,7 +1549,7 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_shape_arrays'):
             pass
-            t_15.extend((
+            t_17.extend((
                 str(environment.getattr(l_1_w, 'fn')),
                 '_write_arrays(',
                 str(environment.getattr(l_1_w, 'obj')),
@@ -1467,7 +1560,7 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_set_key'):
             pass
-            t_15.extend((
+            t_17.extend((
                 'if vals[',
                 str(l_1_base),
                 str(environment.getattr(l_1_w, 'slot')),
@@ -1480,7 +1573,7 @@ def root(context, missing=missing):
                 '(',
                 str(environment.getattr(l_1_w, 'obj')),
                 ', ',
-                str(t_2(environment.getattr(l_1_w, 'key'))),
+                str(t_3(environment.getattr(l_1_w, 'key'))),
                 ', vals[',
                 str(l_1_base),
                 str(environment.getattr(l_1_w, 'slot')),
@@ -1488,7 +1581,7 @@ def root(context, missing=missing):
             ))
         elif ((environment.getattr(l_1_w, 'op') == 'write_each') and environment.getattr(l_1_w, 'states')):
             pass
-            t_15.extend((
+            t_17.extend((
                 str(environment.getattr(l_1_w, 'pos')),
                 ' = iter(',
                 str(environment.getattr(l_1_w, 'states')),
@@ -1498,7 +1591,7 @@ def root(context, missing=missing):
             ))
             if (l_1_base or environment.getattr(l_1_w, 'slot')):
                 pass
-                t_15.extend((
+                t_17.extend((
                     '[',
                     str(l_1_base),
                     str(environment.getattr(l_1_w, 'slot')),
@@ -1509,13 +1602,13 @@ def root(context, missing=missing):
                     str(environment.getattr(l_1_w, 'total')),
                     ']',
                 ))
-            t_15.append(
+            t_17.append(
                 ')\nfor ',
             )
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_15.extend((
+                t_17.extend((
                     str(environment.getattr(l_1_w, 'pos')),
                     '_',
                     str(l_2_k),
@@ -1525,20 +1618,20 @@ def root(context, missing=missing):
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_15.extend((
+                t_17.extend((
                     str(environment.getattr(l_1_w, 'pos')),
                     '__',
                     str(l_2_k),
                     ', ',
                 ))
             l_2_k = missing
-            t_15.append(
+            t_17.append(
                 'in zip(',
             )
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_15.extend((
+                t_17.extend((
                     str(environment.getattr(l_1_w, 'pos')),
                     ', ',
                 ))
@@ -1546,18 +1639,18 @@ def root(context, missing=missing):
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_15.extend((
+                t_17.extend((
                     str(environment.getattr(l_1_w, 'pos')),
                     '_, ',
                 ))
             l_2_k = missing
-            t_15.append(
+            t_17.append(
                 '):',
             )
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_15.extend((
+                t_17.extend((
                     '\n    ',
                     str(environment.getattr(l_1_w, 'pos')),
                     '_',
@@ -1570,7 +1663,7 @@ def root(context, missing=missing):
             l_2_k = missing
         elif (environment.getattr(l_1_w, 'op') == 'write_each'):
             pass
-            t_15.extend((
+            t_17.extend((
                 str(environment.getattr(l_1_w, 'pos')),
                 ' = ',
                 str(l_1_base),
@@ -1582,18 +1675,18 @@ def root(context, missing=missing):
                 for l_2_k in environment.getattr(l_1_w, 'kept'):
                     _loop_vars = {}
                     pass
-                    t_15.extend((
+                    t_17.extend((
                         str(l_2_k),
                         ', ',
                     ))
                 l_2_k = missing
             else:
                 pass
-                t_15.extend((
+                t_17.extend((
                     str(environment.getattr(l_1_w, 'var')),
                     ' ',
                 ))
-            t_15.extend((
+            t_17.extend((
                 'in ',
                 str(environment.getattr(l_1_w, 'obj')),
                 ':',
@@ -1601,7 +1694,7 @@ def root(context, missing=missing):
             for l_2_s in environment.getattr(l_1_w, 'loads'):
                 _loop_vars = {}
                 pass
-                t_15.extend((
+                t_17.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_s, _loop_vars=_loop_vars), 4)),
                 ))
@@ -1609,12 +1702,12 @@ def root(context, missing=missing):
             for l_2_x in environment.getattr(l_1_w, 'writes'):
                 _loop_vars = {}
                 pass
-                t_15.extend((
+                t_17.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_2_x, str_join((environment.getattr(l_1_w, 'pos'), ' + ', )), _loop_vars=_loop_vars), 4)),
                 ))
             l_2_x = missing
-            t_15.extend((
+            t_17.extend((
                 '\n    ',
                 str(environment.getattr(l_1_w, 'pos')),
                 ' += ',
@@ -1624,13 +1717,13 @@ def root(context, missing=missing):
             pass
             if (not environment.getattr(l_1_w, 'kept')):
                 pass
-                t_15.extend((
+                t_17.extend((
                     '\n',
                     str(environment.getattr(l_1_w, 'cur')),
                     ' = ',
                     str(environment.getattr(l_1_w, 'obj')),
                 ))
-            t_15.extend((
+            t_17.extend((
                 '\n',
                 str(environment.getattr(l_1_w, 'var')),
                 '_b = ',
@@ -1644,25 +1737,25 @@ def root(context, missing=missing):
             ))
             if environment.getattr(l_1_w, 'kept'):
                 pass
-                t_15.append(
+                t_17.append(
                     '\nfor ',
                 )
                 for l_2_k in environment.getattr(l_1_w, 'kept'):
                     _loop_vars = {}
                     pass
-                    t_15.extend((
+                    t_17.extend((
                         str(l_2_k),
                         ', ',
                     ))
                 l_2_k = missing
-                t_15.extend((
+                t_17.extend((
                     'in ',
                     str(environment.getattr(l_1_w, 'obj')),
                     ':  # the locals the loop kept per link',
                 ))
             else:
                 pass
-                t_15.extend((
+                t_17.extend((
                     '\nfor ',
                     str(environment.getattr(l_1_w, 'var')),
                     ' in range(',
@@ -1672,7 +1765,7 @@ def root(context, missing=missing):
             for l_2_s in environment.getattr(l_1_w, 'loads'):
                 _loop_vars = {}
                 pass
-                t_15.extend((
+                t_17.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_s, _loop_vars=_loop_vars), 4)),
                 ))
@@ -1680,7 +1773,7 @@ def root(context, missing=missing):
             for l_2_x in environment.getattr(l_1_w, 'writes_before'):
                 _loop_vars = {}
                 pass
-                t_15.extend((
+                t_17.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_2_x, str_join((environment.getattr(l_1_w, 'var'), '_b + ', )), _loop_vars=_loop_vars), 4)),
                 ))
@@ -1688,20 +1781,20 @@ def root(context, missing=missing):
             for l_2_x in environment.getattr(l_1_w, 'writes_after'):
                 _loop_vars = {}
                 pass
-                t_15.extend((
+                t_17.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_2_x, str_join((environment.getattr(l_1_w, 'var'), '_a + ', )), _loop_vars=_loop_vars), 4)),
                 ))
             l_2_x = missing
             if (not environment.getattr(l_1_w, 'kept')):
                 pass
-                t_15.extend((
+                t_17.extend((
                     '\n    ',
                     str(environment.getattr(l_1_w, 'cur')),
                     ' = ',
                     str(environment.getattr(l_1_w, 'rec')),
                 ))
-            t_15.extend((
+            t_17.extend((
                 '\n    ',
                 str(environment.getattr(l_1_w, 'var')),
                 '_b += ',
@@ -1713,38 +1806,38 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_picked'):
             pass
-            t_15.extend((
+            t_17.extend((
                 'a_ = iter(',
                 str(environment.getattr(l_1_w, 'objs')),
                 '(o_))\nv_ = iter(',
             ))
             if environment.getattr(l_1_w, 'vals'):
                 pass
-                t_15.extend((
+                t_17.extend((
                     str(environment.getattr(l_1_w, 'vals')),
                     '(vals)',
                 ))
             else:
                 pass
-                t_15.append(
+                t_17.append(
                     'vals',
                 )
-            t_15.append(
+            t_17.append(
                 ')',
             )
             for l_2__ in context.call((undefined(name='range') if l_1_range is missing else l_1_range), (environment.getattr(l_1_w, 'n') % 4)):
                 _loop_vars = {}
                 pass
-                t_15.append(
+                t_17.append(
                     '\nnext(a_).value = next(v_)',
                 )
             l_2__ = missing
-            t_15.append(
+            t_17.append(
                 '\nfor a_0, a_1, a_2, a_3, v_0, v_1, v_2, v_3 in zip(a_, a_, a_, a_, v_, v_, v_, v_):\n    a_0.value = v_0\n    a_1.value = v_1\n    a_2.value = v_2\n    a_3.value = v_3',
             )
         elif (environment.getattr(l_1_w, 'op') == 'write_slot'):
             pass
-            t_15.extend((
+            t_17.extend((
                 str(environment.getattr(l_1_w, 'setter')),
                 '(',
                 str(environment.getattr(l_1_w, 'obj')),
@@ -1756,10 +1849,10 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_raw_item'):
             pass
-            t_15.extend((
+            t_17.extend((
                 str(environment.getattr(l_1_w, 'obj')),
                 '[',
-                str(t_2(environment.getattr(l_1_w, 'key'))),
+                str(t_3(environment.getattr(l_1_w, 'key'))),
                 '] = vals[',
                 str(l_1_base),
                 str(environment.getattr(l_1_w, 'slot')),
@@ -1768,19 +1861,19 @@ def root(context, missing=missing):
             ))
             if environment.getattr(l_1_w, 'flag'):
                 pass
-                t_15.extend((
+                t_17.extend((
                     '\n',
                     str(environment.getattr(l_1_w, 'obj')),
                     '[',
-                    str(t_2(environment.getattr(l_1_w, 'flag'))),
+                    str(t_3(environment.getattr(l_1_w, 'flag'))),
                     '] = True',
                 ))
         elif (environment.getattr(l_1_w, 'op') == 'write_item'):
             pass
-            t_15.extend((
+            t_17.extend((
                 str(environment.getattr(l_1_w, 'obj')),
                 '[',
-                str(t_2(environment.getattr(l_1_w, 'key'))),
+                str(t_3(environment.getattr(l_1_w, 'key'))),
                 '] = vals[',
                 str(l_1_base),
                 str(environment.getattr(l_1_w, 'slot')),
@@ -1789,14 +1882,14 @@ def root(context, missing=missing):
             ))
         else:
             pass
-            t_15.append(
+            t_17.append(
                 str(context.call((undefined(name='unknown_op') if l_1_unknown_op is missing else l_1_unknown_op), l_1_w)),
             )
-        return concat(t_15)
+        return concat(t_17)
     context.exported_vars.add('write')
     context.vars['write'] = l_0_write = Macro(environment, macro, 'write', ('w', 'base'), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_fns, l_1_update):
-        t_16 = []
+        t_18 = []
         if l_1_fns is missing:
             l_1_fns = undefined("parameter 'fns' was not provided", name='fns')
         if l_1_update is missing:
@@ -1808,13 +1901,23 @@ def root(context, missing=missing):
             l_2_for_update = resolve('for_update')
             _loop_vars = {}
             pass
-            t_16.extend((
+            t_18.extend((
                 'def ',
                 str(environment.getattr(l_2_f, 'name')),
                 '_',
                 str(('collect' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else 'flatten')),
                 '(root, D',
                 str((undefined(name='tok_arg') if l_2_tok_arg is missing else l_2_tok_arg)),
+            ))
+            for l_3_p in environment.getattr(l_2_f, 'params'):
+                _loop_vars = {}
+                pass
+                t_18.extend((
+                    ', ',
+                    str(l_3_p),
+                ))
+            l_3_p = missing
+            t_18.extend((
                 '):\n    """',
                 str(('Objects and values of' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else 'Values of')),
                 ' one ',
@@ -1824,7 +1927,7 @@ def root(context, missing=missing):
             for l_3_s in environment.getattr(l_2_f, 'steps'):
                 _loop_vars = {}
                 pass
-                t_16.extend((
+                t_18.extend((
                     '\n        ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_3_s, _loop_vars=_loop_vars), 8)),
                 ))
@@ -1834,22 +1937,22 @@ def root(context, missing=missing):
                 for l_3_c in environment.getattr(l_2_f, 'checks'):
                     _loop_vars = {}
                     pass
-                    t_16.extend((
+                    t_18.extend((
                         '\n        ',
                         str(t_1(context.call((undefined(name='check') if l_0_check is missing else l_0_check), l_3_c, _loop_vars=_loop_vars), 8)),
                     ))
                 l_3_c = missing
             if environment.getattr(l_2_f, 'keyed_statics'):
                 pass
-                t_16.append(
+                t_18.append(
                     "\n    except KeyError:  # a renamed key under a static\n        return 'node_keys'",
                 )
-            t_16.append(
+            t_18.append(
                 "\n    except Exception:\n        return 'error'",
             )
             if environment.getattr(l_2_f, 'distinct'):
                 pass
-                t_16.append(
+                t_18.append(
                     '\n    D += (',
                 )
                 for (l_3_obj, l_3_by_id) in environment.getattr(l_2_f, 'distinct'):
@@ -1857,26 +1960,26 @@ def root(context, missing=missing):
                     pass
                     if l_3_by_id:
                         pass
-                        t_16.extend((
+                        t_18.extend((
                             'id(',
                             str(l_3_obj),
                             ')',
                         ))
                     else:
                         pass
-                        t_16.append(
+                        t_18.append(
                             str(l_3_obj),
                         )
-                    t_16.append(
+                    t_18.append(
                         ', ',
                     )
                 l_3_obj = l_3_by_id = missing
-                t_16.append(
+                t_18.append(
                     ')',
                 )
             if (undefined(name='collect') if l_2_collect is missing else l_2_collect):
                 pass
-                t_16.extend((
+                t_18.extend((
                     '\n    return (',
                     str(context.call((undefined(name='objects_list') if l_0_objects_list is missing else l_0_objects_list), environment.getattr(l_2_f, 'objects'), _loop_vars=_loop_vars)),
                     ', ',
@@ -1885,27 +1988,27 @@ def root(context, missing=missing):
                 ))
             elif ((undefined(name='for_update') if l_2_for_update is missing else l_2_for_update) and environment.getattr(l_2_f, 'kept')):
                 pass
-                t_16.append(
+                t_18.append(
                     '\n    return (',
                 )
                 for l_3_k in environment.getattr(l_2_f, 'kept'):
                     _loop_vars = {}
                     pass
-                    t_16.extend((
+                    t_18.extend((
                         str(l_3_k),
                         ', ',
                     ))
                 l_3_k = missing
-                t_16.append(
+                t_18.append(
                     ')  # what its writes name (user code: not loaded again)',
                 )
             else:
                 pass
-                t_16.extend((
+                t_18.extend((
                     '\n    return ',
                     str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_2_f, 'values'), _loop_vars=_loop_vars)),
                 ))
-            t_16.append(
+            t_18.append(
                 '\n\n\n',
             )
             for (l_3_suffix, l_3_writes) in (('', environment.getattr(l_2_f, 'writes')), ('_arrays', environment.getattr(l_2_f, 'array_writes'))):
@@ -1913,7 +2016,7 @@ def root(context, missing=missing):
                 pass
                 if (l_1_update and l_3_writes):
                     pass
-                    t_16.extend((
+                    t_18.extend((
                         'def ',
                         str(environment.getattr(l_2_f, 'name')),
                         '_write',
@@ -1921,23 +2024,23 @@ def root(context, missing=missing):
                         '(root, vals, at):\n    """Write one ',
                         str(environment.getattr(l_2_f, 'type_name')),
                         ' of this shape',
-                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 451 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 455 in '_steps.j2' evaluated to false and no else section was defined."))),
                         ', whose guards passed."""',
                     ))
                     if environment.getattr(l_2_f, 'kept'):
                         pass
-                        t_16.append(
+                        t_18.append(
                             '\n    ',
                         )
                         for l_4_k in environment.getattr(l_2_f, 'kept'):
                             _loop_vars = {}
                             pass
-                            t_16.extend((
+                            t_18.extend((
                                 str(l_4_k),
                                 ', ',
                             ))
                         l_4_k = missing
-                        t_16.append(
+                        t_18.append(
                             '= root',
                         )
                     else:
@@ -1945,7 +2048,7 @@ def root(context, missing=missing):
                         for l_4_s in environment.getattr(l_2_f, 'loads'):
                             _loop_vars = {}
                             pass
-                            t_16.extend((
+                            t_18.extend((
                                 '\n    ',
                                 str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_4_s, _loop_vars=_loop_vars), 4)),
                             ))
@@ -1953,20 +2056,20 @@ def root(context, missing=missing):
                     for l_4_w in l_3_writes:
                         _loop_vars = {}
                         pass
-                        t_16.extend((
+                        t_18.extend((
                             '\n    ',
                             str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_4_w, 'at + ', _loop_vars=_loop_vars), 4)),
                         ))
                     l_4_w = missing
-                    t_16.append(
+                    t_18.append(
                         '\n\n\n',
                     )
             l_3_suffix = l_3_writes = missing
         l_2_f = l_2_collect = l_2_tok_arg = l_2_for_update = missing
-        return concat(t_16)
+        return concat(t_18)
     context.exported_vars.add('outlined')
     context.vars['outlined'] = l_0_outlined = Macro(environment, macro, 'outlined', ('fns', 'update'), False, False, False, context.eval_ctx.autoescape)
     yield '\n'
 
 blocks = {}
-debug_info = '6=54&9=56&10=64&11=68&12=72&13=74&14=80&15=94&17=99&23=104&24=120&25=121&26=124&27=134&28=136&29=138&30=141&31=153&32=155&33=157&37=159&38=160&43=162&44=163&45=166&46=170&47=171&48=175&51=177&52=186&54=189&55=191&56=193&58=203&60=208&61=215&62=220&64=223&65=225&66=230&69=233&70=235&71=240&73=248&74=250&75=254&77=259&78=263&79=276&80=278&81=282&84=289&85=294&87=316&88=318&89=320&90=325&93=335&95=339&96=343&98=347&99=349&100=354&103=362&104=366&105=380&106=384&109=388&111=390&113=391&114=393&115=397&116=401&117=403&118=410&119=415&121=418&122=420&123=425&126=428&127=433&129=455&130=459&131=463&132=467&133=474&134=478&136=494&137=498&139=502&140=506&141=511&142=515&145=522&146=526&147=528&148=532&149=539&150=543&152=550&154=555&155=559&156=565&157=568&158=570&159=573&160=587&161=590&162=594&163=596&164=599&165=601&167=606&168=611&171=621&173=627&175=640&177=644&179=650&180=653&182=657&185=664&186=667&187=672&188=676&189=698&190=701&191=705&192=711&193=714&194=718&195=722&196=725&197=728&198=734&199=736&200=737&201=741&202=746&203=750&205=767&207=774&208=777&209=780&210=786&211=792&212=795&213=798&214=811&215=814&216=820&217=822&218=826&219=832&220=836&222=854&224=862&225=865&226=869&227=891&228=894&229=898&230=904&231=910&232=913&233=917&234=919&235=922&236=926&237=930&238=934&239=937&240=940&241=947&242=951&243=957&244=960&245=964&246=970&247=973&249=978&250=990&251=992&252=995&253=999&254=1005&255=1008&256=1013&257=1032&258=1035&259=1037&260=1040&261=1048&262=1051&263=1053&264=1056&265=1066&266=1069&267=1071&268=1074&269=1110&270=1113&271=1118&272=1137&273=1140&274=1144&275=1156&276=1159&277=1163&278=1171&279=1174&280=1178&281=1182&282=1185&283=1188&284=1190&285=1194&286=1200&287=1203&288=1207&289=1213&290=1216&291=1219&292=1226&293=1230&294=1236&295=1239&296=1243&297=1249&298=1252&299=1255&301=1260&307=1265&308=1271&309=1275&310=1298&312=1304&317=1309&318=1318&322=1351&323=1360&328=1385&329=1396&333=1422&334=1431&335=1434&336=1441&337=1444&338=1452&339=1455&340=1463&341=1467&342=1474&343=1484&346=1487&347=1491&348=1510&349=1552&350=1557&352=1566&353=1569&354=1575&355=1596&356=1601&358=1604&359=1609&361=1614&362=1618&364=1620&365=1624&367=1630&368=1635&369=1640&370=1645&372=1662&374=1667&375=1672&377=1675&378=1680&380=1683&381=1688&383=1691&384=1695&386=1701&387=1705&388=1709&391=1713&392=1716&393=1730&401=1740&402=1743&403=1752&404=1755&405=1764&406=1768&408=1773&409=1776&411=1788&417=1793&418=1800&419=1808&420=1814&422=1819&423=1824&425=1827&426=1829&427=1834&430=1837&436=1845&437=1850&439=1872&440=1876&441=1881&442=1886&444=1901&448=1906&449=1909&450=1913&451=1917&452=1922&453=1927&455=1940&456=1945&459=1948&460=1953'
+debug_info = '6=66&9=68&10=76&11=80&12=84&13=86&14=92&15=106&17=111&23=116&24=132&25=133&26=136&27=156&28=158&29=160&30=163&31=175&32=177&33=179&37=181&38=182&43=184&44=185&45=188&46=192&47=193&48=197&51=199&52=208&54=211&55=213&56=215&58=225&60=228&61=232&63=301&65=308&66=313&68=316&69=318&70=323&73=326&74=328&75=333&77=341&78=343&79=347&81=352&82=356&83=369&84=371&85=375&88=382&89=387&91=409&92=411&93=413&94=418&97=428&99=432&100=436&102=440&103=442&104=447&107=455&108=459&109=473&110=477&113=481&115=483&117=484&118=486&119=490&120=494&121=496&122=503&123=508&125=511&126=513&127=518&130=521&131=526&133=548&134=552&135=556&136=560&137=567&138=571&140=587&141=591&143=595&144=599&145=604&146=608&149=615&150=619&151=621&152=625&153=632&154=636&156=643&158=648&159=652&160=658&161=661&162=663&163=666&164=680&165=683&166=687&167=689&168=692&169=694&171=699&172=704&175=714&177=720&179=733&181=737&183=743&184=746&186=750&189=757&190=760&191=765&192=769&193=791&194=794&195=798&196=804&197=807&198=811&199=815&200=818&201=821&202=827&203=829&204=830&205=834&206=839&207=843&209=860&211=867&212=870&213=873&214=879&215=885&216=888&217=891&218=904&219=907&220=913&221=915&222=919&223=925&224=929&226=947&228=955&229=958&230=962&231=984&232=987&233=991&234=997&235=1003&236=1006&237=1010&238=1012&239=1015&240=1019&241=1023&242=1027&243=1030&244=1033&245=1040&246=1044&247=1050&248=1053&249=1057&250=1063&251=1066&253=1071&254=1083&255=1085&256=1088&257=1092&258=1098&259=1101&260=1106&261=1125&262=1128&263=1130&264=1133&265=1141&266=1144&267=1146&268=1149&269=1159&270=1162&271=1164&272=1167&273=1203&274=1206&275=1211&276=1230&277=1233&278=1237&279=1249&280=1252&281=1256&282=1264&283=1267&284=1271&285=1275&286=1278&287=1281&288=1283&289=1287&290=1293&291=1296&292=1300&293=1306&294=1309&295=1312&296=1319&297=1323&298=1329&299=1332&300=1336&301=1342&302=1345&303=1348&305=1353&311=1358&312=1364&313=1368&314=1391&316=1397&321=1402&322=1411&326=1444&327=1453&332=1478&333=1489&337=1515&338=1524&339=1527&340=1534&341=1537&342=1545&343=1548&344=1556&345=1560&346=1567&347=1577&350=1580&351=1584&352=1603&353=1645&354=1650&356=1659&357=1662&358=1668&359=1689&360=1694&362=1697&363=1702&365=1707&366=1711&368=1713&369=1717&371=1723&372=1728&373=1733&374=1738&376=1755&378=1760&379=1765&381=1768&382=1773&384=1776&385=1781&387=1784&388=1788&390=1794&391=1798&392=1802&395=1806&396=1809&397=1823&405=1833&406=1836&407=1845&408=1848&409=1857&410=1861&412=1866&413=1869&415=1881&421=1886&422=1893&423=1901&424=1917&426=1922&427=1927&429=1930&430=1932&431=1937&434=1940&440=1948&441=1953&443=1975&444=1979&445=1984&446=1989&448=2004&452=2009&453=2012&454=2016&455=2020&456=2025&457=2030&459=2043&460=2048&463=2051&464=2056'
