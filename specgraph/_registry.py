@@ -9,7 +9,9 @@ specializer's generated code guards on.
 from __future__ import annotations
 
 import builtins
+import collections
 import importlib
+import operator
 import threading
 import warnings
 from collections.abc import Callable, Container, Hashable, Iterable
@@ -21,6 +23,7 @@ import numpy as np
 from jax import tree_util
 
 from ._model import Node, State
+from ._sameness import same as _same
 
 __all__ = [
     "register_graph_node_type",
@@ -42,6 +45,9 @@ __all__ = [
     "clear_classification_cache",
     "pytree_level",
     "pytree_children",
+    "pytree_keys",
+    "same_pytree_keys",
+    "keys_fixed_by_treedef",
 ]
 
 # Kinds. Small ints so that the walker's dispatch is a cheap identity compare.
@@ -698,6 +704,69 @@ def pytree_children(x: Any) -> tuple[Any, tuple, list]:
     with_path, treedef = tree_util.tree_flatten_with_path(x, is_leaf=lambda y: y is not x)
     keys = tuple(_key_entry(p[0]) if p else i for i, (p, _) in enumerate(with_path))
     return treedef, keys, [c for _, c in with_path]
+
+
+_one_level_with_keys = tree_util.default_registry.flatten_one_level_with_keys
+# JAX's key entries, read as _key_entry reads them, by exact type (C++ classes: no subclasses).
+_KEY_READS: dict[type, Callable[[Any], Any]] = {
+    tree_util.DictKey: operator.attrgetter("key"),
+    tree_util.GetAttrKey: operator.attrgetter("name"),
+    tree_util.SequenceKey: operator.attrgetter("idx"),
+    tree_util.FlattenedIndexKey: operator.attrgetter("key"),
+}
+# Keys of these exact types are the same key when equal (their == runs no user code).
+_PLAIN_KEY_TYPES = frozenset({str, int, bool})
+
+
+def pytree_keys(x: Any) -> tuple:
+    """The children's path keys of one level of a custom pytree, as :func:`pytree_children`
+    gives them (its registered keys function, called once). Not for a namedtuple of JAX's
+    namedtuple kind: JAX's one-level-with-keys names its first field for every child."""
+    out = []
+    for k, _ in _one_level_with_keys(x)[0]:
+        read = _KEY_READS.get(type(k))
+        out.append(read(k) if read is not None else _key_entry(k))
+    return tuple(out)
+
+
+def same_pytree_keys(x: Any, expected: tuple) -> bool:
+    """Whether :func:`pytree_keys` of ``x`` are ``expected``, key by key by the rule for
+    statics (``_sameness.same``: 1 and True are two keys): a generated guard's test."""
+    kc = _one_level_with_keys(x)[0]
+    if len(kc) != len(expected):
+        return False
+    reads = _KEY_READS
+    for (k, _), e in zip(kc, expected, strict=True):
+        read = reads.get(type(k))
+        v = read(k) if read is not None else _key_entry(k)
+        if v is e:
+            continue
+        t = type(v)
+        if t is type(e) and t in _PLAIN_KEY_TYPES:
+            if v != e:
+                return False
+        elif not _same(v, e):
+            return False
+    return True
+
+
+def keys_fixed_by_treedef(treedef: Any) -> bool:
+    """Whether a custom pytree's path keys are a function of its one-level treedef (type,
+    arity, aux data), which the generated code guards already: a namedtuple of JAX's
+    namedtuple kind (its fields' names, from its class), an ``OrderedDict`` or a
+    ``defaultdict`` (its keys, in the aux data). Any other registered class may have a keys
+    function reading instance data the treedef does not hold; JAX does not say whether it
+    has one, so its keys are guarded."""
+    data = treedef.node_data()
+    if not data:
+        return False
+    t = data[0]
+    if t is collections.OrderedDict or t is collections.defaultdict:
+        return True
+    if not (isinstance(t, type) and issubclass(t, tuple) and hasattr(t, "_fields")):
+        return False
+    # JAX's namedtuple kind, not a namedtuple class registered as a custom node.
+    return data[1] is None and repr(treedef).startswith(f"PyTreeDef(CustomNode(namedtuple[{t.__name__}],")
 
 
 def _key_entry(k: Any) -> Hashable:

@@ -964,6 +964,11 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             if edge.sig is not None:  # aux data: equal is not enough (eps=1 is not eps=1.0)
                 self.steps.append(Step("guard_aux", obj=td, expected=consts.bind(aux_data(ptype), "A"),
                                        label=label))
+            if not reg.keys_fixed_by_treedef(ptype):
+                # A keys function may name the children from instance data the treedef does
+                # not hold (the reference walker's paths are what it returns).
+                self.steps.append(Step("guard_pytree_keys", obj=var, expected=consts.bind(edge.keys, "PK"),
+                                       label=label))
         if ptype is dict and edge.sig is not None:
             # Non-str keys: 1, 1.0 and True are one key to a dict but not to the IR.
             if all(is_value_sig(s) for s in edge.sig):

@@ -37,7 +37,8 @@ GUARD_WORDS = {
     "type": "every node, state and container has exactly the type it had (type(x) is T)",
     "node_keys": "every node has exactly its attribute names (count, plus the keyed reads) in exactly a "
                  "dict, and the registered flatten of a custom node type returns exactly its keys, in order",
-    "container": "every list/tuple has its length and every dict its keys",
+    "container": "every list/tuple has its length, every dict its keys, and every custom pytree its "
+                 "treedef, aux data and (when a keys function may name them) its children's path keys",
     "static": "every static value has the same type and compares equal",
     "metadata": "every state, and every custom node's registered flatten, has the same metadata",
     "backref": "every shared node/state is still the very same object at each of its paths",
@@ -117,6 +118,9 @@ OPS: dict[str, Op] = {
     "guard_keys_same": Op(_F, ("obj", "expected", "label"), "container"),
     "guard_treedef": Op(_F, ("obj", "expected", "label"), "container"),
     "guard_aux": Op(_F, ("obj", "expected", "label"), "container"),
+    # a custom pytree's children's path keys (its keys function may read instance data that
+    # neither its treedef nor its aux data holds): SAME as the bound keys, one by one
+    "guard_pytree_keys": Op(_F, ("obj", "expected", "label"), "container"),
     "guard_static": Op(_F, ("obj", "cls", "const", "label"), "static"),
     "guard_static_nan": Op(_F, ("obj", "cls", "const", "label"), "static"),
     "guard_static_is": Op(_F, ("obj", "const", "label"), "static"),

@@ -344,11 +344,15 @@ def _pytree_key(e: Any, by_value: bool) -> Any:
     user code). With aux data: the container type, the arity and the aux data as SAME
     reads it (sig and value where that means indistinguishable, else the very object), so
     the treedef's ``==`` meets the same aux data either way. The children's path keys go in
-    too. The unflatten (``by_value=False``) reads each occurrence's treedef from its
-    GraphDef: only the arity and the path keys count there."""
+    too, with their sig (where a keys function may name them, the flatten compares them key
+    by key by the rule for statics). The unflatten (``by_value=False``) reads each
+    occurrence's treedef from its GraphDef: only the arity and the path keys count there."""
     ptype, keys, kids, sig = e[1], e[2], e[3], e[4]
     if not by_value:
         return _hashable(("PT", len(kids), keys), e)
+    # The path keys as the guard on them (SAME) reads them: 1 and True are two keys.
+    ksig = value_sig(keys)
+    keys = (ksig, keys) if is_value_sig(ksig) else ("i", id(keys))
     if sig is None:
         return _hashable(("PT", ptype, keys), e)
     aux = aux_data(ptype)
