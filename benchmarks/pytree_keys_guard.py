@@ -2,19 +2,22 @@
 
 A class registered with a keys function (``jax.tree_util.register_pytree_with_keys``) may
 name its children from instance data its treedef does not hold: the generated flatten
-guards those keys (``SAME_PT_KEYS`` = ``_registry.same_pytree_keys``). JAX does not tell
-whether a class has a keys function, so every custom pytree but JAX's namedtuples,
-``OrderedDict`` and ``defaultdict`` (keys fixed by the treedef) pays it.
+guards those keys. JAX does not tell whether a class has a keys function, so every custom
+pytree but JAX's namedtuples, ``OrderedDict`` and ``defaultdict`` (keys fixed by the
+treedef) is loaded by ``PT_LEVEL`` (``_registry.pytree_level_keyed``: one jaxlib call
+reading its children, their keys and its aux data, each checked) instead of
+``ONE_LEVEL`` and a treedef compare.
 
 Two tables, measured side by side in this process (min of ``--repeats`` rounds):
 
-1. per call, one level of one object of each kind (``--kinds``): the load the generated code
-   does anyway (``pytree_level``), the guard's key read (``pytree_keys``) and the whole guard
-   (``same_pytree_keys``), the reference walker's read (``pytree_children``), and jaxlib's
-   ``flatten_one_level`` / ``flatten_one_level_with_keys``;
+1. per call, one level of one object of each kind (``--kinds``): the load and treedef compare
+   of the code before (``pytree_level``), that plus a separate key guard
+   (``same_pytree_keys``), the load since (``pytree_level_keyed``), the reference walker's
+   read (``pytree_children``), and jaxlib's ``flatten_one_level`` /
+   ``flatten_one_level_with_keys``;
 2. the generated flatten of a model of ``--layers`` layers, each holding one such pytree
    of two Params, without the key guard (``keys_fixed_by_treedef`` patched to say every
-   treedef fixes its keys: the code before the fix) and with it (as shipped), both called
+   treedef fixes its keys: the code before the fix) and with it (``PT_LEVEL``), both called
    directly in interleaved rounds, unrolled (``outline_min=0``) and outlined
    (``outline_min=2``), beside ``sg.flatten`` (with it) and ``specgraph.generic.flatten``.
 
@@ -111,22 +114,29 @@ def per_call(fn: Callable[[], Any], repeats: int, inner: int = 2000) -> float:
 def one_level(kinds: list[str], repeats: int) -> None:
     one, with_keys = jax.tree_util.default_registry.flatten_one_level, \
         jax.tree_util.default_registry.flatten_one_level_with_keys
-    print("per call, one level (µs)")
-    print(f"{'kind':6} {'fixed':>5} {'pytree_level':>12} {'pytree_keys':>11} {'guard':>7} "
-          f"{'children':>8} {'one_level':>9} {'one_lvl_keys':>12}")
+    print("per call, one level (µs): the load before the fix (pytree_level, then the treedef's !=), "
+          "that load plus a separate key guard, the load since (pytree_level_keyed: children, keys "
+          "and aux data checked in one jaxlib call), the reference walker's read, jaxlib's own")
+    print(f"{'kind':6} {'fixed':>5} {'before':>7} {'+keys':>7} {'keyed':>7} {'children':>8} {'one_level':>9} "
+          f"{'with_keys':>9}")
     for kind in kinds:
         x = MAKERS[kind](np.float32(1), np.float32(2))
         td, keys, _ = reg.pytree_children(x)
         fixed = reg.keys_fixed_by_treedef(td)
-        row = [per_call(lambda x=x: reg.pytree_level(x), repeats)]
+        aux = td.node_data()[1]
+
+        def before(x: Any = x, td: Any = td) -> bool:
+            return reg.pytree_level(x)[1] != td
+
+        row = [per_call(before, repeats)]
         if fixed:  # (JAX's one-level-with-keys misnames a namedtuple's children: not read)
             row += [float("nan"), float("nan")]
         else:
-            row += [per_call(lambda x=x: reg.pytree_keys(x), repeats),
-                    per_call(lambda x=x, k=keys: reg.same_pytree_keys(x, k), repeats)]
+            row += [per_call(lambda x=x, k=keys: before(x) or reg.same_pytree_keys(x, k), repeats),
+                    per_call(lambda x=x, k=keys, a=aux: reg.pytree_level_keyed(x, k, a), repeats)]
         row += [per_call(lambda x=x: reg.pytree_children(x), repeats), per_call(lambda x=x: one(x), repeats),
                 per_call(lambda x=x: with_keys(x), repeats)]
-        cells = " ".join(f"{v * 1e6:{w}.2f}" for v, w in zip(row, (12, 11, 7, 8, 9, 12), strict=True))
+        cells = " ".join(f"{v * 1e6:{w}.2f}" for v, w in zip(row, (7, 7, 7, 8, 9, 9), strict=True))
         print(f"{kind:6} {fixed!s:>5} {cells}")
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "pytree_children",
     "pytree_keys",
     "same_pytree_keys",
+    "pytree_level_keyed",
     "keys_fixed_by_treedef",
 ]
 
@@ -748,6 +749,38 @@ def same_pytree_keys(x: Any, expected: tuple) -> bool:
         elif not _same(v, e):
             return False
     return True
+
+
+def pytree_level_keyed(x: Any, expected: tuple, aux: Any) -> tuple[list[Any], bool]:
+    """``(children, ok)`` of one level of a custom pytree whose keys are not fixed by its
+    treedef (generated code, after ``x``'s type guard): ``ok`` is false when their path keys
+    are not ``expected`` (compared as :func:`same_pytree_keys` does; their count is the
+    arity) or its aux data is not ``aux`` (compared as the treedef guard and ``SAME_AUX``
+    compare it: ``==`` and the rule for statics). One jaxlib call reads the children, their
+    keys and the aux data: the registered keys function, as the reference walker's read
+    calls it."""
+    kc, a = _one_level_with_keys(x)
+    if aux is None:
+        if a is not None:
+            return [c for _, c in kc], False
+    elif a != aux or not _same(a, aux):
+        return [c for _, c in kc], False
+    if len(kc) != len(expected):
+        return [c for _, c in kc], False
+    reads = _KEY_READS
+    children = []
+    for (k, c), e in zip(kc, expected, strict=True):
+        read = reads.get(type(k))
+        v = read(k) if read is not None else _key_entry(k)
+        if v is not e:
+            t = type(v)
+            if t is type(e) and t in _PLAIN_KEY_TYPES:
+                if v != e:
+                    return [c for _, c in kc], False
+            elif not _same(v, e):
+                return [c for _, c in kc], False
+        children.append(c)
+    return children, True
 
 
 def keys_fixed_by_treedef(treedef: Any) -> bool:

@@ -39,7 +39,7 @@ DUMMY: dict[str, Any] = {
     "checks": [], "keys": "KS0", "types": ["T0"], "contexts": ["ctx0"], "kept": None,
     "params": ["p1"], "pvals": "PV0",
     "root": "x3", "made": ["x1", "x2"], "what": "of one shape",
-    "new": "new_object", "metas": None, "md": "md1",
+    "new": "new_object", "metas": None, "md": "md1", "ok": "okx1", "aux": "A0",
 }
 
 #: The update's checks (before any write), rendered with the update's writes; its token

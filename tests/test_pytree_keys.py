@@ -3,8 +3,9 @@
 A class registered with ``jax.tree_util.register_pytree_with_keys`` may return path keys
 that its treedef (type, arity, aux data) does not hold: renaming them changes the
 reference walker's paths and nothing the treedef guard reads. The generated flatten,
-update and collect guard those keys (``guard_pytree_keys``); JAX's namedtuples,
-``OrderedDict`` and ``defaultdict`` have keys fixed by their treedef and are not guarded.
+update and collect check those keys (``PT_LEVEL``: its children, their keys and its aux
+data in one jaxlib call, then ``guard_loaded``); JAX's namedtuples, ``OrderedDict`` and
+``defaultdict`` have keys fixed by their treedef and keep the treedef guard alone.
 """
 
 from __future__ import annotations
@@ -120,7 +121,7 @@ def test_renamed_keys_flatten_update_collect(impl: Any, cls: type, names: tuple[
         same_as_reference(sg.flatten(m), m)
         assert sg.cache_info()["hits"] == before + 1
         var = dispatch.variant_for(gd)
-        assert var is not None and "SAME_PT_KEYS" in var.sources["flatten"]
+        assert var is not None and "PT_LEVEL" in var.sources["flatten"]
     # update: values by the renamed paths
     twin = model(cls)
     twin.layers[i].p.names = names
@@ -169,19 +170,27 @@ def test_unflatten_of_renamed_keys(impl: Any, cls: type) -> None:
         assert outlined_unflatten_hits() > 0
 
 
-@pytest.fixture
-def no_key_guard(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Code generated as if every treedef fixed its children's keys (no guard_pytree_keys)."""
-    monkeypatch.setattr(reg, "keys_fixed_by_treedef", lambda td: True)
-    sg.clear_cache()
-    yield
-    sg.clear_cache()
+@pytest.fixture(params=["plan", "kind"])
+def no_key_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Code generated without the key check: planned as if every treedef fixed its
+    children's keys (the treedef guard alone, no PT_LEVEL), or with PT_LEVEL's guard
+    (guard_loaded, kind 'container') left out."""
+    if request.param == "plan":
+        monkeypatch.setattr(reg, "keys_fixed_by_treedef", lambda td: True)
+        sg.clear_cache()
+    else:
+        dispatch._set_disabled_guards(frozenset({"container"}))
+    try:
+        yield request.param
+    finally:
+        dispatch._set_disabled_guards(frozenset())
+        sg.clear_cache()
 
 
 @pytest.mark.parametrize("outline_min", [0, 2])
 @pytest.mark.parametrize("op", ["flatten", "split", "update"])
-def test_key_guard_is_load_bearing(no_key_guard: None, outline_min: int, op: str) -> None:
-    """Without guard_pytree_keys the compiled code answers a renamed occurrence with the
+def test_key_guard_is_load_bearing(no_key_guard: str, outline_min: int, op: str) -> None:
+    """Without the key check the compiled code answers a renamed occurrence with the
     stale paths (flatten, split), or refuses the renamed paths of a partial update that the
     reference writes (update)."""
     saved = CONFIG.outline_min
@@ -192,7 +201,7 @@ def test_key_guard_is_load_bearing(no_key_guard: None, outline_min: int, op: str
         gd, _ = sg.flatten(m)
         assert sg.cache_info()["hits"] == 1
         var = dispatch.variant_for(gd)
-        assert var is not None and "SAME_PT_KEYS" not in var.sources["flatten"]
+        assert var is not None and ("PT_LEVEL" in var.sources["flatten"]) is (no_key_guard == "kind")
         assert ("def outlined" in var.sources["flatten"]) == (outline_min == 2)
         m.layers[0].p.names = ("x", "y")
         with pytest.raises(AssertionError):
@@ -296,7 +305,7 @@ def test_generated_code_guards_keys_only_where_they_may_move(impl: Any, make: An
     same_as_reference((gd, st), m)
     if impl.compiled:
         var = dispatch.variant_for(gd)
-        assert var is not None and ("SAME_PT_KEYS" in var.sources["flatten"]) is guarded
+        assert var is not None and ("PT_LEVEL" in var.sources["flatten"]) is guarded
 
 
 def test_keys_are_compared_with_their_types() -> None:

@@ -707,7 +707,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         custom pytree's, in a loop's body or an outlined function they call too): their
         update must not load again to write (see ShapeFn.kept)."""
         for s in steps:
-            if s.op == "call_flatten" or s.op == "load_pytree" \
+            if s.op == "call_flatten" or s.op == "load_pytree" or s.op == "load_pytree_keyed" \
                     or (s.op == "call_shape" and s.fn in self._reloads) \
                     or ((s.op == "each_loop" or s.op == "chain_loop") and s.kept is not None):
                 return True
@@ -955,20 +955,26 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         if builtin:
             if not unpack:
                 self.steps.append(Step("guard_len", obj=var, n=len(edge.children), label=label))
-        else:
-            # Any other JAX pytree: its registered flatten, then a guard on the treedef
-            # (which carries the child count and the aux data, compared with ==).
+        elif reg.keys_fixed_by_treedef(ptype):
+            # A namedtuple, an OrderedDict, a defaultdict: its registered flatten, then a
+            # guard on the treedef (which carries the child count and the aux data, compared
+            # with ==), which fixes the children's path keys.
             src, td = "ch" + var, "td" + var
             self.steps.append(Step("load_pytree", obj=var, dst=src, treedef=td))
             self.steps.append(Step("guard_treedef", obj=td, expected=consts.bind(ptype, "TD"), label=label))
             if edge.sig is not None:  # aux data: equal is not enough (eps=1 is not eps=1.0)
                 self.steps.append(Step("guard_aux", obj=td, expected=consts.bind(aux_data(ptype), "A"),
                                        label=label))
-            if not reg.keys_fixed_by_treedef(ptype):
-                # A keys function may name the children from instance data the treedef does
-                # not hold (the reference walker's paths are what it returns).
-                self.steps.append(Step("guard_pytree_keys", obj=var, expected=consts.bind(edge.keys, "PK"),
-                                       label=label))
+        else:
+            # Any other JAX pytree: a keys function may name its children from instance data
+            # its treedef does not hold (the reference walker's paths are what it returns).
+            # One jaxlib call reads the children, their keys and the aux data: the keys are
+            # compared (their count is the arity), the aux data as the treedef's == and
+            # SAME_AUX compare it (the type guard above fixed the container type and kind).
+            src, ok = "ch" + var, "ok" + var
+            pk, aux = consts.bind(edge.keys, "PK"), consts.bind(aux_data(ptype), "A")
+            self.steps.append(Step("load_pytree_keyed", obj=var, dst=src, ok=ok, expected=pk, aux=aux))
+            self.steps.append(Step("guard_loaded", obj=ok, label=label))
         if ptype is dict and edge.sig is not None:
             # Non-str keys: 1, 1.0 and True are one key to a dict but not to the IR.
             if all(is_value_sig(s) for s in edge.sig):

@@ -64,7 +64,7 @@ _BUILTIN_NAMES = frozenset(dir(builtins))
 FUNCTION_PREFIXES = ("flatten_", "update_", "unflatten_", "collect_", "outlined", "each")
 # Locals the planners make: a bound type never takes one of these shapes.
 _LOCAL_NAME = re.compile(
-    r"^(x|dx|droot|v|o|a|c|d|s|ch|chx|td|tdx|chroot|tdroot|attr|md|bk|tok|ctx|f|m|h|r|q|at)[0-9_]*$")
+    r"^(x|dx|droot|v|o|a|c|d|s|ch|chx|td|tdx|chroot|tdroot|okx|okroot|attr|md|bk|tok|ctx|f|m|h|r|q|at)[0-9_]*$")
 _RESERVED = PRELUDE | PARAMETERS
 
 

@@ -118,9 +118,11 @@ OPS: dict[str, Op] = {
     "guard_keys_same": Op(_F, ("obj", "expected", "label"), "container"),
     "guard_treedef": Op(_F, ("obj", "expected", "label"), "container"),
     "guard_aux": Op(_F, ("obj", "expected", "label"), "container"),
-    # a custom pytree's children's path keys (its keys function may read instance data that
-    # neither its treedef nor its aux data holds): SAME as the bound keys, one by one
-    "guard_pytree_keys": Op(_F, ("obj", "expected", "label"), "container"),
+    # dst, ok = the children of a custom pytree whose keys its treedef does not fix, and
+    # whether their path keys (a keys function may read instance data) are expected and its
+    # aux data is aux (then guard_loaded on ok)
+    "load_pytree_keyed": Op(_F, ("obj", "dst", "ok", "expected", "aux")),
+    "guard_loaded": Op(_F, ("obj", "label"), "container"),
     "guard_static": Op(_F, ("obj", "cls", "const", "label"), "static"),
     "guard_static_nan": Op(_F, ("obj", "cls", "const", "label"), "static"),
     "guard_static_is": Op(_F, ("obj", "const", "label"), "static"),

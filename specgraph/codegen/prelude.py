@@ -32,7 +32,7 @@ def prelude() -> dict[str, Any]:
         "ARRAY": reg.ARRAY,
         "LEAF_KINDS": frozenset({reg.ARRAY, reg.STATIC}),  # what a declared data leaf may be
         "ONE_LEVEL": reg.pytree_level,  # (children, treedef) of one pytree level
-        "SAME_PT_KEYS": reg.same_pytree_keys,  # a custom pytree's path keys (its keys function) are these
+        "PT_LEVEL": reg.pytree_level_keyed,  # a custom pytree's children, its keys and aux data checked
         "KEY_SIG": same.dict_key_sig,
         "META_SIG": same.meta_sig,
         "SAME": same.same,

@@ -82,7 +82,7 @@ __all__ = ["MAX_UNITS", "Unit", "callee_token", "clear", "info", "lookup", "stor
 MAX_UNITS = 256
 
 _LOCAL = re.compile(
-    r"^(x|dx|droot|v|o|a|c|d|s|ch|chx|td|tdx|chroot|tdroot|md|bk|tok|ctx|f|m|h|r|q|p)[0-9_]*$")
+    r"^(x|dx|droot|v|o|a|c|d|s|ch|chx|td|tdx|chroot|tdroot|okx|okroot|md|bk|tok|ctx|f|m|h|r|q|p)[0-9_]*$")
 _CALLEE = re.compile(r"^outlined[0-9]+$")
 
 

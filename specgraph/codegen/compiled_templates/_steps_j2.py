@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = '22cf2b4cfcd616b4893b9b9bee5253f8bf85eda0a0430ad595691955d6d50cee'
+FINGERPRINT = '08df610adebb4b7cc7d7f8fc3cab1a760bd1cb2f77011b913fff87f826133fb5'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = '_steps.j2'
 
@@ -1347,16 +1347,28 @@ def root(context, missing=missing):
                 str(environment.getattr(l_1_s, 'kind')),
                 "'",
             ))
-        elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_pytree_keys'):
+        elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_pytree_keyed'):
             pass
             t_11.extend((
-                'if not SAME_PT_KEYS(',
+                str(environment.getattr(l_1_s, 'dst')),
+                ', ',
+                str(environment.getattr(l_1_s, 'ok')),
+                ' = PT_LEVEL(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ', ',
                 str(environment.getattr(l_1_s, 'expected')),
-                '):  # ',
+                ', ',
+                str(environment.getattr(l_1_s, 'aux')),
+                ')',
+            ))
+        elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_loaded'):
+            pass
+            t_11.extend((
+                'if not ',
+                str(environment.getattr(l_1_s, 'obj')),
+                ':  # ',
                 str(environment.getattr(l_1_s, 'label')),
-                ": its children's path keys\n    return '",
+                ": its children's path keys (their count) and its aux data\n    return '",
                 str(environment.getattr(l_1_s, 'kind')),
                 "'",
             ))
@@ -1442,7 +1454,7 @@ def root(context, missing=missing):
                 t_14.extend((
                     '*',
                     str(environment.getattr(l_2_x, 'name')),
-                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 325 in '_steps.j2' evaluated to false and no else section was defined."))),
+                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 327 in '_steps.j2' evaluated to false and no else section was defined."))),
                 ))
             else:
                 pass
@@ -1450,7 +1462,7 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_14.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 325 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 327 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = l_2_collect = missing
         t_14.append(
@@ -1484,7 +1496,7 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_15.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 330 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 332 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = missing
         t_15.append(
@@ -1520,11 +1532,11 @@ def root(context, missing=missing):
                     str(l_2_obj),
                 )
             t_16.append(
-                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 336 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 338 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_obj = l_2_by_id = missing
         t_16.extend((
-            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 336 in '_steps.j2' evaluated to false and no else section was defined."))),
+            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 338 in '_steps.j2' evaluated to false and no else section was defined."))),
             ' }',
         ))
         return concat(t_16)
@@ -2037,7 +2049,7 @@ def root(context, missing=missing):
                         '(root, vals, at):\n    """Write one ',
                         str(environment.getattr(l_2_f, 'type_name')),
                         ' of this shape',
-                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 458 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 460 in '_steps.j2' evaluated to false and no else section was defined."))),
                         ', whose guards passed."""',
                     ))
                     if environment.getattr(l_2_f, 'kept'):
@@ -2085,4 +2097,4 @@ def root(context, missing=missing):
     yield '\n'
 
 blocks = {}
-debug_info = '6=66&9=68&10=76&11=80&12=84&13=86&14=92&15=106&17=111&23=116&24=132&25=133&26=136&27=156&28=158&29=160&30=163&31=175&32=177&33=179&37=181&38=182&43=184&44=185&45=188&46=192&47=193&48=197&51=199&52=208&54=211&55=213&56=215&58=225&60=228&61=232&63=301&65=308&66=313&68=316&69=318&70=323&73=326&74=328&75=333&77=341&78=343&79=347&81=352&82=356&83=369&84=371&85=375&88=382&89=387&91=409&92=411&93=413&94=418&97=428&99=432&100=436&102=440&103=442&104=447&107=455&108=459&109=473&110=477&113=481&115=483&117=484&118=486&119=490&120=494&121=496&122=503&123=508&125=511&126=513&127=518&130=521&131=526&133=548&134=552&135=556&136=560&137=567&138=571&140=587&141=591&143=595&144=599&145=604&146=608&149=615&150=619&151=621&152=625&153=632&154=636&156=643&158=648&159=652&160=658&161=661&162=663&163=666&164=680&165=683&166=687&167=689&168=692&169=694&171=699&172=704&175=714&177=720&179=733&181=737&183=743&184=746&186=750&189=757&190=760&191=765&192=769&193=791&194=794&195=798&196=804&197=807&198=811&199=815&200=818&201=821&202=827&203=829&204=830&205=834&206=839&207=843&209=860&211=867&212=870&213=873&214=879&215=885&216=888&217=891&218=904&219=907&220=913&221=915&222=919&223=925&224=929&226=947&228=955&229=958&230=962&231=984&232=987&233=991&234=997&235=1003&236=1006&237=1010&238=1012&239=1015&240=1019&241=1023&242=1027&243=1030&244=1033&245=1040&246=1044&247=1050&248=1053&249=1057&250=1063&251=1066&253=1071&254=1083&255=1085&256=1088&257=1092&258=1098&259=1101&260=1106&261=1125&262=1128&263=1130&264=1133&265=1141&266=1144&267=1146&268=1149&269=1159&270=1162&271=1164&272=1167&273=1203&274=1206&275=1211&276=1230&277=1233&278=1237&279=1249&280=1252&281=1256&282=1264&283=1267&284=1271&285=1275&286=1278&287=1281&288=1283&289=1287&290=1293&291=1296&292=1300&293=1306&294=1309&295=1312&296=1319&297=1323&298=1329&299=1332&300=1336&301=1342&302=1345&303=1349&304=1355&305=1358&306=1361&308=1366&314=1371&315=1377&316=1381&317=1404&319=1410&324=1415&325=1424&329=1457&330=1466&335=1491&336=1502&340=1528&341=1537&342=1540&343=1547&344=1550&345=1558&346=1561&347=1569&348=1573&349=1580&350=1590&353=1593&354=1597&355=1616&356=1658&357=1663&359=1672&360=1675&361=1681&362=1702&363=1707&365=1710&366=1715&368=1720&369=1724&371=1726&372=1730&374=1736&375=1741&376=1746&377=1751&379=1768&381=1773&382=1778&384=1781&385=1786&387=1789&388=1794&390=1797&391=1801&393=1807&394=1811&395=1815&398=1819&399=1822&400=1836&408=1846&409=1849&410=1858&411=1861&412=1870&413=1874&415=1879&416=1882&418=1894&424=1899&425=1906&426=1914&427=1930&429=1935&430=1940&432=1943&433=1945&434=1950&437=1953&443=1961&444=1966&446=1988&447=1992&448=1997&449=2002&451=2017&455=2022&456=2025&457=2029&458=2033&459=2038&460=2043&462=2056&463=2061&466=2064&467=2069'
+debug_info = '6=66&9=68&10=76&11=80&12=84&13=86&14=92&15=106&17=111&23=116&24=132&25=133&26=136&27=156&28=158&29=160&30=163&31=175&32=177&33=179&37=181&38=182&43=184&44=185&45=188&46=192&47=193&48=197&51=199&52=208&54=211&55=213&56=215&58=225&60=228&61=232&63=301&65=308&66=313&68=316&69=318&70=323&73=326&74=328&75=333&77=341&78=343&79=347&81=352&82=356&83=369&84=371&85=375&88=382&89=387&91=409&92=411&93=413&94=418&97=428&99=432&100=436&102=440&103=442&104=447&107=455&108=459&109=473&110=477&113=481&115=483&117=484&118=486&119=490&120=494&121=496&122=503&123=508&125=511&126=513&127=518&130=521&131=526&133=548&134=552&135=556&136=560&137=567&138=571&140=587&141=591&143=595&144=599&145=604&146=608&149=615&150=619&151=621&152=625&153=632&154=636&156=643&158=648&159=652&160=658&161=661&162=663&163=666&164=680&165=683&166=687&167=689&168=692&169=694&171=699&172=704&175=714&177=720&179=733&181=737&183=743&184=746&186=750&189=757&190=760&191=765&192=769&193=791&194=794&195=798&196=804&197=807&198=811&199=815&200=818&201=821&202=827&203=829&204=830&205=834&206=839&207=843&209=860&211=867&212=870&213=873&214=879&215=885&216=888&217=891&218=904&219=907&220=913&221=915&222=919&223=925&224=929&226=947&228=955&229=958&230=962&231=984&232=987&233=991&234=997&235=1003&236=1006&237=1010&238=1012&239=1015&240=1019&241=1023&242=1027&243=1030&244=1033&245=1040&246=1044&247=1050&248=1053&249=1057&250=1063&251=1066&253=1071&254=1083&255=1085&256=1088&257=1092&258=1098&259=1101&260=1106&261=1125&262=1128&263=1130&264=1133&265=1141&266=1144&267=1146&268=1149&269=1159&270=1162&271=1164&272=1167&273=1203&274=1206&275=1211&276=1230&277=1233&278=1237&279=1249&280=1252&281=1256&282=1264&283=1267&284=1271&285=1275&286=1278&287=1281&288=1283&289=1287&290=1293&291=1296&292=1300&293=1306&294=1309&295=1312&296=1319&297=1323&298=1329&299=1332&300=1336&301=1342&302=1345&303=1348&304=1359&305=1363&306=1367&307=1370&308=1373&310=1378&316=1383&317=1389&318=1393&319=1416&321=1422&326=1427&327=1436&331=1469&332=1478&337=1503&338=1514&342=1540&343=1549&344=1552&345=1559&346=1562&347=1570&348=1573&349=1581&350=1585&351=1592&352=1602&355=1605&356=1609&357=1628&358=1670&359=1675&361=1684&362=1687&363=1693&364=1714&365=1719&367=1722&368=1727&370=1732&371=1736&373=1738&374=1742&376=1748&377=1753&378=1758&379=1763&381=1780&383=1785&384=1790&386=1793&387=1798&389=1801&390=1806&392=1809&393=1813&395=1819&396=1823&397=1827&400=1831&401=1834&402=1848&410=1858&411=1861&412=1870&413=1873&414=1882&415=1886&417=1891&418=1894&420=1906&426=1911&427=1918&428=1926&429=1942&431=1947&432=1952&434=1955&435=1957&436=1962&439=1965&445=1973&446=1978&448=2000&449=2004&450=2009&451=2014&453=2029&457=2034&458=2037&459=2041&460=2045&461=2050&462=2055&464=2068&465=2073&468=2076&469=2081'
