@@ -264,3 +264,50 @@ def test_the_static_guard_is_load_bearing(outlined: None, layout: str,
         else:
             assert_same_flatten(got, ref)
             assert sg.cache_info()["hits"] == hits
+
+
+# -- chains whose links differ from another chain's only in a static ---------------------
+
+
+class Link(sg.Node):
+    def __init__(self, nxt: Link | None, idx: int, tag: str) -> None:
+        self.w = sg.Param(np.ones((1,), np.float32))
+        self.head = Tagged(float(idx), idx, tag)
+        self.nxt = nxt
+        self.tag = tag
+
+
+def _chain(n: int, idx: int, tag: str) -> Link | None:
+    x = None
+    for _ in range(n):
+        x = Link(x, idx, tag)
+    return x
+
+
+@pytest.mark.repeats
+def test_two_chains_differing_in_a_static_are_chain_loops(impl: Any) -> None:
+    """Each chain's links are alike; the two chains differ in their links' statics. The
+    links at one depth of the two chains were one family: a shape per depth, each with the
+    statics of the links below it as parameters, nested 1 000 deep (past the recursion
+    limit: the walker answered). A link's family is its exact key: each chain is a loop."""
+    m = Box(c1=_chain(1000, 0, "a"), c2=_chain(1000, 1, "b"))
+    ref = sg.generic.flatten(m)
+    impl.flatten(m)
+    hits, served = outlined_flatten_hits(), sg.cache_info()["hits"]
+    got = impl.flatten(m)  # (two calls, both answered by the compiled code)
+    assert_same_flatten(got, ref)
+    if impl.name != "generic":
+        assert sg.cache_info()["hits"] == served + 2
+        assert _source(got[0]).count("def ") <= 4
+    if impl.name == "outlined":
+        assert outlined_flatten_hits() > hits
+    new = jax.tree.map(lambda v: v + 1, got[1])
+    impl.update(m, new)
+    _, now = sg.generic.flatten(m)
+    assert all(x is y for x, y in zip(now.values(), new.values(), strict=True))
+    c2 = m.c2
+    assert c2 is not None and c2.nxt is not None
+    c2.nxt.head.idx = 0  # one link of the second chain given the first chain's index
+    ref2 = sg.generic.flatten(m)
+    assert ref2[0] != ref[0]
+    assert_same_flatten(impl.flatten(m), ref2)

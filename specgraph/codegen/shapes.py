@@ -183,6 +183,14 @@ def _family(key: tuple, fam_of: dict[int, int], vec_of: dict[int, tuple]) -> tup
     return (*key[:-1], tuple(tokens)), tuple(vec)
 
 
+def _link_like(table: Any, refs: Any, i: int) -> bool:
+    """Node ``i`` holds a node of its own class met once: a link :func:`find_chains` may
+    make a chain of."""
+    t = table[i].type
+    return any(type(c) is NodeEdge and c.index > i and table[c.index].type is t and refs[c.index] == 1
+               for c in table[i].children)
+
+
 def _static_key(edge: Any) -> Any:
     """A static: by type and value where equal means indistinguishable, else the object."""
     sig, value = edge.sig, edge.value
@@ -926,6 +934,12 @@ def _find_shapes(gd: GraphDef, outline_min: int, sc: _Scan, known: _Scan | None,
         families: dict[Any, int] = {}
         for key, sid in interned.items():  # (children's keys were made before their parents')
             fkey, vec_of[sid] = _family(key, fam_of, vec_of)
+            if _link_like(table, refs, counts[sid][0]):
+                # A node holding one of its own class (a chain's link, see find_chains):
+                # its family is its exact key. Merged, the links at one depth of two chains
+                # differing only in a static would be a shape each (with as many parameters
+                # as the links below them): no chain loop, and past the recursion limit.
+                fkey = (fkey, sid)
             fam = fam_of[sid] = families.setdefault(fkey, len(families))
             members.setdefault(fam, []).append(sid)
         counts = {fam: [i for sid in sids for i in counts[sid]] for fam, sids in members.items()}
