@@ -9,7 +9,7 @@ with repeated substructures outlined (one function per shape, see codegen/shapes
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -222,3 +222,15 @@ def assert_served_by(name: str) -> None:
         assert served > 0, info
     if name == "outlined":
         assert outlined_hits() > 0, "no call was served by outlined code"
+
+
+@pytest.fixture
+def disable() -> Iterator[Callable[[frozenset[str]], None]]:
+    """Generate code without some guard kinds (``disable(frozenset({"static"}))``) for the
+    test that shows those guards are load-bearing; always restored."""
+    from specgraph.runtime import dispatch
+
+    try:
+        yield dispatch._set_disabled_guards
+    finally:
+        dispatch._set_disabled_guards(frozenset())

@@ -11,7 +11,7 @@ miss of that kind. A new guard kind without a scenario fails
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,6 @@ from conftest import assert_same_flatten
 
 import specgraph as sg
 from specgraph.codegen import GUARD_KINDS
-from specgraph.runtime import dispatch
 
 
 class Box(sg.Node):
@@ -157,15 +156,6 @@ SCENARIOS: dict[str, Scenario] = {
     "backref": Scenario(_backref_make, _backref_mutate, "tied Param un-tied"),
     "distinct": Scenario(_distinct_make, _distinct_mutate, "two Params made one"),
 }
-
-
-@pytest.fixture
-def disable() -> Iterator[Callable[[frozenset[str]], None]]:
-    """Generate code without some guard kinds for the test; always restored."""
-    try:
-        yield dispatch._set_disabled_guards
-    finally:
-        dispatch._set_disabled_guards(frozenset())
 
 
 def _same(a: tuple[sg.GraphDef, sg.StateMap], b: tuple[sg.GraphDef, sg.StateMap]) -> bool:

@@ -9,7 +9,7 @@ blocks) stays exact, and each guard the outlined code relies on is load-bearing.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import hypothesis
@@ -319,14 +319,6 @@ def test_a_cycle_through_repeated_shapes(outlined: None) -> None:
 
 
 # -- every guard the outlined code relies on is load-bearing -----------------------------
-
-
-@pytest.fixture
-def disable() -> Iterator[Callable[[frozenset[str]], None]]:
-    try:
-        yield dispatch._set_disabled_guards
-    finally:
-        dispatch._set_disabled_guards(frozenset())
 
 
 KILLED: dict[str, str] = {

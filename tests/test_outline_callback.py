@@ -10,7 +10,7 @@ reference walker (``impl``), and the outlined variant must have served (``repeat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -251,14 +251,6 @@ def test_equal_keys_of_other_types_are_other_shapes(outlined: None, keys: tuple)
     m = Box(layers=layers)
     _served(m)
     _served(m)
-
-
-@pytest.fixture
-def disable() -> Iterator[Callable[[frozenset[str]], None]]:
-    try:
-        yield dispatch._set_disabled_guards
-    finally:
-        dispatch._set_disabled_guards(frozenset())
 
 
 @pytest.mark.parametrize("layout", ["list", "attrs"])

@@ -12,7 +12,7 @@ the reference walker (``impl``), call logs included.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -402,14 +402,6 @@ def test_a_state_of_two_links_is_a_distinct_miss(outlined: None, k: int) -> None
     before = sg.cache_info()["guard_misses"].get("distinct", 0)
     assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
     assert sg.cache_info()["guard_misses"].get("distinct", 0) == before + 1
-
-
-@pytest.fixture
-def disable() -> Iterator[Callable[[frozenset[str]], None]]:
-    try:
-        yield dispatch._set_disabled_guards
-    finally:
-        dispatch._set_disabled_guards(frozenset())
 
 
 @pytest.mark.parametrize("name", ["extra key", "metadata", "static", "state type", "same state"])

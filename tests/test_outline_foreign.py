@@ -12,7 +12,7 @@ load-bearing (the scenario differs from the reference with that kind generated o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -75,14 +75,6 @@ def set_layer(m: Any, i: int, value: Any) -> None:
     else:
         m.layers[i] = value
 
-
-
-@pytest.fixture
-def disable() -> Iterator[Callable[[frozenset[str]], None]]:
-    try:
-        yield dispatch._set_disabled_guards
-    finally:
-        dispatch._set_disabled_guards(frozenset())
 
 
 def _specialized(node: Any) -> tuple[sg.GraphDef, sg.StateMap]:

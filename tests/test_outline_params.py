@@ -11,7 +11,7 @@ without the static guards the generated code answers it with the stale structure
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import hypothesis
@@ -232,14 +232,6 @@ def test_random_statics_and_one_mutation(outlined: None, data: Any, n: int, layo
 
 
 # -- the static guards are load-bearing in the parameterized code ------------------------
-
-
-@pytest.fixture
-def disable() -> Iterator[Callable[[frozenset[str]], None]]:
-    try:
-        yield dispatch._set_disabled_guards
-    finally:
-        dispatch._set_disabled_guards(frozenset())
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

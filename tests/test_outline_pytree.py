@@ -281,14 +281,6 @@ def test_units_without_aux_data_are_shared_by_value(outlined: None) -> None:
     assert sg.cache_info()["outlined_units_reused"] > before
 
 
-@pytest.fixture
-def disable() -> Iterator[Callable[[frozenset[str]], None]]:
-    try:
-        yield dispatch._set_disabled_guards
-    finally:
-        dispatch._set_disabled_guards(frozenset())
-
-
 @pytest.mark.parametrize(("kind", "mutation", "guard"), [
     ("seq", "seq3", "container"),  # the treedef's arity: its == only
     ("tagged", "tag", "container"),  # its aux data: the treedef's == and SAME_AUX

@@ -12,7 +12,7 @@ without each guard kind the loop answers the mutated structure as the old one.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import hypothesis
@@ -231,14 +231,6 @@ def test_a_shared_state_in_a_run_stays_exact(impl: Any) -> None:
 
 
 # -- every guard of the loop is load-bearing ---------------------------------------------
-
-
-@pytest.fixture
-def disable() -> Iterator[Callable[[frozenset[str]], None]]:
-    try:
-        yield dispatch._set_disabled_guards
-    finally:
-        dispatch._set_disabled_guards(frozenset())
 
 
 #: guard kind -> (layouts, mutation) it alone catches in the loop
