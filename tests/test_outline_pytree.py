@@ -10,7 +10,7 @@ at a time, is a guard miss answered by the reference walker.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import hypothesis
@@ -166,18 +166,6 @@ MUTATIONS = [("nt", "WB2"), ("nt", "tuple"), ("nt", "pair"), ("nt", "none"), ("n
              ("pair", "tuple"), ("pair", "none"), ("pair", "tied"), ("pair", "seq3"),
              ("tagged", "tag"), ("tagged", "tag float"), ("tagged", "pair"), ("tagged", "none"),
              ("tagged1", "tag float"), ("seq", "seq3"), ("seq", "pair"), ("seq", "tied")]
-
-
-@pytest.fixture
-def outlined() -> Iterator[None]:
-    saved = CONFIG.outline_min
-    sg.configure(outline_min=2)
-    sg.clear_cache()
-    try:
-        yield
-    finally:
-        CONFIG.outline_min = saved
-        sg.clear_cache()
 
 
 @pytest.mark.parametrize("i", [0, 3, 5])
