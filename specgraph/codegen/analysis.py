@@ -31,12 +31,8 @@ def structure_memo(gd: GraphDef, name: str, compute: Callable[[GraphDef], _T]) -
     ``compute`` must read the structure only: no class dict, registry or global state.
     A GraphDef that cannot be hashed (an unhashable static) is answered uncached.
     """
-    try:
-        with _lock:
-            facts = _memo.get(gd)
-            if facts is None:
-                facts = _memo[gd] = {_OWNER: weakref.ref(gd)}
-    except TypeError:
+    facts = _facts(gd)
+    if facts is None:
         return compute(gd)
     try:
         return facts[name]
@@ -51,14 +47,21 @@ def kept(gd: GraphDef) -> dict[str, Any] | None:
     GraphDef: what is kept may hold ``gd``'s own objects, which must not live as long as
     another GraphDef). What is kept may read more than the structure: it must say which
     classes it read, for a reader to check (see ``shapes.find_shapes``)."""
+    facts = _facts(gd)
+    return facts if facts is not None and facts[_OWNER]() is gd else None
+
+
+def _facts(gd: GraphDef) -> dict[str, Any] | None:
+    """The memo entry of ``gd``'s structure, made on first use (the first GraphDef to ask is
+    its owner); ``None`` if ``gd`` cannot be hashed (an unhashable static)."""
     try:
         with _lock:
             facts = _memo.get(gd)
             if facts is None:
                 facts = _memo[gd] = {_OWNER: weakref.ref(gd)}
+            return facts
     except TypeError:
         return None
-    return facts if facts[_OWNER]() is gd else None
 
 
 #: The GraphDef a memo entry was made for (weakly): the key equal GraphDefs find it under.
