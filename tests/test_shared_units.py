@@ -370,19 +370,25 @@ def _tree_size(key: Any, cap: int) -> int:
     return n
 
 
+class OtherBox(Box):
+    """Another class: a node of it holding a ``Box`` is no chain's link."""
+
+
 def _nested(n: int) -> Any:
     x: Any = Box(w=sg.Param(np.zeros(2, np.float32)))
-    for i in range(n):
-        x = Box(w=sg.Param(np.full((2,), i, np.float32)), b=sg.Param(np.ones(1, np.float32)), next=x)
+    for i in range(n):  # (classes alternating: nested shapes, not a chain's links, a loop)
+        x = (OtherBox if i % 2 == 0 else Box)(w=sg.Param(np.full((2,), i, np.float32)),
+                                               b=sg.Param(np.ones(1, np.float32)), next=x)
     return x
 
 
 @pytest.mark.parametrize("kind", ["flatten", "unflatten"])
 def test_a_unit_key_names_its_callees_by_a_token(kind: str) -> None:
-    """Shapes nesting shapes 16 deep (two chains of 16 and 18 links, outlined): every unit
-    key stays small. A key once held its callees' whole keys, once per place naming them:
-    its size, and the time to hash and compare it, doubled per level (seconds here, 30
-    minutes at 30 levels)."""
+    """Shapes nesting shapes 16 deep (two nestings of 16 and 18 nodes of alternating
+    classes, outlined; of one class they are chains, a loop each): every unit key stays
+    small. A key once held its callees' whole keys, once per place naming them: its size,
+    and the time to hash and compare it, doubled per level (seconds here, 30 minutes at 30
+    levels)."""
     saved = CONFIG.outline_min
     sg.configure(outline_min=2)
     sg.clear_cache()

@@ -118,8 +118,9 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         self._planning: Shape | None = None  # the shape whose function is being planned
         # Chains of nested nodes of one link shape: a loop (see shapes.find_chains).
         # (Links calling user code too, in the reference's order: see find_chains.)
+        # (Links differing only in int/str/bool statics too: the loop's parameters, per link.)
         self.chains = find_chains(gd, max(2, outline_min), self.witnessed, self.shared_types, self.shapes,
-                                  user=True, ordered=True) if outline_min > 0 else {}
+                                  user=True, ordered=True, params=True) if outline_min > 0 else {}
         # Chains of nested containers of one link shape (``x = [x, State(...)]``): a loop too.
         self.container_chains = find_container_chains(
             gd, max(2, outline_min), self.witnessed, self.shared_types, self.shapes, ordered=True
@@ -297,12 +298,27 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         first, last = chain.links[0], chain.links[-1]
         self.skip_type_guard = False  # (the root's type is the dispatcher's; the tail is guarded)
         cur = self._fresh("x")
+        # (A chain in a link of another: the outer link's next link, found or still to come.)
+        outer = self._rec, self._rec_local, self._rec_edge
         self._rec, self._rec_local = first.nxt, ""
         containers = chain.head_edge is not None  # a chain of containers (no table entry of their own)
         if containers:  # (the node whose attribute holds them: no array leaf is in a link)
             self.nearest[cur] = self.nearest.get(work.obj, len(self.gd.table))
         self._rec_edge = chain.rec_edges[0] if containers else None
         mult, self._mult = self._mult, self._mult * chain.n  # (its body runs once per link)
+        # Statics that differ between links: parameters of the body, one tuple per link.
+        # (In a body whose statics are parameters, a loop's item: no position of its vector
+        # is in a chain, a link's family being its exact key; see find_shapes.)
+        pctx = self._pctx
+        params: list[str] = []
+        pvals = ""
+        if chain.params:
+            pos, off = self.shapes.layout(head, first.nxt)
+            names = {p: self._fresh("p") for p in chain.params}
+            self._pctx = (pos, off, names, first.vec)
+            params = [names[p] for p in chain.params]
+            rows = [tuple(link.vec[p] for p in chain.params) for link in chain.links]
+            pvals = self.consts.bind(tuple(r[0] for r in rows) if len(params) == 1 else tuple(rows), "PV")
         try:
             with self._own_body():
                 if containers:
@@ -316,8 +332,9 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                 objs: dict[int, Any] = self.local_of
                 rec = self._rec_local
         finally:
-            self._rec, self._rec_local, self._rec_edge = -1, "", None
+            self._rec, self._rec_local, self._rec_edge = outer
             self._mult = mult
+            self._pctx = pctx
         self.keyed_statics = self.keyed_statics or keyed
         (lb, nb), (la, na) = first.before, first.after
         (eb, neb), (ea, nea) = first.ebefore, first.eafter
@@ -327,8 +344,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
 
         dst, dst_after = self._fresh("r"), self._fresh("r")
         n = chain.n
-        before = [w for w in writes if lb <= w.slot < lb + nb]
-        after = [w for w in writes if la <= w.slot < la + na]
+        before = [w for w in writes if lb <= _first_slot(w) < lb + nb]
+        after = [w for w in writes if la <= _first_slot(w) < la + na]
         # User code in the body (a callback link's flatten): the update's loop keeps, per
         # link, the locals its writes name, and writes through them (a reload would call
         # that code again: the reference's update calls it no more than its walk does).
@@ -337,7 +354,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             "chain_loop", cur=cur, obj=work.obj, n=n, body=body, before=part(vals, lb, nb),
             after=part(vals, la, na), objs_before=part(objs, eb, neb), objs_after=part(objs, ea, nea),
             rec=rec,
-            dst=dst, dst_after=dst_after, distinct=distinct, var=self._fresh("x"), checks=checks, kept=kept))
+            dst=dst, dst_after=dst_after, distinct=distinct, var=self._fresh("x"), checks=checks, kept=kept,
+            params=params, pvals=pvals))
         self._looped = True
         # Splices: the links' values and objects before the rest of the chain, then the
         # tail's (planned as usual), then theirs after it.
@@ -1059,7 +1077,15 @@ def _rebase(step: Step, lo: int) -> Step:
     """A write of an outlined function: its slot counted from the occurrence's first."""
     fields = {f: getattr(step, f) for f in step.__dict__ if f not in ("op", "kind")}
     fields["slot"] -= lo
+    if step.op == "write_chain":  # (a chain in the occurrence: its values after the rest too)
+        fields["slot_after"] -= lo
     return Step(step.op, **fields)
+
+
+def _first_slot(w: Step) -> int:
+    """Where the values a write step writes begin (a chain's: before the rest of it, or
+    after it where its links hold none before)."""
+    return w.slot_after if w.op == "write_chain" and not w.nb else w.slot
 
 
 def _count(steps: list[Step], times: int, counts: dict[str, int]) -> bool:

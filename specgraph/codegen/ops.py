@@ -106,8 +106,13 @@ OPS: dict[str, Op] = {
     # link in rec); before/after: its values before/after the rest of the chain (objects too)
     # kept: the body calls user code (a callback link's flatten): the update's loop keeps, per
     # link, these locals (what its writes name) in dst, and writes through them (no reload)
+    # params: the body's parameter locals (shapes.Chain.params), per link from pvals (a bound
+    # tuple of n values, or of n tuples with more than one)
     "chain_loop": Op(_F, ("cur", "obj", "n", "body", "before", "after", "objs_before", "objs_after", "rec",
-                          "dst", "dst_after", "distinct", "var", "checks", "kept")),
+                          "dst", "dst_after", "distinct", "var", "checks", "kept", "params", "pvals")),
+    # the update's loads past a chain (a loop's item, a link holding one: what follows the
+    # chain is loaded from its tail): cur from obj through n links, each's loads, rec the next
+    "walk_chain": Op(_F, ("cur", "obj", "n", "loads", "rec", "var")),
     # -- guards --------------------------------------------------------------------
     "guard_type": Op(_F, ("obj", "cls", "label"), "type"),
     "guard_array": Op(_F, ("obj", "label"), "type"),

@@ -598,13 +598,27 @@ def _loop_kept(step: Step, disabled: frozenset[str], no_distinct: bool) -> Step:
         if no_distinct:
             fields["distinct"] = []
     else:  # the writes repeat the loads of the body (loops in it come with the writes)
-        fields["loads"] = [s for s in _kept(fields["loads"], disabled) if s.op in _LOADS]
+        fields["loads"] = _loads(fields["loads"], disabled)
         if no_distinct and fields.get("states"):  # the loop keeps values, not states, then
             fields["states"] = None
         for f in ("writes", "writes_before", "writes_after"):
             if f in fields:
                 fields[f] = [_loop_kept(w, disabled, no_distinct) if w.op in _LOOPS else w for w in fields[f]]
     return Step(step.op, **fields)
+
+
+def _loads(steps: list[Step], disabled: frozenset[str]) -> list[Step]:
+    """What a loop's writes repeat of its body (a loop over a list's items, a chain's links):
+    its loads, and a chain in it walked to its tail again (what follows the chain is loaded
+    from the node past it; the chain's own writes walk it once more)."""
+    out = []
+    for s in _kept(steps, disabled):
+        if s.op in _LOADS:
+            out.append(s)
+        elif s.op == "chain_loop":
+            out.append(Step("walk_chain", cur=s.cur, obj=s.obj, n=s.n, loads=_loads(s.body, disabled),
+                            rec=s.rec, var=s.var))
+    return out
 
 
 def _indexed_loads(step: Any) -> Step:

@@ -118,6 +118,9 @@ class Shapes:
     #: exact sid (``key_of``) -> the values of its parameter statics, in scan order
     #: (``find_shapes``' ``params``; nested subtrees' inline at their place)
     vec_of: dict[int, tuple[Any, ...]] = field(default_factory=dict)
+    #: exact sid -> its family (``find_shapes``' ``params``): find_chains keys a link's
+    #: nested subtrees by it, their statics' values in the link's own vector
+    fam_of: dict[int, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.shapes)
@@ -126,11 +129,13 @@ class Shapes:
         """The parameter statics of the subtree at node ``i``, in scan order."""
         return self.vec_of.get(self.key_of[i], ())
 
-    def layout(self, i: int) -> tuple[dict[int, int], dict[int, int]]:
+    def layout(self, i: int, skip: int = -1) -> tuple[dict[int, int], dict[int, int]]:
         """Where each parameter static of node ``i``'s subtree sits in its vector (by the
         edge's id) and where each node below it starts: the scan's order, so
         ``vec(i)[pos[id(edge)]]`` is that edge's value and ``vec(j)`` of a node ``j`` below
-        is the slice starting at ``off[j]``."""
+        is the slice starting at ``off[j]``. ``skip``: a chain's next link, a child of ``i``
+        left out (a link's vector, :attr:`Link.vec`, is its own statics' and its other
+        subtrees'). A node whose vector is empty holds no parameter static: not opened."""
         pos: dict[int, int] = {}
         off: dict[int, int] = {}
         assert self.scan is not None
@@ -148,10 +153,12 @@ class Shapes:
                     if _is_param(e):
                         pos[id(e)] = n
                         n += 1
-                elif k is NodeEdge:
+                elif k is NodeEdge and e[1] != skip:
                     off[e[1]] = n
-                    work.append((e[1], n))
-                    n += len(vec(e[1]))
+                    m = len(vec(e[1]))
+                    if m:
+                        work.append((e[1], n))
+                        n += m
         return pos, off
 
 
@@ -933,18 +940,30 @@ def _find_shapes(gd: GraphDef, outline_min: int, sc: _Scan, known: _Scan | None,
         fam_of: dict[int, int] = {}
         families: dict[Any, int] = {}
         for key, sid in interned.items():  # (children's keys were made before their parents')
-            fkey, vec_of[sid] = _family(key, fam_of, vec_of)
             if _link_like(table, refs, counts[sid][0]):
                 # A node holding one of its own class (a chain's link, see find_chains):
-                # its family is its exact key. Merged, the links at one depth of two chains
-                # differing only in a static would be a shape each (with as many parameters
-                # as the links below them): no chain loop, and past the recursion limit.
-                fkey = (fkey, sid)
+                # its family is its exact key, its vector empty (its statics are constants
+                # of every occurrence; its vector would hold the statics of every link
+                # below it: quadratic in a chain's length). Merged, the links at one depth
+                # of two chains differing only in a static would be a shape each (with as
+                # many parameters as the links below them): no chain loop, and past the
+                # recursion limit. (find_chains makes a chain's links' own family keys.)
+                fkey, vec_of[sid] = (key, sid), ()
+            else:
+                fkey, vec_of[sid] = _family(key, fam_of, vec_of)
             fam = fam_of[sid] = families.setdefault(fkey, len(families))
             members.setdefault(fam, []).append(sid)
         counts = {fam: [i for sid in sids for i in counts[sid]] for fam, sids in members.items()}
+    # Links of shapes (nodes holding the next link of a chain): their occurrences' next links.
+    nxt: dict[int, int] = {}
+    for occ in counts.values():
+        if len(occ) >= outline_min and _next_link(table, refs, occ[0]) >= 0:  # (alike: all or none)
+            for i in occ:
+                nxt[i] = _next_link(table, refs, i)
+    long = _long_runs(nxt, max(_NEST_MAX, outline_min)) if nxt else set()
     for sid, occ in counts.items():
-        occ = sorted(i for i in occ if i != root and refs[i] == 1)  # (a node met twice is inline)
+        # (a node met twice is inline; a link of a long chain is the chain's loop's)
+        occ = sorted(i for i in occ if i != root and refs[i] == 1 and i not in long)
         if len(occ) < outline_min:
             continue
         _, n, m = size[occ[0]]
@@ -958,7 +977,50 @@ def _find_shapes(gd: GraphDef, outline_min: int, sc: _Scan, known: _Scan | None,
         for i in occ:
             shape_of[i] = sid
     sc.keys = list(interned)  # (in sid order: each sid is the count interned before it)
-    return Shapes(shapes, shape_of, {i: size[i][0] for i in shape_of}, key_of, size, sc, vec_of)
+    return Shapes(shapes, shape_of, {i: size[i][0] for i in shape_of}, key_of, size, sc, vec_of,
+                  fam_of if params and by_value else {})
+
+
+#: Links of one chain nested as outlined shapes at most this deep (see :func:`_long_runs`).
+_NEST_MAX = 16
+
+
+def _next_link(table: Any, refs: Any, i: int) -> int:
+    """The next link of node ``i`` as :func:`find_chains` reads it: its one child of its own
+    class met once (``-1``: none, or more than one)."""
+    spec = table[i]
+    t = spec[1]
+    nxt = -1
+    for c in spec[4]:
+        if type(c) is NodeEdge and c[1] > i and table[c[1]][1] is t and refs[c[1]] == 1:
+            if nxt >= 0:
+                return -1
+            nxt = c[1]
+    return nxt
+
+
+def _long_runs(nxt: dict[int, int], limit: int) -> set[int]:
+    """The nodes of runs of at least ``limit`` nested links of outlined shapes (``nxt``: such
+    a link -> its next link): never outlined. Two or more alike chains have alike links at
+    each depth, a shape per depth each nesting the next one's: as many functions as links,
+    planned recursively (past the recursion limit for chains of a thousand). Not outlined,
+    each chain is one loop (``limit`` is at least find_chains' ``min_links``). Shorter runs
+    (a block holding a sub-block, in a list) stay shapes, nested less than ``limit`` deep."""
+    if len(nxt) < limit:
+        return set()
+    inner = set(nxt.values())
+    out: set[int] = set()
+    for head in nxt:
+        if head in inner:
+            continue
+        run = [head]
+        j = nxt[head]
+        while j in nxt:
+            run.append(j)
+            j = nxt[j]
+        if len(run) >= limit:
+            out.update(run)
+    return out
 
 
 @dataclass
@@ -972,6 +1034,9 @@ class Link:
     after: tuple[int, int]  # and after it
     ebefore: tuple[int, int]  # (first index, count): the node itself and the entries before
     eafter: tuple[int, int]
+    #: find_chains' ``params``: the values of its int/str/bool statics and its other
+    #: subtrees' (``Shapes.vec``), in scan order (``Shapes.layout`` with the next link skipped)
+    vec: tuple[Any, ...] = ()
 
 
 @dataclass
@@ -987,10 +1052,14 @@ class Chain:
     head_edge: Any = None
     tail_edge: Any = None
     rec_edges: list[Any] = field(default_factory=list)  # (the second link's edge, first)
+    #: positions of the links' vectors (:attr:`Link.vec`) whose values differ between links:
+    #: the loop's parameters, per link (find_chains' ``params``); the others are constants
+    params: tuple[int, ...] = ()
 
 
 def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types: set[type],
-                shapes: Shapes, user: bool = False, ordered: bool = False) -> dict[int, Chain]:
+                shapes: Shapes, user: bool = False, ordered: bool = False,
+                params: bool = False) -> dict[int, Chain]:
     """Chains of at least ``min_links`` nested nodes of one link shape (a node whose one
     child of its own class is the next link), outside the outlined shapes: head -> chain.
     By default no link calls user code (a callback node in it). ``user``: links of callback
@@ -1002,8 +1071,15 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
     so the loop calls it in the reference's order; and a link of any class reads no state's
     value by user code there (a ``value`` property: the loop would read the links' in
     reverse order of the reference's). (The flatten's update keeps, per link, what its
-    writes name instead of loading the link again: ``chain_loop``'s ``kept``.)"""
+    writes name instead of loading the link again: ``chain_loop``'s ``kept``.)
+
+    ``params`` (``shapes`` found with ``find_shapes``' ``params``): links differing only in
+    the values of int/str/bool statics (their own, or their other subtrees': a depth, a tag,
+    a flag) are one link shape; a chain's :attr:`Chain.params` are the positions of the
+    links' vectors that differ, the loop's per-link parameters (guarded as exactly)."""
     table = gd.table
+    fam_of, vec_of = shapes.fam_of, shapes.vec_of
+    params = params and bool(fam_of)
     sc = shapes.scan if shapes.scan is not None else _Scan(gd, witnessed, shared_types)
     refs, split = sc.refs, sc.split
     links: dict[int, Link] = {}
@@ -1036,9 +1112,12 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
         if (sc.last_user and not user) or (ordered and sc.last_user_after):
             continue  # (a link calling user code: not asked for, or after its next link)
         lb, nb, eb, la, na, ea, nea = where
+        vec: tuple[Any, ...] = ()
+        if params:
+            (tokens,), vec = _family((tokens,), fam_of, vec_of)
         key = (id(t), spec.keys, node_key, rec, i in witnessed, t in shared_types, tokens)
         lid = interned.setdefault(key, len(interned))
-        links[i] = Link(lid, rec, spec.children[rec].index, (lb, nb), (la, na), (i, eb), (ea, nea))
+        links[i] = Link(lid, rec, spec.children[rec].index, (lb, nb), (la, na), (i, eb), (ea, nea), vec)
     chains: dict[int, Chain] = {}
     inner: set[int] = set()
     for i, link in links.items():  # (in table order: a head before its links)
@@ -1052,7 +1131,10 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
             j = links[j].nxt
         if len(run) < min_links or not _regular(run):
             continue
-        chains[i] = Chain(i, len(run), j, run)
+        first = link.vec
+        varying = tuple(p for p in range(len(first)) if any(x.vec[p] != first[p] for x in run)) \
+            if first else ()
+        chains[i] = Chain(i, len(run), j, run, params=varying)
     return chains
 
 

@@ -159,7 +159,9 @@ def explain(graphdef: GraphDef, *, max_lines: int | None = 300) -> str:
         for s in plan.steps:
             if s.op == "chain_loop":
                 out.append(f"  - a loop over {s.n} nested links of one shape, from {s.obj} "
-                           f"(its body guards and reads one link)")
+                           f"(its body guards and reads one link"
+                           + (f"; the statics that differ between links zipped in as {', '.join(s.params)}"
+                              if s.params else "") + ")")
     if up is not None and (up.shape_fns or up.loops):
         out.append("")
         out.append("Outlined unflatten (each builder once below; it builds one occurrence, fully):")

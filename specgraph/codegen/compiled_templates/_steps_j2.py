@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = '08df610adebb4b7cc7d7f8fc3cab1a760bd1cb2f77011b913fff87f826133fb5'
+FINGERPRINT = '0594e093946bf6d66352bd9957b1906f3d0dcc2fdd8bcf756b5e44a78af92027'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = '_steps.j2'
 
@@ -497,14 +497,31 @@ def root(context, missing=missing):
                 str(('([], [])' if (undefined(name='collect') if l_1_collect is missing else l_1_collect) else '[]')),
                 '\n',
                 str(environment.getattr(l_1_s, 'dst_after')),
-                ' = []\nfor ',
-                str(environment.getattr(l_1_s, 'var')),
-                ' in range(',
-                str(environment.getattr(l_1_s, 'n')),
-                '):  # ',
-                str(environment.getattr(l_1_s, 'n')),
-                ' nested links of one shape',
+                ' = []',
             ))
+            if environment.getattr(l_1_s, 'params'):
+                pass
+                t_11.extend((
+                    '\nfor ',
+                    str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'params'), ', ')),
+                    ' in ',
+                    str(environment.getattr(l_1_s, 'pvals')),
+                    ':  # ',
+                    str(environment.getattr(l_1_s, 'n')),
+                    ' nested links of one shape, their statics ',
+                    str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'params'), ', ')),
+                ))
+            else:
+                pass
+                t_11.extend((
+                    '\nfor ',
+                    str(environment.getattr(l_1_s, 'var')),
+                    ' in range(',
+                    str(environment.getattr(l_1_s, 'n')),
+                    '):  # ',
+                    str(environment.getattr(l_1_s, 'n')),
+                    ' nested links of one shape',
+                ))
             for l_2_b in environment.getattr(l_1_s, 'body'):
                 _loop_vars = {}
                 pass
@@ -650,6 +667,34 @@ def root(context, missing=missing):
                     str(environment.getattr(l_1_s, 'dst_after')),
                     ') for y in z]',
                 ))
+        elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'walk_chain'):
+            pass
+            t_11.extend((
+                str(environment.getattr(l_1_s, 'cur')),
+                ' = ',
+                str(environment.getattr(l_1_s, 'obj')),
+                '\nfor ',
+                str(environment.getattr(l_1_s, 'var')),
+                ' in range(',
+                str(environment.getattr(l_1_s, 'n')),
+                '):  # to the node past the ',
+                str(environment.getattr(l_1_s, 'n')),
+                ' links',
+            ))
+            for l_2_b in environment.getattr(l_1_s, 'loads'):
+                _loop_vars = {}
+                pass
+                t_11.extend((
+                    '\n    ',
+                    str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_b, _loop_vars=_loop_vars), 4)),
+                ))
+            l_2_b = missing
+            t_11.extend((
+                '\n    ',
+                str(environment.getattr(l_1_s, 'cur')),
+                ' = ',
+                str(environment.getattr(l_1_s, 'rec')),
+            ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_type'):
             pass
             t_11.extend((
@@ -732,7 +777,7 @@ def root(context, missing=missing):
                         '[',
                         str(t_3(l_2_k)),
                         ']',
-                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 177 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 189 in '_steps.j2' evaluated to false and no else section was defined."))),
                     ))
                 l_2_loop = l_2_dst = l_2_k = missing
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_items'):
@@ -1454,7 +1499,7 @@ def root(context, missing=missing):
                 t_14.extend((
                     '*',
                     str(environment.getattr(l_2_x, 'name')),
-                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 327 in '_steps.j2' evaluated to false and no else section was defined."))),
+                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 339 in '_steps.j2' evaluated to false and no else section was defined."))),
                 ))
             else:
                 pass
@@ -1462,7 +1507,7 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_14.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 327 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 339 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = l_2_collect = missing
         t_14.append(
@@ -1496,7 +1541,7 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_15.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 332 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 344 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = missing
         t_15.append(
@@ -1532,11 +1577,11 @@ def root(context, missing=missing):
                     str(l_2_obj),
                 )
             t_16.append(
-                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 338 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 350 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_obj = l_2_by_id = missing
         t_16.extend((
-            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 338 in '_steps.j2' evaluated to false and no else section was defined."))),
+            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 350 in '_steps.j2' evaluated to false and no else section was defined."))),
             ' }',
         ))
         return concat(t_16)
@@ -2049,7 +2094,7 @@ def root(context, missing=missing):
                         '(root, vals, at):\n    """Write one ',
                         str(environment.getattr(l_2_f, 'type_name')),
                         ' of this shape',
-                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 460 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 472 in '_steps.j2' evaluated to false and no else section was defined."))),
                         ', whose guards passed."""',
                     ))
                     if environment.getattr(l_2_f, 'kept'):
@@ -2097,4 +2142,4 @@ def root(context, missing=missing):
     yield '\n'
 
 blocks = {}
-debug_info = '6=66&9=68&10=76&11=80&12=84&13=86&14=92&15=106&17=111&23=116&24=132&25=133&26=136&27=156&28=158&29=160&30=163&31=175&32=177&33=179&37=181&38=182&43=184&44=185&45=188&46=192&47=193&48=197&51=199&52=208&54=211&55=213&56=215&58=225&60=228&61=232&63=301&65=308&66=313&68=316&69=318&70=323&73=326&74=328&75=333&77=341&78=343&79=347&81=352&82=356&83=369&84=371&85=375&88=382&89=387&91=409&92=411&93=413&94=418&97=428&99=432&100=436&102=440&103=442&104=447&107=455&108=459&109=473&110=477&113=481&115=483&117=484&118=486&119=490&120=494&121=496&122=503&123=508&125=511&126=513&127=518&130=521&131=526&133=548&134=552&135=556&136=560&137=567&138=571&140=587&141=591&143=595&144=599&145=604&146=608&149=615&150=619&151=621&152=625&153=632&154=636&156=643&158=648&159=652&160=658&161=661&162=663&163=666&164=680&165=683&166=687&167=689&168=692&169=694&171=699&172=704&175=714&177=720&179=733&181=737&183=743&184=746&186=750&189=757&190=760&191=765&192=769&193=791&194=794&195=798&196=804&197=807&198=811&199=815&200=818&201=821&202=827&203=829&204=830&205=834&206=839&207=843&209=860&211=867&212=870&213=873&214=879&215=885&216=888&217=891&218=904&219=907&220=913&221=915&222=919&223=925&224=929&226=947&228=955&229=958&230=962&231=984&232=987&233=991&234=997&235=1003&236=1006&237=1010&238=1012&239=1015&240=1019&241=1023&242=1027&243=1030&244=1033&245=1040&246=1044&247=1050&248=1053&249=1057&250=1063&251=1066&253=1071&254=1083&255=1085&256=1088&257=1092&258=1098&259=1101&260=1106&261=1125&262=1128&263=1130&264=1133&265=1141&266=1144&267=1146&268=1149&269=1159&270=1162&271=1164&272=1167&273=1203&274=1206&275=1211&276=1230&277=1233&278=1237&279=1249&280=1252&281=1256&282=1264&283=1267&284=1271&285=1275&286=1278&287=1281&288=1283&289=1287&290=1293&291=1296&292=1300&293=1306&294=1309&295=1312&296=1319&297=1323&298=1329&299=1332&300=1336&301=1342&302=1345&303=1348&304=1359&305=1363&306=1367&307=1370&308=1373&310=1378&316=1383&317=1389&318=1393&319=1416&321=1422&326=1427&327=1436&331=1469&332=1478&337=1503&338=1514&342=1540&343=1549&344=1552&345=1559&346=1562&347=1570&348=1573&349=1581&350=1585&351=1592&352=1602&355=1605&356=1609&357=1628&358=1670&359=1675&361=1684&362=1687&363=1693&364=1714&365=1719&367=1722&368=1727&370=1732&371=1736&373=1738&374=1742&376=1748&377=1753&378=1758&379=1763&381=1780&383=1785&384=1790&386=1793&387=1798&389=1801&390=1806&392=1809&393=1813&395=1819&396=1823&397=1827&400=1831&401=1834&402=1848&410=1858&411=1861&412=1870&413=1873&414=1882&415=1886&417=1891&418=1894&420=1906&426=1911&427=1918&428=1926&429=1942&431=1947&432=1952&434=1955&435=1957&436=1962&439=1965&445=1973&446=1978&448=2000&449=2004&450=2009&451=2014&453=2029&457=2034&458=2037&459=2041&460=2045&461=2050&462=2055&464=2068&465=2073&468=2076&469=2081'
+debug_info = '6=66&9=68&10=76&11=80&12=84&13=86&14=92&15=106&17=111&23=116&24=132&25=133&26=136&27=156&28=158&29=160&30=163&31=175&32=177&33=179&37=181&38=182&43=184&44=185&45=188&46=192&47=193&48=197&51=199&52=208&54=211&55=213&56=215&58=225&60=228&61=232&63=301&65=308&66=313&68=316&69=318&70=323&73=326&74=328&75=333&77=341&78=343&79=347&81=352&82=356&83=369&84=371&85=375&88=382&89=387&91=409&92=411&93=413&94=418&97=428&99=432&100=436&102=440&103=442&104=447&107=455&108=459&109=473&110=477&113=481&115=483&117=484&118=486&119=490&120=494&121=497&122=501&124=513&126=520&127=525&129=528&130=530&131=535&134=538&135=543&137=565&138=569&139=573&140=577&141=584&142=588&144=604&145=608&147=612&148=616&149=621&150=625&153=632&154=636&155=638&156=642&157=649&158=653&160=660&162=665&164=668&165=672&166=679&167=684&169=689&170=693&171=697&172=703&173=706&174=708&175=711&176=725&177=728&178=732&179=734&180=737&181=739&183=744&184=749&187=759&189=765&191=778&193=782&195=788&196=791&198=795&201=802&202=805&203=810&204=814&205=836&206=839&207=843&208=849&209=852&210=856&211=860&212=863&213=866&214=872&215=874&216=875&217=879&218=884&219=888&221=905&223=912&224=915&225=918&226=924&227=930&228=933&229=936&230=949&231=952&232=958&233=960&234=964&235=970&236=974&238=992&240=1000&241=1003&242=1007&243=1029&244=1032&245=1036&246=1042&247=1048&248=1051&249=1055&250=1057&251=1060&252=1064&253=1068&254=1072&255=1075&256=1078&257=1085&258=1089&259=1095&260=1098&261=1102&262=1108&263=1111&265=1116&266=1128&267=1130&268=1133&269=1137&270=1143&271=1146&272=1151&273=1170&274=1173&275=1175&276=1178&277=1186&278=1189&279=1191&280=1194&281=1204&282=1207&283=1209&284=1212&285=1248&286=1251&287=1256&288=1275&289=1278&290=1282&291=1294&292=1297&293=1301&294=1309&295=1312&296=1316&297=1320&298=1323&299=1326&300=1328&301=1332&302=1338&303=1341&304=1345&305=1351&306=1354&307=1357&308=1364&309=1368&310=1374&311=1377&312=1381&313=1387&314=1390&315=1393&316=1404&317=1408&318=1412&319=1415&320=1418&322=1423&328=1428&329=1434&330=1438&331=1461&333=1467&338=1472&339=1481&343=1514&344=1523&349=1548&350=1559&354=1585&355=1594&356=1597&357=1604&358=1607&359=1615&360=1618&361=1626&362=1630&363=1637&364=1647&367=1650&368=1654&369=1673&370=1715&371=1720&373=1729&374=1732&375=1738&376=1759&377=1764&379=1767&380=1772&382=1777&383=1781&385=1783&386=1787&388=1793&389=1798&390=1803&391=1808&393=1825&395=1830&396=1835&398=1838&399=1843&401=1846&402=1851&404=1854&405=1858&407=1864&408=1868&409=1872&412=1876&413=1879&414=1893&422=1903&423=1906&424=1915&425=1918&426=1927&427=1931&429=1936&430=1939&432=1951&438=1956&439=1963&440=1971&441=1987&443=1992&444=1997&446=2000&447=2002&448=2007&451=2010&457=2018&458=2023&460=2045&461=2049&462=2054&463=2059&465=2074&469=2079&470=2082&471=2086&472=2090&473=2095&474=2100&476=2113&477=2118&480=2121&481=2126'
