@@ -17,25 +17,34 @@ Rows (``--rows``):
 * ``idx``     -- n ``sg.Node`` Linear layers each holding its index as a static (``idx = i``):
                  n shapes differing only in one int;
 * ``period``  -- the same with ``idx = i % 3``: three shapes, alternating in the list;
-* ``nt-arr``  -- n layers each holding a namedtuple of a bare array and a Param.
+* ``nt-arr``  -- n layers each holding a namedtuple of a bare array and a Param;
+* ``chain-idx`` -- n ``sg.Node`` links nested n deep, each holding a Param, its depth (an int
+                   static), a tag alternating between two strings and a flag (a bool, every
+                   third link): links differing in statics, the chain loop's parameters;
+* ``two-chains`` -- two chains of n ``sg.Node`` links (a Param and the next link) of one
+                    structure in one node: alike links at each depth (``--outline-min 2``:
+                    each depth was a shape nesting the next one's, planned n deep).
 
 Per row and size, in this process, side by side: whether the second ``sg.flatten`` is a
 cache hit (specialized) and served by outlined code, the compile seconds of a fresh cache
 (flatten + update, ``cache_info()["compile_seconds"]``: min of the cold repeats), and the
 time per call of ``sg.flatten`` and ``specgraph.generic.flatten`` of the same object
-(interleaved rounds, min). For the rows of :data:`UNFLATTEN_ROWS` a second table: the
-same of ``sg.unflatten`` and ``specgraph.generic.unflatten`` of the row's GraphDef and
-values (compile seconds: the unflatten's own, on top of the flatten's), and both again
-with the cyclic GC off (``gc.disable()`` around those rounds only). A call that builds
-tens of thousands of containers lives through young-generation collections, which
-promote its objects; the promotions then trigger full collections of the whole heap
-(the model, the GraphDef, jax): at 10 000 links that costs more than the build itself,
-and it grows with the heap, so the "gc off" columns are the generated code's own cost.
+(interleaved rounds, min). For the rows of :data:`UPDATE_ROWS` a table of ``sg.update``
+against ``specgraph.generic.update`` (writing the row's own values back). For the rows of
+:data:`UNFLATTEN_ROWS` another table: the same of ``sg.unflatten`` and
+``specgraph.generic.unflatten`` of the row's GraphDef and values (compile seconds: the
+unflatten's own, on top of the flatten's), and both again with the cyclic GC off
+(``gc.disable()`` around those rounds only). A call that builds tens of thousands of
+containers lives through young-generation collections, which promote its objects; the
+promotions then trigger full collections of the whole heap (the model, the GraphDef, jax):
+at 10 000 links that costs more than the build itself, and it grows with the heap, so the
+"gc off" columns are the generated code's own cost.
 Usage::
 
     python benchmarks/outline_cliffs.py [--rows cb-mlp cb-one arrays deep cb-chain cb-after pt-list
-                                         nt pytree idx period nt-arr]
+                                         nt pytree idx period nt-arr chain-idx two-chains]
                                         [--sizes 1000 10000] [--repeats R] [--cold C]
+                                        [--outline-min K]
 """
 
 from __future__ import annotations
@@ -152,6 +161,28 @@ def _cb_after(n: int) -> Model:
     return Model(x=x)
 
 
+class IdxLink(sg.Node):
+    def __init__(self, nxt: Any, i: int) -> None:
+        self.p = sg.Param(np.full((4,), i, np.float32))
+        self.depth = i
+        self.tag = ("even", "odd")[i % 2]
+        self.flag = i % 3 == 0
+        self.next = nxt
+
+
+class PlainLink(sg.Node):
+    def __init__(self, nxt: Any, i: int) -> None:
+        self.p = sg.Param(np.full((4,), i, np.float32))
+        self.next = nxt
+
+
+def _chain_of(cls: Any, n: int) -> Any:
+    x = None
+    for i in range(n):
+        x = cls(x, i)
+    return x
+
+
 ROWS: dict[str, Callable[[int], Any]] = {
     "cb-mlp": lambda n: Model(layers=[CLinear(float(i)) for i in range(n)]),
     "cb-one": lambda n: Model(layers=[Linear(float(i)) for i in range(n)], odd=CLinear(1.0)),
@@ -165,12 +196,17 @@ ROWS: dict[str, Callable[[int], Any]] = {
     "idx": lambda n: Model(layers=[IdxLinear(float(i), i) for i in range(n)]),
     "period": lambda n: Model(layers=[IdxLinear(float(i), i % 3) for i in range(n)]),
     "nt-arr": lambda n: Model(layers=[PtLinear(float(i), lambda a, b: WB(a.value, b)) for i in range(n)]),
+    "chain-idx": lambda n: Model(x=_chain_of(IdxLink, n)),
+    "two-chains": lambda n: Model(a=_chain_of(PlainLink, n), b=_chain_of(PlainLink, n)),
 }
 
 
 #: Rows whose unflatten is measured too.
 UNFLATTEN_ROWS = ("cb-mlp", "cb-one", "deep", "cb-chain", "cb-after", "pt-list", "nt", "pytree", "idx",
-                  "period")
+                  "period", "chain-idx", "two-chains")
+
+#: Rows whose update is measured too.
+UPDATE_ROWS = ("deep", "cb-chain", "chain-idx", "two-chains")
 
 
 def _outlined() -> bool:
@@ -207,6 +243,23 @@ def run(row: str, n: int, repeats: int, cold: int) -> dict[str, Any]:
         gen.append(_per_call(lambda: sg.generic.flatten(m)))
     return {"row": row, "n": n, "specialized": specialized, "outlined": outlined,
             "compile_s": min(compile_s), "specgraph_us": min(spec) * 1e6, "generic_us": min(gen) * 1e6}
+
+
+def run_update(row: str, n: int, repeats: int) -> dict[str, Any]:
+    m = ROWS[row](n)
+    sg.clear_cache()
+    _, sm = sg.flatten(m)
+    sg.flatten(m)
+    sg.update(m, sm)
+    hits = sg.cache_info()["update_hits"]
+    sg.update(m, sm)
+    specialized = sg.cache_info()["update_hits"] == hits + 1
+    spec, gen = [], []
+    for _ in range(repeats):  # interleaved rounds
+        spec.append(_per_call(lambda: sg.update(m, sm)))
+        gen.append(_per_call(lambda: sg.generic.update(m, sm)))
+    return {"row": row, "n": n, "specialized": specialized, "outlined": _outlined(),
+            "specgraph_us": min(spec) * 1e6, "generic_us": min(gen) * 1e6}
 
 
 def run_unflatten(row: str, n: int, repeats: int, cold: int) -> dict[str, Any]:
@@ -246,7 +299,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", nargs="+", type=int, default=[1000, 10000])
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--cold", type=int, default=3)
+    ap.add_argument("--outline-min", type=int, default=None,
+                    help="sg.configure(outline_min=K) first (the default settings otherwise)")
     args = ap.parse_args(argv)
+    if args.outline_min is not None:
+        sg.configure(outline_min=args.outline_min)
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 50_000))
     print(f"{'row':8} {'n':>6} {'spec':>5} {'outl':>5} {'compile s':>10} {'sg.flatten us':>14} "
           f"{'generic us':>11} {'generic/sg':>10}")
@@ -255,6 +312,16 @@ def main(argv: list[str] | None = None) -> int:
             r = run(row, n, args.repeats, args.cold)
             ratio = r["generic_us"] / r["specgraph_us"]
             print(f"{row:8} {n:>6} {r['specialized']!s:>5} {r['outlined']!s:>5} {r['compile_s']:>10.3f} "
+                  f"{r['specgraph_us']:>14.1f} {r['generic_us']:>11.1f} {ratio:>10.2f}", flush=True)
+    rows = [row for row in args.rows if row in UPDATE_ROWS]
+    if rows:
+        print(f"\n{'update':8} {'n':>6} {'spec':>5} {'outl':>5} {'':>10} {'sg.update us':>14} "
+              f"{'generic us':>11} {'generic/sg':>10}")
+    for row in rows:
+        for n in args.sizes:
+            r = run_update(row, n, args.repeats)
+            ratio = r["generic_us"] / r["specgraph_us"]
+            print(f"{row:8} {n:>6} {r['specialized']!s:>5} {r['outlined']!s:>5} {'':>10} "
                   f"{r['specgraph_us']:>14.1f} {r['generic_us']:>11.1f} {ratio:>10.2f}", flush=True)
     rows = [row for row in args.rows if row in UNFLATTEN_ROWS]
     if rows:

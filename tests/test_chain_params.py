@@ -383,3 +383,40 @@ def test_collect_and_partial_update_of_a_chain_with_params(outlined: None) -> No
     now = sg.generic.flatten(m)[1]
     assert all(now[p] is v for p, v in new.items())
     assert not np.any(now[("s",)])
+
+
+# -- statics in a link's containers ------------------------------------------------------
+
+
+class Held(sg.Node):
+    def __init__(self, nxt: Held | None, i: int) -> None:
+        self.a = [i, "x" if i % 2 else "y", sg.Param(np.float32(i))]
+        self.d = {"k": i % 3 == 0, "z": sg.State(np.zeros(1, np.float32))}
+        self.next = nxt
+
+
+@pytest.mark.repeats
+@pytest.mark.parametrize("where", [0, 1, 50, 98])
+def test_statics_in_a_links_containers(impl: Any, where: int) -> None:
+    """A link's list and dict holding its statics (an int, a str, a bool): parameters of
+    the chain loop too; one of them changed in one link is a miss."""
+    x = None
+    for i in range(100):
+        x = Held(x, i)
+    m = Box(x=x)
+    ref = sg.generic.flatten(m)
+    got = impl.flatten(m)
+    assert_same_flatten(got, ref)
+    _check_update(impl, m, got[1])
+    _check_unflatten(impl, *sg.generic.flatten(m))
+    if impl.compiled:
+        assert _looped_with_params(ref[0])
+    link = m.x
+    for _ in range(where):
+        link = link.next
+    link.a[0] = -1
+    ref2 = sg.generic.flatten(m)
+    hits = sg.cache_info()["hits"]
+    assert_same_flatten(sg.flatten(m), ref2)
+    if impl.compiled:
+        assert sg.cache_info()["hits"] == hits
