@@ -40,6 +40,7 @@ DUMMY: dict[str, Any] = {
     "params": ["p1"], "pvals": "PV0",
     "root": "x3", "made": ["x1", "x2"], "what": "of one shape",
     "new": "new_object", "metas": None, "md": "md1", "ok": "okx1", "aux": "A0",
+    "fns": ["F2"], "idx": "IX0", "ns": [1],
 }
 
 #: The update's checks (before any write), rendered with the update's writes; its token

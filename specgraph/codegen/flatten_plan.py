@@ -36,7 +36,16 @@ from .foreign_plan import ForeignPlanning
 from .naming import Constants, Item, Literal, Operand, Splice, StateValue, path_label, safe_name, static_note
 from .ops import GUARD_KINDS, Step
 from .planning import Declined, FlattenPlan, RunEdge, ShapeFn, Work
-from .shapes import Chain, Shape, _meta_key, edge_refs, find_chains, find_container_chains, find_shapes
+from .shapes import (
+    Chain,
+    Shape,
+    _meta_key,
+    edge_refs,
+    find_chains,
+    find_container_chains,
+    find_container_shapes,
+    find_shapes,
+)
 
 _spec_type = itemgetter(1)  # a table entry's class (NodeSpec.type, StateSpec.type)
 
@@ -125,6 +134,9 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         self.container_chains = find_container_chains(
             gd, max(2, outline_min), self.witnessed, self.shared_types, self.shapes, ordered=True
         ) if outline_min > 0 else {}
+        # Repeated containers (lists, tuples, dicts of states, statics, nodes): one function
+        # per shape too, outside the chains and the outlined nodes' subtrees.
+        find_container_shapes(gd, outline_min, self.shapes, self.chains, self.container_chains)
         self._rec_edge: Any = None  # planning a container chain's link: the next link's edge
         self._rec = -1  # planning a chain's link: the next link's index, not planned
         self._rec_local: Operand = ""  # and the local that holds it
@@ -195,7 +207,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             NodeEdge: self._node, StateEdge: self._state, ArrayEdge: self._array, StaticEdge: self._static,
             PytreeEdge: self._pytree, RunEdge: self._run_loop, StateRun: self._state_run,
         }
-        shape_of = self.shapes.shape_of
+        shape_of, cshape_of = self.shapes.shape_of, self.shapes.cshape_of
         chains = self.chains if self._planning is None else {}
         cchains = self.container_chains if self._planning is None else {}
         while stack:
@@ -209,6 +221,11 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                 continue
             if k is PytreeEdge and cchains and id(work.edge) in cchains and work.edge is not skip:
                 stack.append(self._chain(work, cchains[id(work.edge)]))
+                continue
+            if k is PytreeEdge and work.edge is not skip and id(work.edge) in cshape_of and not self._inline \
+                    and self._rec < 0 and self._rec_edge is None \
+                    and (self._planning is None or self._planning.edge is not None):
+                self._call(work)
                 continue
             if (k is NodeEdge or k is StateEdge) and work.edge.index in self.local_of:
                 self._backref(work)
@@ -256,9 +273,13 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         try:
             with self._own_body():
                 rep = shape.rep
-                self._run([Work(NodeEdge(rep), "root", None, None, "", False)], rep)
+                if shape.edge is not None:  # a container (its first entry: rep)
+                    self._run([Work(shape.edge, "root", None, None, "", False)], shape.edge)
+                    lo = self.shapes.csize[id(shape.edge)][0]
+                else:
+                    self._run([Work(NodeEdge(rep), "root", None, None, "", False)], rep)
+                    lo = self.shapes.slot_lo[rep]
                 checks = self._occurrence_checks(shape.type_name)
-                lo = self.shapes.slot_lo[rep]
                 # Its array writes, in the reference's order (node by node in table order):
                 # the occurrence's nodes are consecutive entries, so they are one run of the
                 # whole update's array writes, made where its root's entry sorts.
@@ -416,42 +437,59 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             uses[sid] = sum((1 if c is None else uses.get(c, 0)) * m for c, m in by_callee.get(sid, []))
         return uses
 
-    def _splice(self, j: int, shape: Shape, k: int, dst: str) -> None:
-        """The values and objects of ``k`` occurrences, the first at node ``j``: one splice."""
+    def _splice(self, j: int, shape: Shape, k: int, dst: str, lo: int = -1) -> None:
+        """The values and objects of ``k`` occurrences, the first at entry ``j`` (its first
+        slot ``lo``; ``-1``: node ``j``'s): one splice."""
         if shape.nslots:
-            lo = self.shapes.slot_lo[j]
+            if lo < 0:
+                lo = self.shapes.slot_lo[j]
             self.values[lo] = Splice(dst, "v")
             for s in range(lo + 1, lo + k * shape.nslots):
                 self.values[s] = None  # type: ignore[call-overload]
-        self.local_of[j] = Splice(dst, "o")  # type: ignore[assignment]
+        if shape.nindices:
+            self.local_of[j] = Splice(dst, "o")  # type: ignore[assignment]
         for i in range(j + 1, j + k * shape.nindices):
             self.local_of[i] = None  # type: ignore[assignment]
 
-    def _call(self, work: Work) -> None:
-        """An occurrence of an outlined shape: one call of its function (planned on first use)."""
-        j = work.edge.index
-        sid = self.shapes.shape_of[j]
-        shape = self.shapes.shapes[sid]
+    def _shape_fn(self, sid: int) -> ShapeFn:
+        """The functions of shape ``sid``, planned on first use."""
         if sid not in self._planned:
             self._planned.add(sid)
             planning = self._planning
-            self._plan_shape(shape)
+            self._plan_shape(self.shapes.shapes[sid])
             self._planning = planning
-        dst = self._fresh("r")
         name = f"outlined{sid}"
+        return next(f for f in self.shape_fns if f.name == name)
+
+    def _occurrence(self, edge: Any) -> tuple[int, int, int, int]:
+        """Where an occurrence's values and objects sit: (first slot, first entry, sid, entries)."""
+        if type(edge) is NodeEdge:
+            j = edge.index
+            sid = self.shapes.shape_of[j]
+            return self.shapes.slot_lo[j], j, sid, self.shapes.shapes[sid].nindices
+        lo, _, first, m = self.shapes.csize[id(edge)]
+        return lo, first, self.shapes.cshape_of[id(edge)], m
+
+    def _call(self, work: Work) -> None:
+        """An occurrence of an outlined shape (a node's or a container's): one call of its
+        function (planned on first use)."""
+        lo, j, sid, _ = self._occurrence(work.edge)
+        shape = self.shapes.shapes[sid]
+        fn = self._shape_fn(sid)
+        dst = self._fresh("r")
+        name = fn.name
         assert type(work.obj) is str
         args = [self._operand_at(j, q) for q in shape.params]
         self.steps.append(Step("call_shape", dst=dst, fn=name, obj=work.obj, args=args))
-        self._splice(j, shape, 1, dst)
+        self._splice(j, shape, 1, dst, lo)
         if shape.nslots:
             # (user code in its guards: its write function takes what its update's returned)
             obj = dst if name in self._reloads else work.obj
-            fn = next(f for f in self.shape_fns if f.name == name)
             if fn.writes:
-                self.state_writes.append(Step("write_shape", obj=obj, fn=name, slot=self.shapes.slot_lo[j]))
+                self.state_writes.append(Step("write_shape", obj=obj, fn=name, slot=lo))
             if fn.array_writes:  # (where the occurrence's root sorts among the array writes)
                 self.array_writes.append((j, len(self.array_writes), Step(
-                    "write_shape_arrays", obj=obj, fn=name, slot=self.shapes.slot_lo[j])))
+                    "write_shape_arrays", obj=obj, fn=name, slot=lo)))
         self._note_use(sid, work.path)
 
     def _loop(self, var: str, edge: Any, label: str, path: Any) -> bool:
@@ -465,6 +503,58 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             return False
         self.steps.append(Step("guard_len", obj=var, n=len(kids), label=label))
         self._each_loop(var, kids, label, (path, 0))
+        return True
+
+    def _mixed(self, var: str, edge: Any, label: str, path: Any) -> bool:
+        """A list or tuple of occurrences of outlined shapes, containers among them (``[[p],
+        {'a': q}, ...]``): one loop calling item ``i``'s function ``fns[idx[i]]`` (``False``:
+        not one). Only in the top function, for shapes whose update writes by a function of
+        their own (no kept locals, no array writes), items at consecutive slots and entries."""
+        kids = edge.children
+        if self.run_min <= 0 or len(kids) < self.run_min or self._planning is not None or self._inline \
+                or self._rec >= 0 or self._rec_edge is not None:
+            return False
+        shape_of, cshape_of = self.shapes.shape_of, self.shapes.cshape_of
+        containers = False
+        for c in kids:
+            if type(c) is PytreeEdge and id(c) in cshape_of:
+                containers = True
+            elif type(c) is not NodeEdge or c.index not in shape_of:
+                return False
+        if not containers:  # (nodes only: a loop of one shape, or calls)
+            return False
+        shapes = self.shapes.shapes
+        slot, entry = -1, -1
+        order: dict[int, int] = {}
+        idx: list[int] = []
+        for c in kids:
+            lo, j, sid, m = self._occurrence(c)
+            n = shapes[sid].nslots
+            if not n or (slot >= 0 and (lo != slot or j != entry)):
+                return False
+            slot, entry = lo + n, j + m
+            idx.append(order.setdefault(sid, len(order)))
+        first_lo, first_j, _, _ = self._occurrence(kids[0])
+        fns = [self._shape_fn(sid) for sid in order]
+        if any(f.kept is not None or f.array_writes or not f.writes or shapes[sid].params
+               for f, sid in zip(fns, order, strict=True)):
+            return False  # (planned anyway: each occurrence is then one call, its parameters passed)
+        names = [f.name for f in fns]
+        bound = self.consts.bind(tuple(idx), "IX")
+        self.steps.append(Step("guard_len", obj=var, n=len(kids), label=label))
+        dst = self._fresh("r")
+        self.steps.append(Step("mixed_loop", dst=dst, obj=var, var=self._fresh("x"), n=len(kids),
+                               fns=names, idx=bound))
+        self._looped = True
+        self._splice_run(self.values, first_lo, slot - first_lo, Splice(dst, "v"))
+        self._splice_run(self.local_of, first_j, entry - first_j, Splice(dst, "o"))
+        self.state_writes.append(Step("write_mixed", obj=var, var=self._fresh("x"), pos=self._fresh("a"),
+                                      slot=first_lo, fns=names, idx=bound,
+                                      ns=[shapes[sid].nslots for sid in order]))
+        for c in kids:  # (one call per item: the uses of each shape, see _uses)
+            self._note_use(self._occurrence(c)[2], path)
+        self.loops.append(f"{label or '<root>'}[0..{len(kids) - 1}]: {len(kids)} items of "
+                          f"{len(order)} shapes ({', '.join(f.type_name for f in fns)})")
         return True
 
     def _run_loop(self, work: Work) -> list[Work]:
@@ -969,6 +1059,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         # A non-empty list or tuple is unpacked in one step, which checks its length.
         unpack = (ptype is list or ptype is tuple) and bool(edge.children)
         if unpack and self.shapes and self._loop(var, edge, label, work.path):
+            return []
+        if unpack and self.shapes.cshape_of and self._mixed(var, edge, label, work.path):
             return []
         if builtin:
             if not unpack:

@@ -92,6 +92,10 @@ OPS: dict[str, Op] = {
     "call_shape": Op(_F, ("dst", "fn", "obj", "args")),
     # dst = a loop's unit (shared.py) of the list obj, of n items; a str: its miss
     "call_loop": Op(_F, ("dst", "fn", "obj", "n")),
+    # per item (var) of obj, a list of n occurrences of outlined shapes (nodes', containers'):
+    # fns[idx[i]] is item i's shape (fns: their names; idx: a bound tuple); dst gets the values
+    # (and objects) of all items in order
+    "mixed_loop": Op(_F, ("dst", "obj", "var", "n", "fns", "idx")),
     # per item (var) of obj, a list of one shape: body guards and reads it (unrolled); dst gets
     # the values (and objects) of all items in order; keep_states: the items' values are
     # exactly their distinct states' values, so dst keeps the states (an update reads none)
@@ -175,6 +179,9 @@ OPS: dict[str, Op] = {
     # a chain's writes: per link, its loads then its writes (before: from vals[b + i], after:
     # from vals[af + i]); b counts up from slot by nb, af down from slot_after by na
     # kept: obj is the loop's list of kept locals (chain_loop's kept), unpacked per link, no loads
+    # per item (var) of obj (a mixed_loop's list): its shape's write function (fns[idx[i]]),
+    # from vals[pos]; pos counts from slot by that shape's slots (ns, ints per fns)
+    "write_mixed": Op(_W, ("obj", "var", "pos", "slot", "fns", "idx", "ns")),
     "write_chain": Op(_W, ("cur", "obj", "n", "loads", "writes_before", "writes_after", "rec", "slot",
                            "slot_after", "nb", "na", "var", "kept")),
     # a partial update's writes into states of outlined code: objs(o_) (o_: the objects by

@@ -86,7 +86,7 @@ from .analysis import kept, structure_memo
 from .classfacts import plain_metaclass, plain_state_reads
 
 __all__ = ["Chain", "Link", "Shape", "Shapes", "edge_refs", "find_chains", "find_container_chains",
-           "find_shapes"]
+           "find_container_shapes", "find_shapes"]
 
 
 @dataclass
@@ -103,6 +103,9 @@ class Shape:
     #: differ between occurrences: its functions take them as parameters (``find_shapes``'
     #: ``params``); empty: every occurrence has the same statics, bound as constants
     params: tuple[int, ...] = ()
+    #: a shape of containers (find_container_shapes): the representative occurrence's edge;
+    #: ``rep`` and ``occurrences`` are then its first table entry and the occurrences' ids
+    edge: Any = None
 
 
 @dataclass
@@ -121,6 +124,10 @@ class Shapes:
     #: exact sid -> its family (``find_shapes``' ``params``): find_chains keys a link's
     #: nested subtrees by it, their statics' values in the link's own vector
     fam_of: dict[int, int] = field(default_factory=dict)
+    #: shapes of containers (find_container_shapes): id(edge) -> sid, for every occurrence
+    cshape_of: dict[int, int] = field(default_factory=dict)
+    #: id(edge) -> (first slot, slots, first entry, entries) of every keyed container
+    csize: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.shapes)
@@ -785,6 +792,91 @@ class _Scan:
         return tuple(tokens), (*out, lo, n, first_after, (last - first_after + 1) if last >= 0 else 0)
 
 
+    def scan_container(self, e: Any, ckey: dict[int, int],
+                       csize: dict[int, tuple[int, int, int, int]]) -> Any:
+        """The key of container edge ``e`` (see :func:`find_container_shapes`), with its
+        ``(first slot, slots, first entry, entries)`` put in ``csize``; ``None``: none."""
+        p = e[1]
+        if (p is not list and p is not tuple and p is not dict) or e[4] is not None:
+            return None
+        keys = e[2]
+        if p is dict:
+            for k in keys:
+                if type(k) is not str:
+                    return None
+        table, refs, key_of, size = self.table, self.refs, self.key_of, self.size
+        state_facts = self.state_facts
+        tokens: list[Any] = [("P", id(p), keys if p is dict else len(keys))]
+        lo, n, first, last = -1, 0, -1, -1
+        defined: dict[int, int] = {}  # a state met more than once: its position among those
+        met: dict[int, int] = {}  # and the edges reaching it here
+        for c in e[3]:
+            k = type(c)
+            if k is StaticEdge:
+                sig = c[1]
+                if (sig is int or sig is str or sig is bool) and type(c[2]) is sig:
+                    tokens.append(("v", id(sig), c[2]))
+                else:
+                    tokens.append(_static_key(c))
+                continue
+            if k is StateEdge:
+                j = c[1]
+                if j in defined:
+                    met[j] += 1
+                    tokens.append(("B", defined[j]))
+                    continue
+                st = table[j]
+                if type(st) is not StateSpec:
+                    return None
+                facts = state_facts.get(st[1])
+                if facts is None:
+                    facts = self.state_class(st[1])
+                token, check = facts
+                if token is None or (check is not None and not check(st[3])):
+                    return None
+                if refs[j] != 1:
+                    defined[j] = len(defined)
+                    met[j] = 1
+                if st[3]:
+                    token = ("S", id(st[1]), _meta_key(st), token[3])
+                tokens.append(token)
+                clo, cn, cfirst, cm = st[4], 1, j, 1
+            elif k is NodeEdge:
+                j = c[1]
+                sid = key_of.get(j)
+                if sid is None or refs[j] != 1 or j in self.user or j in self.with_arrays:
+                    return None
+                clo, cn, cm = size[j]
+                cfirst = j
+                tokens.append(("N", sid))
+            elif k is PytreeEdge:
+                sid = ckey.get(id(c))
+                if sid is None:
+                    return None
+                clo, cn, cfirst, cm = csize[id(c)]
+                tokens.append(("C", sid))
+            else:
+                return None  # (an array leaf: its writes go by its owner, kept inline)
+            if cm:
+                if last >= 0 and cfirst != last + 1:
+                    return None
+                if first < 0:
+                    first = cfirst
+                last = cfirst + cm - 1
+            if cn:
+                if n:
+                    if clo != lo + n:
+                        return None
+                else:
+                    lo = clo
+                n += cn
+        for j, times in met.items():
+            if refs[j] != times:
+                return None  # (a state met outside too: sharing stays with the enclosing code)
+        csize[id(e)] = (lo, n, first, (last - first + 1) if first >= 0 else 0)
+        return tuple(tokens)
+
+
 def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_types: set[type],
                 foreign: bool = False, by_value: bool = True, flatten_only: bool = False,
                 callbacks: bool = False, params: bool = False) -> Shapes:
@@ -1235,3 +1327,86 @@ def find_container_chains(gd: GraphDef, min_links: int, witnessed: set[int], sha
             continue
         chains[id(e)] = Chain(-1, len(run), -1, run, head_edge=e, tail_edge=nx, rec_edges=[edges[1]])
     return chains
+
+
+def find_container_shapes(gd: GraphDef, outline_min: int, shapes: Shapes, chains: dict[int, Chain],
+                          cchains: dict[int, Chain]) -> None:
+    """Shapes of *containers* (the flatten planner's): a list, tuple or dict (exact str keys)
+    of states, statics, nodes of an outlinable shape and such containers, nested, met at
+    least ``outline_min`` times, each occurrence one call of the shape's function (a list
+    of them: one loop, see ``FlattenPlanner._mixed``). Added to ``shapes`` in place.
+
+    A container has no table entry of its own: an occurrence is its edge (``id``), and its
+    values and objects are the consecutive slots and entries of what it holds. Unlike a
+    node's subtree, an occurrence may hold one state at several places (``[p] * 3``): every
+    edge reaching that state is then in the same occurrence, its first the defining one, so
+    the function's identity guard (``backref``) sees each; the shape's key says at which
+    positions (``("B", k)``: the ``k``-th state defined in the occurrence). A state met
+    outside the occurrence keeps it inline. A nested container is keyed by its own key
+    (``("C", sid)``), found first (children before parents), so each container is read
+    once. Not outlined: a container holding an array leaf, a callback node or a custom
+    pytree (kept with the enclosing code), one whose subtree is planned inside an outlined
+    node's function or a chain's link (its occurrences are that code's), and one holding
+    no state nor node (nothing to splice; and equal edges of statics may be one object)."""
+    if outline_min <= 0:
+        return
+    sc = shapes.scan
+    if sc is None:
+        return
+    table = gd.table
+    blocked: set[int] = set()  # node entries planned inside a function or a chain's link
+    for shape in shapes.shapes.values():
+        for j in shape.occurrences:
+            blocked.update(range(j, j + shape.nindices))
+    for chain in (*chains.values(), *cchains.values()):
+        for link in chain.links:
+            (eb, neb), (ea, nea) = link.ebefore, link.eafter
+            blocked.update(range(eb, eb + neb))
+            blocked.update(range(ea, ea + nea))
+    links: dict[int, int] = {}  # id(a container chain's link) -> the next link's position
+    for chain in cchains.values():
+        e = chain.head_edge
+        for link in chain.links:
+            links[id(e)] = link.rec
+            e = e.children[link.rec]
+    order: list[tuple[Any, bool]] = []  # every builtin container, parents first, and blocked
+    stack: list[tuple[Any, bool]] = []
+    if type(gd.root) is PytreeEdge:
+        stack.append((gd.root, True))  # (the root: the top function's own)
+    for spec in table:
+        if type(spec) is NodeSpec:
+            b = spec[2] in blocked
+            stack.extend((c, b) for c in spec[4] if type(c) is PytreeEdge)
+    while stack:
+        e, b = stack.pop()
+        rec = links.get(id(e), -1)
+        b = b or rec >= 0
+        order.append((e, b))
+        for pos, c in enumerate(e[3]):
+            if type(c) is PytreeEdge:
+                stack.append((c, b and pos != rec if rec >= 0 else b))
+    interned: dict[Any, int] = {}
+    base = max(sc.key_of.values(), default=-1) + 1
+    ckey: dict[int, int] = {}
+    counts: dict[int, list[Any]] = {}
+    seen_twice: set[int] = set()
+    for e, b in reversed(order):  # (children first)
+        got = sc.scan_container(e, ckey, shapes.csize)
+        if got is None:
+            continue
+        sid = base + interned.setdefault(got, len(interned))
+        if id(e) in ckey:
+            seen_twice.add(id(e))
+        ckey[id(e)] = sid
+        if not b and e is not gd.root and shapes.csize[id(e)][3]:
+            counts.setdefault(sid, []).append(e)
+    for sid, occ in counts.items():
+        occ = [e for e in occ if id(e) not in seen_twice]
+        if len(occ) < outline_min:
+            continue
+        occ.reverse()  # (pre-order)
+        _, n, first, m = shapes.csize[id(occ[0])]
+        ptype = occ[0].ptype
+        shapes.shapes[sid] = Shape(sid, first, [id(e) for e in occ], n, m, ptype.__qualname__, edge=occ[0])
+        for e in occ:
+            shapes.cshape_of[id(e)] = sid

@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = '0594e093946bf6d66352bd9957b1906f3d0dcc2fdd8bcf756b5e44a78af92027'
+FINGERPRINT = 'ad10784a129cf516821a149395ab4a57d06ebd7bdd2a91cd5778d5f4b66042f7'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = '_steps.j2'
 
@@ -20,58 +20,64 @@ def root(context, missing=missing):
         def t_1(*unused):
             raise TemplateRuntimeError("No filter named 'indent' found.")
     try:
-        t_2 = environment.filters['join']
+        t_2 = environment.filters['int']
     except KeyError:
         @internalcode
         def t_2(*unused):
-            raise TemplateRuntimeError("No filter named 'join' found.")
+            raise TemplateRuntimeError("No filter named 'int' found.")
     try:
-        t_3 = environment.filters['key']
+        t_3 = environment.filters['join']
     except KeyError:
         @internalcode
         def t_3(*unused):
-            raise TemplateRuntimeError("No filter named 'key' found.")
+            raise TemplateRuntimeError("No filter named 'join' found.")
     try:
-        t_4 = environment.filters['length']
+        t_4 = environment.filters['key']
     except KeyError:
         @internalcode
         def t_4(*unused):
-            raise TemplateRuntimeError("No filter named 'length' found.")
+            raise TemplateRuntimeError("No filter named 'key' found.")
     try:
-        t_5 = environment.tests['item']
+        t_5 = environment.filters['length']
     except KeyError:
         @internalcode
         def t_5(*unused):
-            raise TemplateRuntimeError("No test named 'item' found.")
+            raise TemplateRuntimeError("No filter named 'length' found.")
     try:
-        t_6 = environment.tests['none']
+        t_6 = environment.tests['item']
     except KeyError:
         @internalcode
         def t_6(*unused):
-            raise TemplateRuntimeError("No test named 'none' found.")
+            raise TemplateRuntimeError("No test named 'item' found.")
     try:
-        t_7 = environment.tests['splice']
+        t_7 = environment.tests['none']
     except KeyError:
         @internalcode
         def t_7(*unused):
-            raise TemplateRuntimeError("No test named 'splice' found.")
+            raise TemplateRuntimeError("No test named 'none' found.")
     try:
-        t_8 = environment.tests['state_value']
+        t_8 = environment.tests['splice']
     except KeyError:
         @internalcode
         def t_8(*unused):
-            raise TemplateRuntimeError("No test named 'state_value' found.")
+            raise TemplateRuntimeError("No test named 'splice' found.")
     try:
-        t_9 = environment.tests['string']
+        t_9 = environment.tests['state_value']
     except KeyError:
         @internalcode
         def t_9(*unused):
+            raise TemplateRuntimeError("No test named 'state_value' found.")
+    try:
+        t_10 = environment.tests['string']
+    except KeyError:
+        @internalcode
+        def t_10(*unused):
             raise TemplateRuntimeError("No test named 'string' found.")
     pass
     l_0_callback = context.vars['callback'] = environment.get_template('_callback.j2', '_steps.j2')._get_default_module(context)
     context.exported_vars.discard('callback')
     def macro(l_1_s, l_1_miss):
-        t_10 = []
+        t_11 = []
         l_1_unknown_op = resolve('unknown_op')
         if l_1_s is missing:
             l_1_s = undefined("parameter 's' was not provided", name='s')
@@ -80,7 +86,7 @@ def root(context, missing=missing):
         pass
         if (environment.getattr(l_1_s, 'op') == 'guard_mro'):
             pass
-            t_10.extend((
+            t_11.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'cls')),
                 '.__mro__ is not ',
@@ -90,21 +96,21 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_s, 'op') == 'guard_class'):
             pass
-            t_10.append(
+            t_11.append(
                 'if ',
             )
             l_2_loop = missing
             for l_2_n, l_2_loop in LoopContext(environment.getattr(l_1_s, 'names'), undefined):
                 _loop_vars = {}
                 pass
-                t_10.extend((
-                    str(t_3(l_2_n)),
+                t_11.extend((
+                    str(t_4(l_2_n)),
                     ' in ',
                     str(environment.getattr(l_1_s, 'cls_dict')),
                     str((' or ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 14 in '_steps.j2' evaluated to false and no else section was defined."))),
                 ))
             l_2_loop = l_2_n = missing
-            t_10.extend((
+            t_11.extend((
                 ':  # ',
                 str(environment.getattr(l_1_s, 'cls')),
                 ' gained one\n    return ',
@@ -112,14 +118,14 @@ def root(context, missing=missing):
             ))
         else:
             pass
-            t_10.append(
+            t_11.append(
                 str(context.call((undefined(name='unknown_op') if l_1_unknown_op is missing else l_1_unknown_op), l_1_s)),
             )
-        return concat(t_10)
+        return concat(t_11)
     context.exported_vars.add('class_guard')
     context.vars['class_guard'] = l_0_class_guard = Macro(environment, macro, 'class_guard', ('s', 'miss'), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_s):
-        t_11 = []
+        t_12 = []
         l_1_collect = resolve('collect')
         l_1_tok_arg = resolve('tok_arg')
         l_1_namespace = resolve('namespace')
@@ -137,7 +143,7 @@ def root(context, missing=missing):
         l_1_op = environment.getattr(l_1_s, 'op')
         if ((undefined(name='op') if l_1_op is missing else l_1_op) == 'call_shape'):
             pass
-            t_11.extend((
+            t_12.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'fn')),
@@ -151,12 +157,12 @@ def root(context, missing=missing):
             for l_2_a in environment.getattr(l_1_s, 'args'):
                 _loop_vars = {}
                 pass
-                t_11.extend((
+                t_12.extend((
                     ', ',
                     str(l_2_a),
                 ))
             l_2_a = missing
-            t_11.extend((
+            t_12.extend((
                 ')\nif type(',
                 str(environment.getattr(l_1_s, 'dst')),
                 ') is str:\n    return ',
@@ -164,7 +170,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'call_loop'):
             pass
-            t_11.extend((
+            t_12.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'fn')),
@@ -181,38 +187,109 @@ def root(context, missing=missing):
                 ') is str:\n    return ',
                 str(environment.getattr(l_1_s, 'dst')),
             ))
-        elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'each_loop'):
+        elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'mixed_loop'):
             pass
-            l_1_ns = context.call((undefined(name='namespace') if l_1_namespace is missing else l_1_namespace), states=(((not (undefined(name='collect') if l_1_collect is missing else l_1_collect)) and environment.getattr(l_1_s, 'keep_states')) and (t_4(environment.getattr(l_1_s, 'distinct')) > 0)), strided=[])
+            t_12.extend((
+                str(environment.getattr(l_1_s, 'var')),
+                '_f = (',
+            ))
+            for l_2_f in environment.getattr(l_1_s, 'fns'):
+                _loop_vars = {}
+                pass
+                t_12.extend((
+                    str(l_2_f),
+                    '_',
+                    str(('collect' if (undefined(name='collect') if l_1_collect is missing else l_1_collect) else 'flatten')),
+                    ', ',
+                ))
+            l_2_f = missing
+            t_12.extend((
+                ')\n',
+                str(environment.getattr(l_1_s, 'dst')),
+                ' = ',
+                str(('([], [])' if (undefined(name='collect') if l_1_collect is missing else l_1_collect) else '[]')),
+                '\nfor ',
+                str(environment.getattr(l_1_s, 'var')),
+                ', ',
+                str(environment.getattr(l_1_s, 'var')),
+                '_k in zip(',
+                str(environment.getattr(l_1_s, 'obj')),
+                ', ',
+                str(environment.getattr(l_1_s, 'idx')),
+                '):  # ',
+                str(environment.getattr(l_1_s, 'n')),
+                ' of ',
+                str(t_5(environment.getattr(l_1_s, 'fns'))),
+                ' shapes\n    ',
+                str(environment.getattr(l_1_s, 'var')),
+                '_r = ',
+                str(environment.getattr(l_1_s, 'var')),
+                '_f[',
+                str(environment.getattr(l_1_s, 'var')),
+                '_k](',
+                str(environment.getattr(l_1_s, 'var')),
+                ', D',
+                str((undefined(name='tok_arg') if l_1_tok_arg is missing else l_1_tok_arg)),
+                ')\n    if type(',
+                str(environment.getattr(l_1_s, 'var')),
+                '_r) is str:\n        return ',
+                str(environment.getattr(l_1_s, 'var')),
+                '_r',
+            ))
             if (undefined(name='collect') if l_1_collect is missing else l_1_collect):
                 pass
-                l_1_k = t_4(environment.getattr(l_1_s, 'objects'))
+                t_12.extend((
+                    '\n    ',
+                    str(environment.getattr(l_1_s, 'dst')),
+                    '[0].extend(',
+                    str(environment.getattr(l_1_s, 'var')),
+                    '_r[0])\n    ',
+                    str(environment.getattr(l_1_s, 'dst')),
+                    '[1].extend(',
+                    str(environment.getattr(l_1_s, 'var')),
+                    '_r[1])',
+                ))
+            else:
+                pass
+                t_12.extend((
+                    '\n    ',
+                    str(environment.getattr(l_1_s, 'dst')),
+                    ' += ',
+                    str(environment.getattr(l_1_s, 'var')),
+                    '_r',
+                ))
+        elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'each_loop'):
+            pass
+            l_1_ns = context.call((undefined(name='namespace') if l_1_namespace is missing else l_1_namespace), states=(((not (undefined(name='collect') if l_1_collect is missing else l_1_collect)) and environment.getattr(l_1_s, 'keep_states')) and (t_5(environment.getattr(l_1_s, 'distinct')) > 0)), strided=[])
+            if (undefined(name='collect') if l_1_collect is missing else l_1_collect):
+                pass
+                l_1_k = t_5(environment.getattr(l_1_s, 'objects'))
                 for (l_2_obj, l_2_by_id) in environment.getattr(l_1_s, 'distinct'):
                     _loop_vars = {}
                     pass
-                    if ((l_2_by_id or t_7(l_2_obj)) or (l_2_obj not in environment.getattr(l_1_s, 'objects'))):
+                    if ((l_2_by_id or t_8(l_2_obj)) or (l_2_obj not in environment.getattr(l_1_s, 'objects'))):
                         pass
                         if not isinstance(l_1_ns, Namespace):
                             raise TemplateRuntimeError("cannot assign attribute on non-namespace object")
                         l_1_ns['strided'] = None
-                    elif (not t_6(environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided'))):
+                    elif (not t_7(environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided'))):
                         pass
                         if not isinstance(l_1_ns, Namespace):
                             raise TemplateRuntimeError("cannot assign attribute on non-namespace object")
                         l_1_ns['strided'] = (environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided') + [context.call(environment.getattr(environment.getattr(l_1_s, 'objects'), 'index'), l_2_obj, _loop_vars=_loop_vars)])
                 l_2_obj = l_2_by_id = missing
-                def t_12(fiter):
+                def t_13(fiter):
                     for l_2_x in fiter:
-                        if t_7(l_2_x):
+                        if t_8(l_2_x):
                             yield l_2_x
-                for l_2_x in t_12(environment.getattr(l_1_s, 'objects')):
+                for l_2_x in t_13(environment.getattr(l_1_s, 'objects')):
                     _loop_vars = {}
                     pass
                     if not isinstance(l_1_ns, Namespace):
                         raise TemplateRuntimeError("cannot assign attribute on non-namespace object")
                     l_1_ns['strided'] = None
                 l_2_x = missing
-                t_11.extend((
+                t_12.extend((
                     str(environment.getattr(l_1_s, 'dst')),
                     '_ = []\n',
                     str(environment.getattr(l_1_s, 'dst')),
@@ -226,82 +303,82 @@ def root(context, missing=missing):
                 ))
             else:
                 pass
-                t_11.extend((
+                t_12.extend((
                     str(environment.getattr(l_1_s, 'dst')),
                     ' = []',
                 ))
             if environment.getattr(l_1_s, 'params'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\nfor ',
                     str(environment.getattr(l_1_s, 'var')),
                     ', ',
                 ))
-                if (t_4(environment.getattr(l_1_s, 'params')) == 1):
+                if (t_5(environment.getattr(l_1_s, 'params')) == 1):
                     pass
-                    t_11.append(
+                    t_12.append(
                         str(environment.getitem(environment.getattr(l_1_s, 'params'), 0)),
                     )
                 else:
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         '(',
-                        str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'params'), ', ')),
+                        str(t_3(context.eval_ctx, environment.getattr(l_1_s, 'params'), ', ')),
                         ')',
                     ))
-                t_11.extend((
+                t_12.extend((
                     ' in zip(',
                     str(environment.getattr(l_1_s, 'obj')),
                     ', ',
                 ))
-                if t_9(environment.getattr(l_1_s, 'pvals')):
+                if t_10(environment.getattr(l_1_s, 'pvals')):
                     pass
-                    t_11.append(
+                    t_12.append(
                         str(environment.getattr(l_1_s, 'pvals')),
                     )
                 else:
                     pass
-                    t_11.append(
+                    t_12.append(
                         '(',
                     )
                     for l_2_r in environment.getattr(l_1_s, 'pvals'):
                         _loop_vars = {}
                         pass
-                        if (t_4(l_2_r) == 1):
+                        if (t_5(l_2_r) == 1):
                             pass
-                            t_11.extend((
+                            t_12.extend((
                                 str(environment.getitem(l_2_r, 0)),
                                 ', ',
                             ))
                         else:
                             pass
-                            t_11.append(
+                            t_12.append(
                                 '(',
                             )
                             for l_3_x in l_2_r:
                                 _loop_vars = {}
                                 pass
-                                t_11.extend((
+                                t_12.extend((
                                     str(l_3_x),
                                     ', ',
                                 ))
                             l_3_x = missing
-                            t_11.append(
+                            t_12.append(
                                 '), ',
                             )
                     l_2_r = missing
-                    t_11.append(
+                    t_12.append(
                         ')',
                     )
-                t_11.extend((
+                t_12.extend((
                     '):  # ',
                     str(environment.getattr(l_1_s, 'n')),
                     ' of one shape, its statics ',
-                    str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'params'), ', ')),
+                    str(t_3(context.eval_ctx, environment.getattr(l_1_s, 'params'), ', ')),
                 ))
             else:
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\nfor ',
                     str(environment.getattr(l_1_s, 'var')),
                     ' in ',
@@ -313,7 +390,7 @@ def root(context, missing=missing):
             for l_2_b in environment.getattr(l_1_s, 'body'):
                 _loop_vars = {}
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_b, _loop_vars=_loop_vars), 4)),
                 ))
@@ -323,17 +400,17 @@ def root(context, missing=missing):
                 for l_2_c in environment.getattr(l_1_s, 'checks'):
                     _loop_vars = {}
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         '\n    ',
                         str(t_1(context.call((undefined(name='check') if l_0_check is missing else l_0_check), l_2_c, _loop_vars=_loop_vars), 4)),
                     ))
                 l_2_c = missing
-            if (environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'states') and (t_4(environment.getattr(l_1_s, 'distinct')) <= 4)):
+            if (environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'states') and (t_5(environment.getattr(l_1_s, 'distinct')) <= 4)):
                 pass
                 for (l_2_obj, l_2__) in environment.getattr(l_1_s, 'distinct'):
                     _loop_vars = {}
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         '\n    ',
                         str(environment.getattr(l_1_s, 'dst')),
                         '.append(',
@@ -341,13 +418,13 @@ def root(context, missing=missing):
                         ')',
                     ))
                 l_2_obj = l_2__ = missing
-                t_11.extend((
+                t_12.extend((
                     '\nD += ',
                     str(environment.getattr(l_1_s, 'dst')),
                 ))
                 if (not (undefined(name='for_update') if l_1_for_update is missing else l_1_for_update)):
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         '\n',
                         str(environment.getattr(l_1_s, 'dst')),
                         ' = [y.value for y in ',
@@ -356,7 +433,7 @@ def root(context, missing=missing):
                     ))
             elif environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'states'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n    ',
                     str(environment.getattr(l_1_s, 'dst')),
                     ' += (',
@@ -364,18 +441,18 @@ def root(context, missing=missing):
                 for (l_2_obj, l_2__) in environment.getattr(l_1_s, 'distinct'):
                     _loop_vars = {}
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         str(l_2_obj),
                         ', ',
                     ))
                 l_2_obj = l_2__ = missing
-                t_11.extend((
+                t_12.extend((
                     ')\nD += ',
                     str(environment.getattr(l_1_s, 'dst')),
                 ))
                 if (not (undefined(name='for_update') if l_1_for_update is missing else l_1_for_update)):
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         '\n',
                         str(environment.getattr(l_1_s, 'dst')),
                         ' = [y.value for y in ',
@@ -386,7 +463,7 @@ def root(context, missing=missing):
                 pass
                 if (environment.getattr(l_1_s, 'distinct') and (not ((undefined(name='collect') if l_1_collect is missing else l_1_collect) and environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided')))):
                     pass
-                    t_11.append(
+                    t_12.append(
                         '\n    D += (',
                     )
                     for (l_2_obj, l_2_by_id) in environment.getattr(l_1_s, 'distinct'):
@@ -394,31 +471,31 @@ def root(context, missing=missing):
                         pass
                         if l_2_by_id:
                             pass
-                            t_11.extend((
+                            t_12.extend((
                                 'id(',
                                 str(l_2_obj),
                                 ')',
                             ))
                         else:
                             pass
-                            t_11.append(
+                            t_12.append(
                                 str(l_2_obj),
                             )
-                        t_11.append(
+                        t_12.append(
                             ', ',
                         )
                     l_2_obj = l_2_by_id = missing
-                    t_11.append(
+                    t_12.append(
                         ')',
                     )
                 if (undefined(name='collect') if l_1_collect is missing else l_1_collect):
                     pass
-                    if ((not t_6(environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided'))) and (t_4(environment.getattr(l_1_s, 'objects')) <= 4)):
+                    if ((not t_7(environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided'))) and (t_5(environment.getattr(l_1_s, 'objects')) <= 4)):
                         pass
                         for l_2_x in environment.getattr(l_1_s, 'objects'):
                             _loop_vars = {}
                             pass
-                            t_11.extend((
+                            t_12.extend((
                                 '\n    ',
                                 str(environment.getattr(l_1_s, 'dst')),
                                 '_.append(',
@@ -428,7 +505,7 @@ def root(context, missing=missing):
                         l_2_x = missing
                     else:
                         pass
-                        t_11.extend((
+                        t_12.extend((
                             '\n    ',
                             str(environment.getattr(l_1_s, 'dst')),
                             '_ += ',
@@ -436,7 +513,7 @@ def root(context, missing=missing):
                         ))
                     if (not (undefined(name='for_update') if l_1_for_update is missing else l_1_for_update)):
                         pass
-                        t_11.extend((
+                        t_12.extend((
                             '\n    ',
                             str(environment.getattr(l_1_s, 'dst')),
                             '__ += ',
@@ -447,19 +524,19 @@ def root(context, missing=missing):
                         for l_2_p in environment.getattr((undefined(name='ns') if l_1_ns is missing else l_1_ns), 'strided'):
                             _loop_vars = {}
                             pass
-                            t_11.extend((
+                            t_12.extend((
                                 '\nD += ',
                                 str(environment.getattr(l_1_s, 'dst')),
                                 '_[',
                                 str(l_2_p),
                                 '::',
-                                str(t_4(environment.getattr(l_1_s, 'objects'))),
+                                str(t_5(environment.getattr(l_1_s, 'objects'))),
                                 ']',
                             ))
                         l_2_p = missing
                 elif ((undefined(name='for_update') if l_1_for_update is missing else l_1_for_update) and environment.getattr(l_1_s, 'kept')):
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         '\n    ',
                         str(environment.getattr(l_1_s, 'dst')),
                         '.append((',
@@ -467,17 +544,17 @@ def root(context, missing=missing):
                     for l_2_k in environment.getattr(l_1_s, 'kept'):
                         _loop_vars = {}
                         pass
-                        t_11.extend((
+                        t_12.extend((
                             str(l_2_k),
                             ', ',
                         ))
                     l_2_k = missing
-                    t_11.append(
+                    t_12.append(
                         '))',
                     )
                 elif environment.getattr(l_1_s, 'values'):
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         '\n    ',
                         str(environment.getattr(l_1_s, 'dst')),
                         ' += ',
@@ -485,9 +562,9 @@ def root(context, missing=missing):
                     ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'chain_loop'):
             pass
-            l_1_one = ((t_4(environment.getattr(l_1_s, 'after')) == 1) and (not t_7(environment.getitem(environment.getattr(l_1_s, 'after'), 0))))
+            l_1_one = ((t_5(environment.getattr(l_1_s, 'after')) == 1) and (not t_8(environment.getitem(environment.getattr(l_1_s, 'after'), 0))))
             l_1_keep = (((undefined(name='for_update') if l_1_for_update is missing else l_1_for_update) and (not (undefined(name='collect') if l_1_collect is missing else l_1_collect))) and environment.getattr(l_1_s, 'kept'))
-            t_11.extend((
+            t_12.extend((
                 str(environment.getattr(l_1_s, 'cur')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
@@ -501,19 +578,19 @@ def root(context, missing=missing):
             ))
             if environment.getattr(l_1_s, 'params'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\nfor ',
-                    str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'params'), ', ')),
+                    str(t_3(context.eval_ctx, environment.getattr(l_1_s, 'params'), ', ')),
                     ' in ',
                     str(environment.getattr(l_1_s, 'pvals')),
                     ':  # ',
                     str(environment.getattr(l_1_s, 'n')),
                     ' nested links of one shape, their statics ',
-                    str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'params'), ', ')),
+                    str(t_3(context.eval_ctx, environment.getattr(l_1_s, 'params'), ', ')),
                 ))
             else:
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\nfor ',
                     str(environment.getattr(l_1_s, 'var')),
                     ' in range(',
@@ -525,7 +602,7 @@ def root(context, missing=missing):
             for l_2_b in environment.getattr(l_1_s, 'body'):
                 _loop_vars = {}
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_b, _loop_vars=_loop_vars), 4)),
                 ))
@@ -535,14 +612,14 @@ def root(context, missing=missing):
                 for l_2_c in environment.getattr(l_1_s, 'checks'):
                     _loop_vars = {}
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         '\n    ',
                         str(t_1(context.call((undefined(name='check') if l_0_check is missing else l_0_check), l_2_c, _loop_vars=_loop_vars), 4)),
                     ))
                 l_2_c = missing
             if environment.getattr(l_1_s, 'distinct'):
                 pass
-                t_11.append(
+                t_12.append(
                     '\n    D += (',
                 )
                 for (l_2_obj, l_2_by_id) in environment.getattr(l_1_s, 'distinct'):
@@ -550,26 +627,26 @@ def root(context, missing=missing):
                     pass
                     if l_2_by_id:
                         pass
-                        t_11.extend((
+                        t_12.extend((
                             'id(',
                             str(l_2_obj),
                             ')',
                         ))
                     else:
                         pass
-                        t_11.append(
+                        t_12.append(
                             str(l_2_obj),
                         )
-                    t_11.append(
+                    t_12.append(
                         ', ',
                     )
                 l_2_obj = l_2_by_id = missing
-                t_11.append(
+                t_12.append(
                     ')',
                 )
             if (undefined(name='collect') if l_1_collect is missing else l_1_collect):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n    ',
                     str(environment.getattr(l_1_s, 'dst')),
                     '[0].extend(',
@@ -588,7 +665,7 @@ def root(context, missing=missing):
                 ))
             elif (undefined(name='keep') if l_1_keep is missing else l_1_keep):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n    ',
                     str(environment.getattr(l_1_s, 'dst')),
                     '.append((',
@@ -596,19 +673,19 @@ def root(context, missing=missing):
                 for l_2_k in environment.getattr(l_1_s, 'kept'):
                     _loop_vars = {}
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         str(l_2_k),
                         ', ',
                     ))
                 l_2_k = missing
-                t_11.append(
+                t_12.append(
                     '))',
                 )
             else:
                 pass
                 if environment.getattr(l_1_s, 'before'):
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         '\n    ',
                         str(environment.getattr(l_1_s, 'dst')),
                         ' += ',
@@ -616,7 +693,7 @@ def root(context, missing=missing):
                     ))
                 if (undefined(name='one') if l_1_one is missing else l_1_one):
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         '\n    ',
                         str(environment.getattr(l_1_s, 'dst_after')),
                         '.append(',
@@ -625,14 +702,14 @@ def root(context, missing=missing):
                     ))
                 elif environment.getattr(l_1_s, 'after'):
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         '\n    ',
                         str(environment.getattr(l_1_s, 'dst_after')),
                         '.append(',
                         str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_1_s, 'after'))),
                         ')',
                     ))
-            t_11.extend((
+            t_12.extend((
                 '\n    ',
                 str(environment.getattr(l_1_s, 'cur')),
                 ' = ',
@@ -642,7 +719,7 @@ def root(context, missing=missing):
                 pass
             elif (undefined(name='collect') if l_1_collect is missing else l_1_collect):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_1_s, 'dst_after')),
                     ' = ([y for z in reversed(',
@@ -653,14 +730,14 @@ def root(context, missing=missing):
                 ))
             elif (undefined(name='one') if l_1_one is missing else l_1_one):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_1_s, 'dst_after')),
                     '.reverse()',
                 ))
             else:
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n',
                     str(environment.getattr(l_1_s, 'dst_after')),
                     ' = [y for z in reversed(',
@@ -669,7 +746,7 @@ def root(context, missing=missing):
                 ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'walk_chain'):
             pass
-            t_11.extend((
+            t_12.extend((
                 str(environment.getattr(l_1_s, 'cur')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
@@ -684,12 +761,12 @@ def root(context, missing=missing):
             for l_2_b in environment.getattr(l_1_s, 'loads'):
                 _loop_vars = {}
                 pass
-                t_11.extend((
+                t_12.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_b, _loop_vars=_loop_vars), 4)),
                 ))
             l_2_b = missing
-            t_11.extend((
+            t_12.extend((
                 '\n    ',
                 str(environment.getattr(l_1_s, 'cur')),
                 ' = ',
@@ -697,7 +774,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_type'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'if type(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ') is not ',
@@ -710,8 +787,8 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static'):
             pass
-            l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_3(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_5(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
-            t_11.extend((
+            l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_4(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_6(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
+            t_12.extend((
                 'if ',
                 str((undefined(name='x') if l_1_x is missing else l_1_x)),
                 ' is not ',
@@ -732,7 +809,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_no_meta'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'obj')),
                 "._metadata:\n    return '",
@@ -743,23 +820,23 @@ def root(context, missing=missing):
             pass
             if environment.getattr(l_1_s, 'miss'):
                 pass
-                t_11.append(
+                t_12.append(
                     'try:',
                 )
                 for (l_2_dst, l_2_k) in environment.getattr(l_1_s, 'pairs'):
                     _loop_vars = {}
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         '\n    ',
                         str(l_2_dst),
                         ' = ',
                         str(environment.getattr(l_1_s, 'obj')),
                         '[',
-                        str(t_3(l_2_k)),
+                        str(t_4(l_2_k)),
                         ']',
                     ))
                 l_2_dst = l_2_k = missing
-                t_11.extend((
+                t_12.extend((
                     "\nexcept KeyError:  # a renamed key\n    return '",
                     str(environment.getattr(l_1_s, 'miss')),
                     "'",
@@ -770,19 +847,19 @@ def root(context, missing=missing):
                 for (l_2_dst, l_2_k), l_2_loop in LoopContext(environment.getattr(l_1_s, 'pairs'), undefined):
                     _loop_vars = {}
                     pass
-                    t_11.extend((
+                    t_12.extend((
                         str(l_2_dst),
                         ' = ',
                         str(environment.getattr(l_1_s, 'obj')),
                         '[',
-                        str(t_3(l_2_k)),
+                        str(t_4(l_2_k)),
                         ']',
-                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 189 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 204 in '_steps.j2' evaluated to false and no else section was defined."))),
                     ))
                 l_2_loop = l_2_dst = l_2_k = missing
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_items'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'try:\n    ',
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = [*map(',
@@ -795,7 +872,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_run'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'try:\n    ',
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = [*map(',
@@ -806,7 +883,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_dict'):
             pass
-            t_11.extend((
+            t_12.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
@@ -814,7 +891,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_node_len'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'if type(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ') is not dict or len(',
@@ -824,15 +901,15 @@ def root(context, missing=missing):
             for l_2_h in environment.getattr(l_1_s, 'hidden'):
                 _loop_vars = {}
                 pass
-                t_11.extend((
+                t_12.extend((
                     ' - (',
-                    str(t_3(l_2_h)),
+                    str(t_4(l_2_h)),
                     ' in ',
                     str(environment.getattr(l_1_s, 'obj')),
                     ')',
                 ))
             l_2_h = missing
-            t_11.extend((
+            t_12.extend((
                 ' != ',
                 str(environment.getattr(l_1_s, 'n')),
                 ':  # ',
@@ -843,7 +920,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_is'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'obj')),
                 ' is not ',
@@ -856,7 +933,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_array'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'if KIND(type(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ')) is not ARRAY:  # ',
@@ -867,7 +944,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'read_value'):
             pass
-            t_11.extend((
+            t_12.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
@@ -876,10 +953,10 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_meta_item'):
             pass
-            l_1_x = str_join((environment.getattr(l_1_s, 'obj'), '[', t_3(environment.getattr(l_1_s, 'key')), ']', ))
+            l_1_x = str_join((environment.getattr(l_1_s, 'obj'), '[', t_4(environment.getattr(l_1_s, 'key')), ']', ))
             if (environment.getattr(l_1_s, 'mode') == 'is'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     'if ',
                     str((undefined(name='x') if l_1_x is missing else l_1_x)),
                     ' is not ',
@@ -888,7 +965,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_1_s, 'mode') == 'value'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     'if ',
                     str((undefined(name='x') if l_1_x is missing else l_1_x)),
                     ' is not ',
@@ -905,21 +982,21 @@ def root(context, missing=missing):
                 ))
             else:
                 pass
-                t_11.extend((
+                t_12.extend((
                     'if not SAME(',
                     str((undefined(name='x') if l_1_x is missing else l_1_x)),
                     ', ',
                     str(environment.getattr(l_1_s, 'const')),
                     '):',
                 ))
-            t_11.extend((
+            t_12.extend((
                 "\n    return '",
                 str(environment.getattr(l_1_s, 'kind')),
                 "'",
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_meta_dict'):
             pass
-            t_11.extend((
+            t_12.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
@@ -937,23 +1014,23 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_field'):
             pass
-            t_11.extend((
+            t_12.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
                 '[',
-                str(t_3(environment.getattr(l_1_s, 'key'))),
+                str(t_4(environment.getattr(l_1_s, 'key'))),
                 ']',
             ))
             if environment.getattr(l_1_s, 'attr'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     '.',
                     str(environment.getattr(l_1_s, 'attr')),
                 ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_attr'):
             pass
-            t_11.extend((
+            t_12.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
@@ -964,7 +1041,7 @@ def root(context, missing=missing):
             pass
             if (environment.getattr(l_1_s, 'mode') == 'is'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     'if ',
                     str(environment.getattr(l_1_s, 'obj')),
                     ' is not ',
@@ -974,7 +1051,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_1_s, 'mode') == 'value'):
                 pass
-                t_11.extend((
+                t_12.extend((
                     'if ',
                     str(environment.getattr(l_1_s, 'obj')),
                     ' is not ',
@@ -992,7 +1069,7 @@ def root(context, missing=missing):
                 ))
             else:
                 pass
-                t_11.extend((
+                t_12.extend((
                     'if not SAME(',
                     str(environment.getattr(l_1_s, 'obj')),
                     ', ',
@@ -1000,14 +1077,14 @@ def root(context, missing=missing):
                     '):  # ',
                     str(environment.getattr(l_1_s, 'label')),
                 ))
-            t_11.extend((
+            t_12.extend((
                 "\n    return '",
                 str(environment.getattr(l_1_s, 'kind')),
                 "'",
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_state_dict'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'if type(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ') is not dict or len(',
@@ -1017,15 +1094,15 @@ def root(context, missing=missing):
             for l_2_h in environment.getattr(l_1_s, 'hidden'):
                 _loop_vars = {}
                 pass
-                t_11.extend((
+                t_12.extend((
                     ' - (',
-                    str(t_3(l_2_h)),
+                    str(t_4(l_2_h)),
                     ' in ',
                     str(environment.getattr(l_1_s, 'obj')),
                     ')',
                 ))
             l_2_h = missing
-            t_11.extend((
+            t_12.extend((
                 ' != ',
                 str(environment.getattr(l_1_s, 'n')),
                 ':  # ',
@@ -1036,13 +1113,13 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_meta_conv'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'm = ',
                 str(environment.getattr(l_1_s, 'fn')),
                 '(',
                 str(environment.getattr(l_1_s, 'obj')),
                 '[',
-                str(t_3(environment.getattr(l_1_s, 'key'))),
+                str(t_4(environment.getattr(l_1_s, 'key'))),
                 '])\nif m is not ',
                 str(environment.getattr(l_1_s, 'const')),
                 ' and (type(m) is not ',
@@ -1055,7 +1132,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_raw_ready'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'if not ',
                 str(environment.getattr(l_1_s, 'fn')),
                 "():  # the library reads through its own API now (a trace records, a hook is set)\n    return '",
@@ -1064,11 +1141,11 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_state_hooks'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'h = ',
                 str(environment.getattr(l_1_s, 'obj')),
                 '[',
-                str(t_3(environment.getattr(l_1_s, 'key'))),
+                str(t_4(environment.getattr(l_1_s, 'key'))),
                 ']\nif h is not None and h.',
                 str(environment.getattr(l_1_s, 'attr')),
                 ':  # ',
@@ -1079,17 +1156,17 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'read_item'):
             pass
-            t_11.extend((
+            t_12.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ' = ',
                 str(environment.getattr(l_1_s, 'obj')),
                 '[',
-                str(t_3(environment.getattr(l_1_s, 'key'))),
+                str(t_4(environment.getattr(l_1_s, 'key'))),
                 ']',
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_raw_value'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'if type(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ') is ',
@@ -1102,7 +1179,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_data_leaf'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'obj')),
                 ' is None or KIND(type(',
@@ -1115,18 +1192,18 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'unpack_seq'):
             pass
-            t_11.append(
+            t_12.append(
                 'try:\n    ',
             )
             for l_2_dst in environment.getattr(l_1_s, 'dsts'):
                 _loop_vars = {}
                 pass
-                t_11.extend((
+                t_12.extend((
                     str(l_2_dst),
                     ', ',
                 ))
             l_2_dst = missing
-            t_11.extend((
+            t_12.extend((
                 '= ',
                 str(environment.getattr(l_1_s, 'obj')),
                 '\nexcept ValueError:  # ',
@@ -1137,7 +1214,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_len'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'if len(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ') != ',
@@ -1150,23 +1227,23 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static_is'):
             pass
-            t_11.append(
+            t_12.append(
                 'if ',
             )
-            if t_5(environment.getattr(l_1_s, 'obj')):
+            if t_6(environment.getattr(l_1_s, 'obj')):
                 pass
-                t_11.extend((
+                t_12.extend((
                     str(environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj')),
                     '[',
-                    str(t_3(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key'))),
+                    str(t_4(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key'))),
                     ']',
                 ))
             else:
                 pass
-                t_11.append(
+                t_12.append(
                     str(environment.getattr(l_1_s, 'obj')),
                 )
-            t_11.extend((
+            t_12.extend((
                 ' is not ',
                 str(environment.getattr(l_1_s, 'const')),
                 ':  # ',
@@ -1177,8 +1254,8 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static_weak'):
             pass
-            l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_3(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_5(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
-            t_11.extend((
+            l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_4(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_6(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
+            t_12.extend((
                 'if ',
                 str((undefined(name='x') if l_1_x is missing else l_1_x)),
                 ' is not ',
@@ -1193,8 +1270,8 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static_nan'):
             pass
-            l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_3(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_5(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
-            t_11.extend((
+            l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_4(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_6(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
+            t_12.extend((
                 'if type(',
                 str((undefined(name='x') if l_1_x is missing else l_1_x)),
                 ') is not ',
@@ -1211,8 +1288,8 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static_tuple'):
             pass
-            l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_3(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_5(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
-            t_11.extend((
+            l_1_x = (str_join((environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj'), '[', t_4(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key')), ']', )) if t_6(environment.getattr(l_1_s, 'obj')) else environment.getattr(l_1_s, 'obj'))
+            t_12.extend((
                 'if ',
                 str((undefined(name='x') if l_1_x is missing else l_1_x)),
                 ' is not ',
@@ -1222,13 +1299,13 @@ def root(context, missing=missing):
                 ') is not tuple or len(',
                 str((undefined(name='x') if l_1_x is missing else l_1_x)),
                 ') != ',
-                str(t_4(environment.getattr(l_1_s, 'types'))),
+                str(t_5(environment.getattr(l_1_s, 'types'))),
             ))
             l_2_loop = missing
             for l_2_t, l_2_loop in LoopContext(environment.getattr(l_1_s, 'types'), undefined):
                 _loop_vars = {}
                 pass
-                t_11.extend((
+                t_12.extend((
                     ' or type(',
                     str((undefined(name='x') if l_1_x is missing else l_1_x)),
                     '[',
@@ -1246,7 +1323,7 @@ def root(context, missing=missing):
                     ']',
                 ))
             l_2_loop = l_2_t = missing
-            t_11.extend((
+            t_12.extend((
                 '):  # ',
                 str(environment.getattr(l_1_s, 'label')),
                 "\n    return '",
@@ -1255,23 +1332,23 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_static_same'):
             pass
-            t_11.append(
+            t_12.append(
                 'if not SAME(',
             )
-            if t_5(environment.getattr(l_1_s, 'obj')):
+            if t_6(environment.getattr(l_1_s, 'obj')):
                 pass
-                t_11.extend((
+                t_12.extend((
                     str(environment.getattr(environment.getattr(l_1_s, 'obj'), 'obj')),
                     '[',
-                    str(t_3(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key'))),
+                    str(t_4(environment.getattr(environment.getattr(l_1_s, 'obj'), 'key'))),
                     ']',
                 ))
             else:
                 pass
-                t_11.append(
+                t_12.append(
                     str(environment.getattr(l_1_s, 'obj')),
                 )
-            t_11.extend((
+            t_12.extend((
                 ', ',
                 str(environment.getattr(l_1_s, 'const')),
                 '):  # ',
@@ -1282,7 +1359,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_meta'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'obj')),
                 '._metadata is not ',
@@ -1301,7 +1378,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_meta_same'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'obj')),
                 '._metadata is not ',
@@ -1316,7 +1393,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_hidden'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'cls')),
                 '.graph_invisible_attrs != ',
@@ -1327,12 +1404,12 @@ def root(context, missing=missing):
             ))
         elif (((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_mro') or ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_class')):
             pass
-            t_11.append(
+            t_12.append(
                 str(context.call((undefined(name='class_guard') if l_0_class_guard is missing else l_0_class_guard), l_1_s, str_join(("'", environment.getattr(l_1_s, 'kind'), "'", )))),
             )
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_keysig'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'if KEY_SIG(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ') != ',
@@ -1345,7 +1422,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_keys_same'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'if not SAME_KEYS(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ', ',
@@ -1358,7 +1435,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_pytree'):
             pass
-            t_11.extend((
+            t_12.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ', ',
                 str(environment.getattr(l_1_s, 'treedef')),
@@ -1368,7 +1445,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_treedef'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'if ',
                 str(environment.getattr(l_1_s, 'obj')),
                 ' != ',
@@ -1381,7 +1458,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_aux'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'if not SAME_AUX(',
                 str(environment.getattr(l_1_s, 'obj')),
                 ', ',
@@ -1394,7 +1471,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_pytree_keyed'):
             pass
-            t_11.extend((
+            t_12.extend((
                 str(environment.getattr(l_1_s, 'dst')),
                 ', ',
                 str(environment.getattr(l_1_s, 'ok')),
@@ -1408,7 +1485,7 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'guard_loaded'):
             pass
-            t_11.extend((
+            t_12.extend((
                 'if not ',
                 str(environment.getattr(l_1_s, 'obj')),
                 ':  # ',
@@ -1419,45 +1496,45 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) in ('call_flatten', 'guard_cb_len', 'load_cb_items', 'guard_cb_key')):
             pass
-            t_11.append(
+            t_12.append(
                 str(context.call(environment.getattr((undefined(name='callback') if l_0_callback is missing else l_0_callback), 'step'), l_1_s)),
             )
         else:
             pass
-            t_11.append(
+            t_12.append(
                 str(context.call((undefined(name='unknown_op') if l_1_unknown_op is missing else l_1_unknown_op), l_1_s)),
             )
-        return concat(t_11)
+        return concat(t_12)
     context.exported_vars.add('step')
     context.vars['step'] = l_0_step = Macro(environment, macro, 'step', ('s',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_w):
-        t_13 = []
+        t_14 = []
         l_1_unknown_op = resolve('unknown_op')
         if l_1_w is missing:
             l_1_w = undefined("parameter 'w' was not provided", name='w')
         pass
         if (environment.getattr(l_1_w, 'op') == 'guard_token'):
             pass
-            t_13.extend((
+            t_14.extend((
                 'if ',
                 str(environment.getattr(l_1_w, 'obj')),
             ))
             if environment.getattr(l_1_w, 'key'):
                 pass
-                t_13.extend((
+                t_14.extend((
                     '[',
-                    str(t_3(environment.getattr(l_1_w, 'key'))),
+                    str(t_4(environment.getattr(l_1_w, 'key'))),
                     ']',
                 ))
             for l_2_a in environment.getattr(l_1_w, 'attrs'):
                 _loop_vars = {}
                 pass
-                t_13.extend((
+                t_14.extend((
                     '.',
                     str(l_2_a),
                 ))
             l_2_a = missing
-            t_13.extend((
+            t_14.extend((
                 ' is not ',
                 str(environment.getattr(l_1_w, 'token')),
                 ':  # ',
@@ -1468,18 +1545,18 @@ def root(context, missing=missing):
             ))
         else:
             pass
-            t_13.append(
+            t_14.append(
                 str(context.call((undefined(name='unknown_op') if l_1_unknown_op is missing else l_1_unknown_op), l_1_w)),
             )
-        return concat(t_13)
+        return concat(t_14)
     context.exported_vars.add('check')
     context.vars['check'] = l_0_check = Macro(environment, macro, 'check', ('w',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_values):
-        t_14 = []
+        t_15 = []
         if l_1_values is missing:
             l_1_values = undefined("parameter 'values' was not provided", name='values')
         pass
-        t_14.append(
+        t_15.append(
             '[',
         )
         l_2_loop = missing
@@ -1487,53 +1564,19 @@ def root(context, missing=missing):
             l_2_collect = resolve('collect')
             _loop_vars = {}
             pass
-            if t_8(l_2_x):
+            if t_9(l_2_x):
                 pass
-                t_14.extend((
+                t_15.extend((
                     str(environment.getattr(l_2_x, 'obj')),
                     '.',
                     str(environment.getattr(l_2_x, 'attr')),
                 ))
-            elif t_7(l_2_x):
-                pass
-                t_14.extend((
-                    '*',
-                    str(environment.getattr(l_2_x, 'name')),
-                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 339 in '_steps.j2' evaluated to false and no else section was defined."))),
-                ))
-            else:
-                pass
-                t_14.append(
-                    str(l_2_x),
-                )
-            t_14.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 339 in '_steps.j2' evaluated to false and no else section was defined."))),
-            )
-        l_2_loop = l_2_x = l_2_collect = missing
-        t_14.append(
-            ']',
-        )
-        return concat(t_14)
-    context.exported_vars.add('values_list')
-    context.vars['values_list'] = l_0_values_list = Macro(environment, macro, 'values_list', ('values',), False, False, False, context.eval_ctx.autoescape)
-    def macro(l_1_objects):
-        t_15 = []
-        if l_1_objects is missing:
-            l_1_objects = undefined("parameter 'objects' was not provided", name='objects')
-        pass
-        t_15.append(
-            '[',
-        )
-        l_2_loop = missing
-        for l_2_x, l_2_loop in LoopContext(l_1_objects, undefined):
-            _loop_vars = {}
-            pass
-            if t_7(l_2_x):
+            elif t_8(l_2_x):
                 pass
                 t_15.extend((
                     '*',
                     str(environment.getattr(l_2_x, 'name')),
-                    '[0]',
+                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 354 in '_steps.j2' evaluated to false and no else section was defined."))),
                 ))
             else:
                 pass
@@ -1541,23 +1584,57 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_15.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 344 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 354 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
-        l_2_loop = l_2_x = missing
+        l_2_loop = l_2_x = l_2_collect = missing
         t_15.append(
             ']',
         )
         return concat(t_15)
+    context.exported_vars.add('values_list')
+    context.vars['values_list'] = l_0_values_list = Macro(environment, macro, 'values_list', ('values',), False, False, False, context.eval_ctx.autoescape)
+    def macro(l_1_objects):
+        t_16 = []
+        if l_1_objects is missing:
+            l_1_objects = undefined("parameter 'objects' was not provided", name='objects')
+        pass
+        t_16.append(
+            '[',
+        )
+        l_2_loop = missing
+        for l_2_x, l_2_loop in LoopContext(l_1_objects, undefined):
+            _loop_vars = {}
+            pass
+            if t_8(l_2_x):
+                pass
+                t_16.extend((
+                    '*',
+                    str(environment.getattr(l_2_x, 'name')),
+                    '[0]',
+                ))
+            else:
+                pass
+                t_16.append(
+                    str(l_2_x),
+                )
+            t_16.append(
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 359 in '_steps.j2' evaluated to false and no else section was defined."))),
+            )
+        l_2_loop = l_2_x = missing
+        t_16.append(
+            ']',
+        )
+        return concat(t_16)
     context.exported_vars.add('objects_list')
     context.vars['objects_list'] = l_0_objects_list = Macro(environment, macro, 'objects_list', ('objects',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_distinct, l_1_outlined):
-        t_16 = []
+        t_17 = []
         if l_1_distinct is missing:
             l_1_distinct = undefined("parameter 'distinct' was not provided", name='distinct')
         if l_1_outlined is missing:
             l_1_outlined = undefined("parameter 'outlined' was not provided", name='outlined')
         pass
-        t_16.append(
+        t_17.append(
             '{ ',
         )
         l_2_loop = missing
@@ -1566,29 +1643,29 @@ def root(context, missing=missing):
             pass
             if l_2_by_id:
                 pass
-                t_16.extend((
+                t_17.extend((
                     'id(',
                     str(l_2_obj),
                     ')',
                 ))
             else:
                 pass
-                t_16.append(
+                t_17.append(
                     str(l_2_obj),
                 )
-            t_16.append(
-                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 350 in '_steps.j2' evaluated to false and no else section was defined."))),
+            t_17.append(
+                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 365 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_obj = l_2_by_id = missing
-        t_16.extend((
-            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 350 in '_steps.j2' evaluated to false and no else section was defined."))),
+        t_17.extend((
+            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 365 in '_steps.j2' evaluated to false and no else section was defined."))),
             ' }',
         ))
-        return concat(t_16)
+        return concat(t_17)
     context.exported_vars.add('distinct_set')
     context.vars['distinct_set'] = l_0_distinct_set = Macro(environment, macro, 'distinct_set', ('distinct', 'outlined'), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_w, l_1_base):
-        t_17 = []
+        t_18 = []
         l_1_range = resolve('range')
         l_1_unknown_op = resolve('unknown_op')
         if l_1_w is missing:
@@ -1598,7 +1675,7 @@ def root(context, missing=missing):
         pass
         if (environment.getattr(l_1_w, 'op') == 'write_value'):
             pass
-            t_17.extend((
+            t_18.extend((
                 str(environment.getattr(l_1_w, 'obj')),
                 '.value = vals[',
                 str(l_1_base),
@@ -1608,7 +1685,7 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_shape'):
             pass
-            t_17.extend((
+            t_18.extend((
                 str(environment.getattr(l_1_w, 'fn')),
                 '_write(',
                 str(environment.getattr(l_1_w, 'obj')),
@@ -1619,7 +1696,7 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_shape_arrays'):
             pass
-            t_17.extend((
+            t_18.extend((
                 str(environment.getattr(l_1_w, 'fn')),
                 '_write_arrays(',
                 str(environment.getattr(l_1_w, 'obj')),
@@ -1630,7 +1707,7 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_set_key'):
             pass
-            t_17.extend((
+            t_18.extend((
                 'if vals[',
                 str(l_1_base),
                 str(environment.getattr(l_1_w, 'slot')),
@@ -1643,7 +1720,7 @@ def root(context, missing=missing):
                 '(',
                 str(environment.getattr(l_1_w, 'obj')),
                 ', ',
-                str(t_3(environment.getattr(l_1_w, 'key'))),
+                str(t_4(environment.getattr(l_1_w, 'key'))),
                 ', vals[',
                 str(l_1_base),
                 str(environment.getattr(l_1_w, 'slot')),
@@ -1651,7 +1728,7 @@ def root(context, missing=missing):
             ))
         elif ((environment.getattr(l_1_w, 'op') == 'write_each') and environment.getattr(l_1_w, 'states')):
             pass
-            t_17.extend((
+            t_18.extend((
                 str(environment.getattr(l_1_w, 'pos')),
                 ' = iter(',
                 str(environment.getattr(l_1_w, 'states')),
@@ -1661,7 +1738,7 @@ def root(context, missing=missing):
             ))
             if (l_1_base or environment.getattr(l_1_w, 'slot')):
                 pass
-                t_17.extend((
+                t_18.extend((
                     '[',
                     str(l_1_base),
                     str(environment.getattr(l_1_w, 'slot')),
@@ -1672,13 +1749,13 @@ def root(context, missing=missing):
                     str(environment.getattr(l_1_w, 'total')),
                     ']',
                 ))
-            t_17.append(
+            t_18.append(
                 ')\nfor ',
             )
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_17.extend((
+                t_18.extend((
                     str(environment.getattr(l_1_w, 'pos')),
                     '_',
                     str(l_2_k),
@@ -1688,20 +1765,20 @@ def root(context, missing=missing):
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_17.extend((
+                t_18.extend((
                     str(environment.getattr(l_1_w, 'pos')),
                     '__',
                     str(l_2_k),
                     ', ',
                 ))
             l_2_k = missing
-            t_17.append(
+            t_18.append(
                 'in zip(',
             )
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_17.extend((
+                t_18.extend((
                     str(environment.getattr(l_1_w, 'pos')),
                     ', ',
                 ))
@@ -1709,18 +1786,18 @@ def root(context, missing=missing):
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_17.extend((
+                t_18.extend((
                     str(environment.getattr(l_1_w, 'pos')),
                     '_, ',
                 ))
             l_2_k = missing
-            t_17.append(
+            t_18.append(
                 '):',
             )
             for l_2_k in context.call((undefined(name='range') if l_1_range is missing else l_1_range), environment.getattr(l_1_w, 'n')):
                 _loop_vars = {}
                 pass
-                t_17.extend((
+                t_18.extend((
                     '\n    ',
                     str(environment.getattr(l_1_w, 'pos')),
                     '_',
@@ -1733,7 +1810,7 @@ def root(context, missing=missing):
             l_2_k = missing
         elif (environment.getattr(l_1_w, 'op') == 'write_each'):
             pass
-            t_17.extend((
+            t_18.extend((
                 str(environment.getattr(l_1_w, 'pos')),
                 ' = ',
                 str(l_1_base),
@@ -1745,18 +1822,18 @@ def root(context, missing=missing):
                 for l_2_k in environment.getattr(l_1_w, 'kept'):
                     _loop_vars = {}
                     pass
-                    t_17.extend((
+                    t_18.extend((
                         str(l_2_k),
                         ', ',
                     ))
                 l_2_k = missing
             else:
                 pass
-                t_17.extend((
+                t_18.extend((
                     str(environment.getattr(l_1_w, 'var')),
                     ' ',
                 ))
-            t_17.extend((
+            t_18.extend((
                 'in ',
                 str(environment.getattr(l_1_w, 'obj')),
                 ':',
@@ -1764,7 +1841,7 @@ def root(context, missing=missing):
             for l_2_s in environment.getattr(l_1_w, 'loads'):
                 _loop_vars = {}
                 pass
-                t_17.extend((
+                t_18.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_s, _loop_vars=_loop_vars), 4)),
                 ))
@@ -1772,28 +1849,85 @@ def root(context, missing=missing):
             for l_2_x in environment.getattr(l_1_w, 'writes'):
                 _loop_vars = {}
                 pass
-                t_17.extend((
+                t_18.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_2_x, str_join((environment.getattr(l_1_w, 'pos'), ' + ', )), _loop_vars=_loop_vars), 4)),
                 ))
             l_2_x = missing
-            t_17.extend((
+            t_18.extend((
                 '\n    ',
                 str(environment.getattr(l_1_w, 'pos')),
                 ' += ',
                 str(environment.getattr(l_1_w, 'n')),
             ))
+        elif (environment.getattr(l_1_w, 'op') == 'write_mixed'):
+            pass
+            t_18.extend((
+                str(environment.getattr(l_1_w, 'pos')),
+                ' = ',
+                str(l_1_base),
+                str(environment.getattr(l_1_w, 'slot')),
+                '\n',
+                str(environment.getattr(l_1_w, 'pos')),
+                '_w = (',
+            ))
+            for l_2_f in environment.getattr(l_1_w, 'fns'):
+                _loop_vars = {}
+                pass
+                t_18.extend((
+                    str(l_2_f),
+                    '_write, ',
+                ))
+            l_2_f = missing
+            t_18.extend((
+                ')\n',
+                str(environment.getattr(l_1_w, 'pos')),
+                '_n = (',
+            ))
+            for l_2_n in environment.getattr(l_1_w, 'ns'):
+                _loop_vars = {}
+                pass
+                t_18.extend((
+                    str(t_2(l_2_n)),
+                    ', ',
+                ))
+            l_2_n = missing
+            t_18.extend((
+                ')\nfor ',
+                str(environment.getattr(l_1_w, 'var')),
+                ', ',
+                str(environment.getattr(l_1_w, 'var')),
+                '_k in zip(',
+                str(environment.getattr(l_1_w, 'obj')),
+                ', ',
+                str(environment.getattr(l_1_w, 'idx')),
+                '):\n    ',
+                str(environment.getattr(l_1_w, 'pos')),
+                '_w[',
+                str(environment.getattr(l_1_w, 'var')),
+                '_k](',
+                str(environment.getattr(l_1_w, 'var')),
+                ', vals, ',
+                str(environment.getattr(l_1_w, 'pos')),
+                ')\n    ',
+                str(environment.getattr(l_1_w, 'pos')),
+                ' += ',
+                str(environment.getattr(l_1_w, 'pos')),
+                '_n[',
+                str(environment.getattr(l_1_w, 'var')),
+                '_k]',
+            ))
         elif (environment.getattr(l_1_w, 'op') == 'write_chain'):
             pass
             if (not environment.getattr(l_1_w, 'kept')):
                 pass
-                t_17.extend((
+                t_18.extend((
                     '\n',
                     str(environment.getattr(l_1_w, 'cur')),
                     ' = ',
                     str(environment.getattr(l_1_w, 'obj')),
                 ))
-            t_17.extend((
+            t_18.extend((
                 '\n',
                 str(environment.getattr(l_1_w, 'var')),
                 '_b = ',
@@ -1807,25 +1941,25 @@ def root(context, missing=missing):
             ))
             if environment.getattr(l_1_w, 'kept'):
                 pass
-                t_17.append(
+                t_18.append(
                     '\nfor ',
                 )
                 for l_2_k in environment.getattr(l_1_w, 'kept'):
                     _loop_vars = {}
                     pass
-                    t_17.extend((
+                    t_18.extend((
                         str(l_2_k),
                         ', ',
                     ))
                 l_2_k = missing
-                t_17.extend((
+                t_18.extend((
                     'in ',
                     str(environment.getattr(l_1_w, 'obj')),
                     ':  # the locals the loop kept per link',
                 ))
             else:
                 pass
-                t_17.extend((
+                t_18.extend((
                     '\nfor ',
                     str(environment.getattr(l_1_w, 'var')),
                     ' in range(',
@@ -1835,7 +1969,7 @@ def root(context, missing=missing):
             for l_2_s in environment.getattr(l_1_w, 'loads'):
                 _loop_vars = {}
                 pass
-                t_17.extend((
+                t_18.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_s, _loop_vars=_loop_vars), 4)),
                 ))
@@ -1843,7 +1977,7 @@ def root(context, missing=missing):
             for l_2_x in environment.getattr(l_1_w, 'writes_before'):
                 _loop_vars = {}
                 pass
-                t_17.extend((
+                t_18.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_2_x, str_join((environment.getattr(l_1_w, 'var'), '_b + ', )), _loop_vars=_loop_vars), 4)),
                 ))
@@ -1851,20 +1985,20 @@ def root(context, missing=missing):
             for l_2_x in environment.getattr(l_1_w, 'writes_after'):
                 _loop_vars = {}
                 pass
-                t_17.extend((
+                t_18.extend((
                     '\n    ',
                     str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_2_x, str_join((environment.getattr(l_1_w, 'var'), '_a + ', )), _loop_vars=_loop_vars), 4)),
                 ))
             l_2_x = missing
             if (not environment.getattr(l_1_w, 'kept')):
                 pass
-                t_17.extend((
+                t_18.extend((
                     '\n    ',
                     str(environment.getattr(l_1_w, 'cur')),
                     ' = ',
                     str(environment.getattr(l_1_w, 'rec')),
                 ))
-            t_17.extend((
+            t_18.extend((
                 '\n    ',
                 str(environment.getattr(l_1_w, 'var')),
                 '_b += ',
@@ -1876,38 +2010,38 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_picked'):
             pass
-            t_17.extend((
+            t_18.extend((
                 'a_ = iter(',
                 str(environment.getattr(l_1_w, 'objs')),
                 '(o_))\nv_ = iter(',
             ))
             if environment.getattr(l_1_w, 'vals'):
                 pass
-                t_17.extend((
+                t_18.extend((
                     str(environment.getattr(l_1_w, 'vals')),
                     '(vals)',
                 ))
             else:
                 pass
-                t_17.append(
+                t_18.append(
                     'vals',
                 )
-            t_17.append(
+            t_18.append(
                 ')',
             )
             for l_2__ in context.call((undefined(name='range') if l_1_range is missing else l_1_range), (environment.getattr(l_1_w, 'n') % 4)):
                 _loop_vars = {}
                 pass
-                t_17.append(
+                t_18.append(
                     '\nnext(a_).value = next(v_)',
                 )
             l_2__ = missing
-            t_17.append(
+            t_18.append(
                 '\nfor a_0, a_1, a_2, a_3, v_0, v_1, v_2, v_3 in zip(a_, a_, a_, a_, v_, v_, v_, v_):\n    a_0.value = v_0\n    a_1.value = v_1\n    a_2.value = v_2\n    a_3.value = v_3',
             )
         elif (environment.getattr(l_1_w, 'op') == 'write_slot'):
             pass
-            t_17.extend((
+            t_18.extend((
                 str(environment.getattr(l_1_w, 'setter')),
                 '(',
                 str(environment.getattr(l_1_w, 'obj')),
@@ -1919,10 +2053,10 @@ def root(context, missing=missing):
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_raw_item'):
             pass
-            t_17.extend((
+            t_18.extend((
                 str(environment.getattr(l_1_w, 'obj')),
                 '[',
-                str(t_3(environment.getattr(l_1_w, 'key'))),
+                str(t_4(environment.getattr(l_1_w, 'key'))),
                 '] = vals[',
                 str(l_1_base),
                 str(environment.getattr(l_1_w, 'slot')),
@@ -1931,19 +2065,19 @@ def root(context, missing=missing):
             ))
             if environment.getattr(l_1_w, 'flag'):
                 pass
-                t_17.extend((
+                t_18.extend((
                     '\n',
                     str(environment.getattr(l_1_w, 'obj')),
                     '[',
-                    str(t_3(environment.getattr(l_1_w, 'flag'))),
+                    str(t_4(environment.getattr(l_1_w, 'flag'))),
                     '] = True',
                 ))
         elif (environment.getattr(l_1_w, 'op') == 'write_item'):
             pass
-            t_17.extend((
+            t_18.extend((
                 str(environment.getattr(l_1_w, 'obj')),
                 '[',
-                str(t_3(environment.getattr(l_1_w, 'key'))),
+                str(t_4(environment.getattr(l_1_w, 'key'))),
                 '] = vals[',
                 str(l_1_base),
                 str(environment.getattr(l_1_w, 'slot')),
@@ -1952,14 +2086,14 @@ def root(context, missing=missing):
             ))
         else:
             pass
-            t_17.append(
+            t_18.append(
                 str(context.call((undefined(name='unknown_op') if l_1_unknown_op is missing else l_1_unknown_op), l_1_w)),
             )
-        return concat(t_17)
+        return concat(t_18)
     context.exported_vars.add('write')
     context.vars['write'] = l_0_write = Macro(environment, macro, 'write', ('w', 'base'), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_fns, l_1_update):
-        t_18 = []
+        t_19 = []
         if l_1_fns is missing:
             l_1_fns = undefined("parameter 'fns' was not provided", name='fns')
         if l_1_update is missing:
@@ -1971,7 +2105,7 @@ def root(context, missing=missing):
             l_2_for_update = resolve('for_update')
             _loop_vars = {}
             pass
-            t_18.extend((
+            t_19.extend((
                 'def ',
                 str(environment.getattr(l_2_f, 'name')),
                 '_',
@@ -1982,12 +2116,12 @@ def root(context, missing=missing):
             for l_3_p in environment.getattr(l_2_f, 'params'):
                 _loop_vars = {}
                 pass
-                t_18.extend((
+                t_19.extend((
                     ', ',
                     str(l_3_p),
                 ))
             l_3_p = missing
-            t_18.extend((
+            t_19.extend((
                 '):\n    """',
                 str(('Objects and values of' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else 'Values of')),
                 ' one ',
@@ -1997,7 +2131,7 @@ def root(context, missing=missing):
             for l_3_s in environment.getattr(l_2_f, 'steps'):
                 _loop_vars = {}
                 pass
-                t_18.extend((
+                t_19.extend((
                     '\n        ',
                     str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_3_s, _loop_vars=_loop_vars), 8)),
                 ))
@@ -2007,22 +2141,22 @@ def root(context, missing=missing):
                 for l_3_c in environment.getattr(l_2_f, 'checks'):
                     _loop_vars = {}
                     pass
-                    t_18.extend((
+                    t_19.extend((
                         '\n        ',
                         str(t_1(context.call((undefined(name='check') if l_0_check is missing else l_0_check), l_3_c, _loop_vars=_loop_vars), 8)),
                     ))
                 l_3_c = missing
             if environment.getattr(l_2_f, 'keyed_statics'):
                 pass
-                t_18.append(
+                t_19.append(
                     "\n    except KeyError:  # a renamed key under a static\n        return 'node_keys'",
                 )
-            t_18.append(
+            t_19.append(
                 "\n    except Exception:\n        return 'error'",
             )
             if environment.getattr(l_2_f, 'distinct'):
                 pass
-                t_18.append(
+                t_19.append(
                     '\n    D += (',
                 )
                 for (l_3_obj, l_3_by_id) in environment.getattr(l_2_f, 'distinct'):
@@ -2030,26 +2164,26 @@ def root(context, missing=missing):
                     pass
                     if l_3_by_id:
                         pass
-                        t_18.extend((
+                        t_19.extend((
                             'id(',
                             str(l_3_obj),
                             ')',
                         ))
                     else:
                         pass
-                        t_18.append(
+                        t_19.append(
                             str(l_3_obj),
                         )
-                    t_18.append(
+                    t_19.append(
                         ', ',
                     )
                 l_3_obj = l_3_by_id = missing
-                t_18.append(
+                t_19.append(
                     ')',
                 )
             if (undefined(name='collect') if l_2_collect is missing else l_2_collect):
                 pass
-                t_18.extend((
+                t_19.extend((
                     '\n    return (',
                     str(context.call((undefined(name='objects_list') if l_0_objects_list is missing else l_0_objects_list), environment.getattr(l_2_f, 'objects'), _loop_vars=_loop_vars)),
                     ', ',
@@ -2058,27 +2192,27 @@ def root(context, missing=missing):
                 ))
             elif ((undefined(name='for_update') if l_2_for_update is missing else l_2_for_update) and environment.getattr(l_2_f, 'kept')):
                 pass
-                t_18.append(
+                t_19.append(
                     '\n    return (',
                 )
                 for l_3_k in environment.getattr(l_2_f, 'kept'):
                     _loop_vars = {}
                     pass
-                    t_18.extend((
+                    t_19.extend((
                         str(l_3_k),
                         ', ',
                     ))
                 l_3_k = missing
-                t_18.append(
+                t_19.append(
                     ')  # what its writes name (user code: not loaded again)',
                 )
             else:
                 pass
-                t_18.extend((
+                t_19.extend((
                     '\n    return ',
                     str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_2_f, 'values'), _loop_vars=_loop_vars)),
                 ))
-            t_18.append(
+            t_19.append(
                 '\n\n\n',
             )
             for (l_3_suffix, l_3_writes) in (('', environment.getattr(l_2_f, 'writes')), ('_arrays', environment.getattr(l_2_f, 'array_writes'))):
@@ -2086,7 +2220,7 @@ def root(context, missing=missing):
                 pass
                 if (l_1_update and l_3_writes):
                     pass
-                    t_18.extend((
+                    t_19.extend((
                         'def ',
                         str(environment.getattr(l_2_f, 'name')),
                         '_write',
@@ -2094,23 +2228,23 @@ def root(context, missing=missing):
                         '(root, vals, at):\n    """Write one ',
                         str(environment.getattr(l_2_f, 'type_name')),
                         ' of this shape',
-                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 472 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 494 in '_steps.j2' evaluated to false and no else section was defined."))),
                         ', whose guards passed."""',
                     ))
                     if environment.getattr(l_2_f, 'kept'):
                         pass
-                        t_18.append(
+                        t_19.append(
                             '\n    ',
                         )
                         for l_4_k in environment.getattr(l_2_f, 'kept'):
                             _loop_vars = {}
                             pass
-                            t_18.extend((
+                            t_19.extend((
                                 str(l_4_k),
                                 ', ',
                             ))
                         l_4_k = missing
-                        t_18.append(
+                        t_19.append(
                             '= root',
                         )
                     else:
@@ -2118,7 +2252,7 @@ def root(context, missing=missing):
                         for l_4_s in environment.getattr(l_2_f, 'loads'):
                             _loop_vars = {}
                             pass
-                            t_18.extend((
+                            t_19.extend((
                                 '\n    ',
                                 str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_4_s, _loop_vars=_loop_vars), 4)),
                             ))
@@ -2126,20 +2260,20 @@ def root(context, missing=missing):
                     for l_4_w in l_3_writes:
                         _loop_vars = {}
                         pass
-                        t_18.extend((
+                        t_19.extend((
                             '\n    ',
                             str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_4_w, 'at + ', _loop_vars=_loop_vars), 4)),
                         ))
                     l_4_w = missing
-                    t_18.append(
+                    t_19.append(
                         '\n\n\n',
                     )
             l_3_suffix = l_3_writes = missing
         l_2_f = l_2_collect = l_2_tok_arg = l_2_for_update = missing
-        return concat(t_18)
+        return concat(t_19)
     context.exported_vars.add('outlined')
     context.vars['outlined'] = l_0_outlined = Macro(environment, macro, 'outlined', ('fns', 'update'), False, False, False, context.eval_ctx.autoescape)
     yield '\n'
 
 blocks = {}
-debug_info = '6=66&9=68&10=76&11=80&12=84&13=86&14=92&15=106&17=111&23=116&24=132&25=133&26=136&27=156&28=158&29=160&30=163&31=175&32=177&33=179&37=181&38=182&43=184&44=185&45=188&46=192&47=193&48=197&51=199&52=208&54=211&55=213&56=215&58=225&60=228&61=232&63=301&65=308&66=313&68=316&69=318&70=323&73=326&74=328&75=333&77=341&78=343&79=347&81=352&82=356&83=369&84=371&85=375&88=382&89=387&91=409&92=411&93=413&94=418&97=428&99=432&100=436&102=440&103=442&104=447&107=455&108=459&109=473&110=477&113=481&115=483&117=484&118=486&119=490&120=494&121=497&122=501&124=513&126=520&127=525&129=528&130=530&131=535&134=538&135=543&137=565&138=569&139=573&140=577&141=584&142=588&144=604&145=608&147=612&148=616&149=621&150=625&153=632&154=636&155=638&156=642&157=649&158=653&160=660&162=665&164=668&165=672&166=679&167=684&169=689&170=693&171=697&172=703&173=706&174=708&175=711&176=725&177=728&178=732&179=734&180=737&181=739&183=744&184=749&187=759&189=765&191=778&193=782&195=788&196=791&198=795&201=802&202=805&203=810&204=814&205=836&206=839&207=843&208=849&209=852&210=856&211=860&212=863&213=866&214=872&215=874&216=875&217=879&218=884&219=888&221=905&223=912&224=915&225=918&226=924&227=930&228=933&229=936&230=949&231=952&232=958&233=960&234=964&235=970&236=974&238=992&240=1000&241=1003&242=1007&243=1029&244=1032&245=1036&246=1042&247=1048&248=1051&249=1055&250=1057&251=1060&252=1064&253=1068&254=1072&255=1075&256=1078&257=1085&258=1089&259=1095&260=1098&261=1102&262=1108&263=1111&265=1116&266=1128&267=1130&268=1133&269=1137&270=1143&271=1146&272=1151&273=1170&274=1173&275=1175&276=1178&277=1186&278=1189&279=1191&280=1194&281=1204&282=1207&283=1209&284=1212&285=1248&286=1251&287=1256&288=1275&289=1278&290=1282&291=1294&292=1297&293=1301&294=1309&295=1312&296=1316&297=1320&298=1323&299=1326&300=1328&301=1332&302=1338&303=1341&304=1345&305=1351&306=1354&307=1357&308=1364&309=1368&310=1374&311=1377&312=1381&313=1387&314=1390&315=1393&316=1404&317=1408&318=1412&319=1415&320=1418&322=1423&328=1428&329=1434&330=1438&331=1461&333=1467&338=1472&339=1481&343=1514&344=1523&349=1548&350=1559&354=1585&355=1594&356=1597&357=1604&358=1607&359=1615&360=1618&361=1626&362=1630&363=1637&364=1647&367=1650&368=1654&369=1673&370=1715&371=1720&373=1729&374=1732&375=1738&376=1759&377=1764&379=1767&380=1772&382=1777&383=1781&385=1783&386=1787&388=1793&389=1798&390=1803&391=1808&393=1825&395=1830&396=1835&398=1838&399=1843&401=1846&402=1851&404=1854&405=1858&407=1864&408=1868&409=1872&412=1876&413=1879&414=1893&422=1903&423=1906&424=1915&425=1918&426=1927&427=1931&429=1936&430=1939&432=1951&438=1956&439=1963&440=1971&441=1987&443=1992&444=1997&446=2000&447=2002&448=2007&451=2010&457=2018&458=2023&460=2045&461=2049&462=2054&463=2059&465=2074&469=2079&470=2082&471=2086&472=2090&473=2095&474=2100&476=2113&477=2118&480=2121&481=2126'
+debug_info = '6=72&9=74&10=82&11=86&12=90&13=92&14=98&15=112&17=117&23=122&24=138&25=139&26=142&27=162&28=164&29=166&30=169&31=181&32=183&33=185&36=188&37=203&38=207&39=219&40=229&41=231&42=234&43=238&44=242&46=251&48=256&52=258&53=259&58=261&59=262&60=265&61=269&62=270&63=274&66=276&67=285&69=288&70=290&71=292&73=302&75=305&76=309&78=378&80=385&81=390&83=393&84=395&85=400&88=403&89=405&90=410&92=418&93=420&94=424&96=429&97=433&98=446&99=448&100=452&103=459&104=464&106=486&107=488&108=490&109=495&112=505&114=509&115=513&117=517&118=519&119=524&122=532&123=536&124=550&125=554&128=558&130=560&132=561&133=563&134=567&135=571&136=574&137=578&139=590&141=597&142=602&144=605&145=607&146=612&149=615&150=620&152=642&153=646&154=650&155=654&156=661&157=665&159=681&160=685&162=689&163=693&164=698&165=702&168=709&169=713&170=715&171=719&172=726&173=730&175=737&177=742&179=745&180=749&181=756&182=761&184=766&185=770&186=774&187=780&188=783&189=785&190=788&191=802&192=805&193=809&194=811&195=814&196=816&198=821&199=826&202=836&204=842&206=855&208=859&210=865&211=868&213=872&216=879&217=882&218=887&219=891&220=913&221=916&222=920&223=926&224=929&225=933&226=937&227=940&228=943&229=949&230=951&231=952&232=956&233=961&234=965&236=982&238=989&239=992&240=995&241=1001&242=1007&243=1010&244=1013&245=1026&246=1029&247=1035&248=1037&249=1041&250=1047&251=1051&253=1069&255=1077&256=1080&257=1084&258=1106&259=1109&260=1113&261=1119&262=1125&263=1128&264=1132&265=1134&266=1137&267=1141&268=1145&269=1149&270=1152&271=1155&272=1162&273=1166&274=1172&275=1175&276=1179&277=1185&278=1188&280=1193&281=1205&282=1207&283=1210&284=1214&285=1220&286=1223&287=1228&288=1247&289=1250&290=1252&291=1255&292=1263&293=1266&294=1268&295=1271&296=1281&297=1284&298=1286&299=1289&300=1325&301=1328&302=1333&303=1352&304=1355&305=1359&306=1371&307=1374&308=1378&309=1386&310=1389&311=1393&312=1397&313=1400&314=1403&315=1405&316=1409&317=1415&318=1418&319=1422&320=1428&321=1431&322=1434&323=1441&324=1445&325=1451&326=1454&327=1458&328=1464&329=1467&330=1470&331=1481&332=1485&333=1489&334=1492&335=1495&337=1500&343=1505&344=1511&345=1515&346=1538&348=1544&353=1549&354=1558&358=1591&359=1600&364=1625&365=1636&369=1662&370=1671&371=1674&372=1681&373=1684&374=1692&375=1695&376=1703&377=1707&378=1714&379=1724&382=1727&383=1731&384=1750&385=1792&386=1797&388=1806&389=1809&390=1815&391=1836&392=1841&394=1844&395=1849&397=1854&398=1858&399=1861&400=1866&401=1879&402=1892&403=1900&404=1908&405=1915&407=1917&408=1921&410=1927&411=1932&412=1937&413=1942&415=1959&417=1964&418=1969&420=1972&421=1977&423=1980&424=1985&426=1988&427=1992&429=1998&430=2002&431=2006&434=2010&435=2013&436=2027&444=2037&445=2040&446=2049&447=2052&448=2061&449=2065&451=2070&452=2073&454=2085&460=2090&461=2097&462=2105&463=2121&465=2126&466=2131&468=2134&469=2136&470=2141&473=2144&479=2152&480=2157&482=2179&483=2183&484=2188&485=2193&487=2208&491=2213&492=2216&493=2220&494=2224&495=2229&496=2234&498=2247&499=2252&502=2255&503=2260'

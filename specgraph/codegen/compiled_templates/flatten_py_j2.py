@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = '5225fcd3d6218e1b1968270c079366037e97400dc09df28f47ba3ef215eb3d54'
+FINGERPRINT = '569b691b134c5ddbc1efacbd218c77b04980b7f4afbe18b7982228a8c4550f11'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'flatten.py.j2'
 
@@ -74,7 +74,7 @@ def root(context, missing=missing):
         l_1_step_text = resolve('step_text')
         _loop_vars = {}
         pass
-        if (environment.getattr(l_1_s, 'op') in ('call_shape', 'call_loop', 'each_loop', 'chain_loop')):
+        if (environment.getattr(l_1_s, 'op') in ('call_shape', 'call_loop', 'each_loop', 'chain_loop', 'mixed_loop')):
             pass
             yield '\n        '
             yield str(t_1(context.call(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'step'), l_1_s, _loop_vars=_loop_vars), 8))

@@ -1,0 +1,328 @@
+"""Repeated small containers (lists, tuples, dicts of states, statics, nodes) are outlined
+shapes too: one function per distinct container shape, called per occurrence, and a list
+of them one loop (``FlattenPlanner._mixed``), so ``b.l = [[p] * k or {'a<i>': p}, ...]`` of
+30 000 items is specialized (it was declined past ``max_steps``; see shapes.py,
+``find_container_shapes``).
+
+Every occurrence is guarded as the unrolled code guards it: its type, its length or keys,
+its states' types and metadata, the ties inside it (``[p] * 3`` is one Param three times:
+an identity guard per later place), and its states' place in the distinct set (a Param
+shared with another occurrence). Each mutation below, made to one occurrence, is a miss
+answered by the reference walker, the user's objects untouched; without each guard kind
+the outlined code answers the mutated structure as the old one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import hypothesis
+import jax
+import numpy as np
+import pytest
+from conftest import assert_same_flatten, outlined_flatten_hits
+from hypothesis import strategies as hst
+
+import specgraph as sg
+from specgraph.runtime import dispatch
+
+
+class Bag(sg.Node):
+    pass
+
+
+class Buffer(sg.State):
+    pass
+
+
+class Leaf(sg.Node):
+    def __init__(self, i: int) -> None:
+        self.w = sg.Param(np.float32(i))
+        self.n = 3
+
+
+def _p(i: int, **meta: Any) -> sg.Param:
+    return sg.Param(np.full((2,), i, np.float32), **meta)
+
+
+def item(i: int) -> Any:
+    """The wide_cliffs ``mixed`` item: a list of one Param 1-3 times, or a dict of one."""
+    return [_p(i)] * (1 + i % 3) if i % 2 else {"a" + str(i % 7): _p(i)}
+
+
+def mixed(n: int) -> Bag:
+    b = Bag()
+    b.l = [item(i) for i in range(n)]
+    b.z = 3
+    return b
+
+
+def _source(gd: sg.GraphDef, kind: str = "flatten") -> str:
+    var = dispatch.variant_for(gd)
+    assert var is not None
+    return var.sources[kind]
+
+
+def _values_same(a: Any, b: Any) -> bool:
+    return all(x is y for x, y in zip(a.values(), b.values(), strict=True))
+
+
+@pytest.fixture
+def min2() -> Iterator[None]:
+    saved = dispatch.CONFIG.outline_min
+    sg.configure(outline_min=2)
+    sg.clear_cache()
+    try:
+        yield
+    finally:
+        dispatch.CONFIG.outline_min = saved
+        sg.clear_cache()
+
+
+def test_a_list_of_small_containers_matches_the_reference(impl: Any) -> None:
+    b = mixed(200)
+    b.t = [(_p(1), 4, _p(2)) for _ in range(70)]  # tuples with a static between states
+    b.n = [{"x": [Leaf(i)], "y": 2} for i in range(70)]  # containers holding nodes, nested
+    ref = sg.generic.flatten(b)
+    got = impl.flatten(b)
+    assert_same_flatten(got, ref)
+    new = jax.tree.map(lambda v: v + 1, got[1])
+    impl.update(b, new)
+    _, now = sg.generic.flatten(b)
+    assert _values_same(now, new)
+    assert b.l[1][0] is b.l[1][1]  # (the tie is still one Param)
+    twin = impl.unflatten(*ref)
+    assert_same_flatten(sg.generic.flatten(twin), ref)
+    assert twin.l[5][0] is twin.l[5][1] is twin.l[5][2]
+    if impl.compiled:
+        assert outlined_flatten_hits() > 0
+        text = sg.explain(ref[0])
+        if impl.name == "outlined":  # (outline_min 2: every container shape; 64: the t and n lists')
+            assert "l[0..199]: 200 items of 10 shapes" in text
+        assert "t[0..69]: 70 items of 1 shapes (tuple)" in text
+        assert "n[0..69]: 70 items of 1 shapes (dict)" in text
+
+
+def test_thirty_thousand_small_containers_are_specialized_at_default_settings() -> None:
+    n = 30_000
+    b = mixed(n)
+    ref = sg.generic.flatten(b)
+    sg.flatten(b)
+    got = sg.flatten(b)
+    info = sg.cache_info()
+    assert info["hits"] == 1 and info["declined"] == 0 and info["declined_too_large"] == 0
+    assert_same_flatten(got, ref)
+    new = jax.tree.map(lambda v: v + 1, got[1])
+    sg.update(b, new)
+    assert sg.cache_info()["update_hits"] == 1
+    _, now = sg.generic.flatten(b)
+    assert _values_same(now, new)
+    src = _source(ref[0])
+    assert src.count("if type(") < 200  # one function per shape, not one block per item
+
+
+def test_a_tie_across_occurrences_stays_with_the_enclosing_code(impl: Any, min2: None) -> None:
+    """A state met in two occurrences (or outside) keeps those occurrences inline, guarded by
+    the identity guards of the enclosing function; the others are outlined."""
+    b = mixed(40)
+    b.l[3] = [b.l[1][0], b.l[1][0]]
+    b.l[6] = {"a6": b.l[5][0]}
+    b.tied = b.l[9][0]
+    ref = sg.generic.flatten(b)
+    assert_same_flatten(impl.flatten(b), ref)
+    twin = impl.unflatten(*ref)
+    assert twin.l[3][0] is twin.l[1][0] and twin.l[6]["a6"] is twin.l[5][0] and twin.tied is twin.l[9][0]
+
+
+# -- one occurrence mutated: a miss, and the reference's answer ---------------------------
+
+
+def _mutations() -> dict[str, Callable[[Bag, int], None]]:
+    def longer(b: Bag, i: int) -> None:
+        x = b.l[i]
+        if type(x) is list:
+            x.append(x[0])
+        else:
+            x["zz"] = _p(-1)
+
+    def rename(b: Bag, i: int) -> None:
+        x = b.l[i]
+        if type(x) is dict:
+            (k, v), = x.items()
+            b.l[i] = {k + "_": v}
+        else:  # (a list has no keys: a dict in its place)
+            b.l[i] = {"a0": x[0]} if len(x) == 1 else x[:1] + [sg.Param(x[0].value)] * (len(x) - 1)
+
+    def hostile_key(key: Any) -> Callable[[Bag, int], None]:
+        def mutate(b: Bag, i: int) -> None:
+            x = b.l[i]
+            v = next(iter(x.values())) if type(x) is dict else x[0]
+            b.l[i] = {key: v}
+        return mutate
+
+    def retype(b: Bag, i: int) -> None:
+        x = b.l[i]
+        if type(x) is dict:
+            (k, v), = x.items()
+            x[k] = Buffer(v.value)
+        else:
+            b.l[i] = [Buffer(x[0].value)] * len(x)
+
+    def remeta(b: Bag, i: int) -> None:
+        x = b.l[i]
+        if type(x) is dict:
+            (k, v), = x.items()
+            x[k] = sg.Param(v.value, tag="x")
+        else:
+            b.l[i] = [sg.Param(x[0].value, tag="x")] * len(x)
+
+    def share(b: Bag, i: int) -> None:  # a Param of another occurrence
+        j = (i + 1) % len(b.l)
+        other = b.l[j]
+        p = next(iter(other.values())) if type(other) is dict else other[0]
+        x = b.l[i]
+        if type(x) is dict:
+            (k, _), = x.items()
+            x[k] = p
+        else:
+            b.l[i] = [p] * len(x)
+
+    def untie(b: Bag, i: int) -> None:
+        x = b.l[i]
+        if type(x) is list and len(x) > 1:
+            x[1] = sg.Param(x[0].value)
+        else:
+            longer(b, i)
+
+    def to_tuple(b: Bag, i: int) -> None:
+        x = b.l[i]
+        b.l[i] = tuple(x) if type(x) is list else tuple(x.values())
+
+    return {"longer": longer, "rename": rename, "key 1": hostile_key(1), "key True": hostile_key(True),
+            "key 1.0": hostile_key(1.0), "type": retype, "metadata": remeta, "share": share, "untie": untie,
+            "tuple": to_tuple}
+
+
+MUTATIONS = _mutations()
+
+
+def _snapshot(b: Bag) -> list[Any]:
+    return [(type(x), list(x.items()) if type(x) is dict else list(x)) for x in b.l]
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+@pytest.mark.parametrize("at", [0, 1, 5, 39])
+def test_one_occurrence_mutated_is_a_miss_answered_by_the_reference(mutation: str, at: int,
+                                                                    min2: None) -> None:
+    b = mixed(40)
+    sg.flatten(b)
+    gd, _ = sg.flatten(b)
+    assert sg.cache_info()["hits"] == 1 and "items of 10 shapes" in sg.explain(gd)
+    hits = outlined_flatten_hits()
+    MUTATIONS[mutation](b, at)
+    before = _snapshot(b)
+    ref = sg.generic.flatten(b)
+    got = sg.flatten(b)
+    assert_same_flatten(got, ref)
+    assert ref[0] != gd
+    assert sg.cache_info()["guard_misses"], "the stale variant must not have answered"
+    assert outlined_flatten_hits() == hits
+    assert _snapshot(b) == before  # (the objects untouched)
+    new = jax.tree.map(lambda v: v + 1, ref[1])
+    sg.update(b, new)
+    _, now = sg.generic.flatten(b)
+    assert _values_same(now, new)
+
+
+@hypothesis.settings(max_examples=30, deadline=None,
+                     suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
+@hypothesis.given(kinds=hst.lists(hst.tuples(hst.sampled_from(["list", "tuple", "dict", "nested", "node"]),
+                                             hst.integers(1, 3), hst.sampled_from(["a", "b", "1"])),
+                                  min_size=2, max_size=40),
+                  data=hst.data())
+def test_random_lists_of_small_containers(kinds: list[tuple[str, int, str]], data: Any, min2: None) -> None:
+    sg.clear_cache()
+
+    def build(i: int, kind: str, k: int, key: str) -> Any:
+        p = _p(i)
+        if kind == "list":
+            return [p] * k
+        if kind == "tuple":
+            return (p, 7) * k
+        if kind == "dict":
+            return {key + str(j): p if j % 2 else _p(j) for j in range(k)}
+        if kind == "nested":
+            return {key: [p] * k, "s": "str"}
+        return [Leaf(i)] * 1 + [p] * (k - 1)
+
+    b = Bag()
+    b.l = [build(i, *x) for i, x in enumerate(kinds)]
+    ref = sg.generic.flatten(b)
+    sg.flatten(b)
+    got = sg.flatten(b)
+    assert_same_flatten(got, ref)
+    assert sg.cache_info()["hits"] == 1
+    # One occurrence replaced by another random item: a miss or a hit, the reference's answer.
+    i = data.draw(hst.integers(0, len(kinds) - 1), label="at")
+    kind = data.draw(hst.sampled_from(["list", "tuple", "dict", "nested", "node"]), label="kind")
+    b.l[i] = build(1000, kind, data.draw(hst.integers(1, 3), label="k"), "a")
+    if data.draw(hst.booleans(), label="tie"):
+        j = data.draw(hst.integers(0, len(kinds) - 1), label="with")
+        x = b.l[j]
+        if type(x) is list and isinstance(x[-1], sg.Param):
+            b.l[i] = [x[-1]]  # (a Param of another occurrence, or the same one's again)
+    ref = sg.generic.flatten(b)
+    assert_same_flatten(sg.flatten(b), ref)
+    assert_same_flatten(sg.flatten(b), ref)
+    new = jax.tree.map(lambda v: v + 1, ref[1])
+    sg.update(b, new)
+    _, now = sg.generic.flatten(b)
+    assert _values_same(now, new)
+
+
+# -- every guard of an outlined container is load-bearing ---------------------------------
+
+
+@pytest.fixture
+def disable() -> Iterator[Callable[[frozenset[str]], None]]:
+    try:
+        yield dispatch._set_disabled_guards
+    finally:
+        dispatch._set_disabled_guards(frozenset())
+
+
+#: guard kind -> (occurrence, mutation) it alone catches in an outlined container
+KILLS = {
+    "type": (1, "tuple"),  # a list of 2 made a tuple
+    "container": (0, "longer"),  # a dict given a second key
+    "metadata": (0, "metadata"),
+    "backref": (1, "untie"),  # [p, p] made [p, q]
+    "distinct": (0, "share"),  # a Param of another occurrence
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KILLS))
+def test_each_container_guard_is_load_bearing(kind: str, disable: Callable[[frozenset[str]], None],
+                                              min2: None) -> None:
+    """Without the guards of ``kind`` the outlined code answers the mutated structure with
+    the stale one (it differs from the reference); with them it is a miss and the
+    reference's answer."""
+    at, mutation = KILLS[kind]
+    for disabled in (frozenset({kind}), frozenset()):
+        disable(disabled)
+        b = mixed(40)
+        sg.flatten(b)
+        gd, _ = sg.flatten(b)
+        assert "items of 10 shapes" in sg.explain(gd)
+        MUTATIONS[mutation](b, at)
+        ref = sg.generic.flatten(b)
+        hits = sg.cache_info()["hits"]
+        if disabled:
+            got = sg.flatten(b)
+            assert sg.cache_info()["hits"] == hits + 1, "the stale variant must have answered"
+            with pytest.raises(AssertionError):
+                assert_same_flatten(got, ref)
+        else:
+            assert_same_flatten(sg.flatten(b), ref)
+            assert sg.cache_info()["hits"] == hits
