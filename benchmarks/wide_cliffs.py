@@ -7,7 +7,9 @@ Rows (``--rows``):
 * ``list``  -- ``b.l = [Param, ...]``;
 * ``tuple`` -- ``b.l = (Param, ...)``;
 * ``mixed`` -- ``b.l`` a list of n small containers (a list of one Param repeated 1-3 times,
-  or a dict of one Param): not a run of states (still unrolled, declined past max_steps).
+  or a dict of one Param): not a run of states; each container shape is an outlined function
+  and the list one loop calling them (``find_container_shapes``), in the flatten and update,
+  and one builder per shape and one loop in the unflatten.
 
 Per row and size, in this process, side by side: whether the second ``sg.flatten`` is a
 cache hit (specialized), the compile seconds of a fresh cache (``cache_info()["compile_seconds"]``

@@ -1,8 +1,8 @@
 """Repeated small containers (lists, tuples, dicts of states, statics, nodes) are outlined
 shapes too: one function per distinct container shape, called per occurrence, and a list
-of them one loop (``FlattenPlanner._mixed``), so ``b.l = [[p] * k or {'a<i>': p}, ...]`` of
-30 000 items is specialized (it was declined past ``max_steps``; see shapes.py,
-``find_container_shapes``).
+of them one loop (``FlattenPlanner._mixed``; the unflatten: one builder per shape and
+``UnflattenPlanner._mixed``), so ``b.l = [[p] * k or {'a<i>': p}, ...]`` of 30 000 items is
+specialized (it was declined past ``max_steps``; see shapes.py, ``find_container_shapes``).
 
 Every occurrence is guarded as the unrolled code guards it: its type, its length or keys,
 its states' types and metadata, the ties inside it (``[p] * 3`` is one Param three times:
@@ -21,7 +21,7 @@ import hypothesis
 import jax
 import numpy as np
 import pytest
-from conftest import assert_same_flatten, outlined_flatten_hits
+from conftest import assert_same_flatten, outlined_flatten_hits, outlined_unflatten_hits
 from hypothesis import strategies as hst
 
 import specgraph as sg
@@ -95,8 +95,10 @@ def test_a_list_of_small_containers_matches_the_reference(impl: Any) -> None:
     twin = impl.unflatten(*ref)
     assert_same_flatten(sg.generic.flatten(twin), ref)
     assert twin.l[5][0] is twin.l[5][1] is twin.l[5][2]
+    assert twin.t[3][0] is not twin.t[4][0] and twin.n[2]["x"][0].w is not twin.n[3]["x"][0].w
     if impl.compiled:
         assert outlined_flatten_hits() > 0
+        assert outlined_unflatten_hits() > 0
         text = sg.explain(ref[0])
         if impl.name == "outlined":  # (outline_min 2: every container shape; 64: the t and n lists')
             assert "l[0..199]: 200 items of 10 shapes" in text
@@ -120,6 +122,40 @@ def test_thirty_thousand_small_containers_are_specialized_at_default_settings() 
     assert _values_same(now, new)
     src = _source(ref[0])
     assert src.count("if type(") < 200  # one function per shape, not one block per item
+    sg.unflatten(*ref)
+    twin = sg.unflatten(*ref)
+    info = sg.cache_info()
+    assert info["unflatten_hits"] == 1 and outlined_unflatten_hits() == 1
+    assert_same_flatten(sg.generic.flatten(twin), ref)
+    assert twin.l[29_999][0] is twin.l[29_999][1]
+
+
+def test_the_unflatten_reads_each_occurrences_statics_and_metadata(impl: Any, min2: None) -> None:
+    """A builder is keyed by what its code spells (types, str keys, ties): each occurrence's
+    statics and metadata come from the GraphDef being unflattened (an equal GraphDef may
+    hold equal but distinct objects)."""
+    b = Bag()
+    b.l = [(sg.Param(np.float32(i), tag=("a", i % 2)), 4 + i % 3, [sg.State(np.float32(i))] * 2)
+           for i in range(30)]
+    ref = sg.generic.flatten(b)
+    twin = impl.unflatten(*ref)
+    assert_same_flatten(sg.generic.flatten(twin), ref)
+    assert [x[1] for x in twin.l] == [4 + i % 3 for i in range(30)]
+    assert all(x[2][0] is x[2][1] for x in twin.l)
+    gd2, st2 = sg.generic.flatten(mixed_like(b))  # an equal GraphDef of other objects
+    assert gd2 == ref[0]
+    twin2 = impl.unflatten(gd2, st2)
+    assert_same_flatten(sg.generic.flatten(twin2), (gd2, st2))
+    if impl.name == "outlined":
+        assert outlined_unflatten_hits() > 0
+
+
+def mixed_like(b: Bag) -> Bag:
+    """A Bag of the same structure as ``b`` (fresh states, equal statics)."""
+    out = Bag()
+    out.l = [(sg.Param(x[0].value, tag=("a", i % 2)), int(str(x[1])), [sg.State(x[2][0].value)] * 2)
+             for i, x in enumerate(b.l)]
+    return out
 
 
 def test_a_tie_across_occurrences_stays_with_the_enclosing_code(impl: Any, min2: None) -> None:
@@ -275,6 +311,9 @@ def test_random_lists_of_small_containers(kinds: list[tuple[str, int, str]], dat
     ref = sg.generic.flatten(b)
     assert_same_flatten(sg.flatten(b), ref)
     assert_same_flatten(sg.flatten(b), ref)
+    twin = sg.unflatten(*ref)
+    assert_same_flatten(sg.generic.flatten(sg.unflatten(*ref)), ref)
+    assert_same_flatten(sg.generic.flatten(twin), ref)
     new = jax.tree.map(lambda v: v + 1, ref[1])
     sg.update(b, new)
     _, now = sg.generic.flatten(b)

@@ -67,7 +67,7 @@ from .classfacts import (
 from .naming import Constants, Literal, Splice, path_label, safe_name
 from .ops import Step
 from .planning import Declined
-from .shapes import Chain, edge_refs, find_chains, find_container_chains, find_shapes
+from .shapes import Chain, edge_refs, find_chains, find_container_chains, find_container_shapes, find_shapes
 
 __all__ = ["ShapeBuild", "StaticReads", "UnflattenPlan", "plan_unflatten"]
 
@@ -128,6 +128,15 @@ class StaticReads:
         ``(0, 0)``), every entry is before."""
         self._wanted.append(("chain", sub, (n, step, cut if step_after else -1, step_after)))
 
+    def want_container(self, sub: StaticReads, edge: int, root: int) -> None:
+        """The next item: ``sub``'s tuple for the container occurrence that is the object of
+        read ``edge`` (read as :data:`LINK`), its first entry ``root``."""
+        self._wanted.append(("container", sub, (edge, root)))
+
+    def want_containers(self, subs: list[StaticReads], edges: list[int], roots: list[int]) -> None:
+        """The next item: a tuple of :meth:`want_container`'s tuples, one per occurrence."""
+        self._wanted.append(("containers", subs, (edges, roots)))
+
     def want_links(self, sub: StaticReads, head: int, n: int, rec: int, step: int, cut: int,
                    step_after: int) -> None:
         """The next item: ``sub``'s tuples for the ``n`` links of a chain of containers,
@@ -161,6 +170,13 @@ class StaticReads:
                 out.append(got[w])
                 continue
             kind, sub, arg = w
+            if kind == "container" or kind == "containers":
+                subs, edges, roots = ([sub], [arg[0]], [arg[1]]) if kind == "container" else (sub, *arg)
+                each = tuple(
+                    s._read(gd, table, r + (delta_after if 0 <= cut <= r else delta) - s.rep, -1, 0, got[e])
+                    for s, e, r in zip(subs, edges, roots, strict=True))
+                out.append(each[0] if kind == "container" else each)
+                continue
             if kind == "links":
                 head, n, rec, step, cut_, step_after = arg
                 edges = [got[head]]
@@ -299,6 +315,7 @@ class UnflattenPlanner:
         self.phased = outline_min > 0 and not order_free \
             and unflatten_order_free(gd, self.impls, False, callbacks=True)
         outline = outline_min if order_free or self.phased else 0
+        self._outline = outline
         # Shapes by structure only: statics and metadata are read per occurrence anyway.
         # Foreign classes too: their per-call contexts are passed in (see _context).
         self.shapes = find_shapes(gd, outline, set(), set(), foreign=True, by_value=False,
@@ -331,6 +348,11 @@ class UnflattenPlanner:
         self.run_min = max(2, outline_min) if outline_min > 0 else 0
         self._state_runs: dict[int, _StateRun] = self._find_state_runs() if self.run_min else {}
         self._state_lists: dict[int, str] = {}  # a run's first table index -> the top's list of its states
+        # Repeated small containers (one phase only): one builder per shape, built where used.
+        if outline and not self.phased:
+            find_container_shapes(gd, outline, self.shapes, self.chains, self.cchains)
+        self._building: Any = None  # planning a container shape's builder: its edge
+        self._cfns: dict[int, ShapeBuild] = {}
         self._rec_edge: Any = None  # planning a container chain's link: the next link's edge
         self._rec_local = ""  # and the local holding its value
         self.body = _Body(StaticReads(), [(0, gd.num_leaves, "")], {})
@@ -442,6 +464,12 @@ class UnflattenPlanner:
         chains = self.chains if self._top else {}
         names = self.body.names
         skip = self._cchain_entries()
+        csize = self.shapes.csize
+        for cid in self.shapes.cshape_of:  # (built by their builders, where used)
+            if self._building is None or cid != id(self._building):
+                at, end = csize[cid][2], csize[cid][2] + csize[cid][3]
+                if skip.get(at, -1) < end and (root < 0 or not at <= root < end):
+                    skip[at] = end
         fills: list[int] = []
         for lo, hi in ranges:
             i = lo
@@ -1024,6 +1052,11 @@ class UnflattenPlanner:
         if type(edge) is not PytreeEdge:
             return self._leaf(edge, base, at)
         read = self.reads.at(base, *at)
+        if id(edge) in self.shapes.cshape_of and edge is not self._building:
+            return self._container_value(edge, read)
+        looped = self._mixed(edge, read) if self.shapes.cshape_of else None
+        if looped is not None:
+            return looped
         looped = self._links(edge, read) if self._top and self.cchains else None
         if looped is None:
             looped = self._each(edge)
@@ -1047,7 +1080,14 @@ class UnflattenPlanner:
                     if child is self._rec_edge:  # a container chain's next link: the loop's
                         parts.append(self._rec_local)
                         continue
-                    looped = None
+                    if id(child) in self.shapes.cshape_of:
+                        parts.append(self._container_value(child, self.reads.at(read, "children", pos - 1)))
+                        continue
+                    looped = self._mixed(child, self.reads.at(read, "children", pos - 1)) \
+                        if self.shapes.cshape_of else None
+                    if looped is not None:
+                        parts.append(looped)
+                        continue
                     if self._top and id(child) in self.cchains:
                         looped = self._links(child, self.reads.at(read, "children", pos - 1))
                     if looped is None:
@@ -1077,6 +1117,97 @@ class UnflattenPlanner:
         if k is StateEdge:
             return self._obj(edge.index)
         return self._slot(edge.slot)  # ArrayEdge
+
+    # -- containers of an outlined shape (shapes.find_container_shapes) ----------------------
+
+    def _container_fn(self, sid: int) -> ShapeBuild:
+        """The builder of container shape ``sid``, planned from its first occurrence on first
+        use: its entries made (states, nodes not outlined: in table order, then filled), then
+        the container built. It always takes ``vals, at`` and ``S`` (a loop calls builders of
+        several shapes alike); its own statics are read below the occurrence's edge (LINK)."""
+        fn = self._cfns.get(sid)
+        if fn is not None:
+            return fn
+        shape = self.shapes.shapes[sid]
+        edge = shape.edge
+        lo, n, first, m = self.shapes.csize[id(edge)]
+        body = _Body(StaticReads(first), [(lo, n, "at")], {})
+        building, self._building = self._building, edge
+        try:
+            with self._in(body):
+                self._objects_then_fills([(first, first + m)], -1)
+                root = self._value(edge, self.reads.at(LINK), ())
+        finally:
+            self._building = building
+        steps = []
+        if body.statics:
+            steps.append(Step("unpack_statics", dsts=body.statics))
+        steps += self._take(body)
+        fn = ShapeBuild(name=f"outlined{sid}", type_name=safe_name(shape.type_name), steps=steps + body.steps,
+                        root=root, values=True, statics=True,
+                        contexts=[body.contexts[f] for f in body.params], uses=len(shape.occurrences),
+                        where=[])
+        self._fn_reads[sid] = body.reads
+        self._fn_params[sid] = body.params
+        self._cfns[sid] = fn
+        self.shape_fns.append(fn)
+        return fn
+
+    def _container_value(self, edge: PytreeEdge, read: int) -> str:
+        """An occurrence of a container shape (the object of ``read``): its builder's call."""
+        sid = self.shapes.cshape_of[id(edge)]
+        fn = self._container_fn(sid)
+        lo, _, first, _ = self.shapes.csize[id(edge)]
+        statics = self._static_local()
+        self.reads.want_container(self._fn_reads[sid], read, first)
+        ctxs = [self._context(f) for f in self._fn_params[sid]]
+        dst = self._fresh("o_")
+        self.steps.append(Step("call_build", dst=dst, fn=fn.name, at=self._pos(lo), statics=statics,
+                               contexts=ctxs))
+        if len(fn.where) < 3:
+            fn.where.append(self._site_label())
+        return dst
+
+    def _mixed(self, edge: PytreeEdge, read: int) -> str | None:
+        """A list or tuple of at least ``outline_min`` occurrences of container shapes (the
+        object of ``read``), at consecutive slots: one loop calling item ``i``'s builder
+        ``fns[idx[i]]`` with its position and its statics (``None``: not one). Builders
+        taking no per-call context only."""
+        ptype, kids = edge.ptype, edge.children
+        cshape_of, csize = self.shapes.cshape_of, self.shapes.csize
+        if (ptype is not list and ptype is not tuple) or len(kids) < max(2, self._outline) or self.phased:
+            return None
+        slot = -1
+        order: dict[int, int] = {}
+        idx: list[int] = []
+        for c in kids:
+            sid = cshape_of.get(id(c))
+            if sid is None or type(c) is not PytreeEdge:
+                return None
+            lo, n, _, _ = csize[id(c)]
+            if not n or (slot >= 0 and lo != slot):
+                return None
+            slot = lo + n
+            idx.append(order.setdefault(sid, len(order)))
+        fns = [self._container_fn(sid) for sid in order]
+        if any(self._fn_params[sid] for sid in order):
+            return None
+        first_lo = csize[id(kids[0])][0]
+        mine = self._static_local()
+        self.reads.want_containers([self._fn_reads[cshape_of[id(c)]] for c in kids],
+                                   [self.reads.at(read, "children", j) for j in range(len(kids))],
+                                   [csize[id(c)][2] for c in kids])
+        dst = self._fresh("r")
+        self.steps.append(Step("build_mixed", dst=dst, at=self._pos(first_lo), statics=mine,
+                               fns=[f.name for f in fns], idx=self.consts.bind(tuple(idx), "IX"),
+                               ns=[self.shapes.shapes[sid].nslots for sid in order], var=self._fresh("x"),
+                               tuple=ptype is tuple))
+        for f in fns:
+            if len(f.where) < 3:
+                f.where.append(self._site_label())
+        site = self._site_label()
+        self.loops.append(f"{site}[0..{len(kids) - 1}]: {len(kids)} items of {len(order)} shapes")
+        return dst
 
     # -- loops: a list of one outlined shape, a chain of nested links -----------------------
 

@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = '2d3f090c63ea3320e65f3ca0bfb8aefeda67c029fe9eadb35055d089a950536e'
+FINGERPRINT = '8cf7e6af8c424aaaf7df39ee25f005f8271e357613886b004dc619746e4e7dfb'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'unflatten.py.j2'
 
@@ -26,89 +26,95 @@ def root(context, missing=missing):
         def t_1(*unused):
             raise TemplateRuntimeError("No filter named 'indent' found.")
     try:
-        t_2 = environment.filters['join']
+        t_2 = environment.filters['int']
     except KeyError:
         @internalcode
         def t_2(*unused):
-            raise TemplateRuntimeError("No filter named 'join' found.")
+            raise TemplateRuntimeError("No filter named 'int' found.")
     try:
-        t_3 = environment.filters['key']
+        t_3 = environment.filters['join']
     except KeyError:
         @internalcode
         def t_3(*unused):
-            raise TemplateRuntimeError("No filter named 'key' found.")
+            raise TemplateRuntimeError("No filter named 'join' found.")
     try:
-        t_4 = environment.filters['length']
+        t_4 = environment.filters['key']
     except KeyError:
         @internalcode
         def t_4(*unused):
-            raise TemplateRuntimeError("No filter named 'length' found.")
+            raise TemplateRuntimeError("No filter named 'key' found.")
     try:
-        t_5 = environment.filters['select']
+        t_5 = environment.filters['length']
     except KeyError:
         @internalcode
         def t_5(*unused):
-            raise TemplateRuntimeError("No filter named 'select' found.")
+            raise TemplateRuntimeError("No filter named 'length' found.")
     try:
-        t_6 = environment.tests['defined']
+        t_6 = environment.filters['select']
     except KeyError:
         @internalcode
         def t_6(*unused):
-            raise TemplateRuntimeError("No test named 'defined' found.")
+            raise TemplateRuntimeError("No filter named 'select' found.")
     try:
-        t_7 = environment.tests['none']
+        t_7 = environment.tests['defined']
     except KeyError:
         @internalcode
         def t_7(*unused):
-            raise TemplateRuntimeError("No test named 'none' found.")
+            raise TemplateRuntimeError("No test named 'defined' found.")
     try:
-        t_8 = environment.tests['splice']
+        t_8 = environment.tests['none']
     except KeyError:
         @internalcode
         def t_8(*unused):
+            raise TemplateRuntimeError("No test named 'none' found.")
+    try:
+        t_9 = environment.tests['splice']
+    except KeyError:
+        @internalcode
+        def t_9(*unused):
             raise TemplateRuntimeError("No test named 'splice' found.")
     pass
     l_0_g = context.vars['g'] = environment.get_template('_steps.j2', 'unflatten.py.j2')._get_default_module(context)
     context.exported_vars.discard('g')
     def macro(l_1_p):
-        t_9 = []
+        t_10 = []
         if l_1_p is missing:
             l_1_p = undefined("parameter 'p' was not provided", name='p')
         pass
-        t_9.extend((
+        t_10.extend((
             str((str_join((environment.getitem(l_1_p, 0), ' + ', )) if environment.getitem(l_1_p, 0) else cond_expr_undefined("the inline if-expression on line 6 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
             str(environment.getitem(l_1_p, 1)),
         ))
-        return concat(t_9)
+        return concat(t_10)
     context.exported_vars.add('pos')
     context.vars['pos'] = l_0_pos = Macro(environment, macro, 'pos', ('p',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_s):
-        t_10 = []
+        t_11 = []
         if l_1_s is missing:
             l_1_s = undefined("parameter 's' was not provided", name='s')
         pass
         for (l_2_c, l_2_start, l_2__) in environment.getattr(l_1_s, 'counters'):
             _loop_vars = {}
             pass
-            t_10.extend((
+            t_11.extend((
                 '\n',
                 str(l_2_c),
                 ' = ',
                 str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), l_2_start, _loop_vars=_loop_vars)),
             ))
         l_2_c = l_2_start = l_2__ = missing
-        return concat(t_10)
+        return concat(t_11)
     context.exported_vars.add('loop_head')
     context.vars['loop_head'] = l_0_loop_head = Macro(environment, macro, 'loop_head', ('s',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_s):
-        t_11 = []
+        t_12 = []
         if l_1_s is missing:
             l_1_s = undefined("parameter 's' was not provided", name='s')
         pass
         for (l_2_c, l_2__, l_2_d) in environment.getattr(l_1_s, 'counters'):
             _loop_vars = {}
             pass
-            t_11.extend((
+            t_12.extend((
                 '\n    ',
                 str(l_2_c),
                 ' ',
@@ -117,41 +123,41 @@ def root(context, missing=missing):
                 str((l_2_d if (l_2_d >= 0) else (-l_2_d))),
             ))
         l_2_c = l_2__ = l_2_d = missing
-        return concat(t_11)
+        return concat(t_12)
     context.exported_vars.add('loop_tail')
     context.vars['loop_tail'] = l_0_loop_tail = Macro(environment, macro, 'loop_tail', ('s',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_s):
-        t_12 = []
+        t_13 = []
         if l_1_s is missing:
             l_1_s = undefined("parameter 's' was not provided", name='s')
         pass
         if (not environment.getattr(l_1_s, 'sources')):
             pass
-            t_12.extend((
+            t_13.extend((
                 '_ in range(',
                 str(environment.getattr(l_1_s, 'n')),
                 ')',
             ))
-        elif (t_4(environment.getattr(l_1_s, 'sources')) == 1):
+        elif (t_5(environment.getattr(l_1_s, 'sources')) == 1):
             pass
-            t_12.extend((
+            t_13.extend((
                 str(environment.getitem(environment.getattr(l_1_s, 'targets'), 0)),
                 ' in ',
                 str(environment.getitem(environment.getattr(l_1_s, 'sources'), 0)),
             ))
         else:
             pass
-            t_12.extend((
-                str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'targets'), ', ')),
+            t_13.extend((
+                str(t_3(context.eval_ctx, environment.getattr(l_1_s, 'targets'), ', ')),
                 ' in zip(',
-                str(t_2(context.eval_ctx, environment.getattr(l_1_s, 'sources'), ', ')),
+                str(t_3(context.eval_ctx, environment.getattr(l_1_s, 'sources'), ', ')),
                 ')',
             ))
-        return concat(t_12)
+        return concat(t_13)
     context.exported_vars.add('targets')
     context.vars['targets'] = l_0_targets = Macro(environment, macro, 'targets', ('s',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_xs):
-        t_13 = []
+        t_14 = []
         if l_1_xs is missing:
             l_1_xs = undefined("parameter 'xs' was not provided", name='xs')
         pass
@@ -159,16 +165,16 @@ def root(context, missing=missing):
         for l_2_x, l_2_loop in LoopContext(l_1_xs, undefined):
             _loop_vars = {}
             pass
-            t_13.extend((
-                str((str_join(('*', environment.getattr(l_2_x, 'name'), )) if t_8(l_2_x) else l_2_x)),
+            t_14.extend((
+                str((str_join(('*', environment.getattr(l_2_x, 'name'), )) if t_9(l_2_x) else l_2_x)),
                 str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 27 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
             ))
         l_2_loop = l_2_x = missing
-        return concat(t_13)
+        return concat(t_14)
     context.exported_vars.add('items')
     context.vars['items'] = l_0_items = Macro(environment, macro, 'items', ('xs',), False, False, False, context.eval_ctx.autoescape)
     def macro(l_1_steps):
-        t_14 = []
+        t_15 = []
         if l_1_steps is missing:
             l_1_steps = undefined("parameter 'steps' was not provided", name='steps')
         pass
@@ -179,27 +185,27 @@ def root(context, missing=missing):
             pass
             if ((environment.getattr(l_2_s, 'op') == 'guard_mro') or (environment.getattr(l_2_s, 'op') == 'guard_class')):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(context.call(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'class_guard'), l_2_s, 'MISS', _loop_vars=_loop_vars)),
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'unpack_statics'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
-                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'dsts'), ', ')),
+                    str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'dsts'), ', ')),
                     ', = S',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'unpack_values'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
-                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'dsts'), ', ')),
+                    str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'dsts'), ', ')),
                     ', = vals',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'new_object'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = NEW(',
@@ -208,7 +214,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'new_via_type'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -219,7 +225,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'new_custom'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -230,7 +236,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'set_state'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'obj')),
                     '._metadata = ',
@@ -242,7 +248,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_list'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = [',
@@ -251,17 +257,17 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_tuple'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = (',
                     str(context.call((undefined(name='items') if l_0_items is missing else l_0_items), environment.getattr(l_2_s, 'items'), _loop_vars=_loop_vars)),
-                    str((',' if (t_4(environment.getattr(l_2_s, 'items')) == 1) else cond_expr_undefined("the inline if-expression on line 49 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((',' if (t_5(environment.getattr(l_2_s, 'items')) == 1) else cond_expr_undefined("the inline if-expression on line 49 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     ')',
                 ))
-            elif (((environment.getattr(l_2_s, 'op') == 'build_dict') and (t_4(environment.getattr(l_2_s, 'pairs')) == 1)) and t_8(environment.getitem(environment.getitem(environment.getattr(l_2_s, 'pairs'), 0), 1))):
+            elif (((environment.getattr(l_2_s, 'op') == 'build_dict') and (t_5(environment.getattr(l_2_s, 'pairs')) == 1)) and t_9(environment.getitem(environment.getitem(environment.getattr(l_2_s, 'pairs'), 0), 1))):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = dict(zip(',
@@ -272,7 +278,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_dict'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = {',
@@ -281,9 +287,9 @@ def root(context, missing=missing):
                 for (l_3_k, l_3_v), l_3_loop in LoopContext(environment.getattr(l_2_s, 'pairs'), undefined):
                     _loop_vars = {}
                     pass
-                    if t_8(l_3_v):
+                    if t_9(l_3_v):
                         pass
-                        t_14.extend((
+                        t_15.extend((
                             '**dict(zip(',
                             str(l_3_k),
                             ', ',
@@ -292,21 +298,21 @@ def root(context, missing=missing):
                         ))
                     else:
                         pass
-                        t_14.extend((
-                            str(t_3(l_3_k)),
+                        t_15.extend((
+                            str(t_4(l_3_k)),
                             ': ',
                             str(l_3_v),
                         ))
-                    t_14.append(
+                    t_15.append(
                         str((', ' if (not environment.getattr(l_3_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 53 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     )
                 l_3_loop = l_3_k = l_3_v = missing
-                t_14.append(
+                t_15.append(
                     '}',
                 )
             elif (environment.getattr(l_2_s, 'op') == 'build_pytree'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -317,7 +323,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'fill_dict'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\nd = ',
                     str(environment.getattr(l_2_s, 'obj')),
                     '.__dict__',
@@ -325,16 +331,16 @@ def root(context, missing=missing):
                 for (l_3_k, l_3_v) in environment.getattr(l_2_s, 'pairs'):
                     _loop_vars = {}
                     pass
-                    t_14.extend((
+                    t_15.extend((
                         '\nd[',
-                        str(t_3(l_3_k)),
+                        str(t_4(l_3_k)),
                         '] = ',
                         str(l_3_v),
                     ))
                 l_3_k = l_3_v = missing
             elif (environment.getattr(l_2_s, 'op') == 'fill_run'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'obj')),
                     '.__dict__.update(zip(',
@@ -349,7 +355,7 @@ def root(context, missing=missing):
                 for (l_3_attr, l_3_value), l_3_loop in LoopContext(environment.getattr(l_2_s, 'pairs'), undefined):
                     _loop_vars = {}
                     pass
-                    t_14.extend((
+                    t_15.extend((
                         '\n',
                         str(environment.getattr(l_2_s, 'obj')),
                         '.',
@@ -362,7 +368,7 @@ def root(context, missing=missing):
                 l_3_loop = l_3_attr = l_3_value = missing
             elif (environment.getattr(l_2_s, 'op') == 'new_context'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -371,18 +377,18 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'call'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
                     str(environment.getattr(l_2_s, 'fn')),
                     '(',
-                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'args'), ', ')),
+                    str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'args'), ', ')),
                     ')',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'set_slot'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'setter')),
                     '(',
@@ -393,20 +399,20 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'set_key'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'setter')),
                     '(',
                     str(environment.getattr(l_2_s, 'obj')),
                     ', ',
-                    str(t_3(environment.getattr(l_2_s, 'key'))),
+                    str(t_4(environment.getattr(l_2_s, 'key'))),
                     ', ',
                     str(environment.getattr(l_2_s, 'value')),
                     ')',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'set_key_run'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\nfor ',
                     str(environment.getattr(l_2_s, 'var')),
                     ', ',
@@ -427,14 +433,14 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'new_state_run'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = []',
                 ))
-                if t_7(environment.getattr(l_2_s, 'metas')):
+                if t_8(environment.getattr(l_2_s, 'metas')):
                     pass
-                    t_14.extend((
+                    t_15.extend((
                         '\nfor ',
                         str(environment.getattr(l_2_s, 'value')),
                         ' in vals[',
@@ -447,7 +453,7 @@ def root(context, missing=missing):
                     ))
                 else:
                     pass
-                    t_14.extend((
+                    t_15.extend((
                         '\nfor ',
                         str(environment.getattr(l_2_s, 'value')),
                         ', ',
@@ -462,7 +468,7 @@ def root(context, missing=missing):
                         str(environment.getattr(l_2_s, 'n')),
                         ' states of one class, in table order',
                     ))
-                t_14.extend((
+                t_15.extend((
                     '\n    ',
                     str(environment.getattr(l_2_s, 'var')),
                     ' = ',
@@ -470,7 +476,7 @@ def root(context, missing=missing):
                     '\n    ',
                     str(environment.getattr(l_2_s, 'var')),
                     '._metadata = ',
-                    str((environment.getattr(l_2_s, 'md') if (not t_7(environment.getattr(l_2_s, 'metas'))) else environment.getattr(l_2_s, 'meta'))),
+                    str((environment.getattr(l_2_s, 'md') if (not t_8(environment.getattr(l_2_s, 'metas'))) else environment.getattr(l_2_s, 'meta'))),
                     '\n    ',
                     str(environment.getattr(l_2_s, 'var')),
                     '.value = ',
@@ -485,15 +491,15 @@ def root(context, missing=missing):
                 pass
                 if environment.getattr(l_2_s, 'run'):
                     pass
-                    t_14.extend((
+                    t_15.extend((
                         '\n',
-                        str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'dsts'), ', ')),
+                        str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'dsts'), ', ')),
                         ', = vals[',
                         str(environment.getattr(l_2_s, 'base')),
                         ':',
                         str(environment.getattr(l_2_s, 'base')),
                         ' + ',
-                        str(t_4(environment.getattr(l_2_s, 'dsts'))),
+                        str(t_5(environment.getattr(l_2_s, 'dsts'))),
                         ']',
                     ))
                 else:
@@ -502,7 +508,7 @@ def root(context, missing=missing):
                     for l_3_dst, l_3_loop in LoopContext(environment.getattr(l_2_s, 'dsts'), undefined):
                         _loop_vars = {}
                         pass
-                        t_14.extend((
+                        t_15.extend((
                             '\n',
                             str(l_3_dst),
                             ' = vals[',
@@ -512,24 +518,96 @@ def root(context, missing=missing):
                     l_3_loop = l_3_dst = missing
             elif (environment.getattr(l_2_s, 'op') == 'call_build'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
                     str(environment.getattr(l_2_s, 'fn')),
                     '_build(',
-                    str(t_2(context.eval_ctx, t_5(context, (([(str_join(('vals, ', context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars), )) if (not t_7(environment.getattr(l_2_s, 'at'))) else cond_expr_undefined("the inline if-expression on line 98 in 'unflatten.py.j2' evaluated to false and no else section was defined."))] + ([environment.getattr(l_2_s, 'statics')] if environment.getattr(l_2_s, 'statics') else [])) + environment.getattr(l_2_s, 'contexts'))), ', ')),
+                    str(t_3(context.eval_ctx, t_6(context, (([(str_join(('vals, ', context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars), )) if (not t_8(environment.getattr(l_2_s, 'at'))) else cond_expr_undefined("the inline if-expression on line 98 in 'unflatten.py.j2' evaluated to false and no else section was defined."))] + ([environment.getattr(l_2_s, 'statics')] if environment.getattr(l_2_s, 'statics') else [])) + environment.getattr(l_2_s, 'contexts'))), ', ')),
                     ')',
                 ))
+            elif (environment.getattr(l_2_s, 'op') == 'build_mixed'):
+                pass
+                t_15.extend((
+                    '\n',
+                    str(environment.getattr(l_2_s, 'var')),
+                    '_f = (',
+                ))
+                for l_3_f in environment.getattr(l_2_s, 'fns'):
+                    _loop_vars = {}
+                    pass
+                    t_15.extend((
+                        str(l_3_f),
+                        '_build, ',
+                    ))
+                l_3_f = missing
+                t_15.extend((
+                    ')\n',
+                    str(environment.getattr(l_2_s, 'var')),
+                    '_n = (',
+                ))
+                for l_3_n in environment.getattr(l_2_s, 'ns'):
+                    _loop_vars = {}
+                    pass
+                    t_15.extend((
+                        str(t_2(l_3_n)),
+                        ', ',
+                    ))
+                l_3_n = missing
+                t_15.extend((
+                    ')\n',
+                    str(environment.getattr(l_2_s, 'var')),
+                    '_a = ',
+                    str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars)),
+                    '\n',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    ' = []\nfor ',
+                    str(environment.getattr(l_2_s, 'var')),
+                    '_k, ',
+                    str(environment.getattr(l_2_s, 'var')),
+                    '_s in zip(',
+                    str(environment.getattr(l_2_s, 'idx')),
+                    ', ',
+                    str(environment.getattr(l_2_s, 'statics')),
+                    '):  # ',
+                    str(t_5(environment.getattr(l_2_s, 'fns'))),
+                    ' shapes\n    ',
+                    str(environment.getattr(l_2_s, 'dst')),
+                    '.append(',
+                    str(environment.getattr(l_2_s, 'var')),
+                    '_f[',
+                    str(environment.getattr(l_2_s, 'var')),
+                    '_k](vals, ',
+                    str(environment.getattr(l_2_s, 'var')),
+                    '_a, ',
+                    str(environment.getattr(l_2_s, 'var')),
+                    '_s))\n    ',
+                    str(environment.getattr(l_2_s, 'var')),
+                    '_a += ',
+                    str(environment.getattr(l_2_s, 'var')),
+                    '_n[',
+                    str(environment.getattr(l_2_s, 'var')),
+                    '_k]',
+                ))
+                if environment.getattr(l_2_s, 'tuple'):
+                    pass
+                    t_15.extend((
+                        '\n',
+                        str(environment.getattr(l_2_s, 'dst')),
+                        ' = tuple(',
+                        str(environment.getattr(l_2_s, 'dst')),
+                        ')',
+                    ))
             elif (environment.getattr(l_2_s, 'op') == 'call_each'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
                     str(environment.getattr(l_2_s, 'fn')),
                     '(',
-                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'args'), ', ')),
+                    str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'args'), ', ')),
                     ')  # ',
                     str(environment.getattr(l_2_s, 'n')),
                     ' ',
@@ -537,7 +615,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'iter_values'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = iter(vals[',
@@ -545,12 +623,12 @@ def root(context, missing=missing):
                     ':',
                     str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'stop'), _loop_vars=_loop_vars)),
                     ']',
-                    str(('[::-1]' if environment.getattr(l_2_s, 'reverse') else cond_expr_undefined("the inline if-expression on line 102 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str(('[::-1]' if environment.getattr(l_2_s, 'reverse') else cond_expr_undefined("the inline if-expression on line 113 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     ')',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'iter_statics'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = iter(',
@@ -559,7 +637,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_each'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     str(context.call((undefined(name='loop_head') if l_0_loop_head is missing else l_0_loop_head), l_2_s, _loop_vars=_loop_vars)),
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
@@ -578,7 +656,7 @@ def root(context, missing=missing):
                 ))
                 if environment.getattr(l_2_s, 'tuple'):
                     pass
-                    t_14.extend((
+                    t_15.extend((
                         '\n',
                         str(environment.getattr(l_2_s, 'dst')),
                         ' = tuple(',
@@ -587,7 +665,7 @@ def root(context, missing=missing):
                     ))
             elif (environment.getattr(l_2_s, 'op') == 'build_chain'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     str(context.call((undefined(name='loop_head') if l_0_loop_head is missing else l_0_loop_head), l_2_s, _loop_vars=_loop_vars)),
                     '\n',
                     str(environment.getattr(l_2_s, 'links')),
@@ -603,15 +681,15 @@ def root(context, missing=missing):
                     str(environment.getattr(l_2_s, 'cur')),
                     ', ',
                     str(environment.getattr(l_2_s, 'nxt')),
-                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 118 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
-                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'targets'), ', ')),
+                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 129 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'targets'), ', ')),
                     ' in zip(',
                     str(environment.getattr(l_2_s, 'links')),
                     ', ',
                     str(environment.getattr(l_2_s, 'links')),
                     '[1:]',
-                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 118 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
-                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'sources'), ', ')),
+                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 129 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'sources'), ', ')),
                     '):  # ',
                     str(environment.getattr(l_2_s, 'n')),
                     ' nested links of one shape',
@@ -620,13 +698,13 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'call_create'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
                     str(environment.getattr(l_2_s, 'fn')),
                     '_create(',
-                    str(t_2(context.eval_ctx, t_5(context, (([(str_join(('vals, ', context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars), )) if (not t_7(environment.getattr(l_2_s, 'at'))) else cond_expr_undefined("the inline if-expression on line 122 in 'unflatten.py.j2' evaluated to false and no else section was defined."))] + ([environment.getattr(l_2_s, 'statics')] if environment.getattr(l_2_s, 'statics') else [])) + environment.getattr(l_2_s, 'contexts'))), ', ')),
+                    str(t_3(context.eval_ctx, t_6(context, (([(str_join(('vals, ', context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars), )) if (not t_8(environment.getattr(l_2_s, 'at'))) else cond_expr_undefined("the inline if-expression on line 133 in 'unflatten.py.j2' evaluated to false and no else section was defined."))] + ([environment.getattr(l_2_s, 'statics')] if environment.getattr(l_2_s, 'statics') else [])) + environment.getattr(l_2_s, 'contexts'))), ', ')),
                     ')\n',
                     str(environment.getattr(l_2_s, 'root')),
                     ' = ',
@@ -635,17 +713,17 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'call_fill'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'fn')),
                     '_fill(',
                     str(environment.getattr(l_2_s, 'src')),
-                    str((str_join((', ', environment.getattr(l_2_s, 'statics'), )) if environment.getattr(l_2_s, 'statics') else cond_expr_undefined("the inline if-expression on line 125 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((str_join((', ', environment.getattr(l_2_s, 'statics'), )) if environment.getattr(l_2_s, 'statics') else cond_expr_undefined("the inline if-expression on line 136 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     ')',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'create_each'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     str(context.call((undefined(name='loop_head') if l_0_loop_head is missing else l_0_loop_head), l_2_s, _loop_vars=_loop_vars)),
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
@@ -658,7 +736,7 @@ def root(context, missing=missing):
                     '\n    ',
                     str(environment.getattr(l_2_s, 'dst')),
                     '.append((',
-                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'made'), ', ')),
+                    str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'made'), ', ')),
                     ',))',
                     str(context.call((undefined(name='loop_tail') if l_0_loop_tail is missing else l_0_loop_tail), l_2_s, _loop_vars=_loop_vars)),
                 ))
@@ -666,49 +744,49 @@ def root(context, missing=missing):
                 pass
                 if environment.getattr(l_2_s, 'sources'):
                     pass
-                    t_14.extend((
+                    t_15.extend((
                         '\nfor (',
-                        str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'made'), ', ')),
+                        str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'made'), ', ')),
                         ',), ',
-                        str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'targets'), ', ')),
+                        str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'targets'), ', ')),
                         ' in zip(',
                         str(environment.getattr(l_2_s, 'src')),
                         ', ',
-                        str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'sources'), ', ')),
+                        str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'sources'), ', ')),
                         '):  # ',
                         str(environment.getattr(l_2_s, 'n')),
                         ' of one shape: filled, each in table order',
                     ))
                 else:
                     pass
-                    t_14.extend((
+                    t_15.extend((
                         '\nfor ',
-                        str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'made'), ', ')),
+                        str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'made'), ', ')),
                         ', in ',
                         str(environment.getattr(l_2_s, 'src')),
                         ':  # ',
                         str(environment.getattr(l_2_s, 'n')),
                         ' of one shape: filled, each in table order',
                     ))
-                t_14.extend((
+                t_15.extend((
                     str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), environment.getattr(l_2_s, 'body'), _loop_vars=_loop_vars), 4)),
                     '\n    pass',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'made_roots'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
-                    str(('tuple(' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 142 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str(('tuple(' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 153 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     '[t[0] for t in ',
                     str(environment.getattr(l_2_s, 'src')),
                     ']',
-                    str((')' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 142 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((')' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 153 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'iter_statics_back'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = reversed(',
@@ -717,7 +795,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'chain_head'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
@@ -726,7 +804,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'fill_chain'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(environment.getattr(l_2_s, 'links')),
                     ' = [t[0] for t in ',
@@ -736,35 +814,35 @@ def root(context, missing=missing):
                     '.append(',
                     str(environment.getattr(l_2_s, 'tail')),
                     ')\nfor (',
-                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'made'), ', ')),
+                    str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'made'), ', ')),
                     ',), ',
                 ))
                 if environment.getattr(l_2_s, 'dst_after'):
                     pass
-                    t_14.extend((
+                    t_15.extend((
                         '(',
-                        str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'objs_after'), ', ')),
+                        str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'objs_after'), ', ')),
                         ',), ',
                     ))
-                t_14.extend((
+                t_15.extend((
                     str(environment.getattr(l_2_s, 'nxt')),
-                    str((', ' if environment.getattr(l_2_s, 'targets') else cond_expr_undefined("the inline if-expression on line 150 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
-                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'targets'), ', ')),
+                    str((', ' if environment.getattr(l_2_s, 'targets') else cond_expr_undefined("the inline if-expression on line 161 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'targets'), ', ')),
                     ' in zip(',
                     str(environment.getattr(l_2_s, 'src')),
                     ', ',
                 ))
                 if environment.getattr(l_2_s, 'dst_after'):
                     pass
-                    t_14.extend((
+                    t_15.extend((
                         'reversed(',
                         str(environment.getattr(l_2_s, 'dst_after')),
                         '), ',
                     ))
-                t_14.extend((
+                t_15.extend((
                     str(environment.getattr(l_2_s, 'links')),
-                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 150 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
-                    str(t_2(context.eval_ctx, environment.getattr(l_2_s, 'sources'), ', ')),
+                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 161 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'sources'), ', ')),
                     '):  # ',
                     str(environment.getattr(l_2_s, 'n')),
                     ' nested links: filled, each in table order',
@@ -773,7 +851,7 @@ def root(context, missing=missing):
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'build_cchain'):
                 pass
-                t_14.extend((
+                t_15.extend((
                     str(context.call((undefined(name='loop_head') if l_0_loop_head is missing else l_0_loop_head), l_2_s, _loop_vars=_loop_vars)),
                     '\n',
                     str(environment.getattr(l_2_s, 'prev')),
@@ -793,23 +871,23 @@ def root(context, missing=missing):
                 ))
             else:
                 pass
-                t_14.extend((
+                t_15.extend((
                     '\n',
                     str(context.call((undefined(name='unknown_op') if l_2_unknown_op is missing else l_2_unknown_op), l_2_s, _loop_vars=_loop_vars)),
                 ))
         l_2_loop = l_2_s = l_2_unknown_op = missing
-        return concat(t_14)
+        return concat(t_15)
     context.exported_vars.add('body')
     context.vars['body'] = l_0_body = Macro(environment, macro, 'body', ('steps',), False, False, False, context.eval_ctx.autoescape)
     for l_1_f in (undefined(name='shape_fns') if l_0_shape_fns is missing else l_0_shape_fns):
         _loop_vars = {}
         pass
-        if (not t_7(environment.getattr(l_1_f, 'fill'))):
+        if (not t_8(environment.getattr(l_1_f, 'fill'))):
             pass
             yield 'def '
             yield str(environment.getattr(l_1_f, 'name'))
             yield '_create('
-            yield str(t_2(context.eval_ctx, (((['vals, at'] if environment.getattr(l_1_f, 'values') else []) + (['S'] if environment.getattr(l_1_f, 'statics') else [])) + environment.getattr(l_1_f, 'contexts')), ', '))
+            yield str(t_3(context.eval_ctx, (((['vals, at'] if environment.getattr(l_1_f, 'values') else []) + (['S'] if environment.getattr(l_1_f, 'statics') else [])) + environment.getattr(l_1_f, 'contexts')), ', '))
             yield '):\n    """Make the objects of one '
             yield str(environment.getattr(l_1_f, 'type_name'))
             yield ' of this shape, in table order (used '
@@ -817,15 +895,15 @@ def root(context, missing=missing):
             yield ' times)."""'
             yield str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), environment.getattr(l_1_f, 'steps'), _loop_vars=_loop_vars), 4))
             yield '\n    return ('
-            yield str(t_2(context.eval_ctx, environment.getattr(l_1_f, 'made'), ', '))
+            yield str(t_3(context.eval_ctx, environment.getattr(l_1_f, 'made'), ', '))
             yield ',)\n\n\ndef '
             yield str(environment.getattr(l_1_f, 'name'))
             yield '_fill(t'
-            yield str((', S' if environment.getattr(l_1_f, 'statics') else cond_expr_undefined("the inline if-expression on line 173 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
+            yield str((', S' if environment.getattr(l_1_f, 'statics') else cond_expr_undefined("the inline if-expression on line 184 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
             yield '):\n    """Fill the nodes of one '
             yield str(environment.getattr(l_1_f, 'type_name'))
             yield ' its _create made, in table order."""\n    '
-            yield str(t_2(context.eval_ctx, environment.getattr(l_1_f, 'made'), ', '))
+            yield str(t_3(context.eval_ctx, environment.getattr(l_1_f, 'made'), ', '))
             yield ', = t'
             yield str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), environment.getattr(l_1_f, 'fill'), _loop_vars=_loop_vars), 4))
             yield '\n\n\n'
@@ -834,7 +912,7 @@ def root(context, missing=missing):
             yield 'def '
             yield str(environment.getattr(l_1_f, 'name'))
             yield '_build('
-            yield str(t_2(context.eval_ctx, (((['vals, at'] if environment.getattr(l_1_f, 'values') else []) + (['S'] if environment.getattr(l_1_f, 'statics') else [])) + environment.getattr(l_1_f, 'contexts')), ', '))
+            yield str(t_3(context.eval_ctx, (((['vals, at'] if environment.getattr(l_1_f, 'values') else []) + (['S'] if environment.getattr(l_1_f, 'statics') else [])) + environment.getattr(l_1_f, 'contexts')), ', '))
             yield '):\n    """Build one fresh '
             yield str(environment.getattr(l_1_f, 'type_name'))
             yield ' of this shape (used '
@@ -845,12 +923,12 @@ def root(context, missing=missing):
             yield str(environment.getattr(l_1_f, 'root'))
             yield '\n\n\n'
     l_1_f = missing
-    if (t_6((undefined(name='each') if l_0_each is missing else l_0_each)) and (undefined(name='each') if l_0_each is missing else l_0_each)):
+    if (t_7((undefined(name='each') if l_0_each is missing else l_0_each)) and (undefined(name='each') if l_0_each is missing else l_0_each)):
         pass
         yield 'def '
         yield str(environment.getattr((undefined(name='each') if l_0_each is missing else l_0_each), 'name'))
         yield '_build('
-        yield str(t_2(context.eval_ctx, environment.getattr((undefined(name='each') if l_0_each is missing else l_0_each), 'params'), ', '))
+        yield str(t_3(context.eval_ctx, environment.getattr((undefined(name='each') if l_0_each is missing else l_0_each), 'params'), ', '))
         yield '):\n    """Build the items of one loop of a top function (its unit, shared)."""'
         yield str(t_1(context.call((undefined(name='body') if l_0_body is missing else l_0_body), [environment.getattr((undefined(name='each') if l_0_each is missing else l_0_each), 'step')]), 4))
         yield '\n    return '
@@ -869,4 +947,4 @@ def root(context, missing=missing):
         yield '\n'
 
 blocks = {}
-debug_info = '1=66&6=68&7=80&8=85&9=90&12=98&13=103&14=108&17=118&18=123&19=127&20=130&21=133&23=140&26=148&27=154&29=165&30=171&31=175&32=179&33=181&34=185&35=188&36=192&37=195&38=199&39=204&40=208&41=215&42=219&43=226&44=230&45=234&46=238&47=242&48=247&49=251&50=257&51=261&52=268&53=272&54=302&55=306&56=313&57=317&58=320&59=325&61=330&62=334&63=341&64=344&65=349&67=358&68=362&69=367&70=371&71=378&72=382&73=389&74=393&75=402&76=406&77=414&78=423&79=427&80=430&81=434&83=447&85=462&86=466&87=470&88=474&89=479&90=481&91=485&93=497&94=502&97=508&98=512&99=519&100=523&101=533&102=537&103=546&104=550&105=555&106=558&107=560&108=562&109=566&110=568&111=572&112=574&113=578&115=583&116=586&117=588&118=598&119=613&120=614&121=616&122=620&123=626&124=631&125=635&126=641&127=644&128=646&129=648&130=652&131=654&132=658&133=660&134=662&135=666&137=681&139=689&141=692&142=696&143=704&144=708&145=713&146=717&147=722&148=726&149=730&150=734&151=766&153=769&154=772&155=774&156=778&157=782&158=784&159=787&161=793&165=799&166=802&167=805&168=809&169=813&170=815&173=817&174=821&175=823&176=825&180=830&181=834&182=838&183=840&188=843&191=846&193=850&194=852&196=854&197=857&198=859&199=861&200=863'
+debug_info = '1=72&6=74&7=86&8=91&9=96&12=104&13=109&14=114&17=124&18=129&19=133&20=136&21=139&23=146&26=154&27=160&29=171&30=177&31=181&32=185&33=187&34=191&35=194&36=198&37=201&38=205&39=210&40=214&41=221&42=225&43=232&44=236&45=240&46=244&47=248&48=253&49=257&50=263&51=267&52=274&53=278&54=308&55=312&56=319&57=323&58=326&59=331&61=336&62=340&63=347&64=350&65=355&67=364&68=368&69=373&70=377&71=384&72=388&73=395&74=399&75=408&76=412&77=420&78=429&79=433&80=436&81=440&83=453&85=468&86=472&87=476&88=480&89=485&90=487&91=491&93=503&94=508&97=514&98=518&99=525&100=529&101=542&102=555&103=559&104=561&105=571&106=581&107=588&108=592&110=597&111=601&112=611&113=615&114=624&115=628&116=633&117=636&118=638&119=640&120=644&121=646&122=650&123=652&124=656&126=661&127=664&128=666&129=676&130=691&131=692&132=694&133=698&134=704&135=709&136=713&137=719&138=722&139=724&140=726&141=730&142=732&143=736&144=738&145=740&146=744&148=759&150=767&152=770&153=774&154=782&155=786&156=791&157=795&158=800&159=804&160=808&161=812&162=844&164=847&165=850&166=852&167=856&168=860&169=862&170=865&172=871&176=877&177=880&178=883&179=887&180=891&181=893&184=895&185=899&186=901&187=903&191=908&192=912&193=916&194=918&199=921&202=924&204=928&205=930&207=932&208=935&209=937&210=939&211=941'
