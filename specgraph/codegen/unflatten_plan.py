@@ -464,12 +464,24 @@ class UnflattenPlanner:
         chains = self.chains if self._top else {}
         names = self.body.names
         skip = self._cchain_entries()
-        csize = self.shapes.csize
-        for cid in self.shapes.cshape_of:  # (built by their builders, where used)
-            if self._building is None or cid != id(self._building):
-                at, end = csize[cid][2], csize[cid][2] + csize[cid][3]
-                if skip.get(at, -1) < end and (root < 0 or not at <= root < end):
-                    skip[at] = end
+        csize, cshape_of = self.shapes.csize, self.shapes.cshape_of
+        # Container occurrences are built by their builders, where used: in a builder's
+        # body, those nested in its container (one may hold another of the very same
+        # entries: ``{'a': [p], 's': 1}``), elsewhere all (none is inside another body's).
+        inner: Any = cshape_of
+        if self._building is not None:
+            inner = []
+            stack = list(self._building.children)
+            while stack:
+                e = stack.pop()
+                if type(e) is PytreeEdge:
+                    if id(e) in cshape_of:
+                        inner.append(id(e))
+                    stack.extend(e.children)
+        for cid in inner:
+            at, end = csize[cid][2], csize[cid][2] + csize[cid][3]
+            if skip.get(at, -1) < end:
+                skip[at] = end
         fills: list[int] = []
         for lo, hi in ranges:
             i = lo
