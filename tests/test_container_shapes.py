@@ -171,6 +171,37 @@ def test_a_tie_across_occurrences_stays_with_the_enclosing_code(impl: Any, min2:
     assert twin.l[3][0] is twin.l[1][0] and twin.l[6]["a6"] is twin.l[5][0] and twin.tied is twin.l[9][0]
 
 
+def test_containers_of_nodes_without_states(impl: Any) -> None:
+    """``[Bag(), Bag()]`` met several times: container occurrences with no value slot (their
+    builder takes no position in ``vals``), and the outlined ``Bag`` shape's builder planned
+    from its first occurrence, whose entry is inside such an occurrence (it is still made
+    there: only the top skips every occurrence's entries). Also a holder tied to itself
+    (``h.p is h``: not an outlined node) holding one, as in the hypothesis example that
+    found it. Served by the compiled unflatten, outlined builders and all."""
+
+    def holder() -> Bag:
+        h = Bag()
+        h.items = [Bag(), Bag()]
+        h.p = h.q = h
+        return h
+
+    b = Bag()
+    b.a, b.b, b.c = [Bag(), Bag()], [Bag(), Bag()], (Bag(), 3, Bag())
+    b.h = [holder(), holder()]
+    b.w = _p(1)
+    ref = sg.generic.flatten(b)
+    assert_same_flatten(impl.flatten(b), ref)
+    before = sg.cache_info()["unflatten_hits"]
+    twin = impl.unflatten(*ref)
+    assert_same_flatten(sg.generic.flatten(twin), ref)
+    assert twin.h[0].p is twin.h[0] and twin.h[1].q is twin.h[1] and twin.a[0] is not twin.a[1]
+    assert type(twin.c) is tuple and twin.c[1] == 3 and type(twin.b[1]) is Bag
+    if impl.compiled:
+        assert sg.cache_info()["unflatten_hits"] == before + 1
+    if impl.name == "outlined":
+        assert outlined_unflatten_hits() == 1
+
+
 # -- one occurrence mutated: a miss, and the reference's answer ---------------------------
 
 
@@ -271,9 +302,12 @@ def test_one_occurrence_mutated_is_a_miss_answered_by_the_reference(mutation: st
     assert _values_same(now, new)
 
 
+KINDS = ["list", "tuple", "dict", "nested", "node", "bare"]
+
+
 @hypothesis.settings(max_examples=30, deadline=None,
                      suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
-@hypothesis.given(kinds=hst.lists(hst.tuples(hst.sampled_from(["list", "tuple", "dict", "nested", "node"]),
+@hypothesis.given(kinds=hst.lists(hst.tuples(hst.sampled_from(KINDS),
                                              hst.integers(1, 3), hst.sampled_from(["a", "b", "1"])),
                                   min_size=2, max_size=40),
                   data=hst.data())
@@ -290,6 +324,8 @@ def test_random_lists_of_small_containers(kinds: list[tuple[str, int, str]], dat
             return {key + str(j): p if j % 2 else _p(j) for j in range(k)}
         if kind == "nested":
             return {key: [p] * k, "s": "str"}
+        if kind == "bare":  # (nodes without states: no value slot)
+            return [Bag() for _ in range(k)]
         return [Leaf(i)] * 1 + [p] * (k - 1)
 
     b = Bag()
@@ -301,7 +337,7 @@ def test_random_lists_of_small_containers(kinds: list[tuple[str, int, str]], dat
     assert sg.cache_info()["hits"] == 1
     # One occurrence replaced by another random item: a miss or a hit, the reference's answer.
     i = data.draw(hst.integers(0, len(kinds) - 1), label="at")
-    kind = data.draw(hst.sampled_from(["list", "tuple", "dict", "nested", "node"]), label="kind")
+    kind = data.draw(hst.sampled_from(KINDS), label="kind")
     b.l[i] = build(1000, kind, data.draw(hst.integers(1, 3), label="k"), "a")
     if data.draw(hst.booleans(), label="tie"):
         j = data.draw(hst.integers(0, len(kinds) - 1), label="with")
@@ -312,7 +348,9 @@ def test_random_lists_of_small_containers(kinds: list[tuple[str, int, str]], dat
     assert_same_flatten(sg.flatten(b), ref)
     assert_same_flatten(sg.flatten(b), ref)
     twin = sg.unflatten(*ref)
+    before = sg.cache_info()["unflatten_hits"]
     assert_same_flatten(sg.generic.flatten(sg.unflatten(*ref)), ref)
+    assert sg.cache_info()["unflatten_hits"] == before + 1  # (the compiled unflatten answered)
     assert_same_flatten(sg.generic.flatten(twin), ref)
     new = jax.tree.map(lambda v: v + 1, ref[1])
     sg.update(b, new)

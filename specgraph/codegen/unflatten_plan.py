@@ -291,6 +291,9 @@ class _Body:
     #: them first; a builder takes them as parameters, in ``params`` order)
     contexts: dict[Any, str] = field(default_factory=dict)
     params: list[Any] = field(default_factory=list)
+    #: a container shape's builder (find_container_shapes): the edge of the occurrence it
+    #: is planned from; None: any other body
+    container: Any = None
 
 
 class UnflattenPlanner:
@@ -351,7 +354,6 @@ class UnflattenPlanner:
         # Repeated small containers (one phase only): one builder per shape, built where used.
         if outline and not self.phased:
             find_container_shapes(gd, outline, self.shapes, self.chains, self.cchains)
-        self._building: Any = None  # planning a container shape's builder: its edge
         self._cfns: dict[int, ShapeBuild] = {}
         self._rec_edge: Any = None  # planning a container chain's link: the next link's edge
         self._rec_local = ""  # and the local holding its value
@@ -465,13 +467,16 @@ class UnflattenPlanner:
         names = self.body.names
         skip = self._cchain_entries()
         csize, cshape_of = self.shapes.csize, self.shapes.cshape_of
-        # Container occurrences are built by their builders, where used: in a builder's
-        # body, those nested in its container (one may hold another of the very same
-        # entries: ``{'a': [p], 's': 1}``), elsewhere all (none is inside another body's).
-        inner: Any = cshape_of
-        if self._building is not None:
+        # Container occurrences are built by their builders, where used, so their entries
+        # are skipped: in a builder's body, those nested in its container (one may hold
+        # another of the very same entries: ``{'a': [p], 's': 1}``); at the top, all; in any
+        # other body (an outlined node's, a chain's link, a loop's item), none: no occurrence
+        # is inside one (see find_container_shapes), though its entries may be inside an
+        # occurrence (a node shape planned from its first occurrence, ``[Box(), Box()]``'s).
+        inner: Any = cshape_of if self._top else ()
+        if self.body.container is not None:
             inner = []
-            stack = list(self._building.children)
+            stack = list(self.body.container.children)
             while stack:
                 e = stack.pop()
                 if type(e) is PytreeEdge:
@@ -1064,7 +1069,7 @@ class UnflattenPlanner:
         if type(edge) is not PytreeEdge:
             return self._leaf(edge, base, at)
         read = self.reads.at(base, *at)
-        if id(edge) in self.shapes.cshape_of and edge is not self._building:
+        if id(edge) in self.shapes.cshape_of and edge is not self.body.container:
             return self._container_value(edge, read)
         looped = self._mixed(edge, read) if self.shapes.cshape_of else None
         if looped is not None:
@@ -1135,28 +1140,26 @@ class UnflattenPlanner:
     def _container_fn(self, sid: int) -> ShapeBuild:
         """The builder of container shape ``sid``, planned from its first occurrence on first
         use: its entries made (states, nodes not outlined: in table order, then filled), then
-        the container built. It always takes ``vals, at`` and ``S`` (a loop calls builders of
-        several shapes alike); its own statics are read below the occurrence's edge (LINK)."""
+        the container built. It takes ``vals, at`` when the shape has values (a loop calls
+        builders of several shapes alike: each has, see :meth:`_mixed`; one holding only nodes
+        without states, ``[Box(), Box()]``, has none, and no position) and always ``S``; its
+        own statics are read below the occurrence's edge (LINK)."""
         fn = self._cfns.get(sid)
         if fn is not None:
             return fn
         shape = self.shapes.shapes[sid]
         edge = shape.edge
         lo, n, first, m = self.shapes.csize[id(edge)]
-        body = _Body(StaticReads(first), [(lo, n, "at")], {})
-        building, self._building = self._building, edge
-        try:
-            with self._in(body):
-                self._objects_then_fills([(first, first + m)], -1)
-                root = self._value(edge, self.reads.at(LINK), ())
-        finally:
-            self._building = building
+        body = _Body(StaticReads(first), [(lo, n, "at")], {}, container=edge)
+        with self._in(body):
+            self._objects_then_fills([(first, first + m)], -1)
+            root = self._value(edge, self.reads.at(LINK), ())
         steps = []
         if body.statics:
             steps.append(Step("unpack_statics", dsts=body.statics))
         steps += self._take(body)
         fn = ShapeBuild(name=f"outlined{sid}", type_name=safe_name(shape.type_name), steps=steps + body.steps,
-                        root=root, values=True, statics=True,
+                        root=root, values=n > 0, statics=True,
                         contexts=[body.contexts[f] for f in body.params], uses=len(shape.occurrences),
                         where=[])
         self._fn_reads[sid] = body.reads
@@ -1174,8 +1177,8 @@ class UnflattenPlanner:
         self.reads.want_container(self._fn_reads[sid], read, first)
         ctxs = [self._context(f) for f in self._fn_params[sid]]
         dst = self._fresh("o_")
-        self.steps.append(Step("call_build", dst=dst, fn=fn.name, at=self._pos(lo), statics=statics,
-                               contexts=ctxs))
+        self.steps.append(Step("call_build", dst=dst, fn=fn.name, at=self._pos(lo) if fn.values else None,
+                               statics=statics, contexts=ctxs))
         if len(fn.where) < 3:
             fn.where.append(self._site_label())
         return dst
