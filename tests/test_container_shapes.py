@@ -202,6 +202,117 @@ def test_containers_of_nodes_without_states(impl: Any) -> None:
         assert outlined_unflatten_hits() == 1
 
 
+# -- container shapes and statics as parameters (find_shapes' params) -------------------
+
+
+class Layer(sg.Node):
+    def __init__(self, i: int, name: str = "l") -> None:
+        self.w = sg.Param(np.float32(i))
+        self.idx = i  # (differs per layer: a parameter of the Layer family)
+        self.name = name
+
+
+class Block(sg.Node):
+    """A node of a parametrised family holding containers whose statics differ per block."""
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+        self.pair = [sg.Param(np.float32(i)), sg.Param(np.float32(-i))]
+        self.meta = (sg.Param(np.float32(i)), i, "s" + str(i % 2))
+        self.d = {"a": sg.Param(np.float32(i)), "k": i}
+        self.sub = [Layer(i), Layer(i + 1)]
+
+
+def _composed(kind: str) -> Bag:
+    b = Bag()
+    if kind == "family_inside":  # containers of Layers of several parameter values
+        b.l = [[Layer(i % 3)] for i in range(30)]
+    elif kind == "in_family":  # containers inside the occurrences of a parametrised family
+        b.l = [Block(i) for i in range(20)]
+    elif kind == "dict_with_family":  # a dict holding a Layer and an int, both per item
+        b.l = [{"a": Layer(i % 4), "n": i % 4} for i in range(32)]
+    elif kind == "ints_per_item":  # every item's int differs: each its own container shape
+        b.l = [(sg.Param(np.float32(i)), i) for i in range(40)]
+    else:  # "few_ints": a few distinct ints and strs: a few shapes, one loop
+        b.l = [(sg.Param(np.float32(i)), i % 2, "x" + str(i % 3)) for i in range(36)]
+    return b
+
+
+def _ints(b: Bag) -> list[Any]:
+    """The per-item statics of ``_composed``'s structures."""
+    out: list[Any] = []
+    for x in b.l:
+        if type(x) is Block:
+            out.append((x.i, x.meta[1:], x.d["k"], [y.idx for y in x.sub]))
+        elif type(x) is dict:
+            out.append((x["a"].idx, x["n"]))
+        elif type(x) is list:
+            out.append(x[0].idx)
+        else:
+            out.append(x[1:])
+    return out
+
+
+COMPOSED = ["family_inside", "in_family", "dict_with_family", "ints_per_item", "few_ints"]
+
+
+@pytest.mark.parametrize("kind", COMPOSED)
+def test_container_shapes_compose_with_statics_as_parameters(impl: Any, kind: str) -> None:
+    """Container shapes are keyed by their statics' values and by their nodes' exact keys,
+    so a container of a parametrised family's node is a shape per value (its node's
+    function called with that value), and a container inside a family's occurrence is
+    that family's code (its statics the family's parameters): flatten, update and
+    unflatten stay exact, each item with its own statics."""
+    b = _composed(kind)
+    ref = sg.generic.flatten(b)
+    got = impl.flatten(b)
+    hits = sg.cache_info()["hits"]
+    assert_same_flatten(got, ref)
+    new = jax.tree.map(lambda v: v + 1, got[1])
+    impl.update(b, new)
+    _, now = sg.generic.flatten(b)
+    assert _values_same(now, new)
+    before = sg.cache_info()["unflatten_hits"]
+    twin = impl.unflatten(*ref)
+    assert_same_flatten(sg.generic.flatten(twin), ref)
+    assert _ints(twin) == _ints(b)
+    if impl.compiled:
+        assert hits == 1 and sg.cache_info()["update_hits"] == 1
+        assert sg.cache_info()["unflatten_hits"] == before + 1
+    if impl.name == "outlined" and kind != "ints_per_item":
+        assert outlined_flatten_hits() > 0 and outlined_unflatten_hits() > 0
+        if kind in ("family_inside", "dict_with_family", "few_ints"):
+            assert "items of" in sg.explain(ref[0])  # (one loop over the list's items)
+
+
+@pytest.mark.parametrize("kind", COMPOSED)
+@pytest.mark.parametrize("at", [0, 7])
+def test_one_items_static_changed_is_a_miss(kind: str, at: int, min2: None) -> None:
+    """One item's static changed (to a value other items hold, or a new one): the
+    outlined code misses, the reference answers, the objects untouched."""
+    b = _composed(kind)
+    sg.flatten(b)
+    sg.flatten(b)
+    assert sg.cache_info()["hits"] == 1
+    x = b.l[at]
+    if type(x) is Block:
+        x.meta = (x.meta[0], 1 if at != 1 else 2, x.meta[2])
+    elif type(x) is dict:
+        x["n"] = 99
+    elif type(x) is list:
+        x[0].idx = (x[0].idx + 1) % 3
+    else:
+        b.l[at] = (x[0], 1 - x[1] if type(x[1]) is int and x[1] in (0, 1) else 5, *x[2:])
+    want = _ints(b)
+    ref = sg.generic.flatten(b)
+    assert_same_flatten(sg.flatten(b), ref)
+    assert sg.cache_info()["guard_misses"].get("static", 0) >= 1
+    assert _ints(b) == want
+    twin = sg.unflatten(*ref)
+    assert_same_flatten(sg.generic.flatten(twin), ref)
+    assert _ints(twin) == want
+
+
 # -- one occurrence mutated: a miss, and the reference's answer ---------------------------
 
 
