@@ -147,3 +147,31 @@ def test_shared_step_texts_are_the_texts_rendered_alone(disabled: frozenset[str]
             assert pipeline.render(kind, plan, disabled) == alone[kind]
     other = codegen.plan_flatten(_graphdef(), 10_000)  # another plan of the same structure
     assert pipeline.render("update", other, disabled) == alone["update"]
+
+
+_DIES_UNDER_THE_LOCK = """
+import weakref
+from specgraph.codegen import pipeline
+
+class Obj:
+    pass
+
+fn, plan = Obj(), Obj()
+weakref.finalize(fn, pipeline._unregister, "<specgraph flatten X #0>")
+pipeline._step_texts(plan)  # (its texts' cache holds a weakref to plan, calling _drop_texts)
+with pipeline._lock:  # as while a source is registered or a GC pause ends
+    del fn, plan  # both die here, in this thread: their callbacks take the lock too
+print("done")
+"""
+
+
+def test_a_generated_function_dying_under_the_lock_does_not_deadlock() -> None:
+    """The cleanup callbacks (a unit's source unregistered, a plan's texts dropped) run
+    wherever the last reference goes or the collector runs: possibly in this very thread
+    while it holds the pipeline's lock. In a subprocess: a deadlock there is a timeout."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _DIES_UNDER_THE_LOCK], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "done", out.stderr

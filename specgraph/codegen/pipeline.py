@@ -663,7 +663,11 @@ def _bind_attributes(ns: dict[str, Any], filename: str, attributes: dict[str, st
 # -- linecache: tracebacks and inspect.getsource show generated lines ------------------
 
 _counter = itertools.count()
-_lock = threading.Lock()
+#: Re-entrant: a generated function or plan dying while this thread holds it (its last
+#: reference dropped, or the cyclic collector run by an allocation made under it) calls
+#: :func:`_unregister` or :func:`_drop_texts` right there, in this thread, and they take it
+#: too (with a plain Lock, a deadlock: seen as a hung test run).
+_lock = threading.RLock()
 _registered: set[str] = set()
 
 
