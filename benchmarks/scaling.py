@@ -98,7 +98,9 @@ def load_bench() -> ModuleType:
 
 
 def build(models: ModuleType, sweep: str, system: str, n: int) -> Any:
-    fam = models.FAMILIES["specgraph" if system == "generic" else system]
+    # generic: specgraph's own model; sg_nnx / sg_brainstate: the peer's model, flattened by sg
+    family = {"generic": "specgraph", "sg_nnx": "nnx", "sg_brainstate": "brainstate"}.get(system, system)
+    fam = models.FAMILIES[family]
     if sweep == "mlp":
         return models.build_mlp(fam, depth=n, width=MLP_WIDTH)
     if sweep == "widebag":
@@ -110,10 +112,10 @@ def build(models: ModuleType, sweep: str, system: str, n: int) -> Any:
 
 def flatten_fn(system: str, obj: Any) -> Callable[[], Any]:
     """The warmed-up flatten call of ``system`` on ``obj``."""
-    if system in ("specgraph", "generic"):
+    if system in ("specgraph", "generic", "sg_nnx", "sg_brainstate"):
         import specgraph as sg
 
-        f = sg.flatten if system == "specgraph" else sg.generic.flatten
+        f = sg.generic.flatten if system == "generic" else sg.flatten
     elif system == "brainstate":
         import brainstate
 

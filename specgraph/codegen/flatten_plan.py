@@ -57,11 +57,13 @@ class StateRun(NamedTuple):
     :meth:`FlattenPlanner._state_runs`), planned as one loop (a work item's edge; its operand
     is the container, or the node's ``__dict__``). ``keys``: their keys, read as one list
     (``None``: the run is the whole list or tuple, iterated as it is); ``miss``: the guard
-    kind a renamed key stands for."""
+    kind a renamed key stands for; ``stored``: the keys as the container stores them, where
+    they differ (an ``nnx.List``'s int keys are str attribute names)."""
 
     keys: tuple | None
     children: tuple
     miss: str
+    stored: tuple | None = None
 
 
 def plan_flatten(gd: GraphDef, max_steps: int, outline_min: int = 0) -> FlattenPlan:
@@ -721,14 +723,16 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
 
     def _state_runs(self, edges: tuple, keys: tuple | None) -> dict[int, int]:
         """Runs of at least ``run_min`` consecutive sibling states of one kind among ``edges``
-        (``keys``: their keys, exact str each; ``None``: positions): start -> end position.
+        (``keys``: their keys as the container stores them, exact str each; ``None``:
+        positions): start -> end position.
 
-        One kind: plain ``State`` objects of one class whose metadata is guarded by the same
-        code (``shapes._meta_key``), each referenced once in the whole structure (no tied
-        state: sharing stays with the unrolled code's identity guards), at consecutive table
-        entries and value slots (the loop's values and objects are spliced as one run). Only
-        in the top function's own code (not in an outlined function, a loop's body or a
-        chain's link)."""
+        One kind: states of one class whose metadata is guarded by the same code
+        (``shapes._meta_key``): ``State`` objects, or a foreign library's read through its
+        layout (NNX Variables, BrainState States: :meth:`_foreign_state`), each referenced
+        once in the whole structure (no tied state: sharing stays with the unrolled code's
+        identity guards), at consecutive table entries and value slots (the loop's values and
+        objects are spliced as one run). Only in the top function's own code (not in an
+        outlined function, a loop's body or a chain's link)."""
         if self.run_min <= 0 or len(edges) < self.run_min or self._planning is not None \
                 or self._inline or self._rec >= 0 or self._rec_edge is not None:
             return {}
@@ -743,7 +747,10 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                 t = spec.type
                 ok = plain.get(t)
                 if ok is None:
-                    ok = plain[t] = type(spec) is StateSpec and type(t) is type and reg.state_impl(t) is None
+                    # a foreign state (its own metaclass: NNX's VariableMeta) is read through its
+                    # layout, the same code for each (_foreign_state)
+                    ok = plain[t] = type(spec) is StateSpec \
+                        and (type(t) is type or reg.state_impl(t) is not None)
                 if ok:
                     k = (t, _meta_key(spec))
             if k is not None and start >= 0 and k == kind and e.index == prev + 1 \
@@ -772,7 +779,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         else:
             var = self._fresh("xs")
             path_keys = run.keys
-            self.steps.append(Step("load_items", dst=var, obj=work.obj, keys=self.consts.bind(run.keys, "KS"),
+            held = run.keys if run.stored is None else run.stored
+            self.steps.append(Step("load_items", dst=var, obj=work.obj, keys=self.consts.bind(held, "KS"),
                                    miss=run.miss))
         rep = kids[0].index
         spec = self.gd.table[rep]
@@ -866,25 +874,27 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
 
     def _load_children(self, container: str, keys: list[Literal | str], edges: tuple, path: Any,
                        path_keys: tuple, miss: str, owner: str, mutable: bool,
-                       runs_ok: bool = False) -> list[Work]:
+                       runs_ok: bool = False, stored: tuple | None = None) -> list[Work]:
         """One block loading every child of a container; their work items, in order.
 
         ``miss`` names the guard kind a ``KeyError`` in the block stands for. An array
         leaf is written back into ``owner[key]`` (only a ``mutable`` one). ``runs_ok``: a
         long run of sibling states of one kind (see :meth:`_state_runs`) is not loaded
-        here but is one work item (a :class:`StateRun`, planned as a loop).
+        here but is one work item (a :class:`StateRun`, planned as a loop); ``stored``: the
+        keys as the container stores them, where they are not ``path_keys``.
         """
         items = []
         pairs = []
-        runs = self._state_runs(edges, path_keys) if runs_ok else {}
+        runs = self._state_runs(edges, path_keys if stored is None else stored) if runs_ok else {}
         skip_to = -1
         for pos, (key, edge, pk) in enumerate(zip(keys, edges, path_keys, strict=True)):
             if pos < skip_to:
                 continue
             end = runs.get(pos)
             if end is not None:  # a run of sibling states of one kind: one loop (_state_run)
-                items.append(Work(StateRun(path_keys[pos:end], edges[pos:end], miss), container, path,
-                                  owner, key, mutable))
+                run = StateRun(path_keys[pos:end], edges[pos:end], miss,
+                               None if stored is None else stored[pos:end])
+                items.append(Work(run, container, path, owner, key, mutable))
                 skip_to = end
                 continue
             local = self._fresh("x")

@@ -93,13 +93,16 @@ class ForeignPlanning:
                                        const=self.consts.bind(value, "C"), mode=mode,
                                        label=f"{label}:{f.name}" + (f".{f.attr}" if f.attr else "")))
         keys = [self.consts.key(k) for k in stored]
-        items = self._load_children(d, keys, spec.children, work.path, spec.keys, "node_keys", d, True)
+        items = self._load_children(d, keys, spec.children, work.path, spec.keys, "node_keys", d, True, True,
+                                    tuple(stored))
         data = dn.data_keys(t, spec.meta) if dn.data_keys is not None else None
         if data is not None:
             if dn.static_arrays:
                 raise Declined(f"{t.__qualname__} declares both data attributes and static arrays")
-            items = [w._replace(data=True) if type(w.edge) is ArrayEdge and k in data else w
-                     for w, k in zip(items, stored, strict=True)]
+            # (items: one per child, but a run of states is one item: matched by the edge)
+            marked = {id(e) for e, k in zip(spec.children, stored, strict=True)
+                      if type(e) is ArrayEdge and k in data}
+            items = [w._replace(data=True) if id(w.edge) in marked else w for w in items]
         items = self._inline_statics(d, keys, items)
         if self.shapes:
             items = self._runs(d, items, spec, stored)
