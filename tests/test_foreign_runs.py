@@ -267,3 +267,69 @@ def test_a_tied_state_breaks_the_run_and_stays_exact(impl: Any, peer: str) -> No
     twin = impl.unflatten(*ref)
     assert twin.tied is twin.p00070
     np.testing.assert_array_equal(value_of(twin.p00199), value_of(m.p00199))
+
+
+# -- the unflatten: a run of foreign states is one loop too ------------------------------
+
+
+def _unflatten_loops(gd: sg.GraphDef) -> list[str]:
+    from specgraph.runtime import dispatch
+
+    built = dispatch._unflat.get(gd)
+    return [] if built is None else list(built.plan.loops)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("peer", sorted(PEERS))
+def test_a_run_of_foreign_states_unflattens_as_one_loop(impl: Any, peer: str, layout: str) -> None:
+    """Each item made as the reference makes it, its own metadata read from the GraphDef
+    (tags differ from item to item); fresh states every call."""
+    cls, make, _, _ = PEERS[peer]
+    m = wide(peer, layout, 90)
+    for k, v in items_of(m, layout):
+        i = int(k[1:]) if isinstance(k, str) else k
+        extra = {"tag": f"t{i % 3}"} if peer == "nnx" else {"name": f"n{i % 3}"}
+        set_item(m, layout, k, make(i, **extra))
+    ref = sg.generic.flatten(m)
+    twin = impl.unflatten(*ref)
+    assert_same_flatten(sg.generic.flatten(twin), ref)
+    got = [s for _, s in items_of(twin, layout)]
+    want = [s for _, s in items_of(m, layout)]
+    assert [type(s) for s in got] == [type(s) for s in want]
+    if peer == "nnx":
+        assert [s.get_metadata() for s in got] == [s.get_metadata() for s in want]
+        assert nnx.graphdef(twin) == nnx.graphdef(m)
+    else:
+        assert [s.name for s in got] == [s.name for s in want]
+    again = impl.unflatten(*ref)
+    assert all(x is not y for x, y in zip(got, [s for _, s in items_of(again, layout)], strict=True))
+    if impl.compiled:
+        assert _run_label(peer, 90) in " ".join(_unflatten_loops(ref[0]))
+        assert sg.cache_info()["unflatten_hits"] >= 2
+
+
+@pytest.mark.parametrize("peer", sorted(PEERS))
+def test_four_thousand_foreign_states_unflatten_specialized_at_default_settings(peer: str) -> None:
+    m = wide(peer, "attrs", 4096)
+    ref = sg.generic.flatten(m)
+    sg.unflatten(*ref)
+    twin = sg.unflatten(*ref)
+    info = sg.cache_info()
+    assert info["compiled_unflattens"] == 1 and info["unflatten_hits"] == 1, info
+    assert len(_unflatten_loops(ref[0])) == 1
+    assert_same_flatten(sg.generic.flatten(twin), ref)
+
+
+def test_nnx_unflatten_inside_a_trace_makes_variables_of_that_trace(impl: Any) -> None:
+    """The loop's Variables take the call's context (made once, in the trace): an update of
+    the twin inside the same trace is allowed (NNX would refuse Variables of another)."""
+    m = wide("nnx", "attrs", 80)
+    gd, sm = impl.flatten(m)
+
+    @jax.jit
+    def f(values: sg.StateMap) -> jax.Array:
+        twin = impl.unflatten(gd, values)
+        impl.update(twin, jax.tree.map(lambda v: v * 3, values))
+        return twin.p00079.get_raw_value()
+
+    np.testing.assert_array_equal(f(sm), np.full((2,), 79.0 * 3))

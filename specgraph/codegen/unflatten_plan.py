@@ -865,10 +865,13 @@ class UnflattenPlanner:
                     t = spec.type
                     ok = plain.get(id(t))
                     if ok is None:
-                        ok = plain[id(t)] = type(spec) is StateSpec and type(t) is type \
-                            and reg.state_impl(t) is None
+                        simpl = reg.state_impl(t) if type(spec) is StateSpec else None
+                        ok = plain[id(t)] = type(spec) is StateSpec and (
+                            type(t) is type and simpl is None
+                            or simpl is not None and simpl.layout is not None)
                     if ok:
-                        k = (id(t), not spec.metadata)
+                        k = (id(t), not spec.metadata) if reg.state_impl(t) is None \
+                            else self._foreign_kind(spec)
                 if k is not None and k == kind and e.index == prev + 1 \
                         and cast(Any, table[e.index]).slot == cast(Any, table[prev]).slot + 1:
                     prev = e.index
@@ -907,10 +910,23 @@ class UnflattenPlanner:
                          if type(c) is PytreeEdge)
         return out
 
+    @staticmethod
+    def _foreign_kind(spec: Any) -> tuple[Any, ...]:
+        """What foreign states of one run share: the code :meth:`_new_foreign_state` plans
+        for the first serves each (its class; its metadata's names, spelled in the code of a
+        dict-backed state; whether its layout may serve that metadata at all)."""
+        t = spec.type
+        lay = cast(Any, reg.state_impl(t)).layout
+        names = tuple((type(k), k) for k, _ in spec.metadata)
+        ok = isinstance(lay, reg.DictStateLayout) or lay.specializable(spec.metadata)
+        return (id(t), "foreign", names, ok)
+
     def _new_state_run(self, run: _StateRun, first: int) -> str:
         """The loop making the states of ``run`` (from table index ``first``) in table order,
         each as :meth:`_new_state` makes one, into a list (its local, returned)."""
         t = run.type
+        if reg.state_impl(t) is not None:
+            return self._foreign_state_run(run, first)
         op = self._state_new_op(t)
         start = self._pos(run.slot)
         metas = meta = None
@@ -927,6 +943,27 @@ class UnflattenPlanner:
                                var=self._fresh("x"), value=self._fresh("x"), md=self._fresh("md"), n=run.n))
         self._state_lists[first] = dst
         self.loops.append(f"{run.where}: a run of {run.n} x {safe_name(t.__qualname__)}")
+        return dst
+
+    def _foreign_state_run(self, run: _StateRun, first: int) -> str:
+        """A run of foreign states (NNX Variables, BrainState States): one loop whose body
+        is the code :meth:`_new_foreign_state` plans for the first (its context from the
+        enclosing function, its metadata read per item from the GraphDef being unflattened),
+        building each in table order into a list (its local, returned)."""
+        kids = tuple(StateEdge(i) for i in range(first, first + run.n))
+        pos = self._pos(run.slot)
+        counter = self._fresh("a")
+        body = _Body(StaticReads(first), [(run.slot, 1, counter)], {}, scope=self.body.scope or self.body)
+        with self._in(body):
+            self._new_state(self.gd.table[first])
+        setup, sources, targets, counters, item_steps, _ = self._loop_feeds(
+            body, body.steps, kids, counter, pos, run.slot, 1)
+        dst = self._fresh("r")
+        self.steps.extend(setup)
+        self.steps.append(Step("build_each", dst=dst, n=run.n, targets=targets, sources=sources,
+                               counters=counters, body=item_steps, item=f"o{first}", tuple=False))
+        self._state_lists[first] = dst
+        self.loops.append(f"{run.where}: a run of {run.n} x {safe_name(run.type.__qualname__)}")
         return dst
 
     def _state_run_at(self, edge: Any) -> tuple[_StateRun, str] | None:
