@@ -224,6 +224,36 @@ def assert_served_by(name: str) -> None:
         assert outlined_hits() > 0, "no call was served by outlined code"
 
 
+def assert_stale_without(kind: str, disable: Callable[[frozenset[str]], None], build: Callable[[], Any],
+                         mutate: Callable[[Any], None],
+                         check: Callable[[sg.GraphDef], None] | None = None) -> None:
+    """A guard kind is load-bearing: ``build()`` compiled (``check`` sees its GraphDef: the
+    code under test was made), then ``mutate``-d. Without the guards of ``kind`` the stale
+    variant answers (wrongly, or with an error where the reference answers); with every
+    guard it is a miss, answered as the reference answers."""
+    for disabled in (frozenset({kind}), frozenset()):
+        disable(disabled)
+        node = build()
+        sg.flatten(node)
+        gd, _ = sg.flatten(node)
+        if check is not None:
+            check(gd)
+        mutate(node)
+        ref = sg.generic.flatten(node)
+        hits = sg.cache_info()["hits"]
+        if disabled:
+            try:
+                got = sg.flatten(node)
+            except Exception:
+                continue  # (answered wrongly: an error where the reference answers)
+            assert sg.cache_info()["hits"] == hits + 1, "the stale variant must have answered"
+            with pytest.raises(AssertionError):
+                assert_same_flatten(got, ref)
+        else:
+            assert_same_flatten(sg.flatten(node), ref)
+            assert sg.cache_info()["hits"] == hits
+
+
 @pytest.fixture
 def disable() -> Iterator[Callable[[frozenset[str]], None]]:
     """Generate code without some guard kinds (``disable(frozenset({"static"}))``) for the

@@ -867,8 +867,8 @@ class UnflattenPlanner:
                     if ok is None:
                         simpl = reg.state_impl(t) if type(spec) is StateSpec else None
                         ok = plain[id(t)] = type(spec) is StateSpec and (
-                            type(t) is type and simpl is None
-                            or simpl is not None and simpl.layout is not None)
+                            (type(t) is type and simpl is None)
+                            or (simpl is not None and simpl.layout is not None))
                     if ok:
                         k = (id(t), not spec.metadata) if reg.state_impl(t) is None \
                             else self._foreign_kind(spec)
