@@ -13,7 +13,7 @@ import copy
 from collections import Counter
 from collections.abc import Callable, Iterator
 from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any
 
 from .. import _registry as reg
 from .._ir import (
@@ -35,7 +35,7 @@ from .classfacts import ClassFacts, defines, flatten_runs_no_user_code
 from .foreign_plan import ForeignPlanning
 from .naming import Constants, Item, Literal, Operand, Splice, StateValue, path_label, safe_name, static_note
 from .ops import GUARD_KINDS, Step
-from .planning import Declined, FlattenPlan, RunEdge, ShapeFn, Work
+from .planning import Declined, FlattenPlan, RunEdge, ShapeFn, StateRun, Work
 from .shapes import (
     Chain,
     Shape,
@@ -50,20 +50,6 @@ from .shapes import (
 _spec_type = itemgetter(1)  # a table entry's class (NodeSpec.type, StateSpec.type)
 
 __all__ = ["Declined", "FlattenPlan", "FlattenPlanner", "StateRun", "plan_flatten", "witnessed_nodes"]
-
-
-class StateRun(NamedTuple):
-    """A run of sibling states of one kind (list items, dict values, node attributes: see
-    :meth:`FlattenPlanner._state_runs`), planned as one loop (a work item's edge; its operand
-    is the container, or the node's ``__dict__``). ``keys``: their keys, read as one list
-    (``None``: the run is the whole list or tuple, iterated as it is); ``miss``: the guard
-    kind a renamed key stands for; ``stored``: the keys as the container stores them, where
-    they differ (an ``nnx.List``'s int keys are str attribute names)."""
-
-    keys: tuple | None
-    children: tuple
-    miss: str
-    stored: tuple | None = None
 
 
 def plan_flatten(gd: GraphDef, max_steps: int, outline_min: int = 0) -> FlattenPlan:

@@ -15,7 +15,7 @@ from .._ir import ArrayEdge, NodeEdge
 from .._sameness import match_mode, value_sig
 from .naming import Literal, StateValue, path_label
 from .ops import Step
-from .planning import Declined, RunEdge, Work
+from .planning import Declined, RunEdge, StateRun, Work
 
 __all__ = ["ForeignPlanning"]
 
@@ -121,6 +121,11 @@ class ForeignPlanning:
         shape_of = self.shapes.shape_of
         out: list[Work] = []
         runs: list[list[int]] = []
+        # each item's first child's position (a run of states is one item for several)
+        at = [0] * len(items)
+        for k in range(1, len(items)):
+            prev = items[k - 1].edge
+            at[k] = at[k - 1] + (len(prev.children) if type(prev) is StateRun else 1)
         i, n = 0, len(items)
         while i < n:
             sid = shape_of.get(items[i].edge.index) if type(items[i].edge) is NodeEdge else None
@@ -130,8 +135,8 @@ class ForeignPlanning:
                     j += 1
             if j - i >= 2:
                 runs.append(list(range(i, j)))
-                path_keys = spec.keys[i:j]
-                run = RunEdge(tuple(stored[i:j]), path_keys, spec.children[i:j])
+                lo, hi = at[i], at[i] + j - i  # (node items: one child each)
+                run = RunEdge(tuple(stored[lo:hi]), spec.keys[lo:hi], spec.children[lo:hi])
                 out.append(Work(run, d, items[i].path[0], None, "", False))
             else:
                 out.extend(items[i:j])

@@ -10,7 +10,7 @@ from .classfacts import ClassFacts
 from .naming import Constants, Literal, Operand
 from .ops import Step
 
-__all__ = ["Declined", "FlattenPlan", "RunEdge", "ShapeFn", "Work"]
+__all__ = ["Declined", "FlattenPlan", "RunEdge", "ShapeFn", "StateRun", "Work"]
 
 
 class Declined(Exception):
@@ -90,6 +90,20 @@ class RunEdge(NamedTuple):
     keys: tuple[str, ...]
     path_keys: tuple
     children: tuple
+
+
+class StateRun(NamedTuple):
+    """A run of sibling states of one kind (list items, dict values, node attributes: see
+    :meth:`FlattenPlanner._state_runs`), planned as one loop (a work item's edge; its operand
+    is the container, or the node's ``__dict__``). ``keys``: their keys, read as one list
+    (``None``: the run is the whole list or tuple, iterated as it is); ``miss``: the guard
+    kind a renamed key stands for; ``stored``: the keys as the container stores them, where
+    they differ (an ``nnx.List``'s int keys are str attribute names)."""
+
+    keys: tuple | None
+    children: tuple
+    miss: str
+    stored: tuple | None = None
 
 
 class Work(NamedTuple):

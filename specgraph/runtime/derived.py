@@ -299,12 +299,25 @@ def _picked_writes(plan: Any, slots: tuple[int, ...], position: dict[int, int],
     the values at those positions). ``None``: outlined code writes some slot otherwise than
     into a plain State's ``value`` (the reference writes such a part, by path)."""
     fns = {f.name: f for f in plan.shape_fns}
-    if not all(_plain(w, fns) for w in plan.writes if w.op in _OUTLINED_WRITES):
+    if not all(_plain(w, fns) or _one_each(w) for w in plan.writes if w.op in _OUTLINED_WRITES):
         return None
+    consts = plan.consts.copy()
     writes: list[Step] = []
     inline: set[int] = {c.slot for c in checks if c.op == "check_unchanged"}
     at = -1
     for w in plan.writes:
+        if w.op in _OUTLINED_WRITES and not _plain(w, fns):  # (_one_each: its picked items)
+            inline.update(range(w.slot, w.slot + w.total))
+            ks = [k for k in range(w.total) if w.slot + k in position]
+            if not ks:
+                continue
+            first = position[w.slot + ks[0]]
+            if [position[w.slot + k] for k in ks] != list(range(first, first + len(ks))):
+                return None  # (not one stretch of the part's values: the reference writes it)
+            items = f"map({w.obj}.__getitem__, {consts.bind(tuple(ks), 'PICK')})"
+            writes.append(Step("write_each", obj=items, var=w.var, loads=w.loads, writes=w.writes, pos=w.pos,
+                               slot=first, n=1, states=None, total=len(ks), kept=None))
+            continue
         if w.op in _OUTLINED_WRITES:
             at = len(writes) if at < 0 else at
             continue
@@ -314,10 +327,9 @@ def _picked_writes(plan: Any, slots: tuple[int, ...], position: dict[int, int],
     index_of = {spec.slot: spec.index for spec in plan.graphdef.table if type(spec) is StateSpec}
     picked = [slot for slot in slots if slot not in inline]
     if not picked:
-        return writes, plan.consts
+        return writes, consts
     if any(slot not in index_of for slot in picked):
         return None
-    consts = plan.consts.copy()
     pos = tuple(position[slot] for slot in picked)
     objs = consts.bind(_take(tuple(index_of[slot] for slot in picked)), "PICK")
     vals = None if pos == tuple(range(len(pos))) else consts.bind(_take(pos), "PICK")
@@ -338,6 +350,14 @@ def _plain(w: Step, fns: dict[str, Any]) -> bool:
     else:
         return False
     return all(_plain(x, fns) for x in inner)
+
+
+def _one_each(w: Step) -> bool:
+    """Outlined write ``w`` is a loop writing one state per item of a list the guards made
+    (a run of foreign states: NNX Variables, BrainState States, written through their
+    layout): a part's slots among them are the same loop over just those items."""
+    return w.op == "write_each" and w.n == 1 and not w.kept and not w.states and len(w.writes) == 1 \
+        and w.writes[0].slot == 0 and w.writes[0].op in ("write_value", "write_slot", "write_raw_item")
 
 
 def _by_paths(root: Any, vals: Any) -> str:  # (a marker: never called)
