@@ -2,9 +2,10 @@
 
 A link is a node of a callback class holding the next link under a key (``next``); its
 registered flatten is called once per link by the loop, in the reference walker's order
-(a link calling user code after its next link is left unrolled: the loop reads a link
-whole before the next, the reference reads what follows the next link after the rest of
-the chain), and its answer guarded on every link as the unrolled code guards it (count,
+(a link calling user code after its next link is read in two loops: what precedes the
+next link link by link, then, past the rest of the chain, what follows it, the deepest
+link first, as the reference reads it; tests/test_chain_after.py), and its answer
+guarded on every link as the unrolled code guards it (count,
 each key, the metadata). The update keeps, per link, what its writes name instead of
 calling the flatten again (``chain_loop``'s ``kept``). Every behaviour test compares with
 the reference walker (``impl``), call logs included.
@@ -110,8 +111,9 @@ KINDS: dict[str, tuple[str, Callable[[int], dict[str, Any]]]] = {
 }
 
 #: looped at outline_min=2 (the others: not a chain, each answer still the reference's)
-LOOPED = ["next", "z_next", "a_next", "after", "before", "meta", "inner before"]
-UNROLLED = ["meta per link", "inner after", "array", "lazy after, in a node", "lazy after, deeper"]
+LOOPED = ["next", "z_next", "a_next", "after", "before", "meta", "inner before", "inner after",
+          "lazy after, in a node", "lazy after, deeper"]
+UNROLLED = ["meta per link", "array"]
 
 
 def cchain(n: int, kind: str = "next") -> Box:
@@ -235,6 +237,10 @@ def test_callback_chain_flatten_update_unflatten(impl: Any, kind: str) -> None:
     new = _bump(sm, 1.0)
     _, log = _logged(lambda: _update(impl, m, new))
     _, ref_log = _logged(lambda: sg.generic.update(twin, new))
+    if impl.name == "specialized" and "lazy" in kind:
+        # (unrolled, at the default outline_min: the update reads no state's value, the
+        # reference's walk reads each: only the flatten calls compare)
+        ref_log = [e for e in ref_log if e[0] != "Lazy"]
     assert log == ref_log  # (no second call of the flatten to write)
     got, want = sg.generic.flatten(m), sg.generic.flatten(twin)
     assert got[0] == want[0]
@@ -252,11 +258,8 @@ def test_callback_chain_flatten_update_unflatten(impl: Any, kind: str) -> None:
 
 @pytest.mark.parametrize("kind", UNROLLED)
 def test_callback_chains_not_looped_are_the_reference(impl: Any, kind: str) -> None:
-    """Links with metadata of their own, a callback node after the next link (the loop would
-    call it before the next link's flatten), a state whose value read is user code after
-    it (held by a node there: the loop would read it before the next link's flatten), a
-    bare array: not a loop; every answer, and the order of the user code's calls, the
-    reference's."""
+    """Links with metadata of their own, a bare array: not a loop; every answer, and the
+    order of the user code's calls, the reference's."""
     m, twin = cchain(12, kind), cchain(12, kind)
     impl.flatten(m)
     (gd, sm), log = _logged(lambda: _flat(impl, m))

@@ -52,6 +52,19 @@ _spec_type = itemgetter(1)  # a table entry's class (NodeSpec.type, StateSpec.ty
 __all__ = ["Declined", "FlattenPlan", "FlattenPlanner", "StateRun", "plan_flatten", "witnessed_nodes"]
 
 
+class ChainAfter(NamedTuple):
+    """A split chain's second loop (a ``chain_after`` step: see
+    :meth:`FlattenPlanner._split_chain`), as a work item's edge pushed under its tail's: the
+    step is emitted where it is popped, past the tail's whole subtree."""
+
+    step: Step
+
+
+def _operand_local(obj: Operand) -> str:
+    """The local an operand is read from (an item read in place: its container's)."""
+    return obj.obj if type(obj) is Item else obj  # type: ignore[return-value]
+
+
 def plan_flatten(gd: GraphDef, max_steps: int, outline_min: int = 0) -> FlattenPlan:
     """Steps that check an object has structure ``gd`` and read its values; a shape of
     subtree occurring ``outline_min`` times or more gets its own function (0: none)."""
@@ -128,6 +141,9 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         self._rec_edge: Any = None  # planning a container chain's link: the next link's edge
         self._rec = -1  # planning a chain's link: the next link's index, not planned
         self._rec_local: Operand = ""  # and the local that holds it
+        # and where it came in the link's body: (steps, distinct entries, checks planned
+        # before it, and the locals the work items still to plan name: see _chain's split)
+        self._rec_at: tuple[int, int, int, list[str]] | None = None
         self._looped = False  # a chain loop was planned
         self._done_steps = 0  # steps planned into outlined functions and chain loops so far
         self._inline = 0  # planning a loop's body: its occurrences of outlined shapes are unrolled
@@ -206,9 +222,16 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             k = type(work.edge)
             if (k is NodeEdge and work.edge.index == self._rec) or work.edge is self._rec_edge:
                 self._rec_local = work.obj  # a chain's next link: the loop's
+                # (what the link's body planned so far precedes its next link; the locals the
+                # items still on the stack are read from, defined so far, what follows needs)
+                self._rec_at = (len(self.steps), len(self.distinct), len(self.checks),
+                                list(dict.fromkeys(_operand_local(w.obj) for w in stack)))
+                continue
+            if k is ChainAfter:  # a split chain's second loop: past its tail's subtree
+                self.steps.append(work.edge.step)
                 continue
             if k is PytreeEdge and cchains and id(work.edge) in cchains and work.edge is not skip:
-                stack.append(self._chain(work, cchains[id(work.edge)]))
+                stack.extend(self._chain(work, cchains[id(work.edge)]))
                 continue
             if k is PytreeEdge and work.edge is not skip and id(work.edge) in cshape_of and not self._inline \
                     and self._rec < 0 and self._rec_edge is None \
@@ -223,7 +246,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                     self._call(work)
                     continue
                 if work.edge.index in chains:
-                    stack.append(self._chain(work, chains[work.edge.index]))
+                    stack.extend(self._chain(work, chains[work.edge.index]))
                     continue
             # A container's children come back in order; they are planned in pre-order.
             stack.extend(reversed(visit[k](work)))
@@ -300,16 +323,17 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             self._pctx, self._mult = pctx, mult
         self.shape_fns.append(fn)
 
-    def _chain(self, work: Work, chain: Chain) -> Work:
+    def _chain(self, work: Work, chain: Chain) -> list[Work]:
         """A chain of nested links of one shape: a loop whose body guards and reads one link
-        (planned from the first); returns the work item of the node past the last link."""
+        (planned from the first); returns the work items to push: the node past the last
+        link's (a split chain's: after the marker of its second loop, see _split_chain)."""
         head = chain.head
         first, last = chain.links[0], chain.links[-1]
         self.skip_type_guard = False  # (the root's type is the dispatcher's; the tail is guarded)
         cur = self._fresh("x")
         # (A chain in a link of another: the outer link's next link, found or still to come.)
-        outer = self._rec, self._rec_local, self._rec_edge
-        self._rec, self._rec_local = first.nxt, ""
+        outer = self._rec, self._rec_local, self._rec_edge, self._rec_at
+        self._rec, self._rec_local, self._rec_at = first.nxt, "", None
         containers = chain.head_edge is not None  # a chain of containers (no table entry of their own)
         if containers:  # (the node whose attribute holds them: no array leaf is in a link)
             self.nearest[cur] = self.nearest.get(work.obj, len(self.gd.table))
@@ -339,9 +363,9 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                 keyed = self.keyed_statics
                 vals: dict[int, Any] = self.values  # type: ignore[assignment]
                 objs: dict[int, Any] = self.local_of
-                rec = self._rec_local
+                rec, at = self._rec_local, self._rec_at
         finally:
-            self._rec, self._rec_local, self._rec_edge = outer
+            self._rec, self._rec_local, self._rec_edge, self._rec_at = outer
             self._mult = mult
             self._pctx = pctx
         self.keyed_statics = self.keyed_statics or keyed
@@ -355,6 +379,13 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         n = chain.n
         before = [w for w in writes if lb <= _first_slot(w) < lb + nb]
         after = [w for w in writes if la <= _first_slot(w) < la + na]
+        if chain.split:
+            if at is None or containers:
+                raise RuntimeError("a split chain's link was planned without its next link")
+            # (the marker first: popped after the tail's whole subtree)
+            return [self._split_chain(work, chain, cur, body, distinct, checks, vals, objs, rec, at,
+                                      before, after, dst, dst_after, params, pvals),
+                    Work(NodeEdge(chain.tail), cur, work.path, None, "", False)]
         # User code in the body (a callback link's flatten): the update's loop keeps, per
         # link, the locals its writes name, and writes through them (a reload would call
         # that code again: the reference's update calls it no more than its walk does).
@@ -364,7 +395,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             after=part(vals, la, na), objs_before=part(objs, eb, neb), objs_after=part(objs, ea, nea),
             rec=rec,
             dst=dst, dst_after=dst_after, distinct=distinct, var=self._fresh("x"), checks=checks, kept=kept,
-            params=params, pvals=pvals))
+            params=params, pvals=pvals, links="", live=[]))
         self._looped = True
         # Splices: the links' values and objects before the rest of the chain, then the
         # tail's (planned as usual), then theirs after it.
@@ -378,10 +409,59 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                 loads=body if kept is None else [],
                 writes_before=[_rebase(w, lb) for w in before], writes_after=[_rebase(w, la) for w in after],
                 rec=rec,
-                slot=lb, slot_after=la, nb=nb, na=na, var=self._fresh("x"), kept=kept))
+                slot=lb, slot_after=la, nb=nb, na=na, var=self._fresh("x"), kept=kept, obj_after="",
+                kept_after=None))
         if containers:
-            return Work(chain.tail_edge, cur, work.path, None, "", False)
-        return Work(NodeEdge(chain.tail), cur, work.path, None, "", False)
+            return [Work(chain.tail_edge, cur, work.path, None, "", False)]
+        return [Work(NodeEdge(chain.tail), cur, work.path, None, "", False)]
+
+    def _split_chain(self, work: Work, chain: Chain, cur: str, body: list[Step], distinct: list[Any],
+                     checks: list[Step], vals: dict[int, Any], objs: dict[int, Any], rec: Operand,
+                     at: tuple[int, int, int, list[str]], before: list[Step], after: list[Step],
+                     dst: str, dst_after: str, params: list[str], pvals: str) -> Work:
+        """A chain whose links run user code after their next link (``Chain.split``), read
+        in the reference's order: a first loop reads what precedes each link's next link,
+        link by link, keeping per link the locals what follows is read from (``links``);
+        the tail is planned as usual, past it a second loop (``chain_after``, made where the
+        returned marker is met: after the tail's whole subtree) reads what follows, over
+        the kept locals in reverse, the deepest link first. Its values and objects come in
+        that order, which is their slots' and entries' (see shapes._regular). The update
+        keeps what each loop's writes name (no second load: user code), and writes from
+        both lists. (Statics that differ between links: the first loop's parameters, kept
+        per link with the locals for the second.)"""
+        first, last = chain.links[0], chain.links[-1]
+        (lb, nb), (la, na) = first.before, first.after
+        (eb, neb), (ea, nea) = first.ebefore, first.eafter
+        n = chain.n
+        cut, dcut, ccut, live = at
+        live = live + [p for p in params if p not in live]
+
+        def part(d: dict[int, Any], lo: int, k: int) -> list[Any]:
+            return [d[i] for i in sorted(d) if lo <= i < lo + k and d[i] is not None]
+
+        links = self._fresh("lk")
+        kept_before, kept_after = _write_locals(before), _write_locals(after)
+        self.steps.append(Step(
+            "chain_loop", cur=cur, obj=work.obj, n=n, body=body[:cut], before=part(vals, lb, nb),
+            after=[], objs_before=part(objs, eb, neb), objs_after=[], rec=rec,
+            dst=dst, dst_after="", distinct=distinct[:dcut], var=self._fresh("x"), checks=checks[:ccut],
+            kept=kept_before, params=params, pvals=pvals, links=links, live=live))
+        step = Step(
+            "chain_after", links=links, live=live, n=n, body=body[cut:], after=part(vals, la, na),
+            objs_after=part(objs, ea, nea), dst_after=dst_after, distinct=distinct[dcut:],
+            checks=checks[ccut:], kept=kept_after)
+        self._looped = True
+        self._splice_run(self.values, lb, n * nb, Splice(dst, "v"))
+        self._splice_run(self.values, last.after[0], n * na, Splice(dst_after, "v"))
+        self._splice_run(self.local_of, eb, n * neb, Splice(dst, "o"))
+        self._splice_run(self.local_of, last.eafter[0], n * nea, Splice(dst_after, "o"))
+        if before or after:
+            self.state_writes.append(Step(
+                "write_chain", cur=cur, obj=dst, n=n, loads=[],
+                writes_before=[_rebase(w, lb) for w in before], writes_after=[_rebase(w, la) for w in after],
+                rec=rec, slot=lb, slot_after=last.after[0], nb=nb, na=na, var=self._fresh("x"),
+                kept=kept_before, obj_after=dst_after, kept_after=kept_after))
+        return Work(ChainAfter(step), cur, work.path, None, "", False)
 
     def _occurrence_checks(self, what: str) -> list[Step]:
         """The update's checks of one occurrence just planned in a body of its own (an
@@ -811,7 +891,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         for s in steps:
             if s.op == "call_flatten" or s.op == "load_pytree" or s.op == "load_pytree_keyed" \
                     or (s.op == "call_shape" and s.fn in self._reloads) \
-                    or ((s.op == "each_loop" or s.op == "chain_loop") and s.kept is not None):
+                    or ((s.op == "each_loop" or s.op == "chain_loop" or s.op == "chain_after")
+                        and s.kept is not None):
                 return True
         return False
 
@@ -1183,6 +1264,6 @@ def _count(steps: list[Step], times: int, counts: dict[str, int]) -> bool:
     for s in steps:
         if s.kind:
             counts[s.kind] += times
-        if s.op == "chain_loop" or s.op == "each_loop":
+        if s.op == "chain_loop" or s.op == "each_loop" or s.op == "chain_after":
             appends = _count(s.body, times * s.n, counts) or bool(s.distinct) or appends
     return appends

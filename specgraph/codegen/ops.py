@@ -112,8 +112,18 @@ OPS: dict[str, Op] = {
     # link, these locals (what its writes name) in dst, and writes through them (no reload)
     # params: the body's parameter locals (shapes.Chain.params), per link from pvals (a bound
     # tuple of n values, or of n tuples with more than one)
+    # links: a split chain's (links running user code after their next link, shapes.Link's
+    # user_after): body reads what precedes the next link only, and the list links gets per
+    # link the locals live (what follows is read from, its parameters too: chain_after's loop);
+    # "": not split
     "chain_loop": Op(_F, ("cur", "obj", "n", "body", "before", "after", "objs_before", "objs_after", "rec",
-                          "dst", "dst_after", "distinct", "var", "checks", "kept", "params", "pvals")),
+                          "dst", "dst_after", "distinct", "var", "checks", "kept", "params", "pvals", "links",
+                          "live")),
+    # a split chain's second loop, past its tail: per link of chain_loop's list links, the
+    # deepest first, its locals live unpacked, body reads what follows its next link; dst_after
+    # gets its values after (objects too), kept: the update's, as chain_loop's
+    "chain_after": Op(_F, ("links", "live", "n", "body", "after", "objs_after", "dst_after", "distinct",
+                           "checks", "kept")),
     # the update's loads past a chain (a loop's item, a link holding one: what follows the
     # chain is loaded from its tail): cur from obj through n links, each's loads, rec the next
     "walk_chain": Op(_F, ("cur", "obj", "n", "loads", "rec", "var")),
@@ -182,8 +192,11 @@ OPS: dict[str, Op] = {
     # per item (var) of obj (a mixed_loop's list): its shape's write function (fns[idx[i]]),
     # from vals[pos]; pos counts from slot by that shape's slots (ns, ints per fns)
     "write_mixed": Op(_W, ("obj", "var", "pos", "slot", "fns", "idx", "ns")),
+    # kept_after (a split chain's; else None): the writes after the rest of the chain are a
+    # second loop, over obj_after (chain_after's kept locals, the deepest link first), from
+    # vals[af + i], af counting up from slot_after (the deepest link's first slot after) by na
     "write_chain": Op(_W, ("cur", "obj", "n", "loads", "writes_before", "writes_after", "rec", "slot",
-                           "slot_after", "nb", "na", "var", "kept")),
+                           "slot_after", "nb", "na", "var", "kept", "obj_after", "kept_after")),
     # a partial update's writes into states of outlined code: objs(o_) (o_: the objects by
     # table index, from the guards rendered as a collect) get .value from vals, or vals(vals); n of them
     "write_picked": Op(_W, ("objs", "vals", "n")),

@@ -575,7 +575,7 @@ _LOADS = frozenset({"load_dict", "load_block", "unpack_seq", "load_run", "load_i
 
 
 #: the ops that hold a loop's body (a list of steps)
-_LOOPS = frozenset({"chain_loop", "each_loop", "write_chain", "write_each"})
+_LOOPS = frozenset({"chain_loop", "chain_after", "each_loop", "write_chain", "write_each"})
 
 
 def _kept(steps: list[Step], disabled: frozenset[str], no_distinct: bool = False) -> list[Step]:

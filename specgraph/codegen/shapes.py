@@ -44,9 +44,10 @@ The flatten planner outlines more (``flatten_only=True``):
   answer the same way (count, each key, the metadata: all in the shape's key as their
   guards compare them). A body that calls one keeps, in the update, the locals its writes
   name instead of loading again (a second call of user code: ``ShapeFn.kept``), and so
-  does a chain's loop over links calling it (``chain_loop``'s ``kept``), where no link runs
-  user code after its next link (``find_chains``' ``ordered``: the loop reads a link whole
-  before the next one, the reference what follows the next link after the rest of the chain).
+  does a chain's loop over links calling it (``chain_loop``'s ``kept``). Links running user
+  code after their next link are read in two loops (``find_chains``' ``ordered``): what
+  precedes the next link, link by link, then, after the rest of the chain, what follows it,
+  deepest link first (``chain_after``): the reference's order of user calls.
 
 The unflatten planner never outlines bare arrays. Callback node types it outlines
 (``callbacks=True``) in two phases only (unflatten_plan.py, ``_phased_objects_then_fills``):
@@ -1129,6 +1130,10 @@ class Link:
     #: find_chains' ``params``: the values of its int/str/bool statics and its other
     #: subtrees' (``Shapes.vec``), in scan order (``Shapes.layout`` with the next link skipped)
     vec: tuple[Any, ...] = ()
+    #: it runs user code after its next link (a callback node, a state whose value read is
+    #: user code): the flatten reads what follows its next link in a second loop, after the
+    #: rest of the chain, deepest link first (``find_chains``' ``ordered``)
+    user_after: bool = False
 
 
 @dataclass
@@ -1148,6 +1153,11 @@ class Chain:
     #: the loop's parameters, per link (find_chains' ``params``); the others are constants
     params: tuple[int, ...] = ()
 
+    @property
+    def split(self) -> bool:
+        """Its links run user code after their next link (see :attr:`Link.user_after`)."""
+        return self.links[0].user_after
+
 
 def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types: set[type],
                 shapes: Shapes, user: bool = False, ordered: bool = False,
@@ -1156,14 +1166,15 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
     child of its own class is the next link), outside the outlined shapes: head -> chain.
     By default no link calls user code (a callback node in it). ``user``: links of callback
     node types too (the unflatten's two-phase loops, which call their ``create_empty`` and
-    ``set_key`` once each, in the reference's order). ``ordered`` (the flatten's loop, which
-    reads a link whole before the next: its entries after the next link too, where the
-    reference reads them after the rest of the chain): a link calling user code runs none
-    after its next link (no callback node there, no state whose value read is user code),
-    so the loop calls it in the reference's order; and a link of any class reads no state's
-    value by user code there (a ``value`` property: the loop would read the links' in
-    reverse order of the reference's). (The flatten's update keeps, per link, what its
-    writes name instead of loading the link again: ``chain_loop``'s ``kept``.)
+    ``set_key`` once each, in the reference's order). ``ordered`` (the flatten's loops): a
+    link that runs user code after its next link (a callback node there, a state whose value
+    read is user code: a ``value`` property) is marked ``user_after``, part of its key (one
+    chain's links all are, or none). The reference runs that code after the rest of the
+    chain, the deepest link's first, so the flatten reads such links in two loops: what
+    precedes the next link, link by link, then (after the tail) what follows it, over the
+    links kept from the first loop in reverse; links without are read whole, one loop.
+    (The flatten's update keeps, per link, what its writes name instead of loading the link
+    again: ``chain_loop``'s ``kept``.)
 
     ``params`` (``shapes`` found with ``find_shapes``' ``params``): links differing only in
     the values of int/str/bool statics (their own, or their other subtrees': a depth, a tag,
@@ -1201,15 +1212,16 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
             node_key = sc.node_key_of.get(i, _REC)  # (find_shapes made it, with this scan's classes)
             if node_key is _REC:
                 node_key = _node_key(spec, sc.equal, sc.by_value)
-        if (sc.last_user and not user) or (ordered and sc.last_user_after):
-            continue  # (a link calling user code: not asked for, or after its next link)
+        if sc.last_user and not user:
+            continue  # (a link calling user code: not asked for)
+        after = ordered and sc.last_user_after
         lb, nb, eb, la, na, ea, nea = where
         vec: tuple[Any, ...] = ()
         if params:
             (tokens,), vec = _family((tokens,), fam_of, vec_of)
-        key = (id(t), spec.keys, node_key, rec, i in witnessed, t in shared_types, tokens)
+        key = (id(t), spec.keys, node_key, rec, i in witnessed, t in shared_types, tokens, after)
         lid = interned.setdefault(key, len(interned))
-        links[i] = Link(lid, rec, spec.children[rec].index, (lb, nb), (la, na), (i, eb), (ea, nea), vec)
+        links[i] = Link(lid, rec, spec.children[rec].index, (lb, nb), (la, na), (i, eb), (ea, nea), vec, after)
     chains: dict[int, Chain] = {}
     inner: set[int] = set()
     for i, link in links.items():  # (in table order: a head before its links)

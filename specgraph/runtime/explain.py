@@ -157,7 +157,12 @@ def explain(graphdef: GraphDef, *, max_lines: int | None = 300) -> str:
         for loop in plan.loops:
             out.append(f"  - a loop over {loop} (its body guards and reads one item)")
         for s in plan.steps:
-            if s.op == "chain_loop":
+            if s.op == "chain_loop" and s.links:
+                out.append(f"  - a loop over {s.n} nested links of one shape, from {s.obj} "
+                           f"(its body guards and reads one link up to its next link), and past the "
+                           f"chain a loop over them in reverse (what follows each link's next: user "
+                           f"code the reference runs after the rest of the chain)")
+            elif s.op == "chain_loop":
                 out.append(f"  - a loop over {s.n} nested links of one shape, from {s.obj} "
                            f"(its body guards and reads one link"
                            + (f"; the statics that differ between links zipped in as {', '.join(s.params)}"
@@ -206,7 +211,7 @@ def _trace_checks(plan: Any) -> int:
     def looped(steps: list, times: int) -> int:
         n = 0
         for s in steps:
-            if s.op == "each_loop" or s.op == "chain_loop":
+            if s.op == "each_loop" or s.op == "chain_loop" or s.op == "chain_after":
                 n += times * s.n * len(s.checks) + looped(s.body, times * s.n)
         return n
 

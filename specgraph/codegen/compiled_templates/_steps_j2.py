@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = 'ad10784a129cf516821a149395ab4a57d06ebd7bdd2a91cd5778d5f4b66042f7'
+FINGERPRINT = 'ecdf774b1c185c1934fbd6f814e607029714c7e781ae92e2f943d4086d9c74d2'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = '_steps.j2'
 
@@ -132,8 +132,8 @@ def root(context, missing=missing):
         l_1_ns = resolve('ns')
         l_1_k = resolve('k')
         l_1_for_update = resolve('for_update')
-        l_1_one = resolve('one')
         l_1_keep = resolve('keep')
+        l_1_one = resolve('one')
         l_1_x = resolve('x')
         l_1_unknown_op = resolve('unknown_op')
         l_1_op = missing
@@ -560,6 +560,294 @@ def root(context, missing=missing):
                         ' += ',
                         str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_1_s, 'values'))),
                     ))
+        elif (((undefined(name='op') if l_1_op is missing else l_1_op) == 'chain_loop') and environment.getattr(l_1_s, 'links')):
+            pass
+            l_1_keep = (((undefined(name='for_update') if l_1_for_update is missing else l_1_for_update) and (not (undefined(name='collect') if l_1_collect is missing else l_1_collect))) and environment.getattr(l_1_s, 'kept'))
+            t_12.extend((
+                str(environment.getattr(l_1_s, 'cur')),
+                ' = ',
+                str(environment.getattr(l_1_s, 'obj')),
+                '\n',
+                str(environment.getattr(l_1_s, 'dst')),
+                ' = ',
+                str(('([], [])' if (undefined(name='collect') if l_1_collect is missing else l_1_collect) else '[]')),
+                '\n',
+                str(environment.getattr(l_1_s, 'links')),
+                ' = []',
+            ))
+            if environment.getattr(l_1_s, 'params'):
+                pass
+                t_12.extend((
+                    '\nfor ',
+                    str(t_3(context.eval_ctx, environment.getattr(l_1_s, 'params'), ', ')),
+                    ' in ',
+                    str(environment.getattr(l_1_s, 'pvals')),
+                    ':  # ',
+                    str(environment.getattr(l_1_s, 'n')),
+                    ' nested links of one shape, up to their next link, their statics ',
+                    str(t_3(context.eval_ctx, environment.getattr(l_1_s, 'params'), ', ')),
+                ))
+            else:
+                pass
+                t_12.extend((
+                    '\nfor ',
+                    str(environment.getattr(l_1_s, 'var')),
+                    ' in range(',
+                    str(environment.getattr(l_1_s, 'n')),
+                    '):  # ',
+                    str(environment.getattr(l_1_s, 'n')),
+                    ' nested links of one shape, up to their next link',
+                ))
+            for l_2_b in environment.getattr(l_1_s, 'body'):
+                _loop_vars = {}
+                pass
+                t_12.extend((
+                    '\n    ',
+                    str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_b, _loop_vars=_loop_vars), 4)),
+                ))
+            l_2_b = missing
+            if (undefined(name='for_update') if l_1_for_update is missing else l_1_for_update):
+                pass
+                for l_2_c in environment.getattr(l_1_s, 'checks'):
+                    _loop_vars = {}
+                    pass
+                    t_12.extend((
+                        '\n    ',
+                        str(t_1(context.call((undefined(name='check') if l_0_check is missing else l_0_check), l_2_c, _loop_vars=_loop_vars), 4)),
+                    ))
+                l_2_c = missing
+            if environment.getattr(l_1_s, 'distinct'):
+                pass
+                t_12.append(
+                    '\n    D += (',
+                )
+                for (l_2_obj, l_2_by_id) in environment.getattr(l_1_s, 'distinct'):
+                    _loop_vars = {}
+                    pass
+                    if l_2_by_id:
+                        pass
+                        t_12.extend((
+                            'id(',
+                            str(l_2_obj),
+                            ')',
+                        ))
+                    else:
+                        pass
+                        t_12.append(
+                            str(l_2_obj),
+                        )
+                    t_12.append(
+                        ', ',
+                    )
+                l_2_obj = l_2_by_id = missing
+                t_12.append(
+                    ')',
+                )
+            if (undefined(name='collect') if l_1_collect is missing else l_1_collect):
+                pass
+                t_12.extend((
+                    '\n    ',
+                    str(environment.getattr(l_1_s, 'dst')),
+                    '[0].extend(',
+                    str(context.call((undefined(name='objects_list') if l_0_objects_list is missing else l_0_objects_list), environment.getattr(l_1_s, 'objs_before'))),
+                    ')\n    ',
+                    str(environment.getattr(l_1_s, 'dst')),
+                    '[1].extend(',
+                    str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_1_s, 'before'))),
+                    ')',
+                ))
+            elif (undefined(name='keep') if l_1_keep is missing else l_1_keep):
+                pass
+                t_12.extend((
+                    '\n    ',
+                    str(environment.getattr(l_1_s, 'dst')),
+                    '.append((',
+                ))
+                for l_2_k in environment.getattr(l_1_s, 'kept'):
+                    _loop_vars = {}
+                    pass
+                    t_12.extend((
+                        str(l_2_k),
+                        ', ',
+                    ))
+                l_2_k = missing
+                t_12.append(
+                    '))',
+                )
+            elif environment.getattr(l_1_s, 'before'):
+                pass
+                t_12.extend((
+                    '\n    ',
+                    str(environment.getattr(l_1_s, 'dst')),
+                    ' += ',
+                    str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_1_s, 'before'))),
+                ))
+            if (t_5(environment.getattr(l_1_s, 'live')) == 1):
+                pass
+                t_12.extend((
+                    '\n    ',
+                    str(environment.getattr(l_1_s, 'links')),
+                    '.append(',
+                    str(environment.getitem(environment.getattr(l_1_s, 'live'), 0)),
+                    ')',
+                ))
+            else:
+                pass
+                t_12.extend((
+                    '\n    ',
+                    str(environment.getattr(l_1_s, 'links')),
+                    '.append((',
+                ))
+                for l_2_x in environment.getattr(l_1_s, 'live'):
+                    _loop_vars = {}
+                    pass
+                    t_12.extend((
+                        str(l_2_x),
+                        ', ',
+                    ))
+                l_2_x = missing
+                t_12.append(
+                    '))',
+                )
+            t_12.extend((
+                '\n    ',
+                str(environment.getattr(l_1_s, 'cur')),
+                ' = ',
+                str(environment.getattr(l_1_s, 'rec')),
+            ))
+        elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'chain_after'):
+            pass
+            l_1_keep = (((undefined(name='for_update') if l_1_for_update is missing else l_1_for_update) and (not (undefined(name='collect') if l_1_collect is missing else l_1_collect))) and environment.getattr(l_1_s, 'kept'))
+            l_1_one = ((t_5(environment.getattr(l_1_s, 'after')) == 1) and (not t_8(environment.getitem(environment.getattr(l_1_s, 'after'), 0))))
+            t_12.extend((
+                str(environment.getattr(l_1_s, 'dst_after')),
+                ' = ',
+                str(('([], [])' if (undefined(name='collect') if l_1_collect is missing else l_1_collect) else '[]')),
+                '\nfor ',
+            ))
+            if (t_5(environment.getattr(l_1_s, 'live')) == 1):
+                pass
+                t_12.append(
+                    str(environment.getitem(environment.getattr(l_1_s, 'live'), 0)),
+                )
+            else:
+                pass
+                for l_2_x in environment.getattr(l_1_s, 'live'):
+                    _loop_vars = {}
+                    pass
+                    t_12.extend((
+                        str(l_2_x),
+                        ', ',
+                    ))
+                l_2_x = missing
+            t_12.extend((
+                ' in reversed(',
+                str(environment.getattr(l_1_s, 'links')),
+                '):  # the ',
+                str(environment.getattr(l_1_s, 'n')),
+                ' links past their next, the deepest first',
+            ))
+            for l_2_b in environment.getattr(l_1_s, 'body'):
+                _loop_vars = {}
+                pass
+                t_12.extend((
+                    '\n    ',
+                    str(t_1(context.call((undefined(name='step') if l_0_step is missing else l_0_step), l_2_b, _loop_vars=_loop_vars), 4)),
+                ))
+            l_2_b = missing
+            if (undefined(name='for_update') if l_1_for_update is missing else l_1_for_update):
+                pass
+                for l_2_c in environment.getattr(l_1_s, 'checks'):
+                    _loop_vars = {}
+                    pass
+                    t_12.extend((
+                        '\n    ',
+                        str(t_1(context.call((undefined(name='check') if l_0_check is missing else l_0_check), l_2_c, _loop_vars=_loop_vars), 4)),
+                    ))
+                l_2_c = missing
+            if environment.getattr(l_1_s, 'distinct'):
+                pass
+                t_12.append(
+                    '\n    D += (',
+                )
+                for (l_2_obj, l_2_by_id) in environment.getattr(l_1_s, 'distinct'):
+                    _loop_vars = {}
+                    pass
+                    if l_2_by_id:
+                        pass
+                        t_12.extend((
+                            'id(',
+                            str(l_2_obj),
+                            ')',
+                        ))
+                    else:
+                        pass
+                        t_12.append(
+                            str(l_2_obj),
+                        )
+                    t_12.append(
+                        ', ',
+                    )
+                l_2_obj = l_2_by_id = missing
+                t_12.append(
+                    ')',
+                )
+            if (undefined(name='collect') if l_1_collect is missing else l_1_collect):
+                pass
+                t_12.extend((
+                    '\n    ',
+                    str(environment.getattr(l_1_s, 'dst_after')),
+                    '[0].extend(',
+                    str(context.call((undefined(name='objects_list') if l_0_objects_list is missing else l_0_objects_list), environment.getattr(l_1_s, 'objs_after'))),
+                    ')\n    ',
+                    str(environment.getattr(l_1_s, 'dst_after')),
+                    '[1].extend(',
+                    str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_1_s, 'after'))),
+                    ')',
+                ))
+            elif (undefined(name='keep') if l_1_keep is missing else l_1_keep):
+                pass
+                t_12.extend((
+                    '\n    ',
+                    str(environment.getattr(l_1_s, 'dst_after')),
+                    '.append((',
+                ))
+                for l_2_k in environment.getattr(l_1_s, 'kept'):
+                    _loop_vars = {}
+                    pass
+                    t_12.extend((
+                        str(l_2_k),
+                        ', ',
+                    ))
+                l_2_k = missing
+                t_12.append(
+                    '))',
+                )
+            elif (undefined(name='one') if l_1_one is missing else l_1_one):
+                pass
+                t_12.extend((
+                    '\n    ',
+                    str(environment.getattr(l_1_s, 'dst_after')),
+                    '.append(',
+                    str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_1_s, 'after'))[1:-1]),
+                    ')',
+                ))
+            elif (t_5(environment.getattr(l_1_s, 'after')) == 1):
+                pass
+                t_12.extend((
+                    '\n    ',
+                    str(environment.getattr(l_1_s, 'dst_after')),
+                    ' += ',
+                    str(environment.getattr(environment.getitem(environment.getattr(l_1_s, 'after'), 0), 'name')),
+                ))
+            elif environment.getattr(l_1_s, 'after'):
+                pass
+                t_12.extend((
+                    '\n    ',
+                    str(environment.getattr(l_1_s, 'dst_after')),
+                    ' += ',
+                    str(context.call((undefined(name='values_list') if l_0_values_list is missing else l_0_values_list), environment.getattr(l_1_s, 'after'))),
+                ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'chain_loop'):
             pass
             l_1_one = ((t_5(environment.getattr(l_1_s, 'after')) == 1) and (not t_8(environment.getitem(environment.getattr(l_1_s, 'after'), 0))))
@@ -854,7 +1142,7 @@ def root(context, missing=missing):
                         '[',
                         str(t_4(l_2_k)),
                         ']',
-                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 204 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 272 in '_steps.j2' evaluated to false and no else section was defined."))),
                     ))
                 l_2_loop = l_2_dst = l_2_k = missing
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_items'):
@@ -1576,7 +1864,7 @@ def root(context, missing=missing):
                 t_15.extend((
                     '*',
                     str(environment.getattr(l_2_x, 'name')),
-                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 354 in '_steps.j2' evaluated to false and no else section was defined."))),
+                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 422 in '_steps.j2' evaluated to false and no else section was defined."))),
                 ))
             else:
                 pass
@@ -1584,7 +1872,7 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_15.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 354 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 422 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = l_2_collect = missing
         t_15.append(
@@ -1618,7 +1906,7 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_16.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 359 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 427 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = missing
         t_16.append(
@@ -1654,11 +1942,11 @@ def root(context, missing=missing):
                     str(l_2_obj),
                 )
             t_17.append(
-                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 365 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 433 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_obj = l_2_by_id = missing
         t_17.extend((
-            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 365 in '_steps.j2' evaluated to false and no else section was defined."))),
+            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 433 in '_steps.j2' evaluated to false and no else section was defined."))),
             ' }',
         ))
         return concat(t_17)
@@ -1917,6 +2205,85 @@ def root(context, missing=missing):
                 str(environment.getattr(l_1_w, 'var')),
                 '_k]',
             ))
+        elif ((environment.getattr(l_1_w, 'op') == 'write_chain') and (not t_7(environment.getattr(l_1_w, 'kept_after')))):
+            pass
+            if environment.getattr(l_1_w, 'writes_before'):
+                pass
+                t_18.extend((
+                    str(environment.getattr(l_1_w, 'var')),
+                    '_b = ',
+                    str(l_1_base),
+                    str(environment.getattr(l_1_w, 'slot')),
+                    '\nfor ',
+                ))
+                for l_2_k in environment.getattr(l_1_w, 'kept'):
+                    _loop_vars = {}
+                    pass
+                    t_18.extend((
+                        str(l_2_k),
+                        ', ',
+                    ))
+                l_2_k = missing
+                t_18.extend((
+                    'in ',
+                    str(environment.getattr(l_1_w, 'obj')),
+                    ':  # the locals the first loop kept per link',
+                ))
+                for l_2_x in environment.getattr(l_1_w, 'writes_before'):
+                    _loop_vars = {}
+                    pass
+                    t_18.extend((
+                        '\n    ',
+                        str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_2_x, str_join((environment.getattr(l_1_w, 'var'), '_b + ', )), _loop_vars=_loop_vars), 4)),
+                    ))
+                l_2_x = missing
+                t_18.extend((
+                    '\n    ',
+                    str(environment.getattr(l_1_w, 'var')),
+                    '_b += ',
+                    str(environment.getattr(l_1_w, 'nb')),
+                ))
+            if (environment.getattr(l_1_w, 'writes_before') and environment.getattr(l_1_w, 'writes_after')):
+                pass
+                t_18.append(
+                    '\n',
+                )
+            if environment.getattr(l_1_w, 'writes_after'):
+                pass
+                t_18.extend((
+                    str(environment.getattr(l_1_w, 'var')),
+                    '_a = ',
+                    str(l_1_base),
+                    str(environment.getattr(l_1_w, 'slot_after')),
+                    '\nfor ',
+                ))
+                for l_2_k in environment.getattr(l_1_w, 'kept_after'):
+                    _loop_vars = {}
+                    pass
+                    t_18.extend((
+                        str(l_2_k),
+                        ', ',
+                    ))
+                l_2_k = missing
+                t_18.extend((
+                    'in ',
+                    str(environment.getattr(l_1_w, 'obj_after')),
+                    ':  # the locals the second loop kept, the deepest link first',
+                ))
+                for l_2_x in environment.getattr(l_1_w, 'writes_after'):
+                    _loop_vars = {}
+                    pass
+                    t_18.extend((
+                        '\n    ',
+                        str(t_1(context.call((undefined(name='write') if l_0_write is missing else l_0_write), l_2_x, str_join((environment.getattr(l_1_w, 'var'), '_a + ', )), _loop_vars=_loop_vars), 4)),
+                    ))
+                l_2_x = missing
+                t_18.extend((
+                    '\n    ',
+                    str(environment.getattr(l_1_w, 'var')),
+                    '_a += ',
+                    str(environment.getattr(l_1_w, 'na')),
+                ))
         elif (environment.getattr(l_1_w, 'op') == 'write_chain'):
             pass
             if (not environment.getattr(l_1_w, 'kept')):
@@ -2228,7 +2595,7 @@ def root(context, missing=missing):
                         '(root, vals, at):\n    """Write one ',
                         str(environment.getattr(l_2_f, 'type_name')),
                         ' of this shape',
-                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 494 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 583 in '_steps.j2' evaluated to false and no else section was defined."))),
                         ', whose guards passed."""',
                     ))
                     if environment.getattr(l_2_f, 'kept'):
@@ -2276,4 +2643,4 @@ def root(context, missing=missing):
     yield '\n'
 
 blocks = {}
-debug_info = '6=72&9=74&10=82&11=86&12=90&13=92&14=98&15=112&17=117&23=122&24=138&25=139&26=142&27=162&28=164&29=166&30=169&31=181&32=183&33=185&36=188&37=203&38=207&39=219&40=229&41=231&42=234&43=238&44=242&46=251&48=256&52=258&53=259&58=261&59=262&60=265&61=269&62=270&63=274&66=276&67=285&69=288&70=290&71=292&73=302&75=305&76=309&78=378&80=385&81=390&83=393&84=395&85=400&88=403&89=405&90=410&92=418&93=420&94=424&96=429&97=433&98=446&99=448&100=452&103=459&104=464&106=486&107=488&108=490&109=495&112=505&114=509&115=513&117=517&118=519&119=524&122=532&123=536&124=550&125=554&128=558&130=560&132=561&133=563&134=567&135=571&136=574&137=578&139=590&141=597&142=602&144=605&145=607&146=612&149=615&150=620&152=642&153=646&154=650&155=654&156=661&157=665&159=681&160=685&162=689&163=693&164=698&165=702&168=709&169=713&170=715&171=719&172=726&173=730&175=737&177=742&179=745&180=749&181=756&182=761&184=766&185=770&186=774&187=780&188=783&189=785&190=788&191=802&192=805&193=809&194=811&195=814&196=816&198=821&199=826&202=836&204=842&206=855&208=859&210=865&211=868&213=872&216=879&217=882&218=887&219=891&220=913&221=916&222=920&223=926&224=929&225=933&226=937&227=940&228=943&229=949&230=951&231=952&232=956&233=961&234=965&236=982&238=989&239=992&240=995&241=1001&242=1007&243=1010&244=1013&245=1026&246=1029&247=1035&248=1037&249=1041&250=1047&251=1051&253=1069&255=1077&256=1080&257=1084&258=1106&259=1109&260=1113&261=1119&262=1125&263=1128&264=1132&265=1134&266=1137&267=1141&268=1145&269=1149&270=1152&271=1155&272=1162&273=1166&274=1172&275=1175&276=1179&277=1185&278=1188&280=1193&281=1205&282=1207&283=1210&284=1214&285=1220&286=1223&287=1228&288=1247&289=1250&290=1252&291=1255&292=1263&293=1266&294=1268&295=1271&296=1281&297=1284&298=1286&299=1289&300=1325&301=1328&302=1333&303=1352&304=1355&305=1359&306=1371&307=1374&308=1378&309=1386&310=1389&311=1393&312=1397&313=1400&314=1403&315=1405&316=1409&317=1415&318=1418&319=1422&320=1428&321=1431&322=1434&323=1441&324=1445&325=1451&326=1454&327=1458&328=1464&329=1467&330=1470&331=1481&332=1485&333=1489&334=1492&335=1495&337=1500&343=1505&344=1511&345=1515&346=1538&348=1544&353=1549&354=1558&358=1591&359=1600&364=1625&365=1636&369=1662&370=1671&371=1674&372=1681&373=1684&374=1692&375=1695&376=1703&377=1707&378=1714&379=1724&382=1727&383=1731&384=1750&385=1792&386=1797&388=1806&389=1809&390=1815&391=1836&392=1841&394=1844&395=1849&397=1854&398=1858&399=1861&400=1866&401=1879&402=1892&403=1900&404=1908&405=1915&407=1917&408=1921&410=1927&411=1932&412=1937&413=1942&415=1959&417=1964&418=1969&420=1972&421=1977&423=1980&424=1985&426=1988&427=1992&429=1998&430=2002&431=2006&434=2010&435=2013&436=2027&444=2037&445=2040&446=2049&447=2052&448=2061&449=2065&451=2070&452=2073&454=2085&460=2090&461=2097&462=2105&463=2121&465=2126&466=2131&468=2134&469=2136&470=2141&473=2144&479=2152&480=2157&482=2179&483=2183&484=2188&485=2193&487=2208&491=2213&492=2216&493=2220&494=2224&495=2229&496=2234&498=2247&499=2252&502=2255&503=2260'
+debug_info = '6=72&9=74&10=82&11=86&12=90&13=92&14=98&15=112&17=117&23=122&24=138&25=139&26=142&27=162&28=164&29=166&30=169&31=181&32=183&33=185&36=188&37=203&38=207&39=219&40=229&41=231&42=234&43=238&44=242&46=251&48=256&52=258&53=259&58=261&59=262&60=265&61=269&62=270&63=274&66=276&67=285&69=288&70=290&71=292&73=302&75=305&76=309&78=378&80=385&81=390&83=393&84=395&85=400&88=403&89=405&90=410&92=418&93=420&94=424&96=429&97=433&98=446&99=448&100=452&103=459&104=464&106=486&107=488&108=490&109=495&112=505&114=509&115=513&117=517&118=519&119=524&122=532&123=536&124=550&125=554&128=558&132=560&133=562&134=566&135=570&136=573&137=577&139=589&141=596&142=601&144=604&145=606&146=611&149=614&150=619&152=641&153=645&154=649&155=654&156=658&157=672&158=676&160=680&161=684&163=693&165=709&166=713&169=715&170=716&171=718&172=723&173=745&174=750&176=753&177=755&178=760&181=763&182=768&184=790&185=794&186=798&187=803&188=807&189=821&190=825&191=830&192=834&193=838&194=842&196=846&198=848&200=849&201=851&202=855&203=859&204=862&205=866&207=878&209=885&210=890&212=893&213=895&214=900&217=903&218=908&220=930&221=934&222=938&223=942&224=949&225=953&227=969&228=973&230=977&231=981&232=986&233=990&236=997&237=1001&238=1003&239=1007&240=1014&241=1018&243=1025&245=1030&247=1033&248=1037&249=1044&250=1049&252=1054&253=1058&254=1062&255=1068&256=1071&257=1073&258=1076&259=1090&260=1093&261=1097&262=1099&263=1102&264=1104&266=1109&267=1114&270=1124&272=1130&274=1143&276=1147&278=1153&279=1156&281=1160&284=1167&285=1170&286=1175&287=1179&288=1201&289=1204&290=1208&291=1214&292=1217&293=1221&294=1225&295=1228&296=1231&297=1237&298=1239&299=1240&300=1244&301=1249&302=1253&304=1270&306=1277&307=1280&308=1283&309=1289&310=1295&311=1298&312=1301&313=1314&314=1317&315=1323&316=1325&317=1329&318=1335&319=1339&321=1357&323=1365&324=1368&325=1372&326=1394&327=1397&328=1401&329=1407&330=1413&331=1416&332=1420&333=1422&334=1425&335=1429&336=1433&337=1437&338=1440&339=1443&340=1450&341=1454&342=1460&343=1463&344=1467&345=1473&346=1476&348=1481&349=1493&350=1495&351=1498&352=1502&353=1508&354=1511&355=1516&356=1535&357=1538&358=1540&359=1543&360=1551&361=1554&362=1556&363=1559&364=1569&365=1572&366=1574&367=1577&368=1613&369=1616&370=1621&371=1640&372=1643&373=1647&374=1659&375=1662&376=1666&377=1674&378=1677&379=1681&380=1685&381=1688&382=1691&383=1693&384=1697&385=1703&386=1706&387=1710&388=1716&389=1719&390=1722&391=1729&392=1733&393=1739&394=1742&395=1746&396=1752&397=1755&398=1758&399=1769&400=1773&401=1777&402=1780&403=1783&405=1788&411=1793&412=1799&413=1803&414=1826&416=1832&421=1837&422=1846&426=1879&427=1888&432=1913&433=1924&437=1950&438=1959&439=1962&440=1969&441=1972&442=1980&443=1983&444=1991&445=1995&446=2002&447=2012&450=2015&451=2019&452=2038&453=2080&454=2085&456=2094&457=2097&458=2103&459=2124&460=2129&462=2132&463=2137&465=2142&466=2146&467=2149&468=2154&469=2167&470=2180&471=2188&472=2196&473=2203&476=2205&477=2208&478=2214&479=2227&480=2232&482=2237&484=2241&486=2246&487=2249&488=2255&489=2268&490=2273&492=2278&494=2282&496=2284&497=2288&499=2294&500=2299&501=2304&502=2309&504=2326&506=2331&507=2336&509=2339&510=2344&512=2347&513=2352&515=2355&516=2359&518=2365&519=2369&520=2373&523=2377&524=2380&525=2394&533=2404&534=2407&535=2416&536=2419&537=2428&538=2432&540=2437&541=2440&543=2452&549=2457&550=2464&551=2472&552=2488&554=2493&555=2498&557=2501&558=2503&559=2508&562=2511&568=2519&569=2524&571=2546&572=2550&573=2555&574=2560&576=2575&580=2580&581=2583&582=2587&583=2591&584=2596&585=2601&587=2614&588=2619&591=2622&592=2627'

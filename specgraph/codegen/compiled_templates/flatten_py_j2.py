@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = '569b691b134c5ddbc1efacbd218c77b04980b7f4afbe18b7982228a8c4550f11'
+FINGERPRINT = 'f4468ab3575f3e7575b693498b2188434f373ec8620b42694c1fb9748a95bf9c'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'flatten.py.j2'
 
@@ -74,7 +74,7 @@ def root(context, missing=missing):
         l_1_step_text = resolve('step_text')
         _loop_vars = {}
         pass
-        if (environment.getattr(l_1_s, 'op') in ('call_shape', 'call_loop', 'each_loop', 'chain_loop', 'mixed_loop')):
+        if (environment.getattr(l_1_s, 'op') in ('call_shape', 'call_loop', 'each_loop', 'chain_loop', 'mixed_loop', 'chain_after')):
             pass
             yield '\n        '
             yield str(t_1(context.call(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'step'), l_1_s, _loop_vars=_loop_vars), 8))

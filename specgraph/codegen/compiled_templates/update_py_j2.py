@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = 'e90c0ffc04f5865074094a22bee7586f18b72731d28057d923ea5ea53d8afbe8'
+FINGERPRINT = 'd6be6592ee3a872852472c87e24dfc0727fc2573f9b0d70281b00c57ed43b61a'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'update.py.j2'
 
@@ -71,7 +71,7 @@ def root(context, missing=missing):
         l_1_step_text = resolve('step_text')
         _loop_vars = {}
         pass
-        if (environment.getattr(l_1_s, 'op') in ('call_shape', 'call_loop', 'each_loop', 'chain_loop', 'mixed_loop')):
+        if (environment.getattr(l_1_s, 'op') in ('call_shape', 'call_loop', 'each_loop', 'chain_loop', 'mixed_loop', 'chain_after')):
             pass
             yield '\n        '
             yield str(t_1(context.call(environment.getattr((undefined(name='g') if l_0_g is missing else l_0_g), 'step'), l_1_s, _loop_vars=_loop_vars), 8))
