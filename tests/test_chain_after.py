@@ -117,6 +117,7 @@ ITEMS: dict[str, Callable[[int], Any]] = {
     "nested cb": lambda i: CB(4000 + i, inner=CB(5000 + i, w=_p(i)), s=_p(i, 1)),
     "lazy box": lambda i: Box(s=_lazy(i)),
     "other": lambda i: Other(6000 + i, w=_p(i), b=_p(i, 1)),
+    "index": lambda i: i,  # (a static differing per link: a parameter of the loops)
 }
 
 #: the kinds that run user code
@@ -255,6 +256,8 @@ LAYOUTS = {
     "nested callbacks after": (("static",), ("nested cb", "lazy box"), "node"),
     "a callback link, a callback after": (("param",), ("other", "param", "box"), "cb"),
     "a callback link, a lazy state after": ((), ("lazy",), "cb"),
+    "statics differing per link, before and after": (("index",), ("cb", "index"), "node"),
+    "a callback link, statics differing after": (("param",), ("index", "other", "index"), "cb"),
 }
 
 

@@ -1221,7 +1221,8 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
             (tokens,), vec = _family((tokens,), fam_of, vec_of)
         key = (id(t), spec.keys, node_key, rec, i in witnessed, t in shared_types, tokens, after)
         lid = interned.setdefault(key, len(interned))
-        links[i] = Link(lid, rec, spec.children[rec].index, (lb, nb), (la, na), (i, eb), (ea, nea), vec, after)
+        links[i] = Link(lid, rec, spec.children[rec].index, (lb, nb), (la, na), (i, eb), (ea, nea), vec,
+                        after)
     chains: dict[int, Chain] = {}
     inner: set[int] = set()
     for i, link in links.items():  # (in table order: a head before its links)
