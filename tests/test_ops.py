@@ -37,7 +37,7 @@ DUMMY: dict[str, Any] = {
     "counters": [("a1", ("", 0), 2)], "item": "x1", "tuple": False, "links": "r1", "head": "x1",
     "tail": "x2", "nxt": "x2", "objs": "F2", "vals": None, "prev": "x3",
     "checks": [], "keys": "KS0", "types": ["T0"], "contexts": ["ctx0"], "kept": None,
-    "params": ["p1"], "pvals": "PV0",
+    "params": ["p1"], "pvals": "PV0", "live": ["x3"], "obj_after": "r2", "kept_after": None,
     "root": "x3", "made": ["x1", "x2"], "what": "of one shape",
     "new": "new_object", "metas": None, "md": "md1", "ok": "okx1", "aux": "A0",
     "fns": ["F2"], "idx": "IX0", "ns": [1],
