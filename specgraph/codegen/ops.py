@@ -186,12 +186,12 @@ OPS: dict[str, Op] = {
     # states: the loop's list of kept states, written in order from vals[slot:slot + total]
     # kept: obj is the loop's list of kept locals (each_loop's kept), unpacked per item, no loads
     "write_each": Op(_W, ("obj", "var", "loads", "writes", "pos", "slot", "n", "states", "total", "kept")),
-    # a chain's writes: per link, its loads then its writes (before: from vals[b + i], after:
-    # from vals[af + i]); b counts up from slot by nb, af down from slot_after by na
-    # kept: obj is the loop's list of kept locals (chain_loop's kept), unpacked per link, no loads
     # per item (var) of obj (a mixed_loop's list): its shape's write function (fns[idx[i]]),
     # from vals[pos]; pos counts from slot by that shape's slots (ns, ints per fns)
     "write_mixed": Op(_W, ("obj", "var", "pos", "slot", "fns", "idx", "ns")),
+    # a chain's writes: per link, its loads then its writes (before: from vals[b + i], after:
+    # from vals[af + i]); b counts up from slot by nb, af down from slot_after by na
+    # kept: obj is the loop's list of kept locals (chain_loop's kept), unpacked per link, no loads
     # kept_after (a split chain's; else None): the writes after the rest of the chain are a
     # second loop, over obj_after (chain_after's kept locals, the deepest link first), from
     # vals[af + i], af counting up from slot_after (the deepest link's first slot after) by na
