@@ -13,7 +13,7 @@ import copy
 from collections import Counter
 from collections.abc import Callable, Iterator
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from .. import _registry as reg
 from .._ir import (
