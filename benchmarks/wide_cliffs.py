@@ -6,6 +6,10 @@ Rows (``--rows``):
 * ``dict``  -- ``b.d = {"k<i>": Param}``;
 * ``list``  -- ``b.l = [Param, ...]``;
 * ``tuple`` -- ``b.l = (Param, ...)``;
+* ``list-tail`` / ``list-head`` / ``list-mid`` -- ``b.l`` a list of n Params with one node at its end,
+  at its start or in its middle (a run of states interrupted: the items around it unrolled);
+* ``tuple-mid`` -- the same in a tuple, interrupted by a static in its middle;
+* ``dict-mid`` -- ``b.d`` a dict of n Params with one node in the middle;
 * ``mixed`` -- ``b.l`` a list of n small containers (a list of one Param repeated 1-3 times,
   or a dict of one Param): not a run of states; each container shape is an outlined function
   and the list one loop calling them (``find_container_shapes``), in the flatten and update,
@@ -21,7 +25,8 @@ compile seconds (min of the cold repeats), and the time per call of ``sg.unflatt
 ``specgraph.generic.unflatten`` (interleaved rounds, min, the cyclic GC off around those
 rounds only: each call makes n fresh states). Usage::
 
-    python benchmarks/wide_cliffs.py [--rows attr dict list tuple mixed] [--sizes 5000 30000 100000]
+    python benchmarks/wide_cliffs.py [--rows attr dict list tuple list-tail list-head list-mid
+                                     tuple-mid dict-mid mixed] [--sizes 5000 30000 100000]
                                      [--repeats R] [--cold C] [--cpu]
 """
 
@@ -54,6 +59,14 @@ def make(mode: str, n: int) -> Bag:
         b.l = [sg.Param(np.float32(i)) for i in range(n)]
     elif mode == "tuple":
         b.l = tuple(sg.Param(np.float32(i)) for i in range(n))
+    elif mode in ("list-tail", "list-head", "list-mid"):
+        b.l = [sg.Param(np.float32(i)) for i in range(n)]
+        at = {"list-tail": n, "list-head": 0, "list-mid": n // 2}[mode]
+        b.l.insert(at, Bag())
+    elif mode == "tuple-mid":
+        b.l = tuple(sg.Param(np.float32(i)) if i != n // 2 else "static" for i in range(n + 1))
+    elif mode == "dict-mid":
+        b.d = {f"k{i}": sg.Param(np.float32(i)) if i != n // 2 else Bag() for i in range(n + 1)}
     elif mode == "mixed":
         b.l = [[sg.Param(np.float32(i))] * (1 + i % 3) if i % 2
                else {"a" + str(i % 7): sg.Param(np.float32(i))} for i in range(n)]

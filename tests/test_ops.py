@@ -41,6 +41,7 @@ DUMMY: dict[str, Any] = {
     "root": "x3", "made": ["x1", "x2"], "what": "of one shape",
     "new": "new_object", "metas": None, "md": "md1", "ok": "okx1", "aux": "A0",
     "fns": ["F2"], "idx": "IX0", "ns": [1],
+    "lo": 0, "hi": 2,
 }
 
 #: The update's checks (before any write), rendered with the update's writes; its token

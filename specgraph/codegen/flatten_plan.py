@@ -828,10 +828,6 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             start, prev, kind = (pos, e.index, k) if k is not None else (-1, -1, None)
         return out
 
-    def _whole_run(self, edges: tuple) -> bool:
-        """``edges`` (a list's or tuple's items) are one run of states of one kind."""
-        return self._state_runs(edges, None) == {0: len(edges)}
-
     def _state_run(self, work: Work) -> list[Work]:
         """A run of sibling states of one kind: read as one list (or the list itself), then a
         loop whose body is one state's guards and read, unrolled (an ``each_loop``: its
@@ -842,6 +838,10 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         if run.keys is None:
             var = work.obj
             path_keys: tuple = tuple(range(len(kids)))
+        elif run.span is not None:  # a stretch of a list or tuple: one slice (its length is guarded)
+            var = self._fresh("xs")
+            path_keys = run.keys
+            self.steps.append(Step("load_slice", dst=var, obj=work.obj, lo=run.span[0], hi=run.span[1]))
         else:
             var = self._fresh("xs")
             path_keys = run.keys
@@ -941,18 +941,22 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
 
     def _load_children(self, container: str, keys: list[Literal | str], edges: tuple, path: Any,
                        path_keys: tuple, miss: str, owner: str, mutable: bool,
-                       runs_ok: bool = False, stored: tuple | None = None) -> list[Work]:
+                       runs_ok: bool = False, stored: tuple | None = None,
+                       runs: dict[int, int] | None = None) -> list[Work]:
         """One block loading every child of a container; their work items, in order.
 
         ``miss`` names the guard kind a ``KeyError`` in the block stands for. An array
         leaf is written back into ``owner[key]`` (only a ``mutable`` one). ``runs_ok``: a
         long run of sibling states of one kind (see :meth:`_state_runs`) is not loaded
         here but is one work item (a :class:`StateRun`, planned as a loop); ``stored``: the
-        keys as the container stores them, where they are not ``path_keys``.
+        keys as the container stores them, where they are not ``path_keys``. ``runs``: those
+        runs, found by the caller among a list's or tuple's items (each read as a slice).
         """
         items = []
         pairs = []
-        runs = self._state_runs(edges, path_keys if stored is None else stored) if runs_ok else {}
+        sliced = runs is not None
+        if runs is None:
+            runs = self._state_runs(edges, path_keys if stored is None else stored) if runs_ok else {}
         skip_to = -1
         for pos, (key, edge, pk) in enumerate(zip(keys, edges, path_keys, strict=True)):
             if pos < skip_to:
@@ -960,7 +964,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             end = runs.get(pos)
             if end is not None:  # a run of sibling states of one kind: one loop (_state_run)
                 run = StateRun(path_keys[pos:end], edges[pos:end], miss,
-                               None if stored is None else stored[pos:end])
+                               None if stored is None else stored[pos:end], (pos, end) if sliced else None)
                 items.append(Work(run, container, path, owner, key, mutable))
                 skip_to = end
                 continue
@@ -1174,11 +1178,20 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             keys = [consts.key(k) for k in edge.keys]
         else:
             keys = [Literal(i) for i in range(len(edge.children))]
-        if unpack and edge.children and self._whole_run(edge.children):
+        runs = self._state_runs(edge.children, None) if unpack else {}
+        if runs and runs == {0: len(edge.children)}:
             # A list or tuple of states of one kind only: its length, then one loop over it.
             self.steps.append(Step("guard_len", obj=var, n=len(edge.children), label=label))
             return [Work(StateRun(None, edge.children, ""),
                          var, work.path, var, "", ptype is list)]
+        if runs:
+            # Runs of states of one kind among other items: its length, then each run one
+            # slice and one loop, each other item loaded by its position (in the walker's order).
+            self.steps.append(Step("guard_len", obj=var, n=len(edge.children), label=label))
+            items = self._load_children(var, keys, edge.children, work.path, edge.keys, "", var,
+                                        ptype is list, runs=runs)
+            self.nearest.update((w.obj, self.nearest[var]) for w in items)
+            return items
         items = self._load_children(src, keys, edge.children, work.path, edge.keys,
                                     "container" if ptype is dict else "", var, ptype is list or ptype is dict,
                                     ptype is dict and edge.sig is None)

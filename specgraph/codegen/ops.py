@@ -87,6 +87,8 @@ OPS: dict[str, Op] = {
     # dst = [obj[k] for k in keys] (keys: a bound tuple of str); a KeyError is a miss of kind miss
     # (a run of sibling states: a node's attributes, a dict's values)
     "load_items": Op(_F, ("dst", "obj", "keys", "miss")),
+    # dst = obj[lo:hi] (a stretch of an exact list or tuple whose length is guarded: a run of states)
+    "load_slice": Op(_F, ("dst", "obj", "lo", "hi")),
     # -- outlined shapes (see shapes.py): fn names the shape's functions ----------------
     # dst = the shape's function of obj (args: its parameters' operands); a str: its miss
     "call_shape": Op(_F, ("dst", "fn", "obj", "args")),

@@ -98,12 +98,15 @@ class StateRun(NamedTuple):
     is the container, or the node's ``__dict__``). ``keys``: their keys, read as one list
     (``None``: the run is the whole list or tuple, iterated as it is); ``miss``: the guard
     kind a renamed key stands for; ``stored``: the keys as the container stores them, where
-    they differ (an ``nnx.List``'s int keys are str attribute names)."""
+    they differ (an ``nnx.List``'s int keys are str attribute names); ``span``: the run is
+    the items ``lo`` to ``hi`` of a list or tuple (its length guarded first) whose other
+    items are not states of its kind, read as one slice (``keys``: their positions)."""
 
     keys: tuple | None
     children: tuple
     miss: str
     stored: tuple | None = None
+    span: tuple[int, int] | None = None
 
 
 class Work(NamedTuple):
