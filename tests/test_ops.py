@@ -40,13 +40,13 @@ DUMMY: dict[str, Any] = {
     "params": ["p1"], "pvals": "PV0", "live": ["x3"], "obj_after": "r2", "kept_after": None,
     "root": "x3", "made": ["x1", "x2"], "what": "of one shape",
     "new": "new_object", "metas": None, "md": "md1", "ok": "okx1", "aux": "A0",
-    "fns": ["F2"], "idx": "IX0", "ns": [1],
+    "fns": ["F2"], "idx": "IX0", "ns": [1], "stride": 2,
     "lo": 0, "hi": 2,
 }
 
 #: The update's checks (before any write), rendered with the update's writes; its token
 #: (made first, before the guards: outlined functions are passed it) has its own place.
-CHECKS = ("check_unchanged", "guard_token", "guard_raw_writes")
+CHECKS = ("check_unchanged", "check_kept_same", "guard_token", "guard_raw_writes")
 
 
 def _step(op: str) -> Step:

@@ -94,6 +94,10 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         # Once per call, whoever asks first (an outlined function too): in the top function.
         self.pre_steps: list[Step] = []  # before the guards (after the class guards)
         self.pre_checks: list[Step] = []  # the update's, before its per-object checks
+        # the update's unchanged-array checks of the body last planned (_occurrence_checks),
+        # and per outlined function, its kept locals and those checks (slots relative)
+        self._unchanged: list[Step] = []
+        self._unchanged_of: dict[str, tuple[list[str] | None, list[Step]]] = {}
         self._raw_ready: set[Any] = set()  # dict state layouts whose per-call check is emitted
         self._hash_by_id: dict[int, bool] = {}  # id(class) -> its objects go in the set by id()
         self._setters: dict[str, Any] = {}  # callback node local -> its bound set_key (CallbackPlanning)
@@ -295,7 +299,10 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                 # the occurrence's nodes are consecutive entries, so they are one run of the
                 # whole update's array writes, made where its root's entry sorts.
                 arrays = [w[2] for w in sorted(self.array_writes, key=lambda w: w[:2])]
-                kept = _write_locals(self.state_writes + arrays) if self._user_loads(self.steps) else None
+                unchanged = self._unchanged
+                kept = _write_locals(self.state_writes + arrays + unchanged) \
+                    if self._user_loads(self.steps) or unchanged else None
+                self._unchanged_of[f"outlined{shape.sid}"] = (kept, [_rebase(c, lo) for c in unchanged])
                 vals: dict[int, Any] = self.values  # type: ignore[assignment]
                 fn = ShapeFn(
                     name=f"outlined{shape.sid}",
@@ -359,6 +366,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                 else:
                     self._run([Work(NodeEdge(head), cur, work.path, None, "", False)], head)
                 checks = self._occurrence_checks("chain link")
+                if self._unchanged:  # (shapes.py keeps a link's arrays out of its loop)
+                    raise Declined("an array in a custom pytree in a chain's link")
                 body, writes, distinct = self.steps, self.state_writes, self.distinct
                 keyed = self.keyed_statics
                 vals: dict[int, Any] = self.values  # type: ignore[assignment]
@@ -468,9 +477,28 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         outlined function, a loop's item, a chain's link): its trace-level checks, made in
         the body itself (the update passes the call's token in) so that every occurrence is
         checked before anything is written. shapes.py outlines nothing else needing one."""
-        if any(c.op != "guard_token" for c in self.checks):
+        out = [c for c in self.checks if c.op == "guard_token"]
+        self._unchanged = [c for c in self.checks if c.op == "check_unchanged"]
+        if len(out) + len(self._unchanged) != len(self.checks):
             raise RuntimeError(f"an outlined {what} needs update checks")
-        return self.checks
+        return out
+
+    def _unchanged_checks(self, dst: str, kept: list[str] | None, unchanged: list[Step], slot: int,
+                          n: int, stride: int) -> None:
+        """The update's checks of the arrays in custom pytrees (immutable: never written,
+        checked unchanged) of an outlined occurrence called, or of a loop's ``n`` items, in
+        this top function: against the locals the update's outlined code kept per occurrence
+        (``dst``), each at its slot (``slot``: the first occurrence's first, ``stride``: an
+        item's slots), after every guard and before any write, as the unrolled code checks
+        them. (shapes.py outlines no occurrence holding one inside another: see ``checked``.)"""
+        if not unchanged:
+            return
+        if self._planning is not None or self._inline or self._mult != 1 or self._rec >= 0 \
+                or self._rec_edge is not None or kept is None:
+            raise Declined("an array in a custom pytree held by an outlined occurrence below another")
+        for c in unchanged:
+            self.checks.append(Step("check_kept_same", obj=dst, idx=kept.index(c.obj), slot=slot + c.slot,
+                                    n=n, stride=stride, label=c.label))
 
     @staticmethod
     def _splice_run(table: Any, lo: int, count: int, splice: Splice) -> None:
@@ -550,6 +578,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         args = [self._operand_at(j, q) for q in shape.params]
         self.steps.append(Step("call_shape", dst=dst, fn=name, obj=work.obj, args=args))
         self._splice(j, shape, 1, dst, lo)
+        kept_, unchanged = self._unchanged_of.get(name, (None, []))
+        self._unchanged_checks(dst, kept_, unchanged, lo, 0, 0)
         if shape.nslots:
             # (user code in its guards: its write function takes what its update's returned)
             obj = dst if name in self._reloads else work.obj
@@ -655,6 +685,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                 # The body: one item, unrolled (what it holds inline too, but its own lists of one shape).
                 self._run([Work(NodeEdge(rep), item, item_path, None, "", False)], rep)
                 checks = self._occurrence_checks(shape.type_name)
+                unchanged = self._unchanged
                 body, writes, distinct = self.steps, self.state_writes, self.distinct
                 arrays = [w[2] for w in sorted(self.array_writes, key=lambda w: w[:2])]
                 keyed = self.keyed_statics
@@ -671,7 +702,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         # Linear): the loop keeps the states (one tuple per item) and reads values after it.
         # User code in the body (a callback node's flatten): the update's loop keeps the
         # locals its writes name, per item, and writes through them (a reload would call it again).
-        kept = _write_locals(writes + arrays) if self._user_loads(body) else None
+        kept = _write_locals(writes + arrays + unchanged) if self._user_loads(body) or unchanged else None
         keep_states = kept is None and bool(distinct) and len(distinct) == len(values) and all(
             type(v) is StateValue and v.attr == "value" and not by_id and obj == v.obj
             for v, (obj, by_id) in zip(values, distinct, strict=True))
@@ -682,6 +713,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             params=params, pvals=pvals))
         self._looped = True
         self._splice(rep, shape, len(kids), dst)
+        self._unchanged_checks(dst, kept, [_rebase(c, self.shapes.slot_lo[rep]) for c in unchanged],
+                               self.shapes.slot_lo[rep], len(kids), shape.nslots)
         if writes:
             lo = self.shapes.slot_lo[rep]
             rebased = [_rebase(w, lo) for w in writes]

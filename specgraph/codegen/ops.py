@@ -174,6 +174,10 @@ OPS: dict[str, Op] = {
     "guard_cb_key": Op(_F, ("obj", "cls", "const", "mode", "label"), "node_keys"),  # mode: is/value/same/str
     # -- the update's writes (after every guard passed) ----------------------------
     "check_unchanged": Op(_W, ("obj", "slot", "label"), "immutable_leaf"),
+    # the arrays in custom pytrees of outlined occurrences: per occurrence the update's outlined
+    # code kept its locals (obj: a tuple, n 0; or a loop's list of n tuples, one per item, stride
+    # slots apart); the one at idx must be vals[slot] (of item k: vals[slot + k * stride])
+    "check_kept_same": Op(_W, ("obj", "idx", "slot", "n", "stride", "label"), "immutable_leaf"),
     "write_value": Op(_W, ("obj", "slot", "label")),
     "write_item": Op(_W, ("obj", "key", "slot", "label")),
     "write_slot": Op(_W, ("obj", "setter", "slot", "label")),  # setter(obj, value): past __setattr__

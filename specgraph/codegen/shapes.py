@@ -39,6 +39,13 @@ The flatten planner outlines more (``flatten_only=True``):
   function of their own called where the occurrence's root sorts among them. An array in
   a tuple (only checked unchanged), held by a dict-backed foreign node, or in a chain's
   link keeps its subtree inline.
+* Bare arrays in a custom pytree (a namedtuple's field: never written, the update checks
+  each unchanged, the walker rebuilds the container of a changed one). The update's
+  outlined code keeps each occurrence's array, and the top function checks them against
+  their slots after every guard and before any write (``check_kept_same``: one loop over
+  a list's items). So an occurrence holding one is outlined only where the top function
+  calls it or loops over it: no outlinable subtree holds one (``checked``), nor a chain's
+  link.
 * Callback node types (``register_graph_node_type``): the outlined code calls the
   registered flatten once per occurrence, where the unrolled code does, and guards its
   answer the same way (count, each key, the metadata: all in the shape's key as their
@@ -480,6 +487,10 @@ class _Scan:
         # next link is no ordered loop's: find_chains)
         self.user_reads: set[int] = set()
         self.with_arrays: set[int] = set()  # outlinable subtrees holding a bare array leaf
+        # outlinable subtrees holding a bare array in a custom pytree (the update checks it
+        # unchanged, per occurrence, in the top function: none is outlined inside another)
+        self.checked: set[int] = set()
+        self.last_checked = False  # the subtree last scanned holds one
         self.last_user = False  # the subtree last scanned holds a callback node
         # and, a chain's link, runs user code after its next link (a callback node, or a
         # state whose value read is user code: a ``value`` property)
@@ -653,6 +664,7 @@ class _Scan:
         start = i  # the first entry before rec (a container's: its first child's)
         before = True  # not past rec yet
         arrays = False
+        checked = False
         user_after = False
         reads = False
         out: list[int] = []
@@ -727,6 +739,8 @@ class _Scan:
                     reads = True
                     if not before:
                         user_after = True
+                if j in self.checked:
+                    return None  # (its update checks are the top function's: see FlattenPlanner._unchanged)
                 if j in self.with_arrays:
                     if rec >= 0:
                         return None  # (a chain's link: its writes are states' only)
@@ -745,7 +759,13 @@ class _Scan:
                 p = e[1]
                 if p is not list and p is not tuple and p is not dict:
                     if ArrayEdge in map(type, e[3]):
-                        return None  # (an array in a custom pytree: checked, never written)
+                        # An array in a custom pytree: never written, the update checks it
+                        # unchanged (the flatten planner's only, not in a chain's link; the
+                        # check is made per occurrence by the top function, from the locals
+                        # the update's outlined code keeps).
+                        if not self.flatten_only or rec >= 0:
+                            return None
+                        checked = True
                     tokens.append(_pytree_key(e, by_value))
                     user = True  # (its flatten and unflatten are user code, as a callback node's)
                     if not before:
@@ -788,6 +808,7 @@ class _Scan:
         self.last_user_after = user_after
         self.last_reads = reads
         self.last_arrays = arrays
+        self.last_checked = checked
         if rec < 0:
             return tuple(tokens), (lo, n, last - i + 1)  # (of a node only)
         return tuple(tokens), (*out, lo, n, first_after, (last - first_after + 1) if last >= 0 else 0)
@@ -1010,6 +1031,8 @@ def _find_shapes(gd: GraphDef, outline_min: int, sc: _Scan, known: _Scan | None,
             sc.user_reads.add(i)
         if sc.last_arrays:
             sc.with_arrays.add(i)
+        if sc.last_checked:
+            sc.checked.add(i)
         nk = None if spec[6] is None and spec[5] is None and sc.node_kinds.get(t) != 3 \
             else _node_key(spec, equal, by_value)
         key = (id(t), spec[3], nk, i in witnessed, t in shared_types, tokens)

@@ -257,6 +257,10 @@ def _compile_partial_update(var: Variant, m: SlotMap) -> Any:
         if fn is not None:
             return fn
         plan = var.plan
+        if any(c.op == "check_kept_same" for c in plan.checks):
+            # (outlined occurrences' unchanged-array checks read the whole update's slots)
+            m.updates[var] = _by_paths
+            return _by_paths
         position = {slot: k for k, slot in enumerate(m.slots)}
         checks = [_reslot(c, position) if c.op == "check_unchanged" else c
                   for c in plan.checks if c.op != "check_unchanged" or c.slot in position]

@@ -124,7 +124,8 @@ def explain(graphdef: GraphDef, *, max_lines: int | None = 300) -> str:
                 n = len(plan.distinct)
             if n:
                 out.append(f"  - {kind:<9} x{n:<5} {codegen.GUARD_WORDS[kind]}")
-        frozen = sum(1 for c in plan.checks if c.op == "check_unchanged")
+        frozen = sum(1 if c.op == "check_unchanged" else c.n or 1 for c in plan.checks
+                     if c.op == "check_unchanged" or c.op == "check_kept_same")
         if frozen:
             out.append(
                 f"  (update: {frozen} array leaves sit in immutable containers; an update that "

@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = 'd6be6592ee3a872852472c87e24dfc0727fc2573f9b0d70281b00c57ed43b61a'
+FINGERPRINT = 'c9178e8066c41a8178b755c86c11bc678d805d8d7ddf9a6d452b9eafa0fe39dc'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'update.py.j2'
 
@@ -109,6 +109,36 @@ def root(context, missing=missing):
             yield " has no mutable owner\n            return '"
             yield str(environment.getattr(l_1_w, 'kind'))
             yield "'"
+        elif ((environment.getattr(l_1_w, 'op') == 'check_kept_same') and environment.getattr(l_1_w, 'n')):
+            pass
+            yield '\n        for x_, v_ in zip('
+            yield str(environment.getattr(l_1_w, 'obj'))
+            yield ', vals['
+            yield str(environment.getattr(l_1_w, 'slot'))
+            yield ':'
+            yield str((environment.getattr(l_1_w, 'slot') + (environment.getattr(l_1_w, 'n') * environment.getattr(l_1_w, 'stride'))))
+            yield ':'
+            yield str(environment.getattr(l_1_w, 'stride'))
+            yield ']):\n            if x_['
+            yield str(environment.getattr(l_1_w, 'idx'))
+            yield '] is not v_:  # '
+            yield str(environment.getattr(l_1_w, 'label'))
+            yield " (per item) sits in an immutable container\n                return '"
+            yield str(environment.getattr(l_1_w, 'kind'))
+            yield "'"
+        elif (environment.getattr(l_1_w, 'op') == 'check_kept_same'):
+            pass
+            yield '\n        if vals['
+            yield str(environment.getattr(l_1_w, 'slot'))
+            yield '] is not '
+            yield str(environment.getattr(l_1_w, 'obj'))
+            yield '['
+            yield str(environment.getattr(l_1_w, 'idx'))
+            yield ']:  # '
+            yield str(environment.getattr(l_1_w, 'label'))
+            yield " sits in an immutable container\n            return '"
+            yield str(environment.getattr(l_1_w, 'kind'))
+            yield "'"
         elif (environment.getattr(l_1_w, 'op') == 'guard_raw_writes'):
             pass
             yield '\n        if not '
@@ -149,4 +179,4 @@ def root(context, missing=missing):
     yield '\n    return None\n'
 
 blocks = {}
-debug_info = '1=39&2=41&3=43&4=45&5=47&6=49&7=52&11=55&14=58&15=61&17=65&18=69&19=72&21=76&24=78&25=81&27=85&28=88&31=92&32=96&33=99&34=105&35=107&36=110&37=112&38=114&39=117&41=121&44=123&51=127&52=130&54=132&55=135&56=138&58=142'
+debug_info = '1=39&2=41&3=43&4=45&5=47&6=49&7=52&11=55&14=58&15=61&17=65&18=69&19=72&21=76&24=78&25=81&27=85&28=88&31=92&32=96&33=99&34=105&35=107&36=110&37=118&38=122&39=124&40=127&41=135&42=137&43=140&44=142&45=144&46=147&48=151&51=153&58=157&59=160&61=162&62=165&63=168&65=172'
