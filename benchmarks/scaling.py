@@ -669,6 +669,10 @@ def plot(
     colors = {
         s: f"C{i}" for i, s in enumerate(("specgraph", "generic", "brainstate", "nnx", "jax", "equinox"))
     }
+    # specgraph on a peer's model: the peer's colour, dashed (the peer's own line is solid)
+    colors.update(sg_nnx=colors["nnx"], sg_brainstate=colors["brainstate"])
+    styles = {"sg_nnx": "^--", "sg_brainstate": "^--"}
+    names = {"sg_nnx": "specgraph on the nnx model", "sg_brainstate": "specgraph on the brainstate model"}
     for ax, cax, sweep in zip(axes[0], axes[1], sweeps, strict=True):
         for s in systems:
             pts = sorted(
@@ -677,10 +681,11 @@ def plot(
                 if p["sweep"] == sweep and p["system"] == s and "us_per_call" in p
             )
             st = stopped.get((sweep, s))
-            label = s if not st else f"{s} (stops at {st['n']}: {st['reason'].split(':')[0]})"
+            name = names.get(s, s)
+            label = name if not st else f"{name} (stops at {st['n']}: {st['reason'].split(':')[0]})"
             if pts:
                 xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, "o-", color=colors.get(s), label=label, markersize=4)
+                ax.plot(xs, ys, styles.get(s, "o-"), color=colors.get(s), label=label, markersize=4)
                 if st and st["n"] > 0:
                     ax.plot([st["n"]], [ys[-1]], "x", color=colors.get(s), markersize=10, mew=2)
         ax.set_xscale("log")
