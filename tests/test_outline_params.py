@@ -165,6 +165,21 @@ def test_swapped_occurrences_are_a_miss(outlined: None) -> None:
     assert sum(sg.cache_info()["guard_misses"].values()) == misses + 1
 
 
+@pytest.mark.parametrize("layout", ["blocks", "block-attrs"])
+def test_explain_tells_a_parameter_from_a_value_every_occurrence_shares(outlined: None, layout: str) -> None:
+    """A stage layer's name is one of the shape's parameters (another name in a block's q)
+    but every block's loop over its stage passes the same one: a constant, labelled so."""
+    m = model(layout)
+    gd, _ = (sg.flatten(m), sg.flatten(m))[1]
+    src = _source(gd)
+    shared = [line for line in src.splitlines() if "the same in every occurrence" in line]
+    params = [line for line in src.splitlines() if "(a parameter)" in line]
+    assert shared and params
+    assert all(".name ==" in line or ".flag ==" in line for line in shared)
+    assert not any(line.split("# ")[-1].split(" == ")[1].startswith("p") for line in shared)
+    assert all(line.split("# ")[-1].split(" == ")[1].startswith("p") for line in params)
+
+
 def test_ten_thousand_indexed_layers_are_one_loop_at_default_settings() -> None:
     """Each layer's index was a shape of its own: past max_steps at 10 000 (the walker)."""
     sg.clear_cache()

@@ -810,7 +810,10 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         if name is None:
             return False
         edge = work.edge
-        label = path_label(work.path) + " (a parameter)"
+        if name in self.consts.namespace or name in ("True", "False"):  # (one value for every item)
+            label = f"{path_label(work.path)} == {name}, the same in every occurrence"
+        else:
+            label = f"{path_label(work.path)} == {name} (a parameter)"
         if type(edge.value) is bool:  # (True and False: the very object, as a constant's guard)
             self.steps.append(Step("guard_static_is", obj=work.obj, const=name, label=label))
         else:  # an exact int or str: its type and ==, as a constant's guard
