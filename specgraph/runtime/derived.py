@@ -303,14 +303,15 @@ def _picked_writes(plan: Any, slots: tuple[int, ...], position: dict[int, int],
     the values at those positions). ``None``: outlined code writes some slot otherwise than
     into a plain State's ``value`` (the reference writes such a part, by path)."""
     fns = {f.name: f for f in plan.shape_fns}
-    if not all(_plain(w, fns) or _one_each(w) for w in plan.writes if w.op in _OUTLINED_WRITES):
+    kinds = {id(w): _outlined_kind(w, fns) for w in plan.writes if w.op in _OUTLINED_WRITES}
+    if None in kinds.values():
         return None
     consts = plan.consts.copy()
     writes: list[Step] = []
     inline: set[int] = {c.slot for c in checks if c.op == "check_unchanged"}
     at = -1
     for w in plan.writes:
-        if w.op in _OUTLINED_WRITES and not _plain(w, fns):  # (_one_each: its picked items)
+        if kinds.get(id(w)) == "each":  # (the same loop over the part's items)
             inline.update(range(w.slot, w.slot + w.total))
             ks = [k for k in range(w.total) if w.slot + k in position]
             if not ks:
@@ -341,10 +342,18 @@ def _picked_writes(plan: Any, slots: tuple[int, ...], position: dict[int, int],
     return writes, consts
 
 
-def _plain(w: Step, fns: dict[str, Any]) -> bool:
-    """Outlined write ``w`` writes plain States' ``value`` only (in its loops and callees too)."""
+def _outlined_kind(w: Step, fns: dict[str, Any]) -> str | None:
+    """How a part of outlined write ``w``'s slots is written: ``"plain"``, it writes plain
+    States' ``value`` only (in its loops and callees too), so the part's States are picked
+    by table index; ``"each"``, a loop writing one state per item of a list the guards made
+    (a run of foreign states: NNX Variables, BrainState States, written through their
+    layout), so the part is the same loop over just its items; ``None``: neither (the
+    reference writes the part, by path)."""
+    if w.op == "write_each" and w.n == 1 and not w.kept and not w.states and len(w.writes) == 1 \
+            and w.writes[0].slot == 0 and w.writes[0].op in ("write_slot", "write_raw_item"):
+        return "each"
     if w.op == "write_value":
-        return True
+        return "plain"
     if w.op == "write_shape":
         inner = fns[w.fn].writes
     elif w.op == "write_each":
@@ -352,16 +361,8 @@ def _plain(w: Step, fns: dict[str, Any]) -> bool:
     elif w.op == "write_chain":
         inner = w.writes_before + w.writes_after
     else:
-        return False
-    return all(_plain(x, fns) for x in inner)
-
-
-def _one_each(w: Step) -> bool:
-    """Outlined write ``w`` is a loop writing one state per item of a list the guards made
-    (a run of foreign states: NNX Variables, BrainState States, written through their
-    layout): a part's slots among them are the same loop over just those items."""
-    return w.op == "write_each" and w.n == 1 and not w.kept and not w.states and len(w.writes) == 1 \
-        and w.writes[0].slot == 0 and w.writes[0].op in ("write_value", "write_slot", "write_raw_item")
+        return None
+    return "plain" if all(_outlined_kind(x, fns) == "plain" for x in inner) else None
 
 
 def _by_paths(root: Any, vals: Any) -> str:  # (a marker: never called)
