@@ -134,8 +134,9 @@ def child(row: str, size: int, wide_size: int, repeats: int) -> dict[str, Any]:
         hit = after[COUNTER[op]] - before[COUNTER[op]] == repeats
         why = ""
         if not hit:
-            why = ", ".join(f"{k}" for k in ("declined", "declined_too_large", "compile_failures")
-                            if after[k]) or ",".join(sorted(after["guard_misses"])) or "fallback"
+            named = ("unflatten_declined",) if op == "unflatten" else ("declined", "declined_too_large")
+            why = ", ".join(k for k in (*named, "compile_failures") if after[k]) \
+                or ",".join(sorted(after["guard_misses"])) or "fallback"
         out[op] = {"specialized": hit, "why": why, "spec_ms": t_spec * 1e3, "ref_ms": t_ref * 1e3}
     return out
 

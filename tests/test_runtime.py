@@ -253,6 +253,7 @@ def test_max_steps_declines_big_structures(knobs: None) -> None:
     assert i["compiled_variants"] == 0 and i["compiled_unflattens"] == 0
     assert i["hits"] == i["update_hits"] == i["unflatten_hits"] == 0
     assert i["declined"] + i.get("declined_too_large", 0) >= 1
+    assert i["unflatten_declined"] == 1  # (once: the GraphDef remembers it)
     assert i["compile_failures"] == 0
     # With the default bound again, the same structure is specialized.
     sg.configure(max_steps=20_000)
@@ -524,7 +525,8 @@ def test_explain_on_declined_and_odd_structures(knobs: None) -> None:
 #: held now: compiled variants, units, megamorphic types) or switches
 _COUNTERS = ("hits", "update_hits", "unflatten_hits", "walk_hits", "fallbacks", "compile_seconds",
              "generic_flattens", "generic_unflattens", "generic_updates", "generic_walks", "compile_failures",
-             "declined", "declined_too_large", "outlined_units_compiled", "outlined_units_reused")
+             "declined", "declined_too_large", "unflatten_declined", "outlined_units_compiled",
+             "outlined_units_reused")
 
 
 def _churn(n: int, served_by: str) -> list[dict[str, Any]]:

@@ -60,7 +60,8 @@ _unflat: dict[GraphDef, codegen.Built | None] = {}
 _unflat_seen: dict[GraphDef, int] = {}
 _unflat_epoch = [-1]  # registry epoch _unflat was filled under
 _totals = {"generic_flattens": 0, "generic_unflattens": 0, "generic_updates": 0, "compile_failures": 0,
-           "declined": 0, "declined_too_large": 0, "megamorphic_types": 0, "generic_walks": 0}
+           "declined": 0, "declined_too_large": 0, "megamorphic_types": 0, "generic_walks": 0,
+           "unflatten_declined": 0}
 _disabled_guards: frozenset[str] = frozenset()  # test-only: see _set_disabled_guards
 _BOUND = 256  # entries kept in the bounded bookkeeping dicts
 
@@ -380,6 +381,7 @@ def _unflatten_entry(gd: GraphDef) -> UnflattenEntry | None:
             stats.compile_seconds += compiled.seconds
         except codegen.Declined as e:
             stats.declined = e.reason
+            _totals["unflatten_declined"] += 1
         except Exception as e:
             _totals["compile_failures"] += 1
             warnings.warn(
