@@ -40,7 +40,7 @@ DUMMY: dict[str, Any] = {
     "params": ["p1"], "pvals": "PV0", "live": ["x3"], "obj_after": "r2", "kept_after": None,
     "root": "x3", "made": ["x1", "x2"], "what": "of one shape",
     "new": "new_object", "metas": None, "md": "md1", "ok": "okx1", "aux": "A0",
-    "fns": ["F2"], "idx": "IX0", "ns": [1], "stride": 2,
+    "fns": ["F2"], "idx": "IX0", "ns": [1], "stride": 2, "arity": -1,
     "lo": 0, "hi": 2,
 }
 

@@ -141,7 +141,9 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         ) if outline_min > 0 else {}
         # Repeated containers (lists, tuples, dicts of states, statics, nodes): one function
         # per shape too, outside the chains and the outlined nodes' subtrees.
-        find_container_shapes(gd, outline_min, self.shapes, self.chains, self.container_chains)
+        # (Containers differing only in int/str/bool statics too: one shape, the values
+        # that differ its functions' parameters, per occurrence.)
+        find_container_shapes(gd, outline_min, self.shapes, self.chains, self.container_chains, params=True)
         self._rec_edge: Any = None  # planning a container chain's link: the next link's edge
         self._rec = -1  # planning a chain's link: the next link's index, not planned
         self._rec_local: Operand = ""  # and the local that holds it
@@ -283,7 +285,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         self._planning = shape
         inline, self._inline = self._inline, 0
         pctx, mult = self._pctx, self._mult
-        self._pctx = self._param_ctx(shape.rep, shape.params)
+        self._pctx = self._param_ctx(shape.rep, shape.params, edge=shape.edge)
         self._mult = 1
         try:
             with self._own_body():
@@ -575,7 +577,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         dst = self._fresh("r")
         name = fn.name
         assert type(work.obj) is str
-        args = [self._operand_at(j, q) for q in shape.params]
+        vkey = j if shape.edge is None else ("c", id(work.edge))
+        args = [self._operand_at(vkey, q) for q in shape.params]
         self.steps.append(Step("call_shape", dst=dst, fn=name, obj=work.obj, args=args))
         self._splice(j, shape, 1, dst, lo)
         kept_, unchanged = self._unchanged_of.get(name, (None, []))
@@ -634,26 +637,46 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             idx.append(order.setdefault(sid, len(order)))
         first_lo, first_j, _, _ = self._occurrence(kids[0])
         fns = [self._shape_fn(sid) for sid in order]
-        if any(f.kept is not None or f.array_writes or not f.writes or shapes[sid].params
-               for f, sid in zip(fns, order, strict=True)):
+        if any(f.kept is not None or f.array_writes or not f.writes for f in fns):
             return False  # (planned anyway: each occurrence is then one call, its parameters passed)
         names = [f.name for f in fns]
         bound = self.consts.bind(tuple(idx), "IX")
+        # Shapes whose statics differ per occurrence (Shape.params): each item's values,
+        # zipped in (one bound tuple: one value per item where every item passes one, else
+        # a tuple per item), each item's function guarding its occurrence against them.
+        arities = {len(shapes[sid].params) for sid in order}
+        arity = arities.pop() if len(arities) == 1 else -1
+        pvals = ""
+        if arity:
+            rows = [self._item_params(c) for c in kids]
+            pvals = self.consts.bind(tuple(r[0] for r in rows) if arity == 1 else tuple(rows), "PV")
         self.steps.append(Step("guard_len", obj=var, n=len(kids), label=label))
         dst = self._fresh("r")
         self.steps.append(Step("mixed_loop", dst=dst, obj=var, var=self._fresh("x"), n=len(kids),
-                               fns=names, idx=bound))
+                               fns=names, idx=bound, pvals=pvals, arity=arity))
         self._looped = True
         self._splice_run(self.values, first_lo, slot - first_lo, Splice(dst, "v"))
         self._splice_run(self.local_of, first_j, entry - first_j, Splice(dst, "o"))
         self.state_writes.append(Step("write_mixed", obj=var, var=self._fresh("x"), pos=self._fresh("a"),
                                       slot=first_lo, fns=names, idx=bound,
                                       ns=[shapes[sid].nslots for sid in order]))
-        for c in kids:  # (one call per item: the uses of each shape, see _uses)
-            self._note_use(self._occurrence(c)[2], path)
+        for i, c in enumerate(kids):  # (one call per item: the uses of each shape, see _uses)
+            self._note_use(self._occurrence(c)[2], (path, i))
         self.loops.append(f"{label or '<root>'}[0..{len(kids) - 1}]: {len(kids)} items of "
-                          f"{len(order)} shapes ({', '.join(f.type_name for f in fns)})")
+                          f"{len(order)} shapes ({', '.join(f.type_name for f in fns)})"
+                          + (", the statics that differ per item zipped in" if arity else ""))
         return True
+
+    def _item_params(self, c: Any) -> tuple[Any, ...]:
+        """The parameter values of occurrence ``c`` (a node's edge or a container's) of an
+        outlined shape, in its shape's parameter order: the top function's constants."""
+        if type(c) is NodeEdge:
+            shape = self.shapes.shapes[self.shapes.shape_of[c.index]]
+            vec = self.shapes.vec(c.index)
+        else:
+            shape = self.shapes.shapes[self.shapes.cshape_of[id(c)]]
+            vec = self.shapes.cvec_of(c)
+        return tuple(vec[q] for q in shape.params)
 
     def _run_loop(self, work: Work) -> list[Work]:
         """A run of children of a dict-backed node (an ``nnx.List``'s items), occurrences of
@@ -746,31 +769,40 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
 
     # -- statics as parameters (shapes.find_shapes' params) ----------------------------------
 
-    def _param_ctx(self, rep: int, params: tuple[int, ...], fixed: dict[int, str] | None = None) -> Any:
-        """The parameter context of a body planned from node ``rep`` of a shape whose
-        statics at ``params`` are parameters (``None``: none, every static a constant);
-        ``fixed``: those of them one operand holds for the whole body (a loop's items that
-        agree), the others a local each."""
+    def _param_ctx(self, rep: int, params: tuple[int, ...], fixed: dict[int, str] | None = None,
+                   edge: Any = None) -> Any:
+        """The parameter context of a body planned from node ``rep`` (``edge``: from that
+        container occurrence) of a shape whose statics at ``params`` are parameters
+        (``None``: none, every static a constant); ``fixed``: those of them one operand
+        holds for the whole body (a loop's items that agree), the others a local each."""
         if not params:
             return None
-        pos, off = self.shapes.layout(rep)
+        if edge is not None:
+            pos, off = self.shapes.clayout(edge)
+            vec = self.shapes.cvec_of(edge)
+        else:
+            pos, off = self.shapes.layout(rep)
+            vec = self.shapes.vec(rep)
         fixed = fixed or {}
         names = {p: fixed[p] if p in fixed else self._fresh("p") for p in params}
-        return pos, off, names, self.shapes.vec(rep)
+        return pos, off, names, vec
 
     def _param_names(self, params: tuple[int, ...]) -> list[str]:
         """The parameter locals at ``params`` of the context just made, in their order."""
         return [self._pctx[2][p] for p in params] if params and self._pctx is not None else []
 
-    def _operand_at(self, j: int, q: int) -> str:
-        """What holds position ``q`` of node ``j``'s static vector where the planner is: a
-        parameter of the body being planned, or a bound constant."""
+    def _operand_at(self, j: Any, q: int) -> str:
+        """What holds position ``q`` of node ``j``'s static vector (``("c", id(edge))``: a
+        container occurrence's) where the planner is: a parameter of the body being
+        planned, or a bound constant."""
         ctx = self._pctx
         if ctx is not None:
             base = ctx[1].get(j)
             if base is not None:
                 name = ctx[2].get(base + q)
                 return name if name is not None else self.consts.bind(ctx[3][base + q], "C")
+        if type(j) is tuple:
+            return self.consts.bind(self.shapes.cvec[j[1]][q], "C")
         return self.consts.bind(self.shapes.vec(j)[q], "C")
 
     def _loop_params(self, kids: tuple, params: tuple[int, ...]

@@ -97,7 +97,9 @@ OPS: dict[str, Op] = {
     # per item (var) of obj, a list of n occurrences of outlined shapes (nodes', containers'):
     # fns[idx[i]] is item i's shape (fns: their names; idx: a bound tuple); dst gets the values
     # (and objects) of all items in order
-    "mixed_loop": Op(_F, ("dst", "obj", "var", "n", "fns", "idx")),
+    # pvals: "" or a bound tuple of the items' parameters (arity 1: one value per item,
+    # passed as is; -1: a tuple per item, unpacked into the call)
+    "mixed_loop": Op(_F, ("dst", "obj", "var", "n", "fns", "idx", "pvals", "arity")),
     # per item (var) of obj, a list of one shape: body guards and reads it (unrolled); dst gets
     # the values (and objects) of all items in order; keep_states: the items' values are
     # exactly their distinct states' values, so dst keeps the states (an update reads none)

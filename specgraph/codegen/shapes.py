@@ -136,6 +136,9 @@ class Shapes:
     cshape_of: dict[int, int] = field(default_factory=dict)
     #: id(edge) -> (first slot, slots, first entry, entries) of every keyed container
     csize: dict[int, tuple[int, int, int, int]] = field(default_factory=dict)
+    #: id(edge) -> the values of a keyed container's parameter statics, in pre-order (its
+    #: nodes' vectors and its nested containers' in place): find_container_shapes' ``params``
+    cvec: dict[int, tuple[Any, ...]] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.shapes)
@@ -143,6 +146,37 @@ class Shapes:
     def vec(self, i: int) -> tuple[Any, ...]:
         """The parameter statics of the subtree at node ``i``, in scan order."""
         return self.vec_of.get(self.key_of[i], ())
+
+    def cvec_of(self, edge: Any) -> tuple[Any, ...]:
+        """The parameter statics of container ``edge`` (an occurrence), in pre-order."""
+        return self.cvec.get(id(edge), ())
+
+    def clayout(self, edge: Any) -> tuple[dict[Any, int], dict[Any, int]]:
+        """:meth:`layout` of container ``edge``: where each parameter static it holds (its
+        nested containers' and nodes' too) sits in its vector (:meth:`cvec_of`), by the
+        static edge's id, and where the vector of each node (by index) and nested container
+        (by ``("c", id(edge))``) it holds starts: the order find_container_shapes made it in."""
+        pos: dict[Any, int] = {}
+        off: dict[Any, int] = {}
+        vec = self.vec
+        n = 0
+        for e in _preorder(edge[3], -1):
+            k = type(e)
+            if k is StaticEdge:
+                if _is_param(e):
+                    pos[id(e)] = n
+                    n += 1
+            elif k is PytreeEdge:
+                off[("c", id(e))] = n  # (its own statics follow, in pre-order)
+            elif k is NodeEdge:
+                off[e[1]] = n
+                m = len(vec(e[1])) if e[1] in self.key_of else 0
+                if m:
+                    npos, noff = self.layout(e[1])
+                    pos.update((x, n + q) for x, q in npos.items())
+                    off.update((x, n + q) for x, q in noff.items())
+                    n += m
+        return pos, off
 
     def layout(self, i: int, skip: int = -1) -> tuple[dict[int, int], dict[int, int]]:
         """Where each parameter static of node ``i``'s subtree sits in its vector (by the
@@ -832,9 +866,13 @@ class _Scan:
         lo, n, first, last = -1, 0, -1, -1
         defined: dict[int, int] = {}  # a state met more than once: its position among those
         met: dict[int, int] = {}  # and the edges reaching it here
+        by_value = self.by_value
         for c in e[3]:
             k = type(c)
             if k is StaticEdge:
+                if not by_value:  # (the unflatten: its builder reads each occurrence's statics)
+                    tokens.append(("s", c[1] is ArrayConstant))
+                    continue
                 sig = c[1]
                 if (sig is int or sig is str or sig is bool) and type(c[2]) is sig:
                     tokens.append(("v", id(sig), c[2]))
@@ -860,7 +898,7 @@ class _Scan:
                     defined[j] = len(defined)
                     met[j] = 1
                 if st[3]:
-                    token = ("S", id(st[1]), _meta_key(st), token[3])
+                    token = ("S", id(st[1]), _meta_key(st) if by_value else _meta_names(st), token[3])
                 tokens.append(token)
                 clo, cn, cfirst, cm = st[4], 1, j, 1
             elif k is NodeEdge:
@@ -1365,8 +1403,30 @@ def find_container_chains(gd: GraphDef, min_links: int, witnessed: set[int], sha
     return chains
 
 
+def _cfamily(tokens: tuple, e: Any, shapes: Shapes) -> tuple[tuple, tuple[Any, ...]]:
+    """A container's key without its int/str/bool statics' values (its nodes by their
+    families, its nested containers by theirs: already keyed so), and those values in
+    pre-order (its nodes' and nested containers' vectors in place): :func:`_family`'s."""
+    out: list[Any] = [tokens[0]]
+    vec: list[Any] = []
+    fam_of, vec_of, cvec = shapes.fam_of, shapes.vec_of, shapes.cvec
+    for t, c in zip(tokens[1:], e[3], strict=True):
+        if len(t) == 3 and t[0] == "v" and t[1] in _PARAM_IDS:
+            out.append(("v", t[1]))
+            vec.append(t[2])
+        elif t[0] == "N":
+            out.append(("F", fam_of[t[1]]))
+            vec.extend(vec_of[t[1]])
+        elif t[0] == "C":
+            out.append(t)
+            vec.extend(cvec.get(id(c), ()))
+        else:
+            out.append(t)
+    return tuple(out), tuple(vec)
+
+
 def find_container_shapes(gd: GraphDef, outline_min: int, shapes: Shapes, chains: dict[int, Chain],
-                          cchains: dict[int, Chain]) -> None:
+                          cchains: dict[int, Chain], params: bool = False) -> None:
     """Shapes of *containers* (the flatten planner's): a list, tuple or dict (exact str keys)
     of states, statics, nodes of an outlinable shape and such containers, nested, met at
     least ``outline_min`` times, each occurrence one call of the shape's function (a list
@@ -1383,7 +1443,14 @@ def find_container_shapes(gd: GraphDef, outline_min: int, shapes: Shapes, chains
     once. Not outlined: a container holding an array leaf, a callback node or a custom
     pytree (kept with the enclosing code), one whose subtree is planned inside an outlined
     node's function or a chain's link (its occurrences are that code's), and one holding
-    no state nor node (nothing to splice; and equal edges of statics may be one object)."""
+    no state nor node (nothing to splice; and equal edges of statics may be one object).
+
+    ``params`` (``shapes`` found with ``find_shapes``' ``params``): containers differing
+    only in the values of int/str/bool statics (their own, their nodes', their nested
+    containers': ``(p, i)`` per item) are one shape whose functions take the values that
+    differ (:attr:`Shape.params`, positions of :meth:`Shapes.cvec_of`) as parameters, each
+    occurrence's from its call or its loop's tuple, each guarded against its own."""
+    params = params and bool(shapes.fam_of)
     if outline_min <= 0:
         return
     sc = shapes.scan
@@ -1430,6 +1497,10 @@ def find_container_shapes(gd: GraphDef, outline_min: int, shapes: Shapes, chains
         got = sc.scan_container(e, ckey, shapes.csize)
         if got is None:
             continue
+        if params:
+            got, vec = _cfamily(got, e, shapes)
+            if vec:
+                shapes.cvec[id(e)] = vec
         sid = base + interned.setdefault(got, len(interned))
         if id(e) in ckey:
             seen_twice.add(id(e))
@@ -1443,6 +1514,13 @@ def find_container_shapes(gd: GraphDef, outline_min: int, shapes: Shapes, chains
         occ.reverse()  # (pre-order)
         _, n, first, m = shapes.csize[id(occ[0])]
         ptype = occ[0].ptype
-        shapes.shapes[sid] = Shape(sid, first, [id(e) for e in occ], n, m, ptype.__qualname__, edge=occ[0])
+        varying: tuple[int, ...] = ()
+        if params:
+            vecs = {shapes.cvec_of(e) for e in occ}
+            if len(vecs) > 1:
+                v0 = shapes.cvec_of(occ[0])
+                varying = tuple(p for p in range(len(v0)) if any(v[p] != v0[p] for v in vecs))
+        shapes.shapes[sid] = Shape(sid, first, [id(e) for e in occ], n, m, ptype.__qualname__, varying,
+                                   edge=occ[0])
         for e in occ:
             shapes.cshape_of[id(e)] = sid

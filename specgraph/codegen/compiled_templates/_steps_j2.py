@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = '1e0ff738f3a1d1fe15f5733ac7f98a22cc1bf90190bda7484245daef53fec934'
+FINGERPRINT = 'd2f813b3a67f3679179602b7a4b2ba860179c0b01a2c7cdb4532daecff984cb2'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = '_steps.j2'
 
@@ -128,6 +128,7 @@ def root(context, missing=missing):
         t_12 = []
         l_1_collect = resolve('collect')
         l_1_tok_arg = resolve('tok_arg')
+        l_1_pargs = resolve('pargs')
         l_1_namespace = resolve('namespace')
         l_1_ns = resolve('ns')
         l_1_k = resolve('k')
@@ -189,48 +190,119 @@ def root(context, missing=missing):
             ))
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'mixed_loop'):
             pass
-            t_12.extend((
-                str(environment.getattr(l_1_s, 'var')),
-                '_f = (',
-            ))
-            for l_2_f in environment.getattr(l_1_s, 'fns'):
-                _loop_vars = {}
+            l_1_pargs = ((str_join((', ', environment.getattr(l_1_s, 'var'), '_p', )) if (environment.getattr(l_1_s, 'arity') == 1) else str_join((', *', environment.getattr(l_1_s, 'var'), '_p', ))) if environment.getattr(l_1_s, 'pvals') else '')
+            if (t_5(environment.getattr(l_1_s, 'fns')) == 1):
                 pass
                 t_12.extend((
-                    str(l_2_f),
+                    str(environment.getattr(l_1_s, 'dst')),
+                    ' = ',
+                    str(('([], [])' if (undefined(name='collect') if l_1_collect is missing else l_1_collect) else '[]')),
+                    '\nfor ',
+                    str(environment.getattr(l_1_s, 'var')),
+                ))
+                if environment.getattr(l_1_s, 'pvals'):
+                    pass
+                    t_12.extend((
+                        ', ',
+                        str(environment.getattr(l_1_s, 'var')),
+                        '_p in zip(',
+                        str(environment.getattr(l_1_s, 'obj')),
+                        ', ',
+                        str(environment.getattr(l_1_s, 'pvals')),
+                        ')',
+                    ))
+                else:
+                    pass
+                    t_12.extend((
+                        ' in ',
+                        str(environment.getattr(l_1_s, 'obj')),
+                    ))
+                t_12.extend((
+                    ':  # ',
+                    str(environment.getattr(l_1_s, 'n')),
+                    ' of one shape',
+                    str((', their statics zipped in' if environment.getattr(l_1_s, 'pvals') else cond_expr_undefined("the inline if-expression on line 39 in '_steps.j2' evaluated to false and no else section was defined."))),
+                    '\n    ',
+                    str(environment.getattr(l_1_s, 'var')),
+                    '_r = ',
+                    str(environment.getitem(environment.getattr(l_1_s, 'fns'), 0)),
                     '_',
                     str(('collect' if (undefined(name='collect') if l_1_collect is missing else l_1_collect) else 'flatten')),
-                    ', ',
+                    '(',
+                    str(environment.getattr(l_1_s, 'var')),
+                    ', D',
+                    str((undefined(name='tok_arg') if l_1_tok_arg is missing else l_1_tok_arg)),
+                    str((undefined(name='pargs') if l_1_pargs is missing else l_1_pargs)),
+                    ')',
                 ))
-            l_2_f = missing
+            else:
+                pass
+                t_12.extend((
+                    str(environment.getattr(l_1_s, 'var')),
+                    '_f = (',
+                ))
+                for l_2_f in environment.getattr(l_1_s, 'fns'):
+                    _loop_vars = {}
+                    pass
+                    t_12.extend((
+                        str(l_2_f),
+                        '_',
+                        str(('collect' if (undefined(name='collect') if l_1_collect is missing else l_1_collect) else 'flatten')),
+                        ', ',
+                    ))
+                l_2_f = missing
+                t_12.extend((
+                    ')\n',
+                    str(environment.getattr(l_1_s, 'dst')),
+                    ' = ',
+                    str(('([], [])' if (undefined(name='collect') if l_1_collect is missing else l_1_collect) else '[]')),
+                    '\nfor ',
+                    str(environment.getattr(l_1_s, 'var')),
+                    ', ',
+                    str(environment.getattr(l_1_s, 'var')),
+                    '_k',
+                ))
+                if environment.getattr(l_1_s, 'pvals'):
+                    pass
+                    t_12.extend((
+                        ', ',
+                        str(environment.getattr(l_1_s, 'var')),
+                        '_p',
+                    ))
+                t_12.extend((
+                    ' in zip(',
+                    str(environment.getattr(l_1_s, 'obj')),
+                    ', ',
+                    str(environment.getattr(l_1_s, 'idx')),
+                ))
+                if environment.getattr(l_1_s, 'pvals'):
+                    pass
+                    t_12.extend((
+                        ', ',
+                        str(environment.getattr(l_1_s, 'pvals')),
+                    ))
+                t_12.extend((
+                    '):  # ',
+                    str(environment.getattr(l_1_s, 'n')),
+                    ' of ',
+                    str(t_5(environment.getattr(l_1_s, 'fns'))),
+                    ' shapes',
+                    str((', their statics zipped in' if environment.getattr(l_1_s, 'pvals') else cond_expr_undefined("the inline if-expression on line 44 in '_steps.j2' evaluated to false and no else section was defined."))),
+                    '\n    ',
+                    str(environment.getattr(l_1_s, 'var')),
+                    '_r = ',
+                    str(environment.getattr(l_1_s, 'var')),
+                    '_f[',
+                    str(environment.getattr(l_1_s, 'var')),
+                    '_k](',
+                    str(environment.getattr(l_1_s, 'var')),
+                    ', D',
+                    str((undefined(name='tok_arg') if l_1_tok_arg is missing else l_1_tok_arg)),
+                    str((undefined(name='pargs') if l_1_pargs is missing else l_1_pargs)),
+                    ')',
+                ))
             t_12.extend((
-                ')\n',
-                str(environment.getattr(l_1_s, 'dst')),
-                ' = ',
-                str(('([], [])' if (undefined(name='collect') if l_1_collect is missing else l_1_collect) else '[]')),
-                '\nfor ',
-                str(environment.getattr(l_1_s, 'var')),
-                ', ',
-                str(environment.getattr(l_1_s, 'var')),
-                '_k in zip(',
-                str(environment.getattr(l_1_s, 'obj')),
-                ', ',
-                str(environment.getattr(l_1_s, 'idx')),
-                '):  # ',
-                str(environment.getattr(l_1_s, 'n')),
-                ' of ',
-                str(t_5(environment.getattr(l_1_s, 'fns'))),
-                ' shapes\n    ',
-                str(environment.getattr(l_1_s, 'var')),
-                '_r = ',
-                str(environment.getattr(l_1_s, 'var')),
-                '_f[',
-                str(environment.getattr(l_1_s, 'var')),
-                '_k](',
-                str(environment.getattr(l_1_s, 'var')),
-                ', D',
-                str((undefined(name='tok_arg') if l_1_tok_arg is missing else l_1_tok_arg)),
-                ')\n    if type(',
+                '\n    if type(',
                 str(environment.getattr(l_1_s, 'var')),
                 '_r) is str:\n        return ',
                 str(environment.getattr(l_1_s, 'var')),
@@ -1126,7 +1198,7 @@ def root(context, missing=missing):
                         '[',
                         str(t_4(l_2_k)),
                         ']',
-                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 272 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str(('\n' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 279 in '_steps.j2' evaluated to false and no else section was defined."))),
                     ))
                 l_2_loop = l_2_dst = l_2_k = missing
         elif ((undefined(name='op') if l_1_op is missing else l_1_op) == 'load_items'):
@@ -1860,7 +1932,7 @@ def root(context, missing=missing):
                 t_15.extend((
                     '*',
                     str(environment.getattr(l_2_x, 'name')),
-                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 424 in '_steps.j2' evaluated to false and no else section was defined."))),
+                    str(('[1]' if (undefined(name='collect') if l_2_collect is missing else l_2_collect) else cond_expr_undefined("the inline if-expression on line 431 in '_steps.j2' evaluated to false and no else section was defined."))),
                 ))
             else:
                 pass
@@ -1868,7 +1940,7 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_15.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 424 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 431 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = l_2_collect = missing
         t_15.append(
@@ -1902,7 +1974,7 @@ def root(context, missing=missing):
                     str(l_2_x),
                 )
             t_16.append(
-                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 429 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if (not environment.getattr(l_2_loop, 'last')) else cond_expr_undefined("the inline if-expression on line 436 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_x = missing
         t_16.append(
@@ -1938,11 +2010,11 @@ def root(context, missing=missing):
                     str(l_2_obj),
                 )
             t_17.append(
-                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 435 in '_steps.j2' evaluated to false and no else section was defined."))),
+                str((', ' if ((not environment.getattr(l_2_loop, 'last')) or l_1_outlined) else cond_expr_undefined("the inline if-expression on line 442 in '_steps.j2' evaluated to false and no else section was defined."))),
             )
         l_2_loop = l_2_obj = l_2_by_id = missing
         t_17.extend((
-            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 435 in '_steps.j2' evaluated to false and no else section was defined."))),
+            str(('*D' if l_1_outlined else cond_expr_undefined("the inline if-expression on line 442 in '_steps.j2' evaluated to false and no else section was defined."))),
             ' }',
         ))
         return concat(t_17)
@@ -2143,6 +2215,28 @@ def root(context, missing=missing):
                 str(environment.getattr(l_1_w, 'pos')),
                 ' += ',
                 str(environment.getattr(l_1_w, 'n')),
+            ))
+        elif ((environment.getattr(l_1_w, 'op') == 'write_mixed') and (t_5(environment.getattr(l_1_w, 'fns')) == 1)):
+            pass
+            t_18.extend((
+                str(environment.getattr(l_1_w, 'pos')),
+                ' = ',
+                str(l_1_base),
+                str(environment.getattr(l_1_w, 'slot')),
+                '\nfor ',
+                str(environment.getattr(l_1_w, 'var')),
+                ' in ',
+                str(environment.getattr(l_1_w, 'obj')),
+                ':\n    ',
+                str(environment.getitem(environment.getattr(l_1_w, 'fns'), 0)),
+                '_write(',
+                str(environment.getattr(l_1_w, 'var')),
+                ', vals, ',
+                str(environment.getattr(l_1_w, 'pos')),
+                ')\n    ',
+                str(environment.getattr(l_1_w, 'pos')),
+                ' += ',
+                str(t_2(environment.getitem(environment.getattr(l_1_w, 'ns'), 0))),
             ))
         elif (environment.getattr(l_1_w, 'op') == 'write_mixed'):
             pass
@@ -2591,7 +2685,7 @@ def root(context, missing=missing):
                         '(root, vals, at):\n    """Write one ',
                         str(environment.getattr(l_2_f, 'type_name')),
                         ' of this shape',
-                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 585 in '_steps.j2' evaluated to false and no else section was defined."))),
+                        str((' (its arrays)' if l_3_suffix else cond_expr_undefined("the inline if-expression on line 597 in '_steps.j2' evaluated to false and no else section was defined."))),
                         ', whose guards passed."""',
                     ))
                     if environment.getattr(l_2_f, 'kept'):
@@ -2639,4 +2733,4 @@ def root(context, missing=missing):
     yield '\n'
 
 blocks = {}
-debug_info = '6=72&9=74&10=82&11=86&12=90&13=92&14=98&15=112&17=117&23=122&24=138&25=139&26=142&27=162&28=164&29=166&30=169&31=181&32=183&33=185&36=188&37=203&38=207&39=219&40=229&41=231&42=234&43=238&44=242&46=251&48=256&52=258&53=259&58=261&59=262&60=265&61=269&62=270&63=274&66=276&67=285&69=288&70=290&71=292&73=302&75=305&76=309&78=378&80=385&81=390&83=393&84=395&85=400&88=403&89=405&90=410&92=418&93=420&94=424&96=429&97=433&98=446&99=448&100=452&103=459&104=464&106=486&107=488&108=490&109=495&112=505&114=509&115=513&117=517&118=519&119=524&122=532&123=536&124=550&125=554&128=558&132=560&133=562&134=566&135=570&136=573&137=577&139=589&141=596&142=601&144=604&145=606&146=611&149=614&150=619&152=641&153=645&154=649&155=654&156=658&157=672&158=676&160=680&161=684&163=693&165=709&166=713&169=715&170=716&171=718&172=722&173=729&174=734&176=737&177=739&178=744&181=747&182=752&184=774&185=778&186=782&187=787&188=791&189=805&190=809&191=814&192=818&193=822&194=826&196=830&198=832&200=833&201=835&202=839&203=843&204=846&205=850&207=862&209=869&210=874&212=877&213=879&214=884&217=887&218=892&220=914&221=918&222=922&223=926&224=933&225=937&227=953&228=957&230=961&231=965&232=970&233=974&236=981&237=985&238=987&239=991&240=998&241=1002&243=1009&245=1014&247=1017&248=1021&249=1028&250=1033&252=1038&253=1042&254=1046&255=1052&256=1055&257=1057&258=1060&259=1074&260=1077&261=1081&262=1083&263=1086&264=1088&266=1093&267=1098&270=1108&272=1114&274=1127&276=1131&278=1137&279=1140&280=1143&281=1152&283=1156&286=1163&287=1166&288=1171&289=1175&290=1197&291=1200&292=1204&293=1210&294=1213&295=1217&296=1221&297=1224&298=1227&299=1233&300=1235&301=1236&302=1240&303=1245&304=1249&306=1266&308=1273&309=1276&310=1279&311=1285&312=1291&313=1294&314=1297&315=1310&316=1313&317=1319&318=1321&319=1325&320=1331&321=1335&323=1353&325=1361&326=1364&327=1368&328=1390&329=1393&330=1397&331=1403&332=1409&333=1412&334=1416&335=1418&336=1421&337=1425&338=1429&339=1433&340=1436&341=1439&342=1446&343=1450&344=1456&345=1459&346=1463&347=1469&348=1472&350=1477&351=1489&352=1491&353=1494&354=1498&355=1504&356=1507&357=1512&358=1531&359=1534&360=1536&361=1539&362=1547&363=1550&364=1552&365=1555&366=1565&367=1568&368=1570&369=1573&370=1609&371=1612&372=1617&373=1636&374=1639&375=1643&376=1655&377=1658&378=1662&379=1670&380=1673&381=1677&382=1681&383=1684&384=1687&385=1689&386=1693&387=1699&388=1702&389=1706&390=1712&391=1715&392=1718&393=1725&394=1729&395=1735&396=1738&397=1742&398=1748&399=1751&400=1754&401=1765&402=1769&403=1773&404=1776&405=1779&407=1784&413=1789&414=1795&415=1799&416=1822&418=1828&423=1833&424=1842&428=1875&429=1884&434=1909&435=1920&439=1946&440=1955&441=1958&442=1965&443=1968&444=1976&445=1979&446=1987&447=1991&448=1998&449=2008&452=2011&453=2015&454=2034&455=2076&456=2081&458=2090&459=2093&460=2099&461=2120&462=2125&464=2128&465=2133&467=2138&468=2142&469=2145&470=2150&471=2163&472=2176&473=2184&474=2192&475=2199&478=2201&479=2204&480=2210&481=2223&482=2228&484=2233&486=2237&488=2242&489=2245&490=2251&491=2264&492=2269&494=2274&496=2278&498=2280&499=2284&501=2290&502=2295&503=2300&504=2305&506=2322&508=2327&509=2332&511=2335&512=2340&514=2343&515=2348&517=2351&518=2355&520=2361&521=2365&522=2369&525=2373&526=2376&527=2390&535=2400&536=2403&537=2412&538=2415&539=2424&540=2428&542=2433&543=2436&545=2448&551=2453&552=2460&553=2468&554=2484&556=2489&557=2494&559=2497&560=2499&561=2504&564=2507&570=2515&571=2520&573=2542&574=2546&575=2551&576=2556&578=2571&582=2576&583=2579&584=2583&585=2587&586=2592&587=2597&589=2610&590=2615&593=2618&594=2623'
+debug_info = '6=72&9=74&10=82&11=86&12=90&13=92&14=98&15=112&17=117&23=122&24=139&25=140&26=143&27=163&28=165&29=167&30=170&31=182&32=184&33=186&36=188&37=189&38=192&39=196&40=221&42=236&43=251&44=255&45=287&47=301&48=303&49=306&50=310&51=314&53=323&55=328&59=330&60=331&65=333&66=334&67=337&68=341&69=342&70=346&73=348&74=357&76=360&77=362&78=364&80=374&82=377&83=381&85=450&87=457&88=462&90=465&91=467&92=472&95=475&96=477&97=482&99=490&100=492&101=496&103=501&104=505&105=518&106=520&107=524&110=531&111=536&113=558&114=560&115=562&116=567&119=577&121=581&122=585&124=589&125=591&126=596&129=604&130=608&131=622&132=626&135=630&139=632&140=634&141=638&142=642&143=645&144=649&146=661&148=668&149=673&151=676&152=678&153=683&156=686&157=691&159=713&160=717&161=721&162=726&163=730&164=744&165=748&167=752&168=756&170=765&172=781&173=785&176=787&177=788&178=790&179=794&180=801&181=806&183=809&184=811&185=816&188=819&189=824&191=846&192=850&193=854&194=859&195=863&196=877&197=881&198=886&199=890&200=894&201=898&203=902&205=904&207=905&208=907&209=911&210=915&211=918&212=922&214=934&216=941&217=946&219=949&220=951&221=956&224=959&225=964&227=986&228=990&229=994&230=998&231=1005&232=1009&234=1025&235=1029&237=1033&238=1037&239=1042&240=1046&243=1053&244=1057&245=1059&246=1063&247=1070&248=1074&250=1081&252=1086&254=1089&255=1093&256=1100&257=1105&259=1110&260=1114&261=1118&262=1124&263=1127&264=1129&265=1132&266=1146&267=1149&268=1153&269=1155&270=1158&271=1160&273=1165&274=1170&277=1180&279=1186&281=1199&283=1203&285=1209&286=1212&287=1215&288=1224&290=1228&293=1235&294=1238&295=1243&296=1247&297=1269&298=1272&299=1276&300=1282&301=1285&302=1289&303=1293&304=1296&305=1299&306=1305&307=1307&308=1308&309=1312&310=1317&311=1321&313=1338&315=1345&316=1348&317=1351&318=1357&319=1363&320=1366&321=1369&322=1382&323=1385&324=1391&325=1393&326=1397&327=1403&328=1407&330=1425&332=1433&333=1436&334=1440&335=1462&336=1465&337=1469&338=1475&339=1481&340=1484&341=1488&342=1490&343=1493&344=1497&345=1501&346=1505&347=1508&348=1511&349=1518&350=1522&351=1528&352=1531&353=1535&354=1541&355=1544&357=1549&358=1561&359=1563&360=1566&361=1570&362=1576&363=1579&364=1584&365=1603&366=1606&367=1608&368=1611&369=1619&370=1622&371=1624&372=1627&373=1637&374=1640&375=1642&376=1645&377=1681&378=1684&379=1689&380=1708&381=1711&382=1715&383=1727&384=1730&385=1734&386=1742&387=1745&388=1749&389=1753&390=1756&391=1759&392=1761&393=1765&394=1771&395=1774&396=1778&397=1784&398=1787&399=1790&400=1797&401=1801&402=1807&403=1810&404=1814&405=1820&406=1823&407=1826&408=1837&409=1841&410=1845&411=1848&412=1851&414=1856&420=1861&421=1867&422=1871&423=1894&425=1900&430=1905&431=1914&435=1947&436=1956&441=1981&442=1992&446=2018&447=2027&448=2030&449=2037&450=2040&451=2048&452=2051&453=2059&454=2063&455=2070&456=2080&459=2083&460=2087&461=2106&462=2148&463=2153&465=2162&466=2165&467=2171&468=2192&469=2197&471=2200&472=2205&474=2210&475=2214&476=2217&477=2222&478=2226&479=2232&480=2236&481=2239&482=2244&483=2257&484=2270&485=2278&486=2286&487=2293&490=2295&491=2298&492=2304&493=2317&494=2322&496=2327&498=2331&500=2336&501=2339&502=2345&503=2358&504=2363&506=2368&508=2372&510=2374&511=2378&513=2384&514=2389&515=2394&516=2399&518=2416&520=2421&521=2426&523=2429&524=2434&526=2437&527=2442&529=2445&530=2449&532=2455&533=2459&534=2463&537=2467&538=2470&539=2484&547=2494&548=2497&549=2506&550=2509&551=2518&552=2522&554=2527&555=2530&557=2542&563=2547&564=2554&565=2562&566=2578&568=2583&569=2588&571=2591&572=2593&573=2598&576=2601&582=2609&583=2614&585=2636&586=2640&587=2645&588=2650&590=2665&594=2670&595=2673&596=2677&597=2681&598=2686&599=2691&601=2704&602=2709&605=2712&606=2717'
