@@ -608,9 +608,10 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
 
     def _mixed(self, var: str, edge: Any, label: str, path: Any) -> bool:
         """A list or tuple of occurrences of outlined shapes, containers among them (``[[p],
-        {'a': q}, ...]``): one loop calling item ``i``'s function ``fns[idx[i]]`` (``False``:
-        not one). Only in the top function, for shapes whose update writes by a function of
-        their own (no kept locals, no array writes), items at consecutive slots and entries."""
+        {'a': q}, ...]``), or a dict (str keys) of them: one loop calling item ``i``'s function
+        ``fns[idx[i]]`` (``False``: not one), a dict's values loaded first at its keys (one
+        bound tuple). Only in the top function, for shapes whose update writes by a function
+        of their own (no kept locals, no array writes), items at consecutive slots and entries."""
         kids = edge.children
         if self.run_min <= 0 or len(kids) < self.run_min or self._planning is not None or self._inline \
                 or self._rec >= 0 or self._rec_edge is not None:
@@ -641,6 +642,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             return False  # (planned anyway: each occurrence is then one call, its parameters passed)
         names = [f.name for f in fns]
         bound = self.consts.bind(tuple(idx), "IX")
+        keys = edge.keys if edge.ptype is dict else None
         # Shapes whose statics differ per occurrence (Shape.params): each item's values,
         # zipped in (one bound tuple: one value per item where every item passes one, else
         # a tuple per item), each item's function guarding its occurrence against them.
@@ -651,6 +653,11 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
             rows = [self._item_params(c) for c in kids]
             pvals = self.consts.bind(tuple(r[0] for r in rows) if arity == 1 else tuple(rows), "PV")
         self.steps.append(Step("guard_len", obj=var, n=len(kids), label=label))
+        if keys is not None:  # a dict (str keys): its values at its keys, in the IR's order
+            xs = self._fresh("xs")
+            self.steps.append(Step("load_items", dst=xs, obj=var, keys=self.consts.bind(keys, "KS"),
+                                   miss="container"))
+            var = xs
         dst = self._fresh("r")
         self.steps.append(Step("mixed_loop", dst=dst, obj=var, var=self._fresh("x"), n=len(kids),
                                fns=names, idx=bound, pvals=pvals, arity=arity))
@@ -661,7 +668,7 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
                                       slot=first_lo, fns=names, idx=bound,
                                       ns=[shapes[sid].nslots for sid in order]))
         for i, c in enumerate(kids):  # (one call per item: the uses of each shape, see _uses)
-            self._note_use(self._occurrence(c)[2], (path, i))
+            self._note_use(self._occurrence(c)[2], (path, i if keys is None else keys[i]))
         self.loops.append(f"{label or '<root>'}[0..{len(kids) - 1}]: {len(kids)} items of "
                           f"{len(order)} shapes ({', '.join(f.type_name for f in fns)})"
                           + (", the statics that differ per item zipped in" if arity else ""))
@@ -1209,7 +1216,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         unpack = (ptype is list or ptype is tuple) and bool(edge.children)
         if unpack and self.shapes and self._loop(var, edge, label, work.path):
             return []
-        if unpack and self.shapes.cshape_of and self._mixed(var, edge, label, work.path):
+        if (unpack or (ptype is dict and edge.sig is None)) and self.shapes.cshape_of \
+                and self._mixed(var, edge, label, work.path):
             return []
         if builtin:
             if not unpack:

@@ -250,7 +250,7 @@ OPS: dict[str, Op] = {
     "call_build": Op(_U, ("dst", "fn", "at", "statics", "contexts")),
     # dst = a list (a tuple: tuple=True) of occurrences of container shapes: item i built by
     # fns[idx[i]](vals, a, statics[i]) (idx: a bound tuple), a counting from at by ns[idx[i]]
-    "build_mixed": Op(_U, ("dst", "at", "statics", "fns", "idx", "ns", "var", "tuple")),
+    "build_mixed": Op(_U, ("dst", "at", "statics", "fns", "idx", "ns", "var", "tuple", "keys")),
     "iter_values": Op(_U, ("dst", "start", "stop", "reverse")),  # dst = iter(vals[start:stop]) (reversed)
     "iter_statics": Op(_U, ("dst", "src")),  # dst = iter(src)
     # dst = a list of n items (a tuple: tuple=True), each built by body into item; per item the

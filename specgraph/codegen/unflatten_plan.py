@@ -1227,7 +1227,8 @@ class UnflattenPlanner:
         taking no per-call context only."""
         ptype, kids = edge.ptype, edge.children
         cshape_of, csize = self.shapes.cshape_of, self.shapes.csize
-        if (ptype is not list and ptype is not tuple) or len(kids) < max(2, self._outline) or self.phased:
+        if (ptype is not list and ptype is not tuple and (ptype is not dict or edge.sig is not None)) \
+                or len(kids) < max(2, self._outline) or self.phased:
             return None
         slot = -1
         order: dict[int, int] = {}
@@ -1253,7 +1254,9 @@ class UnflattenPlanner:
         self.steps.append(Step("build_mixed", dst=dst, at=self._pos(first_lo), statics=mine,
                                fns=[f.name for f in fns], idx=self.consts.bind(tuple(idx), "IX"),
                                ns=[self.shapes.shapes[sid].nslots for sid in order], var=self._fresh("x"),
-                               tuple=ptype is tuple))
+                               tuple=ptype is tuple,
+                               # (a dict of str keys: its keys bound as one tuple, in the IR's order)
+                               keys=self.consts.bind(edge.keys, "KS") if ptype is dict else ""))
         for f in fns:
             if len(f.where) < 3:
                 f.where.append(self._site_label())

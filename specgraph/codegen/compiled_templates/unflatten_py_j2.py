@@ -2,7 +2,7 @@
 # do not edit. Used only while FINGERPRINT matches the template (see template_loader.py).
 # ruff: noqa
 # mypy: ignore-errors
-FINGERPRINT = '8cf7e6af8c424aaaf7df39ee25f005f8271e357613886b004dc619746e4e7dfb'
+FINGERPRINT = '6485c1c478063895fdbcfd1f52b31d339957dfc0d0783e76ff51a289c51bc6df'
 from jinja2.runtime import LoopContext, Macro, Markup, Namespace, TemplateNotFound, TemplateReference, TemplateRuntimeError, Undefined, escape, identity, internalcode, markup_join, missing, str_join
 name = 'unflatten.py.j2'
 
@@ -599,6 +599,17 @@ def root(context, missing=missing):
                         str(environment.getattr(l_2_s, 'dst')),
                         ')',
                     ))
+                elif environment.getattr(l_2_s, 'keys'):
+                    pass
+                    t_15.extend((
+                        '\n',
+                        str(environment.getattr(l_2_s, 'dst')),
+                        ' = dict(zip(',
+                        str(environment.getattr(l_2_s, 'keys')),
+                        ', ',
+                        str(environment.getattr(l_2_s, 'dst')),
+                        '))',
+                    ))
             elif (environment.getattr(l_2_s, 'op') == 'call_each'):
                 pass
                 t_15.extend((
@@ -623,7 +634,7 @@ def root(context, missing=missing):
                     ':',
                     str(context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'stop'), _loop_vars=_loop_vars)),
                     ']',
-                    str(('[::-1]' if environment.getattr(l_2_s, 'reverse') else cond_expr_undefined("the inline if-expression on line 113 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str(('[::-1]' if environment.getattr(l_2_s, 'reverse') else cond_expr_undefined("the inline if-expression on line 115 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     ')',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'iter_statics'):
@@ -681,14 +692,14 @@ def root(context, missing=missing):
                     str(environment.getattr(l_2_s, 'cur')),
                     ', ',
                     str(environment.getattr(l_2_s, 'nxt')),
-                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 129 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 131 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'targets'), ', ')),
                     ' in zip(',
                     str(environment.getattr(l_2_s, 'links')),
                     ', ',
                     str(environment.getattr(l_2_s, 'links')),
                     '[1:]',
-                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 129 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 131 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'sources'), ', ')),
                     '):  # ',
                     str(environment.getattr(l_2_s, 'n')),
@@ -704,7 +715,7 @@ def root(context, missing=missing):
                     ' = ',
                     str(environment.getattr(l_2_s, 'fn')),
                     '_create(',
-                    str(t_3(context.eval_ctx, t_6(context, (([(str_join(('vals, ', context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars), )) if (not t_8(environment.getattr(l_2_s, 'at'))) else cond_expr_undefined("the inline if-expression on line 133 in 'unflatten.py.j2' evaluated to false and no else section was defined."))] + ([environment.getattr(l_2_s, 'statics')] if environment.getattr(l_2_s, 'statics') else [])) + environment.getattr(l_2_s, 'contexts'))), ', ')),
+                    str(t_3(context.eval_ctx, t_6(context, (([(str_join(('vals, ', context.call((undefined(name='pos') if l_0_pos is missing else l_0_pos), environment.getattr(l_2_s, 'at'), _loop_vars=_loop_vars), )) if (not t_8(environment.getattr(l_2_s, 'at'))) else cond_expr_undefined("the inline if-expression on line 135 in 'unflatten.py.j2' evaluated to false and no else section was defined."))] + ([environment.getattr(l_2_s, 'statics')] if environment.getattr(l_2_s, 'statics') else [])) + environment.getattr(l_2_s, 'contexts'))), ', ')),
                     ')\n',
                     str(environment.getattr(l_2_s, 'root')),
                     ' = ',
@@ -718,7 +729,7 @@ def root(context, missing=missing):
                     str(environment.getattr(l_2_s, 'fn')),
                     '_fill(',
                     str(environment.getattr(l_2_s, 'src')),
-                    str((str_join((', ', environment.getattr(l_2_s, 'statics'), )) if environment.getattr(l_2_s, 'statics') else cond_expr_undefined("the inline if-expression on line 136 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((str_join((', ', environment.getattr(l_2_s, 'statics'), )) if environment.getattr(l_2_s, 'statics') else cond_expr_undefined("the inline if-expression on line 138 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     ')',
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'create_each'):
@@ -778,11 +789,11 @@ def root(context, missing=missing):
                     '\n',
                     str(environment.getattr(l_2_s, 'dst')),
                     ' = ',
-                    str(('tuple(' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 153 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str(('tuple(' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 155 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     '[t[0] for t in ',
                     str(environment.getattr(l_2_s, 'src')),
                     ']',
-                    str((')' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 153 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((')' if environment.getattr(l_2_s, 'tuple') else cond_expr_undefined("the inline if-expression on line 155 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                 ))
             elif (environment.getattr(l_2_s, 'op') == 'iter_statics_back'):
                 pass
@@ -826,7 +837,7 @@ def root(context, missing=missing):
                     ))
                 t_15.extend((
                     str(environment.getattr(l_2_s, 'nxt')),
-                    str((', ' if environment.getattr(l_2_s, 'targets') else cond_expr_undefined("the inline if-expression on line 161 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((', ' if environment.getattr(l_2_s, 'targets') else cond_expr_undefined("the inline if-expression on line 163 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'targets'), ', ')),
                     ' in zip(',
                     str(environment.getattr(l_2_s, 'src')),
@@ -841,7 +852,7 @@ def root(context, missing=missing):
                     ))
                 t_15.extend((
                     str(environment.getattr(l_2_s, 'links')),
-                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 161 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
+                    str((', ' if environment.getattr(l_2_s, 'sources') else cond_expr_undefined("the inline if-expression on line 163 in 'unflatten.py.j2' evaluated to false and no else section was defined."))),
                     str(t_3(context.eval_ctx, environment.getattr(l_2_s, 'sources'), ', ')),
                     '):  # ',
                     str(environment.getattr(l_2_s, 'n')),
@@ -899,7 +910,7 @@ def root(context, missing=missing):
             yield ',)\n\n\ndef '
             yield str(environment.getattr(l_1_f, 'name'))
             yield '_fill(t'
-            yield str((', S' if environment.getattr(l_1_f, 'statics') else cond_expr_undefined("the inline if-expression on line 184 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
+            yield str((', S' if environment.getattr(l_1_f, 'statics') else cond_expr_undefined("the inline if-expression on line 186 in 'unflatten.py.j2' evaluated to false and no else section was defined.")))
             yield '):\n    """Fill the nodes of one '
             yield str(environment.getattr(l_1_f, 'type_name'))
             yield ' its _create made, in table order."""\n    '
@@ -947,4 +958,4 @@ def root(context, missing=missing):
         yield '\n'
 
 blocks = {}
-debug_info = '1=72&6=74&7=86&8=91&9=96&12=104&13=109&14=114&17=124&18=129&19=133&20=136&21=139&23=146&26=154&27=160&29=171&30=177&31=181&32=185&33=187&34=191&35=194&36=198&37=201&38=205&39=210&40=214&41=221&42=225&43=232&44=236&45=240&46=244&47=248&48=253&49=257&50=263&51=267&52=274&53=278&54=308&55=312&56=319&57=323&58=326&59=331&61=336&62=340&63=347&64=350&65=355&67=364&68=368&69=373&70=377&71=384&72=388&73=395&74=399&75=408&76=412&77=420&78=429&79=433&80=436&81=440&83=453&85=468&86=472&87=476&88=480&89=485&90=487&91=491&93=503&94=508&97=514&98=518&99=525&100=529&101=542&102=555&103=559&104=561&105=571&106=581&107=588&108=592&110=597&111=601&112=611&113=615&114=624&115=628&116=633&117=636&118=638&119=640&120=644&121=646&122=650&123=652&124=656&126=661&127=664&128=666&129=676&130=691&131=692&132=694&133=698&134=704&135=709&136=713&137=719&138=722&139=724&140=726&141=730&142=732&143=736&144=738&145=740&146=744&148=759&150=767&152=770&153=774&154=782&155=786&156=791&157=795&158=800&159=804&160=808&161=812&162=844&164=847&165=850&166=852&167=856&168=860&169=862&170=865&172=871&176=877&177=880&178=883&179=887&180=891&181=893&184=895&185=899&186=901&187=903&191=908&192=912&193=916&194=918&199=921&202=924&204=928&205=930&207=932&208=935&209=937&210=939&211=941'
+debug_info = '1=72&6=74&7=86&8=91&9=96&12=104&13=109&14=114&17=124&18=129&19=133&20=136&21=139&23=146&26=154&27=160&29=171&30=177&31=181&32=185&33=187&34=191&35=194&36=198&37=201&38=205&39=210&40=214&41=221&42=225&43=232&44=236&45=240&46=244&47=248&48=253&49=257&50=263&51=267&52=274&53=278&54=308&55=312&56=319&57=323&58=326&59=331&61=336&62=340&63=347&64=350&65=355&67=364&68=368&69=373&70=377&71=384&72=388&73=395&74=399&75=408&76=412&77=420&78=429&79=433&80=436&81=440&83=453&85=468&86=472&87=476&88=480&89=485&90=487&91=491&93=503&94=508&97=514&98=518&99=525&100=529&101=542&102=555&103=559&104=561&105=571&106=581&107=588&108=592&109=597&110=601&112=608&113=612&114=622&115=626&116=635&117=639&118=644&119=647&120=649&121=651&122=655&123=657&124=661&125=663&126=667&128=672&129=675&130=677&131=687&132=702&133=703&134=705&135=709&136=715&137=720&138=724&139=730&140=733&141=735&142=737&143=741&144=743&145=747&146=749&147=751&148=755&150=770&152=778&154=781&155=785&156=793&157=797&158=802&159=806&160=811&161=815&162=819&163=823&164=855&166=858&167=861&168=863&169=867&170=871&171=873&172=876&174=882&178=888&179=891&180=894&181=898&182=902&183=904&186=906&187=910&188=912&189=914&193=919&194=923&195=927&196=929&201=932&204=935&206=939&207=941&209=943&210=946&211=948&212=950&213=952'
