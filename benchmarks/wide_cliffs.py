@@ -14,6 +14,10 @@ Rows (``--rows``):
   or a dict of one Param): not a run of states; each container shape is an outlined function
   and the list one loop calling them (``find_container_shapes``), in the flatten and update,
   and one builder per shape and one loop in the unflatten.
+* ``tuple-idx`` -- ``b.l`` a list of n ``(Param, i)`` tuples, ``i`` distinct (issue 12's "no
+  cliff: any structure is specialized"): one container family whose int is a parameter, zipped
+  in per item; ``list-name`` -- ``[Param, "name_<i>"]`` lists; ``dict-idx`` -- ``b.d`` a dict of
+  n str-key dicts ``{"w": Param, "i": i}`` (the outer dict's values one loop too).
 
 Per row and size, in this process, side by side: whether the second ``sg.flatten`` is a
 cache hit (specialized), the compile seconds of a fresh cache (``cache_info()["compile_seconds"]``
@@ -26,7 +30,8 @@ compile seconds (min of the cold repeats), and the time per call of ``sg.unflatt
 rounds only: each call makes n fresh states). Usage::
 
     python benchmarks/wide_cliffs.py [--rows attr dict list tuple list-tail list-head list-mid
-                                     tuple-mid dict-mid mixed] [--sizes 5000 30000 100000]
+                                     tuple-mid dict-mid mixed tuple-idx list-name dict-idx]
+                                     [--sizes 5000 30000 100000]
                                      [--repeats R] [--cold C] [--cpu]
 """
 
@@ -70,6 +75,12 @@ def make(mode: str, n: int) -> Bag:
     elif mode == "mixed":
         b.l = [[sg.Param(np.float32(i))] * (1 + i % 3) if i % 2
                else {"a" + str(i % 7): sg.Param(np.float32(i))} for i in range(n)]
+    elif mode == "tuple-idx":
+        b.l = [(sg.Param(np.float32(i)), i) for i in range(n)]
+    elif mode == "list-name":
+        b.l = [[sg.Param(np.float32(i)), "name_" + str(i)] for i in range(n)]
+    elif mode == "dict-idx":
+        b.d = {"k" + str(i).zfill(6): {"w": sg.Param(np.float32(i)), "i": i} for i in range(n)}
     else:
         raise SystemExit(f"unknown row {mode!r}")
     return b
@@ -108,7 +119,7 @@ def main() -> None:
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     for mode in args.rows:
         for n in args.sizes:
-            if mode == "mixed" and n > 30000:
+            if mode in ("mixed", "tuple-idx", "list-name", "dict-idx") and n > 30000:
                 continue
             b = make(mode, n)
             compile_s = ucompile_s = float("inf")

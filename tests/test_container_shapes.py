@@ -102,8 +102,8 @@ def test_a_list_of_small_containers_matches_the_reference(impl: Any) -> None:
         text = sg.explain(ref[0])
         if impl.name == "outlined":  # (outline_min 2: every container shape; 64: the t and n lists')
             assert "l[0..199]: 200 items of 10 shapes" in text
-        assert "t[0..69]: 70 items of 1 shapes (tuple)" in text
-        assert "n[0..69]: 70 items of 1 shapes (dict)" in text
+        assert "t[0..69]: 70 items of one shape (tuple)" in text
+        assert "n[0..69]: 70 items of one shape (dict)" in text
 
 
 def test_thirty_thousand_small_containers_are_specialized_at_default_settings() -> None:
@@ -231,7 +231,7 @@ def _composed(kind: str) -> Bag:
         b.l = [Block(i) for i in range(20)]
     elif kind == "dict_with_family":  # a dict holding a Layer and an int, both per item
         b.l = [{"a": Layer(i % 4), "n": i % 4} for i in range(32)]
-    elif kind == "ints_per_item":  # every item's int differs: each its own container shape
+    elif kind == "ints_per_item":  # every item's int differs: one family, the int its parameter
         b.l = [(sg.Param(np.float32(i)), i) for i in range(40)]
     else:  # "few_ints": a few distinct ints and strs: a few shapes, one loop
         b.l = [(sg.Param(np.float32(i)), i % 2, "x" + str(i % 3)) for i in range(36)]

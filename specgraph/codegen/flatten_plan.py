@@ -670,7 +670,8 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         for i, c in enumerate(kids):  # (one call per item: the uses of each shape, see _uses)
             self._note_use(self._occurrence(c)[2], (path, i if keys is None else keys[i]))
         self.loops.append(f"{label or '<root>'}[0..{len(kids) - 1}]: {len(kids)} items of "
-                          f"{len(order)} shapes ({', '.join(f.type_name for f in fns)})"
+                          + (f"{len(order)} shapes" if len(order) > 1 else "one shape")
+                          + f" ({', '.join(f.type_name for f in fns)})"
                           + (", the statics that differ per item zipped in" if arity else ""))
         return True
 

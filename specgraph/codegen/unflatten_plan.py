@@ -1261,7 +1261,8 @@ class UnflattenPlanner:
             if len(f.where) < 3:
                 f.where.append(self._site_label())
         site = self._site_label()
-        self.loops.append(f"{site}[0..{len(kids) - 1}]: {len(kids)} items of {len(order)} shapes")
+        self.loops.append(f"{site}[0..{len(kids) - 1}]: {len(kids)} items of "
+                          + (f"{len(order)} shapes" if len(order) > 1 else "one shape"))
         return dst
 
     # -- loops: a list of one outlined shape, a chain of nested links -----------------------
