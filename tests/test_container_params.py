@@ -318,13 +318,15 @@ def _adversarial(case: str) -> Bag:
         return Bag(items=[item(fams[(i * 7) % 6], i) for i in range(n)])
     if case == "same_values":  # every occurrence equal: no parameter, constants
         return Bag(items=[(_p(i), 5, "x") for i in range(n)])
+    if case == "pairs":  # two families of one parameter each, alternating: fns[idx[i]] and a value
+        return Bag(items=[(_p(i), i) if i % 2 else [_p(i), "s" + str(i)] for i in range(n)])
     if case == "big_ints":
         return Bag(items=[(_p(i), 2 ** 70 + i, -i) for i in range(n)])
     raise AssertionError(case)
 
 
 ADVERSARIAL = ["bool_vs_int", "zero_nan", "str_subclass", "ties_across", "ties_inside", "hostile_keys",
-               "interleaved", "same_values", "big_ints"]
+               "interleaved", "same_values", "big_ints", "pairs"]
 
 
 @pytest.mark.parametrize("case", ADVERSARIAL)
@@ -352,10 +354,22 @@ def test_adversarial(impl: Any, case: str) -> None:
         assert sg.cache_info()["unflatten_hits"] == before + 1
 
 
-@pytest.mark.parametrize("case", ["bool_vs_int", "str_subclass", "interleaved", "big_ints", "hostile_keys"])
-def test_adversarial_swaps_are_misses(case: str) -> None:
+@pytest.mark.parametrize("case", ["bool_vs_int", "str_subclass", "interleaved", "big_ints", "hostile_keys",
+                                  "pairs"])
+@pytest.mark.parametrize("outline_min", [64, 2])
+def test_adversarial_swaps_are_misses(case: str, outline_min: int) -> None:
     """Each adversarial structure, two occurrences' statics swapped across families (True
-    where 1 was, a str where an Odd was, ...): never answered as the old structure."""
+    where 1 was, a str where an Odd was, ...): never answered as the old structure (unrolled
+    at the default ``outline_min``, the families outlined at 2)."""
+    saved = dispatch.CONFIG.outline_min
+    sg.configure(outline_min=outline_min)
+    try:
+        _swap(case)
+    finally:
+        dispatch.CONFIG.outline_min = saved
+
+
+def _swap(case: str) -> None:
     b = _adversarial(case)
     sg.flatten(b)
     sg.flatten(b)
