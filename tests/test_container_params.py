@@ -143,7 +143,7 @@ def test_issue_reproduction() -> None:
     sg.unflatten(gd, sm)
     info = sg.cache_info()
     assert (info["hits"], info["update_hits"], info["unflatten_hits"]) == (1, 1, 1), info
-    assert info["declined"] == 0 and info["declined_too_large"] == 0, info
+    assert info["declined"] == 0 and info["declined_too_large"] == 0 and info["unflatten_declined"] == 0, info
 
 
 def test_no_user_data_in_sources() -> None:
