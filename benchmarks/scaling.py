@@ -81,6 +81,10 @@ SWEEPS: dict[str, dict[str, Any]] = {
     },
 }
 ISOLATED = {"deepchain"}  # sweeps run one child process per system
+#: the systems whose flatten is ``sg.flatten``: each point on a fresh cache (past
+#: ``max_variants`` structures of one root type -- the 9th size of a sweep run in one
+#: process -- the type is megamorphic and the reference walker answers every call)
+SG_SYSTEMS = ("specgraph", "sg_nnx", "sg_brainstate")
 MLP_WIDTH = 8
 
 
@@ -112,7 +116,7 @@ def build(models: ModuleType, sweep: str, system: str, n: int) -> Any:
 
 def flatten_fn(system: str, obj: Any) -> Callable[[], Any]:
     """The warmed-up flatten call of ``system`` on ``obj``."""
-    if system in ("specgraph", "generic", "sg_nnx", "sg_brainstate"):
+    if system in (*SG_SYSTEMS, "generic"):
         import specgraph as sg
 
         f = sg.generic.flatten if system == "generic" else sg.flatten
@@ -186,17 +190,19 @@ class Sweeper:
     def run_point(self, sweep: str, n: int, systems: list[str]) -> None:
         bench = self.bench
         entries = []
-        sg_info: dict[str, Any] = {}
+        sg_info: dict[str, dict[str, Any]] = {}
+        if any(s in SG_SYSTEMS for s in systems):
+            _clear_specgraph()  # counters of this point only (each system its own root type)
         for s in systems:
             if (sweep, s) in self.stopped:
                 continue
             try:
-                if s == "specgraph":
-                    _clear_specgraph()  # counters of this point only
+                hits = specgraph_state().get("hits", 0) if s in SG_SYSTEMS else 0
                 obj = build(self.models, sweep, s, n)
                 fn = flatten_fn(s, obj)
-                if s == "specgraph":
-                    sg_info = specgraph_state()
+                if s in SG_SYSTEMS:
+                    sg_info[s] = specgraph_state()
+                    sg_info[s]["hits"] = sg_info[s].get("hits", 0) - hits  # this system's
                 entries.append(bench.Timing(s, fn))
             except Exception as exc:
                 self.points.append({"sweep": sweep, "n": n, "system": s, "error": bench._err(exc)})
@@ -210,8 +216,8 @@ class Sweeper:
                 self.record_stop(sweep, e.system, n, e.error)
             else:
                 row.update(us_per_call=e.best * 1e6, number=e.number)
-                if e.system == "specgraph" and sg_info:
-                    row["specgraph"] = sg_info
+                if sg_info.get(e.system):
+                    row["specgraph"] = sg_info[e.system]
                 parts.append(f"{e.system}={bench._fmt_us(e.best * 1e6)}")
                 if e.best > self.args.max_call_s:
                     self.record_stop(sweep, e.system, self.next_size(sweep, n), f"too slow at n={n}")
@@ -292,10 +298,10 @@ def worker(argv: Sequence[str]) -> int:
         emit({"event": "start", "n": n})
         row: dict[str, Any] = {"sweep": sweep, "n": n, "system": system}
         try:
-            if system == "specgraph":
-                _clear_specgraph()
+            if system in SG_SYSTEMS:
+                _clear_specgraph()  # a fresh cache per size (see SG_SYSTEMS)
             fn = flatten_fn(system, build(models, sweep, system, n))
-            sg_info = specgraph_state() if system == "specgraph" else {}
+            sg_info = specgraph_state() if system in SG_SYSTEMS else {}
             t = bench.Timing(system, fn)
             bench.run_interleaved([t], a.target_ms / 1e3, a.repeats)
             if t.error:
@@ -350,18 +356,16 @@ def summary(points: list[dict[str, Any]], stopped: dict, sweeps: list[str], syst
                 lines.append(
                     f"- {s}: works up to {max(ok) if ok else 'none'}; stops at {st['n']}: `{st['reason']}`"
                 )
-        declined = [
-            p["n"]
-            for p in points
-            if p["sweep"] == sweep
-            and p["system"] == "specgraph"
-            and (
-                (p.get("specgraph") or {}).get("declined")
-                or (p.get("specgraph") or {}).get("declined_too_large")
-            )
-        ]
-        if declined:
-            lines.append(f"- specgraph left generic (declined) at n = {', '.join(map(str, declined))}")
+        for s in (s for s in systems if s in SG_SYSTEMS):
+            sg_rows = [p for p in points if p["sweep"] == sweep and p["system"] == s and p.get("specgraph")]
+            declined = [p["n"] for p in sg_rows
+                        if p["specgraph"].get("declined") or p["specgraph"].get("declined_too_large")]
+            if declined:
+                lines.append(f"- {s} left generic (declined) at n = {', '.join(map(str, declined))}")
+            walked = [p["n"] for p in sg_rows if p["n"] not in declined and not p["specgraph"].get("hits")]
+            if walked:
+                lines.append(f"- {s}: the timed call was not served by generated code at n = "
+                             f"{', '.join(map(str, walked))}")
         lines.append("")
     return "\n".join(lines)
 
