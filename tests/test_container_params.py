@@ -457,3 +457,44 @@ def test_random_lists(spec: list[tuple[str, Any]], data: Any, min2: None) -> Non
     twin = sg.unflatten(*ref)
     assert_same_flatten(sg.generic.flatten(sg.unflatten(*ref)), ref)
     assert_same_flatten(sg.generic.flatten(twin), ref)
+
+
+#: one occurrence holding a Param and another State: a split by class picks part of each
+PARTS: dict[str, Callable[[int], Any]] = {
+    "tuple": lambda i: (_p(i), sg.State(np.float32(i)), i),
+    "pair": lambda i: (_p(i), sg.State(np.float32(i))),
+    "same-static": lambda i: (_p(i), sg.State(np.float32(i)), 0),
+    "list": lambda i: [_p(i), sg.State(np.float32(i)), "n_" + str(i)],
+    "dict": lambda i: {"w": _p(i), "s": sg.State(np.float32(i)), "i": i},
+}
+
+
+@pytest.mark.parametrize("outline_min", [64, 2])
+@pytest.mark.parametrize("kind", list(PARTS))
+def test_a_partial_update_of_a_family_loop_is_compiled(kind: str, outline_min: int) -> None:
+    """``sg.update(m, params)`` with one part of a split (the optimizer's step) of a list of
+    such containers: compiled, and exactly the walker's writes. (A list of one family is
+    written by one loop calling its shape's function per item; the partial update kept that
+    loop but never rendered the functions: a NameError after the Params were written.)"""
+    sg.configure(outline_min=outline_min)
+    try:
+        outcome = {}
+        for name, update in (("ref", sg.generic.update), ("sg", sg.update)):
+            sg.clear_cache()
+            m = Bag(items=[PARTS[kind](i) for i in range(100)])
+            sg.flatten(m)
+            sg.flatten(m)
+            _, params, rest = sg.split(m, sg.Param, ...)
+            new = jax.tree.map(lambda v: v + 1, params)
+            before = sg.cache_info()["update_hits"]
+            update(m, new)
+            hits = sg.cache_info()["update_hits"] - before
+            now = sg.generic.flatten(m)[1]
+            assert all(now[p] is v for p, v in new.items())
+            assert all(now[p] is v for p, v in rest.items())  # (the other states untouched)
+            outcome[name] = (hits, [float(v) for v in now.values()])
+        assert outcome["ref"][0] == 0 and outcome["sg"][0] == 1
+        assert outcome["sg"][1] == outcome["ref"][1]
+    finally:
+        sg.configure(outline_min=64)
+        sg.clear_cache()

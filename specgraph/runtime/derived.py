@@ -289,7 +289,8 @@ def _compile_partial_update(var: Variant, m: SlotMap) -> Any:
 
 
 #: the writes of outlined code: per occurrence, a loop's item or a chain's link (slots relative)
-_OUTLINED_WRITES = frozenset({"write_shape", "write_shape_arrays", "write_each", "write_chain"})
+_OUTLINED_WRITES = frozenset({"write_shape", "write_shape_arrays", "write_each", "write_chain",
+                              "write_mixed"})
 
 
 def _picked_writes(plan: Any, slots: tuple[int, ...], position: dict[int, int],
@@ -356,6 +357,8 @@ def _outlined_kind(w: Step, fns: dict[str, Any]) -> str | None:
         return "plain"
     if w.op == "write_shape":
         inner = fns[w.fn].writes
+    elif w.op == "write_mixed":  # (a loop calling one shape's function per item)
+        inner = [x for name in w.fns for x in fns[name].writes]
     elif w.op == "write_each":
         inner = w.writes
     elif w.op == "write_chain":
