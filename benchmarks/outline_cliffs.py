@@ -11,6 +11,10 @@ Rows (``--rows``):
 * ``cb-chain`` -- n callback-registered layers nested n deep (each the next's under ``next``);
 * ``cb-after`` -- n ``sg.Node`` links nested n deep, each holding a callback-registered layer
                   after the next link (keys ``a_next``, ``z_cb``);
+* ``cb-after-list`` -- the same with each next link held in a list of its link
+                       (``a_next=[next]``): the next link in a container of the link;
+* ``chain-list`` -- n ``sg.Node`` links nested n deep, each holding its next link in a list
+                    (``a_next=[next]``) and a Param after it: no user code;
 * ``pt-list`` -- n ``sg.Node`` layers each holding two Params in a list (``p = [w, b]``);
 * ``nt``      -- the same, in a ``collections.namedtuple`` (``p = WB(w, b)``);
 * ``pytree``  -- the same, in a class registered with ``jax.tree_util.register_pytree_node_class``;
@@ -41,7 +45,8 @@ at 10 000 links that costs more than the build itself, and it grows with the hea
 "gc off" columns are the generated code's own cost.
 Usage::
 
-    python benchmarks/outline_cliffs.py [--rows cb-mlp cb-one arrays deep cb-chain cb-after pt-list
+    python benchmarks/outline_cliffs.py [--rows cb-mlp cb-one arrays deep cb-chain cb-after
+                                         cb-after-list chain-list pt-list
                                          nt pytree idx period nt-arr chain-idx two-chains]
                                         [--sizes 1000 10000] [--repeats R] [--cold C]
                                         [--outline-min K]
@@ -161,6 +166,20 @@ def _cb_after(n: int) -> Model:
     return Model(x=x)
 
 
+def _cb_after_list(n: int) -> Model:
+    x: Any = CLinear(-1.0)
+    for i in range(n):
+        x = Model(a_next=[x], z_cb=CLinear(float(i)))
+    return Model(x=x)
+
+
+def _chain_list(n: int) -> Model:
+    x: Any = Model(p=sg.Param(np.full((4,), -1, np.float32)))
+    for i in range(n):
+        x = Model(a_next=[x], z_p=sg.Param(np.full((4,), i, np.float32)))
+    return Model(x=x)
+
+
 class IdxLink(sg.Node):
     def __init__(self, nxt: Any, i: int) -> None:
         self.p = sg.Param(np.full((4,), i, np.float32))
@@ -190,6 +209,8 @@ ROWS: dict[str, Callable[[int], Any]] = {
     "deep": _deep,
     "cb-chain": _cb_chain,
     "cb-after": _cb_after,
+    "cb-after-list": _cb_after_list,
+    "chain-list": _chain_list,
     "pt-list": lambda n: Model(layers=[PtLinear(float(i), lambda a, b: [a, b]) for i in range(n)]),
     "nt": lambda n: Model(layers=[PtLinear(float(i), WB) for i in range(n)]),
     "pytree": lambda n: Model(layers=[PtLinear(float(i), Pair) for i in range(n)]),
@@ -202,11 +223,11 @@ ROWS: dict[str, Callable[[int], Any]] = {
 
 
 #: Rows whose unflatten is measured too.
-UNFLATTEN_ROWS = ("cb-mlp", "cb-one", "deep", "cb-chain", "cb-after", "pt-list", "nt", "pytree", "idx",
-                  "period", "chain-idx", "two-chains")
+UNFLATTEN_ROWS = ("cb-mlp", "cb-one", "deep", "cb-chain", "cb-after", "cb-after-list", "chain-list",
+                  "pt-list", "nt", "pytree", "idx", "period", "chain-idx", "two-chains")
 
 #: Rows whose update is measured too.
-UPDATE_ROWS = ("deep", "cb-chain", "chain-idx", "two-chains")
+UPDATE_ROWS = ("deep", "cb-chain", "cb-after", "cb-after-list", "chain-list", "chain-idx", "two-chains")
 
 
 def _outlined() -> bool:
@@ -305,33 +326,33 @@ def main(argv: list[str] | None = None) -> int:
     if args.outline_min is not None:
         sg.configure(outline_min=args.outline_min)
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 50_000))
-    print(f"{'row':8} {'n':>6} {'spec':>5} {'outl':>5} {'compile s':>10} {'sg.flatten us':>14} "
+    print(f"{'row':13} {'n':>6} {'spec':>5} {'outl':>5} {'compile s':>10} {'sg.flatten us':>14} "
           f"{'generic us':>11} {'generic/sg':>10}")
     for row in args.rows:
         for n in args.sizes:
             r = run(row, n, args.repeats, args.cold)
             ratio = r["generic_us"] / r["specgraph_us"]
-            print(f"{row:8} {n:>6} {r['specialized']!s:>5} {r['outlined']!s:>5} {r['compile_s']:>10.3f} "
+            print(f"{row:13} {n:>6} {r['specialized']!s:>5} {r['outlined']!s:>5} {r['compile_s']:>10.3f} "
                   f"{r['specgraph_us']:>14.1f} {r['generic_us']:>11.1f} {ratio:>10.2f}", flush=True)
     rows = [row for row in args.rows if row in UPDATE_ROWS]
     if rows:
-        print(f"\n{'update':8} {'n':>6} {'spec':>5} {'outl':>5} {'':>10} {'sg.update us':>14} "
+        print(f"\n{'update':13} {'n':>6} {'spec':>5} {'outl':>5} {'':>10} {'sg.update us':>14} "
               f"{'generic us':>11} {'generic/sg':>10}")
     for row in rows:
         for n in args.sizes:
             r = run_update(row, n, args.repeats)
             ratio = r["generic_us"] / r["specgraph_us"]
-            print(f"{row:8} {n:>6} {r['specialized']!s:>5} {r['outlined']!s:>5} {'':>10} "
+            print(f"{row:13} {n:>6} {r['specialized']!s:>5} {r['outlined']!s:>5} {'':>10} "
                   f"{r['specgraph_us']:>14.1f} {r['generic_us']:>11.1f} {ratio:>10.2f}", flush=True)
     rows = [row for row in args.rows if row in UNFLATTEN_ROWS]
     if rows:
-        print(f"\n{'unflatten':8} {'n':>6} {'spec':>5} {'outl':>5} {'compile s':>10} {'sg.unflat us':>14} "
+        print(f"\n{'unflatten':13} {'n':>6} {'spec':>5} {'outl':>5} {'compile s':>10} {'sg.unflat us':>14} "
               f"{'generic us':>11} {'generic/sg':>10} {'sg gc off':>10} {'generic gc off':>14}")
     for row in rows:
         for n in args.sizes:
             r = run_unflatten(row, n, args.repeats, args.cold)
             ratio = r["generic_us"] / r["specgraph_us"]
-            print(f"{row:8} {n:>6} {r['specialized']!s:>5} {r['outlined']!s:>5} {r['compile_s']:>10.3f} "
+            print(f"{row:13} {n:>6} {r['specialized']!s:>5} {r['outlined']!s:>5} {r['compile_s']:>10.3f} "
                   f"{r['specgraph_us']:>14.1f} {r['generic_us']:>11.1f} {ratio:>10.2f} "
                   f"{r['specgraph_nogc_us']:>10.1f} {r['generic_nogc_us']:>14.1f}", flush=True)
     return 0

@@ -133,8 +133,10 @@ class FlattenPlanner(ForeignPlanning, CallbackPlanning):
         # Chains of nested nodes of one link shape: a loop (see shapes.find_chains).
         # (Links calling user code too, in the reference's order: see find_chains.)
         # (Links differing only in int/str/bool statics too: the loop's parameters, per link.)
+        # (Links whose next link sits in a container of theirs too: ``children=[next]``.)
         self.chains = find_chains(gd, max(2, outline_min), self.witnessed, self.shared_types, self.shapes,
-                                  user=True, ordered=True, params=True) if outline_min > 0 else {}
+                                  user=True, ordered=True, params=True, nested=True) \
+            if outline_min > 0 else {}
         # Chains of nested containers of one link shape (``x = [x, State(...)]``): a loop too.
         self.container_chains = find_container_chains(
             gd, max(2, outline_min), self.witnessed, self.shared_types, self.shapes, ordered=True

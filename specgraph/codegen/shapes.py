@@ -242,9 +242,7 @@ def _family(key: tuple, fam_of: dict[int, int], vec_of: dict[int, tuple]) -> tup
 def _link_like(table: Any, refs: Any, i: int) -> bool:
     """Node ``i`` holds a node of its own class met once: a link :func:`find_chains` may
     make a chain of."""
-    t = table[i].type
-    return any(type(c) is NodeEdge and c.index > i and table[c.index].type is t and refs[c.index] == 1
-               for c in table[i].children)
+    return _next_link(table, refs, i) >= 0
 
 
 def _static_key(edge: Any) -> Any:
@@ -604,11 +602,12 @@ class _Scan:
         token, check = self.state_class(st.type)
         return token is not None and (check is None or bool(check(st.metadata)))
 
-    def scan(self, spec: NodeSpec, rec: int = -1) -> tuple[tuple, tuple[int, ...]] | None:
+    def scan(self, spec: NodeSpec, rec: int = -1, inner: Any = None) -> tuple[tuple, tuple[int, ...]] | None:
         """The key tokens of ``spec``'s children, and where its values and table entries sit:
         ``[first slot, slots, entries]`` (the node itself and what its children hold), and
         with ``rec`` (a chain's next link, keyed ``R`` and not followed) the children after it
-        again: ``[..., first slot after, slots after, first entry after, entries after]``.
+        again: ``[..., first slot after, slots after, first entry after, entries after]``;
+        ``inner``: the next link's edge, held in the container at position ``rec``.
         ``None``: not outlined (an array leaf, a foreign class, a shared object, ...).
 
         Children come in pre-order, so a self-contained subtree's entries and slots are
@@ -622,7 +621,7 @@ class _Scan:
             return None
         if kind == 2 and ArrayEdge in map(type, spec[4]):
             return None  # (an array held by a dict-backed node: its writes are the layout's)
-        return self.scan_children(spec[4], rec, spec[2], kind == 3)
+        return self.scan_children(spec[4], rec, spec[2], kind == 3, inner)
 
     def split(self, spec: NodeSpec, rec: int) -> tuple[tuple, tuple[int, ...], Any] | None:
         """:meth:`scan` of ``spec`` with ``rec`` (a chain's next link), taken from what
@@ -687,11 +686,13 @@ class _Scan:
                 key[2])
 
     def scan_children(self, children: tuple, rec: int, i: int,
-                      user: bool = False) -> tuple[tuple, tuple[int, ...]] | None:
+                      user: bool = False, inner: Any = None) -> tuple[tuple, tuple[int, ...]] | None:
         """:meth:`scan` of the children of node ``i`` (``user``: a callback node), or with
         ``i = -1`` of a container (a link of a chain of containers, see
         :func:`find_container_chains`): its entries before ``rec`` then start at its first
-        one, ``[..., first entry, entries]`` (``-1, 0``: none), not at the node's own."""
+        one, ``[..., first entry, entries]`` (``-1, 0``: none), not at the node's own.
+        ``inner``: the next link is that edge, in the container at ``rec`` (see
+        :func:`_find_next`)."""
         table, refs, key_of, size = self.table, self.refs, self.key_of, self.size
         by_value, state_facts = self.by_value, self.state_facts
         lo, n, last = -1, 0, i  # the running slot run and the last entry so far
@@ -705,7 +706,9 @@ class _Scan:
         tokens: list[Any] = []
         first_after = 0
         edges: Any = children  # with a container or the next link, in pre-order
-        if PytreeEdge in map(type, edges):
+        if inner is not None:  # (the next link in a container: marked where it sits)
+            edges = [_REC if e is inner else e for e in _preorder(edges, -1)]
+        elif PytreeEdge in map(type, edges):
             edges = _preorder(edges, rec)
         elif rec >= 0:  # (no container: the children in order, the next link marked)
             edges = list(edges)
@@ -1140,17 +1143,57 @@ _NEST_MAX = 16
 
 
 def _next_link(table: Any, refs: Any, i: int) -> int:
-    """The next link of node ``i`` as :func:`find_chains` reads it: its one child of its own
-    class met once (``-1``: none, or more than one)."""
+    """The next link of node ``i`` as :func:`find_chains` reads it (see :func:`_find_next`;
+    ``-1``: none)."""
+    got = _find_next(table, refs, i)
+    return got[1][1] if got is not None else -1
+
+
+def _builtin(e: Any) -> bool:
+    """A list, tuple or dict container edge (by identity: a custom pytree's treedef
+    compares with ``==``)."""
+    p = e[1]
+    return p is list or p is tuple or p is dict
+
+
+def _find_next(table: Any, refs: Any, i: int) -> tuple[int, Any] | None:
+    """The next link of node ``i``: its one child of its own class met once, as the position
+    of the child and that node's edge; or, with no such child, its one node of its own class
+    met once held in its builtin containers (lists, tuples, dicts of them, nested: the next
+    link in ``children=[next]``), as the position of the child container holding it and
+    that node's edge. ``None``: none, or more than one."""
     spec = table[i]
     t = spec[1]
-    nxt = -1
-    for c in spec[4]:
-        if type(c) is NodeEdge and c[1] > i and table[c[1]][1] is t and refs[c[1]] == 1:
-            if nxt >= 0:
-                return -1
-            nxt = c[1]
-    return nxt
+    children = spec[4]
+    found: tuple[int, Any] | None = None
+    nested = False
+    for p, c in enumerate(children):
+        k = type(c)
+        if k is NodeEdge:
+            if c[1] > i and table[c[1]][1] is t and refs[c[1]] == 1:
+                if found is not None:
+                    return None
+                found = (p, c)
+        elif k is PytreeEdge and _builtin(c):
+            nested = True
+    if found is not None or not nested:
+        return found
+    for p, c in enumerate(children):
+        if type(c) is not PytreeEdge or not _builtin(c):
+            continue
+        stack = [c]
+        while stack:
+            e = stack.pop()
+            for x in e[3]:
+                k = type(x)
+                if k is NodeEdge:
+                    if x[1] > i and table[x[1]][1] is t and refs[x[1]] == 1:
+                        if found is not None:
+                            return None
+                        found = (p, x)
+                elif k is PytreeEdge and _builtin(x):
+                    stack.append(x)
+    return found
 
 
 def _long_runs(nxt: dict[int, int], limit: int) -> set[int]:
@@ -1195,6 +1238,9 @@ class Link:
     #: user code): the flatten reads what follows its next link in a second loop, after the
     #: rest of the chain, deepest link first (``find_chains``' ``ordered``)
     user_after: bool = False
+    #: its next link sits in a container of its (the child at ``rec``: ``children=[next]``,
+    #: ``{"next": next}``, nested), not directly among its children (find_chains' ``nested``)
+    nested: bool = False
 
 
 @dataclass
@@ -1222,7 +1268,7 @@ class Chain:
 
 def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types: set[type],
                 shapes: Shapes, user: bool = False, ordered: bool = False,
-                params: bool = False) -> dict[int, Chain]:
+                params: bool = False, nested: bool = False) -> dict[int, Chain]:
     """Chains of at least ``min_links`` nested nodes of one link shape (a node whose one
     child of its own class is the next link), outside the outlined shapes: head -> chain.
     By default no link calls user code (a callback node in it). ``user``: links of callback
@@ -1240,7 +1286,14 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
     ``params`` (``shapes`` found with ``find_shapes``' ``params``): links differing only in
     the values of int/str/bool statics (their own, or their other subtrees': a depth, a tag,
     a flag) are one link shape; a chain's :attr:`Chain.params` are the positions of the
-    links' vectors that differ, the loop's per-link parameters (guarded as exactly)."""
+    links' vectors that differ, the loop's per-link parameters (guarded as exactly).
+
+    ``nested`` (the flatten's loops): a node with no child of its own class whose builtin
+    containers hold one (``children=[next]``, ``{"next": next}``, a tuple, nested) is a link
+    too, :attr:`Link.nested`: the containers on the way are part of its key (their kinds,
+    lengths and keys, and where the next link sits among their items, in pre-order), so a
+    link whose container changed kind or length is no link of the chain (a miss of the
+    loop's guards at run time)."""
     table = gd.table
     fam_of, vec_of = shapes.fam_of, shapes.vec_of
     params = params and bool(fam_of)
@@ -1252,21 +1305,20 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
         if type(spec) is not NodeSpec or spec.index in shapes.shape_of or refs[spec.index] != 1:
             continue  # (a link met twice, at its place in the chain and elsewhere, is inline:
             # the loop keeps no link in a local of its own for a back-reference to name)
-        i, t = spec.index, spec.type
-        rec = -1
-        for p, c in enumerate(spec.children):
-            if type(c) is NodeEdge and c.index > i and table[c.index].type is t and refs[c.index] == 1:
-                if rec >= 0:
-                    rec = -2
-                    break
-                rec = p
-        if rec < 0:
+        i = spec.index
+        found = _find_next(table, refs, i)
+        if found is None:
             continue
-        known = split(spec, rec)  # (what find_shapes found of it: not scanned again)
+        rec, nxt = found
+        held = nxt if type(spec.children[rec]) is PytreeEdge else None
+        if held is not None and not nested:
+            continue
+        # (what find_shapes found of it: not scanned again)
+        known = split(spec, rec) if held is None else None
         if known is not None:
             tokens, where, node_key = known
         else:
-            got = sc.scan(spec, rec)
+            got = sc.scan(spec, rec, held)
             if got is None:
                 continue
             tokens, where = got
@@ -1280,10 +1332,12 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
         vec: tuple[Any, ...] = ()
         if params:
             (tokens,), vec = _family((tokens,), fam_of, vec_of)
+        t = spec.type
+        # (a next link in a container: where, in the tokens' pre-order, its ``R`` says)
         key = (id(t), spec.keys, node_key, rec, i in witnessed, t in shared_types, tokens, after)
         lid = interned.setdefault(key, len(interned))
-        links[i] = Link(lid, rec, spec.children[rec].index, (lb, nb), (la, na), (i, eb), (ea, nea), vec,
-                        after)
+        links[i] = Link(lid, rec, nxt.index, (lb, nb), (la, na), (i, eb), (ea, nea), vec, after,
+                        held is not None)
     chains: dict[int, Chain] = {}
     inner: set[int] = set()
     for i, link in links.items():  # (in table order: a head before its links)
