@@ -21,6 +21,8 @@ import pytest
 from conftest import assert_same_flatten, assert_stale_without, outlined_flatten_hits
 from hypothesis import HealthCheck, given, settings
 from test_chain_after import CB, ITEMS, USER, Box, Buffer, Lazy, Link, _bump, _logged, _p, _split, check_all
+from test_outline_callback_unflatten import CB as UCB
+from test_outline_callback_unflatten import record
 
 import specgraph as sg
 from specgraph.runtime import dispatch
@@ -443,3 +445,48 @@ def test_the_next_link_moved_in_its_tuple(outlined: None) -> None:
     assert_same_flatten(sg.flatten(m), sg.generic.flatten(m))
     assert sg.cache_info()["guard_misses"].get("type", 0) == misses + 1
     assert snapshot_all(m) == before
+
+
+@pytest.mark.parametrize("holder", ["list", "nested"])
+@pytest.mark.parametrize("cb", [True, False])
+def test_ten_thousand_links_unflatten(holder: str, cb: bool) -> None:
+    """At the default settings the unflatten of 10 000 links is compiled (loops), the
+    reference's objects, every user call the reference's, in its order."""
+    after = ("cb",) if cb else ("param",)
+    gd, sm = sg.generic.flatten(nchain(10_000, holder, ("param",), after))
+    sg.unflatten(gd, sm)
+    hits = sg.cache_info()["unflatten_hits"]
+    got, log = _logged(lambda: sg.unflatten(gd, sm))
+    assert sg.cache_info()["unflatten_hits"] == hits + 1
+    ref, ref_log = _logged(lambda: sg.generic.unflatten(gd, sm))
+    assert log == ref_log
+    a, b = sg.generic.flatten(got), sg.generic.flatten(ref)
+    assert a[0] == b[0] and all(x is y for x, y in zip(a[1].values(), b[1].values(), strict=True))
+
+
+def _ucb_chain(n: int, holder: str) -> Box:
+    """Links holding logged callback nodes (their create_empty and set_key calls recorded,
+    test_outline_callback_unflatten's) before their container, in it after the next link,
+    and after it."""
+    x: Any = UCB(-1.0)
+    for i in range(n):
+        held: Any = [x, UCB(float(i) + 0.5)] if holder == "list" else {"next": x, "u": UCB(float(i) + 0.5)}
+        x = Link(a=UCB(float(i)), n=held, p=_p(i), z=UCB(float(i) + 0.25, meta=("m", i)))
+    return Box(x=x, y=_p(-2))
+
+
+@pytest.mark.parametrize("holder", ["list", "dict"])
+@pytest.mark.parametrize("n", [70, 10_000])
+def test_unflatten_calls_user_code_as_the_reference(holder: str, n: int) -> None:
+    """The unflatten (compiled: hits counted) makes and fills every callback node as the
+    reference does: the same create_empty / set_key calls, with what they are given, in
+    the same order."""
+    gd, sm = sg.generic.flatten(_ucb_chain(n, holder))
+    sg.unflatten(gd, sm)
+    hits = sg.cache_info()["unflatten_hits"]
+    got, log = record(lambda: sg.unflatten(gd, sm))
+    assert sg.cache_info()["unflatten_hits"] == hits + 1
+    ref, ref_log = record(lambda: sg.generic.unflatten(gd, sm))
+    assert log == ref_log
+    a, b = sg.generic.flatten(got), sg.generic.flatten(ref)
+    assert a[0] == b[0] and all(x is y for x, y in zip(a[1].values(), b[1].values(), strict=True))

@@ -27,7 +27,8 @@ values too), and list/tuple/dict containers with str/int keys, and custom JAX py
 namedtuple, a registered class: ``_pytree_key``; their flatten and unflatten are user code,
 counted as a callback node's, so the update reuses what its guards loaded and the
 unflatten builds them in two phases, each in its node's fill, as the reference does). A
-chain of nested nodes of one link shape is a loop (``find_chains``), and so is a chain of
+chain of nested nodes of one link shape is a loop (``find_chains``; a link may hold its next
+link in a container of its: ``children=[next]``, its ``nested``), and so is a chain of
 nested containers (``x = [x, State(...)]``, any depth: ``find_container_chains``).
 
 The flatten planner outlines more (``flatten_only=True``):
@@ -1239,7 +1240,8 @@ class Link:
     #: rest of the chain, deepest link first (``find_chains``' ``ordered``)
     user_after: bool = False
     #: its next link sits in a container of its (the child at ``rec``: ``children=[next]``,
-    #: ``{"next": next}``, nested), not directly among its children (find_chains' ``nested``)
+    #: ``{"next": next}``, nested), not directly among its children (find_chains' ``nested``;
+    #: the unflatten builds the containers from the link's table entry, as unrolled code)
     nested: bool = False
 
 
@@ -1288,7 +1290,7 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
     a flag) are one link shape; a chain's :attr:`Chain.params` are the positions of the
     links' vectors that differ, the loop's per-link parameters (guarded as exactly).
 
-    ``nested`` (the flatten's loops): a node with no child of its own class whose builtin
+    ``nested``: a node with no child of its own class whose builtin
     containers hold one (``children=[next]``, ``{"next": next}``, a tuple, nested) is a link
     too, :attr:`Link.nested`: the containers on the way are part of its key (their kinds,
     lengths and keys, and where the next link sits among their items, in pre-order), so a

@@ -331,7 +331,10 @@ class UnflattenPlanner:
         # too: their loops make the links (each's objects in table order), what comes after
         # the rest of the chain, then fill the links (_phased_chain); chains of links calling
         # none keep the one-phase loop where no user call sees its order (_phased_chains_only).
-        self.chains = find_chains(gd, max(2, outline), set(), set(), self.shapes, user=self.phased) \
+        # (Links holding their next link in a container of theirs too: a link's containers are
+        # built from its own table entry, each link's, the next link's object where it sits.)
+        self.chains = find_chains(gd, max(2, outline), set(), set(), self.shapes, user=self.phased,
+                                  nested=True) \
             if outline else {}
         # phased: the heads of the chains looped in two phases (links calling user code, or a
         # callback node filled between the links and their nodes after the rest)
