@@ -223,8 +223,8 @@ ROWS: dict[str, Callable[[int], Any]] = {
 
 
 #: Rows whose unflatten is measured too.
-UNFLATTEN_ROWS = ("cb-mlp", "cb-one", "deep", "cb-chain", "cb-after", "cb-after-list", "chain-list",
-                  "pt-list", "nt", "pytree", "idx", "period", "chain-idx", "two-chains")
+UNFLATTEN_ROWS = ("cb-mlp", "cb-one", "arrays", "deep", "cb-chain", "cb-after", "cb-after-list", "chain-list",
+                  "pt-list", "nt", "pytree", "idx", "period", "nt-arr", "chain-idx", "two-chains")
 
 #: Rows whose update is measured too.
 UPDATE_ROWS = ("deep", "cb-chain", "cb-after", "cb-after-list", "chain-list", "chain-idx", "two-chains")

@@ -57,7 +57,9 @@ The flatten planner outlines more (``flatten_only=True``):
   precedes the next link, link by link, then, after the rest of the chain, what follows it,
   deepest link first (``chain_after``): the reference's order of user calls.
 
-The unflatten planner never outlines bare arrays. Callback node types it outlines
+The unflatten planner outlines bare arrays as the values they are (``arrays``: read from
+their slots where the unrolled code reads them, a custom pytree's built into it by its
+treedef), not in a chain's link (the flatten does not loop over those). Callback node types it outlines
 (``callbacks=True``) in two phases only (unflatten_plan.py, ``_phased_objects_then_fills``):
 the reference calls every ``create_empty`` in table order before any ``set_key``, and
 ``set_key`` gets children not yet filled, which a builder making an occurrence bottom-up
@@ -509,10 +511,13 @@ class _Scan:
 
     def __init__(self, gd: GraphDef, witnessed: set[int], shared_types: set[type],
                  foreign: bool = False, by_value: bool = True, flatten_only: bool = False,
-                 callbacks: bool = False) -> None:
+                 callbacks: bool = False, arrays: bool = False) -> None:
         self.foreign = foreign  # foreign classes may be outlined (the flatten planner's)
         # bare array leaves and callback node types may be outlined (the flatten planner's)
         self.flatten_only = flatten_only
+        # bare array leaves may be outlined: the flatten planner's, and the unflatten
+        # planner's (``arrays``: there an array is only a value read from its slot)
+        self.arrays = arrays or flatten_only
         # callback node types may be outlined (the unflatten planner's two-phase builders)
         self.callbacks = callbacks or flatten_only
         self.user: set[int] = set()  # outlinable subtrees holding a callback node (user code)
@@ -801,9 +806,11 @@ class _Scan:
                         # unchanged (the flatten planner's only, not in a chain's link; the
                         # check is made per occurrence by the top function, from the locals
                         # the update's outlined code keeps).
-                        if not self.flatten_only or rec >= 0:
+                        if not self.arrays or rec >= 0:
                             return None
-                        checked = True
+                        # (the unflatten's: only values, built into the container by its
+                        # treedef's unflatten; nothing to check)
+                        checked = self.flatten_only
                     tokens.append(_pytree_key(e, by_value))
                     user = True  # (its flatten and unflatten are user code, as a callback node's)
                     if not before:
@@ -827,10 +834,12 @@ class _Scan:
                     out += (lo, n, start, (last - start + 1) if start >= 0 else 0)
                 lo, n, last = -1, 0, -1
                 before = False
-            elif k is ArrayEdge and self.flatten_only and rec < 0:
+            elif k is ArrayEdge and self.arrays and rec < 0:
                 # A bare array (written back into its list, dict or node by the update, in
                 # the reference's order: see FlattenPlanner._plan_shape), never in a chain's
-                # link (the chain's writes are states' only).
+                # link (the chain's writes are states' only). The unflatten's: a value read
+                # from its slot, where the unrolled code reads it (not in a link either: the
+                # flatten would not loop over such a chain).
                 slot = e[1]
                 if n:
                     if slot != lo + n:
@@ -943,7 +952,7 @@ class _Scan:
 
 def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_types: set[type],
                 foreign: bool = False, by_value: bool = True, flatten_only: bool = False,
-                callbacks: bool = False, params: bool = False) -> Shapes:
+                callbacks: bool = False, params: bool = False, arrays: bool = False) -> Shapes:
     """The shapes of ``gd`` that occur at least ``outline_min`` times (``0``: none);
     ``foreign``: of foreign classes too (the flatten planner makes their per-call checks,
     the unflatten planner their per-call contexts, and passes them in). ``by_value=False``:
@@ -952,14 +961,16 @@ def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_type
     metadata names and a dict-backed node's number of bookkeeping fields (its code spells
     them). ``flatten_only``: bare array leaves and callback node types too (the flatten
     planner's: see the module docstring). ``callbacks``: callback node types too, not bare
-    arrays (the unflatten planner's two-phase builders: see unflatten_plan.py).
+    arrays (the unflatten planner's two-phase builders: see unflatten_plan.py). ``arrays``:
+    bare array leaves too, as values only (the unflatten planner's: a node's, a list's, a
+    custom pytree's; not in a chain's link).
     ``params`` (with ``by_value``): subtrees differing only in the values of int/str/bool
     statics (a layer's index, a tag) are one shape whose functions take the values that
     differ as parameters, each occurrence's from its call (or its loop's tuple): guarded as
     exactly, generated once (``key_of`` stays exact: chains compare links by it)."""
     if outline_min <= 0:
         return Shapes({}, {}, {})
-    sc = _Scan(gd, witnessed, shared_types, foreign, by_value, flatten_only, callbacks)
+    sc = _Scan(gd, witnessed, shared_types, foreign, by_value, flatten_only, callbacks, arrays)
     facts = kept(gd)
     known = None
     if facts is not None and foreign and not by_value and not flatten_only:
@@ -969,7 +980,7 @@ def find_shapes(gd: GraphDef, outline_min: int, witnessed: set[int], shared_type
     try:
         out = _find_shapes(gd, outline_min, sc, known, params)
     except _NotDerived:
-        sc = _Scan(gd, witnessed, shared_types, foreign, by_value, flatten_only, callbacks)
+        sc = _Scan(gd, witnessed, shared_types, foreign, by_value, flatten_only, callbacks, arrays)
         out = _find_shapes(gd, outline_min, sc, None, params)
     if facts is not None and foreign and by_value and flatten_only:
         facts[_FLATTEN_SCAN] = sc  # (for the unflatten planner's scan of this GraphDef)
@@ -985,12 +996,15 @@ class _NotDerived(Exception):
 
 
 def _derivable(sc: _Scan, known: _Scan) -> bool:
-    """Whether the unflatten's scan ``sc`` (structure only: ``by_value=False``, no bare
-    arrays) may take its outcome per node from ``known``, the flatten planner's scan of the
-    very same GraphDef (``flatten_only``, by value), when every class ``known`` read reads
-    the same now. Then a node is outlinable here exactly when it is there and holds no bare
-    array (its class's kind, its states' classes and ``specializable`` are read alike, and
-    every other refusal is the same test of the same structure); and two nodes of one key
+    """Whether the unflatten's scan ``sc`` (structure only: ``by_value=False``; bare arrays
+    as values with ``arrays``) may take its outcome per node from ``known``, the flatten
+    planner's scan of the very same GraphDef (``flatten_only``, by value), when every class
+    ``known`` read reads the same now. Then a node outlinable there is outlinable here (but,
+    without ``arrays``, one holding a bare array), with as many arrays (its class's kind,
+    its states' classes and ``specializable`` are read alike, and every other refusal is
+    the same test of the same structure, or one this scan does not make: a node holding one
+    whose custom pytree holds an array, ``checked``, is the flatten's refusal only, and
+    derived it stays inline here too); and two nodes of one key
     there have one key here (every part of this key is a function of that one's: a
     static's kind of its sig, a state's metadata names of its metadata, a node's number of
     bookkeeping fields of their values, a callback node's spelled keys of its guarded keys,
@@ -1044,7 +1058,7 @@ def _find_shapes(gd: GraphDef, outline_min: int, sc: _Scan, known: _Scan | None,
             continue
         if known is not None:
             f = kkey.get(i)
-            if f is None or i in karrays:
+            if f is None or (i in karrays and not sc.arrays):
                 continue
             sid = derived.get(f)
             if sid is not None:
@@ -1053,6 +1067,8 @@ def _find_shapes(gd: GraphDef, outline_min: int, sc: _Scan, known: _Scan | None,
                     sc.user.add(i)
                 if i in kreads:
                     sc.user_reads.add(i)
+                if i in karrays:
+                    sc.with_arrays.add(i)
                 key_of[i] = sid
                 counts[sid].append(i)
                 continue
@@ -1062,7 +1078,8 @@ def _find_shapes(gd: GraphDef, outline_min: int, sc: _Scan, known: _Scan | None,
                 raise _NotDerived
             continue
         tokens, where = got
-        if known is not None and (where != ksize[i] or sc.last_arrays or sc.last_user != (i in kuser)
+        if known is not None and (where != ksize[i] or sc.last_arrays != (i in karrays)
+                                  or sc.last_user != (i in kuser)
                                   or sc.last_reads != (i in kreads)):
             raise _NotDerived
         size[i] = cast(tuple[int, int, int], where)  # (first slot, slots, entries): no rec

@@ -294,6 +294,16 @@ class _Body:
     #: a container shape's builder (find_container_shapes): the edge of the occurrence it
     #: is planned from; None: any other body
     container: Any = None
+    #: the locals of the bare arrays it reads (their values, read first with the others):
+    #: two-phase, the fills find them among what the objects phase made (see _phased_fn)
+    arrays: list[str] = field(default_factory=list)
+
+
+def _kept_arrays(body: _Body, made: list[str]) -> list[str]:
+    """The locals of the bare arrays a two-phase body reads (read with its other values, in
+    the objects phase) that its fills use: returned with what the objects phase made, so
+    the fills phase (another function, or another loop) finds them."""
+    return list(dict.fromkeys(a for a in body.arrays if a not in made))
 
 
 class UnflattenPlanner:
@@ -322,7 +332,7 @@ class UnflattenPlanner:
         # Shapes by structure only: statics and metadata are read per occurrence anyway.
         # Foreign classes too: their per-call contexts are passed in (see _context).
         self.shapes = find_shapes(gd, outline, set(), set(), foreign=True, by_value=False,
-                                  callbacks=self.phased)
+                                  callbacks=self.phased, arrays=True)
         self._run_at: dict[int, PytreeEdge] = {}  # phased: first occurrence -> its list's edge
         self._run_made: dict[int, str] = {}  # phased: id(a run's edge) -> the list of its items' objects
         if self.phased:
@@ -1173,7 +1183,9 @@ class UnflattenPlanner:
             return self._node_value(edge.index)
         if k is StateEdge:
             return self._obj(edge.index)
-        return self._slot(edge.slot)  # ArrayEdge
+        name = self._slot(edge.slot)  # ArrayEdge
+        self.body.arrays.append(name)
+        return name
 
     # -- containers of an outlined shape (shapes.find_container_shapes) ----------------------
 
@@ -1826,6 +1838,7 @@ class UnflattenPlanner:
         body = _Body(StaticReads(rep), [(lo, shape.nslots, "at")], {})
         with self._in(body):
             made, split = self._phased_objects_then_fills([(rep, rep + shape.nindices)], rep)
+        made += _kept_arrays(body, made)
         head = [Step("unpack_statics", dsts=body.statics)] if body.statics else []
         fn = ShapeBuild(name=f"outlined{sid}", type_name=safe_name(shape.type_name),
                         steps=head + self._take(body) + body.steps[:split], root=made[0],
@@ -1852,6 +1865,7 @@ class UnflattenPlanner:
         body = _Body(StaticReads(rep), [(lo, k, counter)], {}, scope=self.body.scope or self.body)
         with self._in(body):
             item_made, split = self._phased_objects_then_fills([(rep, rep + shape.nindices)], rep)
+        item_made += _kept_arrays(body, item_made)
         n = len(kids)
         setup, sources, targets, counters, create, mine = self._loop_feeds(
             body, body.steps[:split], kids, counter, pos, lo, k)
