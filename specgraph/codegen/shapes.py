@@ -490,6 +490,17 @@ def _count_refs(gd: GraphDef) -> list[int]:
 _REC = object()  # in a chain link's scan: where the next link is (not followed)
 
 
+class _Inline(tuple):
+    """In a period link's scan (see :func:`_period_path`): a node on the way from the link
+    to its next link, read inline by the link's body, its children following it."""
+
+    __slots__ = ()
+
+    @property
+    def index(self) -> int:
+        return cast(int, self[0])
+
+
 def _preorder(children: tuple, rec: int) -> list[Any]:
     """A node's child edges and, after each container, what it holds, in pre-order; the
     child at position ``rec`` (``>= 0``) is :data:`_REC`."""
@@ -691,14 +702,16 @@ class _Scan:
                 (lo if nb else -1, nb, j - i, clo + cn if na else -1, na, j + cm if nea else 0, nea),
                 key[2])
 
-    def scan_children(self, children: tuple, rec: int, i: int,
-                      user: bool = False, inner: Any = None) -> tuple[tuple, tuple[int, ...]] | None:
+    def scan_children(self, children: tuple, rec: int, i: int, user: bool = False,
+                      inner: Any = None, edges: list[Any] | None = None) -> tuple[tuple, tuple[int, ...]] | None:
         """:meth:`scan` of the children of node ``i`` (``user``: a callback node), or with
         ``i = -1`` of a container (a link of a chain of containers, see
         :func:`find_container_chains`): its entries before ``rec`` then start at its first
         one, ``[..., first entry, entries]`` (``-1, 0``: none), not at the node's own.
         ``inner``: the next link is that edge, in the container at ``rec`` (see
-        :func:`_find_next`)."""
+        :func:`_find_next`). ``edges``: the edges to scan, in pre-order, the next link
+        :data:`_REC` (a period link's, see :func:`_period_edges`: the nodes on the way to it
+        :class:`_Inline`)."""
         table, refs, key_of, size = self.table, self.refs, self.key_of, self.size
         by_value, state_facts = self.by_value, self.state_facts
         lo, n, last = -1, 0, i  # the running slot run and the last entry so far
@@ -711,14 +724,17 @@ class _Scan:
         out: list[int] = []
         tokens: list[Any] = []
         first_after = 0
-        edges: Any = children  # with a container or the next link, in pre-order
-        if inner is not None:  # (the next link in a container: marked where it sits)
-            edges = [_REC if e is inner else e for e in _preorder(edges, -1)]
-        elif PytreeEdge in map(type, edges):
-            edges = _preorder(edges, rec)
+        if edges is not None:
+            pass
+        elif inner is not None:  # (the next link in a container: marked where it sits)
+            edges = [_REC if e is inner else e for e in _preorder(children, -1)]
+        elif PytreeEdge in map(type, children):  # with a container or the next link, in pre-order
+            edges = _preorder(children, rec)
         elif rec >= 0:  # (no container: the children in order, the next link marked)
-            edges = list(edges)
+            edges = list(children)
             edges[rec] = _REC
+        else:
+            edges = children
         for e in edges:
             k = type(e)
             if k is StateEdge:
@@ -826,6 +842,16 @@ class _Scan:
                     if p is tuple and ArrayEdge in map(type, e[3]):
                         return None  # (an array in a tuple: the update checks it, writes nothing)
                     tokens.append(("P", id(p), len(e[3])))
+            elif k is _Inline:
+                # A node on the way to a period link's next link (a builtin Node without
+                # metadata), read by the link's body: its class and keys, then its children.
+                j = e[0]
+                st = table[j]
+                if refs[j] != 1 or j != last + 1 or self.node_kind(st[1]) != 1 or st[5] is not None \
+                        or st[6] is not None:
+                    return None
+                last = j
+                tokens.append(("I", id(st[1]), st[3], j in self.witnessed, st[1] in self.shared_types))
             elif e is _REC:
                 tokens.append("R")
                 if i >= 0:
@@ -1152,8 +1178,85 @@ def _find_shapes(gd: GraphDef, outline_min: int, sc: _Scan, known: _Scan | None,
         for i in occ:
             shape_of[i] = sid
     sc.keys = list(interned)  # (in sid order: each sid is the count interned before it)
-    return Shapes(shapes, shape_of, {i: size[i][0] for i in shape_of}, key_of, size, sc, vec_of,
-                  fam_of if params and by_value else {})
+    out = Shapes(shapes, shape_of, {i: size[i][0] for i in shape_of}, key_of, size, sc, vec_of,
+                 fam_of if params and by_value else {})
+    _cap_nesting(gd, out, max(_NEST_MAX, outline_min))
+    return out
+
+
+def _cap_nesting(gd: GraphDef, shapes: Shapes, cap: int) -> None:
+    """Keep outlined occurrences nested at most ``cap`` deep: a shape whose occurrences hold
+    outlined occurrences nested ``cap`` deep is not outlined (inline in the enclosing code,
+    the occurrences below it still called), dropped from ``shapes`` in place. Planning
+    recurses once per level of outlined occurrences nested in each other (a function's body
+    planned in its caller's), and nothing else bounds that nesting: two nestings of a
+    thousand alternating classes (``A(B(A(B(...))))``) are a shape per depth each nesting
+    the next one's, planned a thousand deep (RecursionError). Alike links are a chain's
+    loop instead (:func:`_long_runs`); links of a period are not (left unrolled above the
+    ``cap`` innermost levels). Depths are counted bottom-up, children first, so a shape is
+    judged with what is kept below it; occurrences of one shape have one depth (their keys
+    hold the shapes below). Nodes and containers (find_container_shapes) alike; iterative
+    (containers nest ten thousand deep)."""
+    shape_of, cshape_of = shapes.shape_of, shapes.cshape_of
+    if not shape_of and not cshape_of:
+        return
+    table = gd.table
+    dropped: set[int] = set()
+    depth: dict[int, int] = {}  # node index -> the depth of the outlined nesting it is (0: none)
+    cdepth: dict[int, int] = {}  # id(container edge) -> the same
+
+    def own(below: int, sid: int | None) -> int:
+        if sid is None or sid in dropped:
+            return below
+        if below + 1 > cap:
+            dropped.add(sid)
+            return below
+        return below + 1
+
+    def edges_below(children: tuple, i: int) -> int:
+        """The deepest outlined nesting among ``children`` (nodes defined below ``i``)."""
+        deep = 0
+        for c in children:
+            k = type(c)
+            if k is NodeEdge:
+                if c[1] > i:
+                    deep = max(deep, depth.get(c[1], 0))
+            elif k is PytreeEdge:
+                deep = max(deep, cdepth.get(id(c), 0))
+        return deep
+
+    def containers(children: tuple, i: int) -> None:
+        """The depths of the containers among ``children`` (and nested in them), post-order."""
+        stack: list[tuple[Any, bool]] = [(c, False) for c in children if type(c) is PytreeEdge]
+        while stack:
+            e, done = stack.pop()
+            if done:
+                cdepth[id(e)] = own(edges_below(e[3], i), cshape_of.get(id(e)))
+                continue
+            stack.append((e, True))
+            stack.extend((c, False) for c in e[3] if type(c) is PytreeEdge)
+
+    for i in range(len(table) - 1, -1, -1):
+        spec = table[i]
+        if type(spec) is not NodeSpec:
+            continue
+        kids = spec[4]
+        if PytreeEdge in map(type, kids):
+            containers(kids, i)
+        depth[i] = own(edges_below(kids, i), shape_of.get(i))
+    if type(gd.root) is PytreeEdge:
+        containers((gd.root,), -1)
+    if not dropped:
+        return
+    for sid in dropped:
+        shape = shapes.shapes.pop(sid)
+        if shape.edge is None:
+            for i in shape.occurrences:
+                del shape_of[i]
+                shapes.slot_lo.pop(i, None)
+        else:
+            for e in shape.occurrences:
+                del cshape_of[e]
 
 
 #: Links of one chain nested as outlined shapes at most this deep (see :func:`_long_runs`).
@@ -1260,6 +1363,9 @@ class Link:
     #: ``{"next": next}``, nested), not directly among its children (find_chains' ``nested``;
     #: the unflatten builds the containers from the link's table entry, as unrolled code)
     nested: bool = False
+    #: a period link (:func:`_period_link`): the nodes on the way to its next link, read
+    #: inline by its body (empty: the next link is its own child)
+    inline: tuple[int, ...] = ()
 
 
 @dataclass
@@ -1320,13 +1426,20 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
     refs, split = sc.refs, sc.split
     links: dict[int, Link] = {}
     interned: dict[Any, int] = {}
+    inline: dict[int, tuple[int, ...]] = {}  # a period link -> the nodes on the way to its next
     for spec in table:
         if type(spec) is not NodeSpec or spec.index in shapes.shape_of or refs[spec.index] != 1:
             continue  # (a link met twice, at its place in the chain and elsewhere, is inline:
             # the loop keeps no link in a local of its own for a back-reference to name)
-        i = spec.index
+        i, t = spec.index, spec.type
         found = _find_next(table, refs, i)
         if found is None:
+            if not any(type(c) is NodeEdge and c.index > i and table[c.index].type is t and refs[c.index] == 1
+                       for c in spec.children):  # (none of its own class among its children)
+                link = _period_link(sc, table, refs, shapes, spec, witnessed, shared_types, interned)
+                if link is not None:
+                    links[i] = link
+                    inline[i] = link.inline
             continue
         rec, nxt = found
         held = nxt if type(spec.children[rec]) is PytreeEdge else None
@@ -1370,11 +1483,102 @@ def find_chains(gd: GraphDef, min_links: int, witnessed: set[int], shared_types:
             j = links[j].nxt
         if len(run) < min_links or not _regular(run):
             continue
+        for x in run:  # (a period chain's nodes between links are its links' own: no chain's head)
+            inner.update(x.inline)
         first = link.vec
         varying = tuple(p for p in range(len(first)) if any(x.vec[p] != first[p] for x in run)) \
             if first else ()
         chains[i] = Chain(i, len(run), j, run, params=varying)
     return chains
+
+
+#: The longest period of a chain of links of several classes (``A(B(A(B(...))))``: 2).
+_PERIOD_MAX = 4
+
+
+def _period_path(table: Any, refs: Any, spec: NodeSpec) -> list[tuple[int, int]] | None:
+    """The way from node ``spec`` down to the next node of its class, when there is exactly
+    one within :data:`_PERIOD_MAX` levels through direct node children met once (each a
+    builtin ``Node`` of another class): ``[(position among the children, node index), ...]``,
+    the last the next link. ``None``: none, or more than one."""
+    t, i = spec[1], spec[2]
+    found: list[list[tuple[int, int]]] = []
+    work: list[list[tuple[int, int]]] = [[]]
+    while work:
+        path = work.pop()
+        at = path[-1][1] if path else i
+        for p, c in enumerate(table[at][4]):
+            if type(c) is not NodeEdge or c[1] <= at or refs[c[1]] != 1:
+                continue
+            ct = table[c[1]][1]
+            step = [*path, (p, c[1])]
+            if ct is t:
+                if path:
+                    found.append(step)
+                    if len(found) > 1:
+                        return None
+            elif len(step) < _PERIOD_MAX:
+                work.append(step)
+    return found[0] if found else None
+
+
+def _period_edges(table: Any, i: int, path: list[tuple[int, int]]) -> list[Any]:
+    """The edges a period link's scan reads (:meth:`_Scan.scan_children`), in pre-order: its
+    children and, in place of the child on ``path``, that node (:class:`_Inline`) followed
+    by its own, and so on; the next link :data:`_REC`."""
+    out: list[Any] = []
+    # (a stack of (node, depth on the path, next child position); the path is short)
+    stack: list[list[int]] = [[i, 0, 0]]
+    while stack:
+        fr = stack[-1]
+        node, depth, pos = fr
+        kids = table[node][4]
+        if pos >= len(kids):
+            stack.pop()
+            continue
+        fr[2] = pos + 1
+        if pos == path[depth][0]:
+            nxt = path[depth][1]
+            if depth == len(path) - 1:
+                out.append(_REC)
+            else:
+                out.append(_Inline((nxt,)))
+                stack.append([nxt, depth + 1, 0])
+            continue
+        out.extend(_preorder((kids[pos],), -1))
+    return out
+
+
+def _period_link(sc: _Scan, table: Any, refs: Any, shapes: Shapes, spec: NodeSpec, witnessed: set[int],
+                 shared_types: set[type], interned: dict[Any, int]) -> Link | None:
+    """A link of a chain of period 2 or more (``A(B(A(B(...))))``, alternating classes): a
+    builtin ``Node`` whose next node of its class is a grandchild (or deeper) on a single
+    way through nodes of other classes (:func:`_period_path`), those nodes read inline by
+    the link's body. Planned as any chain's link: the loop's body is planned from the
+    head's entries, the next link wherever it sits below them (the flatten's walk stops
+    there; the unflatten makes the nodes of the link's entries and fills them), so nothing
+    else changes. No user code in it (no callback node, no value property: neither loop
+    order nor two phases to keep), no node of the way outlined (it holds the rest of the
+    chain), the statics exact (no parameters: ``vec`` empty). Without it two nestings of a
+    thousand alternating classes were a shape per depth each nesting the next one's (at
+    ``outline_min=2``) or unrolled code past ``max_steps`` (ten thousand deep)."""
+    i, t = spec[2], spec[1]
+    if sc.node_kind(t) != 1 or spec[5] is not None or spec[6] is not None:
+        return None
+    path = _period_path(table, refs, spec)
+    if path is None:
+        return None
+    way = tuple(j for _, j in path[:-1])
+    if any(j in shapes.shape_of for j in way):
+        return None
+    got = sc.scan_children(spec[4], path[0][0], i, False, _period_edges(table, i, path))
+    if got is None or sc.last_user or sc.last_reads:
+        return None
+    tokens, (lb, nb, eb, la, na, ea, nea) = got
+    key = ("period", id(t), spec[3], tuple(p for p, _ in path),
+           tuple(id(table[j][1]) for j in way), i in witnessed, t in shared_types, tokens)
+    lid = interned.setdefault(key, len(interned))
+    return Link(lid, path[0][0], path[-1][1], (lb, nb), (la, na), (i, eb), (ea, nea), (), False, way)
 
 
 _CONTAINERS = "containers"
@@ -1597,3 +1801,4 @@ def find_container_shapes(gd: GraphDef, outline_min: int, shapes: Shapes, chains
                                    edge=occ[0])
         for e in occ:
             shapes.cshape_of[id(e)] = sid
+    _cap_nesting(gd, shapes, max(_NEST_MAX, outline_min))
