@@ -300,3 +300,44 @@ def test_ten_thousand_deep_at_default_settings(period: str) -> None:
     ci = sg.cache_info()
     assert ci["hits"] == 1 and ci["update_hits"] == 1 and ci["unflatten_hits"] == 1
     assert ci["declined"] == 0 and not ci["guard_misses"]
+
+
+# -- hostile nestings (found breaking it before landing: each answered as the reference) --
+
+
+class Lin(sg.Node):
+    def __init__(self, i: int) -> None:
+        self.w = sg.Param(np.float32(i))
+        self.k = i
+
+
+class Rich(sg.Node):
+    """A node on the way holding a node, a list of states and a hostile dict key."""
+
+    def __init__(self, c: Any, i: int = 0) -> None:
+        self.c = c
+        self.lin = Lin(i)
+        self.ps = [sg.Param(np.float32(i)), sg.Param(np.float32(-i))]
+        self.d = {"'); import os #": sg.Param(np.float32(i))}
+
+
+def _hostile(kind: str) -> Any:
+    if kind == "shared node":  # a node in the middle reached from elsewhere too
+        m = M(x=alt(300, (A, B)), y=alt(300, (A, B)))
+        m.extra = nodes_down(m.x)[150]
+    elif kind == "cycle":  # a node in the middle holding the root
+        m = M(x=alt(300, (A, B)))
+        nodes_down(m.x)[151].back = m
+    elif kind == "rich way node":
+        m = M(x=alt(400, (A, Rich)), y=alt(400, (A, Rich)))
+    else:  # "tied across links": a state of one link held by another
+        m = M(x=alt(300, (A, B)))
+        ns = nodes_down(m.x)
+        p = next(v for v in vars(ns[200]).values() if isinstance(v, sg.State))
+        setattr(ns[100], "p" if type(ns[100]) is A else "q", p)
+    return m
+
+
+@pytest.mark.parametrize("kind", ["shared node", "cycle", "rich way node", "tied across links"])
+def test_hostile_nestings(impl: Any, kind: str) -> None:
+    _check_all(impl, _hostile(kind))
