@@ -28,6 +28,9 @@ Rows (``--rows``):
 * ``two-chains`` -- two chains of n ``sg.Node`` links (a Param and the next link) of one
                     structure in one node: alike links at each depth (``--outline-min 2``:
                     each depth was a shape nesting the next one's, planned n deep).
+* ``alt-chains`` -- the same, the links of two classes alternating (``A(B(A(B(...))))``):
+                    a chain of period 2 (was: ``--outline-min 2`` RecursionError in planning,
+                    default settings unrolled past max_steps at 10 000).
 
 Per row and size, in this process, side by side: whether the second ``sg.flatten`` is a
 cache hit (specialized) and served by outlined code, the compile seconds of a fresh cache
@@ -47,7 +50,8 @@ Usage::
 
     python benchmarks/outline_cliffs.py [--rows cb-mlp cb-one arrays deep cb-chain cb-after
                                          cb-after-list chain-list pt-list
-                                         nt pytree idx period nt-arr chain-idx two-chains]
+                                         nt pytree idx period nt-arr chain-idx two-chains
+                                         alt-chains]
                                         [--sizes 1000 10000] [--repeats R] [--cold C]
                                         [--outline-min K]
 """
@@ -195,6 +199,19 @@ class PlainLink(sg.Node):
         self.next = nxt
 
 
+class OtherLink(sg.Node):
+    def __init__(self, nxt: Any, i: int) -> None:
+        self.q = sg.Param(np.full((4,), -i, np.float32))
+        self.next = nxt
+
+
+def _alternating(n: int) -> Any:
+    x = None
+    for i in range(n):
+        x = (PlainLink, OtherLink)[i % 2](x, i)
+    return x
+
+
 def _chain_of(cls: Any, n: int) -> Any:
     x = None
     for i in range(n):
@@ -219,15 +236,17 @@ ROWS: dict[str, Callable[[int], Any]] = {
     "nt-arr": lambda n: Model(layers=[PtLinear(float(i), lambda a, b: WB(a.value, b)) for i in range(n)]),
     "chain-idx": lambda n: Model(x=_chain_of(IdxLink, n)),
     "two-chains": lambda n: Model(a=_chain_of(PlainLink, n), b=_chain_of(PlainLink, n)),
+    "alt-chains": lambda n: Model(a=_alternating(n), b=_alternating(n)),
 }
 
 
 #: Rows whose unflatten is measured too.
 UNFLATTEN_ROWS = ("cb-mlp", "cb-one", "arrays", "deep", "cb-chain", "cb-after", "cb-after-list", "chain-list",
-                  "pt-list", "nt", "pytree", "idx", "period", "nt-arr", "chain-idx", "two-chains")
+                  "pt-list", "nt", "pytree", "idx", "period", "nt-arr", "chain-idx", "two-chains", "alt-chains")
 
 #: Rows whose update is measured too.
-UPDATE_ROWS = ("deep", "cb-chain", "cb-after", "cb-after-list", "chain-list", "chain-idx", "two-chains")
+UPDATE_ROWS = ("deep", "cb-chain", "cb-after", "cb-after-list", "chain-list", "chain-idx", "two-chains",
+               "alt-chains")
 
 
 def _outlined() -> bool:
