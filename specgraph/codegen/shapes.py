@@ -492,13 +492,9 @@ _REC = object()  # in a chain link's scan: where the next link is (not followed)
 
 class _Inline(tuple):
     """In a period link's scan (see :func:`_period_path`): a node on the way from the link
-    to its next link, read inline by the link's body, its children following it."""
+    to its next link (``(index,)``), read inline by the link's body, its children following it."""
 
     __slots__ = ()
-
-    @property
-    def index(self) -> int:
-        return cast(int, self[0])
 
 
 def _preorder(children: tuple, rec: int) -> list[Any]:
@@ -724,18 +720,19 @@ class _Scan:
         out: list[int] = []
         tokens: list[Any] = []
         first_after = 0
-        if edges is not None:
+        seq: Any = edges
+        if seq is not None:
             pass
         elif inner is not None:  # (the next link in a container: marked where it sits)
             edges = [_REC if e is inner else e for e in _preorder(children, -1)]
         elif PytreeEdge in map(type, children):  # with a container or the next link, in pre-order
-            edges = _preorder(children, rec)
+            seq = _preorder(children, rec)
         elif rec >= 0:  # (no container: the children in order, the next link marked)
-            edges = list(children)
-            edges[rec] = _REC
+            seq = list(children)
+            seq[rec] = _REC
         else:
-            edges = children
-        for e in edges:
+            seq = children
+        for e in seq:
             k = type(e)
             if k is StateEdge:
                 j = e[1]
