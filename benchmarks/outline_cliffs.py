@@ -242,7 +242,8 @@ ROWS: dict[str, Callable[[int], Any]] = {
 
 #: Rows whose unflatten is measured too.
 UNFLATTEN_ROWS = ("cb-mlp", "cb-one", "arrays", "deep", "cb-chain", "cb-after", "cb-after-list", "chain-list",
-                  "pt-list", "nt", "pytree", "idx", "period", "nt-arr", "chain-idx", "two-chains", "alt-chains")
+                  "pt-list", "nt", "pytree", "idx", "period", "nt-arr", "chain-idx", "two-chains",
+                  "alt-chains")
 
 #: Rows whose update is measured too.
 UPDATE_ROWS = ("deep", "cb-chain", "cb-after", "cb-after-list", "chain-list", "chain-idx", "two-chains",

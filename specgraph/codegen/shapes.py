@@ -698,8 +698,8 @@ class _Scan:
                 (lo if nb else -1, nb, j - i, clo + cn if na else -1, na, j + cm if nea else 0, nea),
                 key[2])
 
-    def scan_children(self, children: tuple, rec: int, i: int, user: bool = False,
-                      inner: Any = None, edges: list[Any] | None = None) -> tuple[tuple, tuple[int, ...]] | None:
+    def scan_children(self, children: tuple, rec: int, i: int, user: bool = False, inner: Any = None,
+                      edges: list[Any] | None = None) -> tuple[tuple, tuple[int, ...]] | None:
         """:meth:`scan` of the children of node ``i`` (``user``: a callback node), or with
         ``i = -1`` of a container (a link of a chain of containers, see
         :func:`find_container_chains`): its entries before ``rec`` then start at its first
@@ -724,7 +724,7 @@ class _Scan:
         if seq is not None:
             pass
         elif inner is not None:  # (the next link in a container: marked where it sits)
-            edges = [_REC if e is inner else e for e in _preorder(children, -1)]
+            seq = [_REC if e is inner else e for e in _preorder(children, -1)]
         elif PytreeEdge in map(type, children):  # with a container or the next link, in pre-order
             seq = _preorder(children, rec)
         elif rec >= 0:  # (no container: the children in order, the next link marked)
@@ -1568,14 +1568,14 @@ def _period_link(sc: _Scan, table: Any, refs: Any, shapes: Shapes, spec: NodeSpe
     way = tuple(j for _, j in path[:-1])
     if any(j in shapes.shape_of for j in way):
         return None
-    got = sc.scan_children(spec[4], path[0][0], i, False, _period_edges(table, i, path))
+    got = sc.scan_children(spec[4], path[0][0], i, False, edges=_period_edges(table, i, path))
     if got is None or sc.last_user or sc.last_reads:
         return None
     tokens, (lb, nb, eb, la, na, ea, nea) = got
     key = ("period", id(t), spec[3], tuple(p for p, _ in path),
            tuple(id(table[j][1]) for j in way), i in witnessed, t in shared_types, tokens)
     lid = interned.setdefault(key, len(interned))
-    return Link(lid, path[0][0], path[-1][1], (lb, nb), (la, na), (i, eb), (ea, nea), (), False, way)
+    return Link(lid, path[0][0], path[-1][1], (lb, nb), (la, na), (i, eb), (ea, nea), (), False, inline=way)
 
 
 _CONTAINERS = "containers"
