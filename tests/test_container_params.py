@@ -16,7 +16,7 @@ the compiled path must have answered, not a fallback.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import hypothesis
@@ -413,23 +413,11 @@ def _random_item(fam: str, i: int, v: Any) -> Any:
     return h
 
 
-@pytest.fixture
-def min2() -> Iterator[None]:
-    saved = dispatch.CONFIG.outline_min
-    sg.configure(outline_min=2)
-    sg.clear_cache()
-    try:
-        yield
-    finally:
-        dispatch.CONFIG.outline_min = saved
-        sg.clear_cache()
-
-
 @hypothesis.settings(max_examples=40, deadline=None,
                      suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture])
 @hypothesis.given(spec=hst.lists(hst.tuples(hst.sampled_from(_FAMS), _VALUES), min_size=2, max_size=40),
                   data=hst.data())
-def test_random_lists(spec: list[tuple[str, Any]], data: Any, min2: None) -> None:
+def test_random_lists(spec: list[tuple[str, Any]], data: Any, outlined: None) -> None:
     """Random lists of such containers (random families and statics, every repeated shape
     outlined): equal to the walker, the compiled code answering; then one item's static
     replaced by a random value: the walker's answer, a hit only where nothing changed."""

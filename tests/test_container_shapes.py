@@ -68,18 +68,6 @@ def _values_same(a: Any, b: Any) -> bool:
     return all(x is y for x, y in zip(a.values(), b.values(), strict=True))
 
 
-@pytest.fixture
-def min2() -> Iterator[None]:
-    saved = dispatch.CONFIG.outline_min
-    sg.configure(outline_min=2)
-    sg.clear_cache()
-    try:
-        yield
-    finally:
-        dispatch.CONFIG.outline_min = saved
-        sg.clear_cache()
-
-
 def test_a_list_of_small_containers_matches_the_reference(impl: Any) -> None:
     b = mixed(200)
     b.t = [(_p(1), 4, _p(2)) for _ in range(70)]  # tuples with a static between states
@@ -130,7 +118,7 @@ def test_thirty_thousand_small_containers_are_specialized_at_default_settings() 
     assert twin.l[29_999][0] is twin.l[29_999][1]
 
 
-def test_the_unflatten_reads_each_occurrences_statics_and_metadata(impl: Any, min2: None) -> None:
+def test_the_unflatten_reads_each_occurrences_statics_and_metadata(impl: Any, outlined: None) -> None:
     """A builder is keyed by what its code spells (types, str keys, ties): each occurrence's
     statics and metadata come from the GraphDef being unflattened (an equal GraphDef may
     hold equal but distinct objects)."""
@@ -158,7 +146,7 @@ def mixed_like(b: Bag) -> Bag:
     return out
 
 
-def test_a_tie_across_occurrences_stays_with_the_enclosing_code(impl: Any, min2: None) -> None:
+def test_a_tie_across_occurrences_stays_with_the_enclosing_code(impl: Any, outlined: None) -> None:
     """A state met in two occurrences (or outside) keeps those occurrences inline, guarded by
     the identity guards of the enclosing function; the others are outlined."""
     b = mixed(40)
@@ -287,7 +275,7 @@ def test_container_shapes_compose_with_statics_as_parameters(impl: Any, kind: st
 
 @pytest.mark.parametrize("kind", COMPOSED)
 @pytest.mark.parametrize("at", [0, 7])
-def test_one_items_static_changed_is_a_miss(kind: str, at: int, min2: None) -> None:
+def test_one_items_static_changed_is_a_miss(kind: str, at: int, outlined: None) -> None:
     """One item's static changed (to a value other items hold, or a new one): the
     outlined code misses, the reference answers, the objects untouched."""
     b = _composed(kind)
@@ -392,7 +380,7 @@ def _snapshot(b: Bag) -> list[Any]:
 @pytest.mark.parametrize("mutation", sorted(MUTATIONS))
 @pytest.mark.parametrize("at", [0, 1, 5, 39])
 def test_one_occurrence_mutated_is_a_miss_answered_by_the_reference(mutation: str, at: int,
-                                                                    min2: None) -> None:
+                                                                    outlined: None) -> None:
     b = mixed(40)
     sg.flatten(b)
     gd, _ = sg.flatten(b)
@@ -422,7 +410,8 @@ KINDS = ["list", "tuple", "dict", "nested", "node", "bare"]
                                              hst.integers(1, 3), hst.sampled_from(["a", "b", "1"])),
                                   min_size=2, max_size=40),
                   data=hst.data())
-def test_random_lists_of_small_containers(kinds: list[tuple[str, int, str]], data: Any, min2: None) -> None:
+def test_random_lists_of_small_containers(kinds: list[tuple[str, int, str]], data: Any,
+                                          outlined: None) -> None:
     sg.clear_cache()
 
     def build(i: int, kind: str, k: int, key: str) -> Any:
@@ -492,7 +481,7 @@ KILLS = {
 
 @pytest.mark.parametrize("kind", sorted(KILLS))
 def test_each_container_guard_is_load_bearing(kind: str, disable: Callable[[frozenset[str]], None],
-                                              min2: None) -> None:
+                                              outlined: None) -> None:
     """Without the guards of ``kind`` the outlined code answers the mutated structure with
     the stale one (it differs from the reference); with them it is a miss and the
     reference's answer."""
