@@ -15,10 +15,10 @@ operation (flatten, update, unflatten):
 * the time per call of ``sg.<op>`` and of ``specgraph.generic.<op>`` on the same object,
   side by side (min of ``--repeats``), and their ratio (how many times faster).
 
-Times are with the cyclic GC on, as a training loop runs. An unflatten of 10 000 nodes
-makes tens of thousands of objects, which trigger full collections of the whole heap
-about every second call, of either path (``outline_cliffs.py`` shows unflatten with the
-GC off as well): the minimum of several repeats is a call no full collection fell into.
+Times are with the cyclic GC on, each call after a ``gc.collect()``. An unflatten of
+10 000 nodes makes tens of thousands of objects, which trigger full collections of the
+whole heap about every second call, of either path; timed in turn, one path can meet
+them on every call (``outline_cliffs.py`` shows unflatten with the GC off as well).
 
 Usage::
 
@@ -29,6 +29,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import subprocess
@@ -97,11 +98,15 @@ def build(row: str, size: int, wide_size: int) -> Any:
 
 
 def best_pair(spec: Any, ref: Any, repeats: int) -> tuple[float, float]:
-    """The least time of ``repeats`` calls of each, interleaved (a noisy spell or a full
-    collection hits both alike)."""
+    """The least time of ``repeats`` calls of each, interleaved (a noisy spell hits both
+    alike), each call after a full collection: an unflatten of 10 000 nodes triggers one
+    about every second call, and interleaved calls alias with that period (one path met
+    it on every call: BrainState widebag 10 000 read 0.3x the walker, its calls without
+    one 1.2-1.5x faster)."""
     out = [float("inf"), float("inf")]
     for _ in range(repeats):
         for i, fn in enumerate((spec, ref)):
+            gc.collect()
             t0 = time.perf_counter()
             fn()
             out[i] = min(out[i], time.perf_counter() - t0)
